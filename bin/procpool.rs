@@ -1,0 +1,187 @@
+//! The `procpool` command: parse the command line, call the library, print, exit.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use procpool::fault::Fault;
+use procpool::parse::{parse_count, parse_duration};
+use procpool::{Report, RunOptions, Squares, Workload};
+
+/// Run a CPU-bound job across worker processes with shared memory, check it against a
+/// single-process run, and report the multi-core speedup and where the time went.
+#[derive(Debug, Parser)]
+#[command(name = "procpool", version, about, max_term_width = 100)]
+#[command(after_help = "Examples:\n  \
+    procpool --workers 8 squares 10000000\n  \
+    procpool squares 1e7 --workers 2 --json\n  \
+    procpool --workers 4 squares 1e6 --inject kill@3   (watch a worker die)")]
+struct Cli {
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(subcommand)]
+    workload: Command,
+}
+
+/// Options of a run; accepted before or after the workload.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Worker processes [default: the number of logical cores]
+    #[arg(short, long, global = true, value_name = "W", value_parser = parse_workers)]
+    workers: Option<usize>,
+
+    /// Elements per chunk [default: about 4 chunks per worker, like Python's Pool.map]
+    #[arg(long, global = true, value_name = "N", value_parser = parse_chunk_size)]
+    chunk_size: Option<u64>,
+
+    /// Chunks in flight per worker (one running, the rest queued)
+    #[arg(long, global = true, value_name = "K", default_value_t = procpool::pool::DEFAULT_INFLIGHT,
+          value_parser = parse_inflight)]
+    inflight: usize,
+
+    /// Print the report as one JSON object on stdout
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Skip the single-process run (speedup and verified are then null)
+    #[arg(long, global = true)]
+    no_baseline: bool,
+
+    /// Make a worker fail on purpose at chunk CHUNK, on its first attempt or on every attempt
+    /// (ACTION: kill, abort, panic, segv, exit, hang, corrupt). Repeatable.
+    #[arg(long, global = true, value_name = "ACTION@CHUNK[:always]")]
+    inject: Vec<Fault>,
+
+    /// How long workers may take to start and connect back
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s",
+          value_parser = parse_duration_arg)]
+    handshake_timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// out[i] = i*i (u64, wrapping): memory-bound, 8 bytes written per multiply
+    Squares {
+        /// Number of elements: 10000000, 10_000_000 or 1e7
+        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        n: u64,
+    },
+}
+
+fn parse_n(s: &str) -> Result<u64, String> {
+    parse_count(s)
+}
+
+fn parse_workers(s: &str) -> Result<usize, String> {
+    let n = parse_count(s)?;
+    if n == 0 {
+        return Err("--workers must be at least 1 (got 0)".into());
+    }
+    usize::try_from(n).map_err(|_| format!("`{s}` is too large"))
+}
+
+fn parse_chunk_size(s: &str) -> Result<u64, String> {
+    match parse_count(s)? {
+        0 => Err("--chunk-size must be at least 1 (got 0)".into()),
+        n => Ok(n),
+    }
+}
+
+fn parse_inflight(s: &str) -> Result<usize, String> {
+    match parse_count(s)? {
+        0 => Err("--inflight must be at least 1 (got 0)".into()),
+        n => usize::try_from(n).map_err(|_| format!("`{s}` is too large")),
+    }
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+/// Exit codes: 0 done and verified, 1 the job failed, 2 bad input (nothing started).
+const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    // A re-executed worker serves here and never returns.
+    procpool::init();
+
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // One line: clap's first line names the flag or value and says why.
+            let rendered = e.render().to_string();
+            let line = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            eprintln!("procpool: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+
+    let options = RunOptions {
+        workers: cli
+            .run
+            .workers
+            .unwrap_or_else(|| procpool::limits::Machine::read().cores_logical),
+        chunk_size: cli.run.chunk_size,
+        inflight: cli.run.inflight,
+        baseline: !cli.run.no_baseline,
+        worker_exe: None,
+        handshake_timeout: cli.run.handshake_timeout,
+        faults: cli.run.inject.clone(),
+    };
+    let result = match cli.workload {
+        Command::Squares { n } => execute(&Squares, n, &options, cli.run.json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("procpool: {e:#}");
+            let usage = e
+                .downcast_ref::<procpool::Error>()
+                .is_some_and(procpool::Error::is_invalid_input);
+            ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILED })
+        }
+    }
+}
+
+fn execute<W: Workload>(
+    workload: &W,
+    n: u64,
+    options: &RunOptions,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let report = procpool::run(workload, n, options)?;
+    print_report(&report, json)?;
+    if let Some(m) = report.mismatch {
+        eprintln!(
+            "procpool: the pool output differs from the single-process run: element {} is {} \
+             (pool) but {} (single process)",
+            m.index, m.pool, m.baseline
+        );
+        return Ok(ExitCode::from(EXIT_FAILED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(report: &Report, json: bool) -> anyhow::Result<()> {
+    let text = if json {
+        report.to_json() + "\n"
+    } else {
+        procpool::report::render_text(report)
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // A closed pipe (`procpool ... | head -1`) is the reader's choice, not our failure.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}

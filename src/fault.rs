@@ -1,0 +1,137 @@
+//! Fault injection: make a worker fail on purpose at a chosen chunk.
+//!
+//! `--inject ACTION@CHUNK[:always]` lets users watch the supervisor work and lets tests be
+//! exact. The action fires in the worker that receives chunk `CHUNK`, on the first attempt
+//! only, or on every attempt with `:always`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// What an injected fault does to the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FaultAction {
+    /// The worker sends itself SIGKILL.
+    Kill,
+    /// The worker calls `abort()` (SIGABRT).
+    Abort,
+    /// The kernel panics (the worker exits with status 101 and prints the panic message).
+    Panic,
+    /// The worker raises SIGSEGV.
+    Segv,
+    /// The worker exits with status 3.
+    Exit,
+    /// The worker stops responding (sleeps forever).
+    Hang,
+    /// The worker writes a wrong value into the chunk's first element, then reports success:
+    /// verification against the single-process run must catch it.
+    Corrupt,
+}
+
+impl FaultAction {
+    const ALL: [(&'static str, FaultAction); 7] = [
+        ("kill", FaultAction::Kill),
+        ("abort", FaultAction::Abort),
+        ("panic", FaultAction::Panic),
+        ("segv", FaultAction::Segv),
+        ("exit", FaultAction::Exit),
+        ("hang", FaultAction::Hang),
+        ("corrupt", FaultAction::Corrupt),
+    ];
+
+    fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, a)| *a == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
+    }
+}
+
+/// One injected fault: an action at a chunk, once or on every attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    /// What happens.
+    pub action: FaultAction,
+    /// The chunk id at which it happens.
+    pub chunk: u64,
+    /// Every attempt (true) or only the first (false).
+    pub always: bool,
+}
+
+impl Fault {
+    /// True when this fault fires for `chunk` on attempt `attempt` (0-based).
+    pub fn fires(&self, chunk: u64, attempt: u32) -> bool {
+        self.chunk == chunk && (self.always || attempt == 0)
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.action.name(), self.chunk)?;
+        if self.always {
+            write!(f, ":always")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Fault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = "expected ACTION@CHUNK or ACTION@CHUNK:always, where ACTION is one of \
+                     kill, abort, panic, segv, exit, hang, corrupt (e.g. kill@3)";
+        let (body, always) = match s.strip_suffix(":always") {
+            Some(body) => (body, true),
+            None => (s, false),
+        };
+        let (action, chunk) = body
+            .split_once('@')
+            .ok_or_else(|| format!("`{s}`: {usage}"))?;
+        let action = FaultAction::ALL
+            .iter()
+            .find(|(n, _)| *n == action)
+            .map(|(_, a)| *a)
+            .ok_or_else(|| format!("unknown action `{action}`: {usage}"))?;
+        let chunk = chunk
+            .parse::<u64>()
+            .map_err(|_| format!("`{chunk}` is not a chunk number: {usage}"))?;
+        Ok(Fault {
+            action,
+            chunk,
+            always,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_faults() {
+        let f: Fault = "kill@3".parse().unwrap();
+        assert_eq!(
+            f,
+            Fault {
+                action: FaultAction::Kill,
+                chunk: 3,
+                always: false
+            }
+        );
+        assert!(f.fires(3, 0) && !f.fires(3, 1) && !f.fires(2, 0));
+        let g: Fault = "hang@0:always".parse().unwrap();
+        assert!(g.always && g.fires(0, 5));
+        assert_eq!(g.to_string(), "hang@0:always");
+        assert!(
+            "boom@1"
+                .parse::<Fault>()
+                .unwrap_err()
+                .contains("unknown action")
+        );
+        assert!("kill".parse::<Fault>().is_err());
+        assert!("kill@x".parse::<Fault>().is_err());
+    }
+}

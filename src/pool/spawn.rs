@@ -1,0 +1,298 @@
+//! Starting workers: re-execute the worker binary, then a handshake with a deadline.
+//!
+//! Each worker gets its own ipc-channel one-shot server. `accept()` blocks until someone
+//! connects, and forever if the worker dies first, so the accepts run on a helper thread
+//! while this thread watches the children and the clock. When a worker dies or the deadline
+//! passes, every child is killed and each server still waiting is unblocked by connecting to
+//! it ourselves with a `Cancelled` message; then the helper thread ends, every child is
+//! reaped, and the error says which worker failed and how.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ipc_channel::ipc::{IpcOneShotServer, IpcReceiver, IpcSender};
+
+use crate::error::{Error, Result};
+use crate::protocol::{FromWorker, PROTOCOL_VERSION, ToWorker, hello_wire_size};
+use crate::sys::{ExitCause, kill_hard, prepare_worker_command};
+use crate::worker::WorkerArgs;
+
+/// A worker that connected back.
+pub(crate) struct Started {
+    pub id: usize,
+    pub pid: u32,
+    pub child: Child,
+    pub tx: IpcSender<ToWorker>,
+    pub rx: IpcReceiver<FromWorker>,
+    /// Bytes of the Hello message, for the IPC counters.
+    pub hello_bytes: u64,
+}
+
+struct Pending {
+    id: usize,
+    pid: u32,
+    /// Moved into [`Started`] once the worker connected.
+    child: Option<Child>,
+    server_name: String,
+    answered: bool,
+}
+
+impl Pending {
+    fn kill_and_reap(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            kill_and_reap(child);
+        }
+    }
+}
+
+type Accepted = (
+    usize,
+    std::result::Result<(IpcReceiver<FromWorker>, FromWorker), String>,
+);
+
+/// Starts workers `ids`, all at once, and waits for every handshake (at most `timeout`).
+/// On any failure, every worker started here is killed and reaped before the error returns.
+pub(crate) fn start_workers(
+    exe: &Path,
+    shm_fd: std::os::fd::RawFd,
+    ids: std::ops::Range<usize>,
+    timeout: Duration,
+) -> Result<Vec<Started>> {
+    let began = Instant::now();
+    let mut pending: Vec<Pending> = Vec::with_capacity(ids.len());
+    let mut servers = Vec::with_capacity(ids.len());
+    for id in ids {
+        let spawned = IpcOneShotServer::<FromWorker>::new()
+            .map_err(|e| spawn_error(id, exe, e))
+            .and_then(|(server, name)| {
+                let args = WorkerArgs {
+                    server: name.clone(),
+                    shm_fd,
+                    id,
+                };
+                let mut cmd = Command::new(exe);
+                cmd.args(args.to_args()).stdin(Stdio::null());
+                // A worker's stdout goes to our stderr, so a kernel's println! can never mix
+                // into the report (or the JSON) on stdout.
+                if let Ok(err) = io::stderr().as_fd().try_clone_to_owned() {
+                    cmd.stdout(err);
+                }
+                prepare_worker_command(&mut cmd, shm_fd);
+                let child = cmd.spawn().map_err(|e| spawn_error(id, exe, e))?;
+                Ok((server, name, child))
+            });
+        match spawned {
+            Ok((server, server_name, child)) => {
+                servers.push((pending.len(), server));
+                pending.push(Pending {
+                    id,
+                    pid: child.id(),
+                    child: Some(child),
+                    server_name,
+                    answered: false,
+                });
+            }
+            Err(e) => {
+                drop(servers);
+                for p in &mut pending {
+                    p.kill_and_reap();
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    let (results_tx, results_rx) = mpsc::channel::<Accepted>();
+    let acceptor = std::thread::Builder::new()
+        .name("procpool-accept".into())
+        .spawn(move || {
+            for (idx, server) in servers {
+                let r = server.accept().map_err(|e| e.to_string());
+                if results_tx.send((idx, r)).is_err() {
+                    return;
+                }
+            }
+        });
+    let acceptor = match acceptor {
+        Ok(handle) => handle,
+        Err(e) => {
+            for p in &mut pending {
+                p.kill_and_reap();
+            }
+            return Err(Error::Io(e));
+        }
+    };
+
+    let mut started: Vec<Option<Started>> = (0..pending.len()).map(|_| None).collect();
+    let mut remaining = pending.len();
+    let mut failure: Option<Error> = None;
+    while remaining > 0 && failure.is_none() {
+        let left = timeout.saturating_sub(began.elapsed());
+        match results_rx.recv_timeout(left.min(Duration::from_millis(20))) {
+            Ok((idx, result)) => {
+                remaining -= 1;
+                let p = &mut pending[idx];
+                p.answered = true;
+                match result {
+                    Ok((
+                        rx,
+                        FromWorker::Hello {
+                            version,
+                            pid,
+                            to_worker,
+                        },
+                    )) if version == PROTOCOL_VERSION => {
+                        started[idx] = Some(Started {
+                            id: p.id,
+                            pid,
+                            child: p.child.take().expect("answered once"),
+                            tx: to_worker,
+                            rx,
+                            hello_bytes: hello_wire_size(version, pid),
+                        });
+                    }
+                    Ok((_, FromWorker::Hello { version, .. })) => {
+                        failure = Some(Error::Ipc(format!(
+                            "worker {} speaks protocol version {version}, this procpool {PROTOCOL_VERSION}: \
+                             the worker executable is from another build",
+                            p.id
+                        )));
+                    }
+                    Ok((_, other)) => {
+                        failure = Some(Error::Ipc(format!(
+                            "worker {} sent {other:?} instead of Hello",
+                            p.id
+                        )));
+                    }
+                    Err(_) => {
+                        // The worker connected, then closed the connection: it died. Its exit
+                        // status says how.
+                        let cause = match p.child.as_mut() {
+                            Some(child) => reap_within(child, Duration::from_secs(1)),
+                            None => ExitCause::Unknown,
+                        };
+                        failure = Some(handshake_exit(p, cause));
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                failure = Some(Error::Ipc("the handshake thread stopped early".into()));
+            }
+        }
+        if failure.is_some() || remaining == 0 {
+            break;
+        }
+        // A worker that exited before connecting will never connect.
+        for p in pending.iter_mut().filter(|p| !p.answered) {
+            if let Some(Ok(Some(status))) = p.child.as_mut().map(Child::try_wait) {
+                failure = Some(handshake_exit(p, status.into()));
+                break;
+            }
+        }
+        if failure.is_none() && began.elapsed() >= timeout {
+            let late = pending.iter().find(|p| !p.answered).expect("remaining > 0");
+            failure = Some(Error::HandshakeTimeout {
+                id: late.id,
+                pid: late.pid,
+                timeout,
+            });
+        }
+    }
+
+    if let Some(error) = failure {
+        // Kill first: a worker blocked half-way through the handshake then closes its end,
+        // which unblocks the accept thread on its server.
+        for p in &pending {
+            kill_hard(p.pid);
+        }
+        for s in started.iter().flatten() {
+            kill_hard(s.pid);
+        }
+        for p in pending.iter().filter(|p| !p.answered) {
+            if let Ok(tx) = IpcSender::<FromWorker>::connect(p.server_name.clone()) {
+                let _ = tx.send(FromWorker::Cancelled);
+            }
+        }
+        let _ = acceptor.join();
+        for p in &mut pending {
+            p.kill_and_reap();
+        }
+        for s in started.iter_mut().flatten() {
+            kill_and_reap(&mut s.child);
+        }
+        return Err(error);
+    }
+    let _ = acceptor.join();
+    Ok(started
+        .into_iter()
+        .map(|s| s.expect("all accepted"))
+        .collect())
+}
+
+fn handshake_exit(p: &Pending, cause: ExitCause) -> Error {
+    let hint = match cause {
+        ExitCause::Exited(_) => {
+            "; if this is your own binary, call procpool::init() first thing in main".to_string()
+        }
+        _ => String::new(),
+    };
+    Error::HandshakeExit {
+        id: p.id,
+        pid: p.pid,
+        cause,
+        hint,
+    }
+}
+
+fn spawn_error(id: usize, exe: &Path, source: io::Error) -> Error {
+    let hint = match source.raw_os_error() {
+        Some(libc::EAGAIN) => format!(
+            "; the process limit (ulimit -u) is {}",
+            crate::sys::process_limit()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "reached".into())
+        ),
+        Some(libc::EMFILE) | Some(libc::ENFILE) => {
+            let (soft, _) = crate::sys::open_file_limit().unwrap_or((0, 0));
+            format!("; the open-file limit (ulimit -n) is {soft}")
+        }
+        Some(libc::ENOENT) => "; check the worker executable path".to_string(),
+        _ => String::new(),
+    };
+    Error::Spawn {
+        id,
+        exe: exe.display().to_string(),
+        source,
+        hint,
+    }
+}
+
+/// Waits up to `grace` for `child` to exit, then kills it; always reaps it.
+pub(crate) fn reap_within(child: &mut Child, grace: Duration) -> ExitCause {
+    let deadline = Instant::now() + grace;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.into(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+            Ok(None) => {
+                let _ = child.kill();
+                return child
+                    .wait()
+                    .map(ExitCause::from)
+                    .unwrap_or(ExitCause::Unknown);
+            }
+            Err(_) => return ExitCause::Unknown,
+        }
+    }
+}
+
+/// Kills `child` (if still running) and reaps it.
+pub(crate) fn kill_and_reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -1,0 +1,123 @@
+//! The messages between the parent and its workers.
+//!
+//! Small on purpose: a chunk is a range and an id, a reply is an id and a duration. Results
+//! never cross the channel; they are written into the shared region. Every message is
+//! postcard-encoded by ipc-channel; [`wire_size`] gives its size for the IPC byte counters.
+
+use ipc_channel::ipc::IpcSender;
+use serde::{Deserialize, Serialize};
+
+use crate::fault::Fault;
+
+/// Bumped whenever a message changes shape; a worker from another build is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The first argument that turns a procpool-linked binary into a worker (see [`crate::init`]).
+pub const WORKER_ARG: &str = "__procpool_worker";
+
+/// Parent to worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// A new job: map the region again and build the kernel.
+    Job(JobSpec),
+    /// Compute `start..end` of the current job into the shared region.
+    Chunk {
+        /// Chunk id within the job.
+        id: u64,
+        /// First index.
+        start: u64,
+        /// One past the last index.
+        end: u64,
+        /// 0 the first time this chunk is handed out, then 1, 2, … on retries.
+        attempt: u32,
+    },
+    /// Finish: exit with status 0.
+    Shutdown,
+}
+
+/// What a worker needs to know about a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Job id within this pool.
+    pub job: u64,
+    /// Registry name of the workload.
+    pub workload: String,
+    /// The workload value, postcard-encoded.
+    pub params: Vec<u8>,
+    /// Size of one output element in bytes.
+    pub elem_size: u32,
+    /// Length of the shared region in bytes.
+    pub region_len: u64,
+    /// Faults to inject, for demonstrations and tests.
+    pub faults: Vec<Fault>,
+}
+
+/// Worker to parent.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// First message on the connection: who I am and where to send me work.
+    Hello {
+        /// [`PROTOCOL_VERSION`] of the worker's build.
+        version: u32,
+        /// The worker's process id.
+        pid: u32,
+        /// The channel on which the worker receives [`ToWorker`] messages.
+        to_worker: IpcSender<ToWorker>,
+    },
+    /// A chunk is written into the shared region.
+    Done {
+        /// The chunk id.
+        id: u64,
+        /// Time spent in the kernel, in nanoseconds.
+        compute_ns: u64,
+    },
+    /// The worker could not start the job (for example an unregistered workload). It exits
+    /// after sending this.
+    Failed {
+        /// What went wrong.
+        message: String,
+    },
+    /// Sent by the parent to its own handshake server to stop waiting for a worker that
+    /// died or missed its deadline. Never sent by a worker.
+    Cancelled,
+}
+
+/// Bytes a message occupies on the wire (its postcard encoding).
+///
+/// Must not be called on a message holding a channel (`Hello`): serializing a channel
+/// queues its descriptor for the next send.
+pub fn wire_size<T: Serialize>(msg: &T) -> u64 {
+    postcard::serialize_with_flavor::<T, _, usize>(msg, postcard::ser_flavors::Size::default())
+        .map(|n| n as u64)
+        .unwrap_or(0)
+}
+
+/// Size counted for a `Hello`: its fields but the channel, whose descriptor travels beside
+/// the bytes.
+pub fn hello_wire_size(version: u32, pid: u32) -> u64 {
+    1 + wire_size(&(version, pid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_messages_are_a_few_bytes() {
+        let msg = ToWorker::Chunk {
+            id: 1000,
+            start: 10_000_000,
+            end: 10_250_000,
+            attempt: 0,
+        };
+        let size = wire_size(&msg);
+        assert!(size > 0 && size < 20, "{size}");
+        let done = FromWorker::Done {
+            id: 1000,
+            compute_ns: 1_000_000,
+        };
+        let size = wire_size(&done);
+        assert!(size > 0 && size < 16, "{size}");
+        assert_eq!(size as usize, postcard::to_stdvec(&done).unwrap().len());
+    }
+}

@@ -1,0 +1,224 @@
+//! The shared region: one anonymous `memfd` that every worker maps.
+//!
+//! Why memfd and not named POSIX shared memory (`/dev/shm/...`)? A memfd has no name, so
+//! nothing can be left behind when procpool is killed: its pages disappear with the last
+//! process that holds the descriptor or a mapping. Workers inherit the descriptor when they
+//! start and map it again for every job, so the region can grow between jobs.
+//!
+//! This module and [`crate::sys`] hold the crate's `unsafe` code. The core invariant that
+//! makes writing into the region sound is stated on [`Mapping::slice_mut`]: at any time a
+//! byte range is written by at most one process, and nobody reads it meanwhile. The pool
+//! upholds it by handing out disjoint chunk ranges ([`crate::schedule::ChunkPlan`]) and by
+//! reading the region only once every chunk is reported done and no chunk is in flight.
+
+use std::ffi::c_void;
+use std::io;
+use std::num::NonZeroUsize;
+use std::ops::Range;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+
+/// An anonymous shared-memory file (memfd), owned by the parent.
+///
+/// It is created close-on-exec; the worker start-up code clears that flag in the child only
+/// (see [`crate::sys`]), so unrelated programs the user runs never inherit it.
+#[derive(Debug)]
+pub struct SharedRegion {
+    fd: OwnedFd,
+    len: u64,
+}
+
+impl SharedRegion {
+    /// Creates an empty region.
+    pub fn new() -> io::Result<Self> {
+        let fd = memfd_create("procpool-results", MFdFlags::MFD_CLOEXEC)?;
+        Ok(SharedRegion { fd, len: 0 })
+    }
+
+    /// Sets the length to `len` bytes, every byte zero.
+    ///
+    /// The file is first truncated to zero, which gives any pages of the previous job back
+    /// to the kernel; the new pages are allocated lazily, on first touch, by whichever worker
+    /// writes them first. No mapping of the old contents may be in use.
+    pub fn reset(&mut self, len: u64) -> io::Result<()> {
+        let len_off = i64::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
+        nix::unistd::ftruncate(&self.fd, 0)?;
+        nix::unistd::ftruncate(&self.fd, len_off)?;
+        self.len = len;
+        Ok(())
+    }
+
+    /// The current length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when the region has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The raw descriptor number, passed to workers on their command line.
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Maps the whole region into this process.
+    pub fn map(&self) -> io::Result<Mapping> {
+        Mapping::new(self.fd.as_fd(), self.len)
+    }
+}
+
+/// A shared, writable mapping of a region (or of its first `len` bytes).
+///
+/// Unmapped on drop.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a Mapping is a pointer to memory that lives until it is unmapped in `drop`; it has no
+// thread affinity. Access to its bytes goes through `slice`/`slice_mut`, whose contracts
+// (below) put the burden of exclusive writes on the caller, whichever thread it runs on.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; shared references only hand out the raw pointer through unsafe methods.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of the memfd `fd` shared and read-write.
+    ///
+    /// A zero length gives an empty mapping without calling `mmap` (which refuses zero).
+    pub fn new(fd: BorrowedFd<'_>, len: u64) -> io::Result<Self> {
+        let len = usize::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
+        let Some(nz) = NonZeroUsize::new(len) else {
+            return Ok(Mapping {
+                ptr: NonNull::dangling(),
+                len: 0,
+            });
+        };
+        // SAFETY: we ask for a fresh mapping (no address hint), so no existing Rust object is
+        // overlaid. `fd` is a memfd at least `len` bytes long (the parent sized it before it
+        // told anyone the length), so every mapped page is backed by the file.
+        let ptr = unsafe {
+            mmap(
+                None,
+                nz,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd,
+                0,
+            )?
+        };
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// Length of the mapping in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for an empty mapping.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reads the bytes in `range`.
+    ///
+    /// # Panics
+    /// If `range` is outside the mapping.
+    ///
+    /// # Safety
+    /// No process may write to `range` while the returned slice is alive. The pool
+    /// guarantees this by reading only after every chunk is done and none is in flight.
+    pub unsafe fn slice(&self, range: Range<usize>) -> &[u8] {
+        assert!(
+            range.start <= range.end && range.end <= self.len,
+            "range outside mapping"
+        );
+        // SAFETY: the range is inside the mapping (checked above), the mapping lives as long
+        // as `self`, and the caller promises no concurrent writer.
+        unsafe {
+            std::slice::from_raw_parts(self.ptr.as_ptr().add(range.start), range.end - range.start)
+        }
+    }
+
+    /// Gives write access to the bytes in `range`.
+    ///
+    /// # Panics
+    /// If `range` is outside the mapping.
+    ///
+    /// # Safety
+    /// While the returned slice is alive, no other slice of an overlapping range may exist in
+    /// any process or thread, and nobody may read the range. The pool guarantees this by
+    /// giving each chunk (a disjoint range) to exactly one worker at a time and by reading the
+    /// region only after the worker reported the chunk done.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice_mut(&self, range: Range<usize>) -> &mut [u8] {
+        assert!(
+            range.start <= range.end && range.end <= self.len,
+            "range outside mapping"
+        );
+        // SAFETY: in bounds (checked above), alive as long as `self`, and exclusive by the
+        // caller's promise.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.ptr.as_ptr().add(range.start),
+                range.end - range.start,
+            )
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        // SAFETY: `ptr`/`len` came from a successful mmap in `new` and are unmapped only
+        // here; slices borrowed from `self` cannot outlive it.
+        let _ = unsafe { munmap(self.ptr.cast::<c_void>(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_is_zeroed_shared_and_resettable() {
+        let mut region = SharedRegion::new().unwrap();
+        region.reset(4096 * 3).unwrap();
+        let a = region.map().unwrap();
+        let b = region.map().unwrap();
+        // SAFETY: this test is the only user of the region; the write slice is dropped
+        // before the read.
+        unsafe {
+            assert!(a.slice(0..a.len()).iter().all(|&x| x == 0));
+            a.slice_mut(5000..5008).copy_from_slice(&7u64.to_le_bytes());
+            assert_eq!(b.slice(5000..5008), &7u64.to_le_bytes());
+        }
+        drop((a, b));
+        region.reset(16).unwrap();
+        let c = region.map().unwrap();
+        // SAFETY: sole user.
+        unsafe { assert_eq!(c.slice(0..16), &[0u8; 16]) };
+    }
+
+    #[test]
+    fn empty_region_maps_to_empty_mapping() {
+        let region = SharedRegion::new().unwrap();
+        let m = region.map().unwrap();
+        assert!(m.is_empty());
+        // SAFETY: empty range.
+        assert!(unsafe { m.slice(0..0) }.is_empty());
+    }
+}

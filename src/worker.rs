@@ -1,0 +1,231 @@
+//! The worker side: connect back, then `loop { receive chunk -> kernel into shm -> reply }`.
+//!
+//! A worker is the same binary as the parent, re-executed with [`WORKER_ARG`] as its first
+//! argument; [`crate::init_with`] notices that and calls [`serve`] before `main` does
+//! anything else.
+
+use std::os::fd::{BorrowedFd, RawFd};
+use std::path::Path;
+use std::time::Instant;
+
+use ipc_channel::ipc::{self, IpcSender};
+
+use crate::fault::{Fault, FaultAction};
+use crate::protocol::{FromWorker, JobSpec, PROTOCOL_VERSION, ToWorker, WORKER_ARG};
+use crate::shm::Mapping;
+use crate::workload::{DynKernel, Registry};
+
+/// What the parent tells a worker on its command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerArgs {
+    /// The parent's one-shot server to connect to.
+    pub server: String,
+    /// The inherited memfd of the shared region.
+    pub shm_fd: RawFd,
+    /// The worker's id in the pool.
+    pub id: usize,
+}
+
+impl WorkerArgs {
+    /// The arguments after the executable name.
+    pub fn to_args(&self) -> Vec<String> {
+        vec![
+            WORKER_ARG.to_string(),
+            self.server.clone(),
+            self.shm_fd.to_string(),
+            self.id.to_string(),
+        ]
+    }
+
+    /// Parses what [`WorkerArgs::to_args`] produced (including [`WORKER_ARG`]).
+    pub fn from_args(args: &[String]) -> Result<Self, String> {
+        match args {
+            [flag, server, fd, id] if flag == WORKER_ARG => Ok(WorkerArgs {
+                server: server.clone(),
+                shm_fd: fd.parse().map_err(|_| format!("bad fd `{fd}`"))?,
+                id: id.parse().map_err(|_| format!("bad id `{id}`"))?,
+            }),
+            _ => Err(format!(
+                "usage: {WORKER_ARG} SERVER SHM_FD ID (this entry is started by procpool itself)"
+            )),
+        }
+    }
+}
+
+/// The state of the job a worker is serving.
+struct CurrentJob {
+    mapping: Mapping,
+    kernel: Box<dyn DynKernel>,
+    elem_size: usize,
+    faults: Vec<Fault>,
+}
+
+/// Runs the worker until the parent says `Shutdown` or goes away. Returns the exit status.
+pub fn serve(args: &WorkerArgs, registry: &Registry) -> i32 {
+    match serve_inner(args, registry) {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("procpool worker {}: {message}", args.id);
+            1
+        }
+    }
+}
+
+fn serve_inner(args: &WorkerArgs, registry: &Registry) -> Result<(), String> {
+    let to_parent = IpcSender::<FromWorker>::connect(args.server.clone())
+        .map_err(|e| format!("cannot connect to the parent at {}: {e}", args.server))?;
+    // The connection is made; the socket's name is no longer needed. Removing it here too
+    // (the parent removes it after accepting) means a parent killed right now leaves
+    // nothing behind in the temp directory.
+    remove_server_dir(&args.server);
+
+    let (to_worker, from_parent) =
+        ipc::channel::<ToWorker>().map_err(|e| format!("cannot create a channel: {e}"))?;
+    to_parent
+        .send(FromWorker::Hello {
+            version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            to_worker,
+        })
+        .map_err(|e| format!("cannot greet the parent: {e}"))?;
+
+    // SAFETY: the parent passed us this descriptor number and kept it open across exec for
+    // us; nothing else in this process uses it.
+    let shm = unsafe { BorrowedFd::borrow_raw(args.shm_fd) };
+    let mut job: Option<CurrentJob> = None;
+
+    loop {
+        let msg = match from_parent.recv() {
+            Ok(msg) => msg,
+            // The parent closed the channel (or died): nothing more to do.
+            Err(_) => return Ok(()),
+        };
+        match msg {
+            ToWorker::Job(spec) => {
+                // Unmap the previous job's region before mapping the new one.
+                drop(job.take());
+                match start_job(&spec, shm, registry) {
+                    Ok(j) => job = Some(j),
+                    Err(message) => {
+                        let _ = to_parent.send(FromWorker::Failed {
+                            message: message.clone(),
+                        });
+                        return Err(message);
+                    }
+                }
+            }
+            ToWorker::Chunk {
+                id,
+                start,
+                end,
+                attempt,
+            } => {
+                let job = job.as_ref().ok_or("received a chunk before any job")?;
+                let began = Instant::now();
+                run_chunk(job, id, start, end, attempt)?;
+                let compute_ns = began.elapsed().as_nanos() as u64;
+                if to_parent.send(FromWorker::Done { id, compute_ns }).is_err() {
+                    return Ok(());
+                }
+            }
+            ToWorker::Shutdown => return Ok(()),
+        }
+    }
+}
+
+fn start_job(
+    spec: &JobSpec,
+    shm: BorrowedFd<'_>,
+    registry: &Registry,
+) -> Result<CurrentJob, String> {
+    let kernel = registry.instantiate(&spec.workload, &spec.params, spec.elem_size as usize)?;
+    let mapping = Mapping::new(shm, spec.region_len).map_err(|e| {
+        format!(
+            "cannot map the shared region ({} bytes): {e}",
+            spec.region_len
+        )
+    })?;
+    Ok(CurrentJob {
+        mapping,
+        kernel,
+        elem_size: spec.elem_size as usize,
+        faults: spec.faults.clone(),
+    })
+}
+
+fn run_chunk(job: &CurrentJob, id: u64, start: u64, end: u64, attempt: u32) -> Result<(), String> {
+    let fault = job
+        .faults
+        .iter()
+        .find(|f| f.fires(id, attempt))
+        .map(|f| f.action);
+    if let Some(action) = fault {
+        inject_before(action, id);
+    }
+    let bytes = |i: u64| {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| i.checked_mul(job.elem_size))
+    };
+    let (Some(lo), Some(hi)) = (bytes(start), bytes(end)) else {
+        return Err(format!(
+            "chunk {id} ({start}..{end}) does not fit in memory"
+        ));
+    };
+    if lo > hi || hi > job.mapping.len() {
+        return Err(format!(
+            "chunk {id} ({start}..{end}) lies outside the shared region of {} bytes",
+            job.mapping.len()
+        ));
+    }
+    // SAFETY: the parent hands each chunk, a range disjoint from every other chunk's, to one
+    // worker at a time and reads it only after our `Done`; so for the life of this slice no
+    // other process touches these bytes.
+    let out = unsafe { job.mapping.slice_mut(lo..hi) };
+    job.kernel.run(start..end, out);
+    if fault == Some(FaultAction::Corrupt) && !out.is_empty() {
+        out[0] ^= 0x5a;
+    }
+    Ok(())
+}
+
+/// Makes this worker fail the way `action` says, right before running chunk `id`.
+fn inject_before(action: FaultAction, id: u64) {
+    use nix::sys::signal::Signal;
+    match action {
+        FaultAction::Kill => crate::sys::die_by_signal(Signal::SIGKILL),
+        FaultAction::Abort => std::process::abort(),
+        FaultAction::Panic => panic!("injected panic at chunk {id}"),
+        FaultAction::Segv => crate::sys::die_by_signal(Signal::SIGSEGV),
+        FaultAction::Exit => std::process::exit(3),
+        FaultAction::Hang => loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        },
+        FaultAction::Corrupt => {}
+    }
+}
+
+/// Removes the one-shot server's socket and its private temp directory.
+fn remove_server_dir(server: &str) {
+    let path = Path::new(server);
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_args_round_trip() {
+        let a = WorkerArgs {
+            server: "/tmp/.tmpX/socket".into(),
+            shm_fd: 5,
+            id: 3,
+        };
+        assert_eq!(WorkerArgs::from_args(&a.to_args()), Ok(a));
+        assert!(WorkerArgs::from_args(&["x".into()]).is_err());
+    }
+}

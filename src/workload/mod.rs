@@ -1,0 +1,190 @@
+//! Workloads: what a pool computes, and the registry workers use to find it.
+//!
+//! A workload is a value (its parameters) plus a kernel that fills `out[i - start]` for every
+//! `i` in a range. The parent sends the workload's name and its serialized value to each
+//! worker once per job; chunk messages then carry only ranges. Built-in workloads are
+//! registered exactly like a user's own.
+
+mod squares;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use squares::Squares;
+
+/// A type a workload can write into shared memory: plain old data with a fixed size.
+pub trait Element: bytemuck::Pod + PartialEq + fmt::Debug + fmt::Display + Send + Sync {
+    /// The value widened to `u64`, used for checksums and mismatch reports.
+    fn widen(self) -> u64;
+}
+
+macro_rules! element {
+    ($($t:ty),*) => {$(
+        impl Element for $t {
+            fn widen(self) -> u64 {
+                u64::from(self)
+            }
+        }
+    )*};
+}
+element!(u8, u16, u32, u64);
+
+/// A computation the pool can spread over processes.
+///
+/// The value itself is the workload's parameters; it is serialized to every worker once per
+/// job. [`Workload::kernel`] must be deterministic: the pool's output is checked element by
+/// element against a single-process run of the same kernel.
+pub trait Workload:
+    Serialize + DeserializeOwned + Clone + fmt::Debug + Send + Sync + 'static
+{
+    /// The name under which workers find this workload in the [`Registry`].
+    const NAME: &'static str;
+    /// The element type of the output.
+    type Output: Element;
+    /// Fills `out[k]` with the result for index `range.start + k`.
+    /// `out.len() == range.end - range.start`.
+    fn kernel(&self, range: Range<u64>, out: &mut [Self::Output]);
+}
+
+/// A workload with its type erased, as a worker holds it during a job.
+pub(crate) trait DynKernel: Send + Sync {
+    /// Runs the kernel on `range`, writing little-endian elements into `out`.
+    fn run(&self, range: Range<u64>, out: &mut [u8]);
+}
+
+struct Typed<W>(W);
+
+impl<W: Workload> DynKernel for Typed<W> {
+    fn run(&self, range: Range<u64>, out: &mut [u8]) {
+        // The region is page aligned and chunk offsets are multiples of the element size,
+        // so this cast cannot fail; bytemuck checks it anyway.
+        let out: &mut [W::Output] = bytemuck::cast_slice_mut(out);
+        self.0.kernel(range, out);
+    }
+}
+
+type Decoder = fn(&[u8]) -> Result<Box<dyn DynKernel>, postcard::Error>;
+
+fn decode<W: Workload>(params: &[u8]) -> Result<Box<dyn DynKernel>, postcard::Error> {
+    Ok(Box::new(Typed(postcard::from_bytes::<W>(params)?)))
+}
+
+/// Entry of the registry: how to rebuild a workload from its serialized parameters.
+#[derive(Clone, Copy)]
+struct Entry {
+    elem_size: usize,
+    decode: Decoder,
+}
+
+/// The workloads a worker can run, by name.
+///
+/// The binary that workers run must register every workload the parent will submit, and
+/// hand the registry to [`crate::init_with`] as the first thing in `main`.
+#[derive(Clone)]
+pub struct Registry {
+    entries: HashMap<&'static str, Entry>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<_> = self.entries.keys().collect();
+        names.sort();
+        f.debug_struct("Registry")
+            .field("workloads", &names)
+            .finish()
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
+impl Registry {
+    /// A registry with no workloads at all.
+    pub fn empty() -> Self {
+        Registry {
+            entries: HashMap::new(),
+        }
+    }
+
+    /// A registry holding procpool's built-in workloads.
+    pub fn builtin() -> Self {
+        Self::empty().register::<Squares>()
+    }
+
+    /// Adds workload `W` (replacing any workload of the same name).
+    pub fn register<W: Workload>(mut self) -> Self {
+        self.entries.insert(
+            W::NAME,
+            Entry {
+                elem_size: std::mem::size_of::<W::Output>(),
+                decode: decode::<W>,
+            },
+        );
+        self
+    }
+
+    /// True when a workload of that name is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Rebuilds a registered workload from its name and serialized parameters.
+    pub(crate) fn instantiate(
+        &self,
+        name: &str,
+        params: &[u8],
+        elem_size: usize,
+    ) -> Result<Box<dyn DynKernel>, String> {
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| format!("workload `{name}` is not registered in the worker binary"))?;
+        if entry.elem_size != elem_size {
+            return Err(format!(
+                "workload `{name}` has {}-byte elements in the worker but {elem_size} in the parent",
+                entry.elem_size
+            ));
+        }
+        (entry.decode)(params).map_err(|e| format!("bad parameters for `{name}`: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_round_trips_a_workload_through_bytes() {
+        let reg = Registry::builtin();
+        let params = postcard::to_stdvec(&Squares).unwrap();
+        let kernel = reg.instantiate("squares", &params, 8).unwrap();
+        let mut out = vec![0u8; 3 * 8];
+        kernel.run(4..7, &mut out);
+        let got: &[u64] = bytemuck::cast_slice(&out);
+        assert_eq!(got, &[16, 25, 36]);
+    }
+
+    #[test]
+    fn registry_refuses_unknown_names_and_wrong_element_sizes() {
+        let reg = Registry::builtin();
+        assert!(
+            reg.instantiate("nope", &[], 8)
+                .err()
+                .unwrap()
+                .contains("not registered")
+        );
+        assert!(
+            reg.instantiate("squares", &[], 4)
+                .err()
+                .unwrap()
+                .contains("8-byte")
+        );
+    }
+}
