@@ -88,13 +88,11 @@ pub enum Error {
 }
 
 fn held_text(chunks: &[u64]) -> String {
+    let list = |cs: &[u64]| cs.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
     match chunks {
         [] => " while idle".to_string(),
         [c] => format!(" while running chunk {c}"),
-        cs => format!(
-            " while holding chunks {}",
-            cs.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
-        ),
+        [c, queued @ ..] => format!(" while running chunk {c} ({} queued)", list(queued)),
     }
 }
 

@@ -55,7 +55,7 @@ pub fn check_memory(what: &str, parts: &[(&str, u128)], machine: &Machine) -> Re
         String::new()
     };
     Err(Error::InvalidInput(format!(
-        "{what} needs {}{detail} of memory; this machine has {} available ({} total): use a smaller n{}",
+        "{what} needs {} of memory{detail}; this machine has {} available ({} total): use a smaller n{}",
         human_bytes(needed),
         human_bytes(u128::from(machine.available_memory)),
         human_bytes(u128::from(machine.total_memory)),
