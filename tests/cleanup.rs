@@ -1,0 +1,188 @@
+//! Nothing is left behind: after a run that succeeds, fails or is refused, no process it
+//! started is running, its `TMPDIR` and working directory are empty (ipc-channel's one-shot
+//! handshake sockets live under `TMPDIR`), and `/dev/shm` has no new entry.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, Sandbox, dir_entries, wait_until};
+use nix::sys::signal::Signal;
+
+#[test]
+fn successful_run_leaves_no_process_socket_or_shm_entry() {
+    for args in [
+        &["--workers", "3", "squares", "1e5"][..],
+        &["--workers", "8", "squares", "1e6", "--json"][..],
+        &["--workers", "2", "squares", "0"][..],
+        &["--workers", "2", "squares", "1e5", "--no-baseline"][..],
+    ] {
+        let sandbox = Sandbox::new();
+        let out = sandbox.run(args);
+        out.assert_code(EXIT_OK);
+        sandbox.assert_nothing_left(&out);
+    }
+}
+
+#[test]
+fn mismatched_run_leaves_nothing_behind() {
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&["--workers", "2", "squares", "1000", "--inject", "corrupt@0"]);
+    out.assert_code(EXIT_FAILED);
+    assert!(out.stderr.contains("element 0"), "{}", out.stderr);
+    sandbox.assert_nothing_left(&out);
+}
+
+#[test]
+fn refused_run_leaves_nothing_behind() {
+    for args in [
+        &["--workers", "0", "squares", "10"][..],
+        &["--workers", "2", "squares", "1e13"][..],
+        &["--workers", "2", "cubes", "10"][..],
+    ] {
+        let sandbox = Sandbox::new();
+        let out = sandbox.run(args);
+        out.assert_code(EXIT_USAGE);
+        sandbox.assert_nothing_left(&out);
+    }
+}
+
+#[test]
+fn worker_killed_by_sigkill_fails_the_run_and_leaves_nothing_behind() {
+    // `:always` fires on every attempt, so the run fails whether or not chunks are retried.
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&[
+        "--workers",
+        "2",
+        "squares",
+        "1e5",
+        "--inject",
+        "kill@1:always",
+    ]);
+    out.assert_code(EXIT_FAILED);
+    let line = out.one_line_error();
+    assert!(
+        line.contains("worker") && line.contains("pid") && line.contains("killed by SIGKILL"),
+        "names the worker and how it died: {line}"
+    );
+    sandbox.assert_nothing_left(&out);
+}
+
+#[test]
+fn worker_killed_once_leaves_nothing_behind() {
+    // Today a worker's death fails the run (exit 1); a supervisor that retries the chunk
+    // may finish it instead (exit 0, verified). Either way nothing may remain.
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&["--workers", "2", "squares", "1e5", "--inject", "kill@1"]);
+    match out.code {
+        Some(EXIT_FAILED) => assert!(
+            out.stderr.contains("killed by SIGKILL"),
+            "names how the worker died: {}",
+            out.stderr
+        ),
+        Some(EXIT_OK) => assert!(out.stdout.contains("verified"), "{}", out.stdout),
+        _ => panic!("unexpected outcome: {out:?}"),
+    }
+    sandbox.assert_nothing_left(&out);
+}
+
+#[test]
+fn workers_crashing_in_every_way_leave_nothing_behind() {
+    // Crashing workers must not leave core files in the working directory either; whether
+    // the kernel writes one is the machine's setting, so turn them off for this process and
+    // its children.
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_CORE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_CORE, 0, hard).expect("setrlimit");
+
+    for (fault, cause) in [
+        ("abort@1:always", "killed by SIGABRT"),
+        ("segv@1:always", "killed by SIGSEGV"),
+        ("panic@1:always", "exited with status 101"),
+        ("exit@1:always", "exited with status 3"),
+        ("kill@0:always", "killed by SIGKILL"),
+    ] {
+        let sandbox = Sandbox::new();
+        let out = sandbox
+            .command(&["--workers", "3", "squares", "1e5", "--inject", fault])
+            .env("RUST_BACKTRACE", "0")
+            .run();
+        out.assert_code(EXIT_FAILED);
+        // A panicking worker prints its panic message first; procpool's own line is last.
+        let last = out.stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("procpool: ") && last.contains(cause),
+            "{fault}: the last line says `{cause}`:\n{}",
+            out.stderr
+        );
+        sandbox.assert_nothing_left(&out);
+    }
+}
+
+/// Starts `procpool --workers 2 squares 1e5 --inject hang@0` (a job that never ends), waits
+/// until both workers have connected, sends `signal` to procpool, and checks that procpool
+/// ends and nothing it started remains.
+fn interrupt_mid_run(signal: Signal) {
+    if ignored_by_this_process(signal) {
+        // procpool inherits the ignored disposition (as every Unix program does), so the
+        // signal could not stop it; SIGKILL, which cannot be ignored, still runs.
+        eprintln!("{signal} is ignored by the test process; nothing to check");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    // `:always`: the job can never finish, whatever the supervisor does about hung workers.
+    let mut running = sandbox
+        .command(&[
+            "--workers",
+            "2",
+            "squares",
+            "1e5",
+            "--inject",
+            "hang@0:always",
+        ])
+        .spawn();
+    // procpool and two workers exist, and the workers removed their handshake sockets from
+    // TMPDIR, which they do right after connecting: the job is under way.
+    let started = wait_until(Duration::from_secs(30), || {
+        running.processes().len() >= 3 && dir_entries(sandbox.tmpdir()).is_empty()
+    });
+    assert!(
+        started,
+        "procpool {} did not start its workers: {:?}",
+        running.args,
+        running.processes()
+    );
+    running.signal(signal);
+    let status = running.wait(Duration::from_secs(10));
+    assert!(
+        status.is_some(),
+        "procpool {} did not end within 10 s of {signal}",
+        running.args
+    );
+    sandbox.assert_nothing_left_by(&running.tag, &running.args);
+}
+
+#[test]
+fn procpool_killed_mid_run_leaves_no_worker_behind() {
+    interrupt_mid_run(Signal::SIGKILL);
+}
+
+#[test]
+fn procpool_interrupted_mid_run_leaves_no_worker_behind() {
+    interrupt_mid_run(Signal::SIGINT);
+}
+
+#[test]
+fn procpool_terminated_mid_run_leaves_no_worker_behind() {
+    interrupt_mid_run(Signal::SIGTERM);
+}
+
+/// True when this process ignores `signal` (children inherit that across exec).
+fn ignored_by_this_process(signal: Signal) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal as i32 - 1)) != 0)
+}

@@ -1,0 +1,541 @@
+//! Helpers shared by the integration tests: run the real `procpool` binary with a deadline,
+//! read its report, and check that nothing it started is left behind.
+//!
+//! Every run gets a unique `PROCPOOL_TEST_TAG` in its environment. Workers inherit the
+//! environment, so after a run any process still carrying the tag in `/proc/<pid>/environ`
+//! was started by that run and outlived it. Runs write stdout and stderr to anonymous files,
+//! not pipes, so a stray worker holding the descriptor open can never block the test.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tempfile::TempDir;
+
+/// The binary under test.
+pub const EXE: &str = env!("CARGO_BIN_EXE_procpool");
+
+/// The environment variable that marks every process a run started.
+pub const TAG_VAR: &str = "PROCPOOL_TEST_TAG";
+
+/// How long one run of procpool may take before the test kills it (debug build, a loaded
+/// 2-core machine, 10^7 elements: well under a second normally).
+pub const RUN_DEADLINE: Duration = Duration::from_secs(120);
+
+/// How long the kernel gets to finish tearing processes down before a leftover is a failure.
+pub const TEARDOWN_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Exit codes of the CLI.
+pub const EXIT_OK: i32 = 0;
+/// The job failed (including a verification mismatch).
+pub const EXIT_FAILED: i32 = 1;
+/// Bad input; nothing started.
+pub const EXIT_USAGE: i32 = 2;
+
+/// A tag no other run (in this or any other test process) uses.
+pub fn unique_tag() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "pp-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A `procpool` command line, ready to run with a deadline.
+pub struct Procpool {
+    cmd: Command,
+    tag: String,
+    deadline: Duration,
+}
+
+impl Procpool {
+    /// `procpool ARGS...`, tagged.
+    pub fn new(args: &[&str]) -> Self {
+        let tag = unique_tag();
+        let mut cmd = Command::new(EXE);
+        cmd.args(args).env(TAG_VAR, &tag).stdin(Stdio::null());
+        Procpool {
+            cmd,
+            tag,
+            deadline: RUN_DEADLINE,
+        }
+    }
+
+    /// Sets an environment variable for procpool (and so for its workers).
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.cmd.env(key, value);
+        self
+    }
+
+    /// Overrides [`RUN_DEADLINE`].
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Runs procpool in `dir`.
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.cmd.current_dir(dir);
+        self
+    }
+
+    /// Runs to completion (at most [`RUN_DEADLINE`]); on the deadline kills procpool and
+    /// everything it started, then fails the test.
+    pub fn run(mut self) -> Outcome {
+        let mut out = tempfile::tempfile().expect("temp file for stdout");
+        let mut err = tempfile::tempfile().expect("temp file for stderr");
+        self.cmd
+            .stdout(out.try_clone().expect("dup stdout file"))
+            .stderr(err.try_clone().expect("dup stderr file"));
+        let mut child = self
+            .cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {EXE}: {e}"));
+        let status = wait_child(&mut child, self.deadline);
+        let read = |f: &mut fs::File| {
+            let mut s = String::new();
+            f.seek(SeekFrom::Start(0)).expect("seek output file");
+            f.read_to_string(&mut s).expect("procpool output is UTF-8");
+            s
+        };
+        let outcome = Outcome {
+            args: format!("{:?}", self.cmd.get_args().collect::<Vec<_>>()),
+            code: status.and_then(|s| s.code()),
+            stdout: read(&mut out),
+            stderr: read(&mut err),
+            tag: self.tag,
+        };
+        if status.is_none() {
+            kill_tagged(&outcome.tag);
+            panic!(
+                "procpool {} did not finish within {:?}; killed it.\nstderr:\n{}",
+                outcome.args, self.deadline, outcome.stderr
+            );
+        }
+        outcome
+    }
+}
+
+impl Procpool {
+    /// Starts procpool and returns at once. The [`Running`] handle kills and reaps it, and
+    /// everything it started, when dropped.
+    pub fn spawn(mut self) -> Running {
+        let child = self
+            .cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {EXE}: {e}"));
+        Running {
+            args: format!("{:?}", self.cmd.get_args().collect::<Vec<_>>()),
+            child: Some(child),
+            tag: self.tag,
+        }
+    }
+}
+
+/// A procpool process still running.
+pub struct Running {
+    /// The arguments, for messages.
+    pub args: String,
+    /// `None` once reaped.
+    child: Option<Child>,
+    /// The tag in the environment of procpool and its workers.
+    pub tag: String,
+}
+
+impl Running {
+    /// procpool's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Processes carrying this run's tag: procpool and its workers.
+    pub fn processes(&self) -> Vec<(u32, String)> {
+        tagged_processes(&self.tag)
+    }
+
+    /// Sends `signal` to procpool itself.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            nix::sys::signal::kill(pid, signal).expect("signal procpool");
+        }
+    }
+
+    /// Waits at most `deadline` for procpool to end, and reaps it; past the deadline, kills
+    /// it and returns `None`.
+    pub fn wait(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        wait_child(&mut child, deadline)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        kill_tagged(&self.tag);
+    }
+}
+
+/// Runs `procpool ARGS...` with a deadline.
+pub fn procpool(args: &[&str]) -> Outcome {
+    Procpool::new(args).run()
+}
+
+/// What one run of procpool did.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The arguments, for messages.
+    pub args: String,
+    /// The exit code (`None` when killed by a signal).
+    pub code: Option<i32>,
+    /// Everything on stdout.
+    pub stdout: String,
+    /// Everything on stderr.
+    pub stderr: String,
+    /// The tag in the environment of procpool and its workers.
+    pub tag: String,
+}
+
+impl Outcome {
+    /// Asserts the exit code, showing the output when it is not the expected one.
+    pub fn assert_code(&self, expected: i32) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(expected),
+            "procpool {}: expected exit code {expected}\nstdout:\n{}\nstderr:\n{}",
+            self.args,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// stdout parsed as exactly one JSON object on one line.
+    pub fn json(&self) -> serde_json::Value {
+        assert!(
+            self.stdout.ends_with('\n') && self.stdout.lines().count() == 1,
+            "procpool {}: --json stdout must be exactly one line, got:\n{}",
+            self.args,
+            self.stdout
+        );
+        let value: serde_json::Value = serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "procpool {}: stdout is not one JSON value ({e}):\n{}",
+                self.args, self.stdout
+            )
+        });
+        assert!(
+            value.is_object(),
+            "procpool {}: stdout is not a JSON object: {value}",
+            self.args
+        );
+        value
+    }
+
+    /// The single non-empty line on stderr (fails the test if there are more, or none).
+    pub fn one_line_error(&self) -> &str {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert!(
+            lines.len() == 1 && !lines[0].trim().is_empty(),
+            "procpool {}: stderr must be exactly one non-empty line, got {} lines:\n{}",
+            self.args,
+            lines.len(),
+            self.stderr
+        );
+        lines[0]
+    }
+}
+
+/// `sum_{i<n} i*i mod 2^64`, from the closed form `(n-1) n (2n-1) / 6` in exact arithmetic.
+pub fn squares_checksum(n: u64) -> u64 {
+    let n = u128::from(n);
+    if n == 0 {
+        return 0;
+    }
+    // Exact for every n below 2^42; the tests stay far below.
+    assert!(n < 1 << 42, "closed form would overflow u128");
+    ((n - 1) * n * (2 * n - 1) / 6) as u64
+}
+
+/// Processes whose environment carries `TAG_VAR=tag`: pid and command line.
+pub fn tagged_processes(tag: &str) -> Vec<(u32, String)> {
+    let needle = format!("{TAG_VAR}={tag}");
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process may vanish between listing and reading; that is fine.
+        let Ok(environ) = fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ
+            .split(|&b| b == 0)
+            .any(|var| var == needle.as_bytes())
+        {
+            found.push((pid, cmdline(pid)));
+        }
+    }
+    found
+}
+
+/// The command line of `pid`, spaces between arguments (empty for a zombie).
+pub fn cmdline(pid: u32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .split('\0')
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+/// SIGKILLs every process carrying the tag (cleanup after a failure).
+pub fn kill_tagged(tag: &str) {
+    for (pid, _) in tagged_processes(tag) {
+        kill(pid);
+    }
+}
+
+/// SIGKILLs `pid`, ignoring a process that is already gone.
+pub fn kill(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Polls `done` until it returns true or `deadline` passes; returns its last answer.
+pub fn wait_until(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let began = Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        if began.elapsed() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Asserts that no process started by the run tagged `tag` remains (after a short grace
+/// period for the kernel's teardown). Kills any leftover before failing.
+pub fn assert_no_tagged_process(tag: &str, what: &str) {
+    if wait_until(TEARDOWN_DEADLINE, || tagged_processes(tag).is_empty()) {
+        return;
+    }
+    let left = tagged_processes(tag);
+    kill_tagged(tag);
+    panic!("{what}: processes started by procpool are still running: {left:?}");
+}
+
+/// Entry names in `dir` (empty if it cannot be read).
+pub fn dir_entries(dir: &Path) -> BTreeSet<OsString> {
+    fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default()
+}
+
+/// Entries of `/dev/shm` (named POSIX shared memory and semaphores).
+pub fn shm_entries() -> BTreeSet<OsString> {
+    dir_entries(Path::new("/dev/shm"))
+}
+
+/// A place to run procpool and then check that it left nothing behind: a fresh, empty
+/// `TMPDIR` (ipc-channel puts its one-shot handshake sockets there), a fresh working
+/// directory, and a snapshot of `/dev/shm` taken before the run.
+pub struct Sandbox {
+    tmp: TempDir,
+    cwd: TempDir,
+    shm_before: BTreeSet<OsString>,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sandbox {
+    /// A fresh sandbox.
+    pub fn new() -> Self {
+        Sandbox {
+            tmp: tempfile::Builder::new()
+                .prefix("procpool-test-tmpdir")
+                .tempdir()
+                .expect("temp dir for TMPDIR"),
+            cwd: tempfile::Builder::new()
+                .prefix("procpool-test-cwd")
+                .tempdir()
+                .expect("temp dir for the working directory"),
+            shm_before: shm_entries(),
+        }
+    }
+
+    /// The directory given to procpool as `TMPDIR`.
+    pub fn tmpdir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// `procpool ARGS...` with this sandbox's `TMPDIR` and working directory.
+    pub fn command(&self, args: &[&str]) -> Procpool {
+        Procpool::new(args)
+            .env("TMPDIR", self.tmp.path())
+            .current_dir(self.cwd.path())
+    }
+
+    /// Runs `procpool ARGS...` in the sandbox.
+    pub fn run(&self, args: &[&str]) -> Outcome {
+        self.command(args).run()
+    }
+
+    /// Asserts that the run left no process, no file in `TMPDIR` or the working directory,
+    /// and no new entry in `/dev/shm`.
+    pub fn assert_nothing_left(&self, outcome: &Outcome) {
+        self.assert_nothing_left_by(&outcome.tag, &outcome.args);
+    }
+
+    /// Like [`Sandbox::assert_nothing_left`], for the run tagged `tag` with arguments `args`.
+    pub fn assert_nothing_left_by(&self, tag: &str, args: &str) {
+        let what = format!("procpool {args}");
+        assert_no_tagged_process(tag, &what);
+        for (name, dir) in [("TMPDIR", self.tmp.path()), ("cwd", self.cwd.path())] {
+            let empty = wait_until(TEARDOWN_DEADLINE, || dir_entries(dir).is_empty());
+            assert!(
+                empty,
+                "{what}: left {:?} in its {name} {}",
+                dir_entries(dir),
+                dir.display()
+            );
+        }
+        // Another test's run may hold a /dev/shm entry for a moment; only one that stays
+        // is a leak.
+        let new_shm = || -> Vec<OsString> {
+            shm_entries()
+                .difference(&self.shm_before)
+                .cloned()
+                .collect()
+        };
+        let clean = wait_until(TEARDOWN_DEADLINE, || new_shm().is_empty());
+        assert!(clean, "{what}: new entries in /dev/shm: {:?}", new_shm());
+    }
+}
+
+/// Children of this test process (`ppid == std::process::id()`), zombies included:
+/// pid and `comm` (the executable's or script's base name, at most 15 bytes).
+pub fn children_of_this_process() -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some((comm, ppid)) = comm_and_ppid(pid)
+            && ppid == me
+        {
+            found.push((pid, comm));
+        }
+    }
+    found
+}
+
+/// `comm` and parent pid of `pid`, from `/proc/<pid>/stat`.
+pub fn comm_and_ppid(pid: u32) -> Option<(String, u32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may contain spaces and parentheses.
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_string();
+    let mut rest = stat[close + 1..].split_whitespace();
+    let _state = rest.next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some((comm, ppid))
+}
+
+/// True while `pid` is a child of this process, running or a zombie not yet reaped.
+pub fn is_our_child(pid: u32) -> bool {
+    comm_and_ppid(pid).is_some_and(|(_, ppid)| ppid == std::process::id())
+}
+
+/// Writes an executable shell script `name` with `body` into `dir`.
+///
+/// The file is written by a short-lived `sh`, never opened for writing in this process:
+/// otherwise a worker forked by a test running in another thread could inherit the
+/// write descriptor for a moment, and executing the script would fail with ETXTBSY.
+pub fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(r#"printf '%s' "$2" > "$1" && chmod 755 "$1""#)
+        .arg("sh")
+        .arg(&path)
+        .arg(body)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("run /bin/sh to write a script");
+    let status = wait_child(&mut child, Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "writing {} failed: {status:?}",
+        path.display()
+    );
+    path
+}
+
+/// Waits for `child` at most `deadline`; past it, kills it. Always reaps it. `None` when it
+/// had to be killed.
+pub fn wait_child(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
+    let began = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if began.elapsed() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+/// Relative difference test for floats computed in two places.
+pub fn close(a: f64, b: f64) -> bool {
+    a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+}

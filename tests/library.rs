@@ -1,0 +1,249 @@
+//! The Rust API: `Pool`, `PoolBuilder` and `run`, with the real `procpool` binary as the
+//! worker executable (this test binary does not call `procpool::init`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TEARDOWN_DEADLINE, children_of_this_process, is_our_child, wait_until};
+use procpool::{Pool, RunOptions, Squares};
+
+const EXE: &str = env!("CARGO_BIN_EXE_procpool");
+
+fn pool(workers: usize) -> Pool {
+    Pool::builder()
+        .workers(workers)
+        .worker_exe(EXE)
+        .build()
+        .expect("start a pool of procpool workers")
+}
+
+/// Asserts `results[i] == i * i` for every index, and the length.
+fn assert_squares(results: &[u64], n: u64) {
+    assert_eq!(results.len() as u64, n, "one result per element");
+    if let Some(i) = (0..n).find(|&i| results[i as usize] != i.wrapping_mul(i)) {
+        panic!(
+            "n={n}: results[{i}] is {}, expected {}",
+            results[i as usize],
+            i.wrapping_mul(i)
+        );
+    }
+}
+
+/// Asserts every pid is neither running nor an unreaped zombie child of this process.
+fn assert_reaped(pids: &[u32], what: &str) {
+    let gone = wait_until(TEARDOWN_DEADLINE, || !pids.iter().any(|&p| is_our_child(p)));
+    let left: Vec<u32> = pids.iter().copied().filter(|&p| is_our_child(p)).collect();
+    for &pid in &left {
+        common::kill(pid);
+    }
+    assert!(
+        gone,
+        "{what}: workers {left:?} are still our children (running or unreaped)"
+    );
+}
+
+/// Asserts no child of this process named `comm` remains (zombies included).
+fn assert_no_child_named(comm: &str, what: &str) {
+    let named = || -> Vec<u32> {
+        children_of_this_process()
+            .into_iter()
+            .filter(|(_, c)| c == comm)
+            .map(|(pid, _)| pid)
+            .collect()
+    };
+    let gone = wait_until(TEARDOWN_DEADLINE, || named().is_empty());
+    let left = named();
+    for &pid in &left {
+        common::kill(pid);
+    }
+    assert!(gone, "{what}: children `{comm}` {left:?} remain");
+}
+
+#[test]
+fn pool_results_are_the_square_of_each_index() {
+    let mut pool = pool(3);
+    assert_eq!(pool.workers(), 3);
+    let n = 200_000;
+    let run = pool.run(&Squares, n).expect("run squares");
+    assert_squares(run.results(), n);
+    let stats = run.stats();
+    assert_eq!(stats.n, n);
+    assert_eq!(stats.chunks, n.div_ceil(stats.chunk_size));
+    assert_eq!(stats.shm_bytes, 8 * n);
+}
+
+#[test]
+fn one_pool_runs_several_jobs_of_different_sizes_in_a_row() {
+    let mut pool = pool(3);
+    for n in [300_000, 1000, 0, 17, 1] {
+        let run = pool.run(&Squares, n).expect("run squares");
+        assert_squares(run.results(), n);
+    }
+}
+
+#[test]
+fn explicit_chunk_size_gives_the_same_results() {
+    let mut pool = pool(2);
+    let options = procpool::JobOptions {
+        chunk_size: Some(7),
+        ..Default::default()
+    };
+    let run = pool
+        .run_with(&Squares, 1000, &options)
+        .expect("run squares");
+    assert_eq!(run.stats().chunk_size, 7);
+    assert_eq!(run.stats().chunks, 143);
+    assert_squares(run.results(), 1000);
+}
+
+#[test]
+fn dropping_the_pool_stops_and_reaps_every_worker() {
+    let mut pool = pool(3);
+    let pids = pool.pids();
+    assert_eq!(pids.len(), 3);
+    for &pid in &pids {
+        assert!(is_our_child(pid), "worker {pid} is running before the drop");
+    }
+    assert_squares(pool.run(&Squares, 1000).expect("run").results(), 1000);
+    drop(pool);
+    assert_reaped(&pids, "after drop");
+}
+
+#[test]
+fn shutdown_stops_and_reaps_every_worker() {
+    let pool = pool(2);
+    let pids = pool.pids();
+    pool.shutdown();
+    assert_reaped(&pids, "after shutdown");
+}
+
+#[test]
+fn worker_death_during_a_job_is_an_error_naming_the_worker_and_nothing_is_left() {
+    let mut pool = pool(2);
+    let pids = pool.pids();
+    let options = procpool::JobOptions {
+        chunk_size: Some(100),
+        faults: vec!["kill@0:always".parse().expect("a fault")],
+    };
+    let err = match pool.run_with(&Squares, 10_000, &options) {
+        Ok(_) => panic!("a worker killed at every attempt cannot finish the job"),
+        Err(e) => e,
+    };
+    let message = err.to_string();
+    assert!(err.worker().is_some(), "{message}");
+    assert!(message.contains("killed by SIGKILL"), "{message}");
+    drop(pool);
+    assert_reaped(&pids, "after a worker death");
+}
+
+#[test]
+fn zero_workers_is_invalid_input() {
+    let err = Pool::builder()
+        .workers(0)
+        .worker_exe(EXE)
+        .build()
+        .expect_err("zero workers");
+    assert!(err.is_invalid_input(), "{err}");
+    let options = RunOptions {
+        worker_exe: Some(EXE.into()),
+        workers: 0,
+        ..Default::default()
+    };
+    let err = procpool::run(&Squares, 10, &options).expect_err("zero workers");
+    assert!(err.is_invalid_input(), "{err}");
+}
+
+#[test]
+fn missing_worker_executable_is_an_error_naming_the_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("no-such-procpool");
+    let err = Pool::builder()
+        .workers(2)
+        .worker_exe(&missing)
+        .build()
+        .expect_err("the executable does not exist");
+    let message = err.to_string();
+    assert!(
+        message.contains(&*missing.to_string_lossy()),
+        "names the path: {message}"
+    );
+    assert!(!err.is_invalid_input(), "{message}");
+}
+
+#[test]
+fn worker_that_exits_at_once_is_an_error_with_its_exit_status() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = common::write_script(dir.path(), "ppexit7", "#!/bin/sh\nexit 7\n");
+    let err = Pool::builder()
+        .workers(2)
+        .worker_exe(&script)
+        .build()
+        .expect_err("the worker exits before connecting");
+    let message = err.to_string();
+    assert!(message.contains("exited with status 7"), "{message}");
+    assert!(err.worker().is_some(), "{message}");
+    assert_no_child_named("ppexit7", "after a worker exited at once");
+}
+
+#[test]
+fn worker_that_never_connects_times_out_and_is_killed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = common::write_script(dir.path(), "ppsleep", "#!/bin/sh\nexec sleep 30\n");
+    let began = Instant::now();
+    let result = Pool::builder()
+        .workers(2)
+        .worker_exe(&script)
+        .handshake_timeout(Duration::from_millis(500))
+        .build();
+    let took = began.elapsed();
+    let err = result.expect_err("the worker never connects");
+    let message = err.to_string();
+    assert!(message.contains("did not connect"), "{message}");
+    assert!(
+        took < Duration::from_secs(10),
+        "a 500 ms handshake deadline returned after {took:?}"
+    );
+    if let procpool::Error::HandshakeTimeout { pid, .. } = err {
+        assert_reaped(&[pid], "the worker that timed out");
+    }
+    // Only this test starts `sleep`; `exec` gave the worker that name.
+    assert_no_child_named("sleep", "after the handshake timeout");
+    assert_no_child_named("ppsleep", "after the handshake timeout");
+}
+
+#[test]
+fn run_returns_a_verified_report() {
+    let options = RunOptions {
+        worker_exe: Some(EXE.into()),
+        workers: 2,
+        ..Default::default()
+    };
+    let n = 100_000;
+    let report = procpool::run(&Squares, n, &options).expect("run");
+    assert_eq!(report.verified, Some(true), "{report:?}");
+    assert_eq!(report.mismatch, None);
+    assert_eq!(report.n, n);
+    assert_eq!(report.workers, 2);
+    assert_eq!(report.checksum, common::squares_checksum(n));
+    assert_eq!(report.per_worker.len(), 2);
+    assert_reaped(
+        &report.per_worker.iter().map(|w| w.pid).collect::<Vec<_>>(),
+        "after run",
+    );
+}
+
+#[test]
+fn run_without_baseline_reports_no_verification() {
+    let options = RunOptions {
+        worker_exe: Some(EXE.into()),
+        workers: 2,
+        baseline: false,
+        ..Default::default()
+    };
+    let report = procpool::run(&Squares, 1000, &options).expect("run");
+    assert_eq!(report.verified, None);
+    assert_eq!(report.speedup, None);
+    assert_eq!(report.baseline_wall_s, None);
+    assert_eq!(report.checksum, common::squares_checksum(1000));
+}
