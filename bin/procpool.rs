@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use procpool::fault::Fault;
+use procpool::interrupt::Interrupt;
 use procpool::parse::{parse_count, parse_duration};
+use procpool::pool::Supervision;
 use procpool::{Report, RunOptions, Squares, Workload};
 
 /// Run a CPU-bound job across worker processes with shared memory, check it against a
@@ -52,6 +54,25 @@ struct RunArgs {
     /// (ACTION: kill, abort, panic, segv, exit, hang, corrupt). Repeatable.
     #[arg(long, global = true, value_name = "ACTION@CHUNK[:always]")]
     inject: Vec<Fault>,
+
+    /// Retry a chunk whose worker died or timed out up to K times (so it is tried at most
+    /// K+1 times), then fail naming the chunk
+    #[arg(long, global = true, value_name = "K", default_value_t = procpool::pool::DEFAULT_RETRIES)]
+    retries: u32,
+
+    /// Fail when workers had to be restarted more than M times in one job
+    /// [default: 10 + 2 × workers]
+    #[arg(long, global = true, value_name = "M")]
+    max_restarts: Option<u64>,
+
+    /// Kill a worker whose chunk runs longer than this (e.g. 500ms, 2s) and retry the chunk
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration_arg)]
+    timeout: Option<Duration>,
+
+    /// On Ctrl-C or SIGTERM, how long workers get at each step: stop message, SIGTERM, SIGKILL
+    #[arg(long, global = true, value_name = "DURATION", default_value = "500ms",
+          value_parser = parse_duration_arg)]
+    grace: Duration,
 
     /// How long workers may take to start and connect back
     #[arg(long, global = true, value_name = "DURATION", default_value = "10s",
@@ -99,13 +120,23 @@ fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
 
-/// Exit codes: 0 done and verified, 1 the job failed, 2 bad input (nothing started).
+/// Exit codes: 0 done and verified, 1 the job failed, 2 bad input (nothing started),
+/// 130/143 interrupted by SIGINT/SIGTERM.
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     // A re-executed worker serves here and never returns.
     procpool::init();
+    // Before any thread starts: the first Ctrl-C or SIGTERM stops cleanly, a second one at
+    // once.
+    let interrupt = match Interrupt::install() {
+        Ok(interrupt) => interrupt,
+        Err(e) => {
+            eprintln!("procpool: cannot install signal handlers: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
 
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -137,6 +168,13 @@ fn main() -> ExitCode {
         worker_exe: None,
         handshake_timeout: cli.run.handshake_timeout,
         faults: cli.run.inject.clone(),
+        supervision: Supervision {
+            retries: cli.run.retries,
+            max_restarts: cli.run.max_restarts,
+            chunk_timeout: cli.run.timeout,
+            grace: cli.run.grace,
+            interrupt,
+        },
     };
     let result = match cli.workload {
         Command::Squares { n } => execute(&Squares, n, &options, cli.run.json),
@@ -145,9 +183,12 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("procpool: {e:#}");
-            let usage = e
-                .downcast_ref::<procpool::Error>()
-                .is_some_and(procpool::Error::is_invalid_input);
+            let error = e.downcast_ref::<procpool::Error>();
+            if let Some(signal) = error.and_then(procpool::Error::interrupted_by) {
+                // 130 for SIGINT, 143 for SIGTERM, as a shell reports a killed job.
+                return ExitCode::from(128 + signal as u8);
+            }
+            let usage = error.is_some_and(procpool::Error::is_invalid_input);
             ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILED })
         }
     }

@@ -74,6 +74,61 @@ pub enum Error {
         message: String,
     },
 
+    /// A chunk failed on every attempt (each attempt killed or timed out its worker).
+    #[error(
+        "chunk {chunk} (elements {start}..{end}) failed {attempts} times, the retry limit; \
+         last: {last_cause}"
+    )]
+    ChunkFailed {
+        /// The chunk id.
+        chunk: u64,
+        /// Its first index.
+        start: u64,
+        /// One past its last index.
+        end: u64,
+        /// How many times it was tried.
+        attempts: u32,
+        /// What happened on the last attempt.
+        last_cause: String,
+    },
+
+    /// Workers died more often than the restart limit allows.
+    #[error("{restarts} worker restarts exceed --max-restarts {limit}; last: {last_cause}")]
+    TooManyRestarts {
+        /// Restarts so far.
+        restarts: u64,
+        /// The limit.
+        limit: u64,
+        /// The last death.
+        last_cause: String,
+    },
+
+    /// SIGINT or SIGTERM stopped the job; every worker was stopped and reaped.
+    #[error(
+        "interrupted by {}: {chunks_done} of {chunks} chunks done ({elements_done} of {n} \
+         elements); stopped {workers} workers{}",
+        signal_name(*.signal),
+        escalation_text(*.needed_term, *.needed_kill)
+    )]
+    Interrupted {
+        /// The signal number.
+        signal: i32,
+        /// Chunks completed before the stop.
+        chunks_done: u64,
+        /// Chunks in the job.
+        chunks: u64,
+        /// Elements completed.
+        elements_done: u64,
+        /// Elements in the job.
+        n: u64,
+        /// Workers stopped.
+        workers: usize,
+        /// Workers that needed SIGTERM after the grace period.
+        needed_term: usize,
+        /// Workers that needed SIGKILL after a second grace period.
+        needed_kill: usize,
+    },
+
     /// The pool is unusable after an earlier failure.
     #[error("the pool stopped after an earlier failure; build a new one")]
     Broken,
@@ -96,7 +151,29 @@ fn held_text(chunks: &[u64]) -> String {
     }
 }
 
+fn signal_name(signal: i32) -> String {
+    nix::sys::signal::Signal::try_from(signal)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {signal}"))
+}
+
+fn escalation_text(term: usize, kill: usize) -> String {
+    match (term, kill) {
+        (0, 0) => String::new(),
+        (t, 0) => format!(" ({t} needed SIGTERM)"),
+        (t, k) => format!(" ({t} needed SIGTERM, {k} of them SIGKILL)"),
+    }
+}
+
 impl Error {
+    /// The signal that interrupted the job, if it was interrupted.
+    pub fn interrupted_by(&self) -> Option<i32> {
+        match *self {
+            Error::Interrupted { signal, .. } => Some(signal),
+            _ => None,
+        }
+    }
+
     /// True for bad input that was refused before any process started.
     pub fn is_invalid_input(&self) -> bool {
         matches!(self, Error::InvalidInput(_))

@@ -48,6 +48,7 @@
 pub mod baseline;
 pub mod error;
 pub mod fault;
+pub mod interrupt;
 pub mod limits;
 pub mod parse;
 pub mod pool;

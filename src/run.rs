@@ -8,7 +8,7 @@ use crate::baseline::{checksum, first_mismatch, run_single};
 use crate::error::{Error, Result};
 use crate::fault::Fault;
 use crate::limits::{Machine, check_memory};
-use crate::pool::{DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_INFLIGHT, JobOptions, Pool};
+use crate::pool::{DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_INFLIGHT, JobOptions, Pool, Supervision};
 use crate::report::Report;
 use crate::workload::Workload;
 
@@ -29,6 +29,8 @@ pub struct RunOptions {
     pub handshake_timeout: Duration,
     /// Faults to inject.
     pub faults: Vec<Fault>,
+    /// Retries, restarts, timeouts, grace periods and the interrupt flag.
+    pub supervision: Supervision,
 }
 
 impl Default for RunOptions {
@@ -41,6 +43,7 @@ impl Default for RunOptions {
             worker_exe: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             faults: Vec::new(),
+            supervision: Supervision::default(),
         }
     }
 }
@@ -63,7 +66,8 @@ pub fn run<W: Workload>(workload: &W, n: u64, options: &RunOptions) -> Result<Re
     let mut pool = Pool::builder()
         .workers(options.workers)
         .inflight(options.inflight)
-        .handshake_timeout(options.handshake_timeout);
+        .handshake_timeout(options.handshake_timeout)
+        .supervision(options.supervision.clone());
     if let Some(exe) = &options.worker_exe {
         pool = pool.worker_exe(exe);
     }
@@ -127,6 +131,9 @@ pub fn run<W: Workload>(workload: &W, n: u64, options: &RunOptions) -> Result<Re
         ipc_bytes: stats.ipc_bytes,
         shm_bytes: stats.shm_bytes,
         per_worker: stats.workers,
+        restarts: stats.restarts,
+        retried_chunks: stats.retried_chunks,
+        deaths: stats.deaths,
         warnings,
     })
 }

@@ -109,6 +109,19 @@ pub fn die_by_signal(signal: Signal) -> ! {
     std::process::abort()
 }
 
+/// Ignores SIGINT in this process. Workers do this: a Ctrl-C in the terminal reaches the
+/// whole process group, and it is the parent's job to decide how workers stop.
+pub fn ignore_interrupts() {
+    // SAFETY: SIG_IGN installs no handler code, so no async-signal-safety rule is at stake.
+    let _ =
+        unsafe { nix::sys::signal::signal(Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn) };
+}
+
+/// Sends SIGTERM to `pid`, ignoring a process that is already gone.
+pub fn terminate(pid: u32) {
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+}
+
 /// The soft and hard limits on open files (`ulimit -n`).
 pub fn open_file_limit() -> io::Result<(u64, u64)> {
     Ok(getrlimit(Resource::RLIMIT_NOFILE)?)

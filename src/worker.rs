@@ -62,10 +62,12 @@ struct CurrentJob {
 
 /// Runs the worker until the parent says `Shutdown` or goes away. Returns the exit status.
 pub fn serve(args: &WorkerArgs, registry: &Registry) -> i32 {
+    crate::sys::ignore_interrupts();
     match serve_inner(args, registry) {
         Ok(()) => 0,
         Err(message) => {
-            eprintln!("procpool worker {}: {message}", args.id);
+            // Our stderr reaches the user prefixed with our id.
+            eprintln!("error: {message}");
             1
         }
     }

@@ -9,6 +9,7 @@ mod spawn;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Child;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ipc_channel::ipc::{IpcReceiverSet, IpcSender};
@@ -16,10 +17,12 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::fault::Fault;
+use crate::interrupt::Interrupt;
 use crate::limits::{Machine, check_memory};
 use crate::protocol::ToWorker;
 use crate::schedule::ChunkPlan;
 use crate::shm::{Mapping, SharedRegion};
+use crate::sys::ExitCause;
 use crate::workload::{Element, Workload};
 
 /// Default number of chunks in flight per worker: one running, one queued, so a worker never
@@ -27,6 +30,44 @@ use crate::workload::{Element, Workload};
 pub const DEFAULT_INFLIGHT: usize = 2;
 /// Default deadline for all workers of a start to connect back.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default number of retries of a chunk whose worker died or timed out.
+pub const DEFAULT_RETRIES: u32 = 3;
+/// Default grace period at each step of a stop (Shutdown, then SIGTERM, then SIGKILL).
+pub const DEFAULT_GRACE: Duration = Duration::from_millis(500);
+
+/// Default limit on worker restarts in one job: enough for a few bad chunks on every
+/// worker, small enough that a pool which cannot keep workers alive fails quickly.
+pub fn default_max_restarts(workers: usize) -> u64 {
+    10 + 2 * workers as u64
+}
+
+/// How the pool reacts to workers that die, hang or are interrupted.
+#[derive(Debug, Clone)]
+pub struct Supervision {
+    /// A chunk whose worker died or timed out is retried this many times, so it is tried at
+    /// most `retries + 1` times; then the job fails naming the chunk.
+    pub retries: u32,
+    /// Worker restarts allowed in one job (`None`: [`default_max_restarts`]).
+    pub max_restarts: Option<u64>,
+    /// A chunk running longer than this kills its worker and is retried like a crash.
+    pub chunk_timeout: Option<Duration>,
+    /// Grace period at each step of a stop: Shutdown message, then SIGTERM, then SIGKILL.
+    pub grace: Duration,
+    /// Set by SIGINT/SIGTERM (see [`Interrupt::install`]); checked every few milliseconds.
+    pub interrupt: Interrupt,
+}
+
+impl Default for Supervision {
+    fn default() -> Self {
+        Supervision {
+            retries: DEFAULT_RETRIES,
+            max_restarts: None,
+            chunk_timeout: None,
+            grace: DEFAULT_GRACE,
+            interrupt: Interrupt::new(),
+        }
+    }
+}
 
 /// Configures and starts a [`Pool`].
 #[derive(Debug, Clone)]
@@ -35,6 +76,7 @@ pub struct PoolBuilder {
     inflight: usize,
     worker_exe: Option<PathBuf>,
     handshake_timeout: Duration,
+    supervision: Supervision,
 }
 
 impl Default for PoolBuilder {
@@ -44,6 +86,7 @@ impl Default for PoolBuilder {
             inflight: DEFAULT_INFLIGHT,
             worker_exe: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            supervision: Supervision::default(),
         }
     }
 }
@@ -74,6 +117,30 @@ impl PoolBuilder {
         self
     }
 
+    /// How to handle dead, hung and interrupted workers (default [`Supervision::default`]).
+    pub fn supervision(mut self, supervision: Supervision) -> Self {
+        self.supervision = supervision;
+        self
+    }
+
+    /// Retries per chunk (default [`DEFAULT_RETRIES`]).
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.supervision.retries = retries;
+        self
+    }
+
+    /// Per-chunk time limit (default: none).
+    pub fn chunk_timeout(mut self, timeout: Duration) -> Self {
+        self.supervision.chunk_timeout = Some(timeout);
+        self
+    }
+
+    /// The stop request handle checked while jobs run.
+    pub fn interrupt(mut self, interrupt: Interrupt) -> Self {
+        self.supervision.interrupt = interrupt;
+        self
+    }
+
     /// Starts the workers. On failure none is left running.
     pub fn build(self) -> Result<Pool> {
         if self.workers == 0 {
@@ -101,7 +168,15 @@ impl PoolBuilder {
         )?;
         let spawn_time = began.elapsed();
 
+        let max_restarts = self
+            .supervision
+            .max_restarts
+            .unwrap_or_else(|| default_max_restarts(self.workers));
         let mut pool = Pool {
+            exe,
+            handshake_timeout: self.handshake_timeout,
+            supervision: self.supervision,
+            max_restarts,
             set: IpcReceiverSet::new()?,
             by_receiver: HashMap::new(),
             workers: Vec::with_capacity(started.len()),
@@ -114,29 +189,68 @@ impl PoolBuilder {
             handshake_ipc: (0, 0),
         };
         for s in started {
-            pool.handshake_ipc.0 += 1;
-            pool.handshake_ipc.1 += s.hello_bytes;
-            let rid = pool.set.add(s.rx)?;
-            pool.by_receiver.insert(rid, pool.workers.len());
-            pool.workers.push(WorkerSlot {
-                id: s.id,
-                pid: s.pid,
-                child: Some(s.child),
-                tx: Some(s.tx),
-            });
+            pool.workers.push(WorkerSlot::empty(s.id));
+            pool.install(s)?;
         }
         Ok(pool)
     }
 }
 
-/// A worker process as the parent sees it.
+/// A worker process as the parent sees it. The slot (its id) outlives the process: a
+/// replacement takes the same id.
 struct WorkerSlot {
     id: usize,
     pid: u32,
     /// `None` once reaped.
     child: Option<Child>,
-    /// `None` once told to stop.
+    /// `None` once told to stop, or dead.
     tx: Option<IpcSender<ToWorker>>,
+    /// Receiver id in the pool's set.
+    rid: Option<u64>,
+    /// The thread forwarding the worker's output.
+    output: Option<JoinHandle<()>>,
+}
+
+impl WorkerSlot {
+    fn empty(id: usize) -> Self {
+        WorkerSlot {
+            id,
+            pid: 0,
+            child: None,
+            tx: None,
+            rid: None,
+            output: None,
+        }
+    }
+
+    /// Waits up to `grace` for the process to exit (then kills it), reaps it, and waits for
+    /// its last output lines.
+    fn reap(&mut self, grace: Duration) -> ExitCause {
+        self.tx = None;
+        let cause = match self.child.take() {
+            Some(mut child) => spawn::reap_within(&mut child, grace),
+            None => ExitCause::Unknown,
+        };
+        if let Some(output) = self.output.take() {
+            let _ = output.join();
+        }
+        cause
+    }
+}
+
+/// A worker that died during a job, and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Death {
+    /// The worker's id (its replacement has the same id).
+    pub id: usize,
+    /// The dead process's id.
+    pub pid: u32,
+    /// How it ended: "killed by SIGKILL", "exited with status 101", "timed out after 500ms".
+    pub cause: String,
+    /// The chunk it was running, if any.
+    pub chunk: Option<u64>,
+    /// The replacement's process id, if one was started.
+    pub replaced_by: Option<u32>,
 }
 
 /// A set of worker processes sharing one memory region, ready to run jobs.
@@ -151,6 +265,10 @@ struct WorkerSlot {
 /// # Ok::<(), procpool::Error>(())
 /// ```
 pub struct Pool {
+    exe: PathBuf,
+    handshake_timeout: Duration,
+    supervision: Supervision,
+    max_restarts: u64,
     set: IpcReceiverSet,
     by_receiver: HashMap<u64, usize>,
     workers: Vec<WorkerSlot>,
@@ -216,6 +334,12 @@ pub struct JobStats {
     pub shm_bytes: u64,
     /// Per worker.
     pub workers: Vec<WorkerStats>,
+    /// Workers restarted after dying or timing out.
+    pub restarts: u64,
+    /// Chunks handed out again because their worker died.
+    pub retried_chunks: u64,
+    /// Every worker death, in order.
+    pub deaths: Vec<Death>,
 }
 
 /// The outcome of [`Pool::run`]: the results, still in shared memory, and the measurements.
@@ -321,9 +445,17 @@ impl Pool {
         };
         let stats = match self.dispatch(spec, plan) {
             Ok(stats) => stats,
-            Err(e) => {
+            Err(mut e) => {
                 self.broken = true;
-                self.stop_all();
+                let (term, kill) = self.stop_all();
+                if let Error::Interrupted {
+                    needed_term,
+                    needed_kill,
+                    ..
+                } = &mut e
+                {
+                    (*needed_term, *needed_kill) = (term, kill);
+                }
                 return Err(e);
             }
         };
@@ -334,20 +466,82 @@ impl Pool {
         })
     }
 
-    /// Stops every worker (Shutdown, a short grace period, then SIGKILL) and reaps it.
-    fn stop_all(&mut self) {
+    /// Stops every worker and reaps it: a Shutdown message, then after a grace period
+    /// SIGTERM, then after another SIGKILL (GNU parallel's `--termseq` idea). Returns how
+    /// many workers needed SIGTERM and how many of those SIGKILL.
+    fn stop_all(&mut self) -> (usize, usize) {
+        let grace = self.supervision.grace;
         for w in &mut self.workers {
             if let Some(tx) = w.tx.take() {
                 let _ = tx.send(ToWorker::Shutdown);
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(1);
-        for w in &mut self.workers {
-            if let Some(mut child) = w.child.take() {
-                let grace = deadline.saturating_duration_since(Instant::now());
-                spawn::reap_within(&mut child, grace);
+        let mut needed = (0, 0);
+        let mut running = self.wait_exits(grace);
+        if !running.is_empty() {
+            needed.0 = running.len();
+            for &w in &running {
+                crate::sys::terminate(self.workers[w].pid);
+            }
+            running = self.wait_exits(grace);
+        }
+        if !running.is_empty() {
+            needed.1 = running.len();
+            for &w in &running {
+                crate::sys::kill_hard(self.workers[w].pid);
             }
         }
+        for w in &mut self.workers {
+            w.reap(Duration::ZERO);
+        }
+        self.by_receiver.clear();
+        needed
+    }
+
+    /// Waits up to `grace` for every worker to exit, reaping those that do. Returns the
+    /// indices of those still running.
+    fn wait_exits(&mut self, grace: Duration) -> Vec<usize> {
+        let deadline = Instant::now() + grace;
+        loop {
+            let mut running = Vec::new();
+            for (i, w) in self.workers.iter_mut().enumerate() {
+                if let Some(child) = w.child.as_mut() {
+                    match child.try_wait() {
+                        Ok(Some(_)) | Err(_) => {
+                            w.child = None;
+                            if let Some(output) = w.output.take() {
+                                let _ = output.join();
+                            }
+                        }
+                        Ok(None) => running.push(i),
+                    }
+                }
+            }
+            if running.is_empty() || Instant::now() >= deadline {
+                return running;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Registers a started worker in its slot (same id) and the receiver set.
+    fn install(&mut self, s: spawn::Started) -> Result<()> {
+        self.handshake_ipc.0 += 1;
+        self.handshake_ipc.1 += s.hello_bytes;
+        let slot_index = self
+            .workers
+            .iter()
+            .position(|w| w.id == s.id)
+            .expect("a slot for every worker id");
+        let rid = self.set.add(s.rx)?;
+        self.by_receiver.insert(rid, slot_index);
+        let slot = &mut self.workers[slot_index];
+        slot.pid = s.pid;
+        slot.child = Some(s.child);
+        slot.tx = Some(s.tx);
+        slot.rid = Some(rid);
+        slot.output = s.output;
+        Ok(())
     }
 
     /// Stops and reaps every worker now (dropping the pool does the same).

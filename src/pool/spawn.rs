@@ -8,10 +8,11 @@
 //! reaped, and the error says which worker failed and how.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ipc_channel::ipc::{IpcOneShotServer, IpcReceiver, IpcSender};
@@ -28,6 +29,8 @@ pub(crate) struct Started {
     pub child: Child,
     pub tx: IpcSender<ToWorker>,
     pub rx: IpcReceiver<FromWorker>,
+    /// The thread copying the worker's stdout and stderr to ours, prefixed.
+    pub output: Option<JoinHandle<()>>,
     /// Bytes of the Hello message, for the IPC counters.
     pub hello_bytes: u64,
 }
@@ -37,6 +40,7 @@ struct Pending {
     pid: u32,
     /// Moved into [`Started`] once the worker connected.
     child: Option<Child>,
+    output: Option<JoinHandle<()>>,
     server_name: String,
     answered: bool,
 }
@@ -45,6 +49,9 @@ impl Pending {
     fn kill_and_reap(&mut self) {
         if let Some(child) = self.child.as_mut() {
             kill_and_reap(child);
+        }
+        if let Some(output) = self.output.take() {
+            let _ = output.join();
         }
     }
 }
@@ -76,22 +83,27 @@ pub(crate) fn start_workers(
                 };
                 let mut cmd = Command::new(exe);
                 cmd.args(args.to_args()).stdin(Stdio::null());
-                // A worker's stdout goes to our stderr, so a kernel's println! can never mix
-                // into the report (or the JSON) on stdout.
-                if let Ok(err) = io::stderr().as_fd().try_clone_to_owned() {
-                    cmd.stdout(err);
-                }
+                // The worker's stdout and stderr go through one pipe to a thread that prints
+                // each line on our stderr as `[worker N] ...`: a kernel's println! never
+                // mixes into the report on stdout, and a panic message says whose it is.
+                let (reader, writer) = io::pipe().map_err(|e| spawn_error(id, exe, e))?;
+                let writer2 = writer.try_clone().map_err(|e| spawn_error(id, exe, e))?;
+                cmd.stdout(writer).stderr(writer2);
                 prepare_worker_command(&mut cmd, shm_fd);
                 let child = cmd.spawn().map_err(|e| spawn_error(id, exe, e))?;
-                Ok((server, name, child))
+                // Our copies of the write end must close, or the reader never sees EOF.
+                drop(cmd);
+                let output = forward_output(id, reader);
+                Ok((server, name, child, output))
             });
         match spawned {
-            Ok((server, server_name, child)) => {
+            Ok((server, server_name, child, output)) => {
                 servers.push((pending.len(), server));
                 pending.push(Pending {
                     id,
                     pid: child.id(),
                     child: Some(child),
+                    output,
                     server_name,
                     answered: false,
                 });
@@ -150,6 +162,7 @@ pub(crate) fn start_workers(
                             id: p.id,
                             pid,
                             child: p.child.take().expect("answered once"),
+                            output: p.output.take(),
                             tx: to_worker,
                             rx,
                             hello_bytes: hello_wire_size(version, pid),
@@ -224,6 +237,9 @@ pub(crate) fn start_workers(
         }
         for s in started.iter_mut().flatten() {
             kill_and_reap(&mut s.child);
+            if let Some(output) = s.output.take() {
+                let _ = output.join();
+            }
         }
         return Err(error);
     }
@@ -295,4 +311,31 @@ pub(crate) fn reap_within(child: &mut Child, grace: Duration) -> ExitCause {
 pub(crate) fn kill_and_reap(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Copies a worker's output to our stderr, one `[worker N] line` at a time, until the
+/// worker exits. `None` if no thread could be started (the output is then dropped).
+fn forward_output(id: usize, reader: io::PipeReader) -> Option<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("procpool-out-{id}"))
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let mut lines = BufReader::new(reader);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match lines.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        if line.last() != Some(&b'\n') {
+                            line.push(b'\n');
+                        }
+                        let mut err = io::stderr().lock();
+                        let _ = write!(err, "[worker {id}] ");
+                        let _ = err.write_all(&line);
+                    }
+                }
+            }
+        })
+        .ok()
 }

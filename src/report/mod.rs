@@ -5,7 +5,7 @@ mod text;
 use serde::Serialize;
 
 use crate::baseline::Mismatch;
-use crate::pool::WorkerStats;
+use crate::pool::{Death, WorkerStats};
 
 pub use text::render_text;
 
@@ -59,6 +59,12 @@ pub struct Report {
     pub shm_bytes: u64,
     /// What each worker did.
     pub per_worker: Vec<WorkerStats>,
+    /// Workers restarted after dying or timing out.
+    pub restarts: u64,
+    /// Chunks handed out again because their worker died or timed out.
+    pub retried_chunks: u64,
+    /// Each worker death: which worker, its pid, how it ended, and its replacement.
+    pub deaths: Vec<Death>,
     /// Things the user should know about this run (e.g. more workers than cores).
     pub warnings: Vec<String>,
 }

@@ -94,6 +94,28 @@ pub fn render_text(r: &Report) -> String {
             );
         }
     }
+    if r.restarts > 0 {
+        let _ = writeln!(
+            s,
+            "  restarts     {} (chunks handed out again: {})",
+            r.restarts, r.retried_chunks
+        );
+        for d in &r.deaths {
+            let at = d
+                .chunk
+                .map(|c| format!(" while running chunk {c}"))
+                .unwrap_or_else(|| " while idle".into());
+            let replaced = d
+                .replaced_by
+                .map(|p| format!("; replaced by pid {p}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "               worker {} (pid {}) {}{at}{replaced}",
+                d.id, d.pid, d.cause
+            );
+        }
+    }
     for w in &r.warnings {
         let _ = writeln!(s, "warning: {w}");
     }

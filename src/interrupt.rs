@@ -1,0 +1,70 @@
+//! Ctrl-C and SIGTERM: stop cleanly the first time, at once the second time.
+//!
+//! [`Interrupt::install`] registers signal-hook handlers for SIGINT and SIGTERM (call it at
+//! the top of `main`, before any thread starts). The first signal only records itself; the
+//! pool notices within a few milliseconds, stops handing out chunks, asks its workers to
+//! stop, escalates to SIGTERM and SIGKILL, reaps them, and returns
+//! [`crate::Error::Interrupted`]. A second signal exits the process at once with 128 + the
+//! signal number; the workers then die with it (`PR_SET_PDEATHSIG`).
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+/// A handle to the "stop now" request made by SIGINT or SIGTERM.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt {
+    signal: Arc<AtomicUsize>,
+    armed: Arc<AtomicBool>,
+}
+
+impl Interrupt {
+    /// A handle that no signal sets (for library use without signal handling, and tests).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers the SIGINT and SIGTERM handlers and returns the handle they set.
+    pub fn install() -> io::Result<Self> {
+        let me = Self::new();
+        for sig in [SIGINT, SIGTERM] {
+            // Order matters: the exit action runs first, and fires only when a previous
+            // signal already armed it.
+            signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, me.armed.clone())?;
+            signal_hook::flag::register(sig, me.armed.clone())?;
+            signal_hook::flag::register_usize(sig, me.signal.clone(), sig as usize)?;
+        }
+        Ok(me)
+    }
+
+    /// The signal that asked us to stop, if any.
+    pub fn requested(&self) -> Option<i32> {
+        match self.signal.load(Ordering::SeqCst) {
+            0 => None,
+            sig => Some(sig as i32),
+        }
+    }
+
+    /// Records a stop request as if `signal` had arrived (for library callers with their own
+    /// signal handling).
+    pub fn request(&self, signal: i32) {
+        self.armed.store(true, Ordering::SeqCst);
+        self.signal.store(signal as usize, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_remembered() {
+        let i = Interrupt::new();
+        assert_eq!(i.requested(), None);
+        let j = i.clone();
+        j.request(SIGTERM);
+        assert_eq!(i.requested(), Some(SIGTERM));
+    }
+}
