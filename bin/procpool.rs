@@ -146,13 +146,14 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            // One line: clap's first line names the flag or value and says why.
-            let rendered = e.render().to_string();
-            let line = rendered
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
-            eprintln!("procpool: {}", line.trim_start_matches("error: "));
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                eprintln!(
+                    "procpool: no workload given: try `procpool --workers 8 squares 10000000` \
+                     (procpool --help lists the workloads)"
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+            eprintln!("procpool: {}", one_line(&e.render().to_string()));
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -192,6 +193,20 @@ fn main() -> ExitCode {
             ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILED })
         }
     }
+}
+
+/// clap's message on one line: the error and what it lists (e.g. the missing `<N>`),
+/// without the usage block and the `--help` tip.
+fn one_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_string()
 }
 
 fn execute<W: Workload>(

@@ -76,8 +76,9 @@ pub enum Error {
 
     /// A chunk failed on every attempt (each attempt killed or timed out its worker).
     #[error(
-        "chunk {chunk} (elements {start}..{end}) failed {attempts} times, the retry limit; \
-         last: {last_cause}"
+        "chunk {chunk} (elements {start}..{end}) failed {attempts} time{}, the retry limit; \
+         last: {last_cause}",
+        if *.attempts == 1 { "" } else { "s" }
     )]
     ChunkFailed {
         /// The chunk id.
@@ -170,6 +171,14 @@ impl Error {
     pub fn interrupted_by(&self) -> Option<i32> {
         match *self {
             Error::Interrupted { signal, .. } => Some(signal),
+            _ => None,
+        }
+    }
+
+    /// The chunk that exhausted its retries, if that is what failed.
+    pub fn chunk(&self) -> Option<u64> {
+        match *self {
+            Error::ChunkFailed { chunk, .. } => Some(chunk),
             _ => None,
         }
     }

@@ -142,16 +142,12 @@ fn unexpected_extra_argument_is_refused_with_exit_2() {
 }
 
 #[test]
-#[ignore = "bug: `procpool squares` prints only `the following required arguments were not \
-            provided:`; the line naming <N> is dropped"]
 fn missing_n_is_refused_naming_the_missing_argument() {
     let line = refused(&["--workers", "2", "squares"]);
     assert_names(&line, &["<N>"]);
 }
 
 #[test]
-#[ignore = "bug: bare `procpool` exits 2 with the first line of the help (the about text), \
-            which does not say that a workload is missing"]
 fn no_arguments_at_all_say_a_workload_is_needed() {
     let line = refused(&[]);
     assert!(
@@ -175,9 +171,6 @@ fn a_run_past_validation_cannot_start_workers_without_tmpdir() {
 }
 
 #[test]
-#[ignore = "bug: with an unusable TMPDIR procpool panics inside ipc-channel \
-            (IpcOneShotServer::new, `assertion failed: e.kind() == ConnectionReset`) and \
-            exits 101 with a backtrace"]
 fn unusable_tmpdir_is_a_one_line_error_with_exit_1() {
     let scratch = tempfile::tempdir().expect("temp dir");
     let missing = scratch.path().join("does-not-exist");

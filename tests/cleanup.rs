@@ -48,8 +48,8 @@ fn refused_run_leaves_nothing_behind() {
 }
 
 #[test]
-fn worker_killed_by_sigkill_fails_the_run_and_leaves_nothing_behind() {
-    // `:always` fires on every attempt, so the run fails whether or not chunks are retried.
+fn chunk_that_always_kills_its_worker_fails_the_run_and_leaves_nothing_behind() {
+    // `:always` fires on every attempt: after the retries (default 3) the run fails.
     let sandbox = Sandbox::new();
     let out = sandbox.run(&[
         "--workers",
@@ -60,29 +60,33 @@ fn worker_killed_by_sigkill_fails_the_run_and_leaves_nothing_behind() {
         "kill@1:always",
     ]);
     out.assert_code(EXIT_FAILED);
-    let line = out.one_line_error();
+    let last = out.stderr.lines().last().unwrap_or_default();
     assert!(
-        line.contains("worker") && line.contains("pid") && line.contains("killed by SIGKILL"),
-        "names the worker and how it died: {line}"
+        last.contains("chunk 1 ")
+            && last.contains("failed 4 times")
+            && last.contains("killed by SIGKILL"),
+        "names the chunk, the attempts and how its last worker died: {}",
+        out.stderr
     );
     sandbox.assert_nothing_left(&out);
 }
 
 #[test]
-fn worker_killed_once_leaves_nothing_behind() {
-    // Today a worker's death fails the run (exit 1); a supervisor that retries the chunk
-    // may finish it instead (exit 0, verified). Either way nothing may remain.
+fn worker_killed_once_is_replaced_and_leaves_nothing_behind() {
     let sandbox = Sandbox::new();
-    let out = sandbox.run(&["--workers", "2", "squares", "1e5", "--inject", "kill@1"]);
-    match out.code {
-        Some(EXIT_FAILED) => assert!(
-            out.stderr.contains("killed by SIGKILL"),
-            "names how the worker died: {}",
-            out.stderr
-        ),
-        Some(EXIT_OK) => assert!(out.stdout.contains("verified"), "{}", out.stdout),
-        _ => panic!("unexpected outcome: {out:?}"),
-    }
+    let out = sandbox.run(&[
+        "--workers",
+        "2",
+        "squares",
+        "1e5",
+        "--inject",
+        "kill@1",
+        "--json",
+    ]);
+    out.assert_code(EXIT_OK);
+    let report = out.json();
+    assert_eq!(report["verified"], true, "{report}");
+    assert_eq!(report["restarts"], 1, "{report}");
     sandbox.assert_nothing_left(&out);
 }
 

@@ -329,8 +329,6 @@ fn corrupted_later_chunk_is_reported_at_its_first_index() {
 }
 
 #[test]
-#[ignore = "bug: `--inflight 1e12` spins forever at 100 % CPU: dispatch primes with \
-            `for _ in 0..inflight` and keeps looping after every chunk is sent"]
 fn huge_inflight_finishes_or_is_refused_instead_of_spinning() {
     let out = Procpool::new(&[
         "--workers",

@@ -119,7 +119,7 @@ fn shutdown_stops_and_reaps_every_worker() {
 }
 
 #[test]
-fn worker_death_during_a_job_is_an_error_naming_the_worker_and_nothing_is_left() {
+fn chunk_killing_every_worker_is_an_error_naming_the_chunk_and_nothing_is_left() {
     let mut pool = pool(2);
     let pids = pool.pids();
     let options = procpool::JobOptions {
@@ -131,10 +131,37 @@ fn worker_death_during_a_job_is_an_error_naming_the_worker_and_nothing_is_left()
         Err(e) => e,
     };
     let message = err.to_string();
-    assert!(err.worker().is_some(), "{message}");
+    assert_eq!(err.chunk(), Some(0), "{message}");
+    assert!(message.contains("failed 4 times"), "{message}");
     assert!(message.contains("killed by SIGKILL"), "{message}");
     drop(pool);
     assert_reaped(&pids, "after a worker death");
+}
+
+#[test]
+fn worker_death_during_a_job_is_survived_and_the_pool_stays_usable() {
+    let mut pool = pool(2);
+    let options = procpool::JobOptions {
+        chunk_size: Some(100),
+        faults: vec!["kill@3".parse().expect("a fault")],
+    };
+    let run = pool
+        .run_with(&Squares, 10_000, &options)
+        .expect("recovered");
+    assert_eq!(run.stats().restarts, 1);
+    assert!(
+        run.results()
+            .iter()
+            .enumerate()
+            .all(|(i, &x)| x == (i * i) as u64)
+    );
+    drop(run);
+    let pids = pool.pids();
+    let run = pool.run(&Squares, 5000).expect("the pool still works");
+    assert_eq!(run.results()[4999], 4999 * 4999);
+    drop(run);
+    drop(pool);
+    assert_reaped(&pids, "after drop");
 }
 
 #[test]

@@ -113,6 +113,9 @@ impl Pool {
         // Prime round-robin (first chunk to every worker, then the second, …) so that a job
         // with few chunks still spreads over all workers.
         for _ in 0..self.inflight {
+            if job.retry.is_empty() && job.next >= total {
+                break;
+            }
             for w in 0..self.workers.len() {
                 self.top_up(w, 1, &mut job);
             }

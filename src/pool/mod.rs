@@ -154,6 +154,7 @@ impl PoolBuilder {
             ));
         }
         crate::limits::check_worker_limits(self.workers)?;
+        crate::limits::check_temp_dir()?;
         let exe = match self.worker_exe {
             Some(exe) => exe,
             None => std::env::current_exe()?,

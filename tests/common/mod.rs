@@ -93,7 +93,14 @@ impl Procpool {
 
     /// Runs to completion (at most [`RUN_DEADLINE`]); on the deadline kills procpool and
     /// everything it started, then fails the test.
-    pub fn run(mut self) -> Outcome {
+    pub fn run(self) -> Outcome {
+        self.run_while(|_, _| {})
+    }
+
+    /// Like [`Procpool::run`], calling `during(pid, tag)` while procpool runs: the place to
+    /// send signals or kill workers from outside. If `during` panics, procpool and
+    /// everything it started are killed and reaped before the panic goes on.
+    pub fn run_while(mut self, during: impl FnOnce(u32, &str)) -> Outcome {
         let mut out = tempfile::tempfile().expect("temp file for stdout");
         let mut err = tempfile::tempfile().expect("temp file for stderr");
         self.cmd
@@ -103,6 +110,16 @@ impl Procpool {
             .cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {EXE}: {e}"));
+        let pid = child.id();
+        let tag = self.tag.clone();
+        if let Err(panic) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| during(pid, &tag)))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            kill_tagged(&tag);
+            std::panic::resume_unwind(panic);
+        }
         let status = wait_child(&mut child, self.deadline);
         let read = |f: &mut fs::File| {
             let mut s = String::new();

@@ -1,0 +1,283 @@
+//! The supervisor survives dead, hung and interrupted workers, with real processes and real
+//! signals: workers killed from outside, injected panics, aborts and hangs, Ctrl-C and
+//! SIGTERM to procpool, and procpool itself SIGKILLed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{EXIT_FAILED, EXIT_OK, Sandbox, tagged_processes, wait_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Worker processes of a tagged run (procpool itself excluded).
+fn workers(tag: &str) -> Vec<u32> {
+    tagged_processes(tag)
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("__procpool_worker"))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+fn signal(pid: u32, sig: Signal) {
+    let _ = kill(Pid::from_raw(pid as i32), sig);
+}
+
+/// Waits until `count` workers of the run are serving the job: each has mapped the shared
+/// region (`memfd:procpool-results` in its memory map), which it does only after its
+/// handshake, when the job arrives.
+fn wait_for_workers(tag: &str, count: usize) -> Vec<u32> {
+    let serving = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .is_ok_and(|maps| maps.contains("procpool-results"))
+    };
+    let mut found = Vec::new();
+    let ok = wait_until(Duration::from_secs(30), || {
+        found = workers(tag);
+        found.iter().filter(|p| serving(p)).count() >= count
+    });
+    assert!(ok, "only {} of {count} workers started", found.len());
+    found
+}
+
+#[test]
+fn worker_sigkilled_from_outside_mid_run_is_replaced_and_the_run_verifies() {
+    // A chunk that hangs once (no --timeout): the run cannot finish until someone kills the
+    // hung worker. We kill every worker from outside; the retried chunk then runs normally.
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .command(&[
+            "--workers",
+            "2",
+            "squares",
+            "1e5",
+            "--inject",
+            "hang@0",
+            "--json",
+        ])
+        .run_while(|_, tag| {
+            for pid in wait_for_workers(tag, 2) {
+                signal(pid, Signal::SIGKILL);
+            }
+        });
+    out.assert_code(EXIT_OK);
+    let report = out.json();
+    assert_eq!(report["verified"], true, "{report}");
+    assert!(report["restarts"].as_u64().unwrap() >= 1, "{report}");
+    assert!(report["retried_chunks"].as_u64().unwrap() >= 1, "{report}");
+    let causes = report["deaths"].to_string();
+    assert!(causes.contains("killed by SIGKILL"), "{report}");
+    assert!(out.stderr.contains("killed by SIGKILL"), "{}", out.stderr);
+    sandbox.assert_nothing_left(&out);
+}
+
+#[test]
+fn injected_panic_abort_segv_and_hang_are_each_recovered() {
+    for (fault, extra, cause) in [
+        ("panic@1", None, "exited with status 101"),
+        ("abort@1", None, "killed by SIGABRT"),
+        ("segv@1", None, "killed by SIGSEGV"),
+        ("hang@1", Some("300ms"), "timed out after 300ms"),
+    ] {
+        let sandbox = Sandbox::new();
+        let mut args = vec![
+            "--workers",
+            "2",
+            "squares",
+            "1e5",
+            "--json",
+            "--inject",
+            fault,
+        ];
+        if let Some(timeout) = extra {
+            args.extend(["--timeout", timeout]);
+        }
+        let out = sandbox.command(&args).env("RUST_BACKTRACE", "0").run();
+        out.assert_code(EXIT_OK);
+        let report = out.json();
+        assert_eq!(report["verified"], true, "{fault}: {report}");
+        assert_eq!(report["restarts"], 1, "{fault}: {report}");
+        let death = &report["deaths"][0];
+        assert!(
+            death["cause"].as_str().unwrap().contains(cause),
+            "{fault}: expected `{cause}` in {death}"
+        );
+        assert_eq!(death["chunk"], 1, "{fault}: {death}");
+        assert_ne!(death["replaced_by"], serde_json::Value::Null, "{death}");
+        sandbox.assert_nothing_left(&out);
+    }
+}
+
+#[test]
+fn a_panicking_workers_message_reaches_stderr_prefixed_with_its_id() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .command(&["--workers", "2", "squares", "1e4", "--inject", "panic@0"])
+        .env("RUST_BACKTRACE", "0")
+        .run();
+    out.assert_code(EXIT_OK);
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("injected panic at chunk 0"))
+        .unwrap_or_else(|| panic!("no panic message in stderr:\n{}", out.stderr));
+    assert!(line.starts_with("[worker 0] "), "{line}");
+    sandbox.assert_nothing_left(&out);
+}
+
+#[test]
+fn retries_and_restarts_are_bounded() {
+    // --retries 0: the first death of the chunk fails the run.
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&[
+        "--workers",
+        "2",
+        "squares",
+        "1e4",
+        "--inject",
+        "exit@2:always",
+        "--retries",
+        "0",
+    ]);
+    out.assert_code(EXIT_FAILED);
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("chunk 2 ") && last.contains("failed 1 time,"),
+        "{}",
+        out.stderr
+    );
+    sandbox.assert_nothing_left(&out);
+
+    // --max-restarts 2 stops a run whose chunks keep killing workers, before the retries do.
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&[
+        "--workers",
+        "2",
+        "squares",
+        "1e4",
+        "--inject",
+        "kill@2:always",
+        "--retries",
+        "100",
+        "--max-restarts",
+        "2",
+    ]);
+    out.assert_code(EXIT_FAILED);
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("--max-restarts 2"), "{}", out.stderr);
+    sandbox.assert_nothing_left(&out);
+}
+
+/// SIGINT or SIGTERM mid-run: exit code 128 + signal, a line saying what was done, and every
+/// worker (even a hung one that ignores the stop message) stopped and reaped.
+fn stop_mid_run(sig: Signal, code: i32) {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .command(&[
+            "--workers",
+            "2",
+            "squares",
+            "1e5",
+            "--inject",
+            "hang@0:always",
+            "--grace",
+            "200ms",
+        ])
+        .deadline(Duration::from_secs(30))
+        .run_while(|pid, tag| {
+            wait_for_workers(tag, 2);
+            signal(pid, sig);
+        });
+    out.assert_code(code);
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&format!("interrupted by {}", sig.as_str())) && last.contains("chunks done"),
+        "{}",
+        out.stderr
+    );
+    // The hung worker ignored the stop message and needed SIGTERM.
+    assert!(last.contains("needed SIGTERM"), "{last}");
+    sandbox.assert_nothing_left(&out);
+}
+
+#[test]
+fn sigint_mid_run_exits_130_and_stops_every_worker() {
+    stop_mid_run(Signal::SIGINT, 130);
+}
+
+#[test]
+fn sigterm_mid_run_exits_143_and_stops_every_worker() {
+    stop_mid_run(Signal::SIGTERM, 143);
+}
+
+#[test]
+fn a_second_ctrl_c_exits_at_once() {
+    // A grace period far longer than the test's patience: only the second SIGINT can end it.
+    let sandbox = Sandbox::new();
+    let mut ended_after = Duration::ZERO;
+    let out = sandbox
+        .command(&[
+            "--workers",
+            "2",
+            "squares",
+            "1e5",
+            "--inject",
+            "hang@0:always",
+            "--grace",
+            "60s",
+        ])
+        .deadline(Duration::from_secs(30))
+        .run_while(|pid, tag| {
+            wait_for_workers(tag, 2);
+            signal(pid, Signal::SIGINT);
+            std::thread::sleep(Duration::from_millis(200));
+            let sent = Instant::now();
+            signal(pid, Signal::SIGINT);
+            wait_until(Duration::from_secs(10), || {
+                !std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
+                    || common::cmdline(pid).is_empty()
+            });
+            ended_after = sent.elapsed();
+        });
+    out.assert_code(130);
+    assert!(ended_after < Duration::from_secs(10), "{ended_after:?}");
+    sandbox.assert_nothing_left(&out);
+}
+
+#[test]
+fn sigkilled_procpool_takes_every_worker_with_it_within_a_second() {
+    let sandbox = Sandbox::new();
+    let mut gone_after = None;
+    let out = sandbox
+        .command(&[
+            "--workers",
+            "3",
+            "squares",
+            "1e5",
+            "--inject",
+            "hang@0:always",
+        ])
+        .deadline(Duration::from_secs(30))
+        .run_while(|pid, tag| {
+            let pids = wait_for_workers(tag, 3);
+            signal(pid, Signal::SIGKILL);
+            let killed = Instant::now();
+            // A dead worker may linger as a zombie until init reaps it; its command line
+            // is then empty. Alive means a command line.
+            let all_dead = wait_until(Duration::from_secs(5), || {
+                pids.iter().all(|p| common::cmdline(*p).is_empty())
+            });
+            assert!(
+                all_dead,
+                "workers still alive 5 s after procpool was SIGKILLed"
+            );
+            gone_after = Some(killed.elapsed());
+        });
+    assert_eq!(out.code, None, "procpool was killed by a signal");
+    let gone_after = gone_after.expect("measured");
+    assert!(
+        gone_after <= Duration::from_secs(1),
+        "workers took {gone_after:?} to die"
+    );
+    sandbox.assert_nothing_left(&out);
+}
