@@ -1,14 +1,20 @@
 //! The `procpool` command: parse the command line, call the library, print, exit.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use procpool::fault::Fault;
 use procpool::interrupt::Interrupt;
 use procpool::parse::{parse_count, parse_duration};
-use procpool::pool::Supervision;
+use procpool::pool::{StartMethod, Supervision};
+use procpool::run::Mode;
+use procpool::workload::hash::DEFAULT_ROUNDS;
+use procpool::workload::mandelbrot::{DEFAULT_MAX_ITER, write_png};
+use procpool::workload::{Collatz, Hash, Mandelbrot, Primes, Sleep, Spin};
 use procpool::{Report, RunOptions, Squares, Workload};
 
 /// Run a CPU-bound job across worker processes with shared memory, check it against a
@@ -18,7 +24,9 @@ use procpool::{Report, RunOptions, Squares, Workload};
 #[command(after_help = "Examples:\n  \
     procpool --workers 8 squares 10000000\n  \
     procpool squares 1e7 --workers 2 --json\n  \
-    procpool --workers 4 squares 1e6 --inject kill@3   (watch a worker die)")]
+    procpool --workers 2 primes 1e6 --mode threads\n  \
+    procpool --workers 4 squares 1e6 --inject kill@3   (watch a worker die)\n  \
+    procpool list")]
 struct Cli {
     #[command(flatten)]
     run: RunArgs,
@@ -74,6 +82,16 @@ struct RunArgs {
           value_parser = parse_duration_arg)]
     grace: Duration,
 
+    /// Run the job on worker processes (the pool), on threads of one process, or in one
+    /// process, to compare what each costs
+    #[arg(long, global = true, value_enum, default_value_t = Mode::Processes)]
+    mode: Mode,
+
+    /// How worker processes start: re-executing this binary, or fork (only from a
+    /// single-threaded process)
+    #[arg(long, global = true, value_enum, default_value_t = StartMethod::Spawn)]
+    start: StartMethod,
+
     /// How long workers may take to start and connect back
     #[arg(long, global = true, value_name = "DURATION", default_value = "10s",
           value_parser = parse_duration_arg)]
@@ -88,6 +106,73 @@ enum Command {
         #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
         n: u64,
     },
+    /// out[i] = 1 if i is prime (trial division): CPU-bound, cost grows with i
+    Primes {
+        /// Number of elements
+        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        n: u64,
+    },
+    /// out[i] = Collatz steps from i to 1: CPU-bound, irregular
+    Collatz {
+        /// Number of elements
+        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        n: u64,
+    },
+    /// Iterations per pixel of an N×N Mandelbrot image: CPU-bound, irregular by row
+    Mandelbrot {
+        /// Side of the image in pixels (N×N elements)
+        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        n: u64,
+        /// Iteration cap per pixel
+        #[arg(long, value_name = "K", default_value_t = DEFAULT_MAX_ITER, value_parser = parse_max_iter)]
+        max_iter: u32,
+        /// Also write the picture as a PNG
+        #[arg(long, value_name = "FILE.png")]
+        image: Option<PathBuf>,
+    },
+    /// First 8 bytes of SHA-256 applied R times to i: CPU-bound, uniform
+    Hash {
+        /// Number of elements
+        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        n: u64,
+        /// SHA-256 rounds per element
+        #[arg(long, value_name = "R", default_value_t = DEFAULT_ROUNDS)]
+        rounds: u32,
+    },
+    /// About X µs of pure CPU per element: task granularity against IPC cost
+    Spin {
+        /// Number of elements
+        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        n: u64,
+        /// Microseconds of work per element (calibrated once per run)
+        #[arg(long, value_name = "X", value_parser = parse_non_negative)]
+        us: f64,
+    },
+    /// out[i] = i after sleeping X ms per element: the I/O-bound stand-in
+    Sleep {
+        /// Number of elements
+        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        n: u64,
+        /// Milliseconds of sleep per element
+        #[arg(long, value_name = "X", value_parser = parse_non_negative)]
+        ms: f64,
+    },
+    /// List the workloads: arguments, output, and which bound each one shows
+    List,
+}
+
+fn parse_max_iter(s: &str) -> Result<u32, String> {
+    match parse_count(s)? {
+        0 => Err("--max-iter must be at least 1 (got 0)".into()),
+        n => u32::try_from(n).map_err(|_| format!("`{s}` is too large (at most {})", u32::MAX)),
+    }
+}
+
+fn parse_non_negative(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("`{s}` is not a number ≥ 0 (e.g. 10 or 0.5)")),
+    }
 }
 
 fn parse_n(s: &str) -> Result<u64, String> {
@@ -176,9 +261,39 @@ fn main() -> ExitCode {
             grace: cli.run.grace,
             interrupt,
         },
+        mode: cli.run.mode,
+        start: cli.run.start,
     };
+    let json = cli.run.json;
     let result = match cli.workload {
-        Command::Squares { n } => execute(&Squares, n, &options, cli.run.json),
+        Command::List => {
+            print!("{}", procpool::workload::catalogue::render());
+            return ExitCode::SUCCESS;
+        }
+        Command::Squares { n } => execute(&Squares, n, &options, json, |_| Ok(())),
+        Command::Primes { n } => execute(&Primes, n, &options, json, |_| Ok(())),
+        Command::Collatz { n } => execute(&Collatz, n, &options, json, |_| Ok(())),
+        Command::Mandelbrot { n, max_iter, image } => match n.checked_mul(n) {
+            None => Err(anyhow::Error::new(procpool::Error::InvalidInput(format!(
+                "mandelbrot {n}: an image of {n}×{n} pixels has more than 2^64 pixels"
+            )))),
+            Some(pixels) => execute(
+                &Mandelbrot::new(n, max_iter),
+                pixels,
+                &options,
+                json,
+                |out| {
+                    let Some(path) = &image else { return Ok(()) };
+                    write_png(path, n, out, max_iter)
+                        .with_context(|| format!("cannot write the image {}", path.display()))?;
+                    eprintln!("procpool: wrote {} ({n}×{n} pixels)", path.display());
+                    Ok(())
+                },
+            ),
+        },
+        Command::Hash { n, rounds } => execute(&Hash { rounds }, n, &options, json, |_| Ok(())),
+        Command::Spin { n, us } => execute(&Spin::calibrate(us), n, &options, json, |_| Ok(())),
+        Command::Sleep { n, ms } => execute(&Sleep { ms }, n, &options, json, |_| Ok(())),
     };
     match result {
         Ok(code) => code,
@@ -209,14 +324,19 @@ fn one_line(rendered: &str) -> String {
         .to_string()
 }
 
+/// Runs the job, prints the report, and hands the verified output to `output` (e.g. to
+/// write an image).
 fn execute<W: Workload>(
     workload: &W,
     n: u64,
     options: &RunOptions,
     json: bool,
+    output: impl FnOnce(&[W::Output]) -> anyhow::Result<()>,
 ) -> anyhow::Result<ExitCode> {
-    let report = procpool::run(workload, n, options)?;
+    let mut written = Ok(());
+    let report = procpool::run::run_inspect(workload, n, options, |out| written = output(out))?;
     print_report(&report, json)?;
+    written?;
     if let Some(m) = report.mismatch {
         eprintln!(
             "procpool: the pool output differs from the single-process run: element {} is {} \

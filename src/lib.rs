@@ -58,6 +58,7 @@ pub mod run;
 pub mod schedule;
 pub mod shm;
 pub mod sys;
+pub mod threads;
 pub mod worker;
 pub mod workload;
 
@@ -65,7 +66,9 @@ pub use error::{Error, Result};
 pub use pool::{JobOptions, JobStats, Pool, PoolBuilder, PoolRun};
 pub use report::Report;
 pub use run::{RunOptions, run};
-pub use workload::{Element, Registry, Squares, Workload};
+pub use workload::{
+    Collatz, Element, Hash, Mandelbrot, Primes, Registry, Sleep, Spin, Squares, Workload,
+};
 
 /// Serves as a worker if this process was started as one; otherwise returns at once.
 ///
@@ -75,10 +78,20 @@ pub fn init() {
     init_with(Registry::builtin());
 }
 
+/// The workloads given to [`init_with`] (the built-ins if it was not called); forked
+/// workers serve from it.
+static REGISTRY: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
+
+pub(crate) fn registry() -> &'static Registry {
+    REGISTRY.get_or_init(Registry::builtin)
+}
+
 /// Like [`init`], with the workloads in `registry`.
 pub fn init_with(registry: Registry) {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) != Some(protocol::WORKER_ARG) {
+        // The parent keeps the registry for workers started with `fork`.
+        let _ = REGISTRY.set(registry);
         return;
     }
     let code = match worker::WorkerArgs::from_args(&args) {

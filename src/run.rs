@@ -8,8 +8,13 @@ use crate::baseline::{checksum, first_mismatch, run_single};
 use crate::error::{Error, Result};
 use crate::fault::Fault;
 use crate::limits::{Machine, check_memory};
-use crate::pool::{DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_INFLIGHT, JobOptions, Pool, Supervision};
+use crate::pool::{
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_INFLIGHT, JobOptions, JobStats, Pool, StartMethod,
+    Supervision, WorkerStats,
+};
 use crate::report::Report;
+use crate::schedule::ChunkPlan;
+use crate::threads::run_threads;
 use crate::workload::Workload;
 
 /// How to run a job.
@@ -31,6 +36,33 @@ pub struct RunOptions {
     pub faults: Vec<Fault>,
     /// Retries, restarts, timeouts, grace periods and the interrupt flag.
     pub supervision: Supervision,
+    /// Processes (the pool), threads, or a single process.
+    pub mode: Mode,
+    /// How worker processes start (processes mode only).
+    pub start: StartMethod,
+}
+
+/// Which way to run the job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Worker processes writing into shared memory: the pool.
+    #[default]
+    Processes,
+    /// The same kernel on threads of this process, sharing one output buffer.
+    Threads,
+    /// One process, one call of the kernel over the whole range.
+    Single,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Processes => "processes",
+            Mode::Threads => "threads",
+            Mode::Single => "single",
+        })
+    }
 }
 
 impl Default for RunOptions {
@@ -44,6 +76,8 @@ impl Default for RunOptions {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             faults: Vec::new(),
             supervision: Supervision::default(),
+            mode: Mode::Processes,
+            start: StartMethod::Spawn,
         }
     }
 }
@@ -53,6 +87,17 @@ impl Default for RunOptions {
 /// Bad input is refused with [`Error::InvalidInput`] before any process starts. A run whose
 /// outputs differ is not an error: the report says `verified: false` and where.
 pub fn run<W: Workload>(workload: &W, n: u64, options: &RunOptions) -> Result<Report> {
+    run_inspect(workload, n, options, |_| {})
+}
+
+/// Like [`run`], and hands the output (after verification, before it is freed) to `inspect`:
+/// to write an image, a file, or check something of your own.
+pub fn run_inspect<W: Workload>(
+    workload: &W,
+    n: u64,
+    options: &RunOptions,
+    inspect: impl FnOnce(&[W::Output]),
+) -> Result<Report> {
     let machine = Machine::read();
     validate(
         W::NAME,
@@ -62,26 +107,123 @@ pub fn run<W: Workload>(workload: &W, n: u64, options: &RunOptions) -> Result<Re
         &machine,
     )?;
 
-    let began = Instant::now();
-    let mut pool = Pool::builder()
-        .workers(options.workers)
-        .inflight(options.inflight)
-        .handshake_timeout(options.handshake_timeout)
-        .supervision(options.supervision.clone());
-    if let Some(exe) = &options.worker_exe {
-        pool = pool.worker_exe(exe);
+    match options.mode {
+        Mode::Processes => {
+            let began = Instant::now();
+            let mut pool = Pool::builder()
+                .workers(options.workers)
+                .inflight(options.inflight)
+                .start(options.start)
+                .handshake_timeout(options.handshake_timeout)
+                .supervision(options.supervision.clone());
+            if let Some(exe) = &options.worker_exe {
+                pool = pool.worker_exe(exe);
+            }
+            let mut pool = pool.build()?;
+            let spawn = pool.spawn_time();
+            let job = JobOptions {
+                chunk_size: options.chunk_size,
+                faults: options.faults.clone(),
+            };
+            let run = pool.run_with(workload, n, &job)?;
+            let wall = began.elapsed();
+            let stats = run.stats().clone();
+            let report = finish(
+                workload,
+                options,
+                &machine,
+                run.results(),
+                stats,
+                wall,
+                spawn,
+            );
+            inspect(run.results());
+            drop(run);
+            pool.shutdown();
+            Ok(report)
+        }
+        Mode::Threads => {
+            let plan = plan_for(n, options);
+            let run = run_threads(workload, plan, options.workers);
+            let stats = JobStats {
+                n,
+                chunk_size: plan.chunk_size(),
+                chunks: plan.len(),
+                wall: run.wall,
+                ipc_messages: 0,
+                ipc_bytes: 0,
+                shm_bytes: 0,
+                workers: run.workers,
+                restarts: 0,
+                retried_chunks: 0,
+                deaths: Vec::new(),
+            };
+            let report = finish(
+                workload,
+                options,
+                &machine,
+                &run.output,
+                stats,
+                run.wall,
+                run.start,
+            );
+            inspect(&run.output);
+            Ok(report)
+        }
+        Mode::Single => {
+            let (output, wall) = run_single(workload, n);
+            let plan = ChunkPlan::new(n, n.max(1));
+            let stats = JobStats {
+                n,
+                chunk_size: plan.chunk_size(),
+                chunks: plan.len(),
+                wall,
+                ipc_messages: 0,
+                ipc_bytes: 0,
+                shm_bytes: 0,
+                workers: vec![WorkerStats {
+                    id: 0,
+                    pid: std::process::id(),
+                    chunks: plan.len(),
+                    compute_s: wall.as_secs_f64(),
+                }],
+                restarts: 0,
+                retried_chunks: 0,
+                deaths: Vec::new(),
+            };
+            let report = finish(
+                workload,
+                options,
+                &machine,
+                &output,
+                stats,
+                wall,
+                Duration::ZERO,
+            );
+            inspect(&output);
+            Ok(report)
+        }
     }
-    let mut pool = pool.build()?;
-    let spawn = pool.spawn_time();
-    let job = JobOptions {
-        chunk_size: options.chunk_size,
-        faults: options.faults.clone(),
-    };
-    let run = pool.run_with(workload, n, &job)?;
-    let pool_wall = began.elapsed();
-    let stats = run.stats().clone();
-    let results = run.results();
+}
 
+fn plan_for(n: u64, options: &RunOptions) -> ChunkPlan {
+    match options.chunk_size {
+        Some(cs) => ChunkPlan::new(n, cs),
+        None => ChunkPlan::for_workers(n, options.workers),
+    }
+}
+
+/// Runs the baseline, verifies `results` against it and builds the report.
+fn finish<W: Workload>(
+    workload: &W,
+    options: &RunOptions,
+    machine: &Machine,
+    results: &[W::Output],
+    stats: JobStats,
+    wall: Duration,
+    start: Duration,
+) -> Report {
+    let n = stats.n;
     let (baseline_wall, mismatch) = if options.baseline {
         let (single, took) = run_single(workload, n);
         (Some(took), first_mismatch(results, &single))
@@ -89,29 +231,32 @@ pub fn run<W: Workload>(workload: &W, n: u64, options: &RunOptions) -> Result<Re
         (None, None)
     };
     let sum = checksum(results);
-    drop(run);
-    pool.shutdown();
-
-    let pool_wall_s = pool_wall.as_secs_f64();
+    let workers = match options.mode {
+        Mode::Single => 1,
+        _ => options.workers,
+    };
+    let pool_wall_s = wall.as_secs_f64();
     let baseline_wall_s = baseline_wall.map(|d| d.as_secs_f64());
     let speedup = baseline_wall_s.map(|b| b / pool_wall_s);
     let mut warnings = Vec::new();
-    if options.workers > machine.cores_logical {
+    if workers > machine.cores_logical {
         warnings.push(format!(
-            "{} workers on {} logical cores: workers take turns on the cores, so expect no \
-             more than {}× from them",
-            options.workers, machine.cores_logical, machine.cores_logical
+            "{workers} workers on {} logical cores: workers take turns on the cores, so expect \
+             no more than {}× from them",
+            machine.cores_logical, machine.cores_logical
         ));
     }
-    Ok(Report {
+    Report {
         workload: W::NAME.to_string(),
         params: match serde_json::to_value(workload) {
             // A workload without parameters (a unit struct) reads better as `{}`.
             Ok(serde_json::Value::Null) | Err(_) => serde_json::json!({}),
             Ok(value) => value,
         },
+        mode: options.mode,
+        start: (options.mode == Mode::Processes).then_some(options.start),
         n,
-        workers: options.workers,
+        workers,
         chunk_size: stats.chunk_size,
         chunks: stats.chunks,
         inflight: options.inflight,
@@ -119,11 +264,11 @@ pub fn run<W: Workload>(workload: &W, n: u64, options: &RunOptions) -> Result<Re
         cores_physical: machine.cores_physical,
         baseline_wall_s,
         pool_wall_s,
-        spawn_s: spawn.as_secs_f64(),
-        run_s: (pool_wall - spawn).as_secs_f64(),
+        spawn_s: start.as_secs_f64(),
+        run_s: (wall.saturating_sub(start)).as_secs_f64(),
         compute_s: stats.workers.iter().map(|w| w.compute_s).sum(),
         speedup,
-        efficiency: speedup.map(|s| s / options.workers as f64),
+        efficiency: speedup.map(|s| s / workers as f64),
         verified: options.baseline.then_some(mismatch.is_none()),
         mismatch,
         checksum: sum,
@@ -135,7 +280,7 @@ pub fn run<W: Workload>(workload: &W, n: u64, options: &RunOptions) -> Result<Re
         retried_chunks: stats.retried_chunks,
         deaths: stats.deaths,
         warnings,
-    })
+    }
 }
 
 /// Refuses bad options and jobs that cannot fit, before anything starts.
@@ -156,6 +301,12 @@ fn validate(
             "--chunk-size must be at least 1 (got 0)".into(),
         ));
     }
+    if options.mode != Mode::Processes && !options.faults.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "--inject needs --mode processes: in --mode {} a fault would hit procpool itself",
+            options.mode
+        )));
+    }
     if options.inflight == 0 {
         return Err(Error::InvalidInput(
             "--inflight must be at least 1 (got 0)".into(),
@@ -167,5 +318,8 @@ fn validate(
         parts.push(("single-process baseline", bytes));
     }
     check_memory(&format!("{name} with n = {n}"), &parts, machine)?;
-    crate::limits::check_worker_limits(options.workers)
+    if options.mode == Mode::Processes {
+        crate::limits::check_worker_limits(options.workers)?;
+    }
+    Ok(())
 }

@@ -12,6 +12,7 @@ use std::process::{Command, ExitStatus};
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, getppid};
 
 /// Arranges for the command's child to
@@ -94,6 +95,114 @@ impl fmt::Display for ExitCause {
     }
 }
 
+/// A child process of ours, started by `spawn` or by `fork`, waited for with `waitpid`.
+///
+/// std's `Child` only knows processes started by `Command`; forked workers need the same
+/// handle, so both kinds use this one.
+#[derive(Debug)]
+pub struct Process {
+    pid: Pid,
+    /// Set once reaped.
+    status: Option<ExitCause>,
+}
+
+impl Process {
+    /// Takes charge of child `pid` (which must be our child, not yet reaped).
+    pub fn from_pid(pid: u32) -> Self {
+        Process {
+            pid: Pid::from_raw(pid as i32),
+            status: None,
+        }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.pid.as_raw() as u32
+    }
+
+    /// Reaps the process if it has exited; `None` while it runs.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitCause>> {
+        if let Some(status) = self.status {
+            return Ok(Some(status));
+        }
+        self.reap(Some(WaitPidFlag::WNOHANG))
+    }
+
+    /// Waits for the process to exit and reaps it.
+    pub fn wait(&mut self) -> io::Result<ExitCause> {
+        if let Some(status) = self.status {
+            return Ok(status);
+        }
+        loop {
+            if let Some(status) = self.reap(None)? {
+                return Ok(status);
+            }
+        }
+    }
+
+    /// Sends SIGKILL, unless already reaped (so a recycled pid is never hit).
+    pub fn kill(&mut self) {
+        if self.status.is_none() {
+            let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+        }
+    }
+
+    fn reap(&mut self, flags: Option<WaitPidFlag>) -> io::Result<Option<ExitCause>> {
+        let cause = match waitpid(self.pid, flags) {
+            Ok(WaitStatus::Exited(_, code)) => ExitCause::Exited(code),
+            Ok(WaitStatus::Signaled(_, signal, core_dumped)) => ExitCause::Signaled {
+                signal: signal as i32,
+                core_dumped,
+            },
+            Ok(WaitStatus::StillAlive) => return Ok(None),
+            // Stopped or continued: still alive.
+            Ok(_) => return Ok(None),
+            Err(nix::errno::Errno::EINTR) => return Ok(None),
+            // Someone else reaped it (ECHILD): it is gone, how is unknown.
+            Err(nix::errno::Errno::ECHILD) => ExitCause::Unknown,
+            Err(e) => return Err(e.into()),
+        };
+        self.status = Some(cause);
+        Ok(Some(cause))
+    }
+}
+
+/// Forks a child that runs `child_main` and exits with the status it returns (101 if it
+/// panics). Refused unless this process has exactly one thread: after `fork` only the
+/// calling thread exists in the child, and a lock (in malloc, stdio, …) held by another
+/// thread at that moment would stay locked forever.
+pub fn fork_child(child_main: impl FnOnce() -> i32) -> io::Result<u32> {
+    let threads = thread_count();
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "--start fork needs a single-threaded process, and this one has {threads} threads: \
+             use --start spawn"
+        )));
+    }
+    // SAFETY: this process has a single thread (checked just above), so every lock the
+    // child inherits is unlocked and the child may run ordinary Rust code.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw() as u32),
+        nix::unistd::ForkResult::Child => {
+            let code =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(child_main)).unwrap_or(101);
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            // SAFETY: `_exit` ends the process without running the exit handlers it
+            // inherited from the parent (they are not the child's to run); our own output
+            // is flushed just above.
+            unsafe { libc::_exit(code) }
+        }
+    }
+}
+
+/// The number of threads in this process.
+pub fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(1)
+}
+
 /// Sends SIGKILL to `pid`, ignoring a process that is already gone.
 pub fn kill_hard(pid: u32) {
     let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
@@ -168,6 +277,24 @@ mod tests {
             core_dumped: true,
         };
         assert_eq!(segv.to_string(), "killed by SIGSEGV (core dumped)");
+    }
+
+    #[test]
+    // The children are reaped through `Process` (waitpid), which clippy cannot see.
+    #[allow(clippy::zombie_processes)]
+    fn process_handle_reaps_and_reads_the_status() {
+        let child = Command::new("sh").args(["-c", "exit 5"]).spawn().unwrap();
+        let mut p = Process::from_pid(child.id());
+        assert_eq!(p.wait().unwrap(), ExitCause::Exited(5));
+        // Cached after reaping; kill is then a no-op.
+        p.kill();
+        assert_eq!(p.try_wait().unwrap(), Some(ExitCause::Exited(5)));
+
+        let child = Command::new("sleep").arg("30").spawn().unwrap();
+        let mut p = Process::from_pid(child.id());
+        assert_eq!(p.try_wait().unwrap(), None);
+        p.kill();
+        assert_eq!(p.wait().unwrap().to_string(), "killed by SIGKILL");
     }
 
     #[test]

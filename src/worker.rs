@@ -94,6 +94,35 @@ fn serve_inner(args: &WorkerArgs, registry: &Registry) -> Result<(), String> {
     // SAFETY: the parent passed us this descriptor number and kept it open across exec for
     // us; nothing else in this process uses it.
     let shm = unsafe { BorrowedFd::borrow_raw(args.shm_fd) };
+    serve_loop(&to_parent, &from_parent, shm, registry)
+}
+
+/// The worker of a forked start: channels and the shared region are inherited, so there is
+/// no handshake. Returns the exit status.
+pub(crate) fn serve_forked(
+    to_parent: &IpcSender<FromWorker>,
+    from_parent: &ipc_channel::ipc::IpcReceiver<ToWorker>,
+    shm: BorrowedFd<'_>,
+    registry: &Registry,
+) -> i32 {
+    crate::sys::ignore_interrupts();
+    match serve_loop(to_parent, from_parent, shm, registry) {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("error: {message}");
+            1
+        }
+    }
+}
+
+/// `loop { receive -> run the kernel into shared memory -> reply }` until Shutdown or the
+/// parent goes away.
+fn serve_loop(
+    to_parent: &IpcSender<FromWorker>,
+    from_parent: &ipc_channel::ipc::IpcReceiver<ToWorker>,
+    shm: BorrowedFd<'_>,
+    registry: &Registry,
+) -> Result<(), String> {
     let mut job: Option<CurrentJob> = None;
 
     loop {

@@ -8,7 +8,6 @@ mod spawn;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Child;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ use crate::limits::{Machine, check_memory};
 use crate::protocol::ToWorker;
 use crate::schedule::ChunkPlan;
 use crate::shm::{Mapping, SharedRegion};
-use crate::sys::ExitCause;
+use crate::sys::{ExitCause, Process};
 use crate::workload::{Element, Workload};
 
 /// Default number of chunks in flight per worker: one running, one queued, so a worker never
@@ -39,6 +38,29 @@ pub const DEFAULT_GRACE: Duration = Duration::from_millis(500);
 /// worker, small enough that a pool which cannot keep workers alive fails quickly.
 pub fn default_max_restarts(workers: usize) -> u64 {
     10 + 2 * workers as u64
+}
+
+/// How worker processes are started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StartMethod {
+    /// Re-execute the worker binary and connect back over an ipc-channel one-shot server
+    /// (like Python's `spawn`): a fresh process image, about a millisecond per worker.
+    #[default]
+    Spawn,
+    /// `fork` this process (like Python's `fork`): no exec and no handshake, a fraction of a
+    /// millisecond per worker. Only from a single-threaded process; workers that replace
+    /// dead ones are spawned, because by then the pool has threads of its own.
+    Fork,
+}
+
+impl std::fmt::Display for StartMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StartMethod::Spawn => "spawn",
+            StartMethod::Fork => "fork",
+        })
+    }
 }
 
 /// How the pool reacts to workers that die, hang or are interrupted.
@@ -77,6 +99,7 @@ pub struct PoolBuilder {
     worker_exe: Option<PathBuf>,
     handshake_timeout: Duration,
     supervision: Supervision,
+    start: StartMethod,
 }
 
 impl Default for PoolBuilder {
@@ -87,6 +110,7 @@ impl Default for PoolBuilder {
             worker_exe: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             supervision: Supervision::default(),
+            start: StartMethod::Spawn,
         }
     }
 }
@@ -114,6 +138,12 @@ impl PoolBuilder {
     /// How long workers may take to start and connect back (default 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How workers are started (default [`StartMethod::Spawn`]).
+    pub fn start(mut self, start: StartMethod) -> Self {
+        self.start = start;
         self
     }
 
@@ -161,12 +191,15 @@ impl PoolBuilder {
         };
         let region = SharedRegion::new()?;
         let began = Instant::now();
-        let started = spawn::start_workers(
-            &exe,
-            region.raw_fd(),
-            0..self.workers,
-            self.handshake_timeout,
-        )?;
+        let started = match self.start {
+            StartMethod::Spawn => spawn::start_workers(
+                &exe,
+                region.raw_fd(),
+                0..self.workers,
+                self.handshake_timeout,
+            )?,
+            StartMethod::Fork => spawn::fork_workers(region.raw_fd(), 0..self.workers)?,
+        };
         let spawn_time = began.elapsed();
 
         let max_restarts = self
@@ -174,6 +207,7 @@ impl PoolBuilder {
             .max_restarts
             .unwrap_or_else(|| default_max_restarts(self.workers));
         let mut pool = Pool {
+            start: self.start,
             exe,
             handshake_timeout: self.handshake_timeout,
             supervision: self.supervision,
@@ -203,7 +237,7 @@ struct WorkerSlot {
     id: usize,
     pid: u32,
     /// `None` once reaped.
-    child: Option<Child>,
+    child: Option<Process>,
     /// `None` once told to stop, or dead.
     tx: Option<IpcSender<ToWorker>>,
     /// Receiver id in the pool's set.
@@ -266,6 +300,7 @@ pub struct Death {
 /// # Ok::<(), procpool::Error>(())
 /// ```
 pub struct Pool {
+    start: StartMethod,
     exe: PathBuf,
     handshake_timeout: Duration,
     supervision: Supervision,
@@ -390,6 +425,11 @@ impl Pool {
     /// Chunks in flight per worker.
     pub fn inflight(&self) -> usize {
         self.inflight
+    }
+
+    /// How the workers were started.
+    pub fn start_method(&self) -> StartMethod {
+        self.start
     }
 
     /// How long starting the workers (spawn and handshake) took.

@@ -10,7 +10,7 @@
 use std::io;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,14 +19,14 @@ use ipc_channel::ipc::{IpcOneShotServer, IpcReceiver, IpcSender};
 
 use crate::error::{Error, Result};
 use crate::protocol::{FromWorker, PROTOCOL_VERSION, ToWorker, hello_wire_size};
-use crate::sys::{ExitCause, kill_hard, prepare_worker_command};
+use crate::sys::{ExitCause, Process, kill_hard, prepare_worker_command};
 use crate::worker::WorkerArgs;
 
 /// A worker that connected back.
 pub(crate) struct Started {
     pub id: usize,
     pub pid: u32,
-    pub child: Child,
+    pub child: Process,
     pub tx: IpcSender<ToWorker>,
     pub rx: IpcReceiver<FromWorker>,
     /// The thread copying the worker's stdout and stderr to ours, prefixed.
@@ -39,7 +39,7 @@ struct Pending {
     id: usize,
     pid: u32,
     /// Moved into [`Started`] once the worker connected.
-    child: Option<Child>,
+    child: Option<Process>,
     output: Option<JoinHandle<()>>,
     server_name: String,
     answered: bool,
@@ -90,7 +90,10 @@ pub(crate) fn start_workers(
                 let writer2 = writer.try_clone().map_err(|e| spawn_error(id, exe, e))?;
                 cmd.stdout(writer).stderr(writer2);
                 prepare_worker_command(&mut cmd, shm_fd);
-                let child = cmd.spawn().map_err(|e| spawn_error(id, exe, e))?;
+                // std's handle is dropped (that neither waits nor kills); the pool reaps the
+                // worker with waitpid, like a forked one.
+                let child =
+                    Process::from_pid(cmd.spawn().map_err(|e| spawn_error(id, exe, e))?.id());
                 // Our copies of the write end must close, or the reader never sees EOF.
                 drop(cmd);
                 let output = forward_output(id, reader);
@@ -202,8 +205,8 @@ pub(crate) fn start_workers(
         }
         // A worker that exited before connecting will never connect.
         for p in pending.iter_mut().filter(|p| !p.answered) {
-            if let Some(Ok(Some(status))) = p.child.as_mut().map(Child::try_wait) {
-                failure = Some(handshake_exit(p, status.into()));
+            if let Some(Ok(Some(status))) = p.child.as_mut().map(Process::try_wait) {
+                failure = Some(handshake_exit(p, status));
                 break;
             }
         }
@@ -288,19 +291,90 @@ fn spawn_error(id: usize, exe: &Path, source: io::Error) -> Error {
     }
 }
 
+/// Starts workers `ids` by forking this process: no exec and no handshake, the channels
+/// are made before the fork and inherited, as is the shared region. Needs a
+/// single-threaded process (see [`crate::sys::fork_child`]); the output forwarding threads
+/// start only after the last fork.
+///
+/// The child keeps inherited copies of the parent's ends of its own channels; it is
+/// stopped by the Shutdown message or, if the parent dies, by its death signal.
+pub(crate) fn fork_workers(
+    shm_fd: std::os::fd::RawFd,
+    ids: std::ops::Range<usize>,
+) -> Result<Vec<Started>> {
+    let threads = crate::sys::thread_count();
+    if threads != 1 {
+        return Err(Error::InvalidInput(format!(
+            "--start fork needs a single-threaded process, and this one has {threads} threads \
+             (fork copies only the calling thread): use --start spawn"
+        )));
+    }
+    let mut started: Vec<Started> = Vec::with_capacity(ids.len());
+    let mut readers = Vec::with_capacity(ids.len());
+    let parent = nix::unistd::getpid();
+    for id in ids {
+        let forked = (|| -> io::Result<Started> {
+            let (to_worker, from_parent) = ipc_channel::ipc::channel::<ToWorker>()?;
+            let (to_parent, from_worker) = ipc_channel::ipc::channel::<FromWorker>()?;
+            let (reader, writer) = io::pipe()?;
+            let pid = crate::sys::fork_child(move || {
+                if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+                    || nix::unistd::getppid() != parent
+                {
+                    return 1;
+                }
+                let _ = nix::unistd::dup2_stdout(&writer);
+                let _ = nix::unistd::dup2_stderr(&writer);
+                drop(writer);
+                // SAFETY: the shared region's memfd is open in the parent and so, by
+                // inheritance, in this child for as long as it lives.
+                let shm = unsafe { std::os::fd::BorrowedFd::borrow_raw(shm_fd) };
+                crate::worker::serve_forked(&to_parent, &from_parent, shm, crate::registry())
+            })?;
+            // The closure, with the child's ends of the channels and the pipe, was dropped
+            // in this process when `fork_child` returned: only the child holds them now.
+            readers.push((id, reader));
+            Ok(Started {
+                id,
+                pid,
+                child: Process::from_pid(pid),
+                tx: to_worker,
+                rx: from_worker,
+                output: None,
+                hello_bytes: 0,
+            })
+        })();
+        match forked {
+            Ok(s) => started.push(s),
+            Err(e) => {
+                for s in &mut started {
+                    kill_and_reap(&mut s.child);
+                }
+                return Err(Error::Spawn {
+                    id,
+                    exe: "fork".into(),
+                    source: e,
+                    hint: String::new(),
+                });
+            }
+        }
+    }
+    for (s, (_, reader)) in started.iter_mut().zip(readers) {
+        s.output = forward_output(s.id, reader);
+    }
+    Ok(started)
+}
+
 /// Waits up to `grace` for `child` to exit, then kills it; always reaps it.
-pub(crate) fn reap_within(child: &mut Child, grace: Duration) -> ExitCause {
+pub(crate) fn reap_within(child: &mut Process, grace: Duration) -> ExitCause {
     let deadline = Instant::now() + grace;
     loop {
         match child.try_wait() {
-            Ok(Some(status)) => return status.into(),
+            Ok(Some(status)) => return status,
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
             Ok(None) => {
-                let _ = child.kill();
-                return child
-                    .wait()
-                    .map(ExitCause::from)
-                    .unwrap_or(ExitCause::Unknown);
+                child.kill();
+                return child.wait().unwrap_or(ExitCause::Unknown);
             }
             Err(_) => return ExitCause::Unknown,
         }
@@ -308,8 +382,8 @@ pub(crate) fn reap_within(child: &mut Child, grace: Duration) -> ExitCause {
 }
 
 /// Kills `child` (if still running) and reaps it.
-pub(crate) fn kill_and_reap(child: &mut Child) {
-    let _ = child.kill();
+pub(crate) fn kill_and_reap(child: &mut Process) {
+    child.kill();
     let _ = child.wait();
 }
 

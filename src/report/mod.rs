@@ -5,7 +5,8 @@ mod text;
 use serde::Serialize;
 
 use crate::baseline::Mismatch;
-use crate::pool::{Death, WorkerStats};
+use crate::pool::{Death, StartMethod, WorkerStats};
+use crate::run::Mode;
 
 pub use text::render_text;
 
@@ -16,6 +17,10 @@ pub struct Report {
     pub workload: String,
     /// The workload's parameters, as JSON.
     pub params: serde_json::Value,
+    /// How the job ran: `processes`, `threads` or `single`.
+    pub mode: Mode,
+    /// How worker processes started (`spawn` or `fork`; null unless mode is `processes`).
+    pub start: Option<StartMethod>,
     /// Number of elements computed.
     pub n: u64,
     /// Worker processes.

@@ -4,6 +4,7 @@ use std::fmt::Write;
 
 use super::Report;
 use crate::limits::human_bytes;
+use crate::run::Mode;
 
 /// Renders the report for a terminal.
 pub fn render_text(r: &Report) -> String {
@@ -12,14 +13,20 @@ pub fn render_text(r: &Report) -> String {
         .cores_physical
         .map(|p| format!(" / {p} physical"))
         .unwrap_or_default();
+    let plural = if r.workers == 1 { "" } else { "s" };
+    let how = match (r.mode, r.start) {
+        (Mode::Processes, Some(start)) => {
+            let es = if r.workers == 1 { "" } else { "es" };
+            format!("{} worker process{es} started by {start}", r.workers)
+        }
+        (Mode::Processes, None) => format!("{} worker process{plural}", r.workers),
+        (Mode::Threads, _) => format!("{} thread{plural} of one process", r.workers),
+        (Mode::Single, _) => "a single process".to_string(),
+    };
     let _ = writeln!(
         s,
-        "procpool: {} n={} on {} worker{} ({} logical{physical} cores)",
-        r.workload,
-        r.n,
-        r.workers,
-        if r.workers == 1 { "" } else { "s" },
-        r.cores_logical
+        "procpool: {} n={} on {how}; {} logical{physical} cores",
+        r.workload, r.n, r.cores_logical
     );
     let _ = writeln!(
         s,

@@ -5,6 +5,13 @@
 //! worker once per job; chunk messages then carry only ranges. Built-in workloads are
 //! registered exactly like a user's own.
 
+pub mod catalogue;
+pub mod collatz;
+pub mod hash;
+pub mod mandelbrot;
+pub mod primes;
+pub mod sleep;
+pub mod spin;
 mod squares;
 
 use std::collections::HashMap;
@@ -14,6 +21,12 @@ use std::ops::Range;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use collatz::Collatz;
+pub use hash::Hash;
+pub use mandelbrot::Mandelbrot;
+pub use primes::Primes;
+pub use sleep::Sleep;
+pub use spin::Spin;
 pub use squares::Squares;
 
 /// A type a workload can write into shared memory: plain old data with a fixed size.
@@ -115,7 +128,14 @@ impl Registry {
 
     /// A registry holding procpool's built-in workloads.
     pub fn builtin() -> Self {
-        Self::empty().register::<Squares>()
+        Self::empty()
+            .register::<Squares>()
+            .register::<Primes>()
+            .register::<Collatz>()
+            .register::<Mandelbrot>()
+            .register::<Hash>()
+            .register::<Spin>()
+            .register::<Sleep>()
     }
 
     /// Adds workload `W` (replacing any workload of the same name).

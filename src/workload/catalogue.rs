@@ -1,0 +1,183 @@
+//! The built-in workloads described for people: what `procpool list` prints.
+//!
+//! One [`Entry`] per workload registered by [`Registry::builtin`](super::Registry::builtin),
+//! in the order a tutorial would take them: memory-bound, then CPU-bound from unbalanced to
+//! uniform, then granularity, then I/O-bound.
+
+use std::fmt::Write;
+
+/// How one built-in workload is invoked and what it demonstrates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// The workload's registered name, its `Workload::NAME`.
+    pub name: &'static str,
+    /// Its command-line arguments after the name, e.g. `"N [--rounds R]"`.
+    pub args: &'static str,
+    /// The element type written per index, e.g. `"u64"`.
+    pub output: &'static str,
+    /// What limits its speed, e.g. `"CPU-bound, uniform"`.
+    pub bound: &'static str,
+    /// One short sentence on what running it in parallel shows.
+    pub shows: &'static str,
+}
+
+/// Every built-in workload, in presentation order.
+pub const CATALOGUE: &[Entry] = &[
+    Entry {
+        name: "squares",
+        args: "N",
+        output: "u64",
+        bound: "memory-bound",
+        shows: "almost no arithmetic per byte: page faults and memory bandwidth cap the speedup",
+    },
+    Entry {
+        name: "primes",
+        args: "N",
+        output: "u8",
+        bound: "CPU-bound, unbalanced",
+        shows: "trial division: cost grows with i, so a static split leaves the first workers idle",
+    },
+    Entry {
+        name: "collatz",
+        args: "N",
+        output: "u32",
+        bound: "CPU-bound, irregular",
+        shows: "step counts jump between neighbours, so small chunks even out unpredictable cost",
+    },
+    Entry {
+        name: "mandelbrot",
+        args: "N [--max-iter K] [--image FILE.png]",
+        output: "u32",
+        bound: "CPU-bound, irregular by row",
+        shows: "N×N pixels; rows through the set cost far more than rows outside it",
+    },
+    Entry {
+        name: "hash",
+        args: "N [--rounds R]",
+        output: "u64",
+        bound: "CPU-bound, uniform",
+        shows: "every element costs the same, the best case for a static split",
+    },
+    Entry {
+        name: "spin",
+        args: "N --us X",
+        output: "u64",
+        bound: "CPU-bound, granularity",
+        shows: "task granularity against IPC cost: how small a chunk can be before messages dominate",
+    },
+    Entry {
+        name: "sleep",
+        args: "N --ms X",
+        output: "u64",
+        bound: "I/O-bound",
+        shows: "waiting, not computing: more workers than cores still help",
+    },
+];
+
+/// The catalogue as an aligned text table with a header row, one line per workload.
+pub fn render() -> String {
+    let header = ["workload", "arguments", "output", "bound", "what it shows"];
+    let rows: Vec<[&str; 5]> = std::iter::once(header)
+        .chain(
+            CATALOGUE
+                .iter()
+                .map(|e| [e.name, e.args, e.output, e.bound, e.shows]),
+        )
+        .collect();
+    let mut widths = [0usize; 5];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut table = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (k, cell) in row.iter().enumerate() {
+            if k + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let pad = widths[k] - cell.chars().count();
+                // Writing to a `String` cannot fail.
+                let _ = write!(line, "{cell}{:pad$}  ", "");
+            }
+        }
+        table.push_str(line.trim_end());
+        table.push('\n');
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{
+        Collatz, Hash, Mandelbrot, Primes, Registry, Sleep, Spin, Squares, Workload,
+    };
+    use super::*;
+
+    const NAMES: [&str; 7] = [
+        Squares::NAME,
+        Primes::NAME,
+        Collatz::NAME,
+        Mandelbrot::NAME,
+        Hash::NAME,
+        Spin::NAME,
+        Sleep::NAME,
+    ];
+
+    #[test]
+    fn catalogue_lists_the_builtins_in_order() {
+        let names: Vec<_> = CATALOGUE.iter().map(|e| e.name).collect();
+        assert_eq!(names, NAMES);
+    }
+
+    #[test]
+    fn catalogue_and_builtin_registry_hold_the_same_names() {
+        let reg = Registry::builtin();
+        for e in CATALOGUE {
+            assert!(reg.contains(e.name), "`{}` is not registered", e.name);
+        }
+        for name in NAMES {
+            assert!(reg.contains(name), "`{name}` is not registered");
+        }
+        // `Registry`'s Debug lists its names; every one of them must be in the catalogue.
+        let debug = format!("{reg:?}");
+        let registered: Vec<&str> = debug.split('"').skip(1).step_by(2).collect();
+        assert!(!registered.is_empty(), "{debug}");
+        for name in registered {
+            assert!(
+                CATALOGUE.iter().any(|e| e.name == name),
+                "`{name}` is registered but missing from the catalogue"
+            );
+        }
+    }
+
+    #[test]
+    fn render_aligns_every_column() {
+        let table = render();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), CATALOGUE.len() + 1);
+        assert!(lines[0].starts_with("workload"));
+        assert!(lines[0].ends_with("what it shows"));
+        for (line, e) in lines[1..].iter().zip(CATALOGUE) {
+            assert!(line.starts_with(e.name));
+            assert!(line.ends_with(e.shows));
+            assert_eq!(line.trim_end(), *line);
+        }
+        // Each column starts at the same character offset on every line.
+        let offset = |line: &str, cell: &str| line.find(cell).map(|b| line[..b].chars().count());
+        let headers = ["arguments", "output", "bound", "what it shows"];
+        for (k, header) in headers.iter().enumerate() {
+            let column = offset(lines[0], header).unwrap();
+            for (line, e) in lines[1..].iter().zip(CATALOGUE) {
+                let cell = [e.args, e.output, e.bound, e.shows][k];
+                let at = line
+                    .char_indices()
+                    .filter(|&(b, _)| line[b..].starts_with(cell))
+                    .map(|(b, _)| line[..b].chars().count())
+                    .find(|&c| c == column);
+                assert_eq!(at, Some(column), "`{cell}` misaligned in {line:?}");
+            }
+        }
+    }
+}

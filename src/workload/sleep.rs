@@ -1,0 +1,73 @@
+//! `sleep`: `out[i] = i`, after sleeping `ms` milliseconds for every element.
+//!
+//! The processes wait instead of compute (the stand-in for the Python tutorials'
+//! `slow_function` doing I/O), so the speedup keeps growing past the number of cores: the
+//! *I/O-bound* case, where more workers than cores still help.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Workload;
+
+/// `out[i] = i` (`u64`), after a sleep of `ms` milliseconds per element.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sleep {
+    /// Milliseconds slept per element; `0`, negative, NaN or out-of-range values do not sleep.
+    pub ms: f64,
+}
+
+impl Workload for Sleep {
+    const NAME: &'static str = "sleep";
+    type Output = u64;
+
+    #[inline(never)]
+    fn kernel(&self, range: Range<u64>, out: &mut [u64]) {
+        let nap = Duration::try_from_secs_f64(self.ms / 1000.0).unwrap_or(Duration::ZERO);
+        for (slot, i) in out.iter_mut().zip(range) {
+            if !nap.is_zero() {
+                std::thread::sleep(nap);
+            }
+            *slot = i;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn compute(sleep: Sleep, range: Range<u64>) -> Vec<u64> {
+        let mut out = vec![u64::MAX; (range.end - range.start) as usize];
+        sleep.kernel(range, &mut out);
+        out
+    }
+
+    #[test]
+    fn values_are_the_indices() {
+        assert_eq!(compute(Sleep { ms: 0.0 }, 10..14), [10, 11, 12, 13]);
+        assert_eq!(compute(Sleep { ms: -5.0 }, 0..2), [0, 1]);
+        assert_eq!(compute(Sleep { ms: f64::NAN }, 0..2), [0, 1]);
+    }
+
+    #[test]
+    fn each_element_sleeps_at_least_ms() {
+        // A lower bound on sleeping, not a speed assertion.
+        let start = Instant::now();
+        assert_eq!(compute(Sleep { ms: 1.0 }, 7..10), [7, 8, 9]);
+        assert!(start.elapsed() >= Duration::from_millis(3));
+    }
+
+    #[test]
+    fn sub_ranges_agree_with_one_call() {
+        let sleep = Sleep { ms: 0.0 };
+        let whole = compute(sleep, 0..100);
+        let mut pieces = compute(sleep, 0..1);
+        pieces.extend(compute(sleep, 1..50));
+        pieces.extend(compute(sleep, 50..100));
+        assert_eq!(whole, pieces);
+    }
+}
