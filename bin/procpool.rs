@@ -345,6 +345,13 @@ fn execute<W: Workload>(
         );
         return Ok(ExitCode::from(EXIT_FAILED));
     }
+    if report.verified == Some(false) {
+        eprintln!(
+            "procpool: the per-chunk reductions differ: {:?} (pool) but {:?} (single process)",
+            report.reduction, report.baseline_reduction
+        );
+        return Ok(ExitCode::from(EXIT_FAILED));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -25,6 +25,11 @@
 //! }
 //! ```
 //!
+//! Your own workload: implement [`Workload`] (a name, serializable parameters, an output
+//! element type, a kernel, optionally a per-chunk reduction), then call
+//! `procpool::init_with(Registry::builtin().register::<MyWorkload>())` first thing in `main`.
+//! See `examples/custom_workload.rs`.
+//!
 //! Forgetting [`init`] is the classic pitfall of re-exec process pools (procspawn has the
 //! same rule): the worker would run your whole `main` again instead of serving. procpool
 //! notices (the worker exits before connecting) and says so in the error.
@@ -39,6 +44,8 @@
 //! - [`schedule`]: cutting `0..n` into chunks.
 //! - [`workload`]: the [`Workload`] trait, the [`Registry`], the built-in workloads.
 //! - [`baseline`]: the single-process run and the element-wise verification.
+//! - [`threads`]: the same job on threads of one process, for comparison.
+//! - [`interrupt`]: Ctrl-C and SIGTERM handling.
 //! - [`run`](mod@run): a whole measured run, as the CLI does it.
 //! - [`report`]: the [`Report`] and its text and JSON forms.
 //! - [`limits`], [`parse`], [`fault`], [`error`]: checks, parsing, fault injection, errors.

@@ -70,6 +70,8 @@ pub enum FromWorker {
         id: u64,
         /// Time spent in the kernel, in nanoseconds.
         compute_ns: u64,
+        /// The workload's per-chunk reduction, if it has one.
+        reduction: Option<u64>,
     },
     /// The worker could not start the job (for example an unregistered workload). It exits
     /// after sending this.
@@ -115,6 +117,7 @@ mod tests {
         let done = FromWorker::Done {
             id: 1000,
             compute_ns: 1_000_000,
+            reduction: Some(3),
         };
         let size = wire_size(&done);
         assert!(size > 0 && size < 16, "{size}");

@@ -157,6 +157,7 @@ pub fn run_inspect<W: Workload>(
                 restarts: 0,
                 retried_chunks: 0,
                 deaths: Vec::new(),
+                reduction: run.reduction,
             };
             let report = finish(
                 workload,
@@ -190,6 +191,7 @@ pub fn run_inspect<W: Workload>(
                 restarts: 0,
                 retried_chunks: 0,
                 deaths: Vec::new(),
+                reduction: workload.reduce(&output),
             };
             let report = finish(
                 workload,
@@ -224,12 +226,15 @@ fn finish<W: Workload>(
     start: Duration,
 ) -> Report {
     let n = stats.n;
-    let (baseline_wall, mismatch) = if options.baseline {
+    let (baseline_wall, mismatch, baseline_reduction) = if options.baseline {
         let (single, took) = run_single(workload, n);
-        (Some(took), first_mismatch(results, &single))
+        // The same reduction over the same chunks, so the two can be compared.
+        let reduction = reduce_chunks(workload, &single, stats.chunk_size);
+        (Some(took), first_mismatch(results, &single), reduction)
     } else {
-        (None, None)
+        (None, None, None)
     };
+    let reductions_agree = baseline_reduction == stats.reduction;
     let sum = checksum(results);
     let workers = match options.mode {
         Mode::Single => 1,
@@ -269,7 +274,9 @@ fn finish<W: Workload>(
         compute_s: stats.workers.iter().map(|w| w.compute_s).sum(),
         speedup,
         efficiency: speedup.map(|s| s / workers as f64),
-        verified: options.baseline.then_some(mismatch.is_none()),
+        verified: options
+            .baseline
+            .then_some(mismatch.is_none() && reductions_agree),
         mismatch,
         checksum: sum,
         ipc_messages: stats.ipc_messages,
@@ -279,8 +286,23 @@ fn finish<W: Workload>(
         restarts: stats.restarts,
         retried_chunks: stats.retried_chunks,
         deaths: stats.deaths,
+        reduction: stats.reduction,
+        baseline_reduction,
         warnings,
     }
+}
+
+/// The workload's reduction over `output` cut into chunks of `chunk_size`, added up as the
+/// pool adds its chunks' values.
+fn reduce_chunks<W: Workload>(workload: &W, output: &[W::Output], chunk_size: u64) -> Option<u64> {
+    let size = usize::try_from(chunk_size).unwrap_or(usize::MAX).max(1);
+    output
+        .chunks(size)
+        .fold(None, |acc, chunk| match (acc, workload.reduce(chunk)) {
+            (acc, None) => acc,
+            (None, Some(r)) => Some(r),
+            (Some(a), Some(r)) => Some(a.wrapping_add(r)),
+        })
 }
 
 /// Refuses bad options and jobs that cannot fit, before anything starts.

@@ -23,6 +23,8 @@ pub struct ThreadsRun<T> {
     pub start: Duration,
     /// Per thread: chunks done and kernel time (`pid` is this process's id).
     pub workers: Vec<WorkerStats>,
+    /// The workload's per-chunk reductions added up, if it has one.
+    pub reduction: Option<u64>,
 }
 
 /// Runs `workload` on `0..n` with `threads` threads taking chunks of `plan` dynamically
@@ -39,48 +41,58 @@ pub fn run_threads<W: Workload>(
     // Disjoint `&mut` slices, handed out one at a time: safe sharing of one buffer.
     let queue = Mutex::new(output.chunks_mut(chunk_size).enumerate());
     let pid = std::process::id();
-    let (workers, started): (Vec<WorkerStats>, Vec<Instant>) = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|id| {
-                let queue = &queue;
-                scope.spawn(move || {
-                    let started = Instant::now();
-                    let (mut chunks, mut compute) = (0u64, Duration::ZERO);
-                    loop {
-                        let next = queue.lock().expect("no thread panics holding it").next();
-                        let Some((k, out)) = next else { break };
-                        let start = k as u64 * plan.chunk_size();
-                        let t = Instant::now();
-                        workload.kernel(start..start + out.len() as u64, out);
-                        compute += t.elapsed();
-                        chunks += 1;
-                    }
-                    let stats = WorkerStats {
-                        id,
-                        pid,
-                        chunks,
-                        compute_s: compute.as_secs_f64(),
-                    };
-                    (stats, started)
+    let (workers, started): (Vec<WorkerStats>, Vec<(Instant, Option<u64>)>) =
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|id| {
+                    let queue = &queue;
+                    scope.spawn(move || {
+                        let started = Instant::now();
+                        let (mut chunks, mut compute) = (0u64, Duration::ZERO);
+                        let mut reduction: Option<u64> = None;
+                        loop {
+                            let next = queue.lock().expect("no thread panics holding it").next();
+                            let Some((k, out)) = next else { break };
+                            let start = k as u64 * plan.chunk_size();
+                            let t = Instant::now();
+                            workload.kernel(start..start + out.len() as u64, out);
+                            if let Some(r) = workload.reduce(out) {
+                                reduction = Some(reduction.unwrap_or(0).wrapping_add(r));
+                            }
+                            compute += t.elapsed();
+                            chunks += 1;
+                        }
+                        let stats = WorkerStats {
+                            id,
+                            pid,
+                            chunks,
+                            compute_s: compute.as_secs_f64(),
+                        };
+                        (stats, (started, reduction))
+                    })
                 })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("kernel panicked in a thread"))
-            .unzip()
-    });
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("kernel panicked in a thread"))
+                .unzip()
+        });
     let wall = began.elapsed();
     let start = started
         .iter()
-        .map(|t| t.duration_since(began))
+        .map(|(t, _)| t.duration_since(began))
         .max()
         .unwrap_or_default();
+    let reduction = started
+        .iter()
+        .filter_map(|&(_, r)| r)
+        .reduce(u64::wrapping_add);
     ThreadsRun {
         output,
         wall,
         start,
         workers,
+        reduction,
     }
 }
 

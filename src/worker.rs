@@ -153,9 +153,14 @@ fn serve_loop(
             } => {
                 let job = job.as_ref().ok_or("received a chunk before any job")?;
                 let began = Instant::now();
-                run_chunk(job, id, start, end, attempt)?;
+                let reduction = run_chunk(job, id, start, end, attempt)?;
                 let compute_ns = began.elapsed().as_nanos() as u64;
-                if to_parent.send(FromWorker::Done { id, compute_ns }).is_err() {
+                let done = FromWorker::Done {
+                    id,
+                    compute_ns,
+                    reduction,
+                };
+                if to_parent.send(done).is_err() {
                     return Ok(());
                 }
             }
@@ -184,7 +189,13 @@ fn start_job(
     })
 }
 
-fn run_chunk(job: &CurrentJob, id: u64, start: u64, end: u64, attempt: u32) -> Result<(), String> {
+fn run_chunk(
+    job: &CurrentJob,
+    id: u64,
+    start: u64,
+    end: u64,
+    attempt: u32,
+) -> Result<Option<u64>, String> {
     let fault = job
         .faults
         .iter()
@@ -213,11 +224,11 @@ fn run_chunk(job: &CurrentJob, id: u64, start: u64, end: u64, attempt: u32) -> R
     // worker at a time and reads it only after our `Done`; so for the life of this slice no
     // other process touches these bytes.
     let out = unsafe { job.mapping.slice_mut(lo..hi) };
-    job.kernel.run(start..end, out);
+    let reduction = job.kernel.run(start..end, out);
     if fault == Some(FaultAction::Corrupt) && !out.is_empty() {
         out[0] ^= 0x5a;
     }
-    Ok(())
+    Ok(reduction)
 }
 
 /// Makes this worker fail the way `action` says, right before running chunk `id`.

@@ -55,6 +55,8 @@ struct Job<'a> {
     done: u64,
     /// Elements in the chunks done.
     elements_done: u64,
+    /// Sum of the chunks' reductions.
+    reduction: Option<u64>,
     messages: u64,
     bytes: u64,
     restarts: u64,
@@ -98,6 +100,7 @@ impl Pool {
             retry: VecDeque::new(),
             done: 0,
             elements_done: 0,
+            reduction: None,
             messages,
             bytes,
             restarts: 0,
@@ -182,6 +185,7 @@ impl Pool {
             restarts: job.restarts,
             retried_chunks: job.retried_chunks,
             deaths: job.deaths,
+            reduction: job.reduction,
         })
     }
 
@@ -209,7 +213,11 @@ impl Pool {
                 job.messages += 1;
                 job.bytes += wire_size(&msg);
                 match msg {
-                    FromWorker::Done { id, compute_ns } => {
+                    FromWorker::Done {
+                        id,
+                        compute_ns,
+                        reduction,
+                    } => {
                         let h = &mut job.held[w];
                         let Some(pos) = h.chunks.iter().position(|&(c, _)| c == id) else {
                             return Err(Error::Ipc(format!(
@@ -221,6 +229,9 @@ impl Pool {
                         h.done += 1;
                         h.compute_ns += compute_ns;
                         job.done += 1;
+                        if let Some(r) = reduction {
+                            job.reduction = Some(job.reduction.unwrap_or(0).wrapping_add(r));
+                        }
                         let range = job.plan.range(id);
                         job.elements_done += range.end - range.start;
                         self.top_up(w, 1, job);

@@ -1,7 +1,7 @@
 //! The pool: worker processes, their channels, and the shared region they write into.
 //!
-//! [`PoolBuilder::build`] starts the workers ([`spawn`]); [`Pool::run`] sends a job and
-//! hands out its chunks ([`dispatch`]); dropping the pool stops and reaps every worker.
+//! [`PoolBuilder::build`] starts the workers (`spawn.rs`); [`Pool::run`] sends a job and
+//! hands out its chunks (`dispatch.rs`); dropping the pool stops and reaps every worker.
 
 mod dispatch;
 mod spawn;
@@ -376,6 +376,8 @@ pub struct JobStats {
     pub retried_chunks: u64,
     /// Every worker death, in order.
     pub deaths: Vec<Death>,
+    /// The workload's per-chunk reductions added up (wrapping), if it has a reduction.
+    pub reduction: Option<u64>,
 }
 
 /// The outcome of [`Pool::run`]: the results, still in shared memory, and the measurements.

@@ -70,6 +70,10 @@ pub struct Report {
     pub retried_chunks: u64,
     /// Each worker death: which worker, its pid, how it ended, and its replacement.
     pub deaths: Vec<Death>,
+    /// The workload's per-chunk reductions added up, if it has a reduction.
+    pub reduction: Option<u64>,
+    /// The same reduction of the single-process output (must equal `reduction`).
+    pub baseline_reduction: Option<u64>,
     /// Things the user should know about this run (e.g. more workers than cores).
     pub warnings: Vec<String>,
 }

@@ -81,6 +81,13 @@ pub fn render_text(r: &Report) -> String {
         }
     }
     let _ = writeln!(s, "  checksum     {}", r.checksum);
+    if let Some(reduction) = r.reduction {
+        let baseline = r
+            .baseline_reduction
+            .map(|b| format!("  (single process: {b})"))
+            .unwrap_or_default();
+        let _ = writeln!(s, "  reduction    {reduction}{baseline}");
+    }
     let _ = writeln!(
         s,
         "  ipc          {} messages, {} over channels; {} of results through shared memory",

@@ -61,22 +61,34 @@ pub trait Workload:
     /// Fills `out[k]` with the result for index `range.start + k`.
     /// `out.len() == range.end - range.start`.
     fn kernel(&self, range: Range<u64>, out: &mut [Self::Output]);
+
+    /// An optional per-chunk reduction: a number summarising one chunk's output (a count, a
+    /// sum), computed by the worker right after the kernel and sent back in its `Done`
+    /// message. The pool adds the chunks' values (wrapping, mod 2^64) into
+    /// [`JobStats::reduction`](crate::JobStats::reduction), and the report checks it against
+    /// the same reduction of the single-process output. The default reduces nothing.
+    fn reduce(&self, out: &[Self::Output]) -> Option<u64> {
+        let _ = out;
+        None
+    }
 }
 
 /// A workload with its type erased, as a worker holds it during a job.
 pub(crate) trait DynKernel: Send + Sync {
-    /// Runs the kernel on `range`, writing little-endian elements into `out`.
-    fn run(&self, range: Range<u64>, out: &mut [u8]);
+    /// Runs the kernel on `range`, writing little-endian elements into `out`, then the
+    /// workload's per-chunk reduction, if it has one.
+    fn run(&self, range: Range<u64>, out: &mut [u8]) -> Option<u64>;
 }
 
 struct Typed<W>(W);
 
 impl<W: Workload> DynKernel for Typed<W> {
-    fn run(&self, range: Range<u64>, out: &mut [u8]) {
+    fn run(&self, range: Range<u64>, out: &mut [u8]) -> Option<u64> {
         // The region is page aligned and chunk offsets are multiples of the element size,
         // so this cast cannot fail; bytemuck checks it anyway.
         let out: &mut [W::Output] = bytemuck::cast_slice_mut(out);
         self.0.kernel(range, out);
+        self.0.reduce(out)
     }
 }
 
@@ -148,6 +160,13 @@ impl Registry {
             },
         );
         self
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.entries.keys().copied().collect();
+        names.sort_unstable();
+        names
     }
 
     /// True when a workload of that name is registered.

@@ -1,0 +1,77 @@
+//! cargo run --release --example custom_workload
+//!
+//! Your own workload on a pool, in two steps: define it, register it in `main`.
+//!
+//! The workload estimates π by Monte Carlo: element i throws one dart at the unit square
+//! (a point derived from i by a hash, so the run is reproducible) and records 1 if it lands
+//! inside the quarter circle. Each worker also counts its chunk's hits (the per-chunk
+//! reduction), so the parent gets the total without reading the output.
+
+use std::ops::Range;
+
+use procpool::{Pool, Registry, RunOptions, Workload};
+use serde::{Deserialize, Serialize};
+
+/// Step 1: the workload. Its fields are its parameters, sent to every worker once per job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MonteCarloPi {
+    seed: u64,
+}
+
+impl Workload for MonteCarloPi {
+    const NAME: &'static str = "monte-carlo-pi";
+    type Output = u8;
+
+    fn kernel(&self, range: Range<u64>, out: &mut [u8]) {
+        for (slot, i) in out.iter_mut().zip(range) {
+            let bits = splitmix64(self.seed ^ splitmix64(i));
+            // Two coordinates in [0, 1) from the two halves of the hash.
+            let x = (bits >> 32) as f64 / (1u64 << 32) as f64;
+            let y = (bits & 0xffff_ffff) as f64 / (1u64 << 32) as f64;
+            *slot = u8::from(x * x + y * y < 1.0);
+        }
+    }
+
+    fn reduce(&self, out: &[u8]) -> Option<u64> {
+        Some(out.iter().map(|&hit| u64::from(hit)).sum())
+    }
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn main() -> Result<(), procpool::Error> {
+    // Step 2: register it, first thing in main. A worker (this same binary, re-executed)
+    // serves here and never returns; the parent keeps going.
+    procpool::init_with(Registry::builtin().register::<MonteCarloPi>());
+
+    let darts = 4_000_000;
+    let workload = MonteCarloPi { seed: 42 };
+
+    // A pool of your own: the hits come back as the sum of the per-chunk counts.
+    let mut pool = Pool::builder().workers(2).build()?;
+    let run = pool.run(&workload, darts)?;
+    let hits = run.stats().reduction.expect("the workload has a reduction");
+    println!(
+        "π ≈ {:.5} from {darts} darts on {} worker processes",
+        4.0 * hits as f64 / darts as f64,
+        run.stats().workers.len()
+    );
+    drop(run);
+    drop(pool);
+
+    // Or a whole measured run: pool, single-process baseline, verification, report.
+    let options = RunOptions {
+        workers: 2,
+        ..RunOptions::default()
+    };
+    let report = procpool::run(&workload, darts, &options)?;
+    assert_eq!(report.verified, Some(true));
+    assert_eq!(report.reduction, Some(hits));
+    print!("{}", procpool::report::render_text(&report));
+    Ok(())
+}
