@@ -52,11 +52,14 @@
 
 #![deny(missing_docs)]
 
+pub mod advice;
 pub mod baseline;
 pub mod error;
 pub mod fault;
 pub mod interrupt;
+pub mod ipc_bench;
 pub mod limits;
+pub mod measure;
 pub mod parse;
 pub mod pool;
 pub mod protocol;

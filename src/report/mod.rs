@@ -1,5 +1,8 @@
 //! One [`Report`] per run, and its renderings: text for people, JSON for programs.
 
+pub mod export;
+pub mod plot;
+pub mod sweep;
 mod text;
 
 use serde::Serialize;
