@@ -67,6 +67,7 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod shm;
+pub mod sweep;
 pub mod sys;
 pub mod threads;
 pub mod worker;

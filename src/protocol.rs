@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::fault::Fault;
 
 /// Bumped whenever a message changes shape; a worker from another build is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The first argument that turns a procpool-linked binary into a worker (see [`crate::init`]).
 pub const WORKER_ARG: &str = "__procpool_worker";
@@ -50,6 +50,29 @@ pub struct JobSpec {
     pub region_len: u64,
     /// Faults to inject, for demonstrations and tests.
     pub faults: Vec<Fault>,
+    /// How results come back.
+    pub transport: Transport,
+}
+
+/// How a worker's results reach the parent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Written straight into the shared region; only a small `Done` crosses the channel.
+    #[default]
+    Shm,
+    /// Sent back inside the `Done` message over ipc-channel, and copied into place by the
+    /// parent: what shared memory saves, made visible.
+    Channel,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Shm => "shm",
+            Transport::Channel => "channel",
+        })
+    }
 }
 
 /// Worker to parent.
@@ -72,6 +95,8 @@ pub enum FromWorker {
         compute_ns: u64,
         /// The workload's per-chunk reduction, if it has one.
         reduction: Option<u64>,
+        /// The chunk's output bytes, with [`Transport::Channel`] only.
+        data: Option<serde_bytes::ByteBuf>,
     },
     /// The worker could not start the job (for example an unregistered workload). It exits
     /// after sending this.
@@ -118,6 +143,7 @@ mod tests {
             id: 1000,
             compute_ns: 1_000_000,
             reduction: Some(3),
+            data: None,
         };
         let size = wire_size(&done);
         assert!(size > 0 && size < 16, "{size}");

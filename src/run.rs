@@ -1,19 +1,28 @@
 //! A whole measured run: validate, start a pool, run the job, run it again in one process,
 //! compare, and report. This is what `procpool --workers 8 squares 10000000` does.
+//!
+//! With `--repeat R --warmup K`, the baseline and the parallel run alternate K + R times
+//! (the order flips every round, so drift hits both alike); every round is verified, and the
+//! last K are discarded before the statistics.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::baseline::{checksum, first_mismatch, run_single};
+use serde::Serialize;
+
+use crate::advice::{Observations, advise};
+use crate::baseline::{Mismatch, checksum, first_mismatch, run_single};
 use crate::error::{Error, Result};
 use crate::fault::Fault;
 use crate::limits::{Machine, check_memory};
+use crate::measure::{Ratio, Summary, ratio, summarize};
 use crate::pool::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_INFLIGHT, JobOptions, JobStats, Pool, StartMethod,
     Supervision, WorkerStats,
 };
-use crate::report::Report;
-use crate::schedule::ChunkPlan;
+use crate::protocol::Transport;
+use crate::report::{Breakdown, Report};
+use crate::schedule::{Dispenser, Schedule};
 use crate::threads::run_threads;
 use crate::workload::Workload;
 
@@ -22,12 +31,26 @@ use crate::workload::Workload;
 pub struct RunOptions {
     /// Worker processes.
     pub workers: usize,
-    /// Chunk length (default: about four chunks per worker).
+    /// Chunk length (default: depends on the schedule).
     pub chunk_size: Option<u64>,
+    /// Choose the chunk length from measured probes (`--chunk-size auto`).
+    pub auto_chunk: bool,
+    /// How chunks are handed out.
+    pub schedule: Schedule,
+    /// How results come back (processes mode).
+    pub transport: Transport,
+    /// Pin each worker to a CPU.
+    pub pin: bool,
     /// Chunks in flight per worker.
     pub inflight: usize,
     /// Run the single-process baseline and verify against it.
     pub baseline: bool,
+    /// Measured rounds (each: baseline and parallel run, alternating).
+    pub repeat: usize,
+    /// Rounds run first and discarded.
+    pub warmup: usize,
+    /// Show a progress bar on stderr for long jobs (only on a terminal).
+    pub progress: bool,
     /// Worker executable (default: the current executable).
     pub worker_exe: Option<PathBuf>,
     /// Deadline for workers to connect back.
@@ -70,8 +93,15 @@ impl Default for RunOptions {
         RunOptions {
             workers: Machine::read().cores_logical,
             chunk_size: None,
+            auto_chunk: false,
+            schedule: Schedule::Dynamic,
+            transport: Transport::Shm,
+            pin: false,
             inflight: DEFAULT_INFLIGHT,
             baseline: true,
+            repeat: 1,
+            warmup: 0,
+            progress: false,
             worker_exe: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             faults: Vec::new(),
@@ -82,12 +112,39 @@ impl Default for RunOptions {
     }
 }
 
+/// Timings over repeated rounds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Repeats {
+    /// Measured rounds.
+    pub runs: usize,
+    /// Rounds discarded first.
+    pub warmup: usize,
+    /// The single-process run's wall time over the rounds.
+    pub baseline_s: Option<Summary>,
+    /// The parallel run's wall time over the rounds (starting included).
+    pub pool_s: Summary,
+    /// `baseline / pool` with its spread (hyperfine's method).
+    pub speedup: Option<Ratio>,
+}
+
 /// Runs `workload` on `0..n` across a fresh pool and in one process, and reports.
 ///
 /// Bad input is refused with [`Error::InvalidInput`] before any process starts. A run whose
 /// outputs differ is not an error: the report says `verified: false` and where.
 pub fn run<W: Workload>(workload: &W, n: u64, options: &RunOptions) -> Result<Report> {
     run_inspect(workload, n, options, |_| {})
+}
+
+/// What one round measured.
+struct Round {
+    wall: Duration,
+    start: Duration,
+    stats: JobStats,
+    baseline: Option<Duration>,
+    mismatch: Option<Mismatch>,
+    baseline_reduction: Option<u64>,
+    checksum: u64,
+    verify: Duration,
 }
 
 /// Like [`run`], and hands the output (after verification, before it is freed) to `inspect`:
@@ -99,21 +156,60 @@ pub fn run_inspect<W: Workload>(
     inspect: impl FnOnce(&[W::Output]),
 ) -> Result<Report> {
     let machine = Machine::read();
-    validate(
-        W::NAME,
-        n,
-        std::mem::size_of::<W::Output>(),
-        options,
-        &machine,
-    )?;
+    validate(W::NAME, n, std::mem::size_of::<W::Output>(), options, &machine)?;
+    let rounds = options.warmup + options.repeat.max(1);
+    let mut inspect = Some(inspect);
+    let mut measured: Vec<Round> = Vec::with_capacity(options.repeat.max(1));
+    for round in 0..rounds {
+        // Alternate which goes first, so slow drift (thermal, other load) hits both.
+        let baseline_first = round % 2 == 1;
+        let last = round + 1 == rounds;
+        let hand_over = |out: &[W::Output]| {
+            if last && let Some(f) = inspect.take() {
+                f(out);
+            }
+        };
+        let r = run_round(workload, n, options, baseline_first, hand_over)?;
+        if round >= options.warmup {
+            measured.push(r);
+        }
+    }
+    Ok(build_report(workload, options, &machine, measured))
+}
 
-    match options.mode {
+/// One round: the parallel run and (unless skipped) the single-process run, verified.
+fn run_round<W: Workload>(
+    workload: &W,
+    n: u64,
+    options: &RunOptions,
+    baseline_first: bool,
+    inspect: impl FnOnce(&[W::Output]),
+) -> Result<Round> {
+    let mut early = (options.baseline && baseline_first).then(|| run_single(workload, n));
+    let compare = |results: &[W::Output], chunk_size: u64, early: &mut Option<(Vec<W::Output>, Duration)>| {
+        let single = match early.take() {
+            Some(single) => Some(single),
+            None if options.baseline => Some(run_single(workload, n)),
+            None => None,
+        };
+        let began = Instant::now();
+        let verdict = single.as_ref().map(|(out, _)| {
+            (
+                first_mismatch(results, out),
+                reduce_chunks(workload, out, chunk_size),
+            )
+        });
+        let sum = checksum(results);
+        (single.map(|(_, took)| took), verdict, sum, began.elapsed())
+    };
+    let (wall, start, stats, (baseline, verdict, sum, verify)) = match options.mode {
         Mode::Processes => {
             let began = Instant::now();
             let mut pool = Pool::builder()
                 .workers(options.workers)
                 .inflight(options.inflight)
                 .start(options.start)
+                .pin(options.pin)
                 .handshake_timeout(options.handshake_timeout)
                 .supervision(options.supervision.clone());
             if let Some(exe) = &options.worker_exe {
@@ -123,125 +219,135 @@ pub fn run_inspect<W: Workload>(
             let spawn = pool.spawn_time();
             let job = JobOptions {
                 chunk_size: options.chunk_size,
+                auto_chunk: options.auto_chunk,
+                schedule: options.schedule,
+                transport: options.transport,
                 faults: options.faults.clone(),
+                progress: options.progress,
             };
             let run = pool.run_with(workload, n, &job)?;
             let wall = began.elapsed();
             let stats = run.stats().clone();
-            let report = finish(
-                workload,
-                options,
-                &machine,
-                run.results(),
-                stats,
-                wall,
-                spawn,
-            );
+            let checked = compare(run.results(), stats.chunk_size, &mut early);
             inspect(run.results());
             drop(run);
             pool.shutdown();
-            Ok(report)
+            (wall, spawn, stats, checked)
         }
         Mode::Threads => {
-            let plan = plan_for(n, options);
-            let run = run_threads(workload, plan, options.workers);
-            let stats = JobStats {
-                n,
-                chunk_size: plan.chunk_size(),
-                chunks: plan.len(),
-                wall: run.wall,
-                ipc_messages: 0,
-                ipc_bytes: 0,
-                shm_bytes: 0,
-                workers: run.workers,
-                restarts: 0,
-                retried_chunks: 0,
-                deaths: Vec::new(),
-                reduction: run.reduction,
-            };
-            let report = finish(
-                workload,
-                options,
-                &machine,
-                &run.output,
-                stats,
-                run.wall,
-                run.start,
-            );
+            let dispenser =
+                Dispenser::new(options.schedule, n, options.workers, options.chunk_size);
+            let chunk_size = dispenser.chunk_size();
+            let run = run_threads(workload, dispenser, options.workers);
+            let stats = in_process_stats(n, chunk_size, run.chunks, run.wall, run.workers, run.reduction, options);
+            let checked = compare(&run.output, chunk_size, &mut early);
             inspect(&run.output);
-            Ok(report)
+            (run.wall, run.start, stats, checked)
         }
         Mode::Single => {
             let (output, wall) = run_single(workload, n);
-            let plan = ChunkPlan::new(n, n.max(1));
-            let stats = JobStats {
-                n,
-                chunk_size: plan.chunk_size(),
-                chunks: plan.len(),
-                wall,
-                ipc_messages: 0,
-                ipc_bytes: 0,
-                shm_bytes: 0,
-                workers: vec![WorkerStats {
-                    id: 0,
-                    pid: std::process::id(),
-                    chunks: plan.len(),
-                    compute_s: wall.as_secs_f64(),
-                }],
-                restarts: 0,
-                retried_chunks: 0,
-                deaths: Vec::new(),
-                reduction: workload.reduce(&output),
+            let worker = WorkerStats {
+                id: 0,
+                pid: std::process::id(),
+                chunks: u64::from(n > 0),
+                compute_s: wall.as_secs_f64(),
+                cpu_s: None,
+                peak_rss_bytes: None,
+                idle_end_s: 0.0,
+                cpu: None,
             };
-            let report = finish(
-                workload,
-                options,
-                &machine,
-                &output,
-                stats,
-                wall,
-                Duration::ZERO,
-            );
+            let stats = in_process_stats(n, n.max(1), u64::from(n > 0), wall, vec![worker], workload.reduce(&output), options);
+            let checked = compare(&output, n.max(1), &mut early);
             inspect(&output);
-            Ok(report)
+            (wall, Duration::ZERO, stats, checked)
         }
+    };
+    let (mismatch, baseline_reduction) = match verdict {
+        Some((mismatch, reduction)) => (mismatch, reduction),
+        None => (None, None),
+    };
+    Ok(Round {
+        wall,
+        start,
+        stats,
+        baseline,
+        mismatch,
+        baseline_reduction,
+        checksum: sum,
+        verify,
+    })
+}
+
+fn in_process_stats(
+    n: u64,
+    chunk_size: u64,
+    chunks: u64,
+    wall: Duration,
+    workers: Vec<WorkerStats>,
+    reduction: Option<u64>,
+    options: &RunOptions,
+) -> JobStats {
+    JobStats {
+        n,
+        chunk_size,
+        chunks,
+        wall,
+        ipc_messages: 0,
+        ipc_bytes: 0,
+        shm_bytes: 0,
+        workers,
+        restarts: 0,
+        retried_chunks: 0,
+        deaths: Vec::new(),
+        reduction,
+        schedule: options.schedule,
+        transport: options.transport,
+        auto_chunk: None,
+        chunk_rtt_mean_s: 0.0,
+        chunk_compute_mean_s: 0.0,
+        channel_result_bytes: 0,
     }
 }
 
-fn plan_for(n: u64, options: &RunOptions) -> ChunkPlan {
-    match options.chunk_size {
-        Some(cs) => ChunkPlan::new(n, cs),
-        None => ChunkPlan::for_workers(n, options.workers),
-    }
-}
-
-/// Runs the baseline, verifies `results` against it and builds the report.
-fn finish<W: Workload>(
+/// The report of the measured rounds: details from the last, timings over all.
+fn build_report<W: Workload>(
     workload: &W,
     options: &RunOptions,
     machine: &Machine,
-    results: &[W::Output],
-    stats: JobStats,
-    wall: Duration,
-    start: Duration,
+    mut rounds: Vec<Round>,
 ) -> Report {
+    let walls: Vec<f64> = rounds.iter().map(|r| r.wall.as_secs_f64()).collect();
+    let bases: Vec<f64> = rounds
+        .iter()
+        .filter_map(|r| r.baseline.map(|d| d.as_secs_f64()))
+        .collect();
+    let verified_all = options.baseline.then(|| {
+        rounds
+            .iter()
+            .all(|r| r.mismatch.is_none() && r.baseline_reduction == r.stats.reduction)
+    });
+    let pool_s = summarize(&walls).expect("at least one round");
+    let baseline_s = summarize(&bases);
+    let repeats = (rounds.len() > 1).then(|| Repeats {
+        runs: rounds.len(),
+        warmup: options.warmup,
+        baseline_s,
+        pool_s,
+        speedup: baseline_s.map(|b| ratio(&b, &pool_s)),
+    });
+    let last = rounds.pop().expect("at least one round");
+    let mismatch = rounds
+        .iter()
+        .chain(std::iter::once(&last))
+        .find_map(|r| r.mismatch);
+    let stats = last.stats;
     let n = stats.n;
-    let (baseline_wall, mismatch, baseline_reduction) = if options.baseline {
-        let (single, took) = run_single(workload, n);
-        // The same reduction over the same chunks, so the two can be compared.
-        let reduction = reduce_chunks(workload, &single, stats.chunk_size);
-        (Some(took), first_mismatch(results, &single), reduction)
-    } else {
-        (None, None, None)
-    };
-    let reductions_agree = baseline_reduction == stats.reduction;
-    let sum = checksum(results);
     let workers = match options.mode {
         Mode::Single => 1,
         _ => options.workers,
     };
-    let pool_wall_s = wall.as_secs_f64();
-    let baseline_wall_s = baseline_wall.map(|d| d.as_secs_f64());
+    let pool_wall_s = pool_s.mean;
+    let baseline_wall_s = baseline_s.map(|b| b.mean);
     let speedup = baseline_wall_s.map(|b| b / pool_wall_s);
     let mut warnings = Vec::new();
     if workers > machine.cores_logical {
@@ -251,6 +357,30 @@ fn finish<W: Workload>(
             machine.cores_logical, machine.cores_logical
         ));
     }
+    let compute: Vec<f64> = stats.workers.iter().map(|w| w.compute_s).collect();
+    let breakdown = Breakdown::new(
+        last.wall.as_secs_f64(),
+        last.start.as_secs_f64(),
+        &stats.workers,
+        last.verify.as_secs_f64(),
+    );
+    let observations = Observations {
+        workers,
+        cores_logical: machine.cores_logical,
+        n,
+        chunks: stats.chunks,
+        chunk_size: stats.chunk_size,
+        pool_wall_s: last.wall.as_secs_f64(),
+        spawn_s: last.start.as_secs_f64(),
+        baseline_wall_s: last.baseline.map(|d| d.as_secs_f64()),
+        threads_wall_s: (options.mode == Mode::Threads).then(|| last.wall.as_secs_f64()),
+        compute_s: compute.clone(),
+        mean_chunk_compute_s: stats.chunk_compute_mean_s,
+        mean_chunk_overhead_s: (stats.chunk_rtt_mean_s - stats.chunk_compute_mean_s).max(0.0),
+        output_bytes: n * std::mem::size_of::<W::Output>() as u64,
+        schedule: stats.schedule.to_string(),
+        io_bound_hint: W::WAITS,
+    };
     Report {
         workload: W::NAME.to_string(),
         params: match serde_json::to_value(workload) {
@@ -260,49 +390,59 @@ fn finish<W: Workload>(
         },
         mode: options.mode,
         start: (options.mode == Mode::Processes).then_some(options.start),
+        schedule: stats.schedule,
+        transport: (options.mode == Mode::Processes).then_some(stats.transport),
+        pinned: options.pin && options.mode == Mode::Processes,
         n,
         workers,
         chunk_size: stats.chunk_size,
         chunks: stats.chunks,
+        auto_chunk: stats.auto_chunk,
         inflight: options.inflight,
         cores_logical: machine.cores_logical,
         cores_physical: machine.cores_physical,
         baseline_wall_s,
         pool_wall_s,
-        spawn_s: start.as_secs_f64(),
-        run_s: (wall.saturating_sub(start)).as_secs_f64(),
-        compute_s: stats.workers.iter().map(|w| w.compute_s).sum(),
+        spawn_s: last.start.as_secs_f64(),
+        run_s: last.wall.saturating_sub(last.start).as_secs_f64(),
+        compute_s: compute.iter().sum(),
+        compute_max_s: compute.iter().copied().fold(0.0, f64::max),
+        breakdown,
+        chunk_rtt_mean_s: stats.chunk_rtt_mean_s,
+        chunk_compute_mean_s: stats.chunk_compute_mean_s,
         speedup,
         efficiency: speedup.map(|s| s / workers as f64),
-        verified: options
-            .baseline
-            .then_some(mismatch.is_none() && reductions_agree),
+        verified: verified_all,
         mismatch,
-        checksum: sum,
+        checksum: last.checksum,
         ipc_messages: stats.ipc_messages,
         ipc_bytes: stats.ipc_bytes,
+        channel_result_bytes: stats.channel_result_bytes,
         shm_bytes: stats.shm_bytes,
         per_worker: stats.workers,
         restarts: stats.restarts,
         retried_chunks: stats.retried_chunks,
         deaths: stats.deaths,
         reduction: stats.reduction,
-        baseline_reduction,
+        baseline_reduction: last.baseline_reduction,
+        repeat: repeats,
+        advice: advise(&observations),
         warnings,
     }
 }
 
 /// The workload's reduction over `output` cut into chunks of `chunk_size`, added up as the
-/// pool adds its chunks' values.
+/// pool adds its chunks' values. (For a reduction that adds up, the chunking does not
+/// matter; the pool's own chunking is used so that any reduction compares like for like.)
 fn reduce_chunks<W: Workload>(workload: &W, output: &[W::Output], chunk_size: u64) -> Option<u64> {
     let size = usize::try_from(chunk_size).unwrap_or(usize::MAX).max(1);
-    output
-        .chunks(size)
-        .fold(None, |acc, chunk| match (acc, workload.reduce(chunk)) {
+    output.chunks(size).fold(None, |acc, chunk| {
+        match (acc, workload.reduce(chunk)) {
             (acc, None) => acc,
             (None, Some(r)) => Some(r),
             (Some(a), Some(r)) => Some(a.wrapping_add(r)),
-        })
+        }
+    })
 }
 
 /// Refuses bad options and jobs that cannot fit, before anything starts.
@@ -326,6 +466,17 @@ fn validate(
     if options.mode != Mode::Processes && !options.faults.is_empty() {
         return Err(Error::InvalidInput(format!(
             "--inject needs --mode processes: in --mode {} a fault would hit procpool itself",
+            options.mode
+        )));
+    }
+    if options.repeat == 0 {
+        return Err(Error::InvalidInput(
+            "--repeat must be at least 1 (got 0)".into(),
+        ));
+    }
+    if options.mode != Mode::Processes && options.transport != Transport::Shm {
+        return Err(Error::InvalidInput(format!(
+            "--transport channel needs --mode processes (in --mode {} nothing crosses a channel)",
             options.mode
         )));
     }

@@ -6,6 +6,8 @@
 
 use std::ops::Range;
 
+use serde::Serialize;
+
 /// Chunks per worker aimed for by default: like Python's `Pool.map`, about four, so a slow
 /// worker can be balanced by the others without paying a round trip per element.
 pub const DEFAULT_CHUNKS_PER_WORKER: u64 = 4;
@@ -69,6 +71,178 @@ pub fn default_chunk_size(n: u64, workers: usize) -> u64 {
     n.div_ceil(parts).max(1)
 }
 
+/// How chunks are handed to workers (OpenMP's meanings).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Chunks dealt round-robin in advance: chunk k belongs to worker k mod W. Without
+    /// `--chunk-size`, one contiguous block per worker. No balancing at all.
+    Static,
+    /// The next chunk goes to whichever worker is free (the default).
+    #[default]
+    Dynamic,
+    /// Like dynamic, with chunks shrinking as the work runs out: each is the remaining work
+    /// divided by the number of workers, but at least the chunk size.
+    Guided,
+}
+
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Schedule::Static => "static",
+            Schedule::Dynamic => "dynamic",
+            Schedule::Guided => "guided",
+        })
+    }
+}
+
+/// One chunk: an id and a range of indices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    /// Chunk id within the job, in the order chunks were first handed out.
+    pub id: u64,
+    /// First index.
+    pub start: u64,
+    /// One past the last index.
+    pub end: u64,
+}
+
+impl Chunk {
+    /// Number of elements.
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// True for an empty chunk (never handed out).
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+
+    /// The index range.
+    pub fn range(&self) -> Range<u64> {
+        self.start..self.end
+    }
+}
+
+/// Hands out the chunks of `0..n` lazily, one at a time, following a [`Schedule`]. Its state
+/// is a few counters per worker, whatever `n` is; every chunk is disjoint from every other.
+#[derive(Debug, Clone)]
+pub struct Dispenser {
+    schedule: Schedule,
+    n: u64,
+    workers: u64,
+    /// The chunk length (static, dynamic) or the minimum chunk length (guided).
+    size: u64,
+    /// Dynamic and guided: where the next chunk starts, and its id.
+    next_start: u64,
+    next_id: u64,
+    /// Static: the next block index of each worker (k ≡ w mod workers).
+    next_block: Vec<u64>,
+}
+
+impl Dispenser {
+    /// A dispenser for `workers` workers. `chunk_size` defaults to: one block per worker
+    /// (static), about four chunks per worker (dynamic), a minimum of n / (64 × workers)
+    /// (guided).
+    pub fn new(schedule: Schedule, n: u64, workers: usize, chunk_size: Option<u64>) -> Self {
+        let w = workers.max(1) as u64;
+        let size = chunk_size.unwrap_or(match schedule {
+            Schedule::Static => n.div_ceil(w),
+            Schedule::Dynamic => default_chunk_size(n, workers),
+            Schedule::Guided => n.div_ceil(64 * w),
+        });
+        Dispenser {
+            schedule,
+            n,
+            workers: w,
+            size: size.max(1),
+            next_start: 0,
+            next_id: 0,
+            next_block: (0..w).collect(),
+        }
+    }
+
+    /// The schedule.
+    pub fn schedule(&self) -> Schedule {
+        self.schedule
+    }
+
+    /// The chunk length (static, dynamic) or minimum chunk length (guided).
+    pub fn chunk_size(&self) -> u64 {
+        self.size
+    }
+
+    /// Changes the chunk length of the chunks not yet handed out (dynamic and guided only;
+    /// static chunks are dealt in advance).
+    pub fn set_chunk_size(&mut self, size: u64) {
+        if self.schedule != Schedule::Static {
+            self.size = size.max(1);
+        }
+    }
+
+    /// Elements not yet handed out.
+    pub fn remaining(&self) -> u64 {
+        match self.schedule {
+            Schedule::Static => self
+                .next_block
+                .iter()
+                .map(|&k| {
+                    let blocks = self.n.div_ceil(self.size);
+                    (k..blocks)
+                        .step_by(self.workers as usize)
+                        .map(|b| self.block(b).len())
+                        .sum::<u64>()
+                })
+                .sum(),
+            _ => self.n - self.next_start,
+        }
+    }
+
+    fn block(&self, k: u64) -> Chunk {
+        let start = k.saturating_mul(self.size).min(self.n);
+        Chunk {
+            id: k,
+            start,
+            end: start.saturating_add(self.size).min(self.n),
+        }
+    }
+
+    /// The next chunk for worker `worker`, or `None` when it has nothing more to do.
+    pub fn next_for(&mut self, worker: usize) -> Option<Chunk> {
+        match self.schedule {
+            Schedule::Static => {
+                let slot = worker % self.workers as usize;
+                let k = self.next_block[slot];
+                let chunk = self.block(k);
+                if chunk.is_empty() {
+                    return None;
+                }
+                self.next_block[slot] = k + self.workers;
+                Some(chunk)
+            }
+            Schedule::Dynamic | Schedule::Guided => {
+                let remaining = self.n - self.next_start;
+                if remaining == 0 {
+                    return None;
+                }
+                let len = match self.schedule {
+                    Schedule::Guided => remaining.div_ceil(self.workers).max(self.size),
+                    _ => self.size,
+                }
+                .min(remaining);
+                let chunk = Chunk {
+                    id: self.next_id,
+                    start: self.next_start,
+                    end: self.next_start + len,
+                };
+                self.next_id += 1;
+                self.next_start += len;
+                Some(chunk)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +272,85 @@ mod tests {
         assert_eq!(ChunkPlan::for_workers(100, 3).len(), 12);
         assert_eq!(ChunkPlan::for_workers(3, 8).len(), 3);
         assert_eq!(ChunkPlan::for_workers(0, 8).len(), 0);
+    }
+
+    /// Drains a dispenser, asking workers in turn, and checks the chunks tile 0..n.
+    fn drain(mut d: Dispenser, workers: usize) -> Vec<(usize, Chunk)> {
+        let mut out = Vec::new();
+        let mut idle = 0;
+        let mut w = 0;
+        while idle < workers {
+            match d.next_for(w) {
+                Some(c) => {
+                    out.push((w, c));
+                    idle = 0;
+                }
+                None => idle += 1,
+            }
+            w = (w + 1) % workers;
+        }
+        out
+    }
+
+    fn assert_tiles(chunks: &[(usize, Chunk)], n: u64) {
+        let mut ranges: Vec<_> = chunks.iter().map(|(_, c)| (c.start, c.end)).collect();
+        ranges.sort_unstable();
+        let mut next = 0;
+        for (s, e) in ranges {
+            assert_eq!(s, next);
+            assert!(e > s);
+            next = e;
+        }
+        assert_eq!(next, n);
+        let mut ids: Vec<_> = chunks.iter().map(|(_, c)| c.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), chunks.len(), "ids are unique");
+    }
+
+    #[test]
+    fn every_schedule_tiles_the_range() {
+        for schedule in [Schedule::Static, Schedule::Dynamic, Schedule::Guided] {
+            for n in [0u64, 1, 7, 100, 1001] {
+                for workers in [1usize, 2, 3, 8] {
+                    for cs in [None, Some(1), Some(10)] {
+                        let chunks = drain(Dispenser::new(schedule, n, workers, cs), workers);
+                        assert_tiles(&chunks, n);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn static_deals_round_robin_and_defaults_to_one_block_per_worker() {
+        let chunks = drain(Dispenser::new(Schedule::Static, 100, 3, Some(10)), 3);
+        for (w, c) in &chunks {
+            assert_eq!(c.id % 3, *w as u64, "chunk {} went to worker {w}", c.id);
+        }
+        let d = Dispenser::new(Schedule::Static, 100, 4, None);
+        assert_eq!(d.chunk_size(), 25);
+        assert_eq!(d.remaining(), 100);
+    }
+
+    #[test]
+    fn guided_chunks_shrink_to_the_minimum() {
+        let chunks = drain(Dispenser::new(Schedule::Guided, 1000, 2, Some(10)), 2);
+        let sizes: Vec<u64> = chunks.iter().map(|(_, c)| c.len()).collect();
+        assert_eq!(sizes[0], 500);
+        assert_eq!(sizes[1], 250);
+        assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+        assert!(sizes[..sizes.len() - 1].iter().all(|&s| s >= 10));
+    }
+
+    #[test]
+    fn dynamic_chunk_size_can_change_mid_way() {
+        let mut d = Dispenser::new(Schedule::Dynamic, 100, 2, Some(5));
+        let first = d.next_for(0).unwrap();
+        d.set_chunk_size(20);
+        let second = d.next_for(1).unwrap();
+        assert_eq!((first.start, first.end, second.start, second.end), (0, 5, 5, 25));
+        assert_eq!(d.remaining(), 75);
     }
 
     #[test]

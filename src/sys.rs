@@ -8,6 +8,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -20,11 +21,14 @@ use nix::unistd::{Pid, getppid};
 ///   SIGKILLed procpool never leaves workers behind;
 /// - exit at once if its parent already died before the death signal was armed;
 /// - inherit `keep_fd` (the shared region), which is close-on-exec everywhere else.
-pub fn prepare_worker_command(cmd: &mut Command, keep_fd: RawFd) {
+/// - run only on CPU `pin`, when given.
+pub fn prepare_worker_command(cmd: &mut Command, keep_fd: RawFd, pin: Option<usize>) {
     let parent = nix::unistd::getpid();
+    let cpus = pin.and_then(cpu_set_of);
     // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe functions may be called. It calls prctl, getppid, fcntl and _exit
-    // (all plain system calls), allocates nothing and takes no lock.
+    // async-signal-safe functions may be called. It calls prctl, getppid, fcntl,
+    // sched_setaffinity and _exit (all plain system calls), allocates nothing and takes no
+    // lock (the CPU set was built before the fork).
     unsafe {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
@@ -37,6 +41,9 @@ pub fn prepare_worker_command(cmd: &mut Command, keep_fd: RawFd) {
             // close-on-exec in the child affects only the child's descriptor table.
             let fd = std::os::fd::BorrowedFd::borrow_raw(keep_fd);
             fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+            if let Some(cpus) = &cpus {
+                nix::sched::sched_setaffinity(Pid::from_raw(0), cpus)?;
+            }
             Ok(())
         });
     }
@@ -196,6 +203,50 @@ pub fn fork_child(child_main: impl FnOnce() -> i32) -> io::Result<u32> {
     }
 }
 
+/// The CPUs this process may run on (its affinity mask), in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    match nix::sched::sched_getaffinity(Pid::from_raw(0)) {
+        Ok(set) => (0..nix::sched::CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect(),
+        Err(_) => vec![0],
+    }
+}
+
+fn cpu_set_of(cpu: usize) -> Option<nix::sched::CpuSet> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).ok()?;
+    Some(set)
+}
+
+/// Pins the calling process (all its future work) to CPU `cpu`.
+pub fn pin_to(cpu: usize) -> io::Result<()> {
+    let set = cpu_set_of(cpu).ok_or_else(|| io::Error::other(format!("no CPU {cpu}")))?;
+    nix::sched::sched_setaffinity(Pid::from_raw(0), &set)?;
+    Ok(())
+}
+
+/// CPU time (user + system) and peak resident memory of process `pid`, read from /proc.
+pub fn process_usage(pid: u32) -> Option<(Duration, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    let cpu = Duration::from_secs_f64(ticks as f64 / per_second as f64);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    Some((cpu, peak_kib * 1024))
+}
+
 /// The number of threads in this process.
 pub fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task")
@@ -263,6 +314,13 @@ pub fn process_limit() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_of_this_process_is_readable() {
+        let (_, rss) = process_usage(std::process::id()).expect("our own /proc entry");
+        assert!(rss > 0);
+        assert!(!allowed_cpus().is_empty());
+    }
 
     #[test]
     fn exit_causes_read_like_a_person_would_say_them() {

@@ -1,8 +1,8 @@
 //! Handing out chunks, collecting replies, and surviving workers that die or hang.
 //!
-//! Dynamic scheduling with a bounded window: each worker holds at most `inflight` chunks;
-//! whenever one replies `Done`, the next chunk goes to that worker. Chunks come from the plan
-//! on demand (or from the retry queue first), never from a list built up front.
+//! Each worker holds at most `inflight` chunks; whenever one replies `Done`, the next chunk
+//! of the [`Dispenser`] (static, dynamic or guided) goes to that worker. Chunks are made on
+//! demand (or taken from the retry queue first), never listed up front.
 //!
 //! Supervision lives in the same loop, so there is one place that decides who holds what:
 //! - a worker whose channel closes (it died: killed, aborted, panicked, segfaulted) is
@@ -17,41 +17,74 @@
 //!
 //! A dead worker's chunks are handed out again only after it has been reaped, so no two
 //! processes can ever write the same range of the shared region.
+//!
+//! The loop also measures: per chunk, the time from when it started at its worker to its
+//! `Done` here (its round trip), beside its compute time; per worker, when it finished its
+//! last chunk (so the idle time at the end shows imbalance).
 
 use std::collections::VecDeque;
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use ipc_channel::TrySelectError;
 use ipc_channel::ipc::IpcSelectionResult;
 
-use super::{Death, JobStats, Pool, WorkerStats, spawn};
+use super::{AutoChunk, Death, JobOptions, JobStats, Pool, WorkerStats, spawn};
 use crate::error::{Error, Result};
-use crate::protocol::{FromWorker, JobSpec, ToWorker, wire_size};
-use crate::schedule::ChunkPlan;
+use crate::protocol::{FromWorker, JobSpec, ToWorker, Transport, wire_size};
+use crate::schedule::{Chunk, Dispenser, Schedule};
 
 /// How often the loop looks at the clock and the interrupt flag when no message arrives.
 const TICK: Duration = Duration::from_millis(20);
+/// A progress bar appears only for jobs running longer than this.
+const PROGRESS_AFTER: Duration = Duration::from_secs(1);
+/// `--chunk-size auto` aims for chunks whose compute is this many times their messaging cost.
+const AUTO_COMPUTE_OVER_OVERHEAD: f64 = 20.0;
+/// … while every worker still gets at least this many chunks.
+const AUTO_MIN_CHUNKS_PER_WORKER: u64 = 4;
+
+/// A chunk a worker holds.
+#[derive(Debug, Clone, Copy)]
+struct HeldChunk {
+    chunk: Chunk,
+    attempt: u32,
+}
 
 /// Per-worker bookkeeping during one job.
 #[derive(Default)]
 struct Held {
     /// Chunks sent and not yet done, oldest (the running one) first.
-    chunks: VecDeque<(u64, u32)>,
+    chunks: VecDeque<HeldChunk>,
     /// When the front chunk started running (roughly: when it became the front).
     front_since: Option<Instant>,
     done: u64,
     compute_ns: u64,
+    /// When its last chunk's `Done` arrived.
+    last_done: Option<Instant>,
+    /// CPU time of the process when the job started.
+    cpu_at_start: Option<Duration>,
+}
+
+/// Probing for `--chunk-size auto`.
+struct AutoProbe {
+    probe_size: u64,
+    /// Probe chunks done, and their summed elements, compute and round trip.
+    chunks: u64,
+    elements: u64,
+    compute: Duration,
+    rtt: Duration,
+    needed: u64,
+    result: Option<AutoChunk>,
 }
 
 /// The state of one job.
-struct Job<'a> {
+struct Job {
     spec: JobSpec,
-    plan: &'a ChunkPlan,
+    n: u64,
+    dispenser: Dispenser,
     held: Vec<Held>,
-    /// Next never-sent chunk.
-    next: u64,
     /// Chunks to hand out again, before any new one.
-    retry: VecDeque<(u64, u32)>,
+    retry: VecDeque<HeldChunk>,
     done: u64,
     /// Elements in the chunks done.
     elements_done: u64,
@@ -59,22 +92,26 @@ struct Job<'a> {
     reduction: Option<u64>,
     messages: u64,
     bytes: u64,
+    channel_result_bytes: u64,
+    rtt_total: Duration,
+    compute_total: Duration,
     restarts: u64,
     retried_chunks: u64,
     deaths: Vec<Death>,
     /// Workers found dead while sending: (slot, pid), handled by the loop.
     dead: Vec<(usize, u32)>,
+    auto: Option<AutoProbe>,
+    progress: Option<indicatif::ProgressBar>,
 }
 
-impl Job<'_> {
-    fn next_chunk(&mut self) -> Option<(u64, u32)> {
+impl Job {
+    fn next_chunk(&mut self, w: usize) -> Option<HeldChunk> {
         if let Some(c) = self.retry.pop_front() {
             return Some(c);
         }
-        (self.next < self.plan.len()).then(|| {
-            self.next += 1;
-            (self.next - 1, 0)
-        })
+        self.dispenser
+            .next_for(w)
+            .map(|chunk| HeldChunk { chunk, attempt: 0 })
     }
 }
 
@@ -87,27 +124,57 @@ enum Loss {
 }
 
 impl Pool {
-    pub(super) fn dispatch(&mut self, spec: JobSpec, plan: ChunkPlan) -> Result<JobStats> {
+    pub(super) fn dispatch(
+        &mut self,
+        spec: JobSpec,
+        n: u64,
+        mut dispenser: Dispenser,
+        options: &JobOptions,
+    ) -> Result<JobStats> {
         let began = Instant::now();
         let elem_size = u64::from(spec.elem_size);
-        let total = plan.len();
+        let workers = self.workers.len() as u64;
+        let auto = (options.auto_chunk && dispenser.schedule() != Schedule::Static && n > 0)
+            .then(|| {
+                // Probes small enough to leave most of the work for the chosen size, big
+                // enough to time: about 1/256 of each worker's share, at most 4096.
+                let probe_size = (n / (workers * 256)).clamp(1, 4096);
+                dispenser.set_chunk_size(probe_size);
+                AutoProbe {
+                    probe_size,
+                    chunks: 0,
+                    elements: 0,
+                    compute: Duration::ZERO,
+                    rtt: Duration::ZERO,
+                    needed: workers * self.inflight as u64,
+                    result: None,
+                }
+            });
         let (messages, bytes) = std::mem::take(&mut self.handshake_ipc);
         let mut job = Job {
             spec,
-            plan: &plan,
+            n,
+            dispenser,
             held: self.workers.iter().map(|_| Held::default()).collect(),
-            next: 0,
             retry: VecDeque::new(),
             done: 0,
             elements_done: 0,
             reduction: None,
             messages,
             bytes,
+            channel_result_bytes: 0,
+            rtt_total: Duration::ZERO,
+            compute_total: Duration::ZERO,
             restarts: 0,
             retried_chunks: 0,
             deaths: Vec::new(),
             dead: Vec::new(),
+            auto,
+            progress: None,
         };
+        for (w, slot) in self.workers.iter().enumerate() {
+            job.held[w].cpu_at_start = crate::sys::process_usage(slot.pid).map(|(cpu, _)| cpu);
+        }
 
         for w in 0..self.workers.len() {
             let msg = ToWorker::Job(job.spec.clone());
@@ -116,17 +183,20 @@ impl Pool {
         // Prime round-robin (first chunk to every worker, then the second, …) so that a job
         // with few chunks still spreads over all workers.
         for _ in 0..self.inflight {
-            if job.retry.is_empty() && job.next >= total {
-                break;
-            }
             for w in 0..self.workers.len() {
                 self.top_up(w, 1, &mut job);
             }
+            if job.retry.is_empty() && job.dispenser.remaining() == 0 {
+                break;
+            }
         }
 
-        while job.done < total {
+        while job.elements_done < n {
             if let Some(signal) = self.supervision.interrupt.requested() {
-                return Err(interrupted(signal, &job, &plan, self.workers.len()));
+                if let Some(bar) = job.progress.take() {
+                    bar.abandon();
+                }
+                return Err(interrupted(signal, &job, self.workers.len()));
             }
             while let Some((w, pid)) = job.dead.pop() {
                 if self.workers[w].pid == pid {
@@ -159,38 +229,91 @@ impl Pool {
                     }
                 }
             }
+            self.show_progress(&mut job, began, options);
+        }
+        if let Some(bar) = job.progress.take() {
+            bar.finish_and_clear();
         }
 
-        let wall = began.elapsed();
+        let end = Instant::now();
+        let wall = end - began;
         let workers = self
             .workers
             .iter()
             .zip(&job.held)
-            .map(|(slot, h)| WorkerStats {
-                id: slot.id,
-                pid: slot.pid,
-                chunks: h.done,
-                compute_s: h.compute_ns as f64 / 1e9,
+            .map(|(slot, h)| {
+                let usage = crate::sys::process_usage(slot.pid);
+                WorkerStats {
+                    id: slot.id,
+                    pid: slot.pid,
+                    chunks: h.done,
+                    compute_s: h.compute_ns as f64 / 1e9,
+                    cpu_s: usage
+                        .zip(h.cpu_at_start)
+                        .map(|((now, _), then)| now.saturating_sub(then).as_secs_f64()),
+                    peak_rss_bytes: usage.map(|(_, rss)| rss),
+                    idle_end_s: h.last_done.map_or(wall, |t| end - t).as_secs_f64(),
+                    cpu: spawn::cpu_for(slot.id, &self.pin),
+                }
             })
             .collect();
+        let per_chunk = |total: Duration| {
+            if job.done == 0 {
+                0.0
+            } else {
+                total.as_secs_f64() / job.done as f64
+            }
+        };
         Ok(JobStats {
-            n: plan.n(),
-            chunk_size: plan.chunk_size(),
-            chunks: total,
+            n,
+            chunk_size: job.dispenser.chunk_size(),
+            chunks: job.done,
             wall,
             ipc_messages: job.messages,
             ipc_bytes: job.bytes,
-            shm_bytes: plan.n() * elem_size,
+            shm_bytes: match job.spec.transport {
+                Transport::Shm => n * elem_size,
+                Transport::Channel => 0,
+            },
             workers,
             restarts: job.restarts,
             retried_chunks: job.retried_chunks,
             deaths: job.deaths,
             reduction: job.reduction,
+            schedule: job.dispenser.schedule(),
+            transport: job.spec.transport,
+            auto_chunk: job.auto.and_then(|a| a.result),
+            chunk_rtt_mean_s: per_chunk(job.rtt_total),
+            chunk_compute_mean_s: per_chunk(job.compute_total),
+            channel_result_bytes: job.channel_result_bytes,
         })
     }
 
+    /// Draws or updates the progress bar: only after a second, only on a terminal.
+    fn show_progress(&self, job: &mut Job, began: Instant, options: &JobOptions) {
+        if let Some(bar) = &job.progress {
+            bar.set_position(job.elements_done);
+            return;
+        }
+        if options.progress
+            && began.elapsed() >= PROGRESS_AFTER
+            && std::io::stderr().is_terminal()
+        {
+            let bar = indicatif::ProgressBar::new(job.n);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {percent:>3}% {human_pos}/{human_len} elements, \
+                     {per_sec}, ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_position(job.elements_done);
+            job.progress = Some(bar);
+        }
+    }
+
     /// The earliest moment a running chunk times out, if a limit is set.
-    fn next_deadline(&self, job: &Job<'_>) -> Option<Instant> {
+    fn next_deadline(&self, job: &Job) -> Option<Instant> {
         let limit = self.supervision.chunk_timeout?;
         job.held
             .iter()
@@ -200,7 +323,7 @@ impl Pool {
             .map(|t| t + limit)
     }
 
-    fn handle(&mut self, event: IpcSelectionResult, job: &mut Job<'_>) -> Result<()> {
+    fn handle(&mut self, event: IpcSelectionResult, job: &mut Job) -> Result<()> {
         match event {
             IpcSelectionResult::MessageReceived(rid, message) => {
                 // A message from a worker already replaced is stale: ignore it.
@@ -217,26 +340,8 @@ impl Pool {
                         id,
                         compute_ns,
                         reduction,
-                    } => {
-                        let h = &mut job.held[w];
-                        let Some(pos) = h.chunks.iter().position(|&(c, _)| c == id) else {
-                            return Err(Error::Ipc(format!(
-                                "worker {w} reported chunk {id}, which it did not hold"
-                            )));
-                        };
-                        h.chunks.remove(pos);
-                        h.front_since = Some(Instant::now());
-                        h.done += 1;
-                        h.compute_ns += compute_ns;
-                        job.done += 1;
-                        if let Some(r) = reduction {
-                            job.reduction = Some(job.reduction.unwrap_or(0).wrapping_add(r));
-                        }
-                        let range = job.plan.range(id);
-                        job.elements_done += range.end - range.start;
-                        self.top_up(w, 1, job);
-                        Ok(())
-                    }
+                        data,
+                    } => self.done(w, id, compute_ns, reduction, data, job),
                     FromWorker::Failed { message } => Err(Error::WorkerFailed {
                         id: self.workers[w].id,
                         pid: self.workers[w].pid,
@@ -254,25 +359,96 @@ impl Pool {
         }
     }
 
+    /// Worker `w` finished chunk `id`.
+    fn done(
+        &mut self,
+        w: usize,
+        id: u64,
+        compute_ns: u64,
+        reduction: Option<u64>,
+        data: Option<serde_bytes::ByteBuf>,
+        job: &mut Job,
+    ) -> Result<()> {
+        let now = Instant::now();
+        let h = &mut job.held[w];
+        let Some(pos) = h.chunks.iter().position(|c| c.chunk.id == id) else {
+            return Err(Error::Ipc(format!(
+                "worker {w} reported chunk {id}, which it did not hold"
+            )));
+        };
+        let held = h.chunks.remove(pos).expect("found above");
+        let rtt = h.front_since.map_or(Duration::ZERO, |t| now - t);
+        h.front_since = Some(now);
+        h.last_done = Some(now);
+        h.done += 1;
+        h.compute_ns += compute_ns;
+        let compute = Duration::from_nanos(compute_ns);
+        job.done += 1;
+        job.elements_done += held.chunk.len();
+        job.rtt_total += rtt;
+        job.compute_total += compute;
+        if let Some(r) = reduction {
+            job.reduction = Some(job.reduction.unwrap_or(0).wrapping_add(r));
+        }
+        if let Some(data) = data {
+            self.place(held.chunk, &data, u64::from(job.spec.elem_size))?;
+            job.channel_result_bytes += data.len() as u64;
+        }
+        if let Some(auto) = job.auto.as_mut()
+            && auto.result.is_none()
+            && held.chunk.len() == auto.probe_size
+        {
+            auto.chunks += 1;
+            auto.elements += held.chunk.len();
+            auto.compute += compute;
+            auto.rtt += rtt;
+            if auto.chunks >= auto.needed || job.dispenser.remaining() == 0 {
+                let result = choose_chunk_size(auto, &job.dispenser, self.workers.len());
+                job.dispenser.set_chunk_size(result.chosen);
+                auto.result = Some(result);
+            }
+        }
+        self.top_up(w, 1, job);
+        Ok(())
+    }
+
+    /// Copies a chunk's results that came over the channel into the shared region.
+    fn place(&self, chunk: Chunk, data: &[u8], elem_size: u64) -> Result<()> {
+        let (lo, hi) = (chunk.start * elem_size, chunk.end * elem_size);
+        let mapping = self.mapping.as_ref().ok_or(Error::Broken)?;
+        if data.len() as u64 != hi - lo || hi as usize > mapping.len() {
+            return Err(Error::Ipc(format!(
+                "chunk {} came back with {} bytes, expected {}",
+                chunk.id,
+                data.len(),
+                hi - lo
+            )));
+        }
+        // SAFETY: the chunk is finished (its Done just arrived) and with the channel
+        // transport no worker maps the region, so nothing else touches these bytes; the
+        // region is read only after the job.
+        unsafe { mapping.slice_mut(lo as usize..hi as usize) }.copy_from_slice(data);
+        Ok(())
+    }
+
     /// Sends worker `w` up to `count` more chunks, never more than `inflight` in all.
-    fn top_up(&mut self, w: usize, count: usize, job: &mut Job<'_>) {
+    fn top_up(&mut self, w: usize, count: usize, job: &mut Job) {
         for _ in 0..count {
             if job.held[w].chunks.len() >= self.inflight || self.workers[w].tx.is_none() {
                 return;
             }
-            let Some((id, attempt)) = job.next_chunk() else {
+            let Some(held) = job.next_chunk(w) else {
                 return;
             };
-            let range = job.plan.range(id);
             if job.held[w].chunks.is_empty() {
                 job.held[w].front_since = Some(Instant::now());
             }
-            job.held[w].chunks.push_back((id, attempt));
+            job.held[w].chunks.push_back(held);
             let msg = ToWorker::Chunk {
-                id,
-                start: range.start,
-                end: range.end,
-                attempt,
+                id: held.chunk.id,
+                start: held.chunk.start,
+                end: held.chunk.end,
+                attempt: held.attempt,
             };
             self.send(w, msg, job);
         }
@@ -280,7 +456,7 @@ impl Pool {
 
     /// Sends `msg` to worker `w`. A worker that is gone is queued in `job.dead` for the loop
     /// to replace (its channel-closed event may come later or not at all).
-    fn send(&mut self, w: usize, msg: ToWorker, job: &mut Job<'_>) {
+    fn send(&mut self, w: usize, msg: ToWorker, job: &mut Job) {
         let size = wire_size(&msg);
         let Some(tx) = self.workers[w].tx.as_ref() else {
             return;
@@ -296,7 +472,7 @@ impl Pool {
 
     /// Reaps worker `w`, hands its chunks out again (blaming the one it was running), and
     /// starts a replacement with the same id.
-    fn replace(&mut self, w: usize, loss: Loss, job: &mut Job<'_>) -> Result<()> {
+    fn replace(&mut self, w: usize, loss: Loss, job: &mut Job) -> Result<()> {
         let slot = &mut self.workers[w];
         if let Some(rid) = slot.rid.take() {
             self.by_receiver.remove(&rid);
@@ -309,25 +485,24 @@ impl Pool {
         };
         let held = std::mem::take(&mut job.held[w].chunks);
         job.held[w].front_since = None;
-        let running = held.front().map(|&(c, _)| c);
+        let running = held.front().map(|c| c.chunk.id);
         let death_text = match running {
             Some(c) => format!("worker {w} (pid {pid}) {cause} while running chunk {c}"),
             None => format!("worker {w} (pid {pid}) {cause} while idle"),
         };
         // Requeue in order, the blamed chunk first so it is retried soonest.
-        for (k, &(chunk, attempt)) in held.iter().enumerate().rev() {
-            let attempt = if k == 0 { attempt + 1 } else { attempt };
+        for (k, &c) in held.iter().enumerate().rev() {
+            let attempt = if k == 0 { c.attempt + 1 } else { c.attempt };
             if k == 0 && attempt > self.supervision.retries {
-                let range = job.plan.range(chunk);
                 return Err(Error::ChunkFailed {
-                    chunk,
-                    start: range.start,
-                    end: range.end,
+                    chunk: c.chunk.id,
+                    start: c.chunk.start,
+                    end: c.chunk.end,
                     attempts: attempt,
                     last_cause: death_text,
                 });
             }
-            job.retry.push_front((chunk, attempt));
+            job.retry.push_front(HeldChunk { attempt, ..c });
             job.retried_chunks += 1;
         }
         job.restarts += 1;
@@ -338,18 +513,26 @@ impl Pool {
                 last_cause: death_text,
             });
         }
-        eprintln!("procpool: {death_text}; starting a replacement");
+        if let Some(bar) = &job.progress {
+            bar.println(format!("procpool: {death_text}; starting a replacement"));
+        } else {
+            eprintln!("procpool: {death_text}; starting a replacement");
+        }
         let id = self.workers[w].id;
+        // Replacements are always spawned: by now this process has threads, so it may not
+        // fork.
         let mut started = spawn::start_workers(
             &self.exe,
             self.region.raw_fd(),
             id..id + 1,
             self.handshake_timeout,
+            &self.pin,
         )?;
         let new = started.pop().expect("one worker started");
         let new_pid = new.pid;
         self.install(new)?;
         job.messages += std::mem::take(&mut self.handshake_ipc).0;
+        job.held[w].cpu_at_start = crate::sys::process_usage(new_pid).map(|(cpu, _)| cpu);
         job.deaths.push(Death {
             id,
             pid,
@@ -364,13 +547,53 @@ impl Pool {
     }
 }
 
-fn interrupted(signal: i32, job: &Job<'_>, plan: &ChunkPlan, workers: usize) -> Error {
+/// Picks the chunk length from the probes: compute per chunk about
+/// [`AUTO_COMPUTE_OVER_OVERHEAD`] times the messaging cost, but every worker still gets
+/// [`AUTO_MIN_CHUNKS_PER_WORKER`] chunks of what remains.
+fn choose_chunk_size(probe: &AutoProbe, dispenser: &Dispenser, workers: usize) -> AutoChunk {
+    let per_element_s = probe.compute.as_secs_f64() / probe.elements.max(1) as f64;
+    let overhead_s =
+        (probe.rtt.saturating_sub(probe.compute)).as_secs_f64() / probe.chunks.max(1) as f64;
+    let cap = (dispenser.remaining() / (AUTO_MIN_CHUNKS_PER_WORKER * workers.max(1) as u64))
+        .max(1);
+    let wanted = if per_element_s > 0.0 {
+        (AUTO_COMPUTE_OVER_OVERHEAD * overhead_s / per_element_s).ceil() as u64
+    } else {
+        cap
+    };
+    let chosen = wanted.clamp(1, cap);
+    let reason = if wanted > cap {
+        format!(
+            "a chunk should compute ≥ {AUTO_COMPUTE_OVER_OVERHEAD}× its {:.1} µs messaging cost \
+             ({wanted} elements at {:.3} µs each), but that would leave workers fewer than \
+             {AUTO_MIN_CHUNKS_PER_WORKER} chunks each, so {chosen}",
+            overhead_s * 1e6,
+            per_element_s * 1e6
+        )
+    } else {
+        format!(
+            "{chosen} elements at {:.3} µs each compute for ≈ {AUTO_COMPUTE_OVER_OVERHEAD}× the \
+             {:.1} µs a chunk costs in messaging",
+            per_element_s * 1e6,
+            overhead_s * 1e6
+        )
+    };
+    AutoChunk {
+        chosen,
+        probe_size: probe.probe_size,
+        per_element_s,
+        overhead_s,
+        reason,
+    }
+}
+
+fn interrupted(signal: i32, job: &Job, workers: usize) -> Error {
     Error::Interrupted {
         signal,
         chunks_done: job.done,
-        chunks: plan.len(),
+        chunks: job.done + job.retry.len() as u64 + job.held.iter().map(|h| h.chunks.len() as u64).sum::<u64>(),
         elements_done: job.elements_done,
-        n: plan.n(),
+        n: job.n,
         workers,
         needed_term: 0,
         needed_kill: 0,

@@ -19,7 +19,8 @@ use crate::fault::Fault;
 use crate::interrupt::Interrupt;
 use crate::limits::{Machine, check_memory};
 use crate::protocol::ToWorker;
-use crate::schedule::ChunkPlan;
+use crate::protocol::Transport;
+use crate::schedule::{Dispenser, Schedule};
 use crate::shm::{Mapping, SharedRegion};
 use crate::sys::{ExitCause, Process};
 use crate::workload::{Element, Workload};
@@ -100,6 +101,7 @@ pub struct PoolBuilder {
     handshake_timeout: Duration,
     supervision: Supervision,
     start: StartMethod,
+    pin: bool,
 }
 
 impl Default for PoolBuilder {
@@ -111,6 +113,7 @@ impl Default for PoolBuilder {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             supervision: Supervision::default(),
             start: StartMethod::Spawn,
+            pin: false,
         }
     }
 }
@@ -144,6 +147,13 @@ impl PoolBuilder {
     /// How workers are started (default [`StartMethod::Spawn`]).
     pub fn start(mut self, start: StartMethod) -> Self {
         self.start = start;
+        self
+    }
+
+    /// Pins each worker to one CPU (`sched_setaffinity`), dealt round-robin over the CPUs
+    /// this process may use (default: not pinned).
+    pub fn pin(mut self, pin: bool) -> Self {
+        self.pin = pin;
         self
     }
 
@@ -190,6 +200,11 @@ impl PoolBuilder {
             None => std::env::current_exe()?,
         };
         let region = SharedRegion::new()?;
+        let pin = if self.pin {
+            crate::sys::allowed_cpus()
+        } else {
+            Vec::new()
+        };
         let began = Instant::now();
         let started = match self.start {
             StartMethod::Spawn => spawn::start_workers(
@@ -197,8 +212,9 @@ impl PoolBuilder {
                 region.raw_fd(),
                 0..self.workers,
                 self.handshake_timeout,
+                &pin,
             )?,
-            StartMethod::Fork => spawn::fork_workers(region.raw_fd(), 0..self.workers)?,
+            StartMethod::Fork => spawn::fork_workers(region.raw_fd(), 0..self.workers, &pin)?,
         };
         let spawn_time = began.elapsed();
 
@@ -208,6 +224,7 @@ impl PoolBuilder {
             .unwrap_or_else(|| default_max_restarts(self.workers));
         let mut pool = Pool {
             start: self.start,
+            pin,
             exe,
             handshake_timeout: self.handshake_timeout,
             supervision: self.supervision,
@@ -301,6 +318,8 @@ pub struct Death {
 /// ```
 pub struct Pool {
     start: StartMethod,
+    /// CPUs workers are pinned to, round-robin by id (empty: not pinned).
+    pin: Vec<usize>,
     exe: PathBuf,
     handshake_timeout: Duration,
     supervision: Supervision,
@@ -331,10 +350,34 @@ impl std::fmt::Debug for Pool {
 /// Options of one job.
 #[derive(Debug, Clone, Default)]
 pub struct JobOptions {
-    /// Chunk length in elements (default: about four chunks per worker).
+    /// Chunk length in elements (default: depends on the schedule; see [`Dispenser::new`]).
     pub chunk_size: Option<u64>,
+    /// Measure the first chunks and choose the chunk length from them (dynamic and guided).
+    pub auto_chunk: bool,
+    /// How chunks are handed out.
+    pub schedule: Schedule,
+    /// How results come back.
+    pub transport: Transport,
     /// Faults to inject (see [`crate::fault`]).
     pub faults: Vec<Fault>,
+    /// Show a progress bar on stderr when the job runs longer than a second and stderr is a
+    /// terminal.
+    pub progress: bool,
+}
+
+/// What `--chunk-size auto` measured and chose.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AutoChunk {
+    /// The chunk length chosen.
+    pub chosen: u64,
+    /// The length of the probe chunks it measured.
+    pub probe_size: u64,
+    /// Kernel time per element, measured on the probes.
+    pub per_element_s: f64,
+    /// Messaging cost of one chunk (round trip minus compute), measured on the probes.
+    pub overhead_s: f64,
+    /// Why, in words.
+    pub reason: String,
 }
 
 /// What one worker did during a job.
@@ -348,6 +391,14 @@ pub struct WorkerStats {
     pub chunks: u64,
     /// Seconds it spent in the kernel.
     pub compute_s: f64,
+    /// CPU seconds (user + system) the process used during the job, if readable.
+    pub cpu_s: Option<f64>,
+    /// Peak resident memory of the process so far, in bytes, if readable.
+    pub peak_rss_bytes: Option<u64>,
+    /// Seconds it sat idle at the end of the job, done with its work while others finished.
+    pub idle_end_s: f64,
+    /// The CPU it is pinned to, with `--pin`.
+    pub cpu: Option<usize>,
 }
 
 /// Measurements of one job.
@@ -378,6 +429,18 @@ pub struct JobStats {
     pub deaths: Vec<Death>,
     /// The workload's per-chunk reductions added up (wrapping), if it has a reduction.
     pub reduction: Option<u64>,
+    /// How chunks were handed out.
+    pub schedule: Schedule,
+    /// How results came back.
+    pub transport: Transport,
+    /// What `--chunk-size auto` chose, and why.
+    pub auto_chunk: Option<AutoChunk>,
+    /// Mean time from a chunk starting at its worker to its `Done` arriving here.
+    pub chunk_rtt_mean_s: f64,
+    /// Mean kernel time of one chunk.
+    pub chunk_compute_mean_s: f64,
+    /// Bytes of results that crossed the channels (the channel transport).
+    pub channel_result_bytes: u64,
 }
 
 /// The outcome of [`Pool::run`]: the results, still in shared memory, and the measurements.
@@ -466,10 +529,7 @@ impl Pool {
                 "--chunk-size must be at least 1 (got 0)".into(),
             ));
         }
-        let plan = match options.chunk_size {
-            Some(cs) => ChunkPlan::new(n, cs),
-            None => ChunkPlan::for_workers(n, self.workers.len()),
-        };
+        let dispenser = Dispenser::new(options.schedule, n, self.workers.len(), options.chunk_size);
         let params = postcard::to_stdvec(workload)
             .map_err(|e| Error::Ipc(format!("cannot encode the workload: {e}")))?;
 
@@ -485,8 +545,9 @@ impl Pool {
             elem_size: elem_size as u32,
             region_len: region_len as u64,
             faults: options.faults.clone(),
+            transport: options.transport,
         };
-        let stats = match self.dispatch(spec, plan) {
+        let stats = match self.dispatch(spec, n, dispenser, options) {
             Ok(stats) => stats,
             Err(mut e) => {
                 self.broken = true;

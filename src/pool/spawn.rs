@@ -68,6 +68,7 @@ pub(crate) fn start_workers(
     shm_fd: std::os::fd::RawFd,
     ids: std::ops::Range<usize>,
     timeout: Duration,
+    pin: &[usize],
 ) -> Result<Vec<Started>> {
     let began = Instant::now();
     let mut pending: Vec<Pending> = Vec::with_capacity(ids.len());
@@ -89,7 +90,7 @@ pub(crate) fn start_workers(
                 let (reader, writer) = io::pipe().map_err(|e| spawn_error(id, exe, e))?;
                 let writer2 = writer.try_clone().map_err(|e| spawn_error(id, exe, e))?;
                 cmd.stdout(writer).stderr(writer2);
-                prepare_worker_command(&mut cmd, shm_fd);
+                prepare_worker_command(&mut cmd, shm_fd, cpu_for(id, pin));
                 // std's handle is dropped (that neither waits nor kills); the pool reaps the
                 // worker with waitpid, like a forked one.
                 let child =
@@ -301,6 +302,7 @@ fn spawn_error(id: usize, exe: &Path, source: io::Error) -> Error {
 pub(crate) fn fork_workers(
     shm_fd: std::os::fd::RawFd,
     ids: std::ops::Range<usize>,
+    pin: &[usize],
 ) -> Result<Vec<Started>> {
     let threads = crate::sys::thread_count();
     if threads != 1 {
@@ -317,9 +319,15 @@ pub(crate) fn fork_workers(
             let (to_worker, from_parent) = ipc_channel::ipc::channel::<ToWorker>()?;
             let (to_parent, from_worker) = ipc_channel::ipc::channel::<FromWorker>()?;
             let (reader, writer) = io::pipe()?;
+            let cpu = cpu_for(id, pin);
             let pid = crate::sys::fork_child(move || {
                 if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
                     || nix::unistd::getppid() != parent
+                {
+                    return 1;
+                }
+                if let Some(cpu) = cpu
+                    && crate::sys::pin_to(cpu).is_err()
                 {
                     return 1;
                 }
@@ -363,6 +371,11 @@ pub(crate) fn fork_workers(
         s.output = forward_output(s.id, reader);
     }
     Ok(started)
+}
+
+/// The CPU worker `id` is pinned to: CPUs are dealt round-robin over `pin` (empty: none).
+pub(crate) fn cpu_for(id: usize, pin: &[usize]) -> Option<usize> {
+    (!pin.is_empty()).then(|| pin[id % pin.len()])
 }
 
 /// Waits up to `grace` for `child` to exit, then kills it; always reaps it.

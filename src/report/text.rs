@@ -4,6 +4,8 @@ use std::fmt::Write;
 
 use super::Report;
 use crate::limits::human_bytes;
+use crate::measure::Summary;
+use crate::protocol::Transport;
 use crate::run::Mode;
 
 /// Renders the report for a terminal.
@@ -17,7 +19,8 @@ pub fn render_text(r: &Report) -> String {
     let how = match (r.mode, r.start) {
         (Mode::Processes, Some(start)) => {
             let es = if r.workers == 1 { "" } else { "es" };
-            format!("{} worker process{es} started by {start}", r.workers)
+            let pinned = if r.pinned { ", pinned to CPUs" } else { "" };
+            format!("{} worker process{es} started by {start}{pinned}", r.workers)
         }
         (Mode::Processes, None) => format!("{} worker process{plural}", r.workers),
         (Mode::Threads, _) => format!("{} thread{plural} of one process", r.workers),
@@ -28,14 +31,38 @@ pub fn render_text(r: &Report) -> String {
         "procpool: {} n={} on {how}; {} logical{physical} cores",
         r.workload, r.n, r.cores_logical
     );
+    let via = match r.transport {
+        Some(Transport::Shm) => ", results through shared memory",
+        Some(Transport::Channel) => ", results through the channels",
+        None => "",
+    };
     let _ = writeln!(
         s,
-        "  chunks       {} × {} elements, {} in flight per worker",
-        r.chunks, r.chunk_size, r.inflight
+        "  chunks       {} × {} elements, {} schedule, {} in flight per worker{via}",
+        r.chunks, r.chunk_size, r.schedule, r.inflight
     );
+    if let Some(auto) = &r.auto_chunk {
+        let _ = writeln!(s, "  chunk size   auto: {}", auto.reason);
+    }
+    let spread = |summary: Option<&Summary>| match summary {
+        Some(x) if x.runs > 1 => format!(
+            " ± {} (min {}, max {}, {} runs)",
+            secs(x.sd),
+            secs(x.min),
+            secs(x.max),
+            x.runs
+        ),
+        _ => String::new(),
+    };
+    let repeat = r.repeat.as_ref();
     match r.baseline_wall_s {
         Some(b) => {
-            let _ = writeln!(s, "  baseline     {}  single process", secs(b));
+            let _ = writeln!(
+                s,
+                "  baseline     {}{}  single process",
+                secs(b),
+                spread(repeat.and_then(|x| x.baseline_s.as_ref()))
+            );
         }
         None => {
             let _ = writeln!(s, "  baseline     skipped (--no-baseline)");
@@ -43,18 +70,44 @@ pub fn render_text(r: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "  pool         {}  = start {} + run {}",
+        "  pool         {}{}  = start {} + run {}",
         secs(r.pool_wall_s),
+        spread(repeat.map(|x| &x.pool_s)),
         secs(r.spawn_s),
         secs(r.run_s)
     );
+    let b = &r.breakdown;
     let _ = writeln!(
         s,
-        "  compute      {}  summed over workers",
-        secs(r.compute_s)
+        "  where        start {} + compute {} + waiting on IPC/dispatch {} + idle at the end {} \
+         (per worker, mean)",
+        secs(b.spawn_s),
+        secs(b.compute_s),
+        secs(b.ipc_wait_s),
+        secs(b.imbalance_idle_s)
     );
+    let _ = writeln!(
+        s,
+        "  compute      {} summed over workers, {} on the busiest",
+        secs(r.compute_s),
+        secs(r.compute_max_s)
+    );
+    if r.chunk_rtt_mean_s > 0.0 {
+        let _ = writeln!(
+            s,
+            "  per chunk    round trip {}, compute {}: messaging costs {} a chunk",
+            secs(r.chunk_rtt_mean_s),
+            secs(r.chunk_compute_mean_s),
+            secs((r.chunk_rtt_mean_s - r.chunk_compute_mean_s).max(0.0))
+        );
+    }
     if let (Some(sp), Some(eff)) = (r.speedup, r.efficiency) {
-        let _ = writeln!(s, "  speedup      {sp:.2}×     baseline / pool");
+        let sd = repeat
+            .and_then(|x| x.speedup)
+            .filter(|_| repeat.is_some_and(|x| x.runs > 1))
+            .map(|x| format!(" ± {:.2}", x.sd))
+            .unwrap_or_default();
+        let _ = writeln!(s, "  speedup      {sp:.2}×{sd}     baseline / pool");
         let _ = writeln!(
             s,
             "  efficiency   {:.1} %    speedup / workers",
@@ -63,10 +116,12 @@ pub fn render_text(r: &Report) -> String {
     }
     match (r.verified, &r.mismatch) {
         (Some(true), _) => {
+            let rounds = repeat.map_or(String::new(), |x| format!(", in each of {} runs", x.runs));
             let _ = writeln!(
                 s,
-                "  verified     yes: all {} elements equal the single-process run",
-                r.n
+                "  verified     yes: all {} elements equal the single-process run{rounds} ({} to check)",
+                r.n,
+                secs(b.verify_s)
             );
         }
         (Some(false), Some(m)) => {
@@ -76,7 +131,14 @@ pub fn render_text(r: &Report) -> String {
                 m.index, m.pool, m.baseline
             );
         }
-        _ => {
+        (Some(false), None) => {
+            let _ = writeln!(
+                s,
+                "  verified     NO: the per-chunk reductions differ ({:?} against {:?})",
+                r.reduction, r.baseline_reduction
+            );
+        }
+        (None, _) => {
             let _ = writeln!(s, "  verified     not checked (--no-baseline)");
         }
     }
@@ -88,23 +150,42 @@ pub fn render_text(r: &Report) -> String {
             .unwrap_or_default();
         let _ = writeln!(s, "  reduction    {reduction}{baseline}");
     }
-    let _ = writeln!(
-        s,
-        "  ipc          {} messages, {} over channels; {} of results through shared memory",
-        r.ipc_messages,
-        human_bytes(u128::from(r.ipc_bytes)),
-        human_bytes(u128::from(r.shm_bytes))
-    );
+    if r.mode == Mode::Processes {
+        let _ = writeln!(
+            s,
+            "  ipc          {} messages, {} over channels{}; {} of results through shared memory",
+            r.ipc_messages,
+            human_bytes(u128::from(r.ipc_bytes)),
+            if r.channel_result_bytes > 0 {
+                format!(
+                    " ({} of them results)",
+                    human_bytes(u128::from(r.channel_result_bytes))
+                )
+            } else {
+                String::new()
+            },
+            human_bytes(u128::from(r.shm_bytes))
+        );
+    }
     if !r.per_worker.is_empty() {
-        let _ = writeln!(s, "  per worker   id      pid  chunks  compute");
+        let _ = writeln!(
+            s,
+            "  per worker   id      pid  chunks    compute        cpu   peak rss  idle at end{}",
+            if r.pinned { "  cpu" } else { "" }
+        );
         for w in &r.per_worker {
             let _ = writeln!(
                 s,
-                "               {:>2} {:>8} {:>7}  {}",
+                "               {:>2} {:>8} {:>7} {:>10} {:>10} {:>10} {:>12}{}",
                 w.id,
                 w.pid,
                 w.chunks,
-                secs(w.compute_s)
+                secs(w.compute_s),
+                w.cpu_s.map_or("-".into(), secs),
+                w.peak_rss_bytes
+                    .map_or("-".into(), |b| human_bytes(u128::from(b))),
+                secs(w.idle_end_s),
+                w.cpu.map_or(String::new(), |c| format!(" {c:>4}"))
             );
         }
     }
@@ -133,13 +214,16 @@ pub fn render_text(r: &Report) -> String {
     for w in &r.warnings {
         let _ = writeln!(s, "warning: {w}");
     }
+    s.push_str(&crate::advice::render(&r.advice));
     s
 }
 
 fn secs(x: f64) -> String {
     if x >= 1.0 {
         format!("{x:.3} s")
-    } else {
+    } else if x >= 1e-3 {
         format!("{:.2} ms", x * 1e3)
+    } else {
+        format!("{:.1} µs", x * 1e6)
     }
 }

@@ -58,6 +58,9 @@ pub trait Workload:
     const NAME: &'static str;
     /// The element type of the output.
     type Output: Element;
+    /// True for workloads that wait rather than compute (like `sleep`): the advice then
+    /// treats more workers than cores as a help, not a limit.
+    const WAITS: bool = false;
     /// Fills `out[k]` with the result for index `range.start + k`.
     /// `out.len() == range.end - range.start`.
     fn kernel(&self, range: Range<u64>, out: &mut [Self::Output]);

@@ -21,6 +21,7 @@ pub struct Sleep {
 impl Workload for Sleep {
     const NAME: &'static str = "sleep";
     type Output = u64;
+    const WAITS: bool = true;
 
     #[inline(never)]
     fn kernel(&self, range: Range<u64>, out: &mut [u64]) {

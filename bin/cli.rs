@@ -1,0 +1,308 @@
+//! The command line: clap definitions and the parsers for what users type.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use procpool::fault::Fault;
+use procpool::parse::{parse_count, parse_duration};
+use procpool::pool::StartMethod;
+use procpool::protocol::Transport;
+use procpool::run::Mode;
+use procpool::schedule::Schedule;
+use procpool::workload::hash::DEFAULT_ROUNDS;
+use procpool::workload::mandelbrot::DEFAULT_MAX_ITER;
+
+/// Run a CPU-bound job across worker processes with shared memory, check it against a
+/// single-process run, and report the multi-core speedup and where the time went.
+#[derive(Debug, Parser)]
+#[command(name = "procpool", version, about, max_term_width = 100)]
+#[command(after_help = "Examples:\n  \
+    procpool --workers 8 squares 10000000\n  \
+    procpool squares 1e7 --workers 2 --json\n  \
+    procpool --workers 2 primes 1e6 --mode threads\n  \
+    procpool --workers 4 squares 1e6 --inject kill@3   (watch a worker die)\n  \
+    procpool sweep --workers 1,2,4 --repeat 3 hash 1e5 --plot speedup.svg\n  \
+    procpool ipc-bench\n  \
+    procpool list")]
+pub struct Cli {
+    /// Options of every run.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do: run a workload, or one of the tools.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a workload (the subcommands below).
+    #[command(flatten)]
+    Workload(WorkloadCmd),
+    /// List the workloads: arguments, output, and which bound each one shows
+    List,
+    /// Run a workload over a grid of worker counts (and chunk sizes); fit Amdahl's law
+    Sweep(SweepArgs),
+    /// Measure IPC on this machine: round-trip latency, and throughput of the channels
+    /// against shared memory, from 64 B to 1 MiB
+    IpcBench(IpcBenchArgs),
+}
+
+/// `procpool sweep`.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// Draw speedup and efficiency against workers as an SVG
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Write the rows to a file: .csv, .json or .md
+    #[arg(long, value_name = "FILE")]
+    pub export: Option<PathBuf>,
+    /// The workload to sweep
+    #[command(subcommand)]
+    pub workload: WorkloadCmd,
+}
+
+/// `procpool ipc-bench`.
+#[derive(Debug, Args)]
+pub struct IpcBenchArgs {
+    /// Round trips timed for the latency percentiles
+    #[arg(long, value_name = "N", default_value = "20000", value_parser = parse_n)]
+    pub round_trips: u64,
+    /// Skip the pinned variants
+    #[arg(long)]
+    pub no_pin: bool,
+}
+
+/// A comma-separated list (`1,2,4,8`); one value outside `sweep`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct List<T>(pub Vec<T>);
+
+/// A chunk size: a number of elements, or measured and chosen (`auto`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ChunkSize {
+    /// Measure the first chunks and choose.
+    Auto,
+    /// This many elements.
+    Elements(u64),
+}
+
+/// Options of a run; accepted before or after the workload.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Worker processes [default: the number of logical cores]; under `sweep`, a list
+    /// (1,2,4,8)
+    #[arg(short, long, global = true, value_name = "W", value_parser = parse_workers)]
+    pub workers: Option<List<usize>>,
+
+    /// Elements per chunk, or `auto` to measure and choose [default: about 4 chunks per
+    /// worker, like Python's Pool.map]; under `sweep`, a list
+    #[arg(long, global = true, value_name = "N|auto", value_parser = parse_chunk_sizes)]
+    pub chunk_size: Option<List<ChunkSize>>,
+
+    /// How chunks are handed out (OpenMP's meanings): static (dealt in advance), dynamic
+    /// (to whoever is free), guided (shrinking)
+    #[arg(long, global = true, value_enum, default_value_t = Schedule::Dynamic)]
+    pub schedule: Schedule,
+
+    /// How results come back: shm (written straight into shared memory) or channel (sent
+    /// over ipc-channel), to see what shared memory saves
+    #[arg(long, global = true, value_enum, default_value_t = Transport::Shm)]
+    pub transport: Transport,
+
+    /// Pin each worker to one CPU (sched_setaffinity)
+    #[arg(long, global = true)]
+    pub pin: bool,
+
+    /// Time R rounds of baseline and parallel run (alternating) and report mean ± σ
+    #[arg(long, global = true, value_name = "R", default_value_t = 1, value_parser = parse_repeat)]
+    pub repeat: usize,
+
+    /// Rounds to run first and discard
+    #[arg(long, global = true, value_name = "K", default_value_t = 0, value_parser = parse_usize)]
+    pub warmup: usize,
+
+    /// Chunks in flight per worker (one running, the rest queued)
+    #[arg(long, global = true, value_name = "K", default_value_t = procpool::pool::DEFAULT_INFLIGHT,
+          value_parser = parse_inflight)]
+    pub inflight: usize,
+
+    /// Print the report as one JSON object on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Skip the single-process run (speedup and verified are then null)
+    #[arg(long, global = true)]
+    pub no_baseline: bool,
+
+    /// Make a worker fail on purpose at chunk CHUNK, on its first attempt or on every attempt
+    /// (ACTION: kill, abort, panic, segv, exit, hang, corrupt). Repeatable.
+    #[arg(long, global = true, value_name = "ACTION@CHUNK[:always]")]
+    pub inject: Vec<Fault>,
+
+    /// Retry a chunk whose worker died or timed out up to K times (so it is tried at most
+    /// K+1 times), then fail naming the chunk
+    #[arg(long, global = true, value_name = "K", default_value_t = procpool::pool::DEFAULT_RETRIES)]
+    pub retries: u32,
+
+    /// Fail when workers had to be restarted more than M times in one job
+    /// [default: 10 + 2 × workers]
+    #[arg(long, global = true, value_name = "M")]
+    pub max_restarts: Option<u64>,
+
+    /// Kill a worker whose chunk runs longer than this (e.g. 500ms, 2s) and retry the chunk
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub timeout: Option<Duration>,
+
+    /// On Ctrl-C or SIGTERM, how long workers get at each step: stop message, SIGTERM, SIGKILL
+    #[arg(long, global = true, value_name = "DURATION", default_value = "500ms",
+          value_parser = parse_duration_arg)]
+    pub grace: Duration,
+
+    /// Run the job on worker processes (the pool), on threads of one process, or in one
+    /// process, to compare what each costs
+    #[arg(long, global = true, value_enum, default_value_t = Mode::Processes)]
+    pub mode: Mode,
+
+    /// How worker processes start: re-executing this binary, or fork (only from a
+    /// single-threaded process)
+    #[arg(long, global = true, value_enum, default_value_t = StartMethod::Spawn)]
+    pub start: StartMethod,
+
+    /// How long workers may take to start and connect back
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s",
+          value_parser = parse_duration_arg)]
+    pub handshake_timeout: Duration,
+}
+
+/// The workloads, each a subcommand with its own arguments.
+#[derive(Debug, Clone, Subcommand)]
+pub enum WorkloadCmd {
+    /// out[i] = i*i (u64, wrapping): memory-bound, 8 bytes written per multiply
+    Squares {
+        /// Number of elements: 10000000, 10_000_000 or 1e7
+        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        n: u64,
+    },
+    /// out[i] = 1 if i is prime (trial division): CPU-bound, cost grows with i
+    Primes {
+        /// Number of elements
+        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        n: u64,
+    },
+    /// out[i] = Collatz steps from i to 1: CPU-bound, irregular
+    Collatz {
+        /// Number of elements
+        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        n: u64,
+    },
+    /// Iterations per pixel of an N×N Mandelbrot image: CPU-bound, irregular by row
+    Mandelbrot {
+        /// Side of the image in pixels (N×N elements)
+        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        n: u64,
+        /// Iteration cap per pixel
+        #[arg(long, value_name = "K", default_value_t = DEFAULT_MAX_ITER, value_parser = parse_max_iter)]
+        max_iter: u32,
+        /// Also write the picture as a PNG
+        #[arg(long, value_name = "FILE.png")]
+        image: Option<PathBuf>,
+    },
+    /// First 8 bytes of SHA-256 applied R times to i: CPU-bound, uniform
+    Hash {
+        /// Number of elements
+        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        n: u64,
+        /// SHA-256 rounds per element
+        #[arg(long, value_name = "R", default_value_t = DEFAULT_ROUNDS)]
+        rounds: u32,
+    },
+    /// About X µs of pure CPU per element: task granularity against IPC cost
+    Spin {
+        /// Number of elements
+        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        n: u64,
+        /// Microseconds of work per element (calibrated once per run)
+        #[arg(long, value_name = "X", value_parser = parse_non_negative)]
+        us: f64,
+    },
+    /// out[i] = i after sleeping X ms per element: the I/O-bound stand-in
+    Sleep {
+        /// Number of elements
+        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        n: u64,
+        /// Milliseconds of sleep per element
+        #[arg(long, value_name = "X", value_parser = parse_non_negative)]
+        ms: f64,
+    },
+}
+
+fn parse_n(s: &str) -> Result<u64, String> {
+    parse_count(s)
+}
+
+fn parse_list<T>(s: &str, one: impl Fn(&str) -> Result<T, String>) -> Result<List<T>, String> {
+    s.split(',').map(|part| one(part.trim())).collect::<Result<_, _>>().map(List)
+}
+
+fn parse_workers(s: &str) -> Result<List<usize>, String> {
+    parse_list(s, |part| {
+        let n = parse_count(part)?;
+        if n == 0 {
+            return Err("--workers must be at least 1 (got 0)".into());
+        }
+        usize::try_from(n).map_err(|_| format!("`{part}` is too large"))
+    })
+}
+
+fn parse_chunk_sizes(s: &str) -> Result<List<ChunkSize>, String> {
+    parse_list(s, |part| {
+        if part.eq_ignore_ascii_case("auto") {
+            return Ok(ChunkSize::Auto);
+        }
+        match parse_count(part)? {
+            0 => Err("--chunk-size must be at least 1 (got 0)".into()),
+            n => Ok(ChunkSize::Elements(n)),
+        }
+    })
+}
+
+fn parse_repeat(s: &str) -> Result<usize, String> {
+    match parse_usize(s)? {
+        0 => Err("--repeat must be at least 1 (got 0)".into()),
+        n => Ok(n),
+    }
+}
+
+fn parse_usize(s: &str) -> Result<usize, String> {
+    usize::try_from(parse_count(s)?).map_err(|_| format!("`{s}` is too large"))
+}
+
+fn parse_max_iter(s: &str) -> Result<u32, String> {
+    match parse_count(s)? {
+        0 => Err("--max-iter must be at least 1 (got 0)".into()),
+        n => u32::try_from(n).map_err(|_| format!("`{s}` is too large (at most {})", u32::MAX)),
+    }
+}
+
+fn parse_non_negative(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("`{s}` is not a number ≥ 0 (e.g. 10 or 0.5)")),
+    }
+}
+
+
+
+
+fn parse_inflight(s: &str) -> Result<usize, String> {
+    match parse_count(s)? {
+        0 => Err("--inflight must be at least 1 (got 0)".into()),
+        n => usize::try_from(n).map_err(|_| format!("`{s}` is too large")),
+    }
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
