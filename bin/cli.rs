@@ -53,10 +53,10 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct SweepArgs {
     /// Draw speedup and efficiency against workers as an SVG
-    #[arg(long, value_name = "FILE.svg")]
+    #[arg(long, global = true, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
     /// Write the rows to a file: .csv, .json or .md
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     pub export: Option<PathBuf>,
     /// The workload to sweep
     #[command(subcommand)]

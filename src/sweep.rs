@@ -10,6 +10,7 @@ use crate::measure::summarize;
 use crate::report::Report;
 use crate::report::sweep::{SweepRow, SweepTable};
 use crate::run::{RunOptions, run};
+use crate::schedule::Dispenser;
 use crate::workload::Workload;
 
 /// The grid to sweep.
@@ -17,7 +18,8 @@ use crate::workload::Workload;
 pub struct SweepOptions {
     /// Worker counts (`--workers 1,2,4,8`).
     pub workers: Vec<usize>,
-    /// Chunk sizes (`--chunk-size a,b,c`); `None` is the default for each worker count.
+    /// Chunk sizes (`--chunk-size a,b,c`). Empty: one size for the whole sweep, the
+    /// default for the largest worker count, so only the worker count varies.
     pub chunk_sizes: Vec<Option<u64>>,
     /// Everything else about each run (repeat, warmup, mode, …).
     pub run: RunOptions,
@@ -36,7 +38,9 @@ pub fn sweep<W: Workload>(
         ));
     }
     let chunk_sizes = if options.chunk_sizes.is_empty() {
-        vec![None]
+        let most = options.workers.iter().copied().max().unwrap_or(1);
+        let dispenser = Dispenser::new(options.run.schedule, n, most, None);
+        vec![Some(dispenser.chunk_size())]
     } else {
         options.chunk_sizes.clone()
     };

@@ -228,6 +228,11 @@ pub fn pin_to(cpu: usize) -> io::Result<()> {
 
 /// CPU time (user + system) and peak resident memory of process `pid`, read from /proc.
 pub fn process_usage(pid: u32) -> Option<(Duration, u64)> {
+    // schedstat's first field is on-CPU time in nanoseconds; stat's ticks are 10 ms coarse.
+    let precise = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split(' ').next()?.parse::<u64>().ok())
+        .map(Duration::from_nanos);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
@@ -237,7 +242,7 @@ pub fn process_usage(pid: u32) -> Option<(Duration, u64)> {
         .ok()
         .flatten()
         .unwrap_or(100) as u64;
-    let cpu = Duration::from_secs_f64(ticks as f64 / per_second as f64);
+    let cpu = precise.unwrap_or(Duration::from_secs_f64(ticks as f64 / per_second as f64));
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let peak_kib: u64 = status
         .lines()

@@ -1,0 +1,119 @@
+//! The sweep as JSON: the whole [`SweepTable`], pretty-printed, for programs.
+
+use super::Exporter;
+use crate::report::sweep::SweepTable;
+
+/// The whole [`SweepTable`] as one pretty-printed JSON object (times in seconds, missing
+/// values as `null`).
+pub struct Json;
+
+impl Exporter for Json {
+    fn export(&self, table: &SweepTable) -> String {
+        let mut s = serde_json::to_string_pretty(table).expect("a sweep table always serializes");
+        s.push('\n');
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measure::Summary;
+    use crate::report::sweep::SweepRow;
+
+    #[test]
+    fn json_snapshot() {
+        let pool = Summary {
+            mean: 0.5,
+            sd: 0.25,
+            min: 0.25,
+            max: 0.75,
+            runs: 2,
+        };
+        let baseline = Summary {
+            mean: 1.0,
+            sd: 0.0,
+            min: 1.0,
+            max: 1.0,
+            runs: 1,
+        };
+        let mut table = SweepTable {
+            workload: "hash".into(),
+            n: 100,
+            cores_logical: 2,
+            baseline_s: Some(baseline),
+            rows: vec![
+                SweepRow::measured(1, 100, baseline, Some(&baseline), Some(true)),
+                SweepRow::measured(2, 50, pool, Some(&baseline), None),
+            ],
+            amdahl: None,
+        };
+        table.fit();
+        let expected = r#"{
+  "workload": "hash",
+  "n": 100,
+  "cores_logical": 2,
+  "baseline_s": {
+    "mean": 1.0,
+    "sd": 0.0,
+    "min": 1.0,
+    "max": 1.0,
+    "runs": 1
+  },
+  "rows": [
+    {
+      "workers": 1,
+      "chunk_size": 100,
+      "pool_s": {
+        "mean": 1.0,
+        "sd": 0.0,
+        "min": 1.0,
+        "max": 1.0,
+        "runs": 1
+      },
+      "speedup": {
+        "value": 1.0,
+        "sd": 0.0
+      },
+      "efficiency": 1.0,
+      "karp_flatt": null,
+      "verified": true
+    },
+    {
+      "workers": 2,
+      "chunk_size": 50,
+      "pool_s": {
+        "mean": 0.5,
+        "sd": 0.25,
+        "min": 0.25,
+        "max": 0.75,
+        "runs": 2
+      },
+      "speedup": {
+        "value": 2.0,
+        "sd": 1.0
+      },
+      "efficiency": 1.0,
+      "karp_flatt": 0.0,
+      "verified": null
+    }
+  ],
+  "amdahl": {
+    "serial_fraction": 0.0,
+    "ceiling": null,
+    "rmse": 0.0,
+    "points": 2
+  }
+}
+"#;
+        assert_eq!(Json.export(&table), expected);
+    }
+
+    #[test]
+    fn json_round_trips_the_sample_table() {
+        let table = crate::report::sweep::sample_table();
+        let value: serde_json::Value = serde_json::from_str(&Json.export(&table)).unwrap();
+        assert_eq!(value, serde_json::to_value(&table).unwrap());
+        assert_eq!(value["rows"].as_array().unwrap().len(), 4);
+    }
+}

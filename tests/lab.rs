@@ -1,0 +1,216 @@
+//! The measurement lab: where the time went, repeats, schedules, transports, pinning,
+//! `--chunk-size auto`, advice, `procpool sweep` and its outputs. Shapes and consistency,
+//! never speed.
+
+mod common;
+
+use common::{EXIT_OK, EXIT_USAGE, Sandbox, procpool};
+use serde_json::Value;
+
+fn run_json(args: &[&str]) -> Value {
+    let sandbox = Sandbox::new();
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = sandbox.run(&all);
+    out.assert_code(EXIT_OK);
+    sandbox.assert_nothing_left(&out);
+    out.json()
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+#[test]
+fn breakdown_parts_add_up_to_the_pool_time() {
+    for args in [
+        &["--workers", "2", "primes", "20001"][..],
+        &["--workers", "3", "squares", "100001", "--schedule", "static"],
+        &["--workers", "2", "--mode", "threads", "collatz", "20001"],
+    ] {
+        let r = run_json(args);
+        let b = &r["breakdown"];
+        let sum = f(&b["spawn_s"]) + f(&b["compute_s"]) + f(&b["ipc_wait_s"])
+            + f(&b["imbalance_idle_s"]);
+        let total = f(&b["total_s"]);
+        assert!((sum - total).abs() <= 1e-9 * total.max(1.0), "{args:?}: {b}");
+        assert!(f(&b["verify_s"]) >= 0.0);
+        for key in ["compute_s", "ipc_wait_s", "imbalance_idle_s"] {
+            assert!(f(&b[key]) >= 0.0, "{key}: {b}");
+        }
+        // The core keys keep their meaning.
+        assert!((f(&r["pool_wall_s"]) - total).abs() < 1e-12, "{r}");
+        assert!(f(&r["compute_max_s"]) <= f(&r["compute_s"]) + 1e-12, "{r}");
+        assert!(r["advice"].as_array().is_some_and(|a| !a.is_empty()), "{r}");
+    }
+}
+
+#[test]
+fn per_worker_table_has_cpu_memory_and_idle_time() {
+    let r = run_json(&["--workers", "2", "hash", "2001", "--rounds", "5"]);
+    for w in r["per_worker"].as_array().unwrap() {
+        assert!(f(&w["cpu_s"]) >= 0.0, "{w}");
+        assert!(w["peak_rss_bytes"].as_u64().unwrap() > 0, "{w}");
+        assert!(f(&w["idle_end_s"]) >= 0.0, "{w}");
+    }
+    assert!(f(&r["chunk_rtt_mean_s"]) > 0.0, "{r}");
+    assert!(f(&r["chunk_compute_mean_s"]) > 0.0, "{r}");
+}
+
+#[test]
+fn every_schedule_is_verified() {
+    for schedule in ["static", "dynamic", "guided"] {
+        for workers in ["1", "3"] {
+            let r = run_json(&["--workers", workers, "--schedule", schedule, "primes", "10007"]);
+            assert_eq!(r["verified"], true, "{r}");
+            assert_eq!(r["schedule"], schedule, "{r}");
+            let r = run_json(&[
+                "--workers", workers, "--schedule", schedule, "--chunk-size", "7", "squares", "1001",
+            ]);
+            assert_eq!(r["verified"], true, "{r}");
+        }
+    }
+    // static without a chunk size: one block per worker.
+    let r = run_json(&["--workers", "3", "--schedule", "static", "squares", "3000"]);
+    assert_eq!(r["chunks"], 3, "{r}");
+}
+
+#[test]
+fn channel_transport_is_verified_and_counts_the_result_bytes() {
+    let r = run_json(&["--workers", "2", "--transport", "channel", "squares", "100001"]);
+    assert_eq!(r["verified"], true, "{r}");
+    assert_eq!(r["transport"], "channel", "{r}");
+    assert_eq!(r["channel_result_bytes"], 800_008, "{r}");
+    assert_eq!(r["shm_bytes"], 0, "{r}");
+    assert!(r["ipc_bytes"].as_u64().unwrap() > 800_008, "{r}");
+    let shm = run_json(&["--workers", "2", "squares", "100001"]);
+    assert_eq!(shm["shm_bytes"], 800_008, "{shm}");
+    assert!(shm["ipc_bytes"].as_u64().unwrap() < 10_000, "{shm}");
+    assert_eq!(shm["checksum"], r["checksum"]);
+}
+
+#[test]
+fn auto_chunk_size_says_what_it_chose_and_why() {
+    let r = run_json(&["--workers", "2", "--chunk-size", "auto", "collatz", "200001"]);
+    assert_eq!(r["verified"], true, "{r}");
+    let auto = &r["auto_chunk"];
+    assert!(auto["chosen"].as_u64().unwrap() >= 1, "{auto}");
+    assert!(auto["probe_size"].as_u64().unwrap() >= 1, "{auto}");
+    assert!(!auto["reason"].as_str().unwrap().is_empty(), "{auto}");
+    assert_eq!(r["chunk_size"], auto["chosen"], "{r}");
+}
+
+#[test]
+fn pinning_is_reported_per_worker() {
+    let r = run_json(&["--workers", "2", "--pin", "squares", "10001"]);
+    assert_eq!(r["pinned"], true, "{r}");
+    assert_eq!(r["verified"], true, "{r}");
+    for w in r["per_worker"].as_array().unwrap() {
+        assert!(w["cpu"].as_u64().is_some(), "{w}");
+    }
+}
+
+#[test]
+fn repeats_report_mean_spread_and_verify_every_round() {
+    let r = run_json(&["--workers", "2", "--repeat", "3", "--warmup", "1", "primes", "5001"]);
+    let rep = &r["repeat"];
+    assert_eq!(rep["runs"], 3, "{rep}");
+    assert_eq!(rep["warmup"], 1, "{rep}");
+    for side in ["baseline_s", "pool_s"] {
+        let s = &rep[side];
+        assert_eq!(s["runs"], 3, "{s}");
+        assert!(f(&s["min"]) <= f(&s["mean"]) && f(&s["mean"]) <= f(&s["max"]), "{s}");
+        assert!(f(&s["sd"]) >= 0.0, "{s}");
+    }
+    assert!((f(&r["pool_wall_s"]) - f(&rep["pool_s"]["mean"])).abs() < 1e-12);
+    assert!(f(&rep["speedup"]["sd"]) >= 0.0);
+    assert_eq!(r["verified"], true, "{r}");
+    // A corrupt result in any round fails the run.
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&["--workers", "2", "--repeat", "2", "squares", "1000", "--inject", "corrupt@0"]);
+    out.assert_code(common::EXIT_FAILED);
+}
+
+#[test]
+fn text_report_ends_with_advice_and_shows_the_breakdown() {
+    let out = procpool(&["--workers", "2", "squares", "10001"]);
+    out.assert_code(EXIT_OK);
+    assert!(out.stdout.contains("where "), "{}", out.stdout);
+    assert!(out.stdout.contains("per chunk"), "{}", out.stdout);
+    let last = out.stdout.lines().last().unwrap();
+    assert!(last.starts_with("advice: "), "{}", out.stdout);
+    // No progress bar when stderr is not a terminal.
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+}
+
+#[test]
+fn sweep_prints_a_row_per_point_and_fits_amdahl() {
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&["sweep", "--workers", "1,2,3", "squares", "20001", "--json"]);
+    out.assert_code(EXIT_OK);
+    sandbox.assert_nothing_left(&out);
+    let t = out.json();
+    let rows = t["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{t}");
+    let workers: Vec<u64> = rows.iter().map(|r| r["workers"].as_u64().unwrap()).collect();
+    assert_eq!(workers, [1, 2, 3]);
+    // One chunk size for the whole sweep, so only the worker count varies.
+    assert!(rows.iter().all(|r| r["chunk_size"] == rows[0]["chunk_size"]), "{t}");
+    for r in rows {
+        assert_eq!(r["verified"], true, "{r}");
+        let s = f(&r["speedup"]["value"]);
+        assert!((f(&r["efficiency"]) - s / f(&r["workers"])).abs() < 1e-9, "{r}");
+    }
+    assert!(rows[0]["karp_flatt"].is_null());
+    assert!(t["amdahl"].is_object(), "{t}");
+
+    let out = sandbox.run(&["sweep", "--workers", "1,2", "--chunk-size", "100,1000", "squares", "5001"]);
+    out.assert_code(EXIT_OK);
+    assert!(out.stdout.contains("Amdahl fit"), "{}", out.stdout);
+    let table_lines = out.stdout.lines().filter(|l| l.trim_start().starts_with(['1', '2'])).count();
+    assert_eq!(table_lines, 4, "{}", out.stdout);
+}
+
+#[test]
+fn sweep_exports_csv_markdown_json_and_an_svg_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (csv, md, json, svg) = (path("s.csv"), path("s.md"), path("s.json"), path("s.svg"));
+    for export in [&csv, &md, &json] {
+        let sandbox = Sandbox::new();
+        let out = sandbox.run(&[
+            "sweep", "--workers", "1,2", "squares", "5001", "--export", export, "--plot", &svg,
+        ]);
+        out.assert_code(EXIT_OK);
+    }
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "workers,chunk_size,pool_mean_s,pool_sd_s,pool_min_s,pool_max_s,runs,speedup,speedup_sd,efficiency,karp_flatt,verified"
+    );
+    assert_eq!(lines.count(), 2);
+    let md = std::fs::read_to_string(&md).unwrap();
+    assert!(md.lines().filter(|l| l.starts_with('|')).count() >= 4, "{md}");
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(json["rows"].as_array().unwrap().len(), 2);
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(&svg).expect("the plot is well-formed XML");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    assert!(svg.contains("squares"), "the title names the workload");
+
+    let out = procpool(&["sweep", "--workers", "1,2", "squares", "100", "--export", "x.xyz"]);
+    out.assert_code(EXIT_USAGE);
+    assert!(out.stderr.contains(".xyz"), "{}", out.stderr);
+}
+
+#[test]
+fn lists_are_only_for_sweep() {
+    let out = procpool(&["--workers", "1,2", "squares", "100"]);
+    out.assert_code(EXIT_USAGE);
+    assert!(out.stderr.contains("sweep"), "{}", out.stderr);
+    let out = procpool(&["--mode", "threads", "--transport", "channel", "squares", "100"]);
+    out.assert_code(EXIT_USAGE);
+    let out = procpool(&["--repeat", "0", "squares", "100"]);
+    out.assert_code(EXIT_USAGE);
+}
