@@ -242,7 +242,10 @@ fn parse_n(s: &str) -> Result<u64, String> {
 }
 
 fn parse_list<T>(s: &str, one: impl Fn(&str) -> Result<T, String>) -> Result<List<T>, String> {
-    s.split(',').map(|part| one(part.trim())).collect::<Result<_, _>>().map(List)
+    s.split(',')
+        .map(|part| one(part.trim()))
+        .collect::<Result<_, _>>()
+        .map(List)
 }
 
 fn parse_workers(s: &str) -> Result<List<usize>, String> {
@@ -292,9 +295,6 @@ fn parse_non_negative(s: &str) -> Result<f64, String> {
     }
 }
 
-
-
-
 fn parse_inflight(s: &str) -> Result<usize, String> {
     match parse_count(s)? {
         0 => Err("--inflight must be at least 1 (got 0)".into()),
@@ -305,4 +305,3 @@ fn parse_inflight(s: &str) -> Result<usize, String> {
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
-

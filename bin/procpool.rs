@@ -60,18 +60,30 @@ fn execute(cli: Cli, interrupt: Interrupt) -> anyhow::Result<ExitCode> {
                 }
                 _ => None,
             };
-            with_workload(workload, &mut RunOne { options, json, image })
+            with_workload(
+                workload,
+                &mut RunOne {
+                    options,
+                    json,
+                    image,
+                },
+            )
         }
         Command::Sweep(args) => {
-            let workers = cli.run.workers.clone().map(|List(w)| w).unwrap_or_else(|| {
-                vec![procpool::limits::Machine::read().cores_logical]
-            });
+            let workers = cli
+                .run
+                .workers
+                .clone()
+                .map(|List(w)| w)
+                .unwrap_or_else(|| vec![procpool::limits::Machine::read().cores_logical]);
             let chunk_sizes = match &cli.run.chunk_size {
                 Some(List(sizes)) => sizes
                     .iter()
                     .map(|c| match c {
                         ChunkSize::Elements(n) => Ok(Some(*n)),
-                        ChunkSize::Auto => Err(usage("sweep takes chunk sizes as numbers, not auto")),
+                        ChunkSize::Auto => {
+                            Err(usage("sweep takes chunk sizes as numbers, not auto"))
+                        }
                     })
                     .collect::<anyhow::Result<_>>()?,
                 None => Vec::new(),
@@ -98,7 +110,11 @@ fn execute(cli: Cli, interrupt: Interrupt) -> anyhow::Result<ExitCode> {
 fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Result<RunOptions> {
     let workers = match &args.workers {
         Some(List(w)) if w.len() == 1 || lists => w[0],
-        Some(_) => return Err(usage("--workers takes one number here (lists are for `procpool sweep`)")),
+        Some(_) => {
+            return Err(usage(
+                "--workers takes one number here (lists are for `procpool sweep`)",
+            ));
+        }
         None => procpool::limits::Machine::read().cores_logical,
     };
     let (chunk_size, auto_chunk) = match &args.chunk_size {
@@ -106,7 +122,11 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
             ChunkSize::Auto => (None, true),
             ChunkSize::Elements(n) => (Some(n), false),
         },
-        Some(_) => return Err(usage("--chunk-size takes one value here (lists are for `procpool sweep`)")),
+        Some(_) => {
+            return Err(usage(
+                "--chunk-size takes one value here (lists are for `procpool sweep`)",
+            ));
+        }
         None => (None, false),
     };
     Ok(RunOptions {
@@ -154,7 +174,9 @@ fn with_workload(cmd: WorkloadCmd, action: &mut impl WithWorkload) -> anyhow::Re
         WorkloadCmd::Collatz { n } => action.with(&Collatz, n),
         WorkloadCmd::Mandelbrot { n, max_iter, .. } => {
             let pixels = n.checked_mul(n).ok_or_else(|| {
-                usage(&format!("mandelbrot {n}: an image of {n}×{n} pixels has more than 2^64 pixels"))
+                usage(&format!(
+                    "mandelbrot {n}: an image of {n}×{n} pixels has more than 2^64 pixels"
+                ))
             })?;
             action.with(&Mandelbrot::new(n, max_iter), pixels)
         }
@@ -180,7 +202,9 @@ impl WithWorkload for RunOne {
                 let pixels: Vec<u32> = out.iter().map(|&x| x.widen() as u32).collect();
                 written = write_png(&path, side, &pixels, max_iter)
                     .with_context(|| format!("cannot write the image {}", path.display()))
-                    .map(|()| eprintln!("procpool: wrote {} ({side}×{side} pixels)", path.display()));
+                    .map(|()| {
+                        eprintln!("procpool: wrote {} ({side}×{side} pixels)", path.display())
+                    });
             }
         })?;
         print_text_or_json(&report, self.json, procpool::report::render_text)?;
@@ -259,7 +283,9 @@ impl WithWorkload for Sweep {
 
 fn ipc_bench(args: &cli::IpcBenchArgs, json: bool) -> anyhow::Result<ExitCode> {
     let options = procpool::ipc_bench::IpcBenchOptions {
-        round_trips: usize::try_from(args.round_trips).unwrap_or(usize::MAX).max(1),
+        round_trips: usize::try_from(args.round_trips)
+            .unwrap_or(usize::MAX)
+            .max(1),
         pin: !args.no_pin,
         ..Default::default()
     };
@@ -273,7 +299,11 @@ fn ipc_bench(args: &cli::IpcBenchArgs, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_text_or_json(report: &Report, json: bool, text: fn(&Report) -> String) -> anyhow::Result<()> {
+fn print_text_or_json(
+    report: &Report,
+    json: bool,
+    text: fn(&Report) -> String,
+) -> anyhow::Result<()> {
     let out = if json {
         report.to_json() + "\n"
     } else {

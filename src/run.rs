@@ -156,7 +156,13 @@ pub fn run_inspect<W: Workload>(
     inspect: impl FnOnce(&[W::Output]),
 ) -> Result<Report> {
     let machine = Machine::read();
-    validate(W::NAME, n, std::mem::size_of::<W::Output>(), options, &machine)?;
+    validate(
+        W::NAME,
+        n,
+        std::mem::size_of::<W::Output>(),
+        options,
+        &machine,
+    )?;
     let rounds = options.warmup + options.repeat.max(1);
     let mut inspect = Some(inspect);
     let mut measured: Vec<Round> = Vec::with_capacity(options.repeat.max(1));
@@ -186,22 +192,23 @@ fn run_round<W: Workload>(
     inspect: impl FnOnce(&[W::Output]),
 ) -> Result<Round> {
     let mut early = (options.baseline && baseline_first).then(|| run_single(workload, n));
-    let compare = |results: &[W::Output], chunk_size: u64, early: &mut Option<(Vec<W::Output>, Duration)>| {
-        let single = match early.take() {
-            Some(single) => Some(single),
-            None if options.baseline => Some(run_single(workload, n)),
-            None => None,
+    let compare =
+        |results: &[W::Output], chunk_size: u64, early: &mut Option<(Vec<W::Output>, Duration)>| {
+            let single = match early.take() {
+                Some(single) => Some(single),
+                None if options.baseline => Some(run_single(workload, n)),
+                None => None,
+            };
+            let began = Instant::now();
+            let verdict = single.as_ref().map(|(out, _)| {
+                (
+                    first_mismatch(results, out),
+                    reduce_chunks(workload, out, chunk_size),
+                )
+            });
+            let sum = checksum(results);
+            (single.map(|(_, took)| took), verdict, sum, began.elapsed())
         };
-        let began = Instant::now();
-        let verdict = single.as_ref().map(|(out, _)| {
-            (
-                first_mismatch(results, out),
-                reduce_chunks(workload, out, chunk_size),
-            )
-        });
-        let sum = checksum(results);
-        (single.map(|(_, took)| took), verdict, sum, began.elapsed())
-    };
     let (wall, start, stats, (baseline, verdict, sum, verify)) = match options.mode {
         Mode::Processes => {
             let began = Instant::now();
@@ -239,7 +246,15 @@ fn run_round<W: Workload>(
                 Dispenser::new(options.schedule, n, options.workers, options.chunk_size);
             let chunk_size = dispenser.chunk_size();
             let run = run_threads(workload, dispenser, options.workers);
-            let stats = in_process_stats(n, chunk_size, run.chunks, run.wall, run.workers, run.reduction, options);
+            let stats = in_process_stats(
+                n,
+                chunk_size,
+                run.chunks,
+                run.wall,
+                run.workers,
+                run.reduction,
+                options,
+            );
             let checked = compare(&run.output, chunk_size, &mut early);
             inspect(&run.output);
             (run.wall, run.start, stats, checked)
@@ -256,7 +271,15 @@ fn run_round<W: Workload>(
                 idle_end_s: 0.0,
                 cpu: None,
             };
-            let stats = in_process_stats(n, n.max(1), u64::from(n > 0), wall, vec![worker], workload.reduce(&output), options);
+            let stats = in_process_stats(
+                n,
+                n.max(1),
+                u64::from(n > 0),
+                wall,
+                vec![worker],
+                workload.reduce(&output),
+                options,
+            );
             let checked = compare(&output, n.max(1), &mut early);
             inspect(&output);
             (wall, Duration::ZERO, stats, checked)
@@ -373,7 +396,7 @@ fn build_report<W: Workload>(
         pool_wall_s: last.wall.as_secs_f64(),
         spawn_s: last.start.as_secs_f64(),
         baseline_wall_s: last.baseline.map(|d| d.as_secs_f64()),
-        threads_wall_s: (options.mode == Mode::Threads).then(|| last.wall.as_secs_f64()),
+        threads_wall_s: (options.mode == Mode::Threads).then_some(last.wall.as_secs_f64()),
         compute_s: compute.clone(),
         mean_chunk_compute_s: stats.chunk_compute_mean_s,
         mean_chunk_overhead_s: (stats.chunk_rtt_mean_s - stats.chunk_compute_mean_s).max(0.0),
@@ -436,13 +459,13 @@ fn build_report<W: Workload>(
 /// matter; the pool's own chunking is used so that any reduction compares like for like.)
 fn reduce_chunks<W: Workload>(workload: &W, output: &[W::Output], chunk_size: u64) -> Option<u64> {
     let size = usize::try_from(chunk_size).unwrap_or(usize::MAX).max(1);
-    output.chunks(size).fold(None, |acc, chunk| {
-        match (acc, workload.reduce(chunk)) {
+    output
+        .chunks(size)
+        .fold(None, |acc, chunk| match (acc, workload.reduce(chunk)) {
             (acc, None) => acc,
             (None, Some(r)) => Some(r),
             (Some(a), Some(r)) => Some(a.wrapping_add(r)),
-        }
-    })
+        })
 }
 
 /// Refuses bad options and jobs that cannot fit, before anything starts.

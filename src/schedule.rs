@@ -349,7 +349,10 @@ mod tests {
         let first = d.next_for(0).unwrap();
         d.set_chunk_size(20);
         let second = d.next_for(1).unwrap();
-        assert_eq!((first.start, first.end, second.start, second.end), (0, 5, 5, 25));
+        assert_eq!(
+            (first.start, first.end, second.start, second.end),
+            (0, 5, 5, 25)
+        );
         assert_eq!(d.remaining(), 75);
     }
 

@@ -1,6 +1,6 @@
 //! `procpool sweep`: the same job over a grid of worker counts and chunk sizes.
 //!
-//! Each point is a full measured run ([`crate::run`]) with its own interleaved baseline
+//! Each point is a full measured run ([`crate::run()`]) with its own interleaved baseline
 //! rounds, so every point is verified and its speedup compares like with like. The rows,
 //! and Amdahl's law fitted to them, go to [`crate::report::sweep`] for the table, the plot
 //! and the exporters.

@@ -164,7 +164,12 @@ mod tests {
             ] {
                 let run = run_threads(&Squares, Dispenser::new(schedule, n, threads, cs), threads);
                 assert_eq!(run.output.len() as u64, n);
-                assert!(run.output.iter().enumerate().all(|(i, &x)| x == (i * i) as u64));
+                assert!(
+                    run.output
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &x)| x == (i * i) as u64)
+                );
                 assert_eq!(run.workers.len(), threads);
                 let chunks: u64 = run.workers.iter().map(|w| w.chunks).sum();
                 assert_eq!(chunks, run.chunks);

@@ -25,15 +25,25 @@ fn f(v: &Value) -> f64 {
 fn breakdown_parts_add_up_to_the_pool_time() {
     for args in [
         &["--workers", "2", "primes", "20001"][..],
-        &["--workers", "3", "squares", "100001", "--schedule", "static"],
+        &[
+            "--workers",
+            "3",
+            "squares",
+            "100001",
+            "--schedule",
+            "static",
+        ],
         &["--workers", "2", "--mode", "threads", "collatz", "20001"],
     ] {
         let r = run_json(args);
         let b = &r["breakdown"];
-        let sum = f(&b["spawn_s"]) + f(&b["compute_s"]) + f(&b["ipc_wait_s"])
-            + f(&b["imbalance_idle_s"]);
+        let sum =
+            f(&b["spawn_s"]) + f(&b["compute_s"]) + f(&b["ipc_wait_s"]) + f(&b["imbalance_idle_s"]);
         let total = f(&b["total_s"]);
-        assert!((sum - total).abs() <= 1e-9 * total.max(1.0), "{args:?}: {b}");
+        assert!(
+            (sum - total).abs() <= 1e-9 * total.max(1.0),
+            "{args:?}: {b}"
+        );
         assert!(f(&b["verify_s"]) >= 0.0);
         for key in ["compute_s", "ipc_wait_s", "imbalance_idle_s"] {
             assert!(f(&b[key]) >= 0.0, "{key}: {b}");
@@ -61,11 +71,25 @@ fn per_worker_table_has_cpu_memory_and_idle_time() {
 fn every_schedule_is_verified() {
     for schedule in ["static", "dynamic", "guided"] {
         for workers in ["1", "3"] {
-            let r = run_json(&["--workers", workers, "--schedule", schedule, "primes", "10007"]);
+            let r = run_json(&[
+                "--workers",
+                workers,
+                "--schedule",
+                schedule,
+                "primes",
+                "10007",
+            ]);
             assert_eq!(r["verified"], true, "{r}");
             assert_eq!(r["schedule"], schedule, "{r}");
             let r = run_json(&[
-                "--workers", workers, "--schedule", schedule, "--chunk-size", "7", "squares", "1001",
+                "--workers",
+                workers,
+                "--schedule",
+                schedule,
+                "--chunk-size",
+                "7",
+                "squares",
+                "1001",
             ]);
             assert_eq!(r["verified"], true, "{r}");
         }
@@ -77,7 +101,14 @@ fn every_schedule_is_verified() {
 
 #[test]
 fn channel_transport_is_verified_and_counts_the_result_bytes() {
-    let r = run_json(&["--workers", "2", "--transport", "channel", "squares", "100001"]);
+    let r = run_json(&[
+        "--workers",
+        "2",
+        "--transport",
+        "channel",
+        "squares",
+        "100001",
+    ]);
     assert_eq!(r["verified"], true, "{r}");
     assert_eq!(r["transport"], "channel", "{r}");
     assert_eq!(r["channel_result_bytes"], 800_008, "{r}");
@@ -91,7 +122,14 @@ fn channel_transport_is_verified_and_counts_the_result_bytes() {
 
 #[test]
 fn auto_chunk_size_says_what_it_chose_and_why() {
-    let r = run_json(&["--workers", "2", "--chunk-size", "auto", "collatz", "200001"]);
+    let r = run_json(&[
+        "--workers",
+        "2",
+        "--chunk-size",
+        "auto",
+        "collatz",
+        "200001",
+    ]);
     assert_eq!(r["verified"], true, "{r}");
     let auto = &r["auto_chunk"];
     assert!(auto["chosen"].as_u64().unwrap() >= 1, "{auto}");
@@ -112,14 +150,26 @@ fn pinning_is_reported_per_worker() {
 
 #[test]
 fn repeats_report_mean_spread_and_verify_every_round() {
-    let r = run_json(&["--workers", "2", "--repeat", "3", "--warmup", "1", "primes", "5001"]);
+    let r = run_json(&[
+        "--workers",
+        "2",
+        "--repeat",
+        "3",
+        "--warmup",
+        "1",
+        "primes",
+        "5001",
+    ]);
     let rep = &r["repeat"];
     assert_eq!(rep["runs"], 3, "{rep}");
     assert_eq!(rep["warmup"], 1, "{rep}");
     for side in ["baseline_s", "pool_s"] {
         let s = &rep[side];
         assert_eq!(s["runs"], 3, "{s}");
-        assert!(f(&s["min"]) <= f(&s["mean"]) && f(&s["mean"]) <= f(&s["max"]), "{s}");
+        assert!(
+            f(&s["min"]) <= f(&s["mean"]) && f(&s["mean"]) <= f(&s["max"]),
+            "{s}"
+        );
         assert!(f(&s["sd"]) >= 0.0, "{s}");
     }
     assert!((f(&r["pool_wall_s"]) - f(&rep["pool_s"]["mean"])).abs() < 1e-12);
@@ -127,7 +177,16 @@ fn repeats_report_mean_spread_and_verify_every_round() {
     assert_eq!(r["verified"], true, "{r}");
     // A corrupt result in any round fails the run.
     let sandbox = Sandbox::new();
-    let out = sandbox.run(&["--workers", "2", "--repeat", "2", "squares", "1000", "--inject", "corrupt@0"]);
+    let out = sandbox.run(&[
+        "--workers",
+        "2",
+        "--repeat",
+        "2",
+        "squares",
+        "1000",
+        "--inject",
+        "corrupt@0",
+    ]);
     out.assert_code(common::EXIT_FAILED);
 }
 
@@ -152,22 +211,44 @@ fn sweep_prints_a_row_per_point_and_fits_amdahl() {
     let t = out.json();
     let rows = t["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 3, "{t}");
-    let workers: Vec<u64> = rows.iter().map(|r| r["workers"].as_u64().unwrap()).collect();
+    let workers: Vec<u64> = rows
+        .iter()
+        .map(|r| r["workers"].as_u64().unwrap())
+        .collect();
     assert_eq!(workers, [1, 2, 3]);
     // One chunk size for the whole sweep, so only the worker count varies.
-    assert!(rows.iter().all(|r| r["chunk_size"] == rows[0]["chunk_size"]), "{t}");
+    assert!(
+        rows.iter()
+            .all(|r| r["chunk_size"] == rows[0]["chunk_size"]),
+        "{t}"
+    );
     for r in rows {
         assert_eq!(r["verified"], true, "{r}");
         let s = f(&r["speedup"]["value"]);
-        assert!((f(&r["efficiency"]) - s / f(&r["workers"])).abs() < 1e-9, "{r}");
+        assert!(
+            (f(&r["efficiency"]) - s / f(&r["workers"])).abs() < 1e-9,
+            "{r}"
+        );
     }
     assert!(rows[0]["karp_flatt"].is_null());
     assert!(t["amdahl"].is_object(), "{t}");
 
-    let out = sandbox.run(&["sweep", "--workers", "1,2", "--chunk-size", "100,1000", "squares", "5001"]);
+    let out = sandbox.run(&[
+        "sweep",
+        "--workers",
+        "1,2",
+        "--chunk-size",
+        "100,1000",
+        "squares",
+        "5001",
+    ]);
     out.assert_code(EXIT_OK);
     assert!(out.stdout.contains("Amdahl fit"), "{}", out.stdout);
-    let table_lines = out.stdout.lines().filter(|l| l.trim_start().starts_with(['1', '2'])).count();
+    let table_lines = out
+        .stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with(['1', '2']))
+        .count();
     assert_eq!(table_lines, 4, "{}", out.stdout);
 }
 
@@ -179,7 +260,15 @@ fn sweep_exports_csv_markdown_json_and_an_svg_plot() {
     for export in [&csv, &md, &json] {
         let sandbox = Sandbox::new();
         let out = sandbox.run(&[
-            "sweep", "--workers", "1,2", "squares", "5001", "--export", export, "--plot", &svg,
+            "sweep",
+            "--workers",
+            "1,2",
+            "squares",
+            "5001",
+            "--export",
+            export,
+            "--plot",
+            &svg,
         ]);
         out.assert_code(EXIT_OK);
     }
@@ -191,7 +280,10 @@ fn sweep_exports_csv_markdown_json_and_an_svg_plot() {
     );
     assert_eq!(lines.count(), 2);
     let md = std::fs::read_to_string(&md).unwrap();
-    assert!(md.lines().filter(|l| l.starts_with('|')).count() >= 4, "{md}");
+    assert!(
+        md.lines().filter(|l| l.starts_with('|')).count() >= 4,
+        "{md}"
+    );
     let json: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(json["rows"].as_array().unwrap().len(), 2);
     let svg = std::fs::read_to_string(&svg).unwrap();
@@ -199,7 +291,15 @@ fn sweep_exports_csv_markdown_json_and_an_svg_plot() {
     assert_eq!(doc.root_element().tag_name().name(), "svg");
     assert!(svg.contains("squares"), "the title names the workload");
 
-    let out = procpool(&["sweep", "--workers", "1,2", "squares", "100", "--export", "x.xyz"]);
+    let out = procpool(&[
+        "sweep",
+        "--workers",
+        "1,2",
+        "squares",
+        "100",
+        "--export",
+        "x.xyz",
+    ]);
     out.assert_code(EXIT_USAGE);
     assert!(out.stderr.contains(".xyz"), "{}", out.stderr);
 }
@@ -209,8 +309,57 @@ fn lists_are_only_for_sweep() {
     let out = procpool(&["--workers", "1,2", "squares", "100"]);
     out.assert_code(EXIT_USAGE);
     assert!(out.stderr.contains("sweep"), "{}", out.stderr);
-    let out = procpool(&["--mode", "threads", "--transport", "channel", "squares", "100"]);
+    let out = procpool(&[
+        "--mode",
+        "threads",
+        "--transport",
+        "channel",
+        "squares",
+        "100",
+    ]);
     out.assert_code(EXIT_USAGE);
     let out = procpool(&["--repeat", "0", "squares", "100"]);
     out.assert_code(EXIT_USAGE);
+}
+
+#[test]
+fn ipc_bench_reports_latency_percentiles_and_throughput_per_size() {
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&["ipc-bench", "--round-trips", "500", "--json"]);
+    out.assert_code(EXIT_OK);
+    sandbox.assert_nothing_left(&out);
+    let r = out.json();
+    let latency = r["latency"].as_array().unwrap();
+    assert!(latency.iter().any(|l| l["placement"] == "unpinned"), "{r}");
+    for l in latency {
+        assert_eq!(l["samples"], 500, "{l}");
+        let (p50, p90, p99, max) = (
+            f(&l["p50_us"]),
+            f(&l["p90_us"]),
+            f(&l["p99_us"]),
+            f(&l["max_us"]),
+        );
+        assert!(0.0 < p50 && p50 <= p90 && p90 <= p99 && p99 <= max, "{l}");
+    }
+    let sizes: Vec<u64> = r["throughput"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["size_bytes"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes.first(), Some(&64));
+    assert_eq!(sizes.last(), Some(&(1 << 20)));
+    for t in r["throughput"].as_array().unwrap() {
+        assert!(
+            f(&t["channel_mb_s"]) > 0.0 && f(&t["shm_mb_s"]) > 0.0,
+            "{t}"
+        );
+    }
+    let out = procpool(&["ipc-bench", "--round-trips", "200", "--no-pin"]);
+    out.assert_code(EXIT_OK);
+    assert!(
+        out.stdout.contains("send ranges, not data") || out.stdout.contains("kept up"),
+        "{}",
+        out.stdout
+    );
 }

@@ -125,6 +125,7 @@ fn chunk_killing_every_worker_is_an_error_naming_the_chunk_and_nothing_is_left()
     let options = procpool::JobOptions {
         chunk_size: Some(100),
         faults: vec!["kill@0:always".parse().expect("a fault")],
+        ..Default::default()
     };
     let err = match pool.run_with(&Squares, 10_000, &options) {
         Ok(_) => panic!("a worker killed at every attempt cannot finish the job"),
@@ -144,6 +145,7 @@ fn worker_death_during_a_job_is_survived_and_the_pool_stays_usable() {
     let options = procpool::JobOptions {
         chunk_size: Some(100),
         faults: vec!["kill@3".parse().expect("a fault")],
+        ..Default::default()
     };
     let run = pool
         .run_with(&Squares, 10_000, &options)

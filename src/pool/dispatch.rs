@@ -134,8 +134,8 @@ impl Pool {
         let began = Instant::now();
         let elem_size = u64::from(spec.elem_size);
         let workers = self.workers.len() as u64;
-        let auto = (options.auto_chunk && dispenser.schedule() != Schedule::Static && n > 0)
-            .then(|| {
+        let auto =
+            (options.auto_chunk && dispenser.schedule() != Schedule::Static && n > 0).then(|| {
                 // Probes small enough to leave most of the work for the chosen size, big
                 // enough to time: about 1/256 of each worker's share, at most 4096.
                 let probe_size = (n / (workers * 256)).clamp(1, 4096);
@@ -295,9 +295,7 @@ impl Pool {
             bar.set_position(job.elements_done);
             return;
         }
-        if options.progress
-            && began.elapsed() >= PROGRESS_AFTER
-            && std::io::stderr().is_terminal()
+        if options.progress && began.elapsed() >= PROGRESS_AFTER && std::io::stderr().is_terminal()
         {
             let bar = indicatif::ProgressBar::new(job.n);
             bar.set_style(
@@ -554,8 +552,7 @@ fn choose_chunk_size(probe: &AutoProbe, dispenser: &Dispenser, workers: usize) -
     let per_element_s = probe.compute.as_secs_f64() / probe.elements.max(1) as f64;
     let overhead_s =
         (probe.rtt.saturating_sub(probe.compute)).as_secs_f64() / probe.chunks.max(1) as f64;
-    let cap = (dispenser.remaining() / (AUTO_MIN_CHUNKS_PER_WORKER * workers.max(1) as u64))
-        .max(1);
+    let cap = (dispenser.remaining() / (AUTO_MIN_CHUNKS_PER_WORKER * workers.max(1) as u64)).max(1);
     let wanted = if per_element_s > 0.0 {
         (AUTO_COMPUTE_OVER_OVERHEAD * overhead_s / per_element_s).ceil() as u64
     } else {
@@ -591,7 +588,9 @@ fn interrupted(signal: i32, job: &Job, workers: usize) -> Error {
     Error::Interrupted {
         signal,
         chunks_done: job.done,
-        chunks: job.done + job.retry.len() as u64 + job.held.iter().map(|h| h.chunks.len() as u64).sum::<u64>(),
+        chunks: job.done
+            + job.retry.len() as u64
+            + job.held.iter().map(|h| h.chunks.len() as u64).sum::<u64>(),
         elements_done: job.elements_done,
         n: job.n,
         workers,

@@ -7,8 +7,8 @@ mod text;
 
 use serde::Serialize;
 
-use crate::baseline::Mismatch;
 use crate::advice::Advice;
+use crate::baseline::Mismatch;
 use crate::pool::{AutoChunk, Death, StartMethod, WorkerStats};
 use crate::protocol::Transport;
 use crate::run::{Mode, Repeats};

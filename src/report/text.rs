@@ -20,7 +20,10 @@ pub fn render_text(r: &Report) -> String {
         (Mode::Processes, Some(start)) => {
             let es = if r.workers == 1 { "" } else { "es" };
             let pinned = if r.pinned { ", pinned to CPUs" } else { "" };
-            format!("{} worker process{es} started by {start}{pinned}", r.workers)
+            format!(
+                "{} worker process{es} started by {start}{pinned}",
+                r.workers
+            )
         }
         (Mode::Processes, None) => format!("{} worker process{plural}", r.workers),
         (Mode::Threads, _) => format!("{} thread{plural} of one process", r.workers),
