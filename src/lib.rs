@@ -99,6 +99,7 @@ pub(crate) fn registry() -> &'static Registry {
 
 /// Like [`init`], with the workloads in `registry`.
 pub fn init_with(registry: Registry) {
+    sys::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) != Some(protocol::WORKER_ARG) {
         // The parent keeps the registry for workers started with `fork`.

@@ -233,6 +233,7 @@ fn run_chunk(
             job.mapping.len()
         ));
     }
+    job.mapping.populate(lo..hi);
     // SAFETY: the parent hands each chunk, a range disjoint from every other chunk's, to one
     // worker at a time and reads it only after our `Done`; so for the life of this slice no
     // other process touches these bytes.
