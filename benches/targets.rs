@@ -1,0 +1,181 @@
+//! cargo bench --bench targets
+//!
+//! Measures procpool's performance targets on the machine at hand, each as a ratio measured
+//! in one run (so a noisy machine moves both sides alike), and prints them with the goal.
+//! Every job is verified against the single-process run before its time is used.
+
+use procpool::pool::StartMethod;
+use procpool::run::Mode;
+use procpool::{Hash, Pool, RunOptions, Spin, Squares};
+
+fn main() -> Result<(), procpool::Error> {
+    // Workers re-execute this benchmark binary: they serve here.
+    procpool::init();
+    let machine = procpool::limits::Machine::read();
+    println!(
+        "procpool targets on {} logical / {} physical cores\n",
+        machine.cores_logical,
+        machine.cores_physical.map_or("?".into(), |c| c.to_string())
+    );
+    let mut rows = Vec::new();
+
+    // Worker start, per worker, fork first: it needs this process single-threaded, which it
+    // is again once each pool is dropped.
+    for (start, goal_ms) in [(StartMethod::Fork, 0.3), (StartMethod::Spawn, 1.5)] {
+        let per_worker_ms = median(
+            (0..7)
+                .map(|_| {
+                    let pool = Pool::builder().workers(8).start(start).build()?;
+                    Ok(pool.spawn_time().as_secs_f64() * 1e3 / 8.0)
+                })
+                .collect::<Result<Vec<_>, procpool::Error>>()?,
+        );
+        rows.push(Row::at_most(
+            format!("worker start with {start}, ms per worker (8 workers, median of 7)"),
+            per_worker_ms,
+            goal_ms,
+        ));
+    }
+
+    // squares 10^7, 2 workers: processes (starting included) against threads and against
+    // the single process, every round interleaved, medians compared.
+    let (mut spawned, mut forked, mut threads, mut single) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..9 {
+        for (mode, start, into) in [
+            (Mode::Processes, StartMethod::Spawn, &mut spawned),
+            (Mode::Processes, StartMethod::Fork, &mut forked),
+            (Mode::Threads, StartMethod::Spawn, &mut threads),
+            (Mode::Single, StartMethod::Spawn, &mut single),
+        ] {
+            let options = RunOptions {
+                workers: 2,
+                mode,
+                start,
+                ..RunOptions::default()
+            };
+            let report = procpool::run(&Squares, 10_000_000, &options)?;
+            check(&report);
+            into.push(report.pool_wall_s);
+        }
+    }
+    let (spawned, forked, threads, single) = (
+        median(spawned),
+        median(forked),
+        median(threads),
+        median(single),
+    );
+    rows.push(Row::at_most(
+        "squares 1e7, 2 workers: processes (spawn) / threads, medians of 9".into(),
+        spawned / threads,
+        1.15,
+    ));
+    rows.push(Row::at_most(
+        "squares 1e7, 2 workers: processes (fork) / threads, medians of 9".into(),
+        forked / threads,
+        1.15,
+    ));
+    rows.push(Row::at_most(
+        "squares 1e7, 2 workers: processes (spawn) / single process, medians of 9".into(),
+        spawned / single,
+        1.0,
+    ));
+
+    // A CPU-bound workload: hash, 2 workers.
+    let hash = procpool::run(
+        &Hash { rounds: 100 },
+        200_000,
+        &RunOptions {
+            workers: 2,
+            repeat: 3,
+            ..RunOptions::default()
+        },
+    )?;
+    check(&hash);
+    rows.push(Row::at_least(
+        "hash 2e5 (100 rounds), 2 workers: speedup (means of 3 interleaved)".into(),
+        hash.speedup.unwrap_or(f64::NAN),
+        1.9,
+    ));
+
+    // Task granularity: spin --us 0 with chunk size 1, 2 workers.
+    let mut rates = Vec::new();
+    for _ in 0..5 {
+        let spin = procpool::run(
+            &Spin { iters: 0 },
+            300_000,
+            &RunOptions {
+                workers: 2,
+                chunk_size: Some(1),
+                ..RunOptions::default()
+            },
+        )?;
+        check(&spin);
+        rates.push(spin.chunks as f64 / spin.run_s);
+    }
+    rows.push(Row::at_least(
+        "spin --us 0, chunk size 1, 2 workers: chunks per second, median of 5".into(),
+        median(rates),
+        150_000.0,
+    ));
+
+    let width = rows.iter().map(|r| r.what.len()).max().unwrap_or(0);
+    for r in &rows {
+        println!(
+            "{:width$}  {:>10.3}  goal {} {:<9}  {}",
+            r.what,
+            r.value,
+            if r.at_most { "≤" } else { "≥" },
+            r.goal,
+            if r.met() { "met" } else { "NOT MET" }
+        );
+    }
+    Ok(())
+}
+
+struct Row {
+    what: String,
+    value: f64,
+    goal: f64,
+    at_most: bool,
+}
+
+impl Row {
+    fn at_most(what: String, value: f64, goal: f64) -> Self {
+        Row {
+            what,
+            value,
+            goal,
+            at_most: true,
+        }
+    }
+    fn at_least(what: String, value: f64, goal: f64) -> Self {
+        Row {
+            what,
+            value,
+            goal,
+            at_most: false,
+        }
+    }
+    fn met(&self) -> bool {
+        if self.at_most {
+            self.value <= self.goal
+        } else {
+            self.value >= self.goal
+        }
+    }
+}
+
+/// A time is only worth reporting for a verified answer.
+fn check(report: &procpool::Report) {
+    assert_eq!(
+        report.verified,
+        Some(true),
+        "{} was not verified",
+        report.workload
+    );
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
