@@ -141,14 +141,16 @@ pub fn advise(obs: &Observations) -> Vec<Advice> {
     let oversubscribed = oversubscribed(obs, &m);
     // With more workers than cores, per-worker compute is wall time that includes waiting
     // for a core: its spread measures the scheduler's luck, not the work, so no imbalance.
-    let imbalanced = if oversubscribed.is_some() {
-        None
+    // Likewise a chunk's round trip then includes waiting for a core, so it does not
+    // measure messaging: no IPC verdict either.
+    let (imbalanced, ipc_bound) = if oversubscribed.is_some() {
+        (None, None)
     } else {
-        imbalanced(obs, &m)
+        (imbalanced(obs, &m), ipc_bound(obs, &m))
     };
     let mut found: Vec<Candidate> = [
         start_dominated(&m),
-        ipc_bound(obs, &m),
+        ipc_bound,
         oversubscribed,
         imbalanced,
         memory_bound(obs, &m),
@@ -832,6 +834,18 @@ mod tests {
         assert_eq!(advice.len(), 1, "{advice:?}");
         assert_eq!(advice[0].limit, Limit::Oversubscribed);
         assert!(advice[0].text.contains("(this run got 1.17×)"));
+
+        // Round trips that include waiting for a core are not messaging: no IPC verdict.
+        let waited = Observations {
+            mean_chunk_overhead_s: 0.003,
+            mean_chunk_compute_s: 0.003,
+            ..obs
+        };
+        let advice = advise(&waited);
+        assert!(
+            advice.iter().all(|a| a.limit != Limit::IpcBound),
+            "{advice:?}"
+        );
     }
 
     #[test]
