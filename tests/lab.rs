@@ -363,3 +363,36 @@ fn ipc_bench_reports_latency_percentiles_and_throughput_per_size() {
         out.stdout
     );
 }
+
+#[test]
+fn progress_bar_shows_on_a_terminal_only_and_never_with_json() {
+    // `script` gives procpool a pseudo-terminal, as a user's shell would.
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("`script` (util-linux) is not installed: no terminal to test with");
+        return;
+    }
+    let run = |extra: &str| {
+        let command = format!(
+            "{} --workers 2 sleep 24 --ms 100 --no-baseline{extra}",
+            common::EXE
+        );
+        let out = std::process::Command::new("timeout")
+            .args(["60", "script", "-qec", &command, "/dev/null"])
+            .output()
+            .expect("script runs");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let terminal = run("");
+    assert!(
+        terminal.contains("elements") && terminal.contains("ETA"),
+        "{terminal}"
+    );
+    let json = run(" --json");
+    assert!(!json.contains("ETA"), "{json}");
+    // And without a terminal (the other tests): stderr stays empty.
+}
