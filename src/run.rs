@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::advice::{Observations, advise};
-use crate::baseline::{Mismatch, checksum, first_mismatch, run_single};
+use crate::baseline::{Mismatch, checksum, first_mismatch, run_kernel, run_single};
 use crate::error::{Error, Result};
 use crate::fault::Fault;
 use crate::limits::{Machine, check_memory};
@@ -242,8 +242,10 @@ fn run_round<W: Workload>(
             (wall, spawn, stats, checked)
         }
         Mode::Threads => {
-            let dispenser =
-                Dispenser::new(options.schedule, n, options.workers, options.chunk_size);
+            let chunk_size = options.chunk_size.or_else(|| {
+                W::WAITS.then(|| crate::schedule::waiting_chunk_size(n, options.workers))
+            });
+            let dispenser = Dispenser::new(options.schedule, n, options.workers, chunk_size);
             let chunk_size = dispenser.chunk_size();
             let run = run_threads(workload, dispenser, options.workers);
             let stats = in_process_stats(
@@ -260,7 +262,7 @@ fn run_round<W: Workload>(
             (run.wall, run.start, stats, checked)
         }
         Mode::Single => {
-            let (output, wall) = run_single(workload, n);
+            let (output, wall) = run_kernel(workload, n);
             let worker = WorkerStats {
                 id: 0,
                 pid: std::process::id(),
@@ -373,7 +375,8 @@ fn build_report<W: Workload>(
     let baseline_wall_s = baseline_s.map(|b| b.mean);
     let speedup = baseline_wall_s.map(|b| b / pool_wall_s);
     let mut warnings = Vec::new();
-    if workers > machine.cores_logical {
+    // More workers than cores is the point for workloads that wait.
+    if workers > machine.cores_logical && !W::WAITS {
         warnings.push(format!(
             "{workers} workers on {} logical cores: workers take turns on the cores, so expect \
              no more than {}× from them",
@@ -425,6 +428,7 @@ fn build_report<W: Workload>(
         cores_logical: machine.cores_logical,
         cores_physical: machine.cores_physical,
         baseline_wall_s,
+        baseline_estimated: options.baseline && workload.sequential_time(n).is_some(),
         pool_wall_s,
         spawn_s: last.start.as_secs_f64(),
         run_s: last.wall.saturating_sub(last.start).as_secs_f64(),

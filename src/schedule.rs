@@ -71,6 +71,13 @@ pub fn default_chunk_size(n: u64, workers: usize) -> u64 {
     n.div_ceil(parts).max(1)
 }
 
+/// The default chunk length for workloads that wait rather than compute: about 64 chunks
+/// per worker. Waiting costs no CPU but balance matters, so no worker should be left with a
+/// long tail of waits while the others are done.
+pub fn waiting_chunk_size(n: u64, workers: usize) -> u64 {
+    n.div_ceil(64 * workers.max(1) as u64).max(1)
+}
+
 /// How chunks are handed to workers (OpenMP's meanings).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

@@ -529,7 +529,11 @@ impl Pool {
                 "--chunk-size must be at least 1 (got 0)".into(),
             ));
         }
-        let dispenser = Dispenser::new(options.schedule, n, self.workers.len(), options.chunk_size);
+        let chunk_size = options.chunk_size.or_else(|| {
+            (W::WAITS && !options.auto_chunk)
+                .then(|| crate::schedule::waiting_chunk_size(n, self.workers.len()))
+        });
+        let dispenser = Dispenser::new(options.schedule, n, self.workers.len(), chunk_size);
         let params = postcard::to_stdvec(workload)
             .map_err(|e| Error::Ipc(format!("cannot encode the workload: {e}")))?;
 

@@ -41,6 +41,8 @@ struct Pending {
     /// Moved into [`Started`] once the worker connected.
     child: Option<Process>,
     output: Option<JoinHandle<()>>,
+    /// The read end of the worker's output pipe, until its forwarding thread starts.
+    reader: Option<io::PipeReader>,
     server_name: String,
     answered: bool,
 }
@@ -97,17 +99,17 @@ pub(crate) fn start_workers(
                     Process::from_pid(cmd.spawn().map_err(|e| spawn_error(id, exe, e))?.id());
                 // Our copies of the write end must close, or the reader never sees EOF.
                 drop(cmd);
-                let output = forward_output(id, reader);
-                Ok((server, name, child, output))
+                Ok((server, name, child, reader))
             });
         match spawned {
-            Ok((server, server_name, child, output)) => {
+            Ok((server, server_name, child, reader)) => {
                 servers.push((pending.len(), server));
                 pending.push(Pending {
                     id,
                     pid: child.id(),
                     child: Some(child),
-                    output,
+                    output: None,
+                    reader: Some(reader),
                     server_name,
                     answered: false,
                 });
@@ -122,6 +124,13 @@ pub(crate) fn start_workers(
         }
     }
 
+    // The output threads start only now: every fork above copied this process's memory map,
+    // and each thread's stack would have made the next fork slower.
+    for p in &mut pending {
+        if let Some(reader) = p.reader.take() {
+            p.output = forward_output(p.id, reader);
+        }
+    }
     let (results_tx, results_rx) = mpsc::channel::<Accepted>();
     let acceptor = std::thread::Builder::new()
         .name("procpool-accept".into())

@@ -51,6 +51,9 @@ pub struct Report {
     pub cores_physical: Option<usize>,
     /// Wall time of the single-process run (`None` with `--no-baseline`).
     pub baseline_wall_s: Option<f64>,
+    /// True when `baseline_wall_s` was known without running it (`sleep`: n × ms); the output
+    /// was still checked against the expected values.
+    pub baseline_estimated: bool,
     /// Wall time of the pool run, from the first worker start to the last result.
     pub pool_wall_s: f64,
     /// The part of `pool_wall_s` spent starting workers and their handshakes.

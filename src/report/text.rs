@@ -62,9 +62,14 @@ pub fn render_text(r: &Report) -> String {
         Some(b) => {
             let _ = writeln!(
                 s,
-                "  baseline     {}{}  single process",
+                "  baseline     {}{}  {}",
                 secs(b),
-                spread(repeat.and_then(|x| x.baseline_s.as_ref()))
+                spread(repeat.and_then(|x| x.baseline_s.as_ref())),
+                if r.baseline_estimated {
+                    "single process, known without running it (n × the wait per element)"
+                } else {
+                    "single process"
+                }
             );
         }
         None => {

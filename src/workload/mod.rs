@@ -65,6 +65,20 @@ pub trait Workload:
     /// `out.len() == range.end - range.start`.
     fn kernel(&self, range: Range<u64>, out: &mut [Self::Output]);
 
+    /// The single-process run's time when it is known without running it (`sleep`: n × ms).
+    /// The baseline then reports this time and compares against [`Workload::expected`]
+    /// instead of waiting it out. Default: unknown, so the baseline runs the kernel.
+    fn sequential_time(&self, n: u64) -> Option<std::time::Duration> {
+        let _ = n;
+        None
+    }
+
+    /// The values the pool's output must equal: by default the kernel itself. A workload
+    /// with a [`Workload::sequential_time`] computes them here without the waiting.
+    fn expected(&self, range: Range<u64>, out: &mut [Self::Output]) {
+        self.kernel(range, out);
+    }
+
     /// An optional per-chunk reduction: a number summarising one chunk's output (a count, a
     /// sum), computed by the worker right after the kernel and sent back in its `Done`
     /// message. The pool adds the chunks' values (wrapping, mod 2^64) into

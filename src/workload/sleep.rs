@@ -33,6 +33,19 @@ impl Workload for Sleep {
             *slot = i;
         }
     }
+
+    /// n × ms: sleeping one element after another takes exactly that long, so the baseline
+    /// need not wait it out.
+    fn sequential_time(&self, n: u64) -> Option<Duration> {
+        let nap = Duration::try_from_secs_f64(self.ms / 1000.0).unwrap_or(Duration::ZERO);
+        Some(nap.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX)))
+    }
+
+    fn expected(&self, range: Range<u64>, out: &mut [u64]) {
+        for (slot, i) in out.iter_mut().zip(range) {
+            *slot = i;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -60,6 +73,23 @@ mod tests {
         let start = Instant::now();
         assert_eq!(compute(Sleep { ms: 1.0 }, 7..10), [7, 8, 9]);
         assert!(start.elapsed() >= Duration::from_millis(3));
+    }
+
+    #[test]
+    fn the_sequential_time_is_known_without_sleeping() {
+        let sleep = Sleep { ms: 100.0 };
+        assert_eq!(
+            sleep.sequential_time(10_000),
+            Some(Duration::from_secs(1000))
+        );
+        let mut out = [0u64; 3];
+        let start = Instant::now();
+        sleep.expected(5..8, &mut out);
+        assert_eq!(out, [5, 6, 7]);
+        assert!(
+            start.elapsed() < Duration::from_millis(100),
+            "expected() must not sleep"
+        );
     }
 
     #[test]
