@@ -118,6 +118,16 @@ pub struct RunArgs {
     #[arg(long, global = true, value_name = "R", default_value_t = 1, value_parser = parse_repeat)]
     pub repeat: usize,
 
+    /// Stream the output to FILE (little-endian elements in index order) in bounded memory,
+    /// verifying window by window
+    #[arg(long, global = true, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// With --output, the length of each window of the ring in shared memory
+    #[arg(long, global = true, value_name = "BYTES", default_value = "32MiB",
+          value_parser = parse_window)]
+    pub window_size: u64,
+
     /// Rounds to run first and discard
     #[arg(long, global = true, value_name = "K", default_value_t = 0, value_parser = parse_usize)]
     pub warmup: usize,
@@ -268,6 +278,13 @@ fn parse_chunk_sizes(s: &str) -> Result<List<ChunkSize>, String> {
             n => Ok(ChunkSize::Elements(n)),
         }
     })
+}
+
+fn parse_window(s: &str) -> Result<u64, String> {
+    match procpool::parse::parse_bytes(s)? {
+        0 => Err("--window-size must be at least 1 byte (got 0)".into()),
+        n => Ok(n),
+    }
 }
 
 fn parse_repeat(s: &str) -> Result<usize, String> {

@@ -60,6 +60,11 @@ fn execute(cli: Cli, interrupt: Interrupt) -> anyhow::Result<ExitCode> {
                 }
                 _ => None,
             };
+            if image.is_some() && options.output.is_some() {
+                return Err(usage(
+                    "--image needs the whole picture in memory: use it without --output",
+                ));
+            }
             with_workload(
                 workload,
                 &mut RunOne {
@@ -152,6 +157,8 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
             grace: args.grace,
             interrupt,
         },
+        output: args.output.clone(),
+        window_bytes: args.window_size,
         mode: args.mode,
         start: args.start,
     })

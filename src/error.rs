@@ -130,6 +130,10 @@ pub enum Error {
         needed_kill: usize,
     },
 
+    /// The streamed output could not be written (see [`crate::pool::Pool::stream_with`]).
+    #[error("{0}")]
+    Output(String),
+
     /// The pool is unusable after an earlier failure.
     #[error("the pool stopped after an earlier failure; build a new one")]
     Broken,

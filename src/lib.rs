@@ -67,6 +67,7 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod shm;
+pub mod stream;
 pub mod sweep;
 pub mod sys;
 pub mod threads;
@@ -74,7 +75,7 @@ pub mod worker;
 pub mod workload;
 
 pub use error::{Error, Result};
-pub use pool::{JobOptions, JobStats, Pool, PoolBuilder, PoolRun};
+pub use pool::{JobOptions, JobStats, Pool, PoolBuilder, PoolRun, WindowSink};
 pub use report::Report;
 pub use run::{RunOptions, run};
 pub use workload::{

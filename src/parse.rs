@@ -61,6 +61,30 @@ fn too_large(s: &str) -> String {
     format!("`{s}` is too large (the largest is {})", u64::MAX)
 }
 
+/// Parses a size in bytes: a count with an optional binary unit (`64MiB`, `64M`, `512k`,
+/// `1GiB`, `1e6`).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => {
+            return Err(format!(
+                "`{s}`: unknown unit `{unit}` (use KiB, MiB or GiB)"
+            ));
+        }
+    };
+    let n = parse_count(num)?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
 /// Parses a duration: a number followed by `ms`, `s`, `m` or `us` (`500ms`, `2s`, `1.5s`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -107,6 +131,17 @@ mod tests {
         assert!(parse_count("1e30").unwrap_err().contains("too large"));
         assert!(parse_count("").is_err());
         assert!(parse_count("1ee3").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("64M"), Ok(64 << 20));
+        assert_eq!(parse_bytes("512k"), Ok(512 << 10));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("1e6"), Ok(1_000_000));
+        assert!(parse_bytes("3 apples").is_err());
     }
 
     #[test]

@@ -52,6 +52,43 @@ pub struct JobSpec {
     pub faults: Vec<Fault>,
     /// How results come back.
     pub transport: Transport,
+    /// The layout of the shared region: element `i` lives in window slot
+    /// `(i / window_elems) % ring`, at `i % window_elems` within it. A job without streaming
+    /// has one window as long as the job (`ring` = 1), so element `i` is at `i`.
+    pub layout: Layout,
+}
+
+/// Where each element of a job lives in the shared region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    /// Elements per window.
+    pub window_elems: u64,
+    /// Window slots in the region.
+    pub ring: u64,
+}
+
+impl Layout {
+    /// One window for the whole job: element `i` at `i`.
+    pub fn flat(n: u64) -> Self {
+        Layout {
+            window_elems: n.max(1),
+            ring: 1,
+        }
+    }
+
+    /// The element offset in the region of index `i`.
+    pub fn offset(&self, i: u64) -> u64 {
+        (i / self.window_elems % self.ring) * self.window_elems + i % self.window_elems
+    }
+
+    /// Elements the region must hold.
+    pub fn region_elems(&self, n: u64) -> u64 {
+        if self.ring == 1 {
+            n
+        } else {
+            self.window_elems * self.ring
+        }
+    }
 }
 
 /// How a worker's results reach the parent.
@@ -128,6 +165,22 @@ pub fn hello_wire_size(version: u32, pid: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layout_places_windows_in_a_ring() {
+        let flat = Layout::flat(100);
+        assert_eq!((flat.offset(0), flat.offset(99)), (0, 99));
+        let ring = Layout {
+            window_elems: 10,
+            ring: 3,
+        };
+        assert_eq!(ring.offset(5), 5);
+        assert_eq!(ring.offset(15), 15);
+        assert_eq!(ring.offset(25), 25);
+        assert_eq!(ring.offset(35), 5);
+        assert_eq!(ring.offset(47), 17);
+        assert_eq!(ring.region_elems(1000), 30);
+    }
 
     #[test]
     fn chunk_messages_are_a_few_bytes() {

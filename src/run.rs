@@ -23,6 +23,7 @@ use crate::pool::{
 use crate::protocol::Transport;
 use crate::report::{Breakdown, Report};
 use crate::schedule::{Dispenser, Schedule};
+use crate::stream::{FileSink, RING, window_elems};
 use crate::threads::run_threads;
 use crate::workload::Workload;
 
@@ -59,6 +60,10 @@ pub struct RunOptions {
     pub faults: Vec<Fault>,
     /// Retries, restarts, timeouts, grace periods and the interrupt flag.
     pub supervision: Supervision,
+    /// Stream the output to this file in bounded memory instead of holding it.
+    pub output: Option<PathBuf>,
+    /// Window length in bytes when streaming.
+    pub window_bytes: u64,
     /// Processes (the pool), threads, or a single process.
     pub mode: Mode,
     /// How worker processes start (processes mode only).
@@ -106,6 +111,8 @@ impl Default for RunOptions {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             faults: Vec::new(),
             supervision: Supervision::default(),
+            output: None,
+            window_bytes: crate::stream::DEFAULT_WINDOW_BYTES,
             mode: Mode::Processes,
             start: StartMethod::Spawn,
         }
@@ -145,6 +152,22 @@ struct Round {
     baseline_reduction: Option<u64>,
     checksum: u64,
     verify: Duration,
+    output: Option<OutputReport>,
+}
+
+/// Where a streamed run's output went.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutputReport {
+    /// The file.
+    pub path: String,
+    /// Bytes written: n × the element size.
+    pub bytes: u64,
+    /// Windows written.
+    pub windows: u64,
+    /// Bytes per window.
+    pub window_bytes: u64,
+    /// Seconds spent writing, on the writer thread (overlapping the workers).
+    pub write_s: f64,
 }
 
 /// Like [`run`], and hands the output (after verification, before it is freed) to `inspect`:
@@ -191,6 +214,9 @@ fn run_round<W: Workload>(
     baseline_first: bool,
     inspect: impl FnOnce(&[W::Output]),
 ) -> Result<Round> {
+    if let Some(path) = &options.output {
+        return stream_round(workload, n, options, path);
+    }
     let mut early = (options.baseline && baseline_first).then(|| run_single(workload, n));
     let compare =
         |results: &[W::Output], chunk_size: u64, early: &mut Option<(Vec<W::Output>, Duration)>| {
@@ -212,27 +238,9 @@ fn run_round<W: Workload>(
     let (wall, start, stats, (baseline, verdict, sum, verify)) = match options.mode {
         Mode::Processes => {
             let began = Instant::now();
-            let mut pool = Pool::builder()
-                .workers(options.workers)
-                .inflight(options.inflight)
-                .start(options.start)
-                .pin(options.pin)
-                .handshake_timeout(options.handshake_timeout)
-                .supervision(options.supervision.clone());
-            if let Some(exe) = &options.worker_exe {
-                pool = pool.worker_exe(exe);
-            }
-            let mut pool = pool.build()?;
+            let mut pool = pool_builder(options).build()?;
             let spawn = pool.spawn_time();
-            let job = JobOptions {
-                chunk_size: options.chunk_size,
-                auto_chunk: options.auto_chunk,
-                schedule: options.schedule,
-                transport: options.transport,
-                faults: options.faults.clone(),
-                progress: options.progress,
-            };
-            let run = pool.run_with(workload, n, &job)?;
+            let run = pool.run_with(workload, n, &job_options(options))?;
             let wall = began.elapsed();
             let stats = run.stats().clone();
             let checked = compare(run.results(), stats.chunk_size, &mut early);
@@ -300,7 +308,94 @@ fn run_round<W: Workload>(
         baseline_reduction,
         checksum: sum,
         verify,
+        output: None,
     })
+}
+
+/// One round streamed to `path` in bounded memory; verification happens window by window.
+fn stream_round<W: Workload>(
+    workload: &W,
+    n: u64,
+    options: &RunOptions,
+    path: &std::path::Path,
+) -> Result<Round> {
+    let file = std::fs::File::create(path).map_err(|e| {
+        Error::InvalidInput(format!("--output: cannot create {}: {e}", path.display()))
+    })?;
+    // A regular file we created is removed if the run fails half-way; a device such as
+    // /dev/null or /dev/full is left alone.
+    let regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+    let mut sink = FileSink::new(workload, file, path, options.baseline);
+    let began = Instant::now();
+    let result = (|| {
+        let mut pool = pool_builder(options).build()?;
+        let spawn = pool.spawn_time();
+        let window = window_elems(options.window_bytes, std::mem::size_of::<W::Output>());
+        let stats =
+            pool.stream_with(workload, n, &job_options(options), window, RING, &mut sink)?;
+        pool.shutdown();
+        Ok((spawn, stats))
+    })();
+    let (spawn, stats) = match result {
+        Ok(done) => done,
+        Err(e) => {
+            drop(sink);
+            let what = if regular && std::fs::remove_file(path).is_ok() {
+                format!("; the partial file {} was removed", path.display())
+            } else {
+                String::new()
+            };
+            return Err(match e {
+                Error::Output(message) => Error::Output(format!("{message}{what}")),
+                other if what.is_empty() => other,
+                other => Error::Output(format!("{other}{what}")),
+            });
+        }
+    };
+    let wall = began.elapsed();
+    Ok(Round {
+        wall,
+        start: spawn,
+        stats,
+        baseline: options.baseline.then_some(sink.baseline),
+        mismatch: sink.mismatch,
+        baseline_reduction: sink.baseline_reduction,
+        checksum: sink.checksum,
+        verify: Duration::ZERO,
+        output: Some(OutputReport {
+            path: path.display().to_string(),
+            bytes: sink.bytes,
+            windows: sink.windows,
+            window_bytes: window_elems(options.window_bytes, std::mem::size_of::<W::Output>())
+                * std::mem::size_of::<W::Output>() as u64,
+            write_s: sink.write.as_secs_f64(),
+        }),
+    })
+}
+
+fn pool_builder(options: &RunOptions) -> crate::pool::PoolBuilder {
+    let mut pool = Pool::builder()
+        .workers(options.workers)
+        .inflight(options.inflight)
+        .start(options.start)
+        .pin(options.pin)
+        .handshake_timeout(options.handshake_timeout)
+        .supervision(options.supervision.clone());
+    if let Some(exe) = &options.worker_exe {
+        pool = pool.worker_exe(exe);
+    }
+    pool
+}
+
+fn job_options(options: &RunOptions) -> JobOptions {
+    JobOptions {
+        chunk_size: options.chunk_size,
+        auto_chunk: options.auto_chunk,
+        schedule: options.schedule,
+        transport: options.transport,
+        faults: options.faults.clone(),
+        progress: options.progress,
+    }
 }
 
 fn in_process_stats(
@@ -453,6 +548,8 @@ fn build_report<W: Workload>(
         reduction: stats.reduction,
         baseline_reduction: last.baseline_reduction,
         repeat: repeats,
+        output: last.output,
+        parent_peak_rss_bytes: crate::sys::process_usage(std::process::id()).map(|(_, rss)| rss),
         advice: advise(&observations),
         warnings,
     }
@@ -512,7 +609,21 @@ fn validate(
             "--inflight must be at least 1 (got 0)".into(),
         ));
     }
-    let bytes = u128::from(n) * elem_size as u128;
+    if options.output.is_some() && options.mode != Mode::Processes {
+        return Err(Error::InvalidInput(format!(
+            "--output streams through worker processes: use --mode processes (not {})",
+            options.mode
+        )));
+    }
+    let bytes = match options.output {
+        // Streaming holds a ring of windows, and verifies one window at a time.
+        Some(_) => {
+            let window =
+                u128::from(window_elems(options.window_bytes, elem_size)) * elem_size as u128;
+            (window * u128::from(RING)).min(u128::from(n) * elem_size as u128)
+        }
+        None => u128::from(n) * elem_size as u128,
+    };
     let mut parts = vec![("shared results", bytes)];
     if options.baseline {
         parts.push(("single-process baseline", bytes));

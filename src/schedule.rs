@@ -145,6 +145,10 @@ pub struct Dispenser {
     next_id: u64,
     /// Static: the next block index of each worker (k ≡ w mod workers).
     next_block: Vec<u64>,
+    /// Dynamic and guided: chunks never cross a multiple of this (a streaming window).
+    boundary: u64,
+    /// Dynamic and guided: nothing at or past this index is handed out (yet).
+    limit: u64,
 }
 
 impl Dispenser {
@@ -166,7 +170,23 @@ impl Dispenser {
             next_start: 0,
             next_id: 0,
             next_block: (0..w).collect(),
+            boundary: u64::MAX,
+            limit: n,
         }
+    }
+
+    /// Cuts chunks at every multiple of `boundary` and hands out nothing at or past `limit`
+    /// until [`Dispenser::set_limit`] moves it: streaming output fills a ring of windows of
+    /// `boundary` elements, and a window is reused only after it was written out.
+    pub fn with_windows(mut self, boundary: u64, limit: u64) -> Self {
+        self.boundary = boundary.max(1);
+        self.limit = limit.min(self.n);
+        self
+    }
+
+    /// Moves the hand-out limit (see [`Dispenser::with_windows`]).
+    pub fn set_limit(&mut self, limit: u64) {
+        self.limit = limit.min(self.n);
     }
 
     /// The schedule.
@@ -229,14 +249,17 @@ impl Dispenser {
             }
             Schedule::Dynamic | Schedule::Guided => {
                 let remaining = self.n - self.next_start;
-                if remaining == 0 {
+                if remaining == 0 || self.next_start >= self.limit {
                     return None;
                 }
+                let to_boundary = self.boundary - self.next_start % self.boundary;
                 let len = match self.schedule {
                     Schedule::Guided => remaining.div_ceil(self.workers).max(self.size),
                     _ => self.size,
                 }
-                .min(remaining);
+                .min(remaining)
+                .min(to_boundary)
+                .min(self.limit - self.next_start);
                 let chunk = Chunk {
                     id: self.next_id,
                     start: self.next_start,
@@ -361,6 +384,37 @@ mod tests {
             (0, 5, 5, 25)
         );
         assert_eq!(d.remaining(), 75);
+    }
+
+    #[test]
+    fn windows_cut_chunks_and_the_limit_holds_them_back() {
+        let mut d = Dispenser::new(Schedule::Dynamic, 100, 2, Some(15)).with_windows(40, 40);
+        let mut got = Vec::new();
+        while let Some(c) = d.next_for(0) {
+            got.push((c.start, c.end));
+        }
+        assert_eq!(got, [(0, 15), (15, 30), (30, 40)]);
+        d.set_limit(80);
+        while let Some(c) = d.next_for(1) {
+            got.push((c.start, c.end));
+        }
+        d.set_limit(100);
+        while let Some(c) = d.next_for(1) {
+            got.push((c.start, c.end));
+        }
+        assert_eq!(
+            got,
+            [
+                (0, 15),
+                (15, 30),
+                (30, 40),
+                (40, 55),
+                (55, 70),
+                (70, 80),
+                (80, 95),
+                (95, 100)
+            ]
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::time::Instant;
 use ipc_channel::ipc::{self, IpcSender};
 
 use crate::fault::{Fault, FaultAction};
-use crate::protocol::{FromWorker, JobSpec, PROTOCOL_VERSION, ToWorker, Transport, WORKER_ARG};
+use crate::protocol::{
+    FromWorker, JobSpec, Layout, PROTOCOL_VERSION, ToWorker, Transport, WORKER_ARG,
+};
 use crate::shm::Mapping;
 use crate::workload::{DynKernel, Registry};
 
@@ -59,6 +61,7 @@ struct CurrentJob {
     transport: Transport,
     kernel: Box<dyn DynKernel>,
     elem_size: usize,
+    layout: Layout,
     faults: Vec<Fault>,
 }
 
@@ -189,6 +192,7 @@ fn start_job(
         transport: spec.transport,
         kernel,
         elem_size: spec.elem_size as usize,
+        layout: spec.layout,
         faults: spec.faults.clone(),
     })
 }
@@ -208,12 +212,14 @@ fn run_chunk(
     if let Some(action) = fault {
         inject_before(action, id);
     }
+    // A chunk never crosses a window, so its bytes are contiguous in the region.
     let bytes = |i: u64| {
         usize::try_from(i)
             .ok()
             .and_then(|i| i.checked_mul(job.elem_size))
     };
-    let (Some(lo), Some(hi)) = (bytes(start), bytes(end)) else {
+    let first = job.layout.offset(start);
+    let (Some(lo), Some(hi)) = (bytes(first), bytes(first + (end - start))) else {
         return Err(format!(
             "chunk {id} ({start}..{end}) does not fit in memory"
         ));

@@ -24,18 +24,21 @@
 
 use std::collections::VecDeque;
 use std::io::IsTerminal;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ipc_channel::TrySelectError;
 use ipc_channel::ipc::IpcSelectionResult;
 
-use super::{AutoChunk, Death, JobOptions, JobStats, Pool, WorkerStats, spawn};
+use super::{AutoChunk, Death, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
 use crate::error::{Error, Result};
-use crate::protocol::{FromWorker, JobSpec, ToWorker, Transport, wire_size};
+use crate::protocol::{FromWorker, JobSpec, Layout, ToWorker, Transport, wire_size};
 use crate::schedule::{Chunk, Dispenser, Schedule};
 
 /// How often the loop looks at the clock and the interrupt flag when no message arrives.
 const TICK: Duration = Duration::from_millis(20);
+/// With streaming, how often the loop checks for windows the writer has freed.
+const STREAM_TICK: Duration = Duration::from_millis(1);
 /// A progress bar appears only for jobs running longer than this.
 const PROGRESS_AFTER: Duration = Duration::from_secs(1);
 /// `--chunk-size auto` aims for chunks whose compute is this many times their messaging cost.
@@ -102,6 +105,90 @@ struct Job {
     dead: Vec<(usize, u32)>,
     auto: Option<AutoProbe>,
     progress: Option<indicatif::ProgressBar>,
+    /// Set for a streamed job (`--output`).
+    streaming: Option<Streaming>,
+}
+
+/// A window handed to the writer: its index, first element, length and ring slot.
+struct WindowJob {
+    index: u64,
+    start: u64,
+    len: u64,
+    slot: u64,
+}
+
+/// The ring of windows of a streamed job, as the dispatch loop sees it.
+struct Streaming {
+    layout: Layout,
+    /// Windows in the job.
+    windows: u64,
+    /// The first window not yet written (and freed).
+    base: u64,
+    /// Windows handed to the writer so far.
+    handed: u64,
+    /// Elements done in each window from `base` on (ring-many entries).
+    done: VecDeque<u64>,
+    to_writer: mpsc::Sender<WindowJob>,
+    from_writer: mpsc::Receiver<std::result::Result<u64, String>>,
+}
+
+impl Streaming {
+    fn window_len(&self, index: u64, n: u64) -> u64 {
+        let start = index * self.layout.window_elems;
+        (start + self.layout.window_elems).min(n) - start
+    }
+
+    /// Counts a finished chunk and hands every complete window, in order, to the writer.
+    fn chunk_done(&mut self, chunk: Chunk, n: u64) {
+        let index = chunk.start / self.layout.window_elems;
+        if let Some(d) = self.done.get_mut((index - self.base) as usize) {
+            *d += chunk.len();
+        }
+        while self.handed < self.windows && self.handed < self.base + self.layout.ring {
+            let k = self.handed;
+            if self.done[(k - self.base) as usize] < self.window_len(k, n) {
+                break;
+            }
+            let job = WindowJob {
+                index: k,
+                start: k * self.layout.window_elems,
+                len: self.window_len(k, n),
+                slot: k % self.layout.ring,
+            };
+            if self.to_writer.send(job).is_err() {
+                break;
+            }
+            self.handed += 1;
+        }
+    }
+}
+
+/// The writer thread: each complete window goes to the sink, then its slot is announced
+/// free for the window `ring` places later. Stops at the first error, or when the loop hangs up.
+fn write_windows(
+    windows: mpsc::Receiver<WindowJob>,
+    freed: mpsc::Sender<std::result::Result<u64, String>>,
+    sink: &mut (dyn WindowSink + Send),
+    mapping: &crate::shm::Mapping,
+    layout: Layout,
+    elem_size: u64,
+) {
+    let slot_bytes = layout.window_elems * elem_size;
+    for w in windows {
+        let lo = w.slot * slot_bytes;
+        let hi = lo + w.len * elem_size;
+        // SAFETY: every chunk of this window is done (its workers replied) and the loop
+        // hands out no chunk of the slot's next window until we report it freed below, so
+        // no process writes these bytes while we read them.
+        let bytes = unsafe { mapping.slice(lo as usize..hi as usize) };
+        // The slot's pages stay: the ring is bounded already, and the next window in this
+        // slot reuses them without a page fault anywhere.
+        let result = sink.window(w.start, bytes);
+        let failed = result.is_err();
+        if freed.send(result.map(|()| w.index)).is_err() || failed {
+            return;
+        }
+    }
 }
 
 impl Job {
@@ -128,8 +215,43 @@ impl Pool {
         &mut self,
         spec: JobSpec,
         n: u64,
+        dispenser: Dispenser,
+        options: &JobOptions,
+        stream: Option<(Layout, &mut (dyn WindowSink + Send))>,
+    ) -> Result<JobStats> {
+        let Some((layout, sink)) = stream else {
+            return self.dispatch_loop(spec, n, dispenser, options, None);
+        };
+        // The writer thread gets its own mapping of the region, so it borrows nothing from
+        // the pool while the loop below changes it.
+        let mapping = self.region.map()?;
+        let elem_size = u64::from(spec.elem_size);
+        let (to_writer, windows) = mpsc::channel::<WindowJob>();
+        let (freed, from_writer) = mpsc::channel::<std::result::Result<u64, String>>();
+        std::thread::scope(|scope| {
+            scope.spawn(move || write_windows(windows, freed, sink, &mapping, layout, elem_size));
+            let streaming = Streaming {
+                layout,
+                windows: n.div_ceil(layout.window_elems),
+                base: 0,
+                handed: 0,
+                done: (0..layout.ring).map(|_| 0).collect(),
+                to_writer,
+                from_writer,
+            };
+            // Leaving this scope drops `streaming` (and its sender) first, which ends the
+            // writer's loop; then the scope joins the writer.
+            self.dispatch_loop(spec, n, dispenser, options, Some(streaming))
+        })
+    }
+
+    fn dispatch_loop(
+        &mut self,
+        spec: JobSpec,
+        n: u64,
         mut dispenser: Dispenser,
         options: &JobOptions,
+        streaming: Option<Streaming>,
     ) -> Result<JobStats> {
         let began = Instant::now();
         let elem_size = u64::from(spec.elem_size);
@@ -171,6 +293,7 @@ impl Pool {
             dead: Vec::new(),
             auto,
             progress: None,
+            streaming,
         };
         for (w, slot) in self.workers.iter().enumerate() {
             job.held[w].cpu_at_start = crate::sys::process_usage(slot.pid).map(|(cpu, _)| cpu);
@@ -191,7 +314,7 @@ impl Pool {
             }
         }
 
-        while job.elements_done < n {
+        while job.elements_done < n || job.streaming.as_ref().is_some_and(|s| s.base < s.windows) {
             if let Some(signal) = self.supervision.interrupt.requested() {
                 if let Some(bar) = job.progress.take() {
                     bar.abandon();
@@ -203,8 +326,15 @@ impl Pool {
                     self.replace(w, Loss::Died, &mut job)?;
                 }
             }
-            let wait = self.next_deadline(&job).map_or(TICK, |d| {
-                d.saturating_duration_since(Instant::now()).min(TICK)
+            // Streaming: a window freed by the writer does not wake the select below, so
+            // look at the writer often.
+            let tick = if job.streaming.is_some() {
+                STREAM_TICK
+            } else {
+                TICK
+            };
+            let wait = self.next_deadline(&job).map_or(tick, |d| {
+                d.saturating_duration_since(Instant::now()).min(tick)
             });
             match self.set.try_select_timeout(wait) {
                 Ok(events) => {
@@ -229,6 +359,7 @@ impl Pool {
                     }
                 }
             }
+            self.windows_written(&mut job)?;
             self.show_progress(&mut job, began, options);
         }
         if let Some(bar) = job.progress.take() {
@@ -287,6 +418,41 @@ impl Pool {
             chunk_compute_mean_s: per_chunk(job.compute_total),
             channel_result_bytes: job.channel_result_bytes,
         })
+    }
+
+    /// Takes the windows the writer has finished: their slots are free, so the hand-out
+    /// limit moves on and idle workers get chunks of the next windows.
+    fn windows_written(&mut self, job: &mut Job) -> Result<()> {
+        let Some(streaming) = job.streaming.as_mut() else {
+            return Ok(());
+        };
+        let mut moved = false;
+        loop {
+            match streaming.from_writer.try_recv() {
+                Ok(Ok(_)) => {
+                    streaming.base += 1;
+                    streaming.done.pop_front();
+                    streaming.done.push_back(0);
+                    moved = true;
+                }
+                Ok(Err(message)) => return Err(Error::Output(message)),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    if streaming.base < streaming.windows {
+                        return Err(Error::Output("the window writer stopped early".into()));
+                    }
+                    break;
+                }
+            }
+        }
+        if moved {
+            let limit = (streaming.base + streaming.layout.ring) * streaming.layout.window_elems;
+            job.dispenser.set_limit(limit);
+            for w in 0..self.workers.len() {
+                self.top_up(w, self.inflight, job);
+            }
+        }
+        Ok(())
     }
 
     /// Draws or updates the progress bar: only after a second, only on a terminal.
@@ -383,6 +549,9 @@ impl Pool {
         let compute = Duration::from_nanos(compute_ns);
         job.done += 1;
         job.elements_done += held.chunk.len();
+        if let Some(streaming) = job.streaming.as_mut() {
+            streaming.chunk_done(held.chunk, job.n);
+        }
         job.rtt_total += rtt;
         job.compute_total += compute;
         if let Some(r) = reduction {

@@ -19,7 +19,7 @@ use crate::fault::Fault;
 use crate::interrupt::Interrupt;
 use crate::limits::{Machine, check_memory};
 use crate::protocol::ToWorker;
-use crate::protocol::Transport;
+use crate::protocol::{Layout, Transport};
 use crate::schedule::{Dispenser, Schedule};
 use crate::shm::{Mapping, SharedRegion};
 use crate::sys::{ExitCause, Process};
@@ -347,6 +347,13 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// Where streamed windows go (see [`Pool::stream_with`]): called once per window, in
+/// order, with the window's first index and its bytes (little-endian elements).
+pub trait WindowSink {
+    /// Takes one complete window. An error stops the job.
+    fn window(&mut self, start: u64, bytes: &[u8]) -> std::result::Result<(), String>;
+}
+
 /// Options of one job.
 #[derive(Debug, Clone, Default)]
 pub struct JobOptions {
@@ -514,11 +521,58 @@ impl Pool {
         n: u64,
         options: &JobOptions,
     ) -> Result<PoolRun<'_, W::Output>> {
+        let stats = self.job(workload, n, options, None)?;
+        Ok(PoolRun {
+            pool: self,
+            stats,
+            _elem: std::marker::PhantomData,
+        })
+    }
+
+    /// Runs `workload` on `0..n` in bounded memory: the shared region is a ring of `ring`
+    /// windows of `window_elems` elements; each window, once complete, is handed to `sink`
+    /// (in order, on a thread of its own, while the workers fill the next ones), and then its
+    /// slot is reused for a later window. Memory stays at `ring` windows, whatever `n` is.
+    pub fn stream_with<W: Workload>(
+        &mut self,
+        workload: &W,
+        n: u64,
+        options: &JobOptions,
+        window_elems: u64,
+        ring: u64,
+        sink: &mut (dyn WindowSink + Send),
+    ) -> Result<JobStats> {
+        if options.schedule == Schedule::Static {
+            return Err(Error::InvalidInput(
+                "--output streams windows in order: use --schedule dynamic or guided".into(),
+            ));
+        }
+        if options.transport != Transport::Shm {
+            return Err(Error::InvalidInput(
+                "--output streams through shared-memory windows: use --transport shm".into(),
+            ));
+        }
+        let layout = Layout {
+            window_elems: window_elems.max(1),
+            ring: ring.max(1),
+        };
+        self.job(workload, n, options, Some((layout, sink)))
+    }
+
+    /// The common part of [`Pool::run_with`] and [`Pool::stream_with`].
+    fn job<W: Workload>(
+        &mut self,
+        workload: &W,
+        n: u64,
+        options: &JobOptions,
+        stream: Option<(Layout, &mut (dyn WindowSink + Send))>,
+    ) -> Result<JobStats> {
         if self.broken {
             return Err(Error::Broken);
         }
         let elem_size = std::mem::size_of::<W::Output>();
-        let region_len = u128::from(n) * elem_size as u128;
+        let layout = stream.as_ref().map_or(Layout::flat(n), |(l, _)| *l);
+        let region_len = u128::from(layout.region_elems(n)) * elem_size as u128;
         check_memory(
             &format!("{} with n = {n}", W::NAME),
             &[("shared results", region_len)],
@@ -529,11 +583,27 @@ impl Pool {
                 "--chunk-size must be at least 1 (got 0)".into(),
             ));
         }
+        let workers = self.workers.len();
         let chunk_size = options.chunk_size.or_else(|| {
-            (W::WAITS && !options.auto_chunk)
-                .then(|| crate::schedule::waiting_chunk_size(n, self.workers.len()))
+            if W::WAITS && !options.auto_chunk {
+                Some(crate::schedule::waiting_chunk_size(n, workers))
+            } else if stream.is_some() {
+                // About four chunks per worker in every window.
+                Some(crate::schedule::default_chunk_size(
+                    layout.window_elems,
+                    workers,
+                ))
+            } else {
+                None
+            }
         });
-        let dispenser = Dispenser::new(options.schedule, n, self.workers.len(), chunk_size);
+        let mut dispenser = Dispenser::new(options.schedule, n, workers, chunk_size);
+        if stream.is_some() {
+            dispenser = dispenser.with_windows(
+                layout.window_elems,
+                layout.window_elems.saturating_mul(layout.ring),
+            );
+        }
         let params = postcard::to_stdvec(workload)
             .map_err(|e| Error::Ipc(format!("cannot encode the workload: {e}")))?;
 
@@ -550,9 +620,10 @@ impl Pool {
             region_len: region_len as u64,
             faults: options.faults.clone(),
             transport: options.transport,
+            layout,
         };
-        let stats = match self.dispatch(spec, n, dispenser, options) {
-            Ok(stats) => stats,
+        match self.dispatch(spec, n, dispenser, options, stream) {
+            Ok(stats) => Ok(stats),
             Err(mut e) => {
                 self.broken = true;
                 let (term, kill) = self.stop_all();
@@ -564,14 +635,9 @@ impl Pool {
                 {
                     (*needed_term, *needed_kill) = (term, kill);
                 }
-                return Err(e);
+                Err(e)
             }
-        };
-        Ok(PoolRun {
-            pool: self,
-            stats,
-            _elem: std::marker::PhantomData,
-        })
+        }
     }
 
     /// Stops every worker and reaps it: a Shutdown message, then after a grace period

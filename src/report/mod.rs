@@ -104,6 +104,10 @@ pub struct Report {
     pub baseline_reduction: Option<u64>,
     /// Timings over repeated rounds (`--repeat`), when more than one.
     pub repeat: Option<Repeats>,
+    /// Where the output was streamed (`--output`), if it was.
+    pub output: Option<crate::run::OutputReport>,
+    /// Peak resident memory of procpool's own process (the workers' are in `per_worker`).
+    pub parent_peak_rss_bytes: Option<u64>,
     /// What limited the run, in plain words, from its own measurements.
     pub advice: Vec<Advice>,
     /// Things the user should know about this run (e.g. more workers than cores).

@@ -151,6 +151,18 @@ pub fn render_text(r: &Report) -> String {
         }
     }
     let _ = writeln!(s, "  checksum     {}", r.checksum);
+    if let Some(o) = &r.output {
+        let _ = writeln!(
+            s,
+            "  output       {} written to {} in {} windows of {} ({:.0} MB/s); writing took {} on its own thread",
+            human_bytes(u128::from(o.bytes)),
+            o.path,
+            o.windows,
+            human_bytes(u128::from(o.window_bytes)),
+            o.bytes as f64 / r.pool_wall_s.max(1e-9) / 1e6,
+            secs(o.write_s)
+        );
+    }
     if let Some(reduction) = r.reduction {
         let baseline = r
             .baseline_reduction

@@ -1,0 +1,167 @@
+//! Streaming a job's output to a file in bounded memory (`--output FILE`).
+//!
+//! The shared region becomes a ring of windows: workers fill the next windows while a writer
+//! thread verifies the finished one against the single-process kernel (computed window by
+//! window too, so verification is bounded as well) and appends it to the file; then its slot
+//! takes a later window. Memory stays at a few windows whatever `n` is, and after the first
+//! lap nobody page-faults: the slots' pages are reused.
+//!
+//! The file holds the elements in index order, little-endian, with nothing else: exactly
+//! the bytes of the single-process output (`out[0]`, `out[1]`, …).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::baseline::{Mismatch, first_mismatch};
+use crate::pool::WindowSink;
+use crate::workload::{Element, Workload};
+
+/// Default window length in bytes.
+pub const DEFAULT_WINDOW_BYTES: u64 = 32 << 20;
+/// Windows in the ring: one being written out while the workers fill the other two.
+pub const RING: u64 = 3;
+
+/// Elements per window for a window of about `window_bytes` bytes: a whole number of
+/// pages when possible, so that giving a window back frees whole pages.
+pub fn window_elems(window_bytes: u64, elem_size: usize) -> u64 {
+    let elems = (window_bytes / elem_size.max(1) as u64).max(1);
+    if elems >= 4096 {
+        elems / 4096 * 4096
+    } else {
+        elems
+    }
+}
+
+/// Writes windows to a file, verifying each against the single-process kernel.
+pub struct FileSink<'a, W: Workload> {
+    workload: &'a W,
+    file: File,
+    path: PathBuf,
+    verify: bool,
+    expected: Vec<W::Output>,
+    /// Wrapping sum of every element written.
+    pub checksum: u64,
+    /// The first element that differed from the single-process kernel.
+    pub mismatch: Option<Mismatch>,
+    /// Time the single-process kernel took, summed over windows (or known, for `sleep`).
+    pub baseline: Duration,
+    /// The workload's reduction over the single-process windows.
+    pub baseline_reduction: Option<u64>,
+    /// Time spent writing the file.
+    pub write: Duration,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Windows written.
+    pub windows: u64,
+}
+
+impl<'a, W: Workload> FileSink<'a, W> {
+    /// A sink writing to `file` (already created at `path`); with `verify`, each window is
+    /// compared with the single-process kernel's values.
+    pub fn new(workload: &'a W, file: File, path: &Path, verify: bool) -> Self {
+        FileSink {
+            workload,
+            file,
+            path: path.to_path_buf(),
+            verify,
+            expected: Vec::new(),
+            checksum: 0,
+            mismatch: None,
+            baseline: Duration::ZERO,
+            baseline_reduction: None,
+            write: Duration::ZERO,
+            bytes: 0,
+            windows: 0,
+        }
+    }
+
+    fn check(&mut self, start: u64, out: &[W::Output]) {
+        self.expected.clear();
+        self.expected
+            .resize(out.len(), bytemuck::Zeroable::zeroed());
+        let range = start..start + out.len() as u64;
+        let began = Instant::now();
+        match self.workload.sequential_time(out.len() as u64) {
+            Some(known) => {
+                self.workload.expected(range, &mut self.expected);
+                self.baseline += known;
+            }
+            None => {
+                self.workload.kernel(range, &mut self.expected);
+                self.baseline += began.elapsed();
+            }
+        }
+        if let Some(r) = self.workload.reduce(&self.expected) {
+            self.baseline_reduction = Some(self.baseline_reduction.unwrap_or(0).wrapping_add(r));
+        }
+        if self.mismatch.is_none()
+            && let Some(mut m) = first_mismatch(out, &self.expected)
+        {
+            m.index += start;
+            self.mismatch = Some(m);
+        }
+    }
+}
+
+impl<W: Workload> WindowSink for FileSink<'_, W> {
+    fn window(&mut self, start: u64, bytes: &[u8]) -> Result<(), String> {
+        let out: &[W::Output] = bytemuck::cast_slice(bytes);
+        self.checksum = out
+            .iter()
+            .fold(self.checksum, |acc, &x| acc.wrapping_add(x.widen()));
+        if self.verify {
+            self.check(start, out);
+        }
+        let began = Instant::now();
+        // The region holds native-endian elements; procpool's platforms are little-endian.
+        self.file
+            .write_all(bytes)
+            .map_err(|e| format!("cannot write {}: {e}", self.path.display()))?;
+        self.write += began.elapsed();
+        self.bytes += bytes.len() as u64;
+        self.windows += 1;
+        Ok(())
+    }
+}
+
+const _: () = assert!(
+    cfg!(target_endian = "little"),
+    "the --output format is little-endian"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::Squares;
+
+    #[test]
+    fn windows_are_whole_pages_when_large() {
+        assert_eq!(window_elems(32 << 20, 8), 4 << 20);
+        assert_eq!(window_elems(100_000, 8), 12_288);
+        assert_eq!(window_elems(800, 8), 100);
+        assert_eq!(window_elems(3, 8), 1);
+    }
+
+    #[test]
+    fn file_sink_writes_verifies_and_sums() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.bin");
+        let file = File::create(&path).unwrap();
+        let mut sink = FileSink::new(&Squares, file, &path, true);
+        let window = |start: u64, len: u64| -> Vec<u8> {
+            let v: Vec<u64> = (start..start + len).map(|i| i * i).collect();
+            bytemuck::cast_slice(&v).to_vec()
+        };
+        sink.window(0, &window(0, 5)).unwrap();
+        let mut bad = window(5, 3);
+        bad[8] ^= 1;
+        sink.window(5, &bad).unwrap();
+        assert_eq!(sink.mismatch.map(|m| m.index), Some(6));
+        assert_eq!(sink.bytes, 64);
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(written.len(), 64);
+        assert_eq!(&written[..40], &window(0, 5)[..]);
+    }
+}
