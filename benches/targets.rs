@@ -118,6 +118,63 @@ fn main() -> Result<(), procpool::Error> {
         150_000.0,
     ));
 
+    // Streaming 10^9 squares (8 GB) to a file on tmpfs, 2 workers, in bounded memory.
+    let dir = if std::path::Path::new("/dev/shm").is_dir() {
+        std::path::PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let file = dir.join(format!("procpool-bench-{}.bin", std::process::id()));
+    let streamed = procpool::run(
+        &Squares,
+        1_000_000_000,
+        &RunOptions {
+            workers: 2,
+            baseline: false,
+            output: Some(file.clone()),
+            ..RunOptions::default()
+        },
+    );
+    let _ = std::fs::remove_file(&file);
+    let streamed = streamed?;
+    let bytes = streamed.output.as_ref().map_or(0, |o| o.bytes);
+    assert_eq!(bytes, 8_000_000_000, "the whole output was written");
+    rows.push(Row::at_least(
+        format!("squares 1e9 streamed to {}, 2 workers: GB/s", dir.display()),
+        bytes as f64 / streamed.pool_wall_s / 1e9,
+        1.0,
+    ));
+    let peak: u64 = streamed.parent_peak_rss_bytes.unwrap_or(0)
+        + streamed
+            .per_worker
+            .iter()
+            .map(|w| w.peak_rss_bytes.unwrap_or(0))
+            .sum::<u64>();
+    rows.push(Row::at_most(
+        "  … peak RSS of procpool and its workers together, MiB".into(),
+        peak as f64 / (1 << 20) as f64,
+        512.0,
+    ));
+
+    // The tutorial's benchmark: 10,000 calls of a 100 ms function on 200 workers.
+    let began = std::time::Instant::now();
+    let slept = procpool::run(
+        &procpool::Sleep { ms: 100.0 },
+        10_000,
+        &RunOptions {
+            workers: 200,
+            baseline: false,
+            ..RunOptions::default()
+        },
+    )?;
+    let wall = began.elapsed().as_secs_f64();
+    assert_eq!(slept.checksum, 10_000 * 9_999 / 2, "every call returned");
+    rows.push(Row::at_most(
+        "sleep 10000 --ms 100 on 200 workers: wall seconds, start to stop (ideal 5.0)".into(),
+        wall,
+        5.5,
+    ));
+
     let width = rows.iter().map(|r| r.what.len()).max().unwrap_or(0);
     for r in &rows {
         println!(
