@@ -45,9 +45,15 @@
 //! - [`workload`]: the [`Workload`] trait, the [`Registry`], the built-in workloads.
 //! - [`baseline`]: the single-process run and the element-wise verification.
 //! - [`threads`]: the same job on threads of one process, for comparison.
+//! - [`stream`]: streaming huge outputs to a file in bounded memory.
+//! - [`measure`]: statistics, speedup, efficiency, Karp–Flatt, Amdahl's law.
+//! - [`advice`]: what limited a run, in plain words, from its measurements.
+//! - [`sweep`]: the same job over a grid of worker counts and chunk sizes.
+//! - [`ipc_bench`]: round-trip latency and throughput of the channels and shared memory.
 //! - [`interrupt`]: Ctrl-C and SIGTERM handling.
 //! - [`run`](mod@run): a whole measured run, as the CLI does it.
-//! - [`report`]: the [`Report`] and its text and JSON forms.
+//! - [`report`]: the [`Report`] and its text and JSON forms, the sweep table, its exporters
+//!   (CSV, JSON, Markdown) and its SVG plot.
 //! - [`limits`], [`parse`], [`fault`], [`error`]: checks, parsing, fault injection, errors.
 
 #![deny(missing_docs)]

@@ -17,6 +17,16 @@ const WORKLOADS: &[&[&str]] = &[
     &["sleep", "31", "--ms", "0.3"],
 ];
 
+/// Equal parameters must give equal checksums (spin calibrates per run, so its parameters,
+/// and output, may differ between runs).
+fn assert_same_output(workload: &[&str], runs: &[(Value, Value)]) {
+    assert!(
+        runs.windows(2)
+            .all(|w| w[0].0 != w[1].0 || w[0].1 == w[1].1),
+        "{workload:?}: {runs:?}"
+    );
+}
+
 fn run_json(sandbox: &Sandbox, args: &[&str]) -> Value {
     let mut all: Vec<&str> = args.to_vec();
     all.push("--json");
@@ -39,16 +49,9 @@ fn every_workload_is_verified_with_one_two_and_three_workers() {
             assert_eq!(report["workload"], workload[0], "{report}");
             assert_eq!(report["mode"], "processes", "{report}");
             assert_eq!(report["start"], "spawn", "{report}");
-            // spin calibrates per run, so its parameters (and output) differ between runs;
-            // equal parameters must give equal checksums.
             checksums.push((report["params"].clone(), report["checksum"].clone()));
         }
-        assert!(
-            checksums
-                .windows(2)
-                .all(|w| w[0].0 != w[1].0 || w[0].1 == w[1].1),
-            "{workload:?}: {checksums:?}"
-        );
+        assert_same_output(workload, &checksums);
     }
 }
 
@@ -75,16 +78,9 @@ fn threads_single_and_fork_give_the_same_verified_output_as_spawned_processes() 
                     assert_eq!(report["start"], "fork", "{report}");
                 }
             }
-            // spin calibrates per run, so its parameters (and output) differ between runs;
-            // equal parameters must give equal checksums.
             checksums.push((report["params"].clone(), report["checksum"].clone()));
         }
-        assert!(
-            checksums
-                .windows(2)
-                .all(|w| w[0].0 != w[1].0 || w[0].1 == w[1].1),
-            "{workload:?}: {checksums:?}"
-        );
+        assert_same_output(workload, &checksums);
     }
 }
 

@@ -291,33 +291,32 @@ pub fn squares_checksum(n: u64) -> u64 {
     ((n - 1) * n * (2 * n - 1) / 6) as u64
 }
 
+/// Every process id listed in /proc right now.
+pub fn all_pids() -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .collect()
+}
+
 /// Processes whose environment carries `TAG_VAR=tag`: pid and command line.
 pub fn tagged_processes(tag: &str) -> Vec<(u32, String)> {
     let needle = format!("{TAG_VAR}={tag}");
-    let mut found = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        // A process may vanish between listing and reading; that is fine.
-        let Ok(environ) = fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if environ
-            .split(|&b| b == 0)
-            .any(|var| var == needle.as_bytes())
-        {
-            found.push((pid, cmdline(pid)));
-        }
-    }
-    found
+    all_pids()
+        .into_iter()
+        .filter(|pid| {
+            // A process may vanish between listing and reading; that is fine.
+            fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+                environ
+                    .split(|&b| b == 0)
+                    .any(|var| var == needle.as_bytes())
+            })
+        })
+        .map(|pid| (pid, cmdline(pid)))
+        .collect()
 }
 
 /// The command line of `pid`, spaces between arguments (empty for a zombie).
@@ -471,25 +470,13 @@ impl Sandbox {
 /// pid and `comm` (the executable's or script's base name, at most 15 bytes).
 pub fn children_of_this_process() -> Vec<(u32, String)> {
     let me = std::process::id();
-    let mut found = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Some((comm, ppid)) = comm_and_ppid(pid)
-            && ppid == me
-        {
-            found.push((pid, comm));
-        }
-    }
-    found
+    all_pids()
+        .into_iter()
+        .filter_map(|pid| match comm_and_ppid(pid) {
+            Some((comm, ppid)) if ppid == me => Some((pid, comm)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// `comm` and parent pid of `pid`, from `/proc/<pid>/stat`.
