@@ -106,9 +106,10 @@ pub enum Error {
 
     /// SIGINT or SIGTERM stopped the job; every worker was stopped and reaped.
     #[error(
-        "interrupted by {}: {chunks_done} of {chunks} chunks done ({elements_done} of {n} \
-         elements); stopped {workers} workers{}",
+        "interrupted by {}: {chunks_done} chunks done ({elements_done} of {n} elements, {}); \
+         stopped {workers} workers{}",
         signal_name(*.signal),
+        percent(*.elements_done, *.n),
         escalation_text(*.needed_term, *.needed_kill)
     )]
     Interrupted {
@@ -116,7 +117,7 @@ pub enum Error {
         signal: i32,
         /// Chunks completed before the stop.
         chunks_done: u64,
-        /// Chunks in the job.
+        /// Chunks handed out so far (done, running or queued).
         chunks: u64,
         /// Elements completed.
         elements_done: u64,
@@ -160,6 +161,14 @@ fn signal_name(signal: i32) -> String {
     nix::sys::signal::Signal::try_from(signal)
         .map(|s| s.as_str().to_string())
         .unwrap_or_else(|_| format!("signal {signal}"))
+}
+
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        "100%".into()
+    } else {
+        format!("{:.0}%", part as f64 * 100.0 / whole as f64)
+    }
 }
 
 fn escalation_text(term: usize, kill: usize) -> String {

@@ -345,10 +345,11 @@ fn stream_round<W: Workload>(
             } else {
                 String::new()
             };
+            // Other errors (an interrupt, a chunk out of retries) keep their kind, and so
+            // their exit code; the partial file is gone all the same.
             return Err(match e {
                 Error::Output(message) => Error::Output(format!("{message}{what}")),
-                other if what.is_empty() => other,
-                other => Error::Output(format!("{other}{what}")),
+                other => other,
             });
         }
     };
