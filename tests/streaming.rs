@@ -171,3 +171,40 @@ fn the_open_file_limit_is_checked_before_starting() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["verified"], true);
 }
+
+#[test]
+fn an_interrupted_stream_exits_130_and_removes_its_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("partial.bin");
+    let sandbox = Sandbox::new();
+    // A chunk that hangs keeps the job from ever finishing; SIGINT must end it.
+    let out = sandbox
+        .command(&[
+            "--workers",
+            "2",
+            "squares",
+            "1e6",
+            "--window-size",
+            "64KiB",
+            "--grace",
+            "100ms",
+            "--inject",
+            "hang@20:always",
+            "--output",
+            file.to_str().unwrap(),
+        ])
+        .deadline(std::time::Duration::from_secs(30))
+        .run_while(|pid, _| {
+            let written = common::wait_until(std::time::Duration::from_secs(20), || {
+                std::fs::metadata(&file).is_ok_and(|m| m.len() > 0)
+            });
+            assert!(written, "the first windows were never written");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+        });
+    out.assert_code(130);
+    assert!(!file.exists(), "the partial file is removed");
+    sandbox.assert_nothing_left(&out);
+}
