@@ -105,6 +105,8 @@ struct Job {
     dead: Vec<(usize, u32)>,
     auto: Option<AutoProbe>,
     progress: Option<indicatif::ProgressBar>,
+    /// A bar is asked for and stderr is a terminal (looked up once, not per message).
+    progress_wanted: bool,
     /// Set for a streamed job (`--output`).
     streaming: Option<Streaming>,
 }
@@ -293,6 +295,7 @@ impl Pool {
             dead: Vec::new(),
             auto,
             progress: None,
+            progress_wanted: options.progress && std::io::stderr().is_terminal(),
             streaming,
         };
         for (w, slot) in self.workers.iter().enumerate() {
@@ -360,7 +363,7 @@ impl Pool {
                 }
             }
             self.windows_written(&mut job)?;
-            self.show_progress(&mut job, began, options);
+            self.show_progress(&mut job, began);
         }
         if let Some(bar) = job.progress.take() {
             bar.finish_and_clear();
@@ -456,13 +459,13 @@ impl Pool {
     }
 
     /// Draws or updates the progress bar: only after a second, only on a terminal.
-    fn show_progress(&self, job: &mut Job, began: Instant, options: &JobOptions) {
+    fn show_progress(&self, job: &mut Job, began: Instant) {
         if let Some(bar) = &job.progress {
             bar.set_position(job.elements_done);
             return;
         }
-        if options.progress && began.elapsed() >= PROGRESS_AFTER && std::io::stderr().is_terminal()
-        {
+        if job.progress_wanted && began.elapsed() >= PROGRESS_AFTER {
+            job.progress_wanted = false;
             let bar = indicatif::ProgressBar::new(job.n);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
