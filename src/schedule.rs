@@ -184,6 +184,11 @@ impl Dispenser {
         self
     }
 
+    /// The window length chunks are cut at (`u64::MAX` without windows).
+    pub fn boundary(&self) -> u64 {
+        self.boundary
+    }
+
     /// Moves the hand-out limit (see [`Dispenser::with_windows`]).
     pub fn set_limit(&mut self, limit: u64) {
         self.limit = limit.min(self.n);

@@ -724,7 +724,9 @@ fn choose_chunk_size(probe: &AutoProbe, dispenser: &Dispenser, workers: usize) -
     let per_element_s = probe.compute.as_secs_f64() / probe.elements.max(1) as f64;
     let overhead_s =
         (probe.rtt.saturating_sub(probe.compute)).as_secs_f64() / probe.chunks.max(1) as f64;
-    let cap = (dispenser.remaining() / (AUTO_MIN_CHUNKS_PER_WORKER * workers.max(1) as u64)).max(1);
+    // Every worker keeps several chunks, and (streaming) no chunk outgrows a window.
+    let cap = (dispenser.remaining() / (AUTO_MIN_CHUNKS_PER_WORKER * workers.max(1) as u64))
+        .clamp(1, dispenser.boundary());
     let wanted = if per_element_s > 0.0 {
         (AUTO_COMPUTE_OVER_OVERHEAD * overhead_s / per_element_s).ceil() as u64
     } else {
@@ -732,10 +734,14 @@ fn choose_chunk_size(probe: &AutoProbe, dispenser: &Dispenser, workers: usize) -
     };
     let chosen = wanted.clamp(1, cap);
     let reason = if wanted > cap {
+        let limit = if cap == dispenser.boundary() {
+            "a chunk may not outgrow a streaming window".to_string()
+        } else {
+            format!("that would leave workers fewer than {AUTO_MIN_CHUNKS_PER_WORKER} chunks each")
+        };
         format!(
             "a chunk should compute ≥ {AUTO_COMPUTE_OVER_OVERHEAD}× its {:.1} µs messaging cost \
-             ({wanted} elements at {:.3} µs each), but that would leave workers fewer than \
-             {AUTO_MIN_CHUNKS_PER_WORKER} chunks each, so {chosen}",
+             ({wanted} elements at {:.3} µs each), but {limit}, so {chosen}",
             overhead_s * 1e6,
             per_element_s * 1e6
         )
