@@ -72,6 +72,9 @@ pub struct IpcBenchArgs {
     /// Skip the pinned variants
     #[arg(long)]
     pub no_pin: bool,
+    /// Message sizes for the throughput table [default: 64B,256B,1KiB,…,1MiB]
+    #[arg(long, value_name = "SIZES", value_parser = parse_sizes)]
+    pub sizes: Option<List<u64>>,
 }
 
 /// A comma-separated list (`1,2,4,8`); one value outside `sweep`.
@@ -285,6 +288,13 @@ fn parse_window(s: &str) -> Result<u64, String> {
         0 => Err("--window-size must be at least 1 byte (got 0)".into()),
         n => Ok(n),
     }
+}
+
+fn parse_sizes(s: &str) -> Result<List<u64>, String> {
+    parse_list(s, |part| match procpool::parse::parse_bytes(part)? {
+        0 => Err("--sizes must be at least 1 byte each".into()),
+        n => Ok(n),
+    })
 }
 
 fn parse_repeat(s: &str) -> Result<usize, String> {

@@ -289,13 +289,19 @@ impl WithWorkload for Sweep {
 }
 
 fn ipc_bench(args: &cli::IpcBenchArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let options = procpool::ipc_bench::IpcBenchOptions {
+    let mut options = procpool::ipc_bench::IpcBenchOptions {
         round_trips: usize::try_from(args.round_trips)
             .unwrap_or(usize::MAX)
             .max(1),
         pin: !args.no_pin,
         ..Default::default()
     };
+    if let Some(List(sizes)) = &args.sizes {
+        options.sizes = sizes
+            .iter()
+            .map(|&s| usize::try_from(s).unwrap_or(usize::MAX))
+            .collect();
+    }
     let report = procpool::ipc_bench::run(&options)?;
     let text = if json {
         serde_json::to_string(&report)? + "\n"

@@ -86,6 +86,8 @@ pub struct Latency {
 /// One-way throughput for one message size, through the channel and through shared memory.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Throughput {
+    /// Where the two processes ran: `"unpinned"` or `"cross-cpu"` (pinned to two CPUs).
+    pub placement: String,
     /// Bytes per message.
     pub size_bytes: usize,
     /// ipc-channel byte messages, in MB/s (1 MB = 10^6 bytes).
@@ -190,9 +192,18 @@ pub fn run(options: &IpcBenchOptions) -> Result<IpcBenchReport> {
         notes.push("pinned placements not measured (pinning off)".into());
     }
 
-    let throughput = measure_throughput(options)?;
+    let mut throughput = measure_throughput(options, UNPINNED, None)?;
+    if options.pin
+        && let [parent_cpu, peer_cpu, ..] = cpus[..]
+    {
+        let _restore = RestoreAffinity(&original);
+        if pin_to(parent_cpu).is_ok() {
+            throughput.extend(measure_throughput(options, CROSS_CPU, Some(peer_cpu))?);
+        }
+    }
     notes.push(
-        "throughput: unpinned, one way, median of 3, 1 MB = 10^6 bytes; channel = each \
+        "throughput: unpinned, and pinned to two CPUs (cross-cpu); one way, median of 3, 1 MB \
+         = 10^6 bytes; channel = each \
          message written into a buffer, then sent as an ipc-channel byte message; shm = each \
          message written straight into a memfd slot, then a ready message and an ack; every \
          transfer verified by checksum"
@@ -249,13 +260,14 @@ pub fn render_text(report: &IpcBenchReport) -> String {
         let _ = writeln!(s, "  one-way throughput, MB/s (1 MB = 10^6 bytes)");
         let _ = writeln!(
             s,
-            "    {:>9} {:>9} {:>9} {:>9} {:>11}",
-            "size", "messages", "channel", "shm", "shm/channel"
+            "    {:<10} {:>9} {:>9} {:>9} {:>9} {:>11}",
+            "placement", "size", "messages", "channel", "shm", "shm/channel"
         );
         for t in &report.throughput {
             let _ = writeln!(
                 s,
-                "    {:>9} {:>9} {:>9.1} {:>9.1} {:>10.2}×",
+                "    {:<10} {:>9} {:>9} {:>9.1} {:>9.1} {:>10.2}×",
+                t.placement,
                 size_text(t.size_bytes),
                 t.messages,
                 t.channel_mb_s,
@@ -292,6 +304,7 @@ fn closing_line(report: &IpcBenchReport) -> Option<String> {
     let largest = report
         .throughput
         .iter()
+        .filter(|t| t.placement == UNPINNED)
         .max_by_key(|t| t.size_bytes)
         .map(|t| {
             let per_message = |mb_s: f64| t.size_bytes as f64 / (mb_s * 1e6);
@@ -444,7 +457,11 @@ fn ring_slots(size: usize) -> usize {
     (RING_BYTES / size).clamp(2, RING_SLOTS)
 }
 
-fn measure_throughput(options: &IpcBenchOptions) -> Result<Vec<Throughput>> {
+fn measure_throughput(
+    options: &IpcBenchOptions,
+    placement: &str,
+    peer_cpu: Option<usize>,
+) -> Result<Vec<Throughput>> {
     let region_len = options
         .sizes
         .iter()
@@ -457,7 +474,7 @@ fn measure_throughput(options: &IpcBenchOptions) -> Result<Vec<Throughput>> {
     // processes see the same pages.
     let mapping = region.map()?;
     let (bytes_tx, bytes_rx) = ipc::bytes_channel()?;
-    let mut peer = Peer::start(None, Some(bytes_rx), Some(&mapping))?;
+    let mut peer = Peer::start(peer_cpu, Some(bytes_rx), Some(&mapping))?;
 
     let mut results = Vec::with_capacity(options.sizes.len());
     for &size in &options.sizes {
@@ -493,6 +510,7 @@ fn measure_throughput(options: &IpcBenchOptions) -> Result<Vec<Throughput>> {
             (messages * size) as f64 / times[times.len() / 2].as_secs_f64() / 1e6
         };
         results.push(Throughput {
+            placement: placement.to_string(),
             size_bytes: size,
             channel_mb_s: mb_s(channel),
             shm_mb_s: mb_s(shm),
@@ -950,12 +968,14 @@ mod tests {
             ],
             throughput: vec![
                 Throughput {
+                    placement: "unpinned".into(),
                     size_bytes: 64,
                     channel_mb_s: 20.0,
                     shm_mb_s: 8.0,
                     messages: 65536,
                 },
                 Throughput {
+                    placement: "unpinned".into(),
                     size_bytes: 1_048_576,
                     channel_mb_s: 1048.576,
                     shm_mb_s: 5242.88,
@@ -977,9 +997,9 @@ procpool ipc-bench: two processes, ipc-channel and shared memory; 2 logical core
     unpinned      20000     14.8     17.2     31.0    412.5     15.6
     same-cpu      20000      6.9      7.4     12.0     98.0      7.1
   one-way throughput, MB/s (1 MB = 10^6 bytes)
-         size  messages   channel       shm shm/channel
-         64 B     65536      20.0       8.0       0.40×
-        1 MiB        16    1048.6    5242.9       5.00×
+    placement       size  messages   channel       shm shm/channel
+    unpinned        64 B     65536      20.0       8.0       0.40×
+    unpinned       1 MiB        16    1048.6    5242.9       5.00×
   note  cross-cpu skipped: this process may run on one CPU only
         throughput: unpinned
 a chunk message costs ~15 µs round trip; 1 MiB through the channel takes 1.00 ms, through shared memory 200 µs: send ranges, not data

@@ -40,6 +40,7 @@ fn report() -> IpcBenchReport {
             mean_us: 11.0,
         }],
         throughput: vec![Throughput {
+            placement: "unpinned".into(),
             size_bytes: 1 << 20,
             channel_mb_s: 1000.0,
             shm_mb_s: 4000.0,
