@@ -307,6 +307,10 @@ pub struct Death {
 
 /// A set of worker processes sharing one memory region, ready to run jobs.
 ///
+/// Workers die with the *thread* that started them (Linux's `PR_SET_PDEATHSIG` follows the
+/// thread, not the process): keep the thread that built the pool (and that runs jobs, since
+/// replacements for dead workers are started there) alive as long as the pool.
+///
 /// ```no_run
 /// use procpool::{Pool, Squares};
 ///
