@@ -199,10 +199,7 @@ fn an_interrupted_stream_exits_130_and_removes_its_partial_file() {
                 std::fs::metadata(&file).is_ok_and(|m| m.len() > 0)
             });
             assert!(written, "the first windows were never written");
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGINT,
-            );
+            common::signal(pid, nix::sys::signal::Signal::SIGINT);
         });
     out.assert_code(130);
     assert!(!file.exists(), "the partial file is removed");

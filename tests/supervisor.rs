@@ -6,9 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{EXIT_FAILED, EXIT_OK, Sandbox, tagged_processes, wait_until};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use common::{EXIT_FAILED, EXIT_OK, Sandbox, signal, tagged_processes, wait_until};
+use nix::sys::signal::Signal;
 
 /// Worker processes of a tagged run (procpool itself excluded).
 fn workers(tag: &str) -> Vec<u32> {
@@ -17,10 +16,6 @@ fn workers(tag: &str) -> Vec<u32> {
         .filter(|(_, cmd)| cmd.contains("__procpool_worker"))
         .map(|(pid, _)| pid)
         .collect()
-}
-
-fn signal(pid: u32, sig: Signal) {
-    let _ = kill(Pid::from_raw(pid as i32), sig);
 }
 
 /// Waits until `count` workers of the run are serving the job: each has mapped the shared
