@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::fault::Fault;
 
 /// Bumped whenever a message changes shape; a worker from another build is refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The first argument that turns a procpool-linked binary into a worker (see [`crate::init`]).
 pub const WORKER_ARG: &str = "__procpool_worker";
@@ -18,6 +18,13 @@ pub const WORKER_ARG: &str = "__procpool_worker";
 /// Parent to worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ToWorker {
+    /// The first message on a spawned worker's connection: the channel on which the worker
+    /// answers. The parent made this channel itself, so what arrives on it comes from the
+    /// process it handed the sender to and nobody else.
+    Welcome {
+        /// Where the worker sends [`FromWorker`] messages.
+        to_parent: IpcSender<FromWorker>,
+    },
     /// A new job: map the region again and build the kernel.
     Job(JobSpec),
     /// Compute `start..end` of the current job into the shared region.
@@ -115,14 +122,11 @@ impl std::fmt::Display for Transport {
 /// Worker to parent.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum FromWorker {
-    /// First message on the connection: who I am and where to send me work.
+    /// The answer to [`ToWorker::Welcome`]: the worker's build. It names no process id:
+    /// procpool trusts only the pid it got from `spawn` itself.
     Hello {
         /// [`PROTOCOL_VERSION`] of the worker's build.
         version: u32,
-        /// The worker's process id.
-        pid: u32,
-        /// The channel on which the worker receives [`ToWorker`] messages.
-        to_worker: IpcSender<ToWorker>,
     },
     /// A chunk is written into the shared region.
     Done {
@@ -141,14 +145,11 @@ pub enum FromWorker {
         /// What went wrong.
         message: String,
     },
-    /// Sent by the parent to its own handshake server to stop waiting for a worker that
-    /// died or missed its deadline. Never sent by a worker.
-    Cancelled,
 }
 
 /// Bytes a message occupies on the wire (its postcard encoding).
 ///
-/// Must not be called on a message holding a channel (`Hello`): serializing a channel
+/// Must not be called on a message holding a channel (`Welcome`): serializing a channel
 /// queues its descriptor for the next send.
 pub fn wire_size<T: Serialize>(msg: &T) -> u64 {
     postcard::serialize_with_flavor::<T, _, usize>(msg, postcard::ser_flavors::Size::default())
@@ -156,10 +157,9 @@ pub fn wire_size<T: Serialize>(msg: &T) -> u64 {
         .unwrap_or(0)
 }
 
-/// Size counted for a `Hello`: its fields but the channel, whose descriptor travels beside
-/// the bytes.
-pub fn hello_wire_size(version: u32, pid: u32) -> u64 {
-    1 + wire_size(&(version, pid))
+/// Size counted for a `Welcome`: its tag, the channel's descriptor travels beside the bytes.
+pub fn welcome_wire_size() -> u64 {
+    1
 }
 
 #[cfg(test)]

@@ -20,9 +20,10 @@ use nix::unistd::{Pid, getppid};
 /// - die with SIGKILL when the thread that started it exits (`PR_SET_PDEATHSIG`), so a
 ///   SIGKILLed procpool never leaves workers behind;
 /// - exit at once if its parent already died before the death signal was armed;
-/// - inherit `keep_fd` (the shared region), which is close-on-exec everywhere else.
+/// - inherit `keep_fds` (the shared region, the handshake pipe), which are close-on-exec
+///   everywhere else;
 /// - run only on CPU `pin`, when given.
-pub fn prepare_worker_command(cmd: &mut Command, keep_fd: RawFd, pin: Option<usize>) {
+pub fn prepare_worker_command(cmd: &mut Command, keep_fds: [RawFd; 2], pin: Option<usize>) {
     let parent = nix::unistd::getpid();
     let cpus = pin.and_then(cpu_set_of);
     // SAFETY: the closure runs in the child between fork and exec, where only
@@ -37,10 +38,12 @@ pub fn prepare_worker_command(cmd: &mut Command, keep_fd: RawFd, pin: Option<usi
                 // talk to us.
                 libc::_exit(1);
             }
-            // SAFETY (fd): `keep_fd` is the parent's memfd, open across the fork; clearing
-            // close-on-exec in the child affects only the child's descriptor table.
-            let fd = std::os::fd::BorrowedFd::borrow_raw(keep_fd);
-            fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+            for keep in keep_fds {
+                // SAFETY (fd): each of `keep_fds` is open in the parent, so across the fork;
+                // clearing close-on-exec in the child affects only the child's table.
+                let fd = std::os::fd::BorrowedFd::borrow_raw(keep);
+                fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+            }
             if let Some(cpus) = &cpus {
                 nix::sched::sched_setaffinity(Pid::from_raw(0), cpus)?;
             }
@@ -275,6 +278,14 @@ pub fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|d| d.count())
         .unwrap_or(1)
+}
+
+/// Whether `fd` is an open descriptor of this process.
+pub fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags; on a closed number it fails with
+    // EBADF, and the borrow ends with this call.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    fd >= 0 && fcntl(borrowed, FcntlArg::F_GETFD).is_ok()
 }
 
 /// Sends SIGKILL to `pid`, ignoring a process that is already gone.

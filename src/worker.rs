@@ -1,14 +1,21 @@
-//! The worker side: connect back, then `loop { receive chunk -> kernel into shm -> reply }`.
+//! The worker side: a handshake, then `loop { receive chunk -> kernel into shm -> reply }`.
+//!
+//! A spawned worker opens an ipc-channel one-shot server in the directory procpool gave it
+//! (`TMPDIR`, the pool's private 0700 directory), reports the socket's path on a pipe only
+//! procpool holds, and waits, with a deadline, for procpool to connect and send `Welcome`
+//! with the channel for its answers. The worker never deletes anything it did not create.
 //!
 //! A worker is the same binary as the parent, re-executed with [`WORKER_ARG`] as its first
 //! argument; [`crate::init_with`] notices that and calls [`serve`] before `main` does
 //! anything else.
 
-use std::os::fd::{BorrowedFd, RawFd};
+use std::io::Write;
+use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
 use std::path::Path;
-use std::time::Instant;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use ipc_channel::ipc::{self, IpcSender};
+use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
 
 use crate::fault::{Fault, FaultAction};
 use crate::protocol::{
@@ -20,12 +27,14 @@ use crate::workload::{DynKernel, Registry};
 /// What the parent tells a worker on its command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerArgs {
-    /// The parent's one-shot server to connect to.
-    pub server: String,
     /// The inherited memfd of the shared region.
     pub shm_fd: RawFd,
     /// The worker's id in the pool.
     pub id: usize,
+    /// The inherited write end of a pipe on which the worker reports its socket's path.
+    pub report_fd: RawFd,
+    /// How long the worker waits for procpool to connect before it gives up.
+    pub timeout: Duration,
 }
 
 impl WorkerArgs {
@@ -33,22 +42,36 @@ impl WorkerArgs {
     pub fn to_args(&self) -> Vec<String> {
         vec![
             WORKER_ARG.to_string(),
-            self.server.clone(),
             self.shm_fd.to_string(),
             self.id.to_string(),
+            self.report_fd.to_string(),
+            self.timeout.as_millis().to_string(),
         ]
     }
 
     /// Parses what [`WorkerArgs::to_args`] produced (including [`WORKER_ARG`]).
     pub fn from_args(args: &[String]) -> Result<Self, String> {
+        let fd = |s: &str| -> Result<RawFd, String> {
+            s.parse::<RawFd>()
+                .ok()
+                .filter(|&fd| fd > 2)
+                .ok_or_else(|| format!("bad descriptor `{s}`"))
+        };
         match args {
-            [flag, server, fd, id] if flag == WORKER_ARG => Ok(WorkerArgs {
-                server: server.clone(),
-                shm_fd: fd.parse().map_err(|_| format!("bad fd `{fd}`"))?,
+            [flag, shm, id, report, timeout_ms] if flag == WORKER_ARG => Ok(WorkerArgs {
+                shm_fd: fd(shm)?,
                 id: id.parse().map_err(|_| format!("bad id `{id}`"))?,
+                report_fd: fd(report)?,
+                timeout: timeout_ms
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&ms| ms > 0)
+                    .map(Duration::from_millis)
+                    .ok_or_else(|| format!("bad timeout `{timeout_ms}`"))?,
             }),
             _ => Err(format!(
-                "usage: {WORKER_ARG} SERVER SHM_FD ID (this entry is started by procpool itself)"
+                "usage: {WORKER_ARG} SHM_FD ID REPORT_FD TIMEOUT_MS (this entry is started by \
+                 procpool itself)"
             )),
         }
     }
@@ -79,25 +102,67 @@ pub fn serve(args: &WorkerArgs, registry: &Registry) -> i32 {
 }
 
 fn serve_inner(args: &WorkerArgs, registry: &Registry) -> Result<(), String> {
-    let to_parent = IpcSender::<FromWorker>::connect(args.server.clone())
-        .map_err(|e| format!("cannot connect to the parent at {}: {e}", args.server))?;
-    // The connection is made; the socket's name is no longer needed. Removing it here too
-    // (the parent removes it after accepting) means a parent killed right now leaves
-    // nothing behind in the temp directory.
-    remove_server_dir(&args.server);
+    for (fd, what) in [(args.shm_fd, "SHM_FD"), (args.report_fd, "REPORT_FD")] {
+        if !crate::sys::fd_is_open(fd) {
+            return Err(format!(
+                "{what} {fd} is not an open descriptor: this entry is started by procpool itself"
+            ));
+        }
+    }
+    // Our server's socket goes into TMPDIR, which procpool set to its private 0700
+    // directory: nobody but our own user can reach it.
+    let (server, name) = IpcOneShotServer::<ToWorker>::new().map_err(|e| {
+        format!(
+            "cannot create the handshake socket in {}: {e}",
+            std::env::temp_dir().display()
+        )
+    })?;
+    {
+        // SAFETY: procpool made this descriptor (a pipe's write end) for us alone and kept
+        // it open across exec (checked open above); nothing else in this process uses it,
+        // and the File closes it at the end of this block.
+        let mut report = unsafe { std::fs::File::from_raw_fd(args.report_fd) };
+        writeln!(report, "{name}")
+            .map_err(|e| format!("cannot tell procpool where to connect: {e}"))?;
+    }
 
-    let (to_worker, from_parent) =
-        ipc::channel::<ToWorker>().map_err(|e| format!("cannot create a channel: {e}"))?;
+    // accept() blocks until someone connects, forever if nobody does: wait on a thread,
+    // with a deadline.
+    let (accepted_tx, accepted) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("procpool-accept".into())
+        .spawn(move || {
+            let _ = accepted_tx.send(server.accept());
+        })
+        .map_err(|e| format!("cannot start the handshake thread: {e}"))?;
+    let (from_parent, to_parent) = match accepted.recv_timeout(args.timeout) {
+        Ok(Ok((rx, ToWorker::Welcome { to_parent }))) => (rx, to_parent),
+        Ok(Ok((_, other))) => {
+            return Err(format!("procpool sent {other:?} instead of Welcome"));
+        }
+        Ok(Err(e)) => return Err(format!("the handshake failed: {e}")),
+        Err(_) => {
+            // The server is still waiting on its thread; its socket and directory are ours
+            // (created just above), so we remove them before we go.
+            let socket = Path::new(&name);
+            let _ = std::fs::remove_file(socket);
+            if let Some(dir) = socket.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
+            return Err(format!(
+                "procpool did not connect within {:?}; giving up",
+                args.timeout
+            ));
+        }
+    };
     to_parent
         .send(FromWorker::Hello {
             version: PROTOCOL_VERSION,
-            pid: std::process::id(),
-            to_worker,
         })
         .map_err(|e| format!("cannot greet the parent: {e}"))?;
 
     // SAFETY: the parent passed us this descriptor number and kept it open across exec for
-    // us; nothing else in this process uses it.
+    // us (checked open above); nothing else in this process uses it.
     let shm = unsafe { BorrowedFd::borrow_raw(args.shm_fd) };
     serve_loop(&to_parent, &from_parent, shm, registry)
 }
@@ -171,6 +236,7 @@ fn serve_loop(
                 }
             }
             ToWorker::Shutdown => return Ok(()),
+            ToWorker::Welcome { .. } => return Err("a second Welcome".into()),
         }
     }
 }
@@ -267,15 +333,6 @@ fn inject_before(action: FaultAction, id: u64) {
     }
 }
 
-/// Removes the one-shot server's socket and its private temp directory.
-fn remove_server_dir(server: &str) {
-    let path = Path::new(server);
-    let _ = std::fs::remove_file(path);
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::remove_dir(dir);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,11 +340,21 @@ mod tests {
     #[test]
     fn worker_args_round_trip() {
         let a = WorkerArgs {
-            server: "/tmp/.tmpX/socket".into(),
             shm_fd: 5,
             id: 3,
+            report_fd: 7,
+            timeout: Duration::from_millis(1500),
         };
-        assert_eq!(WorkerArgs::from_args(&a.to_args()), Ok(a));
+        assert_eq!(WorkerArgs::from_args(&a.to_args()), Ok(a.clone()));
         assert!(WorkerArgs::from_args(&["x".into()]).is_err());
+        let mut bad = a.to_args();
+        bad[3] = "1".into();
+        assert!(
+            WorkerArgs::from_args(&bad).is_err(),
+            "stdout is not a report pipe"
+        );
+        let mut bad = a.to_args();
+        bad[4] = "0".into();
+        assert!(WorkerArgs::from_args(&bad).is_err());
     }
 }

@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, Sandbox, dir_entries, wait_until};
+use common::{
+    EXIT_FAILED, EXIT_OK, EXIT_USAGE, Sandbox, assert_no_tagged_process, dir_entries, wait_until,
+};
 use nix::sys::signal::Signal;
 
 #[test]
@@ -145,10 +147,15 @@ fn interrupt_mid_run(signal: Signal) {
             "hang@0:always",
         ])
         .spawn();
-    // procpool and two workers exist, and the workers removed their handshake sockets from
-    // TMPDIR, which they do right after connecting: the job is under way.
+    // procpool and two workers exist, and the workers' handshake sockets are gone from the
+    // pool's private directory (each goes once procpool connected): the job is under way.
+    let private_dir = || {
+        let entries = dir_entries(sandbox.tmpdir());
+        let name = entries.first()?.to_string_lossy().into_owned();
+        (entries.len() == 1 && name.starts_with("procpool-")).then(|| sandbox.tmpdir().join(name))
+    };
     let started = wait_until(Duration::from_secs(30), || {
-        running.processes().len() >= 3 && dir_entries(sandbox.tmpdir()).is_empty()
+        running.processes().len() >= 3 && private_dir().is_some_and(|d| dir_entries(&d).is_empty())
     });
     assert!(
         started,
@@ -163,7 +170,20 @@ fn interrupt_mid_run(signal: Signal) {
         "procpool {} did not end within 10 s of {signal}",
         running.args
     );
-    sandbox.assert_nothing_left_by(&running.tag, &running.args);
+    if signal == Signal::SIGKILL {
+        // Nothing can clean up after SIGKILL: the pool's private directory stays, and the
+        // next procpool in this TMPDIR removes it (its owner's pid no longer exists).
+        assert_no_tagged_process(&running.tag, &running.args);
+        assert!(
+            private_dir().is_some(),
+            "the killed pool's directory is the one thing left"
+        );
+        let next = sandbox.run(&["--workers", "1", "squares", "10"]);
+        next.assert_code(0);
+        sandbox.assert_nothing_left(&next);
+    } else {
+        sandbox.assert_nothing_left_by(&running.tag, &running.args);
+    }
 }
 
 #[test]

@@ -236,7 +236,7 @@ fn a_second_ctrl_c_exits_at_once() {
         });
     out.assert_code(130);
     assert!(ended_after < Duration::from_secs(10), "{ended_after:?}");
-    sandbox.assert_nothing_left(&out);
+    sandbox.assert_swept_after_sudden_death(&out.tag, &out.args);
 }
 
 #[test]
@@ -274,5 +274,5 @@ fn sigkilled_procpool_takes_every_worker_with_it_within_a_second() {
         gone_after <= Duration::from_secs(1),
         "workers took {gone_after:?} to die"
     );
-    sandbox.assert_nothing_left(&out);
+    sandbox.assert_swept_after_sudden_death(&out.tag, &out.args);
 }

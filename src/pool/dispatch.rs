@@ -298,6 +298,9 @@ impl Pool {
             progress_wanted: options.progress && std::io::stderr().is_terminal(),
             streaming,
         };
+        // Workers that died while the pool started count as this job's restarts.
+        job.deaths = std::mem::take(&mut self.start_deaths);
+        job.restarts = job.deaths.len() as u64;
         for (w, slot) in self.workers.iter().enumerate() {
             job.held[w].cpu_at_start = crate::sys::process_usage(slot.pid).map(|(cpu, _)| cpu);
         }
@@ -329,9 +332,13 @@ impl Pool {
                     self.replace(w, Loss::Died, &mut job)?;
                 }
             }
+            self.poll_starting(&mut job)?;
             // Streaming: a window freed by the writer does not wake the select below, so
-            // look at the writer often.
-            let tick = if job.streaming.is_some() {
+            // look at the writer often; and a replacement's handshake moves on only when
+            // polled.
+            let tick = if self.workers.iter().any(|w| w.starting.is_some()) {
+                spawn::START_TICK
+            } else if job.streaming.is_some() {
                 STREAM_TICK
             } else {
                 TICK
@@ -683,26 +690,14 @@ impl Pool {
                 last_cause: death_text,
             });
         }
-        if let Some(bar) = &job.progress {
-            bar.println(format!("procpool: {death_text}; starting a replacement"));
-        } else {
-            eprintln!("procpool: {death_text}; starting a replacement");
-        }
+        self.tell(
+            job,
+            format!("procpool: {death_text}; starting a replacement"),
+        );
         let id = self.workers[w].id;
         // Replacements are always spawned: by now this process has threads, so it may not
-        // fork.
-        let mut started = spawn::start_workers(
-            &self.exe,
-            self.region.raw_fd(),
-            id..id + 1,
-            self.handshake_timeout,
-            &self.pin,
-        )?;
-        let new = started.pop().expect("one worker started");
-        let new_pid = new.pid;
-        self.install(new)?;
-        job.messages += std::mem::take(&mut self.handshake_ipc).0;
-        job.held[w].cpu_at_start = crate::sys::process_usage(new_pid).map(|(cpu, _)| cpu);
+        // fork. The handshake goes on in `poll_starting` while the others compute.
+        let new_pid = self.begin_start(w)?;
         job.deaths.push(Death {
             id,
             pid,
@@ -710,10 +705,88 @@ impl Pool {
             chunk: running,
             replaced_by: Some(new_pid),
         });
-        self.send(w, ToWorker::Job(job.spec.clone()), job);
-        let inflight = self.inflight;
-        self.top_up(w, inflight, job);
         Ok(())
+    }
+
+    /// Spawns a replacement for slot `w`; its handshake is polled by the loop.
+    fn begin_start(&mut self, w: usize) -> Result<u32> {
+        let mut starting = spawn::spawn_worker(
+            &self.exe,
+            &self.dir,
+            self.region.raw_fd(),
+            self.workers[w].id,
+            self.handshake_timeout,
+            &self.pin,
+        )?;
+        starting.forward_output();
+        let pid = starting.pid();
+        self.workers[w].pid = pid;
+        self.workers[w].starting = Some(starting);
+        Ok(pid)
+    }
+
+    /// Moves every replacement's handshake on: a ready one gets the job and its chunks; one
+    /// killed or hung on the way is one more restart, and is replaced within the limits.
+    fn poll_starting(&mut self, job: &mut Job) -> Result<()> {
+        for w in 0..self.workers.len() {
+            let dir = &self.dir;
+            let Some(starting) = self.workers[w].starting.as_mut() else {
+                continue;
+            };
+            match starting.poll(dir) {
+                spawn::Progress::Pending => {}
+                spawn::Progress::Ready(started) => {
+                    self.workers[w].starting = None;
+                    let pid = started.pid;
+                    self.install(started)?;
+                    let (messages, bytes) = std::mem::take(&mut self.handshake_ipc);
+                    job.messages += messages;
+                    job.bytes += bytes;
+                    job.held[w].cpu_at_start = crate::sys::process_usage(pid).map(|(cpu, _)| cpu);
+                    self.send(w, ToWorker::Job(job.spec.clone()), job);
+                    let inflight = self.inflight;
+                    self.top_up(w, inflight, job);
+                }
+                spawn::Progress::Failed(failure) => {
+                    self.workers[w].starting = None;
+                    let (id, pid) = (self.workers[w].id, self.workers[w].pid);
+                    if !failure.retryable() {
+                        return Err(failure.into_error());
+                    }
+                    let death_text = format!("worker {id} (pid {pid}) {}", failure.cause());
+                    job.restarts += 1;
+                    if job.restarts > self.max_restarts {
+                        return Err(Error::TooManyRestarts {
+                            restarts: job.restarts,
+                            limit: self.max_restarts,
+                            last_cause: death_text,
+                        });
+                    }
+                    self.tell(
+                        job,
+                        format!("procpool: {death_text}; starting a replacement"),
+                    );
+                    let new_pid = self.begin_start(w)?;
+                    job.deaths.push(Death {
+                        id,
+                        pid,
+                        cause: failure.cause(),
+                        chunk: None,
+                        replaced_by: Some(new_pid),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A line for the user: above the progress bar when there is one, else queued for
+    /// stderr (never written from this loop, which must not wait on a reader).
+    fn tell(&self, job: &Job, line: String) {
+        match &job.progress {
+            Some(bar) => bar.println(line),
+            None => super::notice::notice(line),
+        }
     }
 }
 

@@ -4,6 +4,8 @@
 //! hands out its chunks (`dispatch.rs`); dropping the pool stops and reaps every worker.
 
 mod dispatch;
+mod notice;
+mod private_dir;
 mod spawn;
 
 use std::collections::HashMap;
@@ -24,6 +26,7 @@ use crate::schedule::{Dispenser, Schedule};
 use crate::shm::{Mapping, SharedRegion};
 use crate::sys::{ExitCause, Process};
 use crate::workload::{Element, Workload};
+use private_dir::PrivateDir;
 
 /// Default number of chunks in flight per worker: one running, one queued, so a worker never
 /// waits a round trip for its next chunk and the parent never fills a channel.
@@ -34,6 +37,22 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_RETRIES: u32 = 3;
 /// Default grace period at each step of a stop (Shutdown, then SIGTERM, then SIGKILL).
 pub const DEFAULT_GRACE: Duration = Duration::from_millis(500);
+
+/// The most chunk messages that may wait in one worker's channel.
+///
+/// ipc-channel's `send` blocks when the socket buffer is full. If the dispatch loop blocked
+/// sending to a worker that is itself blocked sending its replies to us, both would wait
+/// forever. A worker's channel holds at most `inflight` chunk messages, so an `inflight`
+/// well below what the buffer holds means the loop's sends never block. Each small message
+/// costs about 768 bytes of buffer (its kernel bookkeeping), the buffer is
+/// `net.core.wmem_default` bytes; half of what fits is allowed.
+pub fn max_inflight() -> usize {
+    let buffer = std::fs::read_to_string("/proc/sys/net/core/wmem_default")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(212_992);
+    (buffer / (2 * 768)).clamp(1, 4096)
+}
 
 /// Default limit on worker restarts in one job: enough for a few bad chunks on every
 /// worker, small enough that a pool which cannot keep workers alive fails quickly.
@@ -193,8 +212,21 @@ impl PoolBuilder {
                 "--inflight must be at least 1 (got 0)".into(),
             ));
         }
+        let most = max_inflight();
+        if self.inflight > most {
+            return Err(Error::InvalidInput(format!(
+                "--inflight {} is more chunk messages than a worker's channel holds without \
+                 blocking here (at most {most}, from net.core.wmem_default): use at most {most}",
+                self.inflight
+            )));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(Error::InvalidInput(
+                "--handshake-timeout must be more than 0".into(),
+            ));
+        }
         crate::limits::check_worker_limits(self.workers)?;
-        crate::limits::check_temp_dir()?;
+        let dir = PrivateDir::create()?;
         let exe = match self.worker_exe {
             Some(exe) => exe,
             None => std::env::current_exe()?,
@@ -205,24 +237,31 @@ impl PoolBuilder {
         } else {
             Vec::new()
         };
+        let max_restarts = self
+            .supervision
+            .max_restarts
+            .unwrap_or_else(|| default_max_restarts(self.workers));
+        let mut start_deaths = Vec::new();
         let began = Instant::now();
         let started = match self.start {
             StartMethod::Spawn => spawn::start_workers(
                 &exe,
+                &dir,
                 region.raw_fd(),
                 0..self.workers,
                 self.handshake_timeout,
                 &pin,
+                max_restarts,
+                &self.supervision.interrupt,
+                &mut start_deaths,
             )?,
             StartMethod::Fork => spawn::fork_workers(region.raw_fd(), 0..self.workers, &pin)?,
         };
         let spawn_time = began.elapsed();
 
-        let max_restarts = self
-            .supervision
-            .max_restarts
-            .unwrap_or_else(|| default_max_restarts(self.workers));
         let mut pool = Pool {
+            dir,
+            start_deaths,
             start: self.start,
             pin,
             exe,
@@ -261,6 +300,8 @@ struct WorkerSlot {
     rid: Option<u64>,
     /// The thread forwarding the worker's output.
     output: Option<JoinHandle<()>>,
+    /// A replacement on its way through the handshake.
+    starting: Option<spawn::Starting>,
 }
 
 impl WorkerSlot {
@@ -272,6 +313,7 @@ impl WorkerSlot {
             tx: None,
             rid: None,
             output: None,
+            starting: None,
         }
     }
 
@@ -321,6 +363,10 @@ pub struct Death {
 /// # Ok::<(), procpool::Error>(())
 /// ```
 pub struct Pool {
+    /// Where spawned workers put their handshake sockets; removed with the pool.
+    dir: PrivateDir,
+    /// Workers that died while the pool started, charged to its first job.
+    start_deaths: Vec<Death>,
     start: StartMethod,
     /// CPUs workers are pinned to, round-robin by id (empty: not pinned).
     pin: Vec<usize>,
@@ -650,6 +696,9 @@ impl Pool {
     fn stop_all(&mut self) -> (usize, usize) {
         let grace = self.supervision.grace;
         for w in &mut self.workers {
+            if let Some(mut starting) = w.starting.take() {
+                starting.abort();
+            }
             if let Some(tx) = w.tx.take() {
                 let _ = tx.send(ToWorker::Shutdown);
             }
@@ -673,13 +722,16 @@ impl Pool {
             w.reap(Duration::ZERO);
         }
         self.by_receiver.clear();
+        notice::flush(Duration::from_millis(200));
         needed
     }
 
     /// Waits up to `grace` for every worker to exit, reaping those that do. Returns the
     /// indices of those still running.
     fn wait_exits(&mut self, grace: Duration) -> Vec<usize> {
-        let deadline = Instant::now() + grace;
+        let deadline = Instant::now()
+            .checked_add(grace)
+            .unwrap_or_else(spawn::far_future);
         loop {
             let mut running = Vec::new();
             for (i, w) in self.workers.iter_mut().enumerate() {
@@ -704,8 +756,8 @@ impl Pool {
 
     /// Registers a started worker in its slot (same id) and the receiver set.
     fn install(&mut self, s: spawn::Started) -> Result<()> {
-        self.handshake_ipc.0 += 1;
-        self.handshake_ipc.1 += s.hello_bytes;
+        self.handshake_ipc.0 += s.handshake_ipc.0;
+        self.handshake_ipc.1 += s.handshake_ipc.1;
         let slot_index = self
             .workers
             .iter()

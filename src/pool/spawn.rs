@@ -1,28 +1,47 @@
 //! Starting workers: re-execute the worker binary, then a handshake with a deadline.
 //!
-//! Each worker gets its own ipc-channel one-shot server. `accept()` blocks until someone
-//! connects, and forever if the worker dies first, so the accepts run on a helper thread
-//! while this thread watches the children and the clock. When a worker dies or the deadline
-//! passes, every child is killed and each server still waiting is unblocked by connecting to
-//! it ourselves with a `Cancelled` message; then the helper thread ends, every child is
-//! reaped, and the error says which worker failed and how.
+//! The handshake runs the other way round from what one might expect, so that procpool
+//! never accepts a connection from anyone:
+//! 1. procpool starts the worker with `TMPDIR` set to the pool's private 0700 directory
+//!    ([`PrivateDir`]) and the write end of a pipe that only this child inherits;
+//! 2. the worker opens an ipc-channel one-shot server (its socket lands in the private
+//!    directory) and writes the socket's path on the pipe;
+//! 3. procpool checks that the path is a socket of its own user inside its own directory,
+//!    connects, and sends `Welcome` with a channel it made itself for the answers;
+//! 4. the worker answers `Hello` (its protocol version) on that channel.
+//!
+//! Who is on the other end is known from the kernel, not from any message: the path comes
+//! through a pipe only our child holds, the socket sits where only our user can reach, and
+//! the answers come on a channel whose sending end only that worker received. The pid
+//! procpool trusts is the one `spawn` returned; no message carries one.
+//!
+//! A start is a small state machine ([`Starting::poll`]) that never blocks, so the dispatch
+//! loop can start a replacement while the other workers keep computing.
 
 use std::io;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ipc_channel::ipc::{IpcOneShotServer, IpcReceiver, IpcSender};
+use ipc_channel::ipc::{IpcReceiver, IpcSender};
 
+use super::Death;
+use super::private_dir::PrivateDir;
 use crate::error::{Error, Result};
-use crate::protocol::{FromWorker, PROTOCOL_VERSION, ToWorker, hello_wire_size};
-use crate::sys::{ExitCause, Process, kill_hard, prepare_worker_command};
+use crate::interrupt::Interrupt;
+use crate::protocol::{FromWorker, PROTOCOL_VERSION, ToWorker, welcome_wire_size, wire_size};
+use crate::sys::{ExitCause, Process, prepare_worker_command};
 use crate::worker::WorkerArgs;
 
-/// A worker that connected back.
+/// How often a start in progress is looked at when nothing else wakes the caller.
+pub(crate) const START_TICK: Duration = Duration::from_millis(2);
+/// A socket path is at most this long; a longer report is not a path of ours.
+const REPORT_MAX: usize = 4096;
+
+/// A worker that finished its handshake.
 pub(crate) struct Started {
     pub id: usize,
     pub pid: u32,
@@ -31,251 +50,469 @@ pub(crate) struct Started {
     pub rx: IpcReceiver<FromWorker>,
     /// The thread copying the worker's stdout and stderr to ours, prefixed.
     pub output: Option<JoinHandle<()>>,
-    /// Bytes of the Hello message, for the IPC counters.
-    pub hello_bytes: u64,
+    /// Messages and bytes of the handshake, for the IPC counters.
+    pub handshake_ipc: (u64, u64),
 }
 
-struct Pending {
+/// Why a start failed.
+#[derive(Debug)]
+pub(crate) enum StartFailure {
+    /// The worker ended before its handshake was done.
+    Died {
+        id: usize,
+        pid: u32,
+        cause: ExitCause,
+    },
+    /// The worker did not finish its handshake in time; it was killed.
+    TimedOut {
+        id: usize,
+        pid: u32,
+        timeout: Duration,
+    },
+    /// The worker said something procpool cannot accept; it was killed.
+    Refused { message: String },
+}
+
+impl StartFailure {
+    /// Killed by a signal or hung: worth another try. A worker that exited on its own or
+    /// spoke another protocol will do the same again.
+    pub(crate) fn retryable(&self) -> bool {
+        matches!(
+            self,
+            StartFailure::Died {
+                cause: ExitCause::Signaled { .. },
+                ..
+            } | StartFailure::TimedOut { .. }
+        )
+    }
+
+    /// In words, for a [`Death`] record: "killed by SIGKILL before it connected".
+    pub(crate) fn cause(&self) -> String {
+        match self {
+            StartFailure::Died { cause, .. } => format!("{cause} before it connected"),
+            StartFailure::TimedOut { timeout, .. } => {
+                format!("did not connect within {timeout:?} (killed)")
+            }
+            StartFailure::Refused { message } => message.clone(),
+        }
+    }
+
+    /// The error a job fails with when this start cannot be retried.
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            StartFailure::Died { id, pid, cause } => {
+                let hint = match cause {
+                    ExitCause::Exited(_) => "; if this is your own binary, call procpool::init() \
+                                             first thing in main"
+                        .to_string(),
+                    _ => String::new(),
+                };
+                Error::HandshakeExit {
+                    id,
+                    pid,
+                    cause,
+                    hint,
+                }
+            }
+            StartFailure::TimedOut { id, pid, timeout } => {
+                Error::HandshakeTimeout { id, pid, timeout }
+            }
+            StartFailure::Refused { message } => Error::Ipc(message),
+        }
+    }
+}
+
+/// Where a start stands after [`Starting::poll`].
+pub(crate) enum Progress {
+    /// Still going.
+    Pending,
+    /// Done: the worker is ready for jobs.
+    Ready(Started),
+    /// Failed: the process is killed and reaped.
+    Failed(StartFailure),
+}
+
+/// A spawned worker on its way through the handshake.
+pub(crate) struct Starting {
     id: usize,
     pid: u32,
-    /// Moved into [`Started`] once the worker connected.
+    /// `None` once reaped.
     child: Option<Process>,
-    output: Option<JoinHandle<()>>,
+    timeout: Duration,
+    deadline: Instant,
+    /// The read end of the pipe the worker reports its socket on (non-blocking).
+    report: Option<io::PipeReader>,
+    reported: Vec<u8>,
     /// The read end of the worker's output pipe, until its forwarding thread starts.
-    reader: Option<io::PipeReader>,
-    server_name: String,
-    answered: bool,
+    output_pipe: Option<io::PipeReader>,
+    output: Option<JoinHandle<()>>,
+    /// After `Welcome` was sent: our end of each direction.
+    connected: Option<(IpcSender<ToWorker>, IpcReceiver<FromWorker>)>,
 }
 
-impl Pending {
-    fn kill_and_reap(&mut self) {
+impl Starting {
+    /// The process id `spawn` returned: the only one procpool trusts.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Starts copying the worker's output to our stderr. Separate from the spawn so that a
+    /// batch of workers is forked before any forwarding thread exists (each thread's stack
+    /// would make the next fork slower).
+    pub(crate) fn forward_output(&mut self) {
+        if let Some(reader) = self.output_pipe.take() {
+            self.output = forward_output(self.id, reader);
+        }
+    }
+
+    /// Moves the handshake on as far as it can go without blocking.
+    pub(crate) fn poll(&mut self, dir: &PrivateDir) -> Progress {
+        if self.connected.is_none() {
+            match self.read_report() {
+                Ok(Some(path)) => {
+                    if let Err(failure) = self.connect(dir, &path) {
+                        return self.fail(failure);
+                    }
+                }
+                Ok(None) => {}
+                // The pipe closed without a path: the worker is ending. Its status says how.
+                Err(()) => return self.died(),
+            }
+        }
+        if let Some((_, rx)) = &self.connected {
+            match rx.try_recv() {
+                Ok(FromWorker::Hello { version }) if version == PROTOCOL_VERSION => {
+                    return Progress::Ready(self.finish(version));
+                }
+                Ok(FromWorker::Hello { version }) => {
+                    let message = format!(
+                        "worker {} speaks protocol version {version}, this procpool \
+                         {PROTOCOL_VERSION}: the worker executable is from another build",
+                        self.id
+                    );
+                    return self.fail(StartFailure::Refused { message });
+                }
+                Ok(other) => {
+                    let message = format!("worker {} sent {other:?} instead of Hello", self.id);
+                    return self.fail(StartFailure::Refused { message });
+                }
+                Err(ipc_channel::TryRecvError::Empty) => {}
+                Err(_) => return self.died(),
+            }
+        }
+        if let Some(Ok(Some(cause))) = self.child.as_mut().map(Process::try_wait) {
+            return self.fail(StartFailure::Died {
+                id: self.id,
+                pid: self.pid,
+                cause,
+            });
+        }
+        if Instant::now() >= self.deadline {
+            return self.fail(StartFailure::TimedOut {
+                id: self.id,
+                pid: self.pid,
+                timeout: self.timeout,
+            });
+        }
+        Progress::Pending
+    }
+
+    /// Kills and reaps the worker and waits for its last output lines.
+    pub(crate) fn abort(&mut self) {
         if let Some(child) = self.child.as_mut() {
             kill_and_reap(child);
         }
+        self.child = None;
+        self.connected = None;
+        self.forward_output();
         if let Some(output) = self.output.take() {
             let _ = output.join();
         }
     }
+
+    /// Reads what the worker reported so far. `Ok(Some(path))` once a whole line is in,
+    /// `Err(())` if the pipe closed first.
+    fn read_report(&mut self) -> std::result::Result<Option<String>, ()> {
+        let Some(report) = self.report.as_mut() else {
+            return Ok(None);
+        };
+        let mut buf = [0u8; 512];
+        loop {
+            match report.read(&mut buf) {
+                Ok(0) => return Err(()),
+                Ok(k) => {
+                    self.reported.extend_from_slice(&buf[..k]);
+                    if self.reported.len() > REPORT_MAX {
+                        return Err(());
+                    }
+                    if let Some(end) = self.reported.iter().position(|&b| b == b'\n') {
+                        self.report = None;
+                        let line = String::from_utf8_lossy(&self.reported[..end]).into_owned();
+                        return Ok(Some(line));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(()),
+            }
+        }
+    }
+
+    /// Connects to the socket the worker reported and sends `Welcome`.
+    fn connect(&mut self, dir: &PrivateDir, path: &str) -> std::result::Result<(), StartFailure> {
+        if !dir.holds_socket(Path::new(path)) {
+            return Err(StartFailure::Refused {
+                message: format!(
+                    "worker {} (pid {}) reported a handshake socket outside procpool's private \
+                     directory {}: refused",
+                    self.id,
+                    self.pid,
+                    dir.path().display()
+                ),
+            });
+        }
+        let refused = |what: &str, e: &dyn std::fmt::Display| StartFailure::Refused {
+            message: format!("worker {} (pid {}): {what}: {e}", self.id, self.pid),
+        };
+        let tx = match IpcSender::<ToWorker>::connect(path.to_string()) {
+            Ok(tx) => tx,
+            // Nobody listens any more: the worker died after reporting.
+            Err(_) => return Ok(()),
+        };
+        let (to_parent, rx) = ipc_channel::ipc::channel::<FromWorker>()
+            .map_err(|e| refused("cannot create a channel", &e))?;
+        // A small message on a fresh connection: it fits in the socket buffer, so the send
+        // does not wait for the worker.
+        if tx.send(ToWorker::Welcome { to_parent }).is_err() {
+            return Ok(());
+        }
+        self.connected = Some((tx, rx));
+        Ok(())
+    }
+
+    fn finish(&mut self, version: u32) -> Started {
+        let (tx, rx) = self.connected.take().expect("connected before Hello");
+        self.forward_output();
+        Started {
+            id: self.id,
+            pid: self.pid,
+            child: self.child.take().expect("alive until ready"),
+            tx,
+            rx,
+            output: self.output.take(),
+            handshake_ipc: (
+                2,
+                welcome_wire_size() + wire_size(&FromWorker::Hello { version }),
+            ),
+        }
+    }
+
+    /// The worker closed its end: wait a moment for its exit status.
+    fn died(&mut self) -> Progress {
+        let cause = match self.child.as_mut() {
+            Some(child) => reap_within(child, Duration::from_secs(1)),
+            None => ExitCause::Unknown,
+        };
+        self.fail(StartFailure::Died {
+            id: self.id,
+            pid: self.pid,
+            cause,
+        })
+    }
+
+    fn fail(&mut self, failure: StartFailure) -> Progress {
+        self.abort();
+        Progress::Failed(failure)
+    }
 }
 
-type Accepted = (
-    usize,
-    std::result::Result<(IpcReceiver<FromWorker>, FromWorker), String>,
-);
+impl Drop for Starting {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
 
-/// Starts workers `ids`, all at once, and waits for every handshake (at most `timeout`).
-/// On any failure, every worker started here is killed and reaped before the error returns.
+/// Spawns worker `id` and begins its handshake; [`Starting::poll`] takes it from there.
+pub(crate) fn spawn_worker(
+    exe: &Path,
+    dir: &PrivateDir,
+    shm_fd: std::os::fd::RawFd,
+    id: usize,
+    timeout: Duration,
+    pin: &[usize],
+) -> Result<Starting> {
+    let fail = |e: io::Error| spawn_error(id, exe, e);
+    let (report, report_end) = io::pipe().map_err(fail)?;
+    // The worker's stdout and stderr go through one pipe to a thread that prints each line
+    // on our stderr as `[worker N] ...`: a kernel's println! never mixes into the report on
+    // stdout, and a panic message says whose it is.
+    let (output, output_end) = io::pipe().map_err(fail)?;
+    let output_end2 = output_end.try_clone().map_err(fail)?;
+    let args = WorkerArgs {
+        shm_fd,
+        id,
+        report_fd: report_end.as_raw_fd(),
+        timeout,
+    };
+    let mut cmd = Command::new(exe);
+    cmd.args(args.to_args())
+        .env("TMPDIR", dir.path())
+        .stdin(Stdio::null())
+        .stdout(output_end)
+        .stderr(output_end2);
+    prepare_worker_command(&mut cmd, [shm_fd, report_end.as_raw_fd()], cpu_for(id, pin));
+    // std's handle is dropped (that neither waits nor kills); the pool reaps the worker with
+    // waitpid, like a forked one.
+    let child = Process::from_pid(cmd.spawn().map_err(fail)?.id());
+    // Our copies of the write ends must close, or the readers never see EOF.
+    drop(cmd);
+    drop(report_end);
+    let nonblocking = nix::fcntl::fcntl(
+        &report,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
+    let mut starting = Starting {
+        id,
+        pid: child.id(),
+        child: Some(child),
+        timeout,
+        deadline: Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(far_future),
+        report: Some(report),
+        reported: Vec::new(),
+        output_pipe: Some(output),
+        output: None,
+        connected: None,
+    };
+    if let Err(e) = nonblocking {
+        starting.abort();
+        return Err(fail(e.into()));
+    }
+    Ok(starting)
+}
+
+/// A moment no deadline reaches (about a century from now).
+pub(crate) fn far_future() -> Instant {
+    let now = Instant::now();
+    now.checked_add(Duration::from_secs(100 * 365 * 86_400))
+        .unwrap_or(now)
+}
+
+/// Starts workers `ids`, all at once, and waits until every one is ready.
+///
+/// A worker killed by a signal or hung during its handshake is replaced (same id), as in a
+/// job, while `restarts` stays within `max_restarts`; each such death is added to `deaths`.
+/// Any other failure, or an interrupt, stops every worker started here before the error
+/// returns.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn start_workers(
     exe: &Path,
+    dir: &PrivateDir,
     shm_fd: std::os::fd::RawFd,
     ids: std::ops::Range<usize>,
     timeout: Duration,
     pin: &[usize],
+    max_restarts: u64,
+    interrupt: &Interrupt,
+    deaths: &mut Vec<Death>,
 ) -> Result<Vec<Started>> {
-    let began = Instant::now();
-    let mut pending: Vec<Pending> = Vec::with_capacity(ids.len());
-    let mut servers = Vec::with_capacity(ids.len());
-    for id in ids {
-        let spawned = IpcOneShotServer::<FromWorker>::new()
-            .map_err(|e| spawn_error(id, exe, e))
-            .and_then(|(server, name)| {
-                let args = WorkerArgs {
-                    server: name.clone(),
-                    shm_fd,
-                    id,
-                };
-                let mut cmd = Command::new(exe);
-                cmd.args(args.to_args()).stdin(Stdio::null());
-                // The worker's stdout and stderr go through one pipe to a thread that prints
-                // each line on our stderr as `[worker N] ...`: a kernel's println! never
-                // mixes into the report on stdout, and a panic message says whose it is.
-                let (reader, writer) = io::pipe().map_err(|e| spawn_error(id, exe, e))?;
-                let writer2 = writer.try_clone().map_err(|e| spawn_error(id, exe, e))?;
-                cmd.stdout(writer).stderr(writer2);
-                prepare_worker_command(&mut cmd, shm_fd, cpu_for(id, pin));
-                // std's handle is dropped (that neither waits nor kills); the pool reaps the
-                // worker with waitpid, like a forked one.
-                let child =
-                    Process::from_pid(cmd.spawn().map_err(|e| spawn_error(id, exe, e))?.id());
-                // Our copies of the write end must close, or the reader never sees EOF.
-                drop(cmd);
-                Ok((server, name, child, reader))
-            });
-        match spawned {
-            Ok((server, server_name, child, reader)) => {
-                servers.push((pending.len(), server));
-                pending.push(Pending {
-                    id,
-                    pid: child.id(),
-                    child: Some(child),
-                    output: None,
-                    reader: Some(reader),
-                    server_name,
-                    answered: false,
-                });
-            }
-            Err(e) => {
-                drop(servers);
-                for p in &mut pending {
-                    p.kill_and_reap();
-                }
-                return Err(e);
-            }
-        }
+    let mut starting = Vec::with_capacity(ids.len());
+    for id in ids.clone() {
+        // On an error, dropping `starting` kills and reaps what was spawned.
+        starting.push(Some(spawn_worker(exe, dir, shm_fd, id, timeout, pin)?));
     }
-
-    // The output threads start only now: every fork above copied this process's memory map,
-    // and each thread's stack would have made the next fork slower.
-    for p in &mut pending {
-        if let Some(reader) = p.reader.take() {
-            p.output = forward_output(p.id, reader);
-        }
+    // The output threads start only now: every fork above copied this process's memory map.
+    for s in starting.iter_mut().flatten() {
+        s.forward_output();
     }
-    let (results_tx, results_rx) = mpsc::channel::<Accepted>();
-    let acceptor = std::thread::Builder::new()
-        .name("procpool-accept".into())
-        .spawn(move || {
-            for (idx, server) in servers {
-                let r = server.accept().map_err(|e| e.to_string());
-                if results_tx.send((idx, r)).is_err() {
-                    return;
-                }
-            }
-        });
-    let acceptor = match acceptor {
-        Ok(handle) => handle,
+    let mut started: Vec<Option<Started>> = ids.clone().map(|_| None).collect();
+    let waited = wait_ready(
+        &mut starting,
+        &mut started,
+        |id| spawn_worker(exe, dir, shm_fd, id, timeout, pin),
+        dir,
+        max_restarts,
+        interrupt,
+        deaths,
+    );
+    match waited {
+        Ok(()) => Ok(started.into_iter().flatten().collect()),
         Err(e) => {
-            for p in &mut pending {
-                p.kill_and_reap();
-            }
-            return Err(Error::Io(e));
-        }
-    };
-
-    let mut started: Vec<Option<Started>> = (0..pending.len()).map(|_| None).collect();
-    let mut remaining = pending.len();
-    let mut failure: Option<Error> = None;
-    while remaining > 0 && failure.is_none() {
-        let left = timeout.saturating_sub(began.elapsed());
-        match results_rx.recv_timeout(left.min(Duration::from_millis(20))) {
-            Ok((idx, result)) => {
-                remaining -= 1;
-                let p = &mut pending[idx];
-                p.answered = true;
-                match result {
-                    Ok((
-                        rx,
-                        FromWorker::Hello {
-                            version,
-                            pid,
-                            to_worker,
-                        },
-                    )) if version == PROTOCOL_VERSION => {
-                        started[idx] = Some(Started {
-                            id: p.id,
-                            pid,
-                            child: p.child.take().expect("answered once"),
-                            output: p.output.take(),
-                            tx: to_worker,
-                            rx,
-                            hello_bytes: hello_wire_size(version, pid),
-                        });
-                    }
-                    Ok((_, FromWorker::Hello { version, .. })) => {
-                        failure = Some(Error::Ipc(format!(
-                            "worker {} speaks protocol version {version}, this procpool {PROTOCOL_VERSION}: \
-                             the worker executable is from another build",
-                            p.id
-                        )));
-                    }
-                    Ok((_, other)) => {
-                        failure = Some(Error::Ipc(format!(
-                            "worker {} sent {other:?} instead of Hello",
-                            p.id
-                        )));
-                    }
-                    Err(_) => {
-                        // The worker connected, then closed the connection: it died. Its exit
-                        // status says how.
-                        let cause = match p.child.as_mut() {
-                            Some(child) => reap_within(child, Duration::from_secs(1)),
-                            None => ExitCause::Unknown,
-                        };
-                        failure = Some(handshake_exit(p, cause));
-                    }
+            // `starting` kills and reaps its own when dropped; the ready ones are ours.
+            drop(starting);
+            for s in started.iter_mut().flatten() {
+                kill_and_reap(&mut s.child);
+                if let Some(output) = s.output.take() {
+                    let _ = output.join();
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                failure = Some(Error::Ipc("the handshake thread stopped early".into()));
-            }
-        }
-        if failure.is_some() || remaining == 0 {
-            break;
-        }
-        // A worker that exited before connecting will never connect.
-        for p in pending.iter_mut().filter(|p| !p.answered) {
-            if let Some(Ok(Some(status))) = p.child.as_mut().map(Process::try_wait) {
-                failure = Some(handshake_exit(p, status));
-                break;
-            }
-        }
-        if failure.is_none() && began.elapsed() >= timeout {
-            let late = pending.iter().find(|p| !p.answered).expect("remaining > 0");
-            failure = Some(Error::HandshakeTimeout {
-                id: late.id,
-                pid: late.pid,
-                timeout,
-            });
+            Err(e)
         }
     }
-
-    if let Some(error) = failure {
-        // Kill first: a worker blocked half-way through the handshake then closes its end,
-        // which unblocks the accept thread on its server.
-        for p in &pending {
-            kill_hard(p.pid);
-        }
-        for s in started.iter().flatten() {
-            kill_hard(s.pid);
-        }
-        for p in pending.iter().filter(|p| !p.answered) {
-            if let Ok(tx) = IpcSender::<FromWorker>::connect(p.server_name.clone()) {
-                let _ = tx.send(FromWorker::Cancelled);
-            }
-        }
-        let _ = acceptor.join();
-        for p in &mut pending {
-            p.kill_and_reap();
-        }
-        for s in started.iter_mut().flatten() {
-            kill_and_reap(&mut s.child);
-            if let Some(output) = s.output.take() {
-                let _ = output.join();
-            }
-        }
-        return Err(error);
-    }
-    let _ = acceptor.join();
-    Ok(started
-        .into_iter()
-        .map(|s| s.expect("all accepted"))
-        .collect())
 }
 
-fn handshake_exit(p: &Pending, cause: ExitCause) -> Error {
-    let hint = match cause {
-        ExitCause::Exited(_) => {
-            "; if this is your own binary, call procpool::init() first thing in main".to_string()
+/// Polls every start until all are ready, replacing retryable failures within the limit.
+fn wait_ready(
+    starting: &mut [Option<Starting>],
+    started: &mut [Option<Started>],
+    respawn: impl Fn(usize) -> Result<Starting>,
+    dir: &PrivateDir,
+    max_restarts: u64,
+    interrupt: &Interrupt,
+    deaths: &mut Vec<Death>,
+) -> Result<()> {
+    let mut restarts = 0u64;
+    while started.iter().any(Option::is_none) {
+        if let Some(signal) = interrupt.requested() {
+            return Err(Error::Interrupted {
+                signal,
+                chunks_done: 0,
+                chunks: 0,
+                elements_done: 0,
+                n: 0,
+                workers: started.len(),
+                needed_term: 0,
+                needed_kill: 0,
+            });
         }
-        _ => String::new(),
-    };
-    Error::HandshakeExit {
-        id: p.id,
-        pid: p.pid,
-        cause,
-        hint,
+        for (k, slot) in starting.iter_mut().enumerate() {
+            let Some(s) = slot.as_mut() else { continue };
+            match s.poll(dir) {
+                Progress::Pending => {}
+                Progress::Ready(ready) => {
+                    started[k] = Some(ready);
+                    *slot = None;
+                }
+                Progress::Failed(failure) if failure.retryable() && restarts < max_restarts => {
+                    restarts += 1;
+                    let (id, pid) = (s.id, s.pid);
+                    let mut next = respawn(id)?;
+                    next.forward_output();
+                    deaths.push(Death {
+                        id,
+                        pid,
+                        cause: failure.cause(),
+                        chunk: None,
+                        replaced_by: Some(next.pid),
+                    });
+                    *slot = Some(next);
+                }
+                Progress::Failed(failure) if failure.retryable() => {
+                    return Err(Error::TooManyRestarts {
+                        restarts: restarts + 1,
+                        limit: max_restarts,
+                        last_cause: format!("worker {} (pid {}) {}", s.id, s.pid, failure.cause()),
+                    });
+                }
+                Progress::Failed(failure) => return Err(failure.into_error()),
+            }
+        }
+        if started.iter().any(Option::is_none) {
+            std::thread::sleep(START_TICK);
+        }
     }
+    Ok(())
 }
 
 fn spawn_error(id: usize, exe: &Path, source: io::Error) -> Error {
@@ -358,7 +595,7 @@ pub(crate) fn fork_workers(
                 tx: to_worker,
                 rx: from_worker,
                 output: None,
-                hello_bytes: 0,
+                handshake_ipc: (0, 0),
             })
         })();
         match forked {
@@ -389,7 +626,7 @@ pub(crate) fn cpu_for(id: usize, pin: &[usize]) -> Option<usize> {
 
 /// Waits up to `grace` for `child` to exit, then kills it; always reaps it.
 pub(crate) fn reap_within(child: &mut Process, grace: Duration) -> ExitCause {
-    let deadline = Instant::now() + grace;
+    let deadline = Instant::now().checked_add(grace).unwrap_or_else(far_future);
     loop {
         match child.try_wait() {
             Ok(Some(status)) => return status,

@@ -442,6 +442,22 @@ impl Sandbox {
         self.assert_nothing_left_by(&outcome.tag, &outcome.args);
     }
 
+    /// For a run that could not clean up (SIGKILLed, or a second signal that exits at
+    /// once): no process remains, and the only thing in `TMPDIR` is the pool's private
+    /// directory, which the next procpool in this `TMPDIR` sweeps away.
+    pub fn assert_swept_after_sudden_death(&self, tag: &str, args: &str) {
+        assert_no_tagged_process(tag, &format!("procpool {args}"));
+        let left = dir_entries(self.tmp.path());
+        assert!(
+            left.iter()
+                .all(|name| name.to_string_lossy().starts_with("procpool-")),
+            "procpool {args}: left {left:?} in TMPDIR besides its private directory"
+        );
+        let next = self.run(&["--workers", "1", "squares", "10"]);
+        next.assert_code(0);
+        self.assert_nothing_left(&next);
+    }
+
     /// Like [`Sandbox::assert_nothing_left`], for the run tagged `tag` with arguments `args`.
     pub fn assert_nothing_left_by(&self, tag: &str, args: &str) {
         let what = format!("procpool {args}");
