@@ -1,0 +1,465 @@
+//! What an adversarial trial of procpool broke, one regression test each: the handshake
+//! (who can reach a worker's socket, whose word procpool takes), workers that die or hang
+//! while they start, a dispatch loop that must never wait on a full channel or a full
+//! stderr, and a temp directory too long for a socket path.
+//!
+//! Real processes throughout: the real binary, shell-script wrappers around it that kill
+//! or stop themselves before they connect, real signals, real pipes.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{
+    EXE, EXIT_USAGE, Procpool, Sandbox, TEARDOWN_DEADLINE, assert_no_tagged_process,
+    children_of_this_process, dir_entries, is_our_child, wait_child, wait_until, write_script,
+};
+use procpool::{JobOptions, Pool, Squares};
+
+/// A worker executable that runs the real one, except that the starts whose number
+/// (1, 2, … in the order the shell scripts get their ticket) is in `kill` SIGKILL
+/// themselves and those in `stop` SIGSTOP themselves before they can connect.
+fn wrapper(dir: &Path, kill: &[u32], stop: &[u32]) -> PathBuf {
+    let list = |xs: &[u32]| xs.iter().map(u32::to_string).collect::<Vec<_>>().join("|");
+    let (kill, stop) = (list(kill), list(stop));
+    let body = format!(
+        r#"#!/bin/sh
+n=1
+while ! mkdir "{tickets}/start.$n" 2>/dev/null; do n=$((n+1)); done
+case "$n" in {kill}) kill -KILL $$ ;; esac
+case "$n" in {stop}) kill -STOP $$ ;; esac
+exec "{exe}" "$@"
+"#,
+        tickets = dir.display(),
+        kill = if kill.is_empty() { "0" } else { &kill },
+        stop = if stop.is_empty() { "0" } else { &stop },
+        exe = EXE,
+    );
+    write_script(dir, "worker.sh", &body)
+}
+
+fn assert_squares(results: &[u64], n: u64) {
+    assert_eq!(results.len() as u64, n);
+    if let Some(i) = (0..n).find(|&i| results[i as usize] != i * i) {
+        panic!(
+            "results[{i}] is {}, expected {}",
+            results[i as usize],
+            i * i
+        );
+    }
+}
+
+/// Every process this test started through `pids` is reaped.
+fn assert_reaped(pids: &[u32]) {
+    let gone = wait_until(TEARDOWN_DEADLINE, || !pids.iter().any(|&p| is_our_child(p)));
+    let left: Vec<u32> = pids.iter().copied().filter(|&p| is_our_child(p)).collect();
+    for &pid in &left {
+        common::kill(pid);
+    }
+    assert!(gone, "workers {left:?} are still our children");
+}
+
+#[test]
+fn workers_killed_before_they_connect_are_replaced_within_the_restart_limit() {
+    let scratch = tempfile::tempdir().unwrap();
+    // Both first starts die before connecting; the two after them work.
+    let exe = wrapper(scratch.path(), &[1, 2], &[]);
+    let mut pool = Pool::builder()
+        .workers(2)
+        .worker_exe(&exe)
+        .build()
+        .expect("the pool starts with replacements for the workers that died");
+    let pids = pool.pids();
+    let run = pool.run(&Squares, 50_000).expect("the job runs");
+    assert_squares(run.results(), 50_000);
+    let stats = run.stats().clone();
+    assert_eq!(stats.restarts, 2, "{:?}", stats.deaths);
+    assert_eq!(stats.deaths.len(), 2);
+    for death in &stats.deaths {
+        assert_eq!(death.cause, "killed by SIGKILL before it connected");
+        assert_eq!(death.chunk, None);
+        assert!(death.replaced_by.is_some_and(|p| pids.contains(&p)));
+    }
+    drop(run);
+    pool.shutdown();
+    assert_reaped(&pids);
+}
+
+#[test]
+fn a_start_that_keeps_dying_fails_once_the_restart_limit_is_spent() {
+    let scratch = tempfile::tempdir().unwrap();
+    let exe = wrapper(scratch.path(), &[1, 2, 3, 4, 5, 6, 7, 8], &[]);
+    let supervision = procpool::pool::Supervision {
+        max_restarts: Some(3),
+        ..Default::default()
+    };
+    let err = Pool::builder()
+        .workers(1)
+        .worker_exe(&exe)
+        .supervision(supervision)
+        .build()
+        .expect_err("every start dies");
+    let text = err.to_string();
+    assert!(
+        text.contains("exceed --max-restarts 3") && text.contains("before it connected"),
+        "{text}"
+    );
+    // Four starts: the first and three restarts; nothing of them is left.
+    assert_eq!(
+        dir_entries(scratch.path()).len(),
+        5,
+        "4 tickets and the script"
+    );
+    assert!(
+        children_of_this_process()
+            .iter()
+            .all(|(_, c)| c != "worker.sh")
+    );
+}
+
+#[test]
+fn a_replacement_killed_during_its_handshake_is_one_more_restart() {
+    let scratch = tempfile::tempdir().unwrap();
+    // Starts 1 and 2 are the pool; 3 replaces the worker that chunk 2 kills, and dies
+    // before connecting; 4 replaces it.
+    let exe = wrapper(scratch.path(), &[3], &[]);
+    let mut pool = Pool::builder().workers(2).worker_exe(&exe).build().unwrap();
+    // Long enough (4000 chunks) that the replacement's fate is known before the job ends.
+    let options = JobOptions {
+        chunk_size: Some(1_000),
+        faults: vec!["kill@2".parse().unwrap()],
+        ..Default::default()
+    };
+    let run = pool
+        .run_with(&Squares, 4_000_000, &options)
+        .expect("the job survives");
+    assert_squares(run.results(), 4_000_000);
+    let stats = run.stats().clone();
+    assert_eq!(stats.restarts, 2, "{:?}", stats.deaths);
+    assert_eq!(stats.deaths[0].chunk, Some(2));
+    assert_eq!(stats.deaths[0].cause, "killed by SIGKILL");
+    assert_eq!(
+        stats.deaths[1].cause,
+        "killed by SIGKILL before it connected"
+    );
+    drop(run);
+    let pids = pool.pids();
+    pool.shutdown();
+    assert_reaped(&pids);
+}
+
+#[test]
+fn a_hung_replacement_does_not_hold_up_the_other_workers() {
+    let scratch = tempfile::tempdir().unwrap();
+    // Start 3 (the replacement) stops itself before connecting, and would only be given up
+    // after the 60 s handshake deadline; the job must not wait for it.
+    let exe = wrapper(scratch.path(), &[], &[3]);
+    let mut pool = Pool::builder()
+        .workers(2)
+        .worker_exe(&exe)
+        .handshake_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let options = JobOptions {
+        chunk_size: Some(1_000),
+        faults: vec!["kill@2".parse().unwrap()],
+        ..Default::default()
+    };
+    let run = pool
+        .run_with(&Squares, 200_000, &options)
+        .expect("the job finishes");
+    assert_squares(run.results(), 200_000);
+    let stats = run.stats().clone();
+    assert_eq!(
+        stats.deaths.len(),
+        1,
+        "only the killed worker died; its replacement is still starting: {:?}",
+        stats.deaths
+    );
+    let survivor = stats
+        .workers
+        .iter()
+        .find(|w| w.id != stats.deaths[0].id)
+        .expect("the other worker");
+    assert!(
+        survivor.chunks >= stats.chunks - 3,
+        "the other worker did the rest: {:?}",
+        stats.workers
+    );
+    drop(run);
+    let pids = pool.pids();
+    // The stopped replacement is killed and reaped with the pool.
+    pool.shutdown();
+    assert_reaped(&pids);
+}
+
+#[test]
+fn a_worker_reporting_a_socket_outside_the_private_directory_is_refused() {
+    let scratch = tempfile::tempdir().unwrap();
+    let decoy = scratch.path().join("decoy.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&decoy).unwrap();
+    // A fake worker: reports a path procpool did not give it, then waits to be killed.
+    let body = format!(
+        "#!/bin/sh\neval \"echo {} >&$4\"\nexec sleep 30\n",
+        decoy.display()
+    );
+    let exe = write_script(scratch.path(), "liar.sh", &body);
+    let err = Pool::builder()
+        .workers(1)
+        .worker_exe(&exe)
+        .build()
+        .expect_err("procpool never connects to a path outside its own directory");
+    let text = err.to_string();
+    assert!(
+        text.contains("outside procpool's private directory"),
+        "{text}"
+    );
+    let gone = wait_until(TEARDOWN_DEADLINE, || {
+        children_of_this_process()
+            .iter()
+            .all(|(_, c)| c != "sleep" && c != "liar.sh")
+    });
+    assert!(gone, "the fake worker is killed and reaped");
+}
+
+#[test]
+fn the_private_directory_is_0700_even_under_umask_000() {
+    let sandbox = Sandbox::new();
+    let mut cmd = Command::new(EXE);
+    cmd.args(["--workers", "2", "sleep", "200", "--ms", "20"])
+        .env("TMPDIR", sandbox.tmpdir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: umask is async-signal-safe and touches nothing but this child's mask.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let found = wait_until(Duration::from_secs(30), || {
+        dir_entries(sandbox.tmpdir())
+            .iter()
+            .any(|n| n.to_string_lossy().starts_with("procpool-"))
+    });
+    let entries = dir_entries(sandbox.tmpdir());
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert!(found, "no private directory appeared: {entries:?}");
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        let dir = sandbox.tmpdir().join(entries.first().unwrap());
+        let meta = std::fs::symlink_metadata(&dir).unwrap();
+        assert!(meta.is_dir());
+        assert_eq!(meta.mode() & 0o7777, 0o700, "{}", dir.display());
+        assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
+        if nix::unistd::geteuid().is_root() {
+            // Another user cannot even look inside.
+            let mut ls = Command::new("ls");
+            ls.arg(&dir).stdout(Stdio::null()).stderr(Stdio::null());
+            // SAFETY: setgid/setuid are plain system calls, async-signal-safe.
+            unsafe {
+                ls.pre_exec(|| {
+                    nix::unistd::setgid(nix::unistd::Gid::from_raw(65534))?;
+                    nix::unistd::setuid(nix::unistd::Uid::from_raw(65534))?;
+                    Ok(())
+                });
+            }
+            let mut ls = ls.spawn().unwrap();
+            let status = wait_child(&mut ls, Duration::from_secs(10)).expect("ls ends");
+            assert!(
+                !status.success(),
+                "user nobody could list {}",
+                dir.display()
+            );
+        }
+    }));
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+fn the_hidden_worker_entry_started_by_hand_gives_up_and_deletes_nothing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let keep = scratch.path().join("precious");
+    std::fs::write(&keep, b"data").unwrap();
+    let (mut report, report_end) = std::io::pipe().unwrap();
+    let fd = {
+        use std::os::fd::AsRawFd;
+        report_end.as_raw_fd()
+    };
+    let mut cmd = Command::new(EXE);
+    cmd.args([
+        "__procpool_worker",
+        &fd.to_string(),
+        "0",
+        &fd.to_string(),
+        "500",
+    ])
+    .env("TMPDIR", scratch.path())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    // SAFETY: fcntl is async-signal-safe; it clears close-on-exec on the pipe's write end
+    // in the child only, so the worker entry gets a real descriptor to report on.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(report_end);
+    let status = wait_child(&mut child, Duration::from_secs(20)).expect("gives up on its own");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let mut reported = String::new();
+    report.read_to_string(&mut reported).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("procpool did not connect within 500ms; giving up"),
+        "{stderr}"
+    );
+    assert!(reported.trim_end().ends_with("/socket"), "{reported}");
+    let left = dir_entries(scratch.path());
+    assert_eq!(
+        left.into_iter().collect::<Vec<_>>(),
+        vec![std::ffi::OsString::from("precious")],
+        "it removed its own socket, and only that"
+    );
+}
+
+#[test]
+fn inflight_beyond_the_channel_buffer_is_refused_and_the_most_allowed_never_deadlocks() {
+    let refused = Procpool::new(&[
+        "--workers",
+        "2",
+        "--inflight",
+        "100000",
+        "--chunk-size",
+        "1",
+        "squares",
+        "1e4",
+    ])
+    .run();
+    refused.assert_code(EXIT_USAGE);
+    let line = refused.one_line_error();
+    assert!(line.contains("--inflight 100000"), "{line}");
+    let most: String = line
+        .split("use at most ")
+        .nth(1)
+        .expect("names the limit")
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    // The largest allowed depth with one-element chunks: the case that used to deadlock,
+    // with the parent sending chunks while the worker sent replies.
+    let out = Procpool::new(&[
+        "--workers",
+        "2",
+        "--inflight",
+        &most,
+        "--chunk-size",
+        "1",
+        "squares",
+        "2e4",
+        "--json",
+    ])
+    .deadline(Duration::from_secs(60))
+    .run();
+    out.assert_code(0);
+    assert_eq!(out.json()["verified"], true);
+}
+
+#[test]
+fn a_reader_that_never_drains_stderr_does_not_stall_the_pool() {
+    // A pipe whose buffer is already full: any write to it blocks until someone reads.
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    let set_nonblocking = |on: bool| {
+        use nix::fcntl::{FcntlArg, OFlag, fcntl};
+        let flags = if on {
+            OFlag::O_NONBLOCK
+        } else {
+            OFlag::empty()
+        };
+        fcntl(&writer, FcntlArg::F_SETFL(flags)).unwrap();
+    };
+    set_nonblocking(true);
+    let junk = [b'x'; 4096];
+    while (&writer).write(&junk).is_ok() {}
+    set_nonblocking(false);
+
+    let sandbox = Sandbox::new();
+    let stdout = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(EXE)
+        .args([
+            "--workers",
+            "2",
+            "squares",
+            "1e5",
+            "--chunk-size",
+            "1000",
+            "--inject",
+            "kill@3",
+            "--json",
+        ])
+        .env("TMPDIR", sandbox.tmpdir())
+        .stdout(stdout.reopen().unwrap())
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    // The report arrives although the line about the dead worker cannot be written.
+    let report = || -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(stdout.path()).ok()?).ok()
+    };
+    let arrived = wait_until(Duration::from_secs(60), || report().is_some());
+    // Now drain stderr, so procpool can write its queued lines and exit.
+    let drain = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = reader.read_to_end(&mut all);
+        all
+    });
+    let status = wait_child(&mut child, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&drain.join().unwrap()).into_owned();
+    assert!(arrived, "no report while stderr was full; stderr: {stderr}");
+    let report = report().unwrap();
+    assert_eq!(report["verified"], true);
+    assert_eq!(report["restarts"], 1);
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+#[test]
+fn a_tmpdir_too_long_for_a_socket_path_is_refused_up_front() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut long = scratch.path().to_path_buf();
+    while long.as_os_str().len() < 100 {
+        long.push("deeper");
+    }
+    std::fs::create_dir_all(&long).unwrap();
+    let out = Procpool::new(&["--workers", "1", "squares", "10"])
+        .env("TMPDIR", &long)
+        .run();
+    out.assert_code(EXIT_USAGE);
+    let line = out.one_line_error();
+    assert!(
+        line.contains("TMPDIR") && line.contains("107 bytes"),
+        "{line}"
+    );
+    assert!(dir_entries(&long).is_empty(), "nothing left in TMPDIR");
+    assert_no_tagged_process(&out.tag, &out.args);
+}
