@@ -1,0 +1,197 @@
+//! The chaos soak: jobs back to back while a random worker is SIGKILLed, SIGSEGVed or
+//! SIGSTOPped every 50 ms.
+//!
+//! Ignored by default (it runs for a minute); run it with
+//! `cargo test --release --test chaos -- --ignored --nocapture`, and set
+//! `PROCPOOL_CHAOS_SECS` for another duration (CI runs 10 s).
+//!
+//! What it asserts, run after run:
+//! - every run verifies, with the checksum of an undisturbed run; the limits are set wide
+//!   (`--max-restarts 100000 --retries 1000`), so no death the supervisor can recover from
+//!   may fail a job, including workers killed before they connected and replacements
+//!   killed during their handshake;
+//! - nothing hangs: each run ends within its deadline;
+//! - procpool's open descriptors stay bounded while workers die and are replaced;
+//! - afterwards no process of ours is left, nothing in TMPDIR, nothing new in /dev/shm (the
+//!   shared region is an anonymous memfd: it ends with the last process that maps it).
+//!
+//! A SIGSEGV sent from outside does not always kill a worker at once: the Rust runtime's
+//! handler (there to report stack overflows) finds no fault at a guard page, restores the
+//! default action and returns, and the worker goes on; the next SIGSEGV kills it.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Sandbox, assert_no_tagged_process, tagged_processes};
+use nix::sys::signal::Signal;
+
+const WORKLOAD: [&str; 2] = ["collatz", "2e6"];
+const KNOBS: [&str; 14] = [
+    "--workers",
+    "4",
+    "--chunk-size",
+    "5000",
+    "--timeout",
+    "1s",
+    "--handshake-timeout",
+    "2s",
+    "--max-restarts",
+    "100000",
+    "--retries",
+    "1000",
+    "--grace",
+    "200ms",
+];
+const KILL_EVERY: Duration = Duration::from_millis(50);
+const RUN_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A small xorshift generator: the soak needs variety, not quality.
+struct Dice(u64);
+
+impl Dice {
+    fn roll(&mut self, below: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % below as u64) as usize
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    runs: u64,
+    verified: u64,
+    signals: [AtomicU64; 3],
+    restarts: u64,
+    deaths_before_connecting: u64,
+    chunk_timeouts: u64,
+    max_fds: usize,
+}
+
+fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+#[test]
+#[ignore = "a soak: cargo test --release --test chaos -- --ignored --nocapture"]
+fn jobs_survive_workers_killed_stopped_and_segfaulted_every_50ms() {
+    let soak = Duration::from_secs(
+        std::env::var("PROCPOOL_CHAOS_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    );
+    let sandbox = Sandbox::new();
+    let args: Vec<&str> = WORKLOAD
+        .iter()
+        .chain(KNOBS.iter())
+        .chain(["--json"].iter())
+        .copied()
+        .collect();
+
+    // The checksum of an undisturbed run is the answer every disturbed one must give.
+    let calm = sandbox.run(&args);
+    calm.assert_code(0);
+    let expected = calm.json()["checksum"].clone();
+    assert_eq!(calm.json()["verified"], true);
+
+    let tally = Tally::default();
+    let mut dice = Dice(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
+            | 1,
+    );
+    let signals = [Signal::SIGKILL, Signal::SIGSEGV, Signal::SIGSTOP];
+    let began = Instant::now();
+    let mut tally = tally;
+    let mut first_fds = None;
+    while began.elapsed() < soak {
+        let out = sandbox
+            .command(&args)
+            .deadline(RUN_DEADLINE)
+            .run_while(|pid, tag| {
+                let started = Instant::now();
+                // The first blow falls within a few milliseconds, while workers are still
+                // starting, now and then before they connect.
+                let mut pause = Duration::from_micros(dice.roll(8_000) as u64);
+                while started.elapsed() < RUN_DEADLINE {
+                    std::thread::sleep(pause);
+                    pause = KILL_EVERY;
+                    let workers: Vec<u32> = tagged_processes(tag)
+                        .into_iter()
+                        .map(|(p, _)| p)
+                        .filter(|&p| p != pid)
+                        .collect();
+                    // An ended procpool is a zombie until reaped: no command line any more.
+                    if common::cmdline(pid).is_empty() {
+                        return;
+                    }
+                    if workers.is_empty() {
+                        continue;
+                    }
+                    if let Some(fds) = open_fds(pid) {
+                        let first = *first_fds.get_or_insert(fds);
+                        tally.max_fds = tally.max_fds.max(fds);
+                        // Each worker holds a channel and an output pipe; one starting
+                        // holds a report pipe and a connection more. Anything beyond that
+                        // is a leak that grows with every restart.
+                        assert!(
+                            fds <= first + 64,
+                            "procpool holds {fds} descriptors, {first} at the start"
+                        );
+                    }
+                    let victim = workers[dice.roll(workers.len())];
+                    let k = dice.roll(signals.len());
+                    common::signal(victim, signals[k]);
+                    tally.signals[k].fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        tally.runs += 1;
+        assert_eq!(
+            out.code,
+            Some(0),
+            "run {} failed although the limits allow every recovery:\n{}",
+            tally.runs,
+            out.stderr
+        );
+        let report = out.json();
+        assert_eq!(report["verified"], true, "{}", out.stdout);
+        assert_eq!(report["checksum"], expected, "{}", out.stdout);
+        tally.verified += 1;
+        tally.restarts += report["restarts"].as_u64().unwrap_or(0);
+        for death in report["deaths"].as_array().into_iter().flatten() {
+            let cause = death["cause"].as_str().unwrap_or_default();
+            if cause.contains("before it connected") || cause.contains("did not connect") {
+                tally.deaths_before_connecting += 1;
+            }
+            if cause.contains("timed out") {
+                tally.chunk_timeouts += 1;
+            }
+        }
+        assert_no_tagged_process(&out.tag, &out.args);
+    }
+    sandbox.assert_nothing_left_by("no-such-tag", "chaos soak");
+    let sent: Vec<u64> = tally
+        .signals
+        .iter()
+        .map(|s| s.load(Ordering::Relaxed))
+        .collect();
+    eprintln!(
+        "chaos soak: {:.0} s, {} runs, {} verified, 0 failed; signals sent: {} SIGKILL, {} \
+         SIGSEGV, {} SIGSTOP; {} restarts ({} before the worker connected, {} chunk \
+         timeouts); procpool held at most {} descriptors",
+        began.elapsed().as_secs_f64(),
+        tally.runs,
+        tally.verified,
+        sent[0],
+        sent[1],
+        sent[2],
+        tally.restarts,
+        tally.deaths_before_connecting,
+        tally.chunk_timeouts,
+        tally.max_fds,
+    );
+}
