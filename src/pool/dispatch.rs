@@ -494,7 +494,7 @@ impl Pool {
             .filter(|h| !h.chunks.is_empty())
             .filter_map(|h| h.front_since)
             .min()
-            .map(|t| t + limit)
+            .and_then(|t| t.checked_add(limit))
     }
 
     fn handle(&mut self, event: IpcSelectionResult, job: &mut Job) -> Result<()> {
