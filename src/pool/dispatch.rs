@@ -4,7 +4,8 @@
 //! of the [`Dispenser`] (static, dynamic or guided) goes to that worker. Chunks are made on
 //! demand (or taken from the retry queue first), never listed up front.
 //!
-//! Supervision lives in the same loop, so there is one place that decides who holds what:
+//! Supervision lives in the same loop; who holds what, blame and the limits are decided in
+//! one place, the [`Ledger`] (plain data, unit-tested without processes):
 //! - a worker whose channel closes (it died: killed, aborted, panicked, segfaulted) is
 //!   reaped at once and its exit status recorded; the chunk it was running is blamed (one
 //!   more attempt), the chunks queued behind it are handed out again unblamed, and a
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 use ipc_channel::TrySelectError;
 use ipc_channel::ipc::IpcSelectionResult;
 
+use super::ledger::Ledger;
 use super::{AutoChunk, Death, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
 use crate::error::{Error, Result};
 use crate::protocol::{FromWorker, JobSpec, Layout, ToWorker, Transport, wire_size};
@@ -46,20 +48,9 @@ const AUTO_COMPUTE_OVER_OVERHEAD: f64 = 20.0;
 /// … while every worker still gets at least this many chunks.
 const AUTO_MIN_CHUNKS_PER_WORKER: u64 = 4;
 
-/// A chunk a worker holds.
-#[derive(Debug, Clone, Copy)]
-struct HeldChunk {
-    chunk: Chunk,
-    attempt: u32,
-}
-
-/// Per-worker bookkeeping during one job.
+/// Per-worker measurements during one job (what it holds is in the [`Ledger`]).
 #[derive(Default)]
 struct Held {
-    /// Chunks sent and not yet done, oldest (the running one) first.
-    chunks: VecDeque<HeldChunk>,
-    /// When the front chunk started running (roughly: when it became the front).
-    front_since: Option<Instant>,
     done: u64,
     compute_ns: u64,
     /// When its last chunk's `Done` arrived.
@@ -86,8 +77,8 @@ struct Job {
     n: u64,
     dispenser: Dispenser,
     held: Vec<Held>,
-    /// Chunks to hand out again, before any new one.
-    retry: VecDeque<HeldChunk>,
+    /// Who holds which chunk, retries, blame and limits.
+    ledger: Ledger,
     done: u64,
     /// Elements in the chunks done.
     elements_done: u64,
@@ -98,8 +89,6 @@ struct Job {
     channel_result_bytes: u64,
     rtt_total: Duration,
     compute_total: Duration,
-    restarts: u64,
-    retried_chunks: u64,
     deaths: Vec<Death>,
     /// Workers found dead while sending: (slot, pid), handled by the loop.
     dead: Vec<(usize, u32)>,
@@ -193,17 +182,6 @@ fn write_windows(
     }
 }
 
-impl Job {
-    fn next_chunk(&mut self, w: usize) -> Option<HeldChunk> {
-        if let Some(c) = self.retry.pop_front() {
-            return Some(c);
-        }
-        self.dispenser
-            .next_for(w)
-            .map(|chunk| HeldChunk { chunk, attempt: 0 })
-    }
-}
-
 /// Why a worker is being replaced.
 enum Loss {
     /// Its channel closed: read the exit status.
@@ -275,12 +253,21 @@ impl Pool {
                 }
             });
         let (messages, bytes) = std::mem::take(&mut self.handshake_ipc);
+        // Workers that died while the pool started count as this job's restarts.
+        let deaths = std::mem::take(&mut self.start_deaths);
+        let ledger = Ledger::new(
+            self.workers.len(),
+            self.supervision.retries,
+            self.max_restarts,
+            self.supervision.chunk_timeout,
+            deaths.len() as u64,
+        );
         let mut job = Job {
             spec,
             n,
             dispenser,
             held: self.workers.iter().map(|_| Held::default()).collect(),
-            retry: VecDeque::new(),
+            ledger,
             done: 0,
             elements_done: 0,
             reduction: None,
@@ -289,18 +276,13 @@ impl Pool {
             channel_result_bytes: 0,
             rtt_total: Duration::ZERO,
             compute_total: Duration::ZERO,
-            restarts: 0,
-            retried_chunks: 0,
-            deaths: Vec::new(),
+            deaths,
             dead: Vec::new(),
             auto,
             progress: None,
             progress_wanted: options.progress && std::io::stderr().is_terminal(),
             streaming,
         };
-        // Workers that died while the pool started count as this job's restarts.
-        job.deaths = std::mem::take(&mut self.start_deaths);
-        job.restarts = job.deaths.len() as u64;
         for (w, slot) in self.workers.iter().enumerate() {
             job.held[w].cpu_at_start = crate::sys::process_usage(slot.pid).map(|(cpu, _)| cpu);
         }
@@ -315,7 +297,7 @@ impl Pool {
             for w in 0..self.workers.len() {
                 self.top_up(w, 1, &mut job);
             }
-            if job.retry.is_empty() && job.dispenser.remaining() == 0 {
+            if job.ledger.retry_is_empty() && job.dispenser.remaining() == 0 {
                 break;
             }
         }
@@ -343,7 +325,7 @@ impl Pool {
             } else {
                 TICK
             };
-            let wait = self.next_deadline(&job).map_or(tick, |d| {
+            let wait = job.ledger.next_deadline().map_or(tick, |d| {
                 d.saturating_duration_since(Instant::now()).min(tick)
             });
             match self.set.try_select_timeout(wait) {
@@ -358,15 +340,9 @@ impl Pool {
                 }
             }
             if let Some(limit) = self.supervision.chunk_timeout {
-                let now = Instant::now();
-                for w in 0..self.workers.len() {
-                    let late = job.held[w]
-                        .front_since
-                        .is_some_and(|t| now.duration_since(t) >= limit);
-                    if late && !job.held[w].chunks.is_empty() {
-                        crate::sys::kill_hard(self.workers[w].pid);
-                        self.replace(w, Loss::TimedOut(limit), &mut job)?;
-                    }
+                for w in job.ledger.late(Instant::now()) {
+                    crate::sys::kill_hard(self.workers[w].pid);
+                    self.replace(w, Loss::TimedOut(limit), &mut job)?;
                 }
             }
             self.windows_written(&mut job)?;
@@ -417,8 +393,8 @@ impl Pool {
                 Transport::Channel => 0,
             },
             workers,
-            restarts: job.restarts,
-            retried_chunks: job.retried_chunks,
+            restarts: job.ledger.restarts(),
+            retried_chunks: job.ledger.retried_chunks(),
             deaths: job.deaths,
             reduction: job.reduction,
             schedule: job.dispenser.schedule(),
@@ -486,17 +462,6 @@ impl Pool {
         }
     }
 
-    /// The earliest moment a running chunk times out, if a limit is set.
-    fn next_deadline(&self, job: &Job) -> Option<Instant> {
-        let limit = self.supervision.chunk_timeout?;
-        job.held
-            .iter()
-            .filter(|h| !h.chunks.is_empty())
-            .filter_map(|h| h.front_since)
-            .min()
-            .and_then(|t| t.checked_add(limit))
-    }
-
     fn handle(&mut self, event: IpcSelectionResult, job: &mut Job) -> Result<()> {
         match event {
             IpcSelectionResult::MessageReceived(rid, message) => {
@@ -544,23 +509,20 @@ impl Pool {
         job: &mut Job,
     ) -> Result<()> {
         let now = Instant::now();
-        let h = &mut job.held[w];
-        let Some(pos) = h.chunks.iter().position(|c| c.chunk.id == id) else {
+        let Some((chunk, rtt)) = job.ledger.done(w, id, now) else {
             return Err(Error::Ipc(format!(
                 "worker {w} reported chunk {id}, which it did not hold"
             )));
         };
-        let held = h.chunks.remove(pos).expect("found above");
-        let rtt = h.front_since.map_or(Duration::ZERO, |t| now - t);
-        h.front_since = Some(now);
+        let h = &mut job.held[w];
         h.last_done = Some(now);
         h.done += 1;
         h.compute_ns += compute_ns;
         let compute = Duration::from_nanos(compute_ns);
         job.done += 1;
-        job.elements_done += held.chunk.len();
+        job.elements_done += chunk.len();
         if let Some(streaming) = job.streaming.as_mut() {
-            streaming.chunk_done(held.chunk, job.n);
+            streaming.chunk_done(chunk, job.n);
         }
         job.rtt_total += rtt;
         job.compute_total += compute;
@@ -568,15 +530,15 @@ impl Pool {
             job.reduction = Some(job.reduction.unwrap_or(0).wrapping_add(r));
         }
         if let Some(data) = data {
-            self.place(held.chunk, &data, u64::from(job.spec.elem_size))?;
+            self.place(chunk, &data, u64::from(job.spec.elem_size))?;
             job.channel_result_bytes += data.len() as u64;
         }
         if let Some(auto) = job.auto.as_mut()
             && auto.result.is_none()
-            && held.chunk.len() == auto.probe_size
+            && chunk.len() == auto.probe_size
         {
             auto.chunks += 1;
-            auto.elements += held.chunk.len();
+            auto.elements += chunk.len();
             auto.compute += compute;
             auto.rtt += rtt;
             if auto.chunks >= auto.needed || job.dispenser.remaining() == 0 {
@@ -611,16 +573,12 @@ impl Pool {
     /// Sends worker `w` up to `count` more chunks, never more than `inflight` in all.
     fn top_up(&mut self, w: usize, count: usize, job: &mut Job) {
         for _ in 0..count {
-            if job.held[w].chunks.len() >= self.inflight || self.workers[w].tx.is_none() {
+            if job.ledger.held_by(w) >= self.inflight || self.workers[w].tx.is_none() {
                 return;
             }
-            let Some(held) = job.next_chunk(w) else {
+            let Some(held) = job.ledger.hand_out(w, &mut job.dispenser, Instant::now()) else {
                 return;
             };
-            if job.held[w].chunks.is_empty() {
-                job.held[w].front_since = Some(Instant::now());
-            }
-            job.held[w].chunks.push_back(held);
             let msg = ToWorker::Chunk {
                 id: held.chunk.id,
                 start: held.chunk.start,
@@ -654,42 +612,14 @@ impl Pool {
         if let Some(rid) = slot.rid.take() {
             self.by_receiver.remove(&rid);
         }
-        let pid = slot.pid;
+        let (pid, slot_id) = (slot.pid, slot.id);
         let exit = slot.reap(Duration::from_secs(1));
         let cause = match loss {
             Loss::Died => exit.to_string(),
             Loss::TimedOut(limit) => format!("timed out after {limit:?} (killed)"),
         };
-        let held = std::mem::take(&mut job.held[w].chunks);
-        job.held[w].front_since = None;
-        let running = held.front().map(|c| c.chunk.id);
-        let death_text = match running {
-            Some(c) => format!("worker {w} (pid {pid}) {cause} while running chunk {c}"),
-            None => format!("worker {w} (pid {pid}) {cause} while idle"),
-        };
-        // Requeue in order, the blamed chunk first so it is retried soonest.
-        for (k, &c) in held.iter().enumerate().rev() {
-            let attempt = if k == 0 { c.attempt + 1 } else { c.attempt };
-            if k == 0 && attempt > self.supervision.retries {
-                return Err(Error::ChunkFailed {
-                    chunk: c.chunk.id,
-                    start: c.chunk.start,
-                    end: c.chunk.end,
-                    attempts: attempt,
-                    last_cause: death_text,
-                });
-            }
-            job.retry.push_front(HeldChunk { attempt, ..c });
-            job.retried_chunks += 1;
-        }
-        job.restarts += 1;
-        if job.restarts > self.max_restarts {
-            return Err(Error::TooManyRestarts {
-                restarts: job.restarts,
-                limit: self.max_restarts,
-                last_cause: death_text,
-            });
-        }
+        let lost = job.ledger.lose(w, slot_id, pid, &cause)?;
+        let (running, death_text) = (lost.running, lost.text);
         self.tell(
             job,
             format!("procpool: {death_text}; starting a replacement"),
@@ -754,14 +684,7 @@ impl Pool {
                         return Err(failure.into_error());
                     }
                     let death_text = format!("worker {id} (pid {pid}) {}", failure.cause());
-                    job.restarts += 1;
-                    if job.restarts > self.max_restarts {
-                        return Err(Error::TooManyRestarts {
-                            restarts: job.restarts,
-                            limit: self.max_restarts,
-                            last_cause: death_text,
-                        });
-                    }
+                    job.ledger.restart(&death_text)?;
                     self.tell(
                         job,
                         format!("procpool: {death_text}; starting a replacement"),
@@ -839,9 +762,7 @@ fn interrupted(signal: i32, job: &Job, workers: usize) -> Error {
     Error::Interrupted {
         signal,
         chunks_done: job.done,
-        chunks: job.done
-            + job.retry.len() as u64
-            + job.held.iter().map(|h| h.chunks.len() as u64).sum::<u64>(),
+        chunks: job.done + job.ledger.outstanding(),
         elements_done: job.elements_done,
         n: job.n,
         workers,

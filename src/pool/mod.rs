@@ -4,6 +4,7 @@
 //! hands out its chunks (`dispatch.rs`); dropping the pool stops and reaps every worker.
 
 mod dispatch;
+mod ledger;
 mod notice;
 mod private_dir;
 mod spawn;
