@@ -35,6 +35,8 @@ fn main() -> ExitCode {
     }
     // Before any thread starts: the first Ctrl-C or SIGTERM stops cleanly, a second one at
     // once.
+    // A write past `ulimit -f` then fails with a message instead of killing us silently.
+    procpool::sys::ignore_file_size_signal();
     let interrupt = match Interrupt::install() {
         Ok(interrupt) => interrupt,
         Err(e) => {

@@ -106,20 +106,21 @@ pub enum Error {
 
     /// SIGINT or SIGTERM stopped the job; every worker was stopped and reaped.
     #[error(
-        "interrupted by {}: {chunks_done} chunks done ({elements_done} of {n} elements, {}); \
-         stopped {workers} workers{}",
+        "interrupted by {}{}",
         signal_name(*.signal),
-        percent(*.elements_done, *.n),
-        escalation_text(*.needed_term, *.needed_kill)
+        interrupted_text(*.phase, *.chunks_done, *.elements_done, *.n, *.workers)
+            + &escalation_text(*.needed_term, *.needed_kill)
     )]
     Interrupted {
         /// The signal number.
         signal: i32,
+        /// What procpool was doing when the signal arrived.
+        phase: Phase,
         /// Chunks completed before the stop.
         chunks_done: u64,
         /// Chunks handed out so far (done, running or queued).
         chunks: u64,
-        /// Elements completed.
+        /// Elements completed (of the phase's own work: the pool's, the baseline's, …).
         elements_done: u64,
         /// Elements in the job.
         n: u64,
@@ -168,6 +169,36 @@ fn percent(part: u64, whole: u64) -> String {
         "100%".into()
     } else {
         format!("{:.0}%", part as f64 * 100.0 / whole as f64)
+    }
+}
+
+/// What a run was doing when a signal stopped it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Worker processes were starting and connecting.
+    Start,
+    /// The pool was computing the job.
+    Pool,
+    /// The single-process run was computing the job for comparison.
+    Baseline,
+    /// The two outputs were being compared.
+    Verify,
+    /// Threads of this process were computing the job (`--mode threads`).
+    Threads,
+    /// This process alone was computing the job (`--mode single`).
+    Single,
+}
+
+fn interrupted_text(phase: Phase, chunks: u64, elements: u64, n: u64, workers: usize) -> String {
+    let progress = format!("{elements} of {n} elements, {}", percent(elements, n));
+    match phase {
+        Phase::Start => format!(" while {workers} workers were starting; stopped them"),
+        Phase::Pool => format!(": {chunks} chunks done ({progress}); stopped {workers} workers"),
+        Phase::Baseline => format!(" during the single-process run ({progress})"),
+        Phase::Verify => format!(" while comparing the outputs ({progress} checked)"),
+        Phase::Threads => format!(" during the threads run: {chunks} chunks done ({progress})"),
+        Phase::Single => format!(" during the single-process job ({progress})"),
     }
 }
 

@@ -80,7 +80,7 @@ pub mod threads;
 pub mod worker;
 pub mod workload;
 
-pub use error::{Error, Result};
+pub use error::{Error, Phase, Result};
 pub use pool::{JobOptions, JobStats, Pool, PoolBuilder, PoolRun, WindowSink};
 pub use report::Report;
 pub use run::{RunOptions, run};

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::advice::{Observations, advise};
-use crate::baseline::{Mismatch, checksum, first_mismatch, run_kernel, run_single};
-use crate::error::{Error, Result};
+use crate::baseline::{Mismatch, Stopped, checksum_until, compare, run_kernel, run_single};
+use crate::error::{Error, Phase, Result};
 use crate::fault::Fault;
 use crate::limits::{Machine, check_memory};
 use crate::measure::{Ratio, Summary, ratio, summarize};
@@ -206,6 +206,15 @@ pub fn run_inspect<W: Workload>(
     Ok(build_report(workload, options, &machine, measured))
 }
 
+/// What verifying one round found: the single-process time, the first mismatch and the
+/// single-process reduction (when there was a baseline), the checksum, and the time taken.
+type Checked = (
+    Option<Duration>,
+    Option<(Option<Mismatch>, Option<u64>)>,
+    u64,
+    Duration,
+);
+
 /// One round: the parallel run and (unless skipped) the single-process run, verified.
 fn run_round<W: Workload>(
     workload: &W,
@@ -217,24 +226,32 @@ fn run_round<W: Workload>(
     if let Some(path) = &options.output {
         return stream_round(workload, n, options, path);
     }
-    let mut early = (options.baseline && baseline_first).then(|| run_single(workload, n));
-    let compare =
-        |results: &[W::Output], chunk_size: u64, early: &mut Option<(Vec<W::Output>, Duration)>| {
-            let single = match early.take() {
-                Some(single) => Some(single),
-                None if options.baseline => Some(run_single(workload, n)),
-                None => None,
-            };
-            let began = Instant::now();
-            let verdict = single.as_ref().map(|(out, _)| {
-                (
-                    first_mismatch(results, out),
-                    reduce_chunks(workload, out, chunk_size),
-                )
-            });
-            let sum = checksum(results);
-            (single.map(|(_, took)| took), verdict, sum, began.elapsed())
+    let interrupt = &options.supervision.interrupt;
+    let mut early = match options.baseline && baseline_first {
+        true => Some(run_single(workload, n, interrupt)?),
+        false => None,
+    };
+    let verify = |results: &[W::Output],
+                  chunk_size: u64,
+                  early: &mut Option<(Vec<W::Output>, Duration)>|
+     -> Result<Checked> {
+        let single = match early.take() {
+            Some(single) => Some(single),
+            None if options.baseline => Some(run_single(workload, n, interrupt)?),
+            None => None,
         };
+        let began = Instant::now();
+        let stop = |s: Stopped| s.into_error(Phase::Verify, n);
+        let verdict = match &single {
+            Some((out, _)) => Some((
+                compare(results, out, interrupt).map_err(stop)?,
+                reduce_chunks(workload, out, chunk_size, interrupt).map_err(stop)?,
+            )),
+            None => None,
+        };
+        let sum = checksum_until(results, interrupt).map_err(stop)?;
+        Ok((single.map(|(_, took)| took), verdict, sum, began.elapsed()))
+    };
     let (wall, start, stats, (baseline, verdict, sum, verify)) = match options.mode {
         Mode::Processes => {
             let began = Instant::now();
@@ -243,7 +260,7 @@ fn run_round<W: Workload>(
             let run = pool.run_with(workload, n, &job_options(options))?;
             let wall = began.elapsed();
             let stats = run.stats().clone();
-            let checked = compare(run.results(), stats.chunk_size, &mut early);
+            let checked = verify(run.results(), stats.chunk_size, &mut early)?;
             inspect(run.results());
             drop(run);
             pool.shutdown();
@@ -255,7 +272,7 @@ fn run_round<W: Workload>(
             });
             let dispenser = Dispenser::new(options.schedule, n, options.workers, chunk_size);
             let chunk_size = dispenser.chunk_size();
-            let run = run_threads(workload, dispenser, options.workers);
+            let run = run_threads(workload, dispenser, options.workers, interrupt)?;
             let stats = in_process_stats(
                 n,
                 chunk_size,
@@ -265,12 +282,12 @@ fn run_round<W: Workload>(
                 run.reduction,
                 options,
             );
-            let checked = compare(&run.output, chunk_size, &mut early);
+            let checked = verify(&run.output, chunk_size, &mut early)?;
             inspect(&run.output);
             (run.wall, run.start, stats, checked)
         }
         Mode::Single => {
-            let (output, wall) = run_kernel(workload, n);
+            let (output, wall) = run_kernel(workload, n, interrupt)?;
             let worker = WorkerStats {
                 id: 0,
                 pid: std::process::id(),
@@ -290,7 +307,7 @@ fn run_round<W: Workload>(
                 workload.reduce(&output),
                 options,
             );
-            let checked = compare(&output, n.max(1), &mut early);
+            let checked = verify(&output, n.max(1), &mut early)?;
             inspect(&output);
             (wall, Duration::ZERO, stats, checked)
         }
@@ -319,12 +336,13 @@ fn stream_round<W: Workload>(
     options: &RunOptions,
     path: &std::path::Path,
 ) -> Result<Round> {
-    let file = std::fs::File::create(path).map_err(|e| {
+    let cannot = |e: std::io::Error| {
         Error::InvalidInput(format!("--output: cannot create {}: {e}", path.display()))
-    })?;
-    // A regular file we created is removed if the run fails half-way; a device such as
-    // /dev/null or /dev/full is left alone.
-    let regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+    };
+    // The file gets its name only when the run succeeds: a failed or interrupted run
+    // leaves no partial file (and an older file of that name as it was).
+    let output = crate::stream::OutputFile::create(path).map_err(cannot)?;
+    let file = output.file().try_clone().map_err(cannot)?;
     let mut sink = FileSink::new(workload, file, path, options.baseline);
     let began = Instant::now();
     let result = (|| {
@@ -336,22 +354,22 @@ fn stream_round<W: Workload>(
         pool.shutdown();
         Ok((spawn, stats))
     })();
-    let (spawn, stats) = match result {
+    let (spawn, stats) = match result.and_then(|done| {
+        output
+            .persist()
+            .map_err(|e| Error::Output(format!("cannot give {} its name: {e}", path.display())))?;
+        Ok(done)
+    }) {
         Ok(done) => done,
-        Err(e) => {
-            drop(sink);
-            let what = if regular && std::fs::remove_file(path).is_ok() {
-                format!("; the partial file {} was removed", path.display())
-            } else {
-                String::new()
-            };
-            // Other errors (an interrupt, a chunk out of retries) keep their kind, and so
-            // their exit code; the partial file is gone all the same.
-            return Err(match e {
-                Error::Output(message) => Error::Output(format!("{message}{what}")),
-                other => other,
-            });
+        // Other errors (an interrupt, a chunk out of retries) keep their kind, and so their
+        // exit code; the partial output is gone all the same.
+        Err(Error::Output(message)) => {
+            return Err(Error::Output(format!(
+                "{message}; {} was not written",
+                path.display()
+            )));
         }
+        Err(other) => return Err(other),
     };
     let wall = began.elapsed();
     Ok(Round {
@@ -559,15 +577,26 @@ fn build_report<W: Workload>(
 /// The workload's reduction over `output` cut into chunks of `chunk_size`, added up as the
 /// pool adds its chunks' values. (For a reduction that adds up, the chunking does not
 /// matter; the pool's own chunking is used so that any reduction compares like for like.)
-fn reduce_chunks<W: Workload>(workload: &W, output: &[W::Output], chunk_size: u64) -> Option<u64> {
+fn reduce_chunks<W: Workload>(
+    workload: &W,
+    output: &[W::Output],
+    chunk_size: u64,
+    interrupt: &crate::interrupt::Interrupt,
+) -> std::result::Result<Option<u64>, Stopped> {
     let size = usize::try_from(chunk_size).unwrap_or(usize::MAX).max(1);
-    output
-        .chunks(size)
-        .fold(None, |acc, chunk| match (acc, workload.reduce(chunk)) {
+    let mut total = None;
+    for (k, chunk) in output.chunks(size).enumerate() {
+        if let Some(signal) = interrupt.requested() {
+            let done = (k as u64).saturating_mul(size as u64);
+            return Err(Stopped { signal, done });
+        }
+        total = match (total, workload.reduce(chunk)) {
             (acc, None) => acc,
             (None, Some(r)) => Some(r),
-            (Some(a), Some(r)) => Some(a.wrapping_add(r)),
-        })
+            (Some(a), Some(r)) => Some(u64::wrapping_add(a, r)),
+        };
+    }
+    Ok(total)
 }
 
 /// Refuses bad options and jobs that cannot fit, before anything starts.

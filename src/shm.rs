@@ -47,7 +47,22 @@ impl SharedRegion {
         let len_off = i64::try_from(len)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
         nix::unistd::ftruncate(&self.fd, 0)?;
-        nix::unistd::ftruncate(&self.fd, len_off)?;
+        nix::unistd::ftruncate(&self.fd, len_off).map_err(|e| {
+            let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE)
+                .map_or(0, |(soft, _)| soft);
+            match e {
+                nix::errno::Errno::EFBIG => io::Error::new(
+                    io::ErrorKind::FileTooLarge,
+                    format!(
+                        "cannot make the shared region {}: the file-size limit (ulimit -f) \
+                         of {} applies to shared memory too; raise it (`ulimit -f unlimited`)",
+                        crate::limits::human_bytes(u128::from(len)),
+                        crate::limits::human_bytes(u128::from(limit))
+                    ),
+                ),
+                other => io::Error::from(other),
+            }
+        })?;
         self.len = len;
         Ok(())
     }

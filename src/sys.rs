@@ -311,6 +311,14 @@ pub fn ignore_interrupts() {
         unsafe { nix::sys::signal::signal(Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn) };
 }
 
+/// Ignores SIGXFSZ, so that a write past the file-size limit (`ulimit -f`) fails with
+/// EFBIG, reported like a full disk, instead of killing the process without a word.
+pub fn ignore_file_size_signal() {
+    // SAFETY: SIG_IGN installs no handler code, so no async-signal-safety rule is at stake.
+    let _ =
+        unsafe { nix::sys::signal::signal(Signal::SIGXFSZ, nix::sys::signal::SigHandler::SigIgn) };
+}
+
 /// Sends SIGTERM to `pid`, ignoring a process that is already gone.
 pub fn terminate(pid: u32) {
     let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);

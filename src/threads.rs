@@ -8,6 +8,9 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::baseline::{in_pieces, zeroed};
+use crate::error::{Error, Phase, Result};
+use crate::interrupt::Interrupt;
 use crate::pool::WorkerStats;
 use crate::schedule::{Chunk, Dispenser, Schedule};
 use crate::workload::Workload;
@@ -37,10 +40,15 @@ struct Slices<'a, T> {
     tail: &'a mut [T],
     tail_start: u64,
     blocks: Vec<Option<&'a mut [T]>>,
+    /// No more chunks are handed out (a thread could not be started).
+    closed: bool,
 }
 
 impl<'a, T> Slices<'a, T> {
     fn next_for(&mut self, worker: usize) -> Option<(Chunk, &'a mut [T])> {
+        if self.closed {
+            return None;
+        }
         let chunk = self.dispenser.next_for(worker)?;
         if self.dispenser.schedule() == Schedule::Static {
             let block = self.blocks.get_mut(chunk.id as usize)?.take()?;
@@ -54,16 +62,31 @@ impl<'a, T> Slices<'a, T> {
     }
 }
 
+/// What one thread did.
+struct ThreadResult {
+    stats: WorkerStats,
+    started: Instant,
+    last_done: Option<Instant>,
+    reduction: Option<u64>,
+    elements: u64,
+    stopped_by: Option<i32>,
+}
+
 /// Runs `workload` on `0..n` with `threads` threads taking chunks from `dispenser` (the
 /// next chunk goes to whichever thread asks), all writing into one buffer.
+///
+/// Each chunk's kernel runs in short pieces with a look at `interrupt` between them, so
+/// SIGINT or SIGTERM stops every thread within a fraction of a second
+/// ([`Error::Interrupted`]). A thread the system refuses to start is an error naming the
+/// limit on threads (`ulimit -u`); the threads already running finish their chunk first.
 pub fn run_threads<W: Workload>(
     workload: &W,
     dispenser: Dispenser,
     threads: usize,
-) -> ThreadsRun<W::Output> {
+    interrupt: &Interrupt,
+) -> Result<ThreadsRun<W::Output>> {
     let n = dispenser.remaining();
-    let len = usize::try_from(n).expect("n was checked against memory before");
-    let mut output: Vec<W::Output> = bytemuck::zeroed_vec(len);
+    let mut output: Vec<W::Output> = zeroed(n, "the threads' shared output")?;
     let chunk_size = usize::try_from(dispenser.chunk_size()).unwrap_or(usize::MAX);
     let began = Instant::now();
     let (blocks, tail): (Vec<_>, &mut [W::Output]) = if dispenser.schedule() == Schedule::Static {
@@ -76,75 +99,140 @@ pub fn run_threads<W: Workload>(
         tail,
         tail_start: 0,
         blocks,
+        closed: false,
     });
     let pid = std::process::id();
-    let results: Vec<(WorkerStats, Instant, Option<Instant>, Option<u64>)> =
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|id| {
-                    let slices = &slices;
-                    scope.spawn(move || {
-                        let started = Instant::now();
-                        let (mut chunks, mut compute) = (0u64, Duration::ZERO);
-                        let mut reduction: Option<u64> = None;
-                        let mut last_done = None;
-                        loop {
-                            let next = slices.lock().expect("no panic while held").next_for(id);
-                            let Some((chunk, out)) = next else { break };
-                            let t = Instant::now();
-                            workload.kernel(chunk.range(), out);
-                            if let Some(r) = workload.reduce(out) {
-                                reduction = Some(reduction.unwrap_or(0).wrapping_add(r));
-                            }
-                            let now = Instant::now();
-                            compute += now - t;
-                            last_done = Some(now);
-                            chunks += 1;
-                        }
-                        let stats = WorkerStats {
-                            id,
-                            pid,
-                            chunks,
-                            compute_s: compute.as_secs_f64(),
-                            cpu_s: None,
-                            peak_rss_bytes: None,
-                            idle_end_s: 0.0,
-                            cpu: None,
-                        };
-                        (stats, started, last_done, reduction)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("kernel panicked in a thread"))
-                .collect()
+    let (results, refused) = std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(threads);
+        let mut refused = None;
+        for id in 0..threads {
+            let slices = &slices;
+            let spawned = std::thread::Builder::new()
+                .name(format!("procpool-thread-{id}"))
+                .spawn_scoped(scope, move || work(workload, slices, id, pid, interrupt));
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    slices.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+                    refused = Some((id, e));
+                    break;
+                }
+            }
+        }
+        let results: Vec<ThreadResult> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect();
+        (results, refused)
+    });
+    if let Some((id, e)) = refused {
+        let limit = match crate::sys::process_limit() {
+            Some(limit) => format!("the limit on processes and threads (ulimit -u) is {limit}"),
+            None => "a system limit on threads was reached (ulimit -u, the cgroup's pids.max \
+                     or /proc/sys/kernel/threads-max)"
+                .to_string(),
+        };
+        return Err(Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot start thread {id} of {threads} ({e}): {limit}; use fewer --workers"),
+        )));
+    }
+    if let Some(signal) = results.iter().find_map(|r| r.stopped_by) {
+        return Err(Error::Interrupted {
+            signal,
+            phase: Phase::Threads,
+            chunks_done: results.iter().map(|r| r.stats.chunks).sum(),
+            chunks: results.iter().map(|r| r.stats.chunks).sum(),
+            elements_done: results.iter().map(|r| r.elements).sum(),
+            n,
+            workers: threads,
+            needed_term: 0,
+            needed_kill: 0,
         });
+    }
     let end = Instant::now();
     let wall = end - began;
     let start = results
         .iter()
-        .map(|(_, t, _, _)| t.duration_since(began))
+        .map(|r| r.started.duration_since(began))
         .max()
         .unwrap_or_default();
     let reduction = results
         .iter()
-        .filter_map(|&(_, _, _, r)| r)
+        .filter_map(|r| r.reduction)
         .reduce(u64::wrapping_add);
     let workers: Vec<WorkerStats> = results
         .into_iter()
-        .map(|(mut stats, _, last_done, _)| {
-            stats.idle_end_s = last_done.map_or(wall, |t| end - t).as_secs_f64();
+        .map(|r| {
+            let mut stats = r.stats;
+            stats.idle_end_s = r.last_done.map_or(wall, |t| end - t).as_secs_f64();
             stats
         })
         .collect();
-    ThreadsRun {
+    Ok(ThreadsRun {
         output,
         wall,
         start,
         chunks: workers.iter().map(|w| w.chunks).sum(),
         workers,
         reduction,
+    })
+}
+
+/// One thread's loop: take the next chunk, compute it in pieces, until none is left or
+/// a stop is requested.
+fn work<W: Workload>(
+    workload: &W,
+    slices: &Mutex<Slices<'_, W::Output>>,
+    id: usize,
+    pid: u32,
+    interrupt: &Interrupt,
+) -> ThreadResult {
+    let started = Instant::now();
+    let (mut chunks, mut compute, mut elements) = (0u64, Duration::ZERO, 0u64);
+    let mut reduction: Option<u64> = None;
+    let mut last_done = None;
+    let mut stopped_by = None;
+    loop {
+        // A poisoned lock means another thread panicked; its panic is re-raised at join.
+        let next = match slices.lock() {
+            Ok(mut slices) => slices.next_for(id),
+            Err(_) => None,
+        };
+        let Some((chunk, out)) = next else { break };
+        let t = Instant::now();
+        if let Err(stopped) = in_pieces(chunk.range(), out, interrupt, |r, o| workload.kernel(r, o))
+        {
+            elements += stopped.done;
+            stopped_by = Some(stopped.signal);
+            break;
+        }
+        if let Some(r) = workload.reduce(out) {
+            reduction = Some(reduction.unwrap_or(0).wrapping_add(r));
+        }
+        let now = Instant::now();
+        compute += now - t;
+        last_done = Some(now);
+        chunks += 1;
+        elements += chunk.len();
+    }
+    let stats = WorkerStats {
+        id,
+        pid,
+        chunks,
+        compute_s: compute.as_secs_f64(),
+        cpu_s: None,
+        peak_rss_bytes: None,
+        idle_end_s: 0.0,
+        cpu: None,
+    };
+    ThreadResult {
+        stats,
+        started,
+        last_done,
+        reduction,
+        elements,
+        stopped_by,
     }
 }
 
@@ -162,7 +250,8 @@ mod tests {
                 (1001, Some(7), 3),
                 (10_000, None, 2),
             ] {
-                let run = run_threads(&Squares, Dispenser::new(schedule, n, threads, cs), threads);
+                let dispenser = Dispenser::new(schedule, n, threads, cs);
+                let run = run_threads(&Squares, dispenser, threads, &Interrupt::new()).unwrap();
                 assert_eq!(run.output.len() as u64, n);
                 assert!(
                     run.output

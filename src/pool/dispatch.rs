@@ -33,7 +33,7 @@ use ipc_channel::ipc::IpcSelectionResult;
 
 use super::ledger::Ledger;
 use super::{AutoChunk, Death, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
-use crate::error::{Error, Result};
+use crate::error::{Error, Phase, Result};
 use crate::protocol::{FromWorker, JobSpec, Layout, ToWorker, Transport, wire_size};
 use crate::schedule::{Chunk, Dispenser, Schedule};
 
@@ -761,6 +761,7 @@ fn choose_chunk_size(probe: &AutoProbe, dispenser: &Dispenser, workers: usize) -
 fn interrupted(signal: i32, job: &Job, workers: usize) -> Error {
     Error::Interrupted {
         signal,
+        phase: Phase::Pool,
         chunks_done: job.done,
         chunks: job.done + job.ledger.outstanding(),
         elements_done: job.elements_done,

@@ -30,7 +30,7 @@ use ipc_channel::ipc::{IpcReceiver, IpcSender};
 
 use super::Death;
 use super::private_dir::PrivateDir;
-use crate::error::{Error, Result};
+use crate::error::{Error, Phase, Result};
 use crate::interrupt::Interrupt;
 use crate::protocol::{FromWorker, PROTOCOL_VERSION, ToWorker, welcome_wire_size, wire_size};
 use crate::sys::{ExitCause, Process, prepare_worker_command};
@@ -467,6 +467,7 @@ fn wait_ready(
         if let Some(signal) = interrupt.requested() {
             return Err(Error::Interrupted {
                 signal,
+                phase: Phase::Start,
                 chunks_done: 0,
                 chunks: 0,
                 elements_done: 0,
