@@ -1,6 +1,8 @@
 //! The `procpool` command: parse the command line, call the library, print, exit.
 
 mod cli;
+mod notice;
+mod progress;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -20,6 +22,8 @@ use procpool::{Element, Report, RunOptions, Squares, Workload};
 /// 130/143 interrupted by SIGINT/SIGTERM.
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
+/// How long the report waits for queued lines about lost workers to reach stderr.
+const NOTICE_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn main() -> ExitCode {
     // A re-executed worker serves here and never returns.
@@ -147,8 +151,8 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
         baseline: !args.no_baseline,
         repeat: args.repeat,
         warmup: args.warmup,
-        // Never with --json, and the library checks that stderr is a terminal.
-        progress: !args.json,
+        // Lines for lost workers always; a bar never with --json, and only on a terminal.
+        observer: Some(std::sync::Arc::new(progress::Terminal::new(!args.json))),
         worker_exe: None,
         handshake_timeout: args.handshake_timeout,
         faults: args.inject.clone(),
@@ -328,6 +332,8 @@ fn print_text_or_json(
 }
 
 fn print_out(text: &str) -> anyhow::Result<()> {
+    // The supervisor's lines about lost workers come before the report.
+    notice::flush(NOTICE_FLUSH);
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         // A closed pipe (`procpool ... | head -1`) is the reader's choice, not our failure.
@@ -342,6 +348,7 @@ fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
+            notice::flush(NOTICE_FLUSH);
             eprintln!("procpool: {e:#}");
             let error = e.downcast_ref::<procpool::Error>();
             if let Some(signal) = error.and_then(procpool::Error::interrupted_by) {

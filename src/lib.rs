@@ -81,7 +81,7 @@ pub mod worker;
 pub mod workload;
 
 pub use error::{Error, Phase, Result};
-pub use pool::{JobOptions, JobStats, Pool, PoolBuilder, PoolRun, WindowSink};
+pub use pool::{Event, JobOptions, JobStats, Observer, Pool, PoolBuilder, PoolRun, WindowSink};
 pub use report::Report;
 pub use run::{RunOptions, run};
 pub use workload::{

@@ -17,7 +17,7 @@ use crate::fault::Fault;
 use crate::limits::{Machine, check_memory};
 use crate::measure::{Ratio, Summary, ratio, summarize};
 use crate::pool::{
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_INFLIGHT, JobOptions, JobStats, Pool, StartMethod,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_INFLIGHT, JobOptions, JobStats, Observer, Pool, StartMethod,
     Supervision, WorkerStats,
 };
 use crate::protocol::Transport;
@@ -50,8 +50,9 @@ pub struct RunOptions {
     pub repeat: usize,
     /// Rounds run first and discarded.
     pub warmup: usize,
-    /// Show a progress bar on stderr for long jobs (only on a terminal).
-    pub progress: bool,
+    /// Who hears of the pool's progress and of lost workers (processes mode; see
+    /// [`Observer`]).
+    pub observer: Option<std::sync::Arc<dyn Observer>>,
     /// Worker executable (default: the current executable).
     pub worker_exe: Option<PathBuf>,
     /// Deadline for workers to connect back.
@@ -106,7 +107,7 @@ impl Default for RunOptions {
             baseline: true,
             repeat: 1,
             warmup: 0,
-            progress: false,
+            observer: None,
             worker_exe: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             faults: Vec::new(),
@@ -403,6 +404,9 @@ fn pool_builder(options: &RunOptions) -> crate::pool::PoolBuilder {
     if let Some(exe) = &options.worker_exe {
         pool = pool.worker_exe(exe);
     }
+    if let Some(observer) = &options.observer {
+        pool = pool.observer(observer.clone());
+    }
     pool
 }
 
@@ -413,7 +417,6 @@ fn job_options(options: &RunOptions) -> JobOptions {
         schedule: options.schedule,
         transport: options.transport,
         faults: options.faults.clone(),
-        progress: options.progress,
     }
 }
 

@@ -166,6 +166,70 @@ fn worker_death_during_a_job_is_survived_and_the_pool_stays_usable() {
     assert_reaped(&pids, "after drop");
 }
 
+/// Every event a pool reports, as text.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl procpool::Observer for Recorder {
+    fn event(&self, event: &procpool::Event<'_>) {
+        let line = match event {
+            procpool::Event::JobStarted { n } => format!("started {n}"),
+            procpool::Event::Progress { done, n } => format!("progress {done}/{n}"),
+            procpool::Event::WorkerLost { worker, what, .. } => format!("lost {worker}: {what}"),
+            procpool::Event::JobEnded { completed } => format!("ended {completed}"),
+            other => format!("{other:?}"),
+        };
+        self.0.lock().expect("not poisoned").push(line);
+    }
+}
+
+#[test]
+fn an_observer_hears_the_start_the_progress_the_lost_worker_and_the_end() {
+    let recorder = std::sync::Arc::new(Recorder::default());
+    let mut pool = Pool::builder()
+        .workers(2)
+        .worker_exe(EXE)
+        .observer(recorder.clone())
+        .build()
+        .expect("start a pool");
+    let options = procpool::JobOptions {
+        chunk_size: Some(100),
+        faults: vec!["kill@3".parse().expect("a fault")],
+        ..Default::default()
+    };
+    let run = pool
+        .run_with(&Squares, 10_000, &options)
+        .expect("recovered");
+    assert_eq!(run.stats().restarts, 1);
+    drop(run);
+    let pids = pool.pids();
+    drop(pool);
+    assert_reaped(&pids, "after drop");
+    let events = recorder.0.lock().expect("not poisoned").clone();
+    assert_eq!(events.first().map(String::as_str), Some("started 10000"));
+    assert_eq!(events.last().map(String::as_str), Some("ended true"));
+    let lost: Vec<&String> = events.iter().filter(|e| e.starts_with("lost ")).collect();
+    assert_eq!(lost.len(), 1, "{events:?}");
+    assert!(
+        lost[0].contains("killed by SIGKILL while running chunk 3"),
+        "{lost:?}"
+    );
+    let done: Vec<u64> = events
+        .iter()
+        .filter_map(|e| {
+            e.strip_prefix("progress ")?
+                .strip_suffix("/10000")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        done.windows(2).all(|w| w[0] < w[1]),
+        "progress only grows: {done:?}"
+    );
+    assert_eq!(done.last(), Some(&10_000), "{events:?}");
+}
+
 #[test]
 fn zero_workers_is_invalid_input() {
     let err = Pool::builder()

@@ -24,7 +24,6 @@
 //! last chunk (so the idle time at the end shows imbalance).
 
 use std::collections::VecDeque;
-use std::io::IsTerminal;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +31,7 @@ use ipc_channel::TrySelectError;
 use ipc_channel::ipc::IpcSelectionResult;
 
 use super::ledger::Ledger;
+use super::observe::{self, Event};
 use super::{AutoChunk, Death, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
 use crate::error::{Error, Phase, Result};
 use crate::protocol::{FromWorker, JobSpec, Layout, ToWorker, Transport, wire_size};
@@ -41,8 +41,6 @@ use crate::schedule::{Chunk, Dispenser, Schedule};
 const TICK: Duration = Duration::from_millis(20);
 /// With streaming, how often the loop checks for windows the writer has freed.
 const STREAM_TICK: Duration = Duration::from_millis(1);
-/// A progress bar appears only for jobs running longer than this.
-const PROGRESS_AFTER: Duration = Duration::from_secs(1);
 /// `--chunk-size auto` aims for chunks whose compute is this many times their messaging cost.
 const AUTO_COMPUTE_OVER_OVERHEAD: f64 = 20.0;
 /// … while every worker still gets at least this many chunks.
@@ -93,9 +91,8 @@ struct Job {
     /// Workers found dead while sending: (slot, pid), handled by the loop.
     dead: Vec<(usize, u32)>,
     auto: Option<AutoProbe>,
-    progress: Option<indicatif::ProgressBar>,
-    /// A bar is asked for and stderr is a terminal (looked up once, not per message).
-    progress_wanted: bool,
+    /// `elements_done` as last told to the observer.
+    told_done: u64,
     /// Set for a streamed job (`--output`).
     streaming: Option<Streaming>,
 }
@@ -279,8 +276,7 @@ impl Pool {
             deaths,
             dead: Vec::new(),
             auto,
-            progress: None,
-            progress_wanted: options.progress && std::io::stderr().is_terminal(),
+            told_done: 0,
             streaming,
         };
         for (w, slot) in self.workers.iter().enumerate() {
@@ -304,9 +300,6 @@ impl Pool {
 
         while job.elements_done < n || job.streaming.as_ref().is_some_and(|s| s.base < s.windows) {
             if let Some(signal) = self.supervision.interrupt.requested() {
-                if let Some(bar) = job.progress.take() {
-                    bar.abandon();
-                }
                 return Err(interrupted(signal, &job, self.workers.len()));
             }
             while let Some((w, pid)) = job.dead.pop() {
@@ -346,10 +339,11 @@ impl Pool {
                 }
             }
             self.windows_written(&mut job)?;
-            self.show_progress(&mut job, began);
-        }
-        if let Some(bar) = job.progress.take() {
-            bar.finish_and_clear();
+            if job.elements_done != job.told_done {
+                job.told_done = job.elements_done;
+                let (done, n) = (job.elements_done, job.n);
+                observe::tell(&self.observer, Event::Progress { done, n });
+            }
         }
 
         let end = Instant::now();
@@ -439,27 +433,6 @@ impl Pool {
             }
         }
         Ok(())
-    }
-
-    /// Draws or updates the progress bar: only after a second, only on a terminal.
-    fn show_progress(&self, job: &mut Job, began: Instant) {
-        if let Some(bar) = &job.progress {
-            bar.set_position(job.elements_done);
-            return;
-        }
-        if job.progress_wanted && began.elapsed() >= PROGRESS_AFTER {
-            job.progress_wanted = false;
-            let bar = indicatif::ProgressBar::new(job.n);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:40} {percent:>3}% {human_pos}/{human_len} elements, \
-                     {per_sec}, ETA {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            bar.set_position(job.elements_done);
-            job.progress = Some(bar);
-        }
     }
 
     fn handle(&mut self, event: IpcSelectionResult, job: &mut Job) -> Result<()> {
@@ -620,10 +593,8 @@ impl Pool {
         };
         let lost = job.ledger.lose(w, slot_id, pid, &cause)?;
         let (running, death_text) = (lost.running, lost.text);
-        self.tell(
-            job,
-            format!("procpool: {death_text}; starting a replacement"),
-        );
+        let (worker, what) = (slot_id, death_text.as_str());
+        observe::tell(&self.observer, Event::WorkerLost { worker, pid, what });
         let id = self.workers[w].id;
         // Replacements are always spawned: by now this process has threads, so it may not
         // fork. The handshake goes on in `poll_starting` while the others compute.
@@ -685,10 +656,13 @@ impl Pool {
                     }
                     let death_text = format!("worker {id} (pid {pid}) {}", failure.cause());
                     job.ledger.restart(&death_text)?;
-                    self.tell(
-                        job,
-                        format!("procpool: {death_text}; starting a replacement"),
-                    );
+                    let what = death_text.as_str();
+                    let lost = Event::WorkerLost {
+                        worker: id,
+                        pid,
+                        what,
+                    };
+                    observe::tell(&self.observer, lost);
                     let new_pid = self.begin_start(w)?;
                     job.deaths.push(Death {
                         id,
@@ -701,15 +675,6 @@ impl Pool {
             }
         }
         Ok(())
-    }
-
-    /// A line for the user: above the progress bar when there is one, else queued for
-    /// stderr (never written from this loop, which must not wait on a reader).
-    fn tell(&self, job: &Job, line: String) {
-        match &job.progress {
-            Some(bar) => bar.println(line),
-            None => super::notice::notice(line),
-        }
     }
 }
 

@@ -5,12 +5,13 @@
 
 mod dispatch;
 mod ledger;
-mod notice;
+mod observe;
 mod private_dir;
 mod spawn;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,7 @@ use crate::schedule::{Dispenser, Schedule};
 use crate::shm::{Mapping, SharedRegion};
 use crate::sys::{ExitCause, Process};
 use crate::workload::{Element, Workload};
+pub use observe::{Event, Observer};
 use private_dir::PrivateDir;
 
 /// Default number of chunks in flight per worker: one running, one queued, so a worker never
@@ -122,6 +124,7 @@ pub struct PoolBuilder {
     supervision: Supervision,
     start: StartMethod,
     pin: bool,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl Default for PoolBuilder {
@@ -134,6 +137,7 @@ impl Default for PoolBuilder {
             supervision: Supervision::default(),
             start: StartMethod::Spawn,
             pin: false,
+            observer: None,
         }
     }
 }
@@ -192,6 +196,13 @@ impl PoolBuilder {
     /// Per-chunk time limit (default: none).
     pub fn chunk_timeout(mut self, timeout: Duration) -> Self {
         self.supervision.chunk_timeout = Some(timeout);
+        self
+    }
+
+    /// Who hears of the pool's progress and of lost workers (default: nobody; the pool
+    /// prints nothing itself). See [`Observer`].
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
         self
     }
 
@@ -268,6 +279,7 @@ impl PoolBuilder {
             exe,
             handshake_timeout: self.handshake_timeout,
             supervision: self.supervision,
+            observer: self.observer,
             max_restarts,
             set: IpcReceiverSet::new()?,
             by_receiver: HashMap::new(),
@@ -374,6 +386,7 @@ pub struct Pool {
     exe: PathBuf,
     handshake_timeout: Duration,
     supervision: Supervision,
+    observer: Option<Arc<dyn Observer>>,
     max_restarts: u64,
     set: IpcReceiverSet,
     by_receiver: HashMap<u64, usize>,
@@ -418,9 +431,6 @@ pub struct JobOptions {
     pub transport: Transport,
     /// Faults to inject (see [`crate::fault`]).
     pub faults: Vec<Fault>,
-    /// Show a progress bar on stderr when the job runs longer than a second and stderr is a
-    /// terminal.
-    pub progress: bool,
 }
 
 /// What `--chunk-size auto` measured and chose.
@@ -673,7 +683,11 @@ impl Pool {
             transport: options.transport,
             layout,
         };
-        match self.dispatch(spec, n, dispenser, options, stream) {
+        observe::tell(&self.observer, Event::JobStarted { n });
+        let result = self.dispatch(spec, n, dispenser, options, stream);
+        let completed = result.is_ok();
+        observe::tell(&self.observer, Event::JobEnded { completed });
+        match result {
             Ok(stats) => Ok(stats),
             Err(mut e) => {
                 self.broken = true;
@@ -723,7 +737,6 @@ impl Pool {
             w.reap(Duration::ZERO);
         }
         self.by_receiver.clear();
-        notice::flush(Duration::from_millis(200));
         needed
     }
 

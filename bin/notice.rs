@@ -3,7 +3,7 @@
 //!
 //! Writing to stderr blocks when whoever reads it stops reading (a full pipe, a paused
 //! terminal). The dispatch loop must never wait on that, or every worker would stall with
-//! it. So the loop only queues a line; a thread of its own writes it. When the queue is
+//! it. So the observer only queues a line; a thread of its own writes it. When the queue is
 //! full the line is dropped (it is in the report's `deaths` all the same). The thread ends
 //! after a second without lines, so a later `--start fork` still finds one thread only.
 
