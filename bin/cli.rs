@@ -3,13 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use procpool::fault::Fault;
 use procpool::parse::{parse_count, parse_duration};
-use procpool::pool::StartMethod;
-use procpool::protocol::Transport;
-use procpool::run::Mode;
-use procpool::schedule::Schedule;
 use procpool::workload::hash::DEFAULT_ROUNDS;
 use procpool::workload::mandelbrot::DEFAULT_MAX_ITER;
 
@@ -105,13 +101,13 @@ pub struct RunArgs {
 
     /// How chunks are handed out (OpenMP's meanings): static (dealt in advance), dynamic
     /// (to whoever is free), guided (shrinking)
-    #[arg(long, global = true, value_enum, default_value_t = Schedule::Dynamic)]
-    pub schedule: Schedule,
+    #[arg(long, global = true, value_enum, default_value_t = ScheduleArg::Dynamic)]
+    pub schedule: ScheduleArg,
 
     /// How results come back: shm (written straight into shared memory) or channel (sent
     /// over ipc-channel), to see what shared memory saves
-    #[arg(long, global = true, value_enum, default_value_t = Transport::Shm)]
-    pub transport: Transport,
+    #[arg(long, global = true, value_enum, default_value_t = TransportArg::Shm)]
+    pub transport: TransportArg,
 
     /// Pin each worker to one CPU (sched_setaffinity)
     #[arg(long, global = true)]
@@ -174,18 +170,94 @@ pub struct RunArgs {
 
     /// Run the job on worker processes (the pool), on threads of one process, or in one
     /// process, to compare what each costs
-    #[arg(long, global = true, value_enum, default_value_t = Mode::Processes)]
-    pub mode: Mode,
+    #[arg(long, global = true, value_enum, default_value_t = ModeArg::Processes)]
+    pub mode: ModeArg,
 
     /// How worker processes start: re-executing this binary, or fork (only from a
     /// single-threaded process)
-    #[arg(long, global = true, value_enum, default_value_t = StartMethod::Spawn)]
-    pub start: StartMethod,
+    #[arg(long, global = true, value_enum, default_value_t = StartArg::Spawn)]
+    pub start: StartArg,
 
     /// How long workers may take to start and connect back
     #[arg(long, global = true, value_name = "DURATION", default_value = "10s",
           value_parser = parse_duration_arg)]
     pub handshake_timeout: Duration,
+}
+
+/// Declares a value enum of the command line and its mapping onto the library's enum: the
+/// library knows nothing of clap (it builds without it), the command line names the values.
+macro_rules! value_enum {
+    ($(#[$doc:meta])* $name:ident => $lib:path { $($(#[$vdoc:meta])* $variant:ident),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                <$lib>::from(*self).fmt(f)
+            }
+        }
+
+        impl From<$name> for $lib {
+            fn from(value: $name) -> Self {
+                match value {
+                    $($name::$variant => <$lib>::$variant),+
+                }
+            }
+        }
+    };
+}
+
+value_enum! {
+    /// `--schedule`.
+    ScheduleArg => procpool::schedule::Schedule {
+        /// Chunks dealt round-robin in advance: chunk k belongs to worker k mod W. Without
+        /// `--chunk-size`, one contiguous block per worker. No balancing at all.
+        Static,
+        /// The next chunk goes to whichever worker is free (the default).
+        Dynamic,
+        /// Like dynamic, with chunks shrinking as the work runs out: each is the remaining
+        /// work divided by the number of workers, but at least the chunk size.
+        Guided,
+    }
+}
+
+value_enum! {
+    /// `--transport`.
+    TransportArg => procpool::protocol::Transport {
+        /// Written straight into the shared region; only a small `Done` crosses the channel.
+        Shm,
+        /// Sent back inside the `Done` message over ipc-channel, and copied into place by
+        /// the parent: what shared memory saves, made visible.
+        Channel,
+    }
+}
+
+value_enum! {
+    /// `--mode`.
+    ModeArg => procpool::run::Mode {
+        /// Worker processes writing into shared memory: the pool.
+        Processes,
+        /// The same kernel on threads of this process, sharing one output buffer.
+        Threads,
+        /// One process, one call of the kernel over the whole range.
+        Single,
+    }
+}
+
+value_enum! {
+    /// `--start`.
+    StartArg => procpool::pool::StartMethod {
+        /// Re-execute the worker binary and connect back over an ipc-channel one-shot server
+        /// (like Python's `spawn`): a fresh process image, about a millisecond per worker.
+        Spawn,
+        /// `fork` this process (like Python's `fork`): no exec and no handshake, a fraction
+        /// of a millisecond per worker. Only from a single-threaded process; workers that
+        /// replace dead ones are spawned, because by then the pool has threads of its own.
+        Fork,
+    }
 }
 
 /// The workloads, each a subcommand with its own arguments.

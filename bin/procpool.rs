@@ -144,8 +144,8 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
         workers,
         chunk_size,
         auto_chunk,
-        schedule: args.schedule,
-        transport: args.transport,
+        schedule: args.schedule.into(),
+        transport: args.transport.into(),
         pin: args.pin,
         inflight: args.inflight,
         baseline: !args.no_baseline,
@@ -165,8 +165,8 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
         },
         output: args.output.clone(),
         window_bytes: args.window_size,
-        mode: args.mode,
-        start: args.start,
+        mode: args.mode.into(),
+        start: args.start.into(),
     })
 }
 

@@ -99,7 +99,7 @@ impl Layout {
 }
 
 /// How a worker's results reach the parent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// Written straight into the shared region; only a small `Done` crosses the channel.

@@ -72,7 +72,7 @@ pub struct RunOptions {
 }
 
 /// Which way to run the job.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Worker processes writing into shared memory: the pool.

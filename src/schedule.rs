@@ -79,7 +79,7 @@ pub fn waiting_chunk_size(n: u64, workers: usize) -> u64 {
 }
 
 /// How chunks are handed to workers (OpenMP's meanings).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
     /// Chunks dealt round-robin in advance: chunk k belongs to worker k mod W. Without

@@ -204,8 +204,10 @@ fn a_worker_reporting_a_socket_outside_the_private_directory_is_refused() {
     let decoy = scratch.path().join("decoy.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&decoy).unwrap();
     // A fake worker: reports a path procpool did not give it, then waits to be killed.
+    // (Through /proc: a POSIX sh redirects only single-digit descriptors, and the report
+    // pipe's number is 10 or more when other tests hold descriptors.)
     let body = format!(
-        "#!/bin/sh\neval \"echo {} >&$4\"\nexec sleep 30\n",
+        "#!/bin/sh\necho {} > /proc/self/fd/$4\nexec sleep 30\n",
         decoy.display()
     );
     let exe = write_script(scratch.path(), "liar.sh", &body);

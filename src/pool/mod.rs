@@ -64,7 +64,7 @@ pub fn default_max_restarts(workers: usize) -> u64 {
 }
 
 /// How worker processes are started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StartMethod {
     /// Re-execute the worker binary and connect back over an ipc-channel one-shot server

@@ -1,6 +1,7 @@
 //! One [`Report`] per run, and its renderings: text for people, JSON for programs.
 
 pub mod export;
+#[cfg(feature = "plot")]
 pub mod plot;
 pub mod sweep;
 mod text;

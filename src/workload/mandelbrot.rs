@@ -7,9 +7,12 @@
 //! the image cost far more than rows near the top and bottom: the CPU-bound case that is
 //! *irregular by row*. [`write_png`] turns the counts into a picture.
 
+#[cfg(feature = "plot")]
 use std::fs::File;
+#[cfg(feature = "plot")]
 use std::io::{self, BufWriter, Write};
 use std::ops::Range;
+#[cfg(feature = "plot")]
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -95,12 +98,14 @@ fn escape_time(cx: f64, cy: f64, max_iter: u32) -> u32 {
     n
 }
 
-/// Writes `iterations` (a `size × size` result of [`Mandelbrot`]) as an 8-bit RGB PNG.
+/// Writes `iterations` (a `size × size` result of [`Mandelbrot`]) as an 8-bit RGB PNG
+/// (with the `plot` feature, on by default).
 ///
 /// Points that reached `max_iter` are black; the others are coloured on a logarithmic scale
 /// of their count, from deep blue (quick escape) through gold to dark near the boundary.
 /// Errors name `path`; a slice whose length is not `size * size` is
 /// [`io::ErrorKind::InvalidInput`].
+#[cfg(feature = "plot")]
 pub fn write_png(path: &Path, size: u64, iterations: &[u32], max_iter: u32) -> io::Result<()> {
     let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
     let side = u32::try_from(size).map_err(|_| {
@@ -138,6 +143,7 @@ pub fn write_png(path: &Path, size: u64, iterations: &[u32], max_iter: u32) -> i
 }
 
 /// Colour of a pixel that took `n` of at most `max_iter` iterations.
+#[cfg(feature = "plot")]
 fn colour(n: u32, max_iter: u32) -> [u8; 3] {
     if n >= max_iter {
         return [0, 0, 0];
@@ -229,6 +235,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "plot")]
     #[test]
     fn png_is_written_and_decodes_to_the_right_size() {
         let dir = tempfile::tempdir().unwrap();
@@ -252,6 +259,7 @@ mod tests {
         assert_ne!(pixel(0), [0, 0, 0]);
     }
 
+    #[cfg(feature = "plot")]
     #[test]
     fn png_errors_name_the_path_and_the_mismatch() {
         let dir = tempfile::tempdir().unwrap();
