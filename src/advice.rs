@@ -14,6 +14,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::units::{count, num, percent, seconds_short, times};
+
 /// StartDominated fires when starting the workers took more than this share of the pool's
 /// wall time: the job is too short for processes to pay off.
 pub const START_SHARE_MAX: f64 = 0.30;
@@ -271,8 +273,8 @@ fn start_dominated(m: &Measured) -> Option<Candidate> {
                 "Starting {} took {} of the {} run: the job is too short for processes to \
                  pay off; give it more work (larger n) or reuse a Pool across jobs.",
                 count(m.workers, "worker"),
-                dur(m.spawn),
-                dur(m.pool)
+                seconds_short(m.spawn),
+                seconds_short(m.pool)
             ),
         )
     })
@@ -289,8 +291,8 @@ fn ipc_bound(obs: &Observations, m: &Measured) -> Option<Candidate> {
     let suggested = suggested_chunk_size(current, compute, overhead, obs.n, m.workers);
     let head = format!(
         "Each chunk computed for {} but cost {} of messaging: IPC-bound.",
-        dur(compute),
-        dur(overhead)
+        seconds_short(compute),
+        seconds_short(overhead)
     );
     let text = if suggested > current {
         format!("{head} Try --chunk-size {suggested}.")
@@ -368,10 +370,10 @@ fn imbalanced(obs: &Observations, m: &Measured) -> Option<Candidate> {
     let head = format!(
         "Worker {slowest} computed for {} against a mean of {}: on average a worker sat idle \
          {} of the {} run waiting for it.",
-        dur(max),
-        dur(mean),
-        dur(gap),
-        dur(m.pool)
+        seconds_short(max),
+        seconds_short(mean),
+        seconds_short(gap),
+        seconds_short(m.pool)
     );
     let chunk = obs.chunk_size.max(1);
     let text = if obs.schedule == "static" {
@@ -417,7 +419,12 @@ fn memory_bound(obs: &Observations, m: &Measured) -> Option<Candidate> {
         return None;
     }
     let threads = threads
-        .map(|t| format!(", and threads took {}, no faster than processes", dur(t)))
+        .map(|t| {
+            format!(
+                ", and threads took {}, no faster than processes",
+                seconds_short(t)
+            )
+        })
         .unwrap_or_default();
     Some(Candidate::new(
         Kind::Cost,
@@ -428,9 +435,9 @@ fn memory_bound(obs: &Observations, m: &Measured) -> Option<Candidate> {
              results{threads}: page faults and memory bandwidth set the speed, not the cores, \
              so more cores won't help; write less, or compute more per byte.",
             count(m.workers, "worker"),
-            dur(total),
-            dur(baseline),
-            rate_text(rate)
+            seconds_short(total),
+            seconds_short(baseline),
+            crate::units::rate(rate)
         ),
     ))
 }
@@ -446,7 +453,7 @@ fn io_bound(obs: &Observations, m: &Measured) -> Option<Candidate> {
             count(m.workers, "worker"),
             times(s),
             count(obs.cores_logical.max(1), "core"),
-            pct(e)
+            percent(e)
         ),
         _ => " rather than compute, so".to_string(),
     };
@@ -464,7 +471,10 @@ fn io_bound(obs: &Observations, m: &Measured) -> Option<Candidate> {
 fn scaling(obs: &Observations, m: &Measured) -> Candidate {
     let mut facts = Vec::new();
     if m.pool > 0.0 {
-        facts.push(format!("starting took {} of the run", pct(m.start_share())));
+        facts.push(format!(
+            "starting took {} of the run",
+            percent(m.start_share())
+        ));
     }
     let ratio = m.chunk_ratio();
     if m.chunk_compute > 0.0 && ratio.is_finite() {
@@ -478,7 +488,7 @@ fn scaling(obs: &Observations, m: &Measured) -> Candidate {
     if m.compute.len() > 1 && mean > 0.0 {
         facts.push(format!(
             "the slowest worker computed {} more than the mean",
-            pct(max / mean - 1.0)
+            percent(max / mean - 1.0)
         ));
     }
     let facts = join_facts(&facts);
@@ -492,12 +502,12 @@ fn scaling(obs: &Observations, m: &Measured) -> Candidate {
             } else {
                 "more cores would help".to_string()
             };
-            format!("Efficiency {}: the run scales; {more}.", pct(e))
+            format!("Efficiency {}: the run scales; {more}.", percent(e))
         }
         Some(e) => format!(
             "Efficiency {} with no single limit standing out ({facts}); compare --mode \
              threads to see what processes cost here.",
-            pct(e)
+            percent(e)
         ),
         None if facts.is_empty() => "No single-process baseline, so the speedup is unknown; \
                                      nothing measured limited the run."
@@ -518,58 +528,6 @@ fn clean(x: f64) -> f64 {
 /// `part / whole`, or 0 when `whole` is not positive.
 fn share(part: f64, whole: f64) -> f64 {
     if whole > 0.0 { part / whole } else { 0.0 }
-}
-
-/// `3`, `3.5`, `12`: one decimal below 10, none above, no trailing `.0`.
-fn num(v: f64) -> String {
-    if v >= 9.95 {
-        format!("{v:.0}")
-    } else {
-        let s = format!("{v:.1}");
-        s.strip_suffix(".0").map(str::to_string).unwrap_or(s)
-    }
-}
-
-/// Seconds in the unit that reads best: `15 µs`, `6.9 ms`, `1.2 s`.
-fn dur(s: f64) -> String {
-    let (v, unit) = if s >= 0.9995 {
-        (s, "s")
-    } else if s >= 0.9995e-3 {
-        (s * 1e3, "ms")
-    } else if s >= 0.9995e-6 {
-        (s * 1e6, "µs")
-    } else {
-        (s * 1e9, "ns")
-    };
-    format!("{} {unit}", num(v))
-}
-
-/// Bytes per second in decimal units: `1.6 GB/s`.
-fn rate_text(bytes_per_s: f64) -> String {
-    if bytes_per_s >= 0.9995e9 {
-        format!("{} GB/s", num(bytes_per_s / 1e9))
-    } else {
-        format!("{} MB/s", num(bytes_per_s / 1e6))
-    }
-}
-
-/// `0.956` → `96%`.
-fn pct(x: f64) -> String {
-    format!("{:.0}%", x * 100.0)
-}
-
-/// `1.17×`, as the report prints speedups.
-fn times(x: f64) -> String {
-    format!("{x:.2}×")
-}
-
-/// `1 core`, `8 workers`.
-fn count(n: usize, word: &str) -> String {
-    if n == 1 {
-        format!("1 {word}")
-    } else {
-        format!("{n} {word}s")
-    }
 }
 
 /// `a`, `a and b`, `a, b and c`.
@@ -1171,13 +1129,13 @@ mod tests {
 
     #[test]
     fn durations_read_well() {
-        assert_eq!(dur(3e-6), "3 µs");
-        assert_eq!(dur(0.006_9), "6.9 ms");
-        assert_eq!(dur(0.004_5), "4.5 ms");
-        assert_eq!(dur(0.012), "12 ms");
-        assert_eq!(dur(0.9999), "1 s");
-        assert_eq!(dur(1.26), "1.3 s");
-        assert_eq!(dur(4e-7), "400 ns");
-        assert_eq!(dur(0.0), "0 ns");
+        assert_eq!(seconds_short(3e-6), "3 µs");
+        assert_eq!(seconds_short(0.006_9), "6.9 ms");
+        assert_eq!(seconds_short(0.004_5), "4.5 ms");
+        assert_eq!(seconds_short(0.012), "12 ms");
+        assert_eq!(seconds_short(0.9999), "1 s");
+        assert_eq!(seconds_short(1.26), "1.3 s");
+        assert_eq!(seconds_short(4e-7), "400 ns");
+        assert_eq!(seconds_short(0.0), "0 ns");
     }
 }

@@ -71,7 +71,7 @@ pub(crate) fn zeroed<T: bytemuck::Zeroable>(n: u64, what: &str) -> Result<Vec<T>
             format!(
                 "cannot allocate {} for {what}: the system refused the memory (see `ulimit -v` \
                  and free memory); use a smaller N",
-                crate::limits::human_bytes(bytes)
+                crate::units::bytes(bytes)
             ),
         ))
     };

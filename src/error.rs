@@ -164,14 +164,6 @@ fn signal_name(signal: i32) -> String {
         .unwrap_or_else(|_| format!("signal {signal}"))
 }
 
-fn percent(part: u64, whole: u64) -> String {
-    if whole == 0 {
-        "100%".into()
-    } else {
-        format!("{:.0}%", part as f64 * 100.0 / whole as f64)
-    }
-}
-
 /// What a run was doing when a signal stopped it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -191,13 +183,25 @@ pub enum Phase {
 }
 
 fn interrupted_text(phase: Phase, chunks: u64, elements: u64, n: u64, workers: usize) -> String {
-    let progress = format!("{elements} of {n} elements, {}", percent(elements, n));
+    let count = |workers: usize| crate::units::count(workers, "worker");
+    let chunks_text = |chunks: u64| crate::units::count(chunks, "chunk");
+    let progress = format!(
+        "{elements} of {n} elements, {}",
+        crate::units::share(elements, n)
+    );
     match phase {
-        Phase::Start => format!(" while {workers} workers were starting; stopped them"),
-        Phase::Pool => format!(": {chunks} chunks done ({progress}); stopped {workers} workers"),
+        Phase::Start => format!(" while starting {}; none is left running", count(workers)),
+        Phase::Pool => format!(
+            ": {} done ({progress}); stopped {}",
+            chunks_text(chunks),
+            count(workers)
+        ),
         Phase::Baseline => format!(" during the single-process run ({progress})"),
         Phase::Verify => format!(" while comparing the outputs ({progress} checked)"),
-        Phase::Threads => format!(" during the threads run: {chunks} chunks done ({progress})"),
+        Phase::Threads => format!(
+            " during the threads run: {} done ({progress})",
+            chunks_text(chunks)
+        ),
         Phase::Single => format!(" during the single-process job ({progress})"),
     }
 }

@@ -238,8 +238,8 @@ pub fn render_text(report: &IpcBenchReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "procpool ipc-bench: two processes, ipc-channel and shared memory; {} logical cores",
-        report.cores_logical
+        "procpool ipc-bench: two processes, ipc-channel and shared memory; {}",
+        crate::units::count(report.cores_logical, "logical core")
     );
     if !report.latency.is_empty() {
         let _ = writeln!(s, "  round trip of a small message, µs");
@@ -268,7 +268,7 @@ pub fn render_text(report: &IpcBenchReport) -> String {
                 s,
                 "    {:<10} {:>9} {:>9} {:>9.1} {:>9.1} {:>10.2}×",
                 t.placement,
-                size_text(t.size_bytes),
+                crate::units::bytes(t.size_bytes as u128),
                 t.messages,
                 t.channel_mb_s,
                 t.shm_mb_s,
@@ -316,40 +316,14 @@ fn closing_line(report: &IpcBenchReport) -> Option<String> {
             };
             format!(
                 "{} through the channel takes {}, through shared memory {}: {verdict}",
-                size_text(t.size_bytes),
-                duration_text(channel),
-                duration_text(shm)
+                crate::units::bytes(t.size_bytes as u128),
+                crate::units::seconds(channel),
+                crate::units::seconds(shm)
             )
         });
     match (rtt, largest) {
         (Some(a), Some(b)) => Some(format!("{a}; {b}")),
         (a, b) => a.or(b),
-    }
-}
-
-/// "64 B", "4 KiB", "1 MiB", "1.5 KiB".
-fn size_text(bytes: usize) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if value.fract() == 0.0 {
-        format!("{value:.0} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-/// Seconds as "850 µs" or "1.25 ms".
-fn duration_text(seconds: f64) -> String {
-    let us = seconds * 1e6;
-    if us.is_finite() && us < 1000.0 {
-        format!("{us:.0} µs")
-    } else {
-        format!("{:.2} ms", us / 1000.0)
     }
 }
 
@@ -367,7 +341,7 @@ fn validate(options: &IpcBenchOptions) -> Result<()> {
     if let Some(&bad) = options.sizes.iter().find(|&&s| s == 0 || s > MAX_SIZE) {
         return Err(Error::InvalidInput(format!(
             "ipc-bench message sizes must be 1 B to {} (got {bad})",
-            size_text(MAX_SIZE)
+            crate::units::bytes(MAX_SIZE as u128)
         )));
     }
     Ok(())
@@ -1002,7 +976,7 @@ procpool ipc-bench: two processes, ipc-channel and shared memory; 2 logical core
     unpinned       1 MiB        16    1048.6    5242.9       5.00×
   note  cross-cpu skipped: this process may run on one CPU only
         throughput: unpinned
-a chunk message costs ~15 µs round trip; 1 MiB through the channel takes 1.00 ms, through shared memory 200 µs: send ranges, not data
+a chunk message costs ~15 µs round trip; 1 MiB through the channel takes 1.00 ms, through shared memory 200.0 µs: send ranges, not data
 ";
         assert_eq!(render_text(&synthetic()), expected);
     }
@@ -1120,15 +1094,5 @@ a chunk message costs ~15 µs round trip; 1 MiB through the channel takes 1.00 m
         assert_eq!(ring_slots(1 << 20), 8);
         assert_eq!(ring_slots(4 << 20), 2);
         assert_eq!(ring_slots(MAX_SIZE), 2);
-    }
-
-    #[test]
-    fn sizes_and_durations_read_naturally() {
-        assert_eq!(size_text(64), "64 B");
-        assert_eq!(size_text(4096), "4 KiB");
-        assert_eq!(size_text(1536), "1.5 KiB");
-        assert_eq!(size_text(1 << 20), "1 MiB");
-        assert_eq!(duration_text(0.000_2), "200 µs");
-        assert_eq!(duration_text(0.001_25), "1.25 ms");
     }
 }

@@ -77,6 +77,7 @@ pub mod stream;
 pub mod sweep;
 pub mod sys;
 pub mod threads;
+pub(crate) mod units;
 pub mod worker;
 pub mod workload;
 

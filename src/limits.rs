@@ -48,7 +48,7 @@ pub fn check_memory(what: &str, parts: &[(&str, u128)], machine: &Machine) -> Re
     let detail = if parts.len() > 1 {
         let items: Vec<String> = parts
             .iter()
-            .map(|(name, b)| format!("{} {name}", human_bytes(*b)))
+            .map(|(name, b)| format!("{} {name}", crate::units::bytes(*b)))
             .collect();
         format!(" ({})", items.join(" + "))
     } else {
@@ -56,9 +56,9 @@ pub fn check_memory(what: &str, parts: &[(&str, u128)], machine: &Machine) -> Re
     };
     Err(Error::InvalidInput(format!(
         "{what} needs {} of memory{detail}; this machine has {} available ({} total): use a smaller n{}",
-        human_bytes(needed),
-        human_bytes(u128::from(machine.available_memory)),
-        human_bytes(u128::from(machine.total_memory)),
+        crate::units::bytes(needed),
+        crate::units::bytes(u128::from(machine.available_memory)),
+        crate::units::bytes(u128::from(machine.total_memory)),
         if parts.len() > 1 {
             " or --no-baseline"
         } else {
@@ -124,22 +124,6 @@ pub fn check_temp_dir() -> Result<()> {
     }
 }
 
-/// `1536` → `1.5 KiB`; binary units.
-pub fn human_bytes(bytes: u128) -> String {
-    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,13 +135,6 @@ mod tests {
             total_memory: avail * 2,
             available_memory: avail,
         }
-    }
-
-    #[test]
-    fn human_bytes_units() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(80_000_000_000_000), "72.8 TiB");
     }
 
     #[test]
@@ -175,7 +152,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("needs 145.5 TiB"), "{err}");
-        assert!(err.contains("1.0 GiB available"), "{err}");
+        assert!(err.contains("1 GiB available"), "{err}");
         assert!(err.contains("--no-baseline"), "{err}");
     }
 

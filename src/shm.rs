@@ -56,8 +56,8 @@ impl SharedRegion {
                     format!(
                         "cannot make the shared region {}: the file-size limit (ulimit -f) \
                          of {} applies to shared memory too; raise it (`ulimit -f unlimited`)",
-                        crate::limits::human_bytes(u128::from(len)),
-                        crate::limits::human_bytes(u128::from(limit))
+                        crate::units::bytes(u128::from(len)),
+                        crate::units::bytes(u128::from(limit))
                     ),
                 ),
                 other => io::Error::from(other),

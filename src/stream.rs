@@ -259,7 +259,7 @@ fn limit_hint(e: &io::Error) -> String {
         Ok((soft, _)) if e.raw_os_error() == Some(libc::EFBIG) && soft != libc::RLIM_INFINITY => {
             format!(
                 " (the file-size limit, ulimit -f, is {})",
-                crate::limits::human_bytes(u128::from(soft))
+                crate::units::bytes(u128::from(soft))
             )
         }
         _ => String::new(),

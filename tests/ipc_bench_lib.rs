@@ -73,7 +73,7 @@ fn ipc_bench_text_ends_with_the_comparison() {
     assert_eq!(
         last,
         "a chunk message costs ~10 µs round trip; 1 MiB through the channel takes 1.05 ms, \
-         through shared memory 262 µs: send ranges, not data"
+         through shared memory 262.1 µs: send ranges, not data"
     );
     // The samples behind the made-up latency: 10, 12, 13 µs.
     let sorted = [10.0, 12.0, 13.0];

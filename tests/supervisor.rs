@@ -186,7 +186,7 @@ fn stop_mid_run(sig: Signal, code: i32) {
     out.assert_code(code);
     let last = out.stderr.lines().last().unwrap_or_default();
     assert!(
-        last.contains(&format!("interrupted by {}", sig.as_str())) && last.contains("chunks done"),
+        last.contains(&format!("interrupted by {}", sig.as_str())) && last.contains(" done ("),
         "{}",
         out.stderr
     );

@@ -77,8 +77,10 @@ fn draw(table: &SweepTable, svg: &mut String) -> DrawResult {
     let root = SVGBackend::with_string(svg, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let title = format!(
-        "procpool sweep: {} n={} ({} logical cores)",
-        table.workload, table.n, table.cores_logical
+        "procpool sweep: {} n={} ({})",
+        table.workload,
+        table.n,
+        crate::units::count(table.cores_logical, "logical core")
     );
     let area = root.titled(&title, (FONT, 24))?;
     let (top, bottom) = area.split_vertically(SPEEDUP_HEIGHT);

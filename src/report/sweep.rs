@@ -138,8 +138,10 @@ pub(crate) fn title(table: &SweepTable) -> String {
         [lo, .., hi] => format!("; {lo} to {hi} runs per point"),
     };
     format!(
-        "procpool sweep: {} n={}; {} logical cores{runs}",
-        table.workload, table.n, table.cores_logical
+        "procpool sweep: {} n={}; {}{runs}",
+        table.workload,
+        table.n,
+        crate::units::count(table.cores_logical, "logical core")
     )
 }
 
@@ -175,25 +177,9 @@ pub(crate) fn amdahl_line(table: &SweepTable) -> String {
     }
 }
 
-/// A timing summary in seconds as `mean ± sd unit` (just `mean unit` for one run), in s,
-/// ms or µs by the size of the mean.
+/// A timing summary in seconds as `mean ± sd unit` (just `mean unit` for one run).
 pub(crate) fn time(s: &Summary) -> String {
-    let (scale, unit, digits) = if s.mean >= 1.0 {
-        (1.0, "s", 3)
-    } else if s.mean >= 1e-3 {
-        (1e3, "ms", 2)
-    } else {
-        (1e6, "µs", 1)
-    };
-    if s.runs <= 1 {
-        format!("{:.digits$} {unit}", s.mean * scale)
-    } else {
-        format!(
-            "{:.digits$} ± {:.digits$} {unit}",
-            s.mean * scale,
-            s.sd * scale
-        )
-    }
+    crate::units::seconds_spread(s.mean, s.sd, s.runs)
 }
 
 /// A speedup as `value ± sd×` (just `value×` when the sd is 0).

@@ -3,10 +3,10 @@
 use std::fmt::Write;
 
 use super::Report;
-use crate::limits::human_bytes;
 use crate::measure::Summary;
 use crate::protocol::Transport;
 use crate::run::Mode;
+use crate::units::{bytes as human_bytes, seconds as secs};
 
 /// Renders the report for a terminal.
 pub fn render_text(r: &Report) -> String {
@@ -31,8 +31,15 @@ pub fn render_text(r: &Report) -> String {
     };
     let _ = writeln!(
         s,
-        "procpool: {} n={} on {how}; {} logical{physical} cores",
-        r.workload, r.n, r.cores_logical
+        "procpool: {} n={} on {how}; {} logical{physical} {}",
+        r.workload,
+        r.n,
+        r.cores_logical,
+        if r.cores_logical == 1 && r.cores_physical.unwrap_or(1) == 1 {
+            "core"
+        } else {
+            "cores"
+        }
     );
     let via = match r.transport {
         Some(Transport::Shm) => ", results through shared memory",
@@ -236,14 +243,4 @@ pub fn render_text(r: &Report) -> String {
     }
     s.push_str(&crate::advice::render(&r.advice));
     s
-}
-
-fn secs(x: f64) -> String {
-    if x >= 1.0 {
-        format!("{x:.3} s")
-    } else if x >= 1e-3 {
-        format!("{:.2} ms", x * 1e3)
-    } else {
-        format!("{:.1} µs", x * 1e6)
-    }
 }
