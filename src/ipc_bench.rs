@@ -139,20 +139,17 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(60);
 /// is reported. Each transfer is verified by the peer's checksum before its time counts.
 pub fn run(options: &IpcBenchOptions) -> Result<IpcBenchReport> {
     validate(options)?;
-    let threads = crate::sys::thread_count();
-    if threads != 1 {
-        return Err(Error::InvalidInput(format!(
-            "ipc-bench forks a peer process, which needs a single-threaded process, and this one \
-             has {threads} threads (fork copies only the calling thread): run it before any \
-             thread starts, e.g. at the top of main"
-        )));
-    }
+    crate::sys::ensure_single_threaded(
+        "ipc-bench forks a peer process",
+        "run it before any thread starts, e.g. at the top of main",
+    )
+    .map_err(|e| Error::InvalidInput(e.to_string()))?;
     let cores_logical = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let original = sched_getaffinity(Pid::from_raw(0))
         .map_err(|e| Error::Io(std::io::Error::other(format!("sched_getaffinity: {e}"))))?;
-    let cpus = allowed_cpus(&original);
+    let cpus = crate::sys::allowed_cpus();
 
     let warmup = (options.round_trips / 10).clamp(10, 1000);
     let mut notes = vec![format!(
@@ -197,7 +194,7 @@ pub fn run(options: &IpcBenchOptions) -> Result<IpcBenchReport> {
         && let [parent_cpu, peer_cpu, ..] = cpus[..]
     {
         let _restore = RestoreAffinity(&original);
-        if pin_to(parent_cpu).is_ok() {
+        if crate::sys::pin_to(parent_cpu).is_ok() {
             throughput.extend(measure_throughput(options, CROSS_CPU, Some(peer_cpu))?);
         }
     }
@@ -347,20 +344,6 @@ fn validate(options: &IpcBenchOptions) -> Result<()> {
     Ok(())
 }
 
-/// The CPUs set in `set`, ascending; never empty (a process always runs somewhere).
-fn allowed_cpus(set: &CpuSet) -> Vec<usize> {
-    let cpus: Vec<usize> = (0..CpuSet::count())
-        .filter(|&c| set.is_set(c).unwrap_or(false))
-        .collect();
-    if cpus.is_empty() { vec![0] } else { cpus }
-}
-
-fn pin_to(cpu: usize) -> nix::Result<()> {
-    let mut set = CpuSet::new();
-    set.set(cpu)?;
-    sched_setaffinity(Pid::from_raw(0), &set)
-}
-
 /// Gives this process its original CPU affinity back when dropped.
 struct RestoreAffinity<'a>(&'a CpuSet);
 
@@ -381,7 +364,7 @@ fn pinned_latency(
     warmup: usize,
 ) -> Result<std::result::Result<Latency, String>> {
     let _restore = RestoreAffinity(original);
-    if let Err(e) = pin_to(parent_cpu) {
+    if let Err(e) = crate::sys::pin_to(parent_cpu) {
         return Ok(Err(format!(
             "cannot pin this process to CPU {parent_cpu}: {e}"
         )));
@@ -830,7 +813,7 @@ fn peer_main(
         return 1;
     }
     if let Some(cpu) = cpu
-        && let Err(e) = pin_to(cpu)
+        && let Err(e) = crate::sys::pin_to(cpu)
     {
         let _ = tx.send(FromPeer::Failed(format!("cannot pin to CPU {cpu}: {e}")));
         return 3;

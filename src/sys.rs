@@ -181,14 +181,8 @@ impl Process {
 /// panics). Refused unless this process has exactly one thread: after `fork` only the
 /// calling thread exists in the child, and a lock (in malloc, stdio, …) held by another
 /// thread at that moment would stay locked forever.
-pub fn fork_child(child_main: impl FnOnce() -> i32) -> io::Result<u32> {
-    let threads = thread_count();
-    if threads != 1 {
-        return Err(io::Error::other(format!(
-            "--start fork needs a single-threaded process, and this one has {threads} threads: \
-             use --start spawn"
-        )));
-    }
+pub(crate) fn fork_child(child_main: impl FnOnce() -> i32) -> io::Result<u32> {
+    ensure_single_threaded("fork", "start the process another way")?;
     // SAFETY: this process has a single thread (checked just above), so every lock the
     // child inherits is unlocked and the child may run ordinary Rust code.
     match unsafe { nix::unistd::fork() }? {
@@ -206,14 +200,16 @@ pub fn fork_child(child_main: impl FnOnce() -> i32) -> io::Result<u32> {
     }
 }
 
-/// The CPUs this process may run on (its affinity mask), in order.
+/// The CPUs this process may run on (its affinity mask), in order; never empty.
 pub fn allowed_cpus() -> Vec<usize> {
-    match nix::sched::sched_getaffinity(Pid::from_raw(0)) {
+    let cpus: Vec<usize> = match nix::sched::sched_getaffinity(Pid::from_raw(0)) {
         Ok(set) => (0..nix::sched::CpuSet::count())
             .filter(|&c| set.is_set(c).unwrap_or(false))
             .collect(),
-        Err(_) => vec![0],
-    }
+        Err(_) => Vec::new(),
+    };
+    // Never empty: a process always runs somewhere.
+    if cpus.is_empty() { vec![0] } else { cpus }
 }
 
 fn cpu_set_of(cpu: usize) -> Option<nix::sched::CpuSet> {
@@ -273,11 +269,29 @@ pub fn keep_freed_memory() {
     }
 }
 
-/// The number of threads in this process.
-pub fn thread_count() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| d.count())
-        .unwrap_or(1)
+/// Threads of this process, from `/proc/self/task`; `None` when that cannot be read.
+pub fn thread_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
+}
+
+/// Fails unless this process certainly has exactly one thread, as `fork` needs: after
+/// `fork` only the calling thread exists in the child, and a lock (in malloc, stdio, …)
+/// held by another thread at that moment would stay locked forever. When the thread count
+/// cannot be read, the answer is no: a wrong yes would hang the child.
+///
+/// `what` names who needs it ("--start fork"), `fix` what to do instead.
+pub(crate) fn ensure_single_threaded(what: &str, fix: &str) -> io::Result<()> {
+    match thread_count() {
+        Some(1) => Ok(()),
+        Some(threads) => Err(io::Error::other(format!(
+            "{what} needs a single-threaded process, and this one has {threads} threads \
+             (fork copies only the calling thread): {fix}"
+        ))),
+        None => Err(io::Error::other(format!(
+            "{what} needs a single-threaded process, and /proc/self/task, which tells, \
+             cannot be read: {fix}"
+        ))),
+    }
 }
 
 /// Whether `fd` is an open descriptor of this process.
@@ -356,6 +370,17 @@ pub fn process_limit() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fork_is_refused_in_a_process_with_threads() {
+        // The test harness runs this on a thread of its own, beside the main thread.
+        let _other = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_secs(1)));
+        assert!(thread_count().is_some_and(|n| n > 1));
+        let e = ensure_single_threaded("--start fork", "use --start spawn").unwrap_err();
+        assert!(e.to_string().contains("use --start spawn"), "{e}");
+        let e = fork_child(|| 0).unwrap_err();
+        assert!(e.to_string().contains("single-threaded"), "{e}");
+    }
 
     #[test]
     fn usage_of_this_process_is_readable() {

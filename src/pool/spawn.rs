@@ -551,13 +551,8 @@ pub(crate) fn fork_workers(
     ids: std::ops::Range<usize>,
     pin: &[usize],
 ) -> Result<Vec<Started>> {
-    let threads = crate::sys::thread_count();
-    if threads != 1 {
-        return Err(Error::InvalidInput(format!(
-            "--start fork needs a single-threaded process, and this one has {threads} threads \
-             (fork copies only the calling thread): use --start spawn"
-        )));
-    }
+    crate::sys::ensure_single_threaded("--start fork", "use --start spawn")
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
     let mut started: Vec<Started> = Vec::with_capacity(ids.len());
     let mut readers = Vec::with_capacity(ids.len());
     let parent = nix::unistd::getpid();
