@@ -4,14 +4,15 @@
 //! in one run (so a noisy machine moves both sides alike), and prints them with the goal.
 //! Every job is verified against the single-process run before its time is used.
 
-use procpool::pool::StartMethod;
-use procpool::run::Mode;
-use procpool::{Hash, Pool, RunOptions, Spin, Squares};
+use procpool::Mode;
+use procpool::StartMethod;
+use procpool::workload::{Hash, Spin, Squares};
+use procpool::{Pool, RunOptions};
 
 fn main() -> Result<(), procpool::Error> {
     // Workers re-execute this benchmark binary: they serve here.
     procpool::init();
-    let machine = procpool::limits::Machine::read();
+    let machine = procpool::lab::Machine::read();
     println!(
         "procpool targets on {} logical / {} physical cores\n",
         machine.cores_logical,
@@ -159,7 +160,7 @@ fn main() -> Result<(), procpool::Error> {
     // The tutorial's benchmark: 10,000 calls of a 100 ms function on 200 workers.
     let began = std::time::Instant::now();
     let slept = procpool::run(
-        &procpool::Sleep { ms: 100.0 },
+        &procpool::workload::Sleep { ms: 100.0 },
         10_000,
         &RunOptions {
             workers: 200,

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::parse::{parse_bytes, parse_count, parse_duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use procpool::fault::Fault;
-use procpool::parse::{parse_count, parse_duration};
+use procpool::Fault;
 use procpool::workload::hash::DEFAULT_ROUNDS;
 use procpool::workload::mandelbrot::DEFAULT_MAX_ITER;
 
@@ -132,7 +132,7 @@ pub struct RunArgs {
     pub warmup: usize,
 
     /// Chunks in flight per worker (one running, the rest queued)
-    #[arg(long, global = true, value_name = "K", default_value_t = procpool::pool::DEFAULT_INFLIGHT,
+    #[arg(long, global = true, value_name = "K", default_value_t = procpool::PoolBuilder::DEFAULT_INFLIGHT,
           value_parser = parse_inflight)]
     pub inflight: usize,
 
@@ -151,7 +151,7 @@ pub struct RunArgs {
 
     /// Retry a chunk whose worker died or timed out up to K times (so it is tried at most
     /// K+1 times), then fail naming the chunk
-    #[arg(long, global = true, value_name = "K", default_value_t = procpool::pool::DEFAULT_RETRIES)]
+    #[arg(long, global = true, value_name = "K", default_value_t = procpool::Supervision::DEFAULT_RETRIES)]
     pub retries: u32,
 
     /// Fail when workers had to be restarted more than M times in one job
@@ -212,7 +212,7 @@ macro_rules! value_enum {
 
 value_enum! {
     /// `--schedule`.
-    ScheduleArg => procpool::schedule::Schedule {
+    ScheduleArg => procpool::Schedule {
         /// Chunks dealt round-robin in advance: chunk k belongs to worker k mod W. Without
         /// `--chunk-size`, one contiguous block per worker. No balancing at all.
         Static,
@@ -226,7 +226,7 @@ value_enum! {
 
 value_enum! {
     /// `--transport`.
-    TransportArg => procpool::protocol::Transport {
+    TransportArg => procpool::Transport {
         /// Written straight into the shared region; only a small `Done` crosses the channel.
         Shm,
         /// Sent back inside the `Done` message over ipc-channel, and copied into place by
@@ -237,7 +237,7 @@ value_enum! {
 
 value_enum! {
     /// `--mode`.
-    ModeArg => procpool::run::Mode {
+    ModeArg => procpool::Mode {
         /// Worker processes writing into shared memory: the pool.
         Processes,
         /// The same kernel on threads of this process, sharing one output buffer.
@@ -249,7 +249,7 @@ value_enum! {
 
 value_enum! {
     /// `--start`.
-    StartArg => procpool::pool::StartMethod {
+    StartArg => procpool::StartMethod {
         /// Re-execute the worker binary and connect back over an ipc-channel one-shot server
         /// (like Python's `spawn`): a fresh process image, about a millisecond per worker.
         Spawn,
@@ -356,14 +356,14 @@ fn parse_chunk_sizes(s: &str) -> Result<List<ChunkSize>, String> {
 }
 
 fn parse_window(s: &str) -> Result<u64, String> {
-    match procpool::parse::parse_bytes(s)? {
+    match parse_bytes(s)? {
         0 => Err("--window-size must be at least 1 byte (got 0)".into()),
         n => Ok(n),
     }
 }
 
 fn parse_sizes(s: &str) -> Result<List<u64>, String> {
-    parse_list(s, |part| match procpool::parse::parse_bytes(part)? {
+    parse_list(s, |part| match parse_bytes(part)? {
         0 => Err("--sizes must be at least 1 byte each".into()),
         n => Ok(n),
     })

@@ -2,6 +2,7 @@
 
 mod cli;
 mod notice;
+mod parse;
 mod progress;
 
 use std::io::Write;
@@ -11,12 +12,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use cli::{ChunkSize, Cli, Command, List, RunArgs, WorkloadCmd};
-use procpool::interrupt::Interrupt;
-use procpool::pool::Supervision;
-use procpool::sweep::SweepOptions;
+use procpool::lab::SweepOptions;
 use procpool::workload::mandelbrot::write_png;
-use procpool::workload::{Collatz, Hash, Mandelbrot, Primes, Sleep, Spin};
-use procpool::{Element, Report, RunOptions, Squares, Workload};
+use procpool::workload::{Collatz, Hash, Mandelbrot, Primes, Sleep, Spin, Squares};
+use procpool::{Element, Interrupt, Report, RunOptions, Supervision, Workload};
 
 /// Exit codes: 0 done and verified, 1 the job failed, 2 bad input (nothing started),
 /// 130/143 interrupted by SIGINT/SIGTERM.
@@ -39,8 +38,6 @@ fn main() -> ExitCode {
     }
     // Before any thread starts: the first Ctrl-C or SIGTERM stops cleanly, a second one at
     // once.
-    // A write past `ulimit -f` then fails with a message instead of killing us silently.
-    procpool::sys::ignore_file_size_signal();
     let interrupt = match Interrupt::install() {
         Ok(interrupt) => interrupt,
         Err(e) => {
@@ -55,7 +52,7 @@ fn execute(cli: Cli, interrupt: Interrupt) -> anyhow::Result<ExitCode> {
     let json = cli.run.json;
     match cli.command {
         Command::List => {
-            print!("{}", procpool::workload::catalogue::render());
+            print!("{}", procpool::report::catalogue::render());
             Ok(ExitCode::SUCCESS)
         }
         Command::Workload(workload) => {
@@ -86,7 +83,7 @@ fn execute(cli: Cli, interrupt: Interrupt) -> anyhow::Result<ExitCode> {
                 .workers
                 .clone()
                 .map(|List(w)| w)
-                .unwrap_or_else(|| vec![procpool::limits::Machine::read().cores_logical]);
+                .unwrap_or_else(|| vec![procpool::lab::Machine::read().cores_logical]);
             let chunk_sizes = match &cli.run.chunk_size {
                 Some(List(sizes)) => sizes
                     .iter()
@@ -126,7 +123,7 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
                 "--workers takes one number here (lists are for `procpool sweep`)",
             ));
         }
-        None => procpool::limits::Machine::read().cores_logical,
+        None => procpool::lab::Machine::read().cores_logical,
     };
     let (chunk_size, auto_chunk) = match &args.chunk_size {
         Some(List(c)) if c.len() == 1 || lists => match c[0] {
@@ -167,6 +164,7 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
         window_bytes: args.window_size,
         mode: args.mode.into(),
         start: args.start.into(),
+        registry: None,
     })
 }
 
@@ -210,7 +208,7 @@ impl WithWorkload for RunOne {
     fn with<W: Workload>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
         let mut written = Ok(());
         let image = self.image.take();
-        let report = procpool::run::run_inspect(workload, n, &self.options, |out| {
+        let report = procpool::run_inspect(workload, n, &self.options, |out| {
             if let Some((path, side, max_iter)) = image {
                 let pixels: Vec<u32> = out.iter().map(|&x| x.widen() as u32).collect();
                 written = write_png(&path, side, &pixels, max_iter)
@@ -261,7 +259,7 @@ impl WithWorkload for Sweep {
             procpool::report::export::exporter_for(path).map_err(|e| usage(&e))?;
         }
         let mut failed = false;
-        let table = procpool::sweep::sweep(workload, n, &self.options, |report| {
+        let table = procpool::lab::sweep::sweep(workload, n, &self.options, |report| {
             if report.verified == Some(false) {
                 failed = true;
             }
@@ -295,7 +293,7 @@ impl WithWorkload for Sweep {
 }
 
 fn ipc_bench(args: &cli::IpcBenchArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let mut options = procpool::ipc_bench::IpcBenchOptions {
+    let mut options = procpool::lab::IpcBenchOptions {
         round_trips: usize::try_from(args.round_trips)
             .unwrap_or(usize::MAX)
             .max(1),
@@ -308,11 +306,11 @@ fn ipc_bench(args: &cli::IpcBenchArgs, json: bool) -> anyhow::Result<ExitCode> {
             .map(|&s| usize::try_from(s).unwrap_or(usize::MAX))
             .collect();
     }
-    let report = procpool::ipc_bench::run(&options)?;
+    let report = procpool::lab::ipc_bench::run(&options)?;
     let text = if json {
         serde_json::to_string(&report)? + "\n"
     } else {
-        procpool::ipc_bench::render_text(&report)
+        procpool::report::ipc_bench::render_text(&report)
     };
     print_out(&text)?;
     Ok(ExitCode::SUCCESS)

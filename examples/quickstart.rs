@@ -3,7 +3,8 @@
 //! A built-in workload from the library: a whole measured run (pool, single-process
 //! baseline, verification) and its report.
 
-use procpool::{Primes, RunOptions};
+use procpool::RunOptions;
+use procpool::workload::Primes;
 
 fn main() -> Result<(), procpool::Error> {
     // First thing in main: when this binary is re-executed as a worker, this call serves the

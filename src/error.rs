@@ -3,7 +3,11 @@
 use std::io;
 use std::time::Duration;
 
-use crate::sys::ExitCause;
+use std::fmt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+
+use nix::sys::signal::Signal;
 
 /// Everything a pool run can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +136,7 @@ pub enum Error {
         needed_kill: usize,
     },
 
-    /// The streamed output could not be written (see [`crate::pool::Pool::stream_with`]).
+    /// The streamed output could not be written (see [`crate::Pool::stream_with`]).
     #[error("{0}")]
     Output(String),
 
@@ -245,6 +249,59 @@ impl Error {
             | Error::WorkerDied { id, .. }
             | Error::WorkerFailed { id, .. } => Some(id),
             _ => None,
+        }
+    }
+}
+
+/// How a worker process ended, in words: "exited with status 3", "killed by SIGKILL".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ExitCause {
+    /// `exit(code)`.
+    Exited(i32),
+    /// Terminated by a signal.
+    Signaled {
+        /// The signal number.
+        signal: i32,
+        /// Whether a core dump was written.
+        core_dumped: bool,
+    },
+    /// The status could not be read.
+    Unknown,
+}
+
+impl From<ExitStatus> for ExitCause {
+    fn from(status: ExitStatus) -> Self {
+        if let Some(code) = status.code() {
+            ExitCause::Exited(code)
+        } else if let Some(signal) = status.signal() {
+            ExitCause::Signaled {
+                signal,
+                core_dumped: status.core_dumped(),
+            }
+        } else {
+            ExitCause::Unknown
+        }
+    }
+}
+
+impl fmt::Display for ExitCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitCause::Exited(code) => write!(f, "exited with status {code}"),
+            ExitCause::Signaled {
+                signal,
+                core_dumped,
+            } => {
+                let name = Signal::try_from(signal)
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|_| format!("signal {signal}"));
+                write!(f, "killed by {name}")?;
+                if core_dumped {
+                    write!(f, " (core dumped)")?;
+                }
+                Ok(())
+            }
+            ExitCause::Unknown => write!(f, "ended with an unknown status"),
         }
     }
 }

@@ -11,7 +11,8 @@
 //! # Quick start (library)
 //!
 //! ```no_run
-//! use procpool::{Pool, Squares};
+//! use procpool::Pool;
+//! use procpool::workload::Squares;
 //!
 //! fn main() -> Result<(), procpool::Error> {
 //!     // First thing in main, always: when this binary is re-executed as a worker, this
@@ -36,58 +37,52 @@
 //!
 //! # Layout
 //!
-//! - [`pool`]: [`Pool`] and [`PoolBuilder`]: start workers, dispatch chunks, shut down.
-//! - [`worker`]: the worker side of the protocol.
-//! - [`protocol`]: the messages between parent and workers.
-//! - [`shm`]: the shared region (memfd), with the crate's `unsafe` mapping code.
-//! - [`sys`]: process set-up between fork and exec, exit statuses, resource limits.
-//! - [`schedule`]: cutting `0..n` into chunks.
-//! - [`workload`]: the [`Workload`] trait, the [`Registry`], the built-in workloads.
-//! - [`baseline`]: the single-process run and the element-wise verification.
-//! - [`threads`]: the same job on threads of one process, for comparison.
-//! - [`stream`]: streaming huge outputs to a file in bounded memory.
-//! - [`measure`]: statistics, speedup, efficiency, Karp–Flatt, Amdahl's law.
-//! - [`advice`]: what limited a run, in plain words, from its measurements.
-//! - [`sweep`]: the same job over a grid of worker counts and chunk sizes.
-//! - [`ipc_bench`]: round-trip latency and throughput of the channels and shared memory.
-//! - [`interrupt`]: Ctrl-C and SIGTERM handling.
-//! - [`run`](mod@run): a whole measured run, as the CLI does it.
-//! - [`report`]: the [`Report`] and its text and JSON forms, the sweep table, its exporters
-//!   (CSV, JSON, Markdown) and its SVG plot.
-//! - [`limits`], [`parse`], [`fault`], [`error`]: checks, parsing, fault injection, errors.
+//! Five layers, each a folder, each importing only from the layers below it:
+//!
+//! ```text
+//!  bin/        the `procpool` command: clap types, flag-named messages, the progress bar
+//!    │
+//!  report/     renderings only: the report as text, the sweep table, exports, the SVG plot
+//!    │
+//!  lab/        a measured run: baseline, verification, threads and single modes, streaming,
+//!    │         statistics, advice, sweep, ipc-bench; its results (`Report`, `SweepTable`)
+//!  engine/     the pool: spawn, handshake, dispatch, supervision, the shared region,
+//!    │         the worker side, fault injection, signals, limits (all crate-private)
+//!  workload/   the `Workload` trait, `Element`, the `Registry`, the built-in kernels
+//!    │
+//!  error, units   what every layer shares: the error type, and numbers as people read them
+//! ```
+//!
+//! The data path of one job: [`PoolBuilder::build`] starts the workers and hands each the
+//! shared region; [`Pool::run`] sends every worker the job (its serialized parameters), then
+//! chunk ranges; each worker rebuilds the workload from the [`Registry`], runs the kernel on
+//! its range and writes the results straight into the region; the parent reads the region
+//! when the job is done. The lab ([`run()`]) does that, then runs the same kernel in one
+//! process, compares, and fills in a [`Report`]; [`report`] turns it into text.
+//!
+//! The public API is the root's re-exports below, plus three modules: [`workload`] (the
+//! built-in workloads), [`lab`] (sweep, ipc-bench, the report's parts) and [`report`].
+//!
 
-#![deny(missing_docs)]
-
-pub mod advice;
-pub mod baseline;
-pub mod error;
-pub mod fault;
-pub mod interrupt;
-pub mod ipc_bench;
-pub mod limits;
-pub mod measure;
-pub mod parse;
-pub mod pool;
-pub mod protocol;
+mod engine;
+mod error;
+pub mod lab;
 pub mod report;
-pub mod run;
-pub mod schedule;
-pub mod shm;
-pub mod stream;
-pub mod sweep;
-pub mod sys;
-pub mod threads;
-pub(crate) mod units;
-pub mod worker;
+mod units;
 pub mod workload;
 
-pub use error::{Error, Phase, Result};
-pub use pool::{Event, JobOptions, JobStats, Observer, Pool, PoolBuilder, PoolRun, WindowSink};
-pub use report::Report;
-pub use run::{RunOptions, run};
-pub use workload::{
-    Collatz, Element, Hash, Mandelbrot, Primes, Registry, Sleep, Spin, Squares, Workload,
+pub use engine::fault::Fault;
+pub use engine::interrupt::Interrupt;
+pub use engine::pool::{
+    AutoChunk, Death, Event, JobOptions, JobStats, Observer, Pool, PoolBuilder, PoolRun,
+    StartMethod, Supervision, WindowSink, WorkerStats,
 };
+pub use engine::protocol::Transport;
+pub use engine::schedule::Schedule;
+pub use error::{Error, ExitCause, Phase, Result};
+pub use lab::model::{Mode, Report};
+pub use lab::run::{RunOptions, run, run_inspect};
+pub use workload::{Element, Registry, Workload};
 
 /// Serves as a worker if this process was started as one; otherwise returns at once.
 ///
@@ -97,25 +92,20 @@ pub fn init() {
     init_with(Registry::builtin());
 }
 
-/// The workloads given to [`init_with`] (the built-ins if it was not called); forked
-/// workers serve from it.
-static REGISTRY: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
-
-pub(crate) fn registry() -> &'static Registry {
-    REGISTRY.get_or_init(Registry::builtin)
-}
-
 /// Like [`init`], with the workloads in `registry`.
+///
+/// In a worker, this serves the parent and exits: nothing after it in `main` runs, but
+/// whatever ran before it ran in the worker too. In the parent it returns at once and
+/// changes nothing. (A pool that starts workers with `fork` does not re-execute the
+/// binary; give it the same registry with [`PoolBuilder::registry`].)
 pub fn init_with(registry: Registry) {
-    sys::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) != Some(protocol::WORKER_ARG) {
-        // The parent keeps the registry for workers started with `fork`.
-        let _ = REGISTRY.set(registry);
+    if args.first().map(String::as_str) != Some(engine::protocol::WORKER_ARG) {
         return;
     }
-    let code = match worker::WorkerArgs::from_args(&args) {
-        Ok(worker_args) => worker::serve(&worker_args, &registry),
+    engine::sys::keep_freed_memory();
+    let code = match engine::worker::WorkerArgs::from_args(&args) {
+        Ok(worker_args) => engine::worker::serve(&worker_args, &registry),
         Err(message) => {
             eprintln!("procpool worker: {message}");
             2

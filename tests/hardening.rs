@@ -19,7 +19,8 @@ use common::{
     EXE, EXIT_USAGE, Procpool, Sandbox, TEARDOWN_DEADLINE, assert_no_tagged_process,
     children_of_this_process, dir_entries, is_our_child, wait_child, wait_until, write_script,
 };
-use procpool::{JobOptions, Pool, Squares};
+use procpool::workload::Squares;
+use procpool::{JobOptions, Pool};
 
 /// A worker executable that runs the real one, except that the starts whose number
 /// (1, 2, … in the order the shell scripts get their ticket) is in `kill` SIGKILL
@@ -94,7 +95,7 @@ fn workers_killed_before_they_connect_are_replaced_within_the_restart_limit() {
 fn a_start_that_keeps_dying_fails_once_the_restart_limit_is_spent() {
     let scratch = tempfile::tempdir().unwrap();
     let exe = wrapper(scratch.path(), &[1, 2, 3, 4, 5, 6, 7, 8], &[]);
-    let supervision = procpool::pool::Supervision {
+    let supervision = procpool::Supervision {
         max_restarts: Some(3),
         ..Default::default()
     };

@@ -1,11 +1,12 @@
-//! `procpool::ipc_bench` as a library user sees it: the refusal to fork from a threaded
+//! `procpool::lab::ipc_bench` as a library user sees it: the refusal to fork from a threaded
 //! process, and the JSON and text shapes of a report. (The real measurement runs through the
 //! binary, `procpool ipc-bench`, which can call it while still single-threaded; a test
 //! harness never is.)
 
-use procpool::ipc_bench::{
-    IpcBenchOptions, IpcBenchReport, Latency, Throughput, percentile, render_text, run,
+use procpool::lab::ipc_bench::{
+    IpcBenchOptions, IpcBenchReport, Latency, Throughput, percentile, run,
 };
+use procpool::report::ipc_bench::render_text;
 
 #[test]
 fn ipc_bench_refuses_to_fork_from_a_threaded_process() {

@@ -6,7 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{TEARDOWN_DEADLINE, children_of_this_process, is_our_child, wait_until};
-use procpool::{Pool, RunOptions, Squares};
+use procpool::workload::Squares;
+use procpool::{Pool, RunOptions};
 
 const EXE: &str = env!("CARGO_BIN_EXE_procpool");
 

@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use procpool::{Pool, Squares};
+use procpool::Pool;
+use procpool::workload::Squares;
 
 const EXE: &str = env!("CARGO_BIN_EXE_procpool");
 

@@ -182,7 +182,7 @@ fn fork_is_refused_in_a_process_that_already_has_threads() {
     // The test harness runs this test on a thread of its own, so this process has several.
     let err = procpool::Pool::builder()
         .workers(2)
-        .start(procpool::pool::StartMethod::Fork)
+        .start(procpool::StartMethod::Fork)
         .build()
         .expect_err("fork from a multi-threaded process");
     assert!(err.is_invalid_input(), "{err}");

@@ -13,8 +13,8 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::sweep::{SweepRow, SweepTable};
-use crate::measure::amdahl_speedup;
+use crate::lab::measure::amdahl_speedup;
+use crate::lab::sweep::{SweepRow, SweepTable};
 
 /// Width and height of the picture, in pixels.
 const SIZE: (u32, u32) = (900, 820);
@@ -304,7 +304,7 @@ fn draw_efficiency(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::sweep::sample_table;
+    use crate::lab::sweep::sample_table;
 
     /// Parses the SVG and returns its text contents and the names of its elements.
     fn parse(svg: &str) -> (Vec<String>, Vec<String>) {

@@ -1,97 +1,11 @@
-//! The result of `procpool sweep`: one row per (workers, chunk size) point, the Amdahl fit
-//! over them, and the aligned text table a person reads in the terminal.
-//!
-//! It exists apart from [`Report`](super::Report) because a sweep is many runs of one job:
-//! its numbers are summaries over repeated runs (mean ± sd) rather than single timings, and
-//! its exporters ([`export`](super::export)) and chart ([`plot`](super::plot)) all read it.
+//! The sweep's table as a person reads it in the terminal: a title, the baseline, aligned
+//! rows and the Amdahl fit. The rows themselves are [`crate::lab::SweepTable`]; the
+//! exporters ([`export`](super::export)) and the chart (`plot`) read the same table.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use serde::Serialize;
-
-use crate::measure::{self, AmdahlFit, Ratio, Summary};
-
-/// One point of a sweep: a worker count and chunk size, timed over several runs.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SweepRow {
-    /// Worker processes.
-    pub workers: usize,
-    /// Elements per chunk.
-    pub chunk_size: u64,
-    /// Wall time of the pool run, in seconds, over the repeated runs.
-    pub pool_s: Summary,
-    /// Baseline mean / pool mean, with its propagated sd (`None` without a baseline).
-    pub speedup: Option<Ratio>,
-    /// `speedup / workers` (`None` without a baseline).
-    pub efficiency: Option<f64>,
-    /// The Karp–Flatt serial fraction the speedup implies (`None` for 1 worker or without
-    /// a baseline).
-    pub karp_flatt: Option<f64>,
-    /// True when every run's output equalled the single-process output (`None` when not
-    /// checked).
-    pub verified: Option<bool>,
-}
-
-impl SweepRow {
-    /// A row whose speedup, efficiency and Karp–Flatt fraction are computed from the pool
-    /// timings and the `baseline_s` timings (all `None` when there is no baseline).
-    pub fn measured(
-        workers: usize,
-        chunk_size: u64,
-        pool_s: Summary,
-        baseline_s: Option<&Summary>,
-        verified: Option<bool>,
-    ) -> SweepRow {
-        let speedup = baseline_s.map(|b| measure::ratio(b, &pool_s));
-        SweepRow {
-            workers,
-            chunk_size,
-            pool_s,
-            speedup,
-            efficiency: speedup.map(|s| measure::efficiency(s.value, workers)),
-            karp_flatt: speedup.and_then(|s| measure::karp_flatt(s.value, workers)),
-            verified,
-        }
-    }
-}
-
-/// Every point of a sweep of one workload, and Amdahl's law fitted to them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SweepTable {
-    /// Workload name.
-    pub workload: String,
-    /// Number of elements computed per run.
-    pub n: u64,
-    /// Logical CPUs this process may use.
-    pub cores_logical: usize,
-    /// Wall time of the single-process run, in seconds (`None` without a baseline).
-    pub baseline_s: Option<Summary>,
-    /// One row per (workers, chunk size) point, in the order they ran.
-    pub rows: Vec<SweepRow>,
-    /// Amdahl's law fitted to the speedups (see [`SweepTable::fit`]).
-    pub amdahl: Option<AmdahlFit>,
-}
-
-impl SweepTable {
-    /// Fits Amdahl's law to the rows' mean speedups (using, for each worker count, the best
-    /// (highest-speedup) chunk size row) and stores it in `amdahl`.
-    ///
-    /// `amdahl` becomes `None` when fewer than 2 worker counts have a speedup.
-    pub fn fit(&mut self) {
-        let mut best: BTreeMap<usize, f64> = BTreeMap::new();
-        for row in &self.rows {
-            if let Some(s) = row.speedup {
-                let entry = best.entry(row.workers).or_insert(s.value);
-                if s.value > *entry {
-                    *entry = s.value;
-                }
-            }
-        }
-        let points: Vec<(usize, f64)> = best.into_iter().collect();
-        self.amdahl = measure::fit_amdahl(&points);
-    }
-}
+use crate::lab::measure::{Ratio, Summary};
+use crate::lab::sweep::{SweepRow, SweepTable};
 
 /// Column headers of the table, shared by the text and Markdown forms.
 pub(crate) const HEADERS: [&str; 7] = [
@@ -226,84 +140,10 @@ pub fn render_text(table: &SweepTable) -> String {
 
 /// A small table shared by the tests of the sweep and its exporters.
 #[cfg(test)]
-pub(crate) fn sample_table() -> SweepTable {
-    let summary = |mean: f64, sd: f64, min: f64, max: f64| Summary {
-        mean,
-        sd,
-        min,
-        max,
-        runs: 3,
-    };
-    let baseline = summary(0.048, 0.0012, 0.0468, 0.0492);
-    let mut table = SweepTable {
-        workload: "squares".into(),
-        n: 1_000_000,
-        cores_logical: 4,
-        baseline_s: Some(baseline),
-        rows: vec![
-            SweepRow::measured(
-                1,
-                250_000,
-                summary(0.05, 0.001, 0.049, 0.051),
-                Some(&baseline),
-                Some(true),
-            ),
-            SweepRow::measured(
-                2,
-                125_000,
-                summary(0.032, 0.0016, 0.0304, 0.0336),
-                Some(&baseline),
-                Some(true),
-            ),
-            SweepRow::measured(
-                2,
-                250_000,
-                summary(0.03, 0.0006, 0.0294, 0.0306),
-                Some(&baseline),
-                Some(true),
-            ),
-            SweepRow::measured(
-                4,
-                250_000,
-                summary(0.02, 0.0004, 0.0196, 0.0204),
-                Some(&baseline),
-                None,
-            ),
-        ],
-        amdahl: None,
-    };
-    table.fit();
-    table
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn measured_row_computes_the_derived_columns() {
-        let t = sample_table();
-        let row = &t.rows[3];
-        let speedup = row.speedup.unwrap();
-        assert!((speedup.value - 2.4).abs() < 1e-12);
-        // sqrt(0.025² + 0.02²) relative, times 2.4.
-        assert!((speedup.sd - 2.4 * (0.025f64.powi(2) + 0.02f64.powi(2)).sqrt()).abs() < 1e-12);
-        assert!((row.efficiency.unwrap() - 0.6).abs() < 1e-12);
-        // (1/2.4 - 1/4) / (3/4) = 2/9.
-        assert!((row.karp_flatt.unwrap() - 2.0 / 9.0).abs() < 1e-12);
-        assert_eq!(t.rows[0].karp_flatt, None);
-    }
-
-    #[test]
-    fn fit_uses_the_best_chunk_size_per_worker_count() {
-        let t = sample_table();
-        let fit = t.amdahl.unwrap();
-        assert_eq!(fit.points, 3);
-        let expected =
-            measure::fit_amdahl(&[(1, 0.048 / 0.05), (2, 0.048 / 0.03), (4, 0.048 / 0.02)])
-                .unwrap();
-        assert_eq!(fit, expected);
-    }
+    use crate::lab::measure::AmdahlFit;
+    use crate::lab::sweep::sample_table;
 
     #[test]
     fn fit_without_baseline_is_none() {

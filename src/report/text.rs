@@ -2,10 +2,10 @@
 
 use std::fmt::Write;
 
-use super::Report;
-use crate::measure::Summary;
-use crate::protocol::Transport;
-use crate::run::Mode;
+use crate::engine::protocol::Transport;
+use crate::lab::measure::Summary;
+use crate::lab::model::Mode;
+use crate::lab::model::Report;
 use crate::units::{bytes as human_bytes, seconds as secs};
 
 /// Renders the report for a terminal.
@@ -241,6 +241,6 @@ pub fn render_text(r: &Report) -> String {
     for w in &r.warnings {
         let _ = writeln!(s, "warning: {w}");
     }
-    s.push_str(&crate::advice::render(&r.advice));
+    s.push_str(&crate::report::advice::render(&r.advice));
     s
 }

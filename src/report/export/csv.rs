@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::Exporter;
-use crate::report::sweep::SweepTable;
+use crate::lab::sweep::SweepTable;
 
 /// Comma-separated values: a header line, then one line per row; times in seconds,
 /// efficiency as a fraction (1.0 = perfect), an empty field for a missing value.
@@ -48,7 +48,7 @@ impl Exporter for Csv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::sweep::sample_table;
+    use crate::lab::sweep::sample_table;
 
     #[test]
     fn csv_snapshot() {

@@ -1,7 +1,7 @@
 //! The sweep as JSON: the whole [`SweepTable`], pretty-printed, for programs.
 
 use super::Exporter;
-use crate::report::sweep::SweepTable;
+use crate::lab::sweep::SweepTable;
 
 /// The whole [`SweepTable`] as one pretty-printed JSON object (times in seconds, missing
 /// values as `null`).
@@ -18,8 +18,8 @@ impl Exporter for Json {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::measure::Summary;
-    use crate::report::sweep::SweepRow;
+    use crate::lab::measure::Summary;
+    use crate::lab::sweep::SweepRow;
 
     #[test]
     fn json_snapshot() {
@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn json_round_trips_the_sample_table() {
-        let table = crate::report::sweep::sample_table();
+        let table = crate::lab::sweep::sample_table();
         let value: serde_json::Value = serde_json::from_str(&Json.export(&table)).unwrap();
         assert_eq!(value, serde_json::to_value(&table).unwrap());
         assert_eq!(value["rows"].as_array().unwrap().len(), 4);

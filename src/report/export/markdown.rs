@@ -4,7 +4,8 @@
 use std::fmt::Write;
 
 use super::Exporter;
-use crate::report::sweep::{self, SweepTable};
+use crate::lab::sweep::SweepTable;
+use crate::report::sweep;
 
 /// A line saying what was swept, a GitHub table with the columns of
 /// [`render_text`](crate::report::sweep::render_text), and the Amdahl line below it.
@@ -28,7 +29,7 @@ impl Exporter for Markdown {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::sweep::sample_table;
+    use crate::lab::sweep::sample_table;
 
     #[test]
     fn markdown_snapshot() {

@@ -11,7 +11,7 @@ mod markdown;
 use std::io;
 use std::path::Path;
 
-use super::sweep::SweepTable;
+use crate::lab::sweep::SweepTable;
 
 pub use csv::Csv;
 pub use json::Json;
@@ -63,7 +63,7 @@ pub fn export_to_file(table: &SweepTable, path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::sweep::sample_table;
+    use crate::lab::sweep::sample_table;
 
     #[test]
     fn exporter_for_dispatches_on_the_extension() {

@@ -7,7 +7,7 @@
 use ipc_channel::ipc::IpcSender;
 use serde::{Deserialize, Serialize};
 
-use crate::fault::Fault;
+use crate::engine::fault::Fault;
 
 /// Bumped whenever a message changes shape; a worker from another build is refused.
 pub const PROTOCOL_VERSION: u32 = 3;

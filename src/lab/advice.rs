@@ -10,8 +10,6 @@
 //!
 //! Every threshold is a named constant below, so the report and the README can cite them.
 
-use std::fmt::Write as _;
-
 use serde::Serialize;
 
 use crate::units::{count, num, percent, seconds_short, times};
@@ -171,16 +169,6 @@ pub fn advise(obs: &Observations) -> Vec<Advice> {
     });
     found.truncate(MAX_ADVICE);
     found.into_iter().map(|c| c.advice).collect()
-}
-
-/// The advice as report lines, one `advice: <text>` line each, every line ending in `\n`
-/// (empty for an empty slice).
-pub fn render(advice: &[Advice]) -> String {
-    let mut s = String::new();
-    for a in advice {
-        let _ = writeln!(s, "advice: {}", a.text);
-    }
-    s
 }
 
 /// Whether an advice names something that cost time, or describes the run's nature.
@@ -1093,22 +1081,6 @@ mod tests {
                 a.text
             );
         }
-    }
-
-    #[test]
-    fn render_prints_one_advice_line_each() {
-        let advice = vec![
-            Advice {
-                limit: Limit::Oversubscribed,
-                text: "first.".to_string(),
-            },
-            Advice {
-                limit: Limit::IpcBound,
-                text: "second.".to_string(),
-            },
-        ];
-        assert_eq!(render(&advice), "advice: first.\nadvice: second.\n");
-        assert_eq!(render(&[]), "");
     }
 
     #[test]

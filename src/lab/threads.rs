@@ -8,11 +8,11 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::baseline::{in_pieces, zeroed};
+use crate::engine::interrupt::Interrupt;
+use crate::engine::pool::WorkerStats;
+use crate::engine::schedule::{Chunk, Dispenser, Schedule};
 use crate::error::{Error, Phase, Result};
-use crate::interrupt::Interrupt;
-use crate::pool::WorkerStats;
-use crate::schedule::{Chunk, Dispenser, Schedule};
+use crate::lab::baseline::{in_pieces, zeroed};
 use crate::workload::Workload;
 
 /// What a threaded run measured.
@@ -126,7 +126,7 @@ pub fn run_threads<W: Workload>(
         (results, refused)
     });
     if let Some((id, e)) = refused {
-        let limit = match crate::sys::process_limit() {
+        let limit = match crate::engine::sys::process_limit() {
             Some(limit) => format!("the limit on processes and threads (ulimit -u) is {limit}"),
             None => "a system limit on threads was reached (ulimit -u, the cgroup's pids.max \
                      or /proc/sys/kernel/threads-max)"

@@ -16,8 +16,8 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::baseline::{Mismatch, first_mismatch};
-use crate::pool::WindowSink;
+use crate::engine::pool::WindowSink;
+use crate::lab::baseline::{Mismatch, first_mismatch};
 use crate::workload::{Element, Workload};
 
 /// Default window length in bytes.
@@ -107,11 +107,6 @@ impl OutputFile {
     /// The open file, to write to.
     pub fn file(&self) -> &File {
         &self.file
-    }
-
-    /// The path the output appears under.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Gives the finished file its name, replacing any older file there.

@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
 
-use crate::fault::{Fault, FaultAction};
-use crate::protocol::{
+use crate::engine::fault::{Fault, FaultAction};
+use crate::engine::protocol::{
     FromWorker, JobSpec, Layout, PROTOCOL_VERSION, ToWorker, Transport, WORKER_ARG,
 };
-use crate::shm::Mapping;
+use crate::engine::shm::Mapping;
 use crate::workload::{DynKernel, Registry};
 
 /// What the parent tells a worker on its command line.
@@ -90,7 +90,7 @@ struct CurrentJob {
 
 /// Runs the worker until the parent says `Shutdown` or goes away. Returns the exit status.
 pub fn serve(args: &WorkerArgs, registry: &Registry) -> i32 {
-    crate::sys::ignore_interrupts();
+    crate::engine::sys::ignore_interrupts();
     match serve_inner(args, registry) {
         Ok(()) => 0,
         Err(message) => {
@@ -103,7 +103,7 @@ pub fn serve(args: &WorkerArgs, registry: &Registry) -> i32 {
 
 fn serve_inner(args: &WorkerArgs, registry: &Registry) -> Result<(), String> {
     for (fd, what) in [(args.shm_fd, "SHM_FD"), (args.report_fd, "REPORT_FD")] {
-        if !crate::sys::fd_is_open(fd) {
+        if !crate::engine::sys::fd_is_open(fd) {
             return Err(format!(
                 "{what} {fd} is not an open descriptor: this entry is started by procpool itself"
             ));
@@ -175,7 +175,7 @@ pub(crate) fn serve_forked(
     shm: BorrowedFd<'_>,
     registry: &Registry,
 ) -> i32 {
-    crate::sys::ignore_interrupts();
+    crate::engine::sys::ignore_interrupts();
     match serve_loop(to_parent, from_parent, shm, registry) {
         Ok(()) => 0,
         Err(message) => {
@@ -321,10 +321,10 @@ fn run_chunk(
 fn inject_before(action: FaultAction, id: u64) {
     use nix::sys::signal::Signal;
     match action {
-        FaultAction::Kill => crate::sys::die_by_signal(Signal::SIGKILL),
+        FaultAction::Kill => crate::engine::sys::die_by_signal(Signal::SIGKILL),
         FaultAction::Abort => std::process::abort(),
         FaultAction::Panic => panic!("injected panic at chunk {id}"),
-        FaultAction::Segv => crate::sys::die_by_signal(Signal::SIGSEGV),
+        FaultAction::Segv => crate::engine::sys::die_by_signal(Signal::SIGSEGV),
         FaultAction::Exit => std::process::exit(3),
         FaultAction::Hang => loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));

@@ -18,16 +18,16 @@ use std::time::{Duration, Instant};
 use ipc_channel::ipc::{IpcReceiverSet, IpcSender};
 use serde::Serialize;
 
+use crate::engine::fault::Fault;
+use crate::engine::interrupt::Interrupt;
+use crate::engine::limits::{Machine, check_memory};
+use crate::engine::protocol::ToWorker;
+use crate::engine::protocol::{Layout, Transport};
+use crate::engine::schedule::{Dispenser, Schedule};
+use crate::engine::shm::{Mapping, SharedRegion};
+use crate::engine::sys::{ExitCause, Process};
 use crate::error::{Error, Result};
-use crate::fault::Fault;
-use crate::interrupt::Interrupt;
-use crate::limits::{Machine, check_memory};
-use crate::protocol::ToWorker;
-use crate::protocol::{Layout, Transport};
-use crate::schedule::{Dispenser, Schedule};
-use crate::shm::{Mapping, SharedRegion};
-use crate::sys::{ExitCause, Process};
-use crate::workload::{Element, Workload};
+use crate::workload::{Element, Registry, Workload};
 pub use observe::{Event, Observer};
 use private_dir::PrivateDir;
 
@@ -102,6 +102,13 @@ pub struct Supervision {
     pub interrupt: Interrupt,
 }
 
+impl Supervision {
+    /// Default number of retries of a chunk whose worker died or timed out.
+    pub const DEFAULT_RETRIES: u32 = DEFAULT_RETRIES;
+    /// Default grace period at each step of a stop (Shutdown, then SIGTERM, then SIGKILL).
+    pub const DEFAULT_GRACE: Duration = DEFAULT_GRACE;
+}
+
 impl Default for Supervision {
     fn default() -> Self {
         Supervision {
@@ -125,6 +132,9 @@ pub struct PoolBuilder {
     start: StartMethod,
     pin: bool,
     observer: Option<Arc<dyn Observer>>,
+    registry: Registry,
+    tune_allocator: bool,
+    raise_file_limit: bool,
 }
 
 impl Default for PoolBuilder {
@@ -138,11 +148,20 @@ impl Default for PoolBuilder {
             start: StartMethod::Spawn,
             pin: false,
             observer: None,
+            registry: Registry::builtin(),
+            tune_allocator: true,
+            raise_file_limit: true,
         }
     }
 }
 
 impl PoolBuilder {
+    /// Default number of chunks in flight per worker (see [`PoolBuilder::inflight`]).
+    pub const DEFAULT_INFLIGHT: usize = DEFAULT_INFLIGHT;
+    /// Default deadline for workers to connect back (see
+    /// [`PoolBuilder::handshake_timeout`]).
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = DEFAULT_HANDSHAKE_TIMEOUT;
+
     /// Number of worker processes (default: the number of logical cores).
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers;
@@ -206,6 +225,33 @@ impl PoolBuilder {
         self
     }
 
+    /// The workloads that workers started with [`StartMethod::Fork`] can run (default: the
+    /// built-ins). Spawned workers re-execute the worker binary and serve the registry that
+    /// binary hands to [`crate::init_with`]; give the pool the same one.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Whether [`build`](Self::build) tunes glibc's allocator for this process (default:
+    /// yes). A process-wide change: freed blocks up to 64 MiB are kept for reuse and
+    /// blocks up to 4 MiB come from the heap rather than a fresh `mmap` each, because
+    /// ipc-channel allocates a receive buffer of a few hundred KiB for every message and
+    /// would otherwise pay page faults for each. Workers always do this for themselves.
+    pub fn tune_allocator(mut self, tune: bool) -> Self {
+        self.tune_allocator = tune;
+        self
+    }
+
+    /// Whether [`build`](Self::build) may raise this process's soft limit on open files
+    /// (`ulimit -n`) up to the hard limit when the workers need more descriptors than it
+    /// allows, about 4 per worker (default: yes). A process-wide change; with `false`, too
+    /// low a limit is refused with an error naming it.
+    pub fn raise_file_limit(mut self, raise: bool) -> Self {
+        self.raise_file_limit = raise;
+        self
+    }
+
     /// The stop request handle checked while jobs run.
     pub fn interrupt(mut self, interrupt: Interrupt) -> Self {
         self.supervision.interrupt = interrupt;
@@ -237,7 +283,10 @@ impl PoolBuilder {
                 "--handshake-timeout must be more than 0".into(),
             ));
         }
-        crate::limits::check_worker_limits(self.workers)?;
+        crate::engine::limits::check_worker_limits(self.workers, self.raise_file_limit)?;
+        if self.tune_allocator {
+            crate::engine::sys::keep_freed_memory();
+        }
         let dir = PrivateDir::create()?;
         let exe = match self.worker_exe {
             Some(exe) => exe,
@@ -245,7 +294,7 @@ impl PoolBuilder {
         };
         let region = SharedRegion::new()?;
         let pin = if self.pin {
-            crate::sys::allowed_cpus()
+            crate::engine::sys::allowed_cpus()
         } else {
             Vec::new()
         };
@@ -267,7 +316,9 @@ impl PoolBuilder {
                 &self.supervision.interrupt,
                 &mut start_deaths,
             )?,
-            StartMethod::Fork => spawn::fork_workers(region.raw_fd(), 0..self.workers, &pin)?,
+            StartMethod::Fork => {
+                spawn::fork_workers(region.raw_fd(), 0..self.workers, &pin, &self.registry)?
+            }
         };
         let spawn_time = began.elapsed();
 
@@ -367,7 +418,8 @@ pub struct Death {
 /// replacements for dead workers are started there) alive as long as the pool.
 ///
 /// ```no_run
-/// use procpool::{Pool, Squares};
+/// use procpool::Pool;
+/// use procpool::workload::Squares;
 ///
 /// procpool::init(); // first thing in main: a re-executed worker serves here and exits
 /// let mut pool = Pool::builder().workers(2).build()?;
@@ -429,7 +481,7 @@ pub struct JobOptions {
     pub schedule: Schedule,
     /// How results come back.
     pub transport: Transport,
-    /// Faults to inject (see [`crate::fault`]).
+    /// Faults to inject (see [`crate::engine::fault`]).
     pub faults: Vec<Fault>,
 }
 
@@ -647,10 +699,10 @@ impl Pool {
         let workers = self.workers.len();
         let chunk_size = options.chunk_size.or_else(|| {
             if W::WAITS && !options.auto_chunk {
-                Some(crate::schedule::waiting_chunk_size(n, workers))
+                Some(crate::engine::schedule::waiting_chunk_size(n, workers))
             } else if stream.is_some() {
                 // About four chunks per worker in every window.
-                Some(crate::schedule::default_chunk_size(
+                Some(crate::engine::schedule::default_chunk_size(
                     layout.window_elems,
                     workers,
                 ))
@@ -673,7 +725,7 @@ impl Pool {
         self.mapping = Some(self.region.map()?);
         let job = self.next_job;
         self.next_job += 1;
-        let spec = crate::protocol::JobSpec {
+        let spec = crate::engine::protocol::JobSpec {
             job,
             workload: W::NAME.to_string(),
             params,
@@ -723,14 +775,14 @@ impl Pool {
         if !running.is_empty() {
             needed.0 = running.len();
             for &w in &running {
-                crate::sys::terminate(self.workers[w].pid);
+                crate::engine::sys::terminate(self.workers[w].pid);
             }
             running = self.wait_exits(grace);
         }
         if !running.is_empty() {
             needed.1 = running.len();
             for &w in &running {
-                crate::sys::kill_hard(self.workers[w].pid);
+                crate::engine::sys::kill_hard(self.workers[w].pid);
             }
         }
         for w in &mut self.workers {

@@ -33,9 +33,9 @@ use ipc_channel::ipc::IpcSelectionResult;
 use super::ledger::Ledger;
 use super::observe::{self, Event};
 use super::{AutoChunk, Death, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
+use crate::engine::protocol::{FromWorker, JobSpec, Layout, ToWorker, Transport, wire_size};
+use crate::engine::schedule::{Chunk, Dispenser, Schedule};
 use crate::error::{Error, Phase, Result};
-use crate::protocol::{FromWorker, JobSpec, Layout, ToWorker, Transport, wire_size};
-use crate::schedule::{Chunk, Dispenser, Schedule};
 
 /// How often the loop looks at the clock and the interrupt flag when no message arrives.
 const TICK: Duration = Duration::from_millis(20);
@@ -157,7 +157,7 @@ fn write_windows(
     windows: mpsc::Receiver<WindowJob>,
     freed: mpsc::Sender<std::result::Result<u64, String>>,
     sink: &mut (dyn WindowSink + Send),
-    mapping: &crate::shm::Mapping,
+    mapping: &crate::engine::shm::Mapping,
     layout: Layout,
     elem_size: u64,
 ) {
@@ -280,7 +280,8 @@ impl Pool {
             streaming,
         };
         for (w, slot) in self.workers.iter().enumerate() {
-            job.held[w].cpu_at_start = crate::sys::process_usage(slot.pid).map(|(cpu, _)| cpu);
+            job.held[w].cpu_at_start =
+                crate::engine::sys::process_usage(slot.pid).map(|(cpu, _)| cpu);
         }
 
         for w in 0..self.workers.len() {
@@ -334,7 +335,7 @@ impl Pool {
             }
             if let Some(limit) = self.supervision.chunk_timeout {
                 for w in job.ledger.late(Instant::now()) {
-                    crate::sys::kill_hard(self.workers[w].pid);
+                    crate::engine::sys::kill_hard(self.workers[w].pid);
                     self.replace(w, Loss::TimedOut(limit), &mut job)?;
                 }
             }
@@ -353,7 +354,7 @@ impl Pool {
             .iter()
             .zip(&job.held)
             .map(|(slot, h)| {
-                let usage = crate::sys::process_usage(slot.pid);
+                let usage = crate::engine::sys::process_usage(slot.pid);
                 WorkerStats {
                     id: slot.id,
                     pid: slot.pid,
@@ -643,7 +644,8 @@ impl Pool {
                     let (messages, bytes) = std::mem::take(&mut self.handshake_ipc);
                     job.messages += messages;
                     job.bytes += bytes;
-                    job.held[w].cpu_at_start = crate::sys::process_usage(pid).map(|(cpu, _)| cpu);
+                    job.held[w].cpu_at_start =
+                        crate::engine::sys::process_usage(pid).map(|(cpu, _)| cpu);
                     self.send(w, ToWorker::Job(job.spec.clone()), job);
                     let inflight = self.inflight;
                     self.top_up(w, inflight, job);

@@ -5,11 +5,13 @@
 //! process that holds the descriptor or a mapping. Workers inherit the descriptor when they
 //! start and map it again for every job, so the region can grow between jobs.
 //!
-//! This module and [`crate::sys`] hold the crate's `unsafe` code. The core invariant that
+//! This module and [`crate::engine::sys`] hold the crate's `unsafe` code. The core invariant that
 //! makes writing into the region sound is stated on [`Mapping::slice_mut`]: at any time a
 //! byte range is written by at most one process, and nobody reads it meanwhile. The pool
-//! upholds it by handing out disjoint chunk ranges ([`crate::schedule::ChunkPlan`]) and by
-//! reading the region only once every chunk is reported done and no chunk is in flight.
+//! upholds it by handing out disjoint chunk ranges (the `Dispenser` of `schedule.rs` makes
+//! each chunk start where the previous ended; a re-queued chunk goes to one worker after
+//! its previous holder is dead and reaped) and by reading the region only once every chunk
+//! is reported done and no chunk is in flight.
 
 use std::ffi::c_void;
 use std::io;
@@ -24,7 +26,7 @@ use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 /// An anonymous shared-memory file (memfd), owned by the parent.
 ///
 /// It is created close-on-exec; the worker start-up code clears that flag in the child only
-/// (see [`crate::sys`]), so unrelated programs the user runs never inherit it.
+/// (see [`crate::engine::sys`]), so unrelated programs the user runs never inherit it.
 #[derive(Debug)]
 pub struct SharedRegion {
     fd: OwnedFd,
@@ -65,16 +67,6 @@ impl SharedRegion {
         })?;
         self.len = len;
         Ok(())
-    }
-
-    /// The current length in bytes.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// True when the region has no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// The raw descriptor number, passed to workers on their command line.

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::engine::interrupt::Interrupt;
 use crate::error::{Error, Phase, Result};
-use crate::interrupt::Interrupt;
 use crate::workload::{Element, Workload};
 
 /// Runs `workload` on `0..n` in this process. Returns the output and the time it took

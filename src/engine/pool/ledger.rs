@@ -14,8 +14,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::engine::schedule::{Chunk, Dispenser};
 use crate::error::{Error, Result};
-use crate::schedule::{Chunk, Dispenser};
 
 /// A chunk a worker holds, with its attempt number (0 the first time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,7 +218,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::Schedule;
+    use crate::engine::schedule::Schedule;
 
     /// 10 chunks of 10 elements, dynamic.
     fn dispenser() -> Dispenser {

@@ -8,23 +8,21 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
-use crate::advice::{Observations, advise};
-use crate::baseline::{Mismatch, Stopped, checksum_until, compare, run_kernel, run_single};
-use crate::error::{Error, Phase, Result};
-use crate::fault::Fault;
-use crate::limits::{Machine, check_memory};
-use crate::measure::{Ratio, Summary, ratio, summarize};
-use crate::pool::{
+use crate::engine::fault::Fault;
+use crate::engine::limits::{Machine, check_memory};
+use crate::engine::pool::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_INFLIGHT, JobOptions, JobStats, Observer, Pool, StartMethod,
     Supervision, WorkerStats,
 };
-use crate::protocol::Transport;
-use crate::report::{Breakdown, Report};
-use crate::schedule::{Dispenser, Schedule};
-use crate::stream::{FileSink, RING, window_elems};
-use crate::threads::run_threads;
+use crate::engine::protocol::Transport;
+use crate::engine::schedule::{Dispenser, Schedule};
+use crate::error::{Error, Phase, Result};
+use crate::lab::advice::{Observations, advise};
+use crate::lab::baseline::{Mismatch, Stopped, checksum_until, compare, run_kernel, run_single};
+use crate::lab::measure::{ratio, summarize};
+use crate::lab::model::{Breakdown, Mode, OutputReport, Repeats, Report};
+use crate::lab::stream::{FileSink, RING, window_elems};
+use crate::lab::threads::run_threads;
 use crate::workload::Workload;
 
 /// How to run a job.
@@ -69,29 +67,9 @@ pub struct RunOptions {
     pub mode: Mode,
     /// How worker processes start (processes mode only).
     pub start: StartMethod,
-}
-
-/// Which way to run the job.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Worker processes writing into shared memory: the pool.
-    #[default]
-    Processes,
-    /// The same kernel on threads of this process, sharing one output buffer.
-    Threads,
-    /// One process, one call of the kernel over the whole range.
-    Single,
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Mode::Processes => "processes",
-            Mode::Threads => "threads",
-            Mode::Single => "single",
-        })
-    }
+    /// The workloads forked workers can run (`None`: the built-ins; see
+    /// [`crate::PoolBuilder::registry`]).
+    pub registry: Option<crate::workload::Registry>,
 }
 
 impl Default for RunOptions {
@@ -113,26 +91,12 @@ impl Default for RunOptions {
             faults: Vec::new(),
             supervision: Supervision::default(),
             output: None,
-            window_bytes: crate::stream::DEFAULT_WINDOW_BYTES,
+            window_bytes: crate::lab::stream::DEFAULT_WINDOW_BYTES,
             mode: Mode::Processes,
             start: StartMethod::Spawn,
+            registry: None,
         }
     }
-}
-
-/// Timings over repeated rounds.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Repeats {
-    /// Measured rounds.
-    pub runs: usize,
-    /// Rounds discarded first.
-    pub warmup: usize,
-    /// The single-process run's wall time over the rounds.
-    pub baseline_s: Option<Summary>,
-    /// The parallel run's wall time over the rounds (starting included).
-    pub pool_s: Summary,
-    /// `baseline / pool` with its spread (hyperfine's method).
-    pub speedup: Option<Ratio>,
 }
 
 /// Runs `workload` on `0..n` across a fresh pool and in one process, and reports.
@@ -154,21 +118,6 @@ struct Round {
     checksum: u64,
     verify: Duration,
     output: Option<OutputReport>,
-}
-
-/// Where a streamed run's output went.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct OutputReport {
-    /// The file.
-    pub path: String,
-    /// Bytes written: n × the element size.
-    pub bytes: u64,
-    /// Windows written.
-    pub windows: u64,
-    /// Bytes per window.
-    pub window_bytes: u64,
-    /// Seconds spent writing, on the writer thread (overlapping the workers).
-    pub write_s: f64,
 }
 
 /// Like [`run`], and hands the output (after verification, before it is freed) to `inspect`:
@@ -269,7 +218,7 @@ fn run_round<W: Workload>(
         }
         Mode::Threads => {
             let chunk_size = options.chunk_size.or_else(|| {
-                W::WAITS.then(|| crate::schedule::waiting_chunk_size(n, options.workers))
+                W::WAITS.then(|| crate::engine::schedule::waiting_chunk_size(n, options.workers))
             });
             let dispenser = Dispenser::new(options.schedule, n, options.workers, chunk_size);
             let chunk_size = dispenser.chunk_size();
@@ -342,7 +291,7 @@ fn stream_round<W: Workload>(
     };
     // The file gets its name only when the run succeeds: a failed or interrupted run
     // leaves no partial file (and an older file of that name as it was).
-    let output = crate::stream::OutputFile::create(path).map_err(cannot)?;
+    let output = crate::lab::stream::OutputFile::create(path).map_err(cannot)?;
     let file = output.file().try_clone().map_err(cannot)?;
     let mut sink = FileSink::new(workload, file, path, options.baseline);
     let began = Instant::now();
@@ -393,7 +342,7 @@ fn stream_round<W: Workload>(
     })
 }
 
-fn pool_builder(options: &RunOptions) -> crate::pool::PoolBuilder {
+fn pool_builder(options: &RunOptions) -> crate::engine::pool::PoolBuilder {
     let mut pool = Pool::builder()
         .workers(options.workers)
         .inflight(options.inflight)
@@ -406,6 +355,9 @@ fn pool_builder(options: &RunOptions) -> crate::pool::PoolBuilder {
     }
     if let Some(observer) = &options.observer {
         pool = pool.observer(observer.clone());
+    }
+    if let Some(registry) = &options.registry {
+        pool = pool.registry(registry.clone());
     }
     pool
 }
@@ -571,7 +523,8 @@ fn build_report<W: Workload>(
         baseline_reduction: last.baseline_reduction,
         repeat: repeats,
         output: last.output,
-        parent_peak_rss_bytes: crate::sys::process_usage(std::process::id()).map(|(_, rss)| rss),
+        parent_peak_rss_bytes: crate::engine::sys::process_usage(std::process::id())
+            .map(|(_, rss)| rss),
         advice: advise(&observations),
         warnings,
     }
@@ -584,7 +537,7 @@ fn reduce_chunks<W: Workload>(
     workload: &W,
     output: &[W::Output],
     chunk_size: u64,
-    interrupt: &crate::interrupt::Interrupt,
+    interrupt: &crate::engine::interrupt::Interrupt,
 ) -> std::result::Result<Option<u64>, Stopped> {
     let size = usize::try_from(chunk_size).unwrap_or(usize::MAX).max(1);
     let mut total = None;
@@ -663,7 +616,7 @@ fn validate(
     }
     check_memory(&format!("{name} with n = {n}"), &parts, machine)?;
     if options.mode == Mode::Processes {
-        crate::limits::check_worker_limits(options.workers)?;
+        crate::engine::limits::check_worker_limits(options.workers, true)?;
     }
     Ok(())
 }

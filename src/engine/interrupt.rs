@@ -27,7 +27,12 @@ impl Interrupt {
     }
 
     /// Registers the SIGINT and SIGTERM handlers and returns the handle they set.
+    ///
+    /// Also ignores SIGXFSZ, process-wide: a write past the file-size limit (`ulimit -f`,
+    /// e.g. to `--output`) then fails with EFBIG and is reported like a full disk, instead
+    /// of killing the process without a word.
     pub fn install() -> io::Result<Self> {
+        crate::engine::sys::ignore_file_size_signal();
         let me = Self::new();
         for sig in [SIGINT, SIGTERM] {
             // Order matters: the exit action runs first, and fires only when a previous

@@ -25,7 +25,7 @@ pub struct Summary {
 /// Mean, sample standard deviation, minimum and maximum of `samples`; `None` when empty.
 ///
 /// ```
-/// let s = procpool::measure::summarize(&[1.0, 2.0, 3.0]).unwrap();
+/// let s = procpool::lab::measure::summarize(&[1.0, 2.0, 3.0]).unwrap();
 /// assert_eq!((s.mean, s.sd, s.min, s.max, s.runs), (2.0, 1.0, 1.0, 3.0, 3));
 /// ```
 pub fn summarize(samples: &[f64]) -> Option<Summary> {
@@ -73,11 +73,6 @@ pub fn ratio(numerator: &Summary, denominator: &Summary) -> Ratio {
         value,
         sd: sd.abs(),
     }
-}
-
-/// `baseline_s / parallel_s`: how many times faster the parallel run was.
-pub fn speedup(baseline_s: f64, parallel_s: f64) -> f64 {
-    baseline_s / parallel_s
 }
 
 /// `speedup / workers`: the share of each worker that turned into speed (1.0 is perfect
@@ -135,7 +130,7 @@ const ZERO_FRACTION: f64 = 1e-9;
 /// several local minima still finds the lowest.
 ///
 /// ```
-/// use procpool::measure::{amdahl_speedup, fit_amdahl};
+/// use procpool::lab::measure::{amdahl_speedup, fit_amdahl};
 /// let points: Vec<(usize, f64)> =
 ///     [1, 2, 4, 8].iter().map(|&p| (p, amdahl_speedup(0.1, p as f64))).collect();
 /// let fit = fit_amdahl(&points).unwrap();
@@ -287,8 +282,7 @@ mod tests {
     }
 
     #[test]
-    fn speedup_and_efficiency() {
-        assert_eq!(speedup(2.0, 0.5), 4.0);
+    fn efficiency_is_speedup_per_worker() {
         assert_eq!(efficiency(4.0, 8), 0.5);
         assert!(efficiency(1.0, 0).is_nan());
     }

@@ -3,11 +3,12 @@
 //! Everything that must run between `fork` and `exec` lives here, in one `unsafe` hook with a
 //! short list of async-signal-safe calls, so the rest of the pool stays safe code.
 
-use std::fmt;
+pub(crate) use crate::error::ExitCause;
+
 use std::io;
 use std::os::fd::RawFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, ExitStatus};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
@@ -49,59 +50,6 @@ pub fn prepare_worker_command(cmd: &mut Command, keep_fds: [RawFd; 2], pin: Opti
             }
             Ok(())
         });
-    }
-}
-
-/// How a worker process ended, in words: "exited with status 3", "killed by SIGKILL".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum ExitCause {
-    /// `exit(code)`.
-    Exited(i32),
-    /// Terminated by a signal.
-    Signaled {
-        /// The signal number.
-        signal: i32,
-        /// Whether a core dump was written.
-        core_dumped: bool,
-    },
-    /// The status could not be read.
-    Unknown,
-}
-
-impl From<ExitStatus> for ExitCause {
-    fn from(status: ExitStatus) -> Self {
-        if let Some(code) = status.code() {
-            ExitCause::Exited(code)
-        } else if let Some(signal) = status.signal() {
-            ExitCause::Signaled {
-                signal,
-                core_dumped: status.core_dumped(),
-            }
-        } else {
-            ExitCause::Unknown
-        }
-    }
-}
-
-impl fmt::Display for ExitCause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            ExitCause::Exited(code) => write!(f, "exited with status {code}"),
-            ExitCause::Signaled {
-                signal,
-                core_dumped,
-            } => {
-                let name = Signal::try_from(signal)
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_else(|_| format!("signal {signal}"));
-                write!(f, "killed by {name}")?;
-                if core_dumped {
-                    write!(f, " (core dumped)")?;
-                }
-                Ok(())
-            }
-            ExitCause::Unknown => write!(f, "ended with an unknown status"),
-        }
     }
 }
 
@@ -327,7 +275,7 @@ pub fn ignore_interrupts() {
 
 /// Ignores SIGXFSZ, so that a write past the file-size limit (`ulimit -f`) fails with
 /// EFBIG, reported like a full disk, instead of killing the process without a word.
-pub fn ignore_file_size_signal() {
+pub(crate) fn ignore_file_size_signal() {
     // SAFETY: SIG_IGN installs no handler code, so no async-signal-safety rule is at stake.
     let _ =
         unsafe { nix::sys::signal::signal(Signal::SIGXFSZ, nix::sys::signal::SigHandler::SigIgn) };

@@ -74,12 +74,16 @@ pub const FILES_PER_WORKER: u64 = 4;
 pub const FILES_RESERVED: u64 = 64;
 
 /// Checks that `workers` workers can be started under the open-file and process limits,
-/// raising the soft open-file limit up to the hard limit when that is enough.
-pub fn check_worker_limits(workers: usize) -> Result<()> {
+/// raising the soft open-file limit up to the hard limit when that is enough and `raise`.
+pub fn check_worker_limits(workers: usize, raise: bool) -> Result<()> {
     let want = FILES_RESERVED + FILES_PER_WORKER * workers as u64;
-    let (soft, hard) = crate::sys::open_file_limit()?;
+    let (soft, hard) = crate::engine::sys::open_file_limit()?;
     if soft < want {
-        let got = crate::sys::raise_open_file_limit(want).unwrap_or(soft);
+        let got = if raise {
+            crate::engine::sys::raise_open_file_limit(want).unwrap_or(soft)
+        } else {
+            soft
+        };
         if got < want {
             return Err(Error::InvalidInput(format!(
                 "--workers {workers} needs about {want} open files but the open-file limit \
@@ -88,7 +92,7 @@ pub fn check_worker_limits(workers: usize) -> Result<()> {
             )));
         }
     }
-    if let Some(nproc) = crate::sys::process_limit()
+    if let Some(nproc) = crate::engine::sys::process_limit()
         && workers as u64 >= nproc
     {
         return Err(Error::InvalidInput(format!(
@@ -97,31 +101,6 @@ pub fn check_worker_limits(workers: usize) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Checks that the temporary directory can hold the handshake sockets.
-///
-/// ipc-channel creates each one-shot server's socket in a fresh directory under `$TMPDIR`
-/// (default `/tmp`), and panics if it cannot; this turns that into an error naming the
-/// directory, before any worker starts.
-pub fn check_temp_dir() -> Result<()> {
-    let dir = std::env::temp_dir();
-    let probe = dir.join(format!(".procpool-probe-{}", std::process::id()));
-    match std::fs::create_dir(&probe) {
-        Ok(()) => {
-            let _ = std::fs::remove_dir(&probe);
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(Error::Io(std::io::Error::new(
-            e.kind(),
-            format!(
-                "cannot create the handshake sockets' directory in {} ({e}): set TMPDIR to a \
-                 writable directory",
-                dir.display()
-            ),
-        ))),
-    }
 }
 
 #[cfg(test)]

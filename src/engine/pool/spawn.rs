@@ -30,11 +30,14 @@ use ipc_channel::ipc::{IpcReceiver, IpcSender};
 
 use super::Death;
 use super::private_dir::PrivateDir;
+use crate::engine::interrupt::Interrupt;
+use crate::engine::protocol::{
+    FromWorker, PROTOCOL_VERSION, ToWorker, welcome_wire_size, wire_size,
+};
+use crate::engine::sys::{ExitCause, Process, prepare_worker_command};
+use crate::engine::worker::WorkerArgs;
 use crate::error::{Error, Phase, Result};
-use crate::interrupt::Interrupt;
-use crate::protocol::{FromWorker, PROTOCOL_VERSION, ToWorker, welcome_wire_size, wire_size};
-use crate::sys::{ExitCause, Process, prepare_worker_command};
-use crate::worker::WorkerArgs;
+use crate::workload::Registry;
 
 /// How often a start in progress is looked at when nothing else wakes the caller.
 pub(crate) const START_TICK: Duration = Duration::from_millis(2);
@@ -520,12 +523,12 @@ fn spawn_error(id: usize, exe: &Path, source: io::Error) -> Error {
     let hint = match source.raw_os_error() {
         Some(libc::EAGAIN) => format!(
             "; the process limit (ulimit -u) is {}",
-            crate::sys::process_limit()
+            crate::engine::sys::process_limit()
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "reached".into())
         ),
         Some(libc::EMFILE) | Some(libc::ENFILE) => {
-            let (soft, _) = crate::sys::open_file_limit().unwrap_or((0, 0));
+            let (soft, _) = crate::engine::sys::open_file_limit().unwrap_or((0, 0));
             format!("; the open-file limit (ulimit -n) is {soft}")
         }
         Some(libc::ENOENT) => "; check the worker executable path".to_string(),
@@ -541,7 +544,7 @@ fn spawn_error(id: usize, exe: &Path, source: io::Error) -> Error {
 
 /// Starts workers `ids` by forking this process: no exec and no handshake, the channels
 /// are made before the fork and inherited, as is the shared region. Needs a
-/// single-threaded process (see [`crate::sys::fork_child`]); the output forwarding threads
+/// single-threaded process (see [`crate::engine::sys::fork_child`]); the output forwarding threads
 /// start only after the last fork.
 ///
 /// The child keeps inherited copies of the parent's ends of its own channels; it is
@@ -550,8 +553,9 @@ pub(crate) fn fork_workers(
     shm_fd: std::os::fd::RawFd,
     ids: std::ops::Range<usize>,
     pin: &[usize],
+    registry: &Registry,
 ) -> Result<Vec<Started>> {
-    crate::sys::ensure_single_threaded("--start fork", "use --start spawn")
+    crate::engine::sys::ensure_single_threaded("--start fork", "use --start spawn")
         .map_err(|e| Error::InvalidInput(e.to_string()))?;
     let mut started: Vec<Started> = Vec::with_capacity(ids.len());
     let mut readers = Vec::with_capacity(ids.len());
@@ -562,14 +566,14 @@ pub(crate) fn fork_workers(
             let (to_parent, from_worker) = ipc_channel::ipc::channel::<FromWorker>()?;
             let (reader, writer) = io::pipe()?;
             let cpu = cpu_for(id, pin);
-            let pid = crate::sys::fork_child(move || {
+            let pid = crate::engine::sys::fork_child(move || {
                 if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
                     || nix::unistd::getppid() != parent
                 {
                     return 1;
                 }
                 if let Some(cpu) = cpu
-                    && crate::sys::pin_to(cpu).is_err()
+                    && crate::engine::sys::pin_to(cpu).is_err()
                 {
                     return 1;
                 }
@@ -579,7 +583,7 @@ pub(crate) fn fork_workers(
                 // SAFETY: the shared region's memfd is open in the parent and so, by
                 // inheritance, in this child for as long as it lives.
                 let shm = unsafe { std::os::fd::BorrowedFd::borrow_raw(shm_fd) };
-                crate::worker::serve_forked(&to_parent, &from_parent, shm, crate::registry())
+                crate::engine::worker::serve_forked(&to_parent, &from_parent, shm, registry)
             })?;
             // The closure, with the child's ends of the channels and the pipe, was dropped
             // in this process when `fork_child` returned: only the child holds them now.

@@ -1,0 +1,28 @@
+//! The engine: worker processes, the shared region they write into, and the supervisor that
+//! hands them chunks and survives their deaths.
+//!
+//! Everything here is crate-private; the crate root re-exports the few types a user needs
+//! ([`crate::Pool`], [`crate::PoolBuilder`], [`crate::Supervision`], …). The engine sits on
+//! the workload layer (the [`crate::Workload`] trait and the [`crate::Registry`]) and on
+//! nothing above it: it measures a job but never reports, renders or prints.
+//!
+//! - `pool/`: [`crate::Pool`]: start (`spawn.rs`), dispatch (`dispatch.rs`) with its
+//!   bookkeeping (`ledger.rs`), observers (`observe.rs`), the private socket directory.
+//! - `worker`: the worker side of the protocol.
+//! - `protocol`: the messages between parent and workers.
+//! - `shm`: the shared region (a memfd) and its mappings: most of the crate's `unsafe`.
+//! - `sys`: process set-up between fork and exec, reaping, CPU affinity, resource limits.
+//! - `schedule`: cutting `0..n` into chunks (static, dynamic, guided).
+//! - `fault`: fault injection (`--inject`).
+//! - `interrupt`: Ctrl-C and SIGTERM.
+//! - `limits`: what the machine allows (memory, open files, processes), checked up front.
+
+pub(crate) mod fault;
+pub(crate) mod interrupt;
+pub(crate) mod limits;
+pub(crate) mod pool;
+pub(crate) mod protocol;
+pub(crate) mod schedule;
+pub(crate) mod shm;
+pub(crate) mod sys;
+pub(crate) mod worker;

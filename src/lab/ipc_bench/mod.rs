@@ -1,0 +1,338 @@
+//! `procpool ipc-bench`: the numbers behind "send ranges, not data", measured on this machine.
+//!
+//! The pool sends each worker a chunk's *range* (a dozen bytes) over `ipc-channel` and lets
+//! the worker write its results straight into shared memory. Why not send the data itself?
+//! This module measures the answer between two processes of this machine:
+//!
+//! - **latency**: the round trip of a small message (a `u64`) over a pair of ipc-channels,
+//!   unpinned, and optionally with both processes pinned to one CPU ("same-cpu") or to two
+//!   different CPUs ("cross-cpu");
+//! - **throughput**: the same bytes moved one way, in messages of 64 B to 1 MiB. Through the
+//!   channel, the parent produces each message in a buffer and sends it as an ipc-channel
+//!   byte message (`IpcBytesSender`, no serialization). Through shared memory, it produces
+//!   the message straight into a slot of a small ring in a memfd and sends a tiny
+//!   `Ready(offset, len)`; the peer reads the slot and acknowledges it, so the figure
+//!   includes the notification a real handover needs. The peer reads (sums) every byte in
+//!   both cases.
+//!
+//! The peer is a forked child (channels and the shared mapping are made before the fork, so
+//! both sides inherit them). It dies with the parent (`PR_SET_PDEATHSIG`) and is always
+//! reaped, killed first on an error. Every transfer is checked: the peer returns the number
+//! of messages and bytes it saw and a checksum of their contents, and a mismatch is an
+//! error, so the benchmark cannot silently measure nothing.
+
+use std::time::{Duration, Instant};
+
+use ipc_channel::TryRecvError;
+use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcReceiver, IpcSender};
+use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use latency::*;
+use peer::*;
+use throughput::*;
+
+mod latency;
+mod peer;
+mod throughput;
+
+use crate::engine::shm::{Mapping, SharedRegion};
+use crate::engine::sys::{ExitCause, Process};
+
+/// Options of [`run`].
+#[derive(Debug, Clone)]
+pub struct IpcBenchOptions {
+    /// Timed round trips per placement (after a warm-up of a tenth of this, 10 to 1000).
+    /// Default 20 000.
+    pub round_trips: usize,
+    /// Message sizes in bytes for the throughput table. Default 64 B to 1 MiB, ×4 each step.
+    pub sizes: Vec<usize>,
+    /// Bytes moved per size, per transport and per timed repeat (there are 3, and the median
+    /// is reported); at least 16 messages are sent whatever the size. Default 1 MiB:
+    /// small messages are bound by their per-message cost, so 16 384 of 64 B already give
+    /// a stable figure, and the whole run stays near 1–2 s.
+    pub bytes_per_size: usize,
+    /// Also measure latency with both processes pinned (same CPU, then two CPUs). Default
+    /// true.
+    pub pin: bool,
+}
+
+impl Default for IpcBenchOptions {
+    fn default() -> Self {
+        IpcBenchOptions {
+            round_trips: 20_000,
+            sizes: vec![64, 256, 1024, 4096, 16384, 65536, 262_144, 1_048_576],
+            bytes_per_size: 1 << 20,
+            pin: true,
+        }
+    }
+}
+
+/// Round-trip latency of a small message between two processes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Latency {
+    /// Where the two processes ran: "unpinned", "same-cpu" or "cross-cpu".
+    pub placement: String,
+    /// Timed round trips.
+    pub samples: usize,
+    /// Median round trip, in microseconds.
+    pub p50_us: f64,
+    /// 90th percentile, in microseconds.
+    pub p90_us: f64,
+    /// 99th percentile, in microseconds.
+    pub p99_us: f64,
+    /// Slowest round trip, in microseconds.
+    pub max_us: f64,
+    /// Mean round trip, in microseconds.
+    pub mean_us: f64,
+}
+
+/// One-way throughput for one message size, through the channel and through shared memory.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Throughput {
+    /// Where the two processes ran: `"unpinned"` or `"cross-cpu"` (pinned to two CPUs).
+    pub placement: String,
+    /// Bytes per message.
+    pub size_bytes: usize,
+    /// ipc-channel byte messages, in MB/s (1 MB = 10^6 bytes).
+    pub channel_mb_s: f64,
+    /// Shared memory plus a ready message and an acknowledgement per message, in MB/s.
+    pub shm_mb_s: f64,
+    /// Messages sent through each transport in each timed repeat.
+    pub messages: usize,
+}
+
+/// What [`run`] measured.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct IpcBenchReport {
+    /// Logical CPUs this process may run on.
+    pub cores_logical: usize,
+    /// Round-trip latency, one entry per placement.
+    pub latency: Vec<Latency>,
+    /// Throughput, one entry per message size, in the order asked.
+    pub throughput: Vec<Throughput>,
+    /// How it was measured, and which placements were skipped and why.
+    pub note: String,
+}
+
+/// The placement names used in [`Latency::placement`].
+pub(crate) const UNPINNED: &str = "unpinned";
+const SAME_CPU: &str = "same-cpu";
+const CROSS_CPU: &str = "cross-cpu";
+
+/// The fewest messages sent per size, whatever `bytes_per_size` says.
+const MIN_MESSAGES: usize = 16;
+/// The largest message size accepted (the channel side holds a whole message in memory on
+/// each end, the shared side two slots of it).
+const MAX_SIZE: usize = 256 << 20;
+/// Shared-memory ring: up to 8 slots, at most this many bytes (but at least 2 slots).
+const RING_BYTES: usize = 8 << 20;
+const RING_SLOTS: usize = 8;
+/// Timed transfers per size and transport; the median is reported.
+const REPEATS: usize = 3;
+/// How long the peer may take to answer a control message or to exit.
+const PEER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs the benchmark. Forks a peer process (so this must be called while the process is
+/// single-threaded, e.g. at the top of main; otherwise it returns an error saying so).
+///
+/// Latency runs first, one fresh peer per placement; the parent's CPU affinity is restored
+/// after each pinned placement. Throughput runs unpinned, on one peer, for every size: a
+/// short untimed warm-up, then 3 timed transfers per transport, interleaved (channel, shm,
+/// channel, …), each moving `max(bytes_per_size / size, 16)` messages; the median transfer
+/// is reported. Each transfer is verified by the peer's checksum before its time counts.
+pub fn run(options: &IpcBenchOptions) -> Result<IpcBenchReport> {
+    validate(options)?;
+    crate::engine::sys::ensure_single_threaded(
+        "ipc-bench forks a peer process",
+        "run it before any thread starts, e.g. at the top of main",
+    )
+    .map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let cores_logical = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let original = sched_getaffinity(Pid::from_raw(0))
+        .map_err(|e| Error::Io(std::io::Error::other(format!("sched_getaffinity: {e}"))))?;
+    let cpus = crate::engine::sys::allowed_cpus();
+
+    let warmup = (options.round_trips / 10).clamp(10, 1000);
+    let mut notes = vec![format!(
+        "latency: {warmup} warm-up then {} timed round trips of a u64 per placement; \
+         percentiles by linear interpolation",
+        options.round_trips
+    )];
+    let mut latency = vec![measure_latency(
+        UNPINNED,
+        None,
+        options.round_trips,
+        warmup,
+    )?];
+    if options.pin {
+        let same = cpus[0];
+        match pinned_latency(SAME_CPU, &original, same, same, options, warmup)? {
+            Ok(l) => {
+                latency.push(l);
+                notes.push(format!("same-cpu: both processes on CPU {same}"));
+            }
+            Err(why) => notes.push(format!("same-cpu skipped: {why}")),
+        }
+        if let [parent_cpu, peer_cpu, ..] = cpus[..] {
+            match pinned_latency(CROSS_CPU, &original, parent_cpu, peer_cpu, options, warmup)? {
+                Ok(l) => {
+                    latency.push(l);
+                    notes.push(format!(
+                        "cross-cpu: parent on CPU {parent_cpu}, peer on CPU {peer_cpu}"
+                    ));
+                }
+                Err(why) => notes.push(format!("cross-cpu skipped: {why}")),
+            }
+        } else {
+            notes.push("cross-cpu skipped: this process may run on one CPU only".into());
+        }
+    } else {
+        notes.push("pinned placements not measured (pinning off)".into());
+    }
+
+    let mut throughput = measure_throughput(options, UNPINNED, None)?;
+    if options.pin
+        && let [parent_cpu, peer_cpu, ..] = cpus[..]
+    {
+        let _restore = RestoreAffinity(&original);
+        if crate::engine::sys::pin_to(parent_cpu).is_ok() {
+            throughput.extend(measure_throughput(options, CROSS_CPU, Some(peer_cpu))?);
+        }
+    }
+    notes.push(
+        "throughput: unpinned, and pinned to two CPUs (cross-cpu); one way, median of 3, 1 MB \
+         = 10^6 bytes; channel = each \
+         message written into a buffer, then sent as an ipc-channel byte message; shm = each \
+         message written straight into a memfd slot, then a ready message and an ack; every \
+         transfer verified by checksum"
+            .into(),
+    );
+    Ok(IpcBenchReport {
+        cores_logical,
+        latency,
+        throughput,
+        note: notes.join("; "),
+    })
+}
+
+/// The `p`-th percentile (`p` in percent, 0 to 100, clamped) of `sorted` (ascending), by
+/// linear interpolation between the two nearest ranks (numpy's default, Excel's
+/// `PERCENTILE.INC`): rank `p / 100 × (n − 1)`, counted from 0. NaN for an empty slice or a
+/// NaN `p`.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() || p.is_nan() {
+        return f64::NAN;
+    }
+    let rank = p.clamp(0.0, 100.0) / 100.0 * (sorted.len() - 1) as f64;
+    let lo = rank.floor() as usize;
+    let hi = rank.ceil() as usize;
+    let frac = rank - lo as f64;
+    sorted[lo] + (sorted[hi] - sorted[lo]) * frac
+}
+
+fn validate(options: &IpcBenchOptions) -> Result<()> {
+    if options.round_trips == 0 {
+        return Err(Error::InvalidInput(
+            "ipc-bench round trips must be at least 1 (got 0)".into(),
+        ));
+    }
+    if options.sizes.is_empty() {
+        return Err(Error::InvalidInput(
+            "ipc-bench needs at least one message size".into(),
+        ));
+    }
+    if let Some(&bad) = options.sizes.iter().find(|&&s| s == 0 || s > MAX_SIZE) {
+        return Err(Error::InvalidInput(format!(
+            "ipc-bench message sizes must be 1 B to {} (got {bad})",
+            crate::units::bytes(MAX_SIZE as u128)
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_interpolates_between_nearest_ranks() {
+        let v = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert_eq!(percentile(&v, 25.0), 2.0);
+        assert_eq!(percentile(&v, 50.0), 3.0);
+        assert_eq!(percentile(&v, 100.0), 5.0);
+        assert!((percentile(&v, 90.0) - 4.6).abs() < 1e-12);
+        assert!((percentile(&v, 99.0) - 4.96).abs() < 1e-12);
+        assert_eq!(percentile(&[10.0, 20.0], 50.0), 15.0);
+        assert_eq!(percentile(&[7.0], 99.0), 7.0);
+        // Out of range clamps; nothing to rank gives NaN.
+        assert_eq!(percentile(&v, 150.0), 5.0);
+        assert_eq!(percentile(&v, -3.0), 1.0);
+        assert!(percentile(&[], 50.0).is_nan());
+        assert!(percentile(&v, f64::NAN).is_nan());
+    }
+
+    #[test]
+    fn run_refuses_a_process_with_threads() {
+        // Keep a second thread alive for the whole call, whatever the harness does.
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let helper = std::thread::spawn(move || {
+            let _ = stop_rx.recv();
+        });
+        let err = run(&IpcBenchOptions::default()).unwrap_err();
+        drop(stop_tx);
+        helper.join().unwrap();
+        let text = err.to_string();
+        assert!(err.is_invalid_input(), "{text}");
+        assert!(text.contains("threads"), "{text}");
+        assert!(text.contains("single-threaded"), "{text}");
+    }
+
+    #[test]
+    fn bad_options_are_refused_before_anything_starts() {
+        let base = IpcBenchOptions::default();
+        let cases = [
+            (
+                IpcBenchOptions {
+                    round_trips: 0,
+                    ..base.clone()
+                },
+                "round trips",
+            ),
+            (
+                IpcBenchOptions {
+                    sizes: vec![],
+                    ..base.clone()
+                },
+                "at least one message size",
+            ),
+            (
+                IpcBenchOptions {
+                    sizes: vec![64, 0],
+                    ..base.clone()
+                },
+                "(got 0)",
+            ),
+        ];
+        for (options, words) in cases {
+            let err = run(&options).unwrap_err();
+            assert!(err.is_invalid_input(), "{err}");
+            assert!(err.to_string().contains(words), "{err}");
+        }
+    }
+
+    #[test]
+    fn defaults_cover_64_bytes_to_1_mib() {
+        let o = IpcBenchOptions::default();
+        assert_eq!(o.sizes.first(), Some(&64));
+        assert_eq!(o.sizes.last(), Some(&(1 << 20)));
+        assert!(o.sizes.windows(2).all(|w| w[1] == w[0] * 4));
+        assert!(o.pin);
+    }
+}

@@ -1,0 +1,23 @@
+//! The measurement lab, built on the engine: a whole measured run (the pool, the
+//! single-process baseline, verification, threads and single modes, streaming to a file),
+//! its statistics and advice, the sweep over worker counts and chunk sizes, and the IPC
+//! benchmark. Results are plain data ([`crate::Report`], [`SweepTable`],
+//! [`IpcBenchReport`]); turning them into text, tables and pictures is
+//! [`crate::report`]'s job.
+
+pub(crate) mod advice;
+pub(crate) mod baseline;
+pub mod ipc_bench;
+pub mod measure;
+pub(crate) mod model;
+pub(crate) mod run;
+pub(crate) mod stream;
+pub mod sweep;
+pub(crate) mod threads;
+
+pub use crate::engine::limits::Machine;
+pub use advice::{Advice, Limit};
+pub use ipc_bench::{IpcBenchOptions, IpcBenchReport};
+pub use measure::{Ratio, Summary};
+pub use model::{Breakdown, OutputReport, Repeats};
+pub use sweep::{SweepOptions, SweepTable};

@@ -1,0 +1,245 @@
+//! The data a measured run produces: the [`Report`] and everything it holds. The lab fills
+//! it in; [`crate::report`] only reads it (hyperfine keeps its result struct the same way).
+
+use serde::Serialize;
+
+use crate::engine::pool::{AutoChunk, Death, StartMethod, WorkerStats};
+use crate::engine::protocol::Transport;
+use crate::engine::schedule::Schedule;
+use crate::lab::advice::Advice;
+use crate::lab::baseline::Mismatch;
+use crate::lab::measure::{Ratio, Summary};
+
+/// Which way to run the job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Worker processes writing into shared memory: the pool.
+    #[default]
+    Processes,
+    /// The same kernel on threads of this process, sharing one output buffer.
+    Threads,
+    /// One process, one call of the kernel over the whole range.
+    Single,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Processes => "processes",
+            Mode::Threads => "threads",
+            Mode::Single => "single",
+        })
+    }
+}
+
+/// Timings over repeated rounds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Repeats {
+    /// Measured rounds.
+    pub runs: usize,
+    /// Rounds discarded first.
+    pub warmup: usize,
+    /// The single-process run's wall time over the rounds.
+    pub baseline_s: Option<Summary>,
+    /// The parallel run's wall time over the rounds (starting included).
+    pub pool_s: Summary,
+    /// `baseline / pool` with its spread (hyperfine's method).
+    pub speedup: Option<Ratio>,
+}
+
+/// Where a streamed run's output went.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutputReport {
+    /// The file.
+    pub path: String,
+    /// Bytes written: n × the element size.
+    pub bytes: u64,
+    /// Windows written.
+    pub windows: u64,
+    /// Bytes per window.
+    pub window_bytes: u64,
+    /// Seconds spent writing, on the writer thread (overlapping the workers).
+    pub write_s: f64,
+}
+
+/// Everything a run measured. Field names carry their units (`_s` seconds, `_bytes`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// Workload name.
+    pub workload: String,
+    /// The workload's parameters, as JSON.
+    pub params: serde_json::Value,
+    /// How the job ran: `processes`, `threads` or `single`.
+    pub mode: Mode,
+    /// How worker processes started (`spawn` or `fork`; null unless mode is `processes`).
+    pub start: Option<StartMethod>,
+    /// How chunks were handed out: `static`, `dynamic` or `guided`.
+    pub schedule: Schedule,
+    /// How results came back: `shm` or `channel` (null unless mode is `processes`).
+    pub transport: Option<Transport>,
+    /// Whether each worker was pinned to one CPU.
+    pub pinned: bool,
+    /// Number of elements computed.
+    pub n: u64,
+    /// Worker processes.
+    pub workers: usize,
+    /// Elements per chunk (the last chunk may be shorter).
+    pub chunk_size: u64,
+    /// Number of chunks.
+    pub chunks: u64,
+    /// What `--chunk-size auto` measured and chose, and why.
+    pub auto_chunk: Option<AutoChunk>,
+    /// Chunks in flight per worker.
+    pub inflight: usize,
+    /// Logical CPUs this process may use.
+    pub cores_logical: usize,
+    /// Physical cores, when known.
+    pub cores_physical: Option<usize>,
+    /// Wall time of the single-process run (`None` with `--no-baseline`).
+    pub baseline_wall_s: Option<f64>,
+    /// True when `baseline_wall_s` was known without running it (`sleep`: n × ms); the output
+    /// was still checked against the expected values.
+    pub baseline_estimated: bool,
+    /// Wall time of the pool run, from the first worker start to the last result.
+    pub pool_wall_s: f64,
+    /// The part of `pool_wall_s` spent starting workers and their handshakes.
+    pub spawn_s: f64,
+    /// The part of `pool_wall_s` after the workers started: sending the job, the chunks,
+    /// computing, and collecting the replies.
+    pub run_s: f64,
+    /// Kernel time summed over all workers.
+    pub compute_s: f64,
+    /// Kernel time of the busiest worker.
+    pub compute_max_s: f64,
+    /// Where the pool's wall time went (last round).
+    pub breakdown: Breakdown,
+    /// Mean time from a chunk starting at its worker to its reply arriving.
+    pub chunk_rtt_mean_s: f64,
+    /// Mean kernel time of one chunk, to compare with `chunk_rtt_mean_s`.
+    pub chunk_compute_mean_s: f64,
+    /// `baseline_wall_s / pool_wall_s`.
+    pub speedup: Option<f64>,
+    /// `speedup / workers`: 1.0 means every worker was as useful as the whole single process.
+    pub efficiency: Option<f64>,
+    /// True when every element of the pool output equals the single-process output.
+    pub verified: Option<bool>,
+    /// The first differing element, when `verified` is false.
+    pub mismatch: Option<Mismatch>,
+    /// Wrapping (mod 2^64) sum of the output elements, each widened to u64.
+    pub checksum: u64,
+    /// Messages that crossed the IPC channels, both ways (handshakes included).
+    pub ipc_messages: u64,
+    /// Bytes of those messages.
+    pub ipc_bytes: u64,
+    /// Bytes of results that crossed the channels (`--transport channel`), included in
+    /// `ipc_bytes`.
+    pub channel_result_bytes: u64,
+    /// Bytes of results written through shared memory.
+    pub shm_bytes: u64,
+    /// What each worker did.
+    pub per_worker: Vec<WorkerStats>,
+    /// Workers restarted after dying or timing out.
+    pub restarts: u64,
+    /// Chunks handed out again because their worker died or timed out.
+    pub retried_chunks: u64,
+    /// Each worker death: which worker, its pid, how it ended, and its replacement.
+    pub deaths: Vec<Death>,
+    /// The workload's per-chunk reductions added up, if it has a reduction.
+    pub reduction: Option<u64>,
+    /// The same reduction of the single-process output (must equal `reduction`).
+    pub baseline_reduction: Option<u64>,
+    /// Timings over repeated rounds (`--repeat`), when more than one.
+    pub repeat: Option<Repeats>,
+    /// Where the output was streamed (`--output`), if it was.
+    pub output: Option<OutputReport>,
+    /// Peak resident memory of procpool's own process (the workers' are in `per_worker`).
+    pub parent_peak_rss_bytes: Option<u64>,
+    /// What limited the run, in plain words, from its own measurements.
+    pub advice: Vec<Advice>,
+    /// Things the user should know about this run (e.g. more workers than cores).
+    pub warnings: Vec<String>,
+}
+
+/// Where the pool's wall time went. `spawn_s + compute_s + ipc_wait_s + imbalance_idle_s`
+/// equals `total_s`: each worker's share of the run is split into computing, waiting between
+/// chunks (messages, dispatch, mapping), and sitting idle at the end while the slowest
+/// finished; the means over workers are shown.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Breakdown {
+    /// The pool run's wall time, starting included.
+    pub total_s: f64,
+    /// Starting the workers (spawn or fork, and the handshakes).
+    pub spawn_s: f64,
+    /// Computing, per worker (mean).
+    pub compute_s: f64,
+    /// Waiting on IPC and dispatch between chunks, per worker (mean).
+    pub ipc_wait_s: f64,
+    /// Idle at the end from imbalance, per worker (mean).
+    pub imbalance_idle_s: f64,
+    /// Comparing the outputs afterwards (not part of `total_s`).
+    pub verify_s: f64,
+}
+
+impl Breakdown {
+    /// Splits a run of `total_s` (of which `spawn_s` starting) over its `workers`.
+    pub fn new(total_s: f64, spawn_s: f64, workers: &[WorkerStats], verify_s: f64) -> Self {
+        let run = (total_s - spawn_s).max(0.0);
+        let count = workers.len().max(1) as f64;
+        let (mut compute, mut wait, mut idle) = (0.0, 0.0, 0.0);
+        for w in workers {
+            let c = w.compute_s.min(run);
+            let i = w.idle_end_s.min(run - c);
+            compute += c;
+            idle += i;
+            wait += (run - c - i).max(0.0);
+        }
+        Breakdown {
+            total_s,
+            spawn_s,
+            compute_s: compute / count,
+            ipc_wait_s: wait / count,
+            imbalance_idle_s: idle / count,
+            verify_s,
+        }
+    }
+}
+
+impl Report {
+    /// The report as one line of JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a report always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(compute_s: f64, idle_end_s: f64) -> WorkerStats {
+        WorkerStats {
+            id: 0,
+            pid: 1,
+            chunks: 1,
+            compute_s,
+            cpu_s: None,
+            peak_rss_bytes: None,
+            idle_end_s,
+            cpu: None,
+        }
+    }
+
+    #[test]
+    fn breakdown_parts_add_up_to_the_whole() {
+        let workers = [worker(0.6, 0.1), worker(0.3, 0.4), worker(0.7, 0.0)];
+        let b = Breakdown::new(1.0, 0.2, &workers, 0.05);
+        let sum = b.spawn_s + b.compute_s + b.ipc_wait_s + b.imbalance_idle_s;
+        assert!((sum - b.total_s).abs() < 1e-12, "{b:?}");
+        assert!((b.compute_s - 1.6 / 3.0).abs() < 1e-12);
+        assert!((b.imbalance_idle_s - 0.5 / 3.0).abs() < 1e-12);
+        // Measurements that overshoot the run are clamped, so the parts still add up.
+        let b = Breakdown::new(1.0, 0.5, &[worker(0.9, 0.9)], 0.0);
+        let sum = b.spawn_s + b.compute_s + b.ipc_wait_s + b.imbalance_idle_s;
+        assert!((sum - 1.0).abs() < 1e-12, "{b:?}");
+    }
+}

@@ -1,0 +1,189 @@
+//! `procpool ipc-bench` as text: two tables and a closing line.
+
+use std::fmt::Write as _;
+
+use crate::lab::ipc_bench::{IpcBenchReport, UNPINNED};
+
+/// Renders the report as two tables and a closing line that compares a chunk message's
+/// round trip with moving the largest size through each transport.
+pub fn render_text(report: &IpcBenchReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "procpool ipc-bench: two processes, ipc-channel and shared memory; {}",
+        crate::units::count(report.cores_logical, "logical core")
+    );
+    if !report.latency.is_empty() {
+        let _ = writeln!(s, "  round trip of a small message, µs");
+        let _ = writeln!(
+            s,
+            "    {:<10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "placement", "samples", "p50", "p90", "p99", "max", "mean"
+        );
+        for l in &report.latency {
+            let _ = writeln!(
+                s,
+                "    {:<10} {:>8} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
+                l.placement, l.samples, l.p50_us, l.p90_us, l.p99_us, l.max_us, l.mean_us
+            );
+        }
+    }
+    if !report.throughput.is_empty() {
+        let _ = writeln!(s, "  one-way throughput, MB/s (1 MB = 10^6 bytes)");
+        let _ = writeln!(
+            s,
+            "    {:<10} {:>9} {:>9} {:>9} {:>9} {:>11}",
+            "placement", "size", "messages", "channel", "shm", "shm/channel"
+        );
+        for t in &report.throughput {
+            let _ = writeln!(
+                s,
+                "    {:<10} {:>9} {:>9} {:>9.1} {:>9.1} {:>10.2}×",
+                t.placement,
+                crate::units::bytes(t.size_bytes as u128),
+                t.messages,
+                t.channel_mb_s,
+                t.shm_mb_s,
+                t.shm_mb_s / t.channel_mb_s
+            );
+        }
+    }
+    // The note is a list joined with "; ": one item per line.
+    for (k, item) in report
+        .note
+        .split("; ")
+        .filter(|i| !i.is_empty())
+        .enumerate()
+    {
+        let label = if k == 0 { "note" } else { "" };
+        let _ = writeln!(s, "  {label:<5} {item}");
+    }
+    if let Some(line) = closing_line(report) {
+        let _ = writeln!(s, "{line}");
+    }
+    s
+}
+
+/// "a chunk message costs ~15 µs round trip; 1 MiB through the channel takes X, through
+/// shared memory Y: send ranges, not data".
+fn closing_line(report: &IpcBenchReport) -> Option<String> {
+    let rtt = report
+        .latency
+        .iter()
+        .find(|l| l.placement == UNPINNED)
+        .or(report.latency.first())
+        .map(|l| format!("a chunk message costs ~{:.0} µs round trip", l.p50_us));
+    let largest = report
+        .throughput
+        .iter()
+        .filter(|t| t.placement == UNPINNED)
+        .max_by_key(|t| t.size_bytes)
+        .map(|t| {
+            let per_message = |mb_s: f64| t.size_bytes as f64 / (mb_s * 1e6);
+            let (channel, shm) = (per_message(t.channel_mb_s), per_message(t.shm_mb_s));
+            let verdict = if shm < channel {
+                "send ranges, not data"
+            } else {
+                "here the channel kept up with shared memory"
+            };
+            format!(
+                "{} through the channel takes {}, through shared memory {}: {verdict}",
+                crate::units::bytes(t.size_bytes as u128),
+                crate::units::seconds(channel),
+                crate::units::seconds(shm)
+            )
+        });
+    match (rtt, largest) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::ipc_bench::{Latency, Throughput};
+
+    fn synthetic() -> IpcBenchReport {
+        IpcBenchReport {
+            cores_logical: 2,
+            latency: vec![
+                Latency {
+                    placement: "unpinned".into(),
+                    samples: 20000,
+                    p50_us: 14.8,
+                    p90_us: 17.25,
+                    p99_us: 31.0,
+                    max_us: 412.5,
+                    mean_us: 15.6,
+                },
+                Latency {
+                    placement: "same-cpu".into(),
+                    samples: 20000,
+                    p50_us: 6.9,
+                    p90_us: 7.4,
+                    p99_us: 12.0,
+                    max_us: 98.0,
+                    mean_us: 7.1,
+                },
+            ],
+            throughput: vec![
+                Throughput {
+                    placement: "unpinned".into(),
+                    size_bytes: 64,
+                    channel_mb_s: 20.0,
+                    shm_mb_s: 8.0,
+                    messages: 65536,
+                },
+                Throughput {
+                    placement: "unpinned".into(),
+                    size_bytes: 1_048_576,
+                    channel_mb_s: 1048.576,
+                    shm_mb_s: 5242.88,
+                    messages: 16,
+                },
+            ],
+            note: "cross-cpu skipped: this process may run on one CPU only; throughput: \
+                   unpinned"
+                .into(),
+        }
+    }
+
+    #[test]
+    fn render_text_snapshot() {
+        let expected = "\
+procpool ipc-bench: two processes, ipc-channel and shared memory; 2 logical cores
+  round trip of a small message, µs
+    placement   samples      p50      p90      p99      max     mean
+    unpinned      20000     14.8     17.2     31.0    412.5     15.6
+    same-cpu      20000      6.9      7.4     12.0     98.0      7.1
+  one-way throughput, MB/s (1 MB = 10^6 bytes)
+    placement       size  messages   channel       shm shm/channel
+    unpinned        64 B     65536      20.0       8.0       0.40×
+    unpinned       1 MiB        16    1048.6    5242.9       5.00×
+  note  cross-cpu skipped: this process may run on one CPU only
+        throughput: unpinned
+a chunk message costs ~15 µs round trip; 1 MiB through the channel takes 1.00 ms, through shared memory 200.0 µs: send ranges, not data
+";
+        assert_eq!(render_text(&synthetic()), expected);
+    }
+
+    #[test]
+    fn closing_line_says_so_when_the_channel_keeps_up() {
+        let mut r = synthetic();
+        r.throughput[1].shm_mb_s = 500.0;
+        let text = render_text(&r);
+        assert!(
+            text.ends_with("here the channel kept up with shared memory\n"),
+            "{text}"
+        );
+        r.latency.clear();
+        assert!(
+            render_text(&r)
+                .lines()
+                .last()
+                .unwrap()
+                .starts_with("1 MiB through the channel"),
+        );
+    }
+}
