@@ -21,7 +21,7 @@ use procpool::workload::mandelbrot::DEFAULT_MAX_ITER;
     procpool sweep --workers 1,2,4 --repeat 3 hash 1e5 --plot speedup.svg\n  \
     procpool ipc-bench\n  \
     procpool list")]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Options of every run.
     #[command(flatten)]
     pub run: RunArgs,
@@ -32,7 +32,7 @@ pub struct Cli {
 
 /// What to do: run a workload, or one of the tools.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run a workload (the subcommands below).
     #[command(flatten)]
     Workload(WorkloadCmd),
@@ -47,7 +47,7 @@ pub enum Command {
 
 /// `procpool sweep`.
 #[derive(Debug, Args)]
-pub struct SweepArgs {
+pub(crate) struct SweepArgs {
     /// Draw speedup and efficiency against workers as an SVG
     #[arg(long, global = true, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
@@ -61,7 +61,7 @@ pub struct SweepArgs {
 
 /// `procpool ipc-bench`.
 #[derive(Debug, Args)]
-pub struct IpcBenchArgs {
+pub(crate) struct IpcBenchArgs {
     /// Round trips timed for the latency percentiles
     #[arg(long, value_name = "N", default_value = "20000", value_parser = parse_n)]
     pub round_trips: u64,
@@ -75,11 +75,11 @@ pub struct IpcBenchArgs {
 
 /// A comma-separated list (`1,2,4,8`); one value outside `sweep`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct List<T>(pub Vec<T>);
+pub(crate) struct List<T>(pub Vec<T>);
 
 /// A chunk size: a number of elements, or measured and chosen (`auto`).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ChunkSize {
+pub(crate) enum ChunkSize {
     /// Measure the first chunks and choose.
     Auto,
     /// This many elements.
@@ -88,7 +88,7 @@ pub enum ChunkSize {
 
 /// Options of a run; accepted before or after the workload.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Worker processes [default: the number of logical cores]; under `sweep`, a list
     /// (1,2,4,8)
     #[arg(short, long, global = true, value_name = "W", value_parser = parse_workers)]
@@ -262,7 +262,7 @@ value_enum! {
 
 /// The workloads, each a subcommand with its own arguments.
 #[derive(Debug, Clone, Subcommand)]
-pub enum WorkloadCmd {
+pub(crate) enum WorkloadCmd {
     /// out[i] = i*i (u64, wrapping): memory-bound, 8 bytes written per multiply
     Squares {
         /// Number of elements: 10000000, 10_000_000 or 1e7

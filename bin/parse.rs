@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// Parses a non-negative whole count: digits with optional `_` separators, or scientific
 /// notation with a whole result (`1e7`, `2.5e6`).
-pub fn parse_count(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_count(s: &str) -> Result<u64, String> {
     let t = s.trim();
     if t.is_empty() {
         return Err("expected a whole number such as 1000, 10_000_000 or 1e7, got nothing".into());
@@ -63,7 +63,7 @@ fn too_large(s: &str) -> String {
 
 /// Parses a size in bytes: a count with an optional binary unit (`64MiB`, `64M`, `512k`,
 /// `1GiB`, `1e6`).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
@@ -86,7 +86,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 }
 
 /// Parses a duration: a number followed by `ms`, `s`, `m` or `us` (`500ms`, `2s`, `1.5s`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

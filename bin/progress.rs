@@ -12,7 +12,7 @@ use procpool::{Event, Observer};
 const BAR_AFTER: Duration = Duration::from_secs(1);
 
 /// The command's [`Observer`].
-pub struct Terminal {
+pub(crate) struct Terminal {
     /// A bar may be drawn: asked for, and stderr is a terminal (looked up once).
     bar_wanted: bool,
     state: Mutex<State>,
@@ -26,7 +26,7 @@ struct State {
 
 impl Terminal {
     /// Lines for lost workers always; a bar too when `bar` and stderr is a terminal.
-    pub fn new(bar: bool) -> Self {
+    pub(crate) fn new(bar: bool) -> Self {
         Terminal {
             bar_wanted: bar && std::io::stderr().is_terminal(),
             state: Mutex::new(State::default()),

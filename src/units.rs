@@ -3,14 +3,14 @@
 
 /// Seconds with a fixed number of digits per unit, for tables and reports that line up:
 /// `6.627 s`, `5.36 ms`, `138.4 µs`.
-pub fn seconds(x: f64) -> String {
+pub(crate) fn seconds(x: f64) -> String {
     let (value, unit, digits) = seconds_scale(x);
     format!("{:.digits$} {unit}", value)
 }
 
 /// A mean and its standard deviation as `mean ± sd unit`, in the unit the mean reads best
 /// in (just `mean unit` for a single run).
-pub fn seconds_spread(mean: f64, sd: f64, runs: usize) -> String {
+pub(crate) fn seconds_spread(mean: f64, sd: f64, runs: usize) -> String {
     let (_, unit, digits) = seconds_scale(mean);
     let scale = match unit {
         "s" => 1.0,
@@ -35,7 +35,7 @@ fn seconds_scale(x: f64) -> (f64, &'static str, usize) {
 }
 
 /// Seconds in words, short: `15 µs`, `6.9 ms`, `1.2 s`, `40 ns`.
-pub fn seconds_short(s: f64) -> String {
+pub(crate) fn seconds_short(s: f64) -> String {
     let (v, unit) = if s >= 0.9995 {
         (s, "s")
     } else if s >= 0.9995e-3 {
@@ -49,7 +49,7 @@ pub fn seconds_short(s: f64) -> String {
 }
 
 /// `3`, `3.5`, `12`: one decimal below 10, none above, no trailing `.0`.
-pub fn num(v: f64) -> String {
+pub(crate) fn num(v: f64) -> String {
     if v >= 9.95 {
         format!("{v:.0}")
     } else {
@@ -59,7 +59,7 @@ pub fn num(v: f64) -> String {
 }
 
 /// Bytes in binary units, one decimal, none when whole: `64 B`, `1.5 KiB`, `32 MiB`.
-pub fn bytes(bytes: u128) -> String {
+pub(crate) fn bytes(bytes: u128) -> String {
     const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
@@ -74,7 +74,7 @@ pub fn bytes(bytes: u128) -> String {
 
 /// Bytes per second in decimal units, as disks and networks are rated: `1.6 GB/s`,
 /// `25 MB/s`.
-pub fn rate(bytes_per_s: f64) -> String {
+pub(crate) fn rate(bytes_per_s: f64) -> String {
     if bytes_per_s >= 0.9995e9 {
         format!("{} GB/s", num(bytes_per_s / 1e9))
     } else {
@@ -83,12 +83,12 @@ pub fn rate(bytes_per_s: f64) -> String {
 }
 
 /// `0.956` → `96%`.
-pub fn percent(x: f64) -> String {
+pub(crate) fn percent(x: f64) -> String {
     format!("{:.0}%", x * 100.0)
 }
 
 /// `part` of `whole` as a percentage (`100%` when `whole` is 0).
-pub fn share(part: u64, whole: u64) -> String {
+pub(crate) fn share(part: u64, whole: u64) -> String {
     if whole == 0 {
         "100%".into()
     } else {
@@ -97,12 +97,12 @@ pub fn share(part: u64, whole: u64) -> String {
 }
 
 /// `1.17×`, as the report prints speedups.
-pub fn times(x: f64) -> String {
+pub(crate) fn times(x: f64) -> String {
     format!("{x:.2}×")
 }
 
 /// `1 core`, `8 workers`: the count and the word, plural unless it is one.
-pub fn count<N: std::fmt::Display + PartialEq + From<u8>>(n: N, word: &str) -> String {
+pub(crate) fn count<N: std::fmt::Display + PartialEq + From<u8>>(n: N, word: &str) -> String {
     if n == N::from(1) {
         format!("1 {word}")
     } else {

@@ -40,7 +40,7 @@ impl Machine {
 
 /// Refuses a job whose memory (`parts`: what and how many bytes) does not fit in the
 /// memory available now.
-pub fn check_memory(what: &str, parts: &[(&str, u128)], machine: &Machine) -> Result<()> {
+pub(crate) fn check_memory(what: &str, parts: &[(&str, u128)], machine: &Machine) -> Result<()> {
     let needed: u128 = parts.iter().map(|(_, b)| b).sum();
     if needed <= u128::from(machine.available_memory) {
         return Ok(());
@@ -69,13 +69,13 @@ pub fn check_memory(what: &str, parts: &[(&str, u128)], machine: &Machine) -> Re
 
 /// Open files the parent needs per worker: the two channel ends, plus the handshake socket
 /// and the pipes `fork`/`exec` use while it starts.
-pub const FILES_PER_WORKER: u64 = 4;
+pub(crate) const FILES_PER_WORKER: u64 = 4;
 /// Open files kept free for everything else (stdio, the memfd, epoll, sysinfo).
-pub const FILES_RESERVED: u64 = 64;
+pub(crate) const FILES_RESERVED: u64 = 64;
 
 /// Checks that `workers` workers can be started under the open-file and process limits,
 /// raising the soft open-file limit up to the hard limit when that is enough and `raise`.
-pub fn check_worker_limits(workers: usize, raise: bool) -> Result<()> {
+pub(crate) fn check_worker_limits(workers: usize, raise: bool) -> Result<()> {
     let want = FILES_RESERVED + FILES_PER_WORKER * workers as u64;
     let (soft, hard) = crate::engine::sys::open_file_limit()?;
     if soft < want {

@@ -10,14 +10,14 @@ use serde::{Deserialize, Serialize};
 use crate::engine::fault::Fault;
 
 /// Bumped whenever a message changes shape; a worker from another build is refused.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub(crate) const PROTOCOL_VERSION: u32 = 3;
 
 /// The first argument that turns a procpool-linked binary into a worker (see [`crate::init`]).
-pub const WORKER_ARG: &str = "__procpool_worker";
+pub(crate) const WORKER_ARG: &str = "__procpool_worker";
 
 /// Parent to worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ToWorker {
+pub(crate) enum ToWorker {
     /// The first message on a spawned worker's connection: the channel on which the worker
     /// answers. The parent made this channel itself, so what arrives on it comes from the
     /// process it handed the sender to and nobody else.
@@ -44,7 +44,7 @@ pub enum ToWorker {
 
 /// What a worker needs to know about a job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobSpec {
+pub(crate) struct JobSpec {
     /// Job id within this pool.
     pub job: u64,
     /// Registry name of the workload.
@@ -67,7 +67,7 @@ pub struct JobSpec {
 
 /// Where each element of a job lives in the shared region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Layout {
+pub(crate) struct Layout {
     /// Elements per window.
     pub window_elems: u64,
     /// Window slots in the region.
@@ -76,7 +76,7 @@ pub struct Layout {
 
 impl Layout {
     /// One window for the whole job: element `i` at `i`.
-    pub fn flat(n: u64) -> Self {
+    pub(crate) fn flat(n: u64) -> Self {
         Layout {
             window_elems: n.max(1),
             ring: 1,
@@ -84,12 +84,12 @@ impl Layout {
     }
 
     /// The element offset in the region of index `i`.
-    pub fn offset(&self, i: u64) -> u64 {
+    pub(crate) fn offset(&self, i: u64) -> u64 {
         (i / self.window_elems % self.ring) * self.window_elems + i % self.window_elems
     }
 
     /// Elements the region must hold.
-    pub fn region_elems(&self, n: u64) -> u64 {
+    pub(crate) fn region_elems(&self, n: u64) -> u64 {
         if self.ring == 1 {
             n
         } else {
@@ -121,7 +121,7 @@ impl std::fmt::Display for Transport {
 
 /// Worker to parent.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum FromWorker {
+pub(crate) enum FromWorker {
     /// The answer to [`ToWorker::Welcome`]: the worker's build. It names no process id:
     /// procpool trusts only the pid it got from `spawn` itself.
     Hello {
@@ -151,14 +151,14 @@ pub enum FromWorker {
 ///
 /// Must not be called on a message holding a channel (`Welcome`): serializing a channel
 /// queues its descriptor for the next send.
-pub fn wire_size<T: Serialize>(msg: &T) -> u64 {
+pub(crate) fn wire_size<T: Serialize>(msg: &T) -> u64 {
     postcard::serialize_with_flavor::<T, _, usize>(msg, postcard::ser_flavors::Size::default())
         .map(|n| n as u64)
         .unwrap_or(0)
 }
 
 /// Size counted for a `Welcome`: its tag, the channel's descriptor travels beside the bytes.
-pub fn welcome_wire_size() -> u64 {
+pub(crate) fn welcome_wire_size() -> u64 {
     1
 }
 

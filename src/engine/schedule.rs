@@ -11,10 +11,10 @@ use serde::Serialize;
 
 /// Chunks per worker aimed for by default: like Python's `Pool.map`, about four, so a slow
 /// worker can be balanced by the others without paying a round trip per element.
-pub const DEFAULT_CHUNKS_PER_WORKER: u64 = 4;
+pub(crate) const DEFAULT_CHUNKS_PER_WORKER: u64 = 4;
 
 /// `ceil(n / (DEFAULT_CHUNKS_PER_WORKER * workers))`, at least 1.
-pub fn default_chunk_size(n: u64, workers: usize) -> u64 {
+pub(crate) fn default_chunk_size(n: u64, workers: usize) -> u64 {
     let parts = DEFAULT_CHUNKS_PER_WORKER.saturating_mul(workers.max(1) as u64);
     n.div_ceil(parts).max(1)
 }
@@ -22,7 +22,7 @@ pub fn default_chunk_size(n: u64, workers: usize) -> u64 {
 /// The default chunk length for workloads that wait rather than compute: about 64 chunks
 /// per worker. Waiting costs no CPU but balance matters, so no worker should be left with a
 /// long tail of waits while the others are done.
-pub fn waiting_chunk_size(n: u64, workers: usize) -> u64 {
+pub(crate) fn waiting_chunk_size(n: u64, workers: usize) -> u64 {
     n.div_ceil(64 * workers.max(1) as u64).max(1)
 }
 
@@ -53,7 +53,7 @@ impl std::fmt::Display for Schedule {
 
 /// One chunk: an id and a range of indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Chunk {
+pub(crate) struct Chunk {
     /// Chunk id within the job, in the order chunks were first handed out.
     pub id: u64,
     /// First index.
@@ -64,17 +64,17 @@ pub struct Chunk {
 
 impl Chunk {
     /// Number of elements.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.end - self.start
     }
 
     /// True for an empty chunk (never handed out).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.end == self.start
     }
 
     /// The index range.
-    pub fn range(&self) -> Range<u64> {
+    pub(crate) fn range(&self) -> Range<u64> {
         self.start..self.end
     }
 }
@@ -82,7 +82,7 @@ impl Chunk {
 /// Hands out the chunks of `0..n` lazily, one at a time, following a [`Schedule`]. Its state
 /// is a few counters per worker, whatever `n` is; every chunk is disjoint from every other.
 #[derive(Debug, Clone)]
-pub struct Dispenser {
+pub(crate) struct Dispenser {
     schedule: Schedule,
     n: u64,
     workers: u64,
@@ -103,7 +103,7 @@ impl Dispenser {
     /// A dispenser for `workers` workers. `chunk_size` defaults to: one block per worker
     /// (static), about four chunks per worker (dynamic), a minimum of n / (64 × workers)
     /// (guided).
-    pub fn new(schedule: Schedule, n: u64, workers: usize, chunk_size: Option<u64>) -> Self {
+    pub(crate) fn new(schedule: Schedule, n: u64, workers: usize, chunk_size: Option<u64>) -> Self {
         let w = workers.max(1) as u64;
         let size = chunk_size.unwrap_or(match schedule {
             Schedule::Static => n.div_ceil(w),
@@ -126,42 +126,42 @@ impl Dispenser {
     /// Cuts chunks at every multiple of `boundary` and hands out nothing at or past `limit`
     /// until [`Dispenser::set_limit`] moves it: streaming output fills a ring of windows of
     /// `boundary` elements, and a window is reused only after it was written out.
-    pub fn with_windows(mut self, boundary: u64, limit: u64) -> Self {
+    pub(crate) fn with_windows(mut self, boundary: u64, limit: u64) -> Self {
         self.boundary = boundary.max(1);
         self.limit = limit.min(self.n);
         self
     }
 
     /// The window length chunks are cut at (`u64::MAX` without windows).
-    pub fn boundary(&self) -> u64 {
+    pub(crate) fn boundary(&self) -> u64 {
         self.boundary
     }
 
     /// Moves the hand-out limit (see [`Dispenser::with_windows`]).
-    pub fn set_limit(&mut self, limit: u64) {
+    pub(crate) fn set_limit(&mut self, limit: u64) {
         self.limit = limit.min(self.n);
     }
 
     /// The schedule.
-    pub fn schedule(&self) -> Schedule {
+    pub(crate) fn schedule(&self) -> Schedule {
         self.schedule
     }
 
     /// The chunk length (static, dynamic) or minimum chunk length (guided).
-    pub fn chunk_size(&self) -> u64 {
+    pub(crate) fn chunk_size(&self) -> u64 {
         self.size
     }
 
     /// Changes the chunk length of the chunks not yet handed out (dynamic and guided only;
     /// static chunks are dealt in advance).
-    pub fn set_chunk_size(&mut self, size: u64) {
+    pub(crate) fn set_chunk_size(&mut self, size: u64) {
         if self.schedule != Schedule::Static {
             self.size = size.max(1);
         }
     }
 
     /// Elements not yet handed out.
-    pub fn remaining(&self) -> u64 {
+    pub(crate) fn remaining(&self) -> u64 {
         match self.schedule {
             Schedule::Static => self
                 .next_block
@@ -188,7 +188,7 @@ impl Dispenser {
     }
 
     /// The next chunk for worker `worker`, or `None` when it has nothing more to do.
-    pub fn next_for(&mut self, worker: usize) -> Option<Chunk> {
+    pub(crate) fn next_for(&mut self, worker: usize) -> Option<Chunk> {
         match self.schedule {
             Schedule::Static => {
                 let slot = worker % self.workers as usize;

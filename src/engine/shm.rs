@@ -28,14 +28,14 @@ use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 /// It is created close-on-exec; the worker start-up code clears that flag in the child only
 /// (see [`crate::engine::sys`]), so unrelated programs the user runs never inherit it.
 #[derive(Debug)]
-pub struct SharedRegion {
+pub(crate) struct SharedRegion {
     fd: OwnedFd,
     len: u64,
 }
 
 impl SharedRegion {
     /// Creates an empty region.
-    pub fn new() -> io::Result<Self> {
+    pub(crate) fn new() -> io::Result<Self> {
         let fd = memfd_create("procpool-results", MFdFlags::MFD_CLOEXEC)?;
         Ok(SharedRegion { fd, len: 0 })
     }
@@ -45,7 +45,7 @@ impl SharedRegion {
     /// The file is first truncated to zero, which gives any pages of the previous job back
     /// to the kernel; the new pages are allocated lazily, on first touch, by whichever worker
     /// writes them first. No mapping of the old contents may be in use.
-    pub fn reset(&mut self, len: u64) -> io::Result<()> {
+    pub(crate) fn reset(&mut self, len: u64) -> io::Result<()> {
         let len_off = i64::try_from(len)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
         nix::unistd::ftruncate(&self.fd, 0)?;
@@ -70,12 +70,12 @@ impl SharedRegion {
     }
 
     /// The raw descriptor number, passed to workers on their command line.
-    pub fn raw_fd(&self) -> RawFd {
+    pub(crate) fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
 
     /// Maps the whole region into this process.
-    pub fn map(&self) -> io::Result<Mapping> {
+    pub(crate) fn map(&self) -> io::Result<Mapping> {
         Mapping::new(self.fd.as_fd(), self.len)
     }
 }
@@ -84,7 +84,7 @@ impl SharedRegion {
 ///
 /// Unmapped on drop.
 #[derive(Debug)]
-pub struct Mapping {
+pub(crate) struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
 }
@@ -100,7 +100,7 @@ impl Mapping {
     /// Maps `len` bytes of the memfd `fd` shared and read-write.
     ///
     /// A zero length gives an empty mapping without calling `mmap` (which refuses zero).
-    pub fn new(fd: BorrowedFd<'_>, len: u64) -> io::Result<Self> {
+    pub(crate) fn new(fd: BorrowedFd<'_>, len: u64) -> io::Result<Self> {
         let len = usize::try_from(len)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
         let Some(nz) = NonZeroUsize::new(len) else {
@@ -129,19 +129,19 @@ impl Mapping {
     }
 
     /// Length of the mapping in bytes.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// True for an empty mapping.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Faults in the pages wholly inside `range` for writing, in one system call
     /// (`MADV_POPULATE_WRITE`), instead of one page fault per page as the kernel writes
     /// them. Contents are unchanged; a kernel without it (before 5.14) is simply skipped.
-    pub fn populate(&self, range: Range<usize>) {
+    pub(crate) fn populate(&self, range: Range<usize>) {
         const PAGE: usize = 4096;
         let start = range.start.next_multiple_of(PAGE);
         let end = range.end.min(self.len) / PAGE * PAGE;
@@ -168,7 +168,7 @@ impl Mapping {
     /// # Safety
     /// No process may write to `range` while the returned slice is alive. The pool
     /// guarantees this by reading only after every chunk is done and none is in flight.
-    pub unsafe fn slice(&self, range: Range<usize>) -> &[u8] {
+    pub(crate) unsafe fn slice(&self, range: Range<usize>) -> &[u8] {
         assert!(
             range.start <= range.end && range.end <= self.len,
             "range outside mapping"
@@ -191,7 +191,7 @@ impl Mapping {
     /// giving each chunk (a disjoint range) to exactly one worker at a time and by reading the
     /// region only after the worker reported the chunk done.
     #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice_mut(&self, range: Range<usize>) -> &mut [u8] {
+    pub(crate) unsafe fn slice_mut(&self, range: Range<usize>) -> &mut [u8] {
         assert!(
             range.start <= range.end && range.end <= self.len,
             "range outside mapping"

@@ -24,7 +24,7 @@ use nix::unistd::{Pid, getppid};
 /// - inherit `keep_fds` (the shared region, the handshake pipe), which are close-on-exec
 ///   everywhere else;
 /// - run only on CPU `pin`, when given.
-pub fn prepare_worker_command(cmd: &mut Command, keep_fds: [RawFd; 2], pin: Option<usize>) {
+pub(crate) fn prepare_worker_command(cmd: &mut Command, keep_fds: [RawFd; 2], pin: Option<usize>) {
     let parent = nix::unistd::getpid();
     let cpus = pin.and_then(cpu_set_of);
     // SAFETY: the closure runs in the child between fork and exec, where only
@@ -58,7 +58,7 @@ pub fn prepare_worker_command(cmd: &mut Command, keep_fds: [RawFd; 2], pin: Opti
 /// std's `Child` only knows processes started by `Command`; forked workers need the same
 /// handle, so both kinds use this one.
 #[derive(Debug)]
-pub struct Process {
+pub(crate) struct Process {
     pid: Pid,
     /// Set once reaped.
     status: Option<ExitCause>,
@@ -66,7 +66,7 @@ pub struct Process {
 
 impl Process {
     /// Takes charge of child `pid` (which must be our child, not yet reaped).
-    pub fn from_pid(pid: u32) -> Self {
+    pub(crate) fn from_pid(pid: u32) -> Self {
         Process {
             pid: Pid::from_raw(pid as i32),
             status: None,
@@ -74,12 +74,12 @@ impl Process {
     }
 
     /// The process id.
-    pub fn id(&self) -> u32 {
+    pub(crate) fn id(&self) -> u32 {
         self.pid.as_raw() as u32
     }
 
     /// Reaps the process if it has exited; `None` while it runs.
-    pub fn try_wait(&mut self) -> io::Result<Option<ExitCause>> {
+    pub(crate) fn try_wait(&mut self) -> io::Result<Option<ExitCause>> {
         if let Some(status) = self.status {
             return Ok(Some(status));
         }
@@ -87,7 +87,7 @@ impl Process {
     }
 
     /// Waits for the process to exit and reaps it.
-    pub fn wait(&mut self) -> io::Result<ExitCause> {
+    pub(crate) fn wait(&mut self) -> io::Result<ExitCause> {
         if let Some(status) = self.status {
             return Ok(status);
         }
@@ -99,7 +99,7 @@ impl Process {
     }
 
     /// Sends SIGKILL, unless already reaped (so a recycled pid is never hit).
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if self.status.is_none() {
             let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
         }
@@ -149,7 +149,7 @@ pub(crate) fn fork_child(child_main: impl FnOnce() -> i32) -> io::Result<u32> {
 }
 
 /// The CPUs this process may run on (its affinity mask), in order; never empty.
-pub fn allowed_cpus() -> Vec<usize> {
+pub(crate) fn allowed_cpus() -> Vec<usize> {
     let cpus: Vec<usize> = match nix::sched::sched_getaffinity(Pid::from_raw(0)) {
         Ok(set) => (0..nix::sched::CpuSet::count())
             .filter(|&c| set.is_set(c).unwrap_or(false))
@@ -167,14 +167,14 @@ fn cpu_set_of(cpu: usize) -> Option<nix::sched::CpuSet> {
 }
 
 /// Pins the calling process (all its future work) to CPU `cpu`.
-pub fn pin_to(cpu: usize) -> io::Result<()> {
+pub(crate) fn pin_to(cpu: usize) -> io::Result<()> {
     let set = cpu_set_of(cpu).ok_or_else(|| io::Error::other(format!("no CPU {cpu}")))?;
     nix::sched::sched_setaffinity(Pid::from_raw(0), &set)?;
     Ok(())
 }
 
 /// CPU time (user + system) and peak resident memory of process `pid`, read from /proc.
-pub fn process_usage(pid: u32) -> Option<(Duration, u64)> {
+pub(crate) fn process_usage(pid: u32) -> Option<(Duration, u64)> {
     // schedstat's first field is on-CPU time in nanoseconds; stat's ticks are 10 ms coarse.
     let precise = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
         .ok()
@@ -206,7 +206,7 @@ pub fn process_usage(pid: u32) -> Option<(Duration, u64)> {
 /// `mmap` and `munmap`, with a page fault per page touched: for tiny chunks that costs
 /// more than the message itself. Buffers up to 4 MiB now come from the heap, and up to
 /// 64 MiB of freed heap is kept for reuse.
-pub fn keep_freed_memory() {
+pub(crate) fn keep_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes glibc's allocator parameters; it takes the allocator's
     // own lock and is safe to call at any time.
@@ -218,7 +218,7 @@ pub fn keep_freed_memory() {
 }
 
 /// Threads of this process, from `/proc/self/task`; `None` when that cannot be read.
-pub fn thread_count() -> Option<usize> {
+pub(crate) fn thread_count() -> Option<usize> {
     std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
 }
 
@@ -243,7 +243,7 @@ pub(crate) fn ensure_single_threaded(what: &str, fix: &str) -> io::Result<()> {
 }
 
 /// Whether `fd` is an open descriptor of this process.
-pub fn fd_is_open(fd: RawFd) -> bool {
+pub(crate) fn fd_is_open(fd: RawFd) -> bool {
     // SAFETY: F_GETFD only reads the descriptor's flags; on a closed number it fails with
     // EBADF, and the borrow ends with this call.
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
@@ -251,12 +251,12 @@ pub fn fd_is_open(fd: RawFd) -> bool {
 }
 
 /// Sends SIGKILL to `pid`, ignoring a process that is already gone.
-pub fn kill_hard(pid: u32) {
+pub(crate) fn kill_hard(pid: u32) {
     let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
 }
 
 /// Ends this process with `signal`, as if it came from outside (used by fault injection).
-pub fn die_by_signal(signal: Signal) -> ! {
+pub(crate) fn die_by_signal(signal: Signal) -> ! {
     // SAFETY: installing the default disposition runs no code of ours in signal context; it
     // undoes handlers such as std's stack-overflow SIGSEGV handler, so the signal is fatal.
     let _ = unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl) };
@@ -267,7 +267,7 @@ pub fn die_by_signal(signal: Signal) -> ! {
 
 /// Ignores SIGINT in this process. Workers do this: a Ctrl-C in the terminal reaches the
 /// whole process group, and it is the parent's job to decide how workers stop.
-pub fn ignore_interrupts() {
+pub(crate) fn ignore_interrupts() {
     // SAFETY: SIG_IGN installs no handler code, so no async-signal-safety rule is at stake.
     let _ =
         unsafe { nix::sys::signal::signal(Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn) };
@@ -282,18 +282,18 @@ pub(crate) fn ignore_file_size_signal() {
 }
 
 /// Sends SIGTERM to `pid`, ignoring a process that is already gone.
-pub fn terminate(pid: u32) {
+pub(crate) fn terminate(pid: u32) {
     let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
 }
 
 /// The soft and hard limits on open files (`ulimit -n`).
-pub fn open_file_limit() -> io::Result<(u64, u64)> {
+pub(crate) fn open_file_limit() -> io::Result<(u64, u64)> {
     Ok(getrlimit(Resource::RLIMIT_NOFILE)?)
 }
 
 /// Raises the soft open-file limit to `want` (at most the hard limit). Returns the new soft
 /// limit.
-pub fn raise_open_file_limit(want: u64) -> io::Result<u64> {
+pub(crate) fn raise_open_file_limit(want: u64) -> io::Result<u64> {
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     if soft >= want {
         return Ok(soft);
@@ -304,7 +304,7 @@ pub fn raise_open_file_limit(want: u64) -> io::Result<u64> {
 }
 
 /// The soft limit on processes for this user (`ulimit -u`), if one is set and enforced.
-pub fn process_limit() -> Option<u64> {
+pub(crate) fn process_limit() -> Option<u64> {
     if nix::unistd::geteuid().is_root() {
         // root is not held to RLIMIT_NPROC.
         return None;

@@ -26,7 +26,7 @@ use crate::workload::{DynKernel, Registry};
 
 /// What the parent tells a worker on its command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkerArgs {
+pub(crate) struct WorkerArgs {
     /// The inherited memfd of the shared region.
     pub shm_fd: RawFd,
     /// The worker's id in the pool.
@@ -39,7 +39,7 @@ pub struct WorkerArgs {
 
 impl WorkerArgs {
     /// The arguments after the executable name.
-    pub fn to_args(&self) -> Vec<String> {
+    pub(crate) fn to_args(&self) -> Vec<String> {
         vec![
             WORKER_ARG.to_string(),
             self.shm_fd.to_string(),
@@ -50,7 +50,7 @@ impl WorkerArgs {
     }
 
     /// Parses what [`WorkerArgs::to_args`] produced (including [`WORKER_ARG`]).
-    pub fn from_args(args: &[String]) -> Result<Self, String> {
+    pub(crate) fn from_args(args: &[String]) -> Result<Self, String> {
         let fd = |s: &str| -> Result<RawFd, String> {
             s.parse::<RawFd>()
                 .ok()
@@ -89,7 +89,7 @@ struct CurrentJob {
 }
 
 /// Runs the worker until the parent says `Shutdown` or goes away. Returns the exit status.
-pub fn serve(args: &WorkerArgs, registry: &Registry) -> i32 {
+pub(crate) fn serve(args: &WorkerArgs, registry: &Registry) -> i32 {
     crate::engine::sys::ignore_interrupts();
     match serve_inner(args, registry) {
         Ok(()) => 0,

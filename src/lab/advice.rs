@@ -16,58 +16,58 @@ use crate::units::{count, num, percent, seconds_short, times};
 
 /// StartDominated fires when starting the workers took more than this share of the pool's
 /// wall time: the job is too short for processes to pay off.
-pub const START_SHARE_MAX: f64 = 0.30;
+pub(crate) const START_SHARE_MAX: f64 = 0.30;
 
 /// IpcBound fires when a chunk's mean compute is less than this many times its mean
 /// messaging cost (compute < 10 × overhead).
-pub const IPC_MIN_COMPUTE_RATIO: f64 = 10.0;
+pub(crate) const IPC_MIN_COMPUTE_RATIO: f64 = 10.0;
 
 /// The compute-to-messaging ratio the suggested `--chunk-size` aims for: big enough that
 /// IPC costs about 5 % of each chunk, with room below the [`IPC_MIN_COMPUTE_RATIO`] alarm.
-pub const IPC_TARGET_COMPUTE_RATIO: f64 = 20.0;
+pub(crate) const IPC_TARGET_COMPUTE_RATIO: f64 = 20.0;
 
 /// A suggested chunk size never leaves a worker fewer than this many chunks, so a slow
 /// worker can still be balanced by the others (Python's `Pool.map` aims for four too).
-pub const MIN_CHUNKS_PER_WORKER: u64 = 4;
+pub(crate) const MIN_CHUNKS_PER_WORKER: u64 = 4;
 
 /// Imbalanced needs the slowest worker's compute above this multiple of the mean (and the
 /// gap above [`IMBALANCE_MIN_WALL_SHARE`] of the wall time).
-pub const IMBALANCE_MAX_OVER_MEAN: f64 = 1.5;
+pub(crate) const IMBALANCE_MAX_OVER_MEAN: f64 = 1.5;
 
 /// Imbalanced also needs the gap (slowest minus mean) above this share of the pool's wall
 /// time, so a ragged end that cost little is not reported.
-pub const IMBALANCE_MIN_WALL_SHARE: f64 = 0.10;
+pub(crate) const IMBALANCE_MIN_WALL_SHARE: f64 = 0.10;
 
 /// MemoryBound needs the workers' summed compute above this multiple of the single-process
 /// wall time: the same work took much longer once spread over several processes. When
 /// there are more workers than cores the sum is first scaled by cores / workers, so time
 /// spent waiting for a core is not mistaken for waiting on memory.
-pub const MEMORY_COMPUTE_INFLATION: f64 = 1.4;
+pub(crate) const MEMORY_COMPUTE_INFLATION: f64 = 1.4;
 
 /// MemoryBound also needs results written at more than this many bytes per second of
 /// single-process time (1 GB/s): only then can page faults and bandwidth set the speed.
-pub const MEMORY_MIN_OUTPUT_RATE: f64 = 1e9;
+pub(crate) const MEMORY_MIN_OUTPUT_RATE: f64 = 1e9;
 
 /// When the same job was measured on threads, MemoryBound also needs the threads to be no
 /// faster than the processes: threads wall time at least this share of the pool's run time
 /// (its wall time minus starting). Clearly faster threads point at processes' own costs,
 /// not at memory.
-pub const MEMORY_THREADS_NO_FASTER: f64 = 0.9;
+pub(crate) const MEMORY_THREADS_NO_FASTER: f64 = 0.9;
 
 /// IoBound fires for waiting workloads whose efficiency (speedup / workers) reaches this:
 /// the speedup is close to the worker count, so adding workers pays off.
-pub const IO_MIN_EFFICIENCY: f64 = 0.7;
+pub(crate) const IO_MIN_EFFICIENCY: f64 = 0.7;
 
 /// At or above this efficiency a run with no other limit "scales"; below it, the advice
 /// says plainly that no single measured limit explains the loss.
-pub const SCALING_GOOD_EFFICIENCY: f64 = 0.8;
+pub(crate) const SCALING_GOOD_EFFICIENCY: f64 = 0.8;
 
 /// The most advices [`advise`] returns.
-pub const MAX_ADVICE: usize = 2;
+pub(crate) const MAX_ADVICE: usize = 2;
 
 /// What a run measured, as the advice rules need it (all times in seconds).
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Observations {
+pub(crate) struct Observations {
     /// Worker processes (or threads) the job ran on.
     pub workers: usize,
     /// Logical CPUs this process may use.
@@ -136,7 +136,7 @@ pub struct Advice {
 /// Limits that cost the run time (start-up, IPC, shared cores, imbalance, memory) come first,
 /// ordered by the share of the run each explains; the workload's nature (I/O-bound) comes
 /// after them; [`Limit::Scaling`] is said only when nothing else applies.
-pub fn advise(obs: &Observations) -> Vec<Advice> {
+pub(crate) fn advise(obs: &Observations) -> Vec<Advice> {
     let m = Measured::new(obs);
     let oversubscribed = oversubscribed(obs, &m);
     // With more workers than cores, per-worker compute is wall time that includes waiting

@@ -21,7 +21,7 @@ use crate::workload::{Element, Workload};
 ///
 /// The kernel runs over consecutive pieces of the range (see [`in_pieces`]), so SIGINT or
 /// SIGTERM stops it within a fraction of a second with [`Error::Interrupted`].
-pub fn run_single<W: Workload>(
+pub(crate) fn run_single<W: Workload>(
     workload: &W,
     n: u64,
     interrupt: &Interrupt,
@@ -39,7 +39,7 @@ pub fn run_single<W: Workload>(
 
 /// Runs the kernel on `0..n` in this process and times it (`--mode single`): the same
 /// kernel calls as [`run_single`], stopped by SIGINT or SIGTERM the same way.
-pub fn run_kernel<W: Workload>(
+pub(crate) fn run_kernel<W: Workload>(
     workload: &W,
     n: u64,
     interrupt: &Interrupt,
@@ -144,7 +144,7 @@ pub(crate) fn in_pieces<T>(
 }
 
 /// The wrapping (mod 2^64) sum of the elements, each widened to `u64`.
-pub fn checksum<T: Element>(xs: &[T]) -> u64 {
+pub(crate) fn checksum<T: Element>(xs: &[T]) -> u64 {
     xs.iter().fold(0u64, |acc, &x| acc.wrapping_add(x.widen()))
 }
 
@@ -178,7 +178,7 @@ pub struct Mismatch {
 }
 
 /// Compares two outputs element by element; `None` when they are identical.
-pub fn first_mismatch<T: Element>(pool: &[T], baseline: &[T]) -> Option<Mismatch> {
+pub(crate) fn first_mismatch<T: Element>(pool: &[T], baseline: &[T]) -> Option<Mismatch> {
     match compare(pool, baseline, &Interrupt::new()) {
         Ok(found) => found,
         Err(_) => unreachable!("nobody can set a fresh Interrupt"),

@@ -21,13 +21,13 @@ use crate::lab::baseline::{Mismatch, first_mismatch};
 use crate::workload::{Element, Workload};
 
 /// Default window length in bytes.
-pub const DEFAULT_WINDOW_BYTES: u64 = 32 << 20;
+pub(crate) const DEFAULT_WINDOW_BYTES: u64 = 32 << 20;
 /// Windows in the ring: one being written out while the workers fill the other two.
-pub const RING: u64 = 3;
+pub(crate) const RING: u64 = 3;
 
 /// Elements per window for a window of about `window_bytes` bytes: a whole number of
 /// pages when possible, so that giving a window back frees whole pages.
-pub fn window_elems(window_bytes: u64, elem_size: usize) -> u64 {
+pub(crate) fn window_elems(window_bytes: u64, elem_size: usize) -> u64 {
     let elems = (window_bytes / elem_size.max(1) as u64).max(1);
     if elems >= 4096 {
         elems / 4096 * 4096
@@ -48,7 +48,7 @@ pub fn window_elems(window_bytes: u64, elem_size: usize) -> u64 {
 /// persisted. An existing file that is not a regular file (`/dev/null`, `/dev/full`, a
 /// FIFO) is written in place.
 #[derive(Debug)]
-pub struct OutputFile {
+pub(crate) struct OutputFile {
     file: File,
     path: PathBuf,
     kind: OutputKind,
@@ -67,7 +67,7 @@ enum OutputKind {
 
 impl OutputFile {
     /// Opens `path` for writing as described on [`OutputFile`].
-    pub fn create(path: &Path) -> io::Result<OutputFile> {
+    pub(crate) fn create(path: &Path) -> io::Result<OutputFile> {
         let opened = |file, kind| OutputFile {
             file,
             path: path.to_path_buf(),
@@ -105,12 +105,12 @@ impl OutputFile {
     }
 
     /// The open file, to write to.
-    pub fn file(&self) -> &File {
+    pub(crate) fn file(&self) -> &File {
         &self.file
     }
 
     /// Gives the finished file its name, replacing any older file there.
-    pub fn persist(mut self) -> io::Result<()> {
+    pub(crate) fn persist(mut self) -> io::Result<()> {
         if self.kind == OutputKind::Unnamed {
             let name = self.path.file_name().unwrap_or_default().to_string_lossy();
             let temp = self
@@ -152,7 +152,7 @@ impl Drop for OutputFile {
 }
 
 /// Writes windows to a file, verifying each against the single-process kernel.
-pub struct FileSink<'a, W: Workload> {
+pub(crate) struct FileSink<'a, W: Workload> {
     workload: &'a W,
     file: File,
     path: PathBuf,
@@ -177,7 +177,7 @@ pub struct FileSink<'a, W: Workload> {
 impl<'a, W: Workload> FileSink<'a, W> {
     /// A sink writing to `file` (already created at `path`); with `verify`, each window is
     /// compared with the single-process kernel's values.
-    pub fn new(workload: &'a W, file: File, path: &Path, verify: bool) -> Self {
+    pub(crate) fn new(workload: &'a W, file: File, path: &Path, verify: bool) -> Self {
         FileSink {
             workload,
             file,

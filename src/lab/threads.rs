@@ -17,7 +17,7 @@ use crate::workload::Workload;
 
 /// What a threaded run measured.
 #[derive(Debug, Clone)]
-pub struct ThreadsRun<T> {
+pub(crate) struct ThreadsRun<T> {
     /// The output.
     pub output: Vec<T>,
     /// From the first thread start to the last chunk done.
@@ -79,7 +79,7 @@ struct ThreadResult {
 /// SIGINT or SIGTERM stops every thread within a fraction of a second
 /// ([`Error::Interrupted`]). A thread the system refuses to start is an error naming the
 /// limit on threads (`ulimit -u`); the threads already running finish their chunk first.
-pub fn run_threads<W: Workload>(
+pub(crate) fn run_threads<W: Workload>(
     workload: &W,
     dispenser: Dispenser,
     threads: usize,

@@ -6,6 +6,9 @@
 //! was started by that run and outlived it. Runs write stdout and stderr to anonymous files,
 //! not pipes, so a stray worker holding the descriptor open can never block the test.
 
+// Each test crate includes this module privately, so `pub` here means "for the test
+// files"; the lint that asks for `pub(crate)` does not fit a shared module.
+#![allow(unreachable_pub)]
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;

@@ -33,13 +33,13 @@ use private_dir::PrivateDir;
 
 /// Default number of chunks in flight per worker: one running, one queued, so a worker never
 /// waits a round trip for its next chunk and the parent never fills a channel.
-pub const DEFAULT_INFLIGHT: usize = 2;
+pub(crate) const DEFAULT_INFLIGHT: usize = 2;
 /// Default deadline for all workers of a start to connect back.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default number of retries of a chunk whose worker died or timed out.
-pub const DEFAULT_RETRIES: u32 = 3;
+pub(crate) const DEFAULT_RETRIES: u32 = 3;
 /// Default grace period at each step of a stop (Shutdown, then SIGTERM, then SIGKILL).
-pub const DEFAULT_GRACE: Duration = Duration::from_millis(500);
+pub(crate) const DEFAULT_GRACE: Duration = Duration::from_millis(500);
 
 /// The most chunk messages that may wait in one worker's channel.
 ///
@@ -49,7 +49,7 @@ pub const DEFAULT_GRACE: Duration = Duration::from_millis(500);
 /// well below what the buffer holds means the loop's sends never block. Each small message
 /// costs about 768 bytes of buffer (its kernel bookkeeping), the buffer is
 /// `net.core.wmem_default` bytes; half of what fits is allowed.
-pub fn max_inflight() -> usize {
+pub(crate) fn max_inflight() -> usize {
     let buffer = std::fs::read_to_string("/proc/sys/net/core/wmem_default")
         .ok()
         .and_then(|s| s.trim().parse::<usize>().ok())
@@ -59,7 +59,7 @@ pub fn max_inflight() -> usize {
 
 /// Default limit on worker restarts in one job: enough for a few bad chunks on every
 /// worker, small enough that a pool which cannot keep workers alive fails quickly.
-pub fn default_max_restarts(workers: usize) -> u64 {
+pub(crate) fn default_max_restarts(workers: usize) -> u64 {
     10 + 2 * workers as u64
 }
 
