@@ -1,0 +1,258 @@
+//! One or two sentences at the end of every report naming what limited the run.
+//!
+//! The Python tutorials teach a decision tree by rule of thumb: processes for CPU-bound work,
+//! threads or async for I/O-bound work, batching when memory bounds you. This module takes
+//! the same decisions from the run's own measurements instead: how long starting the workers
+//! took, what one chunk's messaging cost against its compute, how many cores the workers
+//! shared, how evenly they finished, and whether they slowed each other down. [`advise`]
+//! turns an [`Observations`] into at most two [`Advice`]s, most important first, each a plain
+//! sentence with the run's own numbers and one concrete thing to try; [`render`] prints them.
+//!
+//! Every threshold is a named constant below, so the report and the README can cite them.
+
+use serde::Serialize;
+
+mod rules;
+
+use rules::*;
+
+use crate::units::{count, num, percent, seconds_short, times};
+
+/// StartDominated fires when starting the workers took more than this share of the pool's
+/// wall time: the job is too short for processes to pay off.
+pub(crate) const START_SHARE_MAX: f64 = 0.30;
+
+/// IpcBound fires when a chunk's mean compute is less than this many times its mean
+/// messaging cost (compute < 10 × overhead).
+pub(crate) const IPC_MIN_COMPUTE_RATIO: f64 = 10.0;
+
+/// The compute-to-messaging ratio the suggested `--chunk-size` aims for: big enough that
+/// IPC costs about 5 % of each chunk, with room below the [`IPC_MIN_COMPUTE_RATIO`] alarm.
+pub(crate) const IPC_TARGET_COMPUTE_RATIO: f64 = 20.0;
+
+/// A suggested chunk size never leaves a worker fewer than this many chunks, so a slow
+/// worker can still be balanced by the others (Python's `Pool.map` aims for four too).
+pub(crate) const MIN_CHUNKS_PER_WORKER: u64 = 4;
+
+/// Imbalanced needs the slowest worker's compute above this multiple of the mean (and the
+/// gap above [`IMBALANCE_MIN_WALL_SHARE`] of the wall time).
+pub(crate) const IMBALANCE_MAX_OVER_MEAN: f64 = 1.5;
+
+/// Imbalanced also needs the gap (slowest minus mean) above this share of the pool's wall
+/// time, so a ragged end that cost little is not reported.
+pub(crate) const IMBALANCE_MIN_WALL_SHARE: f64 = 0.10;
+
+/// MemoryBound needs the workers' summed compute above this multiple of the single-process
+/// wall time: the same work took much longer once spread over several processes. When
+/// there are more workers than cores the sum is first scaled by cores / workers, so time
+/// spent waiting for a core is not mistaken for waiting on memory.
+pub(crate) const MEMORY_COMPUTE_INFLATION: f64 = 1.4;
+
+/// MemoryBound also needs results written at more than this many bytes per second of
+/// single-process time (1 GB/s): only then can page faults and bandwidth set the speed.
+pub(crate) const MEMORY_MIN_OUTPUT_RATE: f64 = 1e9;
+
+/// When the same job was measured on threads, MemoryBound also needs the threads to be no
+/// faster than the processes: threads wall time at least this share of the pool's run time
+/// (its wall time minus starting). Clearly faster threads point at processes' own costs,
+/// not at memory.
+pub(crate) const MEMORY_THREADS_NO_FASTER: f64 = 0.9;
+
+/// IoBound fires for waiting workloads whose efficiency (speedup / workers) reaches this:
+/// the speedup is close to the worker count, so adding workers pays off.
+pub(crate) const IO_MIN_EFFICIENCY: f64 = 0.7;
+
+/// At or above this efficiency a run with no other limit "scales"; below it, the advice
+/// says plainly that no single measured limit explains the loss.
+pub(crate) const SCALING_GOOD_EFFICIENCY: f64 = 0.8;
+
+/// The most advices [`advise`] returns.
+pub(crate) const MAX_ADVICE: usize = 2;
+
+/// What a run measured, as the advice rules need it (all times in seconds).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Observations {
+    /// Worker processes (or threads) the job ran on.
+    pub workers: usize,
+    /// Logical CPUs this process may use.
+    pub cores_logical: usize,
+    /// Elements computed.
+    pub n: u64,
+    /// Number of chunks.
+    pub chunks: u64,
+    /// Elements per chunk.
+    pub chunk_size: u64,
+    /// Wall time of the whole pool run, starting the workers included.
+    pub pool_wall_s: f64,
+    /// The part of `pool_wall_s` spent starting workers.
+    pub spawn_s: f64,
+    /// Wall time of the single-process run, when measured.
+    pub baseline_wall_s: Option<f64>,
+    /// Wall time of the same job on threads, when measured.
+    pub threads_wall_s: Option<f64>,
+    /// Kernel seconds per worker, indexed by worker id.
+    pub compute_s: Vec<f64>,
+    /// Mean kernel time of one chunk.
+    pub mean_chunk_compute_s: f64,
+    /// Mean per-chunk round trip minus its compute: the IPC cost of one chunk.
+    pub mean_chunk_overhead_s: f64,
+    /// Bytes of results written.
+    pub output_bytes: u64,
+    /// How chunks were handed out: `"static"`, `"dynamic"` or `"guided"`.
+    pub schedule: String,
+    /// True for workloads that wait rather than compute (`sleep`).
+    pub io_bound_hint: bool,
+}
+
+/// What limited a run. Serialized in kebab-case (`"start-dominated"`, `"ipc-bound"`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Limit {
+    /// Starting the workers took a large share of the run.
+    StartDominated,
+    /// Each chunk's messaging cost is not small against its compute.
+    IpcBound,
+    /// More workers than cores on work that needs the cores.
+    Oversubscribed,
+    /// One worker computed for much longer than the others, who then idled.
+    Imbalanced,
+    /// The workers slowed each other down writing results: page faults and memory
+    /// bandwidth, not the cores, set the speed.
+    MemoryBound,
+    /// The workers mostly wait, so more workers than cores still help.
+    IoBound,
+    /// Nothing measured limited the run.
+    Scaling,
+}
+
+/// One piece of advice: what limited the run, and a sentence saying so with the run's own
+/// numbers and a concrete suggestion.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Advice {
+    /// What limited the run.
+    pub limit: Limit,
+    /// The sentence for the report.
+    pub text: String,
+}
+
+/// The advice for a run, most important first (at most two entries; always at least one).
+///
+/// Limits that cost the run time (start-up, IPC, shared cores, imbalance, memory) come first,
+/// ordered by the share of the run each explains; the workload's nature (I/O-bound) comes
+/// after them; [`Limit::Scaling`] is said only when nothing else applies.
+pub(crate) fn advise(obs: &Observations) -> Vec<Advice> {
+    let m = Measured::new(obs);
+    let oversubscribed = oversubscribed(obs, &m);
+    // With more workers than cores, per-worker compute is wall time that includes waiting
+    // for a core: its spread measures the scheduler's luck, not the work, so no imbalance.
+    // Likewise a chunk's round trip then includes waiting for a core, so it does not
+    // measure messaging: no IPC verdict either.
+    let (imbalanced, ipc_bound) = if oversubscribed.is_some() {
+        (None, None)
+    } else {
+        (imbalanced(obs, &m), ipc_bound(obs, &m))
+    };
+    let mut found: Vec<Candidate> = [
+        start_dominated(&m),
+        ipc_bound,
+        oversubscribed,
+        imbalanced,
+        memory_bound(obs, &m),
+        io_bound(obs, &m),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if found.is_empty() {
+        found.push(scaling(obs, &m));
+    }
+    found.sort_by(|a, b| {
+        a.kind
+            .cmp(&b.kind)
+            .then_with(|| b.weight.total_cmp(&a.weight))
+    });
+    found.truncate(MAX_ADVICE);
+    found.into_iter().map(|c| c.advice).collect()
+}
+
+/// Whether an advice names something that cost time, or describes the run's nature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    /// A limit that cost the run time; ranked first.
+    Cost,
+    /// What kind of job this is (I/O-bound, or scaling); ranked after every cost.
+    Verdict,
+}
+
+/// An advice that fired, with what it explains (a share of the run, 0..=1) for ranking.
+struct Candidate {
+    kind: Kind,
+    weight: f64,
+    advice: Advice,
+}
+
+impl Candidate {
+    fn new(kind: Kind, weight: f64, limit: Limit, text: String) -> Self {
+        Candidate {
+            kind,
+            weight,
+            advice: Advice { limit, text },
+        }
+    }
+}
+
+/// The observations with every time made finite and non-negative, and the ratios the rules
+/// share computed once.
+struct Measured {
+    workers: usize,
+    pool: f64,
+    spawn: f64,
+    /// `pool - spawn`: sending the job, computing, collecting.
+    run: f64,
+    baseline: Option<f64>,
+    speedup: Option<f64>,
+    efficiency: Option<f64>,
+    chunk_compute: f64,
+    chunk_overhead: f64,
+    /// Per-worker compute, with unusable values as 0.
+    compute: Vec<f64>,
+}
+
+impl Measured {
+    fn new(obs: &Observations) -> Self {
+        let workers = obs.workers.max(1);
+        let pool = clean(obs.pool_wall_s);
+        let spawn = clean(obs.spawn_s).min(pool);
+        let baseline = obs.baseline_wall_s.map(clean).filter(|&b| b > 0.0);
+        let speedup = baseline.filter(|_| pool > 0.0).map(|b| b / pool);
+        Measured {
+            workers,
+            pool,
+            spawn,
+            run: pool - spawn,
+            baseline,
+            speedup,
+            efficiency: speedup.map(|s| s / workers as f64),
+            chunk_compute: clean(obs.mean_chunk_compute_s),
+            chunk_overhead: clean(obs.mean_chunk_overhead_s),
+            compute: obs.compute_s.iter().copied().map(clean).collect(),
+        }
+    }
+
+    /// Share of the pool's wall time spent starting workers.
+    fn start_share(&self) -> f64 {
+        share(self.spawn, self.pool)
+    }
+
+    /// The compute-to-messaging ratio of one chunk (infinite when messaging cost nothing).
+    fn chunk_ratio(&self) -> f64 {
+        if self.chunk_overhead > 0.0 {
+            self.chunk_compute / self.chunk_overhead
+        } else {
+            f64::INFINITY
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

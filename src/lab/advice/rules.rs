@@ -1,0 +1,281 @@
+//! One function per limit: each looks at the measurements and, when its limit shows,
+//! returns the advice with the run's own numbers and what to try.
+
+use super::*;
+
+pub(super) fn start_dominated(m: &Measured) -> Option<Candidate> {
+    let share = m.start_share();
+    (share > START_SHARE_MAX).then(|| {
+        Candidate::new(
+            Kind::Cost,
+            share,
+            Limit::StartDominated,
+            format!(
+                "Starting {} took {} of the {} run: the job is too short for processes to \
+                 pay off; give it more work (larger n) or reuse a Pool across jobs.",
+                count(m.workers, "worker"),
+                seconds_short(m.spawn),
+                seconds_short(m.pool)
+            ),
+        )
+    })
+}
+
+pub(super) fn ipc_bound(obs: &Observations, m: &Measured) -> Option<Candidate> {
+    let (compute, overhead) = (m.chunk_compute, m.chunk_overhead);
+    if !(overhead > 0.0 && compute < IPC_MIN_COMPUTE_RATIO * overhead) {
+        return None;
+    }
+    // The share of the running part that went to messaging, chunk by chunk.
+    let weight = (1.0 - m.start_share()) * overhead / (overhead + compute);
+    let current = obs.chunk_size.max(1);
+    let suggested = suggested_chunk_size(current, compute, overhead, obs.n, m.workers);
+    let head = format!(
+        "Each chunk computed for {} but cost {} of messaging: IPC-bound.",
+        seconds_short(compute),
+        seconds_short(overhead)
+    );
+    let text = if suggested > current {
+        format!("{head} Try --chunk-size {suggested}.")
+    } else {
+        format!(
+            "{head} Chunks of {current} cannot grow while every worker keeps \
+             {MIN_CHUNKS_PER_WORKER} of them; give each element more work or the job a \
+             larger n."
+        )
+    };
+    Some(Candidate::new(Kind::Cost, weight, Limit::IpcBound, text))
+}
+
+/// The chunk size that makes a chunk's compute about [`IPC_TARGET_COMPUTE_RATIO`] times its
+/// messaging cost: `chunk_size × 20 × overhead / compute`, rounded, at least 1, and at most
+/// `n / (4 × workers)` so every worker still gets [`MIN_CHUNKS_PER_WORKER`] chunks.
+pub(super) fn suggested_chunk_size(
+    chunk_size: u64,
+    compute: f64,
+    overhead: f64,
+    n: u64,
+    workers: usize,
+) -> u64 {
+    let per_worker = MIN_CHUNKS_PER_WORKER.saturating_mul(workers.max(1) as u64);
+    let cap = (n / per_worker).max(1);
+    let wanted = chunk_size as f64 * IPC_TARGET_COMPUTE_RATIO * overhead / compute;
+    // `as` saturates: an infinite or huge wish becomes u64::MAX, NaN becomes 0.
+    let wanted = if wanted.is_nan() {
+        chunk_size
+    } else {
+        wanted.round() as u64
+    };
+    wanted.max(1).min(cap)
+}
+
+pub(super) fn oversubscribed(obs: &Observations, m: &Measured) -> Option<Candidate> {
+    let cores = obs.cores_logical;
+    if obs.io_bound_hint || cores == 0 || m.workers <= cores {
+        return None;
+    }
+    let got = m
+        .speedup
+        .map(|s| format!(" (this run got {})", times(s)))
+        .unwrap_or_default();
+    Some(Candidate::new(
+        Kind::Cost,
+        1.0 - cores as f64 / m.workers as f64,
+        Limit::Oversubscribed,
+        format!(
+            "{} share {}: at most {cores}× is possible{got}; use --workers {cores}.",
+            count(m.workers, "worker"),
+            count(cores, "core")
+        ),
+    ))
+}
+
+pub(super) fn imbalanced(obs: &Observations, m: &Measured) -> Option<Candidate> {
+    if m.compute.len() < 2 || m.pool <= 0.0 {
+        return None;
+    }
+    let mean = m.compute.iter().sum::<f64>() / m.compute.len() as f64;
+    let (slowest, max) = m
+        .compute
+        .iter()
+        .copied()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(&b.1))?;
+    let gap = max - mean;
+    if !(mean > 0.0
+        && max > IMBALANCE_MAX_OVER_MEAN * mean
+        && gap > IMBALANCE_MIN_WALL_SHARE * m.pool)
+    {
+        return None;
+    }
+    let head = format!(
+        "Worker {slowest} computed for {} against a mean of {}: on average a worker sat idle \
+         {} of the {} run waiting for it.",
+        seconds_short(max),
+        seconds_short(mean),
+        seconds_short(gap),
+        seconds_short(m.pool)
+    );
+    let chunk = obs.chunk_size.max(1);
+    let text = if obs.schedule == "static" {
+        format!(
+            "{head} The static schedule fixes each worker's share up front; try --schedule \
+             dynamic."
+        )
+    } else if chunk > 1 {
+        format!(
+            "{head} Chunks of {chunk} are too coarse to even out; try --chunk-size {}.",
+            chunk / 2
+        )
+    } else {
+        format!("{head} Every chunk is already one element: the slowest elements set the end.")
+    };
+    Some(Candidate::new(
+        Kind::Cost,
+        share(gap, m.pool).min(1.0),
+        Limit::Imbalanced,
+        text,
+    ))
+}
+
+pub(super) fn memory_bound(obs: &Observations, m: &Measured) -> Option<Candidate> {
+    let baseline = m.baseline?;
+    let total: f64 = m.compute.iter().sum();
+    // Kernel time is wall time: with more workers than cores, part of it is waiting for a
+    // core. Count at most `cores` workers' worth of it as time spent computing.
+    let cpu_total = if !obs.io_bound_hint && obs.cores_logical > 0 && m.workers > obs.cores_logical
+    {
+        total * obs.cores_logical as f64 / m.workers as f64
+    } else {
+        total
+    };
+    let rate = obs.output_bytes as f64 / baseline;
+    let run = if m.run > 0.0 { m.run } else { m.pool };
+    let threads = obs.threads_wall_s.map(clean);
+    let threads_no_faster = threads.is_none_or(|t| t >= MEMORY_THREADS_NO_FASTER * run);
+    if !(cpu_total > MEMORY_COMPUTE_INFLATION * baseline
+        && rate > MEMORY_MIN_OUTPUT_RATE
+        && threads_no_faster)
+    {
+        return None;
+    }
+    let threads = threads
+        .map(|t| {
+            format!(
+                ", and threads took {}, no faster than processes",
+                seconds_short(t)
+            )
+        })
+        .unwrap_or_default();
+    Some(Candidate::new(
+        Kind::Cost,
+        1.0 - baseline / cpu_total,
+        Limit::MemoryBound,
+        format!(
+            "The {} computed for {} in total where one process needed {}, writing {} of \
+             results{threads}: page faults and memory bandwidth set the speed, not the cores, \
+             so more cores won't help; write less, or compute more per byte.",
+            count(m.workers, "worker"),
+            seconds_short(total),
+            seconds_short(baseline),
+            crate::units::rate(rate)
+        ),
+    ))
+}
+
+pub(super) fn io_bound(obs: &Observations, m: &Measured) -> Option<Candidate> {
+    if !obs.io_bound_hint || m.efficiency.is_some_and(|e| e < IO_MIN_EFFICIENCY) {
+        return None;
+    }
+    let more = m.workers.saturating_mul(2);
+    let measured = match (m.speedup, m.efficiency) {
+        (Some(s), Some(e)) => format!(
+            ": {} gave {} on {} (efficiency {}), so",
+            count(m.workers, "worker"),
+            times(s),
+            count(obs.cores_logical.max(1), "core"),
+            percent(e)
+        ),
+        _ => " rather than compute, so".to_string(),
+    };
+    Some(Candidate::new(
+        Kind::Verdict,
+        m.efficiency.unwrap_or(0.0),
+        Limit::IoBound,
+        format!(
+            "The workers mostly wait{measured} more workers than cores help here (the \
+             tutorials' threads-or-async case); try --workers {more}."
+        ),
+    ))
+}
+
+pub(super) fn scaling(obs: &Observations, m: &Measured) -> Candidate {
+    let mut facts = Vec::new();
+    if m.pool > 0.0 {
+        facts.push(format!(
+            "starting took {} of the run",
+            percent(m.start_share())
+        ));
+    }
+    let ratio = m.chunk_ratio();
+    if m.chunk_compute > 0.0 && ratio.is_finite() {
+        facts.push(format!(
+            "each chunk computed {}× its messaging cost",
+            num(ratio)
+        ));
+    }
+    let mean = m.compute.iter().sum::<f64>() / m.compute.len().max(1) as f64;
+    let max = m.compute.iter().copied().fold(0.0, f64::max);
+    if m.compute.len() > 1 && mean > 0.0 {
+        facts.push(format!(
+            "the slowest worker computed {} more than the mean",
+            percent(max / mean - 1.0)
+        ));
+    }
+    let facts = join_facts(&facts);
+    let text = match m.efficiency {
+        Some(e) if e >= SCALING_GOOD_EFFICIENCY => {
+            let more = if obs.cores_logical > m.workers {
+                format!(
+                    "more workers would help: try --workers {}",
+                    obs.cores_logical
+                )
+            } else {
+                "more cores would help".to_string()
+            };
+            format!("Efficiency {}: the run scales; {more}.", percent(e))
+        }
+        Some(e) => format!(
+            "Efficiency {} with no single limit standing out ({facts}); compare --mode \
+             threads to see what processes cost here.",
+            percent(e)
+        ),
+        None if facts.is_empty() => "No single-process baseline, so the speedup is unknown; \
+                                     nothing measured limited the run."
+            .to_string(),
+        None => format!(
+            "No single-process baseline, so the speedup is unknown; {facts}: nothing measured \
+             limited the run."
+        ),
+    };
+    Candidate::new(Kind::Verdict, 0.0, Limit::Scaling, text)
+}
+
+/// A time as a finite, non-negative number of seconds (anything else counts as 0).
+pub(super) fn clean(x: f64) -> f64 {
+    if x.is_finite() && x > 0.0 { x } else { 0.0 }
+}
+
+/// `part / whole`, or 0 when `whole` is not positive.
+pub(super) fn share(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 { part / whole } else { 0.0 }
+}
+
+/// `a`, `a and b`, `a, b and c`.
+pub(super) fn join_facts(facts: &[String]) -> String {
+    match facts {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}

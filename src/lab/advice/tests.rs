@@ -1,0 +1,583 @@
+//! Every rule on the measurements that should and should not make it fire.
+
+use super::*;
+
+/// A CPU-bound run that scales: 2 workers on 2 cores, 95 % efficiency, cheap start,
+/// chunks 1250× their messaging cost, balanced, little output.
+fn healthy() -> Observations {
+    Observations {
+        workers: 2,
+        cores_logical: 2,
+        n: 1_000_000,
+        chunks: 8,
+        chunk_size: 125_000,
+        pool_wall_s: 0.105,
+        spawn_s: 0.005,
+        baseline_wall_s: Some(0.2),
+        threads_wall_s: Some(0.101),
+        compute_s: vec![0.099, 0.1],
+        mean_chunk_compute_s: 0.025,
+        mean_chunk_overhead_s: 0.000_02,
+        output_bytes: 8_000_000,
+        schedule: "dynamic".to_string(),
+        io_bound_hint: false,
+    }
+}
+
+fn limits(obs: &Observations) -> Vec<Limit> {
+    advise(obs).iter().map(|a| a.limit).collect()
+}
+
+fn fires(obs: &Observations, limit: Limit) -> bool {
+    limits(obs).contains(&limit)
+}
+
+#[test]
+fn healthy_run_scales_and_fires_no_limit() {
+    let advice = advise(&healthy());
+    assert_eq!(advice.len(), 1);
+    assert_eq!(advice[0].limit, Limit::Scaling);
+    assert_eq!(
+        advice[0].text,
+        "Efficiency 95%: the run scales; more cores would help."
+    );
+    let m = Measured::new(&healthy());
+    assert!(start_dominated(&m).is_none());
+    assert!(ipc_bound(&healthy(), &m).is_none());
+    assert!(oversubscribed(&healthy(), &m).is_none());
+    assert!(imbalanced(&healthy(), &m).is_none());
+    assert!(memory_bound(&healthy(), &m).is_none());
+    assert!(io_bound(&healthy(), &m).is_none());
+}
+
+#[test]
+fn scaling_suggests_the_idle_cores() {
+    let obs = Observations {
+        cores_logical: 4,
+        ..healthy()
+    };
+    assert_eq!(
+        advise(&obs)[0].text,
+        "Efficiency 95%: the run scales; more workers would help: try --workers 4."
+    );
+}
+
+#[test]
+fn scaling_without_baseline_says_what_it_can() {
+    let obs = Observations {
+        baseline_wall_s: None,
+        ..healthy()
+    };
+    let advice = advise(&obs);
+    assert_eq!(advice.len(), 1);
+    assert_eq!(advice[0].limit, Limit::Scaling);
+    assert_eq!(
+        advice[0].text,
+        "No single-process baseline, so the speedup is unknown; starting took 5% of the \
+         run, each chunk computed 1250× its messaging cost and the slowest worker computed \
+         1% more than the mean: nothing measured limited the run."
+    );
+}
+
+#[test]
+fn low_efficiency_with_no_limit_says_so() {
+    let obs = Observations {
+        baseline_wall_s: Some(0.12),
+        ..healthy()
+    };
+    let advice = advise(&obs);
+    assert_eq!(limits(&obs), [Limit::Scaling]);
+    assert!(
+        advice[0]
+            .text
+            .starts_with("Efficiency 57% with no single limit")
+    );
+    assert!(advice[0].text.contains("--mode threads"));
+}
+
+#[test]
+fn start_dominated_fires_on_a_short_job() {
+    let obs = Observations {
+        workers: 8,
+        cores_logical: 8,
+        pool_wall_s: 0.020,
+        spawn_s: 0.012,
+        baseline_wall_s: Some(0.03),
+        compute_s: vec![0.001; 8],
+        mean_chunk_compute_s: 0.000_25,
+        mean_chunk_overhead_s: 0.000_01,
+        threads_wall_s: None,
+        ..healthy()
+    };
+    let advice = advise(&obs);
+    assert_eq!(advice[0].limit, Limit::StartDominated);
+    assert_eq!(
+        advice[0].text,
+        "Starting 8 workers took 12 ms of the 20 ms run: the job is too short for \
+         processes to pay off; give it more work (larger n) or reuse a Pool across jobs."
+    );
+}
+
+#[test]
+fn start_below_threshold_does_not_fire() {
+    let obs = Observations {
+        pool_wall_s: 0.1,
+        spawn_s: 0.029,
+        ..healthy()
+    };
+    assert!(!fires(&obs, Limit::StartDominated));
+}
+
+#[test]
+fn ipc_bound_fires_and_suggests_a_chunk_size() {
+    let obs = Observations {
+        workers: 8,
+        cores_logical: 8,
+        n: 10_000_000,
+        chunks: 25_000,
+        chunk_size: 400,
+        pool_wall_s: 0.5,
+        spawn_s: 0.01,
+        baseline_wall_s: Some(0.1),
+        threads_wall_s: None,
+        compute_s: vec![0.01; 8],
+        mean_chunk_compute_s: 3e-6,
+        mean_chunk_overhead_s: 15e-6,
+        ..healthy()
+    };
+    let advice = advise(&obs);
+    assert_eq!(advice[0].limit, Limit::IpcBound);
+    assert_eq!(
+        advice[0].text,
+        "Each chunk computed for 3 µs but cost 15 µs of messaging: IPC-bound. Try \
+         --chunk-size 40000."
+    );
+}
+
+#[test]
+fn ipc_bound_on_a_small_job_asks_for_more_work() {
+    // Already 4 chunks per worker: chunks cannot grow.
+    let obs = Observations {
+        n: 8_000,
+        chunk_size: 1_000,
+        mean_chunk_compute_s: 1e-5,
+        mean_chunk_overhead_s: 2e-5,
+        ..healthy()
+    };
+    let advice = advise(&obs);
+    assert_eq!(advice[0].limit, Limit::IpcBound);
+    assert!(advice[0].text.contains("Chunks of 1000 cannot grow"));
+    assert!(!advice[0].text.contains("--chunk-size"));
+}
+
+#[test]
+fn ipc_does_not_fire_when_compute_is_ten_times_messaging() {
+    let obs = Observations {
+        mean_chunk_compute_s: 1.5e-4,
+        mean_chunk_overhead_s: 1e-5,
+        ..healthy()
+    };
+    assert!(!fires(&obs, Limit::IpcBound));
+    let obs = Observations {
+        mean_chunk_compute_s: 0.9e-4,
+        ..obs
+    };
+    assert!(fires(&obs, Limit::IpcBound));
+}
+
+#[test]
+fn suggested_chunk_size_arithmetic() {
+    // 400 × 20 × 15 / 3 = 40 000, under the cap 10^7 / 32 = 312 500.
+    assert_eq!(
+        suggested_chunk_size(400, 3e-6, 15e-6, 10_000_000, 8),
+        40_000
+    );
+    // Rounded: 7 × 20 × 1 / 3 = 46.67 → 47.
+    assert_eq!(suggested_chunk_size(7, 3.0, 1.0, 1_000_000, 1), 47);
+    // Capped so each of 8 workers keeps 4 chunks: 10^6 / 32 = 31 250.
+    assert_eq!(
+        suggested_chunk_size(10_000, 1e-6, 1e-5, 1_000_000, 8),
+        31_250
+    );
+    // Never below 1, even when compute dwarfs messaging.
+    assert_eq!(suggested_chunk_size(1, 1.0, 1e-9, 1_000_000, 2), 1);
+    // The cap is at least 1 for tiny jobs.
+    assert_eq!(suggested_chunk_size(1, 1e-6, 1e-5, 3, 8), 1);
+    // No measurable compute: as large as the cap allows.
+    assert_eq!(suggested_chunk_size(10, 0.0, 1e-5, 4_000, 2), 500);
+    // Zero workers counts as one.
+    assert_eq!(suggested_chunk_size(10, 1e-6, 1e-5, 4_000, 0), 1_000);
+}
+
+#[test]
+fn oversubscribed_fires_for_cpu_bound_work() {
+    let obs = Observations {
+        workers: 8,
+        compute_s: vec![0.05; 8],
+        ..healthy()
+    };
+    let advice = advise(&obs);
+    assert_eq!(advice[0].limit, Limit::Oversubscribed);
+    assert_eq!(
+        advice[0].text,
+        "8 workers share 2 cores: at most 2× is possible (this run got 1.90×); use \
+         --workers 2."
+    );
+}
+
+#[test]
+fn oversubscribed_readme_run() {
+    // The README's squares run: 8 workers on 2 cores, 1.17×.
+    let obs = Observations {
+        workers: 8,
+        cores_logical: 2,
+        n: 10_000_000,
+        chunks: 32,
+        chunk_size: 312_500,
+        pool_wall_s: 0.041_73,
+        spawn_s: 0.006_95,
+        baseline_wall_s: Some(0.048_90),
+        threads_wall_s: None,
+        compute_s: vec![
+            0.005_56, 0.029_32, 0.023_16, 0.003_42, 0.027_28, 0.027_98, 0.022_91, 0.006_98,
+        ],
+        mean_chunk_compute_s: 0.004_58,
+        mean_chunk_overhead_s: 0.000_05,
+        output_bytes: 80_000_000,
+        schedule: "dynamic".to_string(),
+        io_bound_hint: false,
+    };
+    let advice = advise(&obs);
+    assert_eq!(advice.len(), 1, "{advice:?}");
+    assert_eq!(advice[0].limit, Limit::Oversubscribed);
+    assert!(advice[0].text.contains("(this run got 1.17×)"));
+
+    // Round trips that include waiting for a core are not messaging: no IPC verdict.
+    let waited = Observations {
+        mean_chunk_overhead_s: 0.003,
+        mean_chunk_compute_s: 0.003,
+        ..obs
+    };
+    let advice = advise(&waited);
+    assert!(
+        advice.iter().all(|a| a.limit != Limit::IpcBound),
+        "{advice:?}"
+    );
+}
+
+#[test]
+fn io_bound_run_is_never_called_oversubscribed() {
+    let obs = Observations {
+        workers: 16,
+        cores_logical: 2,
+        baseline_wall_s: Some(0.105 * 16.0 * 0.3),
+        compute_s: vec![0.1; 16],
+        io_bound_hint: true,
+        ..healthy()
+    };
+    assert!(!fires(&obs, Limit::Oversubscribed));
+    for efficiency in [0.1, 0.5, 0.95] {
+        let obs = Observations {
+            baseline_wall_s: Some(0.105 * 16.0 * efficiency),
+            ..obs.clone()
+        };
+        assert!(!fires(&obs, Limit::Oversubscribed));
+        let obs = Observations {
+            baseline_wall_s: None,
+            ..obs
+        };
+        assert!(!fires(&obs, Limit::Oversubscribed));
+    }
+}
+
+#[test]
+fn io_bound_fires_when_speedup_is_near_workers() {
+    let obs = Observations {
+        workers: 8,
+        cores_logical: 2,
+        pool_wall_s: 1.0,
+        spawn_s: 0.01,
+        baseline_wall_s: Some(7.6),
+        threads_wall_s: None,
+        compute_s: vec![0.98; 8],
+        mean_chunk_compute_s: 0.25,
+        io_bound_hint: true,
+        ..healthy()
+    };
+    let advice = advise(&obs);
+    assert_eq!(advice.len(), 1);
+    assert_eq!(advice[0].limit, Limit::IoBound);
+    assert_eq!(
+        advice[0].text,
+        "The workers mostly wait: 8 workers gave 7.60× on 2 cores (efficiency 95%), so \
+         more workers than cores help here (the tutorials' threads-or-async case); try \
+         --workers 16."
+    );
+    // Far from 8×: not the I/O verdict.
+    let slow = Observations {
+        baseline_wall_s: Some(2.0),
+        ..obs.clone()
+    };
+    assert!(!fires(&slow, Limit::IoBound));
+    // Without a baseline the hint alone decides.
+    let blind = Observations {
+        baseline_wall_s: None,
+        ..obs
+    };
+    assert_eq!(limits(&blind), [Limit::IoBound]);
+    assert!(
+        advise(&blind)[0]
+            .text
+            .starts_with("The workers mostly wait rather than compute, so")
+    );
+}
+
+#[test]
+fn io_bound_comes_after_what_cost_time() {
+    let obs = Observations {
+        workers: 8,
+        cores_logical: 2,
+        pool_wall_s: 1.0,
+        spawn_s: 0.01,
+        baseline_wall_s: Some(7.6),
+        threads_wall_s: None,
+        compute_s: vec![0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.98],
+        io_bound_hint: true,
+        ..healthy()
+    };
+    assert_eq!(limits(&obs), [Limit::Imbalanced, Limit::IoBound]);
+}
+
+#[test]
+fn imbalanced_static_suggests_dynamic() {
+    let obs = Observations {
+        pool_wall_s: 0.2,
+        baseline_wall_s: Some(0.2),
+        compute_s: vec![0.05, 0.19],
+        schedule: "static".to_string(),
+        ..healthy()
+    };
+    let advice = advise(&obs);
+    assert_eq!(advice[0].limit, Limit::Imbalanced);
+    assert_eq!(
+        advice[0].text,
+        "Worker 1 computed for 190 ms against a mean of 120 ms: on average a worker sat \
+         idle 70 ms of the 200 ms run waiting for it. The static schedule fixes each \
+         worker's share up front; try --schedule dynamic."
+    );
+}
+
+#[test]
+fn imbalanced_dynamic_suggests_smaller_chunks() {
+    for schedule in ["dynamic", "guided"] {
+        let obs = Observations {
+            pool_wall_s: 0.2,
+            baseline_wall_s: Some(0.2),
+            compute_s: vec![0.19, 0.05],
+            schedule: schedule.to_string(),
+            ..healthy()
+        };
+        let advice = advise(&obs);
+        assert_eq!(advice[0].limit, Limit::Imbalanced);
+        assert!(advice[0].text.starts_with("Worker 0 computed for 190 ms"));
+        assert!(
+            advice[0]
+                .text
+                .ends_with("Chunks of 125000 are too coarse to even out; try --chunk-size 62500.")
+        );
+    }
+}
+
+#[test]
+fn imbalance_that_costs_little_does_not_fire() {
+    // 1.6× the mean, but the gap is 3 % of the wall time.
+    let obs = Observations {
+        pool_wall_s: 1.0,
+        baseline_wall_s: Some(1.9),
+        compute_s: vec![0.04, 0.08, 0.04, 0.04],
+        workers: 4,
+        cores_logical: 4,
+        ..healthy()
+    };
+    assert!(!fires(&obs, Limit::Imbalanced));
+    // A large gap but only 1.2× the mean.
+    let obs = Observations {
+        compute_s: vec![0.9, 1.1],
+        workers: 2,
+        cores_logical: 2,
+        ..obs
+    };
+    assert!(!fires(&obs, Limit::Imbalanced));
+}
+
+/// Two processes writing 80 MB of squares: 1.6 GB/s, each slowed by the other.
+fn memory_heavy() -> Observations {
+    Observations {
+        workers: 2,
+        cores_logical: 2,
+        n: 10_000_000,
+        chunks: 8,
+        chunk_size: 1_250_000,
+        pool_wall_s: 0.045,
+        spawn_s: 0.002,
+        baseline_wall_s: Some(0.049),
+        threads_wall_s: Some(0.042),
+        compute_s: vec![0.041, 0.042],
+        mean_chunk_compute_s: 0.010,
+        mean_chunk_overhead_s: 0.000_03,
+        output_bytes: 80_000_000,
+        schedule: "dynamic".to_string(),
+        io_bound_hint: false,
+    }
+}
+
+#[test]
+fn memory_bound_fires_when_workers_slow_each_other() {
+    let advice = advise(&memory_heavy());
+    assert_eq!(advice[0].limit, Limit::MemoryBound);
+    assert_eq!(
+        advice[0].text,
+        "The 2 workers computed for 83 ms in total where one process needed 49 ms, \
+         writing 1.6 GB/s of results, and threads took 42 ms, no faster than processes: \
+         page faults and memory bandwidth set the speed, not the cores, so more cores won't help; write \
+         less, or compute more per byte."
+    );
+    // Without a threads measurement the other two conditions decide.
+    let obs = Observations {
+        threads_wall_s: None,
+        ..memory_heavy()
+    };
+    assert!(
+        advise(&obs)[0]
+            .text
+            .contains("writing 1.6 GB/s of results: page faults")
+    );
+}
+
+#[test]
+fn memory_bound_needs_every_condition() {
+    // Threads clearly faster than processes: processes' own cost, not memory.
+    let obs = Observations {
+        threads_wall_s: Some(0.02),
+        ..memory_heavy()
+    };
+    assert!(!fires(&obs, Limit::MemoryBound));
+    // Little output: the slowdown is not memory's.
+    let obs = Observations {
+        output_bytes: 10_000_000,
+        ..memory_heavy()
+    };
+    assert!(!fires(&obs, Limit::MemoryBound));
+    // Summed compute close to the baseline: nobody slowed anybody down.
+    let obs = Observations {
+        compute_s: vec![0.03, 0.031],
+        ..memory_heavy()
+    };
+    assert!(!fires(&obs, Limit::MemoryBound));
+    // No baseline: nothing to compare with.
+    let obs = Observations {
+        baseline_wall_s: None,
+        ..memory_heavy()
+    };
+    assert!(!fires(&obs, Limit::MemoryBound));
+}
+
+#[test]
+fn memory_bound_is_not_blamed_for_shared_cores() {
+    // 8 workers on 2 cores: the summed kernel time is 4× inflated by waiting for a core.
+    let obs = Observations {
+        workers: 8,
+        compute_s: vec![0.025; 8],
+        threads_wall_s: None,
+        ..memory_heavy()
+    };
+    assert_eq!(limits(&obs), [Limit::Oversubscribed]);
+}
+
+#[test]
+fn at_most_two_and_most_important_first() {
+    // Start-up, IPC, shared cores and memory all fire here.
+    let obs = Observations {
+        workers: 4,
+        cores_logical: 2,
+        n: 10_000_000,
+        chunk_size: 100,
+        pool_wall_s: 0.1,
+        spawn_s: 0.04,
+        baseline_wall_s: Some(0.05),
+        threads_wall_s: None,
+        compute_s: vec![0.04; 4],
+        mean_chunk_compute_s: 1e-6,
+        mean_chunk_overhead_s: 4e-6,
+        output_bytes: 200_000_000,
+        schedule: "static".to_string(),
+        io_bound_hint: false,
+        chunks: 100_000,
+    };
+    let m = Measured::new(&obs);
+    assert!(start_dominated(&m).is_some());
+    assert!(ipc_bound(&obs, &m).is_some());
+    assert!(oversubscribed(&obs, &m).is_some());
+    assert!(memory_bound(&obs, &m).is_some());
+    // Shared cores explain 1 - 2/4 = 50 %, start 40 %, memory 1 - 0.05 / (0.16 × 2/4) =
+    // 37.5 %. IPC would explain 0.6 × 4/5 = 48 %, but with workers waiting for cores a
+    // round trip is not messaging, so it is not said.
+    assert_eq!(limits(&obs), [Limit::Oversubscribed, Limit::StartDominated]);
+}
+
+#[test]
+fn always_at_least_one_even_from_nothing() {
+    let empty = Observations::default();
+    let advice = advise(&empty);
+    assert_eq!(advice.len(), 1);
+    assert_eq!(advice[0].limit, Limit::Scaling);
+    assert!(!advice[0].text.contains("NaN") && !advice[0].text.contains("inf"));
+
+    let broken = Observations {
+        pool_wall_s: f64::NAN,
+        spawn_s: f64::INFINITY,
+        baseline_wall_s: Some(-1.0),
+        threads_wall_s: Some(f64::NAN),
+        compute_s: vec![f64::NAN, 1.0],
+        mean_chunk_compute_s: f64::NAN,
+        mean_chunk_overhead_s: -1.0,
+        ..healthy()
+    };
+    let advice = advise(&broken);
+    assert!(!advice.is_empty() && advice.len() <= MAX_ADVICE);
+    for a in &advice {
+        assert!(
+            !a.text.contains("NaN") && !a.text.contains("inf"),
+            "{}",
+            a.text
+        );
+    }
+}
+
+#[test]
+fn limits_serialize_in_kebab_case() {
+    let a = Advice {
+        limit: Limit::StartDominated,
+        text: "t".to_string(),
+    };
+    assert_eq!(
+        serde_json::to_string(&a).unwrap(),
+        r#"{"limit":"start-dominated","text":"t"}"#
+    );
+    assert_eq!(
+        serde_json::to_string(&Limit::IpcBound).unwrap(),
+        r#""ipc-bound""#
+    );
+}
+
+#[test]
+fn durations_read_well() {
+    assert_eq!(seconds_short(3e-6), "3 µs");
+    assert_eq!(seconds_short(0.006_9), "6.9 ms");
+    assert_eq!(seconds_short(0.004_5), "4.5 ms");
+    assert_eq!(seconds_short(0.012), "12 ms");
+    assert_eq!(seconds_short(0.9999), "1 s");
+    assert_eq!(seconds_short(1.26), "1.3 s");
+    assert_eq!(seconds_short(4e-7), "400 ns");
+    assert_eq!(seconds_short(0.0), "0 ns");
+}
