@@ -30,9 +30,10 @@ use std::time::{Duration, Instant};
 use ipc_channel::TrySelectError;
 use ipc_channel::ipc::IpcSelectionResult;
 
+use super::auto_chunk::AutoProbe;
 use super::ledger::Ledger;
 use super::observe::{self, Event};
-use super::{AutoChunk, Death, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
+use super::{Death, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
 use crate::engine::protocol::{FromWorker, JobSpec, Layout, ToWorker, Transport, wire_size};
 use crate::engine::schedule::{Chunk, Dispenser, Schedule};
 use crate::error::{Error, Phase, Result};
@@ -41,10 +42,6 @@ use crate::error::{Error, Phase, Result};
 const TICK: Duration = Duration::from_millis(20);
 /// With streaming, how often the loop checks for windows the writer has freed.
 const STREAM_TICK: Duration = Duration::from_millis(1);
-/// `--chunk-size auto` aims for chunks whose compute is this many times their messaging cost.
-const AUTO_COMPUTE_OVER_OVERHEAD: f64 = 20.0;
-/// … while every worker still gets at least this many chunks.
-const AUTO_MIN_CHUNKS_PER_WORKER: u64 = 4;
 
 /// Per-worker measurements during one job (what it holds is in the [`Ledger`]).
 #[derive(Default)]
@@ -55,18 +52,6 @@ struct Held {
     last_done: Option<Instant>,
     /// CPU time of the process when the job started.
     cpu_at_start: Option<Duration>,
-}
-
-/// Probing for `--chunk-size auto`.
-struct AutoProbe {
-    probe_size: u64,
-    /// Probe chunks done, and their summed elements, compute and round trip.
-    chunks: u64,
-    elements: u64,
-    compute: Duration,
-    rtt: Duration,
-    needed: u64,
-    result: Option<AutoChunk>,
 }
 
 /// The state of one job.
@@ -235,19 +220,9 @@ impl Pool {
         let workers = self.workers.len() as u64;
         let auto =
             (options.auto_chunk && dispenser.schedule() != Schedule::Static && n > 0).then(|| {
-                // Probes small enough to leave most of the work for the chosen size, big
-                // enough to time: about 1/256 of each worker's share, at most 4096.
-                let probe_size = (n / (workers * 256)).clamp(1, 4096);
-                dispenser.set_chunk_size(probe_size);
-                AutoProbe {
-                    probe_size,
-                    chunks: 0,
-                    elements: 0,
-                    compute: Duration::ZERO,
-                    rtt: Duration::ZERO,
-                    needed: workers * self.inflight as u64,
-                    result: None,
-                }
+                let probe = AutoProbe::new(n, workers, self.inflight as u64);
+                dispenser.set_chunk_size(probe.probe_size);
+                probe
             });
         let (messages, bytes) = std::mem::take(&mut self.handshake_ipc);
         // Workers that died while the pool started count as this job's restarts.
@@ -508,18 +483,12 @@ impl Pool {
             job.channel_result_bytes += data.len() as u64;
         }
         if let Some(auto) = job.auto.as_mut()
-            && auto.result.is_none()
-            && chunk.len() == auto.probe_size
+            && auto.awaits(chunk.len())
+            && auto.record(chunk.len(), compute, rtt, job.dispenser.remaining() == 0)
         {
-            auto.chunks += 1;
-            auto.elements += chunk.len();
-            auto.compute += compute;
-            auto.rtt += rtt;
-            if auto.chunks >= auto.needed || job.dispenser.remaining() == 0 {
-                let result = choose_chunk_size(auto, &job.dispenser, self.workers.len());
-                job.dispenser.set_chunk_size(result.chosen);
-                auto.result = Some(result);
-            }
+            let (remaining, boundary) = (job.dispenser.remaining(), job.dispenser.boundary());
+            let chosen = auto.choose(remaining, boundary, self.workers.len()).chosen;
+            job.dispenser.set_chunk_size(chosen);
         }
         self.top_up(w, 1, job);
         Ok(())
@@ -677,51 +646,6 @@ impl Pool {
             }
         }
         Ok(())
-    }
-}
-
-/// Picks the chunk length from the probes: compute per chunk about
-/// [`AUTO_COMPUTE_OVER_OVERHEAD`] times the messaging cost, but every worker still gets
-/// [`AUTO_MIN_CHUNKS_PER_WORKER`] chunks of what remains.
-fn choose_chunk_size(probe: &AutoProbe, dispenser: &Dispenser, workers: usize) -> AutoChunk {
-    let per_element_s = probe.compute.as_secs_f64() / probe.elements.max(1) as f64;
-    let overhead_s =
-        (probe.rtt.saturating_sub(probe.compute)).as_secs_f64() / probe.chunks.max(1) as f64;
-    // Every worker keeps several chunks, and (streaming) no chunk outgrows a window.
-    let cap = (dispenser.remaining() / (AUTO_MIN_CHUNKS_PER_WORKER * workers.max(1) as u64))
-        .clamp(1, dispenser.boundary());
-    let wanted = if per_element_s > 0.0 {
-        (AUTO_COMPUTE_OVER_OVERHEAD * overhead_s / per_element_s).ceil() as u64
-    } else {
-        cap
-    };
-    let chosen = wanted.clamp(1, cap);
-    let reason = if wanted > cap {
-        let limit = if cap == dispenser.boundary() {
-            "a chunk may not outgrow a streaming window".to_string()
-        } else {
-            format!("that would leave workers fewer than {AUTO_MIN_CHUNKS_PER_WORKER} chunks each")
-        };
-        format!(
-            "a chunk should compute ≥ {AUTO_COMPUTE_OVER_OVERHEAD}× its {:.1} µs messaging cost \
-             ({wanted} elements at {:.3} µs each), but {limit}, so {chosen}",
-            overhead_s * 1e6,
-            per_element_s * 1e6
-        )
-    } else {
-        format!(
-            "{chosen} elements at {:.3} µs each compute for ≈ {AUTO_COMPUTE_OVER_OVERHEAD}× the \
-             {:.1} µs a chunk costs in messaging",
-            per_element_s * 1e6,
-            overhead_s * 1e6
-        )
-    };
-    AutoChunk {
-        chosen,
-        probe_size: probe.probe_size,
-        per_element_s,
-        overhead_s,
-        reason,
     }
 }
 

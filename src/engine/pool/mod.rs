@@ -3,6 +3,7 @@
 //! [`PoolBuilder::build`] starts the workers (`spawn.rs`); [`Pool::run`] sends a job and
 //! hands out its chunks (`dispatch.rs`); dropping the pool stops and reaps every worker.
 
+mod auto_chunk;
 mod dispatch;
 mod ledger;
 mod observe;
