@@ -1,8 +1,10 @@
 //! The messages between the parent and its workers.
 //!
-//! Small on purpose: a chunk is a range and an id, a reply is an id and a duration. Results
-//! never cross the channel; they are written into the shared region. Every message is
-//! postcard-encoded by ipc-channel; [`wire_size`] gives its size for the IPC byte counters.
+//! Small on purpose: a chunk is a range and an id, a reply is an id and a duration. With
+//! the default transport ([`Transport::Shm`]) results never cross the channel: workers
+//! write them into the shared region. With [`Transport::Channel`] they come back inside
+//! each `Done`, to measure what shared memory saves. Every message is postcard-encoded by
+//! ipc-channel; [`wire_size`] gives its size for the IPC byte counters.
 
 use ipc_channel::ipc::IpcSender;
 use serde::{Deserialize, Serialize};
