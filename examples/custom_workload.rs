@@ -6,6 +6,10 @@
 //! (a point derived from i by a hash, so the run is reproducible) and records 1 if it lands
 //! inside the quarter circle. Each worker also counts its chunk's hits (the per-chunk
 //! reduction), so the parent gets the total without reading the output.
+//!
+//! Its tests (`cargo test --example custom_workload`, and every `cargo test`) run the same
+//! workload across real worker processes: `enable_test_support!` below gives the test
+//! binary the worker entry its harness-owned `main` cannot.
 
 use std::ops::Range;
 
@@ -44,10 +48,15 @@ fn splitmix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The workloads this program's workers can run: the built-ins and ours.
+fn registry() -> Registry {
+    Registry::builtin().register::<MonteCarloPi>()
+}
+
 fn main() -> Result<(), procpool::Error> {
     // Step 2: register it, first thing in main. A worker (this same binary, re-executed)
     // serves here and never returns; the parent keeps going.
-    procpool::init_with(Registry::builtin().register::<MonteCarloPi>());
+    procpool::init_with(registry());
 
     let darts = 4_000_000;
     let workload = MonteCarloPi { seed: 42 };
@@ -74,4 +83,35 @@ fn main() -> Result<(), procpool::Error> {
     assert_eq!(report.reduction, Some(hits));
     print!("{}", procpool::report::render_text(&report));
     Ok(())
+}
+
+// The worker entry of this file's test binary (see the tests below).
+procpool::enable_test_support!(registry());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_compute_what_one_process_does_and_count_the_hits() {
+        let workload = MonteCarloPi { seed: 7 };
+        let darts = 200_000;
+        let mut pool = Pool::builder()
+            .workers(2)
+            .test_harness()
+            .build()
+            .expect("start two workers through this test binary");
+        let run = pool
+            .run(&workload, darts)
+            .expect("run across two processes");
+        let mut expected = vec![0u8; darts as usize];
+        workload.kernel(0..darts, &mut expected);
+        assert_eq!(run.results(), &expected[..], "element by element");
+        let hits = run.stats().reduction.expect("a reduction");
+        assert_eq!(hits, expected.iter().map(|&h| u64::from(h)).sum::<u64>());
+        let pi = 4.0 * hits as f64 / darts as f64;
+        assert!((pi - std::f64::consts::PI).abs() < 0.02, "π ≈ {pi}");
+        let pids = pool.pids();
+        assert!(pids.iter().all(|&pid| pid != std::process::id()));
+    }
 }

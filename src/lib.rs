@@ -103,9 +103,75 @@ pub fn init_with(registry: Registry) {
     if args.first().map(String::as_str) != Some(engine::protocol::WORKER_ARG) {
         return;
     }
+    serve_as_worker(&args, &registry);
+}
+
+/// Lets a crate's tests run its own workloads across real worker processes under plain
+/// `cargo test`.
+///
+/// A test binary's `main` belongs to the test harness, so it cannot call [`init_with`].
+/// This macro defines, at the top level of a test file, a hidden `#[ignore]`d test that
+/// serves as the worker entry instead; a pool built with [`PoolBuilder::test_harness`]
+/// starts its workers through it (procspawn's `enable_test_support!` does the same). Give
+/// it the registry `main` would give `init_with`:
+///
+/// ```no_run
+/// use std::ops::Range;
+/// use procpool::{Pool, Registry, Workload};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// struct Cubes;
+///
+/// impl Workload for Cubes {
+///     const NAME: &'static str = "cubes";
+///     type Output = u64;
+///     fn kernel(&self, range: Range<u64>, out: &mut [u64]) {
+///         for (slot, i) in out.iter_mut().zip(range) {
+///             *slot = i.wrapping_pow(3);
+///         }
+///     }
+/// }
+///
+/// procpool::enable_test_support!(Registry::builtin().register::<Cubes>());
+///
+/// #[test]
+/// fn cubes_across_two_processes() {
+///     let mut pool = Pool::builder().workers(2).test_harness().build().unwrap();
+///     let run = pool.run(&Cubes, 1000).unwrap();
+///     assert_eq!(run.results()[10], 1000);
+/// }
+/// ```
+///
+/// When `cargo test` itself runs the hidden test (with `--ignored`), it returns at once.
+#[macro_export]
+macro_rules! enable_test_support {
+    ($registry:expr) => {
+        /// procpool's worker entry in this test binary: procpool runs it in its workers.
+        #[test]
+        #[ignore = "procpool's worker entry: procpool runs it in its worker processes"]
+        fn __procpool_test_worker() {
+            $crate::serve_test_worker($registry);
+        }
+    };
+}
+
+/// The body of the hidden test [`enable_test_support!`] defines: serves as a worker when
+/// procpool started this process as one, otherwise returns at once.
+#[doc(hidden)]
+pub fn serve_test_worker(registry: Registry) {
+    let Ok(args) = std::env::var(engine::pool::TEST_WORKER_ENV) else {
+        return;
+    };
+    let args: Vec<String> = args.split(' ').map(str::to_string).collect();
+    serve_as_worker(&args, &registry);
+}
+
+/// Serves the parent as worker with `args` (the hidden entry's arguments) and exits.
+fn serve_as_worker(args: &[String], registry: &Registry) -> ! {
     engine::sys::keep_freed_memory();
-    let code = match engine::worker::WorkerArgs::from_args(&args) {
-        Ok(worker_args) => engine::worker::serve(&worker_args, &registry),
+    let code = match engine::worker::WorkerArgs::from_args(args) {
+        Ok(worker_args) => engine::worker::serve(&worker_args, registry),
         Err(message) => {
             eprintln!("procpool worker: {message}");
             2

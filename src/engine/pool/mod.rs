@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::workload::{Element, Registry, Workload};
 pub use observe::{Event, Observer};
 use private_dir::PrivateDir;
+pub(crate) use spawn::TEST_WORKER_ENV;
 
 /// Default number of chunks in flight per worker: one running, one queued, so a worker never
 /// waits a round trip for its next chunk and the parent never fills a channel.
@@ -128,6 +129,7 @@ pub struct PoolBuilder {
     workers: usize,
     inflight: usize,
     worker_exe: Option<PathBuf>,
+    via_test: bool,
     handshake_timeout: Duration,
     supervision: Supervision,
     start: StartMethod,
@@ -144,6 +146,7 @@ impl Default for PoolBuilder {
             workers: Machine::read().cores_logical,
             inflight: DEFAULT_INFLIGHT,
             worker_exe: None,
+            via_test: false,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             supervision: Supervision::default(),
             start: StartMethod::Spawn,
@@ -179,6 +182,15 @@ impl PoolBuilder {
     /// [`crate::init`] (or [`crate::init_with`]) first thing in `main`.
     pub fn worker_exe(mut self, exe: impl Into<PathBuf>) -> Self {
         self.worker_exe = Some(exe.into());
+        self
+    }
+
+    /// Workers run this test binary through the hidden test that
+    /// [`enable_test_support!`](crate::enable_test_support) defines, instead of
+    /// re-executing a `main` that calls [`crate::init`]: how a custom workload is tested
+    /// across real worker processes under plain `cargo test`. See the macro.
+    pub fn test_harness(mut self) -> Self {
+        self.via_test = true;
         self
     }
 
@@ -289,9 +301,12 @@ impl PoolBuilder {
             crate::engine::sys::keep_freed_memory();
         }
         let dir = PrivateDir::create()?;
-        let exe = match self.worker_exe {
-            Some(exe) => exe,
-            None => std::env::current_exe()?,
+        let exe = spawn::WorkerExe {
+            path: match self.worker_exe {
+                Some(exe) => exe,
+                None => std::env::current_exe()?,
+            },
+            via_test: self.via_test,
         };
         let region = SharedRegion::new()?;
         let pin = if self.pin {
@@ -436,7 +451,7 @@ pub struct Pool {
     start: StartMethod,
     /// CPUs workers are pinned to, round-robin by id (empty: not pinned).
     pin: Vec<usize>,
-    exe: PathBuf,
+    exe: spawn::WorkerExe,
     handshake_timeout: Duration,
     supervision: Supervision,
     observer: Option<Arc<dyn Observer>>,

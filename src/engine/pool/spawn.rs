@@ -21,7 +21,7 @@
 use std::io;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -148,6 +148,8 @@ pub(crate) struct Starting {
     reported: Vec<u8>,
     /// The read end of the worker's output pipe, until its forwarding thread starts.
     output_pipe: Option<io::PipeReader>,
+    /// The worker is a test binary, whose harness first prints a header of its own.
+    test_header: bool,
     output: Option<JoinHandle<()>>,
     /// After `Welcome` was sent: our end of each direction.
     connected: Option<(IpcSender<ToWorker>, IpcReceiver<FromWorker>)>,
@@ -164,7 +166,7 @@ impl Starting {
     /// would make the next fork slower).
     pub(crate) fn forward_output(&mut self) {
         if let Some(reader) = self.output_pipe.take() {
-            self.output = forward_output(self.id, reader);
+            self.output = forward_output(self.id, reader, self.test_header);
         }
     }
 
@@ -335,16 +337,56 @@ impl Drop for Starting {
     }
 }
 
+/// The program a spawned worker runs, and how it reaches procpool's worker entry.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerExe {
+    /// The executable.
+    pub(crate) path: PathBuf,
+    /// A test binary: the worker entry is the hidden test that
+    /// [`enable_test_support!`](crate::enable_test_support) defines, which libtest runs
+    /// when asked with these arguments; the worker's own arguments travel in
+    /// [`TEST_WORKER_ENV`].
+    pub(crate) via_test: bool,
+}
+
+/// The name of the hidden test that [`enable_test_support!`](crate::enable_test_support)
+/// defines in a test binary.
+pub(crate) const TEST_WORKER_NAME: &str = "__procpool_test_worker";
+/// The environment variable carrying a test-binary worker's arguments.
+pub(crate) const TEST_WORKER_ENV: &str = "PROCPOOL_TEST_WORKER";
+
+impl WorkerExe {
+    /// The command that starts a worker with `args`.
+    fn command(&self, args: &WorkerArgs) -> Command {
+        let mut cmd = Command::new(&self.path);
+        if self.via_test {
+            // libtest runs the one hidden test (it is #[ignore]d, so only with --ignored),
+            // on one thread, printing nothing of its own but a header line.
+            cmd.args([
+                TEST_WORKER_NAME,
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+                "-q",
+            ])
+            .env(TEST_WORKER_ENV, args.to_args().join(" "));
+        } else {
+            cmd.args(args.to_args());
+        }
+        cmd
+    }
+}
+
 /// Spawns worker `id` and begins its handshake; [`Starting::poll`] takes it from there.
 pub(crate) fn spawn_worker(
-    exe: &Path,
+    exe: &WorkerExe,
     dir: &PrivateDir,
     shm_fd: std::os::fd::RawFd,
     id: usize,
     timeout: Duration,
     pin: &[usize],
 ) -> Result<Starting> {
-    let fail = |e: io::Error| spawn_error(id, exe, e);
+    let fail = |e: io::Error| spawn_error(id, &exe.path, e);
     let (report, report_end) = io::pipe().map_err(fail)?;
     // The worker's stdout and stderr go through one pipe to a thread that prints each line
     // on our stderr as `[worker N] ...`: a kernel's println! never mixes into the report on
@@ -357,9 +399,8 @@ pub(crate) fn spawn_worker(
         report_fd: report_end.as_raw_fd(),
         timeout,
     };
-    let mut cmd = Command::new(exe);
-    cmd.args(args.to_args())
-        .env("TMPDIR", dir.path())
+    let mut cmd = exe.command(&args);
+    cmd.env("TMPDIR", dir.path())
         .stdin(Stdio::null())
         .stdout(output_end)
         .stderr(output_end2);
@@ -385,6 +426,7 @@ pub(crate) fn spawn_worker(
         report: Some(report),
         reported: Vec::new(),
         output_pipe: Some(output),
+        test_header: exe.via_test,
         output: None,
         connected: None,
     };
@@ -410,7 +452,7 @@ pub(crate) fn far_future() -> Instant {
 /// returns.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn start_workers(
-    exe: &Path,
+    exe: &WorkerExe,
     dir: &PrivateDir,
     shm_fd: std::os::fd::RawFd,
     ids: std::ops::Range<usize>,
@@ -614,7 +656,7 @@ pub(crate) fn fork_workers(
         }
     }
     for (s, (_, reader)) in started.iter_mut().zip(readers) {
-        s.output = forward_output(s.id, reader);
+        s.output = forward_output(s.id, reader, false);
     }
     Ok(started)
 }
@@ -648,18 +690,25 @@ pub(crate) fn kill_and_reap(child: &mut Process) {
 
 /// Copies a worker's output to our stderr, one `[worker N] line` at a time, until the
 /// worker exits. `None` if no thread could be started (the output is then dropped).
-fn forward_output(id: usize, reader: io::PipeReader) -> Option<JoinHandle<()>> {
+/// With `test_header`, the test harness's own first lines (blank, `running 1 test`) are
+/// left out.
+fn forward_output(id: usize, reader: io::PipeReader, test_header: bool) -> Option<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("procpool-out-{id}"))
         .stack_size(64 * 1024)
         .spawn(move || {
             let mut lines = BufReader::new(reader);
             let mut line = Vec::new();
+            let mut in_header = test_header;
             loop {
                 line.clear();
                 match lines.read_until(b'\n', &mut line) {
                     Ok(0) | Err(_) => return,
+                    Ok(_)
+                        if in_header
+                            && (line.trim_ascii().is_empty() || line.starts_with(b"running ")) => {}
                     Ok(_) => {
+                        in_header = false;
                         if line.last() != Some(&b'\n') {
                             line.push(b'\n');
                         }
