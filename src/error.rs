@@ -54,19 +54,6 @@ pub enum Error {
         timeout: Duration,
     },
 
-    /// A worker died while it held work.
-    #[error("worker {id} (pid {pid}) {cause}{}", held_text(.chunks))]
-    WorkerDied {
-        /// The worker's id.
-        id: usize,
-        /// Its process id.
-        pid: u32,
-        /// How it ended.
-        cause: ExitCause,
-        /// The chunks it held when it died.
-        chunks: Vec<u64>,
-    },
-
     /// A worker reported that it cannot run the job.
     #[error("worker {id} (pid {pid}) cannot run the job: {message}")]
     WorkerFailed {
@@ -81,7 +68,7 @@ pub enum Error {
     /// A chunk failed on every attempt (each attempt killed or timed out its worker).
     #[error(
         "chunk {chunk} (elements {start}..{end}) failed {attempts} time{}, the retry limit; \
-         last: {last_cause}",
+         last: {last}",
         if *.attempts == 1 { "" } else { "s" }
     )]
     ChunkFailed {
@@ -93,19 +80,19 @@ pub enum Error {
         end: u64,
         /// How many times it was tried.
         attempts: u32,
-        /// What happened on the last attempt.
-        last_cause: String,
+        /// The worker lost on the last attempt.
+        last: Loss,
     },
 
     /// Workers died more often than the restart limit allows.
-    #[error("{restarts} worker restarts exceed --max-restarts {limit}; last: {last_cause}")]
+    #[error("{restarts} worker restarts exceed --max-restarts {limit}; last: {last}")]
     TooManyRestarts {
         /// Restarts so far.
         restarts: u64,
         /// The limit.
         limit: u64,
-        /// The last death.
-        last_cause: String,
+        /// The last worker lost.
+        last: Loss,
     },
 
     /// SIGINT or SIGTERM stopped the job; every worker was stopped and reaped.
@@ -151,15 +138,6 @@ pub enum Error {
     /// Another operating-system error.
     #[error(transparent)]
     Io(#[from] io::Error),
-}
-
-fn held_text(chunks: &[u64]) -> String {
-    let list = |cs: &[u64]| cs.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
-    match chunks {
-        [] => " while idle".to_string(),
-        [c] => format!(" while running chunk {c}"),
-        [c, queued @ ..] => format!(" while running chunk {c} ({} queued)", list(queued)),
-    }
 }
 
 fn signal_name(signal: i32) -> String {
@@ -246,8 +224,18 @@ impl Error {
             Error::Spawn { id, .. }
             | Error::HandshakeExit { id, .. }
             | Error::HandshakeTimeout { id, .. }
-            | Error::WorkerDied { id, .. }
             | Error::WorkerFailed { id, .. } => Some(id),
+            Error::ChunkFailed { last, .. } | Error::TooManyRestarts { last, .. } => {
+                Some(last.worker)
+            }
+            _ => None,
+        }
+    }
+
+    /// The last worker lost, when losing workers is what failed the job.
+    pub fn loss(&self) -> Option<Loss> {
+        match *self {
+            Error::ChunkFailed { last, .. } | Error::TooManyRestarts { last, .. } => Some(last),
             _ => None,
         }
     }
@@ -306,6 +294,81 @@ impl fmt::Display for ExitCause {
     }
 }
 
+/// Why procpool lost a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LossCause {
+    /// The process ended: it exited, or a signal killed it.
+    Ended(ExitCause),
+    /// Its chunk ran longer than the chunk timeout; procpool killed it.
+    TimedOut(Duration),
+    /// It did not connect within the handshake timeout; procpool killed it.
+    NoHandshake(Duration),
+}
+
+impl fmt::Display for LossCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LossCause::Ended(cause) => write!(f, "{cause}"),
+            LossCause::TimedOut(limit) => write!(f, "timed out after {limit:?} (killed)"),
+            LossCause::NoHandshake(limit) => write!(f, "did not connect within {limit:?} (killed)"),
+        }
+    }
+}
+
+/// What a lost worker was doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Doing {
+    /// Running this chunk (more may have been queued behind it).
+    Running(u64),
+    /// Nothing: it held no chunk.
+    Idle,
+    /// Starting: it had not connected yet.
+    Starting,
+}
+
+/// A worker procpool lost: which, how, and what it was doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loss {
+    /// The worker's id (its replacement takes the same id).
+    pub worker: usize,
+    /// The lost process's id.
+    pub pid: u32,
+    /// How it was lost.
+    pub cause: LossCause,
+    /// What it was doing then.
+    pub doing: Doing,
+}
+
+impl Loss {
+    /// The cause as the report's `deaths` say it: "killed by SIGKILL", "killed by SIGKILL
+    /// before it connected", "timed out after 500ms (killed)".
+    pub fn cause_text(&self) -> String {
+        match (self.doing, self.cause) {
+            (Doing::Starting, LossCause::Ended(_)) => format!("{} before it connected", self.cause),
+            _ => self.cause.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Loss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "worker {} (pid {}) {}",
+            self.worker,
+            self.pid,
+            self.cause_text()
+        )?;
+        match self.doing {
+            Doing::Running(chunk) => write!(f, " while running chunk {chunk}"),
+            Doing::Idle => write!(f, " while idle"),
+            Doing::Starting => Ok(()),
+        }
+    }
+}
+
 /// Shorthand for results in this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -314,20 +377,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn worker_death_reads_as_a_sentence() {
-        let e = Error::WorkerDied {
-            id: 2,
+    fn a_lost_worker_reads_as_a_sentence() {
+        let sigkill = ExitCause::Signaled {
+            signal: 9,
+            core_dumped: false,
+        };
+        let loss = Loss {
+            worker: 2,
             pid: 4242,
-            cause: ExitCause::Signaled {
-                signal: 9,
-                core_dumped: false,
-            },
-            chunks: vec![7],
+            cause: LossCause::Ended(sigkill),
+            doing: Doing::Running(7),
         };
         assert_eq!(
-            e.to_string(),
+            loss.to_string(),
             "worker 2 (pid 4242) killed by SIGKILL while running chunk 7"
         );
-        assert_eq!(e.worker(), Some(2));
+        let e = Error::ChunkFailed {
+            chunk: 7,
+            start: 70,
+            end: 80,
+            attempts: 4,
+            last: loss,
+        };
+        assert!(
+            e.to_string()
+                .ends_with("; last: worker 2 (pid 4242) killed by SIGKILL while running chunk 7"),
+            "{e}"
+        );
+        assert_eq!(e.chunk(), Some(7));
+        assert_eq!((e.worker(), e.loss()), (Some(2), Some(loss)));
+        let starting = Loss {
+            doing: Doing::Starting,
+            ..loss
+        };
+        assert_eq!(
+            starting.cause_text(),
+            "killed by SIGKILL before it connected"
+        );
+        let hung = Loss {
+            cause: LossCause::NoHandshake(Duration::from_secs(2)),
+            doing: Doing::Starting,
+            ..loss
+        };
+        assert_eq!(
+            hung.to_string(),
+            "worker 2 (pid 4242) did not connect within 2s (killed)"
+        );
+        let late = Loss {
+            cause: LossCause::TimedOut(Duration::from_millis(500)),
+            doing: Doing::Idle,
+            ..loss
+        };
+        assert_eq!(
+            late.to_string(),
+            "worker 2 (pid 4242) timed out after 500ms (killed) while idle"
+        );
     }
 }

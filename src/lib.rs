@@ -79,7 +79,7 @@ pub use engine::pool::{
 };
 pub use engine::protocol::Transport;
 pub use engine::schedule::Schedule;
-pub use error::{Error, ExitCause, Phase, Result};
+pub use error::{Doing, Error, ExitCause, Loss, LossCause, Phase, Result};
 pub use lab::model::{Mode, Report};
 pub use lab::run::{RunOptions, run, run_inspect};
 pub use workload::{Element, Registry, Workload};

@@ -36,7 +36,7 @@ use super::observe::{self, Event};
 use super::{Death, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
 use crate::engine::protocol::{FromWorker, JobSpec, Layout, ToWorker, Transport, wire_size};
 use crate::engine::schedule::{Chunk, Dispenser, Schedule};
-use crate::error::{Error, Phase, Result};
+use crate::error::{Error, LossCause, Phase, Result};
 
 /// How often the loop looks at the clock and the interrupt flag when no message arrives.
 const TICK: Duration = Duration::from_millis(20);
@@ -165,7 +165,7 @@ fn write_windows(
 }
 
 /// Why a worker is being replaced.
-enum Loss {
+enum Why {
     /// Its channel closed: read the exit status.
     Died,
     /// Its chunk ran past the limit: we killed it.
@@ -280,7 +280,7 @@ impl Pool {
             }
             while let Some((w, pid)) = job.dead.pop() {
                 if self.workers[w].pid == pid {
-                    self.replace(w, Loss::Died, &mut job)?;
+                    self.replace(w, Why::Died, &mut job)?;
                 }
             }
             self.poll_starting(&mut job)?;
@@ -311,7 +311,7 @@ impl Pool {
             if let Some(limit) = self.supervision.chunk_timeout {
                 for w in job.ledger.late(Instant::now()) {
                     crate::engine::sys::kill_hard(self.workers[w].pid);
-                    self.replace(w, Loss::TimedOut(limit), &mut job)?;
+                    self.replace(w, Why::TimedOut(limit), &mut job)?;
                 }
             }
             self.windows_written(&mut job)?;
@@ -441,7 +441,7 @@ impl Pool {
                 }
             }
             IpcSelectionResult::ChannelClosed(rid) => match self.by_receiver.get(&rid).copied() {
-                Some(w) => self.replace(w, Loss::Died, job),
+                Some(w) => self.replace(w, Why::Died, job),
                 None => Ok(()),
             },
         }
@@ -550,20 +550,20 @@ impl Pool {
 
     /// Reaps worker `w`, hands its chunks out again (blaming the one it was running), and
     /// starts a replacement with the same id.
-    fn replace(&mut self, w: usize, loss: Loss, job: &mut Job) -> Result<()> {
+    fn replace(&mut self, w: usize, why: Why, job: &mut Job) -> Result<()> {
         let slot = &mut self.workers[w];
         if let Some(rid) = slot.rid.take() {
             self.by_receiver.remove(&rid);
         }
         let (pid, slot_id) = (slot.pid, slot.id);
         let exit = slot.reap(Duration::from_secs(1));
-        let cause = match loss {
-            Loss::Died => exit.to_string(),
-            Loss::TimedOut(limit) => format!("timed out after {limit:?} (killed)"),
+        let cause = match why {
+            Why::Died => LossCause::Ended(exit),
+            Why::TimedOut(limit) => LossCause::TimedOut(limit),
         };
-        let lost = job.ledger.lose(w, slot_id, pid, &cause)?;
-        let (running, death_text) = (lost.running, lost.text);
-        let (worker, what) = (slot_id, death_text.as_str());
+        let lost = job.ledger.lose(w, slot_id, pid, cause)?;
+        let (running, text) = (lost.running, lost.loss.to_string());
+        let (worker, what) = (slot_id, text.as_str());
         observe::tell(&self.observer, Event::WorkerLost { worker, pid, what });
         let id = self.workers[w].id;
         // Replacements are always spawned: by now this process has threads, so it may not
@@ -572,7 +572,7 @@ impl Pool {
         job.deaths.push(Death {
             id,
             pid,
-            cause,
+            cause: lost.loss.cause_text(),
             chunk: running,
             replaced_by: Some(new_pid),
         });
@@ -625,9 +625,10 @@ impl Pool {
                     if !failure.retryable() {
                         return Err(failure.into_error());
                     }
-                    let death_text = format!("worker {id} (pid {pid}) {}", failure.cause());
-                    job.ledger.restart(&death_text)?;
-                    let what = death_text.as_str();
+                    let loss = failure.loss(id, pid);
+                    job.ledger.restart(loss)?;
+                    let text = loss.to_string();
+                    let what = text.as_str();
                     let lost = Event::WorkerLost {
                         worker: id,
                         pid,
@@ -638,7 +639,7 @@ impl Pool {
                     job.deaths.push(Death {
                         id,
                         pid,
-                        cause: failure.cause(),
+                        cause: loss.cause_text(),
                         chunk: None,
                         replaced_by: Some(new_pid),
                     });

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::engine::schedule::{Chunk, Dispenser};
-use crate::error::{Error, Result};
+use crate::error::{Doing, Error, Loss, LossCause, Result};
 
 /// A chunk a worker holds, with its attempt number (0 the first time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +38,9 @@ struct Holding {
 pub(crate) struct Lost {
     /// The chunk it was running, now blamed.
     pub(crate) running: Option<u64>,
-    /// "worker 2 (pid 812) killed by SIGKILL while running chunk 7".
-    pub(crate) text: String,
+    /// Who, how, and what it was doing: "worker 2 (pid 812) killed by SIGKILL while
+    /// running chunk 7".
+    pub(crate) loss: Loss,
 }
 
 /// The ledger of one job.
@@ -145,13 +146,15 @@ impl Ledger {
     /// "timed out after 1s (killed)"). Its running chunk is blamed and everything it held
     /// goes back, first in line; one restart is counted. Fails the job when the blamed chunk
     /// is out of retries or the restarts are out of the limit.
-    pub(crate) fn lose(&mut self, w: usize, id: usize, pid: u32, cause: &str) -> Result<Lost> {
+    pub(crate) fn lose(&mut self, w: usize, id: usize, pid: u32, cause: LossCause) -> Result<Lost> {
         let held = std::mem::take(&mut self.holding[w].chunks);
         self.holding[w].front_since = None;
         let running = held.front().map(|c| c.chunk.id);
-        let text = match running {
-            Some(c) => format!("worker {id} (pid {pid}) {cause} while running chunk {c}"),
-            None => format!("worker {id} (pid {pid}) {cause} while idle"),
+        let loss = Loss {
+            worker: id,
+            pid,
+            cause,
+            doing: running.map_or(Doing::Idle, Doing::Running),
         };
         // Requeue in order, the blamed chunk first so it is retried soonest.
         for (k, &c) in held.iter().enumerate().rev() {
@@ -162,25 +165,25 @@ impl Ledger {
                     start: c.chunk.start,
                     end: c.chunk.end,
                     attempts: attempt,
-                    last_cause: text,
+                    last: loss,
                 });
             }
             self.retry.push_front(HeldChunk { attempt, ..c });
             self.retried_chunks += 1;
         }
-        self.restart(&text)?;
-        Ok(Lost { running, text })
+        self.restart(loss)?;
+        Ok(Lost { running, loss })
     }
 
     /// Counts one restart (a worker lost, or a start that failed); fails the job past the
     /// limit, naming `last`.
-    pub(crate) fn restart(&mut self, last: &str) -> Result<()> {
+    pub(crate) fn restart(&mut self, last: Loss) -> Result<()> {
         self.restarts += 1;
         if self.restarts > self.max_restarts {
             return Err(Error::TooManyRestarts {
                 restarts: self.restarts,
                 limit: self.max_restarts,
-                last_cause: last.to_string(),
+                last,
             });
         }
         Ok(())
@@ -218,6 +221,16 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ExitCause;
+
+    const SIGKILL: LossCause = LossCause::Ended(ExitCause::Signaled {
+        signal: 9,
+        core_dumped: false,
+    });
+    const SIGSEGV: LossCause = LossCause::Ended(ExitCause::Signaled {
+        signal: 11,
+        core_dumped: false,
+    });
     use crate::engine::schedule::Schedule;
 
     /// 10 chunks of 10 elements, dynamic.
@@ -238,7 +251,7 @@ mod tests {
         let (chunk, _) = l.done(0, 0, t).unwrap();
         assert_eq!(chunk.id, 0);
         assert_eq!(l.held_by(0), 1);
-        l.lose(0, 0, 100, "killed by SIGKILL").unwrap();
+        l.lose(0, 0, 100, SIGKILL).unwrap();
         let again = l.hand_out(1, &mut d, t).unwrap();
         assert_eq!((again.chunk.id, again.attempt), (1, 1));
         assert_eq!(l.hand_out(1, &mut d, t).unwrap().chunk.id, 2);
@@ -252,10 +265,10 @@ mod tests {
         for _ in 0..3 {
             l.hand_out(0, &mut d, t);
         }
-        let lost = l.lose(0, 0, 42, "killed by SIGKILL").unwrap();
+        let lost = l.lose(0, 0, 42, SIGKILL).unwrap();
         assert_eq!(lost.running, Some(0));
         assert_eq!(
-            lost.text,
+            lost.loss.to_string(),
             "worker 0 (pid 42) killed by SIGKILL while running chunk 0"
         );
         assert_eq!(l.retried_chunks(), 3);
@@ -265,9 +278,11 @@ mod tests {
             .map(|c| (c.chunk.id, c.attempt))
             .collect();
         assert_eq!(order, vec![(0, 1), (1, 0), (2, 0)]);
-        let idle = l.lose(0, 0, 43, "exited with status 3").unwrap();
+        let idle = l
+            .lose(0, 0, 43, LossCause::Ended(ExitCause::Exited(3)))
+            .unwrap();
         assert_eq!(idle.running, None);
-        assert!(idle.text.ends_with("while idle"), "{}", idle.text);
+        assert_eq!(idle.loss.doing, Doing::Idle);
     }
 
     #[test]
@@ -279,10 +294,10 @@ mod tests {
             let c = l.hand_out(0, &mut d, t).unwrap();
             assert_eq!((c.chunk.id, c.attempt), (0, attempt));
             if attempt < 2 {
-                l.lose(0, 0, 1, "killed by SIGSEGV").unwrap();
+                l.lose(0, 0, 1, SIGSEGV).unwrap();
             }
         }
-        let err = l.lose(0, 0, 1, "killed by SIGSEGV").unwrap_err();
+        let err = l.lose(0, 0, 1, SIGSEGV).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -299,17 +314,25 @@ mod tests {
     #[test]
     fn restarts_past_the_limit_fail_the_job_counting_those_spent_at_start() {
         let mut l = Ledger::new(1, 100, 3, None, 2);
-        l.restart("worker 0 (pid 1) killed by SIGKILL before it connected")
-            .unwrap();
-        let err = l.lose(0, 0, 2, "killed by SIGKILL").unwrap_err();
+        let at_start = Loss {
+            worker: 0,
+            pid: 1,
+            cause: SIGKILL,
+            doing: Doing::Starting,
+        };
+        l.restart(at_start).unwrap();
+        let err = l.lose(0, 0, 2, SIGKILL).unwrap_err();
         match err {
             Error::TooManyRestarts {
                 restarts,
                 limit,
-                last_cause,
+                last,
             } => {
                 assert_eq!((restarts, limit), (4, 3));
-                assert_eq!(last_cause, "worker 0 (pid 2) killed by SIGKILL while idle");
+                assert_eq!(
+                    last.to_string(),
+                    "worker 0 (pid 2) killed by SIGKILL while idle"
+                );
             }
             other => panic!("{other}"),
         }

@@ -36,7 +36,7 @@ use crate::engine::protocol::{
 };
 use crate::engine::sys::{ExitCause, Process, prepare_worker_command};
 use crate::engine::worker::WorkerArgs;
-use crate::error::{Error, Phase, Result};
+use crate::error::{Doing, Error, Loss, LossCause, Phase, Result};
 use crate::workload::Registry;
 
 /// How often a start in progress is looked at when nothing else wakes the caller.
@@ -90,13 +90,19 @@ impl StartFailure {
     }
 
     /// In words, for a [`Death`] record: "killed by SIGKILL before it connected".
-    pub(crate) fn cause(&self) -> String {
-        match self {
-            StartFailure::Died { cause, .. } => format!("{cause} before it connected"),
-            StartFailure::TimedOut { timeout, .. } => {
-                format!("did not connect within {timeout:?} (killed)")
-            }
-            StartFailure::Refused { message } => message.clone(),
+    /// The lost start as a [`Loss`] of worker `id`, process `pid`. (A refusal kills the
+    /// worker, which ends it; its message is in [`StartFailure::into_error`].)
+    pub(crate) fn loss(&self, id: usize, pid: u32) -> Loss {
+        let cause = match self {
+            StartFailure::Died { cause, .. } => LossCause::Ended(*cause),
+            StartFailure::TimedOut { timeout, .. } => LossCause::NoHandshake(*timeout),
+            StartFailure::Refused { .. } => LossCause::Ended(ExitCause::Unknown),
+        };
+        Loss {
+            worker: id,
+            pid,
+            cause,
+            doing: Doing::Starting,
         }
     }
 
@@ -538,7 +544,7 @@ fn wait_ready(
                     deaths.push(Death {
                         id,
                         pid,
-                        cause: failure.cause(),
+                        cause: failure.loss(id, pid).cause_text(),
                         chunk: None,
                         replaced_by: Some(next.pid),
                     });
@@ -548,7 +554,7 @@ fn wait_ready(
                     return Err(Error::TooManyRestarts {
                         restarts: restarts + 1,
                         limit: max_restarts,
-                        last_cause: format!("worker {} (pid {}) {}", s.id, s.pid, failure.cause()),
+                        last: failure.loss(s.id, s.pid),
                     });
                 }
                 Progress::Failed(failure) => return Err(failure.into_error()),
