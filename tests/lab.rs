@@ -393,14 +393,15 @@ fn ipc_bench_reports_latency_percentiles_and_throughput_per_size() {
 #[test]
 fn progress_bar_shows_on_a_terminal_only_and_never_with_json() {
     // `script` gives procpool a pseudo-terminal, as a user's shell would.
-    if std::process::Command::new("script")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("`script` (util-linux) is not installed: no terminal to test with");
-        return;
-    }
+    // Without it there is no terminal to test with: fail, rather than pass having checked
+    // nothing.
+    assert!(
+        std::process::Command::new("script")
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success()),
+        "this test needs `script` from util-linux (Debian: bsdutils) to give procpool a terminal"
+    );
     let run = |extra: &str| {
         let command = format!(
             "{} --workers 2 sleep 24 --ms 100 --no-baseline{extra}",

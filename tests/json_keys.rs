@@ -1,0 +1,955 @@
+//! Every key of `procpool --json` that README.md's "### JSON" section documents is printed,
+//! with the right type and a plausible value; and every key procpool prints is documented
+//! there, so a new key cannot appear without the README saying what it means.
+//!
+//! The runs are chosen so that each key carries a meaningful value at least once: a plain
+//! run, `--repeat`, `--chunk-size auto`, `--output`, a worker death, `--mode threads` and
+//! `single`, a corrupted result, `--no-baseline`, and a pinned `sleep` run over the channels.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{EXIT_FAILED, EXIT_OK, Outcome, Sandbox, close, squares_checksum};
+use serde_json::Value;
+
+/// The top-level keys (`src/report/mod.rs`, struct `Report`, in its order).
+const TOP: &[&str] = &[
+    "workload",
+    "params",
+    "mode",
+    "start",
+    "schedule",
+    "transport",
+    "pinned",
+    "n",
+    "workers",
+    "chunk_size",
+    "chunks",
+    "auto_chunk",
+    "inflight",
+    "cores_logical",
+    "cores_physical",
+    "baseline_wall_s",
+    "baseline_estimated",
+    "pool_wall_s",
+    "spawn_s",
+    "run_s",
+    "compute_s",
+    "compute_max_s",
+    "breakdown",
+    "chunk_rtt_mean_s",
+    "chunk_compute_mean_s",
+    "speedup",
+    "efficiency",
+    "verified",
+    "mismatch",
+    "checksum",
+    "ipc_messages",
+    "ipc_bytes",
+    "channel_result_bytes",
+    "shm_bytes",
+    "per_worker",
+    "restarts",
+    "retried_chunks",
+    "deaths",
+    "reduction",
+    "baseline_reduction",
+    "repeat",
+    "output",
+    "parent_peak_rss_bytes",
+    "advice",
+    "warnings",
+];
+const BREAKDOWN: &[&str] = &[
+    "total_s",
+    "spawn_s",
+    "compute_s",
+    "ipc_wait_s",
+    "imbalance_idle_s",
+    "verify_s",
+];
+const WORKER: &[&str] = &[
+    "id",
+    "pid",
+    "chunks",
+    "compute_s",
+    "cpu_s",
+    "peak_rss_bytes",
+    "idle_end_s",
+    "cpu",
+];
+const DEATH: &[&str] = &["id", "pid", "cause", "chunk", "replaced_by"];
+const AUTO_CHUNK: &[&str] = &[
+    "chosen",
+    "probe_size",
+    "per_element_s",
+    "overhead_s",
+    "reason",
+];
+const REPEAT: &[&str] = &["runs", "warmup", "baseline_s", "pool_s", "speedup"];
+/// `repeat.baseline_s` and `repeat.pool_s`.
+const SUMMARY: &[&str] = &["mean", "sd", "min", "max", "runs"];
+/// `repeat.speedup`.
+const RATIO: &[&str] = &["value", "sd"];
+const OUTPUT: &[&str] = &["path", "bytes", "windows", "window_bytes", "write_s"];
+const MISMATCH: &[&str] = &["index", "pool", "baseline"];
+const ADVICE: &[&str] = &["limit", "text"];
+/// Every value `advice[].limit` may take.
+const LIMITS: &[&str] = &[
+    "start-dominated",
+    "ipc-bound",
+    "oversubscribed",
+    "imbalanced",
+    "memory-bound",
+    "io-bound",
+    "scaling",
+];
+/// Names the README section puts in backticks that are values, not keys (besides `LIMITS`).
+const VALUES: &[&str] = &[
+    "processes",
+    "threads",
+    "single",
+    "spawn",
+    "fork",
+    "static",
+    "dynamic",
+    "guided",
+    "shm",
+    "channel",
+    "null",
+    "sleep",
+];
+
+const N: u64 = 100_000;
+const N_ARG: &str = "1e5";
+/// `squares` writes one `u64` per element.
+const ELEM: u64 = 8;
+
+// ---- the README ------------------------------------------------------------------------
+
+/// README.md's "### JSON" section, up to the next heading.
+fn readme_json_section() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+    let readme = std::fs::read_to_string(path).expect("read README.md");
+    let start = readme
+        .find("\n### JSON\n")
+        .expect("README.md has a `### JSON` section")
+        + 1;
+    let body = &readme[start + "### JSON\n".len()..];
+    let end = body.find("\n#").map_or(body.len(), |i| i + 1);
+    body[..end].to_string()
+}
+
+/// The names in backticks in the README's JSON section that could be keys (lowercase letters
+/// and underscores only: options, expressions and kebab-case values are left out).
+fn documented() -> BTreeSet<String> {
+    let section = readme_json_section();
+    section
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .map(str::to_string)
+        .collect()
+}
+
+fn all_schema_keys() -> BTreeSet<&'static str> {
+    [
+        TOP, BREAKDOWN, WORKER, DEATH, AUTO_CHUNK, REPEAT, SUMMARY, RATIO, OUTPUT, MISMATCH, ADVICE,
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
+    .collect()
+}
+
+#[test]
+fn the_readme_documents_every_key_and_no_other() {
+    let documented = documented();
+    let schema = all_schema_keys();
+    let undocumented: Vec<_> = schema
+        .iter()
+        .filter(|k| !documented.contains(**k))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "README.md's ### JSON section does not name these keys: {undocumented:?}"
+    );
+    let unknown: Vec<_> = documented
+        .iter()
+        .filter(|d| {
+            let d = d.as_str();
+            !schema.contains(d) && !VALUES.contains(&d) && !LIMITS.contains(&d)
+        })
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "README.md's ### JSON section names keys procpool does not print: {unknown:?}"
+    );
+    let section = readme_json_section();
+    for limit in LIMITS {
+        assert!(
+            section.contains(&format!("`{limit}`")),
+            "README.md's ### JSON section does not list the advice limit `{limit}`"
+        );
+    }
+}
+
+/// Every key in `report`, at any depth (inside `params`, which belongs to the workload,
+/// excepted), is named in the README's JSON section.
+fn assert_documented(report: &Value) {
+    fn walk(v: &Value, path: &str, documented: &BTreeSet<String>, missing: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map {
+                    let here = format!("{path}.{k}");
+                    if !documented.contains(k) {
+                        missing.push(here.clone());
+                    }
+                    if here != ".params" {
+                        walk(child, &here, documented, missing);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, &format!("{path}[{i}]"), documented, missing);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut missing = Vec::new();
+    walk(report, "", &documented(), &mut missing);
+    assert!(
+        missing.is_empty(),
+        "procpool prints keys README.md's ### JSON section does not document: {missing:?}"
+    );
+}
+
+// ---- typed access ----------------------------------------------------------------------
+
+/// Asserts that `v` is an object with exactly the keys `expected`.
+fn assert_keys(v: &Value, expected: &[&str], what: &str) {
+    let map = v
+        .as_object()
+        .unwrap_or_else(|| panic!("{what} is not an object: {v}"));
+    let got: BTreeSet<&str> = map.keys().map(String::as_str).collect();
+    let want: BTreeSet<&str> = expected.iter().copied().collect();
+    let missing: Vec<_> = want.difference(&got).collect();
+    let extra: Vec<_> = got.difference(&want).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: missing keys {missing:?}, unexpected keys {extra:?} (update this test and \
+         README.md's ### JSON section together)\n{v}"
+    );
+}
+
+fn uint(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("`{key}` is not an unsigned integer: {}", v[key]))
+}
+
+/// A duration or other non-negative, finite number.
+fn secs(v: &Value, key: &str) -> f64 {
+    let x = v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("`{key}` is not a number: {}", v[key]));
+    assert!(
+        x.is_finite() && x >= 0.0,
+        "`{key}` is not a finite non-negative number: {x}"
+    );
+    x
+}
+
+fn boolean(v: &Value, key: &str) -> bool {
+    v[key]
+        .as_bool()
+        .unwrap_or_else(|| panic!("`{key}` is not a boolean: {}", v[key]))
+}
+
+fn text<'a>(v: &'a Value, key: &str) -> &'a str {
+    let s = v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("`{key}` is not a string: {}", v[key]));
+    assert!(!s.trim().is_empty(), "`{key}` is an empty string");
+    s
+}
+
+fn array<'a>(v: &'a Value, key: &str) -> &'a Vec<Value> {
+    v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("`{key}` is not an array: {}", v[key]))
+}
+
+fn null(v: &Value, key: &str) {
+    assert!(v[key].is_null(), "`{key}` should be null here: {}", v[key]);
+}
+
+/// Two measurements of the same time that procpool adds up itself: equal up to rounding.
+fn about(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 + 1e-6 * a.abs().max(b.abs())
+}
+
+// ---- what holds for every report -------------------------------------------------------
+
+/// What a run was asked to do, to check the report against.
+struct Asked {
+    workers: u64,
+    mode: &'static str,
+}
+
+/// Checks every key's type and the relations that hold in any run; returns the report.
+fn check_report(out: &Outcome, asked: &Asked) -> Value {
+    let r = out.json();
+    assert_keys(&r, TOP, "the report");
+    assert_documented(&r);
+
+    // What ran.
+    text(&r, "workload");
+    assert!(r["params"].is_object(), "params: {}", r["params"]);
+    let mode = text(&r, "mode");
+    assert_eq!(mode, asked.mode);
+    let processes = mode == "processes";
+    if processes {
+        assert!(
+            ["spawn", "fork"].contains(&text(&r, "start")),
+            "start: {}",
+            r["start"]
+        );
+        assert!(
+            ["shm", "channel"].contains(&text(&r, "transport")),
+            "transport: {}",
+            r["transport"]
+        );
+    } else {
+        null(&r, "start");
+        null(&r, "transport");
+    }
+    assert!(
+        ["static", "dynamic", "guided"].contains(&text(&r, "schedule")),
+        "schedule: {}",
+        r["schedule"]
+    );
+    let pinned = boolean(&r, "pinned");
+    let n = uint(&r, "n");
+    let workers = uint(&r, "workers");
+    assert_eq!(workers, asked.workers, "workers");
+    let chunk_size = uint(&r, "chunk_size");
+    let chunks = uint(&r, "chunks");
+    assert!(
+        chunk_size >= 1 && chunks >= 1,
+        "{chunks} chunks of {chunk_size}"
+    );
+    assert!(
+        u128::from(chunks) * u128::from(chunk_size) >= u128::from(n),
+        "{chunks} chunks of {chunk_size} cannot cover n = {n}"
+    );
+    assert!(r["auto_chunk"].is_null() || r["auto_chunk"].is_object());
+    assert!(uint(&r, "inflight") >= 1);
+    assert!(uint(&r, "cores_logical") >= 1);
+    assert!(r["cores_physical"].is_null() || uint(&r, "cores_physical") >= 1);
+
+    // The times.
+    let baseline = (!r["baseline_wall_s"].is_null()).then(|| secs(&r, "baseline_wall_s"));
+    boolean(&r, "baseline_estimated");
+    let pool = secs(&r, "pool_wall_s");
+    assert!(pool > 0.0, "pool_wall_s is 0");
+    let spawn = secs(&r, "spawn_s");
+    let run = secs(&r, "run_s");
+    let compute = secs(&r, "compute_s");
+    let compute_max = secs(&r, "compute_max_s");
+    secs(&r, "chunk_rtt_mean_s");
+    secs(&r, "chunk_compute_mean_s");
+
+    let b = &r["breakdown"];
+    assert_keys(b, BREAKDOWN, "breakdown");
+    let total = secs(b, "total_s");
+    for key in BREAKDOWN {
+        secs(b, key);
+    }
+    assert!(close(secs(b, "spawn_s"), spawn), "breakdown.spawn_s: {b}");
+    assert!(
+        about(spawn + run, total),
+        "spawn_s + run_s = {} but breakdown.total_s = {total}",
+        spawn + run
+    );
+    let parts = secs(b, "spawn_s")
+        + secs(b, "compute_s")
+        + secs(b, "ipc_wait_s")
+        + secs(b, "imbalance_idle_s");
+    assert!(
+        (parts - total).abs() <= 1e-6 + 0.01 * total,
+        "the breakdown's parts add up to {parts}, not total_s = {total}: {b}"
+    );
+
+    match baseline {
+        Some(baseline) => {
+            let speedup = secs(&r, "speedup");
+            assert!(close(speedup, baseline / pool), "speedup {speedup}");
+            let efficiency = secs(&r, "efficiency");
+            assert!(
+                close(efficiency, speedup / workers as f64),
+                "efficiency {efficiency}"
+            );
+            boolean(&r, "verified");
+        }
+        None => {
+            null(&r, "speedup");
+            null(&r, "efficiency");
+            null(&r, "verified");
+        }
+    }
+    if r["verified"] == false {
+        assert_keys(&r["mismatch"], MISMATCH, "mismatch");
+    } else {
+        null(&r, "mismatch");
+    }
+
+    // Messages and memory.
+    uint(&r, "checksum");
+    let messages = uint(&r, "ipc_messages");
+    let bytes = uint(&r, "ipc_bytes");
+    let channel = uint(&r, "channel_result_bytes");
+    let shm = uint(&r, "shm_bytes");
+    if processes {
+        assert!(
+            messages >= 2 * chunks,
+            "{messages} messages for {chunks} chunks"
+        );
+        assert!(bytes >= messages, "{bytes} bytes in {messages} messages");
+        assert!(
+            channel <= bytes,
+            "channel_result_bytes {channel} > ipc_bytes {bytes}"
+        );
+    } else {
+        assert_eq!((messages, bytes, channel, shm), (0, 0, 0, 0), "no IPC");
+    }
+    assert!(uint(&r, "parent_peak_rss_bytes") > 0);
+
+    // What each worker did.
+    let per_worker = array(&r, "per_worker");
+    assert_eq!(
+        per_worker.len() as u64,
+        workers,
+        "one per_worker entry per worker"
+    );
+    let mut chunk_sum = 0;
+    let mut compute_sum = 0.0;
+    let mut compute_top: f64 = 0.0;
+    for (i, w) in per_worker.iter().enumerate() {
+        assert_keys(w, WORKER, &format!("per_worker[{i}]"));
+        assert_eq!(uint(w, "id"), i as u64, "per_worker ids are 0..workers");
+        assert!(uint(w, "pid") > 0);
+        chunk_sum += uint(w, "chunks");
+        let c = secs(w, "compute_s");
+        compute_sum += c;
+        compute_top = compute_top.max(c);
+        secs(w, "idle_end_s");
+        if processes {
+            secs(w, "cpu_s");
+            assert!(uint(w, "peak_rss_bytes") > 0);
+        } else {
+            null(w, "cpu_s");
+            null(w, "peak_rss_bytes");
+        }
+        if pinned {
+            uint(w, "cpu");
+        } else {
+            null(w, "cpu");
+        }
+    }
+    assert_eq!(chunk_sum, chunks, "the workers' chunks add up to `chunks`");
+    assert!(
+        about(compute, compute_sum),
+        "compute_s {compute} ≠ {compute_sum}"
+    );
+    assert!(
+        close(compute_max, compute_top),
+        "compute_max_s {compute_max}"
+    );
+
+    // Supervision.
+    let restarts = uint(&r, "restarts");
+    let retried = uint(&r, "retried_chunks");
+    let deaths = array(&r, "deaths");
+    assert_eq!(
+        deaths.len() as u64,
+        restarts,
+        "one `deaths` entry per restart"
+    );
+    if restarts == 0 {
+        assert_eq!(retried, 0, "no chunk retried without a death");
+    }
+    for (i, d) in deaths.iter().enumerate() {
+        assert_keys(d, DEATH, &format!("deaths[{i}]"));
+        assert!(uint(d, "id") < workers);
+        uint(d, "pid");
+        text(d, "cause");
+    }
+
+    // The rest. No built-in workload has a reduction.
+    null(&r, "reduction");
+    null(&r, "baseline_reduction");
+    assert!(r["repeat"].is_null() || r["repeat"].is_object());
+    assert!(r["output"].is_null() || r["output"].is_object());
+    let advice = array(&r, "advice");
+    assert!(
+        !advice.is_empty(),
+        "there is always advice (`scaling` at least)"
+    );
+    for (i, a) in advice.iter().enumerate() {
+        assert_keys(a, ADVICE, &format!("advice[{i}]"));
+        let limit = text(a, "limit");
+        assert!(LIMITS.contains(&limit), "unknown advice limit `{limit}`");
+        text(a, "text");
+    }
+    for w in array(&r, "warnings") {
+        assert!(
+            w.as_str().is_some_and(|s| !s.trim().is_empty()),
+            "warnings are sentences: {w}"
+        );
+    }
+    r
+}
+
+/// Runs `args` in a fresh sandbox, expects `code`, and checks that nothing was left behind.
+fn run(args: &[&str], code: i32) -> Outcome {
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(args);
+    out.assert_code(code);
+    sandbox.assert_nothing_left(&out);
+    out
+}
+
+/// A `squares` run that verified, with the right checksum.
+fn assert_squares_verified(r: &Value) {
+    assert_eq!(r["workload"], "squares");
+    assert_eq!(r["params"], serde_json::json!({}));
+    assert_eq!(uint(r, "n"), N);
+    assert_eq!(r["verified"], true);
+    assert_eq!(uint(r, "checksum"), squares_checksum(N));
+}
+
+// ---- the runs --------------------------------------------------------------------------
+
+#[test]
+fn a_plain_run_prints_every_key() {
+    let out = run(&["--workers", "2", "squares", N_ARG, "--json"], EXIT_OK);
+    let r = check_report(
+        &out,
+        &Asked {
+            workers: 2,
+            mode: "processes",
+        },
+    );
+    assert_squares_verified(&r);
+    assert_eq!(r["start"], "spawn");
+    assert_eq!(r["transport"], "shm");
+    assert_eq!(r["schedule"], "dynamic");
+    assert_eq!(r["pinned"], false);
+    assert_eq!(uint(&r, "inflight"), 2, "the default --inflight");
+    assert_eq!(r["baseline_estimated"], false);
+    assert!(secs(&r, "baseline_wall_s") > 0.0);
+    // One round: the pool's wall time is that round's.
+    assert!(close(
+        secs(&r, "pool_wall_s"),
+        secs(&r["breakdown"], "total_s")
+    ));
+    assert!(secs(&r, "compute_s") > 0.0);
+    assert_eq!(uint(&r, "shm_bytes"), N * ELEM, "every result through shm");
+    assert_eq!(uint(&r, "channel_result_bytes"), 0);
+    assert_eq!(uint(&r, "restarts"), 0);
+    assert!(array(&r, "deaths").is_empty());
+    for key in ["auto_chunk", "repeat", "output", "mismatch"] {
+        null(&r, key);
+    }
+}
+
+#[test]
+fn repeat_reports_runs_warmup_and_spreads() {
+    let out = run(
+        &[
+            "--workers",
+            "2",
+            "--repeat",
+            "3",
+            "--warmup",
+            "1",
+            "squares",
+            N_ARG,
+            "--json",
+        ],
+        EXIT_OK,
+    );
+    let r = check_report(
+        &out,
+        &Asked {
+            workers: 2,
+            mode: "processes",
+        },
+    );
+    assert_squares_verified(&r);
+    let rep = &r["repeat"];
+    assert_keys(rep, REPEAT, "repeat");
+    assert_eq!(uint(rep, "runs"), 3);
+    assert_eq!(uint(rep, "warmup"), 1);
+    for side in ["baseline_s", "pool_s"] {
+        let s = &rep[side];
+        assert_keys(s, SUMMARY, &format!("repeat.{side}"));
+        assert_eq!(uint(s, "runs"), 3, "repeat.{side}.runs");
+        let (mean, min, max) = (secs(s, "mean"), secs(s, "min"), secs(s, "max"));
+        secs(s, "sd");
+        assert!(
+            min > 0.0 && min <= mean * (1.0 + 1e-9) && mean <= max * (1.0 + 1e-9),
+            "repeat.{side}: min {min}, mean {mean}, max {max}"
+        );
+    }
+    let ratio = &rep["speedup"];
+    assert_keys(ratio, RATIO, "repeat.speedup");
+    let value = secs(ratio, "value");
+    secs(ratio, "sd");
+    let (b, p) = (
+        secs(&rep["baseline_s"], "mean"),
+        secs(&rep["pool_s"], "mean"),
+    );
+    assert!(close(value, b / p), "repeat.speedup.value {value}");
+    // The top-level wall times are the means over the rounds.
+    assert!(close(secs(&r, "pool_wall_s"), p));
+    assert!(close(secs(&r, "baseline_wall_s"), b));
+    assert!(close(secs(&r, "speedup"), value));
+}
+
+#[test]
+fn chunk_size_auto_says_what_it_chose_and_why() {
+    let out = run(
+        &[
+            "--workers",
+            "2",
+            "--chunk-size",
+            "auto",
+            "squares",
+            N_ARG,
+            "--json",
+        ],
+        EXIT_OK,
+    );
+    let r = check_report(
+        &out,
+        &Asked {
+            workers: 2,
+            mode: "processes",
+        },
+    );
+    assert_squares_verified(&r);
+    let a = &r["auto_chunk"];
+    assert_keys(a, AUTO_CHUNK, "auto_chunk");
+    assert_eq!(uint(a, "chosen"), uint(&r, "chunk_size"));
+    let probe = uint(a, "probe_size");
+    assert!((1..=N).contains(&probe), "probe_size {probe}");
+    secs(a, "per_element_s");
+    secs(a, "overhead_s");
+    text(a, "reason");
+}
+
+#[test]
+fn output_says_where_the_stream_went() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("squares.bin");
+    let path = file.to_str().unwrap();
+    let out = run(
+        &[
+            "--workers",
+            "2",
+            "squares",
+            N_ARG,
+            "--window-size",
+            "64KiB",
+            "--output",
+            path,
+            "--json",
+        ],
+        EXIT_OK,
+    );
+    let r = check_report(
+        &out,
+        &Asked {
+            workers: 2,
+            mode: "processes",
+        },
+    );
+    assert_squares_verified(&r);
+    let o = &r["output"];
+    assert_keys(o, OUTPUT, "output");
+    assert_eq!(text(o, "path"), path);
+    let bytes = uint(o, "bytes");
+    assert_eq!(bytes, N * ELEM);
+    let window = uint(o, "window_bytes");
+    assert!(
+        window > 0 && window <= 64 << 10 && window.is_multiple_of(ELEM),
+        "window_bytes {window}"
+    );
+    assert_eq!(uint(o, "windows"), bytes.div_ceil(window), "windows");
+    secs(o, "write_s");
+    // The file holds what the report says.
+    let data = std::fs::read(&file).expect("the output file exists");
+    assert_eq!(data.len() as u64, bytes);
+    let sum = data
+        .chunks_exact(8)
+        .map(|b| u64::from_ne_bytes(b.try_into().unwrap()))
+        .fold(0u64, u64::wrapping_add);
+    assert_eq!(sum, squares_checksum(N), "the file's elements");
+}
+
+#[test]
+fn a_death_names_the_worker_its_pid_cause_chunk_and_replacement() {
+    let out = run(
+        &[
+            "--workers",
+            "2",
+            "squares",
+            N_ARG,
+            "--inject",
+            "kill@1",
+            "--json",
+        ],
+        EXIT_OK,
+    );
+    let r = check_report(
+        &out,
+        &Asked {
+            workers: 2,
+            mode: "processes",
+        },
+    );
+    assert_squares_verified(&r);
+    assert_eq!(uint(&r, "restarts"), 1);
+    assert!(
+        uint(&r, "retried_chunks") >= 1,
+        "chunk 1 was handed out again"
+    );
+    let deaths = array(&r, "deaths");
+    assert_eq!(deaths.len(), 1, "{deaths:?}");
+    let d = &deaths[0];
+    let id = uint(d, "id") as usize;
+    let dead = uint(d, "pid");
+    assert!(
+        text(d, "cause").contains("SIGKILL"),
+        "cause: {}",
+        d["cause"]
+    );
+    assert_eq!(uint(d, "chunk"), 1);
+    let replacement = uint(d, "replaced_by");
+    let per_worker = array(&r, "per_worker");
+    assert_eq!(
+        uint(&per_worker[id], "pid"),
+        replacement,
+        "the replacement keeps the worker's id"
+    );
+    assert!(
+        per_worker.iter().all(|w| uint(w, "pid") != dead),
+        "the dead pid is no worker any more"
+    );
+    assert!(
+        out.stderr.contains(&format!("pid {dead}")),
+        "stderr names the death:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn threads_and_single_have_no_processes_to_report() {
+    let out = run(
+        &[
+            "--mode",
+            "threads",
+            "--workers",
+            "2",
+            "squares",
+            N_ARG,
+            "--json",
+        ],
+        EXIT_OK,
+    );
+    let r = check_report(
+        &out,
+        &Asked {
+            workers: 2,
+            mode: "threads",
+        },
+    );
+    assert_squares_verified(&r);
+    assert_eq!(r["pinned"], false);
+
+    let out = run(&["--mode", "single", "squares", N_ARG, "--json"], EXIT_OK);
+    let r = check_report(
+        &out,
+        &Asked {
+            workers: 1,
+            mode: "single",
+        },
+    );
+    assert_squares_verified(&r);
+}
+
+#[test]
+fn more_threads_than_cores_is_a_warning() {
+    let probe = run(&["--mode", "single", "squares", "10", "--json"], EXIT_OK);
+    let cores = uint(&probe.json(), "cores_logical");
+    let workers = (cores + 1).to_string();
+    let out = run(
+        &[
+            "--mode",
+            "threads",
+            "--workers",
+            &workers,
+            "squares",
+            N_ARG,
+            "--json",
+        ],
+        EXIT_OK,
+    );
+    let r = check_report(
+        &out,
+        &Asked {
+            workers: cores + 1,
+            mode: "threads",
+        },
+    );
+    assert_squares_verified(&r);
+    let warnings = array(&r, "warnings");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains(&format!("{workers} workers"))),
+        "{workers} workers on {cores} cores: {warnings:?}"
+    );
+}
+
+#[test]
+fn a_corrupted_result_reports_the_first_mismatch() {
+    let out = run(
+        &[
+            "--workers",
+            "2",
+            "squares",
+            N_ARG,
+            "--inject",
+            "corrupt@1",
+            "--json",
+        ],
+        EXIT_FAILED,
+    );
+    let r = check_report(
+        &out,
+        &Asked {
+            workers: 2,
+            mode: "processes",
+        },
+    );
+    assert_eq!(r["verified"], false);
+    let m = &r["mismatch"];
+    assert_keys(m, MISMATCH, "mismatch");
+    let index = uint(m, "index");
+    assert!(index < N, "index {index}");
+    let chunk_size = uint(&r, "chunk_size");
+    assert!(
+        (chunk_size..2 * chunk_size).contains(&index),
+        "the mismatch is in chunk 1: index {index}, chunk size {chunk_size}"
+    );
+    assert_eq!(
+        uint(m, "baseline"),
+        index * index,
+        "the single-process value"
+    );
+    assert_ne!(uint(m, "pool"), uint(m, "baseline"));
+}
+
+#[test]
+fn without_a_baseline_speedup_and_verified_are_null() {
+    let out = run(
+        &[
+            "--workers",
+            "2",
+            "squares",
+            N_ARG,
+            "--no-baseline",
+            "--json",
+        ],
+        EXIT_OK,
+    );
+    let r = check_report(
+        &out,
+        &Asked {
+            workers: 2,
+            mode: "processes",
+        },
+    );
+    for key in ["baseline_wall_s", "speedup", "efficiency", "verified"] {
+        null(&r, key);
+    }
+    assert_eq!(r["baseline_estimated"], false);
+    assert_eq!(uint(&r, "checksum"), squares_checksum(N));
+}
+
+#[test]
+fn a_pinned_sleep_over_the_channels() {
+    let out = run(
+        &[
+            "--workers",
+            "2",
+            "--pin",
+            "--transport",
+            "channel",
+            "sleep",
+            "4",
+            "--ms",
+            "2",
+            "--json",
+        ],
+        EXIT_OK,
+    );
+    let r = check_report(
+        &out,
+        &Asked {
+            workers: 2,
+            mode: "processes",
+        },
+    );
+    assert_eq!(r["workload"], "sleep");
+    assert_eq!(uint(&r, "n"), 4);
+    assert_eq!(
+        r["params"]["ms"].as_f64(),
+        Some(2.0),
+        "params: {}",
+        r["params"]
+    );
+    assert_eq!(r["verified"], true);
+    assert_eq!(uint(&r, "checksum"), 6, "0 + 1 + 2 + 3");
+    assert_eq!(r["baseline_estimated"], true);
+    assert!(
+        close(secs(&r, "baseline_wall_s"), 4.0 * 0.002),
+        "n × ms: {}",
+        r["baseline_wall_s"]
+    );
+    assert_eq!(r["pinned"], true);
+    assert_eq!(r["transport"], "channel");
+    assert_eq!(
+        uint(&r, "channel_result_bytes"),
+        4 * 8,
+        "every result by channel"
+    );
+    assert_eq!(uint(&r, "shm_bytes"), 0);
+    let cores = uint(&r, "cores_logical");
+    let cpus: BTreeSet<u64> = array(&r, "per_worker")
+        .iter()
+        .map(|w| uint(w, "cpu"))
+        .collect();
+    assert_eq!(
+        cpus.len() as u64,
+        cores.min(2),
+        "distinct CPUs while there are enough: {cpus:?}"
+    );
+}
