@@ -60,12 +60,14 @@
 //! when the job is done. The lab ([`run()`]) does that, then runs the same kernel in one
 //! process, compares, and fills in a [`Report`]; [`report`] turns it into text.
 //!
-//! The public API is the root's re-exports below, plus three modules: [`workload`] (the
-//! built-in workloads), [`lab`] (sweep, ipc-bench, the report's parts) and [`report`].
+//! The public API is the root's re-exports below, plus four modules: [`workload`] (the
+//! built-in workloads), [`error`] (what an [`Error`] holds: the lost worker, its exit
+//! cause, the interrupted phase), [`lab`] (sweep, ipc-bench, the report's parts) and
+//! [`report`].
 //!
 
 mod engine;
-mod error;
+pub mod error;
 pub mod lab;
 pub mod report;
 mod units;
@@ -79,7 +81,7 @@ pub use engine::pool::{
 };
 pub use engine::protocol::Transport;
 pub use engine::schedule::Schedule;
-pub use error::{Doing, Error, ExitCause, Loss, LossCause, Phase, Result};
+pub use error::{Error, Result};
 pub use lab::model::{Mode, Report};
 pub use lab::run::{RunOptions, run, run_inspect};
 pub use workload::{Element, Registry, Workload};

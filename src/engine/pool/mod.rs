@@ -94,7 +94,7 @@ pub struct Supervision {
     /// A chunk whose worker died or timed out is retried this many times, so it is tried at
     /// most `retries + 1` times; then the job fails naming the chunk.
     pub retries: u32,
-    /// Worker restarts allowed in one job (`None`: [`default_max_restarts`]).
+    /// Worker restarts allowed in one job (`None`: 10 + 2 × the number of workers).
     pub max_restarts: Option<u64>,
     /// A chunk running longer than this kills its worker and is retried like a crash.
     pub chunk_timeout: Option<Duration>,
@@ -172,7 +172,7 @@ impl PoolBuilder {
         self
     }
 
-    /// Chunks in flight per worker (default [`DEFAULT_INFLIGHT`]).
+    /// Chunks in flight per worker (default [`PoolBuilder::DEFAULT_INFLIGHT`]).
     pub fn inflight(mut self, inflight: usize) -> Self {
         self.inflight = inflight;
         self
@@ -219,7 +219,7 @@ impl PoolBuilder {
         self
     }
 
-    /// Retries per chunk (default [`DEFAULT_RETRIES`]).
+    /// Retries per chunk (default [`Supervision::DEFAULT_RETRIES`]).
     pub fn retries(mut self, retries: u32) -> Self {
         self.supervision.retries = retries;
         self
@@ -489,7 +489,8 @@ pub trait WindowSink {
 /// Options of one job.
 #[derive(Debug, Clone, Default)]
 pub struct JobOptions {
-    /// Chunk length in elements (default: depends on the schedule; see [`Dispenser::new`]).
+    /// Chunk length in elements (default: about 4 chunks per worker, one block per worker
+    /// with the static schedule, about 64 per worker for workloads that wait).
     pub chunk_size: Option<u64>,
     /// Measure the first chunks and choose the chunk length from them (dynamic and guided).
     pub auto_chunk: bool,
@@ -497,7 +498,7 @@ pub struct JobOptions {
     pub schedule: Schedule,
     /// How results come back.
     pub transport: Transport,
-    /// Faults to inject (see [`crate::engine::fault`]).
+    /// Faults to inject (see [`Fault`](crate::Fault)).
     pub faults: Vec<Fault>,
 }
 
