@@ -533,7 +533,7 @@ fn spawn_error(id: usize, exe: &Path, source: io::Error) -> Error {
     Error::Spawn {
         id,
         exe: exe.display().to_string(),
-        source,
+        os_error: source,
         hint,
     }
 }
@@ -607,7 +607,7 @@ pub(crate) fn fork_workers(
                 return Err(Error::Spawn {
                     id,
                     exe: "fork".into(),
-                    source: e,
+                    os_error: e,
                     hint: String::new(),
                 });
             }
