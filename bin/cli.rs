@@ -164,7 +164,7 @@ pub struct RunArgs {
     pub max_restarts: Option<u64>,
 
     /// Kill a worker whose chunk runs longer than this (e.g. 500ms, 2s) and retry the chunk
-    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration_arg)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
 
     /// On Ctrl-C or SIGTERM, how long workers get at each step: stop message, SIGTERM, SIGKILL
@@ -184,7 +184,7 @@ pub struct RunArgs {
 
     /// How long workers may take to start and connect back
     #[arg(long, global = true, value_name = "DURATION", default_value = "10s",
-          value_parser = parse_duration_arg)]
+          value_parser = parse_handshake_timeout)]
     pub handshake_timeout: Duration,
 }
 
@@ -329,6 +329,27 @@ fn parse_inflight(s: &str) -> Result<usize, String> {
     }
 }
 
+/// Every duration flag: a number and a unit, at most [`procpool::parse::MAX_DURATION`] (clap
+/// names the flag in front of the message).
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s)
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration_arg(s)? {
+        d if d.is_zero() => Err(format!(
+            "a chunk time limit of `{s}` kills every chunk: use at least 1ms, or omit \
+             --timeout for no limit"
+        )),
+        d => Ok(d),
+    }
+}
+
+fn parse_handshake_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration_arg(s)? {
+        d if d.is_zero() => Err(format!(
+            "`{s}` leaves workers no time to start: use at least 1ms (the default is 10s)"
+        )),
+        d => Ok(d),
+    }
 }

@@ -186,3 +186,36 @@ fn unusable_tmpdir_is_a_one_line_error_with_exit_1() {
     );
     assert_no_tagged_process(&out.tag, &out.args);
 }
+
+#[test]
+fn durations_longer_than_a_year_are_refused_naming_the_flag_and_the_limit() {
+    for flag in ["--timeout", "--grace", "--handshake-timeout"] {
+        let line = refused(&[
+            "--workers",
+            "2",
+            "squares",
+            "10",
+            flag,
+            "10000000000000000000s",
+        ]);
+        assert_names(&line, &[flag, "10000000000000000000s", "at most 365 days"]);
+    }
+}
+
+#[test]
+fn a_zero_timeout_is_refused_saying_how_to_have_none() {
+    let line = refused(&["--workers", "2", "squares", "10", "--timeout", "0s"]);
+    assert_names(
+        &line,
+        &["--timeout", "0s", "at least 1ms", "omit --timeout"],
+    );
+    let line = refused(&[
+        "--workers",
+        "2",
+        "squares",
+        "10",
+        "--handshake-timeout",
+        "0ms",
+    ]);
+    assert_names(&line, &["--handshake-timeout", "0ms", "at least 1ms"]);
+}

@@ -167,6 +167,40 @@ fn worker_death_during_a_job_is_survived_and_the_pool_stays_usable() {
 }
 
 #[test]
+fn the_longest_durations_a_caller_can_pass_run_a_job_and_stop_cleanly() {
+    let supervision = procpool::pool::Supervision {
+        chunk_timeout: Some(Duration::MAX),
+        grace: Duration::MAX,
+        ..Default::default()
+    };
+    let mut pool = Pool::builder()
+        .workers(2)
+        .worker_exe(EXE)
+        .handshake_timeout(Duration::MAX)
+        .supervision(supervision)
+        .build()
+        .expect("a pool with Duration::MAX everywhere starts");
+    let pids = pool.pids();
+    let run = pool.run(&Squares, 1000).expect("and runs a job");
+    assert_squares(run.results(), 1000);
+    drop(run);
+    pool.shutdown();
+    assert_reaped(&pids, "Duration::MAX pool");
+}
+
+#[test]
+fn a_zero_chunk_timeout_is_invalid_input() {
+    let err = Pool::builder()
+        .workers(1)
+        .worker_exe(EXE)
+        .chunk_timeout(Duration::ZERO)
+        .build()
+        .expect_err("a zero chunk timeout is refused");
+    assert!(err.is_invalid_input(), "{err}");
+    assert!(err.to_string().contains("--timeout"), "{err}");
+}
+
+#[test]
 fn zero_workers_is_invalid_input() {
     let err = Pool::builder()
         .workers(0)

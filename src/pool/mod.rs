@@ -223,7 +223,16 @@ impl PoolBuilder {
         }
         if self.handshake_timeout.is_zero() {
             return Err(Error::InvalidInput(
-                "--handshake-timeout must be more than 0".into(),
+                "--handshake-timeout 0s leaves workers no time to start: use at least 1ms \
+                 (the default is 10s)"
+                    .into(),
+            ));
+        }
+        if self.supervision.chunk_timeout == Some(Duration::ZERO) {
+            return Err(Error::InvalidInput(
+                "--timeout 0s kills every chunk: use at least 1ms, or omit --timeout for no \
+                 limit"
+                    .into(),
             ));
         }
         crate::limits::check_worker_limits(self.workers)?;
