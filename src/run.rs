@@ -70,6 +70,9 @@ pub struct RunOptions {
     pub start: StartMethod,
 }
 
+/// The most rounds (`--warmup` plus `--repeat`) one run may take.
+pub const MAX_ROUNDS: usize = 10_000;
+
 /// Which way to run the job.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -186,7 +189,8 @@ pub fn run_inspect<W: Workload>(
         options,
         &machine,
     )?;
-    let rounds = options.warmup + options.repeat.max(1);
+    // Bounded by `validate`.
+    let rounds = options.warmup.saturating_add(options.repeat.max(1));
     let mut inspect = Some(inspect);
     let mut measured: Vec<Round> = Vec::with_capacity(options.repeat.max(1));
     for round in 0..rounds {
@@ -598,6 +602,20 @@ fn validate(
         return Err(Error::InvalidInput(
             "--repeat must be at least 1 (got 0)".into(),
         ));
+    }
+    for (flag, value) in [("--repeat", options.repeat), ("--warmup", options.warmup)] {
+        if value > MAX_ROUNDS {
+            return Err(Error::InvalidInput(format!(
+                "{flag} {value} is too many rounds: at most {MAX_ROUNDS}"
+            )));
+        }
+    }
+    let rounds = options.warmup + options.repeat;
+    if rounds > MAX_ROUNDS {
+        return Err(Error::InvalidInput(format!(
+            "--warmup {} plus --repeat {} is {rounds} rounds: at most {MAX_ROUNDS} in all",
+            options.warmup, options.repeat
+        )));
     }
     if options.mode != Mode::Processes && options.transport != Transport::Shm {
         return Err(Error::InvalidInput(format!(

@@ -219,3 +219,34 @@ fn a_zero_timeout_is_refused_saying_how_to_have_none() {
     ]);
     assert_names(&line, &["--handshake-timeout", "0ms", "at least 1ms"]);
 }
+
+#[test]
+fn round_counts_that_would_overflow_are_refused_naming_the_flag() {
+    let line = refused(&[
+        "--workers",
+        "2",
+        "squares",
+        "10",
+        "--warmup",
+        "18446744073709551615",
+        "--repeat",
+        "2",
+    ]);
+    assert_names(
+        &line,
+        &["--warmup", "18446744073709551615", "at most 10000"],
+    );
+    let line = refused(&["--workers", "2", "squares", "10", "--repeat", "1e6"]);
+    assert_names(&line, &["--repeat", "1000000", "at most 10000"]);
+    let line = refused(&[
+        "--workers",
+        "2",
+        "squares",
+        "10",
+        "--warmup",
+        "6000",
+        "--repeat",
+        "6000",
+    ]);
+    assert_names(&line, &["--warmup 6000", "--repeat 6000", "at most 10000"]);
+}
