@@ -67,13 +67,13 @@ pub struct SweepArgs {
 #[derive(Debug, Args)]
 pub struct IpcBenchArgs {
     /// Round trips timed for the latency percentiles
-    #[arg(long, value_name = "N", default_value = "20000", value_parser = parse_n)]
+    #[arg(long, value_name = "N", default_value = "20000", allow_negative_numbers = true, value_parser = parse_n)]
     pub round_trips: u64,
     /// Skip the pinned variants
     #[arg(long)]
     pub no_pin: bool,
     /// Message sizes for the throughput table [default: 64B,256B,1KiB,…,1MiB]
-    #[arg(long, value_name = "SIZES", value_parser = parse_sizes)]
+    #[arg(long, value_name = "SIZES", allow_negative_numbers = true, value_parser = parse_sizes)]
     pub sizes: Option<List<u64>>,
 }
 
@@ -95,12 +95,12 @@ pub enum ChunkSize {
 pub struct RunArgs {
     /// Worker processes [default: the number of logical cores]; under `sweep`, a list
     /// (1,2,4,8)
-    #[arg(short, long, global = true, value_name = "W", value_parser = parse_workers)]
+    #[arg(short, long, global = true, value_name = "W", allow_negative_numbers = true, value_parser = parse_workers)]
     pub workers: Option<List<usize>>,
 
     /// Elements per chunk, or `auto` to measure and choose [default: about 4 chunks per
     /// worker, like Python's Pool.map]; under `sweep`, a list
-    #[arg(long, global = true, value_name = "N|auto", value_parser = parse_chunk_sizes)]
+    #[arg(long, global = true, value_name = "N|auto", allow_negative_numbers = true, value_parser = parse_chunk_sizes)]
     pub chunk_size: Option<List<ChunkSize>>,
 
     /// How chunks are handed out (OpenMP's meanings): static (dealt in advance), dynamic
@@ -118,7 +118,7 @@ pub struct RunArgs {
     pub pin: bool,
 
     /// Time R rounds of baseline and parallel run (alternating) and report mean ± σ
-    #[arg(long, global = true, value_name = "R", default_value_t = 1, value_parser = parse_repeat)]
+    #[arg(long, global = true, value_name = "R", default_value_t = 1, allow_negative_numbers = true, value_parser = parse_repeat)]
     pub repeat: usize,
 
     /// Stream the output to FILE (little-endian elements in index order) in bounded memory,
@@ -127,16 +127,16 @@ pub struct RunArgs {
     pub output: Option<PathBuf>,
 
     /// With --output, the length of each window of the ring in shared memory
-    #[arg(long, global = true, value_name = "BYTES", default_value = "32MiB",
+    #[arg(long, global = true, value_name = "BYTES", allow_negative_numbers = true, default_value = "32MiB",
           value_parser = parse_window)]
     pub window_size: u64,
 
     /// Rounds to run first and discard
-    #[arg(long, global = true, value_name = "K", default_value_t = 0, value_parser = parse_usize)]
+    #[arg(long, global = true, value_name = "K", default_value_t = 0, allow_negative_numbers = true, value_parser = parse_usize)]
     pub warmup: usize,
 
     /// Chunks in flight per worker (one running, the rest queued)
-    #[arg(long, global = true, value_name = "K", default_value_t = procpool::pool::DEFAULT_INFLIGHT,
+    #[arg(long, global = true, value_name = "K", default_value_t = procpool::pool::DEFAULT_INFLIGHT, allow_negative_numbers = true,
           value_parser = parse_inflight)]
     pub inflight: usize,
 
@@ -155,12 +155,13 @@ pub struct RunArgs {
 
     /// Retry a chunk whose worker died or timed out up to K times (so it is tried at most
     /// K+1 times), then fail naming the chunk
-    #[arg(long, global = true, value_name = "K", default_value_t = procpool::pool::DEFAULT_RETRIES)]
+    #[arg(long, global = true, value_name = "K", default_value_t = procpool::pool::DEFAULT_RETRIES, allow_negative_numbers = true,
+          value_parser = parse_u32)]
     pub retries: u32,
 
     /// Fail when workers had to be restarted more than M times in one job
     /// [default: 10 + 2 × workers]
-    #[arg(long, global = true, value_name = "M")]
+    #[arg(long, global = true, value_name = "M", allow_negative_numbers = true, value_parser = parse_n)]
     pub max_restarts: Option<u64>,
 
     /// Kill a worker whose chunk runs longer than this (e.g. 500ms, 2s) and retry the chunk
@@ -215,7 +216,7 @@ pub enum WorkloadCmd {
         #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
         n: u64,
         /// Iteration cap per pixel
-        #[arg(long, value_name = "K", default_value_t = DEFAULT_MAX_ITER, value_parser = parse_max_iter)]
+        #[arg(long, value_name = "K", default_value_t = DEFAULT_MAX_ITER, allow_negative_numbers = true, value_parser = parse_max_iter)]
         max_iter: u32,
         /// Also write the picture as a PNG
         #[arg(long, value_name = "FILE.png")]
@@ -227,7 +228,8 @@ pub enum WorkloadCmd {
         #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
         n: u64,
         /// SHA-256 rounds per element
-        #[arg(long, value_name = "R", default_value_t = DEFAULT_ROUNDS)]
+        #[arg(long, value_name = "R", default_value_t = DEFAULT_ROUNDS, allow_negative_numbers = true,
+              value_parser = parse_u32)]
         rounds: u32,
     },
     /// About X µs of pure CPU per element: task granularity against IPC cost
@@ -236,7 +238,7 @@ pub enum WorkloadCmd {
         #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
         n: u64,
         /// Microseconds of work per element (calibrated once per run)
-        #[arg(long, value_name = "X", value_parser = parse_non_negative)]
+        #[arg(long, value_name = "X", allow_negative_numbers = true, value_parser = parse_non_negative)]
         us: f64,
     },
     /// out[i] = i after sleeping X ms per element: the I/O-bound stand-in
@@ -245,7 +247,7 @@ pub enum WorkloadCmd {
         #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
         n: u64,
         /// Milliseconds of sleep per element
-        #[arg(long, value_name = "X", value_parser = parse_non_negative)]
+        #[arg(long, value_name = "X", allow_negative_numbers = true, value_parser = parse_non_negative)]
         ms: f64,
     },
 }
@@ -261,9 +263,21 @@ fn parse_list<T>(s: &str, one: impl Fn(&str) -> Result<T, String>) -> Result<Lis
         .map(List)
 }
 
+/// A count of at least 1: a negative one is told so, not that it should be ≥ 0.
+fn parse_positive(s: &str) -> Result<u64, String> {
+    if s.trim().starts_with('-') {
+        return Err(format!("`{s}` is negative: expected a whole number ≥ 1"));
+    }
+    parse_count(s)
+}
+
+fn parse_u32(s: &str) -> Result<u32, String> {
+    u32::try_from(parse_count(s)?).map_err(|_| format!("`{s}` is too large (at most {})", u32::MAX))
+}
+
 fn parse_workers(s: &str) -> Result<List<usize>, String> {
     parse_list(s, |part| {
-        let n = parse_count(part)?;
+        let n = parse_positive(part)?;
         if n == 0 {
             return Err("--workers must be at least 1 (got 0)".into());
         }
@@ -276,7 +290,7 @@ fn parse_chunk_sizes(s: &str) -> Result<List<ChunkSize>, String> {
         if part.eq_ignore_ascii_case("auto") {
             return Ok(ChunkSize::Auto);
         }
-        match parse_count(part)? {
+        match parse_positive(part)? {
             0 => Err("--chunk-size must be at least 1 (got 0)".into()),
             n => Ok(ChunkSize::Elements(n)),
         }
@@ -298,6 +312,7 @@ fn parse_sizes(s: &str) -> Result<List<u64>, String> {
 }
 
 fn parse_repeat(s: &str) -> Result<usize, String> {
+    parse_positive(s)?;
     match parse_usize(s)? {
         0 => Err("--repeat must be at least 1 (got 0)".into()),
         n => Ok(n),
@@ -323,7 +338,7 @@ fn parse_non_negative(s: &str) -> Result<f64, String> {
 }
 
 fn parse_inflight(s: &str) -> Result<usize, String> {
-    match parse_count(s)? {
+    match parse_positive(s)? {
         0 => Err("--inflight must be at least 1 (got 0)".into()),
         n => usize::try_from(n).map_err(|_| format!("`{s}` is too large")),
     }

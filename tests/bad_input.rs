@@ -250,3 +250,26 @@ fn round_counts_that_would_overflow_are_refused_naming_the_flag() {
     ]);
     assert_names(&line, &["--warmup 6000", "--repeat 6000", "at most 10000"]);
 }
+
+#[test]
+fn negative_counts_are_refused_naming_the_flag() {
+    for flag in [
+        "--workers",
+        "--chunk-size",
+        "--inflight",
+        "--repeat",
+        "--warmup",
+        "--retries",
+        "--max-restarts",
+    ] {
+        for args in [
+            &[flag, "-1", "squares", "10"][..],
+            &["squares", "10", flag, "-1"][..],
+        ] {
+            let line = refused(args);
+            assert_names(&line, &[flag, "-1", "negative"]);
+        }
+    }
+    let line = refused(&["spin", "10", "--us", "-1"]);
+    assert_names(&line, &["--us", "-1"]);
+}
