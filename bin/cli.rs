@@ -238,7 +238,7 @@ pub enum WorkloadCmd {
         #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
         n: u64,
         /// Microseconds of work per element (calibrated once per run)
-        #[arg(long, value_name = "X", allow_negative_numbers = true, value_parser = parse_non_negative)]
+        #[arg(long, value_name = "X", allow_negative_numbers = true, value_parser = parse_us)]
         us: f64,
     },
     /// out[i] = i after sleeping X ms per element: the I/O-bound stand-in
@@ -247,7 +247,7 @@ pub enum WorkloadCmd {
         #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
         n: u64,
         /// Milliseconds of sleep per element
-        #[arg(long, value_name = "X", allow_negative_numbers = true, value_parser = parse_non_negative)]
+        #[arg(long, value_name = "X", allow_negative_numbers = true, value_parser = parse_ms)]
         ms: f64,
     },
 }
@@ -335,6 +335,29 @@ fn parse_non_negative(s: &str) -> Result<f64, String> {
         Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
         _ => Err(format!("`{s}` is not a number ≥ 0 (e.g. 10 or 0.5)")),
     }
+}
+
+/// A number ≥ 0 and at most `max` (`max_text` says it in words).
+fn parse_at_most(s: &str, max: f64, max_text: &str) -> Result<f64, String> {
+    let x = parse_non_negative(s)?;
+    if x > max {
+        return Err(format!(
+            "`{s}` is more than {max_text} per element, the most allowed"
+        ));
+    }
+    Ok(x)
+}
+
+fn parse_us(s: &str) -> Result<f64, String> {
+    parse_at_most(
+        s,
+        procpool::workload::spin::MAX_US,
+        "3600000000 µs (1 hour)",
+    )
+}
+
+fn parse_ms(s: &str) -> Result<f64, String> {
+    parse_at_most(s, procpool::workload::sleep::MAX_MS, "3600000 ms (1 hour)")
 }
 
 fn parse_inflight(s: &str) -> Result<usize, String> {

@@ -273,3 +273,13 @@ fn negative_counts_are_refused_naming_the_flag() {
     let line = refused(&["spin", "10", "--us", "-1"]);
     assert_names(&line, &["--us", "-1"]);
 }
+
+#[test]
+fn work_per_element_beyond_an_hour_is_refused_naming_the_flag_and_the_limit() {
+    let line = refused(&["--workers", "1", "spin", "2", "--us", "1e300"]);
+    assert_names(&line, &["--us", "1e300", "1 hour"]);
+    let line = refused(&["--workers", "1", "sleep", "2", "--ms", "1e300"]);
+    assert_names(&line, &["--ms", "1e300", "1 hour"]);
+    let line = refused(&["--workers", "1", "sleep", "2", "--ms", "inf"]);
+    assert_names(&line, &["--ms", "inf"]);
+}
