@@ -43,22 +43,66 @@ impl Machine {
 pub fn check_memory(what: &str, parts: &[(&str, u128)], machine: &Machine) -> Result<()> {
     let needed: u128 = parts.iter().map(|(_, b)| b).sum();
     if needed <= u128::from(machine.available_memory) {
-        return Ok(());
+        return check_address_space(
+            what,
+            parts,
+            crate::sys::address_space_limit(),
+            crate::sys::address_space_in_use().unwrap_or(0),
+        );
     }
-    let detail = if parts.len() > 1 {
-        let items: Vec<String> = parts
-            .iter()
-            .map(|(name, b)| format!("{} {name}", human_bytes(*b)))
-            .collect();
-        format!(" ({})", items.join(" + "))
-    } else {
-        String::new()
-    };
+    let detail = parts_detail(parts);
     Err(Error::InvalidInput(format!(
         "{what} needs {} of memory{detail}; this machine has {} available ({} total): use a smaller n{}",
         human_bytes(needed),
         human_bytes(u128::from(machine.available_memory)),
         human_bytes(u128::from(machine.total_memory)),
+        if parts.len() > 1 {
+            " or --no-baseline"
+        } else {
+            ""
+        }
+    )))
+}
+
+/// " (1.0 GiB shared results + 1.0 GiB single-process baseline)" for more than one part.
+fn parts_detail(parts: &[(&str, u128)]) -> String {
+    if parts.len() < 2 {
+        return String::new();
+    }
+    let items: Vec<String> = parts
+        .iter()
+        .map(|(name, b)| format!("{} {name}", human_bytes(*b)))
+        .collect();
+    format!(" ({})", items.join(" + "))
+}
+
+/// Refuses a job whose memory (`parts`) does not fit in what is left of the address-space
+/// limit (`ulimit -v`, in bytes; `None`: unlimited) after the `in_use` bytes this process
+/// has mapped already. Allocating past the limit would fail half-way through the job.
+pub fn check_address_space(
+    what: &str,
+    parts: &[(&str, u128)],
+    limit: Option<u64>,
+    in_use: u64,
+) -> Result<()> {
+    let Some(limit) = limit else {
+        return Ok(());
+    };
+    let needed: u128 = parts.iter().map(|(_, b)| b).sum();
+    let left = limit.saturating_sub(in_use);
+    if needed <= u128::from(left) {
+        return Ok(());
+    }
+    // `ulimit -v` counts KiB: what to raise it to, with what is in use now to spare.
+    let want_kib = (needed + u128::from(in_use) * 2).div_ceil(1024);
+    Err(Error::InvalidInput(format!(
+        "{what} needs {} of address space{} but the address-space limit (ulimit -v) is {} \
+         and {} of it is in use already: raise it with `ulimit -v {want_kib}` (or unlimited), \
+         or use a smaller n{}",
+        human_bytes(needed),
+        parts_detail(parts),
+        human_bytes(u128::from(limit)),
+        human_bytes(u128::from(in_use)),
         if parts.len() > 1 {
             " or --no-baseline"
         } else {
@@ -176,6 +220,22 @@ mod tests {
         .to_string();
         assert!(err.contains("needs 145.5 TiB"), "{err}");
         assert!(err.contains("1.0 GiB available"), "{err}");
+        assert!(err.contains("--no-baseline"), "{err}");
+    }
+
+    #[test]
+    fn address_space_check_names_the_limit_and_the_sizes() {
+        let parts = [("shared results", 300 << 20), ("baseline", 300 << 20)];
+        assert!(check_address_space("x", &parts, None, 1 << 30).is_ok());
+        assert!(check_address_space("x", &parts, Some(2 << 30), 1 << 30).is_ok());
+        let err = check_address_space("squares with n = 1e8", &parts, Some(1 << 30), 500 << 20)
+            .unwrap_err();
+        assert!(err.is_invalid_input());
+        let err = err.to_string();
+        assert!(err.contains("needs 600.0 MiB of address space"), "{err}");
+        assert!(err.contains("(ulimit -v) is 1.0 GiB"), "{err}");
+        assert!(err.contains("500.0 MiB of it is in use"), "{err}");
+        assert!(err.contains("`ulimit -v 1638400`"), "{err}");
         assert!(err.contains("--no-baseline"), "{err}");
     }
 

@@ -333,6 +333,22 @@ pub fn raise_open_file_limit(want: u64) -> io::Result<u64> {
     Ok(new_soft)
 }
 
+/// The soft limit on this process's address space (`ulimit -v`) in bytes, if one is set.
+pub fn address_space_limit() -> Option<u64> {
+    match getrlimit(Resource::RLIMIT_AS) {
+        Ok((soft, _)) if soft != libc::RLIM_INFINITY => Some(soft),
+        _ => None,
+    }
+}
+
+/// Bytes of address space this process has mapped now (`VmSize` in /proc/self/status).
+pub fn address_space_in_use() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmSize:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// The soft limit on processes for this user (`ulimit -u`), if one is set and enforced.
 pub fn process_limit() -> Option<u64> {
     if nix::unistd::geteuid().is_root() {

@@ -13,9 +13,15 @@ use common::{EXIT_USAGE, Procpool, assert_no_tagged_process};
 
 /// Runs procpool with `args`, expects a refusal, and returns its one-line message.
 fn refused(args: &[&str]) -> String {
+    refused_by(Procpool::new(args))
+}
+
+/// Runs `procpool` (e.g. with a resource limit), expects a refusal, and returns its
+/// one-line message.
+fn refused_by(procpool: Procpool) -> String {
     let scratch = tempfile::tempdir().expect("temp dir");
     let missing_tmpdir = scratch.path().join("does-not-exist");
-    let out = Procpool::new(args).env("TMPDIR", &missing_tmpdir).run();
+    let out = procpool.env("TMPDIR", &missing_tmpdir).run();
     out.assert_code(EXIT_USAGE);
     let line = out.one_line_error().to_string();
     assert!(
@@ -282,4 +288,24 @@ fn work_per_element_beyond_an_hour_is_refused_naming_the_flag_and_the_limit() {
     assert_names(&line, &["--ms", "1e300", "1 hour"]);
     let line = refused(&["--workers", "1", "sleep", "2", "--ms", "inf"]);
     assert_names(&line, &["--ms", "inf"]);
+}
+
+#[test]
+fn results_larger_than_the_address_space_limit_are_refused_naming_ulimit_v() {
+    // 4e7 squares need 2 × 305 MiB (results and baseline): well within this machine's memory,
+    // not within 512 MiB of address space, which procpool itself needs little of.
+    let line = refused_by(
+        Procpool::new(&["--workers", "2", "squares", "4e7"])
+            .rlimit(nix::sys::resource::Resource::RLIMIT_AS, 512 << 20),
+    );
+    assert_names(
+        &line,
+        &[
+            "40000000",
+            "610.4 MiB",
+            "ulimit -v",
+            "512.0 MiB",
+            "--no-baseline",
+        ],
+    );
 }
