@@ -143,6 +143,44 @@ pub fn check_worker_limits(workers: usize) -> Result<()> {
     Ok(())
 }
 
+/// The most threads `--mode threads` starts: beyond this, stacks alone reserve gigabytes and
+/// the kernel's thread limits come close.
+pub const MAX_THREADS: usize = 4096;
+
+/// Checks that `workers` threads can be started in this process: at most [`MAX_THREADS`],
+/// and within the process limit (`ulimit -u`), which counts threads too. A limit set by the
+/// user is respected even where the kernel would not hold this process to it (root).
+pub fn check_thread_limits(workers: usize) -> Result<()> {
+    if workers > MAX_THREADS {
+        return Err(Error::InvalidInput(format!(
+            "--workers {workers} is too many threads for --mode threads: at most \
+             {MAX_THREADS} (use fewer workers, or --mode processes)"
+        )));
+    }
+    check_thread_limit(
+        workers,
+        crate::sys::thread_count(),
+        crate::sys::process_soft_limit(),
+    )
+}
+
+/// [`check_thread_limits`] against a given process limit (`None`: unlimited), with
+/// `running` threads in this process already.
+fn check_thread_limit(workers: usize, running: usize, nproc: Option<u64>) -> Result<()> {
+    let Some(nproc) = nproc else {
+        return Ok(());
+    };
+    let want = workers as u64 + running as u64;
+    if want > nproc {
+        return Err(Error::InvalidInput(format!(
+            "--mode threads --workers {workers} needs {want} threads with procpool's own, but \
+             the process limit (ulimit -u), which counts threads, is {nproc}: raise it with \
+             `ulimit -u {want}` or use fewer workers"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks that the temporary directory can hold the handshake sockets.
 ///
 /// ipc-channel creates each one-shot server's socket in a fresh directory under `$TMPDIR`
@@ -237,6 +275,25 @@ mod tests {
         assert!(err.contains("500.0 MiB of it is in use"), "{err}");
         assert!(err.contains("`ulimit -v 1638400`"), "{err}");
         assert!(err.contains("--no-baseline"), "{err}");
+    }
+
+    #[test]
+    fn thread_limits_name_ulimit_u_and_the_workers() {
+        assert!(check_thread_limit(1000, 2, None).is_ok());
+        assert!(check_thread_limit(98, 2, Some(100)).is_ok());
+        let err = check_thread_limit(1000, 2, Some(100)).unwrap_err();
+        assert!(err.is_invalid_input());
+        let err = err.to_string();
+        assert!(err.contains("--workers 1000"), "{err}");
+        assert!(
+            err.contains("(ulimit -u), which counts threads, is 100"),
+            "{err}"
+        );
+        assert!(err.contains("`ulimit -u 1002`"), "{err}");
+        let err = check_thread_limits(MAX_THREADS + 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 4096"), "{err}");
     }
 
     #[test]

@@ -648,8 +648,10 @@ fn validate(
         parts.push(("single-process baseline", bytes));
     }
     check_memory(&format!("{name} with n = {n}"), &parts, machine)?;
-    if options.mode == Mode::Processes {
-        crate::limits::check_worker_limits(options.workers)?;
+    match options.mode {
+        Mode::Processes => crate::limits::check_worker_limits(options.workers)?,
+        Mode::Threads => crate::limits::check_thread_limits(options.workers)?,
+        Mode::Single => {}
     }
     Ok(())
 }

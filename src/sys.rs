@@ -349,16 +349,22 @@ pub fn address_space_in_use() -> Option<u64> {
     kib.checked_mul(1024)
 }
 
+/// The soft limit on processes and threads for this user (`ulimit -u`), if one is set,
+/// whether or not it binds this process (root is exempt; see [`process_limit`]).
+pub fn process_soft_limit() -> Option<u64> {
+    match getrlimit(Resource::RLIMIT_NPROC) {
+        Ok((soft, _)) if soft != libc::RLIM_INFINITY => Some(soft),
+        _ => None,
+    }
+}
+
 /// The soft limit on processes for this user (`ulimit -u`), if one is set and enforced.
 pub fn process_limit() -> Option<u64> {
     if nix::unistd::geteuid().is_root() {
         // root is not held to RLIMIT_NPROC.
         return None;
     }
-    match getrlimit(Resource::RLIMIT_NPROC) {
-        Ok((soft, _)) if soft != libc::RLIM_INFINITY => Some(soft),
-        _ => None,
-    }
+    process_soft_limit()
 }
 
 #[cfg(test)]

@@ -309,3 +309,21 @@ fn results_larger_than_the_address_space_limit_are_refused_naming_ulimit_v() {
         ],
     );
 }
+
+#[test]
+fn threads_beyond_the_process_limit_are_refused_naming_ulimit_u() {
+    let line = refused_by(
+        Procpool::new(&["--mode", "threads", "--workers", "1000", "squares", "10"])
+            .rlimit(nix::sys::resource::Resource::RLIMIT_NPROC, 100),
+    );
+    assert_names(&line, &["--workers 1000", "ulimit -u", "100"]);
+}
+
+#[test]
+fn a_million_threads_are_refused_naming_the_most_allowed() {
+    let line = refused(&["--mode", "threads", "--workers", "1e6", "squares", "10"]);
+    assert_names(
+        &line,
+        &["--workers 1000000", "at most 4096", "--mode processes"],
+    );
+}
