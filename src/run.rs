@@ -186,6 +186,7 @@ pub fn run_inspect<W: Workload>(
         W::NAME,
         n,
         std::mem::size_of::<W::Output>(),
+        W::WAITS,
         options,
         &machine,
     )?;
@@ -579,6 +580,7 @@ fn validate(
     name: &str,
     n: u64,
     elem_size: usize,
+    waits: bool,
     options: &RunOptions,
     machine: &Machine,
 ) -> Result<()> {
@@ -648,6 +650,19 @@ fn validate(
         parts.push(("single-process baseline", bytes));
     }
     check_memory(&format!("{name} with n = {n}"), &parts, machine)?;
+    // The chunk count, when it is known before the job (the pool checks the other cases):
+    // the chunk size is fixed, and chunks are not cut at streaming windows.
+    let measured = options.auto_chunk && options.schedule != Schedule::Static && n > 0;
+    if !measured
+        && options.output.is_none()
+        && let Some(last) = options.faults.iter().map(|f| f.chunk).max()
+    {
+        let chunk_size = options
+            .chunk_size
+            .or_else(|| waits.then(|| crate::schedule::waiting_chunk_size(n, options.workers)));
+        let dispenser = Dispenser::new(options.schedule, n, options.workers, chunk_size);
+        crate::fault::check_faults(&options.faults, dispenser.chunks_up_to(last))?;
+    }
     match options.mode {
         Mode::Processes => crate::limits::check_worker_limits(options.workers)?,
         Mode::Threads => crate::limits::check_thread_limits(options.workers)?,

@@ -327,3 +327,47 @@ fn a_million_threads_are_refused_naming_the_most_allowed() {
         &["--workers 1000000", "at most 4096", "--mode processes"],
     );
 }
+
+#[test]
+fn a_fault_at_a_chunk_the_job_does_not_have_is_refused_naming_the_count() {
+    // 100 elements on 2 workers: 8 chunks of 13 by default, 10 of 10.
+    let line = refused(&["--workers", "2", "squares", "100", "--inject", "kill@999"]);
+    assert_names(&line, &["--inject", "kill@999", "only 8 chunks"]);
+    let line = refused(&[
+        "--workers",
+        "2",
+        "--chunk-size",
+        "10",
+        "--schedule",
+        "static",
+        "squares",
+        "100",
+        "--inject",
+        "kill@10:always",
+    ]);
+    assert_names(&line, &["--inject", "kill@10:always", "only 10 chunks"]);
+}
+
+/// With `--chunk-size auto` the chunk count is known only once the probes are measured, so
+/// the workers have started; they are stopped and reaped, and the exit code is still 2.
+#[test]
+fn a_fault_beyond_a_measured_chunk_count_is_refused_and_nothing_is_left() {
+    let sandbox = common::Sandbox::new();
+    let out = sandbox.run(&[
+        "--workers",
+        "2",
+        "--chunk-size",
+        "auto",
+        "squares",
+        "1000",
+        "--inject",
+        "kill@99999",
+    ]);
+    out.assert_code(EXIT_USAGE);
+    assert_names(
+        out.one_line_error(),
+        &["--inject", "kill@99999", "chunks (0 to"],
+    );
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    sandbox.assert_nothing_left(&out);
+}

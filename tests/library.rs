@@ -201,6 +201,24 @@ fn a_zero_chunk_timeout_is_invalid_input() {
 }
 
 #[test]
+fn a_fault_beyond_the_last_chunk_is_invalid_input_and_the_pool_stays_usable() {
+    let mut pool = pool(2);
+    let options = procpool::JobOptions {
+        chunk_size: Some(10),
+        faults: vec!["kill@10".parse().unwrap()],
+        ..Default::default()
+    };
+    let err = pool
+        .run_with(&Squares, 100, &options)
+        .err()
+        .expect("kill@10 of 10 chunks is refused");
+    assert!(err.is_invalid_input(), "{err}");
+    assert!(err.to_string().contains("only 10 chunks"), "{err}");
+    let run = pool.run(&Squares, 100).expect("the pool still runs jobs");
+    assert_squares(run.results(), 100);
+}
+
+#[test]
 fn zero_workers_is_invalid_input() {
     let err = Pool::builder()
         .workers(0)

@@ -351,6 +351,9 @@ impl Pool {
         if let Some(bar) = job.progress.take() {
             bar.finish_and_clear();
         }
+        // A fault at a chunk the job never had did not fire (a job with a measured chunk size
+        // that ended before the measurement).
+        crate::fault::check_faults(&job.spec.faults, job.done)?;
 
         let end = Instant::now();
         let wall = end - began;
@@ -545,6 +548,10 @@ impl Pool {
                 let result = choose_chunk_size(auto, &job.dispenser, self.workers.len());
                 job.dispenser.set_chunk_size(result.chosen);
                 auto.result = Some(result);
+                // Only now is the job's chunk count known.
+                if let Some(last) = job.spec.faults.iter().map(|f| f.chunk).max() {
+                    crate::fault::check_faults(&job.spec.faults, job.dispenser.chunks_up_to(last))?;
+                }
             }
         }
         self.top_up(w, 1, job);

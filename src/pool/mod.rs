@@ -664,6 +664,11 @@ impl Pool {
                 layout.window_elems.saturating_mul(layout.ring),
             );
         }
+        // With a measured chunk size the count is known later, in the dispatch loop.
+        let measured = options.auto_chunk && options.schedule != Schedule::Static && n > 0;
+        if !measured && let Some(last) = options.faults.iter().map(|f| f.chunk).max() {
+            crate::fault::check_faults(&options.faults, dispenser.chunks_up_to(last))?;
+        }
         let params = postcard::to_stdvec(workload)
             .map_err(|e| Error::Ipc(format!("cannot encode the workload: {e}")))?;
 
