@@ -181,31 +181,6 @@ fn check_thread_limit(workers: usize, running: usize, nproc: Option<u64>) -> Res
     Ok(())
 }
 
-/// Checks that the temporary directory can hold the handshake sockets.
-///
-/// ipc-channel creates each one-shot server's socket in a fresh directory under `$TMPDIR`
-/// (default `/tmp`), and panics if it cannot; this turns that into an error naming the
-/// directory, before any worker starts.
-pub fn check_temp_dir() -> Result<()> {
-    let dir = std::env::temp_dir();
-    let probe = dir.join(format!(".procpool-probe-{}", std::process::id()));
-    match std::fs::create_dir(&probe) {
-        Ok(()) => {
-            let _ = std::fs::remove_dir(&probe);
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(Error::Io(std::io::Error::new(
-            e.kind(),
-            format!(
-                "cannot create the handshake sockets' directory in {} ({e}): set TMPDIR to a \
-                 writable directory",
-                dir.display()
-            ),
-        ))),
-    }
-}
-
 /// `1536` → `1.5 KiB`; binary units.
 pub fn human_bytes(bytes: u128) -> String {
     const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
