@@ -63,13 +63,13 @@ pub(crate) struct SweepArgs {
 #[derive(Debug, Args)]
 pub(crate) struct IpcBenchArgs {
     /// Round trips timed for the latency percentiles
-    #[arg(long, value_name = "N", default_value = "20000", value_parser = parse_n)]
+    #[arg(long, value_name = "N", default_value = "20000", allow_negative_numbers = true, value_parser = parse_n)]
     pub round_trips: u64,
     /// Skip the pinned variants
     #[arg(long)]
     pub no_pin: bool,
     /// Message sizes for the throughput table [default: 64B,256B,1KiB,…,1MiB]
-    #[arg(long, value_name = "SIZES", value_parser = parse_sizes)]
+    #[arg(long, value_name = "SIZES", allow_negative_numbers = true, value_parser = parse_sizes)]
     pub sizes: Option<List<u64>>,
 }
 
@@ -91,12 +91,12 @@ pub(crate) enum ChunkSize {
 pub(crate) struct RunArgs {
     /// Worker processes [default: the number of logical cores]; under `sweep`, a list
     /// (1,2,4,8)
-    #[arg(short, long, global = true, value_name = "W", value_parser = parse_workers)]
+    #[arg(short, long, global = true, value_name = "W", allow_negative_numbers = true, value_parser = parse_workers)]
     pub workers: Option<List<usize>>,
 
     /// Elements per chunk, or `auto` to measure and choose [default: about 4 chunks per
     /// worker, like Python's Pool.map]; under `sweep`, a list
-    #[arg(long, global = true, value_name = "N|auto", value_parser = parse_chunk_sizes)]
+    #[arg(long, global = true, value_name = "N|auto", allow_negative_numbers = true, value_parser = parse_chunk_sizes)]
     pub chunk_size: Option<List<ChunkSize>>,
 
     /// How chunks are handed out (OpenMP's meanings): static (dealt in advance), dynamic
@@ -114,7 +114,7 @@ pub(crate) struct RunArgs {
     pub pin: bool,
 
     /// Time R rounds of baseline and parallel run (alternating) and report mean ± σ
-    #[arg(long, global = true, value_name = "R", default_value_t = 1, value_parser = parse_repeat)]
+    #[arg(long, global = true, value_name = "R", default_value_t = 1, allow_negative_numbers = true, value_parser = parse_repeat)]
     pub repeat: usize,
 
     /// Stream the output to FILE (little-endian elements in index order) in bounded memory,
@@ -123,16 +123,16 @@ pub(crate) struct RunArgs {
     pub output: Option<PathBuf>,
 
     /// With --output, the length of each window of the ring in shared memory
-    #[arg(long, global = true, value_name = "BYTES", default_value = "32MiB",
+    #[arg(long, global = true, value_name = "BYTES", allow_negative_numbers = true, default_value = "32MiB",
           value_parser = parse_window)]
     pub window_size: u64,
 
     /// Rounds to run first and discard
-    #[arg(long, global = true, value_name = "K", default_value_t = 0, value_parser = parse_usize)]
+    #[arg(long, global = true, value_name = "K", default_value_t = 0, allow_negative_numbers = true, value_parser = parse_usize)]
     pub warmup: usize,
 
     /// Chunks in flight per worker (one running, the rest queued)
-    #[arg(long, global = true, value_name = "K", default_value_t = procpool::PoolBuilder::DEFAULT_INFLIGHT,
+    #[arg(long, global = true, value_name = "K", default_value_t = procpool::PoolBuilder::DEFAULT_INFLIGHT, allow_negative_numbers = true,
           value_parser = parse_inflight)]
     pub inflight: usize,
 
@@ -151,16 +151,17 @@ pub(crate) struct RunArgs {
 
     /// Retry a chunk whose worker died or timed out up to K times (so it is tried at most
     /// K+1 times), then fail naming the chunk
-    #[arg(long, global = true, value_name = "K", default_value_t = procpool::Supervision::DEFAULT_RETRIES)]
+    #[arg(long, global = true, value_name = "K", default_value_t = procpool::Supervision::DEFAULT_RETRIES, allow_negative_numbers = true,
+          value_parser = parse_u32)]
     pub retries: u32,
 
     /// Fail when workers had to be restarted more than M times in one job
     /// [default: 10 + 2 × workers]
-    #[arg(long, global = true, value_name = "M")]
+    #[arg(long, global = true, value_name = "M", allow_negative_numbers = true, value_parser = parse_n)]
     pub max_restarts: Option<u64>,
 
     /// Kill a worker whose chunk runs longer than this (e.g. 500ms, 2s) and retry the chunk
-    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration_arg)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
 
     /// On Ctrl-C or SIGTERM, how long workers get at each step: stop message, SIGTERM, SIGKILL
@@ -180,7 +181,7 @@ pub(crate) struct RunArgs {
 
     /// How long workers may take to start and connect back
     #[arg(long, global = true, value_name = "DURATION", default_value = "10s",
-          value_parser = parse_duration_arg)]
+          value_parser = parse_handshake_timeout)]
     pub handshake_timeout: Duration,
 }
 
@@ -287,7 +288,7 @@ pub(crate) enum WorkloadCmd {
         #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
         n: u64,
         /// Iteration cap per pixel
-        #[arg(long, value_name = "K", default_value_t = DEFAULT_MAX_ITER, value_parser = parse_max_iter)]
+        #[arg(long, value_name = "K", default_value_t = DEFAULT_MAX_ITER, allow_negative_numbers = true, value_parser = parse_max_iter)]
         max_iter: u32,
         /// Also write the picture as a PNG
         #[arg(long, value_name = "FILE.png")]
@@ -299,7 +300,8 @@ pub(crate) enum WorkloadCmd {
         #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
         n: u64,
         /// SHA-256 rounds per element
-        #[arg(long, value_name = "R", default_value_t = DEFAULT_ROUNDS)]
+        #[arg(long, value_name = "R", default_value_t = DEFAULT_ROUNDS, allow_negative_numbers = true,
+              value_parser = parse_u32)]
         rounds: u32,
     },
     /// About X µs of pure CPU per element: task granularity against IPC cost
@@ -308,7 +310,7 @@ pub(crate) enum WorkloadCmd {
         #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
         n: u64,
         /// Microseconds of work per element (calibrated once per run)
-        #[arg(long, value_name = "X", value_parser = parse_non_negative)]
+        #[arg(long, value_name = "X", allow_negative_numbers = true, value_parser = parse_us)]
         us: f64,
     },
     /// out[i] = i after sleeping X ms per element: the I/O-bound stand-in
@@ -317,7 +319,7 @@ pub(crate) enum WorkloadCmd {
         #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
         n: u64,
         /// Milliseconds of sleep per element
-        #[arg(long, value_name = "X", value_parser = parse_non_negative)]
+        #[arg(long, value_name = "X", allow_negative_numbers = true, value_parser = parse_ms)]
         ms: f64,
     },
 }
@@ -333,9 +335,21 @@ fn parse_list<T>(s: &str, one: impl Fn(&str) -> Result<T, String>) -> Result<Lis
         .map(List)
 }
 
+/// A count of at least 1: a negative one is told so, not that it should be ≥ 0.
+fn parse_positive(s: &str) -> Result<u64, String> {
+    if s.trim().starts_with('-') {
+        return Err(format!("`{s}` is negative: expected a whole number ≥ 1"));
+    }
+    parse_count(s)
+}
+
+fn parse_u32(s: &str) -> Result<u32, String> {
+    u32::try_from(parse_count(s)?).map_err(|_| format!("`{s}` is too large (at most {})", u32::MAX))
+}
+
 fn parse_workers(s: &str) -> Result<List<usize>, String> {
     parse_list(s, |part| {
-        let n = parse_count(part)?;
+        let n = parse_positive(part)?;
         if n == 0 {
             return Err("--workers must be at least 1 (got 0)".into());
         }
@@ -348,7 +362,7 @@ fn parse_chunk_sizes(s: &str) -> Result<List<ChunkSize>, String> {
         if part.eq_ignore_ascii_case("auto") {
             return Ok(ChunkSize::Auto);
         }
-        match parse_count(part)? {
+        match parse_positive(part)? {
             0 => Err("--chunk-size must be at least 1 (got 0)".into()),
             n => Ok(ChunkSize::Elements(n)),
         }
@@ -370,6 +384,7 @@ fn parse_sizes(s: &str) -> Result<List<u64>, String> {
 }
 
 fn parse_repeat(s: &str) -> Result<usize, String> {
+    parse_positive(s)?;
     match parse_usize(s)? {
         0 => Err("--repeat must be at least 1 (got 0)".into()),
         n => Ok(n),
@@ -394,13 +409,57 @@ fn parse_non_negative(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A number ≥ 0 and at most `max` (`max_text` says it in words).
+fn parse_at_most(s: &str, max: f64, max_text: &str) -> Result<f64, String> {
+    let x = parse_non_negative(s)?;
+    if x > max {
+        return Err(format!(
+            "`{s}` is more than {max_text} per element, the most allowed"
+        ));
+    }
+    Ok(x)
+}
+
+fn parse_us(s: &str) -> Result<f64, String> {
+    parse_at_most(
+        s,
+        procpool::workload::spin::MAX_US,
+        "3600000000 µs (1 hour)",
+    )
+}
+
+fn parse_ms(s: &str) -> Result<f64, String> {
+    parse_at_most(s, procpool::workload::sleep::MAX_MS, "3600000 ms (1 hour)")
+}
+
 fn parse_inflight(s: &str) -> Result<usize, String> {
-    match parse_count(s)? {
+    match parse_positive(s)? {
         0 => Err("--inflight must be at least 1 (got 0)".into()),
         n => usize::try_from(n).map_err(|_| format!("`{s}` is too large")),
     }
 }
 
+/// Every duration flag: a number and a unit, at most [`crate::parse::MAX_DURATION`] (clap
+/// names the flag in front of the message).
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s)
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration_arg(s)? {
+        d if d.is_zero() => Err(format!(
+            "a chunk time limit of `{s}` kills every chunk: use at least 1ms, or omit \
+             --timeout for no limit"
+        )),
+        d => Ok(d),
+    }
+}
+
+fn parse_handshake_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration_arg(s)? {
+        d if d.is_zero() => Err(format!(
+            "`{s}` leaves workers no time to start: use at least 1ms (the default is 10s)"
+        )),
+        d => Ok(d),
+    }
 }

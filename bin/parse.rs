@@ -85,7 +85,12 @@ pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
-/// Parses a duration: a number followed by `ms`, `s`, `m` or `us` (`500ms`, `2s`, `1.5s`).
+/// The longest duration [`parse_duration`] accepts: 365 days, longer than any job should
+/// wait, and far from where deadlines (`Instant + duration`) would overflow.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// Parses a duration: a number followed by `ms`, `s`, `m` or `us` (`500ms`, `2s`, `1.5s`),
+/// at most [`MAX_DURATION`].
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t
@@ -102,6 +107,11 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" | "min" => value * 60.0,
         _ => return Err(format!("`{s}`: unknown unit `{unit}` (use us, ms, s or m)")),
     };
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err(format!(
+            "`{s}` is too long: at most 365 days (write e.g. 30s or 10m)"
+        ));
+    }
     Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is out of range"))
 }
 
@@ -151,5 +161,18 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn durations_are_at_most_a_year() {
+        assert_eq!(parse_duration("525600m"), Ok(MAX_DURATION));
+        for s in [
+            "525601m",
+            "10000000000000000000s",
+            "99999999999999999999999m",
+        ] {
+            let err = parse_duration(s).unwrap_err();
+            assert!(err.contains("at most 365 days"), "{s}: {err}");
+        }
     }
 }

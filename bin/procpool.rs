@@ -212,7 +212,7 @@ impl WithWorkload for RunOne {
             if let Some((path, side, max_iter)) = image {
                 let pixels: Vec<u32> = out.iter().map(|&x| x.widen() as u32).collect();
                 written = write_png(&path, side, &pixels, max_iter)
-                    .with_context(|| format!("cannot write the image {}", path.display()))
+                    .context("cannot write the image")
                     .map(|()| {
                         eprintln!("procpool: wrote {} ({side}×{side} pixels)", path.display())
                     });

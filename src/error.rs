@@ -18,14 +18,17 @@ pub enum Error {
     InvalidInput(String),
 
     /// A worker process could not be started.
-    #[error("cannot start worker {id} ({exe}): {source}{hint}")]
+    ///
+    /// The operating system's error is part of the message, not an error source, so a
+    /// report that prints the whole chain (`{:#}`) names it once.
+    #[error("cannot start worker {id} ({exe}): {os_error}{hint}")]
     Spawn {
         /// The worker's id.
         id: usize,
         /// The executable that was started.
         exe: String,
         /// The operating system's error.
-        source: io::Error,
+        os_error: io::Error,
         /// What to do about it, when known (starts with "; ").
         hint: String,
     },
@@ -432,5 +435,25 @@ mod tests {
             late.to_string(),
             "worker 2 (pid 4242) timed out after 500ms (killed) while idle"
         );
+    }
+
+    /// Every variant's text, printed as the CLI prints an error chain (`{:#}`), names the
+    /// operating system's error once.
+    #[test]
+    fn the_os_error_is_printed_once_in_the_whole_chain() {
+        let os = || io::Error::from_raw_os_error(libc::EAGAIN);
+        let os_text = os().to_string();
+        for e in [
+            Error::Spawn {
+                id: 0,
+                exe: "/bin/procpool".into(),
+                os_error: os(),
+                hint: "; the process limit (ulimit -u) is 10".into(),
+            },
+            Error::Io(os()),
+        ] {
+            let line = format!("{:#}", anyhow::Error::from(e));
+            assert_eq!(line.matches(&os_text).count(), 1, "{line}");
+        }
     }
 }

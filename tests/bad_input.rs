@@ -13,9 +13,15 @@ use common::{EXIT_USAGE, Procpool, assert_no_tagged_process};
 
 /// Runs procpool with `args`, expects a refusal, and returns its one-line message.
 fn refused(args: &[&str]) -> String {
+    refused_by(Procpool::new(args))
+}
+
+/// Runs `procpool` (e.g. with a resource limit), expects a refusal, and returns its
+/// one-line message.
+fn refused_by(procpool: Procpool) -> String {
     let scratch = tempfile::tempdir().expect("temp dir");
     let missing_tmpdir = scratch.path().join("does-not-exist");
-    let out = Procpool::new(args).env("TMPDIR", &missing_tmpdir).run();
+    let out = procpool.env("TMPDIR", &missing_tmpdir).run();
     out.assert_code(EXIT_USAGE);
     let line = out.one_line_error().to_string();
     assert!(
@@ -185,4 +191,183 @@ fn unusable_tmpdir_is_a_one_line_error_with_exit_1() {
         "names the directory: {line}"
     );
     assert_no_tagged_process(&out.tag, &out.args);
+}
+
+#[test]
+fn durations_longer_than_a_year_are_refused_naming_the_flag_and_the_limit() {
+    for flag in ["--timeout", "--grace", "--handshake-timeout"] {
+        let line = refused(&[
+            "--workers",
+            "2",
+            "squares",
+            "10",
+            flag,
+            "10000000000000000000s",
+        ]);
+        assert_names(&line, &[flag, "10000000000000000000s", "at most 365 days"]);
+    }
+}
+
+#[test]
+fn a_zero_timeout_is_refused_saying_how_to_have_none() {
+    let line = refused(&["--workers", "2", "squares", "10", "--timeout", "0s"]);
+    assert_names(
+        &line,
+        &["--timeout", "0s", "at least 1ms", "omit --timeout"],
+    );
+    let line = refused(&[
+        "--workers",
+        "2",
+        "squares",
+        "10",
+        "--handshake-timeout",
+        "0ms",
+    ]);
+    assert_names(&line, &["--handshake-timeout", "0ms", "at least 1ms"]);
+}
+
+#[test]
+fn round_counts_that_would_overflow_are_refused_naming_the_flag() {
+    let line = refused(&[
+        "--workers",
+        "2",
+        "squares",
+        "10",
+        "--warmup",
+        "18446744073709551615",
+        "--repeat",
+        "2",
+    ]);
+    assert_names(
+        &line,
+        &["--warmup", "18446744073709551615", "at most 10000"],
+    );
+    let line = refused(&["--workers", "2", "squares", "10", "--repeat", "1e6"]);
+    assert_names(&line, &["--repeat", "1000000", "at most 10000"]);
+    let line = refused(&[
+        "--workers",
+        "2",
+        "squares",
+        "10",
+        "--warmup",
+        "6000",
+        "--repeat",
+        "6000",
+    ]);
+    assert_names(&line, &["--warmup 6000", "--repeat 6000", "at most 10000"]);
+}
+
+#[test]
+fn negative_counts_are_refused_naming_the_flag() {
+    for flag in [
+        "--workers",
+        "--chunk-size",
+        "--inflight",
+        "--repeat",
+        "--warmup",
+        "--retries",
+        "--max-restarts",
+    ] {
+        for args in [
+            &[flag, "-1", "squares", "10"][..],
+            &["squares", "10", flag, "-1"][..],
+        ] {
+            let line = refused(args);
+            assert_names(&line, &[flag, "-1", "negative"]);
+        }
+    }
+    let line = refused(&["spin", "10", "--us", "-1"]);
+    assert_names(&line, &["--us", "-1"]);
+}
+
+#[test]
+fn work_per_element_beyond_an_hour_is_refused_naming_the_flag_and_the_limit() {
+    let line = refused(&["--workers", "1", "spin", "2", "--us", "1e300"]);
+    assert_names(&line, &["--us", "1e300", "1 hour"]);
+    let line = refused(&["--workers", "1", "sleep", "2", "--ms", "1e300"]);
+    assert_names(&line, &["--ms", "1e300", "1 hour"]);
+    let line = refused(&["--workers", "1", "sleep", "2", "--ms", "inf"]);
+    assert_names(&line, &["--ms", "inf"]);
+}
+
+#[test]
+fn results_larger_than_the_address_space_limit_are_refused_naming_ulimit_v() {
+    // 4e7 squares need 2 × 305 MiB (results and baseline): well within this machine's memory,
+    // not within 512 MiB of address space, which procpool itself needs little of.
+    let line = refused_by(
+        Procpool::new(&["--workers", "2", "squares", "4e7"])
+            .rlimit(nix::sys::resource::Resource::RLIMIT_AS, 512 << 20),
+    );
+    assert_names(
+        &line,
+        &[
+            "40000000",
+            "610.4 MiB",
+            "ulimit -v",
+            "512 MiB",
+            "--no-baseline",
+        ],
+    );
+}
+
+#[test]
+fn threads_beyond_the_process_limit_are_refused_naming_ulimit_u() {
+    let line = refused_by(
+        Procpool::new(&["--mode", "threads", "--workers", "1000", "squares", "10"])
+            .rlimit(nix::sys::resource::Resource::RLIMIT_NPROC, 100),
+    );
+    assert_names(&line, &["--workers 1000", "ulimit -u", "100"]);
+}
+
+#[test]
+fn a_million_threads_are_refused_naming_the_most_allowed() {
+    let line = refused(&["--mode", "threads", "--workers", "1e6", "squares", "10"]);
+    assert_names(
+        &line,
+        &["--workers 1000000", "at most 4096", "--mode processes"],
+    );
+}
+
+#[test]
+fn a_fault_at_a_chunk_the_job_does_not_have_is_refused_naming_the_count() {
+    // 100 elements on 2 workers: 8 chunks of 13 by default, 10 of 10.
+    let line = refused(&["--workers", "2", "squares", "100", "--inject", "kill@999"]);
+    assert_names(&line, &["--inject", "kill@999", "only 8 chunks"]);
+    let line = refused(&[
+        "--workers",
+        "2",
+        "--chunk-size",
+        "10",
+        "--schedule",
+        "static",
+        "squares",
+        "100",
+        "--inject",
+        "kill@10:always",
+    ]);
+    assert_names(&line, &["--inject", "kill@10:always", "only 10 chunks"]);
+}
+
+/// With `--chunk-size auto` the chunk count is known only once the probes are measured, so
+/// the workers have started; they are stopped and reaped, and the exit code is still 2.
+#[test]
+fn a_fault_beyond_a_measured_chunk_count_is_refused_and_nothing_is_left() {
+    let sandbox = common::Sandbox::new();
+    let out = sandbox.run(&[
+        "--workers",
+        "2",
+        "--chunk-size",
+        "auto",
+        "squares",
+        "1000",
+        "--inject",
+        "kill@99999",
+    ]);
+    out.assert_code(EXIT_USAGE);
+    assert_names(
+        out.one_line_error(),
+        &["--inject", "kill@99999", "chunks (0 to"],
+    );
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    sandbox.assert_nothing_left(&out);
 }

@@ -232,6 +232,58 @@ fn an_observer_hears_the_start_the_progress_the_lost_worker_and_the_end() {
 }
 
 #[test]
+fn the_longest_durations_a_caller_can_pass_run_a_job_and_stop_cleanly() {
+    let supervision = procpool::Supervision {
+        chunk_timeout: Some(Duration::MAX),
+        grace: Duration::MAX,
+        ..Default::default()
+    };
+    let mut pool = Pool::builder()
+        .workers(2)
+        .worker_exe(EXE)
+        .handshake_timeout(Duration::MAX)
+        .supervision(supervision)
+        .build()
+        .expect("a pool with Duration::MAX everywhere starts");
+    let pids = pool.pids();
+    let run = pool.run(&Squares, 1000).expect("and runs a job");
+    assert_squares(run.results(), 1000);
+    drop(run);
+    pool.shutdown();
+    assert_reaped(&pids, "Duration::MAX pool");
+}
+
+#[test]
+fn a_zero_chunk_timeout_is_invalid_input() {
+    let err = Pool::builder()
+        .workers(1)
+        .worker_exe(EXE)
+        .chunk_timeout(Duration::ZERO)
+        .build()
+        .expect_err("a zero chunk timeout is refused");
+    assert!(err.is_invalid_input(), "{err}");
+    assert!(err.to_string().contains("--timeout"), "{err}");
+}
+
+#[test]
+fn a_fault_beyond_the_last_chunk_is_invalid_input_and_the_pool_stays_usable() {
+    let mut pool = pool(2);
+    let options = procpool::JobOptions {
+        chunk_size: Some(10),
+        faults: vec!["kill@10".parse().unwrap()],
+        ..Default::default()
+    };
+    let err = pool
+        .run_with(&Squares, 100, &options)
+        .err()
+        .expect("kill@10 of 10 chunks is refused");
+    assert!(err.is_invalid_input(), "{err}");
+    assert!(err.to_string().contains("only 10 chunks"), "{err}");
+    let run = pool.run(&Squares, 100).expect("the pool still runs jobs");
+    assert_squares(run.results(), 100);
+}
+
+#[test]
 fn zero_workers_is_invalid_input() {
     let err = Pool::builder()
         .workers(0)

@@ -106,9 +106,45 @@ impl FromStr for Fault {
     }
 }
 
+/// Refuses faults aimed at a chunk the job does not have (`chunks`: how many it has), which
+/// would otherwise never fire.
+pub(crate) fn check_faults(faults: &[Fault], chunks: u64) -> crate::error::Result<()> {
+    match faults.iter().find(|f| f.chunk >= chunks) {
+        None => Ok(()),
+        Some(f) => Err(crate::error::Error::InvalidInput(match chunks {
+            0 => format!("--inject {f}: the job has no chunks (n = 0): drop --inject"),
+            _ => format!(
+                "--inject {f}: the job has only {chunks} chunk{} (0 to {}): inject at a \
+                 chunk below {chunks}, or use a smaller --chunk-size",
+                if chunks == 1 { "" } else { "s" },
+                chunks - 1
+            ),
+        })),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn faults_beyond_the_last_chunk_are_refused_naming_the_count() {
+        let faults: Vec<Fault> = vec!["kill@3".parse().unwrap(), "hang@999".parse().unwrap()];
+        assert!(check_faults(&faults[..1], 4).is_ok());
+        let err = check_faults(&faults, 25).unwrap_err();
+        assert!(err.is_invalid_input());
+        assert_eq!(
+            err.to_string(),
+            "--inject hang@999: the job has only 25 chunks (0 to 24): inject at a chunk below \
+             25, or use a smaller --chunk-size"
+        );
+        assert!(
+            check_faults(&faults, 0)
+                .unwrap_err()
+                .to_string()
+                .contains("no chunks")
+        );
+    }
 
     #[test]
     fn parses_and_prints_faults() {

@@ -43,22 +43,66 @@ impl Machine {
 pub(crate) fn check_memory(what: &str, parts: &[(&str, u128)], machine: &Machine) -> Result<()> {
     let needed: u128 = parts.iter().map(|(_, b)| b).sum();
     if needed <= u128::from(machine.available_memory) {
-        return Ok(());
+        return check_address_space(
+            what,
+            parts,
+            crate::engine::sys::address_space_limit(),
+            crate::engine::sys::address_space_in_use().unwrap_or(0),
+        );
     }
-    let detail = if parts.len() > 1 {
-        let items: Vec<String> = parts
-            .iter()
-            .map(|(name, b)| format!("{} {name}", crate::units::bytes(*b)))
-            .collect();
-        format!(" ({})", items.join(" + "))
-    } else {
-        String::new()
-    };
+    let detail = parts_detail(parts);
     Err(Error::InvalidInput(format!(
         "{what} needs {} of memory{detail}; this machine has {} available ({} total): use a smaller n{}",
         crate::units::bytes(needed),
         crate::units::bytes(u128::from(machine.available_memory)),
         crate::units::bytes(u128::from(machine.total_memory)),
+        if parts.len() > 1 {
+            " or --no-baseline"
+        } else {
+            ""
+        }
+    )))
+}
+
+/// " (1 GiB shared results + 1 GiB single-process baseline)" for more than one part.
+fn parts_detail(parts: &[(&str, u128)]) -> String {
+    if parts.len() < 2 {
+        return String::new();
+    }
+    let items: Vec<String> = parts
+        .iter()
+        .map(|(name, b)| format!("{} {name}", crate::units::bytes(*b)))
+        .collect();
+    format!(" ({})", items.join(" + "))
+}
+
+/// Refuses a job whose memory (`parts`) does not fit in what is left of the address-space
+/// limit (`ulimit -v`, in bytes; `None`: unlimited) after the `in_use` bytes this process
+/// has mapped already. Allocating past the limit would fail half-way through the job.
+pub(crate) fn check_address_space(
+    what: &str,
+    parts: &[(&str, u128)],
+    limit: Option<u64>,
+    in_use: u64,
+) -> Result<()> {
+    let Some(limit) = limit else {
+        return Ok(());
+    };
+    let needed: u128 = parts.iter().map(|(_, b)| b).sum();
+    let left = limit.saturating_sub(in_use);
+    if needed <= u128::from(left) {
+        return Ok(());
+    }
+    // `ulimit -v` counts KiB: what to raise it to, with what is in use now to spare.
+    let want_kib = (needed + u128::from(in_use) * 2).div_ceil(1024);
+    Err(Error::InvalidInput(format!(
+        "{what} needs {} of address space{} but the address-space limit (ulimit -v) is {} \
+         and {} of it is in use already: raise it with `ulimit -v {want_kib}` (or unlimited), \
+         or use a smaller n{}",
+        crate::units::bytes(needed),
+        parts_detail(parts),
+        crate::units::bytes(u128::from(limit)),
+        crate::units::bytes(u128::from(in_use)),
         if parts.len() > 1 {
             " or --no-baseline"
         } else {
@@ -103,6 +147,44 @@ pub(crate) fn check_worker_limits(workers: usize, raise: bool) -> Result<()> {
     Ok(())
 }
 
+/// The most threads `--mode threads` starts: beyond this, stacks alone reserve gigabytes and
+/// the kernel's thread limits come close.
+pub(crate) const MAX_THREADS: usize = 4096;
+
+/// Checks that `workers` threads can be started in this process: at most [`MAX_THREADS`],
+/// and within the process limit (`ulimit -u`), which counts threads too. A limit set by the
+/// user is respected even where the kernel would not hold this process to it (root).
+pub(crate) fn check_thread_limits(workers: usize) -> Result<()> {
+    if workers > MAX_THREADS {
+        return Err(Error::InvalidInput(format!(
+            "--workers {workers} is too many threads for --mode threads: at most \
+             {MAX_THREADS} (use fewer workers, or --mode processes)"
+        )));
+    }
+    check_thread_limit(
+        workers,
+        crate::engine::sys::thread_count().unwrap_or(1),
+        crate::engine::sys::process_soft_limit(),
+    )
+}
+
+/// [`check_thread_limits`] against a given process limit (`None`: unlimited), with
+/// `running` threads in this process already.
+fn check_thread_limit(workers: usize, running: usize, nproc: Option<u64>) -> Result<()> {
+    let Some(nproc) = nproc else {
+        return Ok(());
+    };
+    let want = workers as u64 + running as u64;
+    if want > nproc {
+        return Err(Error::InvalidInput(format!(
+            "--mode threads --workers {workers} needs {want} threads with procpool's own, but \
+             the process limit (ulimit -u), which counts threads, is {nproc}: raise it with \
+             `ulimit -u {want}` or use fewer workers"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +215,41 @@ mod tests {
         assert!(err.contains("needs 145.5 TiB"), "{err}");
         assert!(err.contains("1 GiB available"), "{err}");
         assert!(err.contains("--no-baseline"), "{err}");
+    }
+
+    #[test]
+    fn address_space_check_names_the_limit_and_the_sizes() {
+        let parts = [("shared results", 300 << 20), ("baseline", 300 << 20)];
+        assert!(check_address_space("x", &parts, None, 1 << 30).is_ok());
+        assert!(check_address_space("x", &parts, Some(2 << 30), 1 << 30).is_ok());
+        let err = check_address_space("squares with n = 1e8", &parts, Some(1 << 30), 500 << 20)
+            .unwrap_err();
+        assert!(err.is_invalid_input());
+        let err = err.to_string();
+        assert!(err.contains("needs 600 MiB of address space"), "{err}");
+        assert!(err.contains("(ulimit -v) is 1 GiB"), "{err}");
+        assert!(err.contains("500 MiB of it is in use"), "{err}");
+        assert!(err.contains("`ulimit -v 1638400`"), "{err}");
+        assert!(err.contains("--no-baseline"), "{err}");
+    }
+
+    #[test]
+    fn thread_limits_name_ulimit_u_and_the_workers() {
+        assert!(check_thread_limit(1000, 2, None).is_ok());
+        assert!(check_thread_limit(98, 2, Some(100)).is_ok());
+        let err = check_thread_limit(1000, 2, Some(100)).unwrap_err();
+        assert!(err.is_invalid_input());
+        let err = err.to_string();
+        assert!(err.contains("--workers 1000"), "{err}");
+        assert!(
+            err.contains("(ulimit -u), which counts threads, is 100"),
+            "{err}"
+        );
+        assert!(err.contains("`ulimit -u 1002`"), "{err}");
+        let err = check_thread_limits(MAX_THREADS + 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 4096"), "{err}");
     }
 
     #[test]

@@ -187,6 +187,25 @@ impl Dispenser {
         }
     }
 
+    /// How many chunks the job has in all, those already handed out included, if the chunk
+    /// length does not change from now on; counting stops past `cap` (the answer is then
+    /// `cap + 1`), so asking costs at most `cap` steps, whatever `n` is.
+    pub(crate) fn chunks_up_to(&self, cap: u64) -> u64 {
+        match self.schedule {
+            Schedule::Static => self.n.div_ceil(self.size).min(cap.saturating_add(1)),
+            Schedule::Dynamic if self.boundary == u64::MAX => (self.next_id)
+                .saturating_add((self.n - self.next_start).div_ceil(self.size))
+                .min(cap.saturating_add(1)),
+            // Guided lengths shrink and windows cut chunks: hand them out on a copy.
+            _ => {
+                let mut copy = self.clone();
+                copy.limit = copy.n;
+                while copy.next_id <= cap && copy.next_for(0).is_some() {}
+                copy.next_id
+            }
+        }
+    }
+
     /// The next chunk for worker `worker`, or `None` when it has nothing more to do.
     pub(crate) fn next_for(&mut self, worker: usize) -> Option<Chunk> {
         match self.schedule {
@@ -236,6 +255,24 @@ mod tests {
         assert_eq!(default_chunk_size(100, 3), 9);
         assert_eq!(default_chunk_size(3, 8), 1);
         assert_eq!(default_chunk_size(0, 8), 1);
+    }
+
+    #[test]
+    fn chunk_counts_are_known_before_any_is_handed_out() {
+        for schedule in [Schedule::Static, Schedule::Dynamic, Schedule::Guided] {
+            for (n, size) in [(0u64, None), (100, Some(7)), (1000, None), (12345, Some(1))] {
+                let d = Dispenser::new(schedule, n, 3, size);
+                let all = drain(d.clone(), 3).len() as u64;
+                assert_eq!(d.chunks_up_to(u64::MAX), all, "{schedule} n={n}");
+                assert_eq!(d.chunks_up_to(all), all, "{schedule} n={n}");
+                if all > 2 {
+                    assert_eq!(d.chunks_up_to(1), 2, "{schedule} n={n} stops counting");
+                }
+            }
+        }
+        let windows = Dispenser::new(Schedule::Dynamic, 100, 2, Some(7)).with_windows(10, 20);
+        // Every window of 10 is cut into chunks of 7 and 3.
+        assert_eq!(windows.chunks_up_to(u64::MAX), 20);
     }
 
     /// Drains a dispenser, asking workers in turn, and checks the chunks tile 0..n.

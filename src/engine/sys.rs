@@ -303,16 +303,38 @@ pub(crate) fn raise_open_file_limit(want: u64) -> io::Result<u64> {
     Ok(new_soft)
 }
 
+/// The soft limit on this process's address space (`ulimit -v`) in bytes, if one is set.
+pub(crate) fn address_space_limit() -> Option<u64> {
+    match getrlimit(Resource::RLIMIT_AS) {
+        Ok((soft, _)) if soft != libc::RLIM_INFINITY => Some(soft),
+        _ => None,
+    }
+}
+
+/// Bytes of address space this process has mapped now (`VmSize` in /proc/self/status).
+pub(crate) fn address_space_in_use() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmSize:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// The soft limit on processes and threads for this user (`ulimit -u`), if one is set,
+/// whether or not it binds this process (root is exempt; see [`process_limit`]).
+pub(crate) fn process_soft_limit() -> Option<u64> {
+    match getrlimit(Resource::RLIMIT_NPROC) {
+        Ok((soft, _)) if soft != libc::RLIM_INFINITY => Some(soft),
+        _ => None,
+    }
+}
+
 /// The soft limit on processes for this user (`ulimit -u`), if one is set and enforced.
 pub(crate) fn process_limit() -> Option<u64> {
     if nix::unistd::geteuid().is_root() {
         // root is not held to RLIMIT_NPROC.
         return None;
     }
-    match getrlimit(Resource::RLIMIT_NPROC) {
-        Ok((soft, _)) if soft != libc::RLIM_INFINITY => Some(soft),
-        _ => None,
-    }
+    process_soft_limit()
 }
 
 #[cfg(test)]

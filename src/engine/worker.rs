@@ -45,7 +45,11 @@ impl WorkerArgs {
             self.shm_fd.to_string(),
             self.id.to_string(),
             self.report_fd.to_string(),
-            self.timeout.as_millis().to_string(),
+            // Whole milliseconds, at least one; a timeout past u64::MAX ms waits as long.
+            self.timeout
+                .as_millis()
+                .clamp(1, u128::from(u64::MAX))
+                .to_string(),
         ]
     }
 
@@ -347,6 +351,18 @@ mod tests {
         };
         assert_eq!(WorkerArgs::from_args(&a.to_args()), Ok(a.clone()));
         assert!(WorkerArgs::from_args(&["x".into()]).is_err());
+        // Any timeout a library caller passes reaches the worker: the longest as u64::MAX
+        // milliseconds, the shortest as one.
+        for (timeout, ms) in [
+            (Duration::MAX, Duration::from_millis(u64::MAX)),
+            (Duration::from_micros(10), Duration::from_millis(1)),
+        ] {
+            let args = WorkerArgs {
+                timeout,
+                ..a.clone()
+            };
+            assert_eq!(WorkerArgs::from_args(&args.to_args()).unwrap().timeout, ms);
+        }
         let mut bad = a.to_args();
         bad[3] = "1".into();
         assert!(

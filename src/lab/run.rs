@@ -72,6 +72,9 @@ pub struct RunOptions {
     pub registry: Option<crate::workload::Registry>,
 }
 
+/// The most rounds (`--warmup` plus `--repeat`) one run may take.
+pub(crate) const MAX_ROUNDS: usize = 10_000;
+
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
@@ -133,10 +136,12 @@ pub fn run_inspect<W: Workload>(
         W::NAME,
         n,
         std::mem::size_of::<W::Output>(),
+        W::WAITS,
         options,
         &machine,
     )?;
-    let rounds = options.warmup + options.repeat.max(1);
+    // Bounded by `validate`.
+    let rounds = options.warmup.saturating_add(options.repeat.max(1));
     let mut inspect = Some(inspect);
     let mut measured: Vec<Round> = Vec::with_capacity(options.repeat.max(1));
     for round in 0..rounds {
@@ -560,6 +565,7 @@ fn validate(
     name: &str,
     n: u64,
     elem_size: usize,
+    waits: bool,
     options: &RunOptions,
     machine: &Machine,
 ) -> Result<()> {
@@ -583,6 +589,20 @@ fn validate(
         return Err(Error::InvalidInput(
             "--repeat must be at least 1 (got 0)".into(),
         ));
+    }
+    for (flag, value) in [("--repeat", options.repeat), ("--warmup", options.warmup)] {
+        if value > MAX_ROUNDS {
+            return Err(Error::InvalidInput(format!(
+                "{flag} {value} is too many rounds: at most {MAX_ROUNDS}"
+            )));
+        }
+    }
+    let rounds = options.warmup + options.repeat;
+    if rounds > MAX_ROUNDS {
+        return Err(Error::InvalidInput(format!(
+            "--warmup {} plus --repeat {} is {rounds} rounds: at most {MAX_ROUNDS} in all",
+            options.warmup, options.repeat
+        )));
     }
     if options.mode != Mode::Processes && options.transport != Transport::Shm {
         return Err(Error::InvalidInput(format!(
@@ -615,8 +635,23 @@ fn validate(
         parts.push(("single-process baseline", bytes));
     }
     check_memory(&format!("{name} with n = {n}"), &parts, machine)?;
-    if options.mode == Mode::Processes {
-        crate::engine::limits::check_worker_limits(options.workers, true)?;
+    // The chunk count, when it is known before the job (the pool checks the other cases):
+    // the chunk size is fixed, and chunks are not cut at streaming windows.
+    let measured = options.auto_chunk && options.schedule != Schedule::Static && n > 0;
+    if !measured
+        && options.output.is_none()
+        && let Some(last) = options.faults.iter().map(|f| f.chunk).max()
+    {
+        let chunk_size = options.chunk_size.or_else(|| {
+            waits.then(|| crate::engine::schedule::waiting_chunk_size(n, options.workers))
+        });
+        let dispenser = Dispenser::new(options.schedule, n, options.workers, chunk_size);
+        crate::engine::fault::check_faults(&options.faults, dispenser.chunks_up_to(last))?;
+    }
+    match options.mode {
+        Mode::Processes => crate::engine::limits::check_worker_limits(options.workers, true)?,
+        Mode::Threads => crate::engine::limits::check_thread_limits(options.workers)?,
+        Mode::Single => {}
     }
     Ok(())
 }

@@ -11,11 +11,25 @@ use serde::{Deserialize, Serialize};
 
 use super::Workload;
 
+/// The longest sleep per element: one hour, in milliseconds.
+pub const MAX_MS: f64 = 3.6e6;
+
 /// `out[i] = i` (`u64`), after a sleep of `ms` milliseconds per element.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sleep {
-    /// Milliseconds slept per element; `0`, negative, NaN or out-of-range values do not sleep.
+    /// Milliseconds slept per element; `0`, negative or NaN values do not sleep, values
+    /// above [`MAX_MS`] (infinity included) sleep [`MAX_MS`].
     pub ms: f64,
+}
+
+impl Sleep {
+    /// The sleep per element: `ms` within `0..=MAX_MS`.
+    fn nap(&self) -> Duration {
+        if self.ms.is_nan() || self.ms <= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(self.ms.min(MAX_MS) / 1000.0)
+    }
 }
 
 impl Workload for Sleep {
@@ -25,7 +39,7 @@ impl Workload for Sleep {
 
     #[inline(never)]
     fn kernel(&self, range: Range<u64>, out: &mut [u64]) {
-        let nap = Duration::try_from_secs_f64(self.ms / 1000.0).unwrap_or(Duration::ZERO);
+        let nap = self.nap();
         for (slot, i) in out.iter_mut().zip(range) {
             if !nap.is_zero() {
                 std::thread::sleep(nap);
@@ -37,7 +51,7 @@ impl Workload for Sleep {
     /// n × ms: sleeping one element after another takes exactly that long, so the baseline
     /// need not wait it out.
     fn sequential_time(&self, n: u64) -> Option<Duration> {
-        let nap = Duration::try_from_secs_f64(self.ms / 1000.0).unwrap_or(Duration::ZERO);
+        let nap = self.nap();
         Some(nap.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX)))
     }
 
@@ -65,6 +79,15 @@ mod tests {
         assert_eq!(compute(Sleep { ms: 0.0 }, 10..14), [10, 11, 12, 13]);
         assert_eq!(compute(Sleep { ms: -5.0 }, 0..2), [0, 1]);
         assert_eq!(compute(Sleep { ms: f64::NAN }, 0..2), [0, 1]);
+    }
+
+    #[test]
+    fn more_than_an_hour_sleeps_an_hour_not_nothing() {
+        let hour = Duration::from_secs(3600);
+        for ms in [MAX_MS, 1e300, f64::INFINITY] {
+            assert_eq!(Sleep { ms }.sequential_time(1), Some(hour), "{ms}");
+        }
+        assert_eq!(Sleep { ms: -1.0 }.sequential_time(1), Some(Duration::ZERO));
     }
 
     #[test]

@@ -45,6 +45,9 @@ fn chain(seed: u64, iters: u64) -> u64 {
     x
 }
 
+/// The most microseconds per element [`Spin::calibrate`] aims for: one hour.
+pub const MAX_US: f64 = 3.6e9;
+
 /// Shortest timed batch: long enough that timer resolution and scheduling noise are small.
 const MIN_BATCH: Duration = Duration::from_millis(20);
 
@@ -53,12 +56,14 @@ impl Spin {
     ///
     /// Times the kernel itself on a doubling number of steps until one batch takes at least
     /// 20 ms, then scales (best of two batches). Call it once in the parent and send the
-    /// result to workers, so every process does the same work. `us <= 0` (or not finite)
-    /// gives `iters = 0`; any positive `us` gives at least one step.
+    /// result to workers, so every process does the same work. `us <= 0` (or NaN) gives
+    /// `iters = 0`; any positive `us` gives at least one step; more than [`MAX_US`] (an
+    /// hour, infinity included) is taken as [`MAX_US`].
     pub fn calibrate(us: f64) -> Spin {
-        if !(us.is_finite() && us > 0.0) {
+        if us.is_nan() || us <= 0.0 {
             return Spin { iters: 0 };
         }
+        let us = us.min(MAX_US);
         let time = |iters: u64| {
             let spin = Spin { iters };
             let mut out = [0u64; 1];
@@ -132,5 +137,16 @@ mod tests {
         assert_eq!(Spin::calibrate(-1.0).iters, 0);
         assert_eq!(Spin::calibrate(f64::NAN).iters, 0);
         assert!(Spin::calibrate(50.0).iters > 0);
+    }
+
+    #[test]
+    fn calibration_of_more_than_an_hour_is_an_hour() {
+        let hour = Spin::calibrate(MAX_US).iters;
+        assert!(hour > 1 << 20, "an hour is many steps: {hour}");
+        for us in [1e300, f64::INFINITY] {
+            let iters = Spin::calibrate(us).iters;
+            // Calibrations vary a little from call to call; infinity is not a hundred hours.
+            assert!(iters < hour.saturating_mul(100), "{us}: {iters} vs {hour}");
+        }
     }
 }

@@ -88,6 +88,20 @@ impl Procpool {
         self
     }
 
+    /// Limits `resource` (soft and hard limit both `limit`) for procpool and its workers, as
+    /// `ulimit` does in a shell.
+    pub fn rlimit(mut self, resource: nix::sys::resource::Resource, limit: u64) -> Self {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // setrlimit, a plain system call that allocates nothing and takes no lock.
+        unsafe {
+            self.cmd.pre_exec(move || {
+                nix::sys::resource::setrlimit(resource, limit, limit).map_err(std::io::Error::from)
+            });
+        }
+        self
+    }
+
     /// Runs procpool in `dir`.
     pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
         self.cmd.current_dir(dir);

@@ -321,6 +321,9 @@ impl Pool {
                 observe::tell(&self.observer, Event::Progress { done, n });
             }
         }
+        // A fault at a chunk the job never had did not fire (a job with a measured chunk size
+        // that ended before the measurement).
+        crate::engine::fault::check_faults(&job.spec.faults, job.done)?;
 
         let end = Instant::now();
         let wall = end - began;
@@ -489,6 +492,11 @@ impl Pool {
             let (remaining, boundary) = (job.dispenser.remaining(), job.dispenser.boundary());
             let chosen = auto.choose(remaining, boundary, self.workers.len()).chosen;
             job.dispenser.set_chunk_size(chosen);
+            // Only now is the job's chunk count known.
+            if let Some(last) = job.spec.faults.iter().map(|f| f.chunk).max() {
+                let chunks = job.dispenser.chunks_up_to(last);
+                crate::engine::fault::check_faults(&job.spec.faults, chunks)?;
+            }
         }
         self.top_up(w, 1, job);
         Ok(())

@@ -293,7 +293,16 @@ impl PoolBuilder {
         }
         if self.handshake_timeout.is_zero() {
             return Err(Error::InvalidInput(
-                "--handshake-timeout must be more than 0".into(),
+                "--handshake-timeout 0s leaves workers no time to start: use at least 1ms \
+                 (the default is 10s)"
+                    .into(),
+            ));
+        }
+        if self.supervision.chunk_timeout == Some(Duration::ZERO) {
+            return Err(Error::InvalidInput(
+                "--timeout 0s kills every chunk: use at least 1ms, or omit --timeout for no \
+                 limit"
+                    .into(),
             ));
         }
         crate::engine::limits::check_worker_limits(self.workers, self.raise_file_limit)?;
@@ -733,6 +742,11 @@ impl Pool {
                 layout.window_elems,
                 layout.window_elems.saturating_mul(layout.ring),
             );
+        }
+        // With a measured chunk size the count is known later, in the dispatch loop.
+        let measured = options.auto_chunk && options.schedule != Schedule::Static && n > 0;
+        if !measured && let Some(last) = options.faults.iter().map(|f| f.chunk).max() {
+            crate::engine::fault::check_faults(&options.faults, dispenser.chunks_up_to(last))?;
         }
         let params = postcard::to_stdvec(workload)
             .map_err(|e| Error::Ipc(format!("cannot encode the workload: {e}")))?;

@@ -569,12 +569,15 @@ fn wait_ready(
 
 fn spawn_error(id: usize, exe: &Path, source: io::Error) -> Error {
     let hint = match source.raw_os_error() {
-        Some(libc::EAGAIN) => format!(
-            "; the process limit (ulimit -u) is {}",
-            crate::engine::sys::process_limit()
-                .map(|n| n.to_string())
-                .unwrap_or_else(|| "reached".into())
-        ),
+        Some(libc::EAGAIN) => match crate::engine::sys::process_soft_limit() {
+            Some(n) => format!(
+                "; the process limit (ulimit -u, which counts threads too) is {n}: raise it \
+                 or use fewer workers"
+            ),
+            None => "; the process limit (ulimit -u) is unlimited, so the system's limit \
+                     (kernel.threads-max or kernel.pid_max) was reached: use fewer workers"
+                .to_string(),
+        },
         Some(libc::EMFILE) | Some(libc::ENFILE) => {
             let (soft, _) = crate::engine::sys::open_file_limit().unwrap_or((0, 0));
             format!("; the open-file limit (ulimit -n) is {soft}")
@@ -585,7 +588,7 @@ fn spawn_error(id: usize, exe: &Path, source: io::Error) -> Error {
     Error::Spawn {
         id,
         exe: exe.display().to_string(),
-        source,
+        os_error: source,
         hint,
     }
 }
@@ -655,7 +658,7 @@ pub(crate) fn fork_workers(
                 return Err(Error::Spawn {
                     id,
                     exe: "fork".into(),
-                    source: e,
+                    os_error: e,
                     hint: String::new(),
                 });
             }
@@ -726,4 +729,26 @@ fn forward_output(id: usize, reader: io::PipeReader, test_header: bool) -> Optio
             }
         })
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_fork_names_the_process_limit_and_the_os_error_once() {
+        let e = spawn_error(
+            3,
+            Path::new("/bin/procpool"),
+            io::Error::from_raw_os_error(libc::EAGAIN),
+        );
+        let line = format!("{:#}", anyhow::Error::from(e));
+        assert!(
+            line.starts_with("cannot start worker 3 (/bin/procpool): "),
+            "{line}"
+        );
+        assert!(line.contains("ulimit -u"), "{line}");
+        let os_text = io::Error::from_raw_os_error(libc::EAGAIN).to_string();
+        assert_eq!(line.matches(&os_text).count(), 1, "{line}");
+    }
 }
