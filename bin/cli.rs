@@ -463,3 +463,57 @@ fn parse_handshake_timeout(s: &str) -> Result<Duration, String> {
         d => Ok(d),
     }
 }
+
+/// The flag for each option the library names in backticks (its `RunOptions` field or
+/// builder method), and the phrases that name a flag in the library's own words.
+const FLAGS: &[(&str, &str)] = &[
+    ("turn off `baseline`", "--no-baseline"),
+    ("`handshake_timeout`", "--handshake-timeout"),
+    ("`chunk_timeout`", "--timeout"),
+    ("`chunk_size`", "--chunk-size"),
+    ("`round_trips`", "--round-trips"),
+    ("`window_bytes`", "--window-size"),
+    ("`workers`", "--workers"),
+    ("`inflight`", "--inflight"),
+    ("`schedule`", "--schedule"),
+    ("`transport`", "--transport"),
+    ("`output`", "--output"),
+    ("`faults`", "--inject"),
+    ("`repeat`", "--repeat"),
+    ("`warmup`", "--warmup"),
+    ("`mode`", "--mode"),
+    ("`start`", "--start"),
+    ("`sizes`", "--sizes"),
+    ("`max_restarts`", "--max-restarts"),
+];
+
+/// A library refusal in the command line's words: its flags where the library names its
+/// options (`` `workers` must be at least 1 `` becomes `--workers must be at least 1`).
+pub(crate) fn with_flags(message: &str) -> String {
+    FLAGS
+        .iter()
+        .fold(message.to_string(), |text, (library, flag)| {
+            text.replace(library, flag)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_options_read_as_flags() {
+        assert_eq!(
+            with_flags("`workers` must be at least 1 (got 0)"),
+            "--workers must be at least 1 (got 0)"
+        );
+        assert_eq!(
+            with_flags("use a smaller n or turn off `baseline`; `ulimit -v 100`"),
+            "use a smaller n or --no-baseline; `ulimit -v 100`"
+        );
+        assert_eq!(
+            with_flags("`chunk_timeout` 0s: leave `chunk_timeout` unset"),
+            "--timeout 0s: leave --timeout unset"
+        );
+    }
+}

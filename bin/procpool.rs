@@ -169,7 +169,10 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
 }
 
 fn usage(message: &str) -> anyhow::Error {
-    anyhow::Error::new(procpool::Error::InvalidInput(message.to_string()))
+    anyhow::Error::new(procpool::Error::InvalidInput {
+        option: None,
+        message: message.to_string(),
+    })
 }
 
 /// Something to do with a workload, whatever its type.
@@ -256,7 +259,8 @@ impl WithWorkload for Sweep {
     fn with<W: Workload>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
         // Refuse an unknown export format before running anything.
         if let Some(path) = &self.export {
-            procpool::report::export::exporter_for(path).map_err(|e| usage(&e))?;
+            procpool::report::export::exporter_for(path)
+                .map_err(|e| usage(&format!("--export: {e}")))?;
         }
         let mut failed = false;
         let table = procpool::lab::sweep::sweep(workload, n, &self.options, |report| {
@@ -347,8 +351,9 @@ fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             notice::flush(NOTICE_FLUSH);
-            eprintln!("procpool: {e:#}");
             let error = e.downcast_ref::<procpool::Error>();
+            // The library names its options; the command line names its flags.
+            eprintln!("procpool: {}", cli::with_flags(&format!("{e:#}")));
             if let Some(signal) = error.and_then(procpool::Error::interrupted_by) {
                 // 130 for SIGINT, 143 for SIGTERM, as a shell reports a killed job.
                 return ExitCode::from(128 + signal as u8);

@@ -14,8 +14,17 @@ use nix::sys::signal::Signal;
 #[non_exhaustive]
 pub enum Error {
     /// Bad input, refused before anything started (the CLI exits with code 2).
-    #[error("{0}")]
-    InvalidInput(String),
+    ///
+    /// The message names options by their library names in backticks (`` `workers` ``,
+    /// `` `chunk_timeout` ``, the fields of [`crate::RunOptions`] and the methods of
+    /// [`crate::PoolBuilder`]); the `procpool` command shows its flags in their place.
+    #[error("{message}")]
+    InvalidInput {
+        /// The option at fault, by its library name (`"workers"`), when there is one.
+        option: Option<&'static str>,
+        /// What is wrong and what to do about it.
+        message: String,
+    },
 
     /// A worker process could not be started.
     ///
@@ -88,7 +97,7 @@ pub enum Error {
     },
 
     /// Workers died more often than the restart limit allows.
-    #[error("{restarts} worker restarts exceed --max-restarts {limit}; last: {last}")]
+    #[error("{restarts} worker restarts exceed `max_restarts` {limit}; last: {last}")]
     TooManyRestarts {
         /// Restarts so far.
         restarts: u64,
@@ -218,7 +227,31 @@ impl Error {
 
     /// True for bad input that was refused before any process started.
     pub fn is_invalid_input(&self) -> bool {
-        matches!(self, Error::InvalidInput(_))
+        matches!(self, Error::InvalidInput { .. })
+    }
+
+    /// Bad input about `option` (its library name), explained by `message`.
+    pub(crate) fn invalid(option: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            option: Some(option),
+            message: message.into(),
+        }
+    }
+
+    /// Bad input that is about no option in particular (a limit of the machine).
+    pub(crate) fn invalid_input(message: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            option: None,
+            message: message.into(),
+        }
+    }
+
+    /// The option a refusal is about, by its library name (`"workers"`).
+    pub fn option(&self) -> Option<&'static str> {
+        match *self {
+            Error::InvalidInput { option, .. } => option,
+            _ => None,
+        }
     }
 
     /// The id of the worker the error is about, if any.

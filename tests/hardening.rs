@@ -107,7 +107,7 @@ fn a_start_that_keeps_dying_fails_once_the_restart_limit_is_spent() {
         .expect_err("every start dies");
     let text = err.to_string();
     assert!(
-        text.contains("exceed --max-restarts 3") && text.contains("before it connected"),
+        text.contains("exceed `max_restarts` 3") && text.contains("before it connected"),
         "{text}"
     );
     // Four starts: the first and three restarts; nothing of them is left.

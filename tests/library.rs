@@ -262,7 +262,8 @@ fn a_zero_chunk_timeout_is_invalid_input() {
         .build()
         .expect_err("a zero chunk timeout is refused");
     assert!(err.is_invalid_input(), "{err}");
-    assert!(err.to_string().contains("--timeout"), "{err}");
+    assert_eq!(err.option(), Some("chunk_timeout"));
+    assert!(err.to_string().starts_with("`chunk_timeout` 0s"), "{err}");
 }
 
 #[test]
@@ -291,6 +292,9 @@ fn zero_workers_is_invalid_input() {
         .build()
         .expect_err("zero workers");
     assert!(err.is_invalid_input(), "{err}");
+    // The library names its own option, not a flag of the command line.
+    assert_eq!(err.option(), Some("workers"));
+    assert_eq!(err.to_string(), "`workers` must be at least 1 (got 0)");
     let options = RunOptions {
         worker_exe: Some(EXE.into()),
         workers: 0,

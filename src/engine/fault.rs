@@ -111,15 +111,18 @@ impl FromStr for Fault {
 pub(crate) fn check_faults(faults: &[Fault], chunks: u64) -> crate::error::Result<()> {
     match faults.iter().find(|f| f.chunk >= chunks) {
         None => Ok(()),
-        Some(f) => Err(crate::error::Error::InvalidInput(match chunks {
-            0 => format!("--inject {f}: the job has no chunks (n = 0): drop --inject"),
-            _ => format!(
-                "--inject {f}: the job has only {chunks} chunk{} (0 to {}): inject at a \
-                 chunk below {chunks}, or use a smaller --chunk-size",
-                if chunks == 1 { "" } else { "s" },
-                chunks - 1
-            ),
-        })),
+        Some(f) => Err(crate::error::Error::invalid(
+            "faults",
+            match chunks {
+                0 => format!("`faults` {f}: the job has no chunks (n = 0): drop `faults`"),
+                _ => format!(
+                    "`faults` {f}: the job has only {chunks} chunk{} (0 to {}): inject at a \
+                     chunk below {chunks}, or use a smaller `chunk_size`",
+                    if chunks == 1 { "" } else { "s" },
+                    chunks - 1
+                ),
+            },
+        )),
     }
 }
 
@@ -135,8 +138,8 @@ mod tests {
         assert!(err.is_invalid_input());
         assert_eq!(
             err.to_string(),
-            "--inject hang@999: the job has only 25 chunks (0 to 24): inject at a chunk below \
-             25, or use a smaller --chunk-size"
+            "`faults` hang@999: the job has only 25 chunks (0 to 24): inject at a chunk below \
+             25, or use a smaller `chunk_size`"
         );
         assert!(
             check_faults(&faults, 0)

@@ -51,13 +51,13 @@ pub(crate) fn check_memory(what: &str, parts: &[(&str, u128)], machine: &Machine
         );
     }
     let detail = parts_detail(parts);
-    Err(Error::InvalidInput(format!(
+    Err(Error::invalid_input(format!(
         "{what} needs {} of memory{detail}; this machine has {} available ({} total): use a smaller n{}",
         crate::units::bytes(needed),
         crate::units::bytes(u128::from(machine.available_memory)),
         crate::units::bytes(u128::from(machine.total_memory)),
         if parts.len() > 1 {
-            " or --no-baseline"
+            " or turn off `baseline`"
         } else {
             ""
         }
@@ -95,7 +95,7 @@ pub(crate) fn check_address_space(
     }
     // `ulimit -v` counts KiB: what to raise it to, with what is in use now to spare.
     let want_kib = (needed + u128::from(in_use) * 2).div_ceil(1024);
-    Err(Error::InvalidInput(format!(
+    Err(Error::invalid_input(format!(
         "{what} needs {} of address space{} but the address-space limit (ulimit -v) is {} \
          and {} of it is in use already: raise it with `ulimit -v {want_kib}` (or unlimited), \
          or use a smaller n{}",
@@ -104,7 +104,7 @@ pub(crate) fn check_address_space(
         crate::units::bytes(u128::from(limit)),
         crate::units::bytes(u128::from(in_use)),
         if parts.len() > 1 {
-            " or --no-baseline"
+            " or turn off `baseline`"
         } else {
             ""
         }
@@ -129,20 +129,26 @@ pub(crate) fn check_worker_limits(workers: usize, raise: bool) -> Result<()> {
             soft
         };
         if got < want {
-            return Err(Error::InvalidInput(format!(
-                "--workers {workers} needs about {want} open files but the open-file limit \
-                 (ulimit -n) is {soft} (hard limit {hard}): raise it with `ulimit -n {want}` \
-                 or use fewer workers"
-            )));
+            return Err(Error::invalid(
+                "workers",
+                format!(
+                    "`workers` {workers} needs about {want} open files but the open-file \
+                     limit (ulimit -n) is {soft} (hard limit {hard}): raise it with \
+                     `ulimit -n {want}` or use fewer workers"
+                ),
+            ));
         }
     }
     if let Some(nproc) = crate::engine::sys::process_limit()
         && workers as u64 >= nproc
     {
-        return Err(Error::InvalidInput(format!(
-            "--workers {workers} needs {workers} processes but the process limit (ulimit -u) \
-             is {nproc}: raise it or use fewer workers"
-        )));
+        return Err(Error::invalid(
+            "workers",
+            format!(
+                "`workers` {workers} needs {workers} processes but the process limit \
+                 (ulimit -u) is {nproc}: raise it or use fewer workers"
+            ),
+        ));
     }
     Ok(())
 }
@@ -156,10 +162,13 @@ pub(crate) const MAX_THREADS: usize = 4096;
 /// user is respected even where the kernel would not hold this process to it (root).
 pub(crate) fn check_thread_limits(workers: usize) -> Result<()> {
     if workers > MAX_THREADS {
-        return Err(Error::InvalidInput(format!(
-            "--workers {workers} is too many threads for --mode threads: at most \
-             {MAX_THREADS} (use fewer workers, or --mode processes)"
-        )));
+        return Err(Error::invalid(
+            "workers",
+            format!(
+                "`workers` {workers} is too many threads for `mode` threads: at most \
+                 {MAX_THREADS} (use fewer workers, or `mode` processes)"
+            ),
+        ));
     }
     check_thread_limit(
         workers,
@@ -176,11 +185,14 @@ fn check_thread_limit(workers: usize, running: usize, nproc: Option<u64>) -> Res
     };
     let want = workers as u64 + running as u64;
     if want > nproc {
-        return Err(Error::InvalidInput(format!(
-            "--mode threads --workers {workers} needs {want} threads with procpool's own, but \
-             the process limit (ulimit -u), which counts threads, is {nproc}: raise it with \
-             `ulimit -u {want}` or use fewer workers"
-        )));
+        return Err(Error::invalid(
+            "workers",
+            format!(
+                "`mode` threads with `workers` {workers} needs {want} threads with procpool's \
+                 own, but the process limit (ulimit -u), which counts threads, is {nproc}: \
+                 raise it with `ulimit -u {want}` or use fewer workers"
+            ),
+        ));
     }
     Ok(())
 }
@@ -214,7 +226,7 @@ mod tests {
         .to_string();
         assert!(err.contains("needs 145.5 TiB"), "{err}");
         assert!(err.contains("1 GiB available"), "{err}");
-        assert!(err.contains("--no-baseline"), "{err}");
+        assert!(err.contains("turn off `baseline`"), "{err}");
     }
 
     #[test]
@@ -230,7 +242,7 @@ mod tests {
         assert!(err.contains("(ulimit -v) is 1 GiB"), "{err}");
         assert!(err.contains("500 MiB of it is in use"), "{err}");
         assert!(err.contains("`ulimit -v 1638400`"), "{err}");
-        assert!(err.contains("--no-baseline"), "{err}");
+        assert!(err.contains("turn off `baseline`"), "{err}");
     }
 
     #[test]
@@ -240,7 +252,7 @@ mod tests {
         let err = check_thread_limit(1000, 2, Some(100)).unwrap_err();
         assert!(err.is_invalid_input());
         let err = err.to_string();
-        assert!(err.contains("--workers 1000"), "{err}");
+        assert!(err.contains("`workers` 1000"), "{err}");
         assert!(
             err.contains("(ulimit -u), which counts threads, is 100"),
             "{err}"

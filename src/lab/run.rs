@@ -292,7 +292,10 @@ fn stream_round<W: Workload>(
     path: &std::path::Path,
 ) -> Result<Round> {
     let cannot = |e: std::io::Error| {
-        Error::InvalidInput(format!("--output: cannot create {}: {e}", path.display()))
+        Error::invalid(
+            "output",
+            format!("`output`: cannot create {}: {e}", path.display()),
+        )
     };
     // The file gets its name only when the run succeeds: a failed or interrupted run
     // leaves no partial file (and an older file of that name as it was).
@@ -569,57 +572,60 @@ fn validate(
     options: &RunOptions,
     machine: &Machine,
 ) -> Result<()> {
-    if options.workers == 0 {
-        return Err(Error::InvalidInput(
-            "--workers must be at least 1 (got 0)".into(),
-        ));
-    }
-    if options.chunk_size == Some(0) {
-        return Err(Error::InvalidInput(
-            "--chunk-size must be at least 1 (got 0)".into(),
-        ));
-    }
+    // The same checks a pool and its jobs make, before anything starts in any mode.
+    crate::engine::pool::check_counts(options.workers, options.inflight, options.chunk_size)?;
     if options.mode != Mode::Processes && !options.faults.is_empty() {
-        return Err(Error::InvalidInput(format!(
-            "--inject needs --mode processes: in --mode {} a fault would hit procpool itself",
-            options.mode
-        )));
+        return Err(Error::invalid(
+            "faults",
+            format!(
+                "fault injection (`faults`) needs `mode` processes: in `mode` {} a fault would \
+                 hit procpool itself",
+                options.mode
+            ),
+        ));
     }
     if options.repeat == 0 {
-        return Err(Error::InvalidInput(
-            "--repeat must be at least 1 (got 0)".into(),
+        return Err(Error::invalid(
+            "repeat",
+            "`repeat` must be at least 1 (got 0)",
         ));
     }
-    for (flag, value) in [("--repeat", options.repeat), ("--warmup", options.warmup)] {
+    for (option, value) in [("repeat", options.repeat), ("warmup", options.warmup)] {
         if value > MAX_ROUNDS {
-            return Err(Error::InvalidInput(format!(
-                "{flag} {value} is too many rounds: at most {MAX_ROUNDS}"
-            )));
+            return Err(Error::invalid(
+                option,
+                format!("`{option}` {value} is too many rounds: at most {MAX_ROUNDS}"),
+            ));
         }
     }
     let rounds = options.warmup + options.repeat;
     if rounds > MAX_ROUNDS {
-        return Err(Error::InvalidInput(format!(
-            "--warmup {} plus --repeat {} is {rounds} rounds: at most {MAX_ROUNDS} in all",
-            options.warmup, options.repeat
-        )));
+        return Err(Error::invalid(
+            "warmup",
+            format!(
+                "`warmup` {} plus `repeat` {} is {rounds} rounds: at most {MAX_ROUNDS} in all",
+                options.warmup, options.repeat
+            ),
+        ));
     }
     if options.mode != Mode::Processes && options.transport != Transport::Shm {
-        return Err(Error::InvalidInput(format!(
-            "--transport channel needs --mode processes (in --mode {} nothing crosses a channel)",
-            options.mode
-        )));
-    }
-    if options.inflight == 0 {
-        return Err(Error::InvalidInput(
-            "--inflight must be at least 1 (got 0)".into(),
+        return Err(Error::invalid(
+            "transport",
+            format!(
+                "`transport` channel needs `mode` processes (in `mode` {} nothing crosses a \
+                 channel)",
+                options.mode
+            ),
         ));
     }
     if options.output.is_some() && options.mode != Mode::Processes {
-        return Err(Error::InvalidInput(format!(
-            "--output streams through worker processes: use --mode processes (not {})",
-            options.mode
-        )));
+        return Err(Error::invalid(
+            "output",
+            format!(
+                "`output` streams through worker processes: use `mode` processes (not {})",
+                options.mode
+            ),
+        ));
     }
     let bytes = match options.output {
         // Streaming holds a ring of windows, and verifies one window at a time.

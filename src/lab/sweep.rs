@@ -38,8 +38,9 @@ pub fn sweep<W: Workload>(
     mut each: impl FnMut(&Report),
 ) -> Result<SweepTable> {
     if options.workers.is_empty() {
-        return Err(Error::InvalidInput(
-            "sweep needs at least one worker count: --workers 1,2,4".into(),
+        return Err(Error::invalid(
+            "workers",
+            "a sweep needs at least one worker count in `workers` (e.g. 1,2,4)",
         ));
     }
     let chunk_sizes = if options.chunk_sizes.is_empty() {

@@ -134,7 +134,7 @@ pub(crate) fn run_threads<W: Workload>(
         };
         return Err(Error::Io(std::io::Error::new(
             e.kind(),
-            format!("cannot start thread {id} of {threads} ({e}): {limit}; use fewer --workers"),
+            format!("cannot start thread {id} of {threads} ({e}): {limit}; use fewer `workers`"),
         )));
     }
     if let Some(signal) = results.iter().find_map(|r| r.stopped_by) {

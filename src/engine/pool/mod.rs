@@ -59,6 +59,25 @@ pub(crate) fn max_inflight() -> usize {
     (buffer / (2 * 768)).clamp(1, 4096)
 }
 
+/// The counts every pool and job needs to be at least 1: workers, chunks in flight, and the
+/// chunk length when one is given. The lab checks them with this too, before anything
+/// starts, in every mode.
+pub(crate) fn check_counts(workers: usize, inflight: usize, chunk_size: Option<u64>) -> Result<()> {
+    for (option, value) in [
+        ("workers", workers as u64),
+        ("inflight", inflight as u64),
+        ("chunk_size", chunk_size.unwrap_or(1)),
+    ] {
+        if value == 0 {
+            return Err(Error::invalid(
+                option,
+                format!("`{option}` must be at least 1 (got 0)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Default limit on worker restarts in one job: enough for a few bad chunks on every
 /// worker, small enough that a pool which cannot keep workers alive fails quickly.
 pub(crate) fn default_max_restarts(workers: usize) -> u64 {
@@ -273,36 +292,31 @@ impl PoolBuilder {
 
     /// Starts the workers. On failure none is left running.
     pub fn build(self) -> Result<Pool> {
-        if self.workers == 0 {
-            return Err(Error::InvalidInput(
-                "--workers must be at least 1 (got 0)".into(),
-            ));
-        }
-        if self.inflight == 0 {
-            return Err(Error::InvalidInput(
-                "--inflight must be at least 1 (got 0)".into(),
-            ));
-        }
+        check_counts(self.workers, self.inflight, None)?;
         let most = max_inflight();
         if self.inflight > most {
-            return Err(Error::InvalidInput(format!(
-                "--inflight {} is more chunk messages than a worker's channel holds without \
-                 blocking here (at most {most}, from net.core.wmem_default): use at most {most}",
-                self.inflight
-            )));
+            return Err(Error::invalid(
+                "inflight",
+                format!(
+                    "`inflight` {} is more chunk messages than a worker's channel holds \
+                     without blocking here (at most {most}, from net.core.wmem_default): use \
+                     at most {most}",
+                    self.inflight
+                ),
+            ));
         }
         if self.handshake_timeout.is_zero() {
-            return Err(Error::InvalidInput(
-                "--handshake-timeout 0s leaves workers no time to start: use at least 1ms \
-                 (the default is 10s)"
-                    .into(),
+            return Err(Error::invalid(
+                "handshake_timeout",
+                "`handshake_timeout` 0s leaves workers no time to start: use at least 1ms (the \
+                 default is 10s)",
             ));
         }
         if self.supervision.chunk_timeout == Some(Duration::ZERO) {
-            return Err(Error::InvalidInput(
-                "--timeout 0s kills every chunk: use at least 1ms, or omit --timeout for no \
-                 limit"
-                    .into(),
+            return Err(Error::invalid(
+                "chunk_timeout",
+                "`chunk_timeout` 0s kills every chunk: use at least 1ms, or leave \
+                 `chunk_timeout` unset for no limit",
             ));
         }
         crate::engine::limits::check_worker_limits(self.workers, self.raise_file_limit)?;
@@ -682,13 +696,15 @@ impl Pool {
         sink: &mut (dyn WindowSink + Send),
     ) -> Result<JobStats> {
         if options.schedule == Schedule::Static {
-            return Err(Error::InvalidInput(
-                "--output streams windows in order: use --schedule dynamic or guided".into(),
+            return Err(Error::invalid(
+                "schedule",
+                "`output` streams windows in order: use `schedule` dynamic or guided",
             ));
         }
         if options.transport != Transport::Shm {
-            return Err(Error::InvalidInput(
-                "--output streams through shared-memory windows: use --transport shm".into(),
+            return Err(Error::invalid(
+                "transport",
+                "`output` streams through shared-memory windows: use `transport` shm",
             ));
         }
         let layout = Layout {
@@ -717,11 +733,7 @@ impl Pool {
             &[("shared results", region_len)],
             &Machine::read(),
         )?;
-        if options.chunk_size == Some(0) {
-            return Err(Error::InvalidInput(
-                "--chunk-size must be at least 1 (got 0)".into(),
-            ));
-        }
+        check_counts(1, 1, options.chunk_size)?;
         let workers = self.workers.len();
         let chunk_size = options.chunk_size.or_else(|| {
             if W::WAITS && !options.auto_chunk {

@@ -56,7 +56,7 @@ impl PrivateDir {
         let longest = made.path().as_os_str().len() + SERVER_SUFFIX.len();
         if longest > SOCKET_PATH_MAX {
             let tmpdir = parent.display();
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::invalid_input(format!(
                 "TMPDIR ({tmpdir}, {} bytes) is too long for the workers' handshake sockets: \
                  a socket path holds at most {SOCKET_PATH_MAX} bytes and procpool needs {} \
                  more; set TMPDIR to a directory of at most {} bytes, such as /tmp",

@@ -606,8 +606,8 @@ pub(crate) fn fork_workers(
     pin: &[usize],
     registry: &Registry,
 ) -> Result<Vec<Started>> {
-    crate::engine::sys::ensure_single_threaded("--start fork", "use --start spawn")
-        .map_err(|e| Error::InvalidInput(e.to_string()))?;
+    crate::engine::sys::ensure_single_threaded("`start` fork", "use `start` spawn")
+        .map_err(|e| Error::invalid("start", e.to_string()))?;
     let mut started: Vec<Started> = Vec::with_capacity(ids.len());
     let mut readers = Vec::with_capacity(ids.len());
     let parent = nix::unistd::getpid();

@@ -150,7 +150,7 @@ pub fn run(options: &IpcBenchOptions) -> Result<IpcBenchReport> {
         "ipc-bench forks a peer process",
         "run it before any thread starts, e.g. at the top of main",
     )
-    .map_err(|e| Error::InvalidInput(e.to_string()))?;
+    .map_err(|e| Error::invalid_input(e.to_string()))?;
     let cores_logical = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -238,20 +238,25 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn validate(options: &IpcBenchOptions) -> Result<()> {
     if options.round_trips == 0 {
-        return Err(Error::InvalidInput(
-            "ipc-bench round trips must be at least 1 (got 0)".into(),
+        return Err(Error::invalid(
+            "round_trips",
+            "`round_trips` must be at least 1 (got 0)",
         ));
     }
     if options.sizes.is_empty() {
-        return Err(Error::InvalidInput(
-            "ipc-bench needs at least one message size".into(),
+        return Err(Error::invalid(
+            "sizes",
+            "ipc-bench needs at least one message size in `sizes`",
         ));
     }
     if let Some(&bad) = options.sizes.iter().find(|&&s| s == 0 || s > MAX_SIZE) {
-        return Err(Error::InvalidInput(format!(
-            "ipc-bench message sizes must be 1 B to {} (got {bad})",
-            crate::units::bytes(MAX_SIZE as u128)
-        )));
+        return Err(Error::invalid(
+            "sizes",
+            format!(
+                "ipc-bench message `sizes` must be 1 B to {} (got {bad})",
+                crate::units::bytes(MAX_SIZE as u128)
+            ),
+        ));
     }
     Ok(())
 }
@@ -303,7 +308,7 @@ mod tests {
                     round_trips: 0,
                     ..base.clone()
                 },
-                "round trips",
+                "`round_trips`",
             ),
             (
                 IpcBenchOptions {

@@ -29,12 +29,12 @@ pub trait Exporter {
 /// use std::path::Path;
 /// assert!(procpool::report::export::exporter_for(Path::new("out.CSV")).is_ok());
 /// let err = procpool::report::export::exporter_for(Path::new("out.xyz")).err().unwrap();
-/// assert_eq!(err, "--export: unknown format `.xyz` (use .csv, .json or .md)");
+/// assert_eq!(err, "unknown format `.xyz` (use .csv, .json or .md)");
 /// ```
 pub fn exporter_for(path: &Path) -> Result<Box<dyn Exporter>, String> {
     let Some(extension) = path.extension() else {
         return Err(format!(
-            "--export: `{}` has no extension to tell the format (use .csv, .json or .md)",
+            "`{}` has no extension to tell the format (use .csv, .json or .md)",
             path.display()
         ));
     };
@@ -44,7 +44,7 @@ pub fn exporter_for(path: &Path) -> Result<Box<dyn Exporter>, String> {
         "json" => Ok(Box::new(Json)),
         "md" => Ok(Box::new(Markdown)),
         _ => Err(format!(
-            "--export: unknown format `.{extension}` (use .csv, .json or .md)"
+            "unknown format `.{extension}` (use .csv, .json or .md)"
         )),
     }
 }
@@ -82,11 +82,11 @@ mod tests {
     fn exporter_for_refuses_unknown_formats() {
         assert_eq!(
             exporter_for(Path::new("sweep.xyz")).err().unwrap(),
-            "--export: unknown format `.xyz` (use .csv, .json or .md)"
+            "unknown format `.xyz` (use .csv, .json or .md)"
         );
         assert_eq!(
             exporter_for(Path::new("sweep")).err().unwrap(),
-            "--export: `sweep` has no extension to tell the format (use .csv, .json or .md)"
+            "`sweep` has no extension to tell the format (use .csv, .json or .md)"
         );
     }
 
