@@ -36,7 +36,36 @@ fn refused_by(procpool: Procpool) -> String {
         out.args
     );
     assert_no_tagged_process(&out.tag, &out.args);
+    assert_flags_only(&line);
     line
+}
+
+/// The library names its options in backticks (`` `workers` ``); the command line must
+/// show its flags instead, whichever layer refused.
+fn assert_flags_only(line: &str) {
+    let library_names = [
+        "`workers`",
+        "`inflight`",
+        "`chunk_size`",
+        "`chunk_timeout`",
+        "`handshake_timeout`",
+        "`faults`",
+        "`repeat`",
+        "`warmup`",
+        "`mode`",
+        "`start`",
+        "`schedule`",
+        "`transport`",
+        "`output`",
+        "`baseline`",
+        "`max_restarts`",
+    ];
+    for name in library_names {
+        assert!(
+            !line.contains(name),
+            "the command line shows flags, not the library's {name}: {line}"
+        );
+    }
 }
 
 fn assert_names(line: &str, words: &[&str]) {
