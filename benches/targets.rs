@@ -106,7 +106,10 @@ fn main() -> Result<(), procpool::Error> {
             300_000,
             &RunOptions {
                 workers: 2,
-                chunk_size: Some(1),
+                job: procpool::JobOptions {
+                    chunk_size: Some(1),
+                    ..Default::default()
+                },
                 ..RunOptions::default()
             },
         )?;

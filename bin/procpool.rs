@@ -139,10 +139,13 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
     };
     Ok(RunOptions {
         workers,
-        chunk_size,
-        auto_chunk,
-        schedule: args.schedule.into(),
-        transport: args.transport.into(),
+        job: procpool::JobOptions {
+            chunk_size,
+            auto_chunk,
+            schedule: args.schedule.into(),
+            transport: args.transport.into(),
+            faults: args.inject.clone(),
+        },
         pin: args.pin,
         inflight: args.inflight,
         baseline: !args.no_baseline,
@@ -152,7 +155,6 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
         observer: Some(std::sync::Arc::new(progress::Terminal::new(!args.json))),
         worker_exe: None,
         handshake_timeout: args.handshake_timeout,
-        faults: args.inject.clone(),
         supervision: Supervision {
             retries: args.retries,
             max_restarts: args.max_restarts,

@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::engine::fault::Fault;
 use crate::engine::limits::{Machine, check_memory};
 use crate::engine::pool::{
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_INFLIGHT, JobOptions, JobStats, Observer, Pool, StartMethod,
@@ -30,14 +29,9 @@ use crate::workload::Workload;
 pub struct RunOptions {
     /// Worker processes.
     pub workers: usize,
-    /// Chunk length (default: depends on the schedule).
-    pub chunk_size: Option<u64>,
-    /// Choose the chunk length from measured probes (`--chunk-size auto`).
-    pub auto_chunk: bool,
-    /// How chunks are handed out.
-    pub schedule: Schedule,
-    /// How results come back (processes mode).
-    pub transport: Transport,
+    /// How each job is cut and handed out, how results come back, and faults to inject:
+    /// the same options a [`crate::Pool`] job takes.
+    pub job: JobOptions,
     /// Pin each worker to a CPU.
     pub pin: bool,
     /// Chunks in flight per worker.
@@ -55,8 +49,6 @@ pub struct RunOptions {
     pub worker_exe: Option<PathBuf>,
     /// Deadline for workers to connect back.
     pub handshake_timeout: Duration,
-    /// Faults to inject.
-    pub faults: Vec<Fault>,
     /// Retries, restarts, timeouts, grace periods and the interrupt flag.
     pub supervision: Supervision,
     /// Stream the output to this file in bounded memory instead of holding it.
@@ -79,10 +71,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             workers: Machine::read().cores_logical,
-            chunk_size: None,
-            auto_chunk: false,
-            schedule: Schedule::Dynamic,
-            transport: Transport::Shm,
+            job: JobOptions::default(),
             pin: false,
             inflight: DEFAULT_INFLIGHT,
             baseline: true,
@@ -91,7 +80,6 @@ impl Default for RunOptions {
             observer: None,
             worker_exe: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            faults: Vec::new(),
             supervision: Supervision::default(),
             output: None,
             window_bytes: crate::lab::stream::DEFAULT_WINDOW_BYTES,
@@ -222,10 +210,10 @@ fn run_round<W: Workload>(
             (wall, spawn, stats, checked)
         }
         Mode::Threads => {
-            let chunk_size = options.chunk_size.or_else(|| {
+            let chunk_size = options.job.chunk_size.or_else(|| {
                 W::WAITS.then(|| crate::engine::schedule::waiting_chunk_size(n, options.workers))
             });
-            let dispenser = Dispenser::new(options.schedule, n, options.workers, chunk_size);
+            let dispenser = Dispenser::new(options.job.schedule, n, options.workers, chunk_size);
             let chunk_size = dispenser.chunk_size();
             let run = run_threads(workload, dispenser, options.workers, interrupt)?;
             let stats = in_process_stats(
@@ -371,13 +359,7 @@ fn pool_builder(options: &RunOptions) -> crate::engine::pool::PoolBuilder {
 }
 
 fn job_options(options: &RunOptions) -> JobOptions {
-    JobOptions {
-        chunk_size: options.chunk_size,
-        auto_chunk: options.auto_chunk,
-        schedule: options.schedule,
-        transport: options.transport,
-        faults: options.faults.clone(),
-    }
+    options.job.clone()
 }
 
 fn in_process_stats(
@@ -402,8 +384,8 @@ fn in_process_stats(
         retried_chunks: 0,
         deaths: Vec::new(),
         reduction,
-        schedule: options.schedule,
-        transport: options.transport,
+        schedule: options.job.schedule,
+        transport: options.job.transport,
         auto_chunk: None,
         chunk_rtt_mean_s: 0.0,
         chunk_compute_mean_s: 0.0,
@@ -573,8 +555,8 @@ fn validate(
     machine: &Machine,
 ) -> Result<()> {
     // The same checks a pool and its jobs make, before anything starts in any mode.
-    crate::engine::pool::check_counts(options.workers, options.inflight, options.chunk_size)?;
-    if options.mode != Mode::Processes && !options.faults.is_empty() {
+    crate::engine::pool::check_counts(options.workers, options.inflight, options.job.chunk_size)?;
+    if options.mode != Mode::Processes && !options.job.faults.is_empty() {
         return Err(Error::invalid(
             "faults",
             format!(
@@ -608,7 +590,7 @@ fn validate(
             ),
         ));
     }
-    if options.mode != Mode::Processes && options.transport != Transport::Shm {
+    if options.mode != Mode::Processes && options.job.transport != Transport::Shm {
         return Err(Error::invalid(
             "transport",
             format!(
@@ -643,16 +625,16 @@ fn validate(
     check_memory(&format!("{name} with n = {n}"), &parts, machine)?;
     // The chunk count, when it is known before the job (the pool checks the other cases):
     // the chunk size is fixed, and chunks are not cut at streaming windows.
-    let measured = options.auto_chunk && options.schedule != Schedule::Static && n > 0;
+    let measured = options.job.auto_chunk && options.job.schedule != Schedule::Static && n > 0;
     if !measured
         && options.output.is_none()
-        && let Some(last) = options.faults.iter().map(|f| f.chunk).max()
+        && let Some(last) = options.job.faults.iter().map(|f| f.chunk).max()
     {
-        let chunk_size = options.chunk_size.or_else(|| {
+        let chunk_size = options.job.chunk_size.or_else(|| {
             waits.then(|| crate::engine::schedule::waiting_chunk_size(n, options.workers))
         });
-        let dispenser = Dispenser::new(options.schedule, n, options.workers, chunk_size);
-        crate::engine::fault::check_faults(&options.faults, dispenser.chunks_up_to(last))?;
+        let dispenser = Dispenser::new(options.job.schedule, n, options.workers, chunk_size);
+        crate::engine::fault::check_faults(&options.job.faults, dispenser.chunks_up_to(last))?;
     }
     match options.mode {
         Mode::Processes => crate::engine::limits::check_worker_limits(options.workers, true)?,

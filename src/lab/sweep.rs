@@ -45,7 +45,7 @@ pub fn sweep<W: Workload>(
     }
     let chunk_sizes = if options.chunk_sizes.is_empty() {
         let most = options.workers.iter().copied().max().unwrap_or(1);
-        let dispenser = Dispenser::new(options.run.schedule, n, most, None);
+        let dispenser = Dispenser::new(options.run.job.schedule, n, most, None);
         vec![Some(dispenser.chunk_size())]
     } else {
         options.chunk_sizes.clone()
@@ -55,11 +55,11 @@ pub fn sweep<W: Workload>(
     let mut cores_logical = 0;
     for &workers in &options.workers {
         for &chunk_size in &chunk_sizes {
-            let run_options = RunOptions {
+            let mut run_options = RunOptions {
                 workers,
-                chunk_size,
                 ..options.run.clone()
             };
+            run_options.job.chunk_size = chunk_size;
             let report = run(workload, n, &run_options)?;
             each(&report);
             cores_logical = report.cores_logical;
