@@ -48,12 +48,9 @@ fn main() -> Result<(), procpool::Error> {
             (Mode::Threads, StartMethod::Spawn, &mut threads),
             (Mode::Single, StartMethod::Spawn, &mut single),
         ] {
-            let options = RunOptions {
-                workers: 2,
-                mode,
-                start,
-                ..RunOptions::default()
-            };
+            let mut options = RunOptions::new(2);
+            options.mode = mode;
+            options.pool.start = start;
             let report = procpool::run(&Squares, 10_000_000, &options)?;
             check(&report);
             into.push(report.pool_wall_s);
@@ -86,9 +83,8 @@ fn main() -> Result<(), procpool::Error> {
         &Hash { rounds: 100 },
         200_000,
         &RunOptions {
-            workers: 2,
             repeat: 3,
-            ..RunOptions::default()
+            ..RunOptions::new(2)
         },
     )?;
     check(&hash);
@@ -105,12 +101,11 @@ fn main() -> Result<(), procpool::Error> {
             &Spin { iters: 0 },
             300_000,
             &RunOptions {
-                workers: 2,
                 job: procpool::JobOptions {
                     chunk_size: Some(1),
                     ..Default::default()
                 },
-                ..RunOptions::default()
+                ..RunOptions::new(2)
             },
         )?;
         check(&spin);
@@ -133,10 +128,9 @@ fn main() -> Result<(), procpool::Error> {
         &Squares,
         1_000_000_000,
         &RunOptions {
-            workers: 2,
             baseline: false,
             output: Some(file.clone()),
-            ..RunOptions::default()
+            ..RunOptions::new(2)
         },
     );
     let _ = std::fs::remove_file(&file);
@@ -166,9 +160,8 @@ fn main() -> Result<(), procpool::Error> {
         &procpool::workload::Sleep { ms: 100.0 },
         10_000,
         &RunOptions {
-            workers: 200,
             baseline: false,
-            ..RunOptions::default()
+            ..RunOptions::new(200)
         },
     )?;
     let wall = began.elapsed().as_secs_f64();

@@ -138,7 +138,23 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
         None => (None, false),
     };
     Ok(RunOptions {
-        workers,
+        pool: procpool::PoolOptions {
+            workers,
+            inflight: args.inflight,
+            pin: args.pin,
+            handshake_timeout: args.handshake_timeout,
+            supervision: Supervision {
+                retries: args.retries,
+                max_restarts: args.max_restarts,
+                chunk_timeout: args.timeout,
+                grace: args.grace,
+                interrupt,
+            },
+            start: args.start.into(),
+            // Lines for lost workers always; a bar never with --json, and only on a terminal.
+            observer: Some(std::sync::Arc::new(progress::Terminal::new(!args.json))),
+            ..procpool::PoolOptions::default()
+        },
         job: procpool::JobOptions {
             chunk_size,
             auto_chunk,
@@ -146,27 +162,12 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
             transport: args.transport.into(),
             faults: args.inject.clone(),
         },
-        pin: args.pin,
-        inflight: args.inflight,
         baseline: !args.no_baseline,
         repeat: args.repeat,
         warmup: args.warmup,
-        // Lines for lost workers always; a bar never with --json, and only on a terminal.
-        observer: Some(std::sync::Arc::new(progress::Terminal::new(!args.json))),
-        worker_exe: None,
-        handshake_timeout: args.handshake_timeout,
-        supervision: Supervision {
-            retries: args.retries,
-            max_restarts: args.max_restarts,
-            chunk_timeout: args.timeout,
-            grace: args.grace,
-            interrupt,
-        },
         output: args.output.clone(),
         window_bytes: args.window_size,
         mode: args.mode.into(),
-        start: args.start.into(),
-        registry: None,
     })
 }
 

@@ -74,10 +74,7 @@ fn main() -> Result<(), procpool::Error> {
     drop(pool);
 
     // Or a whole measured run: pool, single-process baseline, verification, report.
-    let options = RunOptions {
-        workers: 2,
-        ..RunOptions::default()
-    };
+    let options = RunOptions::new(2);
     let report = procpool::run(&workload, darts, &options)?;
     assert_eq!(report.verified, Some(true));
     assert_eq!(report.reduction, Some(hits));

@@ -11,10 +11,7 @@ fn main() -> Result<(), procpool::Error> {
     // parent and never returns.
     procpool::init();
 
-    let options = RunOptions {
-        workers: 2,
-        ..RunOptions::default()
-    };
+    let options = RunOptions::new(2);
     let report = procpool::run(&Primes, 1_000_000, &options)?;
     print!("{}", procpool::report::render_text(&report));
 

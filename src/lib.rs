@@ -76,8 +76,8 @@ pub mod workload;
 pub use engine::fault::Fault;
 pub use engine::interrupt::Interrupt;
 pub use engine::pool::{
-    AutoChunk, Death, Event, JobOptions, JobStats, Observer, Pool, PoolBuilder, PoolRun,
-    StartMethod, Supervision, WindowSink, WorkerStats,
+    AutoChunk, Death, Event, JobOptions, JobStats, Observer, Pool, PoolBuilder, PoolOptions,
+    PoolRun, StartMethod, Supervision, WindowSink, WorkerStats,
 };
 pub use engine::protocol::Transport;
 pub use engine::schedule::Schedule;

@@ -295,11 +295,8 @@ fn zero_workers_is_invalid_input() {
     // The library names its own option, not a flag of the command line.
     assert_eq!(err.option(), Some("workers"));
     assert_eq!(err.to_string(), "`workers` must be at least 1 (got 0)");
-    let options = RunOptions {
-        worker_exe: Some(EXE.into()),
-        workers: 0,
-        ..Default::default()
-    };
+    let mut options = RunOptions::new(0);
+    options.pool.worker_exe = Some(EXE.into());
     let err = procpool::run(&Squares, 10, &options).expect_err("zero workers");
     assert!(err.is_invalid_input(), "{err}");
 }
@@ -364,11 +361,8 @@ fn worker_that_never_connects_times_out_and_is_killed() {
 
 #[test]
 fn run_returns_a_verified_report() {
-    let options = RunOptions {
-        worker_exe: Some(EXE.into()),
-        workers: 2,
-        ..Default::default()
-    };
+    let mut options = RunOptions::new(2);
+    options.pool.worker_exe = Some(EXE.into());
     let n = 100_000;
     let report = procpool::run(&Squares, n, &options).expect("run");
     assert_eq!(report.verified, Some(true), "{report:?}");
@@ -385,12 +379,9 @@ fn run_returns_a_verified_report() {
 
 #[test]
 fn run_without_baseline_reports_no_verification() {
-    let options = RunOptions {
-        worker_exe: Some(EXE.into()),
-        workers: 2,
-        baseline: false,
-        ..Default::default()
-    };
+    let mut options = RunOptions::new(2);
+    options.pool.worker_exe = Some(EXE.into());
+    options.baseline = false;
     let report = procpool::run(&Squares, 1000, &options).expect("run");
     assert_eq!(report.verified, None);
     assert_eq!(report.speedup, None);

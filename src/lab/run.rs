@@ -9,10 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::engine::limits::{Machine, check_memory};
-use crate::engine::pool::{
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_INFLIGHT, JobOptions, JobStats, Observer, Pool, StartMethod,
-    Supervision, WorkerStats,
-};
+use crate::engine::pool::{JobOptions, JobStats, PoolBuilder, PoolOptions, WorkerStats};
 use crate::engine::protocol::Transport;
 use crate::engine::schedule::{Dispenser, Schedule};
 use crate::error::{Error, Phase, Result};
@@ -27,65 +24,56 @@ use crate::workload::Workload;
 /// How to run a job.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Worker processes.
-    pub workers: usize,
+    /// The pool: workers, how they start, supervision (processes mode; `workers` is also
+    /// the thread count of threads mode). The same options a [`crate::PoolBuilder`] sets.
+    pub pool: PoolOptions,
     /// How each job is cut and handed out, how results come back, and faults to inject:
     /// the same options a [`crate::Pool`] job takes.
     pub job: JobOptions,
-    /// Pin each worker to a CPU.
-    pub pin: bool,
-    /// Chunks in flight per worker.
-    pub inflight: usize,
     /// Run the single-process baseline and verify against it.
     pub baseline: bool,
     /// Measured rounds (each: baseline and parallel run, alternating).
     pub repeat: usize,
     /// Rounds run first and discarded.
     pub warmup: usize,
-    /// Who hears of the pool's progress and of lost workers (processes mode; see
-    /// [`Observer`]).
-    pub observer: Option<std::sync::Arc<dyn Observer>>,
-    /// Worker executable (default: the current executable).
-    pub worker_exe: Option<PathBuf>,
-    /// Deadline for workers to connect back.
-    pub handshake_timeout: Duration,
-    /// Retries, restarts, timeouts, grace periods and the interrupt flag.
-    pub supervision: Supervision,
     /// Stream the output to this file in bounded memory instead of holding it.
     pub output: Option<PathBuf>,
     /// Window length in bytes when streaming.
     pub window_bytes: u64,
     /// Processes (the pool), threads, or a single process.
     pub mode: Mode,
-    /// How worker processes start (processes mode only).
-    pub start: StartMethod,
-    /// The workloads forked workers can run (`None`: the built-ins; see
-    /// [`crate::PoolBuilder::registry`]).
-    pub registry: Option<crate::workload::Registry>,
 }
 
 /// The most rounds (`--warmup` plus `--repeat`) one run may take.
 pub(crate) const MAX_ROUNDS: usize = 10_000;
 
+impl RunOptions {
+    /// A run on `workers` workers (processes, or threads in threads mode), everything
+    /// else as [`RunOptions::default`] has it.
+    ///
+    /// ```
+    /// let mut options = procpool::RunOptions::new(2);
+    /// options.repeat = 3;
+    /// assert_eq!(options.pool.workers, 2);
+    /// ```
+    pub fn new(workers: usize) -> Self {
+        let mut options = RunOptions::default();
+        options.pool.workers = workers;
+        options
+    }
+}
+
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
-            workers: Machine::read().cores_logical,
+            pool: PoolOptions::default(),
             job: JobOptions::default(),
-            pin: false,
-            inflight: DEFAULT_INFLIGHT,
             baseline: true,
             repeat: 1,
             warmup: 0,
-            observer: None,
-            worker_exe: None,
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            supervision: Supervision::default(),
             output: None,
             window_bytes: crate::lab::stream::DEFAULT_WINDOW_BYTES,
             mode: Mode::Processes,
-            start: StartMethod::Spawn,
-            registry: None,
         }
     }
 }
@@ -169,7 +157,7 @@ fn run_round<W: Workload>(
     if let Some(path) = &options.output {
         return stream_round(workload, n, options, path);
     }
-    let interrupt = &options.supervision.interrupt;
+    let interrupt = &options.pool.supervision.interrupt;
     let mut early = match options.baseline && baseline_first {
         true => Some(run_single(workload, n, interrupt)?),
         false => None,
@@ -211,11 +199,13 @@ fn run_round<W: Workload>(
         }
         Mode::Threads => {
             let chunk_size = options.job.chunk_size.or_else(|| {
-                W::WAITS.then(|| crate::engine::schedule::waiting_chunk_size(n, options.workers))
+                W::WAITS
+                    .then(|| crate::engine::schedule::waiting_chunk_size(n, options.pool.workers))
             });
-            let dispenser = Dispenser::new(options.job.schedule, n, options.workers, chunk_size);
+            let dispenser =
+                Dispenser::new(options.job.schedule, n, options.pool.workers, chunk_size);
             let chunk_size = dispenser.chunk_size();
-            let run = run_threads(workload, dispenser, options.workers, interrupt)?;
+            let run = run_threads(workload, dispenser, options.pool.workers, interrupt)?;
             let stats = in_process_stats(
                 n,
                 chunk_size,
@@ -338,24 +328,8 @@ fn stream_round<W: Workload>(
     })
 }
 
-fn pool_builder(options: &RunOptions) -> crate::engine::pool::PoolBuilder {
-    let mut pool = Pool::builder()
-        .workers(options.workers)
-        .inflight(options.inflight)
-        .start(options.start)
-        .pin(options.pin)
-        .handshake_timeout(options.handshake_timeout)
-        .supervision(options.supervision.clone());
-    if let Some(exe) = &options.worker_exe {
-        pool = pool.worker_exe(exe);
-    }
-    if let Some(observer) = &options.observer {
-        pool = pool.observer(observer.clone());
-    }
-    if let Some(registry) = &options.registry {
-        pool = pool.registry(registry.clone());
-    }
-    pool
+fn pool_builder(options: &RunOptions) -> PoolBuilder {
+    PoolBuilder::from(options.pool.clone())
 }
 
 fn job_options(options: &RunOptions) -> JobOptions {
@@ -428,7 +402,7 @@ fn build_report<W: Workload>(
     let n = stats.n;
     let workers = match options.mode {
         Mode::Single => 1,
-        _ => options.workers,
+        _ => options.pool.workers,
     };
     let pool_wall_s = pool_s.mean;
     let baseline_wall_s = baseline_s.map(|b| b.mean);
@@ -474,16 +448,16 @@ fn build_report<W: Workload>(
             Ok(value) => value,
         },
         mode: options.mode,
-        start: (options.mode == Mode::Processes).then_some(options.start),
+        start: (options.mode == Mode::Processes).then_some(options.pool.start),
         schedule: stats.schedule,
         transport: (options.mode == Mode::Processes).then_some(stats.transport),
-        pinned: options.pin && options.mode == Mode::Processes,
+        pinned: options.pool.pin && options.mode == Mode::Processes,
         n,
         workers,
         chunk_size: stats.chunk_size,
         chunks: stats.chunks,
         auto_chunk: stats.auto_chunk,
-        inflight: options.inflight,
+        inflight: options.pool.inflight,
         cores_logical: machine.cores_logical,
         cores_physical: machine.cores_physical,
         baseline_wall_s,
@@ -555,7 +529,11 @@ fn validate(
     machine: &Machine,
 ) -> Result<()> {
     // The same checks a pool and its jobs make, before anything starts in any mode.
-    crate::engine::pool::check_counts(options.workers, options.inflight, options.job.chunk_size)?;
+    crate::engine::pool::check_counts(
+        options.pool.workers,
+        options.pool.inflight,
+        options.job.chunk_size,
+    )?;
     if options.mode != Mode::Processes && !options.job.faults.is_empty() {
         return Err(Error::invalid(
             "faults",
@@ -631,14 +609,14 @@ fn validate(
         && let Some(last) = options.job.faults.iter().map(|f| f.chunk).max()
     {
         let chunk_size = options.job.chunk_size.or_else(|| {
-            waits.then(|| crate::engine::schedule::waiting_chunk_size(n, options.workers))
+            waits.then(|| crate::engine::schedule::waiting_chunk_size(n, options.pool.workers))
         });
-        let dispenser = Dispenser::new(options.job.schedule, n, options.workers, chunk_size);
+        let dispenser = Dispenser::new(options.job.schedule, n, options.pool.workers, chunk_size);
         crate::engine::fault::check_faults(&options.job.faults, dispenser.chunks_up_to(last))?;
     }
     match options.mode {
-        Mode::Processes => crate::engine::limits::check_worker_limits(options.workers, true)?,
-        Mode::Threads => crate::engine::limits::check_thread_limits(options.workers)?,
+        Mode::Processes => crate::engine::limits::check_worker_limits(options.pool.workers, true)?,
+        Mode::Threads => crate::engine::limits::check_thread_limits(options.pool.workers)?,
         Mode::Single => {}
     }
     Ok(())

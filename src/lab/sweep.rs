@@ -55,10 +55,8 @@ pub fn sweep<W: Workload>(
     let mut cores_logical = 0;
     for &workers in &options.workers {
         for &chunk_size in &chunk_sizes {
-            let mut run_options = RunOptions {
-                workers,
-                ..options.run.clone()
-            };
+            let mut run_options = options.run.clone();
+            run_options.pool.workers = workers;
             run_options.job.chunk_size = chunk_size;
             let report = run(workload, n, &run_options)?;
             each(&report);

@@ -142,30 +142,58 @@ impl Default for Supervision {
     }
 }
 
-/// Configures and starts a [`Pool`].
+/// Everything a [`Pool`] is built from, as plain data: what [`PoolBuilder`]'s methods set,
+/// for callers that keep settings in a struct (the lab's [`crate::RunOptions`] does).
+/// `PoolBuilder::from(options)` builds from it; each field's meaning is on the builder
+/// method of the same name.
 #[derive(Debug, Clone)]
-pub struct PoolBuilder {
-    workers: usize,
-    inflight: usize,
-    worker_exe: Option<PathBuf>,
-    via_test: bool,
-    handshake_timeout: Duration,
-    supervision: Supervision,
-    start: StartMethod,
-    pin: bool,
-    observer: Option<Arc<dyn Observer>>,
-    registry: Registry,
-    tune_allocator: bool,
-    raise_file_limit: bool,
+pub struct PoolOptions {
+    /// Worker processes (see [`PoolBuilder::workers`]).
+    pub workers: usize,
+    /// Chunks in flight per worker (see [`PoolBuilder::inflight`]).
+    pub inflight: usize,
+    /// The executable workers run (see [`PoolBuilder::worker_exe`]).
+    pub worker_exe: Option<PathBuf>,
+    /// Workers start through a test binary's hidden entry (see
+    /// [`PoolBuilder::test_harness`]).
+    pub test_harness: bool,
+    /// Deadline for workers to connect back (see [`PoolBuilder::handshake_timeout`]).
+    pub handshake_timeout: Duration,
+    /// Retries, restarts, timeouts, grace periods and the interrupt flag.
+    pub supervision: Supervision,
+    /// How workers start (see [`PoolBuilder::start`]).
+    pub start: StartMethod,
+    /// Pin each worker to a CPU (see [`PoolBuilder::pin`]).
+    pub pin: bool,
+    /// Who hears of progress and lost workers (see [`PoolBuilder::observer`]).
+    pub observer: Option<Arc<dyn Observer>>,
+    /// The workloads forked workers can run (see [`PoolBuilder::registry`]).
+    pub registry: Registry,
+    /// Tune glibc's allocator (see [`PoolBuilder::tune_allocator`]).
+    pub tune_allocator: bool,
+    /// Raise the open-file limit when needed (see [`PoolBuilder::raise_file_limit`]).
+    pub raise_file_limit: bool,
 }
 
-impl Default for PoolBuilder {
+/// Configures and starts a [`Pool`].
+#[derive(Debug, Clone, Default)]
+pub struct PoolBuilder {
+    options: PoolOptions,
+}
+
+impl From<PoolOptions> for PoolBuilder {
+    fn from(options: PoolOptions) -> Self {
+        PoolBuilder { options }
+    }
+}
+
+impl Default for PoolOptions {
     fn default() -> Self {
-        PoolBuilder {
+        PoolOptions {
             workers: Machine::read().cores_logical,
             inflight: DEFAULT_INFLIGHT,
             worker_exe: None,
-            via_test: false,
+            test_harness: false,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             supervision: Supervision::default(),
             start: StartMethod::Spawn,
@@ -187,20 +215,20 @@ impl PoolBuilder {
 
     /// Number of worker processes (default: the number of logical cores).
     pub fn workers(mut self, workers: usize) -> Self {
-        self.workers = workers;
+        self.options.workers = workers;
         self
     }
 
     /// Chunks in flight per worker (default [`PoolBuilder::DEFAULT_INFLIGHT`]).
     pub fn inflight(mut self, inflight: usize) -> Self {
-        self.inflight = inflight;
+        self.options.inflight = inflight;
         self
     }
 
     /// The executable workers run (default: [`std::env::current_exe`]). It must call
     /// [`crate::init`] (or [`crate::init_with`]) first thing in `main`.
     pub fn worker_exe(mut self, exe: impl Into<PathBuf>) -> Self {
-        self.worker_exe = Some(exe.into());
+        self.options.worker_exe = Some(exe.into());
         self
     }
 
@@ -209,51 +237,51 @@ impl PoolBuilder {
     /// re-executing a `main` that calls [`crate::init`]: how a custom workload is tested
     /// across real worker processes under plain `cargo test`. See the macro.
     pub fn test_harness(mut self) -> Self {
-        self.via_test = true;
+        self.options.test_harness = true;
         self
     }
 
     /// How long workers may take to start and connect back (default 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
+        self.options.handshake_timeout = timeout;
         self
     }
 
     /// How workers are started (default [`StartMethod::Spawn`]).
     pub fn start(mut self, start: StartMethod) -> Self {
-        self.start = start;
+        self.options.start = start;
         self
     }
 
     /// Pins each worker to one CPU (`sched_setaffinity`), dealt round-robin over the CPUs
     /// this process may use (default: not pinned).
     pub fn pin(mut self, pin: bool) -> Self {
-        self.pin = pin;
+        self.options.pin = pin;
         self
     }
 
     /// How to handle dead, hung and interrupted workers (default [`Supervision::default`]).
     pub fn supervision(mut self, supervision: Supervision) -> Self {
-        self.supervision = supervision;
+        self.options.supervision = supervision;
         self
     }
 
     /// Retries per chunk (default [`Supervision::DEFAULT_RETRIES`]).
     pub fn retries(mut self, retries: u32) -> Self {
-        self.supervision.retries = retries;
+        self.options.supervision.retries = retries;
         self
     }
 
     /// Per-chunk time limit (default: none).
     pub fn chunk_timeout(mut self, timeout: Duration) -> Self {
-        self.supervision.chunk_timeout = Some(timeout);
+        self.options.supervision.chunk_timeout = Some(timeout);
         self
     }
 
     /// Who hears of the pool's progress and of lost workers (default: nobody; the pool
     /// prints nothing itself). See [`Observer`].
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
-        self.observer = Some(observer);
+        self.options.observer = Some(observer);
         self
     }
 
@@ -261,7 +289,7 @@ impl PoolBuilder {
     /// built-ins). Spawned workers re-execute the worker binary and serve the registry that
     /// binary hands to [`crate::init_with`]; give the pool the same one.
     pub fn registry(mut self, registry: Registry) -> Self {
-        self.registry = registry;
+        self.options.registry = registry;
         self
     }
 
@@ -271,7 +299,7 @@ impl PoolBuilder {
     /// ipc-channel allocates a receive buffer of a few hundred KiB for every message and
     /// would otherwise pay page faults for each. Workers always do this for themselves.
     pub fn tune_allocator(mut self, tune: bool) -> Self {
-        self.tune_allocator = tune;
+        self.options.tune_allocator = tune;
         self
     }
 
@@ -280,103 +308,110 @@ impl PoolBuilder {
     /// allows, about 4 per worker (default: yes). A process-wide change; with `false`, too
     /// low a limit is refused with an error naming it.
     pub fn raise_file_limit(mut self, raise: bool) -> Self {
-        self.raise_file_limit = raise;
+        self.options.raise_file_limit = raise;
         self
     }
 
     /// The stop request handle checked while jobs run.
     pub fn interrupt(mut self, interrupt: Interrupt) -> Self {
-        self.supervision.interrupt = interrupt;
+        self.options.supervision.interrupt = interrupt;
         self
     }
 
     /// Starts the workers. On failure none is left running.
     pub fn build(self) -> Result<Pool> {
-        check_counts(self.workers, self.inflight, None)?;
+        check_counts(self.options.workers, self.options.inflight, None)?;
         let most = max_inflight();
-        if self.inflight > most {
+        if self.options.inflight > most {
             return Err(Error::invalid(
                 "inflight",
                 format!(
                     "`inflight` {} is more chunk messages than a worker's channel holds \
                      without blocking here (at most {most}, from net.core.wmem_default): use \
                      at most {most}",
-                    self.inflight
+                    self.options.inflight
                 ),
             ));
         }
-        if self.handshake_timeout.is_zero() {
+        if self.options.handshake_timeout.is_zero() {
             return Err(Error::invalid(
                 "handshake_timeout",
                 "`handshake_timeout` 0s leaves workers no time to start: use at least 1ms (the \
                  default is 10s)",
             ));
         }
-        if self.supervision.chunk_timeout == Some(Duration::ZERO) {
+        if self.options.supervision.chunk_timeout == Some(Duration::ZERO) {
             return Err(Error::invalid(
                 "chunk_timeout",
                 "`chunk_timeout` 0s kills every chunk: use at least 1ms, or leave \
                  `chunk_timeout` unset for no limit",
             ));
         }
-        crate::engine::limits::check_worker_limits(self.workers, self.raise_file_limit)?;
-        if self.tune_allocator {
+        crate::engine::limits::check_worker_limits(
+            self.options.workers,
+            self.options.raise_file_limit,
+        )?;
+        if self.options.tune_allocator {
             crate::engine::sys::keep_freed_memory();
         }
         let dir = PrivateDir::create()?;
         let exe = spawn::WorkerExe {
-            path: match self.worker_exe {
+            path: match self.options.worker_exe {
                 Some(exe) => exe,
                 None => std::env::current_exe()?,
             },
-            via_test: self.via_test,
+            via_test: self.options.test_harness,
         };
         let region = SharedRegion::new()?;
-        let pin = if self.pin {
+        let pin = if self.options.pin {
             crate::engine::sys::allowed_cpus()
         } else {
             Vec::new()
         };
         let max_restarts = self
+            .options
             .supervision
             .max_restarts
-            .unwrap_or_else(|| default_max_restarts(self.workers));
+            .unwrap_or_else(|| default_max_restarts(self.options.workers));
         let mut start_deaths = Vec::new();
         let began = Instant::now();
-        let started = match self.start {
+        let started = match self.options.start {
             StartMethod::Spawn => spawn::start_workers(
                 &exe,
                 &dir,
                 region.raw_fd(),
-                0..self.workers,
-                self.handshake_timeout,
+                0..self.options.workers,
+                self.options.handshake_timeout,
                 &pin,
                 max_restarts,
-                &self.supervision.interrupt,
+                &self.options.supervision.interrupt,
                 &mut start_deaths,
             )?,
-            StartMethod::Fork => {
-                spawn::fork_workers(region.raw_fd(), 0..self.workers, &pin, &self.registry)?
-            }
+            StartMethod::Fork => spawn::fork_workers(
+                region.raw_fd(),
+                0..self.options.workers,
+                &pin,
+                &self.options.registry,
+            )?,
         };
         let spawn_time = began.elapsed();
 
         let mut pool = Pool {
             dir,
             start_deaths,
-            start: self.start,
+            start: self.options.start,
             pin,
             exe,
-            handshake_timeout: self.handshake_timeout,
-            supervision: self.supervision,
-            observer: self.observer,
+            handshake_timeout: self.options.handshake_timeout,
+            supervision: self.options.supervision,
+            observer: self.options.observer,
             max_restarts,
             set: IpcReceiverSet::new()?,
             by_receiver: HashMap::new(),
             workers: Vec::with_capacity(started.len()),
             region,
             mapping: None,
-            inflight: self.inflight,
+            inflight: self.options.inflight,
             spawn_time,
             next_job: 0,
             broken: false,
