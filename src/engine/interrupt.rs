@@ -14,6 +14,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 /// A handle to the "stop now" request made by SIGINT or SIGTERM.
+///
+/// ```no_run
+/// use procpool::{Interrupt, Pool};
+///
+/// procpool::init();
+/// // Before any thread starts: the first Ctrl-C stops the job cleanly, a second at once.
+/// let interrupt = Interrupt::install().expect("signal handlers");
+/// let mut pool = Pool::builder().interrupt(interrupt).build()?;
+/// # Ok::<(), procpool::Error>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct Interrupt {
     signal: Arc<AtomicUsize>,

@@ -108,6 +108,21 @@ impl std::fmt::Display for StartMethod {
 }
 
 /// How the pool reacts to workers that die, hang or are interrupted.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use procpool::{Pool, Supervision};
+///
+/// procpool::init();
+/// // A chunk that runs past 2 s has its worker killed and is tried again, at most twice.
+/// let supervision = Supervision {
+///     retries: 2,
+///     chunk_timeout: Some(Duration::from_secs(2)),
+///     ..Supervision::default()
+/// };
+/// let pool = Pool::builder().workers(4).supervision(supervision).build()?;
+/// # Ok::<(), procpool::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Supervision {
     /// A chunk whose worker died or timed out is retried this many times, so it is tried at
@@ -176,6 +191,18 @@ pub struct PoolOptions {
 }
 
 /// Configures and starts a [`Pool`].
+///
+/// ```no_run
+/// use procpool::{Pool, StartMethod};
+///
+/// procpool::init();
+/// let pool = Pool::builder()
+///     .workers(8)
+///     .inflight(4) // four chunks queued per worker: fewer round trips to wait on
+///     .start(StartMethod::Fork) // from a single-threaded process: no exec, no handshake
+///     .build()?;
+/// # Ok::<(), procpool::Error>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct PoolBuilder {
     options: PoolOptions,
@@ -545,6 +572,23 @@ pub trait WindowSink {
 }
 
 /// Options of one job.
+///
+/// ```no_run
+/// use procpool::{JobOptions, Pool, Schedule};
+/// use procpool::workload::Primes;
+///
+/// procpool::init();
+/// let mut pool = Pool::builder().workers(4).build()?;
+/// // Primes cost more as i grows: hand out small chunks to whoever is free.
+/// let options = JobOptions {
+///     chunk_size: Some(10_000),
+///     schedule: Schedule::Dynamic,
+///     ..JobOptions::default()
+/// };
+/// let run = pool.run_with(&Primes, 1_000_000, &options)?;
+/// assert_eq!(run.results().iter().map(|&p| u64::from(p)).sum::<u64>(), 78_498);
+/// # Ok::<(), procpool::Error>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct JobOptions {
     /// Chunk length in elements (default: about 4 chunks per worker, one block per worker
