@@ -90,6 +90,14 @@ pub use workload::{Element, Registry, Workload};
 ///
 /// Call it first thing in `main` of every binary a [`Pool`] uses as its worker executable.
 /// Uses the built-in workloads; see [`init_with`] to add your own.
+///
+/// **Everything before this call runs again in every worker**: a worker is your binary,
+/// started again with a hidden first argument, and it runs `main` from the top until it
+/// reaches `init`. Set-up, logging and printing before `init` happen once per worker too
+/// (procspawn has the same rule). In debug builds, `init` warns on stderr when it is called
+/// after the process has started threads or has been running for a while, the signs that
+/// something ran before it. A worker whose `main` forgets `init` and builds a pool gets an
+/// error from [`PoolBuilder::build`] instead of starting workers of its own.
 pub fn init() {
     init_with(Registry::builtin());
 }
@@ -103,6 +111,9 @@ pub fn init() {
 pub fn init_with(registry: Registry) {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) != Some(engine::protocol::WORKER_ARG) {
+        if cfg!(debug_assertions) {
+            warn_if_late();
+        }
         return;
     }
     serve_as_worker(&args, &registry);
@@ -167,6 +178,29 @@ pub fn serve_test_worker(registry: Registry) {
     };
     let args: Vec<String> = args.split(' ').map(str::to_string).collect();
     serve_as_worker(&args, &registry);
+}
+
+/// How long a process may run before `init` without a warning: longer than starting a
+/// binary takes, shorter than any set-up worth repeating in every worker.
+const LATE_INIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Warns (debug builds) when `init` comes after threads were started or after `LATE_INIT`:
+/// whatever ran before it will run again in every worker.
+fn warn_if_late() {
+    let threads = engine::sys::thread_count().unwrap_or(1);
+    let age = engine::sys::process_age();
+    let late = age.is_some_and(|age| age > LATE_INIT);
+    if threads > 1 || late {
+        let what = match (threads > 1, age) {
+            (true, _) => format!("this process already runs {threads} threads"),
+            (false, Some(age)) => format!("this process has run for {age:.1?}"),
+            (false, None) => "something ran first".to_string(),
+        };
+        eprintln!(
+            "procpool: init was not the first thing in main ({what}): everything before it \
+             runs again in every worker; move it to the top of main (a debug-build warning)"
+        );
+    }
 }
 
 /// Serves the parent as worker with `args` (the hidden entry's arguments) and exits.

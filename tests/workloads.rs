@@ -205,10 +205,18 @@ fn a_workload_the_worker_binary_does_not_know_is_a_clear_error() {
         .worker_exe(common::EXE)
         .build()
         .unwrap();
+    let pids = pool.pids();
     let err = pool.run(&Unknown, 10).err().expect("unregistered workload");
     let message = err.to_string();
     assert!(
         message.contains("not-in-procpool") && message.contains("not registered"),
         "{message}"
     );
+    // Refused before any worker saw it: the same workers are there, and run the next job.
+    assert!(err.is_invalid_input(), "{err}");
+    assert_eq!(pool.pids(), pids);
+    let run = pool
+        .run(&procpool::workload::Squares, 1000)
+        .expect("the pool still works");
+    assert_eq!(run.results()[999], 999 * 999);
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::fault::Fault;
 
 /// Bumped whenever a message changes shape; a worker from another build is refused.
-pub(crate) const PROTOCOL_VERSION: u32 = 3;
+pub(crate) const PROTOCOL_VERSION: u32 = 4;
 
 /// The first argument that turns a procpool-linked binary into a worker (see [`crate::init`]).
 pub(crate) const WORKER_ARG: &str = "__procpool_worker";
@@ -129,6 +129,9 @@ pub(crate) enum FromWorker {
     Hello {
         /// [`PROTOCOL_VERSION`] of the worker's build.
         version: u32,
+        /// The workloads the worker can run: name and element size, so that the parent
+        /// refuses a job no worker could run before sending it.
+        workloads: Vec<(String, u32)>,
     },
     /// A chunk is written into the shared region.
     Done {

@@ -173,6 +173,28 @@ pub(crate) fn pin_to(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// How long this process has been running: the system's uptime minus the process's start
+/// time, both from /proc (10 ms resolution). `None` when /proc cannot tell.
+pub(crate) fn process_age() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    // starttime is field 22 of the whole line: 20 after the name.
+    let start_ticks: f64 = fields.get(19)?.parse().ok()?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs_f64(
+        (uptime - start_ticks / per_second).max(0.0),
+    ))
+}
+
 /// CPU time (user + system) and peak resident memory of process `pid`, read from /proc.
 pub(crate) fn process_usage(pid: u32) -> Option<(Duration, u64)> {
     // schedstat's first field is on-CPU time in nanoseconds; stat's ticks are 10 ms coarse.
@@ -340,6 +362,13 @@ pub(crate) fn process_limit() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_process_has_a_plausible_age() {
+        let age = process_age().expect("/proc tells");
+        // The test binary started before this test, and not a day ago.
+        assert!(age < Duration::from_secs(86_400), "{age:?}");
+    }
 
     #[test]
     fn fork_is_refused_in_a_process_with_threads() {

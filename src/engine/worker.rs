@@ -162,6 +162,7 @@ fn serve_inner(args: &WorkerArgs, registry: &Registry) -> Result<(), String> {
     to_parent
         .send(FromWorker::Hello {
             version: PROTOCOL_VERSION,
+            workloads: registry.catalogue(),
         })
         .map_err(|e| format!("cannot greet the parent: {e}"))?;
 

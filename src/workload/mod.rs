@@ -120,6 +120,8 @@ fn decode<W: Workload>(params: &[u8]) -> Result<Box<dyn DynKernel>, postcard::Er
 struct Entry {
     elem_size: usize,
     decode: Decoder,
+    /// The Rust type registered, to tell two workloads that share a name apart.
+    type_name: &'static str,
 }
 
 /// The workloads a worker can run, by name.
@@ -167,16 +169,53 @@ impl Registry {
             .register::<Sleep>()
     }
 
-    /// Adds workload `W` (replacing any workload of the same name).
-    pub fn register<W: Workload>(mut self) -> Self {
+    /// Adds workload `W`.
+    ///
+    /// # Panics
+    /// When another type is registered under the same [`Workload::NAME`]: workers would
+    /// run one of them where the parent sent the other, silently. (Registering the same
+    /// type twice is harmless.) See [`Registry::try_register`] to handle it yourself.
+    pub fn register<W: Workload>(self) -> Self {
+        match self.try_register::<W>() {
+            Ok(registry) => registry,
+            Err(message) => panic!("{message}"),
+        }
+    }
+
+    /// Adds workload `W`, or says which type already holds its name.
+    pub fn try_register<W: Workload>(mut self) -> Result<Self, String> {
+        let type_name = std::any::type_name::<W>();
+        if let Some(taken) = self.entries.get(W::NAME)
+            && taken.type_name != type_name
+        {
+            return Err(format!(
+                "workload name `{}` is taken by {} and cannot also name {type_name}: give one \
+                 of them another Workload::NAME",
+                W::NAME,
+                taken.type_name
+            ));
+        }
         self.entries.insert(
             W::NAME,
             Entry {
                 elem_size: std::mem::size_of::<W::Output>(),
                 decode: decode::<W>,
+                type_name,
             },
         );
-        self
+        Ok(self)
+    }
+
+    /// Every registered workload's name and element size, sorted by name: what a worker
+    /// tells the parent it can run.
+    pub(crate) fn catalogue(&self) -> Vec<(String, u32)> {
+        let mut all: Vec<(String, u32)> = self
+            .entries
+            .iter()
+            .map(|(name, e)| (name.to_string(), e.elem_size as u32))
+            .collect();
+        all.sort();
+        all
     }
 
     /// The registered names, sorted.
@@ -225,6 +264,32 @@ mod tests {
         kernel.run(4..7, &mut out);
         let got: &[u64] = bytemuck::cast_slice(&out);
         assert_eq!(got, &[16, 25, 36]);
+    }
+
+    #[test]
+    fn two_types_cannot_share_a_name() {
+        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+        struct Impostor;
+        impl Workload for Impostor {
+            const NAME: &'static str = "squares";
+            type Output = u64;
+            fn kernel(&self, _: Range<u64>, out: &mut [u64]) {
+                out.fill(0);
+            }
+        }
+        let err = Registry::builtin().try_register::<Impostor>().unwrap_err();
+        assert!(
+            err.contains("`squares` is taken by") && err.contains("Impostor"),
+            "{err}"
+        );
+        // The same type again is fine.
+        assert!(Registry::builtin().try_register::<Squares>().is_ok());
+        let caught = std::panic::catch_unwind(|| Registry::builtin().register::<Impostor>());
+        assert!(caught.is_err(), "register panics on a taken name");
+        assert_eq!(
+            Registry::builtin().catalogue()[0],
+            ("collatz".to_string(), 4)
+        );
     }
 
     #[test]

@@ -59,6 +59,22 @@ pub(crate) fn max_inflight() -> usize {
     (buffer / (2 * 768)).clamp(1, 4096)
 }
 
+/// Fails when this process was started as a procpool worker but is building a pool: its
+/// `main` did not call [`crate::init`] first, so every worker would run `main` again, build
+/// its own pool, and so on, a fork bomb. The worker gives up here instead; its parent then
+/// reports that it exited before connecting, with the same advice.
+fn refuse_to_recurse() -> Result<()> {
+    let worker = std::env::args().nth(1).as_deref() == Some(crate::engine::protocol::WORKER_ARG)
+        || std::env::var_os(TEST_WORKER_ENV).is_some();
+    if worker {
+        return Err(Error::invalid_input(
+            "this process was started as a procpool worker, but its main builds a pool \
+             instead of serving: call procpool::init() (or init_with) first thing in main",
+        ));
+    }
+    Ok(())
+}
+
 /// The counts every pool and job needs to be at least 1: workers, chunks in flight, and the
 /// chunk length when one is given. The lab checks them with this too, before anything
 /// starts, in every mode.
@@ -347,6 +363,7 @@ impl PoolBuilder {
 
     /// Starts the workers. On failure none is left running.
     pub fn build(self) -> Result<Pool> {
+        refuse_to_recurse()?;
         check_counts(self.options.workers, self.options.inflight, None)?;
         let most = max_inflight();
         if self.options.inflight > most {
@@ -443,6 +460,7 @@ impl PoolBuilder {
             next_job: 0,
             broken: false,
             handshake_ipc: (0, 0),
+            workloads: Vec::new(),
         };
         for s in started {
             pool.workers.push(WorkerSlot::empty(s.id));
@@ -552,6 +570,8 @@ pub struct Pool {
     broken: bool,
     /// Messages and bytes of the handshakes, not yet charged to a job.
     handshake_ipc: (u64, u64),
+    /// What the workers can run (name, element size), from their `Hello`.
+    workloads: Vec<(String, u32)>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -805,6 +825,7 @@ impl Pool {
             return Err(Error::Broken);
         }
         let elem_size = std::mem::size_of::<W::Output>();
+        self.check_registered(W::NAME, elem_size)?;
         let layout = stream.as_ref().map_or(Layout::flat(n), |(l, _)| *l);
         let region_len = u128::from(layout.region_elems(n)) * elem_size as u128;
         check_memory(
@@ -953,6 +974,9 @@ impl Pool {
             .expect("a slot for every worker id");
         let rid = self.set.add(s.rx)?;
         self.by_receiver.insert(rid, slot_index);
+        if self.workloads.is_empty() {
+            self.workloads = s.workloads;
+        }
         let slot = &mut self.workers[slot_index];
         slot.pid = s.pid;
         slot.child = Some(s.child);
@@ -960,6 +984,27 @@ impl Pool {
         slot.rid = Some(rid);
         slot.output = s.output;
         Ok(())
+    }
+
+    /// Refuses, before any worker sees it, a job whose workload the workers cannot run:
+    /// not registered in their binary, or registered with another element type.
+    fn check_registered(&self, name: &str, elem_size: usize) -> Result<()> {
+        match self.workloads.iter().find(|(n, _)| n == name) {
+            Some(&(_, size)) if size as usize == elem_size => Ok(()),
+            Some(&(_, size)) => Err(Error::invalid_input(format!(
+                "workload `{name}` has {elem_size}-byte elements here but {size}-byte elements \
+                 in the workers' binary: they are different types (or builds) under one name"
+            ))),
+            None => {
+                let known: Vec<&str> = self.workloads.iter().map(|(n, _)| n.as_str()).collect();
+                Err(Error::invalid_input(format!(
+                    "workload `{name}` is not registered in the workers' binary (it has: {}): \
+                     register it (Registry::builtin().register::<YourWorkload>()) and give that \
+                     registry to procpool::init_with first thing in the workers' main",
+                    known.join(", ")
+                )))
+            }
+        }
     }
 
     /// Stops and reaps every worker now (dropping the pool does the same).

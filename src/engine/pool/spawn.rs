@@ -55,6 +55,9 @@ pub(crate) struct Started {
     pub output: Option<JoinHandle<()>>,
     /// Messages and bytes of the handshake, for the IPC counters.
     pub handshake_ipc: (u64, u64),
+    /// The workloads the worker can run (name, element size), as its `Hello` said; for a
+    /// forked worker, the pool's registry.
+    pub workloads: Vec<(String, u32)>,
 }
 
 /// Why a start failed.
@@ -192,10 +195,10 @@ impl Starting {
         }
         if let Some((_, rx)) = &self.connected {
             match rx.try_recv() {
-                Ok(FromWorker::Hello { version }) if version == PROTOCOL_VERSION => {
-                    return Progress::Ready(self.finish(version));
+                Ok(FromWorker::Hello { version, workloads }) if version == PROTOCOL_VERSION => {
+                    return Progress::Ready(self.finish(version, workloads));
                 }
-                Ok(FromWorker::Hello { version }) => {
+                Ok(FromWorker::Hello { version, .. }) => {
                     let message = format!(
                         "worker {} speaks protocol version {version}, this procpool \
                          {PROTOCOL_VERSION}: the worker executable is from another build",
@@ -301,7 +304,11 @@ impl Starting {
         Ok(())
     }
 
-    fn finish(&mut self, version: u32) -> Started {
+    fn finish(&mut self, version: u32, workloads: Vec<(String, u32)>) -> Started {
+        let hello = FromWorker::Hello {
+            version,
+            workloads: workloads.clone(),
+        };
         let (tx, rx) = self.connected.take().expect("connected before Hello");
         self.forward_output();
         Started {
@@ -311,10 +318,8 @@ impl Starting {
             tx,
             rx,
             output: self.output.take(),
-            handshake_ipc: (
-                2,
-                welcome_wire_size() + wire_size(&FromWorker::Hello { version }),
-            ),
+            handshake_ipc: (2, welcome_wire_size() + wire_size(&hello)),
+            workloads,
         }
     }
 
@@ -647,6 +652,7 @@ pub(crate) fn fork_workers(
                 rx: from_worker,
                 output: None,
                 handshake_ipc: (0, 0),
+                workloads: registry.catalogue(),
             })
         })();
         match forked {
