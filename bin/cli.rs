@@ -160,6 +160,11 @@ pub(crate) struct RunArgs {
     #[arg(long, global = true, value_name = "M", allow_negative_numbers = true, value_parser = parse_n)]
     pub max_restarts: Option<u64>,
 
+    /// Retry a chunk whose kernel panicked, like a crash (by default a panic fails the run
+    /// at once, naming the chunk and the panic: the same input would panic again)
+    #[arg(long, global = true)]
+    pub retry_panics: bool,
+
     /// Kill a worker whose chunk runs longer than this (e.g. 500ms, 2s) and retry the chunk
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,

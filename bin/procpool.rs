@@ -149,6 +149,7 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
                 chunk_timeout: args.timeout,
                 grace: args.grace,
                 interrupt,
+                retry_panics: args.retry_panics,
             },
             start: args.start.into(),
             // Lines for lost workers always; a bar never with --json, and only on a terminal.

@@ -66,6 +66,31 @@ pub enum Error {
         timeout: Duration,
     },
 
+    /// The kernel panicked on a chunk. The worker caught the panic and lived on; a panic is
+    /// not retried (the same input would panic again) unless
+    /// [`Supervision::retry_panics`](crate::Supervision::retry_panics) says so.
+    #[error(
+        "the kernel panicked on chunk {chunk} (elements {start}..{end}) in worker {worker} \
+         (pid {pid}): {message}{}",
+        location.as_deref().map(|l| format!(" (at {l})")).unwrap_or_default()
+    )]
+    KernelPanicked {
+        /// The chunk id.
+        chunk: u64,
+        /// Its first index.
+        start: u64,
+        /// One past its last index.
+        end: u64,
+        /// The worker's id.
+        worker: usize,
+        /// Its process id.
+        pid: u32,
+        /// The panic message.
+        message: String,
+        /// Where it panicked (`file:line:column`), when known.
+        location: Option<String>,
+    },
+
     /// A worker reported that it cannot run the job.
     #[error("worker {id} (pid {pid}) cannot run the job: {message}")]
     WorkerFailed {
@@ -139,8 +164,9 @@ pub enum Error {
     #[error("{0}")]
     Output(String),
 
-    /// The pool is unusable after an earlier failure.
-    #[error("the pool stopped after an earlier failure; build a new one")]
+    /// The pool lost its shared region's mapping in the middle of a job (a bug of
+    /// procpool's; the next job maps it again).
+    #[error("the pool's shared region is not mapped; the job stopped")]
     Broken,
 
     /// An IPC channel failed in an unexpected way.
@@ -217,10 +243,10 @@ impl Error {
         }
     }
 
-    /// The chunk that exhausted its retries, if that is what failed.
+    /// The chunk that failed the job: out of retries, or its kernel panicked.
     pub fn chunk(&self) -> Option<u64> {
         match *self {
-            Error::ChunkFailed { chunk, .. } => Some(chunk),
+            Error::ChunkFailed { chunk, .. } | Error::KernelPanicked { chunk, .. } => Some(chunk),
             _ => None,
         }
     }
@@ -260,7 +286,8 @@ impl Error {
             Error::Spawn { id, .. }
             | Error::HandshakeExit { id, .. }
             | Error::HandshakeTimeout { id, .. }
-            | Error::WorkerFailed { id, .. } => Some(id),
+            | Error::WorkerFailed { id, .. }
+            | Error::KernelPanicked { worker: id, .. } => Some(id),
             Error::ChunkFailed { last, .. } | Error::TooManyRestarts { last, .. } => {
                 Some(last.worker)
             }
@@ -340,6 +367,8 @@ pub enum LossCause {
     TimedOut(Duration),
     /// It did not connect within the handshake timeout; procpool killed it.
     NoHandshake(Duration),
+    /// Its kernel panicked, and panics are retried: procpool replaced it.
+    Panicked,
 }
 
 impl fmt::Display for LossCause {
@@ -348,6 +377,7 @@ impl fmt::Display for LossCause {
             LossCause::Ended(cause) => write!(f, "{cause}"),
             LossCause::TimedOut(limit) => write!(f, "timed out after {limit:?} (killed)"),
             LossCause::NoHandshake(limit) => write!(f, "did not connect within {limit:?} (killed)"),
+            LossCause::Panicked => write!(f, "panicked (replaced)"),
         }
     }
 }

@@ -104,7 +104,7 @@ fn workers_crashing_in_every_way_leave_nothing_behind() {
     for (fault, cause) in [
         ("abort@1:always", "killed by SIGABRT"),
         ("segv@1:always", "killed by SIGSEGV"),
-        ("panic@1:always", "exited with status 101"),
+        ("panic@1:always", "the kernel panicked on chunk 1"),
         ("exit@1:always", "exited with status 3"),
         ("kill@0:always", "killed by SIGKILL"),
     ] {

@@ -81,10 +81,19 @@ fn workers_killed_before_they_connect_are_replaced_within_the_restart_limit() {
     let stats = run.stats().clone();
     assert_eq!(stats.restarts, 2, "{:?}", stats.deaths);
     assert_eq!(stats.deaths.len(), 2);
+    // Which starts get killed depends on who takes a ticket first: a replacement may be
+    // killed in turn, so a replacement is either a worker of the pool or a later death.
+    let died: Vec<u32> = stats.deaths.iter().map(|d| d.pid).collect();
     for death in &stats.deaths {
         assert_eq!(death.cause, "killed by SIGKILL before it connected");
         assert_eq!(death.chunk, None);
-        assert!(death.replaced_by.is_some_and(|p| pids.contains(&p)));
+        assert!(
+            death
+                .replaced_by
+                .is_some_and(|p| pids.contains(&p) || died.contains(&p)),
+            "{:?}",
+            stats.deaths
+        );
     }
     drop(run);
     pool.shutdown();

@@ -69,7 +69,7 @@ fn worker_sigkilled_from_outside_mid_run_is_replaced_and_the_run_verifies() {
 #[test]
 fn injected_panic_abort_segv_and_hang_are_each_recovered() {
     for (fault, extra, cause) in [
-        ("panic@1", None, "exited with status 101"),
+        ("panic@1", Some("--retry-panics"), "panicked (replaced)"),
         ("abort@1", None, "killed by SIGABRT"),
         ("segv@1", None, "killed by SIGSEGV"),
         ("hang@1", Some("300ms"), "timed out after 300ms"),
@@ -84,8 +84,10 @@ fn injected_panic_abort_segv_and_hang_are_each_recovered() {
             "--inject",
             fault,
         ];
-        if let Some(timeout) = extra {
-            args.extend(["--timeout", timeout]);
+        match extra {
+            Some("--retry-panics") => args.push("--retry-panics"),
+            Some(timeout) => args.extend(["--timeout", timeout]),
+            None => {}
         }
         let out = sandbox.command(&args).env("RUST_BACKTRACE", "0").run();
         out.assert_code(EXIT_OK);
@@ -104,19 +106,29 @@ fn injected_panic_abort_segv_and_hang_are_each_recovered() {
 }
 
 #[test]
-fn a_panicking_workers_message_reaches_stderr_prefixed_with_its_id() {
+fn a_kernel_panic_is_one_error_naming_the_chunk_the_message_and_where() {
     let sandbox = Sandbox::new();
     let out = sandbox
         .command(&["--workers", "2", "squares", "1e4", "--inject", "panic@0"])
-        .env("RUST_BACKTRACE", "0")
+        .env("RUST_BACKTRACE", "1")
         .run();
-    out.assert_code(EXIT_OK);
-    let line = out
-        .stderr
-        .lines()
-        .find(|l| l.contains("injected panic at chunk 0"))
-        .unwrap_or_else(|| panic!("no panic message in stderr:\n{}", out.stderr));
-    assert!(line.starts_with("[worker 0] "), "{line}");
+    // Not retried: the same input would panic again.
+    out.assert_code(EXIT_FAILED);
+    let line = out.one_line_error();
+    assert!(
+        line.contains("the kernel panicked on chunk 0 (elements 0..")
+            && line.contains("injected panic at chunk 0")
+            && line.contains("(at src/engine/worker.rs:"),
+        "{line}"
+    );
+    // Said once, with no backtrace: the worker's own panic output is kept quiet.
+    assert_eq!(
+        out.stderr.matches("injected panic").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("stack backtrace"), "{}", out.stderr);
     sandbox.assert_nothing_left(&out);
 }
 

@@ -124,6 +124,15 @@ impl std::fmt::Display for Transport {
 /// Worker to parent.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum FromWorker {
+    /// The kernel panicked on chunk `id`; the worker caught it and serves on.
+    Panicked {
+        /// The chunk id.
+        id: u64,
+        /// The panic message.
+        message: String,
+        /// Where it panicked (`file:line:column`), when known.
+        location: Option<String>,
+    },
     /// The answer to [`ToWorker::Welcome`]: the worker's build. It names no process id:
     /// procpool trusts only the pid it got from `spawn` itself.
     Hello {

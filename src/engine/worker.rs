@@ -95,6 +95,7 @@ struct CurrentJob {
 /// Runs the worker until the parent says `Shutdown` or goes away. Returns the exit status.
 pub(crate) fn serve(args: &WorkerArgs, registry: &Registry) -> i32 {
     crate::engine::sys::ignore_interrupts();
+    quiet_panics();
     match serve_inner(args, registry) {
         Ok(()) => 0,
         Err(message) => {
@@ -181,6 +182,7 @@ pub(crate) fn serve_forked(
     registry: &Registry,
 ) -> i32 {
     crate::engine::sys::ignore_interrupts();
+    quiet_panics();
     match serve_loop(to_parent, from_parent, shm, registry) {
         Ok(()) => 0,
         Err(message) => {
@@ -228,7 +230,25 @@ fn serve_loop(
             } => {
                 let job = job.as_ref().ok_or("received a chunk before any job")?;
                 let began = Instant::now();
-                let (reduction, data) = run_chunk(job, id, start, end, attempt)?;
+                // A panicking kernel is the caller's bug, not a crash: report it and serve on.
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run_chunk(job, id, start, end, attempt)
+                }));
+                let (reduction, data) = match ran {
+                    Ok(ran) => ran?,
+                    Err(payload) => {
+                        let (message, location) = panic_report(payload.as_ref());
+                        let panicked = FromWorker::Panicked {
+                            id,
+                            message,
+                            location,
+                        };
+                        if to_parent.send(panicked).is_err() {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                };
                 let compute_ns = began.elapsed().as_nanos() as u64;
                 let done = FromWorker::Done {
                     id,
@@ -320,6 +340,34 @@ fn run_chunk(
         out[0] ^= 0x5a;
     }
     Ok((reduction, None))
+}
+
+/// Where the last panic of this worker happened, kept by [`quiet_panics`]'s hook.
+static PANIC_LOCATION: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Replaces the default panic hook, which prints the message (and a backtrace) on stderr,
+/// with one that only notes where the panic happened: the parent gets message and
+/// location in one error instead of the worker printing them.
+fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        if let Ok(mut last) = PANIC_LOCATION.lock() {
+            *last = location;
+        }
+    }));
+}
+
+/// The message of a caught panic, and where it happened.
+fn panic_report(payload: &(dyn std::any::Any + Send)) -> (String, Option<String>) {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a payload that is not a string".to_string());
+    let location = PANIC_LOCATION.lock().ok().and_then(|mut l| l.take());
+    (message, location)
 }
 
 /// Makes this worker fail the way `action` says, right before running chunk `id`.

@@ -170,6 +170,8 @@ enum Why {
     Died,
     /// Its chunk ran past the limit: we killed it.
     TimedOut(Duration),
+    /// Its kernel panicked and panics are retried: we killed it.
+    Panicked,
 }
 
 impl Pool {
@@ -433,6 +435,11 @@ impl Pool {
                         reduction,
                         data,
                     } => self.done(w, id, compute_ns, reduction, data, job),
+                    FromWorker::Panicked {
+                        id,
+                        message,
+                        location,
+                    } => self.panicked(w, id, message, location, job),
                     FromWorker::Failed { message } => Err(Error::WorkerFailed {
                         id: self.workers[w].id,
                         pid: self.workers[w].pid,
@@ -448,6 +455,37 @@ impl Pool {
                 None => Ok(()),
             },
         }
+    }
+
+    /// The kernel panicked on chunk `id` in worker `w`, which caught it. By default the
+    /// job fails naming the chunk and the panic; with `retry_panics` the worker is replaced
+    /// and the chunk retried, like a crash.
+    fn panicked(
+        &mut self,
+        w: usize,
+        id: u64,
+        message: String,
+        location: Option<String>,
+        job: &mut Job,
+    ) -> Result<()> {
+        let Some(chunk) = job.ledger.holding(w, id) else {
+            return Err(Error::Ipc(format!(
+                "worker {w} reported a panic on chunk {id}, which it did not hold"
+            )));
+        };
+        if self.supervision.retry_panics {
+            crate::engine::sys::kill_hard(self.workers[w].pid);
+            return self.replace(w, Why::Panicked, job);
+        }
+        Err(Error::KernelPanicked {
+            chunk: chunk.id,
+            start: chunk.start,
+            end: chunk.end,
+            worker: self.workers[w].id,
+            pid: self.workers[w].pid,
+            message,
+            location,
+        })
     }
 
     /// Worker `w` finished chunk `id`.
@@ -568,6 +606,7 @@ impl Pool {
         let cause = match why {
             Why::Died => LossCause::Ended(exit),
             Why::TimedOut(limit) => LossCause::TimedOut(limit),
+            Why::Panicked => LossCause::Panicked,
         };
         let lost = job.ledger.lose(w, slot_id, pid, cause)?;
         let (running, text) = (lost.running, lost.loss.to_string());

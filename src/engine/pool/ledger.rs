@@ -131,6 +131,15 @@ impl Ledger {
 
     /// Worker `w` reported chunk `id` done. Returns the chunk and its round trip (from when
     /// it became the front chunk), or `None` if `w` did not hold it.
+    /// The chunk `id` that worker `w` holds, if it does.
+    pub(crate) fn holding(&self, w: usize, id: u64) -> Option<Chunk> {
+        self.holding[w]
+            .chunks
+            .iter()
+            .find(|c| c.chunk.id == id)
+            .map(|c| c.chunk)
+    }
+
     pub(crate) fn done(&mut self, w: usize, id: u64, now: Instant) -> Option<(Chunk, Duration)> {
         let h = &mut self.holding[w];
         let pos = h.chunks.iter().position(|c| c.chunk.id == id)?;

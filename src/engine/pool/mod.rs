@@ -152,6 +152,9 @@ pub struct Supervision {
     pub grace: Duration,
     /// Set by SIGINT/SIGTERM (see [`Interrupt::install`]); checked every few milliseconds.
     pub interrupt: Interrupt,
+    /// Retry a chunk whose kernel panicked, like a crash (default: no; a panic fails the
+    /// job with [`Error::KernelPanicked`], since the same input would panic again).
+    pub retry_panics: bool,
 }
 
 impl Supervision {
@@ -169,6 +172,7 @@ impl Default for Supervision {
             chunk_timeout: None,
             grace: DEFAULT_GRACE,
             interrupt: Interrupt::new(),
+            retry_panics: false,
         }
     }
 }
@@ -762,6 +766,14 @@ impl Pool {
     }
 
     /// Runs `workload` on `0..n` with default options.
+    ///
+    /// A pool is always ready for the next job, whatever happened to the last one:
+    /// - a job refused up front (bad options, a workload the workers do not have) changes
+    ///   nothing: the same workers run the next job;
+    /// - a job that failed on the way (a kernel panic, a chunk out of retries, too many
+    ///   restarts, an interrupt) stops every worker; the next job starts a fresh set;
+    /// - workers that died between jobs are replaced before the next job hands out a
+    ///   chunk, and never blamed for one.
     pub fn run<W: Workload>(&mut self, workload: &W, n: u64) -> Result<PoolRun<'_, W::Output>> {
         self.run_with(workload, n, &JobOptions::default())
     }
@@ -821,11 +833,14 @@ impl Pool {
         options: &JobOptions,
         stream: Option<(Layout, &mut (dyn WindowSink + Send))>,
     ) -> Result<JobStats> {
-        if self.broken {
-            return Err(Error::Broken);
-        }
         let elem_size = std::mem::size_of::<W::Output>();
         self.check_registered(W::NAME, elem_size)?;
+        if self.broken {
+            // A failed job stopped every worker: start a fresh set.
+            self.revive()?;
+        } else {
+            self.replace_the_dead()?;
+        }
         let layout = stream.as_ref().map_or(Layout::flat(n), |(l, _)| *l);
         let region_len = u128::from(layout.region_elems(n)) * elem_size as u128;
         check_memory(
@@ -984,6 +999,72 @@ impl Pool {
         slot.rid = Some(rid);
         slot.output = s.output;
         Ok(())
+    }
+
+    /// Starts a fresh set of workers after a failed job stopped them all. They are spawned
+    /// whatever the start method: by now this process has threads, so it may not fork.
+    fn revive(&mut self) -> Result<()> {
+        self.set = IpcReceiverSet::new()?;
+        self.by_receiver.clear();
+        for w in 0..self.workers.len() {
+            self.respawn(w)?;
+        }
+        self.broken = false;
+        Ok(())
+    }
+
+    /// Replaces the workers that died between jobs (killed from outside, or ended with the
+    /// thread that started them) before the job begins, so that none is blamed for a chunk
+    /// it never received. Their deaths count as this job's restarts.
+    fn replace_the_dead(&mut self) -> Result<()> {
+        for w in 0..self.workers.len() {
+            let slot = &mut self.workers[w];
+            let Some(child) = slot.child.as_mut() else {
+                continue;
+            };
+            let Ok(Some(exit)) = child.try_wait() else {
+                continue;
+            };
+            let (id, pid) = (slot.id, slot.pid);
+            if let Some(rid) = slot.rid.take() {
+                self.by_receiver.remove(&rid);
+            }
+            slot.reap(Duration::ZERO);
+            let new_pid = self.respawn(w)?;
+            self.start_deaths.push(Death {
+                id,
+                pid,
+                cause: format!("{exit} between jobs"),
+                chunk: None,
+                replaced_by: Some(new_pid),
+            });
+        }
+        Ok(())
+    }
+
+    /// Spawns a worker for slot `w` and waits for its handshake (within the restart limit,
+    /// like a start); returns its pid.
+    fn respawn(&mut self, w: usize) -> Result<u32> {
+        let id = self.workers[w].id;
+        let mut deaths = Vec::new();
+        let started = spawn::start_workers(
+            &self.exe,
+            &self.dir,
+            self.region.raw_fd(),
+            id..id + 1,
+            self.handshake_timeout,
+            &self.pin,
+            self.max_restarts,
+            &self.supervision.interrupt,
+            &mut deaths,
+        )?;
+        self.start_deaths.extend(deaths);
+        let mut pid = 0;
+        for s in started {
+            pid = s.pid;
+            self.install(s)?;
+        }
+        Ok(pid)
     }
 
     /// Refuses, before any worker sees it, a job whose workload the workers cannot run:
