@@ -388,3 +388,63 @@ fn run_without_baseline_reports_no_verification() {
     assert_eq!(report.baseline_wall_s, None);
     assert_eq!(report.checksum, common::squares_checksum(1000));
 }
+
+#[test]
+fn a_pool_built_on_a_thread_that_ends_keeps_its_workers() {
+    // Linux sends the death signal when the thread that started a worker ends; the pool
+    // starts its workers from a thread of its own, so they outlive the thread that built it.
+    let mut pool = std::thread::spawn(|| pool(2))
+        .join()
+        .expect("the building thread ends");
+    let pids = pool.pids();
+    std::thread::sleep(Duration::from_millis(100));
+    let run = pool
+        .run(&Squares, 10_000)
+        .expect("the workers are still there");
+    assert_squares(run.results(), 10_000);
+    assert_eq!(run.stats().restarts, 0, "{:?}", run.stats().deaths);
+    drop(run);
+    assert_eq!(pool.pids(), pids, "the same workers");
+    drop(pool);
+    assert_reaped(&pids, "after drop");
+}
+
+#[test]
+fn a_panicking_kernel_is_an_error_and_the_same_pool_runs_the_next_job() {
+    let mut pool = pool(2);
+    let options = procpool::JobOptions {
+        chunk_size: Some(100),
+        faults: vec!["panic@3".parse().expect("a fault")],
+        ..Default::default()
+    };
+    let err = pool
+        .run_with(&Squares, 1000, &options)
+        .err()
+        .expect("a panic fails the job");
+    match &err {
+        procpool::Error::KernelPanicked {
+            chunk,
+            start,
+            end,
+            message,
+            location,
+            ..
+        } => {
+            assert_eq!((*chunk, *start, *end), (3, 300, 400));
+            assert_eq!(message, "injected panic at chunk 3");
+            assert!(
+                location.as_deref().is_some_and(|l| l.contains("worker.rs")),
+                "{err}"
+            );
+        }
+        other => panic!("expected KernelPanicked, got {other}"),
+    }
+    let run = pool
+        .run(&Squares, 5000)
+        .expect("the pool runs the next job");
+    assert_squares(run.results(), 5000);
+    drop(run);
+    let pids = pool.pids();
+    drop(pool);
+    assert_reaped(&pids, "after drop");
+}

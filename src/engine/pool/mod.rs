@@ -409,6 +409,12 @@ impl PoolBuilder {
                 None => std::env::current_exe()?,
             },
             via_test: self.options.test_harness,
+            spawner: match self.options.start {
+                StartMethod::Spawn => Some(Arc::new(spawn::Spawner::new()?)),
+                // Fork needs this process single-threaded: the spawner (for replacements)
+                // starts once the workers are forked.
+                StartMethod::Fork => None,
+            },
         };
         let region = SharedRegion::new()?;
         let pin = if self.options.pin {
@@ -442,6 +448,11 @@ impl PoolBuilder {
                 &self.options.registry,
             )?,
         };
+        let mut exe = exe;
+        if exe.spawner.is_none() {
+            // Replacements are spawned, from a thread of the pool's own (see `Spawner`).
+            exe.spawner = Some(Arc::new(spawn::Spawner::new()?));
+        }
         let spawn_time = began.elapsed();
 
         let mut pool = Pool {

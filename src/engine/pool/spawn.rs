@@ -358,6 +358,66 @@ pub(crate) struct WorkerExe {
     /// when asked with these arguments; the worker's own arguments travel in
     /// [`TEST_WORKER_ENV`].
     pub(crate) via_test: bool,
+    /// The thread spawned workers are started from (none yet: the calling thread).
+    pub(crate) spawner: Option<std::sync::Arc<Spawner>>,
+}
+
+/// A request to the spawner thread: a command to start, and where to say how it went.
+type SpawnRequest = (Command, std::sync::mpsc::Sender<io::Result<u32>>);
+
+/// The thread a pool starts its spawned workers from.
+///
+/// Linux sends a worker its death signal (`PR_SET_PDEATHSIG`) when the *thread* that
+/// started it ends, not the process. Started from whichever thread built the pool or ran a
+/// job, workers would die with that thread: a pool built on a short-lived thread would lose
+/// them all. This thread lives exactly as long as the pool, so workers die with the pool
+/// or with the process, never earlier.
+#[derive(Debug)]
+pub(crate) struct Spawner {
+    requests: Option<std::sync::mpsc::Sender<SpawnRequest>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Spawner {
+    /// Starts the spawner thread.
+    pub(crate) fn new() -> io::Result<Self> {
+        let (requests, incoming) = std::sync::mpsc::channel::<SpawnRequest>();
+        let thread = std::thread::Builder::new()
+            .name("procpool-spawner".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                for (mut cmd, reply) in incoming {
+                    // std's handle is dropped (that neither waits nor kills); the pool reaps
+                    // the worker with waitpid, which works from any thread.
+                    let _ = reply.send(cmd.spawn().map(|child| child.id()));
+                }
+            })?;
+        Ok(Spawner {
+            requests: Some(requests),
+            thread: Some(thread),
+        })
+    }
+
+    /// Starts `cmd` from the spawner thread; its process id.
+    fn spawn(&self, cmd: Command) -> io::Result<u32> {
+        let gone = || io::Error::other("the pool's spawner thread is gone");
+        let (reply, answer) = std::sync::mpsc::channel();
+        self.requests
+            .as_ref()
+            .ok_or_else(gone)?
+            .send((cmd, reply))
+            .map_err(|_| gone())?;
+        answer.recv().map_err(|_| gone())?
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The name of the hidden test that [`enable_test_support!`](crate::enable_test_support)
@@ -416,11 +476,19 @@ pub(crate) fn spawn_worker(
         .stdout(output_end)
         .stderr(output_end2);
     prepare_worker_command(&mut cmd, [shm_fd, report_end.as_raw_fd()], cpu_for(id, pin));
-    // std's handle is dropped (that neither waits nor kills); the pool reaps the worker with
-    // waitpid, like a forked one.
-    let child = Process::from_pid(cmd.spawn().map_err(fail)?.id());
-    // Our copies of the write ends must close, or the readers never see EOF.
-    drop(cmd);
+    // From the pool's spawner thread when it has one (see [`Spawner`]). std's handle is
+    // dropped (that neither waits nor kills); the pool reaps the worker with waitpid, like a
+    // forked one. The command goes with it: our copies of the pipes' write ends close, or
+    // the readers would never see EOF.
+    let pid = match &exe.spawner {
+        Some(spawner) => spawner.spawn(cmd).map_err(fail)?,
+        None => {
+            let pid = cmd.spawn().map_err(fail)?.id();
+            drop(cmd);
+            pid
+        }
+    };
+    let child = Process::from_pid(pid);
     drop(report_end);
     let nonblocking = nix::fcntl::fcntl(
         &report,
