@@ -10,6 +10,7 @@ use ipc_channel::ipc::IpcSender;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::fault::Fault;
+pub(crate) use crate::workload::Registered;
 
 /// Bumped whenever a message changes shape; a worker from another build is refused.
 pub(crate) const PROTOCOL_VERSION: u32 = 4;
@@ -138,9 +139,9 @@ pub(crate) enum FromWorker {
     Hello {
         /// [`PROTOCOL_VERSION`] of the worker's build.
         version: u32,
-        /// The workloads the worker can run: name and element size, so that the parent
-        /// refuses a job no worker could run before sending it.
-        workloads: Vec<(String, u32)>,
+        /// The workloads the worker can run, so that the parent refuses a job no worker
+        /// could run before sending it.
+        workloads: Vec<Registered>,
     },
     /// A chunk is written into the shared region.
     Done {

@@ -115,6 +115,17 @@ fn decode<W: Workload>(params: &[u8]) -> Result<Box<dyn DynKernel>, postcard::Er
     Ok(Box::new(Typed(postcard::from_bytes::<W>(params)?)))
 }
 
+/// A workload a worker can run: its name, element size and Rust type.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+pub(crate) struct Registered {
+    /// [`Workload::NAME`].
+    pub(crate) name: String,
+    /// The size of one output element in bytes.
+    pub(crate) elem_size: u32,
+    /// `std::any::type_name` of the workload: two types under one name are told apart.
+    pub(crate) type_name: String,
+}
+
 /// Entry of the registry: how to rebuild a workload from its serialized parameters.
 #[derive(Clone, Copy)]
 struct Entry {
@@ -206,13 +217,16 @@ impl Registry {
         Ok(self)
     }
 
-    /// Every registered workload's name and element size, sorted by name: what a worker
-    /// tells the parent it can run.
-    pub(crate) fn catalogue(&self) -> Vec<(String, u32)> {
-        let mut all: Vec<(String, u32)> = self
+    /// Every registered workload, sorted by name: what a worker tells the parent it can run.
+    pub(crate) fn catalogue(&self) -> Vec<Registered> {
+        let mut all: Vec<_> = self
             .entries
             .iter()
-            .map(|(name, e)| (name.to_string(), e.elem_size as u32))
+            .map(|(name, e)| Registered {
+                name: name.to_string(),
+                elem_size: e.elem_size as u32,
+                type_name: e.type_name.to_string(),
+            })
             .collect();
         all.sort();
         all
@@ -286,10 +300,8 @@ mod tests {
         assert!(Registry::builtin().try_register::<Squares>().is_ok());
         let caught = std::panic::catch_unwind(|| Registry::builtin().register::<Impostor>());
         assert!(caught.is_err(), "register panics on a taken name");
-        assert_eq!(
-            Registry::builtin().catalogue()[0],
-            ("collatz".to_string(), 4)
-        );
+        let first = &Registry::builtin().catalogue()[0];
+        assert_eq!((first.name.as_str(), first.elem_size), ("collatz", 4));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::engine::fault::Fault;
 use crate::engine::interrupt::Interrupt;
 use crate::engine::limits::{Machine, check_memory};
 use crate::engine::protocol::ToWorker;
-use crate::engine::protocol::{Layout, Transport};
+use crate::engine::protocol::{Layout, Registered, Transport};
 use crate::engine::schedule::{Dispenser, Schedule};
 use crate::engine::shm::{Mapping, SharedRegion};
 use crate::engine::sys::{ExitCause, Process};
@@ -586,7 +586,7 @@ pub struct Pool {
     /// Messages and bytes of the handshakes, not yet charged to a job.
     handshake_ipc: (u64, u64),
     /// What the workers can run (name, element size), from their `Hello`.
-    workloads: Vec<(String, u32)>,
+    workloads: Vec<Registered>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -845,7 +845,7 @@ impl Pool {
         stream: Option<(Layout, &mut (dyn WindowSink + Send))>,
     ) -> Result<JobStats> {
         let elem_size = std::mem::size_of::<W::Output>();
-        self.check_registered(W::NAME, elem_size)?;
+        self.check_registered::<W>()?;
         if self.broken {
             // A failed job stopped every worker: start a fresh set.
             self.revive()?;
@@ -1080,15 +1080,23 @@ impl Pool {
 
     /// Refuses, before any worker sees it, a job whose workload the workers cannot run:
     /// not registered in their binary, or registered with another element type.
-    fn check_registered(&self, name: &str, elem_size: usize) -> Result<()> {
-        match self.workloads.iter().find(|(n, _)| n == name) {
-            Some(&(_, size)) if size as usize == elem_size => Ok(()),
-            Some(&(_, size)) => Err(Error::invalid_input(format!(
-                "workload `{name}` has {elem_size}-byte elements here but {size}-byte elements \
-                 in the workers' binary: they are different types (or builds) under one name"
+    fn check_registered<W: Workload>(&self) -> Result<()> {
+        let (name, elem_size) = (W::NAME, std::mem::size_of::<W::Output>());
+        let type_name = std::any::type_name::<W>();
+        match self.workloads.iter().find(|r| r.name == name) {
+            Some(r) if r.type_name != type_name => Err(Error::invalid_input(format!(
+                "workload `{name}` is {} in the workers' binary, not {type_name}: two types \
+                 share one name; give one of them another Workload::NAME",
+                r.type_name
+            ))),
+            Some(r) if r.elem_size as usize == elem_size => Ok(()),
+            Some(r) => Err(Error::invalid_input(format!(
+                "workload `{name}` has {elem_size}-byte elements here but {}-byte elements \
+                 in the workers' binary: they are different builds",
+                r.elem_size
             ))),
             None => {
-                let known: Vec<&str> = self.workloads.iter().map(|(n, _)| n.as_str()).collect();
+                let known: Vec<&str> = self.workloads.iter().map(|r| r.name.as_str()).collect();
                 Err(Error::invalid_input(format!(
                     "workload `{name}` is not registered in the workers' binary (it has: {}): \
                      register it (Registry::builtin().register::<YourWorkload>()) and give that \

@@ -32,7 +32,7 @@ use super::Death;
 use super::private_dir::PrivateDir;
 use crate::engine::interrupt::Interrupt;
 use crate::engine::protocol::{
-    FromWorker, PROTOCOL_VERSION, ToWorker, welcome_wire_size, wire_size,
+    FromWorker, PROTOCOL_VERSION, Registered, ToWorker, welcome_wire_size, wire_size,
 };
 use crate::engine::sys::{ExitCause, Process, prepare_worker_command};
 use crate::engine::worker::WorkerArgs;
@@ -57,7 +57,7 @@ pub(crate) struct Started {
     pub handshake_ipc: (u64, u64),
     /// The workloads the worker can run (name, element size), as its `Hello` said; for a
     /// forked worker, the pool's registry.
-    pub workloads: Vec<(String, u32)>,
+    pub workloads: Vec<Registered>,
 }
 
 /// Why a start failed.
@@ -304,7 +304,7 @@ impl Starting {
         Ok(())
     }
 
-    fn finish(&mut self, version: u32, workloads: Vec<(String, u32)>) -> Started {
+    fn finish(&mut self, version: u32, workloads: Vec<Registered>) -> Started {
         let hello = FromWorker::Hello {
             version,
             workloads: workloads.clone(),
