@@ -188,19 +188,22 @@ const LATE_INIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// whatever ran before it will run again in every worker.
 fn warn_if_late() {
     let threads = engine::sys::thread_count().unwrap_or(1);
-    let age = engine::sys::process_age();
-    let late = age.is_some_and(|age| age > LATE_INIT);
-    if threads > 1 || late {
-        let what = match (threads > 1, age) {
-            (true, _) => format!("this process already runs {threads} threads"),
-            (false, Some(age)) => format!("this process has run for {age:.1?}"),
-            (false, None) => "something ran first".to_string(),
-        };
-        eprintln!(
-            "procpool: init was not the first thing in main ({what}): everything before it \
-             runs again in every worker; move it to the top of main (a debug-build warning)"
-        );
+    if let Some(warning) = late_init_warning(threads, engine::sys::process_age()) {
+        eprintln!("{warning}");
     }
+}
+
+/// The warning for an `init` reached with `threads` running after `age`, if it is late.
+fn late_init_warning(threads: usize, age: Option<std::time::Duration>) -> Option<String> {
+    let what = match age {
+        _ if threads > 1 => format!("this process already runs {threads} threads"),
+        Some(age) if age > LATE_INIT => format!("this process has run for {age:.1?}"),
+        _ => return None,
+    };
+    Some(format!(
+        "procpool: init was not the first thing in main ({what}): everything before it runs \
+         again in every worker; move it to the top of main (a debug-build warning)"
+    ))
 }
 
 /// Serves the parent as worker with `args` (the hidden entry's arguments) and exits.
@@ -214,4 +217,21 @@ fn serve_as_worker(args: &[String], registry: &Registry) -> ! {
         }
     };
     std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_late_init_is_named_and_an_early_one_is_not() {
+        assert_eq!(late_init_warning(1, Some(Duration::from_millis(5))), None);
+        assert_eq!(late_init_warning(1, None), None);
+        let threads = late_init_warning(3, Some(Duration::ZERO)).expect("threads");
+        assert!(threads.contains("already runs 3 threads"), "{threads}");
+        assert!(threads.contains("runs again in every worker"), "{threads}");
+        let slow = late_init_warning(1, Some(Duration::from_secs(5))).expect("late");
+        assert!(slow.contains("has run for 5.0s"), "{slow}");
+    }
 }

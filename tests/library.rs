@@ -136,8 +136,48 @@ fn chunk_killing_every_worker_is_an_error_naming_the_chunk_and_nothing_is_left()
     assert_eq!(err.chunk(), Some(0), "{message}");
     assert!(message.contains("failed 4 times"), "{message}");
     assert!(message.contains("killed by SIGKILL"), "{message}");
+    assert_eq!(err.loss().map(|l| l.worker), err.worker());
+    // The failed job stopped every worker; the next one starts a fresh set.
+    let run = pool
+        .run(&Squares, 1000)
+        .expect("the pool runs the next job");
+    assert_squares(run.results(), 1000);
+    drop(run);
+    let fresh = pool.pids();
+    assert!(
+        fresh.iter().all(|p| !pids.contains(p)),
+        "fresh workers: {fresh:?}"
+    );
     drop(pool);
     assert_reaped(&pids, "after a worker death");
+    assert_reaped(&fresh, "after drop");
+}
+
+#[test]
+fn a_worker_killed_between_jobs_is_replaced_and_blamed_for_nothing() {
+    let mut pool = pool(2);
+    let run = pool.run(&Squares, 1000).expect("a first job");
+    drop(run);
+    let pids = pool.pids();
+    common::kill(pids[0]);
+    std::thread::sleep(Duration::from_millis(100));
+    let run = pool.run(&Squares, 10_000).expect("the next job");
+    assert_squares(run.results(), 10_000);
+    let stats = run.stats().clone();
+    assert_eq!(
+        stats.retried_chunks, 0,
+        "no chunk was blamed: {:?}",
+        stats.deaths
+    );
+    assert_eq!(stats.deaths.len(), 1, "{:?}", stats.deaths);
+    let death = &stats.deaths[0];
+    assert_eq!((death.pid, death.chunk), (pids[0], None));
+    assert_eq!(death.cause, "killed by SIGKILL between jobs");
+    drop(run);
+    let now = pool.pids();
+    drop(pool);
+    assert_reaped(&pids, "the killed worker");
+    assert_reaped(&now, "after drop");
 }
 
 #[test]
