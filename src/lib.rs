@@ -33,7 +33,12 @@
 //!
 //! Forgetting [`init`] is the classic pitfall of re-exec process pools (procspawn has the
 //! same rule): the worker would run your whole `main` again instead of serving. procpool
-//! notices (the worker exits before connecting) and says so in the error.
+//! notices (such a worker refuses to build a pool of its own and exits; the parent says to
+//! call `init`). And whatever runs *before* `init` in `main` runs again in every worker.
+//!
+//! A pool is always ready for its next job: a failed job's workers are replaced, a
+//! panicking kernel is an [`Error::KernelPanicked`], and a workload the workers do not have
+//! is refused before any of them sees it. `examples/misuse.rs` shows each of these.
 //!
 //! # Layout
 //!
