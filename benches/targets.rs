@@ -154,6 +154,25 @@ fn main() -> Result<(), procpool::Error> {
         512.0,
     ));
 
+    // A library user's tiny jobs on one long-lived pool: the fixed cost of a job, against
+    // Python's `multiprocessing.Pool(2).map(f, range(2))` measured right after.
+    let per_job_us = tiny_jobs()?;
+    rows.push(Row::at_most(
+        "Pool::run(&Squares, 2) on a 2-worker pool, 500 times: µs per job (median)".into(),
+        per_job_us,
+        25.0,
+    ));
+    match python_tiny_jobs() {
+        Some(python_us) => rows.push(Row::at_least(
+            format!(
+                "  … Python's Pool(2).map(f, range(2)) takes {python_us:.0} µs: Python / procpool"
+            ),
+            python_us / per_job_us,
+            2.0,
+        )),
+        None => println!("(python3 not found: the Python comparison is skipped)\n"),
+    }
+
     // The tutorial's benchmark: 10,000 calls of a 100 ms function on 200 workers.
     let began = std::time::Instant::now();
     let slept = procpool::run(
@@ -227,6 +246,47 @@ fn check(report: &procpool::Report) {
         "{} was not verified",
         report.workload
     );
+}
+
+/// Median µs of `pool.run(&Squares, 2)`, 500 jobs on one pool, each checked.
+fn tiny_jobs() -> Result<f64, procpool::Error> {
+    let mut pool = Pool::builder().workers(2).build()?;
+    let mut us = Vec::with_capacity(500);
+    for _ in 0..500 {
+        let began = std::time::Instant::now();
+        let run = pool.run(&Squares, 2)?;
+        assert_eq!(run.results(), &[0, 1], "a verified answer");
+        drop(run);
+        us.push(began.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(median(us))
+}
+
+/// Median µs of Python's `Pool(2).map(f, range(2))`, 500 maps on one pool, when `python3`
+/// is installed.
+fn python_tiny_jobs() -> Option<f64> {
+    let script = r#"
+import multiprocessing as mp, time
+
+def f(x):
+    return x * x
+
+if __name__ == "__main__":
+    with mp.Pool(2) as p:
+        t = []
+        for _ in range(500):
+            s = time.perf_counter()
+            assert p.map(f, range(2)) == [0, 1]
+            t.append((time.perf_counter() - s) * 1e6)
+        t.sort()
+        print(t[250])
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {

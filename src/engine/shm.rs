@@ -69,6 +69,11 @@ impl SharedRegion {
         Ok(())
     }
 
+    /// Its length in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
     /// The raw descriptor number, passed to workers on their command line.
     pub(crate) fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()

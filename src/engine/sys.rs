@@ -173,6 +173,29 @@ pub(crate) fn pin_to(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// CPU time (user + system) of process `pid`: one read of `/proc/PID/schedstat` (on-CPU
+/// time in nanoseconds), or of `stat` (10 ms ticks) where schedstat is missing. Cheap
+/// enough to call at every job's start.
+pub(crate) fn process_cpu(pid: u32) -> Option<Duration> {
+    let precise = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split(' ').next()?.parse::<u64>().ok())
+        .map(Duration::from_nanos);
+    if precise.is_some() {
+        return precise;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
 /// How long this process has been running: the system's uptime minus the process's start
 /// time, both from /proc (10 ms resolution). `None` when /proc cannot tell.
 pub(crate) fn process_age() -> Option<Duration> {
@@ -197,21 +220,7 @@ pub(crate) fn process_age() -> Option<Duration> {
 
 /// CPU time (user + system) and peak resident memory of process `pid`, read from /proc.
 pub(crate) fn process_usage(pid: u32) -> Option<(Duration, u64)> {
-    // schedstat's first field is on-CPU time in nanoseconds; stat's ticks are 10 ms coarse.
-    let precise = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        .ok()
-        .and_then(|s| s.split(' ').next()?.parse::<u64>().ok())
-        .map(Duration::from_nanos);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as u64;
-    let cpu = precise.unwrap_or(Duration::from_secs_f64(ticks as f64 / per_second as f64));
+    let cpu = process_cpu(pid)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let peak_kib: u64 = status
         .lines()

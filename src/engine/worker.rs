@@ -210,9 +210,13 @@ fn serve_loop(
         };
         match msg {
             ToWorker::Job(spec) => {
-                // Unmap the previous job's region before mapping the new one.
-                drop(job.take());
-                match start_job(&spec, shm, registry) {
+                // The previous job's mapping serves again when the region kept its length
+                // (the parent reuses it between jobs); otherwise it is unmapped first.
+                let previous = job
+                    .take()
+                    .map(|j| j.mapping)
+                    .filter(|m| m.len() as u64 == spec.region_len);
+                match start_job(&spec, shm, registry, previous) {
                     Ok(j) => job = Some(j),
                     Err(message) => {
                         let _ = to_parent.send(FromWorker::Failed {
@@ -270,14 +274,18 @@ fn start_job(
     spec: &JobSpec,
     shm: BorrowedFd<'_>,
     registry: &Registry,
+    previous: Option<Mapping>,
 ) -> Result<CurrentJob, String> {
     let kernel = registry.instantiate(&spec.workload, &spec.params, spec.elem_size as usize)?;
-    let mapping = Mapping::new(shm, spec.region_len).map_err(|e| {
-        format!(
-            "cannot map the shared region ({} bytes): {e}",
-            spec.region_len
-        )
-    })?;
+    let mapping = match previous {
+        Some(mapping) => mapping,
+        None => Mapping::new(shm, spec.region_len).map_err(|e| {
+            format!(
+                "cannot map the shared region ({} bytes): {e}",
+                spec.region_len
+            )
+        })?,
+    };
     Ok(CurrentJob {
         mapping,
         transport: spec.transport,

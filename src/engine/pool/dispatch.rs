@@ -257,8 +257,7 @@ impl Pool {
             streaming,
         };
         for (w, slot) in self.workers.iter().enumerate() {
-            job.held[w].cpu_at_start =
-                crate::engine::sys::process_usage(slot.pid).map(|(cpu, _)| cpu);
+            job.held[w].cpu_at_start = crate::engine::sys::process_cpu(slot.pid);
         }
 
         for w in 0..self.workers.len() {
@@ -660,8 +659,7 @@ impl Pool {
                     let (messages, bytes) = std::mem::take(&mut self.handshake_ipc);
                     job.messages += messages;
                     job.bytes += bytes;
-                    job.held[w].cpu_at_start =
-                        crate::engine::sys::process_usage(pid).map(|(cpu, _)| cpu);
+                    job.held[w].cpu_at_start = crate::engine::sys::process_cpu(pid);
                     self.send(w, ToWorker::Job(job.spec.clone()), job);
                     let inflight = self.inflight;
                     self.top_up(w, inflight, job);

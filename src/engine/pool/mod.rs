@@ -476,6 +476,7 @@ impl PoolBuilder {
             broken: false,
             handshake_ipc: (0, 0),
             workloads: Vec::new(),
+            memory_checked: 0,
         };
         for s in started {
             pool.workers.push(WorkerSlot::empty(s.id));
@@ -587,7 +588,13 @@ pub struct Pool {
     handshake_ipc: (u64, u64),
     /// What the workers can run (name, element size), from their `Hello`.
     workloads: Vec<Registered>,
+    /// The largest region whose memory was checked against the machine.
+    memory_checked: u128,
 }
+
+/// A region up to this size is kept between jobs even when the next job needs far less of
+/// it: cheaper than giving back and faulting in again, and too small to matter.
+const REUSE_SMALL_REGION: u64 = 64 << 20;
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -732,10 +739,15 @@ impl<T: Element> PoolRun<'_, T> {
         let Some(mapping) = self.pool.mapping.as_ref().filter(|m| !m.is_empty()) else {
             return &[];
         };
+        // The region may be longer than this job's output (kept from a larger job).
+        let len = usize::try_from(self.stats.n)
+            .ok()
+            .and_then(|n| n.checked_mul(std::mem::size_of::<T>()))
+            .map_or(mapping.len(), |bytes| bytes.min(mapping.len()));
         // SAFETY: the job is finished: every chunk was reported done and none is in flight,
         // so no worker writes the region while this borrow of the pool lives (the next job
-        // needs `&mut Pool`).
-        let bytes = unsafe { mapping.slice(0..mapping.len()) };
+        // needs `&mut Pool`); `len` is within the mapping.
+        let bytes = unsafe { mapping.slice(0..len) };
         bytemuck::cast_slice(bytes)
     }
 
@@ -854,11 +866,16 @@ impl Pool {
         }
         let layout = stream.as_ref().map_or(Layout::flat(n), |(l, _)| *l);
         let region_len = u128::from(layout.region_elems(n)) * elem_size as u128;
-        check_memory(
-            &format!("{} with n = {n}", W::NAME),
-            &[("shared results", region_len)],
-            &Machine::read(),
-        )?;
+        // Reading the machine's memory costs tens of microseconds: a region no larger than
+        // one already checked (or mapped) needs no new look.
+        if region_len > self.memory_checked {
+            check_memory(
+                &format!("{} with n = {n}", W::NAME),
+                &[("shared results", region_len)],
+                &Machine::read(),
+            )?;
+            self.memory_checked = region_len;
+        }
         check_counts(1, 1, options.chunk_size)?;
         let workers = self.workers.len();
         let chunk_size = options.chunk_size.or_else(|| {
@@ -889,9 +906,18 @@ impl Pool {
         let params = postcard::to_stdvec(workload)
             .map_err(|e| Error::Ipc(format!("cannot encode the workload: {e}")))?;
 
-        self.mapping = None;
-        self.region.reset(region_len as u64)?;
-        self.mapping = Some(self.region.map()?);
+        // A region that is already the right size (or a little larger) is used again as it
+        // is: every element of the job is written before it is read, so nothing needs
+        // zeroing. Otherwise the region is emptied (its pages given back) and resized.
+        let have = self.region.len();
+        let reuse = self.mapping.is_some()
+            && u128::from(have) >= region_len
+            && (u128::from(have) <= region_len.saturating_mul(2) || have <= REUSE_SMALL_REGION);
+        if !reuse {
+            self.mapping = None;
+            self.region.reset(region_len as u64)?;
+            self.mapping = Some(self.region.map()?);
+        }
         let job = self.next_job;
         self.next_job += 1;
         let spec = crate::engine::protocol::JobSpec {
