@@ -131,10 +131,11 @@ pub(crate) struct RunArgs {
     #[arg(long, global = true, value_name = "K", default_value_t = 0, allow_negative_numbers = true, value_parser = parse_usize)]
     pub warmup: usize,
 
-    /// Chunks in flight per worker (one running, the rest queued)
-    #[arg(long, global = true, value_name = "K", default_value_t = procpool::PoolBuilder::DEFAULT_INFLIGHT, allow_negative_numbers = true,
+    /// Chunks in flight per worker (one running, the rest queued), or `auto`: start at 2 and
+    /// queue more when chunks compute for less than a message's round trip (at most 16)
+    #[arg(long, global = true, value_name = "K|auto", default_value = "auto", allow_negative_numbers = true,
           value_parser = parse_inflight)]
-    pub inflight: usize,
+    pub inflight: Inflight,
 
     /// Print the report as one JSON object on stdout
     #[arg(long, global = true)]
@@ -437,10 +438,24 @@ fn parse_ms(s: &str) -> Result<f64, String> {
     parse_at_most(s, procpool::workload::sleep::MAX_MS, "3600000 ms (1 hour)")
 }
 
-fn parse_inflight(s: &str) -> Result<usize, String> {
+/// `--inflight`: a fixed depth, or chosen per job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Inflight {
+    /// Chosen per job from its first chunks.
+    Auto,
+    /// This many chunks per worker.
+    Fixed(usize),
+}
+
+fn parse_inflight(s: &str) -> Result<Inflight, String> {
+    if s.trim() == "auto" {
+        return Ok(Inflight::Auto);
+    }
     match parse_positive(s)? {
-        0 => Err("--inflight must be at least 1 (got 0)".into()),
-        n => usize::try_from(n).map_err(|_| format!("`{s}` is too large")),
+        0 => Err("--inflight must be at least 1 (got 0), or auto".into()),
+        n => usize::try_from(n)
+            .map(Inflight::Fixed)
+            .map_err(|_| format!("`{s}` is too large")),
     }
 }
 

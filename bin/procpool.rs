@@ -140,7 +140,11 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
     Ok(RunOptions {
         pool: procpool::PoolOptions {
             workers,
-            inflight: args.inflight,
+            inflight: match args.inflight {
+                cli::Inflight::Fixed(k) => k,
+                cli::Inflight::Auto => procpool::PoolBuilder::DEFAULT_INFLIGHT,
+            },
+            inflight_auto: args.inflight == cli::Inflight::Auto,
             pin: args.pin,
             handshake_timeout: args.handshake_timeout,
             supervision: Supervision {

@@ -550,7 +550,11 @@ fn a_plain_run_prints_every_key() {
     assert_eq!(r["transport"], "shm");
     assert_eq!(r["schedule"], "dynamic");
     assert_eq!(r["pinned"], false);
-    assert_eq!(uint(&r, "inflight"), 2, "the default --inflight");
+    let depth = uint(&r, "inflight");
+    assert!(
+        (2..=16).contains(&depth),
+        "the depth --inflight auto chose: {depth}"
+    );
     assert_eq!(r["baseline_estimated"], false);
     assert!(secs(&r, "baseline_wall_s") > 0.0);
     // One round: the pool's wall time is that round's.

@@ -347,6 +347,7 @@ fn in_process_stats(
 ) -> JobStats {
     JobStats {
         n,
+        inflight: options.pool.inflight,
         chunk_size,
         chunks,
         wall,
@@ -457,7 +458,7 @@ fn build_report<W: Workload>(
         chunk_size: stats.chunk_size,
         chunks: stats.chunks,
         auto_chunk: stats.auto_chunk,
-        inflight: options.pool.inflight,
+        inflight: stats.inflight,
         cores_logical: machine.cores_logical,
         cores_physical: machine.cores_physical,
         baseline_wall_s,

@@ -54,6 +54,47 @@ struct Held {
     cpu_at_start: Option<Duration>,
 }
 
+/// The first chunks of a job, timed to choose how many chunks to keep in flight per worker.
+///
+/// A worker idles between chunks unless its next chunk is already queued when it finishes
+/// one: with a round trip of `r` and a compute of `c` per chunk, about `r / c + 1` queued
+/// chunks keep it busy. Measured once, on `4 × workers` chunks at the starting depth.
+struct DepthProbe {
+    needed: u64,
+    chunks: u64,
+    compute: Duration,
+    rtt: Duration,
+}
+
+impl DepthProbe {
+    fn new(workers: usize) -> Self {
+        DepthProbe {
+            needed: 4 * workers.max(1) as u64,
+            chunks: 0,
+            compute: Duration::ZERO,
+            rtt: Duration::ZERO,
+        }
+    }
+
+    /// Records one chunk; once enough are in, the depth they call for (at least 2).
+    fn record(&mut self, compute: Duration, rtt: Duration) -> Option<usize> {
+        self.chunks += 1;
+        self.compute += compute;
+        self.rtt += rtt;
+        if self.chunks < self.needed {
+            return None;
+        }
+        let overhead = self.rtt.saturating_sub(self.compute).as_secs_f64();
+        let compute = self.compute.as_secs_f64();
+        let depth = if compute > 0.0 {
+            (overhead / compute).ceil() + 1.0
+        } else {
+            f64::MAX
+        };
+        Some(depth.clamp(2.0, 1e6) as usize)
+    }
+}
+
 /// The state of one job.
 struct Job {
     spec: JobSpec,
@@ -78,6 +119,10 @@ struct Job {
     auto: Option<AutoProbe>,
     /// `elements_done` as last told to the observer.
     told_done: u64,
+    /// Chunks in flight per worker now.
+    depth: usize,
+    /// Measuring the first chunks to choose `depth` (with `inflight_auto`).
+    depth_probe: Option<DepthProbe>,
     /// Set for a streamed job (`--output`).
     streaming: Option<Streaming>,
 }
@@ -254,6 +299,10 @@ impl Pool {
             dead: Vec::new(),
             auto,
             told_done: 0,
+            depth: self.inflight,
+            depth_probe: self
+                .inflight_auto
+                .then(|| DepthProbe::new(self.workers.len())),
             streaming,
         };
         for (w, slot) in self.workers.iter().enumerate() {
@@ -266,7 +315,7 @@ impl Pool {
         }
         // Prime round-robin (first chunk to every worker, then the second, …) so that a job
         // with few chunks still spreads over all workers.
-        for _ in 0..self.inflight {
+        for _ in 0..job.depth {
             for w in 0..self.workers.len() {
                 self.top_up(w, 1, &mut job);
             }
@@ -357,6 +406,7 @@ impl Pool {
         };
         Ok(JobStats {
             n,
+            inflight: job.depth,
             chunk_size: job.dispenser.chunk_size(),
             chunks: job.done,
             wall,
@@ -409,7 +459,7 @@ impl Pool {
             let limit = (streaming.base + streaming.layout.ring) * streaming.layout.window_elems;
             job.dispenser.set_limit(limit);
             for w in 0..self.workers.len() {
-                self.top_up(w, self.inflight, job);
+                self.top_up(w, job.depth, job);
             }
         }
         Ok(())
@@ -535,6 +585,19 @@ impl Pool {
                 crate::engine::fault::check_faults(&job.spec.faults, chunks)?;
             }
         }
+        if let Some(probe) = job.depth_probe.as_mut()
+            && let Some(depth) = probe.record(compute, rtt)
+        {
+            job.depth_probe = None;
+            let most = super::max_inflight().min(super::PoolBuilder::AUTO_MAX_INFLIGHT);
+            if depth.min(most) > job.depth {
+                job.depth = depth.min(most);
+                for other in 0..self.workers.len() {
+                    let depth = job.depth;
+                    self.top_up(other, depth, job);
+                }
+            }
+        }
         self.top_up(w, 1, job);
         Ok(())
     }
@@ -561,7 +624,7 @@ impl Pool {
     /// Sends worker `w` up to `count` more chunks, never more than `inflight` in all.
     fn top_up(&mut self, w: usize, count: usize, job: &mut Job) {
         for _ in 0..count {
-            if job.ledger.held_by(w) >= self.inflight || self.workers[w].tx.is_none() {
+            if job.ledger.held_by(w) >= job.depth || self.workers[w].tx.is_none() {
                 return;
             }
             let Some(held) = job.ledger.hand_out(w, &mut job.dispenser, Instant::now()) else {
@@ -661,8 +724,8 @@ impl Pool {
                     job.bytes += bytes;
                     job.held[w].cpu_at_start = crate::engine::sys::process_cpu(pid);
                     self.send(w, ToWorker::Job(job.spec.clone()), job);
-                    let inflight = self.inflight;
-                    self.top_up(w, inflight, job);
+                    let depth = job.depth;
+                    self.top_up(w, depth, job);
                 }
                 spawn::Progress::Failed(failure) => {
                     self.workers[w].starting = None;
@@ -706,5 +769,33 @@ fn interrupted(signal: i32, job: &Job, workers: usize) -> Error {
         workers,
         needed_term: 0,
         needed_kill: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: Duration = Duration::from_micros(1);
+
+    #[test]
+    fn the_depth_covers_a_round_trip_with_queued_chunks() {
+        // 2 workers: eight chunks are measured first.
+        let mut probe = DepthProbe::new(2);
+        for _ in 0..7 {
+            assert_eq!(probe.record(5 * US, 25 * US), None);
+        }
+        // 20 µs of messaging over 5 µs of compute: four more queued, five in all.
+        assert_eq!(probe.record(5 * US, 25 * US), Some(5));
+        // Chunks longer than their round trip keep the starting depth.
+        let mut slow = DepthProbe::new(1);
+        let depths: Vec<_> = (0..4).map(|_| slow.record(900 * US, 1000 * US)).collect();
+        assert_eq!(depths.last(), Some(&Some(2)));
+        // Chunks that compute for nothing ask for as many as allowed.
+        let mut free = DepthProbe::new(1);
+        let depths: Vec<_> = (0..4)
+            .map(|_| free.record(Duration::ZERO, 30 * US))
+            .collect();
+        assert!(depths.last().is_some_and(|d| d.is_some_and(|d| d > 16)));
     }
 }

@@ -185,8 +185,12 @@ impl Default for Supervision {
 pub struct PoolOptions {
     /// Worker processes (see [`PoolBuilder::workers`]).
     pub workers: usize,
-    /// Chunks in flight per worker (see [`PoolBuilder::inflight`]).
+    /// Chunks in flight per worker (see [`PoolBuilder::inflight`]); with `inflight_auto`,
+    /// the depth each job starts at.
     pub inflight: usize,
+    /// Let each job choose its depth from its first chunks (see
+    /// [`PoolBuilder::inflight_auto`]; the default).
+    pub inflight_auto: bool,
     /// The executable workers run (see [`PoolBuilder::worker_exe`]).
     pub worker_exe: Option<PathBuf>,
     /// Workers start through a test binary's hidden entry (see
@@ -239,6 +243,7 @@ impl Default for PoolOptions {
         PoolOptions {
             workers: Machine::read().cores_logical,
             inflight: DEFAULT_INFLIGHT,
+            inflight_auto: true,
             worker_exe: None,
             test_harness: false,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
@@ -259,6 +264,8 @@ impl PoolBuilder {
     /// Default deadline for workers to connect back (see
     /// [`PoolBuilder::handshake_timeout`]).
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = DEFAULT_HANDSHAKE_TIMEOUT;
+    /// The most chunks in flight per worker that [`PoolBuilder::inflight_auto`] chooses.
+    pub const AUTO_MAX_INFLIGHT: usize = 16;
 
     /// Number of worker processes (default: the number of logical cores).
     pub fn workers(mut self, workers: usize) -> Self {
@@ -266,9 +273,21 @@ impl PoolBuilder {
         self
     }
 
-    /// Chunks in flight per worker (default [`PoolBuilder::DEFAULT_INFLIGHT`]).
+    /// A fixed number of chunks in flight per worker, for every job (default: chosen per
+    /// job, see [`PoolBuilder::inflight_auto`]).
     pub fn inflight(mut self, inflight: usize) -> Self {
         self.options.inflight = inflight;
+        self.options.inflight_auto = false;
+        self
+    }
+
+    /// Each job chooses its chunks in flight per worker (the default): it starts at
+    /// [`PoolBuilder::DEFAULT_INFLIGHT`], times its first chunks, and when a chunk computes
+    /// for less than a message's round trip costs, queues more per worker (at most
+    /// [`PoolBuilder::AUTO_MAX_INFLIGHT`]), so a worker never waits for its next chunk.
+    pub fn inflight_auto(mut self) -> Self {
+        self.options.inflight = DEFAULT_INFLIGHT;
+        self.options.inflight_auto = true;
         self
     }
 
@@ -471,6 +490,7 @@ impl PoolBuilder {
             region,
             mapping: None,
             inflight: self.options.inflight,
+            inflight_auto: self.options.inflight_auto,
             spawn_time,
             next_job: 0,
             broken: false,
@@ -581,6 +601,7 @@ pub struct Pool {
     region: SharedRegion,
     mapping: Option<Mapping>,
     inflight: usize,
+    inflight_auto: bool,
     spawn_time: Duration,
     next_job: u64,
     broken: bool,
@@ -710,6 +731,9 @@ pub struct JobStats {
     pub deaths: Vec<Death>,
     /// The workload's per-chunk reductions added up (wrapping), if it has a reduction.
     pub reduction: Option<u64>,
+    /// Chunks in flight per worker at the end of the job: the depth chosen (see
+    /// [`PoolBuilder::inflight_auto`]) or the fixed one.
+    pub inflight: usize,
     /// How chunks were handed out.
     pub schedule: Schedule,
     /// How results came back.
