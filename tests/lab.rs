@@ -423,3 +423,35 @@ fn progress_bar_shows_on_a_terminal_only_and_never_with_json() {
     assert!(!json.contains("ETA"), "{json}");
     // And without a terminal (the other tests): stderr stays empty.
 }
+
+#[test]
+fn inflight_auto_queues_more_when_chunks_are_tiny_and_a_fixed_depth_stays() {
+    // One-element chunks of a kernel that computes nothing: a round trip costs far more
+    // than a chunk, so `auto` queues more per worker; a fixed depth is kept as given.
+    let args = [
+        "--workers",
+        "2",
+        "--chunk-size",
+        "1",
+        "spin",
+        "20000",
+        "--us",
+        "0",
+    ];
+    let auto = run_json(&args);
+    assert_eq!(auto["verified"], true, "{auto}");
+    let depth = auto["inflight"].as_u64().expect("inflight");
+    assert!((4..=16).contains(&depth), "auto chose {depth}");
+    let mut fixed_args = args.to_vec();
+    fixed_args.extend(["--inflight", "3"]);
+    let fixed = run_json(&fixed_args);
+    assert_eq!(fixed["verified"], true, "{fixed}");
+    assert_eq!(fixed["inflight"], 3, "{fixed}");
+    let refused = procpool(&["--inflight", "0", "squares", "10"]);
+    refused.assert_code(EXIT_USAGE);
+    assert!(
+        refused.one_line_error().contains("or auto"),
+        "{:?}",
+        refused.stderr
+    );
+}
