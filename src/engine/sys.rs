@@ -18,8 +18,9 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, getppid};
 
 /// Arranges for the command's child to
-/// - die with SIGKILL when the thread that started it exits (`PR_SET_PDEATHSIG`), so a
-///   SIGKILLed procpool never leaves workers behind;
+/// - die with SIGKILL when the thread that started it exits (`PR_SET_PDEATHSIG`; a pool
+///   starts its workers from a thread that lives as long as the pool), so a SIGKILLed
+///   procpool never leaves workers behind;
 /// - exit at once if its parent already died before the death signal was armed;
 /// - inherit `keep_fds` (the shared region, the handshake pipe), which are close-on-exec
 ///   everywhere else;

@@ -568,9 +568,12 @@ pub struct Death {
 
 /// A set of worker processes sharing one memory region, ready to run jobs.
 ///
-/// Workers die with the *thread* that started them (Linux's `PR_SET_PDEATHSIG` follows the
-/// thread, not the process): keep the thread that built the pool (and that runs jobs, since
-/// replacements for dead workers are started there) alive as long as the pool.
+/// Workers die with the pool, and with this process however it ends. Linux's
+/// `PR_SET_PDEATHSIG` follows the *thread* that started a worker, not the process, so the
+/// pool spawns its workers from a thread of its own that lives exactly as long as the pool:
+/// a pool may be built on one thread and used, or dropped, on another. (Workers started
+/// with [`StartMethod::Fork`] belong to the thread that built the pool, which must be the
+/// process's only thread then; their replacements are spawned from the pool's thread.)
 ///
 /// ```no_run
 /// use procpool::Pool;
