@@ -58,34 +58,35 @@ struct Held {
 ///
 /// A worker idles between chunks unless its next chunk is already queued when it finishes
 /// one: with a round trip of `r` and a compute of `c` per chunk, about `r / c + 1` queued
-/// chunks keep it busy. Measured once, on `4 × workers` chunks at the starting depth.
+/// chunks keep it busy. Measured once, on `4 × workers` chunks at the starting depth, with
+/// medians: a chunk whose worker was descheduled mid-way would skew a mean.
 struct DepthProbe {
-    needed: u64,
-    chunks: u64,
-    compute: Duration,
-    rtt: Duration,
+    needed: usize,
+    /// Per chunk: compute, and the rest of its round trip.
+    samples: Vec<(Duration, Duration)>,
 }
 
 impl DepthProbe {
     fn new(workers: usize) -> Self {
+        let needed = 4 * workers.max(1);
         DepthProbe {
-            needed: 4 * workers.max(1) as u64,
-            chunks: 0,
-            compute: Duration::ZERO,
-            rtt: Duration::ZERO,
+            needed,
+            samples: Vec::with_capacity(needed),
         }
     }
 
     /// Records one chunk; once enough are in, the depth they call for (at least 2).
     fn record(&mut self, compute: Duration, rtt: Duration) -> Option<usize> {
-        self.chunks += 1;
-        self.compute += compute;
-        self.rtt += rtt;
-        if self.chunks < self.needed {
+        self.samples.push((compute, rtt.saturating_sub(compute)));
+        if self.samples.len() < self.needed {
             return None;
         }
-        let overhead = self.rtt.saturating_sub(self.compute).as_secs_f64();
-        let compute = self.compute.as_secs_f64();
+        let median = |mut xs: Vec<Duration>| {
+            xs.sort_unstable();
+            xs[xs.len() / 2].as_secs_f64()
+        };
+        let compute = median(self.samples.iter().map(|s| s.0).collect());
+        let overhead = median(self.samples.iter().map(|s| s.1).collect());
         let depth = if compute > 0.0 {
             (overhead / compute).ceil() + 1.0
         } else {
