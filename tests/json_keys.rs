@@ -524,6 +524,21 @@ fn run(args: &[&str], code: i32) -> Outcome {
     out
 }
 
+/// Runs procpool (exit 0, nothing left), checks every key of its report, and that it is a
+/// verified `squares` run on 2 worker processes; returns the report.
+fn verified_two_workers(args: &[&str]) -> Value {
+    let out = run(args, EXIT_OK);
+    let r = check_report(
+        &out,
+        &Asked {
+            workers: 2,
+            mode: "processes",
+        },
+    );
+    assert_squares_verified(&r);
+    r
+}
+
 /// A `squares` run that verified, with the right checksum.
 fn assert_squares_verified(r: &Value) {
     assert_eq!(r["workload"], "squares");
@@ -574,28 +589,17 @@ fn a_plain_run_prints_every_key() {
 
 #[test]
 fn repeat_reports_runs_warmup_and_spreads() {
-    let out = run(
-        &[
-            "--workers",
-            "2",
-            "--repeat",
-            "3",
-            "--warmup",
-            "1",
-            "squares",
-            N_ARG,
-            "--json",
-        ],
-        EXIT_OK,
-    );
-    let r = check_report(
-        &out,
-        &Asked {
-            workers: 2,
-            mode: "processes",
-        },
-    );
-    assert_squares_verified(&r);
+    let r = verified_two_workers(&[
+        "--workers",
+        "2",
+        "--repeat",
+        "3",
+        "--warmup",
+        "1",
+        "squares",
+        N_ARG,
+        "--json",
+    ]);
     let rep = &r["repeat"];
     assert_keys(rep, REPEAT, "repeat");
     assert_eq!(uint(rep, "runs"), 3);
@@ -628,26 +632,15 @@ fn repeat_reports_runs_warmup_and_spreads() {
 
 #[test]
 fn chunk_size_auto_says_what_it_chose_and_why() {
-    let out = run(
-        &[
-            "--workers",
-            "2",
-            "--chunk-size",
-            "auto",
-            "squares",
-            N_ARG,
-            "--json",
-        ],
-        EXIT_OK,
-    );
-    let r = check_report(
-        &out,
-        &Asked {
-            workers: 2,
-            mode: "processes",
-        },
-    );
-    assert_squares_verified(&r);
+    let r = verified_two_workers(&[
+        "--workers",
+        "2",
+        "--chunk-size",
+        "auto",
+        "squares",
+        N_ARG,
+        "--json",
+    ]);
     let a = &r["auto_chunk"];
     assert_keys(a, AUTO_CHUNK, "auto_chunk");
     assert_eq!(uint(a, "chosen"), uint(&r, "chunk_size"));
@@ -663,28 +656,17 @@ fn output_says_where_the_stream_went() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("squares.bin");
     let path = file.to_str().unwrap();
-    let out = run(
-        &[
-            "--workers",
-            "2",
-            "squares",
-            N_ARG,
-            "--window-size",
-            "64KiB",
-            "--output",
-            path,
-            "--json",
-        ],
-        EXIT_OK,
-    );
-    let r = check_report(
-        &out,
-        &Asked {
-            workers: 2,
-            mode: "processes",
-        },
-    );
-    assert_squares_verified(&r);
+    let r = verified_two_workers(&[
+        "--workers",
+        "2",
+        "squares",
+        N_ARG,
+        "--window-size",
+        "64KiB",
+        "--output",
+        path,
+        "--json",
+    ]);
     let o = &r["output"];
     assert_keys(o, OUTPUT, "output");
     assert_eq!(text(o, "path"), path);

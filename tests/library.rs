@@ -19,6 +19,15 @@ fn pool(workers: usize) -> Pool {
         .expect("start a pool of procpool workers")
 }
 
+/// Job options with chunks of `chunk_size` and one injected `fault` (`"kill@3"`).
+fn with_fault(chunk_size: u64, fault: &str) -> procpool::JobOptions {
+    procpool::JobOptions {
+        chunk_size: Some(chunk_size),
+        faults: vec![fault.parse().expect("a fault")],
+        ..Default::default()
+    }
+}
+
 /// Asserts `results[i] == i * i` for every index, and the length.
 fn assert_squares(results: &[u64], n: u64) {
     assert_eq!(results.len() as u64, n, "one result per element");
@@ -123,11 +132,7 @@ fn shutdown_stops_and_reaps_every_worker() {
 fn chunk_killing_every_worker_is_an_error_naming_the_chunk_and_nothing_is_left() {
     let mut pool = pool(2);
     let pids = pool.pids();
-    let options = procpool::JobOptions {
-        chunk_size: Some(100),
-        faults: vec!["kill@0:always".parse().expect("a fault")],
-        ..Default::default()
-    };
+    let options = with_fault(100, "kill@0:always");
     let err = match pool.run_with(&Squares, 10_000, &options) {
         Ok(_) => panic!("a worker killed at every attempt cannot finish the job"),
         Err(e) => e,
@@ -183,11 +188,7 @@ fn a_worker_killed_between_jobs_is_replaced_and_blamed_for_nothing() {
 #[test]
 fn worker_death_during_a_job_is_survived_and_the_pool_stays_usable() {
     let mut pool = pool(2);
-    let options = procpool::JobOptions {
-        chunk_size: Some(100),
-        faults: vec!["kill@3".parse().expect("a fault")],
-        ..Default::default()
-    };
+    let options = with_fault(100, "kill@3");
     let run = pool
         .run_with(&Squares, 10_000, &options)
         .expect("recovered");
@@ -233,11 +234,7 @@ fn an_observer_hears_the_start_the_progress_the_lost_worker_and_the_end() {
         .observer(recorder.clone())
         .build()
         .expect("start a pool");
-    let options = procpool::JobOptions {
-        chunk_size: Some(100),
-        faults: vec!["kill@3".parse().expect("a fault")],
-        ..Default::default()
-    };
+    let options = with_fault(100, "kill@3");
     let run = pool
         .run_with(&Squares, 10_000, &options)
         .expect("recovered");
@@ -452,11 +449,7 @@ fn a_pool_built_on_a_thread_that_ends_keeps_its_workers() {
 #[test]
 fn a_panicking_kernel_is_an_error_and_the_same_pool_runs_the_next_job() {
     let mut pool = pool(2);
-    let options = procpool::JobOptions {
-        chunk_size: Some(100),
-        faults: vec!["panic@3".parse().expect("a fault")],
-        ..Default::default()
-    };
+    let options = with_fault(100, "panic@3");
     let err = pool
         .run_with(&Squares, 1000, &options)
         .err()

@@ -79,17 +79,23 @@ fn refuse_to_recurse() -> Result<()> {
 /// chunk length when one is given. The lab checks them with this too, before anything
 /// starts, in every mode.
 pub(crate) fn check_counts(workers: usize, inflight: usize, chunk_size: Option<u64>) -> Result<()> {
-    for (option, value) in [
-        ("workers", workers as u64),
-        ("inflight", inflight as u64),
-        ("chunk_size", chunk_size.unwrap_or(1)),
-    ] {
-        if value == 0 {
-            return Err(Error::invalid(
-                option,
-                format!("`{option}` must be at least 1 (got 0)"),
-            ));
-        }
+    check_count("workers", workers as u64)?;
+    check_count("inflight", inflight as u64)?;
+    check_chunk_size(chunk_size)
+}
+
+/// A chunk length, when one is given, is at least 1.
+fn check_chunk_size(chunk_size: Option<u64>) -> Result<()> {
+    chunk_size.map_or(Ok(()), |size| check_count("chunk_size", size))
+}
+
+/// `option` (a count) is at least 1.
+fn check_count(option: &'static str, value: u64) -> Result<()> {
+    if value == 0 {
+        return Err(Error::invalid(
+            option,
+            format!("`{option}` must be at least 1 (got 0)"),
+        ));
     }
     Ok(())
 }
@@ -903,7 +909,7 @@ impl Pool {
             )?;
             self.memory_checked = region_len;
         }
-        check_counts(1, 1, options.chunk_size)?;
+        check_chunk_size(options.chunk_size)?;
         let workers = self.workers.len();
         let chunk_size = options.chunk_size.or_else(|| {
             if W::WAITS && !options.auto_chunk {
