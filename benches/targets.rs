@@ -6,8 +6,8 @@
 
 use procpool::Mode;
 use procpool::StartMethod;
-use procpool::workload::{Hash, Spin, Squares};
-use procpool::{Pool, RunOptions};
+use procpool::workload::{Collatz, Hash, Mandelbrot, Spin, Squares};
+use procpool::{Dispatch, Pool, RunOptions};
 
 fn main() -> Result<(), procpool::Error> {
     // Workers re-execute this benchmark binary: they serve here.
@@ -94,28 +94,82 @@ fn main() -> Result<(), procpool::Error> {
         1.9,
     ));
 
-    // Task granularity: spin --us 0 with chunk size 1, 2 workers.
-    let mut rates = Vec::new();
+    // Task granularity: spin --us 0 with chunk size 1, 2 workers, through the shared-memory
+    // queue (the default) and over the channels, interleaved.
+    let (mut queue_rates, mut channel_rates) = (Vec::new(), Vec::new());
     for _ in 0..5 {
-        let spin = procpool::run(
-            &Spin { iters: 0 },
-            300_000,
-            &RunOptions {
-                job: procpool::JobOptions {
-                    chunk_size: Some(1),
-                    ..Default::default()
+        for (dispatch, n, into) in [
+            (Dispatch::Queue, 2_000_000, &mut queue_rates),
+            (Dispatch::Channel, 200_000, &mut channel_rates),
+        ] {
+            let spin = procpool::run(
+                &Spin { iters: 0 },
+                n,
+                &RunOptions {
+                    job: procpool::JobOptions {
+                        chunk_size: Some(1),
+                        dispatch,
+                        ..Default::default()
+                    },
+                    baseline: false,
+                    ..RunOptions::new(2)
                 },
-                ..RunOptions::new(2)
-            },
-        )?;
-        check(&spin);
-        rates.push(spin.chunks as f64 / spin.run_s);
+            )?;
+            into.push(spin.chunks as f64 / spin.run_s);
+        }
     }
+    let (queue_rate, channel_rate) = (median(queue_rates), median(channel_rates));
     rows.push(Row::at_least(
-        "spin --us 0, chunk size 1, 2 workers: chunks per second, median of 5".into(),
-        median(rates),
-        150_000.0,
+        "spin 2e6 --us 0, chunk size 1, 2 workers: chunks per second (queue), median of 5".into(),
+        queue_rate,
+        2_000_000.0,
     ));
+    rows.push(Row::at_least(
+        format!("  … the channel path does {channel_rate:.0} chunks/s (spin 2e5): queue / channel"),
+        queue_rate / channel_rate,
+        8.0,
+    ));
+
+    // Irregular work with a measured chunk length, against the best hand-picked length on
+    // the channel path, interleaved.
+    for (name, workload) in [
+        ("collatz 3e6", Irregular::Collatz),
+        ("mandelbrot 2000", Irregular::Mandelbrot),
+    ] {
+        let (mut auto, mut picked) = (Vec::new(), vec![Vec::new(); 4]);
+        for _ in 0..3 {
+            auto.push(workload.speedup(None, Dispatch::Queue)?);
+            for (k, size) in [1_000, 10_000, 100_000, 1_000_000].into_iter().enumerate() {
+                picked[k].push(workload.speedup(Some(size), Dispatch::Channel)?);
+            }
+        }
+        let best = picked.into_iter().map(median).fold(0.0, f64::max);
+        rows.push(Row::at_least(
+            format!(
+                "{name}, 2 workers: speedup with --chunk-size auto / best hand-picked \
+                 (channel, {best:.2}×)"
+            ),
+            median(auto) / best,
+            1.0,
+        ));
+    }
+
+    // Dispatch must cost nothing where chunks are large: queue against channel.
+    for (name, workload) in [
+        ("squares 1e7", Regular::Squares),
+        ("hash 2e5 --rounds 50", Regular::Hash),
+    ] {
+        let (mut queue, mut channel) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            queue.push(workload.pool_wall(Dispatch::Queue)?);
+            channel.push(workload.pool_wall(Dispatch::Channel)?);
+        }
+        rows.push(Row::at_most(
+            format!("{name}, 2 workers: pool time, queue / channel, medians of 5"),
+            median(queue) / median(channel),
+            1.0,
+        ));
+    }
 
     // Streaming 10^9 squares (8 GB) to a file on tmpfs, 2 workers, in bounded memory.
     let dir = if std::path::Path::new("/dev/shm").is_dir() {
@@ -188,7 +242,7 @@ fn main() -> Result<(), procpool::Error> {
     rows.push(Row::at_most(
         "sleep 10000 --ms 100 on 200 workers: wall seconds, start to stop (ideal 5.0)".into(),
         wall,
-        5.5,
+        5.15,
     ));
 
     let width = rows.iter().map(|r| r.what.len()).max().unwrap_or(0);
@@ -235,6 +289,63 @@ impl Row {
         } else {
             self.value >= self.goal
         }
+    }
+}
+
+/// The irregular workloads of the chunk-size comparison.
+#[derive(Clone, Copy)]
+enum Irregular {
+    Collatz,
+    Mandelbrot,
+}
+
+impl Irregular {
+    /// The verified speedup on 2 workers, with `chunk_size` or `auto` (`None`).
+    fn speedup(self, chunk_size: Option<u64>, dispatch: Dispatch) -> Result<f64, procpool::Error> {
+        let options = RunOptions {
+            job: procpool::JobOptions {
+                chunk_size,
+                auto_chunk: chunk_size.is_none(),
+                dispatch,
+                ..Default::default()
+            },
+            ..RunOptions::new(2)
+        };
+        let report = match self {
+            Irregular::Collatz => procpool::run(&Collatz, 3_000_000, &options)?,
+            Irregular::Mandelbrot => {
+                let m = Mandelbrot::new(2000, 256);
+                procpool::run(&m, m.pixels(), &options)?
+            }
+        };
+        check(&report);
+        Ok(report.speedup.unwrap_or(f64::NAN))
+    }
+}
+
+/// The regular workloads of the dispatch comparison.
+#[derive(Clone, Copy)]
+enum Regular {
+    Squares,
+    Hash,
+}
+
+impl Regular {
+    /// The verified pool time (start included) on 2 workers.
+    fn pool_wall(self, dispatch: Dispatch) -> Result<f64, procpool::Error> {
+        let options = RunOptions {
+            job: procpool::JobOptions {
+                dispatch,
+                ..Default::default()
+            },
+            ..RunOptions::new(2)
+        };
+        let report = match self {
+            Regular::Squares => procpool::run(&Squares, 10_000_000, &options)?,
+            Regular::Hash => procpool::run(&Hash { rounds: 50 }, 200_000, &options)?,
+        };
+        check(&report);
+        Ok(report.pool_wall_s)
     }
 }
 

@@ -109,6 +109,12 @@ pub(crate) struct RunArgs {
     #[arg(long, global = true, value_enum, default_value_t = TransportArg::Shm)]
     pub transport: TransportArg,
 
+    /// How chunks reach the workers: queue (claimed from shared memory with one atomic add,
+    /// no message per chunk) or channel (one message out and one back per chunk) [default:
+    /// queue; channel with --transport channel]
+    #[arg(long, global = true, value_enum)]
+    pub dispatch: Option<DispatchArg>,
+
     /// Pin each worker to one CPU (sched_setaffinity)
     #[arg(long, global = true)]
     pub pin: bool,
@@ -238,6 +244,18 @@ value_enum! {
         Shm,
         /// Sent back inside the `Done` message over ipc-channel, and copied into place by
         /// the parent: what shared memory saves, made visible.
+        Channel,
+    }
+}
+
+value_enum! {
+    /// `--dispatch`.
+    DispatchArg => procpool::Dispatch {
+        /// Workers claim chunks from a queue in shared memory, one atomic add each; no
+        /// message crosses a channel per chunk.
+        Queue,
+        /// The parent sends every chunk over ipc-channel and the worker answers each: the
+        /// classic pool, to see what the queue saves.
         Channel,
     }
 }
@@ -497,6 +515,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("`inflight`", "--inflight"),
     ("`schedule`", "--schedule"),
     ("`transport`", "--transport"),
+    ("`dispatch`", "--dispatch"),
     ("`output`", "--output"),
     ("`faults`", "--inject"),
     ("`repeat`", "--repeat"),

@@ -137,6 +137,18 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
         }
         None => (None, false),
     };
+    // Results through the channel travel in each chunk's reply: channel dispatch.
+    let dispatch = match (args.dispatch, args.transport) {
+        (Some(d), _) => d.into(),
+        (None, cli::TransportArg::Channel) => procpool::Dispatch::Channel,
+        (None, cli::TransportArg::Shm) => procpool::Dispatch::Queue,
+    };
+    if let (procpool::Dispatch::Queue, cli::Inflight::Fixed(k)) = (dispatch, args.inflight) {
+        return Err(usage(&format!(
+            "--inflight {k} sets how many chunk messages wait in each worker's channel, and the \
+             shared-memory queue sends none: add --dispatch channel to use it"
+        )));
+    }
     Ok(RunOptions {
         pool: procpool::PoolOptions {
             workers,
@@ -165,6 +177,7 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
             auto_chunk,
             schedule: args.schedule.into(),
             transport: args.transport.into(),
+            dispatch,
             faults: args.inject.clone(),
         },
         baseline: !args.no_baseline,

@@ -84,7 +84,7 @@ pub use engine::pool::{
     AutoChunk, Death, Event, JobOptions, JobStats, Observer, Pool, PoolBuilder, PoolOptions,
     PoolRun, StartMethod, Supervision, WindowSink, WorkerStats,
 };
-pub use engine::protocol::Transport;
+pub use engine::protocol::{Dispatch, Transport};
 pub use engine::schedule::Schedule;
 pub use error::{Error, Result};
 pub use lab::model::{Mode, Report};

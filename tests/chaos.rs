@@ -5,7 +5,8 @@
 //! `cargo test --release --test chaos -- --ignored --nocapture`, and set
 //! `PROCPOOL_CHAOS_SECS` for another duration (CI runs 10 s).
 //!
-//! What it asserts, run after run:
+//! Runs alternate between the two ways of handing out chunks (`--dispatch queue` and
+//! `--dispatch channel`). What it asserts, run after run:
 //! - every run verifies, with the checksum of an undisturbed run; the limits are set wide
 //!   (`--max-restarts 100000 --retries 1000`), so no death the supervisor can recover from
 //!   may fail a job, including workers killed before they connected and replacements
@@ -84,12 +85,16 @@ fn jobs_survive_workers_killed_stopped_and_segfaulted_every_50ms() {
             .unwrap_or(60),
     );
     let sandbox = Sandbox::new();
-    let args: Vec<&str> = WORKLOAD
-        .iter()
-        .chain(KNOBS.iter())
-        .chain(["--json"].iter())
-        .copied()
-        .collect();
+    let args_for = |dispatch: &'static str| -> Vec<&'static str> {
+        WORKLOAD
+            .iter()
+            .chain(KNOBS.iter())
+            .chain(["--json", "--dispatch", dispatch].iter())
+            .copied()
+            .collect()
+    };
+    let dispatches = ["queue", "channel"];
+    let args = args_for("queue");
 
     // The checksum of an undisturbed run is the answer every disturbed one must give.
     let calm = sandbox.run(&args);
@@ -108,9 +113,12 @@ fn jobs_survive_workers_killed_stopped_and_segfaulted_every_50ms() {
     let began = Instant::now();
     let mut tally = tally;
     let mut first_fds = None;
+    let mut per_dispatch = [0u64; 2];
     while began.elapsed() < soak {
+        let which = tally.runs as usize % 2;
+        per_dispatch[which] += 1;
         let out = sandbox
-            .command(&args)
+            .command(&args_for(dispatches[which]))
             .deadline(RUN_DEADLINE)
             .run_while(|pid, tag| {
                 let started = Instant::now();
@@ -180,11 +188,14 @@ fn jobs_survive_workers_killed_stopped_and_segfaulted_every_50ms() {
         .map(|s| s.load(Ordering::Relaxed))
         .collect();
     eprintln!(
-        "chaos soak: {:.0} s, {} runs, {} verified, 0 failed; signals sent: {} SIGKILL, {} \
+        "chaos soak: {:.0} s, {} runs ({} queue, {} channel), {} verified, 0 failed; signals \
+         sent: {} SIGKILL, {} \
          SIGSEGV, {} SIGSTOP; {} restarts ({} before the worker connected, {} chunk \
          timeouts); procpool held at most {} descriptors",
         began.elapsed().as_secs_f64(),
         tally.runs,
+        per_dispatch[0],
+        per_dispatch[1],
         tally.verified,
         sent[0],
         sent[1],

@@ -80,10 +80,20 @@ fn check_verified_report(report: &Value, n: u64, workers: usize, chunk_size: Opt
         "chunks == ceil(n / chunk_size); {ctx}"
     );
     assert_eq!(u64_of(report, "shm_bytes"), 8 * n, "{ctx}");
-    assert!(
-        u64_of(report, "ipc_messages") >= 2 * chunks,
-        "a Chunk and a Done per chunk; {ctx}"
-    );
+    if report["dispatch"] == "channel" {
+        assert!(
+            u64_of(report, "ipc_messages") >= 2 * chunks,
+            "a Chunk and a Done per chunk; {ctx}"
+        );
+    } else {
+        // The queue: a handshake and a spec per worker, and at most one wake-up per worker
+        // at the end; nothing per chunk.
+        assert!(
+            u64_of(report, "ipc_messages") <= 4 * workers as u64,
+            "no message per chunk; {ctx}"
+        );
+        assert!(u64_of(report, "claims") >= chunks, "{ctx}");
+    }
     assert!(u64_of(report, "ipc_bytes") > 0, "{ctx}");
     assert!(u64_of(report, "cores_logical") >= 1, "{ctx}");
     assert!(
@@ -333,6 +343,8 @@ fn huge_inflight_finishes_or_is_refused_instead_of_spinning() {
     let out = Procpool::new(&[
         "--workers",
         "1",
+        "--dispatch",
+        "channel",
         "--inflight",
         "1e12",
         "squares",

@@ -361,6 +361,8 @@ fn inflight_beyond_the_channel_buffer_is_refused_and_the_most_allowed_never_dead
     let refused = Procpool::new(&[
         "--workers",
         "2",
+        "--dispatch",
+        "channel",
         "--inflight",
         "100000",
         "--chunk-size",
@@ -384,6 +386,8 @@ fn inflight_beyond_the_channel_buffer_is_refused_and_the_most_allowed_never_dead
     let out = Procpool::new(&[
         "--workers",
         "2",
+        "--dispatch",
+        "channel",
         "--inflight",
         &most,
         "--chunk-size",

@@ -3,8 +3,9 @@
 //! there, so a new key cannot appear without the README saying what it means.
 //!
 //! The runs are chosen so that each key carries a meaningful value at least once: a plain
-//! run, `--repeat`, `--chunk-size auto`, `--output`, a worker death, `--mode threads` and
-//! `single`, a corrupted result, `--no-baseline`, and a pinned `sleep` run over the channels.
+//! run (queue dispatch), `--dispatch channel`, `--repeat`, `--chunk-size auto`, `--output`, a
+//! worker death, `--mode threads` and `single`, a corrupted result, `--no-baseline`, and a
+//! pinned `sleep` run over the channels.
 
 mod common;
 
@@ -21,6 +22,7 @@ const TOP: &[&str] = &[
     "start",
     "schedule",
     "transport",
+    "dispatch",
     "pinned",
     "n",
     "workers",
@@ -40,6 +42,7 @@ const TOP: &[&str] = &[
     "breakdown",
     "chunk_rtt_mean_s",
     "chunk_compute_mean_s",
+    "dispatch_per_chunk_s",
     "speedup",
     "efficiency",
     "verified",
@@ -49,6 +52,10 @@ const TOP: &[&str] = &[
     "ipc_bytes",
     "channel_result_bytes",
     "shm_bytes",
+    "claims",
+    "worker_sleeps",
+    "parent_sleeps",
+    "wake_messages",
     "per_worker",
     "restarts",
     "retried_chunks",
@@ -78,6 +85,9 @@ const WORKER: &[&str] = &[
     "peak_rss_bytes",
     "idle_end_s",
     "cpu",
+    "claims",
+    "dispatch_s",
+    "sleeps",
 ];
 const DEATH: &[&str] = &["id", "pid", "cause", "chunk", "replaced_by"];
 const AUTO_CHUNK: &[&str] = &[
@@ -117,6 +127,7 @@ const VALUES: &[&str] = &[
     "guided",
     "shm",
     "channel",
+    "queue",
     "null",
     "sleep",
 ];
@@ -324,10 +335,17 @@ fn check_report(out: &Outcome, asked: &Asked) -> Value {
             "transport: {}",
             r["transport"]
         );
+        assert!(
+            ["queue", "channel"].contains(&text(&r, "dispatch")),
+            "dispatch: {}",
+            r["dispatch"]
+        );
     } else {
         null(&r, "start");
         null(&r, "transport");
+        null(&r, "dispatch");
     }
+    let queue = r["dispatch"] == "queue";
     assert!(
         ["static", "dynamic", "guided"].contains(&text(&r, "schedule")),
         "schedule: {}",
@@ -348,7 +366,12 @@ fn check_report(out: &Outcome, asked: &Asked) -> Value {
         "{chunks} chunks of {chunk_size} cannot cover n = {n}"
     );
     assert!(r["auto_chunk"].is_null() || r["auto_chunk"].is_object());
-    assert!(uint(&r, "inflight") >= 1);
+    let inflight = uint(&r, "inflight");
+    if queue {
+        assert_eq!(inflight, 1, "nothing is in flight with queue dispatch");
+    } else {
+        assert!(inflight >= 1, "inflight {inflight}");
+    }
     assert!(uint(&r, "cores_logical") >= 1);
     assert!(r["cores_physical"].is_null() || uint(&r, "cores_physical") >= 1);
 
@@ -361,8 +384,19 @@ fn check_report(out: &Outcome, asked: &Asked) -> Value {
     let run = secs(&r, "run_s");
     let compute = secs(&r, "compute_s");
     let compute_max = secs(&r, "compute_max_s");
-    secs(&r, "chunk_rtt_mean_s");
-    secs(&r, "chunk_compute_mean_s");
+    let rtt = secs(&r, "chunk_rtt_mean_s");
+    let chunk_compute = secs(&r, "chunk_compute_mean_s");
+    let dispatch_cost = secs(&r, "dispatch_per_chunk_s");
+    if processes {
+        // Both dispatches: a chunk's round trip is its compute plus the cost of handing it
+        // out (the channel's clamped at 0 when a round trip measured shorter).
+        assert!(
+            rtt <= chunk_compute + dispatch_cost + 1e-9 + 1e-6 * rtt,
+            "round trip {rtt} > compute {chunk_compute} + dispatch {dispatch_cost}"
+        );
+    } else {
+        assert_eq!(dispatch_cost, 0.0, "nothing dispatched outside processes");
+    }
 
     let b = &r["breakdown"];
     assert_keys(b, BREAKDOWN, "breakdown");
@@ -414,11 +448,35 @@ fn check_report(out: &Outcome, asked: &Asked) -> Value {
     let bytes = uint(&r, "ipc_bytes");
     let channel = uint(&r, "channel_result_bytes");
     let shm = uint(&r, "shm_bytes");
-    if processes {
+    let claims = uint(&r, "claims");
+    let counters = [
+        ("worker_sleeps", uint(&r, "worker_sleeps")),
+        ("parent_sleeps", uint(&r, "parent_sleeps")),
+        ("wake_messages", uint(&r, "wake_messages")),
+    ];
+    if queue {
+        // Every chunk claimed once, plus once per retry; the chunk messages are gone, the
+        // control channel still carries the job and the wake-ups.
+        assert!(claims >= chunks, "{claims} claims for {chunks} chunks");
+        assert!(messages >= 1, "{messages} messages");
+        let wakes = uint(&r, "wake_messages");
         assert!(
-            messages >= 2 * chunks,
-            "{messages} messages for {chunks} chunks"
+            wakes <= messages,
+            "{wakes} wake messages among {messages} messages"
         );
+    } else {
+        assert_eq!(claims, 0, "claims without the queue");
+        for (key, value) in counters {
+            assert_eq!(value, 0, "`{key}` without the queue");
+        }
+    }
+    if processes {
+        if !queue {
+            assert!(
+                messages >= 2 * chunks,
+                "{messages} messages for {chunks} chunks"
+            );
+        }
         assert!(bytes >= messages, "{bytes} bytes in {messages} messages");
         assert!(
             channel <= bytes,
@@ -437,6 +495,7 @@ fn check_report(out: &Outcome, asked: &Asked) -> Value {
         "one per_worker entry per worker"
     );
     let mut chunk_sum = 0;
+    let mut claim_sum = 0;
     let mut compute_sum = 0.0;
     let mut compute_top: f64 = 0.0;
     for (i, w) in per_worker.iter().enumerate() {
@@ -448,6 +507,14 @@ fn check_report(out: &Outcome, asked: &Asked) -> Value {
         compute_sum += c;
         compute_top = compute_top.max(c);
         secs(w, "idle_end_s");
+        claim_sum += uint(w, "claims");
+        secs(w, "dispatch_s");
+        let sleeps = uint(w, "sleeps");
+        if !queue {
+            assert_eq!(uint(w, "claims"), 0, "per_worker[{i}].claims");
+            assert_eq!(secs(w, "dispatch_s"), 0.0, "per_worker[{i}].dispatch_s");
+            assert_eq!(sleeps, 0, "per_worker[{i}].sleeps");
+        }
         if processes {
             secs(w, "cpu_s");
             assert!(uint(w, "peak_rss_bytes") > 0);
@@ -462,6 +529,7 @@ fn check_report(out: &Outcome, asked: &Asked) -> Value {
         }
     }
     assert_eq!(chunk_sum, chunks, "the workers' chunks add up to `chunks`");
+    assert_eq!(claim_sum, claims, "the workers' claims add up to `claims`");
     assert!(
         about(compute, compute_sum),
         "compute_s {compute} ≠ {compute_sum}"
@@ -563,12 +631,13 @@ fn a_plain_run_prints_every_key() {
     assert_squares_verified(&r);
     assert_eq!(r["start"], "spawn");
     assert_eq!(r["transport"], "shm");
+    assert_eq!(r["dispatch"], "queue", "the default dispatch");
     assert_eq!(r["schedule"], "dynamic");
     assert_eq!(r["pinned"], false);
-    let depth = uint(&r, "inflight");
-    assert!(
-        (2..=16).contains(&depth),
-        "the depth --inflight auto chose: {depth}"
+    assert_eq!(
+        uint(&r, "claims"),
+        uint(&r, "chunks"),
+        "no retries, one claim each"
     );
     assert_eq!(r["baseline_estimated"], false);
     assert!(secs(&r, "baseline_wall_s") > 0.0);
@@ -585,6 +654,29 @@ fn a_plain_run_prints_every_key() {
     for key in ["auto_chunk", "repeat", "output", "mismatch"] {
         null(&r, key);
     }
+}
+
+#[test]
+fn channel_dispatch_sends_every_chunk_and_claims_nothing() {
+    let r = verified_two_workers(&[
+        "--workers",
+        "2",
+        "--dispatch",
+        "channel",
+        "squares",
+        N_ARG,
+        "--json",
+    ]);
+    assert_eq!(r["dispatch"], "channel");
+    let depth = uint(&r, "inflight");
+    assert!(
+        (2..=16).contains(&depth),
+        "the depth --inflight auto chose: {depth}"
+    );
+    // A chunk message out and a `Done` back per chunk: check_report saw those; the queue's
+    // counters stay at 0.
+    assert_eq!(uint(&r, "claims"), 0);
+    assert!(secs(&r, "chunk_rtt_mean_s") > 0.0);
 }
 
 #[test]

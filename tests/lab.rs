@@ -429,6 +429,8 @@ fn inflight_auto_queues_more_when_chunks_are_tiny_and_a_fixed_depth_stays() {
     // One-element chunks of a kernel that computes nothing: a round trip costs far more
     // than a chunk, so `auto` queues more per worker; a fixed depth is kept as given.
     let args = [
+        "--dispatch",
+        "channel",
         "--workers",
         "2",
         "--chunk-size",
@@ -447,6 +449,14 @@ fn inflight_auto_queues_more_when_chunks_are_tiny_and_a_fixed_depth_stays() {
     let fixed = run_json(&fixed_args);
     assert_eq!(fixed["verified"], true, "{fixed}");
     assert_eq!(fixed["inflight"], 3, "{fixed}");
+    // The shared-memory queue sends no chunk messages: a depth means nothing there.
+    let refused = procpool(&["--inflight", "3", "squares", "10"]);
+    refused.assert_code(EXIT_USAGE);
+    let line = refused.one_line_error();
+    assert!(
+        line.contains("--inflight 3") && line.contains("--dispatch channel"),
+        "{line}"
+    );
     let refused = procpool(&["--inflight", "0", "squares", "10"]);
     refused.assert_code(EXIT_USAGE);
     assert!(

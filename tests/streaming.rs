@@ -12,13 +12,14 @@ fn streamed(sandbox: &Sandbox, args: &[&str]) -> Value {
     out.json()
 }
 
-#[test]
-fn streamed_file_equals_the_single_process_output_when_n_is_not_a_multiple_of_the_window() {
+fn streamed_file_equals_the_single_process_output_when_n_is_not_a_multiple_of_the_window(
+    dispatch: &'static str,
+) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("squares.bin");
     let file_arg = file.to_str().unwrap();
     for workers in ["1", "3"] {
-        let sandbox = Sandbox::new();
+        let sandbox = Sandbox::with_dispatch(dispatch);
         // 64 KiB windows hold 8192 squares: 100003 is 12 whole windows and a partial one.
         let r = streamed(
             &sandbox,
@@ -55,8 +56,7 @@ fn streamed_file_equals_the_single_process_output_when_n_is_not_a_multiple_of_th
     }
 }
 
-#[test]
-fn every_element_type_streams_and_verifies() {
+fn every_element_type_streams_and_verifies(dispatch: &'static str) {
     let dir = tempfile::tempdir().unwrap();
     for (workload, n, elem) in [
         (&["primes", "30011"][..], 30_011u64, 1u64),
@@ -64,7 +64,7 @@ fn every_element_type_streams_and_verifies() {
         (&["mandelbrot", "41", "--max-iter", "64"], 41 * 41, 4),
     ] {
         let file = dir.path().join(format!("{}.bin", workload[0]));
-        let sandbox = Sandbox::new();
+        let sandbox = Sandbox::with_dispatch(dispatch);
         let mut args = vec![
             "--workers",
             "2",
@@ -80,16 +80,15 @@ fn every_element_type_streams_and_verifies() {
         assert_eq!(std::fs::metadata(&file).unwrap().len(), n * elem, "{r}");
         // The file's elements add up to the checksum, the same as without streaming.
         let plain = streamed(
-            &Sandbox::new(),
+            &Sandbox::with_dispatch(dispatch),
             &[&["--workers", "2", "--json"], workload].concat(),
         );
         assert_eq!(r["checksum"], plain["checksum"], "{workload:?}");
     }
 }
 
-#[test]
-fn a_full_disk_fails_naming_the_file_and_stops_every_worker() {
-    let sandbox = Sandbox::new();
+fn a_full_disk_fails_naming_the_file_and_stops_every_worker(dispatch: &'static str) {
+    let sandbox = Sandbox::with_dispatch(dispatch);
     let out = sandbox.run(&["--workers", "2", "squares", "1e6", "--output", "/dev/full"]);
     out.assert_code(EXIT_FAILED);
     let line = out.one_line_error();
@@ -186,11 +185,10 @@ fn bytes_written_in(pid: u32, dir: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn an_interrupted_stream_exits_130_and_leaves_no_partial_file() {
+fn an_interrupted_stream_exits_130_and_leaves_no_partial_file(dispatch: &'static str) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("partial.bin");
-    let sandbox = Sandbox::new();
+    let sandbox = Sandbox::with_dispatch(dispatch);
     // A chunk that hangs keeps the job from ever finishing; SIGINT must end it.
     let out = sandbox
         .command(&[
@@ -224,3 +222,10 @@ fn an_interrupted_stream_exits_130_and_leaves_no_partial_file() {
     );
     sandbox.assert_nothing_left(&out);
 }
+
+on_both_dispatches!(
+    streamed_file_equals_the_single_process_output_when_n_is_not_a_multiple_of_the_window,
+    every_element_type_streams_and_verifies,
+    a_full_disk_fails_naming_the_file_and_stops_every_worker,
+    an_interrupted_stream_exits_130_and_leaves_no_partial_file,
+);

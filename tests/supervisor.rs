@@ -6,7 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{EXIT_FAILED, EXIT_OK, Sandbox, signal, tagged_processes, wait_until};
+use common::{
+    EXIT_FAILED, EXIT_OK, Sandbox, signal, squares_checksum, tagged_processes, wait_until,
+};
 use nix::sys::signal::Signal;
 
 /// Worker processes of a tagged run (procpool itself excluded).
@@ -18,9 +20,9 @@ fn workers(tag: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Waits until `count` workers of the run are serving the job: each has mapped the shared
+/// Waits until `count` workers of the run have started serving: each has mapped the shared
 /// region (`memfd:procpool-results` in its memory map), which it does only after its
-/// handshake, when the job arrives.
+/// handshake.
 fn wait_for_workers(tag: &str, count: usize) -> Vec<u32> {
     let serving = |pid: &u32| {
         std::fs::read_to_string(format!("/proc/{pid}/maps"))
@@ -35,11 +37,10 @@ fn wait_for_workers(tag: &str, count: usize) -> Vec<u32> {
     found
 }
 
-#[test]
-fn worker_sigkilled_from_outside_mid_run_is_replaced_and_the_run_verifies() {
+fn worker_sigkilled_from_outside_mid_run_is_replaced_and_the_run_verifies(dispatch: &'static str) {
     // A chunk that hangs once (no --timeout): the run cannot finish until someone kills the
     // hung worker. We kill every worker from outside; the retried chunk then runs normally.
-    let sandbox = Sandbox::new();
+    let sandbox = Sandbox::with_dispatch(dispatch);
     let out = sandbox
         .command(&[
             "--workers",
@@ -50,9 +51,19 @@ fn worker_sigkilled_from_outside_mid_run_is_replaced_and_the_run_verifies() {
             "hang@0",
             "--json",
         ])
-        .run_while(|_, tag| {
-            for pid in wait_for_workers(tag, 2) {
-                signal(pid, Signal::SIGKILL);
+        .run_while(|pid, tag| {
+            // Kill every worker, again every 300 ms while the run lasts (at most 5 times): a
+            // round that comes before any worker took chunk 0 (the queue hands out nothing
+            // until workers claim) leaves it to the next.
+            wait_for_workers(tag, 2);
+            for _ in 0..5 {
+                std::thread::sleep(Duration::from_millis(300));
+                if common::cmdline(pid).is_empty() {
+                    return;
+                }
+                for worker in workers(tag) {
+                    signal(worker, Signal::SIGKILL);
+                }
             }
         });
     out.assert_code(EXIT_OK);
@@ -66,15 +77,14 @@ fn worker_sigkilled_from_outside_mid_run_is_replaced_and_the_run_verifies() {
     sandbox.assert_nothing_left(&out);
 }
 
-#[test]
-fn injected_panic_abort_segv_and_hang_are_each_recovered() {
+fn injected_panic_abort_segv_and_hang_are_each_recovered(dispatch: &'static str) {
     for (fault, extra, cause) in [
         ("panic@1", Some("--retry-panics"), "panicked (replaced)"),
         ("abort@1", None, "killed by SIGABRT"),
         ("segv@1", None, "killed by SIGSEGV"),
         ("hang@1", Some("300ms"), "timed out after 300ms"),
     ] {
-        let sandbox = Sandbox::new();
+        let sandbox = Sandbox::with_dispatch(dispatch);
         let mut args = vec![
             "--workers",
             "2",
@@ -105,9 +115,8 @@ fn injected_panic_abort_segv_and_hang_are_each_recovered() {
     }
 }
 
-#[test]
-fn a_kernel_panic_is_one_error_naming_the_chunk_the_message_and_where() {
-    let sandbox = Sandbox::new();
+fn a_kernel_panic_is_one_error_naming_the_chunk_the_message_and_where(dispatch: &'static str) {
+    let sandbox = Sandbox::with_dispatch(dispatch);
     let out = sandbox
         .command(&["--workers", "2", "squares", "1e4", "--inject", "panic@0"])
         .env("RUST_BACKTRACE", "1")
@@ -132,10 +141,9 @@ fn a_kernel_panic_is_one_error_naming_the_chunk_the_message_and_where() {
     sandbox.assert_nothing_left(&out);
 }
 
-#[test]
-fn retries_and_restarts_are_bounded() {
+fn retries_and_restarts_are_bounded(dispatch: &'static str) {
     // --retries 0: the first death of the chunk fails the run.
-    let sandbox = Sandbox::new();
+    let sandbox = Sandbox::with_dispatch(dispatch);
     let out = sandbox.run(&[
         "--workers",
         "2",
@@ -156,7 +164,7 @@ fn retries_and_restarts_are_bounded() {
     sandbox.assert_nothing_left(&out);
 
     // --max-restarts 2 stops a run whose chunks keep killing workers, before the retries do.
-    let sandbox = Sandbox::new();
+    let sandbox = Sandbox::with_dispatch(dispatch);
     let out = sandbox.run(&[
         "--workers",
         "2",
@@ -175,10 +183,65 @@ fn retries_and_restarts_are_bounded() {
     sandbox.assert_nothing_left(&out);
 }
 
+/// The worker whose chunk hangs: the one sleeping in the kernel's nanosleep, while the
+/// others, with nothing left to do, wait on the queue's futex (or their channel).
+fn hung_worker(tag: &str) -> Option<u32> {
+    workers(tag).into_iter().find(|&pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/wchan")).is_ok_and(|w| w.contains("nanosleep"))
+    })
+}
+
+fn a_worker_killed_holding_a_claimed_chunk_is_replaced_and_its_chunk_retried(
+    dispatch: &'static str,
+) {
+    // Chunk 3 hangs once: its worker holds the claim while it sleeps. Kill that worker (no
+    // --timeout): the chunk must go back to the queue, run again and verify.
+    let sandbox = Sandbox::with_dispatch(dispatch);
+    let out = sandbox
+        .command(&[
+            "--workers",
+            "2",
+            "--chunk-size",
+            "1000",
+            "squares",
+            "1e5",
+            "--inject",
+            "hang@3",
+            "--json",
+        ])
+        .run_while(|_, tag| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Some(pid) = hung_worker(tag) {
+                    signal(pid, Signal::SIGKILL);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            panic!("no worker ever held chunk 3 hanging");
+        });
+    out.assert_code(EXIT_OK);
+    let report = out.json();
+    assert_eq!(report["verified"], true, "{report}");
+    assert_eq!(report["checksum"], squares_checksum(100_000), "{report}");
+    assert_eq!(report["restarts"], 1, "{report}");
+    assert!(report["retried_chunks"].as_u64() >= Some(1), "{report}");
+    let death = &report["deaths"][0];
+    assert_eq!(death["chunk"], 3, "{death}");
+    assert!(
+        death["cause"]
+            .as_str()
+            .unwrap()
+            .contains("killed by SIGKILL"),
+        "{death}"
+    );
+    sandbox.assert_nothing_left(&out);
+}
+
 /// SIGINT or SIGTERM mid-run: exit code 128 + signal, a line saying what was done, and every
 /// worker (even a hung one that ignores the stop message) stopped and reaped.
-fn stop_mid_run(sig: Signal, code: i32) {
-    let sandbox = Sandbox::new();
+fn stop_mid_run(sig: Signal, code: i32, dispatch: &'static str) {
+    let sandbox = Sandbox::with_dispatch(dispatch);
     let out = sandbox
         .command(&[
             "--workers",
@@ -193,6 +256,8 @@ fn stop_mid_run(sig: Signal, code: i32) {
         .deadline(Duration::from_secs(30))
         .run_while(|pid, tag| {
             wait_for_workers(tag, 2);
+            // Mid-run: a worker is inside the hanging chunk 0.
+            assert!(wait_until(Duration::from_secs(20), || hung_worker(tag).is_some()));
             signal(pid, sig);
         });
     out.assert_code(code);
@@ -207,14 +272,12 @@ fn stop_mid_run(sig: Signal, code: i32) {
     sandbox.assert_nothing_left(&out);
 }
 
-#[test]
-fn sigint_mid_run_exits_130_and_stops_every_worker() {
-    stop_mid_run(Signal::SIGINT, 130);
+fn sigint_mid_run_exits_130_and_stops_every_worker(dispatch: &'static str) {
+    stop_mid_run(Signal::SIGINT, 130, dispatch);
 }
 
-#[test]
-fn sigterm_mid_run_exits_143_and_stops_every_worker() {
-    stop_mid_run(Signal::SIGTERM, 143);
+fn sigterm_mid_run_exits_143_and_stops_every_worker(dispatch: &'static str) {
+    stop_mid_run(Signal::SIGTERM, 143, dispatch);
 }
 
 #[test]
@@ -288,3 +351,13 @@ fn sigkilled_procpool_takes_every_worker_with_it_within_a_second() {
     );
     sandbox.assert_swept_after_sudden_death(&out.tag, &out.args);
 }
+
+on_both_dispatches!(
+    a_worker_killed_holding_a_claimed_chunk_is_replaced_and_its_chunk_retried,
+    worker_sigkilled_from_outside_mid_run_is_replaced_and_the_run_verifies,
+    injected_panic_abort_segv_and_hang_are_each_recovered,
+    a_kernel_panic_is_one_error_naming_the_chunk_the_message_and_where,
+    retries_and_restarts_are_bounded,
+    sigint_mid_run_exits_130_and_stops_every_worker,
+    sigterm_mid_run_exits_143_and_stops_every_worker,
+);

@@ -10,6 +10,7 @@
 //!   bookkeeping (`ledger.rs`), observers (`observe.rs`), the private socket directory.
 //! - `worker`: the worker side of the protocol.
 //! - `protocol`: the messages between parent and workers.
+//! - `control`: the control block, the shared-memory chunk queue: the atomics and futexes.
 //! - `shm`: the shared region (a memfd) and its mappings: most of the crate's `unsafe`.
 //! - `sys`: process set-up between fork and exec, reaping, CPU affinity, resource limits.
 //! - `schedule`: cutting `0..n` into chunks (static, dynamic, guided).
@@ -17,6 +18,7 @@
 //! - `interrupt`: Ctrl-C and SIGTERM.
 //! - `limits`: what the machine allows (memory, open files, processes), checked up front.
 
+pub(crate) mod control;
 pub(crate) mod fault;
 pub(crate) mod interrupt;
 pub(crate) mod limits;

@@ -13,7 +13,7 @@ use crate::engine::fault::Fault;
 pub(crate) use crate::workload::Registered;
 
 /// Bumped whenever a message changes shape; a worker from another build is refused.
-pub(crate) const PROTOCOL_VERSION: u32 = 4;
+pub(crate) const PROTOCOL_VERSION: u32 = 5;
 
 /// The first argument that turns a procpool-linked binary into a worker (see [`crate::init`]).
 pub(crate) const WORKER_ARG: &str = "__procpool_worker";
@@ -28,7 +28,8 @@ pub(crate) enum ToWorker {
         /// Where the worker sends [`FromWorker`] messages.
         to_parent: IpcSender<FromWorker>,
     },
-    /// A new job: map the region again and build the kernel.
+    /// A job's spec, sent when it differs from the last one this worker got; the job itself
+    /// starts when the parent opens a posting with this spec in the control block.
     Job(JobSpec),
     /// Compute `start..end` of the current job into the shared region.
     Chunk {
@@ -41,6 +42,11 @@ pub(crate) enum ToWorker {
         /// 0 the first time this chunk is handed out, then 1, 2, … on retries.
         attempt: u32,
     },
+    /// The channel-dispatched posting `posting` is over: wait on the control block again.
+    EndJob {
+        /// The posting it ends.
+        posting: u64,
+    },
     /// Finish: exit with status 0.
     Shutdown,
 }
@@ -50,14 +56,15 @@ pub(crate) enum ToWorker {
 pub(crate) struct JobSpec {
     /// Job id within this pool.
     pub job: u64,
+    /// Which spec this is: postings name it, and a worker that has it already is not sent
+    /// it again (back-to-back jobs of one workload cost no message).
+    pub spec_id: u64,
     /// Registry name of the workload.
     pub workload: String,
     /// The workload value, postcard-encoded.
     pub params: Vec<u8>,
     /// Size of one output element in bytes.
     pub elem_size: u32,
-    /// Length of the shared region in bytes.
-    pub region_len: u64,
     /// Faults to inject, for demonstrations and tests.
     pub faults: Vec<Fault>,
     /// How results come back.
@@ -113,6 +120,28 @@ pub enum Transport {
     Channel,
 }
 
+/// How chunks reach the workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dispatch {
+    /// Workers claim chunks from a queue in shared memory with one atomic add each; no
+    /// message crosses a channel per chunk (the default).
+    #[default]
+    Queue,
+    /// The parent sends every chunk over the worker's channel and the worker answers each
+    /// with a `Done` message: the classic pool, kept to measure what the queue saves.
+    Channel,
+}
+
+impl std::fmt::Display for Dispatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dispatch::Queue => "queue",
+            Dispatch::Channel => "channel",
+        })
+    }
+}
+
 impl std::fmt::Display for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -143,6 +172,9 @@ pub(crate) enum FromWorker {
         /// could run before sending it.
         workloads: Vec<Registered>,
     },
+    /// Wakes a parent that sleeps (queue dispatch): the job is done, a streaming window is
+    /// complete, or a worker went idle after a death.
+    Wake,
     /// A chunk is written into the shared region.
     Done {
         /// The chunk id.

@@ -245,9 +245,251 @@ impl Dispenser {
     }
 }
 
+/// One run of chunks inside one window (or the whole job): dynamic chunks of `size`, or
+/// guided ones that shrink to `size`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Segment {
+    len: u64,
+    /// Guided: where each shrinking chunk starts (before the chunks reach `size`).
+    shrinking: Vec<u64>,
+    /// Where the chunks of `size` start.
+    tail: u64,
+    size: u64,
+}
+
+impl Segment {
+    fn new(len: u64, size: u64, guided_workers: Option<u64>) -> Self {
+        let mut shrinking = Vec::new();
+        let mut at = 0;
+        if let Some(w) = guided_workers {
+            while at < len {
+                let want = (len - at).div_ceil(w);
+                if want <= size {
+                    break;
+                }
+                shrinking.push(at);
+                at += want;
+            }
+        }
+        Segment {
+            len,
+            shrinking,
+            tail: at,
+            size,
+        }
+    }
+
+    fn chunks(&self) -> u64 {
+        self.shrinking.len() as u64 + (self.len - self.tail).div_ceil(self.size)
+    }
+
+    /// Chunk `i` of the segment, as offsets within it.
+    fn chunk(&self, i: u64) -> (u64, u64) {
+        let k = self.shrinking.len() as u64;
+        if i < k {
+            let start = self.shrinking[i as usize];
+            let end = self
+                .shrinking
+                .get(i as usize + 1)
+                .copied()
+                .unwrap_or(self.tail);
+            return (start, end);
+        }
+        let start = self.tail + (i - k) * self.size;
+        (start, (start + self.size).min(self.len))
+    }
+}
+
+/// The chunks of `start..n` as a function of their index, for the shared-memory queue:
+/// a worker that claims index `k` (one atomic add) knows its range without asking anyone.
+///
+/// The same cutting as the [`Dispenser`]: chunks of `size` (dynamic, static), or, guided,
+/// chunks of the remaining work divided by the workers down to `size`; with windows, no
+/// chunk crosses a multiple of `boundary`, and guided chunks shrink again in each window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    start: u64,
+    n: u64,
+    boundary: u64,
+    id_base: u64,
+    /// The first window's part (from `start` to the first boundary), the full windows after
+    /// it, and the last window's part.
+    first: Segment,
+    full: Option<Segment>,
+    full_windows: u64,
+    last: Option<Segment>,
+}
+
+impl Geometry {
+    /// The chunks of `start..n` with the given schedule; ids start at `id_base`.
+    pub(crate) fn new(
+        schedule: Schedule,
+        start: u64,
+        n: u64,
+        size: u64,
+        workers: u64,
+        boundary: u64,
+        id_base: u64,
+    ) -> Self {
+        let size = size.max(1);
+        let boundary = boundary.max(1);
+        let guided = (schedule == Schedule::Guided).then_some(workers.max(1));
+        let start = start.min(n);
+        let first_end = if boundary == u64::MAX {
+            n
+        } else {
+            (start / boundary + 1).saturating_mul(boundary).min(n)
+        };
+        let first = Segment::new(first_end - start, size, guided);
+        let (full, full_windows, last) = if first_end >= n {
+            (None, 0, None)
+        } else {
+            let windows = (n - first_end) / boundary;
+            let rest = (n - first_end) % boundary;
+            (
+                (windows > 0).then(|| Segment::new(boundary, size, guided)),
+                windows,
+                (rest > 0).then(|| Segment::new(rest, size, guided)),
+            )
+        };
+        Geometry {
+            start,
+            n,
+            boundary,
+            id_base,
+            first,
+            full,
+            full_windows,
+            last,
+        }
+    }
+
+    /// Chunks in all.
+    pub(crate) fn chunks(&self) -> u64 {
+        self.first.chunks()
+            + self
+                .full
+                .as_ref()
+                .map_or(0, |s| s.chunks() * self.full_windows)
+            + self.last.as_ref().map_or(0, Segment::chunks)
+    }
+
+    /// Chunk `k` (`k < chunks()`).
+    pub(crate) fn chunk(&self, k: u64) -> Chunk {
+        let id = self.id_base + k;
+        let make = |base: u64, (s, e): (u64, u64)| Chunk {
+            id,
+            start: base + s,
+            end: base + e,
+        };
+        let c0 = self.first.chunks();
+        if k < c0 {
+            return make(self.start, self.first.chunk(k));
+        }
+        let mut k = k - c0;
+        let mut base = self.start + self.first.len;
+        if let Some(full) = &self.full {
+            let per = full.chunks();
+            if k < per * self.full_windows {
+                let window = k / per;
+                return make(base + window * self.boundary, full.chunk(k % per));
+            }
+            k -= per * self.full_windows;
+            base += self.full_windows * self.boundary;
+        }
+        match &self.last {
+            Some(last) => make(base, last.chunk(k)),
+            None => make(self.n, (0, 0)),
+        }
+    }
+
+    /// The first chunk index of the window holding element `i` at or after the geometry's
+    /// start (the streaming limit: chunks before it may run).
+    pub(crate) fn first_chunk_at(&self, i: u64) -> u64 {
+        if i >= self.n {
+            return self.chunks();
+        }
+        let first_end = self.start + self.first.len;
+        if i < first_end {
+            return 0;
+        }
+        let c0 = self.first.chunks();
+        let Some(full) = &self.full else {
+            return c0;
+        };
+        let window = (i - first_end) / self.boundary;
+        c0 + full.chunks() * window.min(self.full_windows)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_geometry_cuts_chunks_as_the_dispenser_does() {
+        for schedule in [Schedule::Static, Schedule::Dynamic, Schedule::Guided] {
+            for (n, size, workers, boundary) in [
+                (0u64, 1u64, 2u64, u64::MAX),
+                (1, 1, 1, u64::MAX),
+                (100, 7, 3, u64::MAX),
+                (1000, 10, 2, u64::MAX),
+                (1001, 1, 8, u64::MAX),
+                (100, 15, 2, 40),
+                (1000, 3, 4, 64),
+            ] {
+                if schedule == Schedule::Static && boundary != u64::MAX {
+                    continue;
+                }
+                let g = Geometry::new(schedule, 0, n, size, workers, boundary, 0);
+                let chunks: Vec<Chunk> = (0..g.chunks()).map(|k| g.chunk(k)).collect();
+                let mut next = 0;
+                for c in &chunks {
+                    assert_eq!(c.start, next, "{schedule} n={n} {chunks:?}");
+                    assert!(c.end > c.start);
+                    assert!(boundary == u64::MAX || c.start / boundary == (c.end - 1) / boundary);
+                    next = c.end;
+                }
+                assert_eq!(next, n);
+                if boundary == u64::MAX && schedule != Schedule::Guided {
+                    let d = Dispenser::new(schedule, n, workers as usize, Some(size));
+                    assert_eq!(d.chunks_up_to(u64::MAX), g.chunks(), "{schedule} n={n}");
+                }
+            }
+        }
+        let guided = Geometry::new(Schedule::Guided, 0, 1000, 10, 2, u64::MAX, 0);
+        let sizes: Vec<u64> = (0..guided.chunks())
+            .map(|k| guided.chunk(k).len())
+            .collect();
+        assert_eq!(&sizes[..3], [500, 250, 125]);
+        assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+    }
+
+    #[test]
+    fn a_later_phase_starts_mid_window_and_numbers_on() {
+        let g = Geometry::new(Schedule::Dynamic, 25, 100, 10, 2, 40, 5);
+        let chunks: Vec<(u64, u64, u64)> = (0..g.chunks())
+            .map(|k| g.chunk(k))
+            .map(|c| (c.id, c.start, c.end))
+            .collect();
+        assert_eq!(
+            chunks,
+            [
+                (5, 25, 35),
+                (6, 35, 40),
+                (7, 40, 50),
+                (8, 50, 60),
+                (9, 60, 70),
+                (10, 70, 80),
+                (11, 80, 90),
+                (12, 90, 100)
+            ]
+        );
+        assert_eq!(g.first_chunk_at(30), 0);
+        assert_eq!(g.first_chunk_at(45), 2);
+        assert_eq!(g.first_chunk_at(80), 6);
+        assert_eq!(g.first_chunk_at(100), 8);
+    }
 
     #[test]
     fn default_size_gives_about_four_chunks_per_worker() {

@@ -30,25 +30,49 @@ use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 #[derive(Debug)]
 pub(crate) struct SharedRegion {
     fd: OwnedFd,
+    /// Bytes of the control area at the start of the file (see [`crate::engine::control`]).
+    control_len: u64,
+    /// Bytes of results after it.
     len: u64,
 }
 
 impl SharedRegion {
-    /// Creates an empty region.
-    pub(crate) fn new() -> io::Result<Self> {
+    /// Creates a region with a control area of `control_len` bytes (a whole number of
+    /// pages, zeroed) and no results yet.
+    pub(crate) fn with_control(control_len: u64) -> io::Result<Self> {
         let fd = memfd_create("procpool-results", MFdFlags::MFD_CLOEXEC)?;
-        Ok(SharedRegion { fd, len: 0 })
+        let mut region = SharedRegion {
+            fd,
+            control_len,
+            len: 0,
+        };
+        region.reset(0)?;
+        Ok(region)
+    }
+
+    /// Maps the control area.
+    pub(crate) fn control(&self) -> io::Result<crate::engine::control::Control> {
+        crate::engine::control::Control::map(self.fd.as_fd(), Some(self.control_len))
+    }
+
+    /// The memfd.
+    #[cfg(test)]
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     /// Sets the length to `len` bytes, every byte zero.
     ///
-    /// The file is first truncated to zero, which gives any pages of the previous job back
+    /// The results are first truncated away, which gives any pages of the previous job back
     /// to the kernel; the new pages are allocated lazily, on first touch, by whichever worker
-    /// writes them first. No mapping of the old contents may be in use.
+    /// writes them first. No mapping of the old results may be in use. The control area
+    /// before them stays as it is: workers keep it mapped and may be waiting on it.
     pub(crate) fn reset(&mut self, len: u64) -> io::Result<()> {
-        let len_off = i64::try_from(len)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
-        nix::unistd::ftruncate(&self.fd, 0)?;
+        let len_off = len
+            .checked_add(self.control_len)
+            .and_then(|total| i64::try_from(total).ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
+        nix::unistd::ftruncate(&self.fd, self.control_len as i64)?;
         nix::unistd::ftruncate(&self.fd, len_off).map_err(|e| {
             let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE)
                 .map_or(0, |(soft, _)| soft);
@@ -69,6 +93,19 @@ impl SharedRegion {
         Ok(())
     }
 
+    /// Makes the results `len` bytes long, keeping what they hold (`len` ≥ the length).
+    pub(crate) fn grow(&mut self, len: u64) -> io::Result<()> {
+        let total = len
+            .checked_add(self.control_len)
+            .and_then(|t| i64::try_from(t).ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
+        if len > self.len {
+            nix::unistd::ftruncate(&self.fd, total)?;
+            self.len = len;
+        }
+        Ok(())
+    }
+
     /// Its length in bytes.
     pub(crate) fn len(&self) -> u64 {
         self.len
@@ -79,9 +116,9 @@ impl SharedRegion {
         self.fd.as_raw_fd()
     }
 
-    /// Maps the whole region into this process.
+    /// Maps the results into this process.
     pub(crate) fn map(&self) -> io::Result<Mapping> {
-        Mapping::new(self.fd.as_fd(), self.len)
+        Mapping::at(self.fd.as_fd(), self.control_len, self.len)
     }
 }
 
@@ -106,6 +143,15 @@ impl Mapping {
     ///
     /// A zero length gives an empty mapping without calling `mmap` (which refuses zero).
     pub(crate) fn new(fd: BorrowedFd<'_>, len: u64) -> io::Result<Self> {
+        Self::at(fd, 0, len)
+    }
+
+    /// Maps `len` bytes of the memfd `fd` from byte `offset` (a whole number of pages).
+    pub(crate) fn at(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<Self> {
+        let offset = i64::try_from(offset)
+            .ok()
+            .filter(|o| o % 4096 == 0)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad offset"))?;
         let len = usize::try_from(len)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
         let Some(nz) = NonZeroUsize::new(len) else {
@@ -115,8 +161,8 @@ impl Mapping {
             });
         };
         // SAFETY: we ask for a fresh mapping (no address hint), so no existing Rust object is
-        // overlaid. `fd` is a memfd at least `len` bytes long (the parent sized it before it
-        // told anyone the length), so every mapped page is backed by the file.
+        // overlaid. `fd` is a memfd at least `offset + len` bytes long (the parent sized it
+        // before it told anyone the length), so every mapped page is backed by the file.
         let ptr = unsafe {
             mmap(
                 None,
@@ -124,13 +170,18 @@ impl Mapping {
                 ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
                 MapFlags::MAP_SHARED,
                 fd,
-                0,
+                offset,
             )?
         };
         Ok(Mapping {
             ptr: ptr.cast(),
             len,
         })
+    }
+
+    /// The first byte of the mapping, for the atomics of [`crate::engine::control`].
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
     }
 
     /// Length of the mapping in bytes.
@@ -229,7 +280,7 @@ mod tests {
 
     #[test]
     fn region_is_zeroed_shared_and_resettable() {
-        let mut region = SharedRegion::new().unwrap();
+        let mut region = SharedRegion::with_control(4096).unwrap();
         region.reset(4096 * 3).unwrap();
         let a = region.map().unwrap();
         let b = region.map().unwrap();
@@ -249,7 +300,7 @@ mod tests {
 
     #[test]
     fn empty_region_maps_to_empty_mapping() {
-        let region = SharedRegion::new().unwrap();
+        let region = SharedRegion::with_control(4096).unwrap();
         let m = region.map().unwrap();
         assert!(m.is_empty());
         // SAFETY: empty range.

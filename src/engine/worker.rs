@@ -1,4 +1,5 @@
-//! The worker side: a handshake, then `loop { receive chunk -> kernel into shm -> reply }`.
+//! The worker side: a handshake, then `loop { wait for a posting -> claim chunks from the
+//! shared-memory queue (or receive them over the channel) -> kernel into shm }`.
 //!
 //! A spawned worker opens an ipc-channel one-shot server in the directory procpool gave it
 //! (`TMPDIR`, the pool's private 0700 directory), reports the socket's path on a pipe only
@@ -17,10 +18,12 @@ use std::time::{Duration, Instant};
 
 use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
 
+use crate::engine::control::{ChunkTable, Control, Posting, TableLayout};
 use crate::engine::fault::{Fault, FaultAction};
 use crate::engine::protocol::{
     FromWorker, JobSpec, Layout, PROTOCOL_VERSION, ToWorker, Transport, WORKER_ARG,
 };
+use crate::engine::schedule::{Geometry, Schedule};
 use crate::engine::shm::Mapping;
 use crate::workload::{DynKernel, Registry};
 
@@ -81,15 +84,52 @@ impl WorkerArgs {
     }
 }
 
-/// The state of the job a worker is serving.
+/// The spec a worker last received, with its kernel built.
 struct CurrentJob {
-    /// The shared region (empty with the channel transport, which does not write it).
-    mapping: Mapping,
+    spec_id: u64,
     transport: Transport,
     kernel: Box<dyn DynKernel>,
     elem_size: usize,
     layout: Layout,
     faults: Vec<Fault>,
+}
+
+/// What a worker keeps between postings.
+struct Worker<'a> {
+    slot: usize,
+    to_parent: &'a IpcSender<FromWorker>,
+    from_parent: &'a ipc_channel::ipc::IpcReceiver<ToWorker>,
+    registry: &'a Registry,
+    shm: BorrowedFd<'a>,
+    control: Control,
+    /// The results (and the chunk table after them), mapped for the current posting.
+    results: Mapping,
+    job: Option<CurrentJob>,
+    /// The newest spec received but not yet built.
+    pending: Option<JobSpec>,
+    /// The chunk geometry of the posting it was last inside.
+    geometry: Option<(u64, Geometry)>,
+    /// The last channel-dispatched posting it served.
+    served_channel: u64,
+    /// Checks of the futex word before sleeping on it.
+    spin: u32,
+    /// CPUs this process may run on (read once: it costs a few system calls).
+    cores: u64,
+    parent: nix::unistd::Pid,
+}
+
+/// Why a worker stops serving.
+enum Stop {
+    /// Shutdown, or the parent went away: exit 0.
+    Asked,
+    /// Exit 1 with this message.
+    Failed(String),
+}
+
+impl From<String> for Stop {
+    fn from(message: String) -> Self {
+        Stop::Failed(message)
+    }
 }
 
 /// Runs the worker until the parent says `Shutdown` or goes away. Returns the exit status.
@@ -170,7 +210,7 @@ fn serve_inner(args: &WorkerArgs, registry: &Registry) -> Result<(), String> {
     // SAFETY: the parent passed us this descriptor number and kept it open across exec for
     // us (checked open above); nothing else in this process uses it.
     let shm = unsafe { BorrowedFd::borrow_raw(args.shm_fd) };
-    serve_loop(&to_parent, &from_parent, shm, registry)
+    serve_loop(&to_parent, &from_parent, shm, registry, args.id)
 }
 
 /// The worker of a forked start: channels and the shared region are inherited, so there is
@@ -180,10 +220,11 @@ pub(crate) fn serve_forked(
     from_parent: &ipc_channel::ipc::IpcReceiver<ToWorker>,
     shm: BorrowedFd<'_>,
     registry: &Registry,
+    id: usize,
 ) -> i32 {
     crate::engine::sys::ignore_interrupts();
     quiet_panics();
-    match serve_loop(to_parent, from_parent, shm, registry) {
+    match serve_loop(to_parent, from_parent, shm, registry, id) {
         Ok(()) => 0,
         Err(message) => {
             eprintln!("error: {message}");
@@ -192,112 +233,371 @@ pub(crate) fn serve_forked(
     }
 }
 
-/// `loop { receive -> run the kernel into shared memory -> reply }` until Shutdown or the
-/// parent goes away.
+/// Waits on the control block for postings and serves them (claiming chunks from the
+/// queue, or receiving them over the channel) until Shutdown or the parent goes away.
 fn serve_loop(
     to_parent: &IpcSender<FromWorker>,
     from_parent: &ipc_channel::ipc::IpcReceiver<ToWorker>,
     shm: BorrowedFd<'_>,
     registry: &Registry,
+    slot: usize,
 ) -> Result<(), String> {
-    let mut job: Option<CurrentJob> = None;
+    let control =
+        Control::map(shm, None).map_err(|e| format!("cannot map the control block: {e}"))?;
+    if slot >= control.slots() {
+        return Err(format!(
+            "worker id {slot} has no slot in a control block of {}",
+            control.slots()
+        ));
+    }
+    let mut worker = Worker {
+        slot,
+        to_parent,
+        from_parent,
+        registry,
+        shm,
+        control,
+        results: Mapping::new(shm, 0).map_err(|e| e.to_string())?,
+        job: None,
+        pending: None,
+        geometry: None,
+        served_channel: 0,
+        spin: 0,
+        cores: std::thread::available_parallelism().map_or(1, |c| c.get() as u64),
+        parent: nix::unistd::getppid(),
+    };
+    match worker.run() {
+        Stop::Asked => Ok(()),
+        Stop::Failed(message) => Err(message),
+    }
+}
 
-    loop {
-        let msg = match from_parent.recv() {
-            Ok(msg) => msg,
-            // The parent closed the channel (or died): nothing more to do.
-            Err(_) => return Ok(()),
-        };
-        match msg {
-            ToWorker::Job(spec) => {
-                // The previous job's mapping serves again when the region kept its length
-                // (the parent reuses it between jobs); otherwise it is unmapped first.
-                let previous = job
-                    .take()
-                    .map(|j| j.mapping)
-                    .filter(|m| m.len() as u64 == spec.region_len);
-                match start_job(&spec, shm, registry, previous) {
-                    Ok(j) => job = Some(j),
-                    Err(message) => {
-                        let _ = to_parent.send(FromWorker::Failed {
-                            message: message.clone(),
-                        });
-                        return Err(message);
-                    }
-                }
+impl Worker<'_> {
+    fn run(&mut self) -> Stop {
+        loop {
+            let seen = self.control.epoch();
+            if self.control.shutting_down() {
+                return Stop::Asked;
             }
-            ToWorker::Chunk {
-                id,
-                start,
-                end,
-                attempt,
-            } => {
-                let job = job.as_ref().ok_or("received a chunk before any job")?;
-                let began = Instant::now();
-                // A panicking kernel is the caller's bug, not a crash: report it and serve on.
-                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run_chunk(job, id, start, end, attempt)
-                }));
-                let (reduction, data) = match ran {
-                    Ok(ran) => ran?,
-                    Err(payload) => {
-                        let (message, location) = panic_report(payload.as_ref());
-                        let panicked = FromWorker::Panicked {
-                            id,
-                            message,
-                            location,
-                        };
-                        if to_parent.send(panicked).is_err() {
-                            return Ok(());
-                        }
-                        continue;
+            if let Err(stop) = self.serve_posting() {
+                return stop;
+            }
+            let slept = self
+                .control
+                .wait(self.slot, seen, self.spin, Duration::from_secs(1));
+            if slept && nix::unistd::getppid() != self.parent {
+                // The parent is gone (its death signal should have ended us already).
+                return Stop::Asked;
+            }
+        }
+    }
+
+    /// Serves the open posting, if there is one this worker has not finished.
+    fn serve_posting(&mut self) -> Result<(), Stop> {
+        let Some(id) = self.control.open_posting() else {
+            // Nothing to do: take in any spec waiting on the channel, so messages for
+            // jobs this worker slept through never pile up.
+            return self.drain_mail();
+        };
+        if !self.control.enter(self.slot, id) {
+            return Ok(());
+        }
+        let posting = self.control.posting(id);
+        if posting.channel {
+            // Channel dispatch: chunks come as messages; nothing to claim here.
+            self.control.leave(self.slot);
+            if self.served_channel == id {
+                return Ok(());
+            }
+            self.served_channel = id;
+            self.prepare(&posting)?;
+            return self.serve_channel(id);
+        }
+        let cpu = crate::engine::control::process_cpu_ns();
+        let result = self
+            .prepare(&posting)
+            .and_then(|()| self.claim_loop(&posting));
+        let maxrss_kib = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+            .map_or(0, |u| u.max_rss() as u64);
+        self.control.add_usage(
+            self.slot,
+            crate::engine::control::process_cpu_ns().saturating_sub(cpu),
+            maxrss_kib,
+        );
+        self.control.leave(self.slot);
+        result?;
+        if self.control.deaths_noted() && self.control.take_parent_waiting(self.slot) {
+            self.wake_parent()?;
+        }
+        Ok(())
+    }
+
+    /// Makes the posting's spec, mapping and chunk geometry ready.
+    fn prepare(&mut self, posting: &Posting) -> Result<(), Stop> {
+        if self.job.as_ref().map(|j| j.spec_id) != Some(posting.spec_id) {
+            self.receive_spec(posting.spec_id)?;
+        }
+        if self.results.len() as u64 != posting.region_len {
+            self.results = Mapping::new(self.shm, 0).map_err(|e| e.to_string())?;
+            self.results =
+                Mapping::at(self.shm, self.control.len(), posting.region_len).map_err(|e| {
+                    format!(
+                        "cannot map the shared region ({} bytes): {e}",
+                        posting.region_len
+                    )
+                })?;
+        }
+        if self.geometry.as_ref().map(|g| g.0) != Some(posting.id) {
+            let schedule = match posting.schedule {
+                0 => Schedule::Static,
+                2 => Schedule::Guided,
+                _ => Schedule::Dynamic,
+            };
+            let geometry = Geometry::new(
+                schedule,
+                posting.start,
+                posting.n,
+                posting.size,
+                posting.workers,
+                posting.boundary,
+                posting.id_base,
+            );
+            self.geometry = Some((posting.id, geometry));
+        }
+        // Spin before sleeping only while every worker has a core of its own: then a spin
+        // catches the next job or retry without a wake-up. Otherwise back off at once.
+        self.spin = if posting.workers <= self.cores {
+            4096
+        } else {
+            64
+        };
+        Ok(())
+    }
+
+    /// Takes the job spec `spec_id` from the channel (the parent sent it before posting).
+    fn receive_spec(&mut self, spec_id: u64) -> Result<(), Stop> {
+        loop {
+            let spec = match self.pending.take() {
+                Some(spec) if spec.spec_id == spec_id => spec,
+                _ => match self.from_parent.recv() {
+                    Ok(ToWorker::Job(spec)) if spec.spec_id == spec_id => spec,
+                    // An older spec, for a job this worker slept through.
+                    Ok(ToWorker::Job(_) | ToWorker::EndJob { .. }) => continue,
+                    Ok(ToWorker::Shutdown) | Err(_) => return Err(Stop::Asked),
+                    Ok(other) => {
+                        return Err(Stop::Failed(format!(
+                            "expected the job's spec, got {other:?}"
+                        )));
                     }
-                };
-                let compute_ns = began.elapsed().as_nanos() as u64;
-                let done = FromWorker::Done {
-                    id,
-                    compute_ns,
-                    reduction,
-                    data: data.map(serde_bytes::ByteBuf::from),
-                };
-                if to_parent.send(done).is_err() {
+                },
+            };
+            return match self.registry.instantiate(
+                &spec.workload,
+                &spec.params,
+                spec.elem_size as usize,
+            ) {
+                Ok(kernel) => {
+                    self.job = Some(CurrentJob {
+                        spec_id: spec.spec_id,
+                        transport: spec.transport,
+                        kernel,
+                        elem_size: spec.elem_size as usize,
+                        layout: spec.layout,
+                        faults: spec.faults,
+                    });
+                    Ok(())
+                }
+                Err(message) => {
+                    let _ = self.to_parent.send(FromWorker::Failed {
+                        message: message.clone(),
+                    });
+                    Err(Stop::Failed(message))
+                }
+            };
+        }
+    }
+
+    /// Reads what waits on the channel without blocking: specs are kept, Shutdown obeyed.
+    fn drain_mail(&mut self) -> Result<(), Stop> {
+        loop {
+            match self.from_parent.try_recv() {
+                Ok(ToWorker::Job(spec)) => self.pending = Some(spec),
+                Ok(ToWorker::Shutdown) => return Err(Stop::Asked),
+                Ok(ToWorker::EndJob { .. }) => {}
+                Ok(other) => {
+                    return Err(Stop::Failed(format!("unexpected {other:?} between jobs")));
+                }
+                Err(ipc_channel::TryRecvError::Empty) => return Ok(()),
+                Err(ipc_channel::TryRecvError::IpcError(_)) => return Err(Stop::Asked),
+            }
+        }
+    }
+
+    /// Claims chunks from the queue and runs them until none is left to claim.
+    fn claim_loop(&mut self, posting: &Posting) -> Result<(), Stop> {
+        let Some(job) = self.job.as_ref() else {
+            return Err(Stop::Failed("a posting before any spec".into()));
+        };
+        let Some((_, geometry)) = self.geometry.as_ref() else {
+            return Err(Stop::Failed("a posting without its geometry".into()));
+        };
+        let layout = TableLayout {
+            at: posting.table_at,
+            chunks: posting.chunks,
+            ring: posting.ring,
+        };
+        let Some(table) = ChunkTable::new(&self.results, layout) else {
+            return Err(Stop::Failed(format!(
+                "the chunk table does not fit in the shared region of {} bytes",
+                self.results.len()
+            )));
+        };
+        let statically = (posting.schedule == 0).then_some(posting.workers);
+        let total = posting.n - posting.start;
+        let mut between = Instant::now();
+        let mut first = true;
+        while let Some((index, attempt)) = self.control.claim(self.slot, posting.chunks, statically)
+        {
+            while !self.control.may_run(index) {
+                // Streaming: this chunk's window slot is not free yet.
+                let seen = self.control.epoch();
+                if self.control.may_run(index) {
+                    break;
+                }
+                if self.control.shutting_down() || self.control.open_posting() != Some(posting.id) {
                     return Ok(());
                 }
+                self.control
+                    .wait(self.slot, seen, self.spin, Duration::from_secs(1));
             }
-            ToWorker::Shutdown => return Ok(()),
-            ToWorker::Welcome { .. } => return Err("a second Welcome".into()),
+            let chunk = geometry.chunk(index);
+            self.control.running(self.slot);
+            let began = Instant::now();
+            if !first {
+                self.control
+                    .add_gap(self.slot, (began - between).as_nanos() as u64);
+            }
+            first = false;
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_chunk(
+                    job,
+                    &self.results,
+                    chunk.id,
+                    chunk.start,
+                    chunk.end,
+                    attempt,
+                )
+            }));
+            let reduction = match ran {
+                Ok(Ok((reduction, _))) => reduction,
+                Ok(Err(message)) => return Err(Stop::Failed(message)),
+                Err(payload) => {
+                    self.control.panicked(self.slot);
+                    let (message, location) = panic_report(payload.as_ref());
+                    let panicked = FromWorker::Panicked {
+                        id: chunk.id,
+                        message,
+                        location,
+                    };
+                    if self.to_parent.send(panicked).is_err() {
+                        return Err(Stop::Asked);
+                    }
+                    // Hold the chunk until the parent decides: it kills us (to retry the
+                    // chunk) or stops the job.
+                    loop {
+                        match self.from_parent.recv() {
+                            Ok(ToWorker::Shutdown) | Err(_) => return Err(Stop::Asked),
+                            Ok(_) => {}
+                        }
+                    }
+                }
+            };
+            let compute_ns = began.elapsed().as_nanos() as u64;
+            table.set_done(index, reduction);
+            let done = self.control.finished(self.slot, chunk.len(), compute_ns);
+            let window_full = posting.ring > 1 && {
+                let window = chunk.start / posting.window_elems;
+                let window_start = window * posting.window_elems;
+                let len = (window_start + posting.window_elems).min(posting.n) - window_start;
+                table.window_done(window, chunk.len()) >= len
+            };
+            if (done >= total || window_full) && self.control.take_parent_waiting(self.slot) {
+                self.wake_parent()?;
+            }
+            between = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn wake_parent(&self) -> Result<(), Stop> {
+        self.to_parent
+            .send(FromWorker::Wake)
+            .map_err(|_| Stop::Asked)
+    }
+
+    /// Channel dispatch: `receive chunk -> run -> reply Done` until the posting ends.
+    fn serve_channel(&mut self, posting: u64) -> Result<(), Stop> {
+        loop {
+            let msg = match self.from_parent.recv() {
+                Ok(msg) => msg,
+                // The parent closed the channel (or died): nothing more to do.
+                Err(_) => return Err(Stop::Asked),
+            };
+            match msg {
+                ToWorker::Chunk {
+                    id,
+                    start,
+                    end,
+                    attempt,
+                } => {
+                    let Some(job) = self.job.as_ref() else {
+                        return Err(Stop::Failed("received a chunk before any job".into()));
+                    };
+                    let began = Instant::now();
+                    // A panicking kernel is the caller's bug, not a crash: report it and
+                    // serve on.
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run_chunk(job, &self.results, id, start, end, attempt)
+                    }));
+                    let (reduction, data) = match ran {
+                        Ok(ran) => ran?,
+                        Err(payload) => {
+                            let (message, location) = panic_report(payload.as_ref());
+                            let panicked = FromWorker::Panicked {
+                                id,
+                                message,
+                                location,
+                            };
+                            if self.to_parent.send(panicked).is_err() {
+                                return Err(Stop::Asked);
+                            }
+                            continue;
+                        }
+                    };
+                    let compute_ns = began.elapsed().as_nanos() as u64;
+                    let done = FromWorker::Done {
+                        id,
+                        compute_ns,
+                        reduction,
+                        data: data.map(serde_bytes::ByteBuf::from),
+                    };
+                    if self.to_parent.send(done).is_err() {
+                        return Err(Stop::Asked);
+                    }
+                }
+                ToWorker::EndJob { posting: p } if p == posting => return Ok(()),
+                ToWorker::EndJob { .. } => {}
+                ToWorker::Job(spec) => self.pending = Some(spec),
+                ToWorker::Shutdown => return Err(Stop::Asked),
+                ToWorker::Welcome { .. } => return Err(Stop::Failed("a second Welcome".into())),
+            }
         }
     }
 }
 
-fn start_job(
-    spec: &JobSpec,
-    shm: BorrowedFd<'_>,
-    registry: &Registry,
-    previous: Option<Mapping>,
-) -> Result<CurrentJob, String> {
-    let kernel = registry.instantiate(&spec.workload, &spec.params, spec.elem_size as usize)?;
-    let mapping = match previous {
-        Some(mapping) => mapping,
-        None => Mapping::new(shm, spec.region_len).map_err(|e| {
-            format!(
-                "cannot map the shared region ({} bytes): {e}",
-                spec.region_len
-            )
-        })?,
-    };
-    Ok(CurrentJob {
-        mapping,
-        transport: spec.transport,
-        kernel,
-        elem_size: spec.elem_size as usize,
-        layout: spec.layout,
-        faults: spec.faults.clone(),
-    })
-}
-
 fn run_chunk(
     job: &CurrentJob,
+    mapping: &Mapping,
     id: u64,
     start: u64,
     end: u64,
@@ -332,17 +632,18 @@ fn run_chunk(
         }
         return Ok((reduction, Some(out)));
     }
-    if lo > hi || hi > job.mapping.len() {
+    if lo > hi || hi > mapping.len() {
         return Err(format!(
             "chunk {id} ({start}..{end}) lies outside the shared region of {} bytes",
-            job.mapping.len()
+            mapping.len()
         ));
     }
-    job.mapping.populate(lo..hi);
-    // SAFETY: the parent hands each chunk, a range disjoint from every other chunk's, to one
-    // worker at a time and reads it only after our `Done`; so for the life of this slice no
-    // other process touches these bytes.
-    let out = unsafe { job.mapping.slice_mut(lo..hi) };
+    mapping.populate(lo..hi);
+    // SAFETY: each chunk, a range disjoint from every other chunk's, is held by one worker
+    // at a time (claimed from the queue, or sent by the parent), and the parent reads it
+    // only after it is marked done; so for the life of this slice no other process touches
+    // these bytes. (The chunk table after the results is only ever accessed atomically.)
+    let out = unsafe { mapping.slice_mut(lo..hi) };
     let reduction = job.kernel.run(start..end, out);
     if fault == Some(FaultAction::Corrupt) && !out.is_empty() {
         out[0] ^= 0x5a;

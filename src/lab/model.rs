@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::engine::pool::{AutoChunk, Death, StartMethod, WorkerStats};
-use crate::engine::protocol::Transport;
+use crate::engine::protocol::{Dispatch, Transport};
 use crate::engine::schedule::Schedule;
 use crate::lab::advice::Advice;
 use crate::lab::baseline::Mismatch;
@@ -78,6 +78,10 @@ pub struct Report {
     pub schedule: Schedule,
     /// How results came back: `shm` or `channel` (null unless mode is `processes`).
     pub transport: Option<Transport>,
+    /// How chunks reached the workers: `queue` (claimed from shared memory, no message per
+    /// chunk) or `channel` (a message out and a `Done` back per chunk); null unless mode is
+    /// `processes`.
+    pub dispatch: Option<Dispatch>,
     /// Whether each worker was pinned to one CPU.
     pub pinned: bool,
     /// Number of elements computed.
@@ -90,7 +94,8 @@ pub struct Report {
     pub chunks: u64,
     /// What `--chunk-size auto` measured and chose, and why.
     pub auto_chunk: Option<AutoChunk>,
-    /// Chunks in flight per worker.
+    /// Chunks in flight per worker (channel dispatch; 1 with queue dispatch, where workers
+    /// claim one chunk at a time and nothing is in flight).
     pub inflight: usize,
     /// Logical CPUs this process may use.
     pub cores_logical: usize,
@@ -114,10 +119,15 @@ pub struct Report {
     pub compute_max_s: f64,
     /// Where the pool's wall time went (last round).
     pub breakdown: Breakdown,
-    /// Mean time from a chunk starting at its worker to its reply arriving.
+    /// Mean time from a chunk starting at its worker to its reply arriving (queue dispatch,
+    /// where nothing replies: its compute plus `dispatch_per_chunk_s`).
     pub chunk_rtt_mean_s: f64,
     /// Mean kernel time of one chunk, to compare with `chunk_rtt_mean_s`.
     pub chunk_compute_mean_s: f64,
+    /// Mean cost of handing out one chunk. Queue dispatch: the time a worker spends between
+    /// one chunk's kernel and the next (claiming and bookkeeping). Channel dispatch: a
+    /// chunk's round trip minus its compute (the messages).
+    pub dispatch_per_chunk_s: f64,
     /// `baseline_wall_s / pool_wall_s`.
     pub speedup: Option<f64>,
     /// `speedup / workers`: 1.0 means every worker was as useful as the whole single process.
@@ -137,6 +147,14 @@ pub struct Report {
     pub channel_result_bytes: u64,
     /// Bytes of results written through shared memory.
     pub shm_bytes: u64,
+    /// Chunks claimed from the shared-memory queue, retries included (queue dispatch).
+    pub claims: u64,
+    /// Times a worker slept on the queue's futex waiting for work (queue dispatch).
+    pub worker_sleeps: u64,
+    /// Times the parent's dispatch loop slept waiting for the job (queue dispatch).
+    pub parent_sleeps: u64,
+    /// `Wake` messages workers sent the sleeping parent (queue dispatch).
+    pub wake_messages: u64,
     /// What each worker did.
     pub per_worker: Vec<WorkerStats>,
     /// Workers restarted after dying or timing out.
@@ -226,6 +244,9 @@ mod tests {
             peak_rss_bytes: None,
             idle_end_s,
             cpu: None,
+            claims: 0,
+            dispatch_s: 0.0,
+            sleeps: 0,
         }
     }
 

@@ -225,6 +225,9 @@ fn work<W: Workload>(
         peak_rss_bytes: None,
         idle_end_s: 0.0,
         cpu: None,
+        claims: 0,
+        dispatch_s: 0.0,
+        sleeps: 0,
     };
     ThreadResult {
         stats,

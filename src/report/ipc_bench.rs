@@ -1,11 +1,13 @@
-//! `procpool ipc-bench` as text: two tables and a closing line.
+//! `procpool ipc-bench` as text: the tables (message round trips, the queue's claims and
+//! futex wake-ups, throughput) and a closing line.
 
 use std::fmt::Write as _;
 
-use crate::lab::ipc_bench::{IpcBenchReport, UNPINNED};
+use crate::lab::ipc_bench::{IpcBenchReport, QueueBench, UNPINNED};
+use crate::units::seconds_short;
 
-/// Renders the report as two tables and a closing line that compares a chunk message's
-/// round trip with moving the largest size through each transport.
+/// Renders the report as tables and a closing line that compares a chunk message's round
+/// trip with a claim from the queue, and moving the largest size through each transport.
 pub fn render_text(report: &IpcBenchReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
@@ -28,6 +30,7 @@ pub fn render_text(report: &IpcBenchReport) -> String {
             );
         }
     }
+    render_queue(&mut s, &report.queue);
     if !report.throughput.is_empty() {
         let _ = writeln!(s, "  one-way throughput, MB/s (1 MB = 10^6 bytes)");
         let _ = writeln!(
@@ -64,15 +67,92 @@ pub fn render_text(report: &IpcBenchReport) -> String {
     s
 }
 
-/// "a chunk message costs ~15 µs round trip; 1 MiB through the channel takes X, through
-/// shared memory Y: send ranges, not data".
+/// The time one claim takes in each of `processes` processes claiming `per_s` in all.
+fn per_claim(processes: f64, per_s: f64) -> String {
+    if per_s > 0.0 && per_s.is_finite() {
+        seconds_short(processes / per_s)
+    } else {
+        "-".to_string()
+    }
+}
+
+/// The queue's claims (alone and contending) and the futex round trips per placement.
+fn render_queue(s: &mut String, q: &QueueBench) {
+    let _ = writeln!(
+        s,
+        "  chunks claimed from the shared-memory queue (--dispatch queue), {} a run",
+        q.claims
+    );
+    let _ = writeln!(
+        s,
+        "    {:>9} {:>10} {:>11}",
+        "processes", "claims/s", "each claim"
+    );
+    let _ = writeln!(
+        s,
+        "    {:>9} {:>8.1} M {:>11}",
+        1,
+        q.solo_claims_per_s / 1e6,
+        per_claim(1.0, q.solo_claims_per_s)
+    );
+    let _ = writeln!(
+        s,
+        "    {:>9} {:>8.1} M {:>11}  (both together; the peer claimed {:.0}%)",
+        2,
+        q.contended_claims_per_s / 1e6,
+        per_claim(2.0, q.contended_claims_per_s),
+        q.peer_share * 100.0
+    );
+    if !q.futex.is_empty() {
+        let _ = writeln!(
+            s,
+            "  futex wake-up round trip (how the queue wakes a sleeper), µs"
+        );
+        let _ = writeln!(
+            s,
+            "    {:<10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
+            "placement", "samples", "p50", "p90", "p99", "max", "mean", "slept"
+        );
+        for f in &q.futex {
+            let l = &f.round_trip;
+            let _ = writeln!(
+                s,
+                "    {:<10} {:>8} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>6.0}%",
+                l.placement,
+                l.samples,
+                l.p50_us,
+                l.p90_us,
+                l.p99_us,
+                l.max_us,
+                l.mean_us,
+                f.slept_share * 100.0
+            );
+        }
+    }
+}
+
+/// "a chunk message costs ~15 µs round trip, a claim from the queue ~40 ns; 1 MiB through
+/// the channel takes X, through shared memory Y: send ranges, not data".
 fn closing_line(report: &IpcBenchReport) -> Option<String> {
+    let claim = report.queue.contended_claims_per_s;
+    let claim = (claim > 0.0 && claim.is_finite()).then(|| {
+        format!(
+            ", a claim from the queue ~{} with 2 processes claiming",
+            per_claim(2.0, claim)
+        )
+    });
     let rtt = report
         .latency
         .iter()
         .find(|l| l.placement == UNPINNED)
         .or(report.latency.first())
-        .map(|l| format!("a chunk message costs ~{:.0} µs round trip", l.p50_us));
+        .map(|l| {
+            format!(
+                "a chunk message costs ~{:.0} µs round trip{}",
+                l.p50_us,
+                claim.unwrap_or_default()
+            )
+        });
     let largest = report
         .throughput
         .iter()
@@ -102,7 +182,7 @@ fn closing_line(report: &IpcBenchReport) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::ipc_bench::{Latency, Throughput};
+    use crate::lab::ipc_bench::{FutexLatency, Latency, Throughput};
 
     fn synthetic() -> IpcBenchReport {
         IpcBenchReport {
@@ -127,6 +207,24 @@ mod tests {
                     mean_us: 7.1,
                 },
             ],
+            queue: QueueBench {
+                claims: 1_000_000,
+                solo_claims_per_s: 40e6,
+                contended_claims_per_s: 25e6,
+                peer_share: 0.475,
+                futex: vec![FutexLatency {
+                    round_trip: Latency {
+                        placement: "unpinned".into(),
+                        samples: 5000,
+                        p50_us: 3.1,
+                        p90_us: 4.0,
+                        p99_us: 9.5,
+                        max_us: 60.25,
+                        mean_us: 3.4,
+                    },
+                    slept_share: 0.5,
+                }],
+            },
             throughput: vec![
                 Throughput {
                     placement: "unpinned".into(),
@@ -157,13 +255,20 @@ procpool ipc-bench: two processes, ipc-channel and shared memory; 2 logical core
     placement   samples      p50      p90      p99      max     mean
     unpinned      20000     14.8     17.2     31.0    412.5     15.6
     same-cpu      20000      6.9      7.4     12.0     98.0      7.1
+  chunks claimed from the shared-memory queue (--dispatch queue), 1000000 a run
+    processes   claims/s  each claim
+            1     40.0 M       25 ns
+            2     25.0 M       80 ns  (both together; the peer claimed 48%)
+  futex wake-up round trip (how the queue wakes a sleeper), µs
+    placement   samples      p50      p90      p99      max     mean   slept
+    unpinned       5000      3.1      4.0      9.5     60.2      3.4     50%
   one-way throughput, MB/s (1 MB = 10^6 bytes)
     placement       size  messages   channel       shm shm/channel
     unpinned        64 B     65536      20.0       8.0       0.40×
     unpinned       1 MiB        16    1048.6    5242.9       5.00×
   note  cross-cpu skipped: this process may run on one CPU only
         throughput: unpinned
-a chunk message costs ~15 µs round trip; 1 MiB through the channel takes 1.00 ms, through shared memory 200.0 µs: send ranges, not data
+a chunk message costs ~15 µs round trip, a claim from the queue ~80 ns with 2 processes claiming; 1 MiB through the channel takes 1.00 ms, through shared memory 200.0 µs: send ranges, not data
 ";
         assert_eq!(render_text(&synthetic()), expected);
     }

@@ -2,11 +2,21 @@
 
 use std::fmt::Write;
 
-use crate::engine::protocol::Transport;
+use crate::engine::protocol::{Dispatch, Transport};
 use crate::lab::measure::Summary;
 use crate::lab::model::Mode;
 use crate::lab::model::Report;
-use crate::units::{bytes as human_bytes, seconds as secs};
+use crate::units::{bytes as human_bytes, count, seconds as secs};
+
+/// A per-chunk cost: in nanoseconds below a microsecond (a queue claim is tens of ns),
+/// like [`secs`] above.
+fn per_chunk(x: f64) -> String {
+    if x > 0.0 && x < 1e-6 {
+        crate::units::seconds_short(x)
+    } else {
+        secs(x)
+    }
+}
 
 /// Renders the report for a terminal.
 pub fn render_text(r: &Report) -> String {
@@ -46,10 +56,15 @@ pub fn render_text(r: &Report) -> String {
         Some(Transport::Channel) => ", results through the channels",
         None => "",
     };
+    // The queue has nothing in flight: a worker claims its next chunk when it is done.
+    let handed = match r.dispatch {
+        Some(Dispatch::Queue) => "claimed from the shared-memory queue".to_string(),
+        Some(Dispatch::Channel) | None => format!("{} in flight per worker", r.inflight),
+    };
     let _ = writeln!(
         s,
-        "  chunks       {} × {} elements, {} schedule, {} in flight per worker{via}",
-        r.chunks, r.chunk_size, r.schedule, r.inflight
+        "  chunks       {} × {} elements, {} schedule, {handed}{via}",
+        r.chunks, r.chunk_size, r.schedule
     );
     if let Some(auto) = &r.auto_chunk {
         let _ = writeln!(s, "  chunk size   auto: {}", auto.reason);
@@ -108,13 +123,21 @@ pub fn render_text(r: &Report) -> String {
         secs(r.compute_max_s)
     );
     if r.chunk_rtt_mean_s > 0.0 {
-        let _ = writeln!(
-            s,
-            "  per chunk    round trip {}, compute {}: messaging costs {} a chunk",
-            secs(r.chunk_rtt_mean_s),
-            secs(r.chunk_compute_mean_s),
-            secs((r.chunk_rtt_mean_s - r.chunk_compute_mean_s).max(0.0))
-        );
+        let _ = match r.dispatch {
+            Some(Dispatch::Queue) => writeln!(
+                s,
+                "  per chunk    dispatch costs {} a chunk (claim + bookkeeping), compute {}",
+                per_chunk(r.dispatch_per_chunk_s),
+                secs(r.chunk_compute_mean_s)
+            ),
+            Some(Dispatch::Channel) | None => writeln!(
+                s,
+                "  per chunk    round trip {}, compute {}: messaging costs {} a chunk",
+                secs(r.chunk_rtt_mean_s),
+                secs(r.chunk_compute_mean_s),
+                per_chunk(r.dispatch_per_chunk_s)
+            ),
+        };
     }
     if let (Some(sp), Some(eff)) = (r.speedup, r.efficiency) {
         let sd = repeat
@@ -177,6 +200,17 @@ pub fn render_text(r: &Report) -> String {
             .unwrap_or_default();
         let _ = writeln!(s, "  reduction    {reduction}{baseline}");
     }
+    if r.dispatch == Some(Dispatch::Queue) {
+        let _ = writeln!(
+            s,
+            "  queue        {}, {}, {}, {}; {} on the control channel",
+            count(r.claims, "claim"),
+            count(r.worker_sleeps, "worker sleep"),
+            count(r.parent_sleeps, "parent sleep"),
+            count(r.wake_messages, "wake message"),
+            count(r.ipc_messages, "message")
+        );
+    }
     if r.mode == Mode::Processes {
         let _ = writeln!(
             s,
@@ -195,18 +229,26 @@ pub fn render_text(r: &Report) -> String {
         );
     }
     if !r.per_worker.is_empty() {
+        // Claims only with the queue (with channel dispatch a worker claims nothing).
+        let queue = r.dispatch == Some(Dispatch::Queue);
         let _ = writeln!(
             s,
-            "  per worker   id      pid  chunks    compute        cpu   peak rss  idle at end{}",
+            "  per worker   id      pid  chunks{}    compute        cpu   peak rss  idle at end{}",
+            if queue { "  claims" } else { "" },
             if r.pinned { "  cpu" } else { "" }
         );
         for w in &r.per_worker {
             let _ = writeln!(
                 s,
-                "               {:>2} {:>8} {:>7} {:>10} {:>10} {:>10} {:>12}{}",
+                "               {:>2} {:>8} {:>7}{} {:>10} {:>10} {:>10} {:>12}{}",
                 w.id,
                 w.pid,
                 w.chunks,
+                if queue {
+                    format!(" {:>7}", w.claims)
+                } else {
+                    String::new()
+                },
                 secs(w.compute_s),
                 w.cpu_s.map_or("-".into(), secs),
                 w.peak_rss_bytes
@@ -243,4 +285,147 @@ pub fn render_text(r: &Report) -> String {
     }
     s.push_str(&crate::report::advice::render(&r.advice));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::pool::{StartMethod, WorkerStats};
+    use crate::engine::schedule::Schedule;
+    use crate::lab::model::Breakdown;
+
+    /// Two workers, 1000 chunks of 1000 `squares`, the counters of a queue run.
+    fn report(dispatch: Dispatch) -> Report {
+        let queue = dispatch == Dispatch::Queue;
+        let worker = |id: usize, chunks: u64| WorkerStats {
+            id,
+            pid: 100 + id as u32,
+            chunks,
+            compute_s: 0.004,
+            cpu_s: Some(0.004),
+            peak_rss_bytes: Some(8 << 20),
+            idle_end_s: 0.000_05,
+            cpu: None,
+            claims: if queue { chunks } else { 0 },
+            dispatch_s: if queue { 0.000_05 } else { 0.0 },
+            sleeps: 0,
+        };
+        Report {
+            workload: "squares".into(),
+            params: serde_json::json!({}),
+            mode: Mode::Processes,
+            start: Some(StartMethod::Spawn),
+            schedule: Schedule::Dynamic,
+            transport: Some(Transport::Shm),
+            dispatch: Some(dispatch),
+            pinned: false,
+            n: 1_000_000,
+            workers: 2,
+            chunk_size: 1000,
+            chunks: 1000,
+            auto_chunk: None,
+            inflight: if queue { 1 } else { 9 },
+            cores_logical: 2,
+            cores_physical: Some(2),
+            baseline_wall_s: Some(0.004),
+            baseline_estimated: false,
+            pool_wall_s: 0.012,
+            spawn_s: 0.006,
+            run_s: 0.006,
+            compute_s: 0.008,
+            compute_max_s: 0.004,
+            breakdown: Breakdown::new(0.012, 0.006, &[], 0.002),
+            chunk_rtt_mean_s: if queue { 8.1e-6 } else { 15.7e-6 },
+            chunk_compute_mean_s: 8e-6,
+            dispatch_per_chunk_s: if queue { 84e-9 } else { 7.7e-6 },
+            speedup: Some(1.0 / 3.0),
+            efficiency: Some(1.0 / 6.0),
+            verified: Some(true),
+            mismatch: None,
+            checksum: 7,
+            ipc_messages: if queue { 7 } else { 2008 },
+            ipc_bytes: 655,
+            channel_result_bytes: 0,
+            shm_bytes: 8_000_000,
+            claims: if queue { 1000 } else { 0 },
+            worker_sleeps: if queue { 3 } else { 0 },
+            parent_sleeps: u64::from(queue),
+            wake_messages: u64::from(queue),
+            per_worker: vec![worker(0, 400), worker(1, 600)],
+            restarts: 0,
+            retried_chunks: 0,
+            deaths: Vec::new(),
+            reduction: None,
+            baseline_reduction: None,
+            repeat: None,
+            output: None,
+            parent_peak_rss_bytes: None,
+            advice: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn line<'a>(text: &'a str, label: &str) -> Option<&'a str> {
+        text.lines()
+            .find(|l| l.starts_with(&format!("  {label:<12} ")))
+    }
+
+    #[test]
+    fn queue_dispatch_says_claims_not_messages() {
+        let text = render_text(&report(Dispatch::Queue));
+        assert_eq!(
+            line(&text, "chunks"),
+            Some(
+                "  chunks       1000 × 1000 elements, dynamic schedule, claimed from the \
+                 shared-memory queue, results through shared memory"
+            )
+        );
+        assert_eq!(
+            line(&text, "per chunk"),
+            Some(
+                "  per chunk    dispatch costs 84 ns a chunk (claim + bookkeeping), compute 8.0 µs"
+            )
+        );
+        assert_eq!(
+            line(&text, "queue"),
+            Some(
+                "  queue        1000 claims, 3 worker sleeps, 1 parent sleep, 1 wake message; \
+                 7 messages on the control channel"
+            )
+        );
+        assert!(text.contains("  per worker   id      pid  chunks  claims    compute"));
+        assert!(text.contains("                1      101     600     600    4.00 ms"));
+        // The per-worker table, claims column included, stays under 100 columns.
+        let table = text
+            .lines()
+            .skip_while(|l| !l.starts_with("  per worker"))
+            .take(3);
+        for l in table {
+            assert!(
+                l.chars().count() < 100,
+                "{} columns: {l}",
+                l.chars().count()
+            );
+        }
+    }
+
+    #[test]
+    fn channel_dispatch_keeps_the_messaging_words() {
+        let text = render_text(&report(Dispatch::Channel));
+        assert_eq!(
+            line(&text, "chunks"),
+            Some(
+                "  chunks       1000 × 1000 elements, dynamic schedule, 9 in flight per worker, \
+                 results through shared memory"
+            )
+        );
+        assert_eq!(
+            line(&text, "per chunk"),
+            Some(
+                "  per chunk    round trip 15.7 µs, compute 8.0 µs: messaging costs 7.7 µs a chunk"
+            )
+        );
+        assert_eq!(line(&text, "queue"), None);
+        assert!(text.contains("  per worker   id      pid  chunks    compute"));
+    }
 }

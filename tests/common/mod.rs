@@ -411,6 +411,28 @@ pub struct Sandbox {
     tmp: TempDir,
     cwd: TempDir,
     shm_before: BTreeSet<OsString>,
+    /// `--dispatch` given to every command, if set.
+    dispatch: Option<&'static str>,
+}
+
+/// Defines, for each function `name(dispatch: &'static str)`, the tests `name::queue` and
+/// `name::channel`: the same scenario on both ways of handing out chunks.
+#[macro_export]
+macro_rules! on_both_dispatches {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn queue() {
+                    super::$name("queue")
+                }
+                #[test]
+                fn channel() {
+                    super::$name("channel")
+                }
+            }
+        )*
+    };
 }
 
 impl Default for Sandbox {
@@ -432,6 +454,15 @@ impl Sandbox {
                 .tempdir()
                 .expect("temp dir for the working directory"),
             shm_before: shm_entries(),
+            dispatch: None,
+        }
+    }
+
+    /// A fresh sandbox whose commands all run with `--dispatch DISPATCH`.
+    pub fn with_dispatch(dispatch: &'static str) -> Self {
+        Sandbox {
+            dispatch: Some(dispatch),
+            ..Self::new()
         }
     }
 
@@ -442,7 +473,11 @@ impl Sandbox {
 
     /// `procpool ARGS...` with this sandbox's `TMPDIR` and working directory.
     pub fn command(&self, args: &[&str]) -> Procpool {
-        Procpool::new(args)
+        let mut all: Vec<&str> = args.to_vec();
+        if let Some(dispatch) = self.dispatch {
+            all.extend(["--dispatch", dispatch]);
+        }
+        Procpool::new(&all)
             .env("TMPDIR", self.tmp.path())
             .current_dir(self.cwd.path())
     }

@@ -63,6 +63,21 @@ impl AutoProbe {
         self.chunks >= self.needed || nothing_left
     }
 
+    /// Records probes all at once (queue dispatch): `chunks` chunks of `elements` in all,
+    /// computing for `compute`, and `overhead` of dispatch between them.
+    pub(crate) fn record_totals(
+        &mut self,
+        chunks: u64,
+        elements: u64,
+        compute: Duration,
+        overhead: Duration,
+    ) {
+        self.chunks += chunks;
+        self.elements += elements;
+        self.compute += compute;
+        self.rtt += compute + overhead;
+    }
+
     /// Whether a finished chunk of `len` elements is one of the probes still awaited.
     pub(crate) fn awaits(&self, len: u64) -> bool {
         self.result.is_none() && len == self.probe_size

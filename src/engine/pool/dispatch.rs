@@ -129,11 +129,11 @@ struct Job {
 }
 
 /// A window handed to the writer: its index, first element, length and ring slot.
-struct WindowJob {
-    index: u64,
-    start: u64,
-    len: u64,
-    slot: u64,
+pub(super) struct WindowJob {
+    pub(super) index: u64,
+    pub(super) start: u64,
+    pub(super) len: u64,
+    pub(super) slot: u64,
 }
 
 /// The ring of windows of a streamed job, as the dispatch loop sees it.
@@ -183,14 +183,16 @@ impl Streaming {
 }
 
 /// The writer thread: each complete window goes to the sink, then its slot is announced
-/// free for the window `ring` places later. Stops at the first error, or when the loop hangs up.
-fn write_windows(
+/// free for the window `ring` places later (and `waker`, if given, wakes the dispatch loop).
+/// Stops at the first error, or when the loop hangs up.
+pub(super) fn write_windows(
     windows: mpsc::Receiver<WindowJob>,
     freed: mpsc::Sender<std::result::Result<u64, String>>,
     sink: &mut (dyn WindowSink + Send),
     mapping: &crate::engine::shm::Mapping,
     layout: Layout,
     elem_size: u64,
+    waker: Option<ipc_channel::ipc::IpcSender<()>>,
 ) {
     let slot_bytes = layout.window_elems * elem_size;
     for w in windows {
@@ -204,7 +206,13 @@ fn write_windows(
         // slot reuses them without a page fault anywhere.
         let result = sink.window(w.start, bytes);
         let failed = result.is_err();
-        if freed.send(result.map(|()| w.index)).is_err() || failed {
+        if freed.send(result.map(|()| w.index)).is_err() {
+            return;
+        }
+        if let Some(waker) = &waker {
+            let _ = waker.send(());
+        }
+        if failed {
             return;
         }
     }
@@ -239,7 +247,9 @@ impl Pool {
         let (to_writer, windows) = mpsc::channel::<WindowJob>();
         let (freed, from_writer) = mpsc::channel::<std::result::Result<u64, String>>();
         std::thread::scope(|scope| {
-            scope.spawn(move || write_windows(windows, freed, sink, &mapping, layout, elem_size));
+            scope.spawn(move || {
+                write_windows(windows, freed, sink, &mapping, layout, elem_size, None)
+            });
             let streaming = Streaming {
                 layout,
                 windows: n.div_ceil(layout.window_elems),
@@ -310,10 +320,12 @@ impl Pool {
             job.held[w].cpu_at_start = crate::engine::sys::process_cpu(slot.pid);
         }
 
-        for w in 0..self.workers.len() {
-            let msg = ToWorker::Job(job.spec.clone());
-            self.send(w, msg, &mut job);
-        }
+        let sent = self.send_spec(&job.spec);
+        job.messages += sent.0;
+        job.bytes += sent.1;
+        // Workers wait on the control block between jobs: this posting tells them to take
+        // their chunks from the channel until `EndJob`.
+        let posting = self.open_channel_posting(&job.spec);
         // Prime round-robin (first chunk to every worker, then the second, …) so that a job
         // with few chunks still spreads over all workers.
         for _ in 0..job.depth {
@@ -372,6 +384,10 @@ impl Pool {
                 observe::tell(&self.observer, Event::Progress { done, n });
             }
         }
+        for w in 0..self.workers.len() {
+            self.send(w, ToWorker::EndJob { posting }, &mut job);
+        }
+        self.close_posting(posting);
         // A fault at a chunk the job never had did not fire (a job with a measured chunk size
         // that ended before the measurement).
         crate::engine::fault::check_faults(&job.spec.faults, job.done)?;
@@ -395,6 +411,9 @@ impl Pool {
                     peak_rss_bytes: usage.map(|(_, rss)| rss),
                     idle_end_s: h.last_done.map_or(wall, |t| end - t).as_secs_f64(),
                     cpu: spawn::cpu_for(slot.id, &self.pin),
+                    claims: 0,
+                    dispatch_s: 0.0,
+                    sleeps: 0,
                 }
             })
             .collect();
@@ -428,6 +447,12 @@ impl Pool {
             chunk_rtt_mean_s: per_chunk(job.rtt_total),
             chunk_compute_mean_s: per_chunk(job.compute_total),
             channel_result_bytes: job.channel_result_bytes,
+            dispatch: crate::engine::protocol::Dispatch::Channel,
+            claims: 0,
+            worker_sleeps: 0,
+            parent_sleeps: 0,
+            wake_messages: 0,
+            dispatch_per_chunk_s: per_chunk(job.rtt_total.saturating_sub(job.compute_total)),
         })
     }
 
@@ -469,15 +494,11 @@ impl Pool {
     fn handle(&mut self, event: IpcSelectionResult, job: &mut Job) -> Result<()> {
         match event {
             IpcSelectionResult::MessageReceived(rid, message) => {
-                // A message from a worker already replaced is stale: ignore it.
-                let Some(w) = self.by_receiver.get(&rid).copied() else {
+                let Some((w, msg, size)) = self.decode(rid, message)? else {
                     return Ok(());
                 };
-                let msg: FromWorker = message
-                    .to()
-                    .map_err(|e| Error::Ipc(format!("worker {w} sent a bad message: {e}")))?;
                 job.messages += 1;
-                job.bytes += wire_size(&msg);
+                job.bytes += size;
                 match msg {
                     FromWorker::Done {
                         id,
@@ -689,8 +710,62 @@ impl Pool {
         Ok(())
     }
 
+    /// The worker a message came from, the message, and its size on the wire; `None` for a
+    /// message from a worker already replaced (stale), or from the waker.
+    pub(super) fn decode(
+        &self,
+        rid: u64,
+        message: ipc_channel::ipc::IpcMessage,
+    ) -> Result<Option<(usize, FromWorker, u64)>> {
+        let Some(w) = self.by_receiver.get(&rid).copied() else {
+            return Ok(None);
+        };
+        let msg: FromWorker = message
+            .to()
+            .map_err(|e| Error::Ipc(format!("worker {w} sent a bad message: {e}")))?;
+        let size = wire_size(&msg);
+        Ok(Some((w, msg, size)))
+    }
+
+    /// A replacement's start failed: one more restart, within the limit, and another start;
+    /// a failure no retry can mend fails the job.
+    pub(super) fn start_again(
+        &mut self,
+        w: usize,
+        failure: spawn::StartFailure,
+        ledger: &mut Ledger,
+        deaths: &mut Vec<Death>,
+    ) -> Result<()> {
+        self.workers[w].starting = None;
+        let (id, pid) = (self.workers[w].id, self.workers[w].pid);
+        if !failure.retryable() {
+            return Err(failure.into_error());
+        }
+        let loss = failure.loss(id, pid);
+        ledger.restart(loss)?;
+        let text = loss.to_string();
+        let what = text.as_str();
+        observe::tell(
+            &self.observer,
+            Event::WorkerLost {
+                worker: id,
+                pid,
+                what,
+            },
+        );
+        let new_pid = self.begin_start(w)?;
+        deaths.push(Death {
+            id,
+            pid,
+            cause: loss.cause_text(),
+            chunk: None,
+            replaced_by: Some(new_pid),
+        });
+        Ok(())
+    }
+
     /// Spawns a replacement for slot `w`; its handshake is polled by the loop.
-    fn begin_start(&mut self, w: usize) -> Result<u32> {
+    pub(super) fn begin_start(&mut self, w: usize) -> Result<u32> {
         let mut starting = spawn::spawn_worker(
             &self.exe,
             &self.dir,
@@ -724,34 +799,17 @@ impl Pool {
                     job.messages += messages;
                     job.bytes += bytes;
                     job.held[w].cpu_at_start = crate::engine::sys::process_cpu(pid);
-                    self.send(w, ToWorker::Job(job.spec.clone()), job);
+                    let sent = self.send_spec(&job.spec);
+                    job.messages += sent.0;
+                    job.bytes += sent.1;
+                    if self.workers[w].spec_sent != job.spec.spec_id {
+                        job.dead.push((w, pid));
+                    }
                     let depth = job.depth;
                     self.top_up(w, depth, job);
                 }
                 spawn::Progress::Failed(failure) => {
-                    self.workers[w].starting = None;
-                    let (id, pid) = (self.workers[w].id, self.workers[w].pid);
-                    if !failure.retryable() {
-                        return Err(failure.into_error());
-                    }
-                    let loss = failure.loss(id, pid);
-                    job.ledger.restart(loss)?;
-                    let text = loss.to_string();
-                    let what = text.as_str();
-                    let lost = Event::WorkerLost {
-                        worker: id,
-                        pid,
-                        what,
-                    };
-                    observe::tell(&self.observer, lost);
-                    let new_pid = self.begin_start(w)?;
-                    job.deaths.push(Death {
-                        id,
-                        pid,
-                        cause: loss.cause_text(),
-                        chunk: None,
-                        replaced_by: Some(new_pid),
-                    });
+                    self.start_again(w, failure, &mut job.ledger, &mut job.deaths)?;
                 }
             }
         }

@@ -184,6 +184,49 @@ impl Ledger {
         Ok(Lost { running, loss })
     }
 
+    /// Queue dispatch: worker `id` (process `pid`) is lost because of `cause`, holding
+    /// `held` (its claim slot's chunk, not done), which it was `running` or only waiting to
+    /// run. A running chunk is blamed (one more attempt; past `retries` the job fails). One
+    /// restart is counted. Returns the loss and the chunk to queue again.
+    pub(crate) fn lose_claim(
+        &mut self,
+        id: usize,
+        pid: u32,
+        cause: LossCause,
+        held: Option<HeldChunk>,
+        running: bool,
+    ) -> Result<(Lost, Option<HeldChunk>)> {
+        let blamed = held.filter(|_| running);
+        let loss = Loss {
+            worker: id,
+            pid,
+            cause,
+            doing: blamed.map_or(Doing::Idle, |c| Doing::Running(c.chunk.id)),
+        };
+        let again = held.map(|c| HeldChunk {
+            attempt: if running { c.attempt + 1 } else { c.attempt },
+            ..c
+        });
+        if let Some(c) = again.filter(|c| running && c.attempt > self.retries) {
+            return Err(Error::ChunkFailed {
+                chunk: c.chunk.id,
+                start: c.chunk.start,
+                end: c.chunk.end,
+                attempts: c.attempt,
+                last: loss,
+            });
+        }
+        if again.is_some() {
+            self.retried_chunks += 1;
+        }
+        self.restart(loss)?;
+        let lost = Lost {
+            running: blamed.map(|c| c.chunk.id),
+            loss,
+        };
+        Ok((lost, again))
+    }
+
     /// Counts one restart (a worker lost, or a start that failed); fails the job past the
     /// limit, naming `last`.
     pub(crate) fn restart(&mut self, last: Loss) -> Result<()> {

@@ -8,6 +8,7 @@ mod dispatch;
 mod ledger;
 mod observe;
 mod private_dir;
+mod queue;
 mod spawn;
 
 use std::collections::HashMap;
@@ -19,11 +20,12 @@ use std::time::{Duration, Instant};
 use ipc_channel::ipc::{IpcReceiverSet, IpcSender};
 use serde::Serialize;
 
+use crate::engine::control::Control;
 use crate::engine::fault::Fault;
 use crate::engine::interrupt::Interrupt;
 use crate::engine::limits::{Machine, check_memory};
 use crate::engine::protocol::ToWorker;
-use crate::engine::protocol::{Layout, Registered, Transport};
+use crate::engine::protocol::{Dispatch, JobSpec, Layout, Registered, Transport};
 use crate::engine::schedule::{Dispenser, Schedule};
 use crate::engine::shm::{Mapping, SharedRegion};
 use crate::engine::sys::{ExitCause, Process};
@@ -441,7 +443,9 @@ impl PoolBuilder {
                 StartMethod::Fork => None,
             },
         };
-        let region = SharedRegion::new()?;
+        let region =
+            SharedRegion::with_control(crate::engine::control::control_len(self.options.workers))?;
+        let control = region.control()?;
         let pin = if self.options.pin {
             crate::engine::sys::allowed_cpus()
         } else {
@@ -480,7 +484,15 @@ impl PoolBuilder {
         }
         let spawn_time = began.elapsed();
 
+        let (waker, waker_rx) = ipc_channel::ipc::channel::<()>()?;
+        let mut set = IpcReceiverSet::new()?;
+        let waker_rid = set.add(waker_rx)?;
         let mut pool = Pool {
+            control,
+            waker,
+            waker_rid,
+            specs: (Vec::new(), 0),
+            next_posting: 1,
             dir,
             start_deaths,
             start: self.options.start,
@@ -490,7 +502,7 @@ impl PoolBuilder {
             supervision: self.options.supervision,
             observer: self.options.observer,
             max_restarts,
-            set: IpcReceiverSet::new()?,
+            set,
             by_receiver: HashMap::new(),
             workers: Vec::with_capacity(started.len()),
             region,
@@ -527,6 +539,8 @@ struct WorkerSlot {
     output: Option<JoinHandle<()>>,
     /// A replacement on its way through the handshake.
     starting: Option<spawn::Starting>,
+    /// The job spec this process was last sent (0: none).
+    spec_sent: u64,
 }
 
 impl WorkerSlot {
@@ -539,6 +553,7 @@ impl WorkerSlot {
             rid: None,
             output: None,
             starting: None,
+            spec_sent: 0,
         }
     }
 
@@ -592,6 +607,17 @@ pub struct Death {
 /// # Ok::<(), procpool::Error>(())
 /// ```
 pub struct Pool {
+    /// The shared-memory chunk queue, at the start of `region`.
+    control: Control,
+    /// Wakes the dispatch loop from another thread of ours (the window writer).
+    waker: IpcSender<()>,
+    /// The waker's receiver id in `set`.
+    waker_rid: u64,
+    /// The last job spec's identity (workload, parameters, faults, …) and its id: jobs
+    /// with the same spec reuse the id, and workers that have it are not sent it again.
+    specs: (Vec<u8>, u64),
+    /// The next posting's id.
+    next_posting: u64,
     /// Where spawned workers put their handshake sockets; removed with the pool.
     dir: PrivateDir,
     /// Workers that died while the pool started, charged to its first job.
@@ -672,6 +698,8 @@ pub struct JobOptions {
     pub schedule: Schedule,
     /// How results come back.
     pub transport: Transport,
+    /// How chunks reach the workers (default: the shared-memory queue).
+    pub dispatch: Dispatch,
     /// Faults to inject (see [`Fault`](crate::Fault)).
     pub faults: Vec<Fault>,
 }
@@ -710,6 +738,12 @@ pub struct WorkerStats {
     pub idle_end_s: f64,
     /// The CPU it is pinned to, with `--pin`.
     pub cpu: Option<usize>,
+    /// Chunks it claimed from the shared-memory queue (queue dispatch).
+    pub claims: u64,
+    /// Seconds it spent between chunks: claiming and bookkeeping (queue dispatch).
+    pub dispatch_s: f64,
+    /// Times it slept on the queue's futex waiting for work (queue dispatch).
+    pub sleeps: u64,
 }
 
 /// Measurements of one job.
@@ -755,6 +789,20 @@ pub struct JobStats {
     pub chunk_compute_mean_s: f64,
     /// Bytes of results that crossed the channels (the channel transport).
     pub channel_result_bytes: u64,
+    /// How chunks reached the workers.
+    pub dispatch: Dispatch,
+    /// Chunks claimed from the shared-memory queue, new and retried (queue dispatch).
+    pub claims: u64,
+    /// Times a worker slept on the queue's futex waiting for work (queue dispatch).
+    pub worker_sleeps: u64,
+    /// Times the dispatch loop slept waiting for the job (queue dispatch).
+    pub parent_sleeps: u64,
+    /// `Wake` messages workers sent the sleeping dispatch loop (queue dispatch).
+    pub wake_messages: u64,
+    /// Mean cost of handing out one chunk. Queue: the time a worker spends between one
+    /// chunk's kernel and the next (claiming and bookkeeping). Channel: a chunk's round
+    /// trip minus its compute.
+    pub dispatch_per_chunk_s: f64,
 }
 
 /// The outcome of [`Pool::run`]: the results, still in shared memory, and the measurements.
@@ -898,18 +946,25 @@ impl Pool {
             self.replace_the_dead()?;
         }
         let layout = stream.as_ref().map_or(Layout::flat(n), |(l, _)| *l);
-        let region_len = u128::from(layout.region_elems(n)) * elem_size as u128;
+        let results_len = u128::from(layout.region_elems(n)) * elem_size as u128;
         // Reading the machine's memory costs tens of microseconds: a region no larger than
         // one already checked (or mapped) needs no new look.
-        if region_len > self.memory_checked {
+        if results_len > self.memory_checked {
             check_memory(
                 &format!("{} with n = {n}", W::NAME),
-                &[("shared results", region_len)],
+                &[("shared results", results_len)],
                 &Machine::read(),
             )?;
-            self.memory_checked = region_len;
+            self.memory_checked = results_len;
         }
         check_chunk_size(options.chunk_size)?;
+        if options.dispatch == Dispatch::Queue && options.transport == Transport::Channel {
+            return Err(Error::invalid(
+                "transport",
+                "`transport` channel sends results back in each chunk's reply, and the \
+                 queue has no replies: use `dispatch` channel with it (or `transport` shm)",
+            ));
+        }
         let workers = self.workers.len();
         let chunk_size = options.chunk_size.or_else(|| {
             if W::WAITS && !options.auto_chunk {
@@ -938,6 +993,32 @@ impl Pool {
         }
         let params = postcard::to_stdvec(workload)
             .map_err(|e| Error::Ipc(format!("cannot encode the workload: {e}")))?;
+        // The queue's chunk table (a done byte and a reduction per chunk) follows the
+        // results; with a measured chunk size, the probes' table first (it grows later).
+        let table_chunks = match options.dispatch {
+            Dispatch::Channel => 0,
+            Dispatch::Queue if measured => queue::probe_plan(n, workers, dispenser.boundary()).1,
+            Dispatch::Queue => queue::geometry(&dispenser, n, workers).chunks(),
+        };
+        let region_len = match options.dispatch {
+            Dispatch::Channel => results_len,
+            Dispatch::Queue => u128::from(
+                crate::engine::control::TableLayout::after(
+                    results_len as u64,
+                    table_chunks,
+                    layout.ring,
+                )
+                .end(),
+            ),
+        };
+        if region_len > results_len.max(self.memory_checked) {
+            check_memory(
+                &format!("{} with n = {n}", W::NAME),
+                &[("shared results and chunk table", region_len)],
+                &Machine::read(),
+            )?;
+            self.memory_checked = region_len;
+        }
 
         // A region that is already the right size (or a little larger) is used again as it
         // is: every element of the job is written before it is read, so nothing needs
@@ -953,18 +1034,21 @@ impl Pool {
         }
         let job = self.next_job;
         self.next_job += 1;
-        let spec = crate::engine::protocol::JobSpec {
+        let spec = self.spec(JobSpec {
             job,
+            spec_id: 0,
             workload: W::NAME.to_string(),
             params,
             elem_size: elem_size as u32,
-            region_len: region_len as u64,
             faults: options.faults.clone(),
             transport: options.transport,
             layout,
-        };
+        });
         observe::tell(&self.observer, Event::JobStarted { n });
-        let result = self.dispatch(spec, n, dispenser, options, stream);
+        let result = match options.dispatch {
+            Dispatch::Channel => self.dispatch(spec, n, dispenser, options, stream),
+            Dispatch::Queue => self.dispatch_queue(spec, n, dispenser, options, stream),
+        };
         let completed = result.is_ok();
         observe::tell(&self.observer, Event::JobEnded { completed });
         match result {
@@ -985,11 +1069,107 @@ impl Pool {
         }
     }
 
+    /// Gives `spec` its id: the last job's id when nothing but the job number changed,
+    /// else a new one.
+    fn spec(&mut self, mut spec: JobSpec) -> JobSpec {
+        let key = {
+            let mut same = spec.clone();
+            same.job = 0;
+            postcard::to_stdvec(&same).unwrap_or_default()
+        };
+        if key != self.specs.0 || self.specs.1 == 0 {
+            self.specs = (key, self.specs.1 + 1);
+        }
+        spec.spec_id = self.specs.1;
+        spec
+    }
+
+    /// Opens a posting that sends the workers to their channels for chunks (channel
+    /// dispatch); returns its id.
+    fn open_channel_posting(&mut self, spec: &JobSpec) -> u64 {
+        let id = self.next_posting;
+        self.next_posting += 1;
+        let posting = crate::engine::control::Posting {
+            id,
+            job: spec.job,
+            spec_id: spec.spec_id,
+            channel: true,
+            region_len: self.region.len(),
+            ring: 1,
+            window_elems: 1,
+            size: 1,
+            workers: self.workers.len() as u64,
+            boundary: u64::MAX,
+            limit: u64::MAX,
+            ..Default::default()
+        };
+        self.control.open(&posting, 0);
+        id
+    }
+
+    /// Sends `spec` to every connected worker that does not have it yet.
+    fn send_spec(&mut self, spec: &JobSpec) -> (u64, u64) {
+        let mut sent = (0, 0);
+        for w in &mut self.workers {
+            if w.spec_sent == spec.spec_id {
+                continue;
+            }
+            let Some(tx) = w.tx.as_ref() else { continue };
+            let msg = ToWorker::Job(spec.clone());
+            let size = crate::engine::protocol::wire_size(&msg);
+            // A worker that is gone is noticed by the dispatch loop (its channel closes).
+            if tx.send(msg).is_ok() {
+                w.spec_sent = spec.spec_id;
+                sent = (sent.0 + 1, sent.1 + size);
+            }
+        }
+        sent
+    }
+
+    /// Closes posting `id` and waits until no live worker is inside it, so that the next
+    /// posting's fields can be written. A worker still inside after the grace period (a
+    /// stopped process) is killed; the next job replaces it.
+    fn close_posting(&mut self, id: u64) {
+        self.control.close();
+        let deadline = Instant::now()
+            .checked_add(self.supervision.grace)
+            .unwrap_or_else(spawn::far_future);
+        let mut spins = 0u32;
+        loop {
+            let inside: Vec<usize> = (0..self.workers.len())
+                .filter(|&w| self.workers[w].child.is_some() && self.control.inside(w, id))
+                .collect();
+            if inside.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                for w in inside {
+                    crate::engine::sys::kill_hard(self.workers[w].pid);
+                    let slot = &mut self.workers[w];
+                    if let Some(rid) = slot.rid.take() {
+                        self.by_receiver.remove(&rid);
+                    }
+                    slot.reap(Duration::from_secs(1));
+                    self.control.reset_slot(w);
+                }
+                return;
+            }
+            spins += 1;
+            if spins < 1000 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    }
+
     /// Stops every worker and reaps it: a Shutdown message, then after a grace period
     /// SIGTERM, then after another SIGKILL (GNU parallel's `--termseq` idea). Returns how
     /// many workers needed SIGTERM and how many of those SIGKILL.
     fn stop_all(&mut self) -> (usize, usize) {
         let grace = self.supervision.grace;
+        // Workers waiting on the queue see this; those inside a channel job, the message.
+        self.control.shut_down();
         for w in &mut self.workers {
             if let Some(mut starting) = w.starting.take() {
                 starting.abort();
@@ -1063,6 +1243,7 @@ impl Pool {
             self.workloads = s.workloads;
         }
         let slot = &mut self.workers[slot_index];
+        slot.spec_sent = 0;
         slot.pid = s.pid;
         slot.child = Some(s.child);
         slot.tx = Some(s.tx);
@@ -1075,7 +1256,13 @@ impl Pool {
     /// whatever the start method: by now this process has threads, so it may not fork.
     fn revive(&mut self) -> Result<()> {
         self.set = IpcReceiverSet::new()?;
+        let (waker, waker_rx) = ipc_channel::ipc::channel::<()>()?;
+        self.waker_rid = self.set.add(waker_rx)?;
+        self.waker = waker;
         self.by_receiver.clear();
+        // The new workers must not see the old set's shutdown.
+        self.control = self.region.control()?;
+        self.control.restart();
         for w in 0..self.workers.len() {
             self.respawn(w)?;
         }

@@ -707,7 +707,7 @@ pub(crate) fn fork_workers(
                 // SAFETY: the shared region's memfd is open in the parent and so, by
                 // inheritance, in this child for as long as it lives.
                 let shm = unsafe { std::os::fd::BorrowedFd::borrow_raw(shm_fd) };
-                crate::engine::worker::serve_forked(&to_parent, &from_parent, shm, registry)
+                crate::engine::worker::serve_forked(&to_parent, &from_parent, shm, registry, id)
             })?;
             // The closure, with the child's ends of the channels and the pipe, was dropped
             // in this process when `fork_child` returned: only the child holds them now.

@@ -16,15 +16,22 @@ mod rules;
 
 use rules::*;
 
+use crate::engine::protocol::Dispatch;
 use crate::units::{count, num, percent, seconds_short, times};
 
 /// StartDominated fires when starting the workers took more than this share of the pool's
 /// wall time: the job is too short for processes to pay off.
 pub(crate) const START_SHARE_MAX: f64 = 0.30;
 
-/// IpcBound fires when a chunk's mean compute is less than this many times its mean
-/// messaging cost (compute < 10 × overhead).
+/// IpcBound fires, with queue dispatch, when a chunk's mean compute is less than this many
+/// times its mean dispatch cost (compute < 10 × claim and bookkeeping): the chunks are too
+/// small even for the queue.
 pub(crate) const IPC_MIN_COMPUTE_RATIO: f64 = 10.0;
+
+/// With channel dispatch, IpcBound fires when a chunk's messaging (its round trip minus its
+/// compute) costs more than this share of its compute, and suggests `--dispatch queue`,
+/// which hands out chunks without a message each.
+pub(crate) const CHANNEL_DISPATCH_MAX_SHARE: f64 = 0.10;
 
 /// The compute-to-messaging ratio the suggested `--chunk-size` aims for: big enough that
 /// IPC costs about 5 % of each chunk, with room below the [`IPC_MIN_COMPUTE_RATIO`] alarm.
@@ -94,8 +101,12 @@ pub(crate) struct Observations {
     pub compute_s: Vec<f64>,
     /// Mean kernel time of one chunk.
     pub mean_chunk_compute_s: f64,
-    /// Mean per-chunk round trip minus its compute: the IPC cost of one chunk.
-    pub mean_chunk_overhead_s: f64,
+    /// Mean cost of handing out one chunk: with queue dispatch a worker's time between one
+    /// chunk's kernel and the next (claim and bookkeeping), with channel dispatch the round
+    /// trip minus the compute (the messages).
+    pub dispatch_per_chunk_s: f64,
+    /// How chunks reached the workers (`None` outside processes mode: nothing is sent).
+    pub dispatch: Option<Dispatch>,
     /// Bytes of results written.
     pub output_bytes: u64,
     /// How chunks were handed out: `"static"`, `"dynamic"` or `"guided"`.
@@ -145,12 +156,16 @@ pub(crate) fn advise(obs: &Observations) -> Vec<Advice> {
     let oversubscribed = oversubscribed(obs, &m);
     // With more workers than cores, per-worker compute is wall time that includes waiting
     // for a core: its spread measures the scheduler's luck, not the work, so no imbalance.
-    // Likewise a chunk's round trip then includes waiting for a core, so it does not
-    // measure messaging: no IPC verdict either.
+    // Likewise a chunk's round trip (or a worker's time between chunks) then includes
+    // waiting for a core, so it does not measure dispatch: no IPC verdict either.
     let (imbalanced, ipc_bound) = if oversubscribed.is_some() {
         (None, None)
     } else {
-        (imbalanced(obs, &m), ipc_bound(obs, &m))
+        let ipc_bound = match obs.dispatch {
+            Some(Dispatch::Channel) => channel_dispatch(obs, &m),
+            Some(Dispatch::Queue) | None => ipc_bound(obs, &m),
+        };
+        (imbalanced(obs, &m), ipc_bound)
     };
     let mut found: Vec<Candidate> = [
         start_dominated(&m),
@@ -234,7 +249,7 @@ impl Measured {
             speedup,
             efficiency: speedup.map(|s| s / workers as f64),
             chunk_compute: clean(obs.mean_chunk_compute_s),
-            chunk_overhead: clean(obs.mean_chunk_overhead_s),
+            chunk_overhead: clean(obs.dispatch_per_chunk_s),
             compute: obs.compute_s.iter().copied().map(clean).collect(),
         }
     }
@@ -244,7 +259,7 @@ impl Measured {
         share(self.spawn, self.pool)
     }
 
-    /// The compute-to-messaging ratio of one chunk (infinite when messaging cost nothing).
+    /// The compute-to-dispatch ratio of one chunk (infinite when dispatch cost nothing).
     fn chunk_ratio(&self) -> f64 {
         if self.chunk_overhead > 0.0 {
             self.chunk_compute / self.chunk_overhead

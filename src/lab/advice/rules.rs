@@ -21,22 +21,53 @@ pub(super) fn start_dominated(m: &Measured) -> Option<Candidate> {
     })
 }
 
+/// What handing out a chunk cost, in words, for the dispatch that ran.
+pub(super) fn dispatch_cost(dispatch: Option<Dispatch>) -> &'static str {
+    match dispatch {
+        Some(Dispatch::Queue) => "queue dispatch",
+        Some(Dispatch::Channel) => "channel messaging",
+        None => "messaging",
+    }
+}
+
+/// The share of the running part that went to handing out chunks, chunk by chunk.
+fn dispatch_weight(m: &Measured) -> f64 {
+    let (compute, overhead) = (m.chunk_compute, m.chunk_overhead);
+    (1.0 - m.start_share()) * overhead / (overhead + compute)
+}
+
+/// Chunks too small for their dispatch (queue dispatch, or none known): suggests larger
+/// chunks. Channel dispatch has [`channel_dispatch`] instead.
 pub(super) fn ipc_bound(obs: &Observations, m: &Measured) -> Option<Candidate> {
     let (compute, overhead) = (m.chunk_compute, m.chunk_overhead);
     if !(overhead > 0.0 && compute < IPC_MIN_COMPUTE_RATIO * overhead) {
         return None;
     }
-    // The share of the running part that went to messaging, chunk by chunk.
-    let weight = (1.0 - m.start_share()) * overhead / (overhead + compute);
+    let weight = dispatch_weight(m);
     let current = obs.chunk_size.max(1);
     let suggested = suggested_chunk_size(current, compute, overhead, obs.n, m.workers);
-    let head = format!(
-        "Each chunk computed for {} but cost {} of messaging: IPC-bound.",
-        seconds_short(compute),
-        seconds_short(overhead)
-    );
+    let (head, auto) = match obs.dispatch {
+        Some(Dispatch::Queue) => (
+            format!(
+                "Each chunk computed for {} but its queue dispatch (claim + bookkeeping) cost \
+                 {}: the chunks are too small even for the queue.",
+                seconds_short(compute),
+                seconds_short(overhead)
+            ),
+            " or --chunk-size auto",
+        ),
+        other => (
+            format!(
+                "Each chunk computed for {} but cost {} of {}: IPC-bound.",
+                seconds_short(compute),
+                seconds_short(overhead),
+                dispatch_cost(other)
+            ),
+            "",
+        ),
+    };
     let text = if suggested > current {
-        format!("{head} Try --chunk-size {suggested}.")
+        format!("{head} Try --chunk-size {suggested}{auto}.")
     } else {
         format!(
             "{head} Chunks of {current} cannot grow while every worker keeps \
@@ -45,6 +76,40 @@ pub(super) fn ipc_bound(obs: &Observations, m: &Measured) -> Option<Candidate> {
         )
     };
     Some(Candidate::new(Kind::Cost, weight, Limit::IpcBound, text))
+}
+
+/// Channel dispatch whose messages cost more than [`CHANNEL_DISPATCH_MAX_SHARE`] of a
+/// chunk's compute: suggests `--dispatch queue`, which sends no message per chunk (and
+/// larger chunks, when they can grow).
+pub(super) fn channel_dispatch(obs: &Observations, m: &Measured) -> Option<Candidate> {
+    let (compute, overhead) = (m.chunk_compute, m.chunk_overhead);
+    if !(overhead > 0.0 && overhead > CHANNEL_DISPATCH_MAX_SHARE * compute) {
+        return None;
+    }
+    let current = obs.chunk_size.max(1);
+    let suggested = suggested_chunk_size(current, compute, overhead, obs.n, m.workers);
+    let larger = if suggested > current {
+        format!(", or --chunk-size {suggested}")
+    } else {
+        String::new()
+    };
+    let share = if compute > 0.0 {
+        format!(" ({} of its compute)", percent(overhead / compute))
+    } else {
+        String::new()
+    };
+    Some(Candidate::new(
+        Kind::Cost,
+        dispatch_weight(m),
+        Limit::IpcBound,
+        format!(
+            "Each chunk computed for {} but cost {} of channel messaging{share}: a message \
+             out and a Done back per chunk. Try --dispatch queue, where workers claim chunks \
+             from shared memory with no message each{larger}.",
+            seconds_short(compute),
+            seconds_short(overhead)
+        ),
+    ))
 }
 
 /// The chunk size that makes a chunk's compute about [`IPC_TARGET_COMPUTE_RATIO`] times its
@@ -220,8 +285,9 @@ pub(super) fn scaling(obs: &Observations, m: &Measured) -> Candidate {
     let ratio = m.chunk_ratio();
     if m.chunk_compute > 0.0 && ratio.is_finite() {
         facts.push(format!(
-            "each chunk computed {}× its messaging cost",
-            num(ratio)
+            "each chunk computed {}× its {} cost",
+            num(ratio),
+            dispatch_cost(obs.dispatch)
         ));
     }
     let mean = m.compute.iter().sum::<f64>() / m.compute.len().max(1) as f64;

@@ -17,7 +17,8 @@ fn healthy() -> Observations {
         threads_wall_s: Some(0.101),
         compute_s: vec![0.099, 0.1],
         mean_chunk_compute_s: 0.025,
-        mean_chunk_overhead_s: 0.000_02,
+        dispatch_per_chunk_s: 0.000_02,
+        dispatch: Some(Dispatch::Queue),
         output_bytes: 8_000_000,
         schedule: "dynamic".to_string(),
         io_bound_hint: false,
@@ -74,8 +75,20 @@ fn scaling_without_baseline_says_what_it_can() {
     assert_eq!(
         advice[0].text,
         "No single-process baseline, so the speedup is unknown; starting took 5% of the \
-         run, each chunk computed 1250× its messaging cost and the slowest worker computed \
-         1% more than the mean: nothing measured limited the run."
+         run, each chunk computed 1250× its queue dispatch cost and the slowest worker \
+         computed 1% more than the mean: nothing measured limited the run."
+    );
+    // The fact names the dispatch that ran.
+    let obs = Observations {
+        dispatch: Some(Dispatch::Channel),
+        ..obs
+    };
+    assert!(
+        advise(&obs)[0]
+            .text
+            .contains("each chunk computed 1250× its channel messaging cost"),
+        "{:?}",
+        advise(&obs)
     );
 }
 
@@ -105,7 +118,7 @@ fn start_dominated_fires_on_a_short_job() {
         baseline_wall_s: Some(0.03),
         compute_s: vec![0.001; 8],
         mean_chunk_compute_s: 0.000_25,
-        mean_chunk_overhead_s: 0.000_01,
+        dispatch_per_chunk_s: 0.000_01,
         threads_wall_s: None,
         ..healthy()
     };
@@ -142,16 +155,120 @@ fn ipc_bound_fires_and_suggests_a_chunk_size() {
         threads_wall_s: None,
         compute_s: vec![0.01; 8],
         mean_chunk_compute_s: 3e-6,
-        mean_chunk_overhead_s: 15e-6,
+        dispatch_per_chunk_s: 15e-6,
         ..healthy()
     };
     let advice = advise(&obs);
     assert_eq!(advice[0].limit, Limit::IpcBound);
     assert_eq!(
         advice[0].text,
-        "Each chunk computed for 3 µs but cost 15 µs of messaging: IPC-bound. Try \
-         --chunk-size 40000."
+        "Each chunk computed for 3 µs but its queue dispatch (claim + bookkeeping) cost \
+         15 µs: the chunks are too small even for the queue. Try --chunk-size 40000 or \
+         --chunk-size auto."
     );
+}
+
+/// Tiny chunks over the channels: 5 µs of compute, 10 µs of messages each (the shape of
+/// `squares 1e6 --chunk-size 1000 --dispatch channel` on 2 workers).
+fn channel_tiny_chunks() -> Observations {
+    Observations {
+        n: 1_000_000,
+        chunks: 1_000,
+        chunk_size: 1_000,
+        pool_wall_s: 0.015,
+        spawn_s: 0.001,
+        baseline_wall_s: Some(0.005),
+        threads_wall_s: None,
+        compute_s: vec![0.0027, 0.0028],
+        mean_chunk_compute_s: 5e-6,
+        dispatch_per_chunk_s: 10e-6,
+        dispatch: Some(Dispatch::Channel),
+        ..healthy()
+    }
+}
+
+#[test]
+fn channel_dispatch_that_costs_much_suggests_the_queue() {
+    let obs = channel_tiny_chunks();
+    let advice = advise(&obs);
+    assert_eq!(advice[0].limit, Limit::IpcBound);
+    // 1000 × 20 × 10 / 5 = 40 000, under the cap 10^6 / 8 = 125 000.
+    assert_eq!(
+        advice[0].text,
+        "Each chunk computed for 5 µs but cost 10 µs of channel messaging (200% of its \
+         compute): a message out and a Done back per chunk. Try --dispatch queue, where \
+         workers claim chunks from shared memory with no message each, or --chunk-size \
+         40000."
+    );
+    let m = Measured::new(&obs);
+    assert!(channel_dispatch(&obs, &m).is_some());
+    // The same numbers under the queue get the queue's advice, not the channel's.
+    let queue = Observations {
+        dispatch: Some(Dispatch::Queue),
+        ..obs.clone()
+    };
+    let advice = advise(&queue);
+    assert_eq!(advice[0].limit, Limit::IpcBound);
+    assert!(advice[0].text.contains("queue dispatch"), "{advice:?}");
+    assert!(!advice[0].text.contains("--dispatch"), "{advice:?}");
+}
+
+#[test]
+fn channel_dispatch_names_the_queue_even_when_chunks_cannot_grow() {
+    // Already 4 chunks per worker: only the dispatch can change.
+    let obs = Observations {
+        n: 8_000,
+        chunks: 8,
+        ..channel_tiny_chunks()
+    };
+    let text = &advise(&obs)[0].text;
+    assert!(text.contains("Try --dispatch queue"), "{text}");
+    assert!(!text.contains("--chunk-size"), "{text}");
+}
+
+#[test]
+fn channel_dispatch_fires_above_a_tenth_of_compute() {
+    // 10 % exactly: not yet.
+    let obs = Observations {
+        mean_chunk_compute_s: 100e-6,
+        dispatch_per_chunk_s: 10e-6,
+        ..channel_tiny_chunks()
+    };
+    let m = Measured::new(&obs);
+    assert!(channel_dispatch(&obs, &m).is_none());
+    assert!(!fires(&obs, Limit::IpcBound));
+    // 11 %: the queue is worth a try.
+    let obs = Observations {
+        dispatch_per_chunk_s: 11e-6,
+        ..obs
+    };
+    let m = Measured::new(&obs);
+    let advice = channel_dispatch(&obs, &m).expect("fires").advice;
+    assert!(
+        advice
+            .text
+            .contains("cost 11 µs of channel messaging (11% of its compute)"),
+        "{}",
+        advice.text
+    );
+    assert!(advice.text.contains("--dispatch queue"), "{}", advice.text);
+    // Nothing measured, nothing said.
+    let obs = Observations {
+        dispatch_per_chunk_s: 0.0,
+        ..obs
+    };
+    assert!(channel_dispatch(&obs, &Measured::new(&obs)).is_none());
+}
+
+#[test]
+fn channel_dispatch_is_not_blamed_for_shared_cores() {
+    let obs = Observations {
+        workers: 4,
+        compute_s: vec![0.0014; 4],
+        ..channel_tiny_chunks()
+    };
+    assert!(fires(&obs, Limit::Oversubscribed));
+    assert!(!fires(&obs, Limit::IpcBound), "{:?}", advise(&obs));
 }
 
 #[test]
@@ -161,7 +278,7 @@ fn ipc_bound_on_a_small_job_asks_for_more_work() {
         n: 8_000,
         chunk_size: 1_000,
         mean_chunk_compute_s: 1e-5,
-        mean_chunk_overhead_s: 2e-5,
+        dispatch_per_chunk_s: 2e-5,
         ..healthy()
     };
     let advice = advise(&obs);
@@ -174,7 +291,7 @@ fn ipc_bound_on_a_small_job_asks_for_more_work() {
 fn ipc_does_not_fire_when_compute_is_ten_times_messaging() {
     let obs = Observations {
         mean_chunk_compute_s: 1.5e-4,
-        mean_chunk_overhead_s: 1e-5,
+        dispatch_per_chunk_s: 1e-5,
         ..healthy()
     };
     assert!(!fires(&obs, Limit::IpcBound));
@@ -242,7 +359,9 @@ fn oversubscribed_readme_run() {
             0.005_56, 0.029_32, 0.023_16, 0.003_42, 0.027_28, 0.027_98, 0.022_91, 0.006_98,
         ],
         mean_chunk_compute_s: 0.004_58,
-        mean_chunk_overhead_s: 0.000_05,
+        dispatch_per_chunk_s: 0.000_05,
+        // The README's run predates the queue: chunks went over the channels.
+        dispatch: Some(Dispatch::Channel),
         output_bytes: 80_000_000,
         schedule: "dynamic".to_string(),
         io_bound_hint: false,
@@ -254,7 +373,7 @@ fn oversubscribed_readme_run() {
 
     // Round trips that include waiting for a core are not messaging: no IPC verdict.
     let waited = Observations {
-        mean_chunk_overhead_s: 0.003,
+        dispatch_per_chunk_s: 0.003,
         mean_chunk_compute_s: 0.003,
         ..obs
     };
@@ -424,7 +543,8 @@ fn memory_heavy() -> Observations {
         threads_wall_s: Some(0.042),
         compute_s: vec![0.041, 0.042],
         mean_chunk_compute_s: 0.010,
-        mean_chunk_overhead_s: 0.000_03,
+        dispatch_per_chunk_s: 0.000_03,
+        dispatch: Some(Dispatch::Queue),
         output_bytes: 80_000_000,
         schedule: "dynamic".to_string(),
         io_bound_hint: false,
@@ -508,11 +628,12 @@ fn at_most_two_and_most_important_first() {
         threads_wall_s: None,
         compute_s: vec![0.04; 4],
         mean_chunk_compute_s: 1e-6,
-        mean_chunk_overhead_s: 4e-6,
+        dispatch_per_chunk_s: 4e-6,
         output_bytes: 200_000_000,
         schedule: "static".to_string(),
         io_bound_hint: false,
         chunks: 100_000,
+        dispatch: Some(Dispatch::Queue),
     };
     let m = Measured::new(&obs);
     assert!(start_dominated(&m).is_some());
@@ -540,7 +661,7 @@ fn always_at_least_one_even_from_nothing() {
         threads_wall_s: Some(f64::NAN),
         compute_s: vec![f64::NAN, 1.0],
         mean_chunk_compute_s: f64::NAN,
-        mean_chunk_overhead_s: -1.0,
+        dispatch_per_chunk_s: -1.0,
         ..healthy()
     };
     let advice = advise(&broken);

@@ -13,7 +13,11 @@
 //!   the message straight into a slot of a small ring in a memfd and sends a tiny
 //!   `Ready(offset, len)`; the peer reads the slot and acknowledges it, so the figure
 //!   includes the notification a real handover needs. The peer reads (sums) every byte in
-//!   both cases.
+//!   both cases;
+//! - **the queue** (`--dispatch queue`, which hands out chunks with no message at all): how
+//!   many chunks per second one process claims from the pool's shared-memory control block,
+//!   and two processes contending for it; and the round trip of a futex wake-up, the way a
+//!   sleeping worker or parent is woken.
 //!
 //! The peer is a forked child (channels and the shared mapping are made before the fork, so
 //! both sides inherit them). It dies with the parent (`PR_SET_PDEATHSIG`) and is always
@@ -33,10 +37,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use latency::*;
 use peer::*;
+use queue::*;
 use throughput::*;
 
 mod latency;
 mod peer;
+mod queue;
 mod throughput;
 
 use crate::engine::shm::{Mapping, SharedRegion};
@@ -58,6 +64,10 @@ pub struct IpcBenchOptions {
     /// Also measure latency with both processes pinned (same CPU, then two CPUs). Default
     /// true.
     pub pin: bool,
+    /// Chunks in each timed run of the queue: a posting of this many chunks, claimed until
+    /// none is left, 3 times by one process and 3 times by two (the medians are reported).
+    /// Default 1 000 000: a few tens of milliseconds a run.
+    pub claims: usize,
 }
 
 impl Default for IpcBenchOptions {
@@ -67,6 +77,7 @@ impl Default for IpcBenchOptions {
             sizes: vec![64, 256, 1024, 4096, 16384, 65536, 262_144, 1_048_576],
             bytes_per_size: 1 << 20,
             pin: true,
+            claims: 1_000_000,
         }
     }
 }
@@ -105,6 +116,36 @@ pub struct Throughput {
     pub messages: usize,
 }
 
+/// The shared-memory chunk queue (`--dispatch queue`): claims (both processes unpinned),
+/// and futex wake-ups (per placement, as [`IpcBenchReport::latency`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct QueueBench {
+    /// Chunks in each timed run (every run claims them all).
+    pub claims: u64,
+    /// Chunks claimed per second by one process alone (median of 3 runs).
+    pub solo_claims_per_s: f64,
+    /// Chunks claimed per second by two processes claiming from the same counter, both
+    /// together (median of 3 runs).
+    pub contended_claims_per_s: f64,
+    /// The peer's share of the claims in that median contended run (0.5: even).
+    pub peer_share: f64,
+    /// Round trips of a futex wake-up, one entry per placement, as for [`Latency`].
+    pub futex: Vec<FutexLatency>,
+}
+
+/// Round trip of a futex wake-up: one process sets a shared word and wakes the other, which
+/// sets a second word and wakes the first, the way the queue wakes a sleeping worker or
+/// parent.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FutexLatency {
+    /// The round trips, in the same shape (and JSON keys) as a message's.
+    #[serde(flatten)]
+    pub round_trip: Latency,
+    /// Share of the futex waits, both sides, that slept in the kernel; the others found the
+    /// word already changed and did not sleep.
+    pub slept_share: f64,
+}
+
 /// What [`run`] measured.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct IpcBenchReport {
@@ -112,6 +153,8 @@ pub struct IpcBenchReport {
     pub cores_logical: usize,
     /// Round-trip latency, one entry per placement.
     pub latency: Vec<Latency>,
+    /// The shared-memory queue beside the channel's round trip.
+    pub queue: QueueBench,
     /// Throughput, one entry per message size, in the order asked.
     pub throughput: Vec<Throughput>,
     /// How it was measured, and which placements were skipped and why.
@@ -140,10 +183,13 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(60);
 /// single-threaded, e.g. at the top of main; otherwise it returns an error saying so).
 ///
 /// Latency runs first, one fresh peer per placement; the parent's CPU affinity is restored
-/// after each pinned placement. Throughput runs unpinned, on one peer, for every size: a
-/// short untimed warm-up, then 3 timed transfers per transport, interleaved (channel, shm,
-/// channel, …), each moving `max(bytes_per_size / size, 16)` messages; the median transfer
-/// is reported. Each transfer is verified by the peer's checksum before its time counts.
+/// after each pinned placement. The queue runs next, unpinned, on a peer of its own: a
+/// warm-up, then 3 claim runs alone and 3 with the peer, interleaved; then a quarter as
+/// many futex round trips as message round trips, in the same placements as the latency.
+/// Throughput runs unpinned, on one peer, for every size: a short untimed warm-up, then 3
+/// timed transfers per transport, interleaved (channel, shm, channel, …), each moving
+/// `max(bytes_per_size / size, 16)` messages; the median transfer is reported. Each
+/// transfer is verified by the peer's checksum before its time counts.
 pub fn run(options: &IpcBenchOptions) -> Result<IpcBenchReport> {
     validate(options)?;
     crate::engine::sys::ensure_single_threaded(
@@ -196,6 +242,8 @@ pub fn run(options: &IpcBenchOptions) -> Result<IpcBenchReport> {
         notes.push("pinned placements not measured (pinning off)".into());
     }
 
+    let queue = measure_queue(options, &original, &cpus, &mut notes)?;
+
     let mut throughput = measure_throughput(options, UNPINNED, None)?;
     if options.pin
         && let [parent_cpu, peer_cpu, ..] = cpus[..]
@@ -216,6 +264,7 @@ pub fn run(options: &IpcBenchOptions) -> Result<IpcBenchReport> {
     Ok(IpcBenchReport {
         cores_logical,
         latency,
+        queue,
         throughput,
         note: notes.join("; "),
     })
@@ -241,6 +290,12 @@ fn validate(options: &IpcBenchOptions) -> Result<()> {
         return Err(Error::invalid(
             "round_trips",
             "`round_trips` must be at least 1 (got 0)",
+        ));
+    }
+    if options.claims == 0 {
+        return Err(Error::invalid(
+            "claims",
+            "`claims` must be at least 1 (got 0)",
         ));
     }
     if options.sizes.is_empty() {
@@ -316,6 +371,13 @@ mod tests {
                     ..base.clone()
                 },
                 "at least one message size",
+            ),
+            (
+                IpcBenchOptions {
+                    claims: 0,
+                    ..base.clone()
+                },
+                "`claims`",
             ),
             (
                 IpcBenchOptions {

@@ -13,6 +13,11 @@ pub(super) enum ToPeer {
     Ready { offset: u64, len: u64 },
     /// Answer with the `Tally` of the shared-memory messages since the last `ShmEnd`.
     ShmEnd,
+    /// Claim from queue posting `posting` (of `chunks` chunks) once the parent says go,
+    /// until nothing is left; answer `Claimed`.
+    Claim { posting: u64, chunks: u64 },
+    /// Play `rounds` rounds of futex ping-pong, then answer `FutexDone`.
+    Futex { rounds: u64 },
     /// Exit with status 0.
     Stop,
 }
@@ -26,6 +31,16 @@ pub(super) enum FromPeer {
     /// A shared-memory message was read; its slot is free.
     Ack,
     Tally(Tally),
+    /// The queue's posting is drained: the chunks this peer claimed, and when it finished
+    /// (CLOCK_MONOTONIC ns).
+    Claimed {
+        claims: u64,
+        end_ns: u64,
+    },
+    /// The ping-pong is over: how many of the peer's futex waits slept.
+    FutexDone {
+        slept: u64,
+    },
     /// The peer cannot go on; it exits next.
     Failed(String),
 }
@@ -45,11 +60,27 @@ impl Peer {
         bytes: Option<IpcBytesReceiver>,
         shm: Option<&Mapping>,
     ) -> Result<Peer> {
+        Self::fork(cpu, bytes, shm, None)
+    }
+
+    /// Forks the peer with the queue's shared memory, to claim chunks and play futex
+    /// ping-pong.
+    pub(super) fn start_with_queue(cpu: Option<usize>, queue: &QueueArea) -> Result<Peer> {
+        Self::fork(cpu, None, None, Some(queue))
+    }
+
+    fn fork(
+        cpu: Option<usize>,
+        bytes: Option<IpcBytesReceiver>,
+        shm: Option<&Mapping>,
+        queue: Option<&QueueArea>,
+    ) -> Result<Peer> {
         let parent = nix::unistd::getpid();
         let (tx, peer_rx) = ipc::channel::<ToPeer>()?;
         let (peer_tx, rx) = ipc::channel::<FromPeer>()?;
+        let shared = Shared { bytes, shm, queue };
         let pid = crate::engine::sys::fork_child(move || {
-            peer_main(parent, cpu, &peer_rx, &peer_tx, bytes.as_ref(), shm)
+            peer_main(parent, cpu, &peer_rx, &peer_tx, &shared)
         })
         .map_err(|e| {
             Error::Io(std::io::Error::new(
@@ -191,6 +222,16 @@ impl Drop for Peer {
     }
 }
 
+/// What the peer inherits besides its channels, each only for the requests that need it.
+pub(super) struct Shared<'a> {
+    /// The byte channel of the throughput test.
+    pub(super) bytes: Option<IpcBytesReceiver>,
+    /// The shared ring of the throughput test.
+    pub(super) shm: Option<&'a Mapping>,
+    /// The queue's control area and futex words.
+    pub(super) queue: Option<&'a QueueArea>,
+}
+
 /// The peer process: arm the death signal, pin if asked, say Ready, then serve. Returns the
 /// exit status.
 pub(super) fn peer_main(
@@ -198,8 +239,7 @@ pub(super) fn peer_main(
     cpu: Option<usize>,
     rx: &IpcReceiver<ToPeer>,
     tx: &IpcSender<FromPeer>,
-    bytes: Option<&IpcBytesReceiver>,
-    shm: Option<&Mapping>,
+    shared: &Shared<'_>,
 ) -> i32 {
     // It inherited a copy of the parent's sending end, so its receive never sees the
     // parent go: the death signal is what ends it then.
@@ -216,7 +256,7 @@ pub(super) fn peer_main(
     if tx.send(FromPeer::Ready).is_err() {
         return 1;
     }
-    match serve(rx, tx, bytes, shm) {
+    match serve(rx, tx, shared) {
         Ok(()) => 0,
         Err(message) => {
             let _ = tx.send(FromPeer::Failed(message));
@@ -228,9 +268,10 @@ pub(super) fn peer_main(
 pub(super) fn serve(
     rx: &IpcReceiver<ToPeer>,
     tx: &IpcSender<FromPeer>,
-    bytes: Option<&IpcBytesReceiver>,
-    shm: Option<&Mapping>,
+    shared: &Shared<'_>,
 ) -> std::result::Result<(), String> {
+    let (bytes, shm) = (shared.bytes.as_ref(), shared.shm);
+    let queue = || shared.queue.ok_or("a queue request, but no queue");
     let send = |m: FromPeer| tx.send(m).map_err(|e| format!("cannot answer: {e}"));
     let mut shm_tally = Tally::default();
     loop {
@@ -268,6 +309,8 @@ pub(super) fn serve(
                 send(FromPeer::Ack)?;
             }
             ToPeer::ShmEnd => send(FromPeer::Tally(std::mem::take(&mut shm_tally)))?,
+            ToPeer::Claim { posting, chunks } => send(peer_claims(queue()?, posting, chunks)?)?,
+            ToPeer::Futex { rounds } => send(peer_futex(queue()?, rounds)?)?,
             ToPeer::Stop => return Ok(()),
         }
     }

@@ -18,7 +18,7 @@ pub(super) fn measure_throughput(
         .map(|&s| ring_slots(s) * s)
         .max()
         .unwrap_or(0);
-    let mut region = SharedRegion::new()?;
+    let mut region = SharedRegion::with_control(4096)?;
     region.reset(region_len as u64)?;
     // Mapped before the fork: the peer inherits this very mapping (MAP_SHARED), so both
     // processes see the same pages.

@@ -1,0 +1,897 @@
+//! Queue dispatch: workers claim chunks from the control block in shared memory.
+//!
+//! The parent opens a *posting* (the job's chunk geometry) in the control block and then
+//! mostly sleeps: workers claim chunk indices with one atomic add each, run them, and mark
+//! them done in the chunk table beside the results. The parent wakes when the job is done
+//! (the worker that finishes it sends one `Wake`), when a worker dies (its channel closes),
+//! when a chunk may have run past `chunk_timeout`, when a streaming window is complete or
+//! written, or to look at the interrupt flag. No message crosses a channel per chunk.
+//!
+//! Supervision keeps the channel path's promises, reading the workers' claim slots:
+//! - a dead worker's slot names the chunk it held; unless its done byte is set, the chunk
+//!   goes to the retry ring (blamed, if it was running), which workers drain before
+//!   claiming new chunks, and a replacement takes the same slot;
+//! - a chunk running past `chunk_timeout` (its slot's start time) gets its worker killed,
+//!   then the same;
+//! - a chunk nobody holds and nobody finished (its worker died between claiming and
+//!   recording the claim) is found when nobody is claiming, by reading the done bytes, and
+//!   queued again;
+//! - `--chunk-size auto` runs in two postings: probe chunks first, timed by the workers,
+//!   then the rest in the chosen length.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ipc_channel::TrySelectError;
+use ipc_channel::ipc::IpcSelectionResult;
+
+use super::auto_chunk::AutoProbe;
+use super::dispatch::{WindowJob, write_windows};
+use super::ledger::{HeldChunk, Ledger};
+use super::observe::{self, Event};
+use super::{Death, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
+use crate::engine::control::{
+    ChunkTable, ClaimState, Posting, SlotCounters, TableLayout, monotonic_ns,
+};
+use crate::engine::protocol::{Dispatch, FromWorker, JobSpec, Layout};
+use crate::engine::schedule::{Dispenser, Geometry, Schedule};
+use crate::error::{Error, LossCause, Phase, Result};
+
+/// How often the loop looks at the interrupt flag while nothing else wakes it.
+const INTERRUPT_TICK: Duration = Duration::from_millis(20);
+/// How often an observer hears of progress.
+const PROGRESS_TICK: Duration = Duration::from_millis(100);
+/// How long the loop checks for the end of the job before it sleeps: a short job ends
+/// without a wake-up.
+const SPIN: Duration = Duration::from_micros(30);
+/// Probe chunks per worker with `--chunk-size auto`.
+const PROBES_PER_WORKER: u64 = 4;
+
+/// The chunks of a job without a measured chunk size.
+pub(super) fn geometry(dispenser: &Dispenser, n: u64, workers: usize) -> Geometry {
+    Geometry::new(
+        dispenser.schedule(),
+        0,
+        n,
+        dispenser.chunk_size(),
+        workers as u64,
+        dispenser.boundary(),
+        0,
+    )
+}
+
+/// `--chunk-size auto`: the probes' geometry (dynamic, `0..end`), its chunk count, and
+/// `end`.
+pub(super) fn probe_plan(n: u64, workers: usize, boundary: u64) -> (Geometry, u64, u64) {
+    let probe = AutoProbe::new(n, workers as u64, PROBES_PER_WORKER);
+    let end = n.min(probe.probe_size * workers as u64 * PROBES_PER_WORKER);
+    let g = Geometry::new(
+        Schedule::Dynamic,
+        0,
+        end,
+        probe.probe_size,
+        workers as u64,
+        boundary,
+        0,
+    );
+    let chunks = g.chunks();
+    (g, chunks, end)
+}
+
+/// A worker's counters summed over the job's postings and the processes in its slot.
+#[derive(Default)]
+struct Acc {
+    c: SlotCounters,
+}
+
+impl Acc {
+    fn add(&mut self, c: SlotCounters) {
+        self.c.chunks += c.chunks;
+        self.c.elements += c.elements;
+        self.c.compute_ns += c.compute_ns;
+        self.c.gap_ns += c.gap_ns;
+        self.c.waits += c.waits;
+        self.c.wakes += c.wakes;
+        self.c.claims += c.claims;
+        self.c.last_done_ns = self.c.last_done_ns.max(c.last_done_ns);
+        self.c.cpu_ns += c.cpu_ns;
+        self.c.maxrss_kib = self.c.maxrss_kib.max(c.maxrss_kib);
+    }
+}
+
+/// The ring of windows of a streamed job.
+struct Stream {
+    layout: Layout,
+    windows: u64,
+    /// The first window not yet written (and freed).
+    base: u64,
+    /// Windows handed to the writer so far.
+    handed: u64,
+    to_writer: mpsc::Sender<WindowJob>,
+    from_writer: mpsc::Receiver<std::result::Result<u64, String>>,
+}
+
+/// The state of one job on the queue.
+struct QueueJob {
+    spec: JobSpec,
+    n: u64,
+    schedule: Schedule,
+    /// Chunk length of the main posting (before a measured one is chosen: the default).
+    size: u64,
+    workers: u64,
+    boundary: u64,
+    posting: Posting,
+    geometry: Geometry,
+    table: TableLayout,
+    static_workers: usize,
+    /// Chunks of earlier postings (all done).
+    chunks_before: u64,
+    acc: Vec<Acc>,
+    ledger: Ledger,
+    /// Attempts of chunks queued again, by index in the current posting.
+    attempts: HashMap<u64, u32>,
+    /// Retries waiting for room in the ring.
+    overflow: VecDeque<(u64, u32)>,
+    /// A worker was lost in this posting: look for chunks nobody holds.
+    lost_in_posting: bool,
+    deaths: Vec<Death>,
+    reduction: Option<u64>,
+    messages: u64,
+    bytes: u64,
+    parent_sleeps: u64,
+    /// Workers found gone while sending: (slot, pid).
+    dead: Vec<(usize, u32)>,
+    /// Probing for `--chunk-size auto`, and what it chose.
+    auto: Option<AutoProbe>,
+    probing: bool,
+    stream: Option<Stream>,
+    told_done: u64,
+    last_progress: Instant,
+}
+
+impl QueueJob {
+    fn phase_len(&self) -> u64 {
+        self.posting.n - self.posting.start
+    }
+}
+
+/// Why a worker is being replaced.
+enum Why {
+    Died,
+    TimedOut(Duration),
+    Panicked,
+}
+
+impl Pool {
+    pub(super) fn dispatch_queue(
+        &mut self,
+        spec: JobSpec,
+        n: u64,
+        dispenser: Dispenser,
+        options: &JobOptions,
+        stream: Option<(Layout, &mut (dyn WindowSink + Send))>,
+    ) -> Result<JobStats> {
+        let Some((layout, sink)) = stream else {
+            return self.queue_loop(spec, n, dispenser, options, None);
+        };
+        let mapping = self.region.map()?;
+        let elem_size = u64::from(spec.elem_size);
+        let (to_writer, windows) = mpsc::channel::<WindowJob>();
+        let (freed, from_writer) = mpsc::channel::<std::result::Result<u64, String>>();
+        let waker = self.waker.clone();
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                write_windows(
+                    windows,
+                    freed,
+                    sink,
+                    &mapping,
+                    layout,
+                    elem_size,
+                    Some(waker),
+                )
+            });
+            let stream = Stream {
+                layout,
+                windows: n.div_ceil(layout.window_elems),
+                base: 0,
+                handed: 0,
+                to_writer,
+                from_writer,
+            };
+            self.queue_loop(spec, n, dispenser, options, Some(stream))
+        })
+    }
+
+    fn queue_loop(
+        &mut self,
+        spec: JobSpec,
+        n: u64,
+        dispenser: Dispenser,
+        options: &JobOptions,
+        stream: Option<Stream>,
+    ) -> Result<JobStats> {
+        let began = Instant::now();
+        let workers = self.workers.len();
+        let schedule = dispenser.schedule();
+        let measured = options.auto_chunk && schedule != Schedule::Static && n > 0;
+        let (geometry, auto, first_end) = if measured {
+            let probe = AutoProbe::new(n, workers as u64, PROBES_PER_WORKER);
+            let (g, _, end) = probe_plan(n, workers, dispenser.boundary());
+            (g, Some(probe), end)
+        } else {
+            (geometry(&dispenser, n, workers), None, n)
+        };
+        let (mut messages, mut bytes) = std::mem::take(&mut self.handshake_ipc);
+        let sent = self.send_spec(&spec);
+        messages += sent.0;
+        bytes += sent.1;
+        let deaths = std::mem::take(&mut self.start_deaths);
+        let ledger = Ledger::new(
+            workers,
+            self.supervision.retries,
+            self.max_restarts,
+            self.supervision.chunk_timeout,
+            deaths.len() as u64,
+        );
+        let mut job = QueueJob {
+            n,
+            schedule,
+            size: dispenser.chunk_size(),
+            workers: workers as u64,
+            boundary: dispenser.boundary(),
+            posting: Posting::default(),
+            table: TableLayout::after(0, 0, 1),
+            static_workers: if schedule == Schedule::Static {
+                workers
+            } else {
+                0
+            },
+            chunks_before: 0,
+            acc: (0..workers).map(|_| Acc::default()).collect(),
+            ledger,
+            attempts: HashMap::new(),
+            overflow: VecDeque::new(),
+            lost_in_posting: false,
+            deaths,
+            reduction: None,
+            messages,
+            bytes,
+            parent_sleeps: 0,
+            dead: Vec::new(),
+            probing: auto.is_some(),
+            auto,
+            stream,
+            told_done: 0,
+            last_progress: Instant::now(),
+            geometry: geometry.clone(),
+            spec,
+        };
+        self.post(&mut job, geometry, 0, first_end)?;
+
+        // On an error the caller stops every worker; otherwise none stays inside.
+        self.run_postings(&mut job)?;
+        self.close_posting(job.posting.id);
+        self.collect_posting(&mut job);
+        if job.told_done != n {
+            observe::tell(&self.observer, Event::Progress { done: n, n });
+        }
+        crate::engine::fault::check_faults(&job.spec.faults, job.chunks_before)?;
+
+        let end = Instant::now();
+        let wall = end - began;
+        let end_ns = monotonic_ns();
+        let chunks = job.chunks_before;
+        let workers: Vec<WorkerStats> = self
+            .workers
+            .iter()
+            .zip(&job.acc)
+            .map(|(slot, a)| {
+                WorkerStats {
+                    id: slot.id,
+                    pid: slot.pid,
+                    chunks: a.c.chunks,
+                    compute_s: a.c.compute_ns as f64 / 1e9,
+                    // Measured by the workers themselves, inside the job: the parent reads
+                    // no /proc file per job.
+                    cpu_s: Some(a.c.cpu_ns as f64 / 1e9),
+                    // A worker that ran nothing this job has not said; /proc tells.
+                    peak_rss_bytes: if a.c.maxrss_kib > 0 {
+                        Some(a.c.maxrss_kib * 1024)
+                    } else {
+                        crate::engine::sys::process_usage(slot.pid).map(|(_, rss)| rss)
+                    },
+                    idle_end_s: if a.c.last_done_ns == 0 {
+                        wall.as_secs_f64()
+                    } else {
+                        (end_ns.saturating_sub(a.c.last_done_ns) as f64 / 1e9)
+                            .min(wall.as_secs_f64())
+                    },
+                    cpu: spawn::cpu_for(slot.id, &self.pin),
+                    claims: a.c.claims,
+                    dispatch_s: a.c.gap_ns as f64 / 1e9,
+                    sleeps: a.c.waits,
+                }
+            })
+            .collect();
+        let sum = |f: fn(&Acc) -> u64| job.acc.iter().map(f).sum::<u64>();
+        let done_chunks = sum(|a| a.c.chunks).max(1) as f64;
+        let compute_ns = sum(|a| a.c.compute_ns) as f64;
+        // Gaps are measured between a worker's chunks: one fewer than its chunks.
+        let gaps = sum(|a| a.c.chunks.saturating_sub(1)).max(1) as f64;
+        let dispatch_per_chunk_s = sum(|a| a.c.gap_ns) as f64 / gaps / 1e9;
+        Ok(JobStats {
+            n,
+            inflight: 1,
+            chunk_size: job
+                .auto
+                .as_ref()
+                .and_then(|a| a.result.as_ref())
+                .map_or(job.size, |r| r.chosen),
+            chunks,
+            wall,
+            ipc_messages: job.messages,
+            ipc_bytes: job.bytes,
+            shm_bytes: n * u64::from(job.spec.elem_size),
+            workers,
+            restarts: job.ledger.restarts(),
+            retried_chunks: job.ledger.retried_chunks(),
+            deaths: job.deaths,
+            reduction: job.reduction,
+            schedule: job.schedule,
+            transport: job.spec.transport,
+            auto_chunk: job.auto.and_then(|a| a.result),
+            chunk_rtt_mean_s: compute_ns / done_chunks / 1e9 + dispatch_per_chunk_s,
+            chunk_compute_mean_s: compute_ns / done_chunks / 1e9,
+            channel_result_bytes: 0,
+            dispatch: Dispatch::Queue,
+            claims: sum(|a| a.c.claims),
+            worker_sleeps: sum(|a| a.c.waits),
+            parent_sleeps: job.parent_sleeps,
+            wake_messages: sum(|a| a.c.wakes),
+            dispatch_per_chunk_s,
+        })
+    }
+
+    /// Opens a posting for elements `start..end` cut by `geometry`, numbering its chunks on
+    /// from the earlier postings'.
+    fn post(&mut self, job: &mut QueueJob, geometry: Geometry, start: u64, end: u64) -> Result<()> {
+        let elem_size = u64::from(job.spec.elem_size);
+        let layout = job.spec.layout;
+        let results = layout.region_elems(job.n) * elem_size;
+        let chunks = geometry.chunks();
+        let table = TableLayout::after(results, chunks, layout.ring);
+        if table.end() > self.region.len() {
+            // A measured chunk length needs a longer table than the probes had: grow the
+            // region, keeping what the probes wrote.
+            self.mapping = None;
+            self.region.grow(table.end())?;
+            self.mapping = Some(self.region.map()?);
+        }
+        let mapping = self.mapping.as_ref().ok_or(Error::Broken)?;
+        let t = ChunkTable::new(mapping, table).ok_or(Error::Broken)?;
+        t.clear();
+        // Streaming: the window this posting starts in may be partly done already.
+        if let Some(stream) = &job.stream {
+            let we = stream.layout.window_elems;
+            if !start.is_multiple_of(we) {
+                t.window_done(start / we, start % we);
+            }
+        }
+        let limit = match &job.stream {
+            Some(s) => geometry
+                .first_chunk_at((s.base + s.layout.ring).saturating_mul(s.layout.window_elems)),
+            None => u64::MAX,
+        };
+        let id = self.next_posting;
+        self.next_posting += 1;
+        let posting = Posting {
+            id,
+            job: job.spec.job,
+            spec_id: job.spec.spec_id,
+            channel: false,
+            schedule: match geometry_schedule(job) {
+                Schedule::Static => 0,
+                Schedule::Dynamic => 1,
+                Schedule::Guided => 2,
+            },
+            start,
+            n: end,
+            size: if job.probing {
+                job.auto.as_ref().map_or(job.size, |a| a.probe_size)
+            } else {
+                job.size
+            },
+            workers: job.workers,
+            boundary: job.boundary,
+            id_base: job.chunks_before,
+            chunks,
+            region_len: self.region.len(),
+            table_at: table.at,
+            ring: layout.ring,
+            window_elems: layout.window_elems,
+            limit,
+        };
+        job.posting = posting;
+        job.geometry = geometry;
+        job.table = table;
+        job.attempts.clear();
+        job.overflow.clear();
+        job.lost_in_posting = false;
+        self.control.open(&posting, job.static_workers);
+        Ok(())
+    }
+
+    /// Ends a posting: adds up its workers' counters and its chunks' reductions.
+    fn collect_posting(&mut self, job: &mut QueueJob) {
+        for w in 0..self.workers.len() {
+            job.acc[w].add(self.control.counters(w));
+            self.control.reset_slot(w);
+        }
+        if let Some(t) = self
+            .mapping
+            .as_ref()
+            .and_then(|m| ChunkTable::new(m, job.table))
+        {
+            for k in 0..job.posting.chunks {
+                if let Some(r) = t.reduction(k) {
+                    job.reduction = Some(job.reduction.unwrap_or(0).wrapping_add(r));
+                }
+            }
+        }
+        job.chunks_before += job.posting.chunks;
+    }
+
+    /// Supervises the postings of a job until its last chunk is done.
+    fn run_postings(&mut self, job: &mut QueueJob) -> Result<()> {
+        loop {
+            if let Some(signal) = self.supervision.interrupt.requested() {
+                return Err(interrupted(signal, job, self.workers.len(), self));
+            }
+            while let Some((w, pid)) = job.dead.pop() {
+                if self.workers[w].pid == pid && self.workers[w].starting.is_none() {
+                    self.replace_claim(w, Why::Died, job)?;
+                }
+            }
+            self.poll_starting_queue(job)?;
+            self.push_overflow(job);
+            let complete = self.posting_complete(job)?;
+            if complete && job.probing {
+                self.choose_and_repost(job)?;
+                continue;
+            }
+            self.windows(job)?;
+            if complete && job.stream.as_ref().is_none_or(|s| s.base >= s.windows) {
+                return Ok(());
+            }
+            let deadline = self.timeouts(job)?;
+            self.progress(job);
+            self.sleep(job, deadline, complete)?;
+        }
+    }
+
+    /// Sleeps until something needs the loop: a worker's `Wake`, a death, a message, the
+    /// writer, a deadline, or the interrupt tick. Checks for the end first for a moment, so
+    /// that a short job ends without anyone waking anyone.
+    /// With `complete`, only the writer is awaited: no spinning on the done count.
+    fn sleep(
+        &mut self,
+        job: &mut QueueJob,
+        deadline: Option<Instant>,
+        complete: bool,
+    ) -> Result<()> {
+        let len = if complete { u64::MAX } else { job.phase_len() };
+        let spin_until = Instant::now() + if complete { Duration::ZERO } else { SPIN };
+        while Instant::now() < spin_until {
+            if self.control.done_elements() >= len {
+                return Ok(());
+            }
+            std::thread::yield_now();
+        }
+        let mut wait = INTERRUPT_TICK;
+        if self.workers.iter().any(|w| w.starting.is_some()) {
+            wait = wait.min(spawn::START_TICK);
+        }
+        if self.observer.is_some() {
+            wait = wait.min(PROGRESS_TICK);
+        }
+        if let Some(d) = deadline {
+            wait = wait.min(d.saturating_duration_since(Instant::now()));
+        }
+        self.control.parent_sleeps();
+        let result = if self.control.done_elements() >= len {
+            Ok(Vec::new())
+        } else {
+            job.parent_sleeps += 1;
+            match self.set.try_select_timeout(wait) {
+                Ok(events) => Ok(events),
+                Err(TrySelectError::Empty) => Ok(Vec::new()),
+                Err(TrySelectError::IoError(e)) => {
+                    Err(Error::Ipc(format!("waiting for workers: {e}")))
+                }
+            }
+        };
+        self.control.parent_awake();
+        for event in result? {
+            self.event(event, job)?;
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, event: IpcSelectionResult, job: &mut QueueJob) -> Result<()> {
+        match event {
+            IpcSelectionResult::MessageReceived(rid, message) => {
+                let Some((w, msg, size)) = self.decode(rid, message)? else {
+                    return Ok(());
+                };
+                job.messages += 1;
+                job.bytes += size;
+                match msg {
+                    FromWorker::Wake => Ok(()),
+                    FromWorker::Panicked {
+                        id,
+                        message,
+                        location,
+                    } => {
+                        let index = id.checked_sub(job.posting.id_base);
+                        if index.is_none() || self.control.view(w).chunk != index {
+                            return Err(Error::Ipc(format!(
+                                "worker {w} reported a panic on chunk {id}, which it did not hold"
+                            )));
+                        }
+                        if self.supervision.retry_panics {
+                            crate::engine::sys::kill_hard(self.workers[w].pid);
+                            return self.replace_claim(w, Why::Panicked, job);
+                        }
+                        let chunk = job.geometry.chunk(id - job.posting.id_base);
+                        Err(Error::KernelPanicked {
+                            chunk: id,
+                            start: chunk.start,
+                            end: chunk.end,
+                            worker: self.workers[w].id,
+                            pid: self.workers[w].pid,
+                            message,
+                            location,
+                        })
+                    }
+                    FromWorker::Failed { message } => Err(Error::WorkerFailed {
+                        id: self.workers[w].id,
+                        pid: self.workers[w].pid,
+                        message,
+                    }),
+                    other => Err(Error::Ipc(format!(
+                        "worker {w} sent an unexpected {other:?}"
+                    ))),
+                }
+            }
+            IpcSelectionResult::ChannelClosed(rid) => match self.by_receiver.get(&rid).copied() {
+                Some(w) => self.replace_claim(w, Why::Died, job),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Whether every chunk of the posting is done. When nobody is claiming and some are
+    /// not, those chunks lost their claim with a dead worker: they are queued again.
+    fn posting_complete(&mut self, job: &mut QueueJob) -> Result<bool> {
+        let hinted = self.control.done_elements() >= job.phase_len();
+        if !(hinted || (job.lost_in_posting && self.quiet(job))) {
+            return Ok(false);
+        }
+        let mapping = self.mapping.as_ref().ok_or(Error::Broken)?;
+        let table = ChunkTable::new(mapping, job.table).ok_or(Error::Broken)?;
+        let missing: Vec<u64> = (0..job.posting.chunks)
+            .filter(|&k| !table.is_done(k))
+            .collect();
+        if missing.is_empty() {
+            return Ok(true);
+        }
+        if self.quiet(job) {
+            for k in missing {
+                let attempt = job.attempts.get(&k).copied().unwrap_or(0);
+                self.requeue(job, k, attempt);
+            }
+            self.control.bump();
+        }
+        Ok(false)
+    }
+
+    /// Nobody claims or holds a chunk, and nothing waits to be claimed.
+    fn quiet(&self, job: &QueueJob) -> bool {
+        job.overflow.is_empty()
+            && self.control.retries_empty()
+            && self
+                .control
+                .claims_exhausted(job.posting.chunks, job.static_workers)
+            && (0..self.workers.len()).all(|w| {
+                self.workers[w].child.is_none() || self.control.view(w).state == ClaimState::Idle
+            })
+    }
+
+    fn requeue(&mut self, job: &mut QueueJob, index: u64, attempt: u32) {
+        job.attempts.insert(index, attempt);
+        if !self.control.push_retry(index, attempt) {
+            job.overflow.push_back((index, attempt));
+        }
+    }
+
+    fn push_overflow(&mut self, job: &mut QueueJob) {
+        let mut pushed = false;
+        while let Some(&(index, attempt)) = job.overflow.front() {
+            if !self.control.push_retry(index, attempt) {
+                break;
+            }
+            job.overflow.pop_front();
+            pushed = true;
+        }
+        if pushed {
+            self.control.bump();
+        }
+    }
+
+    /// The probes are done: choose the chunk length from the workers' timings and post the
+    /// rest of the job.
+    fn choose_and_repost(&mut self, job: &mut QueueJob) -> Result<()> {
+        self.close_posting(job.posting.id);
+        let mut probe = SlotCounters::default();
+        for w in 0..self.workers.len() {
+            let c = self.control.counters(w);
+            probe.chunks += c.chunks;
+            probe.elements += c.elements;
+            probe.compute_ns += c.compute_ns;
+            probe.gap_ns += c.gap_ns;
+            probe.last_done_ns += c.chunks.saturating_sub(1);
+        }
+        // `last_done_ns` above counted the gaps: one fewer than each worker's chunks.
+        let gaps = probe.last_done_ns.max(1);
+        let start = job.posting.n;
+        self.collect_posting(job);
+        let remaining = job.n - start;
+        let Some(auto) = job.auto.as_mut() else {
+            return Err(Error::Broken);
+        };
+        auto.record_totals(
+            probe.chunks,
+            probe.elements,
+            Duration::from_nanos(probe.compute_ns),
+            Duration::from_nanos(probe.gap_ns / gaps * probe.chunks),
+        );
+        let chosen = auto
+            .choose(remaining, job.boundary, self.workers.len())
+            .chosen;
+        job.size = chosen;
+        job.probing = false;
+        let geometry = Geometry::new(
+            job.schedule,
+            start,
+            job.n,
+            chosen,
+            job.workers,
+            job.boundary,
+            job.chunks_before,
+        );
+        if let Some(last) = job.spec.faults.iter().map(|f| f.chunk).max() {
+            let _ = last;
+            crate::engine::fault::check_faults(
+                &job.spec.faults,
+                job.chunks_before + geometry.chunks(),
+            )?;
+        }
+        self.post(job, geometry, start, job.n)
+    }
+
+    /// Streaming: hands complete windows to the writer in order, and lets workers run the
+    /// chunks of windows whose slots the writer has freed.
+    fn windows(&mut self, job: &mut QueueJob) -> Result<()> {
+        let Some(stream) = job.stream.as_mut() else {
+            return Ok(());
+        };
+        let mapping = self.mapping.as_ref().ok_or(Error::Broken)?;
+        let table = ChunkTable::new(mapping, job.table).ok_or(Error::Broken)?;
+        let we = stream.layout.window_elems;
+        while stream.handed < stream.windows && stream.handed < stream.base + stream.layout.ring {
+            let k = stream.handed;
+            let start = k * we;
+            let end = (start + we).min(job.n);
+            // Parts of the window in earlier postings are done; this posting's part must be.
+            if end > job.posting.n {
+                break;
+            }
+            if end > job.posting.start {
+                let first = job.geometry.first_chunk_at(start.max(job.posting.start));
+                let last = job.geometry.first_chunk_at(end);
+                if !(first..last).all(|c| table.is_done(c)) {
+                    break;
+                }
+            }
+            let window = WindowJob {
+                index: k,
+                start,
+                len: end - start,
+                slot: k % stream.layout.ring,
+            };
+            if stream.to_writer.send(window).is_err() {
+                break;
+            }
+            stream.handed += 1;
+        }
+        let mut moved = false;
+        loop {
+            match stream.from_writer.try_recv() {
+                Ok(Ok(index)) => {
+                    table.window_reset(index);
+                    stream.base += 1;
+                    moved = true;
+                }
+                Ok(Err(message)) => return Err(Error::Output(message)),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    if stream.base < stream.windows {
+                        return Err(Error::Output("the window writer stopped early".into()));
+                    }
+                    break;
+                }
+            }
+        }
+        if moved {
+            let limit = (stream.base + stream.layout.ring).saturating_mul(we);
+            self.control
+                .set_limit(job.geometry.first_chunk_at(limit.max(job.posting.start)));
+        }
+        Ok(())
+    }
+
+    /// Kills the workers whose chunk has run past the limit; returns when the next chunk
+    /// could, at the earliest.
+    fn timeouts(&mut self, job: &mut QueueJob) -> Result<Option<Instant>> {
+        let Some(limit) = self.supervision.chunk_timeout else {
+            return Ok(None);
+        };
+        let limit_ns = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
+        let now = monotonic_ns();
+        // A chunk that starts now is late at now + limit at the earliest.
+        let mut next = now.saturating_add(limit_ns);
+        for w in 0..self.workers.len() {
+            if self.workers[w].child.is_none() || self.workers[w].starting.is_some() {
+                continue;
+            }
+            let view = self.control.view(w);
+            if view.state != ClaimState::Running || view.chunk.is_none() {
+                continue;
+            }
+            let due = view.since_ns.saturating_add(limit_ns);
+            if due <= now {
+                crate::engine::sys::kill_hard(self.workers[w].pid);
+                self.replace_claim(w, Why::TimedOut(limit), job)?;
+            } else {
+                next = next.min(due);
+            }
+        }
+        Ok(Instant::now().checked_add(Duration::from_nanos(next.saturating_sub(now))))
+    }
+
+    fn progress(&mut self, job: &mut QueueJob) {
+        if self.observer.is_none() || job.last_progress.elapsed() < PROGRESS_TICK / 2 {
+            return;
+        }
+        job.last_progress = Instant::now();
+        let done = (job.posting.start + self.control.done_elements()).min(job.n);
+        if done != job.told_done {
+            job.told_done = done;
+            observe::tell(&self.observer, Event::Progress { done, n: job.n });
+        }
+    }
+
+    /// Reaps worker `w`, queues the chunk its slot names again (blamed if it was running),
+    /// and starts a replacement in the same slot.
+    fn replace_claim(&mut self, w: usize, why: Why, job: &mut QueueJob) -> Result<()> {
+        let slot = &mut self.workers[w];
+        if let Some(rid) = slot.rid.take() {
+            self.by_receiver.remove(&rid);
+        }
+        let (pid, slot_id) = (slot.pid, slot.id);
+        let exit = slot.reap(Duration::from_secs(1));
+        let cause = match why {
+            Why::Died => LossCause::Ended(exit),
+            Why::TimedOut(limit) => LossCause::TimedOut(limit),
+            Why::Panicked => LossCause::Panicked,
+        };
+        // The process is reaped: its slot holds its last word.
+        let view = self.control.view(w);
+        job.acc[w].add(self.control.counters(w));
+        let mapping = self.mapping.as_ref().ok_or(Error::Broken)?;
+        let table = ChunkTable::new(mapping, job.table).ok_or(Error::Broken)?;
+        let held = view
+            .chunk
+            .filter(|&k| k < job.posting.chunks && !table.is_done(k))
+            .filter(|_| view.state != ClaimState::Idle);
+        let running = matches!(view.state, ClaimState::Running | ClaimState::Panicked);
+        let held_chunk = held.map(|k| HeldChunk {
+            chunk: job.geometry.chunk(k),
+            attempt: view.attempt,
+        });
+        let (lost, again) = job
+            .ledger
+            .lose_claim(slot_id, pid, cause, held_chunk, running)?;
+        if let (Some(k), Some(again)) = (held, again) {
+            self.requeue(job, k, again.attempt);
+            if job.static_workers > 0 {
+                self.control.skip_static(w, k, job.workers);
+            }
+        }
+        self.control.reset_slot(w);
+        self.control.note_death();
+        job.lost_in_posting = true;
+        self.control.bump();
+        let (running, text) = (lost.running, lost.loss.to_string());
+        let (worker, what) = (slot_id, text.as_str());
+        observe::tell(&self.observer, Event::WorkerLost { worker, pid, what });
+        let new_pid = self.begin_start(w)?;
+        job.deaths.push(Death {
+            id: slot_id,
+            pid,
+            cause: lost.loss.cause_text(),
+            chunk: running,
+            replaced_by: Some(new_pid),
+        });
+        Ok(())
+    }
+
+    /// Moves replacements' handshakes on: a ready one gets the spec and finds the posting
+    /// by itself; one lost on the way is one more restart.
+    fn poll_starting_queue(&mut self, job: &mut QueueJob) -> Result<()> {
+        for w in 0..self.workers.len() {
+            let dir = &self.dir;
+            let Some(starting) = self.workers[w].starting.as_mut() else {
+                continue;
+            };
+            match starting.poll(dir) {
+                spawn::Progress::Pending => {}
+                spawn::Progress::Ready(started) => {
+                    self.workers[w].starting = None;
+                    let pid = started.pid;
+                    self.install(started)?;
+                    let (messages, bytes) = std::mem::take(&mut self.handshake_ipc);
+                    let sent = self.send_spec(&job.spec);
+                    job.messages += messages + sent.0;
+                    job.bytes += bytes + sent.1;
+                    if self.workers[w].spec_sent != job.spec.spec_id {
+                        job.dead.push((w, pid));
+                    }
+                }
+                spawn::Progress::Failed(failure) => {
+                    self.start_again(w, failure, &mut job.ledger, &mut job.deaths)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The schedule workers follow in the current posting: the probes are dynamic.
+fn geometry_schedule(job: &QueueJob) -> Schedule {
+    if job.probing {
+        Schedule::Dynamic
+    } else {
+        job.schedule
+    }
+}
+
+fn interrupted(signal: i32, job: &QueueJob, workers: usize, pool: &Pool) -> Error {
+    let done: u64 = (0..pool.workers.len())
+        .map(|w| pool.control.counters(w).chunks)
+        .sum::<u64>()
+        + job.acc.iter().map(|a| a.c.chunks).sum::<u64>();
+    Error::Interrupted {
+        signal,
+        phase: Phase::Pool,
+        chunks_done: done,
+        chunks: job.chunks_before + job.posting.chunks,
+        elements_done: (job.posting.start + pool.control.done_elements()).min(job.n),
+        n: job.n,
+        workers,
+        needed_term: 0,
+        needed_kill: 0,
+    }
+}
