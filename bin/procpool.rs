@@ -170,6 +170,7 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
             start: args.start.into(),
             // Lines for lost workers always; a bar never with --json, and only on a terminal.
             observer: Some(std::sync::Arc::new(progress::Terminal::new(!args.json))),
+            start_in_background: true,
             ..procpool::PoolOptions::default()
         },
         job: procpool::JobOptions {

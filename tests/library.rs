@@ -481,3 +481,35 @@ fn a_panicking_kernel_is_an_error_and_the_same_pool_runs_the_next_job() {
     drop(pool);
     assert_reaped(&pids, "after drop");
 }
+
+#[test]
+fn workers_started_in_the_background_join_the_first_job_on_both_dispatches() {
+    let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+    for dispatch in [procpool::Dispatch::Queue, procpool::Dispatch::Channel] {
+        let workers = cpus + 3;
+        let mut pool = Pool::builder()
+            .workers(workers)
+            .worker_exe(EXE)
+            .start_in_background(true)
+            .build()
+            .expect("pool");
+        let pids = pool.pids();
+        assert_eq!(pids.iter().filter(|&&p| p == 0).count(), 3, "{pids:?}");
+        // Long enough for the last three to start and connect: 400 waits of 1 ms.
+        let options = procpool::JobOptions {
+            chunk_size: Some(1),
+            dispatch,
+            ..Default::default()
+        };
+        let run = pool
+            .run_with(&procpool::workload::Sleep { ms: 1.0 }, 400, &options)
+            .expect("run");
+        let waited: Vec<u64> = run.results().to_vec();
+        assert_eq!(waited, (0..400).collect::<Vec<u64>>(), "{dispatch}");
+        drop(run);
+        let pids = pool.pids();
+        assert!(pids.iter().all(|&p| p != 0), "{dispatch}: {pids:?}");
+        let run = pool.run(&Squares, 1000).expect("a second job");
+        assert_squares(run.results(), 1000);
+    }
+}

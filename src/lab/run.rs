@@ -66,7 +66,12 @@ impl RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
-            pool: PoolOptions::default(),
+            // A run waits for as many workers as there are CPUs; the rest join the job as
+            // they connect, so hundreds of workers do not hold the work back.
+            pool: PoolOptions {
+                start_in_background: true,
+                ..PoolOptions::default()
+            },
             job: JobOptions::default(),
             baseline: true,
             repeat: 1,

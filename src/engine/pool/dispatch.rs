@@ -38,6 +38,9 @@ use crate::engine::protocol::{FromWorker, JobSpec, Layout, ToWorker, Transport, 
 use crate::engine::schedule::{Chunk, Dispenser, Schedule};
 use crate::error::{Error, LossCause, Phase, Result};
 
+/// Workers of a pool started in the background spawned per turn of a dispatch loop: the
+/// loop polls handshakes in between, so each worker joins as soon as it is ready.
+pub(super) const SPAWN_BATCH: usize = 8;
 /// How often the loop looks at the clock and the interrupt flag when no message arrives.
 const TICK: Duration = Duration::from_millis(20);
 /// With streaming, how often the loop checks for windows the writer has freed.
@@ -350,7 +353,7 @@ impl Pool {
             // Streaming: a window freed by the writer does not wake the select below, so
             // look at the writer often; and a replacement's handshake moves on only when
             // polled.
-            let tick = if self.workers.iter().any(|w| w.starting.is_some()) {
+            let tick = if self.any_starting() {
                 spawn::START_TICK
             } else if job.streaming.is_some() {
                 STREAM_TICK
@@ -764,6 +767,27 @@ impl Pool {
         Ok(())
     }
 
+    /// Starts up to `most` of the workers a pool started in the background has not started
+    /// yet; their handshakes are polled by the loop like replacements'.
+    pub(super) fn spawn_pending(&mut self, most: usize) -> Result<()> {
+        let pending: Vec<usize> = (0..self.workers.len())
+            .filter(|&w| self.workers[w].unspawned)
+            .take(most)
+            .collect();
+        for w in pending {
+            self.workers[w].unspawned = false;
+            self.begin_start(w)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a worker is on its way: not started yet, or in its handshake.
+    pub(super) fn any_starting(&self) -> bool {
+        self.workers
+            .iter()
+            .any(|w| w.unspawned || w.starting.is_some())
+    }
+
     /// Spawns a replacement for slot `w`; its handshake is polled by the loop.
     pub(super) fn begin_start(&mut self, w: usize) -> Result<u32> {
         let mut starting = spawn::spawn_worker(
@@ -784,6 +808,7 @@ impl Pool {
     /// Moves every replacement's handshake on: a ready one gets the job and its chunks; one
     /// killed or hung on the way is one more restart, and is replaced within the limits.
     fn poll_starting(&mut self, job: &mut Job) -> Result<()> {
+        self.spawn_pending(SPAWN_BATCH)?;
         for w in 0..self.workers.len() {
             let dir = &self.dir;
             let Some(starting) = self.workers[w].starting.as_mut() else {

@@ -220,6 +220,9 @@ pub struct PoolOptions {
     pub tune_allocator: bool,
     /// Raise the open-file limit when needed (see [`PoolBuilder::raise_file_limit`]).
     pub raise_file_limit: bool,
+    /// Start most workers while the first job runs (see
+    /// [`PoolBuilder::start_in_background`]).
+    pub start_in_background: bool,
 }
 
 /// Configures and starts a [`Pool`].
@@ -262,6 +265,7 @@ impl Default for PoolOptions {
             registry: Registry::builtin(),
             tune_allocator: true,
             raise_file_limit: true,
+            start_in_background: false,
         }
     }
 }
@@ -386,6 +390,17 @@ impl PoolBuilder {
         self
     }
 
+    /// Whether [`build`](Self::build) waits for every worker (the default) or only for as
+    /// many as this process may use CPUs (with [`StartMethod::Spawn`]). The others are
+    /// started by the first job while the ready ones already compute, and join it as each
+    /// connects: with hundreds of workers, the work no longer waits for the last one to
+    /// start. Until then their [`Pool::pids`] are 0. A worker that dies while starting
+    /// counts as a restart of that job.
+    pub fn start_in_background(mut self, background: bool) -> Self {
+        self.options.start_in_background = background;
+        self
+    }
+
     /// The stop request handle checked while jobs run.
     pub fn interrupt(mut self, interrupt: Interrupt) -> Self {
         self.options.supervision.interrupt = interrupt;
@@ -458,12 +473,19 @@ impl PoolBuilder {
             .unwrap_or_else(|| default_max_restarts(self.options.workers));
         let mut start_deaths = Vec::new();
         let began = Instant::now();
+        // In the background, only the first workers are waited for here.
+        let now = if self.options.start_in_background && self.options.start == StartMethod::Spawn {
+            let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+            self.options.workers.min(cpus)
+        } else {
+            self.options.workers
+        };
         let started = match self.options.start {
             StartMethod::Spawn => spawn::start_workers(
                 &exe,
                 &dir,
                 region.raw_fd(),
-                0..self.options.workers,
+                0..now,
                 self.options.handshake_timeout,
                 &pin,
                 max_restarts,
@@ -520,6 +542,12 @@ impl PoolBuilder {
             pool.workers.push(WorkerSlot::empty(s.id));
             pool.install(s)?;
         }
+        for id in now..self.options.workers {
+            pool.workers.push(WorkerSlot {
+                unspawned: true,
+                ..WorkerSlot::empty(id)
+            });
+        }
         Ok(pool)
     }
 }
@@ -541,6 +569,8 @@ struct WorkerSlot {
     starting: Option<spawn::Starting>,
     /// The job spec this process was last sent (0: none).
     spec_sent: u64,
+    /// Not started yet (a pool started in the background): a job starts it.
+    unspawned: bool,
 }
 
 impl WorkerSlot {
@@ -554,6 +584,7 @@ impl WorkerSlot {
             output: None,
             starting: None,
             spec_sent: 0,
+            unspawned: false,
         }
     }
 
@@ -1302,6 +1333,7 @@ impl Pool {
     /// Spawns a worker for slot `w` and waits for its handshake (within the restart limit,
     /// like a start); returns its pid.
     fn respawn(&mut self, w: usize) -> Result<u32> {
+        self.workers[w].unspawned = false;
         let id = self.workers[w].id;
         let mut deaths = Vec::new();
         let started = spawn::start_workers(

@@ -490,7 +490,7 @@ impl Pool {
             std::thread::yield_now();
         }
         let mut wait = INTERRUPT_TICK;
-        if self.workers.iter().any(|w| w.starting.is_some()) {
+        if self.any_starting() {
             wait = wait.min(spawn::START_TICK);
         }
         if self.observer.is_some() {
@@ -841,6 +841,7 @@ impl Pool {
     /// Moves replacements' handshakes on: a ready one gets the spec and finds the posting
     /// by itself; one lost on the way is one more restart.
     fn poll_starting_queue(&mut self, job: &mut QueueJob) -> Result<()> {
+        self.spawn_pending(super::dispatch::SPAWN_BATCH)?;
         for w in 0..self.workers.len() {
             let dir = &self.dir;
             let Some(starting) = self.workers[w].starting.as_mut() else {
