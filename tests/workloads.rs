@@ -1,5 +1,6 @@
 //! Every built-in workload, verified against the single-process run across worker counts,
-//! odd sizes, modes (processes, threads, single) and start methods (spawn, fork).
+//! odd sizes, modes (processes, threads, single), start methods (spawn, fork) and dispatch
+//! paths (queue, channel).
 
 mod common;
 
@@ -56,7 +57,7 @@ fn every_workload_is_verified_with_one_two_and_three_workers() {
 }
 
 #[test]
-fn threads_single_and_fork_give_the_same_verified_output_as_spawned_processes() {
+fn threads_single_fork_and_both_dispatches_give_the_same_verified_output() {
     for workload in WORKLOADS {
         let mut checksums = Vec::new();
         for how in [
@@ -64,6 +65,9 @@ fn threads_single_and_fork_give_the_same_verified_output_as_spawned_processes() 
             &["--mode", "threads"],
             &["--mode", "single"],
             &["--start", "fork"],
+            &["--dispatch", "channel"],
+            &["--dispatch", "channel", "--start", "fork"],
+            &["--dispatch", "queue", "--start", "fork"],
         ] {
             let sandbox = Sandbox::new();
             let mut args = vec!["--workers", "2"];
@@ -73,6 +77,11 @@ fn threads_single_and_fork_give_the_same_verified_output_as_spawned_processes() 
             assert_eq!(report["verified"], true, "{args:?}: {report}");
             match how {
                 ["--mode", mode] => assert_eq!(report["mode"], *mode, "{report}"),
+                ["--dispatch", dispatch, rest @ ..] => {
+                    assert_eq!(report["dispatch"], *dispatch, "{report}");
+                    let start = if rest.is_empty() { "spawn" } else { "fork" };
+                    assert_eq!(report["start"], start, "{report}");
+                }
                 _ => {
                     assert_eq!(report["mode"], "processes", "{report}");
                     assert_eq!(report["start"], "fork", "{report}");

@@ -27,6 +27,11 @@ pub(crate) struct AutoProbe {
     needed: u64,
     /// The choice, once made.
     pub(crate) result: Option<AutoChunk>,
+    /// The shortest chunk worth choosing, in elements (1 unless set): with the queue, a
+    /// page of output, so that two workers never write one cache line or fault one page.
+    pub(crate) floor: u64,
+    /// What a chunk's overhead is called in the reason ("messaging", "dispatch").
+    pub(crate) overhead_name: &'static str,
 }
 
 impl AutoProbe {
@@ -43,6 +48,8 @@ impl AutoProbe {
             rtt: Duration::ZERO,
             needed: workers.max(1) * inflight.max(1),
             result: None,
+            floor: 1,
+            overhead_name: "messaging",
         }
     }
 
@@ -96,23 +103,34 @@ impl AutoProbe {
         } else {
             cap
         };
-        let chosen = wanted.clamp(1, cap);
-        let reason = if wanted > cap {
+        let floored = wanted.max(self.floor);
+        let chosen = floored.clamp(1, cap);
+        let name = self.overhead_name;
+        let reason = if floored > cap {
             let limit = if cap == boundary {
                 "a chunk may not outgrow a streaming window".to_string()
             } else {
                 format!("that would leave workers fewer than {MIN_CHUNKS_PER_WORKER} chunks each")
             };
             format!(
-                "a chunk should compute ≥ {COMPUTE_OVER_OVERHEAD}× its {:.1} µs messaging cost \
-                 ({wanted} elements at {:.3} µs each), but {limit}, so {chosen}",
+                "a chunk should compute ≥ {COMPUTE_OVER_OVERHEAD}× its {:.1} µs {name} cost \
+                 ({floored} elements at {:.3} µs each), but {limit}, so {chosen}",
                 overhead_s * 1e6,
                 per_element_s * 1e6
+            )
+        } else if floored > wanted {
+            format!(
+                "{wanted} elements at {:.3} µs each would compute for ≈ \
+                 {COMPUTE_OVER_OVERHEAD}× the {:.2} µs a chunk costs in {name}, but a chunk \
+                 fills at least a page of output ({chosen} elements), so that no two workers \
+                 write one cache line or fault one page",
+                per_element_s * 1e6,
+                overhead_s * 1e6
             )
         } else {
             format!(
                 "{chosen} elements at {:.3} µs each compute for ≈ {COMPUTE_OVER_OVERHEAD}× the \
-                 {:.1} µs a chunk costs in messaging",
+                 {:.1} µs a chunk costs in {name}",
                 per_element_s * 1e6,
                 overhead_s * 1e6
             )
@@ -214,5 +232,21 @@ mod tests {
         );
         probe.choose(0, u64::MAX, 4);
         assert!(!probe.awaits(1), "chosen: no more probes");
+    }
+
+    #[test]
+    fn the_queue_never_chooses_less_than_a_page_of_output() {
+        // 0.3 µs of dispatch, 0.2 µs an element: 30 elements would do, a page of u64 is 512.
+        let mut probe = probed(Duration::from_nanos(200), Duration::from_nanos(300));
+        probe.floor = 512;
+        probe.overhead_name = "dispatch";
+        let chosen = probe.choose(1_000_000, u64::MAX, 2);
+        assert_eq!(chosen.chosen, 512);
+        assert!(
+            chosen.reason.contains("a page of output"),
+            "{}",
+            chosen.reason
+        );
+        assert!(chosen.reason.contains("in dispatch"), "{}", chosen.reason);
     }
 }

@@ -217,7 +217,9 @@ impl Pool {
         let schedule = dispenser.schedule();
         let measured = options.auto_chunk && schedule != Schedule::Static && n > 0;
         let (geometry, auto, first_end) = if measured {
-            let probe = AutoProbe::new(n, workers as u64, PROBES_PER_WORKER);
+            let mut probe = AutoProbe::new(n, workers as u64, PROBES_PER_WORKER);
+            probe.floor = (4096 / u64::from(spec.elem_size.max(1))).max(1);
+            probe.overhead_name = "dispatch";
             let (g, _, end) = probe_plan(n, workers, dispenser.boundary());
             (g, Some(probe), end)
         } else {
