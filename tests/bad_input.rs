@@ -152,6 +152,25 @@ fn inflight_zero_is_refused_with_exit_2() {
 }
 
 #[test]
+fn results_through_the_channel_with_the_queue_are_refused_naming_both_flags() {
+    let line = refused(&[
+        "--dispatch",
+        "queue",
+        "--transport",
+        "channel",
+        "squares",
+        "10",
+    ]);
+    assert_names(&line, &["--transport channel", "--dispatch channel"]);
+}
+
+#[test]
+fn a_fixed_inflight_without_channel_dispatch_is_refused() {
+    let line = refused(&["--inflight", "4", "squares", "10"]);
+    assert_names(&line, &["--inflight 4", "--dispatch channel"]);
+}
+
+#[test]
 fn unknown_fault_action_is_refused_with_exit_2() {
     let line = refused(&["--workers", "2", "squares", "10", "--inject", "boom@1"]);
     assert_names(&line, &["--inject", "boom"]);

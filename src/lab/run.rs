@@ -556,6 +556,9 @@ fn validate(
         options.pool.inflight,
         options.job.chunk_size,
     )?;
+    if options.mode == Mode::Processes {
+        crate::engine::pool::check_dispatch(&options.job)?;
+    }
     if options.mode != Mode::Processes && !options.job.faults.is_empty() {
         return Err(Error::invalid(
             "faults",

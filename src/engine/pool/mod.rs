@@ -86,6 +86,18 @@ pub(crate) fn check_counts(workers: usize, inflight: usize, chunk_size: Option<u
     check_chunk_size(chunk_size)
 }
 
+/// Results through the channel travel in each chunk's reply: the queue has none.
+pub(crate) fn check_dispatch(options: &JobOptions) -> Result<()> {
+    if options.dispatch == Dispatch::Queue && options.transport == Transport::Channel {
+        return Err(Error::invalid(
+            "transport",
+            "`transport` channel sends results back in each chunk's reply, and the shared-memory \
+             queue has no replies: use `dispatch` channel with it (or `transport` shm)",
+        ));
+    }
+    Ok(())
+}
+
 /// A chunk length, when one is given, is at least 1.
 fn check_chunk_size(chunk_size: Option<u64>) -> Result<()> {
     chunk_size.map_or(Ok(()), |size| check_count("chunk_size", size))
@@ -989,13 +1001,7 @@ impl Pool {
             self.memory_checked = results_len;
         }
         check_chunk_size(options.chunk_size)?;
-        if options.dispatch == Dispatch::Queue && options.transport == Transport::Channel {
-            return Err(Error::invalid(
-                "transport",
-                "`transport` channel sends results back in each chunk's reply, and the \
-                 queue has no replies: use `dispatch` channel with it (or `transport` shm)",
-            ));
-        }
+        check_dispatch(options)?;
         let workers = self.workers.len();
         let chunk_size = options.chunk_size.or_else(|| {
             if W::WAITS && !options.auto_chunk {
