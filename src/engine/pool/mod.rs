@@ -297,15 +297,18 @@ impl PoolBuilder {
         self
     }
 
-    /// A fixed number of chunks in flight per worker, for every job (default: chosen per
-    /// job, see [`PoolBuilder::inflight_auto`]).
+    /// A fixed number of chunks in flight per worker, for every job dispatched over the
+    /// channels ([`Dispatch::Channel`]; default: chosen per job, see
+    /// [`PoolBuilder::inflight_auto`]). The shared-memory queue, the default dispatch,
+    /// sends no chunk messages and ignores it: each worker holds the one chunk it claimed.
     pub fn inflight(mut self, inflight: usize) -> Self {
         self.options.inflight = inflight;
         self.options.inflight_auto = false;
         self
     }
 
-    /// Each job chooses its chunks in flight per worker (the default): it starts at
+    /// Each job dispatched over the channels chooses its chunks in flight per worker (the
+    /// default): it starts at
     /// [`PoolBuilder::DEFAULT_INFLIGHT`], times its first chunks, and when a chunk computes
     /// for less than a message's round trip costs, queues more per worker (at most
     /// [`PoolBuilder::AUTO_MAX_INFLIGHT`]), so a worker never waits for its next chunk.
