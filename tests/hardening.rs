@@ -314,6 +314,9 @@ fn the_hidden_worker_entry_started_by_hand_gives_up_and_deletes_nothing() {
         "0",
         &fd.to_string(),
         "500",
+        // Its parent: this test, as procpool would be.
+        &std::process::id().to_string(),
+        "-",
     ])
     .env("TMPDIR", scratch.path())
     .stdout(Stdio::null())
@@ -478,4 +481,54 @@ fn a_tmpdir_too_long_for_a_socket_path_is_refused_up_front() {
     );
     assert!(dir_entries(&long).is_empty(), "nothing left in TMPDIR");
     assert_no_tagged_process(&out.tag, &out.args);
+}
+
+#[test]
+fn a_worker_whose_parent_is_not_the_one_it_was_told_gives_up_at_once() {
+    // Started by someone other than procpool (or re-parented because procpool died before
+    // the worker armed its death signal): it must not wait for a connection at all.
+    let scratch = tempfile::tempdir().unwrap();
+    let (_report, report_end) = std::io::pipe().unwrap();
+    let fd = {
+        use std::os::fd::AsRawFd;
+        report_end.as_raw_fd()
+    };
+    let mut cmd = Command::new(EXE);
+    cmd.args([
+        "__procpool_worker",
+        &fd.to_string(),
+        "0",
+        &fd.to_string(),
+        "60000",
+        "1",
+        "-",
+    ])
+    .env("TMPDIR", scratch.path())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    // SAFETY: fcntl is async-signal-safe; it clears close-on-exec on the pipe's write end
+    // in the child only.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(report_end);
+    let status = wait_child(&mut child, Duration::from_secs(20)).expect("gives up at once");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("(pid 1) is gone"), "{stderr}");
+    assert!(dir_entries(scratch.path()).is_empty(), "it made no socket");
 }

@@ -12,7 +12,7 @@
 //! - `protocol`: the messages between parent and workers.
 //! - `control`: the control block, the shared-memory chunk queue: the atomics and futexes.
 //! - `shm`: the shared region (a memfd) and its mappings: most of the crate's `unsafe`.
-//! - `sys`: process set-up between fork and exec, reaping, CPU affinity, resource limits.
+//! - `sys`: starting processes (`posix_spawn`, fork), reaping, CPU affinity, resource limits.
 //! - `schedule`: cutting `0..n` into chunks (static, dynamic, guided).
 //! - `fault`: fault injection (`--inject`).
 //! - `interrupt`: Ctrl-C and SIGTERM.

@@ -1,57 +1,142 @@
 //! Operating-system corners of starting and stopping workers.
 //!
-//! Everything that must run between `fork` and `exec` lives here, in one `unsafe` hook with a
-//! short list of async-signal-safe calls, so the rest of the pool stays safe code.
+//! Spawning a worker (`posix_spawn`), forking one, reaping, CPU affinity and resource
+//! limits live here, each `unsafe` call with its reason, so the rest of the pool stays safe
+//! code.
 
 pub(crate) use crate::error::ExitCause;
 
 use std::io;
 use std::os::fd::RawFd;
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::time::Duration;
 
-use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::fcntl::{FcntlArg, fcntl};
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, getppid};
 
-/// Arranges for the command's child to
-/// - die with SIGKILL when the thread that started it exits (`PR_SET_PDEATHSIG`; a pool
-///   starts its workers from a thread that lives as long as the pool), so a SIGKILLed
-///   procpool never leaves workers behind;
-/// - exit at once if its parent already died before the death signal was armed;
-/// - inherit `keep_fds` (the shared region, the handshake pipe), which are close-on-exec
-///   everywhere else;
-/// - run only on CPU `pin`, when given.
-pub(crate) fn prepare_worker_command(cmd: &mut Command, keep_fds: [RawFd; 2], pin: Option<usize>) {
-    let parent = nix::unistd::getpid();
-    let cpus = pin.and_then(cpu_set_of);
-    // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe functions may be called. It calls prctl, getppid, fcntl,
-    // sched_setaffinity and _exit (all plain system calls), allocates nothing and takes no
-    // lock (the CPU set was built before the fork).
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-            if getppid() != parent {
-                // The parent died before the death signal was armed: nobody will ever
-                // talk to us.
-                libc::_exit(1);
-            }
-            for keep in keep_fds {
-                // SAFETY (fd): each of `keep_fds` is open in the parent, so across the fork;
-                // clearing close-on-exec in the child affects only the child's table.
-                let fd = std::os::fd::BorrowedFd::borrow_raw(keep);
-                fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
-            }
-            if let Some(cpus) = &cpus {
-                nix::sched::sched_setaffinity(Pid::from_raw(0), cpus)?;
-            }
+/// What a spawned worker's process gets: its program, arguments and environment, where its
+/// output goes, and the descriptors it inherits.
+#[derive(Debug)]
+pub(crate) struct SpawnSpec {
+    /// The executable.
+    pub(crate) program: std::ffi::CString,
+    /// `argv`, the program's name first.
+    pub(crate) args: Vec<std::ffi::CString>,
+    /// The whole environment, `NAME=value` each.
+    pub(crate) env: Vec<std::ffi::CString>,
+    /// Becomes the child's stdout and stderr.
+    pub(crate) output: (RawFd, RawFd),
+    /// Open in this process and close-on-exec; inherited by the child (only).
+    pub(crate) keep: Vec<RawFd>,
+}
+
+/// Starts `spec` with `posix_spawn` and returns its process id.
+///
+/// glibc's `posix_spawn` runs the child in the parent's memory until it execs (`CLONE_VM |
+/// CLONE_VFORK`), so starting a worker costs the same whatever this process holds: no page
+/// tables are copied, however many threads and mappings the pool has by then. Nothing of
+/// ours runs between the clone and the exec, so what a `pre_exec` hook would do happens in
+/// the worker itself, first thing ([`arm_worker`]): the death signal, the check that its
+/// parent still lives, the CPU pin. In the child: stdin is `/dev/null`, stdout and stderr
+/// are `spec.output`, each of `spec.keep` is duplicated onto itself (which clears its
+/// close-on-exec flag in the child alone, glibc ≥ 2.29), no signal is blocked and SIGPIPE
+/// has its default action.
+pub(crate) fn spawn_process(spec: &SpawnSpec) -> io::Result<u32> {
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
             Ok(())
-        });
+        } else {
+            Err(io::Error::from_raw_os_error(rc))
+        }
+    };
+    let mut argv: Vec<*mut libc::c_char> =
+        spec.args.iter().map(|a| a.as_ptr().cast_mut()).collect();
+    argv.push(std::ptr::null_mut());
+    let mut envp: Vec<*mut libc::c_char> = spec.env.iter().map(|e| e.as_ptr().cast_mut()).collect();
+    envp.push(std::ptr::null_mut());
+    let dev_null = c"/dev/null";
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: the file actions and attributes are initialised before use and destroyed on
+    // every path below; every pointer handed to posix_spawn (program, argv, envp, their
+    // strings, /dev/null) lives until it returns, and argv and envp end with a null. The
+    // descriptors are open in this process (the caller holds them); duplicating them is
+    // done in the child only. posix_spawn writes only `pid`.
+    unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        check(libc::posix_spawn_file_actions_init(&mut actions))?;
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        if let Err(e) = check(libc::posix_spawnattr_init(&mut attr)) {
+            libc::posix_spawn_file_actions_destroy(&mut actions);
+            return Err(e);
+        }
+        let result = (|| -> io::Result<()> {
+            check(libc::posix_spawn_file_actions_addopen(
+                &mut actions,
+                0,
+                dev_null.as_ptr(),
+                libc::O_RDONLY,
+                0,
+            ))?;
+            check(libc::posix_spawn_file_actions_adddup2(
+                &mut actions,
+                spec.output.0,
+                1,
+            ))?;
+            check(libc::posix_spawn_file_actions_adddup2(
+                &mut actions,
+                spec.output.1,
+                2,
+            ))?;
+            for &fd in &spec.keep {
+                check(libc::posix_spawn_file_actions_adddup2(&mut actions, fd, fd))?;
+            }
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            check(libc::posix_spawnattr_setsigmask(&mut attr, &none))?;
+            let mut pipe: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut pipe);
+            libc::sigaddset(&mut pipe, libc::SIGPIPE);
+            check(libc::posix_spawnattr_setsigdefault(&mut attr, &pipe))?;
+            let flags = libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF;
+            check(libc::posix_spawnattr_setflags(
+                &mut attr,
+                flags as libc::c_short,
+            ))?;
+            check(libc::posix_spawn(
+                &mut pid,
+                spec.program.as_ptr(),
+                &actions,
+                &attr,
+                argv.as_ptr(),
+                envp.as_ptr(),
+            ))
+        })();
+        libc::posix_spawnattr_destroy(&mut attr);
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        result?;
     }
+    Ok(pid as u32)
+}
+
+/// First thing in a spawned worker: die with SIGKILL when the thread that started it ends
+/// (`PR_SET_PDEATHSIG`; a pool starts its workers from a thread that lives as long as the
+/// pool), so a SIGKILLed procpool never leaves workers behind; and give up at once if
+/// `parent` already died before the death signal was armed (this process was then handed
+/// to another parent). Then run only on CPU `pin`, when given.
+pub(crate) fn arm_worker(parent: u32, pin: Option<usize>) -> Result<(), String> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+        .map_err(|e| format!("cannot arm the death signal: {e}"))?;
+    if getppid().as_raw() as u32 != parent {
+        return Err(format!(
+            "procpool (pid {parent}) is gone: nobody will talk to this worker"
+        ));
+    }
+    if let Some(cpu) = pin {
+        pin_to(cpu).map_err(|e| format!("cannot pin to CPU {cpu}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// A child process of ours, started by `spawn` or by `fork`, waited for with `waitpid`.
@@ -372,6 +457,7 @@ pub(crate) fn process_limit() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
 
     #[test]
     fn this_process_has_a_plausible_age() {

@@ -38,6 +38,10 @@ pub(crate) struct WorkerArgs {
     pub report_fd: RawFd,
     /// How long the worker waits for procpool to connect before it gives up.
     pub timeout: Duration,
+    /// procpool's process id: a worker whose parent is someone else gives up at once.
+    pub parent: u32,
+    /// The CPU the worker pins itself to, if any.
+    pub cpu: Option<usize>,
 }
 
 impl WorkerArgs {
@@ -53,6 +57,8 @@ impl WorkerArgs {
                 .as_millis()
                 .clamp(1, u128::from(u64::MAX))
                 .to_string(),
+            self.parent.to_string(),
+            self.cpu.map_or("-".to_string(), |c| c.to_string()),
         ]
     }
 
@@ -65,20 +71,29 @@ impl WorkerArgs {
                 .ok_or_else(|| format!("bad descriptor `{s}`"))
         };
         match args {
-            [flag, shm, id, report, timeout_ms] if flag == WORKER_ARG => Ok(WorkerArgs {
-                shm_fd: fd(shm)?,
-                id: id.parse().map_err(|_| format!("bad id `{id}`"))?,
-                report_fd: fd(report)?,
-                timeout: timeout_ms
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|&ms| ms > 0)
-                    .map(Duration::from_millis)
-                    .ok_or_else(|| format!("bad timeout `{timeout_ms}`"))?,
-            }),
+            [flag, shm, id, report, timeout_ms, parent, cpu] if flag == WORKER_ARG => {
+                Ok(WorkerArgs {
+                    shm_fd: fd(shm)?,
+                    id: id.parse().map_err(|_| format!("bad id `{id}`"))?,
+                    report_fd: fd(report)?,
+                    timeout: timeout_ms
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|&ms| ms > 0)
+                        .map(Duration::from_millis)
+                        .ok_or_else(|| format!("bad timeout `{timeout_ms}`"))?,
+                    parent: parent
+                        .parse()
+                        .map_err(|_| format!("bad parent `{parent}`"))?,
+                    cpu: match cpu.as_str() {
+                        "-" => None,
+                        n => Some(n.parse().map_err(|_| format!("bad CPU `{n}`"))?),
+                    },
+                })
+            }
             _ => Err(format!(
-                "usage: {WORKER_ARG} SHM_FD ID REPORT_FD TIMEOUT_MS (this entry is started by \
-                 procpool itself)"
+                "usage: {WORKER_ARG} SHM_FD ID REPORT_FD TIMEOUT_MS PARENT_PID CPU|- (this \
+                 entry is started by procpool itself)"
             )),
         }
     }
@@ -147,6 +162,7 @@ pub(crate) fn serve(args: &WorkerArgs, registry: &Registry) -> i32 {
 }
 
 fn serve_inner(args: &WorkerArgs, registry: &Registry) -> Result<(), String> {
+    crate::engine::sys::arm_worker(args.parent, args.cpu)?;
     for (fd, what) in [(args.shm_fd, "SHM_FD"), (args.report_fd, "REPORT_FD")] {
         if !crate::engine::sys::fd_is_open(fd) {
             return Err(format!(
@@ -706,6 +722,8 @@ mod tests {
             id: 3,
             report_fd: 7,
             timeout: Duration::from_millis(1500),
+            parent: 42,
+            cpu: Some(1),
         };
         assert_eq!(WorkerArgs::from_args(&a.to_args()), Ok(a.clone()));
         assert!(WorkerArgs::from_args(&["x".into()]).is_err());

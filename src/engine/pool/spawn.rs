@@ -20,9 +20,8 @@
 
 use std::io;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -34,7 +33,7 @@ use crate::engine::interrupt::Interrupt;
 use crate::engine::protocol::{
     FromWorker, PROTOCOL_VERSION, Registered, ToWorker, welcome_wire_size, wire_size,
 };
-use crate::engine::sys::{ExitCause, Process, prepare_worker_command};
+use crate::engine::sys::{ExitCause, Process, SpawnSpec};
 use crate::engine::worker::WorkerArgs;
 use crate::error::{Doing, Error, Loss, LossCause, Phase, Result};
 use crate::workload::Registry;
@@ -363,7 +362,7 @@ pub(crate) struct WorkerExe {
 }
 
 /// A request to the spawner thread: a command to start, and where to say how it went.
-type SpawnRequest = (Command, std::sync::mpsc::Sender<io::Result<u32>>);
+type SpawnRequest = (SpawnSpec, std::sync::mpsc::Sender<io::Result<u32>>);
 
 /// The thread a pool starts its spawned workers from.
 ///
@@ -386,10 +385,9 @@ impl Spawner {
             .name("procpool-spawner".into())
             .stack_size(256 * 1024)
             .spawn(move || {
-                for (mut cmd, reply) in incoming {
-                    // std's handle is dropped (that neither waits nor kills); the pool reaps
-                    // the worker with waitpid, which works from any thread.
-                    let _ = reply.send(cmd.spawn().map(|child| child.id()));
+                for (spec, reply) in incoming {
+                    // The pool reaps the worker with waitpid, which works from any thread.
+                    let _ = reply.send(crate::engine::sys::spawn_process(&spec));
                 }
             })?;
         Ok(Spawner {
@@ -398,14 +396,14 @@ impl Spawner {
         })
     }
 
-    /// Starts `cmd` from the spawner thread; its process id.
-    fn spawn(&self, cmd: Command) -> io::Result<u32> {
+    /// Starts `spec` from the spawner thread; its process id.
+    fn spawn(&self, spec: SpawnSpec) -> io::Result<u32> {
         let gone = || io::Error::other("the pool's spawner thread is gone");
         let (reply, answer) = std::sync::mpsc::channel();
         self.requests
             .as_ref()
             .ok_or_else(gone)?
-            .send((cmd, reply))
+            .send((spec, reply))
             .map_err(|_| gone())?;
         answer.recv().map_err(|_| gone())?
     }
@@ -427,24 +425,69 @@ pub(crate) const TEST_WORKER_NAME: &str = "__procpool_test_worker";
 pub(crate) const TEST_WORKER_ENV: &str = "PROCPOOL_TEST_WORKER";
 
 impl WorkerExe {
-    /// The command that starts a worker with `args`.
-    fn command(&self, args: &WorkerArgs) -> Command {
-        let mut cmd = Command::new(&self.path);
+    /// What starts a worker with `args`: `TMPDIR` set to `tmpdir`, output to `output`,
+    /// inheriting `keep`.
+    fn spec(
+        &self,
+        args: &WorkerArgs,
+        tmpdir: &std::path::Path,
+        output: (RawFd, RawFd),
+        keep: Vec<RawFd>,
+    ) -> io::Result<SpawnSpec> {
+        use std::ffi::{CString, OsStr, OsString};
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let c = |s: &OsStr| {
+            CString::new(s.as_bytes()).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{s:?} holds a NUL byte"),
+                )
+            })
+        };
+        let program = c(self.path.as_os_str())?;
+        let mut argv = vec![program.clone()];
+        let mut set: Vec<(OsString, OsString)> = vec![("TMPDIR".into(), tmpdir.into())];
         if self.via_test {
             // libtest runs the one hidden test (it is #[ignore]d, so only with --ignored),
             // on one thread, printing nothing of its own but a header line.
-            cmd.args([
+            for a in [
                 TEST_WORKER_NAME,
                 "--ignored",
                 "--nocapture",
                 "--test-threads=1",
                 "-q",
-            ])
-            .env(TEST_WORKER_ENV, args.to_args().join(" "));
+            ] {
+                argv.push(c(OsStr::new(a))?);
+            }
+            set.push((TEST_WORKER_ENV.into(), args.to_args().join(" ").into()));
         } else {
-            cmd.args(args.to_args());
+            for a in args.to_args() {
+                argv.push(c(OsStr::new(&a))?);
+            }
         }
-        cmd
+        let mut env = Vec::new();
+        for (name, value) in std::env::vars_os().filter(|(n, _)| !set.iter().any(|(s, _)| s == n)) {
+            env.push([name, value]);
+        }
+        for (name, value) in set {
+            env.push([name, value]);
+        }
+        let env = env
+            .into_iter()
+            .map(|[name, value]| {
+                let mut pair = name.into_vec();
+                pair.push(b'=');
+                pair.extend(value.into_vec());
+                c(OsStr::from_bytes(&pair))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(SpawnSpec {
+            program,
+            args: argv,
+            env,
+            output,
+            keep,
+        })
     }
 }
 
@@ -463,31 +506,30 @@ pub(crate) fn spawn_worker(
     // on our stderr as `[worker N] ...`: a kernel's println! never mixes into the report on
     // stdout, and a panic message says whose it is.
     let (output, output_end) = io::pipe().map_err(fail)?;
-    let output_end2 = output_end.try_clone().map_err(fail)?;
     let args = WorkerArgs {
         shm_fd,
         id,
         report_fd: report_end.as_raw_fd(),
         timeout,
+        parent: std::process::id(),
+        cpu: cpu_for(id, pin),
     };
-    let mut cmd = exe.command(&args);
-    cmd.env("TMPDIR", dir.path())
-        .stdin(Stdio::null())
-        .stdout(output_end)
-        .stderr(output_end2);
-    prepare_worker_command(&mut cmd, [shm_fd, report_end.as_raw_fd()], cpu_for(id, pin));
-    // From the pool's spawner thread when it has one (see [`Spawner`]). std's handle is
-    // dropped (that neither waits nor kills); the pool reaps the worker with waitpid, like a
-    // forked one. The command goes with it: our copies of the pipes' write ends close, or
-    // the readers would never see EOF.
+    let spec = exe
+        .spec(
+            &args,
+            dir.path(),
+            (output_end.as_raw_fd(), output_end.as_raw_fd()),
+            vec![shm_fd, report_end.as_raw_fd()],
+        )
+        .map_err(fail)?;
+    // From the pool's spawner thread when it has one (see [`Spawner`]); the pool reaps the
+    // worker with waitpid, like a forked one.
     let pid = match &exe.spawner {
-        Some(spawner) => spawner.spawn(cmd).map_err(fail)?,
-        None => {
-            let pid = cmd.spawn().map_err(fail)?.id();
-            drop(cmd);
-            pid
-        }
+        Some(spawner) => spawner.spawn(spec).map_err(fail)?,
+        None => crate::engine::sys::spawn_process(&spec).map_err(fail)?,
     };
+    // Our copies of the pipes' write ends close, or the readers would never see EOF.
+    drop(output_end);
     let child = Process::from_pid(pid);
     drop(report_end);
     let nonblocking = nix::fcntl::fcntl(
