@@ -2,7 +2,8 @@
 //!
 //! [`Interrupt::install`] registers signal-hook handlers for SIGINT and SIGTERM (call it at
 //! the top of `main`, before any thread starts). The first signal only records itself; the
-//! pool notices within a few milliseconds, stops handing out chunks, asks its workers to
+//! pool notices at once when the signal lands on its thread (its wait ends on EINTR), within
+//! 100 ms otherwise, stops handing out chunks, asks its workers to
 //! stop, escalates to SIGTERM and SIGKILL, reaps them, and returns
 //! [`crate::Error::Interrupted`]. A second signal exits the process at once with 128 + the
 //! signal number; the workers then die with it (`PR_SET_PDEATHSIG`).

@@ -170,7 +170,8 @@ pub struct Supervision {
     pub chunk_timeout: Option<Duration>,
     /// Grace period at each step of a stop: Shutdown message, then SIGTERM, then SIGKILL.
     pub grace: Duration,
-    /// Set by SIGINT/SIGTERM (see [`Interrupt::install`]); checked every few milliseconds.
+    /// Set by SIGINT/SIGTERM (see [`Interrupt::install`]); the dispatch loop sees it at
+    /// once when the signal interrupts its wait, and within 100 ms otherwise.
     pub interrupt: Interrupt,
     /// Retry a chunk whose kernel panicked, like a crash (default: no; a panic fails the
     /// job with [`Error::KernelPanicked`], since the same input would panic again).

@@ -38,8 +38,12 @@ use crate::engine::protocol::{Dispatch, FromWorker, JobSpec, Layout};
 use crate::engine::schedule::{Dispenser, Geometry, Schedule};
 use crate::error::{Error, LossCause, Phase, Result};
 
-/// How often the loop looks at the interrupt flag while nothing else wakes it.
-const INTERRUPT_TICK: Duration = Duration::from_millis(20);
+/// The longest the loop sleeps without looking at the interrupt flag. A SIGINT or SIGTERM
+/// that lands on the loop's own thread (the main thread, in the `procpool` command, where
+/// the kernel delivers it when that thread sleeps) cuts the sleep short at once: the wait
+/// returns on EINTR. This bounds the wait when it lands on another thread, or when a
+/// library caller calls [`crate::Interrupt::request`] from one.
+const INTERRUPT_TICK: Duration = Duration::from_millis(100);
 /// How often an observer hears of progress.
 const PROGRESS_TICK: Duration = Duration::from_millis(100);
 /// How long the loop checks for the end of the job before it sleeps: a short job ends
