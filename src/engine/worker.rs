@@ -472,8 +472,15 @@ impl Worker<'_> {
         let total = posting.n - posting.start;
         let mut between = Instant::now();
         let mut first = true;
-        while let Some((index, attempt)) = self.control.claim(self.slot, posting.chunks, statically)
-        {
+        loop {
+            // A stopped job (an interrupt, a failure): claim nothing more.
+            if self.control.shutting_down() {
+                return Err(Stop::Asked);
+            }
+            let Some((index, attempt)) = self.control.claim(self.slot, posting.chunks, statically)
+            else {
+                break;
+            };
             while !self.control.may_run(index) {
                 // Streaming: this chunk's window slot is not free yet.
                 let seen = self.control.epoch();
