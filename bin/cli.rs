@@ -167,6 +167,16 @@ pub(crate) struct RunArgs {
     #[arg(long, global = true, value_name = "M", allow_negative_numbers = true, value_parser = parse_n)]
     pub max_restarts: Option<u64>,
 
+    /// Replace each worker process after it has run N chunks (Python's maxtasksperchild):
+    /// a recycle, not a death
+    #[arg(long, global = true, value_name = "N", allow_negative_numbers = true, value_parser = parse_n)]
+    pub max_chunks_per_worker: Option<u64>,
+
+    /// Replace a worker process, between chunks, once its resident memory passes BYTES
+    /// (e.g. 512MiB): a recycle, not a death
+    #[arg(long, global = true, value_name = "BYTES", allow_negative_numbers = true, value_parser = parse_bytes)]
+    pub max_worker_rss: Option<u64>,
+
     /// Retry a chunk whose kernel panicked, like a crash (by default a panic fails the run
     /// at once, naming the chunk and the panic: the same input would panic again)
     #[arg(long, global = true)]
@@ -524,6 +534,8 @@ const FLAGS: &[(&str, &str)] = &[
     ("`start`", "--start"),
     ("`sizes`", "--sizes"),
     ("`max_restarts`", "--max-restarts"),
+    ("`max_chunks_per_worker`", "--max-chunks-per-worker"),
+    ("`max_worker_rss`", "--max-worker-rss"),
 ];
 
 /// A library refusal in the command line's words: its flags where the library names its

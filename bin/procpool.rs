@@ -171,6 +171,8 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
             // Lines for lost workers always; a bar never with --json, and only on a terminal.
             observer: Some(std::sync::Arc::new(progress::Terminal::new(!args.json))),
             start_in_background: true,
+            max_chunks_per_worker: args.max_chunks_per_worker,
+            max_worker_rss: args.max_worker_rss,
             ..procpool::PoolOptions::default()
         },
         job: procpool::JobOptions {

@@ -171,6 +171,14 @@ fn a_fixed_inflight_without_channel_dispatch_is_refused() {
 }
 
 #[test]
+fn recycling_limits_of_zero_are_refused_naming_the_flag() {
+    let line = refused(&["--max-chunks-per-worker", "0", "squares", "10"]);
+    assert_names(&line, &["--max-chunks-per-worker", "0"]);
+    let line = refused(&["--max-worker-rss", "0", "squares", "10"]);
+    assert_names(&line, &["--max-worker-rss", "0"]);
+}
+
+#[test]
 fn unknown_fault_action_is_refused_with_exit_2() {
     let line = refused(&["--workers", "2", "squares", "10", "--inject", "boom@1"]);
     assert_names(&line, &["--inject", "boom"]);

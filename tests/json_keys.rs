@@ -58,6 +58,7 @@ const TOP: &[&str] = &[
     "wake_messages",
     "per_worker",
     "restarts",
+    "recycles",
     "retried_chunks",
     "deaths",
     "reduction",

@@ -513,3 +513,34 @@ fn workers_started_in_the_background_join_the_first_job_on_both_dispatches() {
         assert_squares(run.results(), 1000);
     }
 }
+
+#[test]
+fn a_pool_with_a_chunk_limit_recycles_its_workers_between_chunks_and_jobs() {
+    for dispatch in [procpool::Dispatch::Queue, procpool::Dispatch::Channel] {
+        let mut pool = Pool::builder()
+            .workers(2)
+            .worker_exe(EXE)
+            .max_chunks_per_worker(3)
+            .build()
+            .expect("pool");
+        let before = pool.pids();
+        let options = procpool::JobOptions {
+            chunk_size: Some(100),
+            dispatch,
+            ..Default::default()
+        };
+        for _ in 0..2 {
+            let run = pool.run_with(&Squares, 5000, &options).expect("run");
+            assert_squares(run.results(), 5000);
+            let stats = run.stats();
+            assert!(stats.recycles >= 10, "{dispatch}: {stats:?}");
+            assert_eq!(stats.restarts, 0, "{dispatch}");
+            assert!(stats.deaths.is_empty(), "{dispatch}");
+        }
+        let after = pool.pids();
+        assert!(
+            after.iter().all(|p| !before.contains(p)),
+            "{before:?} → {after:?}"
+        );
+    }
+}

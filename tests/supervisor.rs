@@ -238,6 +238,45 @@ fn a_worker_killed_holding_a_claimed_chunk_is_replaced_and_its_chunk_retried(
     sandbox.assert_nothing_left(&out);
 }
 
+fn workers_are_recycled_after_n_chunks_and_past_a_memory_cap_without_a_death(
+    dispatch: &'static str,
+) {
+    // 100 chunks, a fresh process every 7 chunks: about 100 / 7 recycles.
+    let sandbox = Sandbox::with_dispatch(dispatch);
+    let base = [
+        "--workers",
+        "2",
+        "--chunk-size",
+        "1000",
+        "squares",
+        "1e5",
+        "--json",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--max-chunks-per-worker", "7"]);
+    let out = sandbox.run(&args);
+    out.assert_code(EXIT_OK);
+    let r = out.json();
+    assert_eq!(r["verified"], true, "{r}");
+    assert_eq!(r["checksum"], squares_checksum(100_000), "{r}");
+    assert_eq!(r["restarts"], 0, "a recycle is not a death: {r}");
+    assert_eq!(r["deaths"].as_array().map(Vec::len), Some(0), "{r}");
+    let recycles = r["recycles"].as_u64().unwrap();
+    assert!((6..=100).contains(&recycles), "{recycles} recycles: {r}");
+    sandbox.assert_nothing_left(&out);
+
+    // A cap of one byte of resident memory: every process retires after one chunk.
+    let mut args = base.to_vec();
+    args.extend(["--max-worker-rss", "1"]);
+    let out = sandbox.run(&args);
+    out.assert_code(EXIT_OK);
+    let r = out.json();
+    assert_eq!(r["verified"], true, "{r}");
+    assert_eq!(r["restarts"], 0, "{r}");
+    assert!(r["recycles"].as_u64().unwrap() >= 10, "{r}");
+    sandbox.assert_nothing_left(&out);
+}
+
 /// SIGINT or SIGTERM mid-run: exit code 128 + signal, a line saying what was done, and every
 /// worker (even a hung one that ignores the stop message) stopped and reaped.
 fn stop_mid_run(sig: Signal, code: i32, dispatch: &'static str) {
@@ -353,6 +392,7 @@ fn sigkilled_procpool_takes_every_worker_with_it_within_a_second() {
 }
 
 on_both_dispatches!(
+    workers_are_recycled_after_n_chunks_and_past_a_memory_cap_without_a_death,
     a_worker_killed_holding_a_claimed_chunk_is_replaced_and_its_chunk_retried,
     worker_sigkilled_from_outside_mid_run_is_replaced_and_the_run_verifies,
     injected_panic_abort_segv_and_hang_are_each_recovered,

@@ -93,6 +93,8 @@ mod at {
     pub(super) const TABLE_AT: usize = 624;
     pub(super) const RING: usize = 632;
     pub(super) const WINDOW_ELEMS: usize = 640;
+    pub(super) const RECYCLE_CHUNKS: usize = 648;
+    pub(super) const RECYCLE_RSS: usize = 656;
 }
 
 /// Slot offsets (from the slot's start).
@@ -219,6 +221,10 @@ pub(crate) struct Posting {
     pub(crate) window_elems: u64,
     /// Streaming: chunks from this index on may not run yet (`u64::MAX`: no limit).
     pub(crate) limit: u64,
+    /// A worker process retires after this many chunks (0: never).
+    pub(crate) recycle_chunks: u64,
+    /// A worker process retires once its resident memory passes this many bytes (0: never).
+    pub(crate) recycle_rss: u64,
 }
 
 impl Posting {
@@ -357,6 +363,8 @@ impl Control {
             (at::DONE, 0),
             (at::DEATHS, 0),
             (at::LIMIT, p.limit),
+            (at::RECYCLE_CHUNKS, p.recycle_chunks),
+            (at::RECYCLE_RSS, p.recycle_rss),
         ] {
             self.word(offset).store(value, Ordering::Relaxed);
         }
@@ -600,6 +608,8 @@ impl Control {
             ring: get(at::RING),
             window_elems: get(at::WINDOW_ELEMS),
             limit: get(at::LIMIT),
+            recycle_chunks: get(at::RECYCLE_CHUNKS),
+            recycle_rss: get(at::RECYCLE_RSS),
         }
     }
 

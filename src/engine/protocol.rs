@@ -175,6 +175,10 @@ pub(crate) enum FromWorker {
     /// Wakes a parent that sleeps (queue dispatch): the job is done, a streaming window is
     /// complete, or a worker went idle after a death.
     Wake,
+    /// The worker reached its recycling limit (chunks or memory): on the queue it has left
+    /// the job holding nothing and exits; on the channels it finishes the chunks it holds
+    /// and waits for `Shutdown`. Either way the pool starts a fresh process in its slot.
+    Retiring,
     /// A chunk is written into the shared region.
     Done {
         /// The chunk id.

@@ -120,6 +120,17 @@ pub(crate) fn spawn_process(spec: &SpawnSpec) -> io::Result<u32> {
     Ok(pid as u32)
 }
 
+/// The resident memory of this process in bytes (`/proc/self/statm`), if readable.
+pub(crate) fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    Some(pages * page)
+}
+
 /// First thing in a spawned worker: die with SIGKILL when the thread that started it ends
 /// (`PR_SET_PDEATHSIG`; a pool starts its workers from a thread that lives as long as the
 /// pool), so a SIGKILLed procpool never leaves workers behind; and give up at once if

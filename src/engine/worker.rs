@@ -130,6 +130,10 @@ struct Worker<'a> {
     spin: u32,
     /// CPUs this process may run on (read once: it costs a few system calls).
     cores: u64,
+    /// Chunks this process has finished, over all jobs (for recycling).
+    chunks_done: std::cell::Cell<u64>,
+    /// This process told the parent it is retiring.
+    retiring: std::cell::Cell<bool>,
     parent: nix::unistd::Pid,
 }
 
@@ -280,6 +284,8 @@ fn serve_loop(
         served_channel: 0,
         spin: 0,
         cores: std::thread::available_parallelism().map_or(1, |c| c.get() as u64),
+        chunks_done: std::cell::Cell::new(0),
+        retiring: std::cell::Cell::new(false),
         parent: nix::unistd::getppid(),
     };
     match worker.run() {
@@ -327,7 +333,7 @@ impl Worker<'_> {
             }
             self.served_channel = id;
             self.prepare(&posting)?;
-            return self.serve_channel(id);
+            return self.serve_channel(&posting);
         }
         let cpu = crate::engine::control::process_cpu_ns();
         let result = self
@@ -547,9 +553,34 @@ impl Worker<'_> {
             if (done >= total || window_full) && self.control.take_parent_waiting(self.slot) {
                 self.wake_parent()?;
             }
+            if self.finished_one(posting) {
+                // Recycled: leave the job holding nothing and exit; a fresh process takes
+                // this slot.
+                return Err(Stop::Asked);
+            }
             between = Instant::now();
         }
         Ok(())
+    }
+
+    /// Counts a finished chunk; true (once, after telling the parent) when this process
+    /// has reached its recycling limit: `recycle_chunks` chunks, or `recycle_rss` bytes
+    /// resident.
+    fn finished_one(&self, posting: &Posting) -> bool {
+        let done = self.chunks_done.get() + 1;
+        self.chunks_done.set(done);
+        if self.retiring.get() {
+            return false;
+        }
+        let by_count = posting.recycle_chunks > 0 && done >= posting.recycle_chunks;
+        let by_memory = posting.recycle_rss > 0
+            && crate::engine::sys::resident_bytes().is_some_and(|rss| rss > posting.recycle_rss);
+        if !(by_count || by_memory) {
+            return false;
+        }
+        self.retiring.set(true);
+        let _ = self.to_parent.send(FromWorker::Retiring);
+        true
     }
 
     fn wake_parent(&self) -> Result<(), Stop> {
@@ -559,7 +590,8 @@ impl Worker<'_> {
     }
 
     /// Channel dispatch: `receive chunk -> run -> reply Done` until the posting ends.
-    fn serve_channel(&mut self, posting: u64) -> Result<(), Stop> {
+    fn serve_channel(&mut self, posting_fields: &Posting) -> Result<(), Stop> {
+        let posting = posting_fields.id;
         loop {
             let msg = match self.from_parent.recv() {
                 Ok(msg) => msg,
@@ -607,6 +639,9 @@ impl Worker<'_> {
                     if self.to_parent.send(done).is_err() {
                         return Err(Stop::Asked);
                     }
+                    // Recycled: the parent sends no more chunks, and `Shutdown` once the
+                    // ones already sent are done.
+                    let _ = self.finished_one(posting_fields);
                 }
                 ToWorker::EndJob { posting: p } if p == posting => return Ok(()),
                 ToWorker::EndJob { .. } => {}

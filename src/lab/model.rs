@@ -159,6 +159,8 @@ pub struct Report {
     pub per_worker: Vec<WorkerStats>,
     /// Workers restarted after dying or timing out.
     pub restarts: u64,
+    /// Worker processes replaced after their recycling limit (not deaths).
+    pub recycles: u64,
     /// Chunks handed out again because their worker died or timed out.
     pub retried_chunks: u64,
     /// Each worker death: which worker, its pid, how it ended, and its replacement.

@@ -258,6 +258,14 @@ pub fn render_text(r: &Report) -> String {
             );
         }
     }
+    if r.recycles > 0 {
+        let _ = writeln!(
+            s,
+            "  recycled     {} worker process{} replaced at their limit (not deaths)",
+            r.recycles,
+            if r.recycles == 1 { "" } else { "es" }
+        );
+    }
     if r.restarts > 0 {
         let _ = writeln!(
             s,
@@ -353,6 +361,7 @@ mod tests {
             wake_messages: u64::from(queue),
             per_worker: vec![worker(0, 400), worker(1, 600)],
             restarts: 0,
+            recycles: 0,
             retried_chunks: 0,
             deaths: Vec::new(),
             reduction: None,

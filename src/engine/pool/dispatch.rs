@@ -129,6 +129,8 @@ struct Job {
     depth_probe: Option<DepthProbe>,
     /// Set for a streamed job (`--output`).
     streaming: Option<Streaming>,
+    /// Workers that retired after their recycling limit and were replaced.
+    recycles: u64,
 }
 
 /// A window handed to the writer: its index, first element, length and ring slot.
@@ -318,6 +320,7 @@ impl Pool {
                 .inflight_auto
                 .then(|| DepthProbe::new(self.workers.len())),
             streaming,
+            recycles: 0,
         };
         for (w, slot) in self.workers.iter().enumerate() {
             job.held[w].cpu_at_start = crate::engine::sys::process_cpu(slot.pid);
@@ -456,6 +459,7 @@ impl Pool {
             parent_sleeps: 0,
             wake_messages: 0,
             dispatch_per_chunk_s: per_chunk(job.rtt_total.saturating_sub(job.compute_total)),
+            recycles: job.recycles + self.settle_retired()?,
         })
     }
 
@@ -519,12 +523,24 @@ impl Pool {
                         pid: self.workers[w].pid,
                         message,
                     }),
+                    FromWorker::Retiring => {
+                        // No more chunks for it; once it holds none, it may go.
+                        self.workers[w].retiring = true;
+                        if job.ledger.held_by(w) == 0 {
+                            self.let_go(w);
+                        }
+                        Ok(())
+                    }
                     other => Err(Error::Ipc(format!(
                         "worker {w} sent an unexpected {other:?}"
                     ))),
                 }
             }
             IpcSelectionResult::ChannelClosed(rid) => match self.by_receiver.get(&rid).copied() {
+                Some(w) if self.workers[w].retiring => {
+                    job.recycles += 1;
+                    self.recycle(w)
+                }
                 Some(w) => self.replace(w, Why::Died, job),
                 None => Ok(()),
             },
@@ -623,6 +639,9 @@ impl Pool {
                 }
             }
         }
+        if self.workers[w].retiring && job.ledger.held_by(w) == 0 {
+            self.let_go(w);
+        }
         self.top_up(w, 1, job);
         Ok(())
     }
@@ -649,7 +668,13 @@ impl Pool {
     /// Sends worker `w` up to `count` more chunks, never more than `inflight` in all.
     fn top_up(&mut self, w: usize, count: usize, job: &mut Job) {
         for _ in 0..count {
-            if job.ledger.held_by(w) >= job.depth || self.workers[w].tx.is_none() {
+            // A process with a chunk limit gets exactly that many, then retires.
+            let spent = self.recycle.0 > 0 && self.workers[w].sent_chunks >= self.recycle.0;
+            if job.ledger.held_by(w) >= job.depth
+                || self.workers[w].tx.is_none()
+                || self.workers[w].retiring
+                || spent
+            {
                 return;
             }
             let Some(held) = job.ledger.hand_out(w, &mut job.dispenser, Instant::now()) else {
@@ -661,6 +686,7 @@ impl Pool {
                 end: held.chunk.end,
                 attempt: held.attempt,
             };
+            self.workers[w].sent_chunks += 1;
             self.send(w, msg, job);
         }
     }
@@ -710,6 +736,28 @@ impl Pool {
             chunk: running,
             replaced_by: Some(new_pid),
         });
+        Ok(())
+    }
+
+    /// Lets a retiring worker (channel dispatch) go: it holds no chunk, so `Shutdown` ends
+    /// it; its closed channel then brings [`Pool::recycle`].
+    fn let_go(&mut self, w: usize) {
+        if let Some(tx) = self.workers[w].tx.as_ref() {
+            let _ = tx.send(ToWorker::Shutdown);
+        }
+    }
+
+    /// Worker `w` retired after its recycling limit and has exited (or is exiting): reap it
+    /// and start a fresh process in its slot. Not a death: nothing is blamed or retried.
+    pub(super) fn recycle(&mut self, w: usize) -> Result<()> {
+        let slot = &mut self.workers[w];
+        if let Some(rid) = slot.rid.take() {
+            self.by_receiver.remove(&rid);
+        }
+        slot.retiring = false;
+        slot.reap(self.supervision.grace);
+        self.control.reset_slot(w);
+        self.begin_start(w)?;
         Ok(())
     }
 

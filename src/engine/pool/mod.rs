@@ -236,6 +236,12 @@ pub struct PoolOptions {
     /// Start most workers while the first job runs (see
     /// [`PoolBuilder::start_in_background`]).
     pub start_in_background: bool,
+    /// Replace a worker process after this many chunks (see
+    /// [`PoolBuilder::max_chunks_per_worker`]).
+    pub max_chunks_per_worker: Option<u64>,
+    /// Replace a worker process once its resident memory passes this many bytes (see
+    /// [`PoolBuilder::max_worker_rss`]).
+    pub max_worker_rss: Option<u64>,
 }
 
 /// Configures and starts a [`Pool`].
@@ -279,6 +285,8 @@ impl Default for PoolOptions {
             tune_allocator: true,
             raise_file_limit: true,
             start_in_background: false,
+            max_chunks_per_worker: None,
+            max_worker_rss: None,
         }
     }
 }
@@ -417,6 +425,23 @@ impl PoolBuilder {
         self
     }
 
+    /// Replaces each worker process after it has run `chunks` chunks (Python's
+    /// `maxtasksperchild`): a leak in the kernel, or in a library it calls, lasts at most
+    /// that long. The worker finishes its chunk, leaves, and a fresh process takes its slot
+    /// while the others go on; this is a *recycle*, not a death: nothing is retried and no
+    /// restart is counted ([`JobStats::recycles`]).
+    pub fn max_chunks_per_worker(mut self, chunks: u64) -> Self {
+        self.options.max_chunks_per_worker = Some(chunks);
+        self
+    }
+
+    /// Replaces a worker process, between chunks, once its resident memory passes `bytes`
+    /// (loky's memory cap): checked by the worker after each chunk, from `/proc/self/statm`.
+    pub fn max_worker_rss(mut self, bytes: u64) -> Self {
+        self.options.max_worker_rss = Some(bytes);
+        self
+    }
+
     /// The stop request handle checked while jobs run.
     pub fn interrupt(mut self, interrupt: Interrupt) -> Self {
         self.options.supervision.interrupt = interrupt;
@@ -444,6 +469,20 @@ impl PoolBuilder {
                 "handshake_timeout",
                 "`handshake_timeout` 0s leaves workers no time to start: use at least 1ms (the \
                  default is 10s)",
+            ));
+        }
+        if self.options.max_chunks_per_worker == Some(0) {
+            return Err(Error::invalid(
+                "max_chunks_per_worker",
+                "`max_chunks_per_worker` 0 would retire every worker before its first chunk: \
+                 use at least 1, or leave it unset",
+            ));
+        }
+        if self.options.max_worker_rss == Some(0) {
+            return Err(Error::invalid(
+                "max_worker_rss",
+                "`max_worker_rss` 0 would retire every worker after its first chunk: give a \
+                 size such as 512MiB, or leave it unset",
             ));
         }
         if self.options.supervision.chunk_timeout == Some(Duration::ZERO) {
@@ -553,6 +592,10 @@ impl PoolBuilder {
             handshake_ipc: (0, 0),
             workloads: Vec::new(),
             memory_checked: 0,
+            recycle: (
+                self.options.max_chunks_per_worker.unwrap_or(0),
+                self.options.max_worker_rss.unwrap_or(0),
+            ),
         };
         for s in started {
             pool.workers.push(WorkerSlot::empty(s.id));
@@ -587,6 +630,10 @@ struct WorkerSlot {
     spec_sent: u64,
     /// Not started yet (a pool started in the background): a job starts it.
     unspawned: bool,
+    /// It said it reached its recycling limit; its exit is not a death.
+    retiring: bool,
+    /// Chunks sent to this process (channel dispatch), for the recycling limit.
+    sent_chunks: u64,
 }
 
 impl WorkerSlot {
@@ -601,6 +648,8 @@ impl WorkerSlot {
             starting: None,
             spec_sent: 0,
             unspawned: false,
+            retiring: false,
+            sent_chunks: 0,
         }
     }
 
@@ -693,6 +742,8 @@ pub struct Pool {
     workloads: Vec<Registered>,
     /// The largest region whose memory was checked against the machine.
     memory_checked: u128,
+    /// Recycling limits: chunks per worker process, resident bytes (0: none).
+    recycle: (u64, u64),
 }
 
 /// A region up to this size is kept between jobs even when the next job needs far less of
@@ -815,6 +866,9 @@ pub struct JobStats {
     pub workers: Vec<WorkerStats>,
     /// Workers restarted after dying or timing out.
     pub restarts: u64,
+    /// Worker processes replaced after reaching their recycling limit
+    /// ([`PoolBuilder::max_chunks_per_worker`], [`PoolBuilder::max_worker_rss`]).
+    pub recycles: u64,
     /// Chunks handed out again because their worker died.
     pub retried_chunks: u64,
     /// Every worker death, in order.
@@ -1142,6 +1196,8 @@ impl Pool {
             workers: self.workers.len() as u64,
             boundary: u64::MAX,
             limit: u64::MAX,
+            recycle_chunks: self.recycle.0,
+            recycle_rss: self.recycle.1,
             ..Default::default()
         };
         self.control.open(&posting, 0);
@@ -1165,6 +1221,31 @@ impl Pool {
             }
         }
         sent
+    }
+
+    /// At the end of a job, the workers that said they retire but have not been replaced
+    /// yet: waits for each to exit and starts its successor (before the next job, not
+    /// during it). Returns how many.
+    fn settle_retired(&mut self) -> Result<u64> {
+        let mut settled = 0;
+        for w in 0..self.workers.len() {
+            if !self.workers[w].retiring {
+                continue;
+            }
+            if let Some(tx) = self.workers[w].tx.take() {
+                let _ = tx.send(ToWorker::Shutdown);
+            }
+            let slot = &mut self.workers[w];
+            if let Some(rid) = slot.rid.take() {
+                self.by_receiver.remove(&rid);
+            }
+            slot.retiring = false;
+            slot.reap(self.supervision.grace);
+            self.control.reset_slot(w);
+            self.respawn(w)?;
+            settled += 1;
+        }
+        Ok(settled)
     }
 
     /// Closes posting `id` and waits until no live worker is inside it, so that the next
@@ -1285,6 +1366,7 @@ impl Pool {
         }
         let slot = &mut self.workers[slot_index];
         slot.spec_sent = 0;
+        slot.sent_chunks = 0;
         slot.pid = s.pid;
         slot.child = Some(s.child);
         slot.tx = Some(s.tx);

@@ -144,6 +144,8 @@ struct QueueJob {
     messages: u64,
     bytes: u64,
     parent_sleeps: u64,
+    /// Workers that retired after their recycling limit and were replaced.
+    recycles: u64,
     /// Workers found gone while sending: (slot, pid).
     dead: Vec<(usize, u32)>,
     /// Probing for `--chunk-size auto`, and what it chose.
@@ -265,6 +267,7 @@ impl Pool {
             messages,
             bytes,
             parent_sleeps: 0,
+            recycles: 0,
             dead: Vec::new(),
             probing: auto.is_some(),
             auto,
@@ -280,6 +283,7 @@ impl Pool {
         self.run_postings(&mut job)?;
         self.close_posting(job.posting.id);
         self.collect_posting(&mut job);
+        let retired = self.settle_retired()?;
         if job.told_done != n {
             observe::tell(&self.observer, Event::Progress { done: n, n });
         }
@@ -357,6 +361,7 @@ impl Pool {
             parent_sleeps: job.parent_sleeps,
             wake_messages: sum(|a| a.c.wakes),
             dispatch_per_chunk_s,
+            recycles: job.recycles + retired,
         })
     }
 
@@ -418,6 +423,8 @@ impl Pool {
             ring: layout.ring,
             window_elems: layout.window_elems,
             limit,
+            recycle_chunks: self.recycle.0,
+            recycle_rss: self.recycle.1,
         };
         job.posting = posting;
         job.geometry = geometry;
@@ -535,6 +542,10 @@ impl Pool {
                 job.bytes += size;
                 match msg {
                     FromWorker::Wake => Ok(()),
+                    FromWorker::Retiring => {
+                        self.workers[w].retiring = true;
+                        Ok(())
+                    }
                     FromWorker::Panicked {
                         id,
                         message,
@@ -572,6 +583,12 @@ impl Pool {
                 }
             }
             IpcSelectionResult::ChannelClosed(rid) => match self.by_receiver.get(&rid).copied() {
+                Some(w) if self.workers[w].retiring => {
+                    // It left the job holding nothing: keep its counts, start a successor.
+                    job.acc[w].add(self.control.counters(w));
+                    job.recycles += 1;
+                    self.recycle(w)
+                }
                 Some(w) => self.replace_claim(w, Why::Died, job),
                 None => Ok(()),
             },
