@@ -750,6 +750,13 @@ impl Pool {
     /// Worker `w` retired after its recycling limit and has exited (or is exiting): reap it
     /// and start a fresh process in its slot. Not a death: nothing is blamed or retried.
     pub(super) fn recycle(&mut self, w: usize) -> Result<()> {
+        self.retire(w);
+        self.begin_start(w)?;
+        Ok(())
+    }
+
+    /// Reaps retired worker `w` (within the grace period) and clears its slot.
+    pub(super) fn retire(&mut self, w: usize) {
         let slot = &mut self.workers[w];
         if let Some(rid) = slot.rid.take() {
             self.by_receiver.remove(&rid);
@@ -757,8 +764,6 @@ impl Pool {
         slot.retiring = false;
         slot.reap(self.supervision.grace);
         self.control.reset_slot(w);
-        self.begin_start(w)?;
-        Ok(())
     }
 
     /// The worker a message came from, the message, and its size on the wire; `None` for a

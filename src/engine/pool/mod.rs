@@ -1235,13 +1235,7 @@ impl Pool {
             if let Some(tx) = self.workers[w].tx.take() {
                 let _ = tx.send(ToWorker::Shutdown);
             }
-            let slot = &mut self.workers[w];
-            if let Some(rid) = slot.rid.take() {
-                self.by_receiver.remove(&rid);
-            }
-            slot.retiring = false;
-            slot.reap(self.supervision.grace);
-            self.control.reset_slot(w);
+            self.retire(w);
             self.respawn(w)?;
             settled += 1;
         }
