@@ -1244,7 +1244,7 @@ impl Pool {
 
     /// Closes posting `id` and waits until no live worker is inside it, so that the next
     /// posting's fields can be written. A worker still inside after the grace period (a
-    /// stopped process) is killed; the next job replaces it.
+    /// stopped process) is killed; the next job starts a fresh one in its slot.
     fn close_posting(&mut self, id: u64) {
         self.control.close();
         let deadline = Instant::now()
@@ -1266,6 +1266,8 @@ impl Pool {
                         self.by_receiver.remove(&rid);
                     }
                     slot.reap(Duration::from_secs(1));
+                    // The next job starts a fresh process in the slot.
+                    slot.unspawned = true;
                     self.control.reset_slot(w);
                 }
                 return;
