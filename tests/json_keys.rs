@@ -89,6 +89,7 @@ const WORKER: &[&str] = &[
     "claims",
     "dispatch_s",
     "sleeps",
+    "setup_s",
 ];
 const DEATH: &[&str] = &["id", "pid", "cause", "chunk", "replaced_by"];
 const AUTO_CHUNK: &[&str] = &[

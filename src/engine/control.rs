@@ -124,6 +124,8 @@ mod slot {
     pub(super) const CPU_NS: usize = 128;
     /// Its peak resident memory so far, in KiB.
     pub(super) const MAXRSS_KIB: usize = 136;
+    /// Nanoseconds its workload's set-up took in this posting.
+    pub(super) const SETUP_NS: usize = 144;
 }
 
 /// What a worker's claim slot says it is doing.
@@ -184,6 +186,8 @@ pub(crate) struct SlotCounters {
     pub(crate) cpu_ns: u64,
     /// Its peak resident memory so far, in KiB (0: never measured).
     pub(crate) maxrss_kib: u64,
+    /// Nanoseconds its workload's set-up took.
+    pub(crate) setup_ns: u64,
 }
 
 /// The posting's fields: one job (or one phase of it) as the workers see it.
@@ -401,6 +405,7 @@ impl Control {
             slot::LAST_DONE,
             slot::CPU_NS,
             slot::MAXRSS_KIB,
+            slot::SETUP_NS,
         ] {
             self.slot_word(w, field).store(0, Ordering::Relaxed);
         }
@@ -539,6 +544,7 @@ impl Control {
             last_done_ns: get(slot::LAST_DONE),
             cpu_ns: get(slot::CPU_NS),
             maxrss_kib: get(slot::MAXRSS_KIB),
+            setup_ns: get(slot::SETUP_NS),
         }
     }
 
@@ -579,6 +585,12 @@ impl Control {
         cpu.store(cpu.load(Ordering::Relaxed) + cpu_ns, Ordering::Release);
         self.slot_word(w, slot::MAXRSS_KIB)
             .store(maxrss_kib, Ordering::Release);
+    }
+
+    /// Worker `w` ran its workload's set-up for `ns` nanoseconds.
+    pub(crate) fn add_setup(&self, w: usize, ns: u64) {
+        let word = self.slot_word(w, slot::SETUP_NS);
+        word.store(word.load(Ordering::Relaxed) + ns, Ordering::Release);
     }
 
     /// Worker `w` leaves its posting.

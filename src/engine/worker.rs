@@ -134,6 +134,8 @@ struct Worker<'a> {
     chunks_done: std::cell::Cell<u64>,
     /// This process told the parent it is retiring.
     retiring: std::cell::Cell<bool>,
+    /// Chunk messages read while looking for a spec, before their job was seen.
+    early: std::collections::VecDeque<ToWorker>,
     parent: nix::unistd::Pid,
 }
 
@@ -286,6 +288,7 @@ fn serve_loop(
         cores: std::thread::available_parallelism().map_or(1, |c| c.get() as u64),
         chunks_done: std::cell::Cell::new(0),
         retiring: std::cell::Cell::new(false),
+        early: std::collections::VecDeque::new(),
         parent: nix::unistd::getppid(),
     };
     match worker.run() {
@@ -418,7 +421,8 @@ impl Worker<'_> {
                 &spec.params,
                 spec.elem_size as usize,
             ) {
-                Ok(kernel) => {
+                Ok((kernel, setup)) => {
+                    self.control.add_setup(self.slot, setup.as_nanos() as u64);
                     self.job = Some(CurrentJob {
                         spec_id: spec.spec_id,
                         transport: spec.transport,
@@ -446,6 +450,12 @@ impl Worker<'_> {
                 Ok(ToWorker::Job(spec)) => self.pending = Some(spec),
                 Ok(ToWorker::Shutdown) => return Err(Stop::Asked),
                 Ok(ToWorker::EndJob { .. }) => {}
+                // A channel job opened after we looked: its chunks wait for `serve_channel`,
+                // in order, the rest still in the channel.
+                Ok(chunk @ ToWorker::Chunk { .. }) => {
+                    self.early.push_back(chunk);
+                    return Ok(());
+                }
                 Ok(other) => {
                     return Err(Stop::Failed(format!("unexpected {other:?} between jobs")));
                 }
@@ -593,10 +603,13 @@ impl Worker<'_> {
     fn serve_channel(&mut self, posting_fields: &Posting) -> Result<(), Stop> {
         let posting = posting_fields.id;
         loop {
-            let msg = match self.from_parent.recv() {
-                Ok(msg) => msg,
-                // The parent closed the channel (or died): nothing more to do.
-                Err(_) => return Err(Stop::Asked),
+            let msg = match self.early.pop_front() {
+                Some(msg) => msg,
+                None => match self.from_parent.recv() {
+                    Ok(msg) => msg,
+                    // The parent closed the channel (or died): nothing more to do.
+                    Err(_) => return Err(Stop::Asked),
+                },
             };
             match msg {
                 ToWorker::Chunk {

@@ -249,6 +249,7 @@ mod tests {
             claims: 0,
             dispatch_s: 0.0,
             sleeps: 0,
+            setup_s: 0.0,
         }
     }
 

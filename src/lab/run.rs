@@ -123,6 +123,10 @@ pub fn run_inspect<W: Workload>(
     )?;
     // Bounded by `validate`.
     let rounds = options.warmup.saturating_add(options.repeat.max(1));
+    // This process's own copy for the single-process run, threads and verification: set
+    // up once, as each worker sets up its own.
+    let mut local = workload.clone();
+    local.setup();
     let mut inspect = Some(inspect);
     let mut measured: Vec<Round> = Vec::with_capacity(options.repeat.max(1));
     for round in 0..rounds {
@@ -134,7 +138,7 @@ pub fn run_inspect<W: Workload>(
                 f(out);
             }
         };
-        let r = run_round(workload, n, options, baseline_first, hand_over)?;
+        let r = run_round(workload, &local, n, options, baseline_first, hand_over)?;
         if round >= options.warmup {
             measured.push(r);
         }
@@ -154,17 +158,18 @@ type Checked = (
 /// One round: the parallel run and (unless skipped) the single-process run, verified.
 fn run_round<W: Workload>(
     workload: &W,
+    local: &W,
     n: u64,
     options: &RunOptions,
     baseline_first: bool,
     inspect: impl FnOnce(&[W::Output]),
 ) -> Result<Round> {
     if let Some(path) = &options.output {
-        return stream_round(workload, n, options, path);
+        return stream_round(workload, local, n, options, path);
     }
     let interrupt = &options.pool.supervision.interrupt;
     let mut early = match options.baseline && baseline_first {
-        true => Some(run_single(workload, n, interrupt)?),
+        true => Some(run_single(local, n, interrupt)?),
         false => None,
     };
     let verify = |results: &[W::Output],
@@ -173,7 +178,7 @@ fn run_round<W: Workload>(
      -> Result<Checked> {
         let single = match early.take() {
             Some(single) => Some(single),
-            None if options.baseline => Some(run_single(workload, n, interrupt)?),
+            None if options.baseline => Some(run_single(local, n, interrupt)?),
             None => None,
         };
         let began = Instant::now();
@@ -181,7 +186,7 @@ fn run_round<W: Workload>(
         let verdict = match &single {
             Some((out, _)) => Some((
                 compare(results, out, interrupt).map_err(stop)?,
-                reduce_chunks(workload, out, chunk_size, interrupt).map_err(stop)?,
+                reduce_chunks(local, out, chunk_size, interrupt).map_err(stop)?,
             )),
             None => None,
         };
@@ -210,7 +215,7 @@ fn run_round<W: Workload>(
             let dispenser =
                 Dispenser::new(options.job.schedule, n, options.pool.workers, chunk_size);
             let chunk_size = dispenser.chunk_size();
-            let run = run_threads(workload, dispenser, options.pool.workers, interrupt)?;
+            let run = run_threads(local, dispenser, options.pool.workers, interrupt)?;
             let stats = in_process_stats(
                 n,
                 chunk_size,
@@ -225,7 +230,7 @@ fn run_round<W: Workload>(
             (run.wall, run.start, stats, checked)
         }
         Mode::Single => {
-            let (output, wall) = run_kernel(workload, n, interrupt)?;
+            let (output, wall) = run_kernel(local, n, interrupt)?;
             let worker = WorkerStats {
                 id: 0,
                 pid: std::process::id(),
@@ -238,6 +243,7 @@ fn run_round<W: Workload>(
                 claims: 0,
                 dispatch_s: 0.0,
                 sleeps: 0,
+                setup_s: 0.0,
             };
             let stats = in_process_stats(
                 n,
@@ -245,7 +251,7 @@ fn run_round<W: Workload>(
                 u64::from(n > 0),
                 wall,
                 vec![worker],
-                workload.reduce(&output),
+                local.reduce(&output),
                 options,
             );
             let checked = verify(&output, n.max(1), &mut early)?;
@@ -273,6 +279,7 @@ fn run_round<W: Workload>(
 /// One round streamed to `path` in bounded memory; verification happens window by window.
 fn stream_round<W: Workload>(
     workload: &W,
+    local: &W,
     n: u64,
     options: &RunOptions,
     path: &std::path::Path,
@@ -287,7 +294,7 @@ fn stream_round<W: Workload>(
     // leaves no partial file (and an older file of that name as it was).
     let output = crate::lab::stream::OutputFile::create(path).map_err(cannot)?;
     let file = output.file().try_clone().map_err(cannot)?;
-    let mut sink = FileSink::new(workload, file, path, options.baseline);
+    let mut sink = FileSink::new(local, file, path, options.baseline);
     let began = Instant::now();
     let result = (|| {
         let mut pool = pool_builder(options).build()?;

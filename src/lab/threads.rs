@@ -228,6 +228,7 @@ fn work<W: Workload>(
         claims: 0,
         dispatch_s: 0.0,
         sleeps: 0,
+        setup_s: 0.0,
     };
     ThreadResult {
         stats,

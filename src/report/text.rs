@@ -258,6 +258,22 @@ pub fn render_text(r: &Report) -> String {
             );
         }
     }
+    // Only a set-up that did something: the default one takes a clock read's time.
+    let setups: Vec<f64> = r
+        .per_worker
+        .iter()
+        .map(|w| w.setup_s)
+        .filter(|&s| s >= 10e-6)
+        .collect();
+    if !setups.is_empty() {
+        let mean = setups.iter().sum::<f64>() / setups.len() as f64;
+        let _ = writeln!(
+            s,
+            "  set-up       {} per worker (mean of {}), once per worker before its first chunk",
+            secs(mean),
+            setups.len()
+        );
+    }
     if r.recycles > 0 {
         let _ = writeln!(
             s,
@@ -317,6 +333,7 @@ mod tests {
             claims: if queue { chunks } else { 0 },
             dispatch_s: if queue { 0.000_05 } else { 0.0 },
             sleeps: 0,
+            setup_s: 0.0,
         };
         Report {
             workload: "squares".into(),

@@ -17,6 +17,7 @@ mod squares;
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -88,6 +89,42 @@ pub trait Workload:
         let _ = out;
         None
     }
+
+    /// Prepares what every kernel call may read, once per worker process (Python's
+    /// `Pool(initializer=…)`): load a model, build a table. It runs on the worker's own
+    /// copy of the workload, after the parameters arrive and before its first chunk; keep
+    /// what it builds in fields marked `#[serde(skip)]`, so they are never sent. A worker
+    /// keeps it for back-to-back jobs of an equal workload value, and builds it again when
+    /// the value changes. The single-process run and `--mode threads` call it once on
+    /// their own copy, so every output is computed alike. Its time is reported per worker
+    /// ([`WorkerStats::setup_s`](crate::WorkerStats::setup_s)). The default does nothing.
+    ///
+    /// ```
+    /// use std::ops::Range;
+    /// use procpool::Workload;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Debug, Clone, Serialize, Deserialize)]
+    /// struct Lookup {
+    ///     size: usize,
+    ///     #[serde(skip)]
+    ///     table: Vec<u64>,
+    /// }
+    ///
+    /// impl Workload for Lookup {
+    ///     const NAME: &'static str = "lookup";
+    ///     type Output = u64;
+    ///     fn setup(&mut self) {
+    ///         self.table = (0..self.size as u64).map(|i| i * i).collect();
+    ///     }
+    ///     fn kernel(&self, range: Range<u64>, out: &mut [u64]) {
+    ///         for (slot, i) in out.iter_mut().zip(range) {
+    ///             *slot = self.table[i as usize % self.size];
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    fn setup(&mut self) {}
 }
 
 /// A workload with its type erased, as a worker holds it during a job.
@@ -109,10 +146,14 @@ impl<W: Workload> DynKernel for Typed<W> {
     }
 }
 
-type Decoder = fn(&[u8]) -> Result<Box<dyn DynKernel>, postcard::Error>;
+type Decoder = fn(&[u8]) -> Result<(Box<dyn DynKernel>, Duration), postcard::Error>;
 
-fn decode<W: Workload>(params: &[u8]) -> Result<Box<dyn DynKernel>, postcard::Error> {
-    Ok(Box::new(Typed(postcard::from_bytes::<W>(params)?)))
+/// Rebuilds the workload and runs its [`Workload::setup`]; returns how long that took.
+fn decode<W: Workload>(params: &[u8]) -> Result<(Box<dyn DynKernel>, Duration), postcard::Error> {
+    let mut workload = postcard::from_bytes::<W>(params)?;
+    let began = Instant::now();
+    workload.setup();
+    Ok((Box::new(Typed(workload)), began.elapsed()))
 }
 
 /// A workload a worker can run: its name, element size and Rust type.
@@ -244,13 +285,14 @@ impl Registry {
         self.entries.contains_key(name)
     }
 
-    /// Rebuilds a registered workload from its name and serialized parameters.
+    /// Rebuilds a registered workload from its name and serialized parameters, and runs
+    /// its set-up; returns it with the set-up's time.
     pub(crate) fn instantiate(
         &self,
         name: &str,
         params: &[u8],
         elem_size: usize,
-    ) -> Result<Box<dyn DynKernel>, String> {
+    ) -> Result<(Box<dyn DynKernel>, Duration), String> {
         let entry = self
             .entries
             .get(name)
@@ -273,7 +315,7 @@ mod tests {
     fn registry_round_trips_a_workload_through_bytes() {
         let reg = Registry::builtin();
         let params = postcard::to_stdvec(&Squares).unwrap();
-        let kernel = reg.instantiate("squares", &params, 8).unwrap();
+        let (kernel, _) = reg.instantiate("squares", &params, 8).unwrap();
         let mut out = vec![0u8; 3 * 8];
         kernel.run(4..7, &mut out);
         let got: &[u64] = bytemuck::cast_slice(&out);

@@ -404,7 +404,8 @@ impl Pool {
             .workers
             .iter()
             .zip(&job.held)
-            .map(|(slot, h)| {
+            .enumerate()
+            .map(|(w, (slot, h))| {
                 let usage = crate::engine::sys::process_usage(slot.pid);
                 WorkerStats {
                     id: slot.id,
@@ -420,6 +421,7 @@ impl Pool {
                     claims: 0,
                     dispatch_s: 0.0,
                     sleeps: 0,
+                    setup_s: self.control.counters(w).setup_ns as f64 / 1e9,
                 }
             })
             .collect();

@@ -842,6 +842,9 @@ pub struct WorkerStats {
     pub dispatch_s: f64,
     /// Times it slept on the queue's futex waiting for work (queue dispatch).
     pub sleeps: u64,
+    /// Seconds its workload's [`Workload::setup`](crate::Workload::setup) took in this job
+    /// (0 when it kept the set-up of an earlier job with an equal workload).
+    pub setup_s: f64,
 }
 
 /// Measurements of one job.

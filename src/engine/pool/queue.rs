@@ -101,6 +101,7 @@ impl Acc {
         self.c.last_done_ns = self.c.last_done_ns.max(c.last_done_ns);
         self.c.cpu_ns += c.cpu_ns;
         self.c.maxrss_kib = self.c.maxrss_kib.max(c.maxrss_kib);
+        self.c.setup_ns += c.setup_ns;
     }
 }
 
@@ -322,6 +323,7 @@ impl Pool {
                     claims: a.c.claims,
                     dispatch_s: a.c.gap_ns as f64 / 1e9,
                     sleeps: a.c.waits,
+                    setup_s: a.c.setup_ns as f64 / 1e9,
                 }
             })
             .collect();
