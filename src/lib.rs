@@ -2,8 +2,9 @@
 //!
 //! A multi-process supervisor with shared memory that measures what processes buy you.
 //!
-//! `procpool --workers 8 squares 10000000` starts 8 worker processes, hands each a stream of
-//! chunks (ranges, a few bytes each) over `ipc-channel`, lets every worker write its results
+//! `procpool --workers 8 squares 10000000` starts 8 worker processes that claim chunks of
+//! the job from a queue in shared memory (one atomic add each; `ipc-channel` carries only
+//! the handshake, the job's description and errors), lets every worker write its results
 //! straight into one shared-memory region, then runs the same job in a single process,
 //! checks both outputs are identical, and reports the speedup, the parallel efficiency and
 //! where the time went.
@@ -27,9 +28,12 @@
 //! ```
 //!
 //! Your own workload: implement [`Workload`] (a name, serializable parameters, an output
-//! element type, a kernel, optionally a per-chunk reduction), then call
+//! element type, a kernel; optionally a per-chunk reduction and a per-worker
+//! [`Workload::setup`]), then call
 //! `procpool::init_with(Registry::builtin().register::<MyWorkload>())` first thing in `main`.
-//! See `examples/custom_workload.rs`.
+//! See `examples/custom_workload.rs`. A pool can also replace its workers after a number of
+//! chunks or past a memory size ([`PoolBuilder::max_chunks_per_worker`],
+//! [`PoolBuilder::max_worker_rss`]), to contain leaks.
 //!
 //! Forgetting [`init`] is the classic pitfall of re-exec process pools (procspawn has the
 //! same rule): the worker would run your whole `main` again instead of serving. procpool
@@ -59,10 +63,12 @@
 //! ```
 //!
 //! The data path of one job: [`PoolBuilder::build`] starts the workers and hands each the
-//! shared region; [`Pool::run`] sends every worker the job (its serialized parameters), then
-//! chunk ranges; each worker rebuilds the workload from the [`Registry`], runs the kernel on
-//! its range and writes the results straight into the region; the parent reads the region
-//! when the job is done. The lab ([`run()`]) does that, then runs the same kernel in one
+//! shared region; [`Pool::run`] sends every worker the job's serialized parameters (only
+//! when they changed since its last job) and posts the job's chunk geometry in the
+//! region's control block; each worker rebuilds the workload from the [`Registry`], claims
+//! chunk indices, runs the kernel on each range and writes the results straight into the
+//! region; the parent sleeps until the job is done and then reads the region. With
+//! [`Dispatch::Channel`] the parent sends each chunk as a message instead, to compare. The lab ([`run()`]) does that, then runs the same kernel in one
 //! process, compares, and fills in a [`Report`]; [`report`] turns it into text.
 //!
 //! The public API is the root's re-exports below, plus four modules: [`workload`] (the
