@@ -188,16 +188,16 @@ impl Streaming {
 }
 
 /// The writer thread: each complete window goes to the sink, then its slot is announced
-/// free for the window `ring` places later (and `waker`, if given, wakes the dispatch loop).
+/// free for the window `ring` places later, and `waker` wakes the dispatch loop.
 /// Stops at the first error, or when the loop hangs up.
-pub(super) fn write_windows(
+fn write_windows(
     windows: mpsc::Receiver<WindowJob>,
     freed: mpsc::Sender<std::result::Result<u64, String>>,
     sink: &mut (dyn WindowSink + Send),
     mapping: &crate::engine::shm::Mapping,
     layout: Layout,
     elem_size: u64,
-    waker: Option<ipc_channel::ipc::IpcSender<()>>,
+    waker: &ipc_channel::ipc::IpcSender<()>,
 ) {
     let slot_bytes = layout.window_elems * elem_size;
     for w in windows {
@@ -214,9 +214,7 @@ pub(super) fn write_windows(
         if freed.send(result.map(|()| w.index)).is_err() {
             return;
         }
-        if let Some(waker) = &waker {
-            let _ = waker.send(());
-        }
+        let _ = waker.send(());
         if failed {
             return;
         }
@@ -245,16 +243,8 @@ impl Pool {
         let Some((layout, sink)) = stream else {
             return self.dispatch_loop(spec, n, dispenser, options, None);
         };
-        // The writer thread gets its own mapping of the region, so it borrows nothing from
-        // the pool while the loop below changes it.
-        let mapping = self.region.map()?;
         let elem_size = u64::from(spec.elem_size);
-        let (to_writer, windows) = mpsc::channel::<WindowJob>();
-        let (freed, from_writer) = mpsc::channel::<std::result::Result<u64, String>>();
-        std::thread::scope(|scope| {
-            scope.spawn(move || {
-                write_windows(windows, freed, sink, &mapping, layout, elem_size, None)
-            });
+        self.with_writer(layout, elem_size, sink, |pool, to_writer, from_writer| {
             let streaming = Streaming {
                 layout,
                 windows: n.div_ceil(layout.window_elems),
@@ -264,9 +254,36 @@ impl Pool {
                 to_writer,
                 from_writer,
             };
-            // Leaving this scope drops `streaming` (and its sender) first, which ends the
-            // writer's loop; then the scope joins the writer.
-            self.dispatch_loop(spec, n, dispenser, options, Some(streaming))
+            pool.dispatch_loop(spec, n, dispenser, options, Some(streaming))
+        })
+    }
+
+    /// Runs `body` beside a thread that writes complete windows to `sink`: `body` gets the
+    /// sender of windows to write and the receiver of freed ones. The writer has its own
+    /// mapping of the region, so it borrows nothing from the pool while `body` changes it,
+    /// and it wakes the dispatch loop (the pool's waker) after each window.
+    pub(super) fn with_writer(
+        &mut self,
+        layout: Layout,
+        elem_size: u64,
+        sink: &mut (dyn WindowSink + Send),
+        body: impl FnOnce(
+            &mut Pool,
+            mpsc::Sender<WindowJob>,
+            mpsc::Receiver<std::result::Result<u64, String>>,
+        ) -> Result<JobStats>,
+    ) -> Result<JobStats> {
+        let mapping = self.region.map()?;
+        let (to_writer, windows) = mpsc::channel::<WindowJob>();
+        let (freed, from_writer) = mpsc::channel::<std::result::Result<u64, String>>();
+        let waker = self.waker.clone();
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                write_windows(windows, freed, sink, &mapping, layout, elem_size, &waker)
+            });
+            // `body` drops its sender before the scope ends, which ends the writer's loop;
+            // then the scope joins the writer.
+            body(self, to_writer, from_writer)
         })
     }
 

@@ -27,7 +27,7 @@ use ipc_channel::TrySelectError;
 use ipc_channel::ipc::IpcSelectionResult;
 
 use super::auto_chunk::AutoProbe;
-use super::dispatch::{WindowJob, write_windows};
+use super::dispatch::WindowJob;
 use super::ledger::{HeldChunk, Ledger};
 use super::observe::{self, Event};
 use super::{Death, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
@@ -182,23 +182,8 @@ impl Pool {
         let Some((layout, sink)) = stream else {
             return self.queue_loop(spec, n, dispenser, options, None);
         };
-        let mapping = self.region.map()?;
         let elem_size = u64::from(spec.elem_size);
-        let (to_writer, windows) = mpsc::channel::<WindowJob>();
-        let (freed, from_writer) = mpsc::channel::<std::result::Result<u64, String>>();
-        let waker = self.waker.clone();
-        std::thread::scope(|scope| {
-            scope.spawn(move || {
-                write_windows(
-                    windows,
-                    freed,
-                    sink,
-                    &mapping,
-                    layout,
-                    elem_size,
-                    Some(waker),
-                )
-            });
+        self.with_writer(layout, elem_size, sink, |pool, to_writer, from_writer| {
             let stream = Stream {
                 layout,
                 windows: n.div_ceil(layout.window_elems),
@@ -207,7 +192,7 @@ impl Pool {
                 to_writer,
                 from_writer,
             };
-            self.queue_loop(spec, n, dispenser, options, Some(stream))
+            pool.queue_loop(spec, n, dispenser, options, Some(stream))
         })
     }
 
