@@ -968,7 +968,8 @@ impl Pool {
         self.start
     }
 
-    /// How long starting the workers (spawn and handshake) took.
+    /// How long starting the workers (spawn and handshake) took: those [`PoolBuilder::build`]
+    /// waited for (all of them, unless [`PoolBuilder::start_in_background`]).
     pub fn spawn_time(&self) -> Duration {
         self.spawn_time
     }
