@@ -297,11 +297,15 @@ fn the_private_directory_is_0700_even_under_umask_000() {
     }
 }
 
-#[test]
-fn the_hidden_worker_entry_started_by_hand_gives_up_and_deletes_nothing() {
-    let scratch = tempfile::tempdir().unwrap();
-    let keep = scratch.path().join("precious");
-    std::fs::write(&keep, b"data").unwrap();
+/// Runs the hidden worker entry by hand, as procpool would but with `timeout_ms` and
+/// `parent`, its report pipe a real inherited descriptor and `TMPDIR` set to `tmpdir`;
+/// waits (within 20 s) for it to give up. Returns its exit code, its stderr and what it
+/// reported on the pipe.
+fn worker_entry_by_hand(
+    tmpdir: &std::path::Path,
+    timeout_ms: &str,
+    parent: u32,
+) -> (Option<i32>, String, String) {
     let (mut report, report_end) = std::io::pipe().unwrap();
     let fd = {
         use std::os::fd::AsRawFd;
@@ -313,12 +317,11 @@ fn the_hidden_worker_entry_started_by_hand_gives_up_and_deletes_nothing() {
         &fd.to_string(),
         "0",
         &fd.to_string(),
-        "500",
-        // Its parent: this test, as procpool would be.
-        &std::process::id().to_string(),
+        timeout_ms,
+        &parent.to_string(),
         "-",
     ])
-    .env("TMPDIR", scratch.path())
+    .env("TMPDIR", tmpdir)
     .stdout(Stdio::null())
     .stderr(Stdio::piped());
     // SAFETY: fcntl is async-signal-safe; it clears close-on-exec on the pipe's write end
@@ -345,7 +348,17 @@ fn the_hidden_worker_entry_started_by_hand_gives_up_and_deletes_nothing() {
         .unwrap();
     let mut reported = String::new();
     report.read_to_string(&mut reported).unwrap();
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    (status.code(), stderr, reported)
+}
+
+#[test]
+fn the_hidden_worker_entry_started_by_hand_gives_up_and_deletes_nothing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let keep = scratch.path().join("precious");
+    std::fs::write(&keep, b"data").unwrap();
+    // Its parent: this test, as procpool would be.
+    let (code, stderr, reported) = worker_entry_by_hand(scratch.path(), "500", std::process::id());
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("procpool did not connect within 500ms; giving up"),
         "{stderr}"
@@ -488,47 +501,8 @@ fn a_worker_whose_parent_is_not_the_one_it_was_told_gives_up_at_once() {
     // Started by someone other than procpool (or re-parented because procpool died before
     // the worker armed its death signal): it must not wait for a connection at all.
     let scratch = tempfile::tempdir().unwrap();
-    let (_report, report_end) = std::io::pipe().unwrap();
-    let fd = {
-        use std::os::fd::AsRawFd;
-        report_end.as_raw_fd()
-    };
-    let mut cmd = Command::new(EXE);
-    cmd.args([
-        "__procpool_worker",
-        &fd.to_string(),
-        "0",
-        &fd.to_string(),
-        "60000",
-        "1",
-        "-",
-    ])
-    .env("TMPDIR", scratch.path())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    // SAFETY: fcntl is async-signal-safe; it clears close-on-exec on the pipe's write end
-    // in the child only.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-            nix::fcntl::fcntl(
-                fd,
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-            )?;
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    drop(report_end);
-    let status = wait_child(&mut child, Duration::from_secs(20)).expect("gives up at once");
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    let (code, stderr, _) = worker_entry_by_hand(scratch.path(), "60000", 1);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("(pid 1) is gone"), "{stderr}");
     assert!(dir_entries(scratch.path()).is_empty(), "it made no socket");
 }
