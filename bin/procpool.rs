@@ -15,7 +15,7 @@ use cli::{ChunkSize, Cli, Command, List, RunArgs, WorkloadCmd};
 use procpool::lab::SweepOptions;
 use procpool::workload::mandelbrot::write_png;
 use procpool::workload::{Collatz, Hash, Mandelbrot, Primes, Sleep, Spin, Squares};
-use procpool::{Element, Interrupt, Report, RunOptions, Supervision, Workload};
+use procpool::{Element, Interrupt, Reduce, Report, RunOptions, Supervision, Workload};
 
 /// Exit codes: 0 done and verified, 1 the job failed, 2 bad input (nothing started),
 /// 130/143 interrupted by SIGINT/SIGTERM.
@@ -202,13 +202,19 @@ fn usage(message: &str) -> anyhow::Error {
 /// Something to do with a workload, whatever its type.
 trait WithWorkload {
     fn with<W: Workload>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode>;
+
+    /// [`WithWorkload::with`] for a workload that reduces (squares, primes); the same
+    /// unless the action reports reductions.
+    fn with_reduce<W: Reduce>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
+        self.with(workload, n)
+    }
 }
 
 /// Builds the workload a subcommand names and hands it to `action`.
 fn with_workload(cmd: WorkloadCmd, action: &mut impl WithWorkload) -> anyhow::Result<ExitCode> {
     match cmd {
-        WorkloadCmd::Squares { n } => action.with(&Squares, n),
-        WorkloadCmd::Primes { n } => action.with(&Primes, n),
+        WorkloadCmd::Squares { n } => action.with_reduce(&Squares, n),
+        WorkloadCmd::Primes { n } => action.with_reduce(&Primes, n),
         WorkloadCmd::Collatz { n } => action.with(&Collatz, n),
         WorkloadCmd::Mandelbrot { n, max_iter, .. } => {
             let pixels = n.checked_mul(n).ok_or_else(|| {
@@ -249,6 +255,12 @@ impl WithWorkload for RunOne {
         written?;
         Ok(verdict(&report))
     }
+
+    fn with_reduce<W: Reduce>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
+        let report = procpool::run_reduce(workload, n, &self.options)?;
+        print_text_or_json(&report, self.json, procpool::report::render_text)?;
+        Ok(verdict(&report))
+    }
 }
 
 /// Exit code 1, with the reason on stderr, when the outputs differ.
@@ -263,12 +275,18 @@ fn verdict(report: &Report) -> ExitCode {
     }
     if report.verified == Some(false) {
         eprintln!(
-            "procpool: the per-chunk reductions differ: {:?} (pool) but {:?} (single process)",
-            report.reduction, report.baseline_reduction
+            "procpool: the reductions differ: {} (pool) but {} (single process)",
+            json_or_none(report.reduction.as_ref()),
+            json_or_none(report.baseline_reduction.as_ref())
         );
         return ExitCode::from(EXIT_FAILED);
     }
     ExitCode::SUCCESS
+}
+
+/// A reduction as compact JSON, or `none`.
+fn json_or_none(value: Option<&serde_json::Value>) -> String {
+    value.map_or_else(|| "none".to_string(), serde_json::Value::to_string)
 }
 
 /// `procpool sweep`.

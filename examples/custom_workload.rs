@@ -4,8 +4,9 @@
 //!
 //! The workload estimates π by Monte Carlo: element i throws one dart at the unit square
 //! (a point derived from i by a hash, so the run is reproducible) and records 1 if it lands
-//! inside the quarter circle. Each worker also counts its chunk's hits (the per-chunk
-//! reduction), so the parent gets the total without reading the output.
+//! inside the quarter circle. Each worker also counts its chunk's hits (a reduction,
+//! `Reduce`), so the parent gets the total without reading the output, or without any
+//! output buffer at all (`Pool::reduce`).
 //!
 //! Its tests (`cargo test --example custom_workload`, and every `cargo test`) run the same
 //! workload across real worker processes: `enable_test_support!` below gives the test
@@ -13,7 +14,7 @@
 
 use std::ops::Range;
 
-use procpool::{Pool, Registry, RunOptions, Workload};
+use procpool::{Pool, Reduce, Registry, RunOptions, Workload};
 use serde::{Deserialize, Serialize};
 
 /// Step 1: the workload. Its fields are its parameters, sent to every worker once per job.
@@ -35,9 +36,22 @@ impl Workload for MonteCarloPi {
             *slot = u8::from(x * x + y * y < 1.0);
         }
     }
+}
 
-    fn reduce(&self, out: &[u8]) -> Option<u64> {
-        Some(out.iter().map(|&hit| u64::from(hit)).sum())
+/// Optional: a reduction, here the hits of a chunk, added up.
+impl Reduce for MonteCarloPi {
+    type Acc = u64;
+
+    fn identity(&self) -> u64 {
+        0
+    }
+
+    fn reduce_chunk(&self, _range: Range<u64>, out: &[u8]) -> u64 {
+        out.iter().map(|&hit| u64::from(hit)).sum()
+    }
+
+    fn combine(&self, left: u64, right: u64) -> u64 {
+        left + right
     }
 }
 
@@ -50,7 +64,7 @@ fn splitmix64(mut z: u64) -> u64 {
 
 /// The workloads this program's workers can run: the built-ins and ours.
 fn registry() -> Registry {
-    Registry::builtin().register::<MonteCarloPi>()
+    Registry::builtin().register_reduce::<MonteCarloPi>()
 }
 
 fn main() -> Result<(), procpool::Error> {
@@ -61,23 +75,22 @@ fn main() -> Result<(), procpool::Error> {
     let darts = 4_000_000;
     let workload = MonteCarloPi { seed: 42 };
 
-    // A pool of your own: the hits come back as the sum of the per-chunk counts.
+    // A pool of your own: only the hits come back, the sum of the per-chunk counts; the
+    // darts themselves are never stored.
     let mut pool = Pool::builder().workers(2).build()?;
-    let run = pool.run(&workload, darts)?;
-    let hits = run.stats().reduction.expect("the workload has a reduction");
+    let hits = pool.reduce(&workload, darts)?;
     println!(
         "π ≈ {:.5} from {darts} darts on {} worker processes",
-        4.0 * hits as f64 / darts as f64,
-        run.stats().workers.len()
+        4.0 * hits.value as f64 / darts as f64,
+        hits.stats.workers.len()
     );
-    drop(run);
     drop(pool);
 
     // Or a whole measured run: pool, single-process baseline, verification, report.
     let options = RunOptions::new(2);
-    let report = procpool::run(&workload, darts, &options)?;
+    let report = procpool::run_reduce(&workload, darts, &options)?;
     assert_eq!(report.verified, Some(true));
-    assert_eq!(report.reduction, Some(hits));
+    assert_eq!(report.reduction, Some(hits.value.into()));
     print!("{}", procpool::report::render_text(&report));
     Ok(())
 }
@@ -98,14 +111,16 @@ mod tests {
             .test_harness()
             .build()
             .expect("start two workers through this test binary");
-        let run = pool
-            .run(&workload, darts)
+        let (run, hits) = pool
+            .run_and_reduce_with(&workload, darts, &Default::default())
             .expect("run across two processes");
         let mut expected = vec![0u8; darts as usize];
         workload.kernel(0..darts, &mut expected);
         assert_eq!(run.results(), &expected[..], "element by element");
-        let hits = run.stats().reduction.expect("a reduction");
         assert_eq!(hits, expected.iter().map(|&h| u64::from(h)).sum::<u64>());
+        drop(run);
+        let only = pool.reduce(&workload, darts).expect("reduce only");
+        assert_eq!((only.value, only.stats.shm_bytes), (hits, 0));
         let pi = 4.0 * hits as f64 / darts as f64;
         assert!((pi - std::f64::consts::PI).abs() < 0.02, "π ≈ {pi}");
         let pids = pool.pids();

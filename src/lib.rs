@@ -88,14 +88,14 @@ pub use engine::fault::Fault;
 pub use engine::interrupt::Interrupt;
 pub use engine::pool::{
     AutoChunk, Death, Event, JobOptions, JobStats, Observer, Pool, PoolBuilder, PoolOptions,
-    PoolRun, StartMethod, Supervision, WindowSink, WorkerStats,
+    PoolRun, Reduced, StartMethod, Supervision, WindowSink, WorkerStats,
 };
 pub use engine::protocol::{Dispatch, Transport};
 pub use engine::schedule::Schedule;
 pub use error::{Error, Result};
 pub use lab::model::{Mode, Report};
-pub use lab::run::{RunOptions, run, run_inspect};
-pub use workload::{Element, Registry, Workload};
+pub use lab::run::{RunOptions, run, run_inspect, run_reduce, run_reduce_inspect};
+pub use workload::{Element, Reduce, Registry, Workload};
 
 /// Serves as a worker if this process was started as one; otherwise returns at once.
 ///

@@ -776,23 +776,27 @@ impl Control {
 }
 
 /// The per-chunk table of a posting, in the results mapping after the results: one done
-/// byte per chunk (0 not done, 1 done, 2 done with a reduction), one reduction per chunk,
-/// and one done count per streaming window slot.
+/// byte per chunk (0 not done, 1 done, 2 done with a reduction), one accumulator slot per
+/// chunk when the job reduces (`acc_slot` bytes: a length word, then the encoded
+/// accumulator in words), and one done count per streaming window slot.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TableLayout {
     /// Offset of the table in the results mapping (8-aligned).
     pub(crate) at: u64,
     pub(crate) chunks: u64,
     pub(crate) ring: u64,
+    /// Bytes of one chunk's accumulator slot, a multiple of 8 (0: the job does not reduce).
+    pub(crate) acc_slot: u64,
 }
 
 impl TableLayout {
     /// A table after `results` bytes of results.
-    pub(crate) fn after(results: u64, chunks: u64, ring: u64) -> Self {
+    pub(crate) fn after(results: u64, chunks: u64, ring: u64, acc_slot: u64) -> Self {
         TableLayout {
             at: results.next_multiple_of(64),
             chunks,
             ring,
+            acc_slot,
         }
     }
 
@@ -803,7 +807,7 @@ impl TableLayout {
         self.at + self.chunks.next_multiple_of(8)
     }
     fn windows_at(&self) -> u64 {
-        self.reductions_at() + self.chunks * 8
+        self.reductions_at() + self.chunks * self.acc_slot
     }
 
     /// One past the table's last byte: the results mapping's length.
@@ -853,15 +857,24 @@ impl<'m> ChunkTable<'m> {
         }
     }
 
-    /// Marks chunk `index` done, with its reduction (after its results are written).
-    pub(crate) fn set_done(&self, index: u64, reduction: Option<u64>) {
+    /// Marks chunk `index` done, with its encoded accumulator (after its results are
+    /// written). An accumulator longer than the slot is not stored (the worker checked
+    /// it against the same size first).
+    pub(crate) fn set_done(&self, index: u64, reduction: Option<&[u8]>) {
+        let slot = self.layout.acc_slot;
         let flag = match reduction {
-            Some(r) => {
-                self.u64_at(self.layout.reductions_at() + index * 8)
-                    .store(r, Ordering::Relaxed);
+            Some(acc) if slot >= 8 && acc.len() as u64 <= slot - 8 => {
+                let base = self.layout.reductions_at() + index * slot;
+                self.u64_at(base).store(acc.len() as u64, Ordering::Relaxed);
+                for (k, word) in acc.chunks(8).enumerate() {
+                    let mut bytes = [0u8; 8];
+                    bytes[..word.len()].copy_from_slice(word);
+                    self.u64_at(base + 8 + k as u64 * 8)
+                        .store(u64::from_le_bytes(bytes), Ordering::Relaxed);
+                }
                 2
             }
-            None => 1,
+            _ => 1,
         };
         self.flag(index).store(flag, Ordering::Release);
     }
@@ -871,12 +884,25 @@ impl<'m> ChunkTable<'m> {
         self.flag(index).load(Ordering::Acquire) != 0
     }
 
-    /// Chunk `index`'s reduction, if done with one.
-    pub(crate) fn reduction(&self, index: u64) -> Option<u64> {
-        (self.flag(index).load(Ordering::Acquire) == 2).then(|| {
-            self.u64_at(self.layout.reductions_at() + index * 8)
-                .load(Ordering::Relaxed)
-        })
+    /// Chunk `index`'s encoded accumulator, if done with one. The length word is checked
+    /// against the slot: the table is shared with the workers.
+    pub(crate) fn reduction(&self, index: u64) -> Option<Vec<u8>> {
+        if self.flag(index).load(Ordering::Acquire) != 2 {
+            return None;
+        }
+        let slot = self.layout.acc_slot;
+        let base = self.layout.reductions_at() + index * slot;
+        let len = self.u64_at(base).load(Ordering::Relaxed);
+        if slot < 8 || len > slot - 8 {
+            return None;
+        }
+        let mut acc = Vec::with_capacity(len as usize);
+        for k in 0..len.div_ceil(8) {
+            let word = self.u64_at(base + 8 + k * 8).load(Ordering::Relaxed);
+            acc.extend_from_slice(&word.to_le_bytes());
+        }
+        acc.truncate(len as usize);
+        Some(acc)
     }
 
     /// Adds `elements` to window slot `slot`'s done count; returns the new count.
@@ -1048,14 +1074,20 @@ mod tests {
     #[test]
     fn the_table_marks_chunks_done_with_their_reductions() {
         let mut region = SharedRegion::with_control(control_len(1)).unwrap();
-        let layout = TableLayout::after(100, 3, 2);
+        let layout = TableLayout::after(100, 4, 2, 24);
         region.reset(layout.end()).unwrap();
         let map = region.map().unwrap();
         let table = ChunkTable::new(&map, layout).unwrap();
-        table.set_done(1, Some(42));
+        let acc: Vec<u8> = (1..=13).collect();
+        table.set_done(1, Some(&acc));
         table.set_done(2, None);
+        // Longer than the slot's 16 bytes: done, without an accumulator.
+        table.set_done(3, Some(&[7; 17]));
         assert!(!table.is_done(0) && table.is_done(1) && table.is_done(2));
-        assert_eq!((table.reduction(1), table.reduction(2)), (Some(42), None));
+        assert_eq!((table.reduction(1), table.reduction(2)), (Some(acc), None));
+        assert_eq!(table.reduction(3), None);
+        table.set_done(0, Some(&[]));
+        assert_eq!(table.reduction(0), Some(vec![]));
         assert_eq!(table.window_done(3, 5), 5);
         assert_eq!(
             table.window_done(1, 5),
@@ -1064,6 +1096,6 @@ mod tests {
         );
         table.clear();
         assert!(!table.is_done(1));
-        assert!(ChunkTable::new(&map, TableLayout::after(100, 1000, 2)).is_none());
+        assert!(ChunkTable::new(&map, TableLayout::after(100, 1000, 2, 24)).is_none());
     }
 }

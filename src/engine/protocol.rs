@@ -13,7 +13,7 @@ use crate::engine::fault::Fault;
 pub(crate) use crate::workload::Registered;
 
 /// Bumped whenever a message changes shape; a worker from another build is refused.
-pub(crate) const PROTOCOL_VERSION: u32 = 5;
+pub(crate) const PROTOCOL_VERSION: u32 = 6;
 
 /// The first argument that turns a procpool-linked binary into a worker (see [`crate::init`]).
 pub(crate) const WORKER_ARG: &str = "__procpool_worker";
@@ -73,6 +73,13 @@ pub(crate) struct JobSpec {
     /// `(i / window_elems) % ring`, at `i % window_elems` within it. A job without streaming
     /// has one window as long as the job (`ring` = 1), so element `i` is at `i`.
     pub layout: Layout,
+    /// Bytes of each chunk's accumulator slot when the job reduces (0: it does not); the
+    /// worker reduces every chunk and puts the encoded accumulator in the chunk table (or
+    /// in its `Done`).
+    pub reduce_slot: u64,
+    /// False for a reduction-only job: the region holds no output, and each worker runs
+    /// the kernel into memory of its own.
+    pub output: bool,
 }
 
 /// Where each element of a job lives in the shared region.
@@ -185,8 +192,8 @@ pub(crate) enum FromWorker {
         id: u64,
         /// Time spent in the kernel, in nanoseconds.
         compute_ns: u64,
-        /// The workload's per-chunk reduction, if it has one.
-        reduction: Option<u64>,
+        /// The chunk's encoded accumulator, when the job reduces.
+        reduction: Option<serde_bytes::ByteBuf>,
         /// The chunk's output bytes, with [`Transport::Channel`] only.
         data: Option<serde_bytes::ByteBuf>,
     },
@@ -246,7 +253,7 @@ mod tests {
         let done = FromWorker::Done {
             id: 1000,
             compute_ns: 1_000_000,
-            reduction: Some(3),
+            reduction: None,
             data: None,
         };
         let size = wire_size(&done);

@@ -107,7 +107,19 @@ struct CurrentJob {
     elem_size: usize,
     layout: Layout,
     faults: Vec<Fault>,
+    /// Bytes of a chunk's accumulator slot when the job reduces (0: it does not).
+    reduce_slot: u64,
+    /// False for a reduction-only job: the kernel writes into `scratch`, not the region.
+    output: bool,
+    /// Memory of this worker's own for a reduction-only job's chunks, reused chunk after
+    /// chunk; in cache lines, so that any element type is aligned in it.
+    scratch: std::cell::RefCell<Vec<Line>>,
 }
+
+/// 64 bytes aligned to 64: the unit of a worker's scratch memory.
+#[derive(Debug, Clone, Copy, bytemuck::Zeroable, bytemuck::Pod)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
 
 /// What a worker keeps between postings.
 struct Worker<'a> {
@@ -430,6 +442,9 @@ impl Worker<'_> {
                         elem_size: spec.elem_size as usize,
                         layout: spec.layout,
                         faults: spec.faults,
+                        reduce_slot: spec.reduce_slot,
+                        output: spec.output,
+                        scratch: std::cell::RefCell::new(Vec::new()),
                     });
                     Ok(())
                 }
@@ -477,6 +492,7 @@ impl Worker<'_> {
             at: posting.table_at,
             chunks: posting.chunks,
             ring: posting.ring,
+            acc_slot: job.reduce_slot,
         };
         let Some(table) = ChunkTable::new(&self.results, layout) else {
             return Err(Stop::Failed(format!(
@@ -552,7 +568,7 @@ impl Worker<'_> {
                 }
             };
             let compute_ns = began.elapsed().as_nanos() as u64;
-            table.set_done(index, reduction);
+            table.set_done(index, reduction.as_deref());
             let done = self.control.finished(self.slot, chunk.len(), compute_ns);
             let window_full = posting.ring > 1 && {
                 let window = chunk.start / posting.window_elems;
@@ -646,7 +662,7 @@ impl Worker<'_> {
                     let done = FromWorker::Done {
                         id,
                         compute_ns,
-                        reduction,
+                        reduction: reduction.map(serde_bytes::ByteBuf::from),
                         data: data.map(serde_bytes::ByteBuf::from),
                     };
                     if self.to_parent.send(done).is_err() {
@@ -666,6 +682,10 @@ impl Worker<'_> {
     }
 }
 
+/// What running a chunk gives back: its encoded accumulator (a reducing job) and its
+/// output bytes (the channel transport).
+type Ran = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 fn run_chunk(
     job: &CurrentJob,
     mapping: &Mapping,
@@ -673,7 +693,7 @@ fn run_chunk(
     start: u64,
     end: u64,
     attempt: u32,
-) -> Result<(Option<u64>, Option<Vec<u8>>), String> {
+) -> Result<Ran, String> {
     let fault = job
         .faults
         .iter()
@@ -694,14 +714,34 @@ fn run_chunk(
             "chunk {id} ({start}..{end}) does not fit in memory"
         ));
     };
+    let reduce = job.reduce_slot > 0;
+    let reduced = |acc: Option<Vec<u8>>| match acc {
+        None if reduce => Err(format!(
+            "chunk {id}: the job reduces but this worker's registry has the workload without \
+             its reduction (use Registry::register_reduce)"
+        )),
+        acc => Ok(acc),
+    };
+    if !job.output {
+        // Reduction only: compute into our own memory and keep nothing but the accumulator.
+        let len = hi.saturating_sub(lo);
+        let mut scratch = job.scratch.borrow_mut();
+        let lines = len.div_ceil(64);
+        if scratch.len() < lines {
+            scratch.resize(lines, Line([0; 64]));
+        }
+        let out = &mut bytemuck::cast_slice_mut::<Line, u8>(&mut scratch[..lines])[..len];
+        let acc = job.kernel.run(start..end, out, reduce);
+        return Ok((reduced(acc)?, None));
+    }
     if job.transport == Transport::Channel {
         // Compute into our own memory; the bytes travel back in the Done message.
         let mut out = vec![0u8; hi.saturating_sub(lo)];
-        let reduction = job.kernel.run(start..end, &mut out);
+        let acc = job.kernel.run(start..end, &mut out, reduce);
         if fault == Some(FaultAction::Corrupt) && !out.is_empty() {
             out[0] ^= 0x5a;
         }
-        return Ok((reduction, Some(out)));
+        return Ok((reduced(acc)?, Some(out)));
     }
     if lo > hi || hi > mapping.len() {
         return Err(format!(
@@ -715,11 +755,11 @@ fn run_chunk(
     // only after it is marked done; so for the life of this slice no other process touches
     // these bytes. (The chunk table after the results is only ever accessed atomically.)
     let out = unsafe { mapping.slice_mut(lo..hi) };
-    let reduction = job.kernel.run(start..end, out);
+    let acc = job.kernel.run(start..end, out, reduce);
     if fault == Some(FaultAction::Corrupt) && !out.is_empty() {
         out[0] ^= 0x5a;
     }
-    Ok((reduction, None))
+    Ok((reduced(acc)?, None))
 }
 
 /// Where the last panic of this worker happened, kept by [`quiet_panics`]'s hook.

@@ -165,10 +165,13 @@ pub struct Report {
     pub retried_chunks: u64,
     /// Each worker death: which worker, its pid, how it ended, and its replacement.
     pub deaths: Vec<Death>,
-    /// The workload's per-chunk reductions added up, if it has a reduction.
-    pub reduction: Option<u64>,
-    /// The same reduction of the single-process output (must equal `reduction`).
-    pub baseline_reduction: Option<u64>,
+    /// The job's reduction, when it reduced ([`crate::run_reduce`]; the command reduces
+    /// `squares` to the sum of its output and `primes` to the count of primes): the
+    /// chunks' accumulators combined in chunk order, as JSON.
+    pub reduction: Option<serde_json::Value>,
+    /// The single-process output reduced over the same chunks in the same order (equal to
+    /// `reduction` bit for bit in a verified run).
+    pub baseline_reduction: Option<serde_json::Value>,
     /// Timings over repeated rounds (`--repeat`), when more than one.
     pub repeat: Option<Repeats>,
     /// Where the output was streamed (`--output`), if it was.

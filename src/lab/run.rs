@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::engine::limits::{Machine, check_memory};
-use crate::engine::pool::{JobOptions, JobStats, PoolBuilder, PoolOptions, WorkerStats};
+use crate::engine::pool::{
+    JobOptions, JobStats, PoolBuilder, PoolOptions, ReducedChunk, Want, WorkerStats, in_chunk_order,
+};
 use crate::engine::protocol::Transport;
 use crate::engine::schedule::{Dispenser, Schedule};
 use crate::error::{Error, Phase, Result};
@@ -19,7 +21,7 @@ use crate::lab::measure::{ratio, summarize};
 use crate::lab::model::{Breakdown, Mode, OutputReport, Repeats, Report};
 use crate::lab::stream::{FileSink, RING, window_elems};
 use crate::lab::threads::run_threads;
-use crate::workload::Workload;
+use crate::workload::{ChunkReducer, Reduce, ReducerOf, Workload};
 
 /// How to run a job.
 #[derive(Debug, Clone)]
@@ -98,10 +100,21 @@ struct Round {
     stats: JobStats,
     baseline: Option<Duration>,
     mismatch: Option<Mismatch>,
-    baseline_reduction: Option<u64>,
+    /// The single-process run's reduction over the same chunks, and whether it equals the
+    /// pool's bit for bit.
+    baseline_reduction: Option<ReductionCheck>,
     checksum: u64,
     verify: Duration,
     output: Option<OutputReport>,
+}
+
+/// The single-process reduction of a round, against the pool's.
+#[derive(Debug, Clone)]
+struct ReductionCheck {
+    /// As JSON, for the report.
+    baseline: serde_json::Value,
+    /// Equal to the pool's, byte for byte (encoded).
+    matches: bool,
 }
 
 /// Like [`run`], and hands the output (after verification, before it is freed) to `inspect`:
@@ -111,6 +124,35 @@ pub fn run_inspect<W: Workload>(
     n: u64,
     options: &RunOptions,
     inspect: impl FnOnce(&[W::Output]),
+) -> Result<Report> {
+    run_lab(workload, n, options, inspect, None)
+}
+
+/// Like [`run`], and reduces too ([`Reduce`]): the workers reduce every chunk, the report
+/// gives the chunks' accumulators combined in chunk order
+/// ([`Report::reduction`](crate::Report::reduction)) and checks them against the
+/// single-process output reduced over the same chunks in the same order, bit for bit.
+/// (Streamed runs, with [`RunOptions::output`], do not reduce.)
+pub fn run_reduce<W: Reduce>(workload: &W, n: u64, options: &RunOptions) -> Result<Report> {
+    run_reduce_inspect(workload, n, options, |_| {})
+}
+
+/// [`run_reduce`] with an `inspect` as in [`run_inspect`].
+pub fn run_reduce_inspect<W: Reduce>(
+    workload: &W,
+    n: u64,
+    options: &RunOptions,
+    inspect: impl FnOnce(&[W::Output]),
+) -> Result<Report> {
+    run_lab(workload, n, options, inspect, Some(&ReducerOf(workload)))
+}
+
+fn run_lab<W: Workload>(
+    workload: &W,
+    n: u64,
+    options: &RunOptions,
+    inspect: impl FnOnce(&[W::Output]),
+    reducer: Option<&dyn ChunkReducer<W::Output>>,
 ) -> Result<Report> {
     let machine = Machine::read();
     validate(
@@ -138,7 +180,15 @@ pub fn run_inspect<W: Workload>(
                 f(out);
             }
         };
-        let r = run_round(workload, &local, n, options, baseline_first, hand_over)?;
+        let r = run_round(
+            workload,
+            &local,
+            n,
+            options,
+            baseline_first,
+            hand_over,
+            reducer,
+        )?;
         if round >= options.warmup {
             measured.push(r);
         }
@@ -150,10 +200,16 @@ pub fn run_inspect<W: Workload>(
 /// single-process reduction (when there was a baseline), the checksum, and the time taken.
 type Checked = (
     Option<Duration>,
-    Option<(Option<Mismatch>, Option<u64>)>,
+    Option<(Option<Mismatch>, Option<ReductionCheck>)>,
     u64,
     Duration,
 );
+
+/// A round's reduction: its chunks' accumulators in chunk order, and their combination.
+struct RoundReduction {
+    parts: Vec<ReducedChunk>,
+    combined: Vec<u8>,
+}
 
 /// One round: the parallel run and (unless skipped) the single-process run, verified.
 fn run_round<W: Workload>(
@@ -163,17 +219,31 @@ fn run_round<W: Workload>(
     options: &RunOptions,
     baseline_first: bool,
     inspect: impl FnOnce(&[W::Output]),
+    reducer: Option<&dyn ChunkReducer<W::Output>>,
 ) -> Result<Round> {
     if let Some(path) = &options.output {
         return stream_round(workload, local, n, options, path);
     }
+    // Combines a run's chunk accumulators in chunk order, into its stats.
+    let combine =
+        |parts: Vec<ReducedChunk>, stats: &mut JobStats| -> Result<Option<RoundReduction>> {
+            let Some(reducer) = reducer else {
+                return Ok(None);
+            };
+            let parts = in_chunk_order(parts, n)?;
+            let combined = reducer
+                .combine(&mut parts.iter().map(|p| p.acc.as_slice()))
+                .map_err(Error::Ipc)?;
+            stats.reduction = Some(reducer.describe(&combined));
+            Ok(Some(RoundReduction { parts, combined }))
+        };
     let interrupt = &options.pool.supervision.interrupt;
     let mut early = match options.baseline && baseline_first {
         true => Some(run_single(local, n, interrupt)?),
         false => None,
     };
     let verify = |results: &[W::Output],
-                  chunk_size: u64,
+                  reduced: Option<RoundReduction>,
                   early: &mut Option<(Vec<W::Output>, Duration)>|
      -> Result<Checked> {
         let single = match early.take() {
@@ -186,7 +256,14 @@ fn run_round<W: Workload>(
         let verdict = match &single {
             Some((out, _)) => Some((
                 compare(results, out, interrupt).map_err(stop)?,
-                reduce_chunks(local, out, chunk_size, interrupt).map_err(stop)?,
+                match (reducer, reduced) {
+                    (Some(reducer), Some(r)) => Some(
+                        reduce_like(reducer, &r, out, interrupt)
+                            .map_err(stop)?
+                            .map_err(Error::Ipc)?,
+                    ),
+                    _ => None,
+                },
             )),
             None => None,
         };
@@ -198,10 +275,15 @@ fn run_round<W: Workload>(
             let began = Instant::now();
             let mut pool = pool_builder(options).build()?;
             let spawn = pool.spawn_time();
-            let run = pool.run_with(workload, n, &job_options(options))?;
+            let want = Want {
+                output: true,
+                reduce_slot: reducer.map_or(0, |r| r.slot()),
+            };
+            let run = pool.run_want(workload, n, &job_options(options), want)?;
             let wall = began.elapsed();
-            let stats = run.stats().clone();
-            let checked = verify(run.results(), stats.chunk_size, &mut early)?;
+            let mut stats = run.stats().clone();
+            let reduced = combine(run.reduced_chunks().to_vec(), &mut stats)?;
+            let checked = verify(run.results(), reduced, &mut early)?;
             inspect(run.results());
             drop(run);
             pool.shutdown();
@@ -215,17 +297,17 @@ fn run_round<W: Workload>(
             let dispenser =
                 Dispenser::new(options.job.schedule, n, options.pool.workers, chunk_size);
             let chunk_size = dispenser.chunk_size();
-            let run = run_threads(local, dispenser, options.pool.workers, interrupt)?;
-            let stats = in_process_stats(
+            let mut run = run_threads(local, dispenser, options.pool.workers, interrupt, reducer)?;
+            let mut stats = in_process_stats(
                 n,
                 chunk_size,
                 run.chunks,
                 run.wall,
-                run.workers,
-                run.reduction,
+                std::mem::take(&mut run.workers),
                 options,
             );
-            let checked = verify(&run.output, chunk_size, &mut early)?;
+            let reduced = combine(std::mem::take(&mut run.reduced), &mut stats)?;
+            let checked = verify(&run.output, reduced, &mut early)?;
             inspect(&run.output);
             (run.wall, run.start, stats, checked)
         }
@@ -245,16 +327,18 @@ fn run_round<W: Workload>(
                 sleeps: 0,
                 setup_s: 0.0,
             };
-            let stats = in_process_stats(
-                n,
-                n.max(1),
-                u64::from(n > 0),
-                wall,
-                vec![worker],
-                local.reduce(&output),
-                options,
-            );
-            let checked = verify(&output, n.max(1), &mut early)?;
+            let mut stats =
+                in_process_stats(n, n.max(1), u64::from(n > 0), wall, vec![worker], options);
+            // One chunk, the whole job (none for n = 0).
+            let parts = match reducer {
+                Some(reducer) if n > 0 => vec![ReducedChunk {
+                    range: 0..n,
+                    acc: reducer.reduce_chunk(0..n, &output),
+                }],
+                _ => Vec::new(),
+            };
+            let reduced = combine(parts, &mut stats)?;
+            let checked = verify(&output, reduced, &mut early)?;
             inspect(&output);
             (wall, Duration::ZERO, stats, checked)
         }
@@ -329,7 +413,7 @@ fn stream_round<W: Workload>(
         stats,
         baseline: options.baseline.then_some(sink.baseline),
         mismatch: sink.mismatch,
-        baseline_reduction: sink.baseline_reduction,
+        baseline_reduction: None,
         checksum: sink.checksum,
         verify: Duration::ZERO,
         output: Some(OutputReport {
@@ -357,7 +441,6 @@ fn in_process_stats(
     chunks: u64,
     wall: Duration,
     workers: Vec<WorkerStats>,
-    reduction: Option<u64>,
     options: &RunOptions,
 ) -> JobStats {
     JobStats {
@@ -374,7 +457,7 @@ fn in_process_stats(
         recycles: 0,
         retried_chunks: 0,
         deaths: Vec::new(),
-        reduction,
+        reduction: None,
         schedule: options.job.schedule,
         transport: options.job.transport,
         auto_chunk: None,
@@ -403,9 +486,9 @@ fn build_report<W: Workload>(
         .filter_map(|r| r.baseline.map(|d| d.as_secs_f64()))
         .collect();
     let verified_all = options.baseline.then(|| {
-        rounds
-            .iter()
-            .all(|r| r.mismatch.is_none() && r.baseline_reduction == r.stats.reduction)
+        rounds.iter().all(|r| {
+            r.mismatch.is_none() && r.baseline_reduction.as_ref().is_none_or(|c| c.matches)
+        })
     });
     let pool_s = summarize(&walls).expect("at least one round");
     let baseline_s = summarize(&bases);
@@ -515,7 +598,7 @@ fn build_report<W: Workload>(
         retried_chunks: stats.retried_chunks,
         deaths: stats.deaths,
         reduction: stats.reduction,
-        baseline_reduction: last.baseline_reduction,
+        baseline_reduction: last.baseline_reduction.map(|c| c.baseline),
         repeat: repeats,
         output: last.output,
         parent_peak_rss_bytes: crate::engine::sys::process_usage(std::process::id())
@@ -525,29 +608,33 @@ fn build_report<W: Workload>(
     }
 }
 
-/// The workload's reduction over `output` cut into chunks of `chunk_size`, added up as the
-/// pool adds its chunks' values. (For a reduction that adds up, the chunking does not
-/// matter; the pool's own chunking is used so that any reduction compares like for like.)
-fn reduce_chunks<W: Workload>(
-    workload: &W,
-    output: &[W::Output],
-    chunk_size: u64,
+/// The single-process output reduced over the pool's chunks, in the same order, and
+/// compared with the pool's reduction byte for byte.
+fn reduce_like<T>(
+    reducer: &dyn ChunkReducer<T>,
+    pool: &RoundReduction,
+    single: &[T],
     interrupt: &crate::engine::interrupt::Interrupt,
-) -> std::result::Result<Option<u64>, Stopped> {
-    let size = usize::try_from(chunk_size).unwrap_or(usize::MAX).max(1);
-    let mut total = None;
-    for (k, chunk) in output.chunks(size).enumerate() {
+) -> std::result::Result<std::result::Result<ReductionCheck, String>, Stopped> {
+    let mut accs = Vec::with_capacity(pool.parts.len());
+    for p in &pool.parts {
         if let Some(signal) = interrupt.requested() {
-            let done = (k as u64).saturating_mul(size as u64);
-            return Err(Stopped { signal, done });
+            return Err(Stopped {
+                signal,
+                done: p.range.start,
+            });
         }
-        total = match (total, workload.reduce(chunk)) {
-            (acc, None) => acc,
-            (None, Some(r)) => Some(r),
-            (Some(a), Some(r)) => Some(u64::wrapping_add(a, r)),
-        };
+        let (lo, hi) = (p.range.start as usize, p.range.end as usize);
+        accs.push(reducer.reduce_chunk(p.range.clone(), &single[lo..hi]));
     }
-    Ok(total)
+    let combined = match reducer.combine(&mut accs.iter().map(Vec::as_slice)) {
+        Ok(combined) => combined,
+        Err(message) => return Ok(Err(message)),
+    };
+    Ok(Ok(ReductionCheck {
+        baseline: reducer.describe(&combined),
+        matches: combined == pool.combined,
+    }))
 }
 
 /// Refuses bad options and jobs that cannot fit, before anything starts.

@@ -164,8 +164,6 @@ pub(crate) struct FileSink<'a, W: Workload> {
     pub mismatch: Option<Mismatch>,
     /// Time the single-process kernel took, summed over windows (or known, for `sleep`).
     pub baseline: Duration,
-    /// The workload's reduction over the single-process windows.
-    pub baseline_reduction: Option<u64>,
     /// Time spent writing the file.
     pub write: Duration,
     /// Bytes written.
@@ -187,7 +185,6 @@ impl<'a, W: Workload> FileSink<'a, W> {
             checksum: 0,
             mismatch: None,
             baseline: Duration::ZERO,
-            baseline_reduction: None,
             write: Duration::ZERO,
             bytes: 0,
             windows: 0,
@@ -209,9 +206,6 @@ impl<'a, W: Workload> FileSink<'a, W> {
                 self.workload.kernel(range, &mut self.expected);
                 self.baseline += began.elapsed();
             }
-        }
-        if let Some(r) = self.workload.reduce(&self.expected) {
-            self.baseline_reduction = Some(self.baseline_reduction.unwrap_or(0).wrapping_add(r));
         }
         if self.mismatch.is_none()
             && let Some(mut m) = first_mismatch(out, &self.expected)

@@ -9,11 +9,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::engine::interrupt::Interrupt;
-use crate::engine::pool::WorkerStats;
+use crate::engine::pool::{ReducedChunk, WorkerStats};
 use crate::engine::schedule::{Chunk, Dispenser, Schedule};
 use crate::error::{Error, Phase, Result};
 use crate::lab::baseline::{in_pieces, zeroed};
-use crate::workload::Workload;
+use crate::workload::{ChunkReducer, Workload};
 
 /// What a threaded run measured.
 #[derive(Debug, Clone)]
@@ -28,8 +28,8 @@ pub(crate) struct ThreadsRun<T> {
     pub chunks: u64,
     /// Per thread: chunks done and kernel time (`pid` is this process's id).
     pub workers: Vec<WorkerStats>,
-    /// The workload's per-chunk reductions added up, if it has one.
-    pub reduction: Option<u64>,
+    /// Each chunk's encoded accumulator, when the run reduces (in no particular order).
+    pub reduced: Vec<ReducedChunk>,
 }
 
 /// The output, handed out chunk by chunk as disjoint `&mut` slices: safe sharing of one
@@ -67,7 +67,7 @@ struct ThreadResult {
     stats: WorkerStats,
     started: Instant,
     last_done: Option<Instant>,
-    reduction: Option<u64>,
+    reduced: Vec<ReducedChunk>,
     elements: u64,
     stopped_by: Option<i32>,
 }
@@ -84,6 +84,7 @@ pub(crate) fn run_threads<W: Workload>(
     dispenser: Dispenser,
     threads: usize,
     interrupt: &Interrupt,
+    reducer: Option<&dyn ChunkReducer<W::Output>>,
 ) -> Result<ThreadsRun<W::Output>> {
     let n = dispenser.remaining();
     let mut output: Vec<W::Output> = zeroed(n, "the threads' shared output")?;
@@ -102,14 +103,16 @@ pub(crate) fn run_threads<W: Workload>(
         closed: false,
     });
     let pid = std::process::id();
-    let (results, refused) = std::thread::scope(|scope| {
+    let (mut results, refused) = std::thread::scope(|scope| {
         let mut handles = Vec::with_capacity(threads);
         let mut refused = None;
         for id in 0..threads {
             let slices = &slices;
             let spawned = std::thread::Builder::new()
                 .name(format!("procpool-thread-{id}"))
-                .spawn_scoped(scope, move || work(workload, slices, id, pid, interrupt));
+                .spawn_scoped(scope, move || {
+                    work(workload, slices, id, pid, interrupt, reducer)
+                });
             match spawned {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
@@ -157,10 +160,10 @@ pub(crate) fn run_threads<W: Workload>(
         .map(|r| r.started.duration_since(began))
         .max()
         .unwrap_or_default();
-    let reduction = results
-        .iter()
-        .filter_map(|r| r.reduction)
-        .reduce(u64::wrapping_add);
+    let reduced = results
+        .iter_mut()
+        .flat_map(|r| std::mem::take(&mut r.reduced))
+        .collect();
     let workers: Vec<WorkerStats> = results
         .into_iter()
         .map(|r| {
@@ -175,7 +178,7 @@ pub(crate) fn run_threads<W: Workload>(
         start,
         chunks: workers.iter().map(|w| w.chunks).sum(),
         workers,
-        reduction,
+        reduced,
     })
 }
 
@@ -187,10 +190,11 @@ fn work<W: Workload>(
     id: usize,
     pid: u32,
     interrupt: &Interrupt,
+    reducer: Option<&dyn ChunkReducer<W::Output>>,
 ) -> ThreadResult {
     let started = Instant::now();
     let (mut chunks, mut compute, mut elements) = (0u64, Duration::ZERO, 0u64);
-    let mut reduction: Option<u64> = None;
+    let mut reduced = Vec::new();
     let mut last_done = None;
     let mut stopped_by = None;
     loop {
@@ -207,8 +211,11 @@ fn work<W: Workload>(
             stopped_by = Some(stopped.signal);
             break;
         }
-        if let Some(r) = workload.reduce(out) {
-            reduction = Some(reduction.unwrap_or(0).wrapping_add(r));
+        if let Some(reducer) = reducer {
+            reduced.push(ReducedChunk {
+                range: chunk.range(),
+                acc: reducer.reduce_chunk(chunk.range(), out),
+            });
         }
         let now = Instant::now();
         compute += now - t;
@@ -234,7 +241,7 @@ fn work<W: Workload>(
         stats,
         started,
         last_done,
-        reduction,
+        reduced,
         elements,
         stopped_by,
     }
@@ -255,7 +262,8 @@ mod tests {
                 (10_000, None, 2),
             ] {
                 let dispenser = Dispenser::new(schedule, n, threads, cs);
-                let run = run_threads(&Squares, dispenser, threads, &Interrupt::new()).unwrap();
+                let run =
+                    run_threads(&Squares, dispenser, threads, &Interrupt::new(), None).unwrap();
                 assert_eq!(run.output.len() as u64, n);
                 assert!(
                     run.output

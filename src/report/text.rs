@@ -172,8 +172,9 @@ pub fn render_text(r: &Report) -> String {
         (Some(false), None) => {
             let _ = writeln!(
                 s,
-                "  verified     NO: the per-chunk reductions differ ({:?} against {:?})",
-                r.reduction, r.baseline_reduction
+                "  verified     NO: the reductions differ ({} against {})",
+                json_or_none(r.reduction.as_ref()),
+                json_or_none(r.baseline_reduction.as_ref())
             );
         }
         (None, _) => {
@@ -193,9 +194,10 @@ pub fn render_text(r: &Report) -> String {
             secs(o.write_s)
         );
     }
-    if let Some(reduction) = r.reduction {
+    if let Some(reduction) = &r.reduction {
         let baseline = r
             .baseline_reduction
+            .as_ref()
             .map(|b| format!("  (single process: {b})"))
             .unwrap_or_default();
         let _ = writeln!(s, "  reduction    {reduction}{baseline}");
@@ -309,6 +311,11 @@ pub fn render_text(r: &Report) -> String {
     }
     s.push_str(&crate::report::advice::render(&r.advice));
     s
+}
+
+/// A reduction as compact JSON, or `none`.
+fn json_or_none(value: Option<&serde_json::Value>) -> String {
+    value.map_or_else(|| "none".to_string(), serde_json::Value::to_string)
 }
 
 #[cfg(test)]

@@ -47,6 +47,12 @@ macro_rules! element {
 }
 element!(u8, u16, u32, u64);
 
+impl Element for f64 {
+    fn widen(self) -> u64 {
+        self.to_bits()
+    }
+}
+
 /// A computation the pool can spread over processes.
 ///
 /// The value itself is the workload's parameters; it is serialized to every worker once per
@@ -78,16 +84,6 @@ pub trait Workload:
     /// with a [`Workload::sequential_time`] computes them here without the waiting.
     fn expected(&self, range: Range<u64>, out: &mut [Self::Output]) {
         self.kernel(range, out);
-    }
-
-    /// An optional per-chunk reduction: a number summarising one chunk's output (a count, a
-    /// sum), computed by the worker right after the kernel and sent back in its `Done`
-    /// message. The pool adds the chunks' values (wrapping, mod 2^64) into
-    /// [`JobStats::reduction`](crate::JobStats::reduction), and the report checks it against
-    /// the same reduction of the single-process output. The default reduces nothing.
-    fn reduce(&self, out: &[Self::Output]) -> Option<u64> {
-        let _ = out;
-        None
     }
 
     /// Prepares what every kernel call may read, once per worker process (Python's
@@ -127,22 +123,178 @@ pub trait Workload:
     fn setup(&mut self) {}
 }
 
+/// A reduction of a workload's output: what a job can return instead of (or beside) the
+/// output itself, like rayon's `.map(..).reduce(identity, op)`.
+///
+/// Each worker reduces every chunk it computes right after the kernel
+/// ([`Reduce::reduce_chunk`]); the parent then combines the chunks' accumulators **in
+/// chunk order**, left to right ([`Reduce::combine`]), so a float sum comes out the same
+/// on every run with the same chunks, and the single-process run, reducing the same chunks
+/// in the same order, must match it bit for bit. The accumulator can be any serde type
+/// (numbers, tuples, arrays, structs); each chunk's, postcard-encoded, must fit in
+/// [`Reduce::ACC_BYTES`]: it travels through a slot of that size in shared memory.
+///
+/// Register the workload with [`Registry::register_reduce`], then call
+/// [`Pool::reduce`](crate::Pool::reduce) (no output buffer at all),
+/// [`Pool::run_and_reduce_with`](crate::Pool::run_and_reduce_with) (output and reduction)
+/// or [`run_reduce`](crate::run_reduce) (a measured, verified run).
+///
+/// ```
+/// use std::ops::Range;
+/// use procpool::{Reduce, Workload};
+/// use serde::{Deserialize, Serialize};
+///
+/// /// The sum and the largest of 1/(i+1).
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// struct Harmonic;
+///
+/// impl Workload for Harmonic {
+///     const NAME: &'static str = "harmonic";
+///     type Output = f64;
+///     fn kernel(&self, range: Range<u64>, out: &mut [f64]) {
+///         for (slot, i) in out.iter_mut().zip(range) {
+///             *slot = 1.0 / (i + 1) as f64;
+///         }
+///     }
+/// }
+///
+/// impl Reduce for Harmonic {
+///     type Acc = (f64, f64);
+///     fn identity(&self) -> (f64, f64) {
+///         (0.0, f64::NEG_INFINITY)
+///     }
+///     fn reduce_chunk(&self, _range: Range<u64>, out: &[f64]) -> (f64, f64) {
+///         out.iter().fold(self.identity(), |(sum, max), &x| (sum + x, max.max(x)))
+///     }
+///     fn combine(&self, a: (f64, f64), b: (f64, f64)) -> (f64, f64) {
+///         (a.0 + b.0, a.1.max(b.1))
+///     }
+/// }
+/// ```
+pub trait Reduce: Workload {
+    /// The accumulator: one chunk's summary, and the job's.
+    type Acc: Serialize + DeserializeOwned + Clone + fmt::Debug + Send + Sync + 'static;
+    /// The most bytes one chunk's accumulator may take, postcard-encoded (a `u64` or `f64`
+    /// takes at most 10; a `Vec` its length plus its elements). A chunk whose accumulator
+    /// is larger fails the job with a message saying so.
+    const ACC_BYTES: usize = 64;
+    /// The accumulator of no elements: the result of an empty job, and where folds start.
+    fn identity(&self) -> Self::Acc;
+    /// One chunk's accumulator, from the chunk's indices and the kernel's output for them.
+    fn reduce_chunk(&self, range: Range<u64>, out: &[Self::Output]) -> Self::Acc;
+    /// Two neighbouring accumulators, `left` covering the lower indices, as one.
+    fn combine(&self, left: Self::Acc, right: Self::Acc) -> Self::Acc;
+}
+
+/// Encodes one chunk's accumulator; panics (a kernel error the pool reports as such) when
+/// it does not fit in [`Reduce::ACC_BYTES`].
+fn encode_acc<W: Reduce>(acc: &W::Acc) -> Vec<u8> {
+    let bytes = match postcard::to_stdvec(acc) {
+        Ok(bytes) => bytes,
+        Err(e) => panic!("cannot encode the accumulator of `{}`: {e}", W::NAME),
+    };
+    assert!(
+        bytes.len() <= W::ACC_BYTES,
+        "a chunk's accumulator of `{}` encodes to {} bytes, more than Reduce::ACC_BYTES = {}: \
+         raise ACC_BYTES in its Reduce impl",
+        W::NAME,
+        bytes.len(),
+        W::ACC_BYTES
+    );
+    bytes
+}
+
+/// Bytes of one chunk's slot in the shared chunk table for `W`: a length word and the
+/// encoded accumulator, in whole 8-byte words.
+pub(crate) fn acc_slot<W: Reduce>() -> u64 {
+    8 + (W::ACC_BYTES as u64).next_multiple_of(8)
+}
+
+/// A reduction with its accumulator's type erased: what the engine and the lab hold to
+/// combine encoded chunk accumulators and to reduce the single-process output alike.
+pub(crate) trait ChunkReducer<T>: Sync {
+    /// [`acc_slot`] of the workload.
+    fn slot(&self) -> u64;
+    /// One chunk's accumulator, encoded.
+    fn reduce_chunk(&self, range: Range<u64>, out: &[T]) -> Vec<u8>;
+    /// Combines encoded accumulators in the order given (chunk order); returns the result
+    /// encoded. Fails on bytes that do not decode.
+    fn combine(&self, parts: &mut dyn Iterator<Item = &[u8]>) -> Result<Vec<u8>, String>;
+    /// The encoded accumulator as JSON, for reports (`null` if it has no JSON form).
+    fn describe(&self, acc: &[u8]) -> serde_json::Value;
+}
+
+/// The [`ChunkReducer`] of a [`Reduce`] workload.
+pub(crate) struct ReducerOf<'w, W>(pub(crate) &'w W);
+
+impl<W: Reduce> ChunkReducer<W::Output> for ReducerOf<'_, W> {
+    fn slot(&self) -> u64 {
+        acc_slot::<W>()
+    }
+
+    fn reduce_chunk(&self, range: Range<u64>, out: &[W::Output]) -> Vec<u8> {
+        encode_acc::<W>(&self.0.reduce_chunk(range, out))
+    }
+
+    fn combine(&self, parts: &mut dyn Iterator<Item = &[u8]>) -> Result<Vec<u8>, String> {
+        let acc = decode_combined(self.0, parts)?;
+        postcard::to_stdvec(&acc).map_err(|e| e.to_string())
+    }
+
+    fn describe(&self, acc: &[u8]) -> serde_json::Value {
+        postcard::from_bytes::<W::Acc>(acc)
+            .ok()
+            .and_then(|a| serde_json::to_value(a).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Decodes encoded chunk accumulators and combines them in order, from the identity.
+pub(crate) fn decode_combined<W: Reduce>(
+    workload: &W,
+    parts: &mut dyn Iterator<Item = &[u8]>,
+) -> Result<W::Acc, String> {
+    let mut total = workload.identity();
+    for part in parts {
+        let acc: W::Acc = postcard::from_bytes(part).map_err(|e| {
+            format!(
+                "a chunk's accumulator of `{}` does not decode: {e}",
+                W::NAME
+            )
+        })?;
+        total = workload.combine(total, acc);
+    }
+    Ok(total)
+}
+
 /// A workload with its type erased, as a worker holds it during a job.
 pub(crate) trait DynKernel: Send + Sync {
-    /// Runs the kernel on `range`, writing little-endian elements into `out`, then the
-    /// workload's per-chunk reduction, if it has one.
-    fn run(&self, range: Range<u64>, out: &mut [u8]) -> Option<u64>;
+    /// Runs the kernel on `range`, writing little-endian elements into `out`; with
+    /// `reduce`, then reduces the chunk and returns its encoded accumulator (`None` when the
+    /// workload was registered without its reduction).
+    fn run(&self, range: Range<u64>, out: &mut [u8], reduce: bool) -> Option<Vec<u8>>;
 }
 
 struct Typed<W>(W);
 
 impl<W: Workload> DynKernel for Typed<W> {
-    fn run(&self, range: Range<u64>, out: &mut [u8]) -> Option<u64> {
+    fn run(&self, range: Range<u64>, out: &mut [u8], _reduce: bool) -> Option<Vec<u8>> {
         // The region is page aligned and chunk offsets are multiples of the element size,
         // so this cast cannot fail; bytemuck checks it anyway.
         let out: &mut [W::Output] = bytemuck::cast_slice_mut(out);
         self.0.kernel(range, out);
-        self.0.reduce(out)
+        None
+    }
+}
+
+/// A workload registered with its reduction ([`Registry::register_reduce`]).
+struct Reducing<W>(W);
+
+impl<W: Reduce> DynKernel for Reducing<W> {
+    fn run(&self, range: Range<u64>, out: &mut [u8], reduce: bool) -> Option<Vec<u8>> {
+        let out: &mut [W::Output] = bytemuck::cast_slice_mut(out);
+        self.0.kernel(range.clone(), out);
+        reduce.then(|| encode_acc::<W>(&self.0.reduce_chunk(range, out)))
     }
 }
 
@@ -150,10 +302,23 @@ type Decoder = fn(&[u8]) -> Result<(Box<dyn DynKernel>, Duration), postcard::Err
 
 /// Rebuilds the workload and runs its [`Workload::setup`]; returns how long that took.
 fn decode<W: Workload>(params: &[u8]) -> Result<(Box<dyn DynKernel>, Duration), postcard::Error> {
+    let (workload, took) = rebuild::<W>(params)?;
+    Ok((Box::new(Typed(workload)), took))
+}
+
+/// [`decode`] for a workload registered with its reduction.
+fn decode_reducing<W: Reduce>(
+    params: &[u8],
+) -> Result<(Box<dyn DynKernel>, Duration), postcard::Error> {
+    let (workload, took) = rebuild::<W>(params)?;
+    Ok((Box::new(Reducing(workload)), took))
+}
+
+fn rebuild<W: Workload>(params: &[u8]) -> Result<(W, Duration), postcard::Error> {
     let mut workload = postcard::from_bytes::<W>(params)?;
     let began = Instant::now();
     workload.setup();
-    Ok((Box::new(Typed(workload)), began.elapsed()))
+    Ok((workload, began.elapsed()))
 }
 
 /// A workload a worker can run: its name, element size and Rust type.
@@ -165,6 +330,8 @@ pub(crate) struct Registered {
     pub(crate) elem_size: u32,
     /// `std::any::type_name` of the workload: two types under one name are told apart.
     pub(crate) type_name: String,
+    /// Registered with its reduction ([`Registry::register_reduce`]).
+    pub(crate) reduces: bool,
 }
 
 /// Entry of the registry: how to rebuild a workload from its serialized parameters.
@@ -174,6 +341,8 @@ struct Entry {
     decode: Decoder,
     /// The Rust type registered, to tell two workloads that share a name apart.
     type_name: &'static str,
+    /// Whether its reduction was registered too.
+    reduces: bool,
 }
 
 /// The workloads a worker can run, by name.
@@ -212,8 +381,8 @@ impl Registry {
     /// A registry holding procpool's built-in workloads.
     pub fn builtin() -> Self {
         Self::empty()
-            .register::<Squares>()
-            .register::<Primes>()
+            .register_reduce::<Squares>()
+            .register_reduce::<Primes>()
             .register::<Collatz>()
             .register::<Mandelbrot>()
             .register::<Hash>()
@@ -235,7 +404,24 @@ impl Registry {
     }
 
     /// Adds workload `W`, or says which type already holds its name.
-    pub fn try_register<W: Workload>(mut self) -> Result<Self, String> {
+    pub fn try_register<W: Workload>(self) -> Result<Self, String> {
+        self.insert::<W>(decode::<W>, false)
+    }
+
+    /// Adds workload `W` with its [`Reduce`] implementation, so that workers can reduce
+    /// its chunks ([`Pool::reduce`](crate::Pool::reduce)). Registering it with
+    /// [`Registry::register`] instead runs its kernel but refuses its reductions.
+    ///
+    /// # Panics
+    /// As [`Registry::register`], when another type holds the name.
+    pub fn register_reduce<W: Reduce>(self) -> Self {
+        match self.insert::<W>(decode_reducing::<W>, true) {
+            Ok(registry) => registry,
+            Err(message) => panic!("{message}"),
+        }
+    }
+
+    fn insert<W: Workload>(mut self, decode: Decoder, reduces: bool) -> Result<Self, String> {
         let type_name = std::any::type_name::<W>();
         if let Some(taken) = self.entries.get(W::NAME)
             && taken.type_name != type_name
@@ -251,8 +437,9 @@ impl Registry {
             W::NAME,
             Entry {
                 elem_size: std::mem::size_of::<W::Output>(),
-                decode: decode::<W>,
+                decode,
                 type_name,
+                reduces,
             },
         );
         Ok(self)
@@ -267,6 +454,7 @@ impl Registry {
                 name: name.to_string(),
                 elem_size: e.elem_size as u32,
                 type_name: e.type_name.to_string(),
+                reduces: e.reduces,
             })
             .collect();
         all.sort();
@@ -317,7 +505,10 @@ mod tests {
         let params = postcard::to_stdvec(&Squares).unwrap();
         let (kernel, _) = reg.instantiate("squares", &params, 8).unwrap();
         let mut out = vec![0u8; 3 * 8];
-        kernel.run(4..7, &mut out);
+        assert_eq!(
+            kernel.run(4..7, &mut out, true),
+            Some(postcard::to_stdvec(&77u64).unwrap())
+        );
         let got: &[u64] = bytemuck::cast_slice(&out);
         assert_eq!(got, &[16, 25, 36]);
     }

@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
-use super::Workload;
+use super::{Reduce, Workload};
 
 /// `out[i] = 1` if `i` is prime, else `0` (`u8`), by trial division by odd numbers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +24,20 @@ impl Workload for Primes {
         for (slot, i) in out.iter_mut().zip(range) {
             *slot = u8::from(is_prime(i));
         }
+    }
+}
+
+/// How many primes there are below `n`.
+impl Reduce for Primes {
+    type Acc = u64;
+    fn identity(&self) -> u64 {
+        0
+    }
+    fn reduce_chunk(&self, _range: Range<u64>, out: &[u8]) -> u64 {
+        out.iter().map(|&p| u64::from(p)).sum()
+    }
+    fn combine(&self, left: u64, right: u64) -> u64 {
+        left + right
     }
 }
 

@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
-use super::Workload;
+use super::{Reduce, Workload};
 
 /// `out[i] = i * i` (u64, wrapping).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +22,20 @@ impl Workload for Squares {
         for (slot, i) in out.iter_mut().zip(range) {
             *slot = i.wrapping_mul(i);
         }
+    }
+}
+
+/// The sum of the squares (wrapping, mod 2^64): `(n-1) n (2n-1) / 6` for `0..n`.
+impl Reduce for Squares {
+    type Acc = u64;
+    fn identity(&self) -> u64 {
+        0
+    }
+    fn reduce_chunk(&self, _range: Range<u64>, out: &[u64]) -> u64 {
+        out.iter().fold(0, |sum, &x| sum.wrapping_add(x))
+    }
+    fn combine(&self, left: u64, right: u64) -> u64 {
+        left.wrapping_add(right)
     }
 }
 

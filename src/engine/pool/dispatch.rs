@@ -110,8 +110,8 @@ struct Job {
     done: u64,
     /// Elements in the chunks done.
     elements_done: u64,
-    /// Sum of the chunks' reductions.
-    reduction: Option<u64>,
+    /// The chunks' encoded accumulators, when the job reduces.
+    reduced: Vec<super::ReducedChunk>,
     messages: u64,
     bytes: u64,
     channel_result_bytes: u64,
@@ -322,7 +322,7 @@ impl Pool {
             ledger,
             done: 0,
             elements_done: 0,
-            reduction: None,
+            reduced: Vec::new(),
             messages,
             bytes,
             channel_result_bytes: 0,
@@ -449,6 +449,7 @@ impl Pool {
                 total.as_secs_f64() / job.done as f64
             }
         };
+        self.reduced = std::mem::take(&mut job.reduced);
         Ok(JobStats {
             n,
             inflight: job.depth,
@@ -458,14 +459,14 @@ impl Pool {
             ipc_messages: job.messages,
             ipc_bytes: job.bytes,
             shm_bytes: match job.spec.transport {
-                Transport::Shm => n * elem_size,
-                Transport::Channel => 0,
+                Transport::Shm if job.spec.output => n * elem_size,
+                _ => 0,
             },
             workers,
             restarts: job.ledger.restarts(),
             retried_chunks: job.ledger.retried_chunks(),
             deaths: job.deaths,
-            reduction: job.reduction,
+            reduction: None,
             schedule: job.dispenser.schedule(),
             transport: job.spec.transport,
             auto_chunk: job.auto.and_then(|a| a.result),
@@ -603,7 +604,7 @@ impl Pool {
         w: usize,
         id: u64,
         compute_ns: u64,
-        reduction: Option<u64>,
+        reduction: Option<serde_bytes::ByteBuf>,
         data: Option<serde_bytes::ByteBuf>,
         job: &mut Job,
     ) -> Result<()> {
@@ -625,8 +626,11 @@ impl Pool {
         }
         job.rtt_total += rtt;
         job.compute_total += compute;
-        if let Some(r) = reduction {
-            job.reduction = Some(job.reduction.unwrap_or(0).wrapping_add(r));
+        if let Some(acc) = reduction {
+            job.reduced.push(super::ReducedChunk {
+                range: chunk.start..chunk.end,
+                acc: acc.into_vec(),
+            });
         }
         if let Some(data) = data {
             self.place(chunk, &data, u64::from(job.spec.elem_size))?;

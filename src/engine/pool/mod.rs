@@ -30,7 +30,7 @@ use crate::engine::schedule::{Dispenser, Schedule};
 use crate::engine::shm::{Mapping, SharedRegion};
 use crate::engine::sys::{ExitCause, Process};
 use crate::error::{Error, Result};
-use crate::workload::{Element, Registry, Workload};
+use crate::workload::{Element, Reduce, Registry, Workload};
 pub use observe::{Event, Observer};
 use private_dir::PrivateDir;
 pub(crate) use spawn::TEST_WORKER_ENV;
@@ -569,6 +569,7 @@ impl PoolBuilder {
             waker,
             waker_rid,
             specs: (Vec::new(), 0),
+            reduced: Vec::new(),
             next_posting: 1,
             dir,
             start_deaths,
@@ -744,6 +745,68 @@ pub struct Pool {
     memory_checked: u128,
     /// Recycling limits: chunks per worker process, resident bytes (0: none).
     recycle: (u64, u64),
+    /// The last reducing job's encoded chunk accumulators, as the dispatch loop found them.
+    reduced: Vec<ReducedChunk>,
+}
+
+/// One chunk's encoded accumulator, as a reducing job collects them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReducedChunk {
+    /// The chunk's indices.
+    pub(crate) range: std::ops::Range<u64>,
+    /// Its accumulator, postcard-encoded.
+    pub(crate) acc: Vec<u8>,
+}
+
+/// Puts a job's chunk accumulators in chunk order and checks that they cover `0..n`
+/// exactly once (a chunk that ran twice, after a timeout, counts once).
+pub(crate) fn in_chunk_order(mut parts: Vec<ReducedChunk>, n: u64) -> Result<Vec<ReducedChunk>> {
+    parts.sort_by_key(|p| (p.range.start, p.range.end));
+    parts.dedup_by(|later, earlier| later.range == earlier.range);
+    let mut covered = 0;
+    for p in &parts {
+        if p.range.start != covered || p.range.end < p.range.start {
+            return Err(Error::Ipc(format!(
+                "the reduction lacks elements {covered}..{}: a chunk was done without its \
+                 accumulator",
+                p.range.start.max(covered)
+            )));
+        }
+        covered = p.range.end;
+    }
+    if covered != n {
+        return Err(Error::Ipc(format!(
+            "the reduction lacks elements {covered}..{n}: a chunk was done without its \
+             accumulator"
+        )));
+    }
+    Ok(parts)
+}
+
+/// What a reducing job asks of the workers besides the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Want {
+    /// The output in the shared region (false: reduction only, no output buffer).
+    pub(crate) output: bool,
+    /// Bytes of a chunk's accumulator slot (0: no reduction).
+    pub(crate) reduce_slot: u64,
+}
+
+impl Want {
+    /// The output, no reduction: a plain [`Pool::run_with`].
+    pub(crate) const OUTPUT: Want = Want {
+        output: true,
+        reduce_slot: 0,
+    };
+}
+
+/// The outcome of [`Pool::reduce`]: the combined accumulator and the measurements.
+#[derive(Debug, Clone)]
+pub struct Reduced<A> {
+    /// The chunks' accumulators combined in chunk order.
+    pub value: A,
+    /// The measurements ([`JobStats::reduction`] holds `value` as JSON).
+    pub stats: JobStats,
 }
 
 /// A region up to this size is kept between jobs even when the next job needs far less of
@@ -876,8 +939,9 @@ pub struct JobStats {
     pub retried_chunks: u64,
     /// Every worker death, in order.
     pub deaths: Vec<Death>,
-    /// The workload's per-chunk reductions added up (wrapping), if it has a reduction.
-    pub reduction: Option<u64>,
+    /// The job's reduction as JSON, when it reduced ([`Pool::reduce`],
+    /// [`Pool::run_and_reduce_with`]): the chunks' accumulators combined in chunk order.
+    pub reduction: Option<serde_json::Value>,
     /// Chunks in flight per worker at the end of the job: the depth chosen (see
     /// [`PoolBuilder::inflight_auto`]) or the fixed one.
     pub inflight: usize,
@@ -940,6 +1004,11 @@ impl<T: Element> PoolRun<'_, T> {
     pub fn stats(&self) -> &JobStats {
         &self.stats
     }
+
+    /// The job's chunk accumulators as the workers left them, when it reduced.
+    pub(crate) fn reduced_chunks(&self) -> &[ReducedChunk] {
+        &self.pool.reduced
+    }
 }
 
 impl Pool {
@@ -994,7 +1063,24 @@ impl Pool {
         n: u64,
         options: &JobOptions,
     ) -> Result<PoolRun<'_, W::Output>> {
-        let stats = self.job(workload, n, options, None)?;
+        let stats = self.job(workload, n, options, None, Want::OUTPUT)?;
+        Ok(PoolRun {
+            pool: self,
+            stats,
+            _elem: std::marker::PhantomData,
+        })
+    }
+
+    /// [`Pool::run_with`], reducing too when `want` says so (the lab's run, whose reducer
+    /// has its type erased).
+    pub(crate) fn run_want<W: Workload>(
+        &mut self,
+        workload: &W,
+        n: u64,
+        options: &JobOptions,
+        want: Want,
+    ) -> Result<PoolRun<'_, W::Output>> {
+        let stats = self.job(workload, n, options, None, want)?;
         Ok(PoolRun {
             pool: self,
             stats,
@@ -1031,7 +1117,81 @@ impl Pool {
             window_elems: window_elems.max(1),
             ring: ring.max(1),
         };
-        self.job(workload, n, options, Some((layout, sink)))
+        self.job(workload, n, options, Some((layout, sink)), Want::OUTPUT)
+    }
+
+    /// Reduces `workload` over `0..n` with default options: see [`Pool::reduce_with`].
+    pub fn reduce<W: Reduce>(&mut self, workload: &W, n: u64) -> Result<Reduced<W::Acc>> {
+        self.reduce_with(workload, n, &JobOptions::default())
+    }
+
+    /// Reduces `workload` over `0..n` without an output buffer: each worker runs the
+    /// kernel into memory of its own, reduces the chunk ([`Reduce::reduce_chunk`]) and
+    /// hands back only the accumulator; this process combines them in chunk order. The
+    /// shared region holds no output, however large `n` is.
+    ///
+    /// ```no_run
+    /// use procpool::Pool;
+    /// use procpool::workload::Primes;
+    ///
+    /// procpool::init();
+    /// let mut pool = Pool::builder().workers(2).build()?;
+    /// let primes = pool.reduce(&Primes, 1_000_000)?;
+    /// assert_eq!(primes.value, 78_498);
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
+    pub fn reduce_with<W: Reduce>(
+        &mut self,
+        workload: &W,
+        n: u64,
+        options: &JobOptions,
+    ) -> Result<Reduced<W::Acc>> {
+        let want = Want {
+            output: false,
+            reduce_slot: crate::workload::acc_slot::<W>(),
+        };
+        let mut stats = self.job(workload, n, options, None, want)?;
+        let value = self.combine_reduced(workload, n, &mut stats)?;
+        Ok(Reduced { value, stats })
+    }
+
+    /// Runs `workload` on `0..n` like [`Pool::run_with`] and reduces it too: the output in
+    /// shared memory and the chunks' accumulators combined in chunk order.
+    pub fn run_and_reduce_with<W: Reduce>(
+        &mut self,
+        workload: &W,
+        n: u64,
+        options: &JobOptions,
+    ) -> Result<(PoolRun<'_, W::Output>, W::Acc)> {
+        let want = Want {
+            output: true,
+            reduce_slot: crate::workload::acc_slot::<W>(),
+        };
+        let mut stats = self.job(workload, n, options, None, want)?;
+        let value = self.combine_reduced(workload, n, &mut stats)?;
+        let run = PoolRun {
+            pool: self,
+            stats,
+            _elem: std::marker::PhantomData,
+        };
+        Ok((run, value))
+    }
+
+    /// Combines the last job's accumulators in chunk order into `W::Acc`, and records it
+    /// as JSON in `stats`.
+    fn combine_reduced<W: Reduce>(
+        &mut self,
+        workload: &W,
+        n: u64,
+        stats: &mut JobStats,
+    ) -> Result<W::Acc> {
+        let parts = in_chunk_order(std::mem::take(&mut self.reduced), n)?;
+        let value =
+            crate::workload::decode_combined(workload, &mut parts.iter().map(|p| p.acc.as_slice()))
+                .map_err(Error::Ipc)?;
+        stats.reduction = Some(serde_json::to_value(&value).unwrap_or(serde_json::Value::Null));
+        self.reduced = parts;
+        Ok(value)
     }
 
     /// The common part of [`Pool::run_with`] and [`Pool::stream_with`].
@@ -1041,9 +1201,11 @@ impl Pool {
         n: u64,
         options: &JobOptions,
         stream: Option<(Layout, &mut (dyn WindowSink + Send))>,
+        want: Want,
     ) -> Result<JobStats> {
         let elem_size = std::mem::size_of::<W::Output>();
-        self.check_registered::<W>()?;
+        self.check_registered::<W>(want.reduce_slot > 0)?;
+        self.reduced.clear();
         if self.broken {
             // A failed job stopped every worker: start a fresh set.
             self.revive()?;
@@ -1051,7 +1213,10 @@ impl Pool {
             self.replace_the_dead()?;
         }
         let layout = stream.as_ref().map_or(Layout::flat(n), |(l, _)| *l);
-        let results_len = u128::from(layout.region_elems(n)) * elem_size as u128;
+        let results_len = match want.output {
+            true => u128::from(layout.region_elems(n)) * elem_size as u128,
+            false => 0,
+        };
         // Reading the machine's memory costs tens of microseconds: a region no larger than
         // one already checked (or mapped) needs no new look.
         if results_len > self.memory_checked {
@@ -1106,6 +1271,7 @@ impl Pool {
                     results_len as u64,
                     table_chunks,
                     layout.ring,
+                    want.reduce_slot,
                 )
                 .end(),
             ),
@@ -1142,6 +1308,8 @@ impl Pool {
             faults: options.faults.clone(),
             transport: options.transport,
             layout,
+            reduce_slot: want.reduce_slot,
+            output: want.output,
         });
         observe::tell(&self.observer, Event::JobStarted { n });
         let result = match options.dispatch {
@@ -1450,10 +1618,16 @@ impl Pool {
 
     /// Refuses, before any worker sees it, a job whose workload the workers cannot run:
     /// not registered in their binary, or registered with another element type.
-    fn check_registered<W: Workload>(&self) -> Result<()> {
+    fn check_registered<W: Workload>(&self, reduces: bool) -> Result<()> {
         let (name, elem_size) = (W::NAME, std::mem::size_of::<W::Output>());
         let type_name = std::any::type_name::<W>();
         match self.workloads.iter().find(|r| r.name == name) {
+            Some(r) if reduces && r.type_name == type_name && !r.reduces => {
+                Err(Error::invalid_input(format!(
+                    "workload `{name}` is registered in the workers' binary without its \
+                     reduction: register it with Registry::register_reduce::<{type_name}>()"
+                )))
+            }
             Some(r) if r.type_name != type_name => Err(Error::invalid_input(format!(
                 "workload `{name}` is {} in the workers' binary, not {type_name}: two types \
                  share one name; give one of them another Workload::NAME",

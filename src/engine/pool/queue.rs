@@ -141,7 +141,8 @@ struct QueueJob {
     /// A worker was lost in this posting: look for chunks nobody holds.
     lost_in_posting: bool,
     deaths: Vec<Death>,
-    reduction: Option<u64>,
+    /// The chunks' encoded accumulators, when the job reduces.
+    reduced: Vec<super::ReducedChunk>,
     messages: u64,
     bytes: u64,
     parent_sleeps: u64,
@@ -236,7 +237,7 @@ impl Pool {
             workers: workers as u64,
             boundary: dispenser.boundary(),
             posting: Posting::default(),
-            table: TableLayout::after(0, 0, 1),
+            table: TableLayout::after(0, 0, 1, 0),
             static_workers: if schedule == Schedule::Static {
                 workers
             } else {
@@ -249,7 +250,7 @@ impl Pool {
             overflow: VecDeque::new(),
             lost_in_posting: false,
             deaths,
-            reduction: None,
+            reduced: Vec::new(),
             messages,
             bytes,
             parent_sleeps: 0,
@@ -318,6 +319,7 @@ impl Pool {
         // Gaps are measured between a worker's chunks: one fewer than its chunks.
         let gaps = sum(|a| a.c.chunks.saturating_sub(1)).max(1) as f64;
         let dispatch_per_chunk_s = sum(|a| a.c.gap_ns) as f64 / gaps / 1e9;
+        self.reduced = std::mem::take(&mut job.reduced);
         Ok(JobStats {
             n,
             inflight: 1,
@@ -330,12 +332,16 @@ impl Pool {
             wall,
             ipc_messages: job.messages,
             ipc_bytes: job.bytes,
-            shm_bytes: n * u64::from(job.spec.elem_size),
+            shm_bytes: if job.spec.output {
+                n * u64::from(job.spec.elem_size)
+            } else {
+                0
+            },
             workers,
             restarts: job.ledger.restarts(),
             retried_chunks: job.ledger.retried_chunks(),
             deaths: job.deaths,
-            reduction: job.reduction,
+            reduction: None,
             schedule: job.schedule,
             transport: job.spec.transport,
             auto_chunk: job.auto.and_then(|a| a.result),
@@ -357,9 +363,13 @@ impl Pool {
     fn post(&mut self, job: &mut QueueJob, geometry: Geometry, start: u64, end: u64) -> Result<()> {
         let elem_size = u64::from(job.spec.elem_size);
         let layout = job.spec.layout;
-        let results = layout.region_elems(job.n) * elem_size;
+        let results = if job.spec.output {
+            layout.region_elems(job.n) * elem_size
+        } else {
+            0
+        };
         let chunks = geometry.chunks();
-        let table = TableLayout::after(results, chunks, layout.ring);
+        let table = TableLayout::after(results, chunks, layout.ring, job.spec.reduce_slot);
         if table.end() > self.region.len() {
             // A measured chunk length needs a longer table than the probes had: grow the
             // region, keeping what the probes wrote.
@@ -429,14 +439,19 @@ impl Pool {
             job.acc[w].add(self.control.counters(w));
             self.control.reset_slot(w);
         }
-        if let Some(t) = self
-            .mapping
-            .as_ref()
-            .and_then(|m| ChunkTable::new(m, job.table))
+        if job.spec.reduce_slot > 0
+            && let Some(t) = self
+                .mapping
+                .as_ref()
+                .and_then(|m| ChunkTable::new(m, job.table))
         {
             for k in 0..job.posting.chunks {
-                if let Some(r) = t.reduction(k) {
-                    job.reduction = Some(job.reduction.unwrap_or(0).wrapping_add(r));
+                if let Some(acc) = t.reduction(k) {
+                    let chunk = job.geometry.chunk(k);
+                    job.reduced.push(super::ReducedChunk {
+                        range: chunk.start..chunk.end,
+                        acc,
+                    });
                 }
             }
         }
