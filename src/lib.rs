@@ -95,7 +95,11 @@ pub use engine::schedule::Schedule;
 pub use error::{Error, Result};
 pub use lab::model::{Mode, Report};
 pub use lab::run::{RunOptions, run, run_inspect};
-pub use workload::{Element, Registry, Workload};
+pub use workload::{Element, Registry, Tolerance, Workload};
+
+/// The `bytemuck` crate procpool is built with, so that your element types can derive
+/// `Pod` and `Zeroable` without a dependency of your own (see [`Element`]).
+pub use bytemuck;
 
 /// Serves as a worker if this process was started as one; otherwise returns at once.
 ///

@@ -99,7 +99,7 @@ struct Round {
     baseline: Option<Duration>,
     mismatch: Option<Mismatch>,
     baseline_reduction: Option<u64>,
-    checksum: u64,
+    checksum: String,
     verify: Duration,
     output: Option<OutputReport>,
 }
@@ -121,6 +121,7 @@ pub fn run_inspect<W: Workload>(
         options,
         &machine,
     )?;
+    check_element::<W>(workload)?;
     // Bounded by `validate`.
     let rounds = options.warmup.saturating_add(options.repeat.max(1));
     // This process's own copy for the single-process run, threads and verification: set
@@ -151,7 +152,7 @@ pub fn run_inspect<W: Workload>(
 type Checked = (
     Option<Duration>,
     Option<(Option<Mismatch>, Option<u64>)>,
-    u64,
+    String,
     Duration,
 );
 
@@ -168,6 +169,7 @@ fn run_round<W: Workload>(
         return stream_round(workload, local, n, options, path);
     }
     let interrupt = &options.pool.supervision.interrupt;
+    let tolerance = local.tolerance();
     let mut early = match options.baseline && baseline_first {
         true => Some(run_single(local, n, interrupt)?),
         false => None,
@@ -185,7 +187,7 @@ fn run_round<W: Workload>(
         let stop = |s: Stopped| s.into_error(Phase::Verify, n);
         let verdict = match &single {
             Some((out, _)) => Some((
-                compare(results, out, interrupt).map_err(stop)?,
+                compare(results, out, tolerance.as_ref(), interrupt).map_err(stop)?,
                 reduce_chunks(local, out, chunk_size, interrupt).map_err(stop)?,
             )),
             None => None,
@@ -328,9 +330,9 @@ fn stream_round<W: Workload>(
         start: spawn,
         stats,
         baseline: options.baseline.then_some(sink.baseline),
+        checksum: sink.checksum(),
         mismatch: sink.mismatch,
         baseline_reduction: sink.baseline_reduction,
-        checksum: sink.checksum,
         verify: Duration::ZERO,
         output: Some(OutputReport {
             path: path.display().to_string(),
@@ -420,7 +422,7 @@ fn build_report<W: Workload>(
     let mismatch = rounds
         .iter()
         .chain(std::iter::once(&last))
-        .find_map(|r| r.mismatch);
+        .find_map(|r| r.mismatch.clone());
     let stats = last.stats;
     let n = stats.n;
     let workers = match options.mode {
@@ -500,6 +502,7 @@ fn build_report<W: Workload>(
         efficiency: speedup.map(|s| s / workers as f64),
         verified: verified_all,
         mismatch,
+        tolerance: workload.tolerance(),
         checksum: last.checksum,
         ipc_messages: stats.ipc_messages,
         ipc_bytes: stats.ipc_bytes,
@@ -548,6 +551,30 @@ fn reduce_chunks<W: Workload>(
         };
     }
     Ok(total)
+}
+
+/// Refuses an element type the lab cannot verify, before anything starts: a zero-sized one,
+/// or one the workload's tolerance does not fit.
+pub(crate) fn check_element<W: Workload>(workload: &W) -> Result<()> {
+    let size = std::mem::size_of::<W::Output>();
+    if size == 0 {
+        return Err(Error::invalid_input(format!(
+            "workload `{}` has a zero-sized output element ({}): an element must hold at \
+             least one byte",
+            W::NAME,
+            std::any::type_name::<W::Output>()
+        )));
+    }
+    if let Some(tolerance) = workload.tolerance() {
+        tolerance.check(size).map_err(|why| {
+            Error::invalid_input(format!(
+                "workload `{}` with {} elements: {why}",
+                W::NAME,
+                std::any::type_name::<W::Output>()
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// Refuses bad options and jobs that cannot fit, before anything starts.

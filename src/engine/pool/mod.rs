@@ -1453,6 +1453,13 @@ impl Pool {
     fn check_registered<W: Workload>(&self) -> Result<()> {
         let (name, elem_size) = (W::NAME, std::mem::size_of::<W::Output>());
         let type_name = std::any::type_name::<W>();
+        if elem_size == 0 {
+            return Err(Error::invalid_input(format!(
+                "workload `{name}` has a zero-sized output element ({}): an element must hold \
+                 at least one byte",
+                std::any::type_name::<W::Output>()
+            )));
+        }
         match self.workloads.iter().find(|r| r.name == name) {
             Some(r) if r.type_name != type_name => Err(Error::invalid_input(format!(
                 "workload `{name}` is {} in the workers' binary, not {type_name}: two types \
