@@ -107,6 +107,8 @@ const SUMMARY: &[&str] = &["mean", "sd", "min", "max", "runs"];
 const RATIO: &[&str] = &["value", "sd"];
 const OUTPUT: &[&str] = &["path", "bytes", "windows", "window_bytes", "write_s"];
 const MISMATCH: &[&str] = &["index", "pool", "baseline", "lane", "difference", "ulps"];
+/// `tolerance`, from a library workload.
+const TOLERANCE: &[&str] = &["lane", "abs", "rel", "ulps"];
 const ADVICE: &[&str] = &["limit", "text"];
 /// Every value `advice[].limit` may take.
 const LIMITS: &[&str] = &[
@@ -170,7 +172,8 @@ fn documented() -> BTreeSet<String> {
 
 fn all_schema_keys() -> BTreeSet<&'static str> {
     [
-        TOP, BREAKDOWN, WORKER, DEATH, AUTO_CHUNK, REPEAT, SUMMARY, RATIO, OUTPUT, MISMATCH, ADVICE,
+        TOP, BREAKDOWN, WORKER, DEATH, AUTO_CHUNK, REPEAT, SUMMARY, RATIO, OUTPUT, MISMATCH,
+        TOLERANCE, ADVICE,
     ]
     .into_iter()
     .flatten()

@@ -41,8 +41,10 @@ pub use tolerance::{Lane, Tolerance};
 /// [`Workload::tolerance`]); mismatch reports show them with `Debug`.
 ///
 /// A struct of your own derives the traits through procpool's re-export of `bytemuck`, so
-/// your crate needs no dependency of its own on it; the `#[bytemuck(crate = ...)]`
-/// attribute tells the derive where to find it:
+/// your crate needs no dependency of its own on it. The `#[bytemuck(crate = ...)]`
+/// attribute tells the derive where to find it; without it, the generated code names a
+/// crate `bytemuck` and fails with "cannot find `bytemuck` in the crate root" (unless your
+/// crate depends on `bytemuck` itself, which works too):
 ///
 /// ```
 /// use std::ops::Range;
