@@ -362,7 +362,6 @@ fn streamed_output_is_verified_within_the_tolerance_window_by_window() {
 
     options.output = Some(dir.path().join("far.bin"));
     let report = procpool::run(&Noisy::new(1e-3, Some(1e-9)), n, &options).expect("run");
-    assert!(!dir.path().join("far.bin").exists() || report.verified == Some(false));
     assert_eq!(report.verified, Some(false));
     let m = report.mismatch.expect("a mismatch");
     assert_eq!((m.index, m.lane), (0, Some(1)), "{m:?}");

@@ -219,7 +219,7 @@ pub struct Mismatch {
 
 impl Mismatch {
     /// A mismatch at `index` between `pool` and `baseline` (either may be missing when the
-    /// outputs' lengths differ), with the lane that failed `tolerance`, if one did.
+    /// outputs' lengths differ), shown with `Debug`; no lane (see [`compare`] for those).
     fn at<T: Element>(index: u64, pool: Option<&T>, baseline: Option<&T>) -> Mismatch {
         let show = |x: Option<&T>| x.map_or_else(|| "(none)".to_string(), |x| format!("{x:?}"));
         Mismatch {
