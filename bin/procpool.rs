@@ -15,7 +15,7 @@ use cli::{ChunkSize, Cli, Command, List, RunArgs, WorkloadCmd};
 use procpool::lab::SweepOptions;
 use procpool::workload::mandelbrot::write_png;
 use procpool::workload::{Collatz, Hash, Mandelbrot, Primes, Sleep, Spin, Squares};
-use procpool::{Element, Interrupt, Reduce, Report, RunOptions, Supervision, Workload};
+use procpool::{Interrupt, Reduce, Report, RunOptions, Supervision, Workload};
 
 /// Exit codes: 0 done and verified, 1 the job failed, 2 bad input (nothing started),
 /// 130/143 interrupted by SIGINT/SIGTERM.
@@ -243,7 +243,8 @@ impl WithWorkload for RunOne {
         let image = self.image.take();
         let report = procpool::run_inspect(workload, n, &self.options, |out| {
             if let Some((path, side, max_iter)) = image {
-                let pixels: Vec<u32> = out.iter().map(|&x| x.widen() as u32).collect();
+                // Mandelbrot's elements are u32 iteration counts.
+                let pixels: Vec<u32> = procpool::bytemuck::pod_collect_to_vec(out);
                 written = write_png(&path, side, &pixels, max_iter)
                     .context("cannot write the image")
                     .map(|()| {
@@ -265,11 +266,10 @@ impl WithWorkload for RunOne {
 
 /// Exit code 1, with the reason on stderr, when the outputs differ.
 fn verdict(report: &Report) -> ExitCode {
-    if let Some(m) = report.mismatch {
+    if let Some(m) = &report.mismatch {
         eprintln!(
-            "procpool: the pool output differs from the single-process run: element {} is {} \
-             (pool) but {} (single process)",
-            m.index, m.pool, m.baseline
+            "procpool: the pool output differs from the single-process run: {}",
+            procpool::report::mismatch_text(m)
         );
         return ExitCode::from(EXIT_FAILED);
     }

@@ -35,6 +35,14 @@
 //! chunks or past a memory size ([`PoolBuilder::max_chunks_per_worker`],
 //! [`PoolBuilder::max_worker_rss`]), to contain leaks.
 //!
+//! The output can be any plain-data type ([`Element`]): integers, floats, fixed arrays such
+//! as `[f32; 3]`, or your own `#[repr(C)]` struct deriving `Pod` and `Zeroable` through the
+//! re-exported [`bytemuck`]. The lab verifies the pool's output byte for byte against the
+//! single-process run, and the report's `checksum` is the start of the SHA-256 of those
+//! bytes; a kernel whose floats may differ in the last bits between processes declares a
+//! [`Tolerance`] ([`Workload::tolerance`]), and a mismatch names the index, both values
+//! and the lane beyond it. See `examples/integrate.rs`.
+//!
 //! Forgetting [`init`] is the classic pitfall of re-exec process pools (procspawn has the
 //! same rule): the worker would run your whole `main` again instead of serving. procpool
 //! notices (such a worker refuses to build a pool of its own and exits; the parent says to
@@ -95,7 +103,11 @@ pub use engine::schedule::Schedule;
 pub use error::{Error, Result};
 pub use lab::model::{Mode, Report};
 pub use lab::run::{RunOptions, run, run_inspect, run_reduce, run_reduce_inspect};
-pub use workload::{Element, Reduce, Registry, Workload};
+pub use workload::{Element, Reduce, Registry, Tolerance, Workload};
+
+/// The `bytemuck` crate procpool is built with, so that your element types can derive
+/// `Pod` and `Zeroable` without a dependency of your own (see [`Element`]).
+pub use bytemuck;
 
 /// Serves as a worker if this process was started as one; otherwise returns at once.
 ///

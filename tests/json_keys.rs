@@ -47,6 +47,7 @@ const TOP: &[&str] = &[
     "efficiency",
     "verified",
     "mismatch",
+    "tolerance",
     "checksum",
     "ipc_messages",
     "ipc_bytes",
@@ -105,7 +106,9 @@ const SUMMARY: &[&str] = &["mean", "sd", "min", "max", "runs"];
 /// `repeat.speedup`.
 const RATIO: &[&str] = &["value", "sd"];
 const OUTPUT: &[&str] = &["path", "bytes", "windows", "window_bytes", "write_s"];
-const MISMATCH: &[&str] = &["index", "pool", "baseline"];
+const MISMATCH: &[&str] = &["index", "pool", "baseline", "lane", "difference", "ulps"];
+/// `tolerance`, from a library workload.
+const TOLERANCE: &[&str] = &["lane", "abs", "rel", "ulps"];
 const ADVICE: &[&str] = &["limit", "text"];
 /// Every value `advice[].limit` may take.
 const LIMITS: &[&str] = &[
@@ -169,7 +172,8 @@ fn documented() -> BTreeSet<String> {
 
 fn all_schema_keys() -> BTreeSet<&'static str> {
     [
-        TOP, BREAKDOWN, WORKER, DEATH, AUTO_CHUNK, REPEAT, SUMMARY, RATIO, OUTPUT, MISMATCH, ADVICE,
+        TOP, BREAKDOWN, WORKER, DEATH, AUTO_CHUNK, REPEAT, SUMMARY, RATIO, OUTPUT, MISMATCH,
+        TOLERANCE, ADVICE,
     ]
     .into_iter()
     .flatten()
@@ -443,9 +447,15 @@ fn check_report(out: &Outcome, asked: &Asked) -> Value {
     } else {
         null(&r, "mismatch");
     }
+    // The built-in workloads ask for identical bytes.
+    null(&r, "tolerance");
 
     // Messages and memory.
-    uint(&r, "checksum");
+    let checksum = r["checksum"].as_str().expect("checksum is a string");
+    assert!(
+        checksum.len() == 16 && checksum.bytes().all(|b| b.is_ascii_hexdigit()),
+        "checksum: 16 hex digits of SHA-256, got {checksum}"
+    );
     let messages = uint(&r, "ipc_messages");
     let bytes = uint(&r, "ipc_bytes");
     let channel = uint(&r, "channel_result_bytes");
@@ -622,7 +632,7 @@ fn assert_squares_verified(r: &Value) {
     assert_eq!(r["params"], serde_json::json!({}));
     assert_eq!(uint(r, "n"), N);
     assert_eq!(r["verified"], true);
-    assert_eq!(uint(r, "checksum"), squares_checksum(N));
+    assert_eq!(r["checksum"], squares_checksum(N));
 }
 
 // ---- the runs --------------------------------------------------------------------------
@@ -783,11 +793,11 @@ fn output_says_where_the_stream_went() {
     // The file holds what the report says.
     let data = std::fs::read(&file).expect("the output file exists");
     assert_eq!(data.len() as u64, bytes);
-    let sum = data
-        .chunks_exact(8)
-        .map(|b| u64::from_ne_bytes(b.try_into().unwrap()))
-        .fold(0u64, u64::wrapping_add);
-    assert_eq!(sum, squares_checksum(N), "the file's elements");
+    assert_eq!(
+        common::checksum_of(&data),
+        squares_checksum(N),
+        "the file's bytes"
+    );
 }
 
 #[test]
@@ -946,12 +956,17 @@ fn a_corrupted_result_reports_the_first_mismatch() {
         (chunk_size..2 * chunk_size).contains(&index),
         "the mismatch is in chunk 1: index {index}, chunk size {chunk_size}"
     );
+    // Both values, as the element's Debug shows them (strings); no tolerance, no lane.
     assert_eq!(
-        uint(m, "baseline"),
-        index * index,
+        m["baseline"],
+        (index * index).to_string(),
         "the single-process value"
     );
-    assert_ne!(uint(m, "pool"), uint(m, "baseline"));
+    assert!(m["pool"].as_str().is_some(), "{m}");
+    assert_ne!(m["pool"], m["baseline"]);
+    for key in ["lane", "difference", "ulps"] {
+        assert!(m[key].is_null(), "{key}: {m}");
+    }
 }
 
 #[test]
@@ -978,7 +993,7 @@ fn without_a_baseline_speedup_and_verified_are_null() {
         null(&r, key);
     }
     assert_eq!(r["baseline_estimated"], false);
-    assert_eq!(uint(&r, "checksum"), squares_checksum(N));
+    assert_eq!(r["checksum"], squares_checksum(N));
 }
 
 #[test]
@@ -1014,7 +1029,11 @@ fn a_pinned_sleep_over_the_channels() {
         r["params"]
     );
     assert_eq!(r["verified"], true);
-    assert_eq!(uint(&r, "checksum"), 6, "0 + 1 + 2 + 3");
+    assert_eq!(
+        r["checksum"],
+        common::checksum_of(&[0u64, 1, 2, 3]),
+        "sleep writes i"
+    );
     assert_eq!(r["baseline_estimated"], true);
     assert!(
         close(secs(&r, "baseline_wall_s"), 4.0 * 0.002),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{EXIT_OK, EXIT_USAGE, Sandbox, procpool};
+use common::{EXIT_OK, EXIT_USAGE, Sandbox, checksum_of, procpool};
 use serde_json::Value;
 
 /// Each workload with small, odd sizes and cheap parameters (tests run a debug build).
@@ -96,21 +96,50 @@ fn threads_single_fork_and_both_dispatches_give_the_same_verified_output() {
 #[test]
 fn known_answers_through_the_pool() {
     let sandbox = Sandbox::new();
-    // π(10^5) = 9592 primes below 100000.
+    // The checksum is the SHA-256 of the output's bytes: computed here, independently.
+    // π(10^5) = 9592 primes below 100000, by a sieve.
+    let mut sieve = vec![1u8; 100_000];
+    sieve[0] = 0;
+    sieve[1] = 0;
+    let mut p = 2;
+    while p * p < sieve.len() {
+        if sieve[p] == 1 {
+            (p * p..sieve.len()).step_by(p).for_each(|m| sieve[m] = 0);
+        }
+        p += 1;
+    }
+    assert_eq!(sieve.iter().map(|&p| u64::from(p)).sum::<u64>(), 9592);
     let report = run_json(&sandbox, &["--workers", "2", "primes", "1e5"]);
-    assert_eq!(report["checksum"], 9592, "{report}");
-    // Collatz steps summed over 0..10000 (0 and 1 take none).
+    assert_eq!(report["checksum"], checksum_of(&sieve), "{report}");
+    // Collatz steps over 0..10000 (0 and 1 take none), summing to 849637.
+    let steps: Vec<u32> = (0..10_000u64)
+        .map(|mut x| {
+            let mut steps = 0;
+            while x > 1 {
+                x = if x.is_multiple_of(2) {
+                    x / 2
+                } else {
+                    3 * x + 1
+                };
+                steps += 1;
+            }
+            steps
+        })
+        .collect();
+    assert_eq!(steps.iter().map(|&s| u64::from(s)).sum::<u64>(), 849_637);
     let report = run_json(&sandbox, &["--workers", "3", "collatz", "10000"]);
-    assert_eq!(report["checksum"], 849_637, "{report}");
-    // hash with 0 rounds is the identity: the sum of 0..100.
+    assert_eq!(report["checksum"], checksum_of(&steps), "{report}");
+    // hash with 0 rounds is the identity: 0..100 as u64.
     let report = run_json(
         &sandbox,
         &["--workers", "2", "hash", "100", "--rounds", "0"],
     );
-    assert_eq!(report["checksum"], 4950, "{report}");
-    // sleep writes i: the sum of 0..20.
+    let identity: Vec<u64> = (0..100).collect();
+    assert_eq!(report["checksum"], checksum_of(&identity), "{report}");
+    // sleep writes i: 0..20 as u64.
     let report = run_json(&sandbox, &["--workers", "2", "sleep", "20", "--ms", "0"]);
-    assert_eq!(report["checksum"], 190, "{report}");
+    let indices: Vec<u64> = (0..20).collect();
+    assert_eq!(report["checksum"], checksum_of(&indices), "{report}");
     // mandelbrot N is an N×N image.
     let report = run_json(&sandbox, &["--workers", "2", "mandelbrot", "21"]);
     assert_eq!(report["n"], 441, "{report}");

@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use crate::engine::interrupt::Interrupt;
 use crate::error::{Error, Phase, Result};
-use crate::workload::{Element, Workload};
+use crate::workload::{Element, Tolerance, Workload};
+use sha2::{Digest, Sha256};
 
 /// Runs `workload` on `0..n` in this process. Returns the output and the time it took
 /// (allocation of zeroed pages included, as the pool's first-touch page faults are).
@@ -143,89 +144,169 @@ pub(crate) fn in_pieces<T>(
     Ok(())
 }
 
-/// The wrapping (mod 2^64) sum of the elements, each widened to `u64`.
-pub(crate) fn checksum<T: Element>(xs: &[T]) -> u64 {
-    xs.iter().fold(0u64, |acc, &x| acc.wrapping_add(x.widen()))
+/// A running SHA-256 of an output's bytes in index order, shown as its first 16 hex
+/// digits: what the report calls the `checksum`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Checksum(Sha256);
+
+impl Checksum {
+    /// Adds the next bytes of the output.
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The first 16 hex digits (8 bytes) of the SHA-256 of everything added so far.
+    pub(crate) fn hex(&self) -> String {
+        let digest = self.0.clone().finalize();
+        digest[..CHECKSUM_BYTES]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }
 
-/// [`checksum`], looking at `interrupt` every [`COMPARE_PIECE`] elements.
+/// Bytes of the SHA-256 digest the checksum shows.
+const CHECKSUM_BYTES: usize = 8;
+
+/// The checksum of an output: the first 16 hex digits of the SHA-256 of its bytes, the
+/// elements in index order as they lie in memory (little-endian).
+#[cfg(test)]
+pub(crate) fn checksum<T: Element>(xs: &[T]) -> String {
+    let mut sum = Checksum::default();
+    sum.update(bytemuck::cast_slice(xs));
+    sum.hex()
+}
+
+/// [`checksum`], looking at `interrupt` every piece of [`COMPARE_PIECE_BYTES`].
 pub(crate) fn checksum_until<T: Element>(
     xs: &[T],
     interrupt: &Interrupt,
-) -> std::result::Result<u64, Stopped> {
-    let mut sum = 0u64;
-    for (k, piece) in xs.chunks(COMPARE_PIECE).enumerate() {
+) -> std::result::Result<String, Stopped> {
+    let mut sum = Checksum::default();
+    let per_piece = piece_elems::<T>();
+    for (k, piece) in xs.chunks(per_piece).enumerate() {
         if let Some(signal) = interrupt.requested() {
             return Err(Stopped {
                 signal,
-                done: (k * COMPARE_PIECE) as u64,
+                done: (k * per_piece) as u64,
             });
         }
-        sum = sum.wrapping_add(checksum(piece));
+        sum.update(bytemuck::cast_slice(piece));
     }
-    Ok(sum)
+    Ok(sum.hex())
 }
 
-/// The first place where two outputs differ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// The first place where two outputs differ (beyond the workload's tolerance, if it has
+/// one).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Mismatch {
     /// Index of the first differing element.
     pub index: u64,
-    /// The pool's value there, widened to `u64`.
-    pub pool: u64,
-    /// The single-process value there, widened to `u64`.
-    pub baseline: u64,
+    /// The pool's element there, as `Debug` shows it.
+    pub pool: String,
+    /// The single-process element there, as `Debug` shows it.
+    pub baseline: String,
+    /// With a [`Tolerance`]: the first float lane of the element beyond it (0 for the first
+    /// lane).
+    pub lane: Option<usize>,
+    /// With a [`Tolerance`]: that lane's `pool − baseline` (`None` when a NaN is
+    /// involved).
+    pub difference: Option<f64>,
+    /// With a [`Tolerance`]: how many representable values apart that lane's two values
+    /// are (`None` when a NaN is involved).
+    pub ulps: Option<u64>,
 }
 
-/// Compares two outputs element by element; `None` when they are identical.
-pub(crate) fn first_mismatch<T: Element>(pool: &[T], baseline: &[T]) -> Option<Mismatch> {
-    match compare(pool, baseline, &Interrupt::new()) {
+impl Mismatch {
+    /// A mismatch at `index` between `pool` and `baseline` (either may be missing when the
+    /// outputs' lengths differ), shown with `Debug`; no lane (see [`compare`] for those).
+    fn at<T: Element>(index: u64, pool: Option<&T>, baseline: Option<&T>) -> Mismatch {
+        let show = |x: Option<&T>| x.map_or_else(|| "(none)".to_string(), |x| format!("{x:?}"));
+        Mismatch {
+            index,
+            pool: show(pool),
+            baseline: show(baseline),
+            lane: None,
+            difference: None,
+            ulps: None,
+        }
+    }
+}
+
+/// Compares two outputs element by element; `None` when they match.
+pub(crate) fn first_mismatch<T: Element>(
+    pool: &[T],
+    baseline: &[T],
+    tolerance: Option<&Tolerance>,
+) -> Option<Mismatch> {
+    match compare(pool, baseline, tolerance, &Interrupt::new()) {
         Ok(found) => found,
         Err(_) => unreachable!("nobody can set a fresh Interrupt"),
     }
 }
 
-/// Elements compared between two looks at the interrupt flag (8 MiB of `u64`s: a few
-/// milliseconds of `memcmp`).
-const COMPARE_PIECE: usize = 1 << 20;
+/// Bytes compared (or hashed) between two looks at the interrupt flag: a few milliseconds
+/// of `memcmp`.
+const COMPARE_PIECE_BYTES: usize = 8 << 20;
 
-/// [`first_mismatch`], looking at `interrupt` every [`COMPARE_PIECE`] elements.
+/// Elements of `T` in one piece of about [`COMPARE_PIECE_BYTES`] (at least one).
+fn piece_elems<T>() -> usize {
+    (COMPARE_PIECE_BYTES / std::mem::size_of::<T>().max(1)).max(1)
+}
+
+/// [`first_mismatch`], looking at `interrupt` every piece of [`COMPARE_PIECE_BYTES`].
+///
+/// Each piece is compared as bytes first (a `memcmp`); only a piece that differs is
+/// looked at element by element, and with a `tolerance`, lane by lane.
 pub(crate) fn compare<T: Element>(
     pool: &[T],
     baseline: &[T],
+    tolerance: Option<&Tolerance>,
     interrupt: &Interrupt,
 ) -> std::result::Result<Option<Mismatch>, Stopped> {
     let common = pool.len().min(baseline.len());
-    for at in (0..common).step_by(COMPARE_PIECE) {
+    for at in (0..common).step_by(piece_elems::<T>()) {
         if let Some(signal) = interrupt.requested() {
             return Err(Stopped {
                 signal,
                 done: at as u64,
             });
         }
-        let end = (at + COMPARE_PIECE).min(common);
+        let end = (at + piece_elems::<T>()).min(common);
         let (a, b) = (&pool[at..end], &baseline[at..end]);
-        // Whole-piece comparison first: it is a memcmp, far faster than an element loop.
-        if a == b {
+        if bytemuck::cast_slice::<T, u8>(a) == bytemuck::cast_slice::<T, u8>(b) {
             continue;
         }
-        if let Some(i) = a.iter().zip(b).position(|(x, y)| x != y) {
-            return Ok(Some(Mismatch {
-                index: (at + i) as u64,
-                pool: a[i].widen(),
-                baseline: b[i].widen(),
-            }));
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            let (xb, yb) = (bytemuck::bytes_of(x), bytemuck::bytes_of(y));
+            if xb == yb {
+                continue;
+            }
+            let index = (at + i) as u64;
+            match tolerance {
+                None => return Ok(Some(Mismatch::at(index, Some(x), Some(y)))),
+                Some(t) => {
+                    if let Some(miss) = t.first_miss(xb, yb) {
+                        return Ok(Some(Mismatch {
+                            lane: Some(miss.lane),
+                            difference: Some(miss.difference).filter(|d| !d.is_nan()),
+                            ulps: miss.ulps,
+                            ..Mismatch::at(index, Some(x), Some(y))
+                        }));
+                    }
+                }
+            }
         }
     }
     if pool.len() == baseline.len() {
         return Ok(None);
     }
     // Same prefix, different lengths.
-    Ok(Some(Mismatch {
-        index: common as u64,
-        pool: pool.get(common).map_or(0, |x| x.widen()),
-        baseline: baseline.get(common).map_or(0, |x| x.widen()),
-    }))
+    Ok(Some(Mismatch::at(
+        common as u64,
+        pool.get(common),
+        baseline.get(common),
+    )))
 }
 
 #[cfg(test)]
@@ -234,32 +315,76 @@ mod tests {
     use crate::workload::Squares;
 
     #[test]
-    fn baseline_checksum_matches_the_closed_form() {
-        let n = 100_000u64;
-        let (out, _) = run_single(&Squares, n, &Interrupt::new()).unwrap();
-        let exact = (n as u128 - 1) * n as u128 * (2 * n as u128 - 1) / 6;
-        assert_eq!(checksum(&out), exact as u64);
+    fn the_checksum_is_the_sha256_of_the_output_bytes() {
+        // Python: hashlib.sha256(bytes(8)).hexdigest()[:16], and of b''.
+        assert_eq!(checksum(&[0u64]), "af5570f5a1810b7a");
+        assert_eq!(
+            checksum(&[0u32, 0]),
+            "af5570f5a1810b7a",
+            "bytes, whatever the type"
+        );
+        assert_eq!(checksum::<u8>(&[]), "e3b0c44298fc1c14");
+        // b''.join(struct.pack('<Q', i * i) for i in range(1000))
+        let (out, _) = run_single(&Squares, 1000, &Interrupt::new()).unwrap();
+        assert_eq!(checksum(&out), "f82d06f0edae971b");
+        assert_eq!(
+            checksum_until(&out, &Interrupt::new()).unwrap(),
+            checksum(&out)
+        );
+        // Pieces of a running checksum add up to the whole.
+        let mut running = Checksum::default();
+        for piece in out.chunks(77) {
+            running.update(bytemuck::cast_slice(piece));
+        }
+        assert_eq!(running.hex(), checksum(&out));
     }
 
     #[test]
-    fn mismatch_reports_the_first_difference() {
-        assert_eq!(first_mismatch(&[1u64, 2, 3], &[1, 2, 3]), None);
+    fn mismatch_reports_the_first_difference_with_both_values() {
+        assert_eq!(first_mismatch(&[1u64, 2, 3], &[1, 2, 3], None), None);
+        let m = first_mismatch(&[1u64, 9, 3, 8], &[1, 2, 3, 4], None).unwrap();
         assert_eq!(
-            first_mismatch(&[1u64, 9, 3, 8], &[1, 2, 3, 4]),
-            Some(Mismatch {
-                index: 1,
-                pool: 9,
-                baseline: 2
-            })
+            (m.index, m.pool.as_str(), m.baseline.as_str()),
+            (1, "9", "2")
         );
-        assert_eq!(first_mismatch(&[1u8, 2], &[1]).map(|m| m.index), Some(1));
-        let long: Vec<u32> = (0..3 * COMPARE_PIECE as u32).collect();
+        assert_eq!((m.lane, m.difference, m.ulps), (None, None, None));
+        assert_eq!(
+            first_mismatch(&[1u8, 2], &[1], None).map(|m| m.index),
+            Some(1)
+        );
+        let long: Vec<u32> = (0..3 * piece_elems::<u32>() as u32).collect();
         let mut other = long.clone();
-        other[2 * COMPARE_PIECE + 5] = 0;
+        other[2 * piece_elems::<u32>() + 5] = 0;
         assert_eq!(
-            first_mismatch(&other, &long).map(|m| m.index),
-            Some(2 * COMPARE_PIECE as u64 + 5)
+            first_mismatch(&other, &long, None).map(|m| m.index),
+            Some(2 * piece_elems::<u32>() as u64 + 5)
         );
+        let arrays = first_mismatch(&[[1.0f32, 2.0]], &[[1.0f32, 2.5]], None).unwrap();
+        assert_eq!(
+            (arrays.pool.as_str(), arrays.baseline.as_str()),
+            ("[1.0, 2.0]", "[1.0, 2.5]")
+        );
+    }
+
+    #[test]
+    fn a_tolerance_lets_close_floats_pass_and_names_the_lane_beyond_it() {
+        let base = [[1.0f64, 2.0], [3.0, 4.0], [5.0, 6.0]];
+        let mut pool = base;
+        pool[0][1] += 1e-12;
+        pool[2][1] += 0.5;
+        let t = Tolerance::f64().abs(1e-9);
+        let m = first_mismatch(&pool, &base, Some(&t)).expect("0.5 is beyond 1e-9");
+        assert_eq!((m.index, m.lane, m.difference), (2, Some(1), Some(0.5)));
+        assert_eq!(
+            (m.pool.as_str(), m.baseline.as_str()),
+            ("[5.0, 6.5]", "[5.0, 6.0]")
+        );
+        pool[2][1] = 6.0;
+        assert_eq!(first_mismatch(&pool, &base, Some(&t)), None);
+        assert!(first_mismatch(&pool, &base, None).is_some(), "bytes differ");
+        let nan = first_mismatch(&[f64::NAN], &[1.0], Some(&t)).unwrap();
+        assert_eq!((nan.lane, nan.difference, nan.ulps), (Some(0), None, None));
+        assert_eq!(nan.pool, "NaN");
     }
 
     #[test]
@@ -298,16 +423,16 @@ mod tests {
     fn verification_stops_when_asked() {
         let stop = Interrupt::new();
         stop.request(2);
-        let xs = vec![1u64; 3 * COMPARE_PIECE];
+        let xs = vec![1u64; 3 * piece_elems::<u64>()];
         assert_eq!(
-            compare(&xs, &xs, &stop),
+            compare(&xs, &xs, None, &stop),
             Err(Stopped { signal: 2, done: 0 })
         );
         assert_eq!(
             checksum_until(&xs, &stop),
             Err(Stopped { signal: 2, done: 0 })
         );
-        assert_eq!(checksum_until(&xs, &Interrupt::new()), Ok(xs.len() as u64));
+        assert_eq!(checksum_until(&xs, &Interrupt::new()), Ok(checksum(&xs)));
     }
 
     #[test]

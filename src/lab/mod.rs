@@ -17,6 +17,7 @@ pub(crate) mod threads;
 
 pub use crate::engine::limits::Machine;
 pub use advice::{Advice, Limit};
+pub use baseline::Mismatch;
 pub use ipc_bench::{IpcBenchOptions, IpcBenchReport};
 pub use measure::{Ratio, Summary};
 pub use model::{Breakdown, OutputReport, Repeats};

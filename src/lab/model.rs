@@ -9,6 +9,7 @@ use crate::engine::schedule::Schedule;
 use crate::lab::advice::Advice;
 use crate::lab::baseline::Mismatch;
 use crate::lab::measure::{Ratio, Summary};
+use crate::workload::Tolerance;
 
 /// Which way to run the job.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -136,8 +137,14 @@ pub struct Report {
     pub verified: Option<bool>,
     /// The first differing element, when `verified` is false.
     pub mismatch: Option<Mismatch>,
-    /// Wrapping (mod 2^64) sum of the output elements, each widened to u64.
-    pub checksum: u64,
+    /// The tolerance the workload declared for its floating-point output
+    /// ([`Workload::tolerance`](crate::Workload::tolerance)); `None` when outputs must be
+    /// identical bytes.
+    pub tolerance: Option<Tolerance>,
+    /// The first 16 hex digits of the SHA-256 of the output's bytes: the elements in index
+    /// order, as they lie in memory (little-endian), so equal outputs have equal checksums
+    /// whatever the element type, the worker count or the mode.
+    pub checksum: String,
     /// Messages that crossed the IPC channels, both ways (handshakes included).
     pub ipc_messages: u64,
     /// Bytes of those messages.

@@ -103,7 +103,7 @@ struct Round {
     /// The single-process run's reduction over the same chunks, and whether it equals the
     /// pool's bit for bit.
     baseline_reduction: Option<ReductionCheck>,
-    checksum: u64,
+    checksum: String,
     verify: Duration,
     output: Option<OutputReport>,
 }
@@ -163,6 +163,7 @@ fn run_lab<W: Workload>(
         options,
         &machine,
     )?;
+    check_element::<W>(workload)?;
     // Bounded by `validate`.
     let rounds = options.warmup.saturating_add(options.repeat.max(1));
     // This process's own copy for the single-process run, threads and verification: set
@@ -201,7 +202,7 @@ fn run_lab<W: Workload>(
 type Checked = (
     Option<Duration>,
     Option<(Option<Mismatch>, Option<ReductionCheck>)>,
-    u64,
+    String,
     Duration,
 );
 
@@ -238,6 +239,7 @@ fn run_round<W: Workload>(
             Ok(Some(RoundReduction { parts, combined }))
         };
     let interrupt = &options.pool.supervision.interrupt;
+    let tolerance = local.tolerance();
     let mut early = match options.baseline && baseline_first {
         true => Some(run_single(local, n, interrupt)?),
         false => None,
@@ -255,7 +257,7 @@ fn run_round<W: Workload>(
         let stop = |s: Stopped| s.into_error(Phase::Verify, n);
         let verdict = match &single {
             Some((out, _)) => Some((
-                compare(results, out, interrupt).map_err(stop)?,
+                compare(results, out, tolerance.as_ref(), interrupt).map_err(stop)?,
                 match (reducer, reduced) {
                     (Some(reducer), Some(r)) => Some(
                         reduce_like(reducer, &r, out, interrupt)
@@ -412,9 +414,9 @@ fn stream_round<W: Workload>(
         start: spawn,
         stats,
         baseline: options.baseline.then_some(sink.baseline),
+        checksum: sink.checksum(),
         mismatch: sink.mismatch,
         baseline_reduction: None,
-        checksum: sink.checksum,
         verify: Duration::ZERO,
         output: Some(OutputReport {
             path: path.display().to_string(),
@@ -503,7 +505,7 @@ fn build_report<W: Workload>(
     let mismatch = rounds
         .iter()
         .chain(std::iter::once(&last))
-        .find_map(|r| r.mismatch);
+        .find_map(|r| r.mismatch.clone());
     let stats = last.stats;
     let n = stats.n;
     let workers = match options.mode {
@@ -583,6 +585,7 @@ fn build_report<W: Workload>(
         efficiency: speedup.map(|s| s / workers as f64),
         verified: verified_all,
         mismatch,
+        tolerance: workload.tolerance(),
         checksum: last.checksum,
         ipc_messages: stats.ipc_messages,
         ipc_bytes: stats.ipc_bytes,
@@ -635,6 +638,30 @@ fn reduce_like<T>(
         baseline: reducer.describe(&combined),
         matches: combined == pool.combined,
     }))
+}
+
+/// Refuses an element type the lab cannot verify, before anything starts: a zero-sized one,
+/// or one the workload's tolerance does not fit.
+pub(crate) fn check_element<W: Workload>(workload: &W) -> Result<()> {
+    let size = std::mem::size_of::<W::Output>();
+    if size == 0 {
+        return Err(Error::invalid_input(format!(
+            "workload `{}` has a zero-sized output element ({}): an element must hold at \
+             least one byte",
+            W::NAME,
+            std::any::type_name::<W::Output>()
+        )));
+    }
+    if let Some(tolerance) = workload.tolerance() {
+        tolerance.check(size).map_err(|why| {
+            Error::invalid_input(format!(
+                "workload `{}` with {} elements: {why}",
+                W::NAME,
+                std::any::type_name::<W::Output>()
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// Refuses bad options and jobs that cannot fit, before anything starts.

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::engine::pool::WindowSink;
-use crate::lab::baseline::{Mismatch, first_mismatch};
-use crate::workload::{Element, Workload};
+use crate::lab::baseline::{Checksum, Mismatch, first_mismatch};
+use crate::workload::{Tolerance, Workload};
 
 /// Default window length in bytes.
 pub(crate) const DEFAULT_WINDOW_BYTES: u64 = 32 << 20;
@@ -158,8 +158,10 @@ pub(crate) struct FileSink<'a, W: Workload> {
     path: PathBuf,
     verify: bool,
     expected: Vec<W::Output>,
-    /// Wrapping sum of every element written.
-    pub checksum: u64,
+    /// The workload's tolerance, if it declares one.
+    tolerance: Option<Tolerance>,
+    /// The running checksum of every window written, in order.
+    checksum: Checksum,
     /// The first element that differed from the single-process kernel.
     pub mismatch: Option<Mismatch>,
     /// Time the single-process kernel took, summed over windows (or known, for `sleep`).
@@ -182,13 +184,19 @@ impl<'a, W: Workload> FileSink<'a, W> {
             path: path.to_path_buf(),
             verify,
             expected: Vec::new(),
-            checksum: 0,
+            tolerance: workload.tolerance(),
+            checksum: Checksum::default(),
             mismatch: None,
             baseline: Duration::ZERO,
             write: Duration::ZERO,
             bytes: 0,
             windows: 0,
         }
+    }
+
+    /// The checksum of the windows written so far: the same as the whole output's.
+    pub(crate) fn checksum(&self) -> String {
+        self.checksum.hex()
     }
 
     fn check(&mut self, start: u64, out: &[W::Output]) {
@@ -208,7 +216,7 @@ impl<'a, W: Workload> FileSink<'a, W> {
             }
         }
         if self.mismatch.is_none()
-            && let Some(mut m) = first_mismatch(out, &self.expected)
+            && let Some(mut m) = first_mismatch(out, &self.expected, self.tolerance.as_ref())
         {
             m.index += start;
             self.mismatch = Some(m);
@@ -219,9 +227,8 @@ impl<'a, W: Workload> FileSink<'a, W> {
 impl<W: Workload> WindowSink for FileSink<'_, W> {
     fn window(&mut self, start: u64, bytes: &[u8]) -> Result<(), String> {
         let out: &[W::Output] = bytemuck::cast_slice(bytes);
-        self.checksum = out
-            .iter()
-            .fold(self.checksum, |acc, &x| acc.wrapping_add(x.widen()));
+        // Windows arrive in order: the running hash is the whole output's.
+        self.checksum.update(bytes);
         if self.verify {
             self.check(start, out);
         }
@@ -287,10 +294,16 @@ mod tests {
         let mut bad = window(5, 3);
         bad[8] ^= 1;
         sink.window(5, &bad).unwrap();
-        assert_eq!(sink.mismatch.map(|m| m.index), Some(6));
+        let m = sink.mismatch.clone().expect("element 6 was changed");
+        assert_eq!(
+            (m.index, m.pool.as_str(), m.baseline.as_str()),
+            (6, "37", "36")
+        );
         assert_eq!(sink.bytes, 64);
         let written = std::fs::read(&path).unwrap();
         assert_eq!(written.len(), 64);
         assert_eq!(&written[..40], &window(0, 5)[..]);
+        let whole: Vec<u64> = bytemuck::pod_collect_to_vec(&written);
+        assert_eq!(sink.checksum(), crate::lab::baseline::checksum(&whole));
     }
 }

@@ -12,4 +12,4 @@ pub mod plot;
 pub mod sweep;
 mod text;
 
-pub use text::render_text;
+pub use text::{mismatch_text, render_text};

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use crate::engine::protocol::{Dispatch, Transport};
+use crate::lab::baseline::Mismatch;
 use crate::lab::measure::Summary;
 use crate::lab::model::Mode;
 use crate::lab::model::Report;
@@ -15,6 +16,51 @@ fn per_chunk(x: f64) -> String {
         crate::units::seconds_short(x)
     } else {
         secs(x)
+    }
+}
+
+/// One sentence on where two outputs differ: the element's index, both values, and for a
+/// workload with a tolerance the lane beyond it and by how much.
+///
+/// ```
+/// use procpool::lab::Mismatch;
+///
+/// let m = Mismatch {
+///     index: 7,
+///     pool: "[1.0, 2.5]".into(),
+///     baseline: "[1.0, 2.0]".into(),
+///     lane: Some(1),
+///     difference: Some(0.5),
+///     ulps: Some(1 << 51),
+/// };
+/// assert_eq!(
+///     procpool::report::mismatch_text(&m),
+///     "element 7 is [1.0, 2.5] in the pool output but [1.0, 2.0] in the single-process run \
+///      (lane 1 differs by 0.5, 2251799813685248 ulps: beyond the tolerance)"
+/// );
+/// ```
+pub fn mismatch_text(m: &Mismatch) -> String {
+    let mut text = format!(
+        "element {} is {} in the pool output but {} in the single-process run",
+        m.index, m.pool, m.baseline
+    );
+    if let Some(lane) = m.lane {
+        let by = match (m.difference, m.ulps) {
+            (Some(d), Some(u)) => format!(" differs by {}, {u} ulps", short(d)),
+            (Some(d), None) => format!(" differs by {}", short(d)),
+            _ => " holds a NaN".to_string(),
+        };
+        let _ = write!(text, " (lane {lane}{by}: beyond the tolerance)");
+    }
+    text
+}
+
+/// A float as people read it: plain when moderate, in scientific notation when tiny or huge.
+fn short(x: f64) -> String {
+    if x == 0.0 || (1e-4..1e6).contains(&x.abs()) {
+        format!("{x}")
+    } else {
+        format!("{x:e}")
     }
 }
 
@@ -155,19 +201,19 @@ pub fn render_text(r: &Report) -> String {
     match (r.verified, &r.mismatch) {
         (Some(true), _) => {
             let rounds = repeat.map_or(String::new(), |x| format!(", in each of {} runs", x.runs));
+            let how = match &r.tolerance {
+                Some(t) => format!("match the single-process run within {t}"),
+                None => "equal the single-process run".to_string(),
+            };
             let _ = writeln!(
                 s,
-                "  verified     yes: all {} elements equal the single-process run{rounds} ({} to check)",
+                "  verified     yes: all {} elements {how}{rounds} ({} to check)",
                 r.n,
                 secs(b.verify_s)
             );
         }
         (Some(false), Some(m)) => {
-            let _ = writeln!(
-                s,
-                "  verified     NO: element {} is {} in the pool output but {} in the single-process run",
-                m.index, m.pool, m.baseline
-            );
+            let _ = writeln!(s, "  verified     NO: {}", mismatch_text(m));
         }
         (Some(false), None) => {
             let _ = writeln!(
@@ -181,7 +227,7 @@ pub fn render_text(r: &Report) -> String {
             let _ = writeln!(s, "  verified     not checked (--no-baseline)");
         }
     }
-    let _ = writeln!(s, "  checksum     {}", r.checksum);
+    let _ = writeln!(s, "  checksum     {}  (SHA-256 of the output)", r.checksum);
     if let Some(o) = &r.output {
         let _ = writeln!(
             s,
@@ -374,7 +420,8 @@ mod tests {
             efficiency: Some(1.0 / 6.0),
             verified: Some(true),
             mismatch: None,
-            checksum: 7,
+            checksum: "0123456789abcdef".into(),
+            tolerance: None,
             ipc_messages: if queue { 7 } else { 2008 },
             ipc_bytes: 655,
             channel_result_bytes: 0,

@@ -13,6 +13,7 @@ pub mod primes;
 pub mod sleep;
 pub mod spin;
 mod squares;
+mod tolerance;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -29,35 +30,68 @@ pub use primes::Primes;
 pub use sleep::Sleep;
 pub use spin::Spin;
 pub use squares::Squares;
+pub use tolerance::{Lane, Tolerance};
 
-/// A type a workload can write into shared memory: plain old data with a fixed size.
-pub trait Element: bytemuck::Pod + PartialEq + fmt::Debug + fmt::Display + Send + Sync {
-    /// The value widened to `u64`, used for checksums and mismatch reports.
-    fn widen(self) -> u64;
-}
+/// A type a workload can write into shared memory: any plain old data with a fixed size.
+///
+/// Every [`bytemuck::Pod`] type that is also `Debug` is an element, with nothing to
+/// implement: integers, floats, fixed arrays of them (`[f32; 3]`), and your own
+/// `#[repr(C)]` structs deriving `Pod` and `Zeroable`. The pool copies elements as bytes;
+/// verification compares them as bytes (or lane by lane within a
+/// [`Workload::tolerance`]); mismatch reports show them with `Debug`.
+///
+/// A struct of your own derives the traits through procpool's re-export of `bytemuck`, so
+/// your crate needs no dependency of its own on it. The `#[bytemuck(crate = ...)]`
+/// attribute tells the derive where to find it; without it, the generated code names a
+/// crate `bytemuck` and fails with "cannot find `bytemuck` in the crate root" (unless your
+/// crate depends on `bytemuck` itself, which works too):
+///
+/// ```
+/// use std::ops::Range;
+/// use procpool::bytemuck::{Pod, Zeroable};
+/// use procpool::Workload;
+/// use serde::{Deserialize, Serialize};
+///
+/// /// One particle: no padding (three f32 and one u32 are 16 bytes), `Copy`, `repr(C)`.
+/// #[derive(Debug, Clone, Copy, PartialEq, Pod, Zeroable)]
+/// #[bytemuck(crate = "procpool::bytemuck")]
+/// #[repr(C)]
+/// struct Particle {
+///     position: [f32; 3],
+///     id: u32,
+/// }
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// struct Spiral;
+///
+/// impl Workload for Spiral {
+///     const NAME: &'static str = "spiral";
+///     type Output = Particle;
+///     fn kernel(&self, range: Range<u64>, out: &mut [Particle]) {
+///         for (slot, i) in out.iter_mut().zip(range) {
+///             let t = i as f32 * 0.1;
+///             *slot = Particle { position: [t.cos(), t.sin(), t], id: i as u32 };
+///         }
+///     }
+/// }
+///
+/// let mut out = [Particle::zeroed(); 2];
+/// Spiral.kernel(0..2, &mut out);
+/// assert_eq!(out[1].id, 1);
+/// ```
+///
+/// The derive refuses a struct with padding or with fields that are not `Pod` themselves
+/// (a `bool`, a reference, a `Vec`): those are not plain bytes.
+pub trait Element: bytemuck::Pod + fmt::Debug + Send + Sync {}
 
-macro_rules! element {
-    ($($t:ty),*) => {$(
-        impl Element for $t {
-            fn widen(self) -> u64 {
-                u64::from(self)
-            }
-        }
-    )*};
-}
-element!(u8, u16, u32, u64);
-
-impl Element for f64 {
-    fn widen(self) -> u64 {
-        self.to_bits()
-    }
-}
+impl<T: bytemuck::Pod + fmt::Debug + Send + Sync> Element for T {}
 
 /// A computation the pool can spread over processes.
 ///
 /// The value itself is the workload's parameters; it is serialized to every worker once per
-/// job. [`Workload::kernel`] must be deterministic: the pool's output is checked element by
-/// element against a single-process run of the same kernel.
+/// job. [`Workload::kernel`] must be deterministic: the pool's output is checked byte for
+/// byte against a single-process run of the same kernel (or, for floating-point output,
+/// within a declared [`Workload::tolerance`]).
 pub trait Workload:
     Serialize + DeserializeOwned + Clone + fmt::Debug + Send + Sync + 'static
 {
@@ -121,6 +155,37 @@ pub trait Workload:
     /// }
     /// ```
     fn setup(&mut self) {}
+
+    /// How far the pool's floating-point output may differ from the single-process run's
+    /// and still verify. The default, `None`, asks for identical bytes: right for every
+    /// deterministic kernel, floats included, since a worker runs the same machine code on
+    /// the same inputs. Declare a [`Tolerance`] when results may differ in their last bits
+    /// between processes; a tolerance whose lanes do not fit the element type is refused
+    /// before the job runs.
+    ///
+    /// ```
+    /// # use std::ops::Range;
+    /// # use procpool::{Tolerance, Workload};
+    /// # use serde::{Deserialize, Serialize};
+    /// #[derive(Debug, Clone, Serialize, Deserialize)]
+    /// struct Waves;
+    ///
+    /// impl Workload for Waves {
+    ///     const NAME: &'static str = "waves";
+    ///     type Output = [f64; 2];
+    ///     fn kernel(&self, range: Range<u64>, out: &mut [[f64; 2]]) {
+    ///         for (slot, i) in out.iter_mut().zip(range) {
+    ///             *slot = [(i as f64).sin(), (i as f64).cos()];
+    ///         }
+    ///     }
+    ///     fn tolerance(&self) -> Option<Tolerance> {
+    ///         Some(Tolerance::f64().abs(1e-12).ulps(4))
+    ///     }
+    /// }
+    /// ```
+    fn tolerance(&self) -> Option<Tolerance> {
+        None
+    }
 }
 
 /// A reduction of a workload's output: what a job can return instead of (or beside) the

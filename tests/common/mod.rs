@@ -297,15 +297,18 @@ impl Outcome {
     }
 }
 
-/// `sum_{i<n} i*i mod 2^64`, from the closed form `(n-1) n (2n-1) / 6` in exact arithmetic.
-pub fn squares_checksum(n: u64) -> u64 {
-    let n = u128::from(n);
-    if n == 0 {
-        return 0;
-    }
-    // Exact for every n below 2^42; the tests stay far below.
-    assert!(n < 1 << 42, "closed form would overflow u128");
-    ((n - 1) * n * (2 * n - 1) / 6) as u64
+/// What the report's `checksum` is, computed here independently: the first 16 hex digits of
+/// the SHA-256 of the elements' bytes in index order (little-endian).
+pub fn checksum_of<T: procpool::bytemuck::Pod>(xs: &[T]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(procpool::bytemuck::cast_slice::<T, u8>(xs));
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The checksum of `squares n`: the output `i * i` (u64, wrapping) for `i < n`.
+pub fn squares_checksum(n: u64) -> String {
+    let squares: Vec<u64> = (0..n).map(|i| i.wrapping_mul(i)).collect();
+    checksum_of(&squares)
 }
 
 /// Every process id listed in /proc right now.

@@ -1621,6 +1621,13 @@ impl Pool {
     fn check_registered<W: Workload>(&self, reduces: bool) -> Result<()> {
         let (name, elem_size) = (W::NAME, std::mem::size_of::<W::Output>());
         let type_name = std::any::type_name::<W>();
+        if elem_size == 0 {
+            return Err(Error::invalid_input(format!(
+                "workload `{name}` has a zero-sized output element ({}): an element must hold \
+                 at least one byte",
+                std::any::type_name::<W::Output>()
+            )));
+        }
         match self.workloads.iter().find(|r| r.name == name) {
             Some(r) if reduces && r.type_name == type_name && !r.reduces => {
                 Err(Error::invalid_input(format!(
