@@ -85,6 +85,7 @@ mod units;
 pub mod workload;
 
 pub use engine::fault::Fault;
+pub use engine::input::Input;
 pub use engine::interrupt::Interrupt;
 pub use engine::pool::{
     AutoChunk, Death, Event, JobOptions, JobStats, Observer, Pool, PoolBuilder, PoolOptions,

@@ -13,7 +13,7 @@ use crate::engine::fault::Fault;
 pub(crate) use crate::workload::Registered;
 
 /// Bumped whenever a message changes shape; a worker from another build is refused.
-pub(crate) const PROTOCOL_VERSION: u32 = 5;
+pub(crate) const PROTOCOL_VERSION: u32 = 6;
 
 /// The first argument that turns a procpool-linked binary into a worker (see [`crate::init`]).
 pub(crate) const WORKER_ARG: &str = "__procpool_worker";
@@ -65,6 +65,10 @@ pub(crate) struct JobSpec {
     pub params: Vec<u8>,
     /// Size of one output element in bytes.
     pub elem_size: u32,
+    /// The job's shared read-only inputs, in the order the parameters index them: sizes
+    /// only, never data. Their descriptors travel on the worker's private socket, once per
+    /// worker (see [`crate::engine::sealed`]).
+    pub inputs: Vec<InputRef>,
     /// Faults to inject, for demonstrations and tests.
     pub faults: Vec<Fault>,
     /// How results come back.
@@ -73,6 +77,17 @@ pub(crate) struct JobSpec {
     /// `(i / window_elems) % ring`, at `i % window_elems` within it. A job without streaming
     /// has one window as long as the job (`ring` = 1), so element `i` is at `i`.
     pub layout: Layout,
+}
+
+/// One shared input of a job, as the spec names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct InputRef {
+    /// The input's id in the parent: a worker keeps its mapping under it across jobs.
+    pub id: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// The size of one of its elements in bytes.
+    pub elem_size: u32,
 }
 
 /// Where each element of a job lives in the shared region.

@@ -457,6 +457,9 @@ impl Pool {
             wall,
             ipc_messages: job.messages,
             ipc_bytes: job.bytes,
+            // Filled in by `Pool::job`.
+            input_bytes: 0,
+            input_sends: 0,
             shm_bytes: match job.spec.transport {
                 Transport::Shm => n * elem_size,
                 Transport::Channel => 0,

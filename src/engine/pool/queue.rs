@@ -330,6 +330,9 @@ impl Pool {
             wall,
             ipc_messages: job.messages,
             ipc_bytes: job.bytes,
+            // Filled in by `Pool::job`.
+            input_bytes: 0,
+            input_sends: 0,
             shm_bytes: n * u64::from(job.spec.elem_size),
             workers,
             restarts: job.ledger.restarts(),
