@@ -359,3 +359,27 @@ fn a_worker_cannot_write_its_sealed_input() {
         assert_eq!(&vandal.input[..], &data[..], "{dispatch}: unchanged");
     }
 }
+
+#[test]
+fn threads_and_single_modes_read_the_same_pages_and_report_the_input() {
+    let (rows, cols) = (100, 30);
+    let m = matrix(rows, cols, 9);
+    let work = RowSums {
+        cols,
+        scale: 2,
+        matrix: Input::new(&m).unwrap(),
+    };
+    for mode in [procpool::Mode::Threads, procpool::Mode::Single] {
+        let mut options = RunOptions::new(2);
+        options.mode = mode;
+        let mut seen = Vec::new();
+        let report = procpool::run_inspect(&work, rows as u64, &options, |out| {
+            seen = out.to_vec();
+        })
+        .expect("a lab run");
+        assert_eq!(seen, expected(&m, cols, 2), "{mode:?}");
+        assert_eq!(report.verified, Some(true), "{mode:?}");
+        assert_eq!(report.input_bytes, (rows * cols * 4) as u64, "{mode:?}");
+        assert_eq!(report.ipc_bytes, 0, "{mode:?}");
+    }
+}
