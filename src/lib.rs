@@ -31,7 +31,9 @@
 //! element type, a kernel; optionally a per-chunk reduction and a per-worker
 //! [`Workload::setup`]), then call
 //! `procpool::init_with(Registry::builtin().register::<MyWorkload>())` first thing in `main`.
-//! See `examples/custom_workload.rs`. A pool can also replace its workers after a number of
+//! See `examples/custom_workload.rs`. A large read-only input belongs in an [`Input`]
+//! field: one sealed memfd every worker maps, never copied into a message
+//! (`examples/matvec.rs`). A pool can also replace its workers after a number of
 //! chunks or past a memory size ([`PoolBuilder::max_chunks_per_worker`],
 //! [`PoolBuilder::max_worker_rss`]), to contain leaks.
 //!
@@ -93,6 +95,7 @@ mod units;
 pub mod workload;
 
 pub use engine::fault::Fault;
+pub use engine::input::Input;
 pub use engine::interrupt::Interrupt;
 pub use engine::pool::{
     AutoChunk, Death, Event, JobOptions, JobStats, Observer, Pool, PoolBuilder, PoolOptions,

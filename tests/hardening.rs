@@ -317,6 +317,8 @@ fn worker_entry_by_hand(
         &fd.to_string(),
         "0",
         &fd.to_string(),
+        // The inputs socket: any open descriptor will do, the worker gives up before use.
+        &fd.to_string(),
         timeout_ms,
         &parent.to_string(),
         "-",

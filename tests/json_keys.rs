@@ -53,6 +53,7 @@ const TOP: &[&str] = &[
     "ipc_bytes",
     "channel_result_bytes",
     "shm_bytes",
+    "input_bytes",
     "claims",
     "worker_sleeps",
     "parent_sleeps",
@@ -460,6 +461,11 @@ fn check_report(out: &Outcome, asked: &Asked) -> Value {
     let bytes = uint(&r, "ipc_bytes");
     let channel = uint(&r, "channel_result_bytes");
     let shm = uint(&r, "shm_bytes");
+    assert_eq!(
+        uint(&r, "input_bytes"),
+        0,
+        "built-in workloads share no input"
+    );
     let claims = uint(&r, "claims");
     let counters = [
         ("worker_sleeps", uint(&r, "worker_sleeps")),

@@ -11,6 +11,10 @@
 //! - `worker`: the worker side of the protocol.
 //! - `protocol`: the messages between parent and workers.
 //! - `control`: the control block, the shared-memory chunk queue: the atomics and futexes.
+//! - `input`: [`crate::Input`], a read-only slice shared through a sealed memfd, and
+//!   the thread-local contexts that (de)serialize it as an index.
+//! - `sealed`: the sealed memfd, its read-only mapping and the socket its descriptor
+//!   travels on (the input's `unsafe`).
 //! - `shm`: the shared region (a memfd) and its mappings: most of the crate's `unsafe`.
 //! - `sys`: starting processes (`posix_spawn`, fork), reaping, CPU affinity, resource limits.
 //! - `schedule`: cutting `0..n` into chunks (static, dynamic, guided).
@@ -20,11 +24,13 @@
 
 pub(crate) mod control;
 pub(crate) mod fault;
+pub(crate) mod input;
 pub(crate) mod interrupt;
 pub(crate) mod limits;
 pub(crate) mod pool;
 pub(crate) mod protocol;
 pub(crate) mod schedule;
+pub(crate) mod sealed;
 pub(crate) mod shm;
 pub(crate) mod sys;
 pub(crate) mod worker;

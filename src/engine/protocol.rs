@@ -65,6 +65,10 @@ pub(crate) struct JobSpec {
     pub params: Vec<u8>,
     /// Size of one output element in bytes.
     pub elem_size: u32,
+    /// The job's shared read-only inputs, in the order the parameters index them: sizes
+    /// only, never data. Their descriptors travel on the worker's private socket, once per
+    /// worker (see [`crate::engine::sealed`]).
+    pub inputs: Vec<InputRef>,
     /// Faults to inject, for demonstrations and tests.
     pub faults: Vec<Fault>,
     /// How results come back.
@@ -80,6 +84,17 @@ pub(crate) struct JobSpec {
     /// False for a reduction-only job: the region holds no output, and each worker runs
     /// the kernel into memory of its own.
     pub output: bool,
+}
+
+/// One shared input of a job, as the spec names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct InputRef {
+    /// The input's id in the parent: a worker keeps its mapping under it across jobs.
+    pub id: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// The size of one of its elements in bytes.
+    pub elem_size: u32,
 }
 
 /// Where each element of a job lives in the shared region.

@@ -10,10 +10,11 @@
 //! argument; [`crate::init_with`] notices that and calls [`serve`] before `main` does
 //! anything else.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
@@ -21,9 +22,10 @@ use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
 use crate::engine::control::{ChunkTable, Control, Posting, TableLayout};
 use crate::engine::fault::{Fault, FaultAction};
 use crate::engine::protocol::{
-    FromWorker, JobSpec, Layout, PROTOCOL_VERSION, ToWorker, Transport, WORKER_ARG,
+    FromWorker, InputRef, JobSpec, Layout, PROTOCOL_VERSION, ToWorker, Transport, WORKER_ARG,
 };
 use crate::engine::schedule::{Geometry, Schedule};
+use crate::engine::sealed::{MAX_INPUTS, Sealed};
 use crate::engine::shm::Mapping;
 use crate::workload::{DynKernel, Registry};
 
@@ -36,6 +38,9 @@ pub(crate) struct WorkerArgs {
     pub id: usize,
     /// The inherited write end of a pipe on which the worker reports its socket's path.
     pub report_fd: RawFd,
+    /// The inherited end of the worker's private socket on which the parent sends the
+    /// descriptors of the jobs' shared inputs.
+    pub inputs_fd: RawFd,
     /// How long the worker waits for procpool to connect before it gives up.
     pub timeout: Duration,
     /// procpool's process id: a worker whose parent is someone else gives up at once.
@@ -52,6 +57,7 @@ impl WorkerArgs {
             self.shm_fd.to_string(),
             self.id.to_string(),
             self.report_fd.to_string(),
+            self.inputs_fd.to_string(),
             // Whole milliseconds, at least one; a timeout past u64::MAX ms waits as long.
             self.timeout
                 .as_millis()
@@ -71,11 +77,12 @@ impl WorkerArgs {
                 .ok_or_else(|| format!("bad descriptor `{s}`"))
         };
         match args {
-            [flag, shm, id, report, timeout_ms, parent, cpu] if flag == WORKER_ARG => {
+            [flag, shm, id, report, inputs, timeout_ms, parent, cpu] if flag == WORKER_ARG => {
                 Ok(WorkerArgs {
                     shm_fd: fd(shm)?,
                     id: id.parse().map_err(|_| format!("bad id `{id}`"))?,
                     report_fd: fd(report)?,
+                    inputs_fd: fd(inputs)?,
                     timeout: timeout_ms
                         .parse::<u64>()
                         .ok()
@@ -92,12 +99,16 @@ impl WorkerArgs {
                 })
             }
             _ => Err(format!(
-                "usage: {WORKER_ARG} SHM_FD ID REPORT_FD TIMEOUT_MS PARENT_PID CPU|- (this \
+                "usage: {WORKER_ARG} SHM_FD ID REPORT_FD INPUTS_FD TIMEOUT_MS PARENT_PID CPU|- (this \
                  entry is started by procpool itself)"
             )),
         }
     }
 }
+
+/// How long a worker waits for the input descriptors that go with a spec (the parent sent
+/// them before the spec, so they are there at once unless something is broken).
+const INPUTS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The spec a worker last received, with its kernel built.
 struct CurrentJob {
@@ -128,6 +139,10 @@ struct Worker<'a> {
     from_parent: &'a ipc_channel::ipc::IpcReceiver<ToWorker>,
     registry: &'a Registry,
     shm: BorrowedFd<'a>,
+    /// The private socket the parent sends input descriptors on.
+    inputs_socket: BorrowedFd<'a>,
+    /// The shared inputs this process holds, by id: those of the last spec received.
+    inputs: HashMap<u64, Arc<Sealed>>,
     control: Control,
     /// The results (and the chunk table after them), mapped for the current posting.
     results: Mapping,
@@ -181,7 +196,11 @@ pub(crate) fn serve(args: &WorkerArgs, registry: &Registry) -> i32 {
 
 fn serve_inner(args: &WorkerArgs, registry: &Registry) -> Result<(), String> {
     crate::engine::sys::arm_worker(args.parent, args.cpu)?;
-    for (fd, what) in [(args.shm_fd, "SHM_FD"), (args.report_fd, "REPORT_FD")] {
+    for (fd, what) in [
+        (args.shm_fd, "SHM_FD"),
+        (args.report_fd, "REPORT_FD"),
+        (args.inputs_fd, "INPUTS_FD"),
+    ] {
         if !crate::engine::sys::fd_is_open(fd) {
             return Err(format!(
                 "{what} {fd} is not an open descriptor: this entry is started by procpool itself"
@@ -244,7 +263,10 @@ fn serve_inner(args: &WorkerArgs, registry: &Registry) -> Result<(), String> {
     // SAFETY: the parent passed us this descriptor number and kept it open across exec for
     // us (checked open above); nothing else in this process uses it.
     let shm = unsafe { BorrowedFd::borrow_raw(args.shm_fd) };
-    serve_loop(&to_parent, &from_parent, shm, registry, args.id)
+    // SAFETY: as for the shared region: the parent made this socket for us alone and kept
+    // it open across exec (checked open above); nothing else in this process uses it.
+    let inputs = unsafe { BorrowedFd::borrow_raw(args.inputs_fd) };
+    serve_loop(&to_parent, &from_parent, shm, inputs, registry, args.id)
 }
 
 /// The worker of a forked start: channels and the shared region are inherited, so there is
@@ -253,12 +275,13 @@ pub(crate) fn serve_forked(
     to_parent: &IpcSender<FromWorker>,
     from_parent: &ipc_channel::ipc::IpcReceiver<ToWorker>,
     shm: BorrowedFd<'_>,
+    inputs: BorrowedFd<'_>,
     registry: &Registry,
     id: usize,
 ) -> i32 {
     crate::engine::sys::ignore_interrupts();
     quiet_panics();
-    match serve_loop(to_parent, from_parent, shm, registry, id) {
+    match serve_loop(to_parent, from_parent, shm, inputs, registry, id) {
         Ok(()) => 0,
         Err(message) => {
             eprintln!("error: {message}");
@@ -273,6 +296,7 @@ fn serve_loop(
     to_parent: &IpcSender<FromWorker>,
     from_parent: &ipc_channel::ipc::IpcReceiver<ToWorker>,
     shm: BorrowedFd<'_>,
+    inputs_socket: BorrowedFd<'_>,
     registry: &Registry,
     slot: usize,
 ) -> Result<(), String> {
@@ -290,6 +314,8 @@ fn serve_loop(
         from_parent,
         registry,
         shm,
+        inputs_socket,
+        inputs: HashMap::new(),
         control,
         results: Mapping::new(shm, 0).map_err(|e| e.to_string())?,
         job: None,
@@ -417,9 +443,15 @@ impl Worker<'_> {
             let spec = match self.pending.take() {
                 Some(spec) if spec.spec_id == spec_id => spec,
                 _ => match self.from_parent.recv() {
-                    Ok(ToWorker::Job(spec)) if spec.spec_id == spec_id => spec,
-                    // An older spec, for a job this worker slept through.
-                    Ok(ToWorker::Job(_) | ToWorker::EndJob { .. }) => continue,
+                    Ok(ToWorker::Job(spec)) => {
+                        self.take_inputs(&spec)?;
+                        if spec.spec_id != spec_id {
+                            // An older spec, for a job this worker slept through.
+                            continue;
+                        }
+                        spec
+                    }
+                    Ok(ToWorker::EndJob { .. }) => continue,
                     Ok(ToWorker::Shutdown) | Err(_) => return Err(Stop::Asked),
                     Ok(other) => {
                         return Err(Stop::Failed(format!(
@@ -428,11 +460,14 @@ impl Worker<'_> {
                     }
                 },
             };
-            return match self.registry.instantiate(
-                &spec.workload,
-                &spec.params,
-                spec.elem_size as usize,
-            ) {
+            let inputs = self.job_inputs(&spec);
+            let instantiated = inputs.and_then(|inputs| {
+                crate::engine::input::decoding(inputs, || {
+                    self.registry
+                        .instantiate(&spec.workload, &spec.params, spec.elem_size as usize)
+                })
+            });
+            return match instantiated {
                 Ok((kernel, setup)) => {
                     self.control.add_setup(self.slot, setup.as_nanos() as u64);
                     self.job = Some(CurrentJob {
@@ -458,11 +493,73 @@ impl Worker<'_> {
         }
     }
 
+    /// Takes in the shared inputs of a spec just received: the descriptors of those this
+    /// process does not hold yet arrive on its private socket (the parent sent them right
+    /// before the spec), each checked sealed and of the spec's size, then mapped read-only;
+    /// mappings the spec no longer lists are dropped (a running kernel keeps its own).
+    /// Called for every spec in the order they arrive, as the parent counts them.
+    fn take_inputs(&mut self, spec: &JobSpec) -> Result<(), Stop> {
+        let fail = |message: String| {
+            let _ = self.to_parent.send(FromWorker::Failed {
+                message: message.clone(),
+            });
+            Stop::Failed(message)
+        };
+        if spec.inputs.len() > MAX_INPUTS {
+            return Err(fail(format!(
+                "a spec with {} inputs (at most {MAX_INPUTS})",
+                spec.inputs.len()
+            )));
+        }
+        let mut new: Vec<InputRef> = Vec::new();
+        for input in &spec.inputs {
+            if new.iter().any(|n| n.id == input.id) {
+                return Err(fail(format!("input {} listed twice in a spec", input.id)));
+            }
+            if !self.inputs.contains_key(&input.id) {
+                new.push(*input);
+            }
+        }
+        if !new.is_empty() {
+            let fds = crate::engine::sealed::recv_fds(
+                self.inputs_socket,
+                spec.spec_id,
+                new.len(),
+                INPUTS_TIMEOUT,
+            )
+            .map_err(fail)?;
+            for (input, fd) in new.iter().zip(fds) {
+                let sealed = Sealed::adopt(input.id, fd, input.bytes, input.elem_size as usize)
+                    .map_err(fail)?;
+                self.inputs.insert(input.id, Arc::new(sealed));
+            }
+        }
+        self.inputs
+            .retain(|id, _| spec.inputs.iter().any(|i| i.id == *id));
+        Ok(())
+    }
+
+    /// The mappings of `spec`'s inputs, in its order (all taken in by [`Worker::take_inputs`]).
+    fn job_inputs(&self, spec: &JobSpec) -> Result<Vec<Arc<Sealed>>, String> {
+        spec.inputs
+            .iter()
+            .map(|i| {
+                self.inputs
+                    .get(&i.id)
+                    .cloned()
+                    .ok_or_else(|| format!("input {} of the job was never received", i.id))
+            })
+            .collect()
+    }
+
     /// Reads what waits on the channel without blocking: specs are kept, Shutdown obeyed.
     fn drain_mail(&mut self) -> Result<(), Stop> {
         loop {
             match self.from_parent.try_recv() {
-                Ok(ToWorker::Job(spec)) => self.pending = Some(spec),
+                Ok(ToWorker::Job(spec)) => {
+                    self.take_inputs(&spec)?;
+                    self.pending = Some(spec);
+                }
                 Ok(ToWorker::Shutdown) => return Err(Stop::Asked),
                 Ok(ToWorker::EndJob { .. }) => {}
                 // A channel job opened after we looked: its chunks wait for `serve_channel`,
@@ -674,7 +771,10 @@ impl Worker<'_> {
                 }
                 ToWorker::EndJob { posting: p } if p == posting => return Ok(()),
                 ToWorker::EndJob { .. } => {}
-                ToWorker::Job(spec) => self.pending = Some(spec),
+                ToWorker::Job(spec) => {
+                    self.take_inputs(&spec)?;
+                    self.pending = Some(spec);
+                }
                 ToWorker::Shutdown => return Err(Stop::Asked),
                 ToWorker::Welcome { .. } => return Err(Stop::Failed("a second Welcome".into())),
             }
@@ -816,6 +916,7 @@ mod tests {
             shm_fd: 5,
             id: 3,
             report_fd: 7,
+            inputs_fd: 8,
             timeout: Duration::from_millis(1500),
             parent: 42,
             cpu: Some(1),
@@ -841,7 +942,7 @@ mod tests {
             "stdout is not a report pipe"
         );
         let mut bad = a.to_args();
-        bad[4] = "0".into();
+        bad[5] = "0".into();
         assert!(WorkerArgs::from_args(&bad).is_err());
     }
 }

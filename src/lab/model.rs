@@ -154,6 +154,10 @@ pub struct Report {
     pub channel_result_bytes: u64,
     /// Bytes of results written through shared memory.
     pub shm_bytes: u64,
+    /// Bytes of the workload's shared read-only inputs ([`crate::Input`]),
+    /// each distinct input once: one sealed memfd every worker maps, never copied into a
+    /// message (0: none).
+    pub input_bytes: u64,
     /// Chunks claimed from the shared-memory queue, retries included (queue dispatch).
     pub claims: u64,
     /// Times a worker slept on the queue's futex waiting for work (queue dispatch).

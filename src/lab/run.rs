@@ -454,6 +454,8 @@ fn in_process_stats(
         ipc_messages: 0,
         ipc_bytes: 0,
         shm_bytes: 0,
+        input_bytes: 0,
+        input_sends: 0,
         workers,
         restarts: 0,
         recycles: 0,
@@ -551,7 +553,8 @@ fn build_report<W: Workload>(
     };
     Report {
         workload: W::NAME.to_string(),
-        params: match serde_json::to_value(workload) {
+        // A shared `Input` field shows as its size, not its data.
+        params: match crate::engine::input::describing(|| serde_json::to_value(workload)) {
             // A workload without parameters (a unit struct) reads better as `{}`.
             Ok(serde_json::Value::Null) | Err(_) => serde_json::json!({}),
             Ok(value) => value,
@@ -591,6 +594,7 @@ fn build_report<W: Workload>(
         ipc_bytes: stats.ipc_bytes,
         channel_result_bytes: stats.channel_result_bytes,
         shm_bytes: stats.shm_bytes,
+        input_bytes: crate::engine::input::input_bytes(workload),
         claims: stats.claims,
         worker_sleeps: stats.worker_sleeps,
         parent_sleeps: stats.parent_sleeps,

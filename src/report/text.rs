@@ -276,6 +276,13 @@ pub fn render_text(r: &Report) -> String {
             human_bytes(u128::from(r.shm_bytes))
         );
     }
+    if r.input_bytes > 0 {
+        let _ = writeln!(
+            s,
+            "  input        {} shared read-only (sealed memfd), 0 B copied per worker",
+            human_bytes(u128::from(r.input_bytes))
+        );
+    }
     if !r.per_worker.is_empty() {
         // Claims only with the queue (with channel dispatch a worker claims nothing).
         let queue = r.dispatch == Some(Dispatch::Queue);
@@ -425,6 +432,7 @@ mod tests {
             ipc_messages: if queue { 7 } else { 2008 },
             ipc_bytes: 655,
             channel_result_bytes: 0,
+            input_bytes: 0,
             shm_bytes: 8_000_000,
             claims: if queue { 1000 } else { 0 },
             worker_sleeps: if queue { 3 } else { 0 },

@@ -86,6 +86,8 @@ pub trait Element: bytemuck::Pod + fmt::Debug + Send + Sync {}
 
 impl<T: bytemuck::Pod + fmt::Debug + Send + Sync> Element for T {}
 
+// f64 results for `examples/matvec.rs` until every Pod type is an `Element`: the checksum
+// adds the bits.
 /// A computation the pool can spread over processes.
 ///
 /// The value itself is the workload's parameters; it is serialized to every worker once per

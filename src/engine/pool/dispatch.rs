@@ -458,6 +458,9 @@ impl Pool {
             wall,
             ipc_messages: job.messages,
             ipc_bytes: job.bytes,
+            // Filled in by `Pool::job`.
+            input_bytes: 0,
+            input_sends: 0,
             shm_bytes: match job.spec.transport {
                 Transport::Shm if job.spec.output => n * elem_size,
                 _ => 0,

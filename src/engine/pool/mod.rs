@@ -12,6 +12,7 @@ mod queue;
 mod spawn;
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -25,8 +26,9 @@ use crate::engine::fault::Fault;
 use crate::engine::interrupt::Interrupt;
 use crate::engine::limits::{Machine, check_memory};
 use crate::engine::protocol::ToWorker;
-use crate::engine::protocol::{Dispatch, JobSpec, Layout, Registered, Transport};
+use crate::engine::protocol::{Dispatch, InputRef, JobSpec, Layout, Registered, Transport};
 use crate::engine::schedule::{Dispenser, Schedule};
+use crate::engine::sealed::{MAX_INPUTS, Sealed};
 use crate::engine::shm::{Mapping, SharedRegion};
 use crate::engine::sys::{ExitCause, Process};
 use crate::error::{Error, Result};
@@ -597,6 +599,8 @@ impl PoolBuilder {
                 self.options.max_chunks_per_worker.unwrap_or(0),
                 self.options.max_worker_rss.unwrap_or(0),
             ),
+            job_inputs: Vec::new(),
+            input_sends: 0,
         };
         for s in started {
             pool.workers.push(WorkerSlot::empty(s.id));
@@ -635,6 +639,10 @@ struct WorkerSlot {
     retiring: bool,
     /// Chunks sent to this process (channel dispatch), for the recycling limit.
     sent_chunks: u64,
+    /// Our end of the process's private socket for input descriptors.
+    inputs_socket: Option<OwnedFd>,
+    /// The inputs (ids) the process holds: those of the last spec it was sent.
+    inputs_held: Vec<u64>,
 }
 
 impl WorkerSlot {
@@ -651,6 +659,8 @@ impl WorkerSlot {
             unspawned: false,
             retiring: false,
             sent_chunks: 0,
+            inputs_socket: None,
+            inputs_held: Vec::new(),
         }
     }
 
@@ -747,6 +757,11 @@ pub struct Pool {
     recycle: (u64, u64),
     /// The last reducing job's encoded chunk accumulators, as the dispatch loop found them.
     reduced: Vec<ReducedChunk>,
+    /// The shared inputs of the job in progress, in the order its spec lists them: their
+    /// descriptors go to each worker that does not hold them yet.
+    job_inputs: Vec<Arc<Sealed>>,
+    /// Batches of input descriptors sent during the job in progress.
+    input_sends: u64,
 }
 
 /// One chunk's encoded accumulator, as a reducing job collects them.
@@ -928,6 +943,13 @@ pub struct JobStats {
     pub ipc_bytes: u64,
     /// Bytes of results written through shared memory.
     pub shm_bytes: u64,
+    /// Bytes of the job's shared read-only inputs ([`crate::Input`]; each distinct input
+    /// counted once): mapped by every worker, never copied into a message.
+    pub input_bytes: u64,
+    /// Messages that carried input descriptors to workers in this job (one per worker
+    /// that did not hold all of the job's inputs yet; counted in `ipc_messages`). 0 when
+    /// every worker already held them.
+    pub input_sends: u64,
     /// Per worker.
     pub workers: Vec<WorkerStats>,
     /// Workers restarted after dying or timing out.
@@ -1255,8 +1277,25 @@ impl Pool {
         if !measured && let Some(last) = options.faults.iter().map(|f| f.chunk).max() {
             crate::engine::fault::check_faults(&options.faults, dispenser.chunks_up_to(last))?;
         }
-        let params = postcard::to_stdvec(workload)
-            .map_err(|e| Error::Ipc(format!("cannot encode the workload: {e}")))?;
+        // Each `Input` field writes an index and lists itself; the data is never encoded.
+        let (params, inputs) = crate::engine::input::encoding(|| postcard::to_stdvec(workload));
+        let params = params.map_err(|e| Error::Ipc(format!("cannot encode the workload: {e}")))?;
+        if inputs.len() > MAX_INPUTS {
+            return Err(Error::invalid_input(format!(
+                "{} holds {} distinct procpool::Input values; a job may share at most {MAX_INPUTS}",
+                W::NAME,
+                inputs.len()
+            )));
+        }
+        let input_refs: Vec<InputRef> = inputs
+            .iter()
+            .map(|s| InputRef {
+                id: s.id(),
+                bytes: s.len() as u64,
+                elem_size: s.elem_size() as u32,
+            })
+            .collect();
+        let input_bytes: u64 = input_refs.iter().map(|i| i.bytes).sum();
         // The queue's chunk table (a done byte and a reduction per chunk) follows the
         // results; with a measured chunk size, the probes' table first (it grows later).
         let table_chunks = match options.dispatch {
@@ -1305,6 +1344,7 @@ impl Pool {
             workload: W::NAME.to_string(),
             params,
             elem_size: elem_size as u32,
+            inputs: input_refs,
             faults: options.faults.clone(),
             transport: options.transport,
             layout,
@@ -1312,10 +1352,19 @@ impl Pool {
             output: want.output,
         });
         observe::tell(&self.observer, Event::JobStarted { n });
+        self.job_inputs = inputs;
+        self.input_sends = 0;
         let result = match options.dispatch {
             Dispatch::Channel => self.dispatch(spec, n, dispenser, options, stream),
             Dispatch::Queue => self.dispatch_queue(spec, n, dispenser, options, stream),
         };
+        // The workers keep their mappings; the parent's own `Input` values keep theirs.
+        self.job_inputs.clear();
+        let result = result.map(|mut stats| {
+            stats.input_bytes = input_bytes;
+            stats.input_sends = self.input_sends;
+            stats
+        });
         let completed = result.is_ok();
         observe::tell(&self.observer, Event::JobEnded { completed });
         match result {
@@ -1384,11 +1433,32 @@ impl Pool {
                 continue;
             }
             let Some(tx) = w.tx.as_ref() else { continue };
+            // First the descriptors of the inputs it does not hold yet, on its private
+            // socket; it takes them right after the spec, and then holds exactly the
+            // spec's inputs (as we note here).
+            let new: Vec<_> = self
+                .job_inputs
+                .iter()
+                .filter(|s| !w.inputs_held.contains(&s.id()))
+                .map(|s| s.fd())
+                .collect();
+            if !new.is_empty() {
+                let Some(socket) = w.inputs_socket.as_ref() else {
+                    continue;
+                };
+                // A worker that is gone is noticed by the dispatch loop.
+                if crate::engine::sealed::send_fds(socket.as_fd(), spec.spec_id, &new).is_err() {
+                    continue;
+                }
+                sent = (sent.0 + 1, sent.1 + crate::engine::sealed::BATCH_BYTES);
+                self.input_sends += 1;
+            }
             let msg = ToWorker::Job(spec.clone());
             let size = crate::engine::protocol::wire_size(&msg);
             // A worker that is gone is noticed by the dispatch loop (its channel closes).
             if tx.send(msg).is_ok() {
                 w.spec_sent = spec.spec_id;
+                w.inputs_held = spec.inputs.iter().map(|i| i.id).collect();
                 sent = (sent.0 + 1, sent.1 + size);
             }
         }
@@ -1535,6 +1605,8 @@ impl Pool {
         let slot = &mut self.workers[slot_index];
         slot.spec_sent = 0;
         slot.sent_chunks = 0;
+        slot.inputs_socket = Some(s.inputs_socket);
+        slot.inputs_held.clear();
         slot.pid = s.pid;
         slot.child = Some(s.child);
         slot.tx = Some(s.tx);

@@ -332,6 +332,9 @@ impl Pool {
             wall,
             ipc_messages: job.messages,
             ipc_bytes: job.bytes,
+            // Filled in by `Pool::job`.
+            input_bytes: 0,
+            input_sends: 0,
             shm_bytes: if job.spec.output {
                 n * u64::from(job.spec.elem_size)
             } else {

@@ -20,7 +20,7 @@
 
 use std::io;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -57,6 +57,8 @@ pub(crate) struct Started {
     /// The workloads the worker can run (name, element size), as its `Hello` said; for a
     /// forked worker, the pool's registry.
     pub workloads: Vec<Registered>,
+    /// Our end of the worker's private socket for input descriptors.
+    pub inputs_socket: std::os::fd::OwnedFd,
 }
 
 /// Why a start failed.
@@ -161,6 +163,8 @@ pub(crate) struct Starting {
     output: Option<JoinHandle<()>>,
     /// After `Welcome` was sent: our end of each direction.
     connected: Option<(IpcSender<ToWorker>, IpcReceiver<FromWorker>)>,
+    /// Our end of the worker's private socket for input descriptors.
+    inputs_socket: Option<std::os::fd::OwnedFd>,
 }
 
 impl Starting {
@@ -319,6 +323,7 @@ impl Starting {
             output: self.output.take(),
             handshake_ipc: (2, welcome_wire_size() + wire_size(&hello)),
             workloads,
+            inputs_socket: self.inputs_socket.take().expect("held until ready"),
         }
     }
 
@@ -506,10 +511,13 @@ pub(crate) fn spawn_worker(
     // on our stderr as `[worker N] ...`: a kernel's println! never mixes into the report on
     // stdout, and a panic message says whose it is.
     let (output, output_end) = io::pipe().map_err(fail)?;
+    // The worker's inputs arrive on a socket pair only it and we hold.
+    let (inputs_socket, inputs_end) = crate::engine::sealed::channel().map_err(fail)?;
     let args = WorkerArgs {
         shm_fd,
         id,
         report_fd: report_end.as_raw_fd(),
+        inputs_fd: inputs_end.as_raw_fd(),
         timeout,
         parent: std::process::id(),
         cpu: cpu_for(id, pin),
@@ -519,7 +527,7 @@ pub(crate) fn spawn_worker(
             &args,
             dir.path(),
             (output_end.as_raw_fd(), output_end.as_raw_fd()),
-            vec![shm_fd, report_end.as_raw_fd()],
+            vec![shm_fd, report_end.as_raw_fd(), inputs_end.as_raw_fd()],
         )
         .map_err(fail)?;
     // From the pool's spawner thread when it has one (see [`Spawner`]); the pool reaps the
@@ -532,6 +540,7 @@ pub(crate) fn spawn_worker(
     drop(output_end);
     let child = Process::from_pid(pid);
     drop(report_end);
+    drop(inputs_end);
     let nonblocking = nix::fcntl::fcntl(
         &report,
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
@@ -550,6 +559,7 @@ pub(crate) fn spawn_worker(
         test_header: exe.via_test,
         output: None,
         connected: None,
+        inputs_socket: Some(inputs_socket),
     };
     if let Err(e) = nonblocking {
         starting.abort();
@@ -731,6 +741,7 @@ pub(crate) fn fork_workers(
             let (to_worker, from_parent) = ipc_channel::ipc::channel::<ToWorker>()?;
             let (to_parent, from_worker) = ipc_channel::ipc::channel::<FromWorker>()?;
             let (reader, writer) = io::pipe()?;
+            let (inputs_socket, inputs_end) = crate::engine::sealed::channel()?;
             let cpu = cpu_for(id, pin);
             let pid = crate::engine::sys::fork_child(move || {
                 if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
@@ -749,7 +760,14 @@ pub(crate) fn fork_workers(
                 // SAFETY: the shared region's memfd is open in the parent and so, by
                 // inheritance, in this child for as long as it lives.
                 let shm = unsafe { std::os::fd::BorrowedFd::borrow_raw(shm_fd) };
-                crate::engine::worker::serve_forked(&to_parent, &from_parent, shm, registry, id)
+                crate::engine::worker::serve_forked(
+                    &to_parent,
+                    &from_parent,
+                    shm,
+                    inputs_end.as_fd(),
+                    registry,
+                    id,
+                )
             })?;
             // The closure, with the child's ends of the channels and the pipe, was dropped
             // in this process when `fork_child` returned: only the child holds them now.
@@ -763,6 +781,7 @@ pub(crate) fn fork_workers(
                 output: None,
                 handshake_ipc: (0, 0),
                 workloads: registry.catalogue(),
+                inputs_socket,
             })
         })();
         match forked {

@@ -1,0 +1,339 @@
+//! [`Input`]: a read-only slice shared by the parent and every worker through one sealed
+//! memfd, held by a workload as a field.
+//!
+//! Why not a field of the parameters? Parameters are serialized to every worker: a 30 MiB
+//! table would cost 30 MiB of messages per worker and per changed job. An `Input` is
+//! copied once, into a sealed memfd (see [`crate::engine::sealed`]); what the job's
+//! parameters carry is a small index.
+//!
+//! It serializes the way ipc-channel serializes its `IpcSharedMemory`: through a
+//! thread-local context. When a pool encodes a job ([`encoding`]), each `Input` records
+//! itself in the context and writes only its index in the job's list of inputs; the pool
+//! sends the list (ids and sizes) in the job's spec and the descriptors on the worker's
+//! private socket. A worker decodes the parameters inside [`decoding`], with the inputs it
+//! has mapped, and each index becomes a view of the same pages. Outside such a context an
+//! `Input` refuses to serialize (a serde error, never a panic), except where the lab
+//! describes a workload for a report ([`describing`]): then it is its size.
+//!
+//! This file lives in the engine layer, not beside the `Workload` trait, because it needs
+//! the engine's sealed memfd; the trait does not name it.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::de::Error as _;
+use serde::ser::{Error as _, SerializeStruct};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::engine::sealed::Sealed;
+use crate::error::{Error, Result};
+
+/// Ids for inputs created in this process (the parent): 0 is never used.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A read-only slice of plain data shared with every worker through one sealed memfd.
+///
+/// Hold it as a field of your workload; read it in the kernel like a slice (it derefs to
+/// `[T]`). It is cheap to clone (a reference count), and the parent's single-process run,
+/// `--mode threads` and every worker read the very same pages: the data is copied once,
+/// when the `Input` is made, and never serialized. A job's IPC carries only its size and
+/// an index; the descriptor reaches each worker once, over a private socket, and the
+/// worker maps it read-only after checking it is sealed (nobody, parent or worker, can
+/// write it). [`JobStats::input_bytes`](crate::JobStats::input_bytes) reports its size.
+///
+/// ```no_run
+/// use std::ops::Range;
+/// use procpool::{Input, Pool, Registry, Workload};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// struct RowSums {
+///     cols: usize,
+///     matrix: Input<u32>,
+/// }
+///
+/// impl Workload for RowSums {
+///     const NAME: &'static str = "row-sums";
+///     type Output = u64;
+///     fn kernel(&self, range: Range<u64>, out: &mut [u64]) {
+///         for (slot, r) in out.iter_mut().zip(range) {
+///             let r = r as usize;
+///             let row = &self.matrix[r * self.cols..(r + 1) * self.cols];
+///             *slot = row.iter().map(|&x| u64::from(x)).sum();
+///         }
+///     }
+/// }
+///
+/// fn main() -> Result<(), procpool::Error> {
+///     procpool::init_with(Registry::builtin().register::<RowSums>());
+///     let matrix: Vec<u32> = (0..1000 * 1000).collect();
+///     let work = RowSums { cols: 1000, matrix: Input::new(&matrix)? };
+///     let mut pool = Pool::builder().workers(2).build()?;
+///     let run = pool.run(&work, 1000)?;
+///     assert_eq!(run.results()[0], (0..1000).sum::<u64>());
+///     Ok(())
+/// }
+/// ```
+///
+/// Serializing an `Input` outside a pool's job (with `serde_json`, say) is an error: it is
+/// shared, not copied.
+pub struct Input<T: bytemuck::Pod> {
+    sealed: Arc<Sealed>,
+    _t: PhantomData<T>,
+}
+
+impl<T: bytemuck::Pod> Input<T> {
+    /// Copies `data` into a new sealed memfd and maps it read-only.
+    ///
+    /// Fails when the machine has not the memory for it (checked first, like a pool's
+    /// shared region) or when the memfd cannot be made, written or sealed. Zero-sized
+    /// element types are refused.
+    pub fn new(data: &[T]) -> Result<Input<T>> {
+        let elem_size = std::mem::size_of::<T>();
+        if elem_size == 0 {
+            return Err(Error::invalid_input(format!(
+                "an Input of {} is not possible: the element type has no size",
+                std::any::type_name::<T>()
+            )));
+        }
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let what = format!("an Input of {} {}", data.len(), std::any::type_name::<T>());
+        crate::engine::limits::check_memory(
+            &what,
+            &[("shared input", bytes.len() as u128)],
+            &crate::engine::limits::Machine::read(),
+        )?;
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let sealed = Sealed::create(id, bytes, elem_size).map_err(|e| {
+            Error::invalid_input(format!(
+                "cannot place {what} ({} bytes) in a sealed memfd: {e}",
+                bytes.len()
+            ))
+        })?;
+        Ok(Input {
+            sealed: Arc::new(sealed),
+            _t: PhantomData,
+        })
+    }
+
+    /// Its size in bytes.
+    pub fn byte_len(&self) -> usize {
+        self.sealed.len()
+    }
+}
+
+impl<T: bytemuck::Pod> TryFrom<Vec<T>> for Input<T> {
+    type Error = Error;
+    /// [`Input::new`] on the vector's elements (the vector is dropped afterwards).
+    fn try_from(data: Vec<T>) -> Result<Self> {
+        Input::new(&data)
+    }
+}
+
+impl<T: bytemuck::Pod> Deref for Input<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.sealed.elements()
+    }
+}
+
+impl<T: bytemuck::Pod> Clone for Input<T> {
+    fn clone(&self) -> Self {
+        Input {
+            sealed: Arc::clone(&self.sealed),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: bytemuck::Pod> fmt::Debug for Input<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Input")
+            .field("type", &std::any::type_name::<T>())
+            .field("len", &self.len())
+            .field("bytes", &self.byte_len())
+            .finish()
+    }
+}
+
+/// What serializing an `Input` does on this thread right now.
+enum Context {
+    /// A pool encodes a job: inputs go into this list, their index into the bytes.
+    Encode(Vec<Arc<Sealed>>),
+    /// The lab describes the workload for a report: an input is its size.
+    Describe,
+}
+
+thread_local! {
+    static ENCODE: RefCell<Option<Context>> = const { RefCell::new(None) };
+    static DECODE: RefCell<Option<Vec<Arc<Sealed>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (which serializes a job's workload) in an encoding context; returns its result
+/// and the distinct inputs it serialized, in index order.
+pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Vec<Arc<Sealed>>) {
+    let outer = ENCODE.with(|c| c.replace(Some(Context::Encode(Vec::new()))));
+    let result = f();
+    let inner = ENCODE.with(|c| c.replace(outer));
+    match inner {
+        Some(Context::Encode(inputs)) => (result, inputs),
+        _ => (result, Vec::new()),
+    }
+}
+
+/// The bytes of the distinct inputs `workload` holds (0 when it holds none, or cannot be
+/// encoded).
+pub(crate) fn input_bytes<W: Serialize>(workload: &W) -> u64 {
+    let (_, inputs) = encoding(|| postcard::to_stdvec(workload));
+    inputs.iter().map(|s| s.len() as u64).sum()
+}
+
+/// Runs `f` (which serializes a workload for a report) with every input written as its
+/// size.
+pub(crate) fn describing<R>(f: impl FnOnce() -> R) -> R {
+    let outer = ENCODE.with(|c| c.replace(Some(Context::Describe)));
+    let result = f();
+    ENCODE.with(|c| c.replace(outer));
+    result
+}
+
+/// Runs `f` (which decodes a job's workload) with `inputs`, the job's inputs in index
+/// order, for its `Input` fields to find.
+pub(crate) fn decoding<R>(inputs: Vec<Arc<Sealed>>, f: impl FnOnce() -> R) -> R {
+    let outer = DECODE.with(|c| c.replace(Some(inputs)));
+    let result = f();
+    DECODE.with(|c| c.replace(outer));
+    result
+}
+
+impl<T: bytemuck::Pod> Serialize for Input<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        enum Found {
+            Index(u32),
+            Describe,
+            Outside,
+        }
+        let found = ENCODE.with(|c| match &mut *c.borrow_mut() {
+            Some(Context::Encode(inputs)) => {
+                let index = match inputs.iter().position(|s| s.id() == self.sealed.id()) {
+                    Some(index) => index,
+                    None => {
+                        inputs.push(Arc::clone(&self.sealed));
+                        inputs.len() - 1
+                    }
+                };
+                Found::Index(index as u32)
+            }
+            Some(Context::Describe) => Found::Describe,
+            None => Found::Outside,
+        });
+        match found {
+            Found::Index(index) => serializer.serialize_u32(index),
+            Found::Describe => {
+                let mut s = serializer.serialize_struct("Input", 2)?;
+                s.serialize_field("input_elems", &self.len())?;
+                s.serialize_field("input_bytes", &self.byte_len())?;
+                s.end()
+            }
+            Found::Outside => Err(S::Error::custom(
+                "a procpool::Input is shared through memory, not copied: only a Pool sending a \
+                 job can serialize it",
+            )),
+        }
+    }
+}
+
+impl<'de, T: bytemuck::Pod> Deserialize<'de> for Input<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let index = u32::deserialize(deserializer)? as usize;
+        let sealed = DECODE.with(|c| match &*c.borrow() {
+            None => Err(D::Error::custom(
+                "a procpool::Input can only be decoded by a worker receiving a job",
+            )),
+            Some(inputs) => inputs.get(index).cloned().ok_or_else(|| {
+                D::Error::custom(format!(
+                    "input index {index} is out of range: the job has {} inputs",
+                    inputs.len()
+                ))
+            }),
+        })?;
+        let size = std::mem::size_of::<T>();
+        if sealed.elem_size() != size || size == 0 || sealed.len() % size != 0 {
+            return Err(D::Error::custom(format!(
+                "input {index} holds {} bytes of {}-byte elements, not of {} ({size} bytes)",
+                sealed.len(),
+                sealed.elem_size(),
+                std::any::type_name::<T>()
+            )));
+        }
+        Ok(Input {
+            sealed,
+            _t: PhantomData,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    struct Two {
+        a: Input<u32>,
+        b: Input<u32>,
+        again: Input<u32>,
+    }
+
+    #[test]
+    fn an_input_encodes_as_an_index_and_decodes_to_the_same_pages() {
+        let a = Input::new(&[1u32, 2, 3]).unwrap();
+        let b = Input::try_from(vec![4u32; 1000]).unwrap();
+        let two = Two {
+            a: a.clone(),
+            b,
+            again: a.clone(),
+        };
+        let (bytes, inputs) = encoding(|| postcard::to_stdvec(&two));
+        let bytes = bytes.unwrap();
+        assert_eq!(bytes.len(), 3, "three one-byte indices");
+        assert_eq!(inputs.len(), 2, "one input listed once");
+        let back: Two = decoding(inputs, || postcard::from_bytes(&bytes)).unwrap();
+        assert_eq!(&back.a[..], &[1, 2, 3]);
+        assert_eq!(back.b.len(), 1000);
+        assert_eq!(back.again.as_ptr(), a.as_ptr(), "the same mapping");
+    }
+
+    #[test]
+    fn outside_a_job_an_input_is_a_serde_error_or_its_size() {
+        let two = Two {
+            a: Input::new(&[1u32]).unwrap(),
+            b: Input::new(&[]).unwrap(),
+            again: Input::new(&[2u32, 3]).unwrap(),
+        };
+        let err = serde_json::to_string(&two).unwrap_err().to_string();
+        assert!(err.contains("shared through memory"), "{err}");
+        let json = describing(|| serde_json::to_value(&two)).unwrap();
+        assert_eq!(json["again"]["input_bytes"], 8);
+        assert!(postcard::from_bytes::<Two>(&[0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn a_bad_index_or_element_size_is_a_decode_error() {
+        let a = Input::new(&[1u32, 2]).unwrap();
+        let (bytes, inputs) = encoding(|| postcard::to_stdvec(&a));
+        let bytes = bytes.unwrap();
+        let err = decoding(Vec::new(), || postcard::from_bytes::<Input<u32>>(&bytes));
+        assert!(err.is_err());
+        let wrong = decoding(inputs.clone(), || {
+            postcard::from_bytes::<Input<u64>>(&bytes)
+        });
+        assert!(wrong.is_err());
+        let ok = decoding(inputs, || postcard::from_bytes::<Input<u32>>(&bytes)).unwrap();
+        assert_eq!(&ok[..], &[1, 2]);
+        assert!(Input::<()>::new(&[(); 3]).is_err());
+    }
+}

@@ -1,0 +1,385 @@
+//! `procpool::Input`: a read-only slice shared with every worker through one sealed memfd,
+//! on real worker processes started through this test binary.
+
+use std::ops::Range;
+
+use procpool::{Dispatch, Input, JobOptions, Pool, Registry, RunOptions, Workload};
+use serde::{Deserialize, Serialize};
+
+/// Row sums of a `cols`-wide matrix, times `scale`: one row per element.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RowSums {
+    cols: usize,
+    scale: u64,
+    matrix: Input<u32>,
+}
+
+impl Workload for RowSums {
+    const NAME: &'static str = "row-sums";
+    type Output = u64;
+    fn kernel(&self, range: Range<u64>, out: &mut [u64]) {
+        for (slot, r) in out.iter_mut().zip(range) {
+            let r = r as usize;
+            let row = &self.matrix[r * self.cols..(r + 1) * self.cols];
+            *slot = self.scale * row.iter().map(|&x| u64::from(x)).sum::<u64>();
+        }
+    }
+}
+
+/// Two inputs of different types (and one of them twice): element `i` is
+/// `a[i] + b[i % b.len()]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Mix {
+    a: Input<u16>,
+    b: Input<u64>,
+    a_again: Input<u16>,
+}
+
+impl Workload for Mix {
+    const NAME: &'static str = "mix";
+    type Output = u64;
+    fn kernel(&self, range: Range<u64>, out: &mut [u64]) {
+        assert_eq!(
+            self.a.as_ptr(),
+            self.a_again.as_ptr(),
+            "one input, one mapping"
+        );
+        for (slot, i) in out.iter_mut().zip(range) {
+            let i = i as usize;
+            *slot = u64::from(self.a[i]) + self.b[i % self.b.len()];
+        }
+    }
+}
+
+/// Tries, inside the worker, to write its input in every way a process could; element `k`
+/// is the errno of attempt `k` (0 if it succeeded): 0 `mprotect` of the input's pages to
+/// read-write; 1 opening the memfd again through `/proc/self/fd` read-write; 2 mapping
+/// that descriptor `PROT_WRITE, MAP_SHARED`; 3 `pwrite` on it; 4 `ftruncate` to shrink it;
+/// 5 a writable shared mapping of the inherited descriptor itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Vandal {
+    input: Input<u8>,
+}
+
+/// The descriptor (in this process) of the first shared input, found by its memfd name.
+fn input_fd() -> Option<i32> {
+    std::fs::read_dir("/proc/self/fd").ok()?.find_map(|entry| {
+        let entry = entry.ok()?;
+        let target = std::fs::read_link(entry.path()).ok()?;
+        target
+            .to_string_lossy()
+            .starts_with("/memfd:procpool-input")
+            .then(|| entry.file_name().to_str()?.parse().ok())?
+    })
+}
+
+fn errno_of(rc: i64) -> u64 {
+    if rc < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1) as u64
+    } else {
+        0
+    }
+}
+
+impl Workload for Vandal {
+    const NAME: &'static str = "vandal";
+    type Output = u64;
+    fn kernel(&self, range: Range<u64>, out: &mut [u64]) {
+        let page = self.input.as_ptr() as *mut libc::c_void;
+        let len = self.input.len();
+        let fd = input_fd().unwrap_or(-1);
+        for (slot, attempt) in out.iter_mut().zip(range) {
+            *slot = match attempt {
+                // SAFETY: asks to make the input's own mapping writable; expected to
+                // fail, and nothing writes through it either way.
+                0 => errno_of(unsafe {
+                    libc::mprotect(page, len, libc::PROT_READ | libc::PROT_WRITE)
+                } as i64),
+                1..=3 => {
+                    let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).unwrap();
+                    // SAFETY: a plain open(2) of a NUL-terminated path.
+                    let reopened = unsafe { libc::open(path.as_ptr(), libc::O_RDWR) };
+                    if attempt == 1 || reopened < 0 {
+                        let e = errno_of(i64::from(reopened));
+                        if reopened >= 0 {
+                            // SAFETY: closes the descriptor just opened.
+                            unsafe { libc::close(reopened) };
+                        }
+                        e
+                    } else {
+                        let e = if attempt == 2 {
+                            // SAFETY: a new mapping chosen by the kernel; unmapped at once
+                            // if it were made.
+                            let p = unsafe {
+                                libc::mmap(
+                                    std::ptr::null_mut(),
+                                    len,
+                                    libc::PROT_READ | libc::PROT_WRITE,
+                                    libc::MAP_SHARED,
+                                    reopened,
+                                    0,
+                                )
+                            };
+                            if p == libc::MAP_FAILED {
+                                errno_of(-1)
+                            } else {
+                                // SAFETY: the mapping just made.
+                                unsafe { libc::munmap(p, len) };
+                                0
+                            }
+                        } else {
+                            // SAFETY: writes one byte from a local buffer.
+                            errno_of(unsafe {
+                                libc::pwrite(reopened, [0xffu8].as_ptr().cast(), 1, 0)
+                            } as i64)
+                        };
+                        // SAFETY: closes the descriptor just opened.
+                        unsafe { libc::close(reopened) };
+                        e
+                    }
+                }
+                // SAFETY: a plain ftruncate(2) on a descriptor of this process.
+                4 => errno_of(i64::from(unsafe { libc::ftruncate(fd, 1) })),
+                5 => {
+                    // SAFETY: a new mapping chosen by the kernel; unmapped if it were made.
+                    let p = unsafe {
+                        libc::mmap(
+                            std::ptr::null_mut(),
+                            len,
+                            libc::PROT_READ | libc::PROT_WRITE,
+                            libc::MAP_SHARED,
+                            fd,
+                            0,
+                        )
+                    };
+                    if p == libc::MAP_FAILED {
+                        errno_of(-1)
+                    } else {
+                        // SAFETY: the mapping just made.
+                        unsafe { libc::munmap(p, len) };
+                        0
+                    }
+                }
+                _ => u64::MAX,
+            };
+        }
+    }
+}
+
+procpool::enable_test_support!(
+    Registry::builtin()
+        .register::<RowSums>()
+        .register::<Mix>()
+        .register::<Vandal>()
+);
+
+fn pool(workers: usize) -> Pool {
+    Pool::builder()
+        .workers(workers)
+        .test_harness()
+        .build()
+        .expect("workers through this test binary")
+}
+
+fn options(dispatch: Dispatch) -> JobOptions {
+    JobOptions {
+        chunk_size: Some(7),
+        dispatch,
+        ..Default::default()
+    }
+}
+
+fn matrix(rows: usize, cols: usize, seed: u32) -> Vec<u32> {
+    (0..rows * cols)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8)
+        .collect()
+}
+
+fn expected(m: &[u32], cols: usize, scale: u64) -> Vec<u64> {
+    m.chunks(cols)
+        .map(|row| scale * row.iter().map(|&x| u64::from(x)).sum::<u64>())
+        .collect()
+}
+
+#[test]
+fn workers_read_a_shared_input_on_both_dispatch_paths() {
+    let (rows, cols) = (300, 50);
+    let m = matrix(rows, cols, 1);
+    let work = RowSums {
+        cols,
+        scale: 1,
+        matrix: Input::new(&m).unwrap(),
+    };
+    for dispatch in [Dispatch::Queue, Dispatch::Channel] {
+        let mut pool = pool(2);
+        let run = pool
+            .run_with(&work, rows as u64, &options(dispatch))
+            .expect("run");
+        assert_eq!(run.results(), &expected(&m, cols, 1)[..], "{dispatch}");
+        let stats = run.stats();
+        assert_eq!(stats.input_bytes, (rows * cols * 4) as u64, "{dispatch}");
+        assert_eq!(stats.input_sends, 2, "{dispatch}: one batch per worker");
+    }
+}
+
+#[test]
+fn back_to_back_jobs_send_each_input_once_per_worker() {
+    let (rows, cols) = (200, 20);
+    let (m1, m2) = (matrix(rows, cols, 1), matrix(rows, cols, 2));
+    let first = Input::new(&m1).unwrap();
+    let second = Input::new(&m2).unwrap();
+    for dispatch in [Dispatch::Queue, Dispatch::Channel] {
+        let mut pool = pool(2);
+        let opts = options(dispatch);
+        let mut job = |input: &Input<u32>, scale: u64, want: &[u32], sends: u64| {
+            let work = RowSums {
+                cols,
+                scale,
+                matrix: input.clone(),
+            };
+            let run = pool.run_with(&work, rows as u64, &opts).expect("run");
+            assert_eq!(
+                run.results(),
+                &expected(want, cols, scale)[..],
+                "{dispatch}"
+            );
+            assert_eq!(run.stats().input_sends, sends, "{dispatch}, scale {scale}");
+            run.stats().ipc_bytes
+        };
+        job(&first, 1, &m1, 2);
+        // The same input again, other parameters: a new spec, no descriptor.
+        job(&first, 3, &m1, 0);
+        // Another input: sent once to each worker.
+        job(&second, 3, &m2, 2);
+        // Back to the first: the workers dropped it with the last spec, so it is sent again.
+        job(&first, 3, &m1, 2);
+        // The very same job: no spec, no descriptor.
+        job(&first, 3, &m1, 0);
+    }
+}
+
+#[test]
+fn several_inputs_of_different_types_and_an_empty_one() {
+    let a: Vec<u16> = (0..1000).map(|i| i * 3).collect();
+    let b: Vec<u64> = (0..17).map(|i| i << 40).collect();
+    let a = Input::new(&a).unwrap();
+    let mix = Mix {
+        a: a.clone(),
+        b: Input::try_from(b.clone()).unwrap(),
+        a_again: a.clone(),
+    };
+    let mut pool = pool(2);
+    let run = pool
+        .run_with(&mix, 1000, &options(Dispatch::Queue))
+        .unwrap();
+    let want: Vec<u64> = (0..1000).map(|i| u64::from(a[i]) + b[i % 17]).collect();
+    assert_eq!(run.results(), &want[..]);
+    assert_eq!(run.stats().input_bytes, 2000 + 17 * 8, "each input once");
+    drop(run);
+    let empty = RowSums {
+        cols: 0,
+        scale: 1,
+        matrix: Input::new(&[]).unwrap(),
+    };
+    let run = pool.run(&empty, 10).unwrap();
+    assert_eq!(run.results(), &[0; 10]);
+    assert_eq!(run.stats().input_bytes, 0);
+}
+
+#[test]
+fn a_32_mib_input_costs_a_few_hundred_bytes_of_ipc_per_worker() {
+    let (rows, cols) = (1024, 8192);
+    let m = matrix(rows, cols, 5);
+    let work = RowSums {
+        cols,
+        scale: 1,
+        matrix: Input::new(&m).unwrap(),
+    };
+    let mut pool = pool(2);
+    // Warm up (the first job also pays for the handshakes).
+    let _ = pool.run(&Squares8, 10);
+    let before = std::time::Instant::now();
+    let run = pool.run(&work, rows as u64).expect("run");
+    let elapsed = before.elapsed();
+    assert_eq!(run.results(), &expected(&m, cols, 1)[..]);
+    let stats = run.stats();
+    assert_eq!(stats.input_bytes, 32 << 20);
+    eprintln!(
+        "32 MiB input: {} messages, {} IPC bytes, {elapsed:?}",
+        stats.ipc_messages, stats.ipc_bytes
+    );
+    assert!(
+        stats.ipc_bytes < 2 * 500,
+        "{} bytes of IPC for a 32 MiB input",
+        stats.ipc_bytes
+    );
+    // The lab verifies against one process reading the same pages, and reports the size.
+    drop(run);
+    let mut options = RunOptions::new(2);
+    options.pool.test_harness = true;
+    let report = procpool::run(&work, rows as u64, &options).expect("a lab run");
+    assert_eq!(report.verified, Some(true));
+    assert_eq!(report.input_bytes, 32 << 20);
+    assert!(report.ipc_bytes < 4096, "{}", report.ipc_bytes);
+    assert_eq!(report.params["matrix"]["input_bytes"], 32 << 20);
+    let text = procpool::report::render_text(&report);
+    assert!(
+        text.contains("input        32 MiB shared read-only (sealed memfd), 0 B copied per worker"),
+        "{text}"
+    );
+}
+
+/// A tiny built-in job to take the handshakes out of the measured one.
+use procpool::workload::Squares as Squares8;
+
+#[test]
+fn a_worker_cannot_write_its_sealed_input() {
+    let data: Vec<u8> = (0..8192).map(|i| (i % 251) as u8).collect();
+    let vandal = Vandal {
+        input: Input::new(&data).unwrap(),
+    };
+    for dispatch in [Dispatch::Queue, Dispatch::Channel] {
+        let mut pool = pool(1);
+        let run = pool.run_with(&vandal, 6, &options(dispatch)).unwrap();
+        let errnos = run.results().to_vec();
+        let name = |e: u64| std::io::Error::from_raw_os_error(e as i32).to_string();
+        // The descriptor can be reopened read-write (seals do not stop an open) ...
+        assert_eq!(errnos[1], 0, "{dispatch}: reopen: {}", name(errnos[1]));
+        // ... but nothing can be written through anything.
+        for (attempt, &e) in errnos.iter().enumerate() {
+            if attempt == 1 {
+                continue;
+            }
+            assert!(
+                e == libc::EPERM as u64 || e == libc::EACCES as u64,
+                "{dispatch}: attempt {attempt} gave errno {e} ({}); all: {errnos:?}",
+                name(e)
+            );
+        }
+        assert_eq!(&vandal.input[..], &data[..], "{dispatch}: unchanged");
+    }
+}
+
+#[test]
+fn threads_and_single_modes_read_the_same_pages_and_report_the_input() {
+    let (rows, cols) = (100, 30);
+    let m = matrix(rows, cols, 9);
+    let work = RowSums {
+        cols,
+        scale: 2,
+        matrix: Input::new(&m).unwrap(),
+    };
+    for mode in [procpool::Mode::Threads, procpool::Mode::Single] {
+        let mut options = RunOptions::new(2);
+        options.mode = mode;
+        let mut seen = Vec::new();
+        let report = procpool::run_inspect(&work, rows as u64, &options, |out| {
+            seen = out.to_vec();
+        })
+        .expect("a lab run");
+        assert_eq!(seen, expected(&m, cols, 2), "{mode:?}");
+        assert_eq!(report.verified, Some(true), "{mode:?}");
+        assert_eq!(report.input_bytes, (rows * cols * 4) as u64, "{mode:?}");
+        assert_eq!(report.ipc_bytes, 0, "{mode:?}");
+    }
+}
