@@ -78,12 +78,10 @@ fn execute(cli: Cli, interrupt: Interrupt) -> anyhow::Result<ExitCode> {
             )
         }
         Command::Sweep(args) => {
-            let workers = cli
-                .run
-                .workers
-                .clone()
-                .map(|List(w)| w)
-                .unwrap_or_else(|| vec![procpool::lab::Machine::read().cores_logical]);
+            let workers = match cli.run.workers.clone() {
+                Some(List(w)) => w,
+                None => vec![default_workers()?.0],
+            };
             let chunk_sizes = match &cli.run.chunk_size {
                 Some(List(sizes)) => sizes
                     .iter()
@@ -116,14 +114,14 @@ fn execute(cli: Cli, interrupt: Interrupt) -> anyhow::Result<ExitCode> {
 /// The library's options from the command line. `lists` allows lists of workers and chunk
 /// sizes (sweep); otherwise one value each.
 fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Result<RunOptions> {
-    let workers = match &args.workers {
-        Some(List(w)) if w.len() == 1 || lists => w[0],
+    let (workers, workers_from) = match &args.workers {
+        Some(List(w)) if w.len() == 1 || lists => (w[0], procpool::lab::WorkersFrom::Given),
         Some(_) => {
             return Err(usage(
                 "--workers takes one number here (lists are for `procpool sweep`)",
             ));
         }
-        None => procpool::lab::Machine::read().cores_logical,
+        None => default_workers()?,
     };
     let (chunk_size, auto_chunk) = match &args.chunk_size {
         Some(List(c)) if c.len() == 1 || lists => match c[0] {
@@ -189,7 +187,15 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
         output: args.output.clone(),
         window_bytes: args.window_size,
         mode: args.mode.into(),
+        workers_from,
     })
+}
+
+/// The worker count without `--workers`: `PROCPOOL_WORKERS`, else one per effective CPU.
+fn default_workers() -> anyhow::Result<(usize, procpool::lab::WorkersFrom)> {
+    Ok(procpool::lab::default_workers(
+        &procpool::lab::Machine::read(),
+    )?)
 }
 
 fn usage(message: &str) -> anyhow::Error {

@@ -47,6 +47,7 @@ fn latency(placement: &str) -> Latency {
 
 fn report() -> IpcBenchReport {
     IpcBenchReport {
+        meta: procpool::lab::Meta::sample(),
         cores_logical: 4,
         latency: vec![latency("unpinned")],
         queue: QueueBench {

@@ -16,6 +16,10 @@ use serde_json::Value;
 
 /// The top-level keys (`src/report/mod.rs`, struct `Report`, in its order).
 const TOP: &[&str] = &[
+    "schema_version",
+    "procpool_version",
+    "started_at",
+    "machine",
     "workload",
     "params",
     "mode",
@@ -26,6 +30,7 @@ const TOP: &[&str] = &[
     "pinned",
     "n",
     "workers",
+    "workers_from",
     "chunk_size",
     "chunks",
     "auto_chunk",
@@ -70,6 +75,97 @@ const TOP: &[&str] = &[
     "parent_peak_rss_bytes",
     "advice",
     "warnings",
+];
+/// The keys every JSON document starts with (a run, a sweep, ipc-bench).
+const COMMON: &[&str] = &[
+    "schema_version",
+    "procpool_version",
+    "started_at",
+    "machine",
+];
+/// `machine`, in every document.
+const MACHINE: &[&str] = &[
+    "kernel",
+    "cpu_model",
+    "cpus_online",
+    "cores_physical",
+    "cpus_allowed",
+    "cpu_quota",
+    "cpus_effective",
+    "cores_decided_by",
+    "memory_total_bytes",
+    "memory_available_bytes",
+    "cgroup_memory_limit_bytes",
+    "cgroup_memory_usage_bytes",
+];
+/// `procpool sweep --json`: the top level, a row, the Amdahl fit.
+const SWEEP: &[&str] = &[
+    "schema_version",
+    "procpool_version",
+    "started_at",
+    "machine",
+    "workload",
+    "n",
+    "cores_logical",
+    "baseline_s",
+    "rows",
+    "amdahl",
+];
+const SWEEP_ROW: &[&str] = &[
+    "workers",
+    "chunk_size",
+    "pool_s",
+    "speedup",
+    "efficiency",
+    "karp_flatt",
+    "verified",
+];
+const AMDAHL: &[&str] = &["serial_fraction", "ceiling", "rmse", "points"];
+/// `procpool ipc-bench --json`: the top level, a latency entry, the queue, a futex entry,
+/// a throughput entry.
+const IPC: &[&str] = &[
+    "schema_version",
+    "procpool_version",
+    "started_at",
+    "machine",
+    "cores_logical",
+    "latency",
+    "queue",
+    "throughput",
+    "note",
+];
+const LATENCY: &[&str] = &[
+    "placement",
+    "samples",
+    "p50_us",
+    "p90_us",
+    "p99_us",
+    "max_us",
+    "mean_us",
+];
+const QUEUE: &[&str] = &[
+    "claims",
+    "solo_claims_per_s",
+    "contended_claims_per_s",
+    "peer_share",
+    "futex",
+];
+const FUTEX: &[&str] = &[
+    "placement",
+    "samples",
+    "p50_us",
+    "p90_us",
+    "p99_us",
+    "max_us",
+    "mean_us",
+    "slept_share",
+];
+const THROUGHPUT: &[&str] = &[
+    "placement",
+    "size_bytes",
+    "messages",
+    "channel_mb_s",
+    "shm_mb_s",
 ];
 const BREAKDOWN: &[&str] = &[
     "total_s",
@@ -136,6 +232,13 @@ const VALUES: &[&str] = &[
     "queue",
     "null",
     "sleep",
+    "given",
+    "env",
+    "cpus",
+    "unpinned",
+    "f32",
+    "f64",
+    "sha256sum",
 ];
 
 const N: u64 = 100_000;
@@ -158,23 +261,29 @@ fn readme_json_section() -> String {
     body[..end].to_string()
 }
 
-/// The names in backticks in the README's JSON section that could be keys (lowercase letters
-/// and underscores only: options, expressions and kebab-case values are left out).
+/// The names in backticks in the README's JSON section that could be keys (a lowercase letter,
+/// then lowercase letters, digits and underscores: options, expressions and kebab-case
+/// values are left out).
 fn documented() -> BTreeSet<String> {
     let section = readme_json_section();
     section
         .split('`')
         .skip(1)
         .step_by(2)
-        .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .filter(|s| {
+            s.starts_with(|c: char| c.is_ascii_lowercase())
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
         .map(str::to_string)
         .collect()
 }
 
 fn all_schema_keys() -> BTreeSet<&'static str> {
     [
-        TOP, BREAKDOWN, WORKER, DEATH, AUTO_CHUNK, REPEAT, SUMMARY, RATIO, OUTPUT, MISMATCH,
-        TOLERANCE, ADVICE,
+        TOP, COMMON, MACHINE, BREAKDOWN, WORKER, DEATH, AUTO_CHUNK, REPEAT, SUMMARY, RATIO, OUTPUT,
+        MISMATCH, TOLERANCE, ADVICE, SWEEP, SWEEP_ROW, AMDAHL, IPC, LATENCY, QUEUE, FUTEX,
+        THROUGHPUT,
     ]
     .into_iter()
     .flatten()
@@ -311,6 +420,118 @@ fn about(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 + 1e-6 * a.abs().max(b.abs())
 }
 
+// ---- what holds for every document -----------------------------------------------------
+
+/// The keys every JSON document (`out`'s stdout) starts with: versions, start time, machine.
+fn check_common(out: &Outcome) {
+    let r = &out.json();
+    let raw = out.stdout.replace(' ', "");
+    let mut at = 1;
+    for key in COMMON {
+        let quoted = format!("\"{key}\":");
+        assert!(
+            raw[at..].starts_with(&quoted),
+            "the document's keys must start with {COMMON:?}: {raw}"
+        );
+        at += quoted.len();
+        // Skip this key's value: up to the next top-level key.
+        if let Some(next) = COMMON.iter().skip_while(|k| *k != key).nth(1) {
+            at += raw[at..]
+                .find(&format!(",\"{next}\":"))
+                .expect("the next common key")
+                + 1;
+        }
+    }
+    assert_eq!(uint(r, "schema_version"), 1);
+    assert_eq!(text(r, "procpool_version"), env!("CARGO_PKG_VERSION"));
+    let started = text(r, "started_at");
+    let b = started.as_bytes();
+    assert!(
+        b.len() == 20
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && b[10] == b'T'
+            && b[13] == b':'
+            && b[16] == b':'
+            && b[19] == b'Z'
+            && started.starts_with("20"),
+        "started_at is not RFC 3339 UTC: {started}"
+    );
+    let m = &r["machine"];
+    assert_keys(m, MACHINE, "machine");
+    assert!(m["kernel"].is_null() || !text(m, "kernel").is_empty());
+    assert!(m["cpu_model"].is_null() || !text(m, "cpu_model").is_empty());
+    let online = uint(m, "cpus_online");
+    let allowed = uint(m, "cpus_allowed");
+    let effective = uint(m, "cpus_effective");
+    assert!(
+        1 <= effective && effective <= allowed && allowed <= online,
+        "{m}"
+    );
+    assert!(m["cores_physical"].is_null() || uint(m, "cores_physical") >= 1);
+    assert!(m["cpu_quota"].is_null() || secs(m, "cpu_quota") > 0.0);
+    text(m, "cores_decided_by");
+    assert!(uint(m, "memory_total_bytes") >= uint(m, "memory_available_bytes"));
+    assert_eq!(
+        m["cgroup_memory_limit_bytes"].is_null(),
+        m["cgroup_memory_usage_bytes"].is_null(),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_sweep_prints_every_key() {
+    let out = run(
+        &["sweep", "--workers", "1,2", "squares", N_ARG, "--json"],
+        EXIT_OK,
+    );
+    let r = out.json();
+    assert_keys(&r, SWEEP, "the sweep");
+    assert_documented(&r);
+    check_common(&out);
+    assert_eq!(uint(&r, "n"), N);
+    let rows = array(&r, "rows");
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        assert_keys(row, SWEEP_ROW, "a sweep row");
+        assert_keys(&row["pool_s"], SUMMARY, "a row's pool_s");
+    }
+    assert_keys(&r["baseline_s"], SUMMARY, "baseline_s");
+    assert_keys(&r["amdahl"], AMDAHL, "amdahl");
+}
+
+#[test]
+fn ipc_bench_prints_every_key() {
+    let out = run(
+        &[
+            "ipc-bench",
+            "--round-trips",
+            "200",
+            "--sizes",
+            "1KiB",
+            "--json",
+        ],
+        EXIT_OK,
+    );
+    let r = out.json();
+    assert_keys(&r, IPC, "ipc-bench");
+    assert_documented(&r);
+    check_common(&out);
+    for l in array(&r, "latency") {
+        assert_keys(l, LATENCY, "a latency entry");
+    }
+    assert_keys(&r["queue"], QUEUE, "queue");
+    for f in array(&r["queue"], "futex") {
+        assert_keys(f, FUTEX, "a futex entry");
+    }
+    let throughput = array(&r, "throughput");
+    assert!(!throughput.is_empty());
+    for t in throughput {
+        assert_keys(t, THROUGHPUT, "a throughput entry");
+        assert_eq!(uint(t, "size_bytes"), 1024);
+    }
+}
+
 // ---- what holds for every report -------------------------------------------------------
 
 /// What a run was asked to do, to check the report against.
@@ -324,6 +545,12 @@ fn check_report(out: &Outcome, asked: &Asked) -> Value {
     let r = out.json();
     assert_keys(&r, TOP, "the report");
     assert_documented(&r);
+    check_common(out);
+    assert!(
+        ["given", "env", "cpus"].contains(&text(&r, "workers_from")),
+        "workers_from: {}",
+        r["workers_from"]
+    );
 
     // What ran.
     text(&r, "workload");

@@ -1,26 +1,110 @@
 //! What the machine has and what a job needs, checked before anything starts.
 
+use crate::engine::cgroup::{Cgroup, parse_cpu_list};
 use crate::error::{Error, Result};
+use crate::units::count;
+
+pub use crate::engine::cgroup::MemoryLimit;
 
 /// Cores and memory of this machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Machine {
-    /// Logical CPUs this process may run on (cgroup and affinity limits respected).
+    /// Logical CPUs this process may run on (cgroup and affinity limits respected):
+    /// [`Cpus::effective`].
     pub cores_logical: usize,
     /// Physical cores, when the OS tells.
     pub cores_physical: Option<usize>,
     /// Total memory in bytes.
     pub total_memory: u64,
-    /// Memory available to new allocations, in bytes.
+    /// Memory available to new allocations, in bytes (/proc/meminfo's MemAvailable).
     pub available_memory: u64,
+    /// The machine's CPUs, the affinity mask and the cgroup quota, and what they leave.
+    pub cpus: Cpus,
+    /// The cgroup's memory limit, when it has one.
+    pub memory_limit: Option<MemoryLimit>,
+}
+
+/// How many CPUs this process may use, and what decided it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cpus {
+    /// The machine's online logical CPUs.
+    pub online: usize,
+    /// CPUs in this process's affinity mask (`taskset`).
+    pub allowed: usize,
+    /// The cgroup's CPU quota in CPUs (`1.5`), when it has one.
+    pub quota: Option<f64>,
+    /// What the three leave: the fewest of the allowed CPUs and the whole quota (at
+    /// least 1).
+    pub effective: usize,
+}
+
+impl Cpus {
+    /// Decides the effective CPUs from the machine's `online` CPUs, the `allowed` ones and
+    /// the `quota`; `std_count` is what the standard library counted (it may know a limit
+    /// not read here), taken when smaller.
+    pub(crate) fn decide(
+        online: usize,
+        allowed: usize,
+        quota: Option<f64>,
+        std_count: usize,
+    ) -> Self {
+        let online = online.max(1);
+        let allowed = allowed.clamp(1, online);
+        let by_quota = quota.map_or(usize::MAX, |q| {
+            if q.is_finite() && q >= 1.0 {
+                q.floor().min(usize::MAX as f64) as usize
+            } else {
+                1
+            }
+        });
+        let effective = allowed.min(by_quota).min(std_count.max(1)).max(1);
+        Cpus {
+            online,
+            allowed,
+            quota,
+            effective,
+        }
+    }
+
+    /// In words: `2 CPUs, no affinity mask or quota`, `affinity 1 of 2 CPUs → 1 CPU`,
+    /// `2 CPUs, quota 1.5 → 1 CPU`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.allowed < self.online {
+            parts.push(format!(
+                "affinity {} of {}",
+                self.allowed,
+                count(self.online, "CPU")
+            ));
+        } else {
+            parts.push(count(self.online, "CPU"));
+        }
+        if let Some(q) = self.quota {
+            parts.push(format!("quota {}", crate::units::num(q)));
+        }
+        let text = parts.join(", ");
+        if self.allowed == self.online && self.quota.is_none() && self.effective == self.online {
+            format!("{text}, no affinity mask or quota")
+        } else {
+            format!("{text} → {}", count(self.effective, "CPU"))
+        }
+    }
 }
 
 impl Machine {
-    /// Reads the machine (a few hundred microseconds: /proc/meminfo and the CPU topology).
+    /// Reads the machine (a few hundred microseconds: /proc/meminfo, the CPU topology and
+    /// the cgroup's files).
     pub fn read() -> Self {
-        let cores_logical = std::thread::available_parallelism()
+        let std_count = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
+        let allowed = crate::engine::sys::allowed_cpus().len();
+        let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
+            .ok()
+            .and_then(|t| parse_cpu_list(&t))
+            .unwrap_or(allowed.max(std_count));
+        let cgroup = Cgroup::read();
+        let cpus = Cpus::decide(online, allowed, cgroup.cpu_quota(), std_count);
         let cores_physical = sysinfo::System::physical_core_count().ok();
         let (total_memory, available_memory) = match sysinfo::System::new() {
             Ok(mut sys) => {
@@ -30,19 +114,31 @@ impl Machine {
             Err(_) => (u64::MAX, u64::MAX),
         };
         Machine {
-            cores_logical,
+            cores_logical: cpus.effective,
             cores_physical,
             total_memory,
             available_memory,
+            cpus,
+            memory_limit: cgroup.memory_limit(),
+        }
+    }
+
+    /// The memory a job may use now: the smaller of MemAvailable and what the cgroup's
+    /// limit leaves.
+    pub fn usable_memory(&self) -> u64 {
+        match self.memory_limit {
+            Some(m) => self.available_memory.min(m.left()),
+            None => self.available_memory,
         }
     }
 }
 
 /// Refuses a job whose memory (`parts`: what and how many bytes) does not fit in the
-/// memory available now.
+/// memory available now: MemAvailable, or what the cgroup's memory limit leaves when that
+/// is less (the message names which).
 pub(crate) fn check_memory(what: &str, parts: &[(&str, u128)], machine: &Machine) -> Result<()> {
     let needed: u128 = parts.iter().map(|(_, b)| b).sum();
-    if needed <= u128::from(machine.available_memory) {
+    if needed <= u128::from(machine.usable_memory()) {
         return check_address_space(
             what,
             parts,
@@ -51,11 +147,26 @@ pub(crate) fn check_memory(what: &str, parts: &[(&str, u128)], machine: &Machine
         );
     }
     let detail = parts_detail(parts);
+    let bytes = |b: u64| crate::units::bytes(u128::from(b));
+    let has = match machine.memory_limit {
+        Some(m) if m.left() < machine.available_memory => format!(
+            "this process's cgroup memory limit ({}) is {} with {} in use, which leaves {} \
+             (the machine has {} available)",
+            m.file,
+            bytes(m.limit),
+            bytes(m.usage),
+            bytes(m.left()),
+            bytes(machine.available_memory)
+        ),
+        _ => format!(
+            "this machine has {} available ({} total)",
+            bytes(machine.available_memory),
+            bytes(machine.total_memory)
+        ),
+    };
     Err(Error::invalid_input(format!(
-        "{what} needs {} of memory{detail}; this machine has {} available ({} total): use a smaller n{}",
+        "{what} needs {} of memory{detail}; {has}: use a smaller n{}",
         crate::units::bytes(needed),
-        crate::units::bytes(u128::from(machine.available_memory)),
-        crate::units::bytes(u128::from(machine.total_memory)),
         if parts.len() > 1 {
             " or turn off `baseline`"
         } else {
@@ -207,7 +318,60 @@ mod tests {
             cores_physical: Some(2),
             total_memory: avail * 2,
             available_memory: avail,
+            cpus: Cpus::decide(2, 2, None, 2),
+            memory_limit: None,
         }
+    }
+
+    #[test]
+    fn memory_check_names_the_cgroup_limit_when_it_is_tighter() {
+        let mut m = machine(8 << 30);
+        m.memory_limit = Some(MemoryLimit {
+            limit: 1 << 30,
+            usage: 256 << 20,
+            file: "memory.max",
+        });
+        assert_eq!(m.usable_memory(), 768 << 20);
+        assert!(check_memory("x", &[("a", 512 << 20)], &m).is_ok());
+        let err = check_memory("squares with n = 1e8", &[("shared results", 800 << 20)], &m)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cgroup memory limit (memory.max) is 1 GiB"),
+            "{err}"
+        );
+        assert!(
+            err.contains("256 MiB in use, which leaves 768 MiB"),
+            "{err}"
+        );
+        // A looser limit leaves MemAvailable in charge, and the message says so.
+        m.memory_limit = Some(MemoryLimit {
+            limit: 64 << 30,
+            usage: 0,
+            file: "memory.limit_in_bytes",
+        });
+        let err = check_memory("x", &[("a", 9 << 30)], &m)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("this machine has 8 GiB available"), "{err}");
+    }
+
+    #[test]
+    fn effective_cpus_follow_affinity_and_quota_and_say_why() {
+        let plain = Cpus::decide(2, 2, None, 2);
+        assert_eq!(plain.effective, 2);
+        assert_eq!(plain.describe(), "2 CPUs, no affinity mask or quota");
+        let pinned = Cpus::decide(2, 1, None, 1);
+        assert_eq!(pinned.effective, 1);
+        assert_eq!(pinned.describe(), "affinity 1 of 2 CPUs → 1 CPU");
+        let quota = Cpus::decide(2, 2, Some(1.5), 1);
+        assert_eq!(quota.effective, 1);
+        assert_eq!(quota.describe(), "2 CPUs, quota 1.5 → 1 CPU");
+        let small = Cpus::decide(8, 4, Some(0.5), 4);
+        assert_eq!(small.effective, 1);
+        assert_eq!(small.describe(), "affinity 4 of 8 CPUs, quota 0.5 → 1 CPU");
+        let odd = Cpus::decide(0, 5, Some(f64::NAN), 0);
+        assert_eq!((odd.online, odd.allowed, odd.effective), (1, 1, 1));
     }
 
     #[test]

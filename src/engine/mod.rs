@@ -20,8 +20,10 @@
 //! - `schedule`: cutting `0..n` into chunks (static, dynamic, guided).
 //! - `fault`: fault injection (`--inject`).
 //! - `interrupt`: Ctrl-C and SIGTERM.
-//! - `limits`: what the machine allows (memory, open files, processes), checked up front.
+//! - `limits`: what the machine allows (CPUs, memory, open files, processes), checked up
+//!   front; `cgroup`: the CPU quota and memory limit of the process's control group.
 
+pub(crate) mod cgroup;
 pub(crate) mod control;
 pub(crate) mod fault;
 pub(crate) mod input;

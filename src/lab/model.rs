@@ -9,6 +9,7 @@ use crate::engine::schedule::Schedule;
 use crate::lab::advice::Advice;
 use crate::lab::baseline::Mismatch;
 use crate::lab::measure::{Ratio, Summary};
+use crate::lab::meta::{Meta, WorkersFrom};
 use crate::workload::Tolerance;
 
 /// Which way to run the job.
@@ -67,6 +68,10 @@ pub struct OutputReport {
 /// Everything a run measured. Field names carry their units (`_s` seconds, `_bytes`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
+    /// The schema and procpool versions, the start time and the machine (flattened: its
+    /// keys are the document's first keys).
+    #[serde(flatten)]
+    pub meta: Meta,
     /// Workload name.
     pub workload: String,
     /// The workload's parameters, as JSON.
@@ -89,6 +94,9 @@ pub struct Report {
     pub n: u64,
     /// Worker processes.
     pub workers: usize,
+    /// Where `workers` came from: `given`, `env` (`PROCPOOL_WORKERS`) or `cpus` (one per
+    /// effective CPU).
+    pub workers_from: WorkersFrom,
     /// Elements per chunk (the last chunk may be shorter).
     pub chunk_size: u64,
     /// Number of chunks.

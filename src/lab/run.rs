@@ -18,6 +18,7 @@ use crate::error::{Error, Phase, Result};
 use crate::lab::advice::{Observations, advise};
 use crate::lab::baseline::{Mismatch, Stopped, checksum_until, compare, run_kernel, run_single};
 use crate::lab::measure::{ratio, summarize};
+use crate::lab::meta::{Meta, WorkersFrom};
 use crate::lab::model::{Breakdown, Mode, OutputReport, Repeats, Report};
 use crate::lab::stream::{FileSink, RING, window_elems};
 use crate::lab::threads::run_threads;
@@ -44,6 +45,8 @@ pub struct RunOptions {
     pub window_bytes: u64,
     /// Processes (the pool), threads, or a single process.
     pub mode: Mode,
+    /// Where `pool.workers` came from, for the report ([`crate::lab::default_workers`]).
+    pub workers_from: WorkersFrom,
 }
 
 /// The most rounds (`--warmup` plus `--repeat`) one run may take.
@@ -61,6 +64,7 @@ impl RunOptions {
     pub fn new(workers: usize) -> Self {
         let mut options = RunOptions::default();
         options.pool.workers = workers;
+        options.workers_from = WorkersFrom::Given;
         options
     }
 }
@@ -81,6 +85,8 @@ impl Default for RunOptions {
             output: None,
             window_bytes: crate::lab::stream::DEFAULT_WINDOW_BYTES,
             mode: Mode::Processes,
+            // `PoolOptions::default` has one worker per effective CPU.
+            workers_from: WorkersFrom::Cpus,
         }
     }
 }
@@ -154,6 +160,7 @@ fn run_lab<W: Workload>(
     inspect: impl FnOnce(&[W::Output]),
     reducer: Option<&dyn ChunkReducer<W::Output>>,
 ) -> Result<Report> {
+    let started = std::time::SystemTime::now();
     let machine = Machine::read();
     validate(
         W::NAME,
@@ -194,7 +201,13 @@ fn run_lab<W: Workload>(
             measured.push(r);
         }
     }
-    Ok(build_report(workload, options, &machine, measured))
+    Ok(build_report(
+        workload,
+        options,
+        Meta::new(started, &machine),
+        &machine,
+        measured,
+    ))
 }
 
 /// What verifying one round found: the single-process time, the first mismatch and the
@@ -481,6 +494,7 @@ fn in_process_stats(
 fn build_report<W: Workload>(
     workload: &W,
     options: &RunOptions,
+    meta: Meta,
     machine: &Machine,
     mut rounds: Vec<Round>,
 ) -> Report {
@@ -552,6 +566,7 @@ fn build_report<W: Workload>(
         io_bound_hint: W::WAITS,
     };
     Report {
+        meta,
         workload: W::NAME.to_string(),
         // A shared `Input` field shows as its size, not its data.
         params: match crate::engine::input::describing(|| serde_json::to_value(workload)) {
@@ -567,6 +582,7 @@ fn build_report<W: Workload>(
         pinned: options.pool.pin && options.mode == Mode::Processes,
         n,
         workers,
+        workers_from: options.workers_from,
         chunk_size: stats.chunk_size,
         chunks: stats.chunks,
         auto_chunk: stats.auto_chunk,

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::engine::schedule::Dispenser;
 use crate::lab::measure::{self, AmdahlFit, Ratio, Summary, summarize};
+use crate::lab::meta::Meta;
 use crate::lab::model::Report;
 use crate::lab::run::{RunOptions, run};
 use crate::workload::Workload;
@@ -53,6 +54,7 @@ pub fn sweep<W: Workload>(
     let mut rows = Vec::new();
     let mut baselines = Vec::new();
     let mut cores_logical = 0;
+    let mut meta = None;
     for &workers in &options.workers {
         for &chunk_size in &chunk_sizes {
             let mut run_options = options.run.clone();
@@ -60,6 +62,7 @@ pub fn sweep<W: Workload>(
             run_options.job.chunk_size = chunk_size;
             let report = run(workload, n, &run_options)?;
             each(&report);
+            meta.get_or_insert_with(|| report.meta.clone());
             cores_logical = report.cores_logical;
             let (pool_s, baseline_s) = match &report.repeat {
                 Some(r) => (r.pool_s, r.baseline_s),
@@ -81,6 +84,10 @@ pub fn sweep<W: Workload>(
         }
     }
     let mut table = SweepTable {
+        // The first run's: when the sweep started, and the machine it ran on.
+        meta: meta.unwrap_or_else(|| {
+            Meta::new(std::time::SystemTime::now(), &crate::lab::Machine::read())
+        }),
         workload: W::NAME.to_string(),
         n,
         cores_logical,
@@ -139,6 +146,9 @@ impl SweepRow {
 /// Every point of a sweep of one workload, and Amdahl's law fitted to them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SweepTable {
+    /// The schema and procpool versions, the start time and the machine (flattened).
+    #[serde(flatten)]
+    pub meta: Meta,
     /// Workload name.
     pub workload: String,
     /// Number of elements computed per run.
@@ -184,6 +194,7 @@ pub(crate) fn sample_table() -> SweepTable {
     };
     let baseline = summary(0.048, 0.0012, 0.0468, 0.0492);
     let mut table = SweepTable {
+        meta: Meta::sample(),
         workload: "squares".into(),
         n: 1_000_000,
         cores_logical: 4,

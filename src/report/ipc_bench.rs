@@ -186,6 +186,7 @@ mod tests {
 
     fn synthetic() -> IpcBenchReport {
         IpcBenchReport {
+            meta: crate::lab::Meta::sample(),
             cores_logical: 2,
             latency: vec![
                 Latency {

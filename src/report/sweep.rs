@@ -189,6 +189,7 @@ Amdahl fit: serial fraction 0.225 → at most 4.5× with any number of workers (
             ..one
         };
         let mut t = SweepTable {
+            meta: crate::lab::Meta::sample(),
             workload: "primes".into(),
             n: 10,
             cores_logical: 2,

@@ -5,6 +5,7 @@ use std::fmt::Write;
 use crate::engine::protocol::{Dispatch, Transport};
 use crate::lab::baseline::Mismatch;
 use crate::lab::measure::Summary;
+use crate::lab::meta::WorkersFrom;
 use crate::lab::model::Mode;
 use crate::lab::model::Report;
 use crate::units::{bytes as human_bytes, count, seconds as secs};
@@ -64,13 +65,48 @@ fn short(x: f64) -> String {
     }
 }
 
+/// The machine's CPUs, what limited them, and how the worker count was decided:
+/// `2 CPUs (2 physical cores) → 2 workers`, `2 CPUs (2 physical cores), affinity 1 of
+/// them → 1 worker`, `2 CPUs, quota 1.5 → 1 CPU`, `2 CPUs; 3 workers from PROCPOOL_WORKERS`.
+fn cpus_line(r: &Report) -> String {
+    let m = &r.meta.machine;
+    let mut line = count(m.cpus_online, "CPU");
+    if let Some(p) = m.cores_physical {
+        let _ = write!(line, " ({})", count(p, "physical core"));
+    }
+    if m.cpus_allowed < m.cpus_online {
+        let _ = write!(line, ", affinity {} of them", m.cpus_allowed);
+    }
+    if let Some(q) = m.cpu_quota {
+        let _ = write!(line, ", quota {}", crate::units::num(q));
+    }
+    let limited = m.cpus_effective < m.cpus_online || m.cpu_quota.is_some();
+    match (r.workers_from, r.mode) {
+        (WorkersFrom::Cpus, Mode::Processes | Mode::Threads) => {
+            let _ = write!(line, " → {}", count(r.workers, "worker"));
+        }
+        (WorkersFrom::Env, Mode::Processes | Mode::Threads) => {
+            if limited {
+                let _ = write!(line, " → {}", count(m.cpus_effective, "CPU"));
+            }
+            let _ = write!(
+                line,
+                "; {} from {}",
+                count(r.workers, "worker"),
+                crate::lab::WORKERS_ENV
+            );
+        }
+        _ if limited => {
+            let _ = write!(line, " → {}", count(m.cpus_effective, "CPU"));
+        }
+        _ => {}
+    }
+    line
+}
+
 /// Renders the report for a terminal.
 pub fn render_text(r: &Report) -> String {
     let mut s = String::new();
-    let physical = r
-        .cores_physical
-        .map(|p| format!(" / {p} physical"))
-        .unwrap_or_default();
     let plural = if r.workers == 1 { "" } else { "s" };
     let how = match (r.mode, r.start) {
         (Mode::Processes, Some(start)) => {
@@ -87,15 +123,10 @@ pub fn render_text(r: &Report) -> String {
     };
     let _ = writeln!(
         s,
-        "procpool: {} n={} on {how}; {} logical{physical} {}",
+        "procpool: {} n={} on {how}; {}",
         r.workload,
         r.n,
-        r.cores_logical,
-        if r.cores_logical == 1 && r.cores_physical.unwrap_or(1) == 1 {
-            "core"
-        } else {
-            "cores"
-        }
+        cpus_line(r)
     );
     let via = match r.transport {
         Some(Transport::Shm) => ", results through shared memory",
@@ -396,6 +427,7 @@ mod tests {
             setup_s: 0.0,
         };
         Report {
+            meta: crate::lab::Meta::sample(),
             workload: "squares".into(),
             params: serde_json::json!({}),
             mode: Mode::Processes,
@@ -406,6 +438,7 @@ mod tests {
             pinned: false,
             n: 1_000_000,
             workers: 2,
+            workers_from: WorkersFrom::Given,
             chunk_size: 1000,
             chunks: 1000,
             auto_chunk: None,

@@ -149,6 +149,9 @@ pub struct FutexLatency {
 /// What [`run`] measured.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct IpcBenchReport {
+    /// The schema and procpool versions, the start time and the machine (flattened).
+    #[serde(flatten)]
+    pub meta: crate::lab::meta::Meta,
     /// Logical CPUs this process may run on.
     pub cores_logical: usize,
     /// Round-trip latency, one entry per placement.
@@ -197,6 +200,7 @@ pub fn run(options: &IpcBenchOptions) -> Result<IpcBenchReport> {
         "run it before any thread starts, e.g. at the top of main",
     )
     .map_err(|e| Error::invalid_input(e.to_string()))?;
+    let started = std::time::SystemTime::now();
     let cores_logical = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -262,6 +266,8 @@ pub fn run(options: &IpcBenchOptions) -> Result<IpcBenchReport> {
             .into(),
     );
     Ok(IpcBenchReport {
+        // Read last: sysinfo may start threads, and the peers are forked.
+        meta: crate::lab::meta::Meta::new(started, &crate::lab::Machine::read()),
         cores_logical,
         latency,
         queue,

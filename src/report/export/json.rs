@@ -38,6 +38,7 @@ mod tests {
             runs: 1,
         };
         let mut table = SweepTable {
+            meta: crate::lab::Meta::sample(),
             workload: "hash".into(),
             n: 100,
             cores_logical: 2,
@@ -50,6 +51,23 @@ mod tests {
         };
         table.fit();
         let expected = r#"{
+  "schema_version": 1,
+  "procpool_version": "VERSION",
+  "started_at": "2026-01-02T03:04:05Z",
+  "machine": {
+    "kernel": "6.1.0",
+    "cpu_model": "Example CPU",
+    "cpus_online": 2,
+    "cores_physical": 2,
+    "cpus_allowed": 2,
+    "cpu_quota": null,
+    "cpus_effective": 2,
+    "cores_decided_by": "2 CPUs, no affinity mask or quota",
+    "memory_total_bytes": 8589934592,
+    "memory_available_bytes": 4294967296,
+    "cgroup_memory_limit_bytes": null,
+    "cgroup_memory_usage_bytes": null
+  },
   "workload": "hash",
   "n": 100,
   "cores_logical": 2,
@@ -106,6 +124,7 @@ mod tests {
   }
 }
 "#;
+        let expected = expected.replace("VERSION", env!("CARGO_PKG_VERSION"));
         assert_eq!(Json.export(&table), expected);
     }
 
