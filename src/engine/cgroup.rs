@@ -45,6 +45,10 @@ pub(crate) struct Cgroup {
     v1_cpu: Option<PathBuf>,
     /// The v1 `memory` controller's directory, if mounted.
     v1_memory: Option<PathBuf>,
+    /// Where the v1 `cpu` controller is mounted.
+    v1_cpu_mount: PathBuf,
+    /// Where the v1 `memory` controller is mounted.
+    v1_memory_mount: PathBuf,
 }
 
 impl Cgroup {
@@ -88,8 +92,10 @@ impl Cgroup {
                 };
                 let dir = join_under(&mount.point, &mount.root, path);
                 match controller {
-                    "cpu" => found.v1_cpu = dir,
-                    "memory" => found.v1_memory = dir,
+                    "cpu" => (found.v1_cpu, found.v1_cpu_mount) = (dir, mount.point.clone().into()),
+                    "memory" => {
+                        (found.v1_memory, found.v1_memory_mount) = (dir, mount.point.clone().into())
+                    }
                     _ => {}
                 }
             }
@@ -109,9 +115,13 @@ impl Cgroup {
             }
         }
         let dir = self.v1_cpu.as_ref()?;
-        let quota = read(&dir.join("cpu.cfs_quota_us"))?;
-        let period = read(&dir.join("cpu.cfs_period_us"))?;
-        parse_cfs(&quota, &period)
+        ancestors(dir, &self.v1_cpu_mount)
+            .filter_map(|d| {
+                let quota = read(&d.join("cpu.cfs_quota_us"))?;
+                let period = read(&d.join("cpu.cfs_period_us"))?;
+                parse_cfs(&quota, &period)
+            })
+            .reduce(f64::min)
     }
 
     /// The tightest memory limit along the way to the root (the one leaving the least),
@@ -137,16 +147,20 @@ impl Cgroup {
             }
         }
         let dir = self.v1_memory.as_ref()?;
-        let limit = parse_limit(&read(&dir.join("memory.limit_in_bytes"))?)?;
-        let usage = read(&dir.join("memory.usage_in_bytes"))
-            .as_deref()
-            .and_then(parse_u64)
-            .unwrap_or(0);
-        Some(MemoryLimit {
-            limit,
-            usage,
-            file: "memory.limit_in_bytes",
-        })
+        ancestors(dir, &self.v1_memory_mount)
+            .filter_map(|d| {
+                let limit = parse_limit(&read(&d.join("memory.limit_in_bytes"))?)?;
+                let usage = read(&d.join("memory.usage_in_bytes"))
+                    .as_deref()
+                    .and_then(parse_u64)
+                    .unwrap_or(0);
+                Some(MemoryLimit {
+                    limit,
+                    usage,
+                    file: "memory.limit_in_bytes",
+                })
+            })
+            .min_by_key(MemoryLimit::left)
     }
 }
 

@@ -76,6 +76,23 @@ impl Procpool {
         }
     }
 
+    /// `PREFIX... procpool ARGS...`, tagged: procpool run by another command that ends by
+    /// executing it (`taskset -c 0`, `sh -c '...; exec "$@"'`).
+    pub fn wrapped(prefix: &[&str], args: &[&str]) -> Self {
+        let tag = unique_tag();
+        let mut cmd = Command::new(prefix[0]);
+        cmd.args(&prefix[1..])
+            .arg(EXE)
+            .args(args)
+            .env(TAG_VAR, &tag)
+            .stdin(Stdio::null());
+        Procpool {
+            cmd,
+            tag,
+            deadline: RUN_DEADLINE,
+        }
+    }
+
     /// Sets an environment variable for procpool (and so for its workers).
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.cmd.env(key, value);
