@@ -61,27 +61,34 @@ fn too_large(s: &str) -> String {
     format!("`{s}` is too large (the largest is {})", u64::MAX)
 }
 
-/// Parses a size in bytes: a count with an optional binary unit (`64MiB`, `64M`, `512k`,
-/// `1GiB`, `1e6`).
+/// Parses a size in bytes: a count with an optional unit, decimal prefixes meaning powers
+/// of 1000 and binary ones powers of 1024, as the report prints them: `64MiB` (64 × 2^20),
+/// `64MB` and `64M` (64 × 10^6), `512kB`, `512KiB`, `1GiB`, `2TB`, `1e6`.
 pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let shift = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
         _ => {
             return Err(format!(
-                "`{s}`: unknown unit `{unit}` (use KiB, MiB or GiB)"
+                "`{s}`: unknown unit `{unit}` (use kB, MB, GB, TB for powers of 1000, or \
+                 KiB, MiB, GiB, TiB for powers of 1024)"
             ));
         }
     };
-    let n = parse_count(num)?;
-    n.checked_mul(1 << shift)
+    let n = parse_count(num.trim())?;
+    n.checked_mul(multiplier)
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
@@ -145,10 +152,31 @@ mod tests {
 
     #[test]
     fn sizes() {
+        // Binary prefixes: powers of 1024.
         assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_bytes("64M"), Ok(64 << 20));
-        assert_eq!(parse_bytes("512k"), Ok(512 << 10));
+        assert_eq!(parse_bytes("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_bytes("512kib"), Ok(512 << 10));
         assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("2TiB"), Ok(2 << 40));
+        // Decimal prefixes: powers of 1000, as rates and disks are printed.
+        assert_eq!(parse_bytes("64MB"), Ok(64_000_000));
+        assert_eq!(parse_bytes("64M"), Ok(64_000_000));
+        assert_eq!(parse_bytes("512kB"), Ok(512_000));
+        assert_eq!(parse_bytes("512KB"), Ok(512_000));
+        assert_eq!(parse_bytes("512k"), Ok(512_000));
+        assert_eq!(parse_bytes("3GB"), Ok(3_000_000_000));
+        assert_eq!(parse_bytes("2TB"), Ok(2_000_000_000_000));
+        assert_eq!(parse_bytes("1.5e3 kB"), Ok(1_500_000));
+        assert_eq!(parse_bytes("64 B"), Ok(64));
+        assert_eq!(
+            parse_bytes("20000000TB"),
+            Err("`20000000TB` is too large".into())
+        );
+        let err = parse_bytes("3 apples").unwrap_err();
+        assert!(
+            err.contains("KiB, MiB, GiB, TiB for powers of 1024"),
+            "{err}"
+        );
         assert_eq!(parse_bytes("4096"), Ok(4096));
         assert_eq!(parse_bytes("1e6"), Ok(1_000_000));
         assert!(parse_bytes("3 apples").is_err());

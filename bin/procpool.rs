@@ -317,8 +317,11 @@ impl WithWorkload for Sweep {
             }
             if !self.json {
                 eprintln!(
-                    "procpool: {} workers, chunk size {}: {:.3} s",
-                    report.workers, report.chunk_size, report.pool_wall_s
+                    "procpool: {} worker{}, chunk size {}: {:.3} s",
+                    report.workers,
+                    if report.workers == 1 { "" } else { "s" },
+                    report.chunk_size,
+                    report.pool_wall_s
                 );
             }
         })?;

@@ -122,7 +122,11 @@ pub enum Error {
     },
 
     /// Workers died more often than the restart limit allows.
-    #[error("{restarts} worker restarts exceed `max_restarts` {limit}; last: {last}")]
+    #[error(
+        "{} exceed{} `max_restarts` {limit}; last: {last}",
+        crate::units::count(*.restarts, "worker restart"),
+        if *.restarts == 1 { "s" } else { "" }
+    )]
     TooManyRestarts {
         /// Restarts so far.
         restarts: u64,

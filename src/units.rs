@@ -101,12 +101,21 @@ pub(crate) fn times(x: f64) -> String {
     format!("{x:.2}×")
 }
 
-/// `1 core`, `8 workers`: the count and the word, plural unless it is one.
+/// `1 core`, `8 workers`, `2 processes`: the count and the word, plural unless it is one.
 pub(crate) fn count<N: std::fmt::Display + PartialEq + From<u8>>(n: N, word: &str) -> String {
     if n == N::from(1) {
         format!("1 {word}")
     } else {
-        format!("{n} {word}s")
+        format!("{n} {}", plural(word))
+    }
+}
+
+/// The English plural of a (regular) noun: `worker` → `workers`, `process` → `processes`.
+pub(crate) fn plural(word: &str) -> String {
+    if ["s", "x", "ch", "sh"].iter().any(|end| word.ends_with(end)) {
+        format!("{word}es")
+    } else {
+        format!("{word}s")
     }
 }
 
@@ -145,6 +154,10 @@ mod tests {
         assert_eq!(count(1, "worker"), "1 worker");
         assert_eq!(count(0, "worker"), "0 workers");
         assert_eq!(count(8usize, "core"), "8 cores");
+        assert_eq!(count(1u64, "worker process"), "1 worker process");
+        assert_eq!(count(2u64, "worker process"), "2 worker processes");
+        assert_eq!(count(3, "logical core"), "3 logical cores");
+        assert_eq!(plural("match"), "matches");
         assert_eq!(share(1, 4), "25%");
         assert_eq!(share(0, 0), "100%");
         assert_eq!(times(1.234), "1.23×");

@@ -256,8 +256,9 @@ pub(crate) fn check_worker_limits(workers: usize, raise: bool) -> Result<()> {
         return Err(Error::invalid(
             "workers",
             format!(
-                "`workers` {workers} needs {workers} processes but the process limit \
-                 (ulimit -u) is {nproc}: raise it or use fewer workers"
+                "`workers` {workers} needs {} but the process limit \
+                 (ulimit -u) is {nproc}: raise it or use fewer workers",
+                count(workers, "process")
             ),
         ));
     }

@@ -535,9 +535,10 @@ fn build_report<W: Workload>(
     // More workers than cores is the point for workloads that wait.
     if workers > machine.cores_logical && !W::WAITS {
         warnings.push(format!(
-            "{workers} workers on {} logical cores: workers take turns on the cores, so expect \
-             no more than {}× from them",
-            machine.cores_logical, machine.cores_logical
+            "{workers} workers on {}: workers take turns on the cores, so expect no more \
+             than {}× from them",
+            crate::units::count(machine.cores_logical, "logical core"),
+            machine.cores_logical
         ));
     }
     let compute: Vec<f64> = stats.workers.iter().map(|w| w.compute_s).collect();

@@ -107,18 +107,16 @@ fn cpus_line(r: &Report) -> String {
 /// Renders the report for a terminal.
 pub fn render_text(r: &Report) -> String {
     let mut s = String::new();
-    let plural = if r.workers == 1 { "" } else { "s" };
     let how = match (r.mode, r.start) {
         (Mode::Processes, Some(start)) => {
-            let es = if r.workers == 1 { "" } else { "es" };
             let pinned = if r.pinned { ", pinned to CPUs" } else { "" };
             format!(
-                "{} worker process{es} started by {start}{pinned}",
-                r.workers
+                "{} started by {start}{pinned}",
+                count(r.workers, "worker process")
             )
         }
-        (Mode::Processes, None) => format!("{} worker process{plural}", r.workers),
-        (Mode::Threads, _) => format!("{} thread{plural} of one process", r.workers),
+        (Mode::Processes, None) => count(r.workers, "worker process"),
+        (Mode::Threads, _) => format!("{} of one process", count(r.workers, "thread")),
         (Mode::Single, _) => "a single process".to_string(),
     };
     let _ = writeln!(
@@ -140,8 +138,10 @@ pub fn render_text(r: &Report) -> String {
     };
     let _ = writeln!(
         s,
-        "  chunks       {} × {} elements, {} schedule, {handed}{via}",
-        r.chunks, r.chunk_size, r.schedule
+        "  chunks       {} × {}, {} schedule, {handed}{via}",
+        r.chunks,
+        count(r.chunk_size, "element"),
+        r.schedule
     );
     if let Some(auto) = &r.auto_chunk {
         let _ = writeln!(s, "  chunk size   auto: {}", auto.reason);
@@ -232,14 +232,21 @@ pub fn render_text(r: &Report) -> String {
     match (r.verified, &r.mismatch) {
         (Some(true), _) => {
             let rounds = repeat.map_or(String::new(), |x| format!(", in each of {} runs", x.runs));
+            let one = r.n == 1;
             let how = match &r.tolerance {
-                Some(t) => format!("match the single-process run within {t}"),
-                None => "equal the single-process run".to_string(),
+                Some(t) => format!(
+                    "match{} the single-process run within {t}",
+                    if one { "es" } else { "" }
+                ),
+                None => format!("equal{} the single-process run", if one { "s" } else { "" }),
             };
             let _ = writeln!(
                 s,
-                "  verified     yes: all {} elements {how}{rounds} ({} to check)",
-                r.n,
+                "  verified     yes: {} {how}{rounds} ({} to check)",
+                match r.n {
+                    1 => "the 1 element".to_string(),
+                    n => format!("all {n} elements"),
+                },
                 secs(b.verify_s)
             );
         }
@@ -262,12 +269,12 @@ pub fn render_text(r: &Report) -> String {
     if let Some(o) = &r.output {
         let _ = writeln!(
             s,
-            "  output       {} written to {} in {} windows of {} ({:.0} MB/s); writing took {} on its own thread",
+            "  output       {} written to {} in {} of {} ({}); writing took {} on its own thread",
             human_bytes(u128::from(o.bytes)),
             o.path,
-            o.windows,
+            count(o.windows, "window"),
             human_bytes(u128::from(o.window_bytes)),
-            o.bytes as f64 / r.pool_wall_s.max(1e-9) / 1e6,
+            crate::units::rate(o.bytes as f64 / r.pool_wall_s.max(1e-9)),
             secs(o.write_s)
         );
     }
@@ -293,8 +300,8 @@ pub fn render_text(r: &Report) -> String {
     if r.mode == Mode::Processes {
         let _ = writeln!(
             s,
-            "  ipc          {} messages, {} over channels{}; {} of results through shared memory",
-            r.ipc_messages,
+            "  ipc          {}, {} over channels{}; {} of results through shared memory",
+            count(r.ipc_messages, "message"),
             human_bytes(u128::from(r.ipc_bytes)),
             if r.channel_result_bytes > 0 {
                 format!(
