@@ -89,8 +89,8 @@ pub(crate) enum ChunkSize {
 /// Options of a run; accepted before or after the workload.
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// Worker processes [default: the number of logical cores]; under `sweep`, a list
-    /// (1,2,4,8)
+    /// Worker processes [default: $PROCPOOL_WORKERS, else one per CPU this process may use
+    /// (affinity and cgroup quota)]; under `sweep`, a list (1,2,4,8)
     #[arg(short, long, global = true, value_name = "W", allow_negative_numbers = true, value_parser = parse_workers)]
     pub workers: Option<List<usize>>,
 
