@@ -87,8 +87,8 @@ pub mod workload;
 pub use engine::fault::Fault;
 pub use engine::interrupt::Interrupt;
 pub use engine::pool::{
-    AutoChunk, Death, Event, JobOptions, JobStats, Observer, Pool, PoolBuilder, PoolOptions,
-    PoolRun, StartMethod, Supervision, WindowSink, WorkerStats,
+    AutoChunk, Chunk, ChunkOrder, Death, Event, JobOptions, JobStats, Observer, Pool, PoolBuilder,
+    PoolOptions, PoolRun, StartMethod, Supervision, WindowSink, WorkerStats,
 };
 pub use engine::protocol::{Dispatch, Transport};
 pub use engine::schedule::Schedule;

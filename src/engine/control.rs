@@ -15,8 +15,9 @@
 //! - a ring of [`RETRY_CAPACITY`] re-queued chunks, written by the parent, drained by the
 //!   workers before they claim new chunks.
 //!
-//! The per-chunk table ([`ChunkTable`]: a done byte and a reduction per chunk, and a done
-//! count per streaming window) lives in the results mapping, after the results.
+//! The per-chunk table ([`ChunkTable`]: a done byte and a reduction per chunk, a done
+//! count per streaming window, and, when someone iterates over the chunks as they finish,
+//! a completion log) lives in the results mapping, after the results.
 //!
 //! # Memory ordering
 //! - **Claim** (`next.fetch_add`, retry `head` compare-exchange): `AcqRel`. The retry entry
@@ -37,6 +38,17 @@
 //!   before `FUTEX_WAIT` on `epoch`; the parent bumps `epoch` and then reads `sleepers`
 //!   (`SeqCst`), and wakes only when someone sleeps. The same pattern, mirrored, decides
 //!   whether a worker sends the parent a `Wake` message (`parent_waiting`).
+//! - **Completion log** (only in a posting with `log` set): exactly one worker sets a
+//!   chunk's done byte from 0 (a `swap`, so even two copies of a chunk could not both
+//!   think they finished it first); that worker takes a log position with one
+//!   `fetch_add` and stores `index + 1` there, both `SeqCst`, after the done byte and
+//!   before `done`. The parent loads the count and the entries `SeqCst`, so an entry it
+//!   sees comes after the chunk's results (it reads them then). Waking the parent is the
+//!   `parent_waiting` pattern above: the worker stores its entry and then swaps
+//!   `parent_waiting`; the parent stores `parent_waiting` and then looks at the log; one
+//!   of them sees the other. A position taken by a worker that died before storing its
+//!   entry stays 0; the parent skips it, and at the end of the posting delivers every
+//!   chunk whose done byte is set and that it has not seen in the log.
 //! - A worker that dies between claiming and recording its claim leaves a chunk nobody
 //!   holds; the parent finds it by reading the done bytes once nobody is claiming, and
 //!   queues it again. Re-running a chunk is harmless: it writes the same bytes and the same
@@ -95,6 +107,7 @@ mod at {
     pub(super) const WINDOW_ELEMS: usize = 640;
     pub(super) const RECYCLE_CHUNKS: usize = 648;
     pub(super) const RECYCLE_RSS: usize = 656;
+    pub(super) const LOG: usize = 664;
 }
 
 /// Slot offsets (from the slot's start).
@@ -229,6 +242,9 @@ pub(crate) struct Posting {
     pub(crate) recycle_chunks: u64,
     /// A worker process retires once its resident memory passes this many bytes (0: never).
     pub(crate) recycle_rss: u64,
+    /// Someone iterates over the chunks as they finish: the worker that marks a chunk
+    /// done also appends it to the table's completion log, and wakes a sleeping parent.
+    pub(crate) log: bool,
 }
 
 impl Posting {
@@ -369,6 +385,7 @@ impl Control {
             (at::LIMIT, p.limit),
             (at::RECYCLE_CHUNKS, p.recycle_chunks),
             (at::RECYCLE_RSS, p.recycle_rss),
+            (at::LOG, u64::from(p.log)),
         ] {
             self.word(offset).store(value, Ordering::Relaxed);
         }
@@ -622,6 +639,7 @@ impl Control {
             limit: get(at::LIMIT),
             recycle_chunks: get(at::RECYCLE_CHUNKS),
             recycle_rss: get(at::RECYCLE_RSS),
+            log: get(at::LOG) != 0,
         }
     }
 
@@ -777,13 +795,17 @@ impl Control {
 
 /// The per-chunk table of a posting, in the results mapping after the results: one done
 /// byte per chunk (0 not done, 1 done, 2 done with a reduction), one reduction per chunk,
-/// and one done count per streaming window slot.
+/// one done count per streaming window slot, and, with `log`, the completion log (a count
+/// on a cache line of its own, then one entry per chunk: `index + 1` in the order chunks
+/// finished, 0 while not written).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TableLayout {
     /// Offset of the table in the results mapping (8-aligned).
     pub(crate) at: u64,
     pub(crate) chunks: u64,
     pub(crate) ring: u64,
+    /// Whether the table ends with a completion log.
+    pub(crate) log: bool,
 }
 
 impl TableLayout {
@@ -793,7 +815,13 @@ impl TableLayout {
             at: results.next_multiple_of(64),
             chunks,
             ring,
+            log: false,
         }
+    }
+
+    /// The same table, with a completion log after it when `log`.
+    pub(crate) fn with_log(self, log: bool) -> Self {
+        TableLayout { log, ..self }
     }
 
     fn flags_at(&self) -> u64 {
@@ -806,9 +834,20 @@ impl TableLayout {
         self.reductions_at() + self.chunks * 8
     }
 
+    fn log_at(&self) -> u64 {
+        (self.windows_at() + self.ring * 8).next_multiple_of(64)
+    }
+    fn log_entries_at(&self) -> u64 {
+        self.log_at() + 64
+    }
+
     /// One past the table's last byte: the results mapping's length.
     pub(crate) fn end(&self) -> u64 {
-        self.windows_at() + self.ring * 8
+        if self.log {
+            self.log_entries_at() + self.chunks * 8
+        } else {
+            self.windows_at() + self.ring * 8
+        }
     }
 }
 
@@ -854,7 +893,8 @@ impl<'m> ChunkTable<'m> {
     }
 
     /// Marks chunk `index` done, with its reduction (after its results are written).
-    pub(crate) fn set_done(&self, index: u64, reduction: Option<u64>) {
+    /// Returns whether this call marked it first (exactly one caller does).
+    pub(crate) fn set_done(&self, index: u64, reduction: Option<u64>) -> bool {
         let flag = match reduction {
             Some(r) => {
                 self.u64_at(self.layout.reductions_at() + index * 8)
@@ -863,7 +903,7 @@ impl<'m> ChunkTable<'m> {
             }
             None => 1,
         };
-        self.flag(index).store(flag, Ordering::Release);
+        self.flag(index).swap(flag, Ordering::AcqRel) == 0
     }
 
     /// Whether chunk `index` is done.
@@ -877,6 +917,42 @@ impl<'m> ChunkTable<'m> {
             self.u64_at(self.layout.reductions_at() + index * 8)
                 .load(Ordering::Relaxed)
         })
+    }
+
+    /// Appends chunk `index` to the completion log (the worker that marked it done first).
+    pub(crate) fn log_push(&self, index: u64) {
+        if !self.layout.log {
+            return;
+        }
+        let position = self
+            .u64_at(self.layout.log_at())
+            .fetch_add(1, Ordering::SeqCst);
+        // Each chunk is logged once, so a position past the last entry cannot happen; a
+        // table that says otherwise is not written outside its entries.
+        if position < self.layout.chunks {
+            self.u64_at(self.layout.log_entries_at() + position * 8)
+                .store(index + 1, Ordering::SeqCst);
+        }
+    }
+
+    /// Log positions taken so far (some entries may not be written yet).
+    pub(crate) fn log_len(&self) -> u64 {
+        if !self.layout.log {
+            return 0;
+        }
+        self.u64_at(self.layout.log_at())
+            .load(Ordering::SeqCst)
+            .min(self.layout.chunks)
+    }
+
+    /// The chunk at log position `position`, once its entry is written.
+    pub(crate) fn log_entry(&self, position: u64) -> Option<u64> {
+        if !self.layout.log || position >= self.layout.chunks {
+            return None;
+        }
+        self.u64_at(self.layout.log_entries_at() + position * 8)
+            .load(Ordering::SeqCst)
+            .checked_sub(1)
     }
 
     /// Adds `elements` to window slot `slot`'s done count; returns the new count.

@@ -5,6 +5,7 @@
 
 mod auto_chunk;
 mod dispatch;
+mod each;
 mod ledger;
 mod observe;
 mod private_dir;
@@ -31,6 +32,8 @@ use crate::engine::shm::{Mapping, SharedRegion};
 use crate::engine::sys::{ExitCause, Process};
 use crate::error::{Error, Result};
 use crate::workload::{Element, Registry, Workload};
+pub use each::{Chunk, ChunkOrder};
+use each::{Each, RawVisit};
 pub use observe::{Event, Observer};
 use private_dir::PrivateDir;
 pub(crate) use spawn::TEST_WORKER_ENV;
@@ -907,6 +910,12 @@ pub struct JobStats {
     /// chunk's kernel and the next (claiming and bookkeeping). Channel: a chunk's round
     /// trip minus its compute.
     pub dispatch_per_chunk_s: f64,
+    /// Chunks handed to the callback of [`Pool::for_each_chunk`] (0 for other jobs).
+    pub chunks_delivered: u64,
+    /// The callback of [`Pool::for_each_chunk`] returned `Break`: the job stopped before
+    /// its end. `chunks` then counts the chunks that were done, and the output past them
+    /// is not computed.
+    pub stopped_early: bool,
 }
 
 /// The outcome of [`Pool::run`]: the results, still in shared memory, and the measurements.
@@ -994,7 +1003,7 @@ impl Pool {
         n: u64,
         options: &JobOptions,
     ) -> Result<PoolRun<'_, W::Output>> {
-        let stats = self.job(workload, n, options, None)?;
+        let stats = self.job(workload, n, options, None, None)?;
         Ok(PoolRun {
             pool: self,
             stats,
@@ -1031,16 +1040,89 @@ impl Pool {
             window_elems: window_elems.max(1),
             ring: ring.max(1),
         };
-        self.job(workload, n, options, Some((layout, sink)))
+        self.job(workload, n, options, Some((layout, sink)), None)
     }
 
-    /// The common part of [`Pool::run_with`] and [`Pool::stream_with`].
+    /// Runs `workload` on `0..n` and hands each chunk to `f` as soon as it is done
+    /// (Python's `imap_unordered` / `as_completed`), while the workers compute the next
+    /// ones: its index, its range and a view of its results in the shared region (no
+    /// copy). Every chunk comes exactly once, whatever the schedule, the dispatch, a
+    /// measured chunk size, or workers that die and have their chunks retried.
+    ///
+    /// - [`ChunkOrder::Completion`]: in the order chunks finish. On the shared-memory
+    ///   queue, workers append each finished chunk to a completion log in the region and
+    ///   wake the parent only when it sleeps, so a chunk costs at most one wake-up.
+    /// - [`ChunkOrder::Index`]: chunk `k` as soon as chunks `0..=k` are done.
+    ///
+    /// `f` returning [`ControlFlow::Break`] stops the job: no more chunks are handed out,
+    /// the workers finish the chunk they hold, and this returns `Ok` with
+    /// [`JobStats::stopped_early`] set; the same workers run the next job. `f` runs on the
+    /// dispatch loop's thread: while it runs, the workers go on computing, but nothing
+    /// else is supervised, so keep it short (send heavy work elsewhere). If `f` panics,
+    /// every worker is stopped before the panic goes on (the next job starts fresh ones).
+    ///
+    /// ```no_run
+    /// use std::ops::ControlFlow;
+    /// use procpool::{ChunkOrder, JobOptions, Pool};
+    /// use procpool::workload::Squares;
+    ///
+    /// procpool::init();
+    /// let mut pool = Pool::builder().workers(4).build()?;
+    /// let options = JobOptions { chunk_size: Some(10_000), ..JobOptions::default() };
+    /// let mut total = 0u64;
+    /// let stats = pool.for_each_chunk(&Squares, 1_000_000, &options, ChunkOrder::Completion, |chunk| {
+    ///     total += chunk.output.iter().sum::<u64>();
+    ///     println!("chunk {} ({:?}) done", chunk.index, chunk.range);
+    ///     ControlFlow::Continue(())
+    /// })?;
+    /// assert_eq!(stats.chunks_delivered, 100);
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
+    pub fn for_each_chunk<W: Workload, F>(
+        &mut self,
+        workload: &W,
+        n: u64,
+        options: &JobOptions,
+        order: ChunkOrder,
+        mut f: F,
+    ) -> Result<JobStats>
+    where
+        F: FnMut(Chunk<'_, W::Output>) -> std::ops::ControlFlow<()>,
+    {
+        let mut visit = |index: u64, range: std::ops::Range<u64>, bytes: &[u8]| {
+            f(Chunk {
+                index,
+                range,
+                output: bytemuck::cast_slice(bytes),
+            })
+        };
+        let raw: &mut RawVisit<'_> = &mut visit;
+        let each = Each::new(order, raw);
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.job(workload, n, options, None, Some(each))
+        }));
+        match ran {
+            Ok(result) => result,
+            Err(payload) => {
+                // The callback panicked inside the dispatch loop: the posting is still
+                // open and workers may hold chunks. Stop them all now; the next job
+                // starts a fresh set.
+                self.broken = true;
+                self.stop_all();
+                std::panic::resume_unwind(payload)
+            }
+        }
+    }
+
+    /// The common part of [`Pool::run_with`], [`Pool::stream_with`] and
+    /// [`Pool::for_each_chunk`] (`each`).
     fn job<W: Workload>(
         &mut self,
         workload: &W,
         n: u64,
         options: &JobOptions,
         stream: Option<(Layout, &mut (dyn WindowSink + Send))>,
+        each: Option<Each<'_>>,
     ) -> Result<JobStats> {
         let elem_size = std::mem::size_of::<W::Output>();
         self.check_registered::<W>()?;
@@ -1107,6 +1189,7 @@ impl Pool {
                     table_chunks,
                     layout.ring,
                 )
+                .with_log(each.is_some())
                 .end(),
             ),
         };
@@ -1145,8 +1228,8 @@ impl Pool {
         });
         observe::tell(&self.observer, Event::JobStarted { n });
         let result = match options.dispatch {
-            Dispatch::Channel => self.dispatch(spec, n, dispenser, options, stream),
-            Dispatch::Queue => self.dispatch_queue(spec, n, dispenser, options, stream),
+            Dispatch::Channel => self.dispatch(spec, n, dispenser, options, stream, each),
+            Dispatch::Queue => self.dispatch_queue(spec, n, dispenser, options, stream, each),
         };
         let completed = result.is_ok();
         observe::tell(&self.observer, Event::JobEnded { completed });
