@@ -35,6 +35,30 @@
 //! chunks or past a memory size ([`PoolBuilder::max_chunks_per_worker`],
 //! [`PoolBuilder::max_worker_rss`]), to contain leaks.
 //!
+//! Results as they finish: [`Pool::for_each_chunk`] hands each chunk to a callback as
+//! soon as a worker is done with it (its index, its range, a view of its results), in
+//! completion order or, with [`ChunkOrder::Index`], in index order; returning
+//! [`ControlFlow::Break`](std::ops::ControlFlow::Break) stops the job early and keeps the
+//! pool's workers:
+//!
+//! ```no_run
+//! use std::ops::ControlFlow;
+//! use procpool::{ChunkOrder, JobOptions, Pool};
+//! use procpool::workload::Squares;
+//!
+//! procpool::init();
+//! let mut pool = Pool::builder().workers(4).build()?;
+//! let mut total = 0u64;
+//! let stats = pool.for_each_chunk(&Squares, 1_000_000, &JobOptions::default(), ChunkOrder::Completion, |chunk| {
+//!     total += chunk.output.iter().sum::<u64>();
+//!     if total > 1 << 40 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+//! })?;
+//! println!("{} chunks seen, stopped early: {}", stats.chunks_delivered, stats.stopped_early);
+//! # Ok::<(), procpool::Error>(())
+//! ```
+//!
+//! See `examples/streaming_results.rs`.
+//!
 //! Forgetting [`init`] is the classic pitfall of re-exec process pools (procspawn has the
 //! same rule): the worker would run your whole `main` again instead of serving. procpool
 //! notices (such a worker refuses to build a pool of its own and exits; the parent says to
@@ -67,7 +91,9 @@
 //! when they changed since its last job) and posts the job's chunk geometry in the
 //! region's control block; each worker rebuilds the workload from the [`Registry`], claims
 //! chunk indices, runs the kernel on each range and writes the results straight into the
-//! region; the parent sleeps until the job is done and then reads the region. With
+//! region; the parent sleeps until the job is done and then reads the region (or, with
+//! [`Pool::for_each_chunk`], until a worker logs a finished chunk in the region and wakes
+//! it). With
 //! [`Dispatch::Channel`] the parent sends each chunk as a message instead, to compare. The lab ([`run()`]) does that, then runs the same kernel in one
 //! process, compares, and fills in a [`Report`]; [`report`] turns it into text.
 //!

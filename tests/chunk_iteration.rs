@@ -402,3 +402,27 @@ fn a_panicking_callback_leaves_no_worker_running() {
     });
     assert!(began.elapsed() < JOB_DEADLINE);
 }
+
+#[test]
+fn a_sleeping_parent_is_woken_for_each_chunk() {
+    // One worker, chunks of 20 ms: the parent sleeps between chunks, and only a worker's
+    // `Wake` (not the end of the job) brings it back for each one.
+    let (_pool, ()) = within(pool(1), |pool| {
+        let slow = Paced { sleep_us: 20_000 };
+        let options = JobOptions {
+            chunk_size: Some(10),
+            ..JobOptions::default()
+        };
+        let n = 100;
+        let (seen, stats) = iterate(pool, &slow, n, &options, ChunkOrder::Completion, "woken");
+        seen.assert_every_chunk_once(n, &stats, "woken");
+        assert!(stats.parent_sleeps >= 5, "{stats:?}");
+        assert!(
+            stats.wake_messages >= stats.chunks / 2,
+            "a Wake per chunk, not one at the end: {stats:?}"
+        );
+        // `run_with` is not woken per chunk: no log, no Wake until the end.
+        let run = pool.run_with(&slow, n, &options).expect("run_with");
+        assert!(run.stats().wake_messages <= 1, "{:?}", run.stats());
+    });
+}

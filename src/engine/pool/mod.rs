@@ -1054,12 +1054,18 @@ impl Pool {
     ///   wake the parent only when it sleeps, so a chunk costs at most one wake-up.
     /// - [`ChunkOrder::Index`]: chunk `k` as soon as chunks `0..=k` are done.
     ///
-    /// `f` returning [`ControlFlow::Break`] stops the job: no more chunks are handed out,
-    /// the workers finish the chunk they hold, and this returns `Ok` with
-    /// [`JobStats::stopped_early`] set; the same workers run the next job. `f` runs on the
-    /// dispatch loop's thread: while it runs, the workers go on computing, but nothing
-    /// else is supervised, so keep it short (send heavy work elsewhere). If `f` panics,
-    /// every worker is stopped before the panic goes on (the next job starts fresh ones).
+    /// `f` returning [`ControlFlow::Break`](std::ops::ControlFlow::Break) stops the job:
+    /// no more chunks are handed out, the workers finish the chunk they hold, and this
+    /// returns `Ok` with [`JobStats::stopped_early`] set; the same workers run the next
+    /// job. `f` runs on the dispatch loop's thread: while it runs, the workers go on
+    /// computing, but nothing else is supervised, so keep it short (send heavy work
+    /// elsewhere). If `f` panics, every worker is stopped before the panic goes on (the
+    /// next job starts fresh ones).
+    ///
+    /// A callback rather than an `Iterator`: the view borrows the shared region, which the
+    /// next job rewrites, so it may live only while the job's borrow of the pool does; an
+    /// iterator's items could not borrow from the iterator itself without copying each
+    /// chunk out.
     ///
     /// ```no_run
     /// use std::ops::ControlFlow;
