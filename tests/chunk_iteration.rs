@@ -171,6 +171,25 @@ fn completion_order_covers_every_chunk_once_with_the_kernels_values() {
 }
 
 #[test]
+fn results_that_travel_over_the_channels_are_in_place_when_handed_out() {
+    let (_pool, ()) = within(pool(2), |pool| {
+        for order in [ChunkOrder::Completion, ChunkOrder::Index] {
+            let what = format!("channel transport {order:?}");
+            let options = JobOptions {
+                chunk_size: Some(700),
+                dispatch: Dispatch::Channel,
+                transport: procpool::Transport::Channel,
+                ..JobOptions::default()
+            };
+            let n = 50_000;
+            let (seen, stats) = iterate(pool, &FAST, n, &options, order, &what);
+            seen.assert_every_chunk_once(n, &stats, &what);
+            assert!(stats.channel_result_bytes > 0, "{what}");
+        }
+    });
+}
+
+#[test]
 fn index_order_is_increasing_and_contiguous() {
     let (_pool, ()) = within(pool(2), |pool| {
         for dispatch in [Dispatch::Queue, Dispatch::Channel] {
@@ -283,41 +302,46 @@ fn a_break_stops_the_job_and_the_same_workers_run_the_next() {
 #[test]
 fn a_worker_killed_during_the_iteration_still_yields_every_chunk_once() {
     let mut pool = pool(2);
-    for dispatch in [Dispatch::Queue, Dispatch::Channel] {
-        for order in [ChunkOrder::Completion, ChunkOrder::Index] {
-            let victim = pool.pids()[0];
-            let what = format!("{dispatch} {order:?}");
-            // 200 chunks of 2 ms: the kill lands while most are still to run.
-            let slow = Paced { sleep_us: 2_000 };
-            let options = JobOptions {
-                chunk_size: Some(50),
-                dispatch,
-                ..JobOptions::default()
-            };
-            let n = 10_000;
-            let w = what.clone();
-            let (back, (seen, stats)) = within(pool, move |pool| {
-                let mut seen = Seen::default();
-                let stats = pool
-                    .for_each_chunk(&slow, n, &options, order, |chunk| {
-                        if seen.chunks.is_empty() {
-                            common::kill(victim);
-                        }
-                        seen.record(chunk.index, chunk.range, chunk.output, &w);
-                        ControlFlow::Continue(())
-                    })
-                    .unwrap_or_else(|e| panic!("{w}: {e:#}"));
-                (seen, stats)
-            });
-            pool = back;
-            seen.assert_every_chunk_once(n, &stats, &what);
-            assert!(
-                stats.deaths.iter().any(|d| d.pid == victim),
-                "{what}: the killed worker is reported: {:?}",
-                stats.deaths
-            );
-            assert!(!pool.pids().contains(&victim), "{what}: it was replaced");
-        }
+    for (dispatch, schedule, order) in [
+        (Dispatch::Queue, Schedule::Dynamic, ChunkOrder::Completion),
+        (Dispatch::Queue, Schedule::Static, ChunkOrder::Completion),
+        (Dispatch::Queue, Schedule::Guided, ChunkOrder::Index),
+        (Dispatch::Channel, Schedule::Dynamic, ChunkOrder::Completion),
+        (Dispatch::Channel, Schedule::Static, ChunkOrder::Index),
+    ] {
+        let victim = pool.pids()[0];
+        let what = format!("{dispatch} {schedule} {order:?}");
+        // 200 chunks of 2 ms: the kill lands while most are still to run.
+        let slow = Paced { sleep_us: 2_000 };
+        let options = JobOptions {
+            chunk_size: Some(50),
+            dispatch,
+            schedule,
+            ..JobOptions::default()
+        };
+        let n = 10_000;
+        let w = what.clone();
+        let (back, (seen, stats)) = within(pool, move |pool| {
+            let mut seen = Seen::default();
+            let stats = pool
+                .for_each_chunk(&slow, n, &options, order, |chunk| {
+                    if seen.chunks.is_empty() {
+                        common::kill(victim);
+                    }
+                    seen.record(chunk.index, chunk.range, chunk.output, &w);
+                    ControlFlow::Continue(())
+                })
+                .unwrap_or_else(|e| panic!("{w}: {e:#}"));
+            (seen, stats)
+        });
+        pool = back;
+        seen.assert_every_chunk_once(n, &stats, &what);
+        assert!(
+            stats.deaths.iter().any(|d| d.pid == victim),
+            "{what}: the killed worker is reported: {:?}",
+            stats.deaths
+        );
+        assert!(!pool.pids().contains(&victim), "{what}: it was replaced");
     }
 }
 

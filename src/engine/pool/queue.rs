@@ -439,7 +439,9 @@ impl Pool {
             log: job.each.is_some(),
         };
         job.posting = posting;
-        job.log = LogReader::new(chunks);
+        if job.each.is_some() {
+            job.log = LogReader::new(chunks);
+        }
         job.geometry = geometry;
         job.table = table;
         job.attempts.clear();
