@@ -1141,5 +1141,31 @@ mod tests {
         table.clear();
         assert!(!table.is_done(1));
         assert!(ChunkTable::new(&map, TableLayout::after(100, 1000, 2)).is_none());
+        // No log unless someone iterates: the table is as long as it always was.
+        assert_eq!(table.log_len(), 0);
+        table.log_push(1);
+        assert_eq!((table.log_len(), table.log_entry(0)), (0, None));
+    }
+
+    #[test]
+    fn the_completion_log_follows_the_table_only_when_asked_for() {
+        let plain = TableLayout::after(100, 3, 2);
+        let logged = plain.with_log(true);
+        assert_eq!(plain.end(), 128 + 8 + 3 * 8 + 2 * 8);
+        // The count on a cache line of its own, then one entry per chunk.
+        assert_eq!(
+            logged.end(),
+            (plain.end().next_multiple_of(64)) + 64 + 3 * 8
+        );
+        let mut region = SharedRegion::with_control(control_len(1)).unwrap();
+        region.reset(logged.end()).unwrap();
+        let map = region.map().unwrap();
+        let table = ChunkTable::new(&map, logged).unwrap();
+        assert!(table.set_done(2, None));
+        table.log_push(2);
+        assert_eq!((table.log_len(), table.log_entry(0)), (1, Some(2)));
+        assert_eq!(table.log_entry(1), None, "not written yet");
+        table.clear();
+        assert_eq!((table.log_len(), table.log_entry(0)), (0, None));
     }
 }
