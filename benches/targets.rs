@@ -131,26 +131,30 @@ fn main() -> Result<(), procpool::Error> {
     ));
 
     // Results as they finish: the per-chunk cost of `for_each_chunk` (completion order),
-    // against the same job through `run_with`, on one pool, alternately. Tiny chunks, where
-    // the parent never sleeps, then chunks of about a millisecond, where it sleeps and
-    // every chunk may cost a wake-up.
+    // against the same job through `run_with`, on one pool, alternately. Tiny chunks on 2
+    // workers, where the parent never sleeps; then chunks of about 100 µs on one worker,
+    // where the parent has a core to sleep on and a chunk may cost a wake-up.
     for (name, iteration) in [
         (
             "squares 1e6, chunk size 10",
             iteration_rates(2, &Squares, 1_000_000, 10)?,
         ),
         (
-            "hash 2e4 --rounds 100, chunk size 20",
+            "hash 1e4 --rounds 100, chunk size 20",
             iteration_rates(1, &Hash { rounds: 100 }, 10_000, 20)?,
         ),
     ] {
         rows.push(Row::at_least(
             format!(
-                "{name}, 2 workers: chunks/s iterated ({:.0}) / run_with ({:.0}), medians of 7",
-                iteration.iterated, iteration.plain
+                "{name}, {} worker(s): chunks/s iterated ({:.0}) / run_with ({:.0}), medians \
+                 of 7 ({:+.0} ns per chunk)",
+                iteration.workers,
+                iteration.iterated,
+                iteration.plain,
+                (1.0 / iteration.iterated - 1.0 / iteration.plain) * 1e9
             ),
             iteration.iterated / iteration.plain,
-            0.8,
+            0.75,
         ));
         rows.push(Row::at_most(
             format!(
@@ -418,6 +422,7 @@ fn tiny_jobs() -> Result<f64, procpool::Error> {
 
 /// What [`iteration_rates`] measured: medians over the rounds.
 struct Iteration {
+    workers: usize,
     /// Chunks per second through `run_with`, results summed after the job.
     plain: f64,
     /// Chunks per second through `for_each_chunk`, each chunk summed as it comes.
@@ -469,6 +474,7 @@ fn iteration_rates<W: procpool::Workload<Output = u64>>(
         sleeps.push(stats.parent_sleeps as f64);
     }
     Ok(Iteration {
+        workers,
         plain: median(plain),
         iterated: median(iterated),
         wakes_per_chunk: median(wakes),
