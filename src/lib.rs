@@ -49,7 +49,8 @@
 //! procpool::init();
 //! let mut pool = Pool::builder().workers(4).build()?;
 //! let mut total = 0u64;
-//! let stats = pool.for_each_chunk(&Squares, 1_000_000, &JobOptions::default(), ChunkOrder::Completion, |chunk| {
+//! let (options, order) = (JobOptions::default(), ChunkOrder::Completion);
+//! let stats = pool.for_each_chunk(&Squares, 1_000_000, &options, order, |chunk| {
 //!     total += chunk.output.iter().sum::<u64>();
 //!     if total > 1 << 40 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
 //! })?;
@@ -93,9 +94,9 @@
 //! chunk indices, runs the kernel on each range and writes the results straight into the
 //! region; the parent sleeps until the job is done and then reads the region (or, with
 //! [`Pool::for_each_chunk`], until a worker logs a finished chunk in the region and wakes
-//! it). With
-//! [`Dispatch::Channel`] the parent sends each chunk as a message instead, to compare. The lab ([`run()`]) does that, then runs the same kernel in one
-//! process, compares, and fills in a [`Report`]; [`report`] turns it into text.
+//! it). With [`Dispatch::Channel`] the parent sends each chunk as a message instead, to
+//! compare. The lab ([`run()`]) does that, then runs the same kernel in one process,
+//! compares, and fills in a [`Report`]; [`report`] turns it into text.
 //!
 //! The public API is the root's re-exports below, plus four modules: [`workload`] (the
 //! built-in workloads), [`error`] (what an [`Error`] holds: the lost worker, its exit

@@ -39,8 +39,10 @@
 //!   (`SeqCst`), and wakes only when someone sleeps. The same pattern, mirrored, decides
 //!   whether a worker sends the parent a `Wake` message (`parent_waiting`).
 //! - **Completion log** (only in a posting with `log` set): exactly one worker sets a
-//!   chunk's done byte from 0 (a `swap`, so even two copies of a chunk could not both
-//!   think they finished it first); that worker takes a log position with one
+//!   chunk's done byte from 0 (a `swap` there, a plain store without a log), so even two
+//!   copies of a chunk could not both think they finished it first (supervision never
+//!   lets two run at once anyway: a chunk is queued again only once its holder is reaped,
+//!   or when nobody holds or claims any). That worker takes a log position with one
 //!   `fetch_add` and stores `index + 1` there, both `SeqCst`, after the done byte and
 //!   before `done`. The parent loads the count and the entries `SeqCst`, so an entry it
 //!   sees comes after the chunk's results (it reads them then). Waking the parent is the
@@ -893,8 +895,7 @@ impl<'m> ChunkTable<'m> {
     }
 
     /// Marks chunk `index` done, with its reduction (after its results are written).
-    /// Returns whether this call marked it first (exactly one caller does).
-    pub(crate) fn set_done(&self, index: u64, reduction: Option<u64>) -> bool {
+    pub(crate) fn set_done(&self, index: u64, reduction: Option<u64>) {
         let flag = match reduction {
             Some(r) => {
                 self.u64_at(self.layout.reductions_at() + index * 8)
@@ -903,7 +904,25 @@ impl<'m> ChunkTable<'m> {
             }
             None => 1,
         };
-        self.flag(index).swap(flag, Ordering::AcqRel) == 0
+        self.flag(index).store(flag, Ordering::Release);
+    }
+
+    /// Marks chunk `index` done like [`ChunkTable::set_done`] (keep the two in step), in a
+    /// posting with a completion log: the done byte is swapped rather than stored, and the
+    /// caller that marked it first (exactly one does) appends it to the log. Returns
+    /// whether this call was first. (`set_done` stays a plain store: a locked swap on a
+    /// line both workers write costs tiny chunks more than nobody iterating should pay.)
+    pub(crate) fn set_done_and_log(&self, index: u64, reduction: Option<u64>) -> bool {
+        if let Some(r) = reduction {
+            self.u64_at(self.layout.reductions_at() + index * 8)
+                .store(r, Ordering::Relaxed);
+        }
+        let flag = if reduction.is_some() { 2 } else { 1 };
+        let first = self.flag(index).swap(flag, Ordering::AcqRel) == 0;
+        if first {
+            self.log_push(index);
+        }
+        first
     }
 
     /// Whether chunk `index` is done.
@@ -1161,8 +1180,11 @@ mod tests {
         region.reset(logged.end()).unwrap();
         let map = region.map().unwrap();
         let table = ChunkTable::new(&map, logged).unwrap();
-        assert!(table.set_done(2, None));
-        table.log_push(2);
+        assert!(table.set_done_and_log(2, None));
+        assert!(
+            !table.set_done_and_log(2, None),
+            "a second copy is not first"
+        );
         assert_eq!((table.log_len(), table.log_entry(0)), (1, Some(2)));
         assert_eq!(table.log_entry(1), None, "not written yet");
         table.clear();

@@ -558,8 +558,10 @@ impl Worker<'_> {
                 }
             };
             let compute_ns = began.elapsed().as_nanos() as u64;
-            if table.set_done(index, reduction) && posting.log {
-                table.log_push(index);
+            if posting.log {
+                table.set_done_and_log(index, reduction);
+            } else {
+                table.set_done(index, reduction);
             }
             let done = self.control.finished(self.slot, chunk.len(), compute_ns);
             let window_full = posting.ring > 1 && {

@@ -214,19 +214,20 @@ mod tests {
         let mut reader = LogReader::new(5);
         assert!(!reader.news(&table));
         for k in [3, 0] {
-            assert!(table.set_done(k, None));
-            table.log_push(k);
+            assert!(table.set_done_and_log(k, None));
         }
-        assert!(!table.set_done(3, None), "a second copy is not first");
+        assert!(
+            !table.set_done_and_log(3, None),
+            "a second copy is not first"
+        );
         assert!(reader.news(&table));
         assert_eq!(reader.poll(&table, false), [3, 0]);
         assert!(!reader.news(&table));
         // A worker that died after marking chunk 1 done and before logging it: the end of
         // the posting finds it.
-        assert!(table.set_done(1, None));
+        table.set_done(1, None);
         for k in [4, 2] {
-            table.set_done(k, None);
-            table.log_push(k);
+            table.set_done_and_log(k, None);
         }
         assert_eq!(reader.poll(&table, false), [4, 2]);
         assert_eq!(reader.poll(&table, true), [1]);

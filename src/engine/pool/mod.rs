@@ -1076,7 +1076,8 @@ impl Pool {
     /// let mut pool = Pool::builder().workers(4).build()?;
     /// let options = JobOptions { chunk_size: Some(10_000), ..JobOptions::default() };
     /// let mut total = 0u64;
-    /// let stats = pool.for_each_chunk(&Squares, 1_000_000, &options, ChunkOrder::Completion, |chunk| {
+    /// let order = ChunkOrder::Completion;
+    /// let stats = pool.for_each_chunk(&Squares, 1_000_000, &options, order, |chunk| {
     ///     total += chunk.output.iter().sum::<u64>();
     ///     println!("chunk {} ({:?}) done", chunk.index, chunk.range);
     ///     ControlFlow::Continue(())
