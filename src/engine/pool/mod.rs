@@ -913,8 +913,8 @@ pub struct JobStats {
     /// Chunks handed to the callback of [`Pool::for_each_chunk`] (0 for other jobs).
     pub chunks_delivered: u64,
     /// The callback of [`Pool::for_each_chunk`] returned `Break`: the job stopped before
-    /// its end. `chunks` then counts the chunks that were done, and the output past them
-    /// is not computed.
+    /// its end. `chunks` then counts the chunks that were done (`reduction` adds up only
+    /// theirs), and the rest of the output is not computed.
     pub stopped_early: bool,
 }
 
@@ -1055,9 +1055,11 @@ impl Pool {
     /// - [`ChunkOrder::Index`]: chunk `k` as soon as chunks `0..=k` are done.
     ///
     /// `f` returning [`ControlFlow::Break`](std::ops::ControlFlow::Break) stops the job:
-    /// no more chunks are handed out, the workers finish the chunk they hold, and this
-    /// returns `Ok` with [`JobStats::stopped_early`] set; the same workers run the next
-    /// job. `f` runs on the dispatch loop's thread: while it runs, the workers go on
+    /// no more chunks are handed out, the workers finish the chunks they hold (on the
+    /// shared-memory queue one each; on the channels those already sent, up to `inflight`
+    /// each), and this returns `Ok` with [`JobStats::stopped_early`] set; the same workers
+    /// run the next job. (On the queue, a chunk still running after [`Supervision::grace`]
+    /// has its worker killed, and the next job starts a fresh one in its place.) `f` runs on the dispatch loop's thread: while it runs, the workers go on
     /// computing, but nothing else is supervised, so keep it short (send heavy work
     /// elsewhere). If `f` panics, every worker is stopped before the panic goes on (the
     /// next job starts fresh ones).
