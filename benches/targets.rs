@@ -7,7 +7,7 @@
 use procpool::Mode;
 use procpool::StartMethod;
 use procpool::workload::{Collatz, Hash, Mandelbrot, Spin, Squares};
-use procpool::{Dispatch, Input, Pool, Registry, RunOptions, Workload};
+use procpool::{ChunkOrder, Dispatch, Input, JobOptions, Pool, Registry, RunOptions, Workload};
 use serde::{Deserialize, Serialize};
 
 fn main() -> Result<(), procpool::Error> {
@@ -199,6 +199,42 @@ fn main() -> Result<(), procpool::Error> {
         queue_rate / channel_rate,
         8.0,
     ));
+
+    // Results as they finish: the per-chunk cost of `for_each_chunk` (completion order),
+    // against the same job through `run_with`, on one pool, alternately. Tiny chunks on 2
+    // workers, where the parent never sleeps; then chunks of about 100 µs on one worker,
+    // where the parent has a core to sleep on and a chunk may cost a wake-up.
+    for (name, iteration) in [
+        (
+            "squares 1e6, chunk size 10",
+            iteration_rates(2, &Squares, 1_000_000, 10)?,
+        ),
+        (
+            "hash 1e4 --rounds 100, chunk size 20",
+            iteration_rates(1, &Hash { rounds: 100 }, 10_000, 20)?,
+        ),
+    ] {
+        rows.push(Row::at_least(
+            format!(
+                "{name}, {} worker(s): chunks/s iterated ({:.0}) / run_with ({:.0}), medians \
+                 of 7 ({:+.0} ns per chunk)",
+                iteration.workers,
+                iteration.iterated,
+                iteration.plain,
+                (1.0 / iteration.iterated - 1.0 / iteration.plain) * 1e9
+            ),
+            iteration.iterated / iteration.plain,
+            0.75,
+        ));
+        rows.push(Row::at_most(
+            format!(
+                "  … wake messages per chunk while iterating ({:.0} parent sleeps per job)",
+                iteration.parent_sleeps
+            ),
+            iteration.wakes_per_chunk,
+            1.0,
+        ));
+    }
 
     // Irregular work with a measured chunk length, against the best hand-picked length on
     // the channel path. The best length is picked in a first pass, then it and `auto` run
@@ -496,6 +532,68 @@ fn tiny_jobs() -> Result<f64, procpool::Error> {
         us.push(began.elapsed().as_secs_f64() * 1e6);
     }
     Ok(median(us))
+}
+
+/// What [`iteration_rates`] measured: medians over the rounds.
+struct Iteration {
+    workers: usize,
+    /// Chunks per second through `run_with`, results summed after the job.
+    plain: f64,
+    /// Chunks per second through `for_each_chunk`, each chunk summed as it comes.
+    iterated: f64,
+    /// `Wake` messages per chunk while iterating.
+    wakes_per_chunk: f64,
+    parent_sleeps: f64,
+}
+
+/// The same job, `workload` on `0..n` in chunks of `chunk_size` on a pool of `workers`,
+/// through `run_with` and through `for_each_chunk`, alternately 7 times; both sum every
+/// result, and each sum is checked against the first `run_with`'s.
+fn iteration_rates<W: procpool::Workload<Output = u64>>(
+    workers: usize,
+    workload: &W,
+    n: u64,
+    chunk_size: u64,
+) -> Result<Iteration, procpool::Error> {
+    let mut pool = Pool::builder().workers(workers).build()?;
+    let options = JobOptions {
+        chunk_size: Some(chunk_size),
+        ..JobOptions::default()
+    };
+    let expected = {
+        let run = pool.run_with(workload, n, &options)?;
+        run.results().iter().fold(0u64, |a, &r| a.wrapping_add(r))
+    };
+    let (mut plain, mut iterated, mut wakes, mut sleeps) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..7 {
+        let began = std::time::Instant::now();
+        let run = pool.run_with(workload, n, &options)?;
+        let sum = run.results().iter().fold(0u64, |a, &r| a.wrapping_add(r));
+        let seconds = began.elapsed().as_secs_f64();
+        assert_eq!(sum, expected, "a verified answer (run_with)");
+        plain.push(run.stats().chunks as f64 / seconds);
+        drop(run);
+
+        let began = std::time::Instant::now();
+        let mut sum = 0u64;
+        let stats = pool.for_each_chunk(workload, n, &options, ChunkOrder::Completion, |c| {
+            sum = c.output.iter().fold(sum, |a, &r| a.wrapping_add(r));
+            std::ops::ControlFlow::Continue(())
+        })?;
+        let seconds = began.elapsed().as_secs_f64();
+        assert_eq!(sum, expected, "a verified answer (for_each_chunk)");
+        assert_eq!(stats.chunks_delivered, stats.chunks, "every chunk once");
+        iterated.push(stats.chunks as f64 / seconds);
+        wakes.push(stats.wake_messages as f64 / stats.chunks as f64);
+        sleeps.push(stats.parent_sleeps as f64);
+    }
+    Ok(Iteration {
+        workers,
+        plain: median(plain),
+        iterated: median(iterated),
+        wakes_per_chunk: median(wakes),
+        parent_sleeps: median(sleeps),
+    })
 }
 
 /// Median µs of Python's `Pool(2).map(f, range(2))`, 500 maps on one pool, when `python3`

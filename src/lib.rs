@@ -9,41 +9,106 @@
 //! checks both outputs are identical, and reports the speedup, the parallel efficiency and
 //! where the time went.
 //!
-//! # Quick start (library)
+//! # Your own kernel in five minutes
+//!
+//! A kernel fills `out[k]` for every index `range.start + k` of a chunk; procpool runs it
+//! in worker processes, each writing straight into shared memory. Everything below is
+//! optional except the name, the output type and the kernel.
+//!
+//! ```no_run
+//! use std::ops::{ControlFlow, Range};
+//! use procpool::{ChunkOrder, Input, JobOptions, Pool, Reduce, Registry, Workload};
+//! use serde::{Deserialize, Serialize};
+//!
+//! // 1. The workload: its fields are its parameters, sent to each worker once per job.
+//! //    A large read-only input is an `Input`: one sealed memfd every worker maps.
+//! #[derive(Debug, Clone, Serialize, Deserialize)]
+//! struct Scale {
+//!     factor: f64,
+//!     data: Input<f64>,
+//! }
+//!
+//! impl Workload for Scale {
+//!     const NAME: &'static str = "scale";
+//!     type Output = f64; // any plain-data type: integers, floats, arrays, #[repr(C)] structs
+//!     fn kernel(&self, range: Range<u64>, out: &mut [f64]) {
+//!         for (slot, i) in out.iter_mut().zip(range) {
+//!             *slot = self.data[i as usize] * self.factor;
+//!         }
+//!     }
+//! }
+//!
+//! // 2. Optionally, a reduction: workers reduce each chunk, the parent combines the
+//! //    chunks in chunk order (so a float sum comes out the same on every run).
+//! impl Reduce for Scale {
+//!     type Acc = f64;
+//!     fn identity(&self) -> f64 { 0.0 }
+//!     fn reduce_chunk(&self, _range: Range<u64>, out: &[f64]) -> f64 { out.iter().sum() }
+//!     fn combine(&self, a: f64, b: f64) -> f64 { a + b }
+//! }
+//!
+//! fn main() -> Result<(), procpool::Error> {
+//!     // 3. Register it, FIRST THING in main: a worker is this binary started again, and
+//!     //    serves here instead of running the rest of main.
+//!     procpool::init_with(Registry::builtin().register_reduce::<Scale>());
+//!
+//!     let data: Vec<f64> = (0..1_000_000).map(|i| i as f64).collect();
+//!     let work = Scale { factor: 0.5, data: Input::new(&data)? };
+//!     let mut pool = Pool::builder().workers(4).build()?;
+//!
+//!     // 4. Run it: the output stays in shared memory until the next job.
+//!     let run = pool.run(&work, 1_000_000)?;
+//!     assert_eq!(run.results()[10], 5.0);
+//!     drop(run);
+//!
+//!     // 5. Or only reduce (no output buffer at all), or take chunks as they finish.
+//!     let total = pool.reduce(&work, 1_000_000)?.value;
+//!     let options = JobOptions::default();
+//!     pool.for_each_chunk(&work, 1_000_000, &options, ChunkOrder::Completion, |chunk| {
+//!         println!("{:?} done", chunk.range);
+//!         ControlFlow::Continue(())
+//!     })?;
+//!     println!("sum = {total}");
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Then [`run_reduce`] (or [`run()`] for a workload without [`Reduce`]) does what the
+//! command does with it: a pool and a single-process run, the outputs compared byte by
+//! byte and the reductions bit for bit, and a [`Report`] of the speedup and where the time
+//! went. To test it across real processes under `cargo test`, see
+//! [`enable_test_support!`].
+//!
+//! What else a workload can say, each optional:
+//! - **Per-worker set-up** (Python's `Pool(initializer=…)`): [`Workload::setup`] builds a
+//!   table or loads a model once per worker, into `#[serde(skip)]` fields.
+//! - **Float tolerance**: [`Workload::tolerance`] lets the verification accept outputs
+//!   that differ in the last bits between processes; a mismatch shows the index and both
+//!   values (`examples/integrate.rs`).
+//! - **Any element**: a `#[repr(C)]` struct deriving `Pod` and `Zeroable` through the
+//!   re-exported [`bytemuck`] is an [`Element`]; the report's `checksum` is the start of
+//!   the SHA-256 of the output's bytes.
+//! - **Results as they finish**: [`Pool::for_each_chunk`] in completion or index order
+//!   ([`ChunkOrder`]), stopped early with `ControlFlow::Break`;
+//!   [`Pool::for_each_reduced_chunk`] adds each chunk's accumulator
+//!   (`examples/streaming_results.rs`).
+//! - **Shared input**: [`Input`] (`examples/matvec.rs`: a 30.5 MiB matrix, under 1 KiB of
+//!   messages).
+//! - **Recycling** to contain leaks: [`PoolBuilder::max_chunks_per_worker`] (Python's
+//!   `maxtasksperchild`) and [`PoolBuilder::max_worker_rss`].
+//!
+//! A built-in workload works the same way:
 //!
 //! ```no_run
 //! use procpool::Pool;
 //! use procpool::workload::Squares;
 //!
-//! fn main() -> Result<(), procpool::Error> {
-//!     // First thing in main, always: when this binary is re-executed as a worker, this
-//!     // call serves the parent and exits; it never returns in a worker.
-//!     procpool::init();
-//!
-//!     let mut pool = Pool::builder().workers(4).build()?;
-//!     let run = pool.run(&Squares, 1_000_000)?;
-//!     assert_eq!(run.results()[1000], 1_000_000);
-//!     Ok(())
-//! }
+//! procpool::init();
+//! let mut pool = Pool::builder().workers(4).build()?;
+//! let run = pool.run(&Squares, 1_000_000)?;
+//! assert_eq!(run.results()[1000], 1_000_000);
+//! # Ok::<(), procpool::Error>(())
 //! ```
-//!
-//! Your own workload: implement [`Workload`] (a name, serializable parameters, an output
-//! element type, a kernel; optionally a per-chunk reduction and a per-worker
-//! [`Workload::setup`]), then call
-//! `procpool::init_with(Registry::builtin().register::<MyWorkload>())` first thing in `main`.
-//! See `examples/custom_workload.rs`. A large read-only input belongs in an [`Input`]
-//! field: one sealed memfd every worker maps, never copied into a message
-//! (`examples/matvec.rs`). A pool can also replace its workers after a number of
-//! chunks or past a memory size ([`PoolBuilder::max_chunks_per_worker`],
-//! [`PoolBuilder::max_worker_rss`]), to contain leaks.
-//!
-//! The output can be any plain-data type ([`Element`]): integers, floats, fixed arrays such
-//! as `[f32; 3]`, or your own `#[repr(C)]` struct deriving `Pod` and `Zeroable` through the
-//! re-exported [`bytemuck`]. The lab verifies the pool's output byte for byte against the
-//! single-process run, and the report's `checksum` is the start of the SHA-256 of those
-//! bytes; a kernel whose floats may differ in the last bits between processes declares a
-//! [`Tolerance`] ([`Workload::tolerance`]), and a mismatch names the index, both values
-//! and the lane beyond it. See `examples/integrate.rs`.
 //!
 //! Forgetting [`init`] is the classic pitfall of re-exec process pools (procspawn has the
 //! same rule): the worker would run your whole `main` again instead of serving. procpool
@@ -77,9 +142,11 @@
 //! when they changed since its last job) and posts the job's chunk geometry in the
 //! region's control block; each worker rebuilds the workload from the [`Registry`], claims
 //! chunk indices, runs the kernel on each range and writes the results straight into the
-//! region; the parent sleeps until the job is done and then reads the region. With
-//! [`Dispatch::Channel`] the parent sends each chunk as a message instead, to compare. The lab ([`run()`]) does that, then runs the same kernel in one
-//! process, compares, and fills in a [`Report`]; [`report`] turns it into text.
+//! region; the parent sleeps until the job is done and then reads the region (or, with
+//! [`Pool::for_each_chunk`], until a worker logs a finished chunk in the region and wakes
+//! it). With [`Dispatch::Channel`] the parent sends each chunk as a message instead, to
+//! compare. The lab ([`run()`]) does that, then runs the same kernel in one process,
+//! compares, and fills in a [`Report`]; [`report`] turns it into text.
 //!
 //! The public API is the root's re-exports below, plus four modules: [`workload`] (the
 //! built-in workloads), [`error`] (what an [`Error`] holds: the lost worker, its exit
@@ -98,8 +165,8 @@ pub use engine::fault::Fault;
 pub use engine::input::Input;
 pub use engine::interrupt::Interrupt;
 pub use engine::pool::{
-    AutoChunk, Death, Event, JobOptions, JobStats, Observer, Pool, PoolBuilder, PoolOptions,
-    PoolRun, Reduced, StartMethod, Supervision, WindowSink, WorkerStats,
+    AutoChunk, Chunk, ChunkOrder, Death, Event, JobOptions, JobStats, Observer, Pool, PoolBuilder,
+    PoolOptions, PoolRun, Reduced, StartMethod, Supervision, WindowSink, WorkerStats,
 };
 pub use engine::protocol::{Dispatch, Transport};
 pub use engine::schedule::Schedule;

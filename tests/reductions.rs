@@ -358,3 +358,50 @@ fn the_lab_checks_the_reduction_against_one_process_in_every_mode() {
         assert_eq!(pool, single, "{mode:?}");
     }
 }
+
+#[test]
+fn chunks_as_they_finish_carry_their_accumulators() {
+    let (n, size) = (50_000, 2_500);
+    let expected = harmonic_in_chunks(n, size);
+    let mut pool = pool(2);
+    for dispatch in [Dispatch::Queue, Dispatch::Channel] {
+        for order in [
+            procpool::ChunkOrder::Completion,
+            procpool::ChunkOrder::Index,
+        ] {
+            let mut seen = Vec::new();
+            let (stats, total) = pool
+                .for_each_reduced_chunk(
+                    &Harmonic,
+                    n,
+                    &options(dispatch, Schedule::Dynamic, size),
+                    order,
+                    |chunk| {
+                        let sum: f64 = chunk.output.iter().sum();
+                        assert_eq!(chunk.acc.to_bits(), sum.to_bits(), "{:?}", chunk.range);
+                        seen.push(chunk.index);
+                        std::ops::ControlFlow::Continue(())
+                    },
+                )
+                .unwrap_or_else(|e| panic!("{dispatch}, {order:?}: {e}"));
+            seen.sort_unstable();
+            assert_eq!(seen, (0..n / size).collect::<Vec<_>>(), "each chunk once");
+            assert_eq!(stats.chunks_delivered, n / size);
+            let total = total.expect("the whole job ran");
+            assert_eq!(total.to_bits(), expected.to_bits(), "{dispatch}, {order:?}");
+        }
+        // Stopped early: no total, and the pool runs the next job.
+        let (stats, total) = pool
+            .for_each_reduced_chunk(
+                &Harmonic,
+                n,
+                &options(dispatch, Schedule::Dynamic, size),
+                procpool::ChunkOrder::Index,
+                |_| std::ops::ControlFlow::Break(()),
+            )
+            .expect("a job stopped early");
+        assert!(stats.stopped_early && total.is_none(), "{dispatch}");
+        let again = pool.reduce(&Harmonic, 10).expect("the next job");
+        assert!((again.value - harmonic_in_chunks(10, 10)).abs() < 1e-12);
+    }
+}

@@ -15,8 +15,9 @@
 //! - a ring of [`RETRY_CAPACITY`] re-queued chunks, written by the parent, drained by the
 //!   workers before they claim new chunks.
 //!
-//! The per-chunk table ([`ChunkTable`]: a done byte and a reduction per chunk, and a done
-//! count per streaming window) lives in the results mapping, after the results.
+//! The per-chunk table ([`ChunkTable`]: a done byte and a reduction per chunk, a done
+//! count per streaming window, and, when someone iterates over the chunks as they finish,
+//! a completion log) lives in the results mapping, after the results.
 //!
 //! # Memory ordering
 //! - **Claim** (`next.fetch_add`, retry `head` compare-exchange): `AcqRel`. The retry entry
@@ -37,6 +38,19 @@
 //!   before `FUTEX_WAIT` on `epoch`; the parent bumps `epoch` and then reads `sleepers`
 //!   (`SeqCst`), and wakes only when someone sleeps. The same pattern, mirrored, decides
 //!   whether a worker sends the parent a `Wake` message (`parent_waiting`).
+//! - **Completion log** (only in a posting with `log` set): exactly one worker sets a
+//!   chunk's done byte from 0 (a `swap` there, a plain store without a log), so even two
+//!   copies of a chunk could not both think they finished it first (supervision never
+//!   lets two run at once anyway: a chunk is queued again only once its holder is reaped,
+//!   or when nobody holds or claims any). That worker takes a log position with one
+//!   `fetch_add` and stores `index + 1` there, both `SeqCst`, after the done byte and
+//!   before `done`. The parent loads the count and the entries `SeqCst`, so an entry it
+//!   sees comes after the chunk's results (it reads them then). Waking the parent is the
+//!   `parent_waiting` pattern above: the worker stores its entry and then swaps
+//!   `parent_waiting`; the parent stores `parent_waiting` and then looks at the log; one
+//!   of them sees the other. A position taken by a worker that died before storing its
+//!   entry stays 0; the parent skips it, and at the end of the posting delivers every
+//!   chunk whose done byte is set and that it has not seen in the log.
 //! - A worker that dies between claiming and recording its claim leaves a chunk nobody
 //!   holds; the parent finds it by reading the done bytes once nobody is claiming, and
 //!   queues it again. Re-running a chunk is harmless: it writes the same bytes and the same
@@ -95,6 +109,7 @@ mod at {
     pub(super) const WINDOW_ELEMS: usize = 640;
     pub(super) const RECYCLE_CHUNKS: usize = 648;
     pub(super) const RECYCLE_RSS: usize = 656;
+    pub(super) const LOG: usize = 664;
 }
 
 /// Slot offsets (from the slot's start).
@@ -229,6 +244,9 @@ pub(crate) struct Posting {
     pub(crate) recycle_chunks: u64,
     /// A worker process retires once its resident memory passes this many bytes (0: never).
     pub(crate) recycle_rss: u64,
+    /// Someone iterates over the chunks as they finish: the worker that marks a chunk
+    /// done also appends it to the table's completion log, and wakes a sleeping parent.
+    pub(crate) log: bool,
 }
 
 impl Posting {
@@ -369,6 +387,7 @@ impl Control {
             (at::LIMIT, p.limit),
             (at::RECYCLE_CHUNKS, p.recycle_chunks),
             (at::RECYCLE_RSS, p.recycle_rss),
+            (at::LOG, u64::from(p.log)),
         ] {
             self.word(offset).store(value, Ordering::Relaxed);
         }
@@ -622,6 +641,7 @@ impl Control {
             limit: get(at::LIMIT),
             recycle_chunks: get(at::RECYCLE_CHUNKS),
             recycle_rss: get(at::RECYCLE_RSS),
+            log: get(at::LOG) != 0,
         }
     }
 
@@ -778,7 +798,9 @@ impl Control {
 /// The per-chunk table of a posting, in the results mapping after the results: one done
 /// byte per chunk (0 not done, 1 done, 2 done with a reduction), one accumulator slot per
 /// chunk when the job reduces (`acc_slot` bytes: a length word, then the encoded
-/// accumulator in words), and one done count per streaming window slot.
+/// accumulator in words), one done count per streaming window slot, and, with `log`, the
+/// completion log (a count on a cache line of its own, then one entry per chunk:
+/// `index + 1` in the order chunks finished, 0 while not written).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TableLayout {
     /// Offset of the table in the results mapping (8-aligned).
@@ -787,6 +809,8 @@ pub(crate) struct TableLayout {
     pub(crate) ring: u64,
     /// Bytes of one chunk's accumulator slot, a multiple of 8 (0: the job does not reduce).
     pub(crate) acc_slot: u64,
+    /// Whether the table ends with a completion log.
+    pub(crate) log: bool,
 }
 
 impl TableLayout {
@@ -797,7 +821,13 @@ impl TableLayout {
             chunks,
             ring,
             acc_slot,
+            log: false,
         }
+    }
+
+    /// The same table, with a completion log after it when `log`.
+    pub(crate) fn with_log(self, log: bool) -> Self {
+        TableLayout { log, ..self }
     }
 
     fn flags_at(&self) -> u64 {
@@ -810,9 +840,20 @@ impl TableLayout {
         self.reductions_at() + self.chunks * self.acc_slot
     }
 
+    fn log_at(&self) -> u64 {
+        (self.windows_at() + self.ring * 8).next_multiple_of(64)
+    }
+    fn log_entries_at(&self) -> u64 {
+        self.log_at() + 64
+    }
+
     /// One past the table's last byte: the results mapping's length.
     pub(crate) fn end(&self) -> u64 {
-        self.windows_at() + self.ring * 8
+        if self.log {
+            self.log_entries_at() + self.chunks * 8
+        } else {
+            self.windows_at() + self.ring * 8
+        }
     }
 }
 
@@ -861,8 +902,15 @@ impl<'m> ChunkTable<'m> {
     /// written). An accumulator longer than the slot is not stored (the worker checked
     /// it against the same size first).
     pub(crate) fn set_done(&self, index: u64, reduction: Option<&[u8]>) {
+        let flag = self.store_acc(index, reduction);
+        self.flag(index).store(flag, Ordering::Release);
+    }
+
+    /// Writes chunk `index`'s accumulator into its slot, if it has one that fits; returns
+    /// the done byte that goes with it (2 with an accumulator, else 1).
+    fn store_acc(&self, index: u64, reduction: Option<&[u8]>) -> u8 {
         let slot = self.layout.acc_slot;
-        let flag = match reduction {
+        match reduction {
             Some(acc) if slot >= 8 && acc.len() as u64 <= slot - 8 => {
                 let base = self.layout.reductions_at() + index * slot;
                 self.u64_at(base).store(acc.len() as u64, Ordering::Relaxed);
@@ -875,8 +923,21 @@ impl<'m> ChunkTable<'m> {
                 2
             }
             _ => 1,
-        };
-        self.flag(index).store(flag, Ordering::Release);
+        }
+    }
+
+    /// Marks chunk `index` done like [`ChunkTable::set_done`], in a
+    /// posting with a completion log: the done byte is swapped rather than stored, and the
+    /// caller that marked it first (exactly one does) appends it to the log. Returns
+    /// whether this call was first. (`set_done` stays a plain store: a locked swap on a
+    /// line both workers write costs tiny chunks more than nobody iterating should pay.)
+    pub(crate) fn set_done_and_log(&self, index: u64, reduction: Option<&[u8]>) -> bool {
+        let flag = self.store_acc(index, reduction);
+        let first = self.flag(index).swap(flag, Ordering::AcqRel) == 0;
+        if first {
+            self.log_push(index);
+        }
+        first
     }
 
     /// Whether chunk `index` is done.
@@ -903,6 +964,42 @@ impl<'m> ChunkTable<'m> {
         }
         acc.truncate(len as usize);
         Some(acc)
+    }
+
+    /// Appends chunk `index` to the completion log (the worker that marked it done first).
+    pub(crate) fn log_push(&self, index: u64) {
+        if !self.layout.log {
+            return;
+        }
+        let position = self
+            .u64_at(self.layout.log_at())
+            .fetch_add(1, Ordering::SeqCst);
+        // Each chunk is logged once, so a position past the last entry cannot happen; a
+        // table that says otherwise is not written outside its entries.
+        if position < self.layout.chunks {
+            self.u64_at(self.layout.log_entries_at() + position * 8)
+                .store(index + 1, Ordering::SeqCst);
+        }
+    }
+
+    /// Log positions taken so far (some entries may not be written yet).
+    pub(crate) fn log_len(&self) -> u64 {
+        if !self.layout.log {
+            return 0;
+        }
+        self.u64_at(self.layout.log_at())
+            .load(Ordering::SeqCst)
+            .min(self.layout.chunks)
+    }
+
+    /// The chunk at log position `position`, once its entry is written.
+    pub(crate) fn log_entry(&self, position: u64) -> Option<u64> {
+        if !self.layout.log || position >= self.layout.chunks {
+            return None;
+        }
+        self.u64_at(self.layout.log_entries_at() + position * 8)
+            .load(Ordering::SeqCst)
+            .checked_sub(1)
     }
 
     /// Adds `elements` to window slot `slot`'s done count; returns the new count.
@@ -1097,5 +1194,34 @@ mod tests {
         table.clear();
         assert!(!table.is_done(1));
         assert!(ChunkTable::new(&map, TableLayout::after(100, 1000, 2, 24)).is_none());
+        // No log unless someone iterates: the table is as long as it always was.
+        assert_eq!(table.log_len(), 0);
+        table.log_push(1);
+        assert_eq!((table.log_len(), table.log_entry(0)), (0, None));
+    }
+
+    #[test]
+    fn the_completion_log_follows_the_table_only_when_asked_for() {
+        let plain = TableLayout::after(100, 3, 2, 8);
+        let logged = plain.with_log(true);
+        assert_eq!(plain.end(), 128 + 8 + 3 * 8 + 2 * 8);
+        // The count on a cache line of its own, then one entry per chunk.
+        assert_eq!(
+            logged.end(),
+            (plain.end().next_multiple_of(64)) + 64 + 3 * 8
+        );
+        let mut region = SharedRegion::with_control(control_len(1)).unwrap();
+        region.reset(logged.end()).unwrap();
+        let map = region.map().unwrap();
+        let table = ChunkTable::new(&map, logged).unwrap();
+        assert!(table.set_done_and_log(2, None));
+        assert!(
+            !table.set_done_and_log(2, None),
+            "a second copy is not first"
+        );
+        assert_eq!((table.log_len(), table.log_entry(0)), (1, Some(2)));
+        assert_eq!(table.log_entry(1), None, "not written yet");
+        table.clear();
+        assert_eq!((table.log_len(), table.log_entry(0)), (0, None));
     }
 }

@@ -590,6 +590,7 @@ impl Worker<'_> {
             chunks: posting.chunks,
             ring: posting.ring,
             acc_slot: job.reduce_slot,
+            log: posting.log,
         };
         let Some(table) = ChunkTable::new(&self.results, layout) else {
             return Err(Stop::Failed(format!(
@@ -605,6 +606,11 @@ impl Worker<'_> {
             // A stopped job (an interrupt, a failure): claim nothing more.
             if self.control.shutting_down() {
                 return Err(Stop::Asked);
+            }
+            // A posting closed early (the caller stopped iterating): leave what is not
+            // claimed yet. (The same cache line as the shutdown word: free to look at.)
+            if self.control.open_posting() != Some(posting.id) {
+                break;
             }
             let Some((index, attempt)) = self.control.claim(self.slot, posting.chunks, statically)
             else {
@@ -665,7 +671,11 @@ impl Worker<'_> {
                 }
             };
             let compute_ns = began.elapsed().as_nanos() as u64;
-            table.set_done(index, reduction.as_deref());
+            if posting.log {
+                table.set_done_and_log(index, reduction.as_deref());
+            } else {
+                table.set_done(index, reduction.as_deref());
+            }
             let done = self.control.finished(self.slot, chunk.len(), compute_ns);
             let window_full = posting.ring > 1 && {
                 let window = chunk.start / posting.window_elems;
@@ -673,7 +683,9 @@ impl Worker<'_> {
                 let len = (window_start + posting.window_elems).min(posting.n) - window_start;
                 table.window_done(window, chunk.len()) >= len
             };
-            if (done >= total || window_full) && self.control.take_parent_waiting(self.slot) {
+            // Someone iterating hears of every chunk: a sleeping parent is woken (once).
+            let tell = done >= total || window_full || posting.log;
+            if tell && self.control.take_parent_waiting(self.slot) {
                 self.wake_parent()?;
             }
             if self.finished_one(posting) {

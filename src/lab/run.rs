@@ -487,6 +487,8 @@ fn in_process_stats(
         parent_sleeps: 0,
         wake_messages: 0,
         dispatch_per_chunk_s: 0.0,
+        chunks_delivered: 0,
+        stopped_early: false,
     }
 }
 

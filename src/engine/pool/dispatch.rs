@@ -31,6 +31,7 @@ use ipc_channel::TrySelectError;
 use ipc_channel::ipc::IpcSelectionResult;
 
 use super::auto_chunk::AutoProbe;
+use super::each::Each;
 use super::ledger::Ledger;
 use super::observe::{self, Event};
 use super::{Death, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
@@ -100,7 +101,7 @@ impl DepthProbe {
 }
 
 /// The state of one job.
-struct Job {
+struct Job<'f> {
     spec: JobSpec,
     n: u64,
     dispenser: Dispenser,
@@ -131,6 +132,15 @@ struct Job {
     streaming: Option<Streaming>,
     /// Workers that retired after their recycling limit and were replaced.
     recycles: u64,
+    /// The caller's callback, for [`Pool::for_each_chunk`].
+    each: Option<Each<'f>>,
+}
+
+impl Job<'_> {
+    /// The caller stopped iterating: hand out nothing more.
+    fn stopped(&self) -> bool {
+        self.each.as_ref().is_some_and(|e| e.stopped)
+    }
 }
 
 /// A window handed to the writer: its index, first element, length and ring slot.
@@ -239,9 +249,10 @@ impl Pool {
         dispenser: Dispenser,
         options: &JobOptions,
         stream: Option<(Layout, &mut (dyn WindowSink + Send))>,
+        each: Option<Each<'_>>,
     ) -> Result<JobStats> {
         let Some((layout, sink)) = stream else {
-            return self.dispatch_loop(spec, n, dispenser, options, None);
+            return self.dispatch_loop(spec, n, dispenser, options, None, each);
         };
         let elem_size = u64::from(spec.elem_size);
         self.with_writer(layout, elem_size, sink, |pool, to_writer, from_writer| {
@@ -254,7 +265,7 @@ impl Pool {
                 to_writer,
                 from_writer,
             };
-            pool.dispatch_loop(spec, n, dispenser, options, Some(streaming))
+            pool.dispatch_loop(spec, n, dispenser, options, Some(streaming), None)
         })
     }
 
@@ -294,6 +305,7 @@ impl Pool {
         mut dispenser: Dispenser,
         options: &JobOptions,
         streaming: Option<Streaming>,
+        each: Option<Each<'_>>,
     ) -> Result<JobStats> {
         let began = Instant::now();
         let elem_size = u64::from(spec.elem_size);
@@ -338,6 +350,7 @@ impl Pool {
                 .then(|| DepthProbe::new(self.workers.len())),
             streaming,
             recycles: 0,
+            each,
         };
         for (w, slot) in self.workers.iter().enumerate() {
             job.held[w].cpu_at_start = crate::engine::sys::process_cpu(slot.pid);
@@ -360,7 +373,13 @@ impl Pool {
             }
         }
 
-        while job.elements_done < n || job.streaming.as_ref().is_some_and(|s| s.base < s.windows) {
+        // A stopped iteration still waits for the chunks in flight: their `Done` must not
+        // reach the next job.
+        while if job.stopped() {
+            job.ledger.held() > 0
+        } else {
+            job.elements_done < n || job.streaming.as_ref().is_some_and(|s| s.base < s.windows)
+        } {
             if let Some(signal) = self.supervision.interrupt.requested() {
                 return Err(interrupted(signal, &job, self.workers.len()));
             }
@@ -413,7 +432,9 @@ impl Pool {
         self.close_posting(posting);
         // A fault at a chunk the job never had did not fire (a job with a measured chunk size
         // that ended before the measurement).
-        crate::engine::fault::check_faults(&job.spec.faults, job.done)?;
+        if !job.stopped() {
+            crate::engine::fault::check_faults(&job.spec.faults, job.done)?;
+        }
 
         let end = Instant::now();
         let wall = end - began;
@@ -450,6 +471,7 @@ impl Pool {
             }
         };
         self.reduced = std::mem::take(&mut job.reduced);
+        let stopped_early = job.stopped();
         Ok(JobStats {
             n,
             inflight: job.depth,
@@ -483,6 +505,8 @@ impl Pool {
             wake_messages: 0,
             dispatch_per_chunk_s: per_chunk(job.rtt_total.saturating_sub(job.compute_total)),
             recycles: job.recycles + self.settle_retired()?,
+            chunks_delivered: job.each.as_ref().map_or(0, |e| e.delivered),
+            stopped_early,
         })
     }
 
@@ -629,15 +653,27 @@ impl Pool {
         }
         job.rtt_total += rtt;
         job.compute_total += compute;
-        if let Some(acc) = reduction {
+        let acc = reduction.map(serde_bytes::ByteBuf::into_vec);
+        if let Some(acc) = &acc {
             job.reduced.push(super::ReducedChunk {
                 range: chunk.start..chunk.end,
-                acc: acc.into_vec(),
+                acc: acc.clone(),
             });
         }
         if let Some(data) = data {
             self.place(chunk, &data, u64::from(job.spec.elem_size))?;
             job.channel_result_bytes += data.len() as u64;
+        }
+        // Its results are in place (written by the worker, or just copied): hand it on.
+        if let Some(each) = job.each.as_mut() {
+            let mapping = self.mapping.as_ref().ok_or(Error::Broken)?;
+            each.done(
+                chunk.id,
+                chunk.start..chunk.end,
+                acc,
+                mapping,
+                u64::from(job.spec.elem_size),
+            );
         }
         if let Some(auto) = job.auto.as_mut()
             && auto.awaits(chunk.len())
@@ -693,6 +729,9 @@ impl Pool {
 
     /// Sends worker `w` up to `count` more chunks, never more than `inflight` in all.
     fn top_up(&mut self, w: usize, count: usize, job: &mut Job) {
+        if job.stopped() {
+            return;
+        }
         for _ in 0..count {
             // A process with a chunk limit gets exactly that many, then retires.
             let spent = self.recycle.0 > 0 && self.workers[w].sent_chunks >= self.recycle.0;

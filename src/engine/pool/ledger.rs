@@ -91,6 +91,11 @@ impl Ledger {
                 .sum::<u64>()
     }
 
+    /// Chunks handed out and not done (those waiting to be handed out again not counted).
+    pub(crate) fn held(&self) -> u64 {
+        self.holding.iter().map(|h| h.chunks.len() as u64).sum()
+    }
+
     /// Whether no chunk waits to be handed out again.
     pub(crate) fn retry_is_empty(&self) -> bool {
         self.retry.is_empty()

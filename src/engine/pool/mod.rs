@@ -5,6 +5,7 @@
 
 mod auto_chunk;
 mod dispatch;
+mod each;
 mod ledger;
 mod observe;
 mod private_dir;
@@ -33,6 +34,8 @@ use crate::engine::shm::{Mapping, SharedRegion};
 use crate::engine::sys::{ExitCause, Process};
 use crate::error::{Error, Result};
 use crate::workload::{Element, Reduce, Registry, Workload};
+pub use each::{Chunk, ChunkOrder};
+use each::{Each, RawVisit};
 pub use observe::{Event, Observer};
 use private_dir::PrivateDir;
 pub(crate) use spawn::TEST_WORKER_ENV;
@@ -993,6 +996,12 @@ pub struct JobStats {
     /// chunk's kernel and the next (claiming and bookkeeping). Channel: a chunk's round
     /// trip minus its compute.
     pub dispatch_per_chunk_s: f64,
+    /// Chunks handed to the callback of [`Pool::for_each_chunk`] (0 for other jobs).
+    pub chunks_delivered: u64,
+    /// The callback of [`Pool::for_each_chunk`] returned `Break`: the job stopped before
+    /// its end. `chunks` then counts the chunks that were done (`reduction` adds up only
+    /// theirs), and the rest of the output is not computed.
+    pub stopped_early: bool,
 }
 
 /// The outcome of [`Pool::run`]: the results, still in shared memory, and the measurements.
@@ -1085,7 +1094,7 @@ impl Pool {
         n: u64,
         options: &JobOptions,
     ) -> Result<PoolRun<'_, W::Output>> {
-        let stats = self.job(workload, n, options, None, Want::OUTPUT)?;
+        let stats = self.job(workload, n, options, None, Want::OUTPUT, None)?;
         Ok(PoolRun {
             pool: self,
             stats,
@@ -1102,7 +1111,7 @@ impl Pool {
         options: &JobOptions,
         want: Want,
     ) -> Result<PoolRun<'_, W::Output>> {
-        let stats = self.job(workload, n, options, None, want)?;
+        let stats = self.job(workload, n, options, None, want, None)?;
         Ok(PoolRun {
             pool: self,
             stats,
@@ -1139,7 +1148,14 @@ impl Pool {
             window_elems: window_elems.max(1),
             ring: ring.max(1),
         };
-        self.job(workload, n, options, Some((layout, sink)), Want::OUTPUT)
+        self.job(
+            workload,
+            n,
+            options,
+            Some((layout, sink)),
+            Want::OUTPUT,
+            None,
+        )
     }
 
     /// Reduces `workload` over `0..n` with default options: see [`Pool::reduce_with`].
@@ -1172,7 +1188,7 @@ impl Pool {
             output: false,
             reduce_slot: crate::workload::acc_slot::<W>(),
         };
-        let mut stats = self.job(workload, n, options, None, want)?;
+        let mut stats = self.job(workload, n, options, None, want, None)?;
         let value = self.combine_reduced(workload, n, &mut stats)?;
         Ok(Reduced { value, stats })
     }
@@ -1189,7 +1205,7 @@ impl Pool {
             output: true,
             reduce_slot: crate::workload::acc_slot::<W>(),
         };
-        let mut stats = self.job(workload, n, options, None, want)?;
+        let mut stats = self.job(workload, n, options, None, want, None)?;
         let value = self.combine_reduced(workload, n, &mut stats)?;
         let run = PoolRun {
             pool: self,
@@ -1216,7 +1232,168 @@ impl Pool {
         Ok(value)
     }
 
-    /// The common part of [`Pool::run_with`] and [`Pool::stream_with`].
+    /// Runs `workload` on `0..n` and hands each chunk to `f` as soon as it is done
+    /// (Python's `imap_unordered` / `as_completed`), while the workers compute the next
+    /// ones: its index, its range and a view of its results in the shared region (no
+    /// copy). Every chunk comes exactly once, whatever the schedule, the dispatch, a
+    /// measured chunk size, or workers that die and have their chunks retried.
+    ///
+    /// - [`ChunkOrder::Completion`]: in the order chunks finish. On the shared-memory
+    ///   queue, workers append each finished chunk to a completion log in the region and
+    ///   wake the parent only when it sleeps, so a chunk costs at most one wake-up.
+    /// - [`ChunkOrder::Index`]: chunk `k` as soon as chunks `0..=k` are done.
+    ///
+    /// `f` returning [`ControlFlow::Break`](std::ops::ControlFlow::Break) stops the job:
+    /// no more chunks are handed out, the workers finish the chunks they hold (on the
+    /// shared-memory queue one each; on the channels those already sent, up to `inflight`
+    /// each), and this returns `Ok` with [`JobStats::stopped_early`] set; the same workers
+    /// run the next job. (On the queue, a chunk still running after [`Supervision::grace`]
+    /// has its worker killed, and the next job starts a fresh one in its place.) `f` runs on the dispatch loop's thread: while it runs, the workers go on
+    /// computing, but nothing else is supervised, so keep it short (send heavy work
+    /// elsewhere). If `f` panics, every worker is stopped before the panic goes on (the
+    /// next job starts fresh ones).
+    ///
+    /// A callback rather than an `Iterator`: the view borrows the shared region, which the
+    /// next job rewrites, so it may live only while the job's borrow of the pool does; an
+    /// iterator's items could not borrow from the iterator itself without copying each
+    /// chunk out.
+    ///
+    /// ```no_run
+    /// use std::ops::ControlFlow;
+    /// use procpool::{ChunkOrder, JobOptions, Pool};
+    /// use procpool::workload::Squares;
+    ///
+    /// procpool::init();
+    /// let mut pool = Pool::builder().workers(4).build()?;
+    /// let options = JobOptions { chunk_size: Some(10_000), ..JobOptions::default() };
+    /// let mut total = 0u64;
+    /// let order = ChunkOrder::Completion;
+    /// let stats = pool.for_each_chunk(&Squares, 1_000_000, &options, order, |chunk| {
+    ///     total += chunk.output.iter().sum::<u64>();
+    ///     println!("chunk {} ({:?}) done", chunk.index, chunk.range);
+    ///     ControlFlow::Continue(())
+    /// })?;
+    /// assert_eq!(stats.chunks_delivered, 100);
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
+    pub fn for_each_chunk<W: Workload, F>(
+        &mut self,
+        workload: &W,
+        n: u64,
+        options: &JobOptions,
+        order: ChunkOrder,
+        mut f: F,
+    ) -> Result<JobStats>
+    where
+        F: FnMut(Chunk<'_, W::Output>) -> std::ops::ControlFlow<()>,
+    {
+        let mut visit =
+            |index: u64, range: std::ops::Range<u64>, bytes: &[u8], _: Option<&[u8]>| {
+                f(Chunk {
+                    index,
+                    range,
+                    output: bytemuck::cast_slice(bytes),
+                    acc: (),
+                })
+            };
+        self.each_job(workload, n, options, order, Want::OUTPUT, &mut visit)
+    }
+
+    /// [`Pool::for_each_chunk`] for a [`Reduce`] workload: each chunk comes with its
+    /// accumulator ([`Chunk::acc`]), as its worker reduced it, and the whole job's
+    /// reduction (the accumulators combined in chunk order) is returned beside the
+    /// measurements, unless the callback stopped the job early.
+    ///
+    /// ```no_run
+    /// use std::ops::ControlFlow;
+    /// use procpool::{ChunkOrder, JobOptions, Pool};
+    /// use procpool::workload::Primes;
+    ///
+    /// procpool::init();
+    /// let mut pool = Pool::builder().workers(2).build()?;
+    /// let options = JobOptions { chunk_size: Some(100_000), ..JobOptions::default() };
+    /// let (_, total) = pool.for_each_reduced_chunk(&Primes, 1_000_000, &options,
+    ///     ChunkOrder::Index, |chunk| {
+    ///         println!("{:?}: {} primes", chunk.range, chunk.acc);
+    ///         ControlFlow::Continue(())
+    ///     })?;
+    /// assert_eq!(total, Some(78_498));
+    /// # Ok::<(), procpool::Error>(())
+    /// ```
+    pub fn for_each_reduced_chunk<W: Reduce, F>(
+        &mut self,
+        workload: &W,
+        n: u64,
+        options: &JobOptions,
+        order: ChunkOrder,
+        mut f: F,
+    ) -> Result<(JobStats, Option<W::Acc>)>
+    where
+        F: FnMut(Chunk<'_, W::Output, W::Acc>) -> std::ops::ControlFlow<()>,
+    {
+        let mut undecodable = None;
+        let mut visit =
+            |index: u64, range: std::ops::Range<u64>, bytes: &[u8], acc: Option<&[u8]>| match acc
+                .map(postcard::from_bytes::<W::Acc>)
+            {
+                Some(Ok(acc)) => f(Chunk {
+                    index,
+                    range,
+                    output: bytemuck::cast_slice(bytes),
+                    acc,
+                }),
+                _ => {
+                    undecodable = Some(index);
+                    std::ops::ControlFlow::Break(())
+                }
+            };
+        let want = Want {
+            output: true,
+            reduce_slot: crate::workload::acc_slot::<W>(),
+        };
+        let mut stats = self.each_job(workload, n, options, order, want, &mut visit)?;
+        if let Some(index) = undecodable {
+            return Err(Error::Ipc(format!(
+                "chunk {index} of `{}` came without an accumulator that decodes",
+                W::NAME
+            )));
+        }
+        if stats.stopped_early {
+            return Ok((stats, None));
+        }
+        let value = self.combine_reduced(workload, n, &mut stats)?;
+        Ok((stats, Some(value)))
+    }
+
+    /// The common part of [`Pool::for_each_chunk`] and [`Pool::for_each_reduced_chunk`].
+    fn each_job<W: Workload>(
+        &mut self,
+        workload: &W,
+        n: u64,
+        options: &JobOptions,
+        order: ChunkOrder,
+        want: Want,
+        raw: &mut RawVisit<'_>,
+    ) -> Result<JobStats> {
+        let each = Each::new(order, raw);
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.job(workload, n, options, None, want, Some(each))
+        }));
+        match ran {
+            Ok(result) => result,
+            Err(payload) => {
+                // The callback panicked inside the dispatch loop: the posting is still
+                // open and workers may hold chunks. Stop them all now; the next job
+                // starts a fresh set.
+                self.broken = true;
+                self.stop_all();
+                std::panic::resume_unwind(payload)
+            }
+        }
+    }
+
+    /// The common part of [`Pool::run_with`], [`Pool::stream_with`] and
+    /// [`Pool::for_each_chunk`] (`each`).
     fn job<W: Workload>(
         &mut self,
         workload: &W,
@@ -1224,6 +1401,7 @@ impl Pool {
         options: &JobOptions,
         stream: Option<(Layout, &mut (dyn WindowSink + Send))>,
         want: Want,
+        each: Option<Each<'_>>,
     ) -> Result<JobStats> {
         let elem_size = std::mem::size_of::<W::Output>();
         self.check_registered::<W>(want.reduce_slot > 0)?;
@@ -1312,6 +1490,7 @@ impl Pool {
                     layout.ring,
                     want.reduce_slot,
                 )
+                .with_log(each.is_some())
                 .end(),
             ),
         };
@@ -1355,8 +1534,8 @@ impl Pool {
         self.job_inputs = inputs;
         self.input_sends = 0;
         let result = match options.dispatch {
-            Dispatch::Channel => self.dispatch(spec, n, dispenser, options, stream),
-            Dispatch::Queue => self.dispatch_queue(spec, n, dispenser, options, stream),
+            Dispatch::Channel => self.dispatch(spec, n, dispenser, options, stream, each),
+            Dispatch::Queue => self.dispatch_queue(spec, n, dispenser, options, stream, each),
         };
         // The workers keep their mappings; the parent's own `Input` values keep theirs.
         self.job_inputs.clear();

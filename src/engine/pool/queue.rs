@@ -28,6 +28,7 @@ use ipc_channel::ipc::IpcSelectionResult;
 
 use super::auto_chunk::AutoProbe;
 use super::dispatch::WindowJob;
+use super::each::{Each, LogReader};
 use super::ledger::{HeldChunk, Ledger};
 use super::observe::{self, Event};
 use super::{Death, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
@@ -118,7 +119,7 @@ struct Stream {
 }
 
 /// The state of one job on the queue.
-struct QueueJob {
+struct QueueJob<'f> {
     spec: JobSpec,
     n: u64,
     schedule: Schedule,
@@ -156,11 +157,20 @@ struct QueueJob {
     stream: Option<Stream>,
     told_done: u64,
     last_progress: Instant,
+    /// The caller's callback, for [`Pool::for_each_chunk`], and the posting's completion
+    /// log as read so far.
+    each: Option<Each<'f>>,
+    log: LogReader,
 }
 
-impl QueueJob {
+impl QueueJob<'_> {
     fn phase_len(&self) -> u64 {
         self.posting.n - self.posting.start
+    }
+
+    /// The caller stopped iterating: stop the job.
+    fn stopped(&self) -> bool {
+        self.each.as_ref().is_some_and(|e| e.stopped)
     }
 }
 
@@ -179,9 +189,10 @@ impl Pool {
         dispenser: Dispenser,
         options: &JobOptions,
         stream: Option<(Layout, &mut (dyn WindowSink + Send))>,
+        each: Option<Each<'_>>,
     ) -> Result<JobStats> {
         let Some((layout, sink)) = stream else {
-            return self.queue_loop(spec, n, dispenser, options, None);
+            return self.queue_loop(spec, n, dispenser, options, None, each);
         };
         let elem_size = u64::from(spec.elem_size);
         self.with_writer(layout, elem_size, sink, |pool, to_writer, from_writer| {
@@ -193,7 +204,7 @@ impl Pool {
                 to_writer,
                 from_writer,
             };
-            pool.queue_loop(spec, n, dispenser, options, Some(stream))
+            pool.queue_loop(spec, n, dispenser, options, Some(stream), None)
         })
     }
 
@@ -204,6 +215,7 @@ impl Pool {
         dispenser: Dispenser,
         options: &JobOptions,
         stream: Option<Stream>,
+        each: Option<Each<'_>>,
     ) -> Result<JobStats> {
         let began = Instant::now();
         let workers = self.workers.len();
@@ -261,6 +273,8 @@ impl Pool {
             stream,
             told_done: 0,
             last_progress: Instant::now(),
+            each,
+            log: LogReader::default(),
             geometry: geometry.clone(),
             spec,
         };
@@ -271,15 +285,23 @@ impl Pool {
         self.close_posting(job.posting.id);
         self.collect_posting(&mut job);
         let retired = self.settle_retired()?;
-        if job.told_done != n {
+        let stopped = job.stopped();
+        if job.told_done != n && !stopped {
             observe::tell(&self.observer, Event::Progress { done: n, n });
         }
-        crate::engine::fault::check_faults(&job.spec.faults, job.chunks_before)?;
+        if !stopped {
+            crate::engine::fault::check_faults(&job.spec.faults, job.chunks_before)?;
+        }
 
         let end = Instant::now();
         let wall = end - began;
         let end_ns = monotonic_ns();
-        let chunks = job.chunks_before;
+        // Stopped early: the chunks that were done, not those the postings had.
+        let chunks = if stopped {
+            job.acc.iter().map(|a| a.c.chunks).sum()
+        } else {
+            job.chunks_before
+        };
         let workers: Vec<WorkerStats> = self
             .workers
             .iter()
@@ -358,6 +380,8 @@ impl Pool {
             wake_messages: sum(|a| a.c.wakes),
             dispatch_per_chunk_s,
             recycles: job.recycles + retired,
+            chunks_delivered: job.each.as_ref().map_or(0, |e| e.delivered),
+            stopped_early: stopped,
         })
     }
 
@@ -372,7 +396,8 @@ impl Pool {
             0
         };
         let chunks = geometry.chunks();
-        let table = TableLayout::after(results, chunks, layout.ring, job.spec.reduce_slot);
+        let table = TableLayout::after(results, chunks, layout.ring, job.spec.reduce_slot)
+            .with_log(job.each.is_some());
         if table.end() > self.region.len() {
             // A measured chunk length needs a longer table than the probes had: grow the
             // region, keeping what the probes wrote.
@@ -425,8 +450,12 @@ impl Pool {
             limit,
             recycle_chunks: self.recycle.0,
             recycle_rss: self.recycle.1,
+            log: job.each.is_some(),
         };
         job.posting = posting;
+        if job.each.is_some() {
+            job.log = LogReader::new(chunks);
+        }
         job.geometry = geometry;
         job.table = table;
         job.attempts.clear();
@@ -475,6 +504,10 @@ impl Pool {
             self.poll_starting_queue(job)?;
             self.push_overflow(job);
             let complete = self.posting_complete(job)?;
+            self.deliver(job, complete)?;
+            if job.stopped() {
+                return Ok(());
+            }
             if complete && job.probing {
                 self.choose_and_repost(job)?;
                 continue;
@@ -487,6 +520,44 @@ impl Pool {
             self.progress(job);
             self.sleep(job, deadline, complete)?;
         }
+    }
+
+    /// Iteration: hands the chunks done since the last look to the caller, from the
+    /// completion log (and, once the posting is `complete`, those it does not show).
+    fn deliver(&mut self, job: &mut QueueJob, complete: bool) -> Result<()> {
+        let Some(each) = job.each.as_mut() else {
+            return Ok(());
+        };
+        let mapping = self.mapping.as_ref().ok_or(Error::Broken)?;
+        let table = ChunkTable::new(mapping, job.table).ok_or(Error::Broken)?;
+        let elem_size = u64::from(job.spec.elem_size);
+        for k in job.log.poll(&table, complete) {
+            let chunk = job.geometry.chunk(k);
+            let acc = if job.spec.reduce_slot > 0 {
+                table.reduction(k)
+            } else {
+                None
+            };
+            each.done(chunk.id, chunk.start..chunk.end, acc, mapping, elem_size);
+            if each.stopped {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the loop has something to do: the posting's elements are all done, or,
+    /// when iterating, the completion log shows a chunk not handed on yet.
+    fn ready(&self, job: &QueueJob, len: u64) -> bool {
+        if self.control.done_elements() >= len {
+            return true;
+        }
+        job.each.is_some()
+            && self
+                .mapping
+                .as_ref()
+                .and_then(|m| ChunkTable::new(m, job.table))
+                .is_some_and(|t| job.log.news(&t))
     }
 
     /// Sleeps until something needs the loop: a worker's `Wake`, a death, a message, the
@@ -502,7 +573,7 @@ impl Pool {
         let len = if complete { u64::MAX } else { job.phase_len() };
         let spin_until = Instant::now() + if complete { Duration::ZERO } else { SPIN };
         while Instant::now() < spin_until {
-            if self.control.done_elements() >= len {
+            if self.ready(job, len) {
                 return Ok(());
             }
             std::thread::yield_now();
@@ -518,7 +589,7 @@ impl Pool {
             wait = wait.min(d.saturating_duration_since(Instant::now()));
         }
         self.control.parent_sleeps();
-        let result = if self.control.done_elements() >= len {
+        let result = if self.ready(job, len) {
             Ok(Vec::new())
         } else {
             job.parent_sleeps += 1;
