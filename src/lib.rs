@@ -86,6 +86,20 @@
 //! cause, the interrupted phase), [`lab`] (sweep, ipc-bench, the report's parts) and
 //! [`report`].
 //!
+//! # Platforms
+//!
+//! Linux only: the shared region and the shared input are memfds (sealed with `F_SEAL_*`),
+//! a worker dies with its parent through `prctl(PR_SET_PDEATHSIG)`, idle workers sleep on
+//! futexes in the shared region, and limits and memory are read from `/proc`. Other targets
+//! stop at a `compile_error!` saying so.
+//!
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "procpool runs on Linux only: it needs memfd_create and file seals for its shared \
+     memory, prctl(PR_SET_PDEATHSIG) so workers die with their parent, futexes to wake \
+     workers, and /proc for limits and memory"
+);
 
 mod engine;
 pub mod error;
