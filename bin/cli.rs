@@ -165,11 +165,19 @@ fn refuse_unused(root: &clap::Command, matches: &ArgMatches) -> Result<(), clap:
     if path.first() == Some(&"help") {
         return Ok(());
     }
+    let given = |id: &str| here.value_source(id) == Some(ValueSource::CommandLine);
     let given_unused = cmd.get_arguments().find(|a| {
         let id = a.get_id().as_str();
-        !uses(&path, id) && here.value_source(id) == Some(ValueSource::CommandLine)
+        !uses(&path, id) && given(id)
     });
     let Some(arg) = given_unused else {
+        // clap's `requires` cannot see a global option given at another level.
+        if given("window_size") && !given("output") {
+            return Err(clap::Error::raw(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--window-size sets the windows of --output: add --output FILE, or drop it\n",
+            ));
+        }
         return Ok(());
     };
     let flags: Vec<String> = cmd
@@ -381,7 +389,7 @@ pub(crate) struct RunArgs {
 
     /// Stream the output to FILE (little-endian elements in index order) in bounded memory,
     /// verifying window by window
-    #[arg(help_heading = SWEEP_OUTPUT, long, global = true, value_name = "FILE")]
+    #[arg(help_heading = OUTPUT, long, global = true, value_name = "FILE")]
     pub output: Option<PathBuf>,
 
     /// With --output, the length of each window of the ring in shared memory

@@ -489,3 +489,9 @@ fn a_tool_refusing_an_option_lists_the_ones_it_takes() {
     let line = refused(&["generate", "man", "--json"]);
     assert_names(&line, &["no options"]);
 }
+
+#[test]
+fn a_window_size_without_output_is_refused_naming_both_flags() {
+    let line = refused(&["--workers", "1", "squares", "10", "--window-size", "1MiB"]);
+    assert_names(&line, &["--window-size", "--output"]);
+}

@@ -62,6 +62,13 @@ fn options_of_a_run_are_grouped_under_headings() {
         if args.first() == Some(&"sweep") {
             assert!(text.contains("Sweep output:"), "{text}");
         }
+        let output = text.find("Output:").expect("an Output heading");
+        for flag in ["--output <FILE>", "--window-size", "--json"] {
+            let at = text
+                .find(flag)
+                .unwrap_or_else(|| panic!("{args:?}: no {flag}"));
+            assert!(at > output, "{args:?}: {flag} is not under Output:\n{text}");
+        }
         let mut at = 0;
         for heading in [
             "Workers and chunks:",
