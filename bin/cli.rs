@@ -22,7 +22,7 @@ use procpool::workload::mandelbrot::DEFAULT_MAX_ITER;
     procpool sweep --workers 1,2,4 --repeat 3 hash 1e5 --plot speedup.svg\n  \
     procpool ipc-bench\n  \
     procpool list --json\n  \
-    procpool generate completions bash > ~/.local/share/bash-completion/completions/procpool\n  \
+    procpool generate completions bash\n  \
     procpool generate man | man -l -")]
 pub(crate) struct Cli {
     /// Options of every run.
@@ -93,23 +93,26 @@ where
 /// after the workload's name (`procpool --workers 8 squares 1e7`, `procpool squares 1e7
 /// --workers 8`); clap then accepts them everywhere, and this says where they mean something.
 fn uses(path: &[&str], id: &str) -> bool {
-    match (path, id) {
-        (_, "help" | "version") => true,
-        (["list" | "ipc-bench", ..], "json") => true,
-        (["list" | "ipc-bench" | "generate", ..], _) => is_local(path, id),
+    match path {
+        ["list" | "ipc-bench", ..] => id == "json" || !is_run_option(id),
+        ["generate", ..] => !is_run_option(id),
         // A sweep measures; it draws no picture.
-        (["sweep", "mandelbrot"], "image") => false,
+        ["sweep", "mandelbrot"] => id != "image",
         _ => true,
     }
 }
 
-/// Whether `id` is an option of the subcommand at `path` itself, not one of a run's.
-fn is_local(path: &[&str], id: &str) -> bool {
-    match path {
-        ["ipc-bench"] => matches!(id, "round_trips" | "no_pin" | "sizes"),
-        ["generate", "completions"] => id == "shell",
-        _ => false,
-    }
+/// Whether `id` is one of the options of a run ([`RunArgs`]), not a subcommand's own.
+fn is_run_option(id: &str) -> bool {
+    static IDS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    IDS.get_or_init(|| {
+        RunArgs::augment_args(clap::Command::new("run"))
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect()
+    })
+    .iter()
+    .any(|run| run == id)
 }
 
 /// Hides what the subcommand at `path` does not use: a hidden copy of each global option
@@ -746,6 +749,35 @@ pub(crate) fn with_flags(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_lines_are_consistent() {
+        command().debug_assert();
+        completion_command().debug_assert();
+    }
+
+    #[test]
+    fn each_subcommand_uses_its_own_options_and_only_the_run_options_it_needs() {
+        assert!(uses(&["squares"], "workers") && uses(&["sweep", "hash"], "inject"));
+        assert!(uses(&["ipc-bench"], "round_trips") && uses(&["ipc-bench"], "json"));
+        assert!(!uses(&["ipc-bench"], "workers") && !uses(&["list"], "output"));
+        assert!(uses(&["list"], "json") && !uses(&["generate", "man"], "json"));
+        assert!(uses(&["generate", "completions"], "shell"));
+        assert!(uses(&["mandelbrot"], "image") && !uses(&["sweep", "mandelbrot"], "image"));
+        assert!(uses(&["sweep", "mandelbrot"], "max_iter"));
+    }
+
+    #[test]
+    fn options_after_the_workload_are_the_same_as_before_it() {
+        let before =
+            parse_from(["procpool", "--workers", "3", "--json", "squares", "10"]).expect("parses");
+        let after =
+            parse_from(["procpool", "squares", "10", "--workers", "3", "--json"]).expect("parses");
+        for cli in [before, after] {
+            assert_eq!(cli.run.workers, Some(List(vec![3])));
+            assert!(cli.run.json);
+        }
+    }
 
     #[test]
     fn library_options_read_as_flags() {
