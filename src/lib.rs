@@ -59,8 +59,8 @@
 //! Five layers, each a folder, each importing only from the layers below it:
 //!
 //! ```text
-//!  bin/        the `procpool` command: clap types, flag-named messages, the progress bar
-//!    │
+//!  bin/        the `procpool` command: clap types, flag-named messages, the progress bar,
+//!    │         completions and man page
 //!  report/     renderings only: the report as text, the sweep table, exports, the SVG plot
 //!    │
 //!  lab/        a measured run: baseline, verification, threads and single modes, streaming,
