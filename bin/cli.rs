@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::parse::{parse_bytes, parse_count, parse_duration};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use procpool::Fault;
 use procpool::workload::hash::DEFAULT_ROUNDS;
 use procpool::workload::mandelbrot::DEFAULT_MAX_ITER;
@@ -20,7 +21,9 @@ use procpool::workload::mandelbrot::DEFAULT_MAX_ITER;
     procpool --workers 4 squares 1e6 --inject kill@3   (watch a worker die)\n  \
     procpool sweep --workers 1,2,4 --repeat 3 hash 1e5 --plot speedup.svg\n  \
     procpool ipc-bench\n  \
-    procpool list")]
+    procpool list --json\n  \
+    procpool generate completions bash\n  \
+    procpool generate man | man -l -")]
 pub(crate) struct Cli {
     /// Options of every run.
     #[command(flatten)]
@@ -28,6 +31,177 @@ pub(crate) struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The command line as clap sees it, with the options a subcommand does not use hidden from
+/// its help, completions and man page (see [`uses`]).
+pub(crate) fn command() -> clap::Command {
+    let cmd = Cli::command();
+    let globals: Vec<clap::Arg> = cmd
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .cloned()
+        .collect();
+    hide_unused(cmd, &globals, &mut Vec::new())
+}
+
+/// The command line for completion scripts: clap_complete's scripts offer hidden options
+/// too, so there the options of a run are not global at the root but copied into each
+/// subcommand that uses them.
+pub(crate) fn completion_command() -> clap::Command {
+    let mut cmd = Cli::command();
+    let globals: Vec<clap::Arg> = cmd
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .cloned()
+        .collect();
+    for global in &globals {
+        cmd = cmd.mut_arg(global.get_id(), |a| a.global(false));
+    }
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|sc| sc.get_name().to_string())
+        .collect();
+    for name in names {
+        cmd = cmd.mut_subcommand(&name, |mut sc| {
+            for global in &globals {
+                let id = global.get_id().as_str();
+                if uses(&[name.as_str()], id) && !sc.get_arguments().any(|a| a.get_id() == id) {
+                    sc = sc.arg(global.clone());
+                }
+            }
+            sc
+        });
+    }
+    hide_unused(cmd, &[], &mut Vec::new())
+}
+
+/// Parses `args` (the program's name first), refusing an option the subcommand does not use.
+pub(crate) fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let mut cmd = command();
+    let matches = cmd.try_get_matches_from_mut(args)?;
+    refuse_unused(&cmd, &matches)?;
+    Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+}
+
+/// Whether the subcommand at `path` (`["ipc-bench"]`, `["sweep", "mandelbrot"]`) uses the
+/// option `id`. The options of a run are declared once, `global`, so that they go before or
+/// after the workload's name (`procpool --workers 8 squares 1e7`, `procpool squares 1e7
+/// --workers 8`); clap then accepts them everywhere, and this says where they mean something.
+fn uses(path: &[&str], id: &str) -> bool {
+    match path {
+        ["list" | "ipc-bench", ..] => id == "json" || !is_run_option(id),
+        ["generate", ..] => !is_run_option(id),
+        // A sweep measures; it draws no picture.
+        ["sweep", "mandelbrot"] => id != "image",
+        _ => true,
+    }
+}
+
+/// Whether `id` is one of the options of a run ([`RunArgs`]), not a subcommand's own.
+fn is_run_option(id: &str) -> bool {
+    static IDS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    IDS.get_or_init(|| {
+        RunArgs::augment_args(clap::Command::new("run"))
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect()
+    })
+    .iter()
+    .any(|run| run == id)
+}
+
+/// Hides what the subcommand at `path` does not use: a hidden copy of each global option
+/// it does not use (clap then copies the visible one only where it is not defined yet), and
+/// its own such options. clap must not be built yet: a built command's arguments are indexed.
+fn hide_unused(
+    mut cmd: clap::Command,
+    globals: &[clap::Arg],
+    path: &mut Vec<String>,
+) -> clap::Command {
+    let here: Vec<&str> = path.iter().map(String::as_str).collect();
+    let defined = |cmd: &clap::Command, id: &str| cmd.get_arguments().any(|a| a.get_id() == id);
+    if !here.is_empty() {
+        for global in globals {
+            let id = global.get_id().as_str();
+            if !uses(&here, id) && !defined(&cmd, id) {
+                cmd = cmd.arg(global.clone().hide(true));
+            }
+        }
+    }
+    let hidden: Vec<String> = cmd
+        .get_arguments()
+        .filter(|a| !a.is_global_set() && !a.is_hide_set())
+        .map(|a| a.get_id().to_string())
+        .filter(|id| !uses(&here, id))
+        .collect();
+    for id in hidden {
+        cmd = cmd.mut_arg(id, |a| a.hide(true));
+    }
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|sc| sc.get_name().to_string())
+        .collect();
+    for name in names {
+        path.push(name.clone());
+        cmd = cmd.mut_subcommand(name, |sc| hide_unused(sc, globals, path));
+        path.pop();
+    }
+    cmd
+}
+
+/// A usage error naming the first option given to a subcommand that does not use it, and
+/// the options it does take.
+fn refuse_unused(root: &clap::Command, matches: &ArgMatches) -> Result<(), clap::Error> {
+    let (mut cmd, mut here, mut path) = (root, matches, Vec::new());
+    while let Some((name, sub)) = here.subcommand() {
+        let Some(next) = cmd.find_subcommand(name) else {
+            break;
+        };
+        (cmd, here) = (next, sub);
+        path.push(name);
+    }
+    if path.first() == Some(&"help") {
+        return Ok(());
+    }
+    let given = |id: &str| here.value_source(id) == Some(ValueSource::CommandLine);
+    let given_unused = cmd.get_arguments().find(|a| {
+        let id = a.get_id().as_str();
+        !uses(&path, id) && given(id)
+    });
+    let Some(arg) = given_unused else {
+        // clap's `requires` cannot see a global option given at another level.
+        if given("window_size") && !given("output") {
+            return Err(clap::Error::raw(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--window-size sets the windows of --output: add --output FILE, or drop it\n",
+            ));
+        }
+        return Ok(());
+    };
+    let flags: Vec<String> = cmd
+        .get_arguments()
+        .filter(|a| !a.is_hide_set() && !matches!(a.get_id().as_str(), "help" | "version"))
+        .filter_map(|a| a.get_long().map(|long| format!("--{long}")))
+        .collect();
+    let takes = match flags.len() {
+        0 => "it takes no options".to_string(),
+        1..=6 => format!("its options: {}", flags.join(", ")),
+        _ => format!("`procpool {} --help` lists its options", path.join(" ")),
+    };
+    let message = format!(
+        "`procpool {}` does not use --{} ({takes})\n",
+        path.join(" "),
+        arg.get_long().unwrap_or(arg.get_id().as_str()),
+    );
+    Err(clap::Error::raw(
+        clap::error::ErrorKind::ArgumentConflict,
+        message,
+    ))
 }
 
 /// What to do: run a workload, or one of the tools.
@@ -43,16 +217,40 @@ pub(crate) enum Command {
     /// Measure IPC on this machine: round-trip latency, and throughput of the channels
     /// against shared memory, from 64 B to 1 MiB
     IpcBench(IpcBenchArgs),
+    /// Write a shell completion script or the man page to stdout
+    #[command(subcommand)]
+    Generate(Generate),
 }
+
+/// `procpool generate`.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub(crate) enum Generate {
+    /// A completion script for SHELL, e.g. `procpool generate completions bash >
+    /// ~/.local/share/bash-completion/completions/procpool`
+    Completions {
+        /// The shell to complete in
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The man page (roff), e.g. `procpool generate man | man -l -`
+    Man,
+}
+
+/// The headings the options of a run are grouped under in `--help`.
+const WORKERS: &str = "Workers and chunks";
+const SUPERVISION: &str = "Supervision";
+const MEASUREMENT: &str = "Measurement";
+const OUTPUT: &str = "Output";
+const SWEEP_OUTPUT: &str = "Sweep output";
 
 /// `procpool sweep`.
 #[derive(Debug, Args)]
 pub(crate) struct SweepArgs {
     /// Draw speedup and efficiency against workers as an SVG
-    #[arg(long, global = true, value_name = "FILE.svg")]
+    #[arg(help_heading = SWEEP_OUTPUT, long, global = true, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
     /// Write the rows to a file: .csv, .json or .md
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(help_heading = SWEEP_OUTPUT, long, global = true, value_name = "FILE")]
     pub export: Option<PathBuf>,
     /// The workload to sweep
     #[command(subcommand)]
@@ -91,120 +289,120 @@ pub(crate) enum ChunkSize {
 pub(crate) struct RunArgs {
     /// Worker processes [default: $PROCPOOL_WORKERS, else one per CPU this process may use
     /// (affinity and cgroup quota)]; under `sweep`, a list (1,2,4,8)
-    #[arg(short, long, global = true, value_name = "W", allow_negative_numbers = true, value_parser = parse_workers)]
+    #[arg(help_heading = WORKERS, short, long, global = true, value_name = "W", allow_negative_numbers = true, value_parser = parse_workers)]
     pub workers: Option<List<usize>>,
 
     /// Elements per chunk, or `auto` to measure and choose [default: about 4 chunks per
     /// worker, like Python's Pool.map]; under `sweep`, a list
-    #[arg(long, global = true, value_name = "N|auto", allow_negative_numbers = true, value_parser = parse_chunk_sizes)]
+    #[arg(help_heading = WORKERS, long, global = true, value_name = "N|auto", allow_negative_numbers = true, value_parser = parse_chunk_sizes)]
     pub chunk_size: Option<List<ChunkSize>>,
 
     /// How chunks are handed out (OpenMP's meanings): static (dealt in advance), dynamic
     /// (to whoever is free), guided (shrinking)
-    #[arg(long, global = true, value_enum, default_value_t = ScheduleArg::Dynamic)]
+    #[arg(help_heading = WORKERS, long, global = true, value_enum, default_value_t = ScheduleArg::Dynamic)]
     pub schedule: ScheduleArg,
 
     /// How results come back: shm (written straight into shared memory) or channel (sent
     /// over ipc-channel), to see what shared memory saves
-    #[arg(long, global = true, value_enum, default_value_t = TransportArg::Shm)]
+    #[arg(help_heading = WORKERS, long, global = true, value_enum, default_value_t = TransportArg::Shm)]
     pub transport: TransportArg,
 
     /// How chunks reach the workers: queue (claimed from shared memory with one atomic add,
     /// no message per chunk) or channel (one message out and one back per chunk) [default:
     /// queue; channel with --transport channel]
-    #[arg(long, global = true, value_enum)]
+    #[arg(help_heading = WORKERS, long, global = true, value_enum)]
     pub dispatch: Option<DispatchArg>,
 
     /// Pin each worker to one CPU (sched_setaffinity)
-    #[arg(long, global = true)]
+    #[arg(help_heading = WORKERS, long, global = true)]
     pub pin: bool,
-
-    /// Time R rounds of baseline and parallel run (alternating) and report mean ± σ
-    #[arg(long, global = true, value_name = "R", default_value_t = 1, allow_negative_numbers = true, value_parser = parse_repeat)]
-    pub repeat: usize,
-
-    /// Stream the output to FILE (little-endian elements in index order) in bounded memory,
-    /// verifying window by window
-    #[arg(long, global = true, value_name = "FILE")]
-    pub output: Option<PathBuf>,
-
-    /// With --output, the length of each window of the ring in shared memory
-    #[arg(long, global = true, value_name = "BYTES", allow_negative_numbers = true, default_value = "32MiB",
-          value_parser = parse_window)]
-    pub window_size: u64,
-
-    /// Rounds to run first and discard
-    #[arg(long, global = true, value_name = "K", default_value_t = 0, allow_negative_numbers = true, value_parser = parse_usize)]
-    pub warmup: usize,
 
     /// Chunks in flight per worker (one running, the rest queued), or `auto`: start at 2 and
     /// queue more when chunks compute for less than a message's round trip (at most 16)
-    #[arg(long, global = true, value_name = "K|auto", default_value = "auto", allow_negative_numbers = true,
+    #[arg(help_heading = WORKERS, long, global = true, value_name = "K|auto", default_value = "auto", allow_negative_numbers = true,
           value_parser = parse_inflight)]
     pub inflight: Inflight,
 
-    /// Print the report as one JSON object on stdout
-    #[arg(long, global = true)]
-    pub json: bool,
+    /// Run the job on worker processes (the pool), on threads of one process, or in one
+    /// process, to compare what each costs
+    #[arg(help_heading = WORKERS, long, global = true, value_enum, default_value_t = ModeArg::Processes)]
+    pub mode: ModeArg,
 
-    /// Skip the single-process run (speedup and verified are then null)
-    #[arg(long, global = true)]
-    pub no_baseline: bool,
+    /// How worker processes start: re-executing this binary, or fork (only from a
+    /// single-threaded process)
+    #[arg(help_heading = WORKERS, long, global = true, value_enum, default_value_t = StartArg::Spawn)]
+    pub start: StartArg,
 
     /// Make a worker fail on purpose at chunk CHUNK, on its first attempt or on every attempt
     /// (ACTION: kill, abort, panic, segv, exit, hang, corrupt). Repeatable.
-    #[arg(long, global = true, value_name = "ACTION@CHUNK[:always]")]
+    #[arg(help_heading = SUPERVISION, long, global = true, value_name = "ACTION@CHUNK[:always]")]
     pub inject: Vec<Fault>,
 
     /// Retry a chunk whose worker died or timed out up to K times (so it is tried at most
     /// K+1 times), then fail naming the chunk
-    #[arg(long, global = true, value_name = "K", default_value_t = procpool::Supervision::DEFAULT_RETRIES, allow_negative_numbers = true,
+    #[arg(help_heading = SUPERVISION, long, global = true, value_name = "K", default_value_t = procpool::Supervision::DEFAULT_RETRIES, allow_negative_numbers = true,
           value_parser = parse_u32)]
     pub retries: u32,
 
     /// Fail when workers had to be restarted more than M times in one job
     /// [default: 10 + 2 × workers]
-    #[arg(long, global = true, value_name = "M", allow_negative_numbers = true, value_parser = parse_n)]
+    #[arg(help_heading = SUPERVISION, long, global = true, value_name = "M", allow_negative_numbers = true, value_parser = parse_n)]
     pub max_restarts: Option<u64>,
 
     /// Replace each worker process after it has run N chunks (Python's maxtasksperchild):
     /// a recycle, not a death
-    #[arg(long, global = true, value_name = "N", allow_negative_numbers = true, value_parser = parse_n)]
+    #[arg(help_heading = SUPERVISION, long, global = true, value_name = "N", allow_negative_numbers = true, value_parser = parse_n)]
     pub max_chunks_per_worker: Option<u64>,
 
     /// Replace a worker process, between chunks, once its resident memory passes BYTES
     /// (e.g. 512MiB): a recycle, not a death
-    #[arg(long, global = true, value_name = "BYTES", allow_negative_numbers = true, value_parser = parse_bytes)]
+    #[arg(help_heading = SUPERVISION, long, global = true, value_name = "BYTES", allow_negative_numbers = true, value_parser = parse_bytes)]
     pub max_worker_rss: Option<u64>,
 
     /// Retry a chunk whose kernel panicked, like a crash (by default a panic fails the run
     /// at once, naming the chunk and the panic: the same input would panic again)
-    #[arg(long, global = true)]
+    #[arg(help_heading = SUPERVISION, long, global = true)]
     pub retry_panics: bool,
 
     /// Kill a worker whose chunk runs longer than this (e.g. 500ms, 2s) and retry the chunk
-    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_timeout)]
+    #[arg(help_heading = SUPERVISION, long, global = true, value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
 
     /// On Ctrl-C or SIGTERM, how long workers get at each step: stop message, SIGTERM, SIGKILL
-    #[arg(long, global = true, value_name = "DURATION", default_value = "500ms",
+    #[arg(help_heading = SUPERVISION, long, global = true, value_name = "DURATION", default_value = "500ms",
           value_parser = parse_duration_arg)]
     pub grace: Duration,
 
-    /// Run the job on worker processes (the pool), on threads of one process, or in one
-    /// process, to compare what each costs
-    #[arg(long, global = true, value_enum, default_value_t = ModeArg::Processes)]
-    pub mode: ModeArg,
-
-    /// How worker processes start: re-executing this binary, or fork (only from a
-    /// single-threaded process)
-    #[arg(long, global = true, value_enum, default_value_t = StartArg::Spawn)]
-    pub start: StartArg,
-
     /// How long workers may take to start and connect back
-    #[arg(long, global = true, value_name = "DURATION", default_value = "10s",
+    #[arg(help_heading = SUPERVISION, long, global = true, value_name = "DURATION", default_value = "10s",
           value_parser = parse_handshake_timeout)]
     pub handshake_timeout: Duration,
+
+    /// Time R rounds of baseline and parallel run (alternating) and report mean ± σ
+    #[arg(help_heading = MEASUREMENT, long, global = true, value_name = "R", default_value_t = 1, allow_negative_numbers = true, value_parser = parse_repeat)]
+    pub repeat: usize,
+
+    /// Rounds to run first and discard
+    #[arg(help_heading = MEASUREMENT, long, global = true, value_name = "K", default_value_t = 0, allow_negative_numbers = true, value_parser = parse_usize)]
+    pub warmup: usize,
+
+    /// Skip the single-process run (speedup and verified are then null)
+    #[arg(help_heading = MEASUREMENT, long, global = true)]
+    pub no_baseline: bool,
+
+    /// Stream the output to FILE (little-endian elements in index order) in bounded memory,
+    /// verifying window by window
+    #[arg(help_heading = OUTPUT, long, global = true, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// With --output, the length of each window of the ring in shared memory
+    #[arg(help_heading = OUTPUT, long, global = true, value_name = "BYTES", allow_negative_numbers = true, default_value = "32MiB",
+          value_parser = parse_window)]
+    pub window_size: u64,
+
+    /// Print the report as one JSON object on stdout (`list`: the catalogue as an array)
+    #[arg(help_heading = OUTPUT, long, global = true)]
+    pub json: bool,
 }
 
 /// Declares a value enum of the command line and its mapping onto the library's enum: the
@@ -301,25 +499,25 @@ pub(crate) enum WorkloadCmd {
     /// out[i] = i*i (u64, wrapping): memory-bound, 8 bytes written per multiply
     Squares {
         /// Number of elements: 10000000, 10_000_000 or 1e7
-        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        #[arg(value_name = "N", value_parser = parse_n, allow_negative_numbers = true)]
         n: u64,
     },
     /// out[i] = 1 if i is prime (trial division): CPU-bound, cost grows with i
     Primes {
         /// Number of elements
-        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        #[arg(value_name = "N", value_parser = parse_n, allow_negative_numbers = true)]
         n: u64,
     },
     /// out[i] = Collatz steps from i to 1: CPU-bound, irregular
     Collatz {
         /// Number of elements
-        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        #[arg(value_name = "N", value_parser = parse_n, allow_negative_numbers = true)]
         n: u64,
     },
     /// Iterations per pixel of an N×N Mandelbrot image: CPU-bound, irregular by row
     Mandelbrot {
         /// Side of the image in pixels (N×N elements)
-        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        #[arg(value_name = "N", value_parser = parse_n, allow_negative_numbers = true)]
         n: u64,
         /// Iteration cap per pixel
         #[arg(long, value_name = "K", default_value_t = DEFAULT_MAX_ITER, allow_negative_numbers = true, value_parser = parse_max_iter)]
@@ -331,7 +529,7 @@ pub(crate) enum WorkloadCmd {
     /// First 8 bytes of SHA-256 applied R times to i: CPU-bound, uniform
     Hash {
         /// Number of elements
-        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        #[arg(value_name = "N", value_parser = parse_n, allow_negative_numbers = true)]
         n: u64,
         /// SHA-256 rounds per element
         #[arg(long, value_name = "R", default_value_t = DEFAULT_ROUNDS, allow_negative_numbers = true,
@@ -341,7 +539,7 @@ pub(crate) enum WorkloadCmd {
     /// About X µs of pure CPU per element: task granularity against IPC cost
     Spin {
         /// Number of elements
-        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        #[arg(value_name = "N", value_parser = parse_n, allow_negative_numbers = true)]
         n: u64,
         /// Microseconds of work per element (calibrated once per run)
         #[arg(long, value_name = "X", allow_negative_numbers = true, value_parser = parse_us)]
@@ -350,7 +548,7 @@ pub(crate) enum WorkloadCmd {
     /// out[i] = i after sleeping X ms per element: the I/O-bound stand-in
     Sleep {
         /// Number of elements
-        #[arg(value_name = "N", value_parser = parse_n, allow_hyphen_values = true)]
+        #[arg(value_name = "N", value_parser = parse_n, allow_negative_numbers = true)]
         n: u64,
         /// Milliseconds of sleep per element
         #[arg(long, value_name = "X", allow_negative_numbers = true, value_parser = parse_ms)]
@@ -551,6 +749,35 @@ pub(crate) fn with_flags(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_lines_are_consistent() {
+        command().debug_assert();
+        completion_command().debug_assert();
+    }
+
+    #[test]
+    fn each_subcommand_uses_its_own_options_and_only_the_run_options_it_needs() {
+        assert!(uses(&["squares"], "workers") && uses(&["sweep", "hash"], "inject"));
+        assert!(uses(&["ipc-bench"], "round_trips") && uses(&["ipc-bench"], "json"));
+        assert!(!uses(&["ipc-bench"], "workers") && !uses(&["list"], "output"));
+        assert!(uses(&["list"], "json") && !uses(&["generate", "man"], "json"));
+        assert!(uses(&["generate", "completions"], "shell"));
+        assert!(uses(&["mandelbrot"], "image") && !uses(&["sweep", "mandelbrot"], "image"));
+        assert!(uses(&["sweep", "mandelbrot"], "max_iter"));
+    }
+
+    #[test]
+    fn options_after_the_workload_are_the_same_as_before_it() {
+        let before =
+            parse_from(["procpool", "--workers", "3", "--json", "squares", "10"]).expect("parses");
+        let after =
+            parse_from(["procpool", "squares", "10", "--workers", "3", "--json"]).expect("parses");
+        for cli in [before, after] {
+            assert_eq!(cli.run.workers, Some(List(vec![3])));
+            assert!(cli.run.json);
+        }
+    }
 
     #[test]
     fn library_options_read_as_flags() {

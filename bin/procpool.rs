@@ -1,6 +1,7 @@
 //! The `procpool` command: parse the command line, call the library, print, exit.
 
 mod cli;
+mod generate;
 mod notice;
 mod parse;
 mod progress;
@@ -10,7 +11,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 use cli::{ChunkSize, Cli, Command, List, RunArgs, WorkloadCmd};
 use procpool::lab::SweepOptions;
 use procpool::workload::mandelbrot::write_png;
@@ -28,10 +28,14 @@ fn main() -> ExitCode {
     // A re-executed worker serves here and never returns.
     procpool::init();
 
-    let cli = match Cli::try_parse() {
+    let cli = match cli::parse_from(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => return clap_error(e),
     };
+    if let Command::Generate(what) = cli.command {
+        let written = generate::generate(what).and_then(|text| write_stdout(&text));
+        return finish(written.map(|()| ExitCode::SUCCESS));
+    }
     // ipc-bench forks its peer, which needs this process still single-threaded.
     if let Command::IpcBench(args) = &cli.command {
         return finish(ipc_bench(args, cli.run.json));
@@ -52,7 +56,11 @@ fn execute(cli: Cli, interrupt: Interrupt) -> anyhow::Result<ExitCode> {
     let json = cli.run.json;
     match cli.command {
         Command::List => {
-            print!("{}", procpool::report::catalogue::render());
+            print_out(&if json {
+                procpool::report::catalogue::render_json() + "\n"
+            } else {
+                procpool::report::catalogue::render()
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Workload(workload) => {
@@ -107,7 +115,9 @@ fn execute(cli: Cli, interrupt: Interrupt) -> anyhow::Result<ExitCode> {
             };
             with_workload(args.workload, &mut sweep)
         }
-        Command::IpcBench(_) => unreachable!("handled before signal handlers"),
+        Command::IpcBench(_) | Command::Generate(_) => {
+            unreachable!("handled before signal handlers")
+        }
     }
 }
 
@@ -387,6 +397,10 @@ fn print_text_or_json(
 fn print_out(text: &str) -> anyhow::Result<()> {
     // The supervisor's lines about lost workers come before the report.
     notice::flush(NOTICE_FLUSH);
+    write_stdout(text)
+}
+
+fn write_stdout(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         // A closed pipe (`procpool ... | head -1`) is the reader's choice, not our failure.

@@ -124,8 +124,8 @@
 //! Five layers, each a folder, each importing only from the layers below it:
 //!
 //! ```text
-//!  bin/        the `procpool` command: clap types, flag-named messages, the progress bar
-//!    │
+//!  bin/        the `procpool` command: clap types, flag-named messages, the progress bar,
+//!    │         completions and man page
 //!  report/     renderings only: the report as text, the sweep table, exports, the SVG plot
 //!    │
 //!  lab/        a measured run: baseline, verification, threads and single modes, streaming,
@@ -153,6 +153,20 @@
 //! cause, the interrupted phase), [`lab`] (sweep, ipc-bench, the report's parts) and
 //! [`report`].
 //!
+//! # Platforms
+//!
+//! Linux only: the shared region and the shared input are memfds (sealed with `F_SEAL_*`),
+//! a worker dies with its parent through `prctl(PR_SET_PDEATHSIG)`, idle workers sleep on
+//! futexes in the shared region, and limits and memory are read from `/proc`. Other targets
+//! stop at a `compile_error!` saying so.
+//!
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "procpool runs on Linux only: it needs memfd_create and file seals for its shared \
+     memory, prctl(PR_SET_PDEATHSIG) so workers die with their parent, futexes to wake \
+     workers, and /proc for limits and memory"
+);
 
 mod engine;
 pub mod error;

@@ -427,3 +427,71 @@ fn a_fault_beyond_a_measured_chunk_count_is_refused_and_nothing_is_left() {
     assert!(out.stdout.is_empty(), "{}", out.stdout);
     sandbox.assert_nothing_left(&out);
 }
+
+#[test]
+fn a_misspelt_flag_is_named_with_its_correction_before_or_after_n() {
+    for args in [
+        &["squares", "--wrkers", "2", "1e6"][..],
+        &["squares", "1e6", "--wrkers", "2"][..],
+        &["--wrkers", "2", "squares", "1e6"][..],
+    ] {
+        let line = refused(args);
+        assert_names(&line, &["--wrkers", "--workers"]);
+    }
+}
+
+#[test]
+fn an_option_a_tool_does_not_use_is_refused_naming_it_and_the_tool() {
+    for (args, flag, tool) in [
+        (
+            &["ipc-bench", "--workers", "8"][..],
+            "--workers",
+            "ipc-bench",
+        ),
+        (
+            &["ipc-bench", "--inject", "kill@3"][..],
+            "--inject",
+            "ipc-bench",
+        ),
+        (
+            &["ipc-bench", "--output", "/tmp/x"][..],
+            "--output",
+            "ipc-bench",
+        ),
+        (
+            &["--workers", "8", "ipc-bench"][..],
+            "--workers",
+            "ipc-bench",
+        ),
+        (&["list", "--repeat", "3"][..], "--repeat", "list"),
+        (&["--pin", "list"][..], "--pin", "list"),
+        (&["generate", "man", "--json"][..], "--json", "generate man"),
+        (
+            &["generate", "completions", "bash", "--workers", "2"][..],
+            "--workers",
+            "generate completions",
+        ),
+        (
+            &["sweep", "mandelbrot", "10", "--image", "x.png"][..],
+            "--image",
+            "sweep mandelbrot",
+        ),
+    ] {
+        let line = refused(args);
+        assert_names(&line, &[flag, &format!("`procpool {tool}` does not use")]);
+    }
+}
+
+#[test]
+fn a_tool_refusing_an_option_lists_the_ones_it_takes() {
+    let line = refused(&["ipc-bench", "--workers", "8"]);
+    assert_names(&line, &["--round-trips", "--no-pin", "--sizes", "--json"]);
+    let line = refused(&["generate", "man", "--json"]);
+    assert_names(&line, &["no options"]);
+}
+
+#[test]
+fn a_window_size_without_output_is_refused_naming_both_flags() {
+    let line = refused(&["--workers", "1", "squares", "10", "--window-size", "1MiB"]);
+    assert_names(&line, &["--window-size", "--output"]);
+}

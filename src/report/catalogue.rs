@@ -4,6 +4,24 @@ use std::fmt::Write;
 
 use crate::workload::catalogue::CATALOGUE;
 
+/// The catalogue as a JSON array, one object per workload with the keys `name`, `args`,
+/// `output`, `bound` and `shows` (what `procpool list --json` prints).
+pub fn render_json() -> String {
+    let entries: Vec<serde_json::Value> = CATALOGUE
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "name": e.name,
+                "args": e.args,
+                "output": e.output,
+                "bound": e.bound,
+                "shows": e.shows,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(entries).to_string()
+}
+
 /// The catalogue as an aligned text table with a header row, one line per workload.
 pub fn render() -> String {
     let header = ["workload", "arguments", "output", "bound", "what it shows"];
