@@ -111,7 +111,11 @@ fn list_json_is_the_catalogue() {
     let out = Procpool::new(&["list", "--json"]).run();
     out.assert_code(EXIT_OK);
     let value: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
-    let entries = value.as_array().expect("an array");
+    assert_eq!(value["schema_version"], 1);
+    assert_eq!(value["procpool_version"], env!("CARGO_PKG_VERSION"));
+    let entries = value["workloads"]
+        .as_array()
+        .expect("an array of workloads");
     assert_eq!(
         entries.len(),
         procpool::workload::catalogue::CATALOGUE.len()

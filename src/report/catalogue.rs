@@ -4,8 +4,9 @@ use std::fmt::Write;
 
 use crate::workload::catalogue::CATALOGUE;
 
-/// The catalogue as a JSON array, one object per workload with the keys `name`, `args`,
-/// `output`, `bound` and `shows` (what `procpool list --json` prints).
+/// The catalogue as JSON (what `procpool list --json` prints): `schema_version`,
+/// `procpool_version`, and `workloads`, one object per workload with the keys `name`,
+/// `args`, `output`, `bound` and `shows`.
 pub fn render_json() -> String {
     let entries: Vec<serde_json::Value> = CATALOGUE
         .iter()
@@ -19,7 +20,12 @@ pub fn render_json() -> String {
             })
         })
         .collect();
-    serde_json::Value::Array(entries).to_string()
+    serde_json::json!({
+        "schema_version": crate::lab::meta::SCHEMA_VERSION,
+        "procpool_version": env!("CARGO_PKG_VERSION"),
+        "workloads": entries,
+    })
+    .to_string()
 }
 
 /// The catalogue as an aligned text table with a header row, one line per workload.
