@@ -173,6 +173,12 @@ fn refuse_unused(root: &clap::Command, matches: &ArgMatches) -> Result<(), clap:
         let id = a.get_id().as_str();
         !uses(&path, id) && given(id)
     });
+    if let Some(message) = unused_in_mode(&path, here, &given) {
+        return Err(clap::Error::raw(
+            clap::error::ErrorKind::ArgumentConflict,
+            message,
+        ));
+    }
     let Some(arg) = given_unused else {
         // clap's `requires` cannot see a global option given at another level.
         if given("window_size") && !given("output") {
@@ -201,6 +207,62 @@ fn refuse_unused(root: &clap::Command, matches: &ArgMatches) -> Result<(), clap:
     Err(clap::Error::raw(
         clap::error::ErrorKind::ArgumentConflict,
         message,
+    ))
+}
+
+/// Options that only worker processes use: how they start, how chunks and results travel,
+/// and how they are supervised. Threads and a single process have none of these.
+const PROCESS_ONLY: &[&str] = &[
+    "start",
+    "pin",
+    "dispatch",
+    "transport",
+    "inflight",
+    "retries",
+    "max_restarts",
+    "max_chunks_per_worker",
+    "max_worker_rss",
+    "retry_panics",
+    "timeout",
+    "grace",
+    "handshake_timeout",
+];
+
+/// Options a single process has no use for beyond [`PROCESS_ONLY`]: it runs the kernel
+/// once over the whole range.
+const SINGLE_UNUSED: &[&str] = &["workers", "chunk_size", "schedule"];
+
+/// A usage error for an option given with `--mode threads` or `--mode single` that only
+/// another mode uses: it would be silently ignored.
+fn unused_in_mode(
+    path: &[&str],
+    here: &ArgMatches,
+    given: &dyn Fn(&str) -> bool,
+) -> Option<String> {
+    // Only a workload's run (and a sweep of one) has a mode.
+    if matches!(
+        path.first(),
+        Some(&("list" | "ipc-bench" | "generate")) | None
+    ) {
+        return None;
+    }
+    let mode = here
+        .get_raw("mode")
+        .and_then(|mut values| values.next())
+        .and_then(|value| value.to_str())?;
+    let unused: Vec<&str> = match mode {
+        "threads" => PROCESS_ONLY.to_vec(),
+        "single" => PROCESS_ONLY.iter().chain(SINGLE_UNUSED).copied().collect(),
+        _ => return None,
+    };
+    let id = unused.into_iter().find(|id| given(id))?;
+    let what = match mode {
+        "threads" => "threads of one process",
+        _ => "a single process",
+    };
+    Some(format!(
+        "--{} has no effect with --mode {mode} ({what}): drop it, or use --mode processes\n",
+        id.replace('_', "-")
     ))
 }
 

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{EXIT_USAGE, Procpool, assert_no_tagged_process};
+use common::{EXIT_OK, EXIT_USAGE, Procpool, assert_no_tagged_process, procpool};
 
 /// Runs procpool with `args`, expects a refusal, and returns its one-line message.
 fn refused(args: &[&str]) -> String {
@@ -494,4 +494,66 @@ fn a_tool_refusing_an_option_lists_the_ones_it_takes() {
 fn a_window_size_without_output_is_refused_naming_both_flags() {
     let line = refused(&["--workers", "1", "squares", "10", "--window-size", "1MiB"]);
     assert_names(&line, &["--window-size", "--output"]);
+}
+
+#[test]
+fn process_options_with_threads_or_a_single_process_are_refused_naming_the_mode() {
+    for (args, flag) in [
+        (
+            &["--mode", "threads", "--start", "fork", "squares", "10"][..],
+            "--start",
+        ),
+        (
+            &[
+                "--mode",
+                "threads",
+                "--dispatch",
+                "channel",
+                "squares",
+                "10",
+            ],
+            "--dispatch",
+        ),
+        (
+            &["--mode", "threads", "--timeout", "1s", "squares", "10"],
+            "--timeout",
+        ),
+        (
+            &[
+                "squares",
+                "10",
+                "--mode",
+                "threads",
+                "--max-chunks-per-worker",
+                "3",
+            ],
+            "--max-chunks-per-worker",
+        ),
+        (
+            &["--mode", "single", "--workers", "4", "squares", "10"],
+            "--workers",
+        ),
+        (
+            &["--mode", "single", "--schedule", "static", "squares", "10"],
+            "--schedule",
+        ),
+    ] {
+        let line = refused(args);
+        assert!(
+            line.contains(flag) && line.contains("--mode processes"),
+            "{args:?}: {line}"
+        );
+    }
+    // What threads do use stays accepted.
+    procpool(&[
+        "--mode",
+        "threads",
+        "--workers",
+        "2",
+        "--schedule",
+        "static",
+        "squares",
+        "10",
+    ])
+    .assert_code(EXIT_OK);
 }

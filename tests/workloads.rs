@@ -70,7 +70,11 @@ fn threads_single_fork_and_both_dispatches_give_the_same_verified_output() {
             &["--dispatch", "queue", "--start", "fork"],
         ] {
             let sandbox = Sandbox::new();
-            let mut args = vec!["--workers", "2"];
+            // A single process takes no worker count: `--workers` there is refused.
+            let mut args = match how {
+                ["--mode", "single"] => vec![],
+                _ => vec!["--workers", "2"],
+            };
             args.extend_from_slice(how);
             args.extend_from_slice(workload);
             let report = run_json(&sandbox, &args);
