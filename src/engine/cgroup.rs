@@ -127,41 +127,44 @@ impl Cgroup {
     /// The tightest memory limit along the way to the root (the one leaving the least),
     /// with its cgroup's usage; `None` when unlimited or unknown.
     pub(crate) fn memory_limit(&self) -> Option<MemoryLimit> {
-        if let Some(dir) = &self.v2 {
-            let tightest = ancestors(dir, &self.v2_mount)
-                .filter_map(|d| {
-                    let limit = parse_limit(&read(&d.join("memory.max"))?)?;
-                    let usage = read(&d.join("memory.current"))
-                        .as_deref()
-                        .and_then(parse_u64)
-                        .unwrap_or(0);
-                    Some(MemoryLimit {
-                        limit,
-                        usage,
-                        file: "memory.max",
-                    })
-                })
-                .min_by_key(MemoryLimit::left);
-            if tightest.is_some() {
-                return tightest;
-            }
-        }
-        let dir = self.v1_memory.as_ref()?;
-        ancestors(dir, &self.v1_memory_mount)
-            .filter_map(|d| {
-                let limit = parse_limit(&read(&d.join("memory.limit_in_bytes"))?)?;
-                let usage = read(&d.join("memory.usage_in_bytes"))
-                    .as_deref()
-                    .and_then(parse_u64)
-                    .unwrap_or(0);
-                Some(MemoryLimit {
-                    limit,
-                    usage,
-                    file: "memory.limit_in_bytes",
-                })
-            })
-            .min_by_key(MemoryLimit::left)
+        let v2 = self
+            .v2
+            .as_ref()
+            .and_then(|dir| tightest(dir, &self.v2_mount, "memory.max", "memory.current"));
+        v2.or_else(|| {
+            let dir = self.v1_memory.as_ref()?;
+            tightest(
+                dir,
+                &self.v1_memory_mount,
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            )
+        })
     }
+}
+
+/// The memory limit in `limit_file` of `dir` or one of its ancestors up to `mount` that
+/// leaves the least, with the usage in `usage_file` beside it.
+fn tightest(
+    dir: &Path,
+    mount: &Path,
+    limit_file: &'static str,
+    usage_file: &str,
+) -> Option<MemoryLimit> {
+    ancestors(dir, mount)
+        .filter_map(|d| {
+            let limit = parse_limit(&read(&d.join(limit_file))?)?;
+            let usage = read(&d.join(usage_file))
+                .as_deref()
+                .and_then(parse_u64)
+                .unwrap_or(0);
+            Some(MemoryLimit {
+                limit,
+                usage,
+                file: limit_file,
+            })
+        })
+        .min_by_key(MemoryLimit::left)
 }
 
 /// A file's text, when it can be read (and is small: a cgroup file is a line).
