@@ -110,6 +110,7 @@ const SWEEP: &[&str] = &[
     "baseline_s",
     "rows",
     "amdahl",
+    "oversubscribed_workers",
 ];
 const SWEEP_ROW: &[&str] = &[
     "workers",
@@ -119,6 +120,7 @@ const SWEEP_ROW: &[&str] = &[
     "efficiency",
     "karp_flatt",
     "verified",
+    "fitted",
 ];
 const AMDAHL: &[&str] = &["serial_fraction", "ceiling", "rmse", "points"];
 /// `procpool ipc-bench --json`: the top level, a latency entry, the queue, a futex entry,

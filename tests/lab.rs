@@ -231,7 +231,27 @@ fn sweep_prints_a_row_per_point_and_fits_amdahl() {
         );
     }
     assert!(rows[0]["karp_flatt"].is_null());
-    assert!(t["amdahl"].is_object(), "{t}");
+    // Only worker counts up to the cores are fitted; the others are named.
+    let cores = t["cores_logical"].as_u64().unwrap();
+    let left: Vec<u64> = workers.iter().copied().filter(|&w| w > cores).collect();
+    let named: Vec<u64> = t["oversubscribed_workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_u64().unwrap())
+        .collect();
+    assert_eq!(named, left, "{t}");
+    if cores >= 2 {
+        assert!(t["amdahl"].is_object(), "{t}");
+        for r in rows {
+            let fits = r["workers"].as_u64().unwrap() <= cores;
+            assert_eq!(r["fitted"], fits, "{r}");
+        }
+        assert_eq!(
+            t["amdahl"]["points"].as_u64().unwrap(),
+            workers.len() as u64 - left.len() as u64
+        );
+    }
 
     let out = sandbox.run(&[
         "sweep",
@@ -464,4 +484,28 @@ fn inflight_auto_queues_more_when_chunks_are_tiny_and_a_fixed_depth_stays() {
         "{:?}",
         refused.stderr
     );
+}
+
+#[test]
+fn static_primes_advice_names_the_imbalance_and_the_schedule() {
+    // The upper half of the primes costs more than the lower one, so a static split of two
+    // leaves one worker computing about 20 % longer than the mean: more than starting and
+    // dispatch cost, so the advice names it instead of "no single limit".
+    let r = run_json(&[
+        "--workers",
+        "2",
+        "--schedule",
+        "static",
+        "primes",
+        "3000000",
+    ]);
+    let advice = r["advice"].as_array().unwrap();
+    let imbalance = advice
+        .iter()
+        .find(|a| a["limit"] == "imbalanced")
+        .unwrap_or_else(|| panic!("no imbalance advice: {r}"));
+    let text = imbalance["text"].as_str().unwrap();
+    assert!(text.contains("more than the mean of"), "{text}");
+    assert!(text.contains("%) more than"), "{text}");
+    assert!(text.ends_with("try --schedule dynamic."), "{text}");
 }

@@ -41,9 +41,16 @@ pub(crate) const IPC_TARGET_COMPUTE_RATIO: f64 = 20.0;
 /// worker can still be balanced by the others (Python's `Pool.map` aims for four too).
 pub(crate) const MIN_CHUNKS_PER_WORKER: u64 = 4;
 
-/// Imbalanced needs the slowest worker's compute above this multiple of the mean (and the
-/// gap above [`IMBALANCE_MIN_WALL_SHARE`] of the wall time).
+/// Imbalanced fires when the slowest worker's compute is above this multiple of the mean
+/// (and the gap above [`IMBALANCE_MIN_WALL_SHARE`] of the wall time), whatever else the run
+/// cost.
 pub(crate) const IMBALANCE_MAX_OVER_MEAN: f64 = 1.5;
+
+/// Imbalanced also fires, below [`IMBALANCE_MAX_OVER_MEAN`], when the gap (slowest minus
+/// mean) exceeds this multiple of the run's other overheads per worker (starting, plus
+/// dispatch summed over a worker's chunks): then the uneven split is the largest measured
+/// cost (`--schedule static` on `primes`, whose later elements cost more, is the classic).
+pub(crate) const IMBALANCE_OVER_OVERHEADS: f64 = 1.0;
 
 /// Imbalanced also needs the gap (slowest minus mean) above this share of the pool's wall
 /// time, so a ragged end that cost little is not reported.
