@@ -39,6 +39,7 @@ const TOP: &[&str] = &[
     "cores_physical",
     "baseline_wall_s",
     "baseline_estimated",
+    "baseline_os",
     "pool_wall_s",
     "spawn_s",
     "run_s",
@@ -190,6 +191,18 @@ const WORKER: &[&str] = &[
     "dispatch_s",
     "sleeps",
     "setup_s",
+    "minor_faults",
+    "major_faults",
+    "voluntary_switches",
+    "involuntary_switches",
+];
+/// `baseline_os`: what the kernel counted for the single-process run.
+const BASELINE_OS: &[&str] = &[
+    "cpu_s",
+    "minor_faults",
+    "major_faults",
+    "voluntary_switches",
+    "involuntary_switches",
 ];
 const DEATH: &[&str] = &["id", "pid", "cause", "chunk", "replaced_by"];
 const AUTO_CHUNK: &[&str] = &[
@@ -283,8 +296,28 @@ fn documented() -> BTreeSet<String> {
 
 fn all_schema_keys() -> BTreeSet<&'static str> {
     [
-        TOP, COMMON, MACHINE, BREAKDOWN, WORKER, DEATH, AUTO_CHUNK, REPEAT, SUMMARY, RATIO, OUTPUT,
-        MISMATCH, TOLERANCE, ADVICE, SWEEP, SWEEP_ROW, AMDAHL, IPC, LATENCY, QUEUE, FUTEX,
+        TOP,
+        COMMON,
+        MACHINE,
+        BREAKDOWN,
+        WORKER,
+        BASELINE_OS,
+        DEATH,
+        AUTO_CHUNK,
+        REPEAT,
+        SUMMARY,
+        RATIO,
+        OUTPUT,
+        MISMATCH,
+        TOLERANCE,
+        ADVICE,
+        SWEEP,
+        SWEEP_ROW,
+        AMDAHL,
+        IPC,
+        LATENCY,
+        QUEUE,
+        FUTEX,
         THROUGHPUT,
     ]
     .into_iter()
@@ -614,6 +647,15 @@ fn check_report(out: &Outcome, asked: &Asked) -> Value {
     // The times.
     let baseline = (!r["baseline_wall_s"].is_null()).then(|| secs(&r, "baseline_wall_s"));
     boolean(&r, "baseline_estimated");
+    // `null` without a baseline, for a baseline known without running it, and with
+    // `--output` (the baseline is computed window by window).
+    if !r["baseline_os"].is_null() {
+        assert_keys(&r["baseline_os"], BASELINE_OS, "baseline_os");
+        secs(&r["baseline_os"], "cpu_s");
+        for key in &BASELINE_OS[1..] {
+            uint(&r["baseline_os"], key);
+        }
+    }
     let pool = secs(&r, "pool_wall_s");
     assert!(pool > 0.0, "pool_wall_s is 0");
     let spawn = secs(&r, "spawn_s");
@@ -762,12 +804,29 @@ fn check_report(out: &Outcome, asked: &Asked) -> Value {
             assert_eq!(secs(w, "dispatch_s"), 0.0, "per_worker[{i}].dispatch_s");
             assert_eq!(sleeps, 0, "per_worker[{i}].sleeps");
         }
+        // CPU time: the worker process's, or the thread's in threads and single modes.
+        secs(w, "cpu_s");
         if processes {
-            secs(w, "cpu_s");
             assert!(uint(w, "peak_rss_bytes") > 0);
         } else {
-            null(w, "cpu_s");
             null(w, "peak_rss_bytes");
+        }
+        // Counted around each posting with queue dispatch, around the thread's loop in
+        // threads and single modes; not with channel dispatch.
+        let counters = [
+            "minor_faults",
+            "major_faults",
+            "voluntary_switches",
+            "involuntary_switches",
+        ];
+        if processes && !queue {
+            for key in counters {
+                null(w, key);
+            }
+        } else {
+            for key in counters {
+                uint(w, key);
+            }
         }
         if pinned {
             uint(w, "cpu");

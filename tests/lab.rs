@@ -509,3 +509,36 @@ fn static_primes_advice_names_the_imbalance_and_the_schedule() {
     assert!(text.contains("%) more than"), "{text}");
     assert!(text.ends_with("try --schedule dynamic."), "{text}");
 }
+
+#[test]
+fn page_faults_and_switches_are_counted_per_worker_and_for_the_baseline() {
+    // 8 MB of output: first touches of fresh pages, in the workers (the shared region) and
+    // in the single-process run (a fresh mapping) alike.
+    for mode in ["processes", "threads"] {
+        let r = run_json(&["--workers", "2", "--mode", mode, "squares", "1000001"]);
+        let workers = r["per_worker"].as_array().unwrap();
+        let faults: u64 = workers
+            .iter()
+            .map(|w| w["minor_faults"].as_u64().unwrap_or_else(|| panic!("{w}")))
+            .sum();
+        assert!(faults > 0, "{mode}: {r}");
+        for w in workers {
+            for key in ["major_faults", "voluntary_switches", "involuntary_switches"] {
+                assert!(w[key].is_u64(), "{mode} {key}: {w}");
+            }
+            assert!(f(&w["cpu_s"]) >= 0.0, "{w}");
+        }
+        let base = &r["baseline_os"];
+        assert!(base["minor_faults"].as_u64().unwrap() > 0, "{mode}: {base}");
+        assert!(f(&base["cpu_s"]) > 0.0, "{base}");
+    }
+    // The text shows both.
+    let out = procpool(&["--workers", "2", "squares", "1000001"]);
+    out.assert_code(EXIT_OK);
+    assert!(
+        out.stdout.contains("  os counts    id  minor faults"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("minor + "), "{}", out.stdout);
+}

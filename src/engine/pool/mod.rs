@@ -926,6 +926,31 @@ pub struct WorkerStats {
     /// Seconds its workload's [`Workload::setup`](crate::Workload::setup) took in this job
     /// (0 when it kept the set-up of an earlier job with an equal workload).
     pub setup_s: f64,
+    /// Minor page faults during the job (`getrusage`'s `ru_minflt`: a page mapped without
+    /// I/O, mostly the first write to each page of the output). Counted by the worker
+    /// process itself with queue dispatch, by the thread with `--mode threads`; `None` where
+    /// not measured (channel dispatch).
+    pub minor_faults: Option<u64>,
+    /// Major page faults during the job (`ru_majflt`: a page read from disk); `None` as for
+    /// `minor_faults`.
+    pub major_faults: Option<u64>,
+    /// Voluntary context switches during the job (`ru_nvcsw`: it blocked, on a futex or a
+    /// read); `None` as for `minor_faults`.
+    pub voluntary_switches: Option<u64>,
+    /// Involuntary context switches during the job (`ru_nivcsw`: the scheduler gave its CPU
+    /// to another task); `None` as for `minor_faults`.
+    pub involuntary_switches: Option<u64>,
+}
+
+impl WorkerStats {
+    /// Sets the four OS counters from one reading (`None`: all unknown).
+    pub(crate) fn with_os(mut self, os: Option<crate::engine::sys::OsCounts>) -> WorkerStats {
+        self.minor_faults = os.map(|o| o.minor_faults);
+        self.major_faults = os.map(|o| o.major_faults);
+        self.voluntary_switches = os.map(|o| o.voluntary_switches);
+        self.involuntary_switches = os.map(|o| o.involuntary_switches);
+        self
+    }
 }
 
 /// Measurements of one job.

@@ -72,6 +72,9 @@ pub(crate) const MEMORY_MIN_OUTPUT_RATE: f64 = 1e9;
 /// not at memory.
 pub(crate) const MEMORY_THREADS_NO_FASTER: f64 = 0.9;
 
+/// The page the MemoryBound advice counts faults per (the x86-64 and arm64 base page).
+pub(crate) const FAULT_PAGE_BYTES: f64 = 4096.0;
+
 /// IoBound fires for waiting workloads whose efficiency (speedup / workers) reaches this:
 /// the speedup is close to the worker count, so adding workers pays off.
 pub(crate) const IO_MIN_EFFICIENCY: f64 = 0.7;
@@ -120,6 +123,10 @@ pub(crate) struct Observations {
     pub schedule: String,
     /// True for workloads that wait rather than compute (`sleep`).
     pub io_bound_hint: bool,
+    /// Minor page faults of all workers together during the job, when counted.
+    pub pool_minor_faults: Option<u64>,
+    /// Minor page faults of the single-process run, when counted.
+    pub baseline_minor_faults: Option<u64>,
 }
 
 /// What limited a run. Serialized in kebab-case (`"start-dominated"`, `"ipc-bound"`, ...).

@@ -255,6 +255,21 @@ pub(super) fn memory_bound(obs: &Observations, m: &Measured) -> Option<Candidate
             )
         })
         .unwrap_or_default();
+    let faults = match (obs.pool_minor_faults, obs.baseline_minor_faults) {
+        (Some(pool), Some(single)) if pool > 0 && single > 0 => {
+            let pages = (obs.output_bytes as f64 / FAULT_PAGE_BYTES).max(1.0);
+            format!(
+                " The workers took {pool} page faults ({} per 4 KiB page of results), one \
+                 process {single} ({}): about {} of compute per fault in the pool against {} \
+                 alone.",
+                num(pool as f64 / pages),
+                num(single as f64 / pages),
+                seconds_short(total / pool as f64),
+                seconds_short(baseline / single as f64)
+            )
+        }
+        _ => String::new(),
+    };
     Some(Candidate::new(
         Kind::Cost,
         1.0 - baseline / cpu_total,
@@ -262,7 +277,7 @@ pub(super) fn memory_bound(obs: &Observations, m: &Measured) -> Option<Candidate
         format!(
             "The {} computed for {} in total where one process needed {}, writing {} of \
              results{threads}: page faults and memory bandwidth set the speed, not the cores, \
-             so more cores won't help; write less, or compute more per byte.",
+             so more cores won't help; write less, or compute more per byte.{faults}",
             count(m.workers, "worker"),
             seconds_short(total),
             seconds_short(baseline),

@@ -22,6 +22,8 @@ fn healthy() -> Observations {
         output_bytes: 8_000_000,
         schedule: "dynamic".to_string(),
         io_bound_hint: false,
+        pool_minor_faults: None,
+        baseline_minor_faults: None,
     }
 }
 
@@ -365,6 +367,8 @@ fn oversubscribed_readme_run() {
         output_bytes: 80_000_000,
         schedule: "dynamic".to_string(),
         io_bound_hint: false,
+        pool_minor_faults: None,
+        baseline_minor_faults: None,
     };
     let advice = advise(&obs);
     assert_eq!(advice.len(), 1, "{advice:?}");
@@ -392,6 +396,8 @@ fn io_bound_run_is_never_called_oversubscribed() {
         baseline_wall_s: Some(0.105 * 16.0 * 0.3),
         compute_s: vec![0.1; 16],
         io_bound_hint: true,
+        pool_minor_faults: None,
+        baseline_minor_faults: None,
         ..healthy()
     };
     assert!(!fires(&obs, Limit::Oversubscribed));
@@ -421,6 +427,8 @@ fn io_bound_fires_when_speedup_is_near_workers() {
         compute_s: vec![0.98; 8],
         mean_chunk_compute_s: 0.25,
         io_bound_hint: true,
+        pool_minor_faults: None,
+        baseline_minor_faults: None,
         ..healthy()
     };
     let advice = advise(&obs);
@@ -462,6 +470,8 @@ fn io_bound_comes_after_what_cost_time() {
         threads_wall_s: None,
         compute_s: vec![0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.98],
         io_bound_hint: true,
+        pool_minor_faults: None,
+        baseline_minor_faults: None,
         ..healthy()
     };
     assert_eq!(limits(&obs), [Limit::Imbalanced, Limit::IoBound]);
@@ -557,6 +567,8 @@ fn static_primes() -> Observations {
         output_bytes: 3_000_000,
         schedule: "static".to_string(),
         io_bound_hint: false,
+        pool_minor_faults: None,
+        baseline_minor_faults: None,
     }
 }
 
@@ -624,6 +636,8 @@ fn memory_heavy() -> Observations {
         output_bytes: 80_000_000,
         schedule: "dynamic".to_string(),
         io_bound_hint: false,
+        pool_minor_faults: None,
+        baseline_minor_faults: None,
     }
 }
 
@@ -648,6 +662,41 @@ fn memory_bound_fires_when_workers_slow_each_other() {
             .text
             .contains("writing 1.6 GB/s of results: page faults")
     );
+}
+
+#[test]
+fn memory_bound_names_the_page_faults_per_page_and_their_cost() {
+    // 80 MB of results is 19531 pages of 4 KiB; the workers faulted 1.6 times per page
+    // (shmem), the single process about once.
+    let obs = Observations {
+        pool_minor_faults: Some(31_250),
+        baseline_minor_faults: Some(19_600),
+        ..memory_heavy()
+    };
+    let advice = advise(&obs);
+    assert_eq!(advice[0].limit, Limit::MemoryBound);
+    assert!(
+        advice[0].text.ends_with(
+            "write less, or compute more per byte. The workers took 31250 page faults (1.6 \
+             per 4 KiB page of results), one process 19600 (1): about 2.7 µs of compute per \
+             fault in the pool against 2.5 µs alone."
+        ),
+        "{}",
+        advice[0].text
+    );
+    // Unknown or zero counts: no fault sentence.
+    for (pool, single) in [
+        (None, Some(19_600)),
+        (Some(0), Some(19_600)),
+        (Some(1), None),
+    ] {
+        let obs = Observations {
+            pool_minor_faults: pool,
+            baseline_minor_faults: single,
+            ..memory_heavy()
+        };
+        assert!(advise(&obs)[0].text.ends_with("compute more per byte."));
+    }
 }
 
 #[test]
@@ -708,6 +757,8 @@ fn at_most_two_and_most_important_first() {
         output_bytes: 200_000_000,
         schedule: "static".to_string(),
         io_bound_hint: false,
+        pool_minor_faults: None,
+        baseline_minor_faults: None,
         chunks: 100_000,
         dispatch: Some(Dispatch::Queue),
     };
