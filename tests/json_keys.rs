@@ -123,6 +123,31 @@ const SWEEP_ROW: &[&str] = &[
     "verified",
     "fitted",
 ];
+/// `procpool compare-modes --json`: the top level, and each mode's side.
+const COMPARE: &[&str] = &[
+    "schema_version",
+    "procpool_version",
+    "started_at",
+    "machine",
+    "workload",
+    "n",
+    "workers",
+    "cores_logical",
+    "rounds",
+    "processes",
+    "threads",
+    "ratio",
+    "why",
+    "framing",
+];
+const COMPARE_SIDE: &[&str] = &[
+    "wall_s",
+    "spawn_s",
+    "compute_s",
+    "dispatch_s",
+    "minor_faults",
+    "verified",
+];
 const AMDAHL: &[&str] = &["serial_fraction", "ceiling", "rmse", "points"];
 /// `procpool ipc-bench --json`: the top level, a latency entry, the queue, a futex entry,
 /// a throughput entry.
@@ -1352,4 +1377,62 @@ fn a_pinned_sleep_over_the_channels() {
         cores.min(2),
         "distinct CPUs while there are enough: {cpus:?}"
     );
+}
+
+#[test]
+fn compare_modes_prints_every_key_and_verifies_both_modes() {
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&[
+        "compare-modes",
+        "--workers",
+        "2",
+        "hash",
+        "2001",
+        "--rounds",
+        "5",
+        "--repeat",
+        "2",
+        "--json",
+    ]);
+    out.assert_code(EXIT_OK);
+    sandbox.assert_nothing_left(&out);
+    let r = out.json();
+    assert_keys(&r, COMPARE, "compare-modes");
+    assert_keys(&r["machine"], MACHINE, "machine");
+    assert_documented(&r);
+    assert_eq!(r["rounds"], 2);
+    assert_eq!(r["workers"], 2);
+    for mode in ["processes", "threads"] {
+        let side = &r[mode];
+        assert_keys(side, COMPARE_SIDE, mode);
+        assert_eq!(side["verified"], true, "{mode}: {side}");
+        for key in [
+            "wall_s",
+            "spawn_s",
+            "compute_s",
+            "dispatch_s",
+            "minor_faults",
+        ] {
+            assert_keys(&side[key], SUMMARY, key);
+            assert_eq!(side[key]["runs"], 2, "{mode}.{key}");
+        }
+    }
+    assert_keys(&r["ratio"], RATIO, "ratio");
+    assert!(r["ratio"]["value"].as_f64().unwrap() > 0.0);
+    assert!(r["why"].as_array().unwrap().len() >= 4, "{r}");
+    assert!(r["framing"].as_array().unwrap().len() >= 3, "{r}");
+
+    // The text, with the default of 3 rounds; --mode is refused (it runs both).
+    let out = sandbox.run(&["compare-modes", "--workers", "2", "hash", "101"]);
+    out.assert_code(EXIT_OK);
+    assert!(
+        out.stdout
+            .contains("3 rounds (processes, threads, alternating)"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("\n  ratio "), "{}", out.stdout);
+    assert!(out.stdout.contains("\nwhen each wins:\n"), "{}", out.stdout);
+    let out = sandbox.run(&["compare-modes", "--mode", "threads", "hash", "101"]);
+    out.assert_code(common::EXIT_USAGE);
 }
