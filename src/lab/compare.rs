@@ -206,10 +206,9 @@ pub(crate) fn why(
         s(t.dispatch_s.mean)
     ));
     let extra = if t.compute_s.mean > 0.0 {
-        format!(
-            " ({} more)",
-            percent(p.compute_s.mean / t.compute_s.mean - 1.0)
-        )
+        let change = p.compute_s.mean / t.compute_s.mean - 1.0;
+        let word = if change >= 0.0 { "more" } else { "less" };
+        format!(" ({} {word})", percent(change.abs()))
     } else {
         String::new()
     };
