@@ -338,6 +338,8 @@ fn all_schema_keys() -> BTreeSet<&'static str> {
         ADVICE,
         SWEEP,
         SWEEP_ROW,
+        COMPARE,
+        COMPARE_SIDE,
         AMDAHL,
         IPC,
         LATENCY,

@@ -490,24 +490,30 @@ fn inflight_auto_queues_more_when_chunks_are_tiny_and_a_fixed_depth_stays() {
 fn static_primes_advice_names_the_imbalance_and_the_schedule() {
     // The upper half of the primes costs more than the lower one, so a static split of two
     // leaves one worker computing about 20 % longer than the mean: more than starting and
-    // dispatch cost, so the advice names it instead of "no single limit".
-    let r = run_json(&[
-        "--workers",
-        "2",
-        "--schedule",
-        "static",
-        "primes",
-        "3000000",
-    ]);
-    let advice = r["advice"].as_array().unwrap();
-    let imbalance = advice
-        .iter()
-        .find(|a| a["limit"] == "imbalanced")
-        .unwrap_or_else(|| panic!("no imbalance advice: {r}"));
-    let text = imbalance["text"].as_str().unwrap();
-    assert!(text.contains("more than the mean of"), "{text}");
-    assert!(text.contains("%) more than"), "{text}");
-    assert!(text.ends_with("try --schedule dynamic."), "{text}");
+    // dispatch cost, so the advice names it instead of "no single limit". Compute times
+    // are wall-clock: on a machine busy with other tests a run can blur the gap, so up to
+    // three runs are tried and one must name it.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let r = run_json(&[
+            "--workers",
+            "2",
+            "--schedule",
+            "static",
+            "primes",
+            "3000000",
+        ]);
+        let advice = r["advice"].as_array().unwrap();
+        if let Some(imbalance) = advice.iter().find(|a| a["limit"] == "imbalanced") {
+            let text = imbalance["text"].as_str().unwrap();
+            assert!(text.contains("more than the mean of"), "{text}");
+            assert!(text.contains("%) more than"), "{text}");
+            assert!(text.ends_with("try --schedule dynamic."), "{text}");
+            return;
+        }
+        seen.push(r["advice"].clone());
+    }
+    panic!("no run named the imbalance: {seen:?}");
 }
 
 #[test]
