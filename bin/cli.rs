@@ -346,6 +346,10 @@ pub(crate) struct RunArgs {
     #[arg(help_heading = WORKERS, long, global = true, value_enum, default_value_t = ModeArg::Processes)]
     pub mode: ModeArg,
 
+    /// Back the shared results with reserved huge pages (/proc/sys/vm/nr_hugepages)
+    #[arg(help_heading = WORKERS, long, global = true)]
+    pub huge_pages: bool,
+
     /// How worker processes start: re-executing this binary, or fork (only from a
     /// single-threaded process)
     #[arg(help_heading = WORKERS, long, global = true, value_enum, default_value_t = StartArg::Spawn)]
@@ -753,6 +757,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("`max_restarts`", "--max-restarts"),
     ("`max_chunks_per_worker`", "--max-chunks-per-worker"),
     ("`max_worker_rss`", "--max-worker-rss"),
+    ("`huge_pages`", "--huge-pages"),
 ];
 
 /// A library refusal in the command line's words: its flags where the library names its

@@ -165,6 +165,12 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
              shared-memory queue sends none: add --dispatch channel to use it"
         )));
     }
+    if args.huge_pages && args.mode != cli::ModeArg::Processes {
+        return Err(usage(
+            "--huge-pages backs the shared region of worker processes: use it with --mode \
+             processes",
+        ));
+    }
     Ok(RunOptions {
         pool: procpool::PoolOptions {
             workers,
@@ -189,6 +195,7 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
             start_in_background: true,
             max_chunks_per_worker: args.max_chunks_per_worker,
             max_worker_rss: args.max_worker_rss,
+            huge_pages: args.huge_pages,
             ..procpool::PoolOptions::default()
         },
         job: procpool::JobOptions {

@@ -548,3 +548,75 @@ fn page_faults_and_switches_are_counted_per_worker_and_for_the_baseline() {
     );
     assert!(out.stdout.contains("minor + "), "{}", out.stdout);
 }
+
+/// Free huge pages and their size, from /proc/meminfo.
+fn huge_pages_free() -> (u64, u64) {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("HugePages_Free:"), field("Hugepagesize:") * 1024)
+}
+
+#[test]
+fn huge_pages_refused_in_one_line_naming_nr_hugepages_when_none_are_free() {
+    let (free, _) = huge_pages_free();
+    if free > 0 {
+        println!("skipped: this machine has {free} huge pages free");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&["--workers", "2", "--huge-pages", "squares", "1e7"]);
+    out.assert_code(EXIT_USAGE);
+    sandbox.assert_nothing_left(&out);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    if huge_pages_free().1 == 2 << 20 {
+        // 80 MB of results: 39 pages of 2 MiB, and one for the control area.
+        assert!(
+            out.stderr.contains(
+                "--huge-pages needs 40 free huge pages of 2 MiB but 0 are free: reserve them \
+                 as root with `echo 40 > /proc/sys/vm/nr_hugepages`"
+            ),
+            "{}",
+            out.stderr
+        );
+    }
+    assert!(
+        out.stderr.contains("/proc/sys/vm/nr_hugepages"),
+        "{}",
+        out.stderr
+    );
+    // Threads have no shared region to back.
+    let out = sandbox.run(&["--huge-pages", "--mode", "threads", "squares", "100"]);
+    out.assert_code(EXIT_USAGE);
+}
+
+#[test]
+fn huge_pages_back_the_region_when_reserved() {
+    let (free, page) = huge_pages_free();
+    // 1e6 squares: 8 MB of results, plus the control area's page.
+    let needed = if page > 0 {
+        8_000_000u64.div_ceil(page) + 1
+    } else {
+        u64::MAX
+    };
+    if free < needed {
+        println!("skipped: {free} huge pages free, {needed} needed");
+        return;
+    }
+    let r = run_json(&["--workers", "2", "--huge-pages", "squares", "1000000"]);
+    assert_eq!(r["verified"], true, "{r}");
+    // One fault per huge page rather than per 4 KiB page: far fewer than 8 MB / 4 KiB.
+    let faults: u64 = r["per_worker"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["minor_faults"].as_u64().unwrap())
+        .sum();
+    assert!(faults < 8_000_000 / 4096 / 2, "{faults} faults: {r}");
+}

@@ -297,6 +297,11 @@ fn run_round<W: Workload>(
     };
     let (wall, start, stats, (baseline, verdict, sum, verify)) = match options.mode {
         Mode::Processes => {
+            if options.pool.huge_pages {
+                // Refuse before any worker starts when too few huge pages are free.
+                let bytes = n.saturating_mul(std::mem::size_of::<W::Output>() as u64);
+                crate::engine::pool::huge_pages_for(bytes)?;
+            }
             let began = Instant::now();
             let mut pool = pool_builder(options).build()?;
             let spawn = pool.spawn_time();

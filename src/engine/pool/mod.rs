@@ -247,6 +247,32 @@ pub struct PoolOptions {
     /// Replace a worker process once its resident memory passes this many bytes (see
     /// [`PoolBuilder::max_worker_rss`]).
     pub max_worker_rss: Option<u64>,
+    /// Back the shared region with reserved huge pages (see [`PoolBuilder::huge_pages`]).
+    pub huge_pages: bool,
+}
+
+/// The machine's huge pages when enough are free for `bytes` of results (and the control
+/// area's page), else the refusal naming `/proc/sys/vm/nr_hugepages` and what is needed.
+pub(crate) fn huge_pages_for(bytes: u64) -> Result<crate::engine::shm::HugePages> {
+    let Some(huge) = crate::engine::shm::HugePages::read() else {
+        return Err(Error::invalid(
+            "huge_pages",
+            "`huge_pages`: this kernel reports no huge pages in /proc/meminfo",
+        ));
+    };
+    let needed = huge.needed(bytes);
+    if huge.free < needed {
+        return Err(Error::invalid(
+            "huge_pages",
+            format!(
+                "`huge_pages` needs {needed} free huge pages of {} but {} are free: reserve \
+                 them as root with `echo {needed} > /proc/sys/vm/nr_hugepages`",
+                crate::units::bytes(u128::from(huge.page_bytes)),
+                huge.free
+            ),
+        ));
+    }
+    Ok(huge)
 }
 
 /// Configures and starts a [`Pool`].
@@ -289,6 +315,7 @@ impl Default for PoolOptions {
             registry: Registry::builtin(),
             tune_allocator: true,
             raise_file_limit: true,
+            huge_pages: false,
             start_in_background: false,
             max_chunks_per_worker: None,
             max_worker_rss: None,
@@ -410,6 +437,16 @@ impl PoolBuilder {
         self
     }
 
+    /// Backs the shared region with reserved huge pages (`MFD_HUGETLB`; default off):
+    /// one page fault per huge page (2 MiB here) instead of one per 4 KiB page, which is
+    /// what limits memory-bound jobs across processes. Needs pages reserved in
+    /// `/proc/sys/vm/nr_hugepages`: [`PoolBuilder::build`] and each job refuse with
+    /// [`Error::InvalidInput`] naming it and the pages needed when too few are free.
+    pub fn huge_pages(mut self, huge: bool) -> Self {
+        self.options.huge_pages = huge;
+        self
+    }
+
     /// Whether [`build`](Self::build) may raise this process's soft limit on open files
     /// (`ulimit -n`) up to the hard limit when the workers need more descriptors than it
     /// allows, about 4 per worker (default: yes). A process-wide change; with `false`, too
@@ -518,8 +555,13 @@ impl PoolBuilder {
                 StartMethod::Fork => None,
             },
         };
-        let region =
-            SharedRegion::with_control(crate::engine::control::control_len(self.options.workers))?;
+        let control_len = crate::engine::control::control_len(self.options.workers);
+        let region = if self.options.huge_pages {
+            let huge = huge_pages_for(0)?;
+            SharedRegion::with_control_huge(control_len, huge.page_bytes)?
+        } else {
+            SharedRegion::with_control(control_len)?
+        };
         let control = region.control()?;
         let pin = if self.options.pin {
             crate::engine::sys::allowed_cpus()
@@ -1537,6 +1579,11 @@ impl Pool {
             && (u128::from(have) <= region_len.saturating_mul(2) || have <= REUSE_SMALL_REGION);
         if !reuse {
             self.mapping = None;
+            if self.region.page_bytes() > 4096 {
+                // A huge page that is not there is a SIGBUS in whichever worker touches
+                // it: refuse the job instead.
+                huge_pages_for(region_len as u64)?;
+            }
             self.region.reset(region_len as u64)?;
             self.mapping = Some(self.region.map()?);
         }
