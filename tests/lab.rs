@@ -569,6 +569,18 @@ fn huge_pages_refused_in_one_line_naming_nr_hugepages_when_none_are_free() {
         println!("skipped: this machine has {free} huge pages free");
         return;
     }
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+        .unwrap_or_default();
+    if ["[advise]", "[within_size]", "[always]", "[force]"]
+        .iter()
+        .any(|w| thp.contains(w))
+    {
+        println!(
+            "skipped: shared memory gets transparent huge pages here ({})",
+            thp.trim()
+        );
+        return;
+    }
     let sandbox = Sandbox::new();
     let out = sandbox.run(&["--workers", "2", "--huge-pages", "squares", "1e7"]);
     out.assert_code(EXIT_USAGE);

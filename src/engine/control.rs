@@ -111,6 +111,9 @@ mod at {
     pub(super) const RECYCLE_CHUNKS: usize = 648;
     pub(super) const RECYCLE_RSS: usize = 656;
     pub(super) const LOG: usize = 664;
+    /// 1 when workers should advise their results mapping `MADV_HUGEPAGE` (shared memory
+    /// transparent huge pages for `huge_pages`), written once before any worker starts.
+    pub(super) const HUGE_ADVISE: usize = 672;
 }
 
 /// Slot offsets (from the slot's start).
@@ -633,6 +636,16 @@ impl Control {
         add(slot::NIVCSW, os.involuntary_switches);
         self.slot_word(w, slot::MAXRSS_KIB)
             .store(maxrss_kib, Ordering::Release);
+    }
+
+    /// Tells workers to advise their results mapping `MADV_HUGEPAGE` (before they start).
+    pub(crate) fn set_huge_advise(&self) {
+        self.word(at::HUGE_ADVISE).store(1, Ordering::Release);
+    }
+
+    /// Whether workers should advise their results mapping `MADV_HUGEPAGE`.
+    pub(crate) fn huge_advise(&self) -> bool {
+        self.word(at::HUGE_ADVISE).load(Ordering::Acquire) == 1
     }
 
     /// Worker `w` ran its workload's set-up for `ns` nanoseconds.

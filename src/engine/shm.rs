@@ -74,6 +74,21 @@ impl HugePages {
     }
 }
 
+/// Whether the kernel gives shared memory transparent huge pages on `MADV_HUGEPAGE`:
+/// `/sys/kernel/mm/transparent_hugepage/shmem_enabled` selects `advise`, `within_size`,
+/// `always` or `force`, not `never` or `deny`.
+pub(crate) fn shmem_thp() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+        .is_ok_and(|s| shmem_thp_in(&s))
+}
+
+/// [`shmem_thp`] on the file's text: the selected word is the one in brackets.
+pub(crate) fn shmem_thp_in(text: &str) -> bool {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
+        .is_some_and(|w| matches!(w, "advise" | "within_size" | "always" | "force"))
+}
+
 impl SharedRegion {
     /// Creates a region with a control area of `control_len` bytes (a whole number of
     /// pages, zeroed) and no results yet.
@@ -294,6 +309,25 @@ impl Mapping {
         };
     }
 
+    /// Asks the kernel to back the mapping with transparent huge pages
+    /// (`MADV_HUGEPAGE`), where `shmem_enabled` allows it for shared memory ([`shmem_thp`]);
+    /// a kernel that cannot is simply not asked again.
+    pub(crate) fn advise_huge(&self) {
+        if self.len == 0 {
+            return;
+        }
+        // SAFETY: the range is exactly what `at` mapped (`map_len` whole pages from its
+        // page-aligned start). The advice changes no byte of the memory, only which pages
+        // back it, so no reader or writer in any process can observe it.
+        let _ = unsafe {
+            nix::sys::mman::madvise(
+                self.ptr.cast(),
+                self.map_len,
+                nix::sys::mman::MmapAdvise::MADV_HUGEPAGE,
+            )
+        };
+    }
+
     /// Reads the bytes in `range`.
     ///
     /// # Panics
@@ -367,6 +401,33 @@ impl Drop for Mapping {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shmem_thp_is_the_bracketed_choice() {
+        assert!(!shmem_thp_in(
+            "always within_size advise [never] deny force\n"
+        ));
+        assert!(shmem_thp_in(
+            "always within_size [advise] never deny force\n"
+        ));
+        assert!(shmem_thp_in(
+            "always [within_size] advise never deny force\n"
+        ));
+        assert!(!shmem_thp_in(
+            "always within_size advise never [deny] force\n"
+        ));
+        assert!(!shmem_thp_in(""));
+        // Advising a mapping is harmless whatever the setting.
+        let region = {
+            let mut r = SharedRegion::with_control(4096).unwrap();
+            r.reset(8192).unwrap();
+            r
+        };
+        let map = region.map().unwrap();
+        map.advise_huge();
+        // SAFETY: this test holds the only mapping of the fresh region.
+        unsafe { assert_eq!(map.slice(0..8), &[0u8; 8]) };
+    }
 
     #[test]
     fn huge_pages_are_read_from_meminfo_and_counted_per_region() {

@@ -416,6 +416,9 @@ impl Worker<'_> {
                         posting.region_len
                     )
                 })?;
+            if self.control.huge_advise() {
+                self.results.advise_huge();
+            }
         }
         if self.geometry.as_ref().map(|g| g.0) != Some(posting.id) {
             let schedule = match posting.schedule {

@@ -251,28 +251,48 @@ pub struct PoolOptions {
     pub huge_pages: bool,
 }
 
-/// The machine's huge pages when enough are free for `bytes` of results (and the control
-/// area's page), else the refusal naming `/proc/sys/vm/nr_hugepages` and what is needed.
-pub(crate) fn huge_pages_for(bytes: u64) -> Result<crate::engine::shm::HugePages> {
-    let Some(huge) = crate::engine::shm::HugePages::read() else {
+/// How `huge_pages` backs a region on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HugeBacking {
+    /// Reserved huge pages of this many bytes (`MFD_HUGETLB`).
+    Hugetlb(u64),
+    /// An ordinary memfd advised `MADV_HUGEPAGE` (shared memory transparent huge pages).
+    Advise,
+}
+
+/// How to back `bytes` of results (and the control area's page) with huge pages: reserved
+/// ones when enough are free, else transparent ones where the kernel gives them to shared
+/// memory, else the refusal naming `/proc/sys/vm/nr_hugepages` and what is needed.
+pub(crate) fn huge_pages_for(bytes: u64) -> Result<HugeBacking> {
+    let huge = crate::engine::shm::HugePages::read();
+    if let Some(h) = &huge
+        && h.free >= h.needed(bytes)
+    {
+        return Ok(HugeBacking::Hugetlb(h.page_bytes));
+    }
+    if crate::engine::shm::shmem_thp() {
+        return Ok(HugeBacking::Advise);
+    }
+    let Some(huge) = huge else {
         return Err(Error::invalid(
             "huge_pages",
             "`huge_pages`: this kernel reports no huge pages in /proc/meminfo",
         ));
     };
-    let needed = huge.needed(bytes);
-    if huge.free < needed {
-        return Err(Error::invalid(
-            "huge_pages",
-            format!(
-                "`huge_pages` needs {needed} free huge pages of {} but {} are free: reserve \
-                 them as root with `echo {needed} > /proc/sys/vm/nr_hugepages`",
-                crate::units::bytes(u128::from(huge.page_bytes)),
-                huge.free
-            ),
-        ));
-    }
-    Ok(huge)
+    Err(huge_refusal(huge.needed(bytes), huge.page_bytes, huge.free))
+}
+
+/// The refusal of `huge_pages` when `needed` huge pages of `page` bytes are wanted and only
+/// `free` are free.
+fn huge_refusal(needed: u64, page: u64, free: u64) -> Error {
+    Error::invalid(
+        "huge_pages",
+        format!(
+            "`huge_pages` needs {needed} free huge pages of {} but {free} are free: reserve \
+             them as root with `echo {needed} > /proc/sys/vm/nr_hugepages`",
+            crate::units::bytes(u128::from(page)),
+        ),
+    )
 }
 
 /// Configures and starts a [`Pool`].
@@ -437,11 +457,15 @@ impl PoolBuilder {
         self
     }
 
-    /// Backs the shared region with reserved huge pages (`MFD_HUGETLB`; default off):
-    /// one page fault per huge page (2 MiB here) instead of one per 4 KiB page, which is
-    /// what limits memory-bound jobs across processes. Needs pages reserved in
-    /// `/proc/sys/vm/nr_hugepages`: [`PoolBuilder::build`] and each job refuse with
-    /// [`Error::InvalidInput`] naming it and the pages needed when too few are free.
+    /// Backs the shared region with huge pages (default off): one page fault per huge page
+    /// (2 MiB here) instead of one per 4 KiB page, which is what limits memory-bound jobs
+    /// across processes. Reserved huge pages (`MFD_HUGETLB`) when enough are free in
+    /// `/proc/sys/vm/nr_hugepages`; else, where the kernel gives shared memory transparent
+    /// huge pages (`/sys/kernel/mm/transparent_hugepage/shmem_enabled` set to `advise`,
+    /// `within_size` or `always`), an ordinary region every process advises
+    /// `MADV_HUGEPAGE`; else [`PoolBuilder::build`] (and, for reserved pages, each job)
+    /// refuses with [`Error::InvalidInput`] naming `/proc/sys/vm/nr_hugepages` and the
+    /// pages needed.
     pub fn huge_pages(mut self, huge: bool) -> Self {
         self.options.huge_pages = huge;
         self
@@ -556,13 +580,19 @@ impl PoolBuilder {
             },
         };
         let control_len = crate::engine::control::control_len(self.options.workers);
-        let region = if self.options.huge_pages {
-            let huge = huge_pages_for(0)?;
-            SharedRegion::with_control_huge(control_len, huge.page_bytes)?
+        let backing = if self.options.huge_pages {
+            Some(huge_pages_for(0)?)
         } else {
-            SharedRegion::with_control(control_len)?
+            None
+        };
+        let region = match backing {
+            Some(HugeBacking::Hugetlb(page)) => SharedRegion::with_control_huge(control_len, page)?,
+            _ => SharedRegion::with_control(control_len)?,
         };
         let control = region.control()?;
+        if backing == Some(HugeBacking::Advise) {
+            control.set_huge_advise();
+        }
         let pin = if self.options.pin {
             crate::engine::sys::allowed_cpus()
         } else {
@@ -1579,13 +1609,23 @@ impl Pool {
             && (u128::from(have) <= region_len.saturating_mul(2) || have <= REUSE_SMALL_REGION);
         if !reuse {
             self.mapping = None;
-            if self.region.page_bytes() > 4096 {
+            let page = self.region.page_bytes();
+            if page > 4096 {
                 // A huge page that is not there is a SIGBUS in whichever worker touches
-                // it: refuse the job instead.
-                huge_pages_for(region_len as u64)?;
+                // it: refuse the job instead. The previous job's pages come back first.
+                let held = self.region.len().div_ceil(page);
+                let want = (region_len as u64).div_ceil(page);
+                let free = crate::engine::shm::HugePages::read().map_or(0, |h| h.free);
+                if free + held < want {
+                    return Err(huge_refusal(want + 1, page, free + held));
+                }
             }
             self.region.reset(region_len as u64)?;
-            self.mapping = Some(self.region.map()?);
+            let mapping = self.region.map()?;
+            if self.control.huge_advise() {
+                mapping.advise_huge();
+            }
+            self.mapping = Some(mapping);
         }
         let job = self.next_job;
         self.next_job += 1;
