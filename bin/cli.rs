@@ -20,6 +20,7 @@ use procpool::workload::mandelbrot::DEFAULT_MAX_ITER;
     procpool --workers 2 primes 1e6 --mode threads\n  \
     procpool --workers 4 squares 1e6 --inject kill@3   (watch a worker die)\n  \
     procpool sweep --workers 1,2,4 --repeat 3 hash 1e5 --plot speedup.svg\n  \
+    procpool compare-modes --workers 2 squares 1e7\n  \
     procpool ipc-bench\n  \
     procpool list --json\n  \
     procpool generate completions bash\n  \
@@ -98,6 +99,13 @@ fn uses(path: &[&str], id: &str) -> bool {
         ["generate", ..] => !is_run_option(id),
         // A sweep measures; it draws no picture.
         ["sweep", "mandelbrot"] => id != "image",
+        // Both modes, each verified against a baseline, in memory.
+        ["compare-modes", rest @ ..] => {
+            !matches!(
+                id,
+                "mode" | "no_baseline" | "output" | "window_size" | "warmup"
+            ) && (rest != ["mandelbrot"] || id != "image")
+        }
         _ => true,
     }
 }
@@ -226,6 +234,7 @@ const PROCESS_ONLY: &[&str] = &[
     "timeout",
     "grace",
     "handshake_timeout",
+    "huge_pages",
 ];
 
 /// Options a single process has no use for beyond [`PROCESS_ONLY`]: it runs the kernel
@@ -276,6 +285,8 @@ pub(crate) enum Command {
     List,
     /// Run a workload over a grid of worker counts (and chunk sizes); fit Amdahl's law
     Sweep(SweepArgs),
+    /// Run a workload as processes and as threads, alternating; say what processes cost
+    CompareModes(CompareArgs),
     /// Measure IPC on this machine: round-trip latency, and throughput of the channels
     /// against shared memory, from 64 B to 1 MiB
     IpcBench(IpcBenchArgs),
@@ -315,6 +326,14 @@ pub(crate) struct SweepArgs {
     #[arg(help_heading = SWEEP_OUTPUT, long, global = true, value_name = "FILE")]
     pub export: Option<PathBuf>,
     /// The workload to sweep
+    #[command(subcommand)]
+    pub workload: WorkloadCmd,
+}
+
+/// `procpool compare-modes`.
+#[derive(Debug, Args)]
+pub(crate) struct CompareArgs {
+    /// The workload to run both ways
     #[command(subcommand)]
     pub workload: WorkloadCmd,
 }
@@ -390,6 +409,10 @@ pub(crate) struct RunArgs {
     #[arg(help_heading = WORKERS, long, global = true, value_enum, default_value_t = ModeArg::Processes)]
     pub mode: ModeArg,
 
+    /// Back the shared results with reserved huge pages (/proc/sys/vm/nr_hugepages)
+    #[arg(help_heading = WORKERS, long, global = true)]
+    pub huge_pages: bool,
+
     /// How worker processes start: re-executing this binary, or fork (only from a
     /// single-threaded process)
     #[arg(help_heading = WORKERS, long, global = true, value_enum, default_value_t = StartArg::Spawn)]
@@ -441,8 +464,9 @@ pub(crate) struct RunArgs {
     pub handshake_timeout: Duration,
 
     /// Time R rounds of baseline and parallel run (alternating) and report mean ± σ
-    #[arg(help_heading = MEASUREMENT, long, global = true, value_name = "R", default_value_t = 1, allow_negative_numbers = true, value_parser = parse_repeat)]
-    pub repeat: usize,
+    /// [default: 1; 3 under compare-modes]
+    #[arg(help_heading = MEASUREMENT, long, global = true, value_name = "R", allow_negative_numbers = true, value_parser = parse_repeat)]
+    pub repeat: Option<usize>,
 
     /// Rounds to run first and discard
     #[arg(help_heading = MEASUREMENT, long, global = true, value_name = "K", default_value_t = 0, allow_negative_numbers = true, value_parser = parse_usize)]
@@ -796,6 +820,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("`max_restarts`", "--max-restarts"),
     ("`max_chunks_per_worker`", "--max-chunks-per-worker"),
     ("`max_worker_rss`", "--max-worker-rss"),
+    ("`huge_pages`", "--huge-pages"),
 ];
 
 /// A library refusal in the command line's words: its flags where the library names its

@@ -115,6 +115,14 @@ fn execute(cli: Cli, interrupt: Interrupt) -> anyhow::Result<ExitCode> {
             };
             with_workload(args.workload, &mut sweep)
         }
+        Command::CompareModes(args) => {
+            let run = run_options(&cli.run, interrupt, false)?;
+            let rounds = cli
+                .run
+                .repeat
+                .unwrap_or(procpool::lab::compare::DEFAULT_ROUNDS);
+            with_workload(args.workload, &mut CompareModes { run, rounds, json })
+        }
         Command::IpcBench(_) | Command::Generate(_) => {
             unreachable!("handled before signal handlers")
         }
@@ -157,6 +165,12 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
              shared-memory queue sends none: add --dispatch channel to use it"
         )));
     }
+    if args.huge_pages && args.mode != cli::ModeArg::Processes {
+        return Err(usage(
+            "--huge-pages backs the shared region of worker processes: use it with --mode \
+             processes",
+        ));
+    }
     Ok(RunOptions {
         pool: procpool::PoolOptions {
             workers,
@@ -181,6 +195,7 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
             start_in_background: true,
             max_chunks_per_worker: args.max_chunks_per_worker,
             max_worker_rss: args.max_worker_rss,
+            huge_pages: args.huge_pages,
             ..procpool::PoolOptions::default()
         },
         job: procpool::JobOptions {
@@ -192,7 +207,7 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
             faults: args.inject.clone(),
         },
         baseline: !args.no_baseline,
-        repeat: args.repeat,
+        repeat: args.repeat.unwrap_or(1),
         warmup: args.warmup,
         output: args.output.clone(),
         window_bytes: args.window_size,
@@ -350,6 +365,38 @@ impl WithWorkload for Sweep {
         };
         print_out(&text)?;
         if failed {
+            eprintln!("procpool: a run's output differed from the single-process run");
+            return Ok(ExitCode::from(EXIT_FAILED));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `procpool compare-modes`.
+struct CompareModes {
+    run: procpool::RunOptions,
+    rounds: usize,
+    json: bool,
+}
+
+impl WithWorkload for CompareModes {
+    fn with<W: Workload>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
+        let json = self.json;
+        let comparison =
+            procpool::lab::compare::compare_modes(workload, n, &self.run, self.rounds, |r| {
+                if !json {
+                    eprintln!("procpool: {}: {:.3} s", r.mode, r.pool_wall_s);
+                }
+            })?;
+        let text = if self.json {
+            serde_json::to_string(&comparison)? + "\n"
+        } else {
+            procpool::report::compare::render_text(&comparison)
+        };
+        print_out(&text)?;
+        if comparison.processes.verified == Some(false)
+            || comparison.threads.verified == Some(false)
+        {
             eprintln!("procpool: a run's output differed from the single-process run");
             return Ok(ExitCode::from(EXIT_FAILED));
         }

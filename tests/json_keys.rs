@@ -39,6 +39,7 @@ const TOP: &[&str] = &[
     "cores_physical",
     "baseline_wall_s",
     "baseline_estimated",
+    "baseline_os",
     "pool_wall_s",
     "spawn_s",
     "run_s",
@@ -110,6 +111,7 @@ const SWEEP: &[&str] = &[
     "baseline_s",
     "rows",
     "amdahl",
+    "oversubscribed_workers",
 ];
 const SWEEP_ROW: &[&str] = &[
     "workers",
@@ -118,6 +120,32 @@ const SWEEP_ROW: &[&str] = &[
     "speedup",
     "efficiency",
     "karp_flatt",
+    "verified",
+    "fitted",
+];
+/// `procpool compare-modes --json`: the top level, and each mode's side.
+const COMPARE: &[&str] = &[
+    "schema_version",
+    "procpool_version",
+    "started_at",
+    "machine",
+    "workload",
+    "n",
+    "workers",
+    "cores_logical",
+    "rounds",
+    "processes",
+    "threads",
+    "ratio",
+    "why",
+    "framing",
+];
+const COMPARE_SIDE: &[&str] = &[
+    "wall_s",
+    "spawn_s",
+    "compute_s",
+    "dispatch_s",
+    "minor_faults",
     "verified",
 ];
 const AMDAHL: &[&str] = &["serial_fraction", "ceiling", "rmse", "points"];
@@ -188,6 +216,18 @@ const WORKER: &[&str] = &[
     "dispatch_s",
     "sleeps",
     "setup_s",
+    "minor_faults",
+    "major_faults",
+    "voluntary_switches",
+    "involuntary_switches",
+];
+/// `baseline_os`: what the kernel counted for the single-process run.
+const BASELINE_OS: &[&str] = &[
+    "cpu_s",
+    "minor_faults",
+    "major_faults",
+    "voluntary_switches",
+    "involuntary_switches",
 ];
 const DEATH: &[&str] = &["id", "pid", "cause", "chunk", "replaced_by"];
 const AUTO_CHUNK: &[&str] = &[
@@ -281,8 +321,30 @@ fn documented() -> BTreeSet<String> {
 
 fn all_schema_keys() -> BTreeSet<&'static str> {
     [
-        TOP, COMMON, MACHINE, BREAKDOWN, WORKER, DEATH, AUTO_CHUNK, REPEAT, SUMMARY, RATIO, OUTPUT,
-        MISMATCH, TOLERANCE, ADVICE, SWEEP, SWEEP_ROW, AMDAHL, IPC, LATENCY, QUEUE, FUTEX,
+        TOP,
+        COMMON,
+        MACHINE,
+        BREAKDOWN,
+        WORKER,
+        BASELINE_OS,
+        DEATH,
+        AUTO_CHUNK,
+        REPEAT,
+        SUMMARY,
+        RATIO,
+        OUTPUT,
+        MISMATCH,
+        TOLERANCE,
+        ADVICE,
+        SWEEP,
+        SWEEP_ROW,
+        COMPARE,
+        COMPARE_SIDE,
+        AMDAHL,
+        IPC,
+        LATENCY,
+        QUEUE,
+        FUTEX,
         THROUGHPUT,
     ]
     .into_iter()
@@ -612,6 +674,15 @@ fn check_report(out: &Outcome, asked: &Asked) -> Value {
     // The times.
     let baseline = (!r["baseline_wall_s"].is_null()).then(|| secs(&r, "baseline_wall_s"));
     boolean(&r, "baseline_estimated");
+    // `null` without a baseline, for a baseline known without running it, and with
+    // `--output` (the baseline is computed window by window).
+    if !r["baseline_os"].is_null() {
+        assert_keys(&r["baseline_os"], BASELINE_OS, "baseline_os");
+        secs(&r["baseline_os"], "cpu_s");
+        for key in &BASELINE_OS[1..] {
+            uint(&r["baseline_os"], key);
+        }
+    }
     let pool = secs(&r, "pool_wall_s");
     assert!(pool > 0.0, "pool_wall_s is 0");
     let spawn = secs(&r, "spawn_s");
@@ -760,12 +831,29 @@ fn check_report(out: &Outcome, asked: &Asked) -> Value {
             assert_eq!(secs(w, "dispatch_s"), 0.0, "per_worker[{i}].dispatch_s");
             assert_eq!(sleeps, 0, "per_worker[{i}].sleeps");
         }
+        // CPU time: the worker process's, or the thread's in threads and single modes.
+        secs(w, "cpu_s");
         if processes {
-            secs(w, "cpu_s");
             assert!(uint(w, "peak_rss_bytes") > 0);
         } else {
-            null(w, "cpu_s");
             null(w, "peak_rss_bytes");
+        }
+        // Counted around each posting with queue dispatch, around the thread's loop in
+        // threads and single modes; not with channel dispatch.
+        let counters = [
+            "minor_faults",
+            "major_faults",
+            "voluntary_switches",
+            "involuntary_switches",
+        ];
+        if processes && !queue {
+            for key in counters {
+                null(w, key);
+            }
+        } else {
+            for key in counters {
+                uint(w, key);
+            }
         }
         if pinned {
             uint(w, "cpu");
@@ -1291,4 +1379,62 @@ fn a_pinned_sleep_over_the_channels() {
         cores.min(2),
         "distinct CPUs while there are enough: {cpus:?}"
     );
+}
+
+#[test]
+fn compare_modes_prints_every_key_and_verifies_both_modes() {
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&[
+        "compare-modes",
+        "--workers",
+        "2",
+        "hash",
+        "2001",
+        "--rounds",
+        "5",
+        "--repeat",
+        "2",
+        "--json",
+    ]);
+    out.assert_code(EXIT_OK);
+    sandbox.assert_nothing_left(&out);
+    let r = out.json();
+    assert_keys(&r, COMPARE, "compare-modes");
+    assert_keys(&r["machine"], MACHINE, "machine");
+    assert_documented(&r);
+    assert_eq!(r["rounds"], 2);
+    assert_eq!(r["workers"], 2);
+    for mode in ["processes", "threads"] {
+        let side = &r[mode];
+        assert_keys(side, COMPARE_SIDE, mode);
+        assert_eq!(side["verified"], true, "{mode}: {side}");
+        for key in [
+            "wall_s",
+            "spawn_s",
+            "compute_s",
+            "dispatch_s",
+            "minor_faults",
+        ] {
+            assert_keys(&side[key], SUMMARY, key);
+            assert_eq!(side[key]["runs"], 2, "{mode}.{key}");
+        }
+    }
+    assert_keys(&r["ratio"], RATIO, "ratio");
+    assert!(r["ratio"]["value"].as_f64().unwrap() > 0.0);
+    assert!(r["why"].as_array().unwrap().len() >= 4, "{r}");
+    assert!(r["framing"].as_array().unwrap().len() >= 3, "{r}");
+
+    // The text, with the default of 3 rounds; --mode is refused (it runs both).
+    let out = sandbox.run(&["compare-modes", "--workers", "2", "hash", "101"]);
+    out.assert_code(EXIT_OK);
+    assert!(
+        out.stdout
+            .contains("3 rounds (processes, threads, alternating)"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("\n  ratio "), "{}", out.stdout);
+    assert!(out.stdout.contains("\nwhen each wins:\n"), "{}", out.stdout);
+    let out = sandbox.run(&["compare-modes", "--mode", "threads", "hash", "101"]);
+    out.assert_code(common::EXIT_USAGE);
 }

@@ -65,6 +65,7 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::engine::shm::Mapping;
+use crate::engine::sys::OsCounts;
 
 /// Bytes of the header page.
 const HEADER: usize = 4096;
@@ -110,6 +111,9 @@ mod at {
     pub(super) const RECYCLE_CHUNKS: usize = 648;
     pub(super) const RECYCLE_RSS: usize = 656;
     pub(super) const LOG: usize = 664;
+    /// 1 when workers should advise their results mapping `MADV_HUGEPAGE` (shared memory
+    /// transparent huge pages for `huge_pages`), written once before any worker starts.
+    pub(super) const HUGE_ADVISE: usize = 672;
 }
 
 /// Slot offsets (from the slot's start).
@@ -141,6 +145,14 @@ mod slot {
     pub(super) const MAXRSS_KIB: usize = 136;
     /// Nanoseconds its workload's set-up took in this posting.
     pub(super) const SETUP_NS: usize = 144;
+    /// Minor page faults of the process inside postings (`getrusage`).
+    pub(super) const MINFLT: usize = 152;
+    /// Major page faults of the process inside postings.
+    pub(super) const MAJFLT: usize = 160;
+    /// Voluntary context switches of the process inside postings.
+    pub(super) const NVCSW: usize = 168;
+    /// Involuntary context switches of the process inside postings.
+    pub(super) const NIVCSW: usize = 176;
 }
 
 /// What a worker's claim slot says it is doing.
@@ -203,6 +215,8 @@ pub(crate) struct SlotCounters {
     pub(crate) maxrss_kib: u64,
     /// Nanoseconds its workload's set-up took.
     pub(crate) setup_ns: u64,
+    /// Page faults and context switches of the process inside postings.
+    pub(crate) os: OsCounts,
 }
 
 /// The posting's fields: one job (or one phase of it) as the workers see it.
@@ -425,6 +439,10 @@ impl Control {
             slot::CPU_NS,
             slot::MAXRSS_KIB,
             slot::SETUP_NS,
+            slot::MINFLT,
+            slot::MAJFLT,
+            slot::NVCSW,
+            slot::NIVCSW,
         ] {
             self.slot_word(w, field).store(0, Ordering::Relaxed);
         }
@@ -564,6 +582,12 @@ impl Control {
             cpu_ns: get(slot::CPU_NS),
             maxrss_kib: get(slot::MAXRSS_KIB),
             setup_ns: get(slot::SETUP_NS),
+            os: OsCounts {
+                minor_faults: get(slot::MINFLT),
+                major_faults: get(slot::MAJFLT),
+                voluntary_switches: get(slot::NVCSW),
+                involuntary_switches: get(slot::NIVCSW),
+            },
         }
     }
 
@@ -597,13 +621,31 @@ impl Control {
         false
     }
 
-    /// Worker `w` adds the CPU time it used inside a posting, and its peak memory; read by
-    /// the worker itself, so the parent never reads /proc per job.
-    pub(crate) fn add_usage(&self, w: usize, cpu_ns: u64, maxrss_kib: u64) {
-        let cpu = self.slot_word(w, slot::CPU_NS);
-        cpu.store(cpu.load(Ordering::Relaxed) + cpu_ns, Ordering::Release);
+    /// Worker `w` adds the CPU time, page faults and context switches it used inside a
+    /// posting, and its peak memory; read by the worker itself, so the parent never reads
+    /// /proc per job.
+    pub(crate) fn add_usage(&self, w: usize, cpu_ns: u64, os: OsCounts, maxrss_kib: u64) {
+        let add = |field, v: u64| {
+            let word = self.slot_word(w, field);
+            word.store(word.load(Ordering::Relaxed) + v, Ordering::Release);
+        };
+        add(slot::CPU_NS, cpu_ns);
+        add(slot::MINFLT, os.minor_faults);
+        add(slot::MAJFLT, os.major_faults);
+        add(slot::NVCSW, os.voluntary_switches);
+        add(slot::NIVCSW, os.involuntary_switches);
         self.slot_word(w, slot::MAXRSS_KIB)
             .store(maxrss_kib, Ordering::Release);
+    }
+
+    /// Tells workers to advise their results mapping `MADV_HUGEPAGE` (before they start).
+    pub(crate) fn set_huge_advise(&self) {
+        self.word(at::HUGE_ADVISE).store(1, Ordering::Release);
+    }
+
+    /// Whether workers should advise their results mapping `MADV_HUGEPAGE`.
+    pub(crate) fn huge_advise(&self) -> bool {
+        self.word(at::HUGE_ADVISE).load(Ordering::Acquire) == 1
     }
 
     /// Worker `w` ran its workload's set-up for `ns` nanoseconds.

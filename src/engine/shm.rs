@@ -34,6 +34,59 @@ pub(crate) struct SharedRegion {
     control_len: u64,
     /// Bytes of results after it.
     len: u64,
+    /// The size of the pages backing it: 4096, or the huge page size with `MFD_HUGETLB`
+    /// (then every length and offset in the file is a multiple of it).
+    page: u64,
+}
+
+/// Huge pages as this machine offers them for a shared region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HugePages {
+    /// Reserved huge pages free now (`HugePages_Free` in `/proc/meminfo`).
+    pub(crate) free: u64,
+    /// Their size in bytes (`Hugepagesize`).
+    pub(crate) page_bytes: u64,
+}
+
+impl HugePages {
+    /// Reads `/proc/meminfo`; `None` when it cannot be read or names no huge page size.
+    pub(crate) fn read() -> Option<HugePages> {
+        HugePages::parse(&std::fs::read_to_string("/proc/meminfo").ok()?)
+    }
+
+    /// Parses the `HugePages_Free` and `Hugepagesize` lines of a `/proc/meminfo`.
+    pub(crate) fn parse(meminfo: &str) -> Option<HugePages> {
+        let field = |name: &str| {
+            meminfo
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        };
+        Some(HugePages {
+            free: field("HugePages_Free:")?,
+            page_bytes: field("Hugepagesize:")? * 1024,
+        })
+    }
+
+    /// Huge pages a region with `bytes` of results needs (one more for the control area).
+    pub(crate) fn needed(&self, bytes: u64) -> u64 {
+        bytes.div_ceil(self.page_bytes.max(1)) + 1
+    }
+}
+
+/// Whether the kernel gives shared memory transparent huge pages on `MADV_HUGEPAGE`:
+/// `/sys/kernel/mm/transparent_hugepage/shmem_enabled` selects `advise`, `within_size`,
+/// `always` or `force`, not `never` or `deny`.
+pub(crate) fn shmem_thp() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+        .is_ok_and(|s| shmem_thp_in(&s))
+}
+
+/// [`shmem_thp`] on the file's text: the selected word is the one in brackets.
+pub(crate) fn shmem_thp_in(text: &str) -> bool {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
+        .is_some_and(|w| matches!(w, "advise" | "within_size" | "always" | "force"))
 }
 
 impl SharedRegion {
@@ -45,9 +98,33 @@ impl SharedRegion {
             fd,
             control_len,
             len: 0,
+            page: 4096,
         };
         region.reset(0)?;
         Ok(region)
+    }
+
+    /// Like [`SharedRegion::with_control`], backed by reserved huge pages of `page` bytes
+    /// (`MFD_HUGETLB`): the control area takes a whole huge page, and results are sized in
+    /// huge pages. Fails (`ENOMEM` on first touch aside) when the kernel refuses the memfd.
+    pub(crate) fn with_control_huge(control_len: u64, page: u64) -> io::Result<Self> {
+        let fd = memfd_create(
+            "procpool-results",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_HUGETLB,
+        )?;
+        let mut region = SharedRegion {
+            fd,
+            control_len: control_len.next_multiple_of(page),
+            len: 0,
+            page,
+        };
+        region.reset(0)?;
+        Ok(region)
+    }
+
+    /// The size of the pages backing the region (4096 unless huge).
+    pub(crate) fn page_bytes(&self) -> u64 {
+        self.page
     }
 
     /// Maps the control area.
@@ -69,7 +146,8 @@ impl SharedRegion {
     /// before them stays as it is: workers keep it mapped and may be waiting on it.
     pub(crate) fn reset(&mut self, len: u64) -> io::Result<()> {
         let len_off = len
-            .checked_add(self.control_len)
+            .checked_next_multiple_of(self.page)
+            .and_then(|len| len.checked_add(self.control_len))
             .and_then(|total| i64::try_from(total).ok())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
         nix::unistd::ftruncate(&self.fd, self.control_len as i64)?;
@@ -96,7 +174,8 @@ impl SharedRegion {
     /// Makes the results `len` bytes long, keeping what they hold (`len` ≥ the length).
     pub(crate) fn grow(&mut self, len: u64) -> io::Result<()> {
         let total = len
-            .checked_add(self.control_len)
+            .checked_next_multiple_of(self.page)
+            .and_then(|len| len.checked_add(self.control_len))
             .and_then(|t| i64::try_from(t).ok())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
         if len > self.len {
@@ -129,6 +208,8 @@ impl SharedRegion {
 pub(crate) struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    /// `len` rounded up to whole pages of the file: what was mapped, and is unmapped.
+    map_len: usize,
 }
 
 // SAFETY: a Mapping is a pointer to memory that lives until it is unmapped in `drop`; it has no
@@ -158,8 +239,19 @@ impl Mapping {
             return Ok(Mapping {
                 ptr: NonNull::dangling(),
                 len: 0,
+                map_len: 0,
             });
         };
+        // A memfd on huge pages (MFD_HUGETLB) is a hugetlbfs file: its offsets must be
+        // multiples of its page size, and the kernel maps (and must be told to unmap) whole
+        // pages.
+        let page = page_size_of(fd);
+        if !(offset as u64).is_multiple_of(page) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "offset is not a whole number of the file's pages",
+            ));
+        }
         // SAFETY: we ask for a fresh mapping (no address hint), so no existing Rust object is
         // overlaid. `fd` is a memfd at least `offset + len` bytes long (the parent sized it
         // before it told anyone the length), so every mapped page is backed by the file.
@@ -176,6 +268,7 @@ impl Mapping {
         Ok(Mapping {
             ptr: ptr.cast(),
             len,
+            map_len: len.next_multiple_of(page as usize),
         })
     }
 
@@ -212,6 +305,25 @@ impl Mapping {
                 NonNull::new_unchecked(self.ptr.as_ptr().add(start)).cast(),
                 end - start,
                 nix::sys::mman::MmapAdvise::MADV_POPULATE_WRITE,
+            )
+        };
+    }
+
+    /// Asks the kernel to back the mapping with transparent huge pages
+    /// (`MADV_HUGEPAGE`), where `shmem_enabled` allows it for shared memory ([`shmem_thp`]);
+    /// a kernel that cannot is simply not asked again.
+    pub(crate) fn advise_huge(&self) {
+        if self.len == 0 {
+            return;
+        }
+        // SAFETY: the range is exactly what `at` mapped (`map_len` whole pages from its
+        // page-aligned start). The advice changes no byte of the memory, only which pages
+        // back it, so no reader or writer in any process can observe it.
+        let _ = unsafe {
+            nix::sys::mman::madvise(
+                self.ptr.cast(),
+                self.map_len,
+                nix::sys::mman::MmapAdvise::MADV_HUGEPAGE,
             )
         };
     }
@@ -263,20 +375,98 @@ impl Mapping {
     }
 }
 
+/// The page size of the file behind `fd`: the huge page size for a hugetlbfs file (a memfd
+/// made with `MFD_HUGETLB`), 4096 otherwise or when it cannot be told.
+fn page_size_of(fd: BorrowedFd<'_>) -> u64 {
+    match nix::sys::statfs::fstatfs(fd) {
+        Ok(fs) if fs.filesystem_type() == nix::sys::statfs::HUGETLBFS_MAGIC => {
+            u64::try_from(fs.block_size()).unwrap_or(4096).max(4096)
+        }
+        _ => 4096,
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         if self.len == 0 {
             return;
         }
-        // SAFETY: `ptr`/`len` came from a successful mmap in `new` and are unmapped only
-        // here; slices borrowed from `self` cannot outlive it.
-        let _ = unsafe { munmap(self.ptr.cast::<c_void>(), self.len) };
+        // SAFETY: `ptr`/`map_len` came from a successful mmap in `at` (`map_len` is the
+        // length rounded up to whole pages of the file, as the kernel mapped it) and are
+        // unmapped only here; slices borrowed from `self` cannot outlive it.
+        let _ = unsafe { munmap(self.ptr.cast::<c_void>(), self.map_len) };
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shmem_thp_is_the_bracketed_choice() {
+        assert!(!shmem_thp_in(
+            "always within_size advise [never] deny force\n"
+        ));
+        assert!(shmem_thp_in(
+            "always within_size [advise] never deny force\n"
+        ));
+        assert!(shmem_thp_in(
+            "always [within_size] advise never deny force\n"
+        ));
+        assert!(!shmem_thp_in(
+            "always within_size advise never [deny] force\n"
+        ));
+        assert!(!shmem_thp_in(""));
+        // Advising a mapping is harmless whatever the setting.
+        let region = {
+            let mut r = SharedRegion::with_control(4096).unwrap();
+            r.reset(8192).unwrap();
+            r
+        };
+        let map = region.map().unwrap();
+        map.advise_huge();
+        // SAFETY: this test holds the only mapping of the fresh region.
+        unsafe { assert_eq!(map.slice(0..8), &[0u8; 8]) };
+    }
+
+    #[test]
+    fn huge_pages_are_read_from_meminfo_and_counted_per_region() {
+        let meminfo = "MemTotal:       24684092 kB\nHugePages_Total:     100\n\
+                       HugePages_Free:       60\nHugepagesize:       2048 kB\n";
+        let huge = HugePages::parse(meminfo).unwrap();
+        assert_eq!(
+            huge,
+            HugePages {
+                free: 60,
+                page_bytes: 2 << 20
+            }
+        );
+        // 80 MB of squares: 39 pages of 2 MiB (rounded up), and one for the control area.
+        assert_eq!(huge.needed(80_000_000), 40);
+        assert_eq!(huge.needed(0), 1);
+        assert_eq!(HugePages::parse("MemTotal: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn a_huge_page_region_maps_and_unmaps_whole_pages() {
+        // Only where huge pages are reserved and free (`/proc/sys/vm/nr_hugepages`).
+        let Some(huge) = HugePages::read().filter(|h| h.free >= 2) else {
+            eprintln!("skipped: fewer than 2 huge pages free");
+            return;
+        };
+        let mut region = SharedRegion::with_control_huge(4096, huge.page_bytes).unwrap();
+        region.reset(100).unwrap();
+        let map = region.map().unwrap();
+        assert_eq!(map.len(), 100);
+        // SAFETY: this test holds the only mapping of the fresh region.
+        unsafe {
+            map.slice_mut(0..100).fill(7);
+            assert_eq!(map.slice(99..100), &[7]);
+        }
+        let control = region.control().unwrap();
+        drop(control);
+        drop(map);
+    }
 
     #[test]
     fn region_is_zeroed_shared_and_resettable() {

@@ -327,6 +327,75 @@ pub(crate) fn process_usage(pid: u32) -> Option<(Duration, u64)> {
     Some((cpu, peak_kib * 1024))
 }
 
+/// What the kernel counted for a process or a thread (`getrusage`): page faults and context
+/// switches. Differences of two readings ([`OsCounts::since`]) attribute them to a job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct OsCounts {
+    /// Page faults served without I/O (`ru_minflt`): on procpool's outputs, mostly the
+    /// first touch of each page.
+    pub(crate) minor_faults: u64,
+    /// Page faults that needed I/O (`ru_majflt`).
+    pub(crate) major_faults: u64,
+    /// Voluntary context switches (`ru_nvcsw`): it blocked (a futex, a read).
+    pub(crate) voluntary_switches: u64,
+    /// Involuntary context switches (`ru_nivcsw`): the scheduler took its CPU away.
+    pub(crate) involuntary_switches: u64,
+}
+
+impl OsCounts {
+    fn read(who: nix::sys::resource::UsageWho) -> Option<OsCounts> {
+        let u = nix::sys::resource::getrusage(who).ok()?;
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        Some(OsCounts {
+            minor_faults: n(u.minor_page_faults()),
+            major_faults: n(u.major_page_faults()),
+            voluntary_switches: n(u.voluntary_context_switches()),
+            involuntary_switches: n(u.involuntary_context_switches()),
+        })
+    }
+
+    /// This process's counts so far (all its threads).
+    pub(crate) fn this_process() -> Option<OsCounts> {
+        OsCounts::read(nix::sys::resource::UsageWho::RUSAGE_SELF)
+    }
+
+    /// The calling thread's counts so far.
+    pub(crate) fn this_thread() -> Option<OsCounts> {
+        OsCounts::read(nix::sys::resource::UsageWho::RUSAGE_THREAD)
+    }
+
+    /// What was counted between `earlier` and `self` (0 where a counter went backwards).
+    pub(crate) fn since(self, earlier: OsCounts) -> OsCounts {
+        OsCounts {
+            minor_faults: self.minor_faults.saturating_sub(earlier.minor_faults),
+            major_faults: self.major_faults.saturating_sub(earlier.major_faults),
+            voluntary_switches: self
+                .voluntary_switches
+                .saturating_sub(earlier.voluntary_switches),
+            involuntary_switches: self
+                .involuntary_switches
+                .saturating_sub(earlier.involuntary_switches),
+        }
+    }
+
+    /// The sum of two counts.
+    pub(crate) fn plus(self, other: OsCounts) -> OsCounts {
+        OsCounts {
+            minor_faults: self.minor_faults + other.minor_faults,
+            major_faults: self.major_faults + other.major_faults,
+            voluntary_switches: self.voluntary_switches + other.voluntary_switches,
+            involuntary_switches: self.involuntary_switches + other.involuntary_switches,
+        }
+    }
+}
+
+/// CPU time the calling thread has used, in nanoseconds (CLOCK_THREAD_CPUTIME_ID).
+pub(crate) fn thread_cpu_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
 /// Keeps freed heap memory for reuse instead of giving it back to the kernel at once.
 ///
 /// ipc-channel allocates a receive buffer of its largest fragment size (a few hundred KiB)
@@ -486,6 +555,28 @@ mod tests {
         assert!(e.to_string().contains("use --start spawn"), "{e}");
         let e = fork_child(|| 0).unwrap_err();
         assert!(e.to_string().contains("single-threaded"), "{e}");
+    }
+
+    #[test]
+    fn os_counts_see_this_threads_first_touches() {
+        let before = OsCounts::this_thread().unwrap();
+        let process_before = OsCounts::this_process().unwrap();
+        let mut v = vec![0u8; 64 << 20];
+        for i in (0..v.len()).step_by(4096) {
+            v[i] = 1;
+        }
+        std::hint::black_box(&v);
+        let used = OsCounts::this_thread().unwrap().since(before);
+        // 16384 pages touched: at least a few faults, whatever the page size or THP.
+        assert!(used.minor_faults >= 16, "{used:?}");
+        let process = OsCounts::this_process().unwrap().since(process_before);
+        assert!(
+            process.minor_faults >= used.minor_faults,
+            "{process:?} {used:?}"
+        );
+        assert_eq!(used.since(used), OsCounts::default());
+        assert_eq!(used.plus(OsCounts::default()), used);
+        assert!(thread_cpu_ns() > 0);
     }
 
     #[test]

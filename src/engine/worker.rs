@@ -27,6 +27,7 @@ use crate::engine::protocol::{
 use crate::engine::schedule::{Geometry, Schedule};
 use crate::engine::sealed::{MAX_INPUTS, Sealed};
 use crate::engine::shm::Mapping;
+use crate::engine::sys::OsCounts;
 use crate::workload::{DynKernel, Registry};
 
 /// What the parent tells a worker on its command line.
@@ -377,14 +378,20 @@ impl Worker<'_> {
             return self.serve_channel(&posting);
         }
         let cpu = crate::engine::control::process_cpu_ns();
+        let os = OsCounts::this_process();
         let result = self
             .prepare(&posting)
             .and_then(|()| self.claim_loop(&posting));
         let maxrss_kib = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
             .map_or(0, |u| u.max_rss() as u64);
+        let os = OsCounts::this_process()
+            .zip(os)
+            .map(|(now, then)| now.since(then))
+            .unwrap_or_default();
         self.control.add_usage(
             self.slot,
             crate::engine::control::process_cpu_ns().saturating_sub(cpu),
+            os,
             maxrss_kib,
         );
         self.control.leave(self.slot);
@@ -409,6 +416,9 @@ impl Worker<'_> {
                         posting.region_len
                     )
                 })?;
+            if self.control.huge_advise() {
+                self.results.advise_huge();
+            }
         }
         if self.geometry.as_ref().map(|g| g.0) != Some(posting.id) {
             let schedule = match posting.schedule {

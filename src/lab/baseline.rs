@@ -10,9 +10,15 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::engine::interrupt::Interrupt;
+use crate::engine::sys::{OsCounts, thread_cpu_ns};
 use crate::error::{Error, Phase, Result};
+use crate::lab::model::OsUsage;
 use crate::workload::{Element, Tolerance, Workload};
 use sha2::{Digest, Sha256};
+
+/// A single-process run: its output, its wall time, and what the kernel counted for its
+/// thread (`None` when the time was known without running it).
+pub(crate) type Single<T> = (Vec<T>, Duration, Option<OsUsage>);
 
 /// Runs `workload` on `0..n` in this process. Returns the output and the time it took
 /// (allocation of zeroed pages included, as the pool's first-touch page faults are).
@@ -26,13 +32,13 @@ pub(crate) fn run_single<W: Workload>(
     workload: &W,
     n: u64,
     interrupt: &Interrupt,
-) -> Result<(Vec<W::Output>, Duration)> {
+) -> Result<Single<W::Output>> {
     match workload.sequential_time(n) {
         Some(known) => {
             let mut out = zeroed(n, "the single-process run's output")?;
             in_pieces(0..n, &mut out, interrupt, |r, o| workload.expected(r, o))
                 .map_err(|s| s.into_error(Phase::Baseline, n))?;
-            Ok((out, known))
+            Ok((out, known, None))
         }
         None => compute(workload, n, interrupt, Phase::Baseline),
     }
@@ -44,21 +50,31 @@ pub(crate) fn run_kernel<W: Workload>(
     workload: &W,
     n: u64,
     interrupt: &Interrupt,
-) -> Result<(Vec<W::Output>, Duration)> {
+) -> Result<Single<W::Output>> {
     compute(workload, n, interrupt, Phase::Single)
 }
 
+/// Runs the kernel on `0..n` on this thread: the output, the wall time, and this thread's
+/// CPU time, page faults and context switches over the run (`getrusage(RUSAGE_THREAD)`,
+/// so nothing another thread of the process does is counted).
 fn compute<W: Workload>(
     workload: &W,
     n: u64,
     interrupt: &Interrupt,
     phase: Phase,
-) -> Result<(Vec<W::Output>, Duration)> {
+) -> Result<Single<W::Output>> {
+    let os = OsCounts::this_thread();
+    let cpu = thread_cpu_ns();
     let began = Instant::now();
     let mut out = zeroed(n, "the single-process run's output")?;
     in_pieces(0..n, &mut out, interrupt, |r, o| workload.kernel(r, o))
         .map_err(|s| s.into_error(phase, n))?;
-    Ok((out, began.elapsed()))
+    let wall = began.elapsed();
+    let cpu_s = thread_cpu_ns().saturating_sub(cpu) as f64 / 1e9;
+    let usage = OsCounts::this_thread()
+        .zip(os)
+        .map(|(now, then)| OsUsage::new(cpu_s, now.since(then)));
+    Ok((out, wall, usage))
 }
 
 /// A zeroed buffer of `n` elements, or an error naming its size and `ulimit -v` when the
@@ -325,7 +341,7 @@ mod tests {
         );
         assert_eq!(checksum::<u8>(&[]), "e3b0c44298fc1c14");
         // b''.join(struct.pack('<Q', i * i) for i in range(1000))
-        let (out, _) = run_single(&Squares, 1000, &Interrupt::new()).unwrap();
+        let (out, _, _) = run_single(&Squares, 1000, &Interrupt::new()).unwrap();
         assert_eq!(checksum(&out), "f82d06f0edae971b");
         assert_eq!(
             checksum_until(&out, &Interrupt::new()).unwrap(),

@@ -1,12 +1,13 @@
 //! The measurement lab, built on the engine: a whole measured run (the pool, the
 //! single-process baseline, verification, threads and single modes, streaming to a file),
-//! its statistics and advice, the sweep over worker counts and chunk sizes, and the IPC
-//! benchmark. Results are plain data ([`crate::Report`], [`SweepTable`],
+//! its statistics and advice, the sweep over worker counts and chunk sizes, processes
+//! against threads (`compare`), and the IPC benchmark. Results are plain data ([`crate::Report`], [`SweepTable`],
 //! [`IpcBenchReport`]); turning them into text, tables and pictures is
 //! [`crate::report`]'s job.
 
 pub(crate) mod advice;
 pub(crate) mod baseline;
+pub mod compare;
 pub mod ipc_bench;
 pub mod measure;
 pub mod meta;
@@ -19,8 +20,9 @@ pub(crate) mod threads;
 pub use crate::engine::limits::{Cpus, Machine, MemoryLimit};
 pub use advice::{Advice, Limit};
 pub use baseline::Mismatch;
+pub use compare::{ModeSide, ModesComparison};
 pub use ipc_bench::{IpcBenchOptions, IpcBenchReport};
 pub use measure::{Ratio, Summary};
 pub use meta::{MachineInfo, Meta, SCHEMA_VERSION, WORKERS_ENV, WorkersFrom, default_workers};
-pub use model::{Breakdown, OutputReport, Repeats};
+pub use model::{Breakdown, OsUsage, OutputReport, Repeats};
 pub use sweep::{SweepOptions, SweepTable};

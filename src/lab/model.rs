@@ -35,6 +35,35 @@ impl std::fmt::Display for Mode {
     }
 }
 
+/// What the kernel counted for the single-process run's thread while it computed
+/// (`getrusage(RUSAGE_THREAD)` deltas): the baseline's side of the per-worker counters in
+/// [`WorkerStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct OsUsage {
+    /// CPU seconds (user + system) the thread used.
+    pub cpu_s: f64,
+    /// Minor page faults (mostly the first write to each page of the output).
+    pub minor_faults: u64,
+    /// Major page faults (pages read from disk).
+    pub major_faults: u64,
+    /// Voluntary context switches (the thread blocked).
+    pub voluntary_switches: u64,
+    /// Involuntary context switches (the scheduler gave its CPU to another task).
+    pub involuntary_switches: u64,
+}
+
+impl OsUsage {
+    pub(crate) fn new(cpu_s: f64, os: crate::engine::sys::OsCounts) -> OsUsage {
+        OsUsage {
+            cpu_s,
+            minor_faults: os.minor_faults,
+            major_faults: os.major_faults,
+            voluntary_switches: os.voluntary_switches,
+            involuntary_switches: os.involuntary_switches,
+        }
+    }
+}
+
 /// Timings over repeated rounds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Repeats {
@@ -115,6 +144,9 @@ pub struct Report {
     /// True when `baseline_wall_s` was known without running it (`sleep`: n × ms); the output
     /// was still checked against the expected values.
     pub baseline_estimated: bool,
+    /// What the kernel counted for the single-process run of the last round (CPU time, page
+    /// faults, context switches); `None` without a measured baseline.
+    pub baseline_os: Option<OsUsage>,
     /// Wall time of the pool run, from the first worker start to the last result.
     pub pool_wall_s: f64,
     /// The part of `pool_wall_s` spent starting workers and their handshakes.
@@ -272,6 +304,10 @@ mod tests {
             dispatch_s: 0.0,
             sleeps: 0,
             setup_s: 0.0,
+            minor_faults: None,
+            major_faults: None,
+            voluntary_switches: None,
+            involuntary_switches: None,
         }
     }
 

@@ -16,9 +16,12 @@ use crate::engine::protocol::Transport;
 use crate::engine::schedule::{Dispenser, Schedule};
 use crate::error::{Error, Phase, Result};
 use crate::lab::advice::{Observations, advise};
-use crate::lab::baseline::{Mismatch, Stopped, checksum_until, compare, run_kernel, run_single};
+use crate::lab::baseline::{
+    Mismatch, Single, Stopped, checksum_until, compare, run_kernel, run_single,
+};
 use crate::lab::measure::{ratio, summarize};
 use crate::lab::meta::{Meta, WorkersFrom};
+use crate::lab::model::OsUsage;
 use crate::lab::model::{Breakdown, Mode, OutputReport, Repeats, Report};
 use crate::lab::stream::{FileSink, RING, window_elems};
 use crate::lab::threads::run_threads;
@@ -105,6 +108,8 @@ struct Round {
     start: Duration,
     stats: JobStats,
     baseline: Option<Duration>,
+    /// The single-process run's CPU time, faults and switches.
+    baseline_os: Option<OsUsage>,
     mismatch: Option<Mismatch>,
     /// The single-process run's reduction over the same chunks, and whether it equals the
     /// pool's bit for bit.
@@ -213,7 +218,7 @@ fn run_lab<W: Workload>(
 /// What verifying one round found: the single-process time, the first mismatch and the
 /// single-process reduction (when there was a baseline), the checksum, and the time taken.
 type Checked = (
-    Option<Duration>,
+    Option<(Duration, Option<OsUsage>)>,
     Option<(Option<Mismatch>, Option<ReductionCheck>)>,
     String,
     Duration,
@@ -259,7 +264,7 @@ fn run_round<W: Workload>(
     };
     let verify = |results: &[W::Output],
                   reduced: Option<RoundReduction>,
-                  early: &mut Option<(Vec<W::Output>, Duration)>|
+                  early: &mut Option<Single<W::Output>>|
      -> Result<Checked> {
         let single = match early.take() {
             Some(single) => Some(single),
@@ -269,7 +274,7 @@ fn run_round<W: Workload>(
         let began = Instant::now();
         let stop = |s: Stopped| s.into_error(Phase::Verify, n);
         let verdict = match &single {
-            Some((out, _)) => Some((
+            Some((out, _, _)) => Some((
                 compare(results, out, tolerance.as_ref(), interrupt).map_err(stop)?,
                 match (reducer, reduced) {
                     (Some(reducer), Some(r)) => Some(
@@ -283,10 +288,20 @@ fn run_round<W: Workload>(
             None => None,
         };
         let sum = checksum_until(results, interrupt).map_err(stop)?;
-        Ok((single.map(|(_, took)| took), verdict, sum, began.elapsed()))
+        Ok((
+            single.map(|(_, took, os)| (took, os)),
+            verdict,
+            sum,
+            began.elapsed(),
+        ))
     };
     let (wall, start, stats, (baseline, verdict, sum, verify)) = match options.mode {
         Mode::Processes => {
+            if options.pool.huge_pages {
+                // Refuse before any worker starts when too few huge pages are free.
+                let bytes = n.saturating_mul(std::mem::size_of::<W::Output>() as u64);
+                crate::engine::pool::huge_pages_for(bytes)?;
+            }
             let began = Instant::now();
             let mut pool = pool_builder(options).build()?;
             let spawn = pool.spawn_time();
@@ -327,13 +342,13 @@ fn run_round<W: Workload>(
             (run.wall, run.start, stats, checked)
         }
         Mode::Single => {
-            let (output, wall) = run_kernel(local, n, interrupt)?;
+            let (output, wall, os) = run_kernel(local, n, interrupt)?;
             let worker = WorkerStats {
                 id: 0,
                 pid: std::process::id(),
                 chunks: u64::from(n > 0),
                 compute_s: wall.as_secs_f64(),
-                cpu_s: None,
+                cpu_s: os.map(|o| o.cpu_s),
                 peak_rss_bytes: None,
                 idle_end_s: 0.0,
                 cpu: None,
@@ -341,6 +356,10 @@ fn run_round<W: Workload>(
                 dispatch_s: 0.0,
                 sleeps: 0,
                 setup_s: 0.0,
+                minor_faults: os.map(|o| o.minor_faults),
+                major_faults: os.map(|o| o.major_faults),
+                voluntary_switches: os.map(|o| o.voluntary_switches),
+                involuntary_switches: os.map(|o| o.involuntary_switches),
             };
             let mut stats =
                 in_process_stats(n, n.max(1), u64::from(n > 0), wall, vec![worker], options);
@@ -366,7 +385,8 @@ fn run_round<W: Workload>(
         wall,
         start,
         stats,
-        baseline,
+        baseline: baseline.map(|b| b.0),
+        baseline_os: baseline.and_then(|b| b.1),
         mismatch,
         baseline_reduction,
         checksum: sum,
@@ -427,6 +447,7 @@ fn stream_round<W: Workload>(
         start: spawn,
         stats,
         baseline: options.baseline.then_some(sink.baseline),
+        baseline_os: None,
         checksum: sink.checksum(),
         mismatch: sink.mismatch,
         baseline_reduction: None,
@@ -567,6 +588,12 @@ fn build_report<W: Workload>(
         output_bytes: n * std::mem::size_of::<W::Output>() as u64,
         schedule: stats.schedule.to_string(),
         io_bound_hint: W::WAITS,
+        pool_minor_faults: stats
+            .workers
+            .iter()
+            .map(|w| w.minor_faults)
+            .sum::<Option<u64>>(),
+        baseline_minor_faults: last.baseline_os.map(|o| o.minor_faults),
     };
     Report {
         meta,
@@ -594,6 +621,7 @@ fn build_report<W: Workload>(
         cores_physical: machine.cores_physical,
         baseline_wall_s,
         baseline_estimated: options.baseline && workload.sequential_time(n).is_some(),
+        baseline_os: last.baseline_os,
         pool_wall_s,
         spawn_s: last.start.as_secs_f64(),
         run_s: last.wall.saturating_sub(last.start).as_secs_f64(),

@@ -94,6 +94,7 @@ pub fn sweep<W: Workload>(
         baseline_s: summarize(&baselines),
         rows,
         amdahl: None,
+        oversubscribed_workers: Vec::new(),
     };
     table.fit();
     Ok(table)
@@ -118,6 +119,10 @@ pub struct SweepRow {
     /// True when every run's output equalled the single-process output (`None` when not
     /// checked).
     pub verified: Option<bool>,
+    /// True when the Amdahl fit used this row: it has a speedup, it is the best chunk size
+    /// of its worker count, and its workers do not outnumber the cores (an oversubscribed
+    /// point shares cores, which Amdahl's law does not model). Set by [`SweepTable::fit`].
+    pub fitted: bool,
 }
 
 impl SweepRow {
@@ -139,6 +144,7 @@ impl SweepRow {
             efficiency: speedup.map(|s| measure::efficiency(s.value, workers)),
             karp_flatt: speedup.and_then(|s| measure::karp_flatt(s.value, workers)),
             verified,
+            fitted: false,
         }
     }
 }
@@ -161,25 +167,45 @@ pub struct SweepTable {
     pub rows: Vec<SweepRow>,
     /// Amdahl's law fitted to the speedups (see [`SweepTable::fit`]).
     pub amdahl: Option<AmdahlFit>,
+    /// Worker counts left out of the fit because they outnumber `cores_logical`, in
+    /// increasing order (empty when none were).
+    pub oversubscribed_workers: Vec<usize>,
 }
 
 impl SweepTable {
     /// Fits Amdahl's law to the rows' mean speedups (using, for each worker count, the best
-    /// (highest-speedup) chunk size row) and stores it in `amdahl`.
+    /// (highest-speedup) chunk size row) and stores it in `amdahl`, marking the rows it used
+    /// `fitted`.
     ///
-    /// `amdahl` becomes `None` when fewer than 2 worker counts have a speedup.
+    /// Worker counts above `cores_logical` are left out (and listed in
+    /// `oversubscribed_workers`): on 2 cores, 3 and 4 workers cannot go faster than 2, and
+    /// fitting them as if they had 3 and 4 cores reads the sharing as a serial fraction.
+    /// With `cores_logical` 0 (unknown) every point is used. `amdahl` becomes `None` when
+    /// fewer than 2 worker counts remain.
     pub fn fit(&mut self) {
-        let mut best: BTreeMap<usize, f64> = BTreeMap::new();
-        for row in &self.rows {
+        let cores = self.cores_logical;
+        let fits = |workers: usize| cores == 0 || workers <= cores;
+        let mut best: BTreeMap<usize, (usize, f64)> = BTreeMap::new();
+        for (i, row) in self.rows.iter().enumerate() {
             if let Some(s) = row.speedup {
-                let entry = best.entry(row.workers).or_insert(s.value);
-                if s.value > *entry {
-                    *entry = s.value;
+                let entry = best.entry(row.workers).or_insert((i, s.value));
+                if s.value > entry.1 {
+                    *entry = (i, s.value);
                 }
             }
         }
-        let points: Vec<(usize, f64)> = best.into_iter().collect();
+        self.oversubscribed_workers = best.keys().copied().filter(|&w| !fits(w)).collect();
+        best.retain(|&w, _| fits(w));
+        let points: Vec<(usize, f64)> = best.iter().map(|(&w, &(_, s))| (w, s)).collect();
         self.amdahl = measure::fit_amdahl(&points);
+        for row in &mut self.rows {
+            row.fitted = false;
+        }
+        if self.amdahl.is_some() {
+            for &(i, _) in best.values() {
+                self.rows[i].fitted = true;
+            }
+        }
     }
 }
 
@@ -230,6 +256,7 @@ pub(crate) fn sample_table() -> SweepTable {
             ),
         ],
         amdahl: None,
+        oversubscribed_workers: Vec::new(),
     };
     table.fit();
     table
@@ -262,5 +289,63 @@ mod tests {
             measure::fit_amdahl(&[(1, 0.048 / 0.05), (2, 0.048 / 0.03), (4, 0.048 / 0.02)])
                 .unwrap();
         assert_eq!(fit, expected);
+    }
+
+    #[test]
+    fn fit_leaves_out_worker_counts_above_the_cores() {
+        // 2 cores, a job with a 5 % serial fraction: 1 and 2 workers follow Amdahl's law,
+        // 3 and 4 only share the 2 cores (the speedup of 2 workers, a little worse).
+        let baseline = Summary {
+            mean: 1.0,
+            sd: 0.0,
+            min: 1.0,
+            max: 1.0,
+            runs: 1,
+        };
+        let row = |workers: usize, speedup: f64| {
+            let pool = Summary {
+                mean: 1.0 / speedup,
+                min: 1.0 / speedup,
+                max: 1.0 / speedup,
+                ..baseline
+            };
+            SweepRow::measured(workers, 1000, pool, Some(&baseline), Some(true))
+        };
+        let s2 = measure::amdahl_speedup(0.05, 2.0);
+        let mut table = SweepTable {
+            cores_logical: 2,
+            rows: vec![
+                row(1, 1.0),
+                row(2, s2),
+                row(3, s2 * 0.97),
+                row(4, s2 * 0.95),
+            ],
+            amdahl: None,
+            oversubscribed_workers: Vec::new(),
+            ..sample_table()
+        };
+        table.fit();
+        let fit = table.amdahl.unwrap();
+        assert_eq!(fit.points, 2);
+        assert!((fit.serial_fraction - 0.05).abs() < 1e-6, "{fit:?}");
+        assert_eq!(table.oversubscribed_workers, [3, 4]);
+        let fitted: Vec<bool> = table.rows.iter().map(|r| r.fitted).collect();
+        assert_eq!(fitted, [true, true, false, false]);
+
+        // Fitted as if 3 and 4 workers had their own cores, the same points read as a
+        // large serial fraction: the mistake this avoids.
+        let all: Vec<(usize, f64)> = table
+            .rows
+            .iter()
+            .map(|r| (r.workers, r.speedup.unwrap().value))
+            .collect();
+        assert!(measure::fit_amdahl(&all).unwrap().serial_fraction > 0.2);
+
+        // Unknown cores: every point is fitted.
+        table.cores_logical = 0;
+        table.fit();
+        assert_eq!(table.amdahl.unwrap().points, 4);
+        assert!(table.oversubscribed_workers.is_empty());
+        assert!(table.rows.iter().all(|r| r.fitted));
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::engine::interrupt::Interrupt;
 use crate::engine::pool::{ReducedChunk, WorkerStats};
 use crate::engine::schedule::{Chunk, Dispenser, Schedule};
+use crate::engine::sys::{OsCounts, thread_cpu_ns};
 use crate::error::{Error, Phase, Result};
 use crate::lab::baseline::{in_pieces, zeroed};
 use crate::workload::{ChunkReducer, Workload};
@@ -193,6 +194,8 @@ fn work<W: Workload>(
     reducer: Option<&dyn ChunkReducer<W::Output>>,
 ) -> ThreadResult {
     let started = Instant::now();
+    let os_before = OsCounts::this_thread();
+    let cpu_before = thread_cpu_ns();
     let (mut chunks, mut compute, mut elements) = (0u64, Duration::ZERO, 0u64);
     let mut reduced = Vec::new();
     let mut last_done = None;
@@ -228,7 +231,8 @@ fn work<W: Workload>(
         pid,
         chunks,
         compute_s: compute.as_secs_f64(),
-        cpu_s: None,
+        // This thread's own CPU time and counters (RUSAGE_THREAD), like a worker process's.
+        cpu_s: Some(thread_cpu_ns().saturating_sub(cpu_before) as f64 / 1e9),
         peak_rss_bytes: None,
         idle_end_s: 0.0,
         cpu: None,
@@ -236,7 +240,16 @@ fn work<W: Workload>(
         dispatch_s: 0.0,
         sleeps: 0,
         setup_s: 0.0,
-    };
+        minor_faults: None,
+        major_faults: None,
+        voluntary_switches: None,
+        involuntary_switches: None,
+    }
+    .with_os(
+        OsCounts::this_thread()
+            .zip(os_before)
+            .map(|(now, then)| now.since(then)),
+    );
     ThreadResult {
         stats,
         started,

@@ -91,6 +91,25 @@ pub(crate) fn amdahl_line(table: &SweepTable) -> String {
     }
 }
 
+/// Which worker counts the Amdahl fit left out and why (`None` when it used them all).
+pub(crate) fn left_out_line(table: &SweepTable) -> Option<String> {
+    let left: Vec<String> = table
+        .oversubscribed_workers
+        .iter()
+        .map(usize::to_string)
+        .collect();
+    let workers = match left.as_slice() {
+        [] => return None,
+        [one] => format!("{one} workers"),
+        [init @ .., last] => format!("{} and {last} workers", init.join(", ")),
+    };
+    Some(format!(
+        "  left out of the fit: {workers}, more than the {} (they share cores, which \
+         Amdahl's law does not model)",
+        crate::units::count(table.cores_logical, "logical core")
+    ))
+}
+
 /// A timing summary in seconds as `mean ± sd unit` (just `mean unit` for one run).
 pub(crate) fn time(s: &Summary) -> String {
     crate::units::seconds_spread(s.mean, s.sd, s.runs)
@@ -107,7 +126,8 @@ pub(crate) fn times(r: Ratio) -> String {
 
 /// Renders the sweep for a terminal: a title, the baseline, an aligned table (workers,
 /// chunk size, pool time mean ± sd, speedup ± sd, efficiency, Karp–Flatt serial fraction,
-/// verified; `-` for a missing value), then the Amdahl fit.
+/// verified; `-` for a missing value), then the Amdahl fit and the worker counts it left
+/// out.
 ///
 /// Call [`SweepTable::fit`] first, or the last line says there is no fit.
 pub fn render_text(table: &SweepTable) -> String {
@@ -135,6 +155,9 @@ pub fn render_text(table: &SweepTable) -> String {
     }
     let _ = writeln!(s, "  {KARP_FLATT_NOTE}");
     let _ = writeln!(s, "{}", amdahl_line(table));
+    if let Some(left) = left_out_line(table) {
+        let _ = writeln!(s, "{left}");
+    }
     s
 }
 
@@ -196,6 +219,7 @@ Amdahl fit: serial fraction 0.225 → at most 4.5× with any number of workers (
             baseline_s: Some(five),
             rows: vec![SweepRow::measured(2, 5, one, Some(&five), Some(false))],
             amdahl: None,
+            oversubscribed_workers: Vec::new(),
         };
         t.fit();
         let expected = "\
@@ -207,6 +231,26 @@ procpool sweep: primes n=10; 2 logical cores; 1 run per point
 Amdahl fit: not enough worker counts to fit Amdahl's law
 ";
         assert_eq!(render_text(&t), expected);
+    }
+
+    #[test]
+    fn left_out_worker_counts_are_named() {
+        let mut t = sample_table();
+        t.cores_logical = 2;
+        t.fit();
+        assert_eq!(t.oversubscribed_workers, [4]);
+        assert!(render_text(&t).ends_with(
+            "\n  left out of the fit: 4 workers, more than the 2 logical cores (they share \
+             cores, which Amdahl's law does not model)\n"
+        ));
+        t.cores_logical = 1;
+        t.fit();
+        assert_eq!(
+            left_out_line(&t).unwrap(),
+            "  left out of the fit: 2 and 4 workers, more than the 1 logical core (they share \
+             cores, which Amdahl's law does not model)"
+        );
+        assert_eq!(left_out_line(&sample_table()), None);
     }
 
     #[test]

@@ -170,6 +170,18 @@ pub fn render_text(r: &Report) -> String {
                     "single process"
                 }
             );
+            if let Some(os) = r.baseline_os {
+                let _ = writeln!(
+                    s,
+                    "               cpu {}, faults {} minor + {} major, context switches {} \
+                     voluntary + {} involuntary",
+                    secs(os.cpu_s),
+                    os.minor_faults,
+                    os.major_faults,
+                    os.voluntary_switches,
+                    os.involuntary_switches
+                );
+            }
         }
         None => {
             let _ = writeln!(s, "  baseline     skipped (--no-baseline)");
@@ -351,6 +363,25 @@ pub fn render_text(r: &Report) -> String {
             );
         }
     }
+    // What the kernel counted for each worker during the job (not with channel dispatch).
+    if r.per_worker.iter().any(|w| w.minor_faults.is_some()) {
+        let _ = writeln!(
+            s,
+            "  os counts    id  minor faults  major faults  voluntary switches  involuntary"
+        );
+        let n = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        for w in &r.per_worker {
+            let _ = writeln!(
+                s,
+                "               {:>2} {:>13} {:>13} {:>19} {:>12}",
+                w.id,
+                n(w.minor_faults),
+                n(w.major_faults),
+                n(w.voluntary_switches),
+                n(w.involuntary_switches)
+            );
+        }
+    }
     // Only a set-up that did something: the default one takes a clock read's time.
     let setups: Vec<f64> = r
         .per_worker
@@ -432,6 +463,10 @@ mod tests {
             dispatch_s: if queue { 0.000_05 } else { 0.0 },
             sleeps: 0,
             setup_s: 0.0,
+            minor_faults: None,
+            major_faults: None,
+            voluntary_switches: None,
+            involuntary_switches: None,
         };
         Report {
             meta: crate::lab::Meta::sample(),
@@ -454,6 +489,7 @@ mod tests {
             cores_physical: Some(2),
             baseline_wall_s: Some(0.004),
             baseline_estimated: false,
+            baseline_os: None,
             pool_wall_s: 0.012,
             spawn_s: 0.006,
             run_s: 0.006,
@@ -496,6 +532,35 @@ mod tests {
     fn line<'a>(text: &'a str, label: &str) -> Option<&'a str> {
         text.lines()
             .find(|l| l.starts_with(&format!("  {label:<12} ")))
+    }
+
+    #[test]
+    fn os_counters_are_shown_for_the_workers_and_the_baseline() {
+        let mut r = report(Dispatch::Queue);
+        assert!(!render_text(&r).contains("os counts"));
+        for w in &mut r.per_worker {
+            w.minor_faults = Some(9766 + w.id as u64);
+            w.major_faults = Some(0);
+            w.voluntary_switches = Some(3);
+            w.involuntary_switches = Some(41);
+        }
+        r.baseline_os = Some(crate::lab::model::OsUsage {
+            cpu_s: 0.02,
+            minor_faults: 19_532,
+            major_faults: 1,
+            voluntary_switches: 0,
+            involuntary_switches: 7,
+        });
+        let text = render_text(&r);
+        assert!(text.contains(
+            "\n  os counts    id  minor faults  major faults  voluntary switches  involuntary\n\
+             \x20               0          9766             0                   3           41\n\
+             \x20               1          9767             0                   3           41\n"
+        ));
+        assert!(text.contains(
+            "\n               cpu 20.00 ms, faults 19532 minor + 1 major, context switches 0 \
+             voluntary + 7 involuntary\n"
+        ));
     }
 
     #[test]

@@ -460,6 +460,10 @@ impl Pool {
                     dispatch_s: 0.0,
                     sleeps: 0,
                     setup_s: self.control.counters(w).setup_ns as f64 / 1e9,
+                    minor_faults: None,
+                    major_faults: None,
+                    voluntary_switches: None,
+                    involuntary_switches: None,
                 }
             })
             .collect();

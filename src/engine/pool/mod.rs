@@ -247,6 +247,52 @@ pub struct PoolOptions {
     /// Replace a worker process once its resident memory passes this many bytes (see
     /// [`PoolBuilder::max_worker_rss`]).
     pub max_worker_rss: Option<u64>,
+    /// Back the shared region with reserved huge pages (see [`PoolBuilder::huge_pages`]).
+    pub huge_pages: bool,
+}
+
+/// How `huge_pages` backs a region on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HugeBacking {
+    /// Reserved huge pages of this many bytes (`MFD_HUGETLB`).
+    Hugetlb(u64),
+    /// An ordinary memfd advised `MADV_HUGEPAGE` (shared memory transparent huge pages).
+    Advise,
+}
+
+/// How to back `bytes` of results (and the control area's page) with huge pages: reserved
+/// ones when enough are free, else transparent ones where the kernel gives them to shared
+/// memory, else the refusal naming `/proc/sys/vm/nr_hugepages` and what is needed.
+pub(crate) fn huge_pages_for(bytes: u64) -> Result<HugeBacking> {
+    let huge = crate::engine::shm::HugePages::read();
+    if let Some(h) = &huge
+        && h.free >= h.needed(bytes)
+    {
+        return Ok(HugeBacking::Hugetlb(h.page_bytes));
+    }
+    if crate::engine::shm::shmem_thp() {
+        return Ok(HugeBacking::Advise);
+    }
+    let Some(huge) = huge else {
+        return Err(Error::invalid(
+            "huge_pages",
+            "`huge_pages`: this kernel reports no huge pages in /proc/meminfo",
+        ));
+    };
+    Err(huge_refusal(huge.needed(bytes), huge.page_bytes, huge.free))
+}
+
+/// The refusal of `huge_pages` when `needed` huge pages of `page` bytes are wanted and only
+/// `free` are free.
+fn huge_refusal(needed: u64, page: u64, free: u64) -> Error {
+    Error::invalid(
+        "huge_pages",
+        format!(
+            "`huge_pages` needs {needed} free huge pages of {} but {free} are free: reserve \
+             them as root with `echo {needed} > /proc/sys/vm/nr_hugepages`",
+            crate::units::bytes(u128::from(page)),
+        ),
+    )
 }
 
 /// Configures and starts a [`Pool`].
@@ -289,6 +335,7 @@ impl Default for PoolOptions {
             registry: Registry::builtin(),
             tune_allocator: true,
             raise_file_limit: true,
+            huge_pages: false,
             start_in_background: false,
             max_chunks_per_worker: None,
             max_worker_rss: None,
@@ -410,6 +457,20 @@ impl PoolBuilder {
         self
     }
 
+    /// Backs the shared region with huge pages (default off): one page fault per huge page
+    /// (2 MiB here) instead of one per 4 KiB page, which is what limits memory-bound jobs
+    /// across processes. Reserved huge pages (`MFD_HUGETLB`) when enough are free in
+    /// `/proc/sys/vm/nr_hugepages`; else, where the kernel gives shared memory transparent
+    /// huge pages (`/sys/kernel/mm/transparent_hugepage/shmem_enabled` set to `advise`,
+    /// `within_size` or `always`), an ordinary region every process advises
+    /// `MADV_HUGEPAGE`; else [`PoolBuilder::build`] (and, for reserved pages, each job)
+    /// refuses with [`Error::InvalidInput`] naming `/proc/sys/vm/nr_hugepages` and the
+    /// pages needed.
+    pub fn huge_pages(mut self, huge: bool) -> Self {
+        self.options.huge_pages = huge;
+        self
+    }
+
     /// Whether [`build`](Self::build) may raise this process's soft limit on open files
     /// (`ulimit -n`) up to the hard limit when the workers need more descriptors than it
     /// allows, about 4 per worker (default: yes). A process-wide change; with `false`, too
@@ -518,9 +579,20 @@ impl PoolBuilder {
                 StartMethod::Fork => None,
             },
         };
-        let region =
-            SharedRegion::with_control(crate::engine::control::control_len(self.options.workers))?;
+        let control_len = crate::engine::control::control_len(self.options.workers);
+        let backing = if self.options.huge_pages {
+            Some(huge_pages_for(0)?)
+        } else {
+            None
+        };
+        let region = match backing {
+            Some(HugeBacking::Hugetlb(page)) => SharedRegion::with_control_huge(control_len, page)?,
+            _ => SharedRegion::with_control(control_len)?,
+        };
         let control = region.control()?;
+        if backing == Some(HugeBacking::Advise) {
+            control.set_huge_advise();
+        }
         let pin = if self.options.pin {
             crate::engine::sys::allowed_cpus()
         } else {
@@ -926,6 +998,31 @@ pub struct WorkerStats {
     /// Seconds its workload's [`Workload::setup`](crate::Workload::setup) took in this job
     /// (0 when it kept the set-up of an earlier job with an equal workload).
     pub setup_s: f64,
+    /// Minor page faults during the job (`getrusage`'s `ru_minflt`: a page mapped without
+    /// I/O, mostly the first write to each page of the output). Counted by the worker
+    /// process itself with queue dispatch, by the thread with `--mode threads`; `None` where
+    /// not measured (channel dispatch).
+    pub minor_faults: Option<u64>,
+    /// Major page faults during the job (`ru_majflt`: a page read from disk); `None` as for
+    /// `minor_faults`.
+    pub major_faults: Option<u64>,
+    /// Voluntary context switches during the job (`ru_nvcsw`: it blocked, on a futex or a
+    /// read); `None` as for `minor_faults`.
+    pub voluntary_switches: Option<u64>,
+    /// Involuntary context switches during the job (`ru_nivcsw`: the scheduler gave its CPU
+    /// to another task); `None` as for `minor_faults`.
+    pub involuntary_switches: Option<u64>,
+}
+
+impl WorkerStats {
+    /// Sets the four OS counters from one reading (`None`: all unknown).
+    pub(crate) fn with_os(mut self, os: Option<crate::engine::sys::OsCounts>) -> WorkerStats {
+        self.minor_faults = os.map(|o| o.minor_faults);
+        self.major_faults = os.map(|o| o.major_faults);
+        self.voluntary_switches = os.map(|o| o.voluntary_switches);
+        self.involuntary_switches = os.map(|o| o.involuntary_switches);
+        self
+    }
 }
 
 /// Measurements of one job.
@@ -1512,8 +1609,23 @@ impl Pool {
             && (u128::from(have) <= region_len.saturating_mul(2) || have <= REUSE_SMALL_REGION);
         if !reuse {
             self.mapping = None;
+            let page = self.region.page_bytes();
+            if page > 4096 {
+                // A huge page that is not there is a SIGBUS in whichever worker touches
+                // it: refuse the job instead. The previous job's pages come back first.
+                let held = self.region.len().div_ceil(page);
+                let want = (region_len as u64).div_ceil(page);
+                let free = crate::engine::shm::HugePages::read().map_or(0, |h| h.free);
+                if free + held < want {
+                    return Err(huge_refusal(want + 1, page, free + held));
+                }
+            }
             self.region.reset(region_len as u64)?;
-            self.mapping = Some(self.region.map()?);
+            let mapping = self.region.map()?;
+            if self.control.huge_advise() {
+                mapping.advise_huge();
+            }
+            self.mapping = Some(mapping);
         }
         let job = self.next_job;
         self.next_job += 1;

@@ -103,6 +103,7 @@ impl Acc {
         self.c.cpu_ns += c.cpu_ns;
         self.c.maxrss_kib = self.c.maxrss_kib.max(c.maxrss_kib);
         self.c.setup_ns += c.setup_ns;
+        self.c.os = self.c.os.plus(c.os);
     }
 }
 
@@ -332,7 +333,13 @@ impl Pool {
                     dispatch_s: a.c.gap_ns as f64 / 1e9,
                     sleeps: a.c.waits,
                     setup_s: a.c.setup_ns as f64 / 1e9,
+                    minor_faults: None,
+                    major_faults: None,
+                    voluntary_switches: None,
+                    involuntary_switches: None,
                 }
+                // Counted by the worker itself around each posting, like its CPU time.
+                .with_os(Some(a.c.os))
             })
             .collect();
         let sum = |f: fn(&Acc) -> u64| job.acc.iter().map(f).sum::<u64>();

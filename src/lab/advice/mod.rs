@@ -41,9 +41,16 @@ pub(crate) const IPC_TARGET_COMPUTE_RATIO: f64 = 20.0;
 /// worker can still be balanced by the others (Python's `Pool.map` aims for four too).
 pub(crate) const MIN_CHUNKS_PER_WORKER: u64 = 4;
 
-/// Imbalanced needs the slowest worker's compute above this multiple of the mean (and the
-/// gap above [`IMBALANCE_MIN_WALL_SHARE`] of the wall time).
+/// Imbalanced fires when the slowest worker's compute is above this multiple of the mean
+/// (and the gap above [`IMBALANCE_MIN_WALL_SHARE`] of the wall time), whatever else the run
+/// cost.
 pub(crate) const IMBALANCE_MAX_OVER_MEAN: f64 = 1.5;
+
+/// Imbalanced also fires, below [`IMBALANCE_MAX_OVER_MEAN`], when the gap (slowest minus
+/// mean) exceeds this multiple of the run's other overheads per worker (starting, plus
+/// dispatch summed over a worker's chunks): then the uneven split is the largest measured
+/// cost (`--schedule static` on `primes`, whose later elements cost more, is the classic).
+pub(crate) const IMBALANCE_OVER_OVERHEADS: f64 = 1.0;
 
 /// Imbalanced also needs the gap (slowest minus mean) above this share of the pool's wall
 /// time, so a ragged end that cost little is not reported.
@@ -64,6 +71,9 @@ pub(crate) const MEMORY_MIN_OUTPUT_RATE: f64 = 1e9;
 /// (its wall time minus starting). Clearly faster threads point at processes' own costs,
 /// not at memory.
 pub(crate) const MEMORY_THREADS_NO_FASTER: f64 = 0.9;
+
+/// The page the MemoryBound advice counts faults per (the x86-64 and arm64 base page).
+pub(crate) const FAULT_PAGE_BYTES: f64 = 4096.0;
 
 /// IoBound fires for waiting workloads whose efficiency (speedup / workers) reaches this:
 /// the speedup is close to the worker count, so adding workers pays off.
@@ -113,6 +123,10 @@ pub(crate) struct Observations {
     pub schedule: String,
     /// True for workloads that wait rather than compute (`sleep`).
     pub io_bound_hint: bool,
+    /// Minor page faults of all workers together during the job, when counted.
+    pub pool_minor_faults: Option<u64>,
+    /// Minor page faults of the single-process run, when counted.
+    pub baseline_minor_faults: Option<u64>,
 }
 
 /// What limited a run. Serialized in kebab-case (`"start-dominated"`, `"ipc-bound"`, ...).

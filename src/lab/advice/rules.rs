@@ -155,6 +155,17 @@ pub(super) fn oversubscribed(obs: &Observations, m: &Measured) -> Option<Candida
     ))
 }
 
+/// What the workers spent, per worker on average, on everything but computing and waiting
+/// for the slowest: starting, and handing out chunks.
+fn other_overheads(obs: &Observations, m: &Measured) -> f64 {
+    let dispatch = m.chunk_overhead * obs.chunks as f64 / m.workers as f64;
+    m.spawn + clean(dispatch)
+}
+
+/// The busiest worker's compute above the mean, when it cost the run more than its other
+/// overheads together ([`IMBALANCE_OVER_OVERHEADS`]) or is far above the mean
+/// ([`IMBALANCE_MAX_OVER_MEAN`]), and is not a small share of the wall time
+/// ([`IMBALANCE_MIN_WALL_SHARE`]): suggests the schedule or chunk size that evens it out.
 pub(super) fn imbalanced(obs: &Observations, m: &Measured) -> Option<Candidate> {
     if m.compute.len() < 2 || m.pool <= 0.0 {
         return None;
@@ -167,16 +178,28 @@ pub(super) fn imbalanced(obs: &Observations, m: &Measured) -> Option<Candidate> 
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(&b.1))?;
     let gap = max - mean;
+    let overheads = other_overheads(obs, m);
+    let above_overheads = gap > IMBALANCE_OVER_OVERHEADS * overheads;
     if !(mean > 0.0
-        && max > IMBALANCE_MAX_OVER_MEAN * mean
+        && (max > IMBALANCE_MAX_OVER_MEAN * mean || above_overheads)
         && gap > IMBALANCE_MIN_WALL_SHARE * m.pool)
     {
         return None;
     }
+    let than = if above_overheads {
+        format!(
+            ", more than starting and dispatch cost together ({})",
+            seconds_short(overheads)
+        )
+    } else {
+        String::new()
+    };
     let head = format!(
-        "Worker {slowest} computed for {} against a mean of {}: on average a worker sat idle \
-         {} of the {} run waiting for it.",
+        "Worker {slowest} computed for {}, {} ({}) more than the mean of {}{than}: on \
+         average a worker sat idle {} of the {} run waiting for it.",
         seconds_short(max),
+        seconds_short(gap),
+        percent(gap / mean),
         seconds_short(mean),
         seconds_short(gap),
         seconds_short(m.pool)
@@ -232,6 +255,21 @@ pub(super) fn memory_bound(obs: &Observations, m: &Measured) -> Option<Candidate
             )
         })
         .unwrap_or_default();
+    let faults = match (obs.pool_minor_faults, obs.baseline_minor_faults) {
+        (Some(pool), Some(single)) if pool > 0 && single > 0 => {
+            let pages = (obs.output_bytes as f64 / FAULT_PAGE_BYTES).max(1.0);
+            format!(
+                " The workers took {pool} page faults ({} per 4 KiB page of results), one \
+                 process {single} ({}): about {} of compute per fault in the pool against {} \
+                 alone.",
+                num(pool as f64 / pages),
+                num(single as f64 / pages),
+                seconds_short(total / pool as f64),
+                seconds_short(baseline / single as f64)
+            )
+        }
+        _ => String::new(),
+    };
     Some(Candidate::new(
         Kind::Cost,
         1.0 - baseline / cpu_total,
@@ -239,7 +277,7 @@ pub(super) fn memory_bound(obs: &Observations, m: &Measured) -> Option<Candidate
         format!(
             "The {} computed for {} in total where one process needed {}, writing {} of \
              results{threads}: page faults and memory bandwidth set the speed, not the cores, \
-             so more cores won't help; write less, or compute more per byte.",
+             so more cores won't help; write less, or compute more per byte.{faults}",
             count(m.workers, "worker"),
             seconds_short(total),
             seconds_short(baseline),

@@ -22,6 +22,8 @@ fn healthy() -> Observations {
         output_bytes: 8_000_000,
         schedule: "dynamic".to_string(),
         io_bound_hint: false,
+        pool_minor_faults: None,
+        baseline_minor_faults: None,
     }
 }
 
@@ -365,6 +367,8 @@ fn oversubscribed_readme_run() {
         output_bytes: 80_000_000,
         schedule: "dynamic".to_string(),
         io_bound_hint: false,
+        pool_minor_faults: None,
+        baseline_minor_faults: None,
     };
     let advice = advise(&obs);
     assert_eq!(advice.len(), 1, "{advice:?}");
@@ -392,6 +396,8 @@ fn io_bound_run_is_never_called_oversubscribed() {
         baseline_wall_s: Some(0.105 * 16.0 * 0.3),
         compute_s: vec![0.1; 16],
         io_bound_hint: true,
+        pool_minor_faults: None,
+        baseline_minor_faults: None,
         ..healthy()
     };
     assert!(!fires(&obs, Limit::Oversubscribed));
@@ -421,6 +427,8 @@ fn io_bound_fires_when_speedup_is_near_workers() {
         compute_s: vec![0.98; 8],
         mean_chunk_compute_s: 0.25,
         io_bound_hint: true,
+        pool_minor_faults: None,
+        baseline_minor_faults: None,
         ..healthy()
     };
     let advice = advise(&obs);
@@ -462,6 +470,8 @@ fn io_bound_comes_after_what_cost_time() {
         threads_wall_s: None,
         compute_s: vec![0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.98],
         io_bound_hint: true,
+        pool_minor_faults: None,
+        baseline_minor_faults: None,
         ..healthy()
     };
     assert_eq!(limits(&obs), [Limit::Imbalanced, Limit::IoBound]);
@@ -480,9 +490,10 @@ fn imbalanced_static_suggests_dynamic() {
     assert_eq!(advice[0].limit, Limit::Imbalanced);
     assert_eq!(
         advice[0].text,
-        "Worker 1 computed for 190 ms against a mean of 120 ms: on average a worker sat \
-         idle 70 ms of the 200 ms run waiting for it. The static schedule fixes each \
-         worker's share up front; try --schedule dynamic."
+        "Worker 1 computed for 190 ms, 70 ms (58%) more than the mean of 120 ms, more than \
+         starting and dispatch cost together (5.1 ms): on average a worker sat idle 70 ms \
+         of the 200 ms run waiting for it. The static schedule fixes each worker's share up \
+         front; try --schedule dynamic."
     );
 }
 
@@ -519,12 +530,89 @@ fn imbalance_that_costs_little_does_not_fire() {
         ..healthy()
     };
     assert!(!fires(&obs, Limit::Imbalanced));
-    // A large gap but only 1.2× the mean.
+    // Above the other overheads, but the gap is 5 % of the wall time.
     let obs = Observations {
-        compute_s: vec![0.9, 1.1],
+        compute_s: vec![0.95, 1.05],
         workers: 2,
         cores_logical: 2,
         ..obs
+    };
+    assert!(!fires(&obs, Limit::Imbalanced));
+    // 15 % of the wall time and 1.2× the mean, but starting cost more (250 ms).
+    let obs = Observations {
+        spawn_s: 0.25,
+        compute_s: vec![0.6, 0.9],
+        ..obs
+    };
+    assert!(!fires(&obs, Limit::Imbalanced));
+}
+
+/// `procpool --workers 2 --schedule static primes 3000000` on this machine: the later
+/// primes cost more, so the worker given the upper half computed 21 % more than the mean.
+fn static_primes() -> Observations {
+    Observations {
+        workers: 2,
+        cores_logical: 2,
+        n: 3_000_000,
+        chunks: 2,
+        chunk_size: 1_500_000,
+        pool_wall_s: 0.375,
+        spawn_s: 0.020,
+        baseline_wall_s: Some(0.382),
+        threads_wall_s: None,
+        compute_s: vec![0.2315, 0.3532],
+        mean_chunk_compute_s: 0.2924,
+        dispatch_per_chunk_s: 0.000_001,
+        dispatch: Some(Dispatch::Queue),
+        output_bytes: 3_000_000,
+        schedule: "static".to_string(),
+        io_bound_hint: false,
+        pool_minor_faults: None,
+        baseline_minor_faults: None,
+    }
+}
+
+#[test]
+fn imbalance_above_the_other_overheads_is_named_below_one_and_a_half() {
+    let obs = static_primes();
+    let advice = advise(&obs);
+    assert_eq!(advice[0].limit, Limit::Imbalanced, "{advice:?}");
+    assert_eq!(
+        advice[0].text,
+        "Worker 1 computed for 353 ms, 61 ms (21%) more than the mean of 292 ms, more than \
+         starting and dispatch cost together (20 ms): on average a worker sat idle 61 ms of \
+         the 375 ms run waiting for it. The static schedule fixes each worker's share up \
+         front; try --schedule dynamic."
+    );
+    assert!(!limits(&obs).contains(&Limit::Scaling));
+}
+
+#[test]
+fn imbalance_when_already_dynamic_suggests_smaller_chunks() {
+    let obs = Observations {
+        schedule: "dynamic".to_string(),
+        chunks: 4,
+        chunk_size: 750_000,
+        ..static_primes()
+    };
+    let advice = advise(&obs);
+    assert_eq!(advice[0].limit, Limit::Imbalanced);
+    assert!(
+        advice[0]
+            .text
+            .ends_with("Chunks of 750000 are too coarse to even out; try --chunk-size 375000."),
+        "{}",
+        advice[0].text
+    );
+}
+
+#[test]
+fn imbalance_below_the_other_overheads_is_not_named() {
+    // The same 61 ms gap, but starting took 80 ms.
+    let obs = Observations {
+        spawn_s: 0.080,
+        pool_wall_s: 0.435,
+        ..static_primes()
     };
     assert!(!fires(&obs, Limit::Imbalanced));
 }
@@ -548,6 +636,8 @@ fn memory_heavy() -> Observations {
         output_bytes: 80_000_000,
         schedule: "dynamic".to_string(),
         io_bound_hint: false,
+        pool_minor_faults: None,
+        baseline_minor_faults: None,
     }
 }
 
@@ -572,6 +662,41 @@ fn memory_bound_fires_when_workers_slow_each_other() {
             .text
             .contains("writing 1.6 GB/s of results: page faults")
     );
+}
+
+#[test]
+fn memory_bound_names_the_page_faults_per_page_and_their_cost() {
+    // 80 MB of results is 19531 pages of 4 KiB; the workers faulted 1.6 times per page
+    // (shmem), the single process about once.
+    let obs = Observations {
+        pool_minor_faults: Some(31_250),
+        baseline_minor_faults: Some(19_600),
+        ..memory_heavy()
+    };
+    let advice = advise(&obs);
+    assert_eq!(advice[0].limit, Limit::MemoryBound);
+    assert!(
+        advice[0].text.ends_with(
+            "write less, or compute more per byte. The workers took 31250 page faults (1.6 \
+             per 4 KiB page of results), one process 19600 (1): about 2.7 µs of compute per \
+             fault in the pool against 2.5 µs alone."
+        ),
+        "{}",
+        advice[0].text
+    );
+    // Unknown or zero counts: no fault sentence.
+    for (pool, single) in [
+        (None, Some(19_600)),
+        (Some(0), Some(19_600)),
+        (Some(1), None),
+    ] {
+        let obs = Observations {
+            pool_minor_faults: pool,
+            baseline_minor_faults: single,
+            ..memory_heavy()
+        };
+        assert!(advise(&obs)[0].text.ends_with("compute more per byte."));
+    }
 }
 
 #[test]
@@ -632,6 +757,8 @@ fn at_most_two_and_most_important_first() {
         output_bytes: 200_000_000,
         schedule: "static".to_string(),
         io_bound_hint: false,
+        pool_minor_faults: None,
+        baseline_minor_faults: None,
         chunks: 100_000,
         dispatch: Some(Dispatch::Queue),
     };

@@ -48,6 +48,7 @@ mod tests {
                 SweepRow::measured(2, 50, pool, Some(&baseline), None),
             ],
             amdahl: None,
+            oversubscribed_workers: Vec::new(),
         };
         table.fit();
         let expected = r#"{
@@ -95,7 +96,8 @@ mod tests {
       },
       "efficiency": 1.0,
       "karp_flatt": null,
-      "verified": true
+      "verified": true,
+      "fitted": true
     },
     {
       "workers": 2,
@@ -113,7 +115,8 @@ mod tests {
       },
       "efficiency": 1.0,
       "karp_flatt": 0.0,
-      "verified": null
+      "verified": null,
+      "fitted": true
     }
   ],
   "amdahl": {
@@ -121,7 +124,8 @@ mod tests {
     "ceiling": null,
     "rmse": 0.0,
     "points": 2
-  }
+  },
+  "oversubscribed_workers": []
 }
 "#;
         let expected = expected.replace("VERSION", env!("CARGO_PKG_VERSION"));

@@ -22,6 +22,9 @@ impl Exporter for Markdown {
         }
         let _ = writeln!(s, "\n{}\n", sweep::KARP_FLATT_NOTE);
         let _ = writeln!(s, "{}", sweep::amdahl_line(table));
+        if let Some(left) = sweep::left_out_line(table) {
+            let _ = writeln!(s, "\n{}", left.trim_start());
+        }
         s
     }
 }
