@@ -582,6 +582,9 @@ impl Pool {
                         }
                         Ok(())
                     }
+                    // A wake-up meant for an earlier job on the queue, sent just as that
+                    // job ended: it carries nothing, and nobody here sleeps on it.
+                    FromWorker::Wake => Ok(()),
                     other => Err(Error::Ipc(format!(
                         "worker {w} sent an unexpected {other:?}"
                     ))),
