@@ -97,9 +97,16 @@ fn uses(path: &[&str], id: &str) -> bool {
         ["list" | "ipc-bench", ..] => id == "json" || !is_run_option(id),
         ["generate", ..] => !is_run_option(id),
         // A sweep measures; it draws no picture.
-        ["sweep", "mandelbrot"] => id != "image",
+        ["sweep", "mandelbrot"] => id != "image" && !is_timeline(id),
+        // Its many runs would need a timeline each: trace one run with the plain command.
+        ["sweep", ..] => !is_timeline(id),
         _ => true,
     }
+}
+
+/// Whether `id` writes one run's timeline (`--trace`, `--timeline`).
+fn is_timeline(id: &str) -> bool {
+    matches!(id, "trace" | "timeline")
 }
 
 /// Whether `id` is one of the options of a run ([`RunArgs`]), not a subcommand's own.
@@ -403,6 +410,14 @@ pub(crate) struct RunArgs {
     /// Print the report as one JSON object on stdout (`list`: the catalogue as an array)
     #[arg(help_heading = OUTPUT, long, global = true)]
     pub json: bool,
+
+    /// Write every chunk and worker event as a Chrome trace (open it in ui.perfetto.dev)
+    #[arg(help_heading = OUTPUT, long, global = true, value_name = "FILE.json")]
+    pub trace: Option<PathBuf>,
+
+    /// Draw the run's timeline as an SVG: workers by time, compute, waiting, retries, deaths
+    #[arg(help_heading = OUTPUT, long, global = true, value_name = "FILE.svg")]
+    pub timeline: Option<PathBuf>,
 }
 
 /// Declares a value enum of the command line and its mapping onto the library's enum: the

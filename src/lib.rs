@@ -180,7 +180,8 @@ pub use engine::input::Input;
 pub use engine::interrupt::Interrupt;
 pub use engine::pool::{
     AutoChunk, Chunk, ChunkOrder, Death, Event, JobOptions, JobStats, Observer, Pool, PoolBuilder,
-    PoolOptions, PoolRun, Reduced, StartMethod, Supervision, WindowSink, WorkerStats,
+    PoolOptions, PoolRun, Reduced, StartMethod, Supervision, Trace, TraceAttempt, TraceEvent,
+    TraceEventKind, TracePhase, WindowSink, WorkerStats,
 };
 pub use engine::protocol::{Dispatch, Transport};
 pub use engine::schedule::Schedule;

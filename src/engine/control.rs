@@ -110,6 +110,7 @@ mod at {
     pub(super) const RECYCLE_CHUNKS: usize = 648;
     pub(super) const RECYCLE_RSS: usize = 656;
     pub(super) const LOG: usize = 664;
+    pub(super) const TRACE: usize = 672;
 }
 
 /// Slot offsets (from the slot's start).
@@ -247,6 +248,9 @@ pub(crate) struct Posting {
     /// Someone iterates over the chunks as they finish: the worker that marks a chunk
     /// done also appends it to the table's completion log, and wakes a sleeping parent.
     pub(crate) log: bool,
+    /// Someone wants the job's timeline: the worker that finishes a chunk also writes its
+    /// trace record (worker, attempt, start, end) in the table, before the done byte.
+    pub(crate) trace: bool,
 }
 
 impl Posting {
@@ -388,6 +392,7 @@ impl Control {
             (at::RECYCLE_CHUNKS, p.recycle_chunks),
             (at::RECYCLE_RSS, p.recycle_rss),
             (at::LOG, u64::from(p.log)),
+            (at::TRACE, u64::from(p.trace)),
         ] {
             self.word(offset).store(value, Ordering::Relaxed);
         }
@@ -642,6 +647,7 @@ impl Control {
             recycle_chunks: get(at::RECYCLE_CHUNKS),
             recycle_rss: get(at::RECYCLE_RSS),
             log: get(at::LOG) != 0,
+            trace: get(at::TRACE) != 0,
         }
     }
 
@@ -718,11 +724,12 @@ impl Control {
         index < self.word(at::LIMIT).load(Ordering::Acquire)
     }
 
-    /// Worker `w` starts running its claimed chunk now.
-    pub(crate) fn running(&self, w: usize) {
-        self.slot_word(w, slot::SINCE)
-            .store(monotonic_ns(), Ordering::Relaxed);
+    /// Worker `w` starts running its claimed chunk now; returns when (CLOCK_MONOTONIC ns).
+    pub(crate) fn running(&self, w: usize) -> u64 {
+        let now = monotonic_ns();
+        self.slot_word(w, slot::SINCE).store(now, Ordering::Relaxed);
         self.set_state(w, ClaimState::Running);
+        now
     }
 
     /// Worker `w`'s kernel panicked on its claimed chunk.
@@ -800,7 +807,9 @@ impl Control {
 /// chunk when the job reduces (`acc_slot` bytes: a length word, then the encoded
 /// accumulator in words), one done count per streaming window slot, and, with `log`, the
 /// completion log (a count on a cache line of its own, then one entry per chunk:
-/// `index + 1` in the order chunks finished, 0 while not written).
+/// `index + 1` in the order chunks finished, 0 while not written), and, with `trace`, one
+/// trace record per chunk (four words: worker slot + 1, attempt, start ns, end ns; 0 while
+/// not written).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TableLayout {
     /// Offset of the table in the results mapping (8-aligned).
@@ -811,6 +820,8 @@ pub(crate) struct TableLayout {
     pub(crate) acc_slot: u64,
     /// Whether the table ends with a completion log.
     pub(crate) log: bool,
+    /// Whether the table ends with the chunks' trace records.
+    pub(crate) trace: bool,
 }
 
 impl TableLayout {
@@ -822,12 +833,18 @@ impl TableLayout {
             ring,
             acc_slot,
             log: false,
+            trace: false,
         }
     }
 
     /// The same table, with a completion log after it when `log`.
     pub(crate) fn with_log(self, log: bool) -> Self {
         TableLayout { log, ..self }
+    }
+
+    /// The same table, with the chunks' trace records at its end when `trace`.
+    pub(crate) fn with_trace(self, trace: bool) -> Self {
+        TableLayout { trace, ..self }
     }
 
     fn flags_at(&self) -> u64 {
@@ -847,14 +864,40 @@ impl TableLayout {
         self.log_at() + 64
     }
 
-    /// One past the table's last byte: the results mapping's length.
-    pub(crate) fn end(&self) -> u64 {
+    /// One past the log (or the window counts without one).
+    fn log_end(&self) -> u64 {
         if self.log {
             self.log_entries_at() + self.chunks * 8
         } else {
             self.windows_at() + self.ring * 8
         }
     }
+
+    fn trace_at(&self) -> u64 {
+        self.log_end().next_multiple_of(64)
+    }
+
+    /// One past the table's last byte: the results mapping's length.
+    pub(crate) fn end(&self) -> u64 {
+        if self.trace {
+            self.trace_at() + self.chunks * TRACE_RECORD
+        } else {
+            self.log_end()
+        }
+    }
+}
+
+/// Bytes of one chunk's trace record.
+const TRACE_RECORD: u64 = 32;
+
+/// A chunk's trace record as the parent reads it: worker slot, attempt, start and end
+/// (CLOCK_MONOTONIC ns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TraceRecord {
+    pub(crate) slot: usize,
+    pub(crate) attempt: u32,
+    pub(crate) start_ns: u64,
+    pub(crate) end_ns: u64,
 }
 
 /// A view of a posting's chunk table (see [`TableLayout`]).
@@ -938,6 +981,42 @@ impl<'m> ChunkTable<'m> {
             self.log_push(index);
         }
         first
+    }
+
+    /// Writes chunk `index`'s trace record (the worker that finished it, before its done
+    /// byte, whose `Release` publishes it). Nothing without a trace area.
+    pub(crate) fn trace_record(&self, index: u64, r: TraceRecord) {
+        if !self.layout.trace || index >= self.layout.chunks {
+            return;
+        }
+        let base = self.layout.trace_at() + index * TRACE_RECORD;
+        for (k, v) in [
+            r.slot as u64 + 1,
+            u64::from(r.attempt),
+            r.start_ns,
+            r.end_ns,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            self.u64_at(base + k as u64 * 8).store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// Chunk `index`'s trace record, once the chunk is done (read after its done byte).
+    pub(crate) fn trace_entry(&self, index: u64) -> Option<TraceRecord> {
+        if !self.layout.trace || !self.is_done(index) {
+            return None;
+        }
+        let base = self.layout.trace_at() + index * TRACE_RECORD;
+        let get = |k: u64| self.u64_at(base + k * 8).load(Ordering::Relaxed);
+        let slot = get(0).checked_sub(1)?;
+        Some(TraceRecord {
+            slot: usize::try_from(slot).ok()?,
+            attempt: u32::try_from(get(1)).unwrap_or(u32::MAX),
+            start_ns: get(2),
+            end_ns: get(3),
+        })
     }
 
     /// Whether chunk `index` is done.
@@ -1198,6 +1277,36 @@ mod tests {
         assert_eq!(table.log_len(), 0);
         table.log_push(1);
         assert_eq!((table.log_len(), table.log_entry(0)), (0, None));
+    }
+
+    #[test]
+    fn trace_records_are_written_only_with_a_trace_area_and_read_once_done() {
+        let mut region = SharedRegion::with_control(control_len(1)).unwrap();
+        let plain = TableLayout::after(100, 4, 1, 0).with_log(true);
+        let traced = plain.with_trace(true);
+        assert_eq!(
+            traced.end(),
+            plain.end().next_multiple_of(64) + 4 * TRACE_RECORD
+        );
+        region.reset(traced.end()).unwrap();
+        let map = region.map().unwrap();
+        let record = TraceRecord {
+            slot: 1,
+            attempt: 2,
+            start_ns: 10,
+            end_ns: 30,
+        };
+        let table = ChunkTable::new(&map, plain).unwrap();
+        table.trace_record(3, record);
+        table.set_done(3, None);
+        assert_eq!(table.trace_entry(3), None, "no trace area, nothing written");
+        let table = ChunkTable::new(&map, traced).unwrap();
+        table.clear();
+        table.trace_record(2, record);
+        assert_eq!(table.trace_entry(2), None, "not done yet");
+        table.set_done(2, None);
+        assert_eq!(table.trace_entry(2), Some(record));
+        table.trace_record(9, record);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
 
-use crate::engine::control::{ChunkTable, Control, Posting, TableLayout};
+use crate::engine::control::{ChunkTable, Control, Posting, TableLayout, TraceRecord};
 use crate::engine::fault::{Fault, FaultAction};
 use crate::engine::protocol::{
     FromWorker, InputRef, JobSpec, Layout, PROTOCOL_VERSION, ToWorker, Transport, WORKER_ARG,
@@ -591,6 +591,7 @@ impl Worker<'_> {
             ring: posting.ring,
             acc_slot: job.reduce_slot,
             log: posting.log,
+            trace: posting.trace,
         };
         let Some(table) = ChunkTable::new(&self.results, layout) else {
             return Err(Stop::Failed(format!(
@@ -629,7 +630,7 @@ impl Worker<'_> {
                     .wait(self.slot, seen, self.spin, Duration::from_secs(1));
             }
             let chunk = geometry.chunk(index);
-            self.control.running(self.slot);
+            let started_ns = self.control.running(self.slot);
             let began = Instant::now();
             if !first {
                 self.control
@@ -671,6 +672,16 @@ impl Worker<'_> {
                 }
             };
             let compute_ns = began.elapsed().as_nanos() as u64;
+            if posting.trace {
+                // Before the done byte, which publishes it with the results.
+                let record = TraceRecord {
+                    slot: self.slot,
+                    attempt,
+                    start_ns: started_ns,
+                    end_ns: crate::engine::control::monotonic_ns(),
+                };
+                table.trace_record(index, record);
+            }
             if posting.log {
                 table.set_done_and_log(index, reduction.as_deref());
             } else {
