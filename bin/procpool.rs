@@ -320,8 +320,11 @@ impl Timeline {
                        text: &str,
                        flag: &str|
          -> anyhow::Result<()> {
+            // Readable like any file the user writes (a temporary file is private).
+            let readable = std::os::unix::fs::PermissionsExt::from_mode(0o644);
             file.write_all(text.as_bytes())
                 .and_then(|()| file.flush())
+                .and_then(|()| file.as_file().set_permissions(readable))
                 .with_context(|| format!("{flag}: cannot write {}", path.display()))?;
             file.persist(&path)
                 .with_context(|| format!("{flag}: cannot write {}", path.display()))?;

@@ -276,3 +276,49 @@ fn paths_that_cannot_be_written_are_refused_naming_the_flag() {
     ]);
     assert!(line.contains("--timeline"), "{line}");
 }
+
+/// The library: `JobOptions { trace: true, .. }` gives a `Trace` with every chunk once,
+/// inside the job; without it, none.
+#[test]
+fn the_library_traces_every_chunk_when_asked() {
+    use procpool::workload::Squares;
+    use procpool::{Dispatch, JobOptions, Pool};
+    let mut pool = Pool::builder()
+        .workers(2)
+        .worker_exe(common::EXE)
+        .build()
+        .expect("a pool of procpool workers");
+    for dispatch in [Dispatch::Queue, Dispatch::Channel] {
+        let options = JobOptions {
+            chunk_size: Some(100),
+            dispatch,
+            trace: true,
+            ..JobOptions::default()
+        };
+        let run = pool.run_with(&Squares, 1000, &options).expect("the job");
+        let stats = run.stats();
+        let trace = stats.trace.as_ref().expect("a trace when asked");
+        let mut chunks: Vec<u64> = trace.attempts.iter().map(|a| a.chunk).collect();
+        chunks.sort_unstable();
+        assert_eq!(
+            chunks,
+            (0..stats.chunks).collect::<Vec<_>>(),
+            "{dispatch:?}"
+        );
+        for a in &trace.attempts {
+            assert!(a.finished && a.attempt == 0 && a.worker < 2, "{a:?}");
+            assert_eq!(a.range, a.chunk * 100..a.chunk * 100 + 100);
+            assert!(trace.start_ns <= a.start_ns && a.start_ns <= a.end_ns);
+            assert!(a.end_ns <= trace.end_ns, "{a:?} after {}", trace.end_ns);
+        }
+        assert_eq!(trace.phases.iter().filter(|p| p.name == "job").count(), 1);
+        assert!(trace.events.is_empty(), "{:?}", trace.events);
+        drop(run);
+        let plain = JobOptions {
+            dispatch,
+            ..JobOptions::default()
+        };
+        let run = pool.run_with(&Squares, 1000, &plain).expect("the job");
+        assert!(run.stats().trace.is_none());
+    }
+}

@@ -102,16 +102,13 @@ fn draw(trace: &Trace, labels: &TraceLabels, svg: &mut String) -> DrawResult {
         .find(|p| p.name == "job")
         .map_or((trace.start_ns, trace.end_ns), |p| (p.start_ns, p.end_ns));
     let bar = |y: f64, h: f64| (y - h, y + h);
-    chart
-        .draw_series((0..workers).map(|w| {
-            let (lo, hi) = bar(worker_y(w), 0.18);
-            Rectangle::new(
-                [(ms(job.0, origin), lo), (ms(job.1, origin), hi)],
-                WAITING.filled(),
-            )
-        }))?
-        .label("waiting (claiming, messages, idle)")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], WAITING.filled()));
+    chart.draw_series((0..workers).map(|w| {
+        let (lo, hi) = bar(worker_y(w), 0.18);
+        Rectangle::new(
+            [(ms(job.0, origin), lo), (ms(job.1, origin), hi)],
+            WAITING.filled(),
+        )
+    }))?;
 
     let attempts = |finished: bool, retried: bool| {
         trace
@@ -126,22 +123,13 @@ fn draw(trace: &Trace, labels: &TraceLabels, svg: &mut String) -> DrawResult {
             colour.filled(),
         )
     };
-    chart
-        .draw_series(attempts(true, false).map(|a| rect(a, COMPUTE)))?
-        .label("compute (one bar per chunk)")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], COMPUTE.filled()));
-    chart
-        .draw_series(attempts(true, true).map(|a| rect(a, RETRIED)))?
-        .label("compute of a retried chunk")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], RETRIED.filled()));
-    chart
-        .draw_series(
-            attempts(false, false)
-                .chain(attempts(false, true))
-                .map(|a| rect(a, LOST)),
-        )?
-        .label("lost attempt (its worker died or was killed)")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], LOST.filled()));
+    chart.draw_series(attempts(true, false).map(|a| rect(a, COMPUTE)))?;
+    chart.draw_series(attempts(true, true).map(|a| rect(a, RETRIED)))?;
+    chart.draw_series(
+        attempts(false, false)
+            .chain(attempts(false, true))
+            .map(|a| rect(a, LOST)),
+    )?;
     // Thin separators, so that neighbouring chunks read as separate bars.
     chart.draw_series(trace.attempts.iter().map(|a| {
         let (lo, hi) = bar(worker_y(a.worker), 0.32);
@@ -159,51 +147,36 @@ fn draw(trace: &Trace, labels: &TraceLabels, svg: &mut String) -> DrawResult {
                 (ms(e.at_ns, origin), y)
             })
     };
-    chart
-        .draw_series(
-            at(TraceEventKind::Death)
-                .chain(at(TraceEventKind::Timeout))
-                .map(|p| Cross::new(p, 7, BLACK.stroke_width(3))),
-        )?
-        .label("death or timeout")
-        .legend(|(x, y)| Cross::new((x + 7, y), 5, BLACK.stroke_width(3)));
-    chart
-        .draw_series(
-            at(TraceEventKind::Restart).map(|p| TriangleMarker::new(p, 7, RESTART.filled())),
-        )?
-        .label("replacement started")
-        .legend(|(x, y)| TriangleMarker::new((x + 7, y), 5, RESTART.filled()));
+    chart.draw_series(
+        at(TraceEventKind::Death)
+            .chain(at(TraceEventKind::Timeout))
+            .map(|p| Cross::new(p, 7, BLACK.stroke_width(3))),
+    )?;
+    chart.draw_series(
+        at(TraceEventKind::Restart).map(|p| TriangleMarker::new(p, 7, RESTART.filled())),
+    )?;
     let retries: Vec<(f64, f64)> = trace
         .events
         .iter()
         .filter(|e| e.kind == TraceEventKind::Retry)
         .map(|e| (ms(e.at_ns, origin), row_y(0)))
         .collect();
-    chart
-        .draw_series(retries.iter().map(|&p| Circle::new(p, 5, RETRIED.filled())))?
-        .label("chunk queued again (retry)")
-        .legend(|(x, y)| Circle::new((x + 7, y), 4, RETRIED.filled()));
+    chart.draw_series(retries.iter().map(|&p| Circle::new(p, 5, RETRIED.filled())))?;
     let windows: Vec<(f64, f64)> = at(TraceEventKind::WindowWritten).collect();
     if !windows.is_empty() {
-        chart
-            .draw_series(windows.iter().map(|&(x, y)| {
-                PathElement::new([(x, y - 0.35), (x, y + 0.35)], WINDOW.stroke_width(1))
-            }))?
-            .label("output window written")
-            .legend(|(x, y)| PathElement::new([(x + 7, y - 6), (x + 7, y + 6)], WINDOW));
+        chart.draw_series(windows.iter().map(|&(x, y)| {
+            PathElement::new([(x, y - 0.35), (x, y + 0.35)], WINDOW.stroke_width(1))
+        }))?;
     }
 
     // The parent's phases, named where there is room.
-    chart
-        .draw_series(trace.phases.iter().map(|p| {
-            let (lo, hi) = bar(row_y(0), 0.3);
-            Rectangle::new(
-                [(ms(p.start_ns, origin), lo), (ms(p.end_ns, origin), hi)],
-                PHASE.mix(0.35).filled(),
-            )
-        }))?
-        .label("parent: start workers, job, baseline, verify")
-        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], PHASE.mix(0.35).filled()));
+    chart.draw_series(trace.phases.iter().map(|p| {
+        let (lo, hi) = bar(row_y(0), 0.3);
+        Rectangle::new(
+            [(ms(p.start_ns, origin), lo), (ms(p.end_ns, origin), hi)],
+            PHASE.mix(0.35).filled(),
+        )
+    }))?;
     chart.draw_series(
         trace
             .phases

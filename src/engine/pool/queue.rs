@@ -487,6 +487,9 @@ impl Pool {
                 .as_ref()
                 .and_then(|m| ChunkTable::new(m, job.table))
         {
+            trace
+                .attempts
+                .reserve(usize::try_from(job.posting.chunks).unwrap_or(0));
             for k in 0..job.posting.chunks {
                 let Some(r) = t.trace_entry(k) else { continue };
                 let chunk = job.geometry.chunk(k);
