@@ -136,7 +136,8 @@ fn hide_unused(
         for global in globals {
             let id = global.get_id().as_str();
             if !uses(&here, id) && !defined(&cmd, id) {
-                cmd = cmd.arg(global.clone().hide(true));
+                // Without its heading: a hidden copy would put the heading first in --help.
+                cmd = cmd.arg(global.clone().hide(true).help_heading(None::<&str>));
             }
         }
     }

@@ -205,7 +205,7 @@ pub struct Report {
     /// mode). Not part of the JSON report: `procpool --trace FILE.json` writes it as a
     /// Chrome trace of its own.
     #[serde(skip)]
-    pub trace: Option<crate::Trace>,
+    pub trace: Option<crate::engine::pool::Trace>,
 }
 
 /// Where the pool's wall time went. `spawn_s + compute_s + ipc_wait_s + imbalance_idle_s`
