@@ -737,9 +737,10 @@ impl Control {
         self.set_state(w, ClaimState::Panicked);
     }
 
-    /// Worker `w` finished a chunk of `elements` (its done byte is already set): counts it.
-    /// Returns the elements done in the whole posting, this chunk included.
-    pub(crate) fn finished(&self, w: usize, elements: u64, compute_ns: u64) -> u64 {
+    /// Worker `w` finished a chunk of `elements` at `now_ns` (CLOCK_MONOTONIC; its done
+    /// byte is already set): counts it. Returns the elements done in the whole posting,
+    /// this chunk included.
+    pub(crate) fn finished(&self, w: usize, elements: u64, compute_ns: u64, now_ns: u64) -> u64 {
         let add = |f, v| {
             let word = self.slot_word(w, f);
             word.store(word.load(Ordering::Relaxed) + v, Ordering::Release);
@@ -748,7 +749,7 @@ impl Control {
         add(slot::ELEMENTS, elements);
         add(slot::COMPUTE_NS, compute_ns);
         self.slot_word(w, slot::LAST_DONE)
-            .store(monotonic_ns(), Ordering::Relaxed);
+            .store(now_ns, Ordering::Relaxed);
         self.slot_word(w, slot::CLAIM).store(0, Ordering::Release);
         self.word(at::DONE).fetch_add(elements, Ordering::SeqCst) + elements
     }

@@ -672,13 +672,15 @@ impl Worker<'_> {
                 }
             };
             let compute_ns = began.elapsed().as_nanos() as u64;
+            // One clock read for the slot's `last done` and the trace record.
+            let end_ns = crate::engine::control::monotonic_ns();
             if posting.trace {
                 // Before the done byte, which publishes it with the results.
                 let record = TraceRecord {
                     slot: self.slot,
                     attempt,
                     start_ns: started_ns,
-                    end_ns: crate::engine::control::monotonic_ns(),
+                    end_ns,
                 };
                 table.trace_record(index, record);
             }
@@ -687,7 +689,9 @@ impl Worker<'_> {
             } else {
                 table.set_done(index, reduction.as_deref());
             }
-            let done = self.control.finished(self.slot, chunk.len(), compute_ns);
+            let done = self
+                .control
+                .finished(self.slot, chunk.len(), compute_ns, end_ns);
             let window_full = posting.ring > 1 && {
                 let window = chunk.start / posting.window_elems;
                 let window_start = window * posting.window_elems;

@@ -300,6 +300,9 @@ impl Pool {
         let end = Instant::now();
         let wall = end - began;
         let end_ns = monotonic_ns();
+        if job.trace.is_some() {
+            self.collect_trace(&mut job);
+        }
         if let Some(trace) = job.trace.as_mut() {
             trace.finish();
         }
@@ -481,6 +484,14 @@ impl Pool {
             job.acc[w].add(self.control.counters(w));
             self.control.reset_slot(w);
         }
+        self.collect_reductions(job);
+        job.chunks_before += job.posting.chunks;
+    }
+
+    /// Reads the posting's trace records into the job's trace (the finished attempts).
+    /// Until the next posting clears the table: the last posting's are read after the
+    /// job's wall time is taken, as the caller's share of the work.
+    fn collect_trace(&self, job: &mut QueueJob) {
         if let Some(trace) = job.trace.as_mut()
             && let Some(t) = self
                 .mapping
@@ -505,6 +516,10 @@ impl Pool {
                 });
             }
         }
+    }
+
+    /// Reads the posting's chunk accumulators, when the job reduces.
+    fn collect_reductions(&mut self, job: &mut QueueJob) {
         if job.spec.reduce_slot > 0
             && let Some(t) = self
                 .mapping
@@ -521,7 +536,6 @@ impl Pool {
                 }
             }
         }
-        job.chunks_before += job.posting.chunks;
     }
 
     /// Supervises the postings of a job until its last chunk is done.
@@ -791,6 +805,7 @@ impl Pool {
         // `last_done_ns` above counted the gaps: one fewer than each worker's chunks.
         let gaps = probe.last_done_ns.max(1);
         let start = job.posting.n;
+        self.collect_trace(job);
         self.collect_posting(job);
         let remaining = job.n - start;
         let Some(auto) = job.auto.as_mut() else {
