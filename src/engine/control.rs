@@ -889,10 +889,10 @@ impl TableLayout {
 }
 
 /// Bytes of one chunk's trace record: two words, the start, and the duration (40 bits, up
-/// to about 18 minutes), the worker slot (16 bits) and the attempt (8 bits) packed. What
-/// costs is moving the records' cache lines from the workers to the parent, so they are
-/// kept small (measured on `spin --us 0 --chunk-size 1`: 64-byte records cost about as
-/// much as 32-byte ones, false sharing or not).
+/// to about 18 minutes), the worker slot (16 bits) and the attempt (8 bits) packed: the
+/// parent reads every record, so they are kept small (on `spin --us 0 --chunk-size 1`,
+/// 64-byte records, one per cache line, cost as much as 32-byte ones: false sharing was
+/// not the cost).
 const TRACE_RECORD: u64 = 16;
 /// The longest duration a record holds, in ns; longer ones are cut to it.
 const TRACE_MAX_NS: u64 = (1 << 40) - 1;

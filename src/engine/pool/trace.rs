@@ -8,6 +8,9 @@
 //! finished (its worker was killed, died or timed out) leaves the record to the retry; the
 //! parent records it from the claim slot it already reads when it replaces the worker (the
 //! slot's start time, the kill as its end). Without the flag nothing is written per chunk.
+//! The parent reads the last posting's records after the job's wall time
+//! ([`JobStats::wall`](super::JobStats::wall)) is taken: the caller still waits for that
+//! read, but the job's measurement leaves it out.
 //!
 //! Channel dispatch: a chunk's end is when its `Done` arrived here, its start that minus
 //! the kernel time the `Done` carries; a killed attempt starts when its chunk became the
