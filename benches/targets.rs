@@ -25,6 +25,38 @@ fn main() -> Result<(), procpool::Error> {
     );
     let mut rows = Vec::new();
 
+    // What tracing costs (`JobOptions::trace`, `--trace`): traced against untraced jobs on
+    // one pool, alternating. `cargo bench --bench targets -- tracing` runs only these rows.
+    let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    if only.as_deref().is_none_or(|o| "tracing".contains(o)) {
+        let hash = trace_cost(&Hash { rounds: 50 }, 200_000, None)?;
+        rows.push(Row::at_most(
+            format!(
+                "hash 200000 --rounds 50, 2 workers: traced / untraced pool time ({:.1} / \
+                 {:.1} ms, medians of 7)",
+                hash.1 * 1e3,
+                hash.2 * 1e3
+            ),
+            hash.0,
+            1.02,
+        ));
+        let spin = trace_cost(&Spin::calibrate(0.0), 200_000, Some(1))?;
+        rows.push(Row::at_most(
+            format!(
+                "spin 200000 --us 0 --chunk-size 1, 2 workers: traced / untraced ({:.0} / \
+                 {:.0} ns a chunk)",
+                spin.1 / 200_000.0 * 1e9,
+                spin.2 / 200_000.0 * 1e9
+            ),
+            spin.0,
+            1.10,
+        ));
+        if only.is_some() {
+            print_rows(&rows);
+            return Ok(());
+        }
+    }
+
     // A 30.5 MiB input carried as a shared `Input<f64>` against a `Vec<f64>` field in the
     // parameters, on one long-lived 2-worker pool; every job changes a parameter, so its
     // spec goes to the workers again (the Vec with it, the Input as an index). Interleaved.
@@ -364,8 +396,13 @@ fn main() -> Result<(), procpool::Error> {
         5.15,
     ));
 
+    print_rows(&rows);
+    Ok(())
+}
+
+fn print_rows(rows: &[Row]) {
     let width = rows.iter().map(|r| r.what.len()).max().unwrap_or(0);
-    for r in &rows {
+    for r in rows {
         println!(
             "{:width$}  {:>10.3}  goal {} {:<9}  {}",
             r.what,
@@ -375,7 +412,50 @@ fn main() -> Result<(), procpool::Error> {
             if r.met() { "met" } else { "NOT MET" }
         );
     }
-    Ok(())
+}
+
+/// `workload` on `0..n` (in chunks of `chunk_size`, or the default) on one 2-worker pool,
+/// traced and untraced alternately 7 times (plus one of each first, discarded), each
+/// answer checked against the first: the ratio of the medians of the pool time, and the
+/// two medians in seconds. The traced jobs must trace every chunk.
+fn trace_cost<W: Workload<Output = u64>>(
+    workload: &W,
+    n: u64,
+    chunk_size: Option<u64>,
+) -> Result<(f64, f64, f64), procpool::Error> {
+    let mut pool = Pool::builder().workers(2).build()?;
+    let plain = JobOptions {
+        chunk_size,
+        ..JobOptions::default()
+    };
+    let traced = JobOptions {
+        trace: true,
+        ..plain.clone()
+    };
+    let sum = |xs: &[u64]| xs.iter().fold(0u64, |a, &x| a.wrapping_add(x));
+    let expected = sum(pool.run_with(workload, n, &plain)?.results());
+    let (mut with, mut without) = (vec![], vec![]);
+    for round in 0..8 {
+        let run = pool.run_with(workload, n, &traced)?;
+        assert_eq!(sum(run.results()), expected, "a verified answer (traced)");
+        let stats = run.stats();
+        let trace = stats.trace.as_ref().expect("a trace");
+        assert_eq!(
+            trace.attempts.len() as u64,
+            stats.chunks,
+            "every chunk traced"
+        );
+        let traced_s = stats.wall.as_secs_f64();
+        drop(run);
+        let run = pool.run_with(workload, n, &plain)?;
+        assert_eq!(sum(run.results()), expected, "a verified answer");
+        if round > 0 {
+            with.push(traced_s);
+            without.push(run.stats().wall.as_secs_f64());
+        }
+    }
+    let (with, without) = (median(with), median(without));
+    Ok((with / without, with, without))
 }
 
 /// The shared-input comparison's matrix: 4000 rows of 1000 `f64` (30.5 MiB).

@@ -98,16 +98,25 @@ fn uses(path: &[&str], id: &str) -> bool {
         ["list" | "ipc-bench", ..] => id == "json" || !is_run_option(id),
         ["generate", ..] => !is_run_option(id),
         // A sweep measures; it draws no picture.
-        ["sweep", "mandelbrot"] => id != "image",
-        // Both modes, each verified against a baseline, in memory.
+        ["sweep", "mandelbrot"] => id != "image" && !is_timeline(id),
+        // Its many runs would need a timeline each: trace one run with the plain command.
+        ["sweep", ..] => !is_timeline(id),
+        // Both modes, each verified against a baseline, in memory; several rounds, so no
+        // single timeline either.
         ["compare-modes", rest @ ..] => {
             !matches!(
                 id,
                 "mode" | "no_baseline" | "output" | "window_size" | "warmup"
             ) && (rest != ["mandelbrot"] || id != "image")
+                && !is_timeline(id)
         }
         _ => true,
     }
+}
+
+/// Whether `id` writes one run's timeline (`--trace`, `--timeline`).
+fn is_timeline(id: &str) -> bool {
+    matches!(id, "trace" | "timeline")
 }
 
 /// Whether `id` is one of the options of a run ([`RunArgs`]), not a subcommand's own.
@@ -137,7 +146,8 @@ fn hide_unused(
         for global in globals {
             let id = global.get_id().as_str();
             if !uses(&here, id) && !defined(&cmd, id) {
-                cmd = cmd.arg(global.clone().hide(true));
+                // Without its heading: a hidden copy would put the heading first in --help.
+                cmd = cmd.arg(global.clone().hide(true).help_heading(None::<&str>));
             }
         }
     }
@@ -489,6 +499,14 @@ pub(crate) struct RunArgs {
     /// Print the report as one JSON object on stdout (`list`: the catalogue as an array)
     #[arg(help_heading = OUTPUT, long, global = true)]
     pub json: bool,
+
+    /// Write every chunk and worker event as a Chrome trace (open it in ui.perfetto.dev)
+    #[arg(help_heading = OUTPUT, long, global = true, value_name = "FILE.json")]
+    pub trace: Option<PathBuf>,
+
+    /// Draw the run's timeline as an SVG: workers by time, compute, waiting, retries, deaths
+    #[arg(help_heading = OUTPUT, long, global = true, value_name = "FILE.svg")]
+    pub timeline: Option<PathBuf>,
 }
 
 /// Declares a value enum of the command line and its mapping onto the library's enum: the

@@ -76,12 +76,14 @@ fn execute(cli: Cli, interrupt: Interrupt) -> anyhow::Result<ExitCode> {
                     "--image needs the whole picture in memory: use it without --output",
                 ));
             }
+            let timeline = Timeline::prepare(&cli.run)?;
             with_workload(
                 workload,
                 &mut RunOne {
                     options,
                     json,
                     image,
+                    timeline,
                 },
             )
         }
@@ -205,6 +207,7 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
             transport: args.transport.into(),
             dispatch,
             faults: args.inject.clone(),
+            trace: args.trace.is_some() || args.timeline.is_some(),
         },
         baseline: !args.no_baseline,
         repeat: args.repeat.unwrap_or(1),
@@ -266,6 +269,93 @@ struct RunOne {
     options: RunOptions,
     json: bool,
     image: Option<(PathBuf, u64, u32)>,
+    timeline: Timeline,
+}
+
+/// `--trace FILE.json` and `--timeline FILE.svg`: each file is opened before the run (so
+/// a path that cannot be written is refused before anything starts) under a temporary
+/// name beside it, and renamed over the path once written.
+struct Timeline {
+    trace: Option<(PathBuf, tempfile::NamedTempFile)>,
+    picture: Option<(PathBuf, tempfile::NamedTempFile)>,
+}
+
+impl Timeline {
+    fn prepare(args: &RunArgs) -> anyhow::Result<Timeline> {
+        if (args.trace.is_some() || args.timeline.is_some()) && args.mode != cli::ModeArg::Processes
+        {
+            let flag = if args.trace.is_some() {
+                "--trace"
+            } else {
+                "--timeline"
+            };
+            return Err(usage(&format!(
+                "{flag} shows worker processes: use it without --mode {}",
+                args.mode
+            )));
+        }
+        let open = |path: &Option<PathBuf>, flag: &str| -> anyhow::Result<_> {
+            let Some(path) = path else { return Ok(None) };
+            let cannot = |e: &dyn std::fmt::Display| {
+                usage(&format!("{flag}: cannot write {}: {e}", path.display()))
+            };
+            if path.is_dir() {
+                return Err(cannot(&"it is a directory"));
+            }
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => std::path::Path::new("."),
+            };
+            let file = tempfile::Builder::new()
+                .prefix(".procpool-")
+                .tempfile_in(dir)
+                .map_err(|e| cannot(&e))?;
+            Ok(Some((path.clone(), file)))
+        };
+        Ok(Timeline {
+            trace: open(&args.trace, "--trace")?,
+            picture: open(&args.timeline, "--timeline")?,
+        })
+    }
+
+    /// Writes the report's trace to the files asked for.
+    fn write(&mut self, report: &Report) -> anyhow::Result<()> {
+        if self.trace.is_none() && self.picture.is_none() {
+            return Ok(());
+        }
+        let trace = report
+            .trace
+            .as_ref()
+            .context("the run recorded no timeline")?;
+        let labels = procpool::report::trace::TraceLabels {
+            title: format!("procpool {} n={}", report.workload, report.n),
+            workers: report.workers,
+        };
+        let persist = |(path, mut file): (PathBuf, tempfile::NamedTempFile),
+                       text: &str,
+                       flag: &str|
+         -> anyhow::Result<()> {
+            // Readable like any file the user writes (a temporary file is private).
+            let readable = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+            file.write_all(text.as_bytes())
+                .and_then(|()| file.flush())
+                .and_then(|()| file.as_file().set_permissions(readable))
+                .with_context(|| format!("{flag}: cannot write {}", path.display()))?;
+            file.persist(&path)
+                .with_context(|| format!("{flag}: cannot write {}", path.display()))?;
+            Ok(())
+        };
+        if let Some(target) = self.trace.take() {
+            let json = procpool::report::trace::chrome_trace(trace, &labels);
+            persist(target, &(serde_json::to_string(&json)? + "\n"), "--trace")?;
+        }
+        if let Some(target) = self.picture.take() {
+            let svg = procpool::report::timeline::timeline_svg_string(trace, &labels)
+                .map_err(|e| anyhow::anyhow!("--timeline: cannot draw the timeline: {e}"))?;
+            persist(target, &svg, "--timeline")?;
+        }
+        Ok(())
+    }
 }
 
 impl WithWorkload for RunOne {
@@ -283,6 +373,7 @@ impl WithWorkload for RunOne {
                     });
             }
         })?;
+        self.timeline.write(&report)?;
         print_text_or_json(&report, self.json, procpool::report::render_text)?;
         written?;
         Ok(verdict(&report))
@@ -290,6 +381,7 @@ impl WithWorkload for RunOne {
 
     fn with_reduce<W: Reduce>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
         let report = procpool::run_reduce(workload, n, &self.options)?;
+        self.timeline.write(&report)?;
         print_text_or_json(&report, self.json, procpool::report::render_text)?;
         Ok(verdict(&report))
     }

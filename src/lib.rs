@@ -94,6 +94,9 @@
 //!   (`examples/streaming_results.rs`).
 //! - **Shared input**: [`Input`] (`examples/matvec.rs`: a 30.5 MiB matrix, under 1 KiB of
 //!   messages).
+//! - **A timeline**: [`JobOptions::trace`] records every chunk attempt (worker, start,
+//!   end, attempt) and the deaths, restarts and retries in [`JobStats::trace`], a
+//!   [`Trace`]; [`report::trace::chrome_trace`] turns it into a file Perfetto opens.
 //! - **Recycling** to contain leaks: [`PoolBuilder::max_chunks_per_worker`] (Python's
 //!   `maxtasksperchild`) and [`PoolBuilder::max_worker_rss`].
 //!
@@ -126,8 +129,8 @@
 //! ```text
 //!  bin/        the `procpool` command: clap types, flag-named messages, the progress bar,
 //!    │         completions and man page
-//!  report/     renderings only: the report as text, the sweep table, exports, the SVG plot
-//!    │
+//!  report/     renderings only: the report as text, the sweep table, exports, the SVG plot,
+//!    │         a run's timeline (Chrome trace JSON, SVG)
 //!  lab/        a measured run: baseline, verification, threads and single modes, streaming,
 //!    │         statistics, advice, sweep, ipc-bench; its results (`Report`, `SweepTable`)
 //!  engine/     the pool: spawn, handshake, dispatch, supervision, the shared region,
@@ -180,7 +183,8 @@ pub use engine::input::Input;
 pub use engine::interrupt::Interrupt;
 pub use engine::pool::{
     AutoChunk, Chunk, ChunkOrder, Death, Event, JobOptions, JobStats, Observer, Pool, PoolBuilder,
-    PoolOptions, PoolRun, Reduced, StartMethod, Supervision, WindowSink, WorkerStats,
+    PoolOptions, PoolRun, Reduced, StartMethod, Supervision, Trace, TraceAttempt, TraceEvent,
+    TraceEventKind, TracePhase, WindowSink, WorkerStats,
 };
 pub use engine::protocol::{Dispatch, Transport};
 pub use engine::schedule::Schedule;

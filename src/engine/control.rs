@@ -114,6 +114,7 @@ mod at {
     /// 1 when workers should advise their results mapping `MADV_HUGEPAGE` (shared memory
     /// transparent huge pages for `huge_pages`), written once before any worker starts.
     pub(super) const HUGE_ADVISE: usize = 672;
+    pub(super) const TRACE: usize = 680;
 }
 
 /// Slot offsets (from the slot's start).
@@ -261,6 +262,9 @@ pub(crate) struct Posting {
     /// Someone iterates over the chunks as they finish: the worker that marks a chunk
     /// done also appends it to the table's completion log, and wakes a sleeping parent.
     pub(crate) log: bool,
+    /// Someone wants the job's timeline: the worker that finishes a chunk also writes its
+    /// trace record (worker, attempt, start, end) in the table, before the done byte.
+    pub(crate) trace: bool,
 }
 
 impl Posting {
@@ -402,6 +406,7 @@ impl Control {
             (at::RECYCLE_CHUNKS, p.recycle_chunks),
             (at::RECYCLE_RSS, p.recycle_rss),
             (at::LOG, u64::from(p.log)),
+            (at::TRACE, u64::from(p.trace)),
         ] {
             self.word(offset).store(value, Ordering::Relaxed);
         }
@@ -684,6 +689,7 @@ impl Control {
             recycle_chunks: get(at::RECYCLE_CHUNKS),
             recycle_rss: get(at::RECYCLE_RSS),
             log: get(at::LOG) != 0,
+            trace: get(at::TRACE) != 0,
         }
     }
 
@@ -760,11 +766,12 @@ impl Control {
         index < self.word(at::LIMIT).load(Ordering::Acquire)
     }
 
-    /// Worker `w` starts running its claimed chunk now.
-    pub(crate) fn running(&self, w: usize) {
-        self.slot_word(w, slot::SINCE)
-            .store(monotonic_ns(), Ordering::Relaxed);
+    /// Worker `w` starts running its claimed chunk now; returns when (CLOCK_MONOTONIC ns).
+    pub(crate) fn running(&self, w: usize) -> u64 {
+        let now = monotonic_ns();
+        self.slot_word(w, slot::SINCE).store(now, Ordering::Relaxed);
         self.set_state(w, ClaimState::Running);
+        now
     }
 
     /// Worker `w`'s kernel panicked on its claimed chunk.
@@ -772,9 +779,10 @@ impl Control {
         self.set_state(w, ClaimState::Panicked);
     }
 
-    /// Worker `w` finished a chunk of `elements` (its done byte is already set): counts it.
-    /// Returns the elements done in the whole posting, this chunk included.
-    pub(crate) fn finished(&self, w: usize, elements: u64, compute_ns: u64) -> u64 {
+    /// Worker `w` finished a chunk of `elements` at `now_ns` (CLOCK_MONOTONIC; its done
+    /// byte is already set): counts it. Returns the elements done in the whole posting,
+    /// this chunk included.
+    pub(crate) fn finished(&self, w: usize, elements: u64, compute_ns: u64, now_ns: u64) -> u64 {
         let add = |f, v| {
             let word = self.slot_word(w, f);
             word.store(word.load(Ordering::Relaxed) + v, Ordering::Release);
@@ -783,7 +791,7 @@ impl Control {
         add(slot::ELEMENTS, elements);
         add(slot::COMPUTE_NS, compute_ns);
         self.slot_word(w, slot::LAST_DONE)
-            .store(monotonic_ns(), Ordering::Relaxed);
+            .store(now_ns, Ordering::Relaxed);
         self.slot_word(w, slot::CLAIM).store(0, Ordering::Release);
         self.word(at::DONE).fetch_add(elements, Ordering::SeqCst) + elements
     }
@@ -842,7 +850,9 @@ impl Control {
 /// chunk when the job reduces (`acc_slot` bytes: a length word, then the encoded
 /// accumulator in words), one done count per streaming window slot, and, with `log`, the
 /// completion log (a count on a cache line of its own, then one entry per chunk:
-/// `index + 1` in the order chunks finished, 0 while not written).
+/// `index + 1` in the order chunks finished, 0 while not written), and, with `trace`, one
+/// trace record per chunk (two words: the start, and the duration, worker slot and attempt
+/// packed; see `TRACE_RECORD`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TableLayout {
     /// Offset of the table in the results mapping (8-aligned).
@@ -853,6 +863,8 @@ pub(crate) struct TableLayout {
     pub(crate) acc_slot: u64,
     /// Whether the table ends with a completion log.
     pub(crate) log: bool,
+    /// Whether the table ends with the chunks' trace records.
+    pub(crate) trace: bool,
 }
 
 impl TableLayout {
@@ -864,12 +876,18 @@ impl TableLayout {
             ring,
             acc_slot,
             log: false,
+            trace: false,
         }
     }
 
     /// The same table, with a completion log after it when `log`.
     pub(crate) fn with_log(self, log: bool) -> Self {
         TableLayout { log, ..self }
+    }
+
+    /// The same table, with the chunks' trace records at its end when `trace`.
+    pub(crate) fn with_trace(self, trace: bool) -> Self {
+        TableLayout { trace, ..self }
     }
 
     fn flags_at(&self) -> u64 {
@@ -889,14 +907,46 @@ impl TableLayout {
         self.log_at() + 64
     }
 
-    /// One past the table's last byte: the results mapping's length.
-    pub(crate) fn end(&self) -> u64 {
+    /// One past the log (or the window counts without one).
+    fn log_end(&self) -> u64 {
         if self.log {
             self.log_entries_at() + self.chunks * 8
         } else {
             self.windows_at() + self.ring * 8
         }
     }
+
+    fn trace_at(&self) -> u64 {
+        self.log_end().next_multiple_of(64)
+    }
+
+    /// One past the table's last byte: the results mapping's length.
+    pub(crate) fn end(&self) -> u64 {
+        if self.trace {
+            self.trace_at() + self.chunks * TRACE_RECORD
+        } else {
+            self.log_end()
+        }
+    }
+}
+
+/// Bytes of one chunk's trace record: two words, the start, and the duration (40 bits, up
+/// to about 18 minutes), the worker slot (16 bits) and the attempt (8 bits) packed: the
+/// parent reads every record, so they are kept small (on `spin --us 0 --chunk-size 1`,
+/// 64-byte records, one per cache line, cost as much as 32-byte ones: false sharing was
+/// not the cost).
+const TRACE_RECORD: u64 = 16;
+/// The longest duration a record holds, in ns; longer ones are cut to it.
+const TRACE_MAX_NS: u64 = (1 << 40) - 1;
+
+/// A chunk's trace record as the parent reads it: worker slot, attempt, start and end
+/// (CLOCK_MONOTONIC ns). Slots above 65535 and attempts above 255 are stored as those.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TraceRecord {
+    pub(crate) slot: usize,
+    pub(crate) attempt: u32,
+    pub(crate) start_ns: u64,
+    pub(crate) end_ns: u64,
 }
 
 /// A view of a posting's chunk table (see [`TableLayout`]).
@@ -931,9 +981,11 @@ impl<'m> ChunkTable<'m> {
         unsafe { AtomicU64::from_ptr(self.map.as_ptr().add(at as usize).cast()) }
     }
 
-    /// Zeroes the table (the parent, before opening a posting nobody is inside).
+    /// Zeroes the table (the parent, before opening a posting nobody is inside). The trace
+    /// records are left as they are: one is read only once its chunk is done, and the
+    /// worker that marks it done writes the whole record first.
     pub(crate) fn clear(&self) {
-        let words = (self.layout.end() - self.layout.at) / 8;
+        let words = (self.layout.log_end() - self.layout.at) / 8;
         for i in 0..words {
             self.u64_at(self.layout.at + i * 8)
                 .store(0, Ordering::Relaxed);
@@ -980,6 +1032,36 @@ impl<'m> ChunkTable<'m> {
             self.log_push(index);
         }
         first
+    }
+
+    /// Writes chunk `index`'s trace record (the worker that finished it, before its done
+    /// byte, whose `Release` publishes it). Nothing without a trace area.
+    pub(crate) fn trace_record(&self, index: u64, r: TraceRecord) {
+        if !self.layout.trace || index >= self.layout.chunks {
+            return;
+        }
+        let base = self.layout.trace_at() + index * TRACE_RECORD;
+        let dur = r.end_ns.saturating_sub(r.start_ns).min(TRACE_MAX_NS);
+        let who = (r.slot as u64).min(0xffff) << 8 | u64::from(r.attempt.min(0xff));
+        self.u64_at(base).store(r.start_ns, Ordering::Relaxed);
+        self.u64_at(base + 8)
+            .store(dur << 24 | who, Ordering::Relaxed);
+    }
+
+    /// Chunk `index`'s trace record, once the chunk is done (read after its done byte).
+    pub(crate) fn trace_entry(&self, index: u64) -> Option<TraceRecord> {
+        if !self.layout.trace || !self.is_done(index) {
+            return None;
+        }
+        let base = self.layout.trace_at() + index * TRACE_RECORD;
+        let start_ns = self.u64_at(base).load(Ordering::Relaxed);
+        let packed = self.u64_at(base + 8).load(Ordering::Relaxed);
+        Some(TraceRecord {
+            slot: (packed >> 8 & 0xffff) as usize,
+            attempt: (packed & 0xff) as u32,
+            start_ns,
+            end_ns: start_ns.saturating_add(packed >> 24),
+        })
     }
 
     /// Whether chunk `index` is done.
@@ -1240,6 +1322,36 @@ mod tests {
         assert_eq!(table.log_len(), 0);
         table.log_push(1);
         assert_eq!((table.log_len(), table.log_entry(0)), (0, None));
+    }
+
+    #[test]
+    fn trace_records_are_written_only_with_a_trace_area_and_read_once_done() {
+        let mut region = SharedRegion::with_control(control_len(1)).unwrap();
+        let plain = TableLayout::after(100, 4, 1, 0).with_log(true);
+        let traced = plain.with_trace(true);
+        assert_eq!(
+            traced.end(),
+            plain.end().next_multiple_of(64) + 4 * TRACE_RECORD
+        );
+        region.reset(traced.end()).unwrap();
+        let map = region.map().unwrap();
+        let record = TraceRecord {
+            slot: 1,
+            attempt: 2,
+            start_ns: 10,
+            end_ns: 30,
+        };
+        let table = ChunkTable::new(&map, plain).unwrap();
+        table.trace_record(3, record);
+        table.set_done(3, None);
+        assert_eq!(table.trace_entry(3), None, "no trace area, nothing written");
+        let table = ChunkTable::new(&map, traced).unwrap();
+        table.clear();
+        table.trace_record(2, record);
+        assert_eq!(table.trace_entry(2), None, "not done yet");
+        table.set_done(2, None);
+        assert_eq!(table.trace_entry(2), Some(record));
+        table.trace_record(9, record);
     }
 
     #[test]

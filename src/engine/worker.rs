@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
 
-use crate::engine::control::{ChunkTable, Control, Posting, TableLayout};
+use crate::engine::control::{ChunkTable, Control, Posting, TableLayout, TraceRecord};
 use crate::engine::fault::{Fault, FaultAction};
 use crate::engine::protocol::{
     FromWorker, InputRef, JobSpec, Layout, PROTOCOL_VERSION, ToWorker, Transport, WORKER_ARG,
@@ -601,6 +601,7 @@ impl Worker<'_> {
             ring: posting.ring,
             acc_slot: job.reduce_slot,
             log: posting.log,
+            trace: posting.trace,
         };
         let Some(table) = ChunkTable::new(&self.results, layout) else {
             return Err(Stop::Failed(format!(
@@ -639,7 +640,7 @@ impl Worker<'_> {
                     .wait(self.slot, seen, self.spin, Duration::from_secs(1));
             }
             let chunk = geometry.chunk(index);
-            self.control.running(self.slot);
+            let started_ns = self.control.running(self.slot);
             let began = Instant::now();
             if !first {
                 self.control
@@ -681,12 +682,26 @@ impl Worker<'_> {
                 }
             };
             let compute_ns = began.elapsed().as_nanos() as u64;
+            // One clock read for the slot's `last done` and the trace record.
+            let end_ns = crate::engine::control::monotonic_ns();
+            if posting.trace {
+                // Before the done byte, which publishes it with the results.
+                let record = TraceRecord {
+                    slot: self.slot,
+                    attempt,
+                    start_ns: started_ns,
+                    end_ns,
+                };
+                table.trace_record(index, record);
+            }
             if posting.log {
                 table.set_done_and_log(index, reduction.as_deref());
             } else {
                 table.set_done(index, reduction.as_deref());
             }
-            let done = self.control.finished(self.slot, chunk.len(), compute_ns);
+            let done = self
+                .control
+                .finished(self.slot, chunk.len(), compute_ns, end_ns);
             let window_full = posting.ring > 1 && {
                 let window = chunk.start / posting.window_elems;
                 let window_start = window * posting.window_elems;

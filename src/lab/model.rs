@@ -233,6 +233,11 @@ pub struct Report {
     pub advice: Vec<Advice>,
     /// Things the user should know about this run (e.g. more workers than cores).
     pub warnings: Vec<String>,
+    /// The last round's timeline, when [`crate::JobOptions::trace`] asked for it (processes
+    /// mode). Not part of the JSON report: `procpool --trace FILE.json` writes it as a
+    /// Chrome trace of its own.
+    #[serde(skip)]
+    pub trace: Option<crate::engine::pool::Trace>,
 }
 
 /// Where the pool's wall time went. `spawn_s + compute_s + ipc_wait_s + imbalance_idle_s`

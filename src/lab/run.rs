@@ -8,9 +8,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::engine::control::monotonic_ns;
 use crate::engine::limits::{Machine, check_memory};
 use crate::engine::pool::{
-    JobOptions, JobStats, PoolBuilder, PoolOptions, ReducedChunk, Want, WorkerStats, in_chunk_order,
+    JobOptions, JobStats, PoolBuilder, PoolOptions, ReducedChunk, TracePhase, Want, WorkerStats,
+    in_chunk_order,
 };
 use crate::engine::protocol::Transport;
 use crate::engine::schedule::{Dispenser, Schedule};
@@ -117,6 +119,36 @@ struct Round {
     checksum: String,
     verify: Duration,
     output: Option<OutputReport>,
+}
+
+/// The parent's phases of a traced round (start workers, baseline, verify), added to the
+/// job's own trace.
+#[derive(Default)]
+struct Phases(std::cell::RefCell<Vec<TracePhase>>);
+
+impl Phases {
+    /// Runs `f` as phase `name` when tracing.
+    fn time<T>(&self, on: bool, name: &str, f: impl FnOnce() -> T) -> T {
+        if !on {
+            return f();
+        }
+        let start_ns = monotonic_ns();
+        let out = f();
+        self.0.borrow_mut().push(TracePhase {
+            name: name.to_string(),
+            start_ns,
+            end_ns: monotonic_ns(),
+        });
+        out
+    }
+
+    /// Adds the phases to `stats`' trace, in time order.
+    fn into_trace(self, stats: &mut JobStats) {
+        if let Some(trace) = stats.trace.as_mut() {
+            trace.phases.extend(self.0.into_inner());
+            trace.phases.sort_by_key(|p| (p.start_ns, p.end_ns));
+        }
+    }
 }
 
 /// The single-process reduction of a round, against the pool's.
@@ -258,8 +290,10 @@ fn run_round<W: Workload>(
         };
     let interrupt = &options.pool.supervision.interrupt;
     let tolerance = local.tolerance();
+    let tracing = options.job.trace && options.mode == Mode::Processes;
+    let phases = Phases::default();
     let mut early = match options.baseline && baseline_first {
-        true => Some(run_single(local, n, interrupt)?),
+        true => Some(phases.time(tracing, "baseline", || run_single(local, n, interrupt))?),
         false => None,
     };
     let verify = |results: &[W::Output],
@@ -268,9 +302,12 @@ fn run_round<W: Workload>(
      -> Result<Checked> {
         let single = match early.take() {
             Some(single) => Some(single),
-            None if options.baseline => Some(run_single(local, n, interrupt)?),
+            None if options.baseline => {
+                Some(phases.time(tracing, "baseline", || run_single(local, n, interrupt))?)
+            }
             None => None,
         };
+        let verify_ns = monotonic_ns();
         let began = Instant::now();
         let stop = |s: Stopped| s.into_error(Phase::Verify, n);
         let verdict = match &single {
@@ -288,6 +325,13 @@ fn run_round<W: Workload>(
             None => None,
         };
         let sum = checksum_until(results, interrupt).map_err(stop)?;
+        if tracing {
+            phases.0.borrow_mut().push(TracePhase {
+                name: "verify".into(),
+                start_ns: verify_ns,
+                end_ns: monotonic_ns(),
+            });
+        }
         Ok((
             single.map(|(_, took, os)| (took, os)),
             verdict,
@@ -303,7 +347,8 @@ fn run_round<W: Workload>(
                 crate::engine::pool::huge_pages_for(bytes)?;
             }
             let began = Instant::now();
-            let mut pool = pool_builder(options).build()?;
+            let mut pool =
+                phases.time(tracing, "start workers", || pool_builder(options).build())?;
             let spawn = pool.spawn_time();
             let want = Want {
                 output: true,
@@ -381,6 +426,8 @@ fn run_round<W: Workload>(
         Some((mismatch, reduction)) => (mismatch, reduction),
         None => (None, None),
     };
+    let mut stats = stats;
+    phases.into_trace(&mut stats);
     Ok(Round {
         wall,
         start,
@@ -415,8 +462,11 @@ fn stream_round<W: Workload>(
     let file = output.file().try_clone().map_err(cannot)?;
     let mut sink = FileSink::new(local, file, path, options.baseline);
     let began = Instant::now();
+    let phases = Phases::default();
     let result = (|| {
-        let mut pool = pool_builder(options).build()?;
+        let mut pool = phases.time(options.job.trace, "start workers", || {
+            pool_builder(options).build()
+        })?;
         let spawn = pool.spawn_time();
         let window = window_elems(options.window_bytes, std::mem::size_of::<W::Output>());
         let stats =
@@ -424,7 +474,7 @@ fn stream_round<W: Workload>(
         pool.shutdown();
         Ok((spawn, stats))
     })();
-    let (spawn, stats) = match result.and_then(|done| {
+    let (spawn, mut stats) = match result.and_then(|done| {
         output
             .persist()
             .map_err(|e| Error::Output(format!("cannot give {} its name: {e}", path.display())))?;
@@ -442,6 +492,7 @@ fn stream_round<W: Workload>(
         Err(other) => return Err(other),
     };
     let wall = began.elapsed();
+    phases.into_trace(&mut stats);
     Ok(Round {
         wall,
         start: spawn,
@@ -510,6 +561,7 @@ fn in_process_stats(
         dispatch_per_chunk_s: 0.0,
         chunks_delivered: 0,
         stopped_early: false,
+        trace: None,
     }
 }
 
@@ -659,6 +711,7 @@ fn build_report<W: Workload>(
             .map(|(_, rss)| rss),
         advice: advise(&observations),
         warnings,
+        trace: stats.trace,
     }
 }
 

@@ -526,6 +526,7 @@ mod tests {
             parent_peak_rss_bytes: None,
             advice: Vec::new(),
             warnings: Vec::new(),
+            trace: None,
         }
     }
 

@@ -34,6 +34,7 @@ use super::auto_chunk::AutoProbe;
 use super::each::Each;
 use super::ledger::Ledger;
 use super::observe::{self, Event};
+use super::trace::{Trace, TraceAttempt, TraceEventKind};
 use super::{Death, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
 use crate::engine::protocol::{FromWorker, JobSpec, Layout, ToWorker, Transport, wire_size};
 use crate::engine::schedule::{Chunk, Dispenser, Schedule};
@@ -134,6 +135,8 @@ struct Job<'f> {
     recycles: u64,
     /// The caller's callback, for [`Pool::for_each_chunk`].
     each: Option<Each<'f>>,
+    /// The job's timeline, when asked for.
+    trace: Option<Trace>,
 }
 
 impl Job<'_> {
@@ -351,6 +354,7 @@ impl Pool {
             streaming,
             recycles: 0,
             each,
+            trace: options.trace.then(Trace::begin),
         };
         for (w, slot) in self.workers.iter().enumerate() {
             job.held[w].cpu_at_start = crate::engine::sys::process_cpu(slot.pid);
@@ -438,6 +442,9 @@ impl Pool {
 
         let end = Instant::now();
         let wall = end - began;
+        if let Some(trace) = job.trace.as_mut() {
+            trace.finish();
+        }
         let workers = self
             .workers
             .iter()
@@ -511,6 +518,7 @@ impl Pool {
             recycles: job.recycles + self.settle_retired()?,
             chunks_delivered: job.each.as_ref().map_or(0, |e| e.delivered),
             stopped_early,
+            trace: job.trace,
         })
     }
 
@@ -524,6 +532,10 @@ impl Pool {
         loop {
             match streaming.from_writer.try_recv() {
                 Ok(Ok(_)) => {
+                    if let Some(trace) = job.trace.as_mut() {
+                        let detail = format!("window {}", streaming.base);
+                        trace.event(TraceEventKind::WindowWritten, None, None, detail);
+                    }
                     streaming.base += 1;
                     streaming.done.pop_front();
                     streaming.done.push_back(0);
@@ -643,11 +655,29 @@ impl Pool {
         job: &mut Job,
     ) -> Result<()> {
         let now = Instant::now();
+        let attempt = match job.trace.is_some() {
+            true => job.ledger.attempt_of(w, id),
+            false => None,
+        };
         let Some((chunk, rtt)) = job.ledger.done(w, id, now) else {
             return Err(Error::Ipc(format!(
                 "worker {w} reported chunk {id}, which it did not hold"
             )));
         };
+        if let Some(trace) = job.trace.as_mut() {
+            // The parent's clock: the `Done` arrived now, after `compute_ns` of kernel.
+            let end_ns = crate::engine::control::monotonic_ns();
+            trace.attempts.push(TraceAttempt {
+                chunk: chunk.id,
+                range: chunk.start..chunk.end,
+                worker: self.workers[w].id,
+                attempt: attempt.unwrap_or(0),
+                start_ns: end_ns.saturating_sub(compute_ns),
+                end_ns,
+                finished: true,
+                compute_ns: Some(compute_ns),
+            });
+        }
         let h = &mut job.held[w];
         h.last_done = Some(now);
         h.done += 1;
@@ -793,6 +823,33 @@ impl Pool {
             Why::TimedOut(limit) => LossCause::TimedOut(limit),
             Why::Panicked => LossCause::Panicked,
         };
+        if let Some(trace) = job.trace.as_mut() {
+            let (held, since) = job.ledger.held_chunks(w);
+            let now_ns = crate::engine::control::monotonic_ns();
+            if let (Some(front), Some(since)) = (held.first(), since) {
+                trace.attempts.push(TraceAttempt {
+                    chunk: front.chunk.id,
+                    range: front.chunk.start..front.chunk.end,
+                    worker: slot_id,
+                    attempt: front.attempt,
+                    start_ns: super::trace::ns_of(since).min(now_ns),
+                    end_ns: now_ns,
+                    finished: false,
+                    compute_ns: None,
+                });
+            }
+            let kind = match why {
+                Why::TimedOut(_) => TraceEventKind::Timeout,
+                _ => TraceEventKind::Death,
+            };
+            let chunk = held.first().map(|c| c.chunk.id);
+            trace.event(kind, Some(slot_id), chunk, format!("pid {pid}: {cause}"));
+            for (k, c) in held.iter().enumerate() {
+                let attempt = c.attempt + u32::from(k == 0);
+                let detail = format!("attempt {attempt}");
+                trace.event(TraceEventKind::Retry, None, Some(c.chunk.id), detail);
+            }
+        }
         let lost = job.ledger.lose(w, slot_id, pid, cause)?;
         let (running, text) = (lost.running, lost.loss.to_string());
         let (worker, what) = (slot_id, text.as_str());
@@ -801,6 +858,10 @@ impl Pool {
         // Replacements are always spawned: by now this process has threads, so it may not
         // fork. The handshake goes on in `poll_starting` while the others compute.
         let new_pid = self.begin_start(w)?;
+        if let Some(trace) = job.trace.as_mut() {
+            let detail = format!("pid {new_pid} replaces pid {pid}");
+            trace.event(TraceEventKind::Restart, Some(id), None, detail);
+        }
         job.deaths.push(Death {
             id,
             pid,

@@ -134,6 +134,22 @@ impl Ledger {
         Some(next)
     }
 
+    /// What worker `w` holds, the running chunk first, and since when that one runs
+    /// (roughly: since it became the front chunk). For the trace.
+    pub(crate) fn held_chunks(&self, w: usize) -> (Vec<HeldChunk>, Option<Instant>) {
+        let h = &self.holding[w];
+        (h.chunks.iter().copied().collect(), h.front_since)
+    }
+
+    /// The attempt number of chunk `id`, which worker `w` holds.
+    pub(crate) fn attempt_of(&self, w: usize, id: u64) -> Option<u32> {
+        self.holding[w]
+            .chunks
+            .iter()
+            .find(|c| c.chunk.id == id)
+            .map(|c| c.attempt)
+    }
+
     /// Worker `w` reported chunk `id` done. Returns the chunk and its round trip (from when
     /// it became the front chunk), or `None` if `w` did not hold it.
     /// The chunk `id` that worker `w` holds, if it does.

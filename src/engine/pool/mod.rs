@@ -11,6 +11,7 @@ mod observe;
 mod private_dir;
 mod queue;
 mod spawn;
+mod trace;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -39,6 +40,7 @@ use each::{Each, RawVisit};
 pub use observe::{Event, Observer};
 use private_dir::PrivateDir;
 pub(crate) use spawn::TEST_WORKER_ENV;
+pub use trace::{Trace, TraceAttempt, TraceEvent, TraceEventKind, TracePhase};
 
 /// Default number of chunks in flight per worker: one running, one queued, so a worker never
 /// waits a round trip for its next chunk and the parent never fills a channel.
@@ -953,6 +955,10 @@ pub struct JobOptions {
     pub dispatch: Dispatch,
     /// Faults to inject (see [`Fault`](crate::Fault)).
     pub faults: Vec<Fault>,
+    /// Record the job's timeline in [`JobStats::trace`]: every chunk attempt (worker,
+    /// attempt, start and end), deaths, restarts, retries, timeouts and window writes.
+    /// Off by default; when off, nothing more is written per chunk.
+    pub trace: bool,
 }
 
 /// What `--chunk-size auto` measured and chose.
@@ -1099,6 +1105,8 @@ pub struct JobStats {
     /// its end. `chunks` then counts the chunks that were done (`reduction` adds up only
     /// theirs), and the rest of the output is not computed.
     pub stopped_early: bool,
+    /// The job's timeline, when [`JobOptions::trace`] asked for it.
+    pub trace: Option<Trace>,
 }
 
 /// The outcome of [`Pool::run`]: the results, still in shared memory, and the measurements.
@@ -1588,6 +1596,7 @@ impl Pool {
                     want.reduce_slot,
                 )
                 .with_log(each.is_some())
+                .with_trace(options.trace)
                 .end(),
             ),
         };

@@ -31,6 +31,7 @@ use super::dispatch::WindowJob;
 use super::each::{Each, LogReader};
 use super::ledger::{HeldChunk, Ledger};
 use super::observe::{self, Event};
+use super::trace::{Trace, TraceAttempt, TraceEventKind, TracePhase};
 use super::{Death, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
 use crate::engine::control::{
     ChunkTable, ClaimState, Posting, SlotCounters, TableLayout, monotonic_ns,
@@ -162,6 +163,8 @@ struct QueueJob<'f> {
     /// log as read so far.
     each: Option<Each<'f>>,
     log: LogReader,
+    /// The job's timeline, when asked for.
+    trace: Option<Trace>,
 }
 
 impl QueueJob<'_> {
@@ -276,6 +279,7 @@ impl Pool {
             last_progress: Instant::now(),
             each,
             log: LogReader::default(),
+            trace: options.trace.then(Trace::begin),
             geometry: geometry.clone(),
             spec,
         };
@@ -297,6 +301,12 @@ impl Pool {
         let end = Instant::now();
         let wall = end - began;
         let end_ns = monotonic_ns();
+        if job.trace.is_some() {
+            self.collect_trace(&mut job);
+        }
+        if let Some(trace) = job.trace.as_mut() {
+            trace.finish();
+        }
         // Stopped early: the chunks that were done, not those the postings had.
         let chunks = if stopped {
             job.acc.iter().map(|a| a.c.chunks).sum()
@@ -389,6 +399,7 @@ impl Pool {
             recycles: job.recycles + retired,
             chunks_delivered: job.each.as_ref().map_or(0, |e| e.delivered),
             stopped_early: stopped,
+            trace: job.trace,
         })
     }
 
@@ -404,7 +415,8 @@ impl Pool {
         };
         let chunks = geometry.chunks();
         let table = TableLayout::after(results, chunks, layout.ring, job.spec.reduce_slot)
-            .with_log(job.each.is_some());
+            .with_log(job.each.is_some())
+            .with_trace(job.trace.is_some());
         if table.end() > self.region.len() {
             // A measured chunk length needs a longer table than the probes had: grow the
             // region, keeping what the probes wrote.
@@ -458,6 +470,7 @@ impl Pool {
             recycle_chunks: self.recycle.0,
             recycle_rss: self.recycle.1,
             log: job.each.is_some(),
+            trace: job.trace.is_some(),
         };
         job.posting = posting;
         if job.each.is_some() {
@@ -478,6 +491,42 @@ impl Pool {
             job.acc[w].add(self.control.counters(w));
             self.control.reset_slot(w);
         }
+        self.collect_reductions(job);
+        job.chunks_before += job.posting.chunks;
+    }
+
+    /// Reads the posting's trace records into the job's trace (the finished attempts).
+    /// Until the next posting clears the table: the last posting's are read after the
+    /// job's wall time is taken, as the caller's share of the work.
+    fn collect_trace(&self, job: &mut QueueJob) {
+        if let Some(trace) = job.trace.as_mut()
+            && let Some(t) = self
+                .mapping
+                .as_ref()
+                .and_then(|m| ChunkTable::new(m, job.table))
+        {
+            trace
+                .attempts
+                .reserve(usize::try_from(job.posting.chunks).unwrap_or(0));
+            for k in 0..job.posting.chunks {
+                let Some(r) = t.trace_entry(k) else { continue };
+                let chunk = job.geometry.chunk(k);
+                trace.attempts.push(TraceAttempt {
+                    chunk: chunk.id,
+                    range: chunk.start..chunk.end,
+                    worker: self.workers.get(r.slot).map_or(r.slot, |w| w.id),
+                    attempt: r.attempt,
+                    start_ns: r.start_ns,
+                    end_ns: r.end_ns.max(r.start_ns),
+                    finished: true,
+                    compute_ns: Some(r.end_ns.saturating_sub(r.start_ns)),
+                });
+            }
+        }
+    }
+
+    /// Reads the posting's chunk accumulators, when the job reduces.
+    fn collect_reductions(&mut self, job: &mut QueueJob) {
         if job.spec.reduce_slot > 0
             && let Some(t) = self
                 .mapping
@@ -494,7 +543,6 @@ impl Pool {
                 }
             }
         }
-        job.chunks_before += job.posting.chunks;
     }
 
     /// Supervises the postings of a job until its last chunk is done.
@@ -696,6 +744,11 @@ impl Pool {
         if self.quiet(job) {
             for k in missing {
                 let attempt = job.attempts.get(&k).copied().unwrap_or(0);
+                if let Some(trace) = job.trace.as_mut() {
+                    let id = job.geometry.chunk(k).id;
+                    let detail = format!("attempt {attempt} (its claim was lost)");
+                    trace.event(TraceEventKind::Retry, None, Some(id), detail);
+                }
                 self.requeue(job, k, attempt);
             }
             self.control.bump();
@@ -740,6 +793,13 @@ impl Pool {
     /// rest of the job.
     fn choose_and_repost(&mut self, job: &mut QueueJob) -> Result<()> {
         self.close_posting(job.posting.id);
+        if let Some(trace) = job.trace.as_mut() {
+            trace.phases.push(TracePhase {
+                name: "probe chunks (chunk size auto)".into(),
+                start_ns: trace.start_ns,
+                end_ns: monotonic_ns(),
+            });
+        }
         let mut probe = SlotCounters::default();
         for w in 0..self.workers.len() {
             let c = self.control.counters(w);
@@ -752,6 +812,7 @@ impl Pool {
         // `last_done_ns` above counted the gaps: one fewer than each worker's chunks.
         let gaps = probe.last_done_ns.max(1);
         let start = job.posting.n;
+        self.collect_trace(job);
         self.collect_posting(job);
         let remaining = job.n - start;
         let Some(auto) = job.auto.as_mut() else {
@@ -829,6 +890,10 @@ impl Pool {
                     table.window_reset(index);
                     stream.base += 1;
                     moved = true;
+                    if let Some(trace) = job.trace.as_mut() {
+                        let detail = format!("window {}", stream.base - 1);
+                        trace.event(TraceEventKind::WindowWritten, None, None, detail);
+                    }
                 }
                 Ok(Err(message)) => return Err(Error::Output(message)),
                 Err(mpsc::TryRecvError::Empty) => break,
@@ -917,10 +982,37 @@ impl Pool {
             chunk: job.geometry.chunk(k),
             attempt: view.attempt,
         });
+        if let Some(trace) = job.trace.as_mut() {
+            // The attempt that never finished: from its start in the claim slot to now.
+            if let Some(k) = held.filter(|_| running && view.since_ns > 0) {
+                let chunk = job.geometry.chunk(k);
+                trace.attempts.push(TraceAttempt {
+                    chunk: chunk.id,
+                    range: chunk.start..chunk.end,
+                    worker: slot_id,
+                    attempt: view.attempt,
+                    start_ns: view.since_ns,
+                    end_ns: monotonic_ns().max(view.since_ns),
+                    finished: false,
+                    compute_ns: None,
+                });
+            }
+            let kind = match why {
+                Why::TimedOut(_) => TraceEventKind::Timeout,
+                Why::Died | Why::Panicked => TraceEventKind::Death,
+            };
+            let chunk = held.filter(|_| running).map(|k| job.geometry.chunk(k).id);
+            trace.event(kind, Some(slot_id), chunk, format!("pid {pid}: {cause}"));
+        }
         let (lost, again) = job
             .ledger
             .lose_claim(slot_id, pid, cause, held_chunk, running)?;
         if let (Some(k), Some(again)) = (held, again) {
+            if let Some(trace) = job.trace.as_mut() {
+                let id = job.geometry.chunk(k).id;
+                let detail = format!("attempt {}", again.attempt);
+                trace.event(TraceEventKind::Retry, None, Some(id), detail);
+            }
             self.requeue(job, k, again.attempt);
             if job.static_workers > 0 {
                 self.control.skip_static(w, k, job.workers);
@@ -934,6 +1026,10 @@ impl Pool {
         let (worker, what) = (slot_id, text.as_str());
         observe::tell(&self.observer, Event::WorkerLost { worker, pid, what });
         let new_pid = self.begin_start(w)?;
+        if let Some(trace) = job.trace.as_mut() {
+            let detail = format!("pid {new_pid} replaces pid {pid}");
+            trace.event(TraceEventKind::Restart, Some(slot_id), None, detail);
+        }
         job.deaths.push(Death {
             id: slot_id,
             pid,
