@@ -171,6 +171,8 @@ compile_error!(
 mod engine;
 pub mod error;
 pub mod lab;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod report;
 mod units;
 pub mod workload;

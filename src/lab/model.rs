@@ -201,6 +201,11 @@ pub struct Report {
     pub advice: Vec<Advice>,
     /// Things the user should know about this run (e.g. more workers than cores).
     pub warnings: Vec<String>,
+    /// The MPI backend's ranks, nodes and bytes (`--backend mpi`); absent from other runs'
+    /// JSON.
+    #[cfg(feature = "mpi")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mpi: Option<crate::mpi::MpiReport>,
 }
 
 /// Where the pool's wall time went. `spawn_s + compute_s + ipc_wait_s + imbalance_idle_s`

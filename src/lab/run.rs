@@ -99,24 +99,24 @@ pub fn run<W: Workload>(workload: &W, n: u64, options: &RunOptions) -> Result<Re
     run_inspect(workload, n, options, |_| {})
 }
 
-/// What one round measured.
-struct Round {
-    wall: Duration,
-    start: Duration,
-    stats: JobStats,
-    baseline: Option<Duration>,
-    mismatch: Option<Mismatch>,
+/// What one round measured (the MPI backend fills it in too).
+pub(crate) struct Round {
+    pub(crate) wall: Duration,
+    pub(crate) start: Duration,
+    pub(crate) stats: JobStats,
+    pub(crate) baseline: Option<Duration>,
+    pub(crate) mismatch: Option<Mismatch>,
     /// The single-process run's reduction over the same chunks, and whether it equals the
     /// pool's bit for bit.
-    baseline_reduction: Option<ReductionCheck>,
-    checksum: String,
-    verify: Duration,
-    output: Option<OutputReport>,
+    pub(crate) baseline_reduction: Option<ReductionCheck>,
+    pub(crate) checksum: String,
+    pub(crate) verify: Duration,
+    pub(crate) output: Option<OutputReport>,
 }
 
 /// The single-process reduction of a round, against the pool's.
 #[derive(Debug, Clone)]
-struct ReductionCheck {
+pub(crate) struct ReductionCheck {
     /// As JSON, for the report.
     baseline: serde_json::Value,
     /// Equal to the pool's, byte for byte (encoded).
@@ -450,7 +450,7 @@ fn job_options(options: &RunOptions) -> JobOptions {
     options.job.clone()
 }
 
-fn in_process_stats(
+pub(crate) fn in_process_stats(
     n: u64,
     chunk_size: u64,
     chunks: u64,
@@ -493,7 +493,7 @@ fn in_process_stats(
 }
 
 /// The report of the measured rounds: details from the last, timings over all.
-fn build_report<W: Workload>(
+pub(crate) fn build_report<W: Workload>(
     workload: &W,
     options: &RunOptions,
     meta: Meta,
@@ -631,6 +631,8 @@ fn build_report<W: Workload>(
             .map(|(_, rss)| rss),
         advice: advise(&observations),
         warnings,
+        #[cfg(feature = "mpi")]
+        mpi: None,
     }
 }
 

@@ -1,0 +1,203 @@
+//! The MPI backend (`--features mpi`) under a real `mpirun`: every built-in workload
+//! verifies on 2, 3 and 5 ranks (oversubscribed on this machine), through the shared window
+//! and across "nodes" (`--mpi-node-size 1`); the JSON carries the `mpi` object; nothing of
+//! ours is left in /dev/shm; too few ranks and `--workers` are refused. Every run has a
+//! deadline and is killed when it passes it.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The longest one `mpirun` may take (debug build, oversubscribed, CI under load).
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// `mpirun -np RANKS procpool --backend mpi ARGS`, killed after [`DEADLINE`].
+fn mpirun(ranks: usize, args: &[&str]) -> Outcome {
+    let mut child = Command::new("mpirun")
+        .args(["-np", &ranks.to_string(), "--oversubscribe"])
+        .arg(env!("CARGO_BIN_EXE_procpool"))
+        .args(["--backend", "mpi"])
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun starts (install Open MPI: apt-get install openmpi-bin libopenmpi-dev)");
+    let began = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for mpirun") {
+            break status;
+        }
+        if began.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mpirun -np {ranks} {args:?} passed its {DEADLINE:?} deadline");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let read = |pipe: Option<std::process::ChildStdout>| {
+        let mut s = String::new();
+        if let Some(mut p) = pipe {
+            let _ = std::io::Read::read_to_string(&mut p, &mut s);
+        }
+        s
+    };
+    let stdout = read(child.stdout.take());
+    let mut stderr = String::new();
+    if let Some(mut p) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut p, &mut stderr);
+    }
+    Outcome {
+        code: status.code(),
+        stdout,
+        stderr,
+    }
+}
+
+/// What /dev/shm holds now.
+fn dev_shm() -> BTreeSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn json_run(ranks: usize, args: &[&str]) -> Value {
+    let out = mpirun(ranks, &[args, &["--json"]].concat());
+    assert_eq!(
+        out.code,
+        Some(0),
+        "mpirun -np {ranks} {args:?}\nstdout: {}\nstderr: {}",
+        out.stdout,
+        out.stderr
+    );
+    // Only rank 0 prints: one JSON document.
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one report from rank 0: {}", out.stdout);
+    serde_json::from_str(lines[0]).expect("the report is JSON")
+}
+
+fn elem_size(workload: &str) -> u64 {
+    match workload {
+        "collatz" | "mandelbrot" => 4,
+        _ => 8,
+    }
+}
+
+#[test]
+fn every_builtin_workload_verifies_on_2_3_and_5_ranks_on_both_routes() {
+    let before = dev_shm();
+    let jobs: &[(&str, &[&str], u64)] = &[
+        ("squares", &["squares", "200000"], 200_000),
+        ("primes", &["primes", "20000"], 20_000),
+        ("collatz", &["collatz", "20000"], 20_000),
+        (
+            "mandelbrot",
+            &["mandelbrot", "64", "--max-iter", "100"],
+            64 * 64,
+        ),
+        ("hash", &["hash", "3000", "--rounds", "5"], 3_000),
+        ("spin", &["spin", "200", "--us", "20"], 200),
+        ("sleep", &["sleep", "16", "--ms", "1"], 16),
+    ];
+    for &(name, args, n) in jobs {
+        for ranks in [2, 3, 5] {
+            for node_size in [None, Some("1")] {
+                let mut all: Vec<&str> = args.to_vec();
+                if let Some(size) = node_size {
+                    all.extend(["--mpi-node-size", size]);
+                }
+                let v = json_run(ranks, &all);
+                let what = format!("{name} on {ranks} ranks, node size {node_size:?}");
+                assert_eq!(v["verified"], Value::Bool(true), "{what}: {v}");
+                assert_eq!(v["workload"], name, "{what}");
+                assert_eq!(v["n"], n, "{what}");
+                assert_eq!(v["workers"], ranks as u64 - 1, "{what}");
+                let mpi = &v["mpi"];
+                assert_eq!(mpi["backend"], "mpi", "{what}: {v}");
+                assert_eq!(mpi["ranks"], ranks as u64, "{what}");
+                let bytes = n * elem_size(name);
+                match node_size {
+                    None => {
+                        assert_eq!(mpi["nodes"], 1, "{what}");
+                        assert_eq!(mpi["ranks_per_node"], serde_json::json!([ranks]), "{what}");
+                        assert_eq!(mpi["shm_result_bytes"], bytes, "{what}");
+                        assert_eq!(mpi["cross_node_bytes"], 0, "{what}");
+                    }
+                    Some(_) => {
+                        assert_eq!(mpi["nodes"], ranks as u64, "{what}");
+                        assert_eq!(mpi["shm_result_bytes"], 0, "{what}");
+                        assert_eq!(mpi["cross_node_bytes"], bytes, "{what}");
+                    }
+                }
+                let keys: BTreeSet<&str> = mpi
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .map(|k| k.as_str())
+                    .collect();
+                let expected: BTreeSet<&str> = [
+                    "backend",
+                    "ranks",
+                    "nodes",
+                    "ranks_per_node",
+                    "hosts",
+                    "window_bytes",
+                    "shm_result_bytes",
+                    "cross_node_bytes",
+                    "wait",
+                    "mca_set",
+                    "library",
+                ]
+                .into_iter()
+                .collect();
+                assert_eq!(keys, expected, "{what}");
+            }
+        }
+    }
+    let left: Vec<_> = dev_shm().difference(&before).cloned().collect();
+    assert!(left.is_empty(), "left in /dev/shm: {left:?}");
+}
+
+#[test]
+fn the_text_report_names_the_ranks_and_the_routes() {
+    let out = mpirun(3, &["hash", "2000", "--rounds", "5"]);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("verified     yes"), "{}", out.stdout);
+    assert!(out.stdout.contains("2 MPI worker ranks"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("through the shared window"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("MPI_Iprobe"), "{}", out.stdout);
+}
+
+#[test]
+fn repeated_rounds_reuse_the_ranks_and_verify_each() {
+    let v = json_run(3, &["squares", "100000", "--repeat", "3", "--warmup", "1"]);
+    assert_eq!(v["verified"], Value::Bool(true), "{v}");
+    assert_eq!(v["repeat"]["runs"], 3, "{v}");
+}
+
+#[test]
+fn one_rank_or_workers_is_refused_in_one_line() {
+    let out = mpirun(1, &["hash", "100"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("at least 2 ranks"), "{}", out.stderr);
+    let out = mpirun(2, &["--workers", "4", "hash", "100"]);
+    assert_ne!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("mpirun -np K"), "{}", out.stderr);
+}
