@@ -5,7 +5,8 @@ use std::time::Duration;
 
 /// Rank 0 → worker: the job (postcard [`Header`]).
 pub(crate) const TAG_HEADER: i32 = 1;
-/// Rank 0 → worker: one chunk, `[id, start, end]` as `u64`s.
+/// Rank 0 → worker: one chunk, `[id, start, end, first]` as `u64`s (`first` is 1 for a
+/// round's first chunk to that worker).
 pub(crate) const TAG_CHUNK: i32 = 2;
 /// Rank 0 → worker: no more chunks; free the window and finish.
 pub(crate) const TAG_STOP: i32 = 3;
