@@ -242,6 +242,27 @@ fn mpi_run(
             "--image is for the process backend, not --backend mpi",
         ));
     }
+    // What only procpool's own worker processes use: refused, not ignored.
+    let unused = [
+        ("--pin", args.pin),
+        ("--dispatch", args.dispatch.is_some()),
+        (
+            "--transport channel",
+            args.transport == cli::TransportArg::Channel,
+        ),
+        ("--start fork", args.start == cli::StartArg::Fork),
+        (
+            "--max-chunks-per-worker",
+            args.max_chunks_per_worker.is_some(),
+        ),
+        ("--max-worker-rss", args.max_worker_rss.is_some()),
+    ];
+    if let Some((flag, _)) = unused.iter().find(|(_, given)| *given) {
+        return Err(usage(&format!(
+            "{flag} is for procpool's own worker processes, not --backend mpi (MPI ranks are \
+             started by mpirun and get their chunks as messages)"
+        )));
+    }
     let mut run = run_options(args, interrupt, false)?;
     run.pool.observer = None;
     let options = procpool::mpi::MpiOptions {

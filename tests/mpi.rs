@@ -196,3 +196,106 @@ fn one_rank_or_workers_is_refused_in_one_line() {
     assert_ne!(out.code, Some(0), "{}", out.stderr);
     assert!(out.stderr.contains("mpirun -np K"), "{}", out.stderr);
 }
+
+/// Whether this test process is root (unshare needs it).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_dev_shm_too_small_for_the_window_is_refused_in_one_line() {
+    if !is_root() {
+        eprintln!("skipped: a private 64 MiB /dev/shm (unshare -m) needs root");
+        return;
+    }
+    // A private mount namespace: the machine's /dev/shm is not touched.
+    let script = format!(
+        "mount -t tmpfs -o size=64m tmpfs /dev/shm && exec mpirun -np 3 --oversubscribe {} \
+         --backend mpi squares 1e7",
+        env!("CARGO_BIN_EXE_procpool")
+    );
+    let out = Command::new("timeout")
+        .args(["60", "unshare", "-m", "sh", "-c", &script])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .expect("unshare runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("/dev/shm"))
+        .unwrap_or_else(|| panic!("no line about /dev/shm: {stderr}"));
+    assert!(line.contains("needs 77.3 MiB"), "{line}");
+    assert!(line.contains("--shm-size"), "{line}");
+}
+
+#[test]
+fn a_rank_that_dies_ends_the_job_and_leaves_no_rank_running() {
+    let before = dev_shm();
+    let mut child = Command::new("mpirun")
+        .args([
+            "-np",
+            "3",
+            "--oversubscribe",
+            env!("CARGO_BIN_EXE_procpool"),
+        ])
+        .args(["--backend", "mpi", "hash", "1000000", "--rounds", "50"])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun starts");
+    let ranks = || -> Vec<u32> {
+        let out = Command::new("pgrep")
+            .args(["-P", &child.id().to_string()])
+            .output()
+            .expect("pgrep");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let began = Instant::now();
+    let mut seen = ranks();
+    while seen.len() < 3 && began.elapsed() < DEADLINE {
+        std::thread::sleep(Duration::from_millis(50));
+        seen = ranks();
+    }
+    assert_eq!(seen.len(), 3, "three ranks start: {seen:?}");
+    // Let them reach the job, then kill the last-started rank (a worker, or rank 0).
+    std::thread::sleep(Duration::from_millis(800));
+    let victim = *seen.iter().max().expect("a rank");
+    let _ = Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if began.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("mpirun did not end after a rank was killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "the job fails when a rank dies");
+    for pid in seen {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "rank pid {pid} is still running"
+        );
+    }
+    let left: Vec<_> = dev_shm().difference(&before).cloned().collect();
+    assert!(left.is_empty(), "left in /dev/shm: {left:?}");
+}

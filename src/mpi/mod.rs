@@ -29,9 +29,8 @@ mod job;
 mod window;
 mod wire;
 
-use serde::Serialize;
-
 use crate::error::{Error, Result};
+pub use crate::lab::model::MpiReport;
 use crate::lab::model::Report;
 use crate::lab::run::RunOptions;
 use crate::workload::Workload;
@@ -48,34 +47,6 @@ pub struct MpiOptions {
     /// ranks share memory: `Some(1)` sends every result over the inter-node route, to try
     /// it on one machine.
     pub node_size: Option<usize>,
-}
-
-/// What an MPI run adds to its [`Report`] (the JSON's `mpi` object).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MpiReport {
-    /// Always `mpi`.
-    pub backend: String,
-    /// Ranks in `MPI_COMM_WORLD`: rank 0 and the workers.
-    pub ranks: usize,
-    /// Nodes (groups of ranks that share memory, or of `node_size` ranks).
-    pub nodes: usize,
-    /// Ranks on each node, rank 0's node first.
-    pub ranks_per_node: Vec<usize>,
-    /// Each rank's host (`MPI_Get_processor_name`), by rank.
-    pub hosts: Vec<String>,
-    /// Bytes of the shared window on rank 0's node.
-    pub window_bytes: u64,
-    /// Result bytes workers on rank 0's node wrote into the shared window (last round).
-    pub shm_result_bytes: u64,
-    /// Result bytes that crossed nodes, in `Done` messages (last round).
-    pub cross_node_bytes: u64,
-    /// How ranks wait for messages.
-    pub wait: String,
-    /// Open MPI settings procpool put in the environment before `MPI_Init`, because the
-    /// environment did not set them (`OMPI_MCA_pml=ob1`, …).
-    pub mca_set: Vec<String>,
-    /// The MPI library's version string.
-    pub library: String,
 }
 
 /// Runs `workload` on `0..n` across the ranks of the `mpirun` that started this process.
