@@ -282,6 +282,9 @@ pub struct MpiReport {
     pub cross_node_bytes: u64,
     /// How ranks wait for messages.
     pub wait: String,
+    /// Open MPI files that killed jobs had left in /dev/shm, removed before this run
+    /// (files of this user, older than 5 s, that no process maps).
+    pub stale_shm_files_removed: u64,
     /// Open MPI settings procpool put in the environment before `MPI_Init`, because the
     /// environment did not set them (`OMPI_MCA_pml=ob1`, …).
     pub mca_set: Vec<String>,

@@ -208,6 +208,8 @@ fn root<W: Workload>(
     // Starting: from this process's start (mpirun's exec, MPI_Init) until every worker
     // rank said where it is.
     let spawn = crate::engine::sys::process_age().unwrap_or_else(|| began.elapsed());
+    // What a killed job left in /dev/shm goes before this job adds its own files' worth.
+    let stale = super::remove_stale_segments();
     let refused = refusal(workload, n, options, place.ranks);
     let elem = std::mem::size_of::<W::Output>();
     let header = Header {
@@ -258,6 +260,13 @@ fn root<W: Workload>(
             }
         }
     }
+    // SIGINT or SIGTERM (mpirun forwards them when it is stopped): the other ranks got it
+    // too, and no collective call can be trusted to finish; end the whole job at once.
+    if let Err(e) = &outcome
+        && let Some(signal) = e.interrupted_by()
+    {
+        place.world.abort(128 + signal);
+    }
     // Every worker finishes: STOP, then the window is freed collectively.
     for r in 1..place.ranks {
         place
@@ -300,6 +309,7 @@ fn root<W: Workload>(
         shm_result_bytes: last_bytes.0,
         cross_node_bytes: last_bytes.1,
         wait: wire::wait_text(),
+        stale_shm_files_removed: stale,
         mca_set,
         library: mpi::environment::library_version()
             .unwrap_or_default()
@@ -587,11 +597,14 @@ fn worker<W: Workload>(place: Place, interrupt: &Interrupt) -> Result<()> {
         ),
         false => None,
     };
-    let _ = interrupt;
     let mut idle_since = Instant::now();
     loop {
-        let (bytes, _, tag) =
-            receive(&place.world, Some(0), &mut backoff, None).expect("no interrupt given");
+        let Some((bytes, _, tag)) = receive(&place.world, Some(0), &mut backoff, Some(interrupt))
+        else {
+            // As on rank 0: a stopped job ends every rank at once.
+            let signal = interrupt.requested().unwrap_or(libc::SIGTERM);
+            place.world.abort(128 + signal);
+        };
         if tag == wire::TAG_STOP {
             break;
         }

@@ -53,7 +53,10 @@ pub struct MpiOptions {
 ///
 /// Call it on every rank, with the same workload and options (rank 0's workload value is
 /// what every worker runs). It initializes MPI and finalizes it before returning, so it runs
-/// once per process. Rank 0 gets `Some(report)`; the workers get `None`.
+/// once per process. Rank 0 gets `Some(report)`; the workers get `None`. When
+/// `options.run.pool.supervision.interrupt` reports SIGINT or SIGTERM (mpirun passes them on
+/// when it is stopped), the rank that notices ends the whole job with `MPI_Abort` and exit
+/// code 128 + the signal: plain MPI cannot stop a job halfway and carry on.
 ///
 /// ```no_run
 /// use procpool::workload::Hash;
@@ -110,6 +113,82 @@ pub(crate) fn shm_refusal(free: u64, needed: u64) -> Option<String> {
             crate::units::bytes(u128::from(free))
         )
     })
+}
+
+/// Files in /dev/shm that Open MPI makes for a job: its shared-memory transport's segments
+/// and shared windows.
+const OMPI_SHM_PREFIXES: [&str; 2] = ["vader_segment.", "osc_sm."];
+
+/// How old a file must be before it counts as left behind: the ranks of a job that is
+/// starting map theirs within microseconds of creating them.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Removes what killed Open MPI jobs left in /dev/shm: files of this user with Open MPI's
+/// names, older than [`STALE_AFTER`], that no process maps (a live job's ranks map their
+/// segments until they finalize). Returns how many it removed.
+pub(crate) fn remove_stale_segments() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let uid = nix::unistd::geteuid().as_raw();
+    let Ok(dir) = std::fs::read_dir("/dev/shm") else {
+        return 0;
+    };
+    let candidates: Vec<std::path::PathBuf> = dir
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            OMPI_SHM_PREFIXES.iter().any(|p| name.starts_with(p))
+        })
+        .filter(|e| {
+            e.metadata().is_ok_and(|m| {
+                m.uid() == uid
+                    && m.modified()
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > STALE_AFTER)
+            })
+        })
+        .map(|e| e.path())
+        .collect();
+    if candidates.is_empty() {
+        return 0;
+    }
+    let mapped = mapped_paths();
+    let mut removed = 0;
+    for path in candidates {
+        if !mapped.contains(&path) && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Every file some process maps, from `/proc/*/maps`.
+fn mapped_paths() -> std::collections::HashSet<std::path::PathBuf> {
+    let mut mapped = std::collections::HashSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return mapped;
+    };
+    for entry in procs.filter_map(|e| e.ok()) {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        let Ok(maps) = std::fs::read_to_string(entry.path().join("maps")) else {
+            continue;
+        };
+        for line in maps.lines() {
+            if let Some(at) = line.find("/dev/shm/") {
+                let path = line[at..].trim_end_matches(" (deleted)");
+                mapped.insert(std::path::PathBuf::from(path));
+            }
+        }
+    }
+    mapped
 }
 
 /// Bytes free in `/dev/shm`, where Open MPI puts shared windows.
