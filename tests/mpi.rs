@@ -327,3 +327,37 @@ fn a_rank_that_dies_ends_the_job_and_leaves_no_rank_running() {
     let left: Vec<_> = dev_shm().difference(&before).cloned().collect();
     assert!(left.is_empty(), "left in /dev/shm: {left:?}");
 }
+
+#[test]
+fn every_schedule_and_a_mix_of_routes_verify() {
+    let _serial = serial();
+    for schedule in ["static", "dynamic", "guided"] {
+        let v = json_run(3, &["squares", "100000", "--schedule", schedule]);
+        assert_eq!(v["verified"], Value::Bool(true), "{schedule}: {v}");
+        assert_eq!(v["schedule"], schedule, "{v}");
+    }
+    // Two "nodes" of two ranks: rank 1 shares rank 0's window, ranks 2 and 3 send theirs.
+    let v = json_run(
+        4,
+        &[
+            "squares",
+            "100000",
+            "--chunk-size",
+            "1000",
+            "--inflight",
+            "4",
+            "--mpi-node-size",
+            "2",
+        ],
+    );
+    assert_eq!(v["verified"], Value::Bool(true), "{v}");
+    assert_eq!(v["inflight"], 4, "{v}");
+    let mpi = &v["mpi"];
+    assert_eq!(mpi["ranks_per_node"], serde_json::json!([2, 2]), "{v}");
+    let (shm, cross) = (
+        mpi["shm_result_bytes"].as_u64().unwrap(),
+        mpi["cross_node_bytes"].as_u64().unwrap(),
+    );
+    assert_eq!(shm + cross, 800_000, "{v}");
+    assert!(shm > 0 && cross > 0, "both routes carried results: {v}");
+}
