@@ -58,6 +58,10 @@ pub struct MpiOptions {
 /// when it is stopped), the rank that notices ends the whole job with `MPI_Abort` and exit
 /// code 128 + the signal: plain MPI cannot stop a job halfway and carry on.
 ///
+/// Call it before your program starts threads: it sets the Open MPI variables the
+/// environment lacks (see [`MpiReport::mca_set`]) before `MPI_Init`, and changing the
+/// environment while another thread reads it is undefined behaviour.
+///
 /// ```no_run
 /// use procpool::workload::Hash;
 /// use procpool::mpi::{MpiOptions, run};
