@@ -423,6 +423,18 @@ pub(crate) struct RunArgs {
     #[arg(help_heading = WORKERS, long, global = true)]
     pub huge_pages: bool,
 
+    /// Where the workers run: processes procpool starts, or the ranks of the `mpirun` that
+    /// started procpool (`mpirun -np K procpool --backend mpi ...`; needs a build with
+    /// `--features mpi`)
+    #[arg(help_heading = WORKERS, long, global = true, value_enum, default_value_t = BackendArg::Processes)]
+    pub backend: BackendArg,
+
+    /// With --backend mpi: treat every N consecutive ranks as one node instead of asking MPI
+    /// (1: every result takes the route between nodes)
+    #[arg(help_heading = WORKERS, long, global = true, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub mpi_node_size: Option<u64>,
+
     /// How worker processes start: re-executing this binary, or fork (only from a
     /// single-threaded process)
     #[arg(help_heading = WORKERS, long, global = true, value_enum, default_value_t = StartArg::Spawn)]
@@ -570,6 +582,16 @@ value_enum! {
         /// classic pool, to see what the queue saves.
         Channel,
     }
+}
+
+/// `--backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum BackendArg {
+    /// Worker processes this command starts and supervises.
+    Processes,
+    /// The ranks of the `mpirun` that started this command: rank 0 dispatches and
+    /// verifies, the others compute.
+    Mpi,
 }
 
 value_enum! {

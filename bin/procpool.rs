@@ -63,7 +63,13 @@ fn execute(cli: Cli, interrupt: Interrupt) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Workload(workload) if cli.run.backend == cli::BackendArg::Mpi => {
+            mpi_run(workload, &cli.run, interrupt)
+        }
         Command::Workload(workload) => {
+            if cli.run.mpi_node_size.is_some() {
+                return Err(usage("--mpi-node-size is for --backend mpi"));
+            }
             let options = run_options(&cli.run, interrupt, false)?;
             let image = match &workload {
                 WorkloadCmd::Mandelbrot { n, max_iter, image } => {
@@ -87,6 +93,9 @@ fn execute(cli: Cli, interrupt: Interrupt) -> anyhow::Result<ExitCode> {
                 },
             )
         }
+        Command::Sweep(_) if cli.run.backend == cli::BackendArg::Mpi => Err(usage(
+            "--backend mpi runs one job under mpirun: `procpool sweep` runs worker processes",
+        )),
         Command::Sweep(args) => {
             let workers = match cli.run.workers.clone() {
                 Some(List(w)) => w,
@@ -161,7 +170,11 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
         (None, cli::TransportArg::Channel) => procpool::Dispatch::Channel,
         (None, cli::TransportArg::Shm) => procpool::Dispatch::Queue,
     };
-    if let (procpool::Dispatch::Queue, cli::Inflight::Fixed(k)) = (dispatch, args.inflight) {
+    // MPI ranks get their chunks as messages: --inflight applies.
+    let mpi = args.backend == cli::BackendArg::Mpi;
+    if let (procpool::Dispatch::Queue, cli::Inflight::Fixed(k), false) =
+        (dispatch, args.inflight, mpi)
+    {
         return Err(usage(&format!(
             "--inflight {k} sets how many chunk messages wait in each worker's channel, and the \
              shared-memory queue sends none: add --dispatch channel to use it"
@@ -217,6 +230,95 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
         mode: args.mode.into(),
         workers_from,
     })
+}
+
+/// `--backend mpi` in a build without the `mpi` feature.
+#[cfg(not(feature = "mpi"))]
+fn mpi_run(_: WorkloadCmd, _: &RunArgs, _: Interrupt) -> anyhow::Result<ExitCode> {
+    Err(usage(
+        "--backend mpi needs procpool built with the mpi feature: cargo build --release \
+         --features mpi (README: \"Beyond one machine\")",
+    ))
+}
+
+/// `mpirun -np K procpool --backend mpi WORKLOAD N`: rank 0 prints the report, the other
+/// ranks compute and print nothing.
+#[cfg(feature = "mpi")]
+fn mpi_run(
+    workload: WorkloadCmd,
+    args: &RunArgs,
+    interrupt: Interrupt,
+) -> anyhow::Result<ExitCode> {
+    if args.workers.is_some() {
+        return Err(usage(
+            "--backend mpi has one worker per MPI rank after rank 0: set the count with \
+             `mpirun -np K`, not --workers",
+        ));
+    }
+    if let WorkloadCmd::Mandelbrot { image: Some(_), .. } = &workload {
+        return Err(usage(
+            "--image is for the process backend, not --backend mpi",
+        ));
+    }
+    // What only procpool's own worker processes use: refused, not ignored.
+    let unused = [
+        ("--pin", args.pin),
+        ("--dispatch", args.dispatch.is_some()),
+        (
+            "--transport channel",
+            args.transport == cli::TransportArg::Channel,
+        ),
+        ("--start fork", args.start == cli::StartArg::Fork),
+        (
+            "--max-chunks-per-worker",
+            args.max_chunks_per_worker.is_some(),
+        ),
+        ("--max-worker-rss", args.max_worker_rss.is_some()),
+        ("--huge-pages", args.huge_pages),
+        ("--trace", args.trace.is_some()),
+        ("--timeline", args.timeline.is_some()),
+    ];
+    if let Some((flag, _)) = unused.iter().find(|(_, given)| *given) {
+        return Err(usage(&format!(
+            "{flag} is for procpool's own worker processes, not --backend mpi (MPI ranks are \
+             started by mpirun and get their chunks as messages)"
+        )));
+    }
+    let mut run = run_options(args, interrupt, false)?;
+    run.pool.observer = None;
+    let options = procpool::mpi::MpiOptions {
+        run,
+        node_size: args
+            .mpi_node_size
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+    };
+    with_workload(
+        workload,
+        &mut MpiRun {
+            options,
+            json: args.json,
+        },
+    )
+}
+
+/// One run on the MPI backend.
+#[cfg(feature = "mpi")]
+struct MpiRun {
+    options: procpool::mpi::MpiOptions,
+    json: bool,
+}
+
+#[cfg(feature = "mpi")]
+impl WithWorkload for MpiRun {
+    fn with<W: Workload>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
+        match procpool::mpi::run(workload, n, &self.options)? {
+            Some(report) => {
+                print_text_or_json(&report, self.json, procpool::report::render_text)?;
+                Ok(verdict(&report))
+            }
+            None => Ok(ExitCode::SUCCESS),
+        }
+    }
 }
 
 /// The worker count without `--workers`: `PROCPOOL_WORKERS`, else one per effective CPU.

@@ -133,6 +133,7 @@
 //!    │         a run's timeline (Chrome trace JSON, SVG)
 //!  lab/        a measured run: baseline, verification, threads and single modes, streaming,
 //!    │         statistics, advice, sweep, ipc-bench; its results (`Report`, `SweepTable`)
+//!    │         mpi/ beside it (feature `mpi`): the same run on the ranks of an `mpirun`
 //!  engine/     the pool: spawn, handshake, dispatch, supervision, the shared region,
 //!    │         the worker side, fault injection, signals, limits (all crate-private)
 //!  workload/   the `Workload` trait, `Element`, the `Registry`, the built-in kernels
@@ -154,7 +155,8 @@
 //! The public API is the root's re-exports below, plus four modules: [`workload`] (the
 //! built-in workloads), [`error`] (what an [`Error`] holds: the lost worker, its exit
 //! cause, the interrupted phase), [`lab`] (sweep, ipc-bench, the report's parts) and
-//! [`report`].
+//! [`report`]; with the `mpi` feature, `mpi` too (`procpool::mpi::run`: the job on the
+//! ranks of an `mpirun`, README "Beyond one machine").
 //!
 //! # Platforms
 //!
@@ -174,6 +176,8 @@ compile_error!(
 mod engine;
 pub mod error;
 pub mod lab;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod report;
 mod units;
 pub mod workload;

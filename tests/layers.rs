@@ -1,19 +1,20 @@
 //! The layering the crate docs promise, checked on the source: every path a module's code
 //! names inside the crate (`crate::engine::…`, `crate::lab::…`) points to its own layer or
-//! one below it. From the bottom: `error` and `units`, `workload`, `engine`, `lab`,
-//! `report`. Only `lib.rs` (the root's re-exports) may name everything; code below it names
+//! one below it. From the bottom: `error` and `units`, `workload`, `engine`, `lab` (and,
+//! beside it, `mpi`, the MPI backend of the `mpi` feature), `report`. Only `lib.rs` (the root's re-exports) may name everything; code below it names
 //! its imports by layer, never through the root (`crate::Pool`), so that the check sees
 //! them. Comments are not code: a doc link may point anywhere.
 
 use std::path::{Path, PathBuf};
 
 /// The layers, bottom first; a module may use its own rank and below.
-const LAYERS: [(&str, usize); 6] = [
+const LAYERS: [(&str, usize); 7] = [
     ("error", 0),
     ("units", 0),
     ("workload", 1),
     ("engine", 2),
     ("lab", 3),
+    ("mpi", 3),
     ("report", 4),
 ];
 

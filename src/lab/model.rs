@@ -238,6 +238,11 @@ pub struct Report {
     /// Chrome trace of its own.
     #[serde(skip)]
     pub trace: Option<crate::engine::pool::Trace>,
+    /// The MPI backend's ranks, nodes and bytes (`--backend mpi`); absent from other runs'
+    /// JSON.
+    #[cfg(feature = "mpi")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mpi: Option<MpiReport>,
 }
 
 /// Where the pool's wall time went. `spawn_s + compute_s + ipc_wait_s + imbalance_idle_s`
@@ -289,6 +294,39 @@ impl Report {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a report always serializes")
     }
+}
+
+/// What a run on the MPI backend adds to its [`Report`] (the JSON's `mpi` object; feature
+/// `mpi`, see `procpool::mpi`).
+#[cfg(feature = "mpi")]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MpiReport {
+    /// Always `mpi`.
+    pub backend: String,
+    /// Ranks in `MPI_COMM_WORLD`: rank 0 and the workers.
+    pub ranks: usize,
+    /// Nodes (groups of ranks that share memory, or of `node_size` ranks).
+    pub nodes: usize,
+    /// Ranks on each node, rank 0's node first.
+    pub ranks_per_node: Vec<usize>,
+    /// Each rank's host (`MPI_Get_processor_name`), by rank.
+    pub hosts: Vec<String>,
+    /// Bytes of the shared window on rank 0's node.
+    pub window_bytes: u64,
+    /// Result bytes workers on rank 0's node wrote into the shared window (last round).
+    pub shm_result_bytes: u64,
+    /// Result bytes that crossed nodes, in `Done` messages (last round).
+    pub cross_node_bytes: u64,
+    /// How ranks wait for messages.
+    pub wait: String,
+    /// Open MPI files that killed jobs had left in /dev/shm, removed before this run
+    /// (files of this user, older than 5 s, that no process maps).
+    pub stale_shm_files_removed: u64,
+    /// Open MPI settings procpool put in the environment before `MPI_Init`, because the
+    /// environment did not set them (`OMPI_MCA_pml=ob1`, …).
+    pub mca_set: Vec<String>,
+    /// The MPI library's version string.
+    pub library: String,
 }
 
 #[cfg(test)]

@@ -104,21 +104,21 @@ pub fn run<W: Workload>(workload: &W, n: u64, options: &RunOptions) -> Result<Re
     run_inspect(workload, n, options, |_| {})
 }
 
-/// What one round measured.
-struct Round {
-    wall: Duration,
-    start: Duration,
-    stats: JobStats,
-    baseline: Option<Duration>,
+/// What one round measured (the MPI backend fills it in too).
+pub(crate) struct Round {
+    pub(crate) wall: Duration,
+    pub(crate) start: Duration,
+    pub(crate) stats: JobStats,
+    pub(crate) baseline: Option<Duration>,
     /// The single-process run's CPU time, faults and switches.
-    baseline_os: Option<OsUsage>,
-    mismatch: Option<Mismatch>,
+    pub(crate) baseline_os: Option<OsUsage>,
+    pub(crate) mismatch: Option<Mismatch>,
     /// The single-process run's reduction over the same chunks, and whether it equals the
     /// pool's bit for bit.
-    baseline_reduction: Option<ReductionCheck>,
-    checksum: String,
-    verify: Duration,
-    output: Option<OutputReport>,
+    pub(crate) baseline_reduction: Option<ReductionCheck>,
+    pub(crate) checksum: String,
+    pub(crate) verify: Duration,
+    pub(crate) output: Option<OutputReport>,
 }
 
 /// The parent's phases of a traced round (start workers, baseline, verify), added to the
@@ -153,7 +153,7 @@ impl Phases {
 
 /// The single-process reduction of a round, against the pool's.
 #[derive(Debug, Clone)]
-struct ReductionCheck {
+pub(crate) struct ReductionCheck {
     /// As JSON, for the report.
     baseline: serde_json::Value,
     /// Equal to the pool's, byte for byte (encoded).
@@ -522,7 +522,7 @@ fn job_options(options: &RunOptions) -> JobOptions {
     options.job.clone()
 }
 
-fn in_process_stats(
+pub(crate) fn in_process_stats(
     n: u64,
     chunk_size: u64,
     chunks: u64,
@@ -566,7 +566,7 @@ fn in_process_stats(
 }
 
 /// The report of the measured rounds: details from the last, timings over all.
-fn build_report<W: Workload>(
+pub(crate) fn build_report<W: Workload>(
     workload: &W,
     options: &RunOptions,
     meta: Meta,
@@ -712,6 +712,8 @@ fn build_report<W: Workload>(
         advice: advise(&observations),
         warnings,
         trace: stats.trace,
+        #[cfg(feature = "mpi")]
+        mpi: None,
     }
 }
 

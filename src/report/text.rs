@@ -119,6 +119,15 @@ pub fn render_text(r: &Report) -> String {
         (Mode::Threads, _) => format!("{} of one process", count(r.workers, "thread")),
         (Mode::Single, _) => "a single process".to_string(),
     };
+    #[cfg(feature = "mpi")]
+    let how = match &r.mpi {
+        Some(m) => format!(
+            "{} (mpirun ranks 1..{}; rank 0 dispatches and verifies)",
+            count(r.workers, "MPI worker rank"),
+            m.ranks - 1
+        ),
+        None => how,
+    };
     let _ = writeln!(
         s,
         "procpool: {} n={} on {how}; {}",
@@ -428,6 +437,24 @@ pub fn render_text(r: &Report) -> String {
             );
         }
     }
+    #[cfg(feature = "mpi")]
+    if let Some(m) = &r.mpi {
+        let _ = writeln!(
+            s,
+            "mpi:           {} ranks on {} ({} per node); results: {} through the shared \
+             window, {} across nodes",
+            m.ranks,
+            crate::units::count(m.nodes, "node"),
+            m.ranks_per_node
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join("+"),
+            crate::units::bytes(u128::from(m.shm_result_bytes)),
+            crate::units::bytes(u128::from(m.cross_node_bytes))
+        );
+        let _ = writeln!(s, "               waiting: {}", m.wait);
+    }
     for w in &r.warnings {
         let _ = writeln!(s, "warning: {w}");
     }
@@ -527,6 +554,8 @@ mod tests {
             advice: Vec::new(),
             warnings: Vec::new(),
             trace: None,
+            #[cfg(feature = "mpi")]
+            mpi: None,
         }
     }
 

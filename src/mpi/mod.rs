@@ -1,0 +1,216 @@
+//! The MPI backend (cargo feature `mpi`): the same job, report and verification across
+//! the ranks `mpirun` started, on one machine or many.
+//!
+//! `mpirun -np K procpool --backend mpi hash 100000` starts K copies of procpool; rank 0
+//! is the supervisor and dispatcher, ranks 1..K-1 are workers. Rank 0 sends every worker
+//! the workload's value (postcard, as the process pool does), then hands out chunks with
+//! point-to-point messages (`--schedule`, `--chunk-size`, `--inflight` as usual). Workers on
+//! rank 0's node write results straight into an MPI-3 shared window
+//! (`MPI_Win_allocate_shared` on the node communicator of
+//! `MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)`), the MPI form of procpool's memfd region;
+//! workers on other nodes send each chunk's results back in its `Done` message. Rank 0
+//! then runs the single-process baseline, compares element by element and builds the same
+//! [`Report`], with an [`MpiReport`] in [`Report::mpi`].
+//!
+//! Every rank waits with `MPI_Iprobe` and sleeping back-off ([`MpiReport::wait`]), so
+//! ranks that outnumber the cores do not take turns spinning. Unless the environment says
+//! otherwise, procpool selects Open MPI's `ob1` point-to-point layer with the `self`,
+//! `vader` (shared memory) and `tcp` transports and `mpi_yield_when_idle` before
+//! `MPI_Init` ([`MpiReport::mca_set`]): starting takes about a third of the time the
+//! default transport probing takes.
+//!
+//! What it does not do that the process pool does: plain MPI cannot replace a dead rank,
+//! so there are no restarts or retries; a rank that dies ends the whole job (mpirun stops
+//! the others), and a kernel panic ends it with an error naming the rank, its host and the
+//! chunk. Fault injection, streaming to a file and the threads and single modes are for
+//! the process backend.
+
+mod job;
+mod window;
+mod wire;
+
+use crate::error::{Error, Result};
+pub use crate::lab::model::MpiReport;
+use crate::lab::model::Report;
+use crate::lab::run::RunOptions;
+use crate::workload::Workload;
+
+/// How to run a job on the MPI backend.
+#[derive(Debug, Clone, Default)]
+pub struct MpiOptions {
+    /// The run: `job.schedule`, `job.chunk_size`, `pool.inflight` (chunks queued per rank),
+    /// `baseline`, `repeat`, `warmup` and `pool.supervision.interrupt` apply; the worker
+    /// count is the rank count minus one. Fault injection, `output` and a mode other than
+    /// processes are refused.
+    pub run: RunOptions,
+    /// Treat every `node_size` consecutive ranks as one node, instead of asking MPI which
+    /// ranks share memory: `Some(1)` sends every result over the inter-node route, to try
+    /// it on one machine.
+    pub node_size: Option<usize>,
+}
+
+/// Runs `workload` on `0..n` across the ranks of the `mpirun` that started this process.
+///
+/// Call it on every rank, with the same workload and options (rank 0's workload value is
+/// what every worker runs). It initializes MPI and finalizes it before returning, so it runs
+/// once per process. Rank 0 gets `Some(report)`; the workers get `None`. When
+/// `options.run.pool.supervision.interrupt` reports SIGINT or SIGTERM (mpirun passes them on
+/// when it is stopped), the rank that notices ends the whole job with `MPI_Abort` and exit
+/// code 128 + the signal: plain MPI cannot stop a job halfway and carry on.
+///
+/// Call it before your program starts threads: it sets the Open MPI variables the
+/// environment lacks (see [`MpiReport::mca_set`]) before `MPI_Init`, and changing the
+/// environment while another thread reads it is undefined behaviour.
+///
+/// ```no_run
+/// use procpool::workload::Hash;
+/// use procpool::mpi::{MpiOptions, run};
+///
+/// // mpirun -np 3 my-program
+/// if let Some(report) = run(&Hash { rounds: 50 }, 100_000, &MpiOptions::default())? {
+///     println!("{}", procpool::report::render_text(&report));
+/// }
+/// # Ok::<(), procpool::Error>(())
+/// ```
+pub fn run<W: Workload>(workload: &W, n: u64, options: &MpiOptions) -> Result<Option<Report>> {
+    let mca_set = tune_environment();
+    let universe = mpi::initialize().ok_or_else(|| {
+        Error::invalid_input("MPI is already initialized in this process: procpool::mpi::run initializes it itself, once")
+    })?;
+    let result = job::run(&universe, workload, n, options, mca_set);
+    drop(universe);
+    result
+}
+
+/// The Open MPI settings procpool chooses when the environment has none: the `ob1`
+/// point-to-point layer over shared memory (`vader`) within a node and TCP between nodes,
+/// without probing other networks, and yielding when idle. Returns what it set.
+fn tune_environment() -> Vec<String> {
+    let wanted = [
+        ("OMPI_MCA_pml", "ob1"),
+        ("OMPI_MCA_btl", "self,vader,tcp"),
+        ("OMPI_MCA_mpi_yield_when_idle", "1"),
+    ];
+    let mut set = Vec::new();
+    for (key, value) in wanted {
+        if std::env::var_os(key).is_none() {
+            // SAFETY: called before MPI_Init, while procpool has started no thread (the CLI
+            // and the library's docs ask for the run before any), so nothing reads or
+            // writes the environment concurrently.
+            unsafe { std::env::set_var(key, value) };
+            set.push(format!("{key}={value}"));
+        }
+    }
+    set
+}
+
+/// The one-line refusal when `/dev/shm` has less room than the window needs.
+pub(crate) fn shm_refusal(free: u64, needed: u64) -> Option<String> {
+    // Open MPI adds a little of its own to the window's segment.
+    let needed = needed.saturating_add(1 << 20);
+    (free < needed).then(|| {
+        format!(
+            "the MPI shared window needs {} in /dev/shm but it has {} free: make /dev/shm \
+             larger (`mount -o remount,size=<bytes> /dev/shm`, or `docker run --shm-size=<bytes>`) \
+             or make n smaller",
+            crate::units::bytes(u128::from(needed)),
+            crate::units::bytes(u128::from(free))
+        )
+    })
+}
+
+/// Files in /dev/shm that Open MPI makes for a job: its shared-memory transport's segments
+/// and shared windows.
+const OMPI_SHM_PREFIXES: [&str; 2] = ["vader_segment.", "osc_sm."];
+
+/// How old a file must be before it counts as left behind: the ranks of a job that is
+/// starting map theirs within microseconds of creating them.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Removes what killed Open MPI jobs left in /dev/shm: files of this user with Open MPI's
+/// names, older than [`STALE_AFTER`], that no process maps (a live job's ranks map their
+/// segments until they finalize). Returns how many it removed.
+pub(crate) fn remove_stale_segments() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let uid = nix::unistd::geteuid().as_raw();
+    let Ok(dir) = std::fs::read_dir("/dev/shm") else {
+        return 0;
+    };
+    let candidates: Vec<std::path::PathBuf> = dir
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            OMPI_SHM_PREFIXES.iter().any(|p| name.starts_with(p))
+        })
+        .filter(|e| {
+            e.metadata().is_ok_and(|m| {
+                m.uid() == uid
+                    && m.modified()
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > STALE_AFTER)
+            })
+        })
+        .map(|e| e.path())
+        .collect();
+    if candidates.is_empty() {
+        return 0;
+    }
+    let mapped = mapped_paths();
+    let mut removed = 0;
+    for path in candidates {
+        if !mapped.contains(&path) && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Every file some process maps, from `/proc/*/maps`.
+fn mapped_paths() -> std::collections::HashSet<std::path::PathBuf> {
+    let mut mapped = std::collections::HashSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return mapped;
+    };
+    for entry in procs.filter_map(|e| e.ok()) {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        let Ok(maps) = std::fs::read_to_string(entry.path().join("maps")) else {
+            continue;
+        };
+        for line in maps.lines() {
+            if let Some(at) = line.find("/dev/shm/") {
+                let path = line[at..].trim_end_matches(" (deleted)");
+                mapped.insert(std::path::PathBuf::from(path));
+            }
+        }
+    }
+    mapped
+}
+
+/// Bytes free in `/dev/shm`, where Open MPI puts shared windows.
+fn dev_shm_free() -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs("/dev/shm").ok()?;
+    Some(s.blocks_available() as u64 * s.fragment_size() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_dev_shm_is_refused_naming_both_sizes_and_the_fix() {
+        assert_eq!(shm_refusal(1 << 30, 80_000_000), None);
+        let why = shm_refusal(64 << 20, 80_000_000).expect("too small");
+        assert!(why.contains("/dev/shm"), "{why}");
+        assert!(why.contains("--shm-size"), "{why}");
+        assert!(!why.contains('\n'), "{why}");
+    }
+}

@@ -1,0 +1,139 @@
+//! The MPI-3 shared-memory window on rank 0's node: procpool's memfd region in MPI's
+//! terms. rsmpi has no window API, so this file calls `mpi::ffi` directly; it is the MPI
+//! backend's only `unsafe` corner, behind a small safe API.
+
+use std::ffi::c_void;
+
+use mpi::ffi;
+use mpi::raw::AsRaw;
+use mpi::topology::SimpleCommunicator;
+
+/// A shared window allocated on a node communicator: node rank 0 holds all of its bytes,
+/// every other rank of the node maps the same memory (`MPI_Win_shared_query`). It stays in
+/// a passive-target epoch for all ranks (`MPI_Win_lock_all`) from allocation to drop;
+/// writers call [`Window::sync`] before telling rank 0 a chunk is done, and rank 0 calls
+/// it before reading.
+pub(crate) struct Window {
+    win: ffi::MPI_Win,
+    base: *mut u8,
+    len: usize,
+}
+
+impl Window {
+    /// Allocates `len` bytes held by node rank 0 (`len` is ignored on other ranks, which
+    /// map rank 0's part). Collective over `node`.
+    pub(crate) fn allocate(
+        node: &SimpleCommunicator,
+        len: usize,
+        holder: bool,
+    ) -> Result<Self, String> {
+        let mine = if holder { len.max(8) } else { 0 };
+        let mut base: *mut c_void = std::ptr::null_mut();
+        let mut win = std::mem::MaybeUninit::<ffi::MPI_Win>::uninit();
+        // SAFETY: `node` is a valid communicator for the call's duration; `base` and `win`
+        // are out-parameters of the right types; RSMPI_INFO_NULL is a constant MPI_Info
+        // that the MPI library initialized in MPI_Init.
+        let code = unsafe {
+            ffi::MPI_Win_allocate_shared(
+                mine as ffi::MPI_Aint,
+                1,
+                ffi::RSMPI_INFO_NULL,
+                node.as_raw(),
+                (&mut base as *mut *mut c_void).cast::<c_void>(),
+                win.as_mut_ptr(),
+            )
+        };
+        if code != 0 {
+            return Err(format!(
+                "MPI_Win_allocate_shared of {mine} bytes failed (code {code})"
+            ));
+        }
+        // SAFETY: MPI_Win_allocate_shared returned success, so it wrote the window handle.
+        let win = unsafe { win.assume_init() };
+        let mut size: ffi::MPI_Aint = 0;
+        let mut unit: std::ffi::c_int = 0;
+        let mut root: *mut c_void = std::ptr::null_mut();
+        // SAFETY: `win` is the valid window just created; the out-parameters have the types
+        // MPI_Win_shared_query writes (MPI_Aint, int, and a pointer written through void*).
+        let code = unsafe {
+            ffi::MPI_Win_shared_query(
+                win,
+                0,
+                &mut size,
+                &mut unit,
+                (&mut root as *mut *mut c_void).cast::<c_void>(),
+            )
+        };
+        let mut window = Window {
+            win,
+            base: root.cast::<u8>(),
+            len: 0,
+        };
+        if code != 0 || root.is_null() || (size as usize) < len {
+            return Err(format!(
+                "MPI_Win_shared_query found {size} bytes (code {code}), {len} needed"
+            ));
+        }
+        window.len = len;
+        // SAFETY: `win` is valid; assert 0 asks for no optimization, always allowed. The
+        // matching MPI_Win_unlock_all is in Drop.
+        let code = unsafe { ffi::MPI_Win_lock_all(0, win) };
+        if code != 0 {
+            return Err(format!("MPI_Win_lock_all failed (code {code})"));
+        }
+        Ok(window)
+    }
+
+    /// Makes this rank's writes visible to the other ranks of the node and theirs to this
+    /// one (`MPI_Win_sync`, a memory barrier for the window).
+    pub(crate) fn sync(&self) {
+        // SAFETY: the window is valid and in the lock_all epoch opened in `allocate`.
+        unsafe { ffi::MPI_Win_sync(self.win) };
+    }
+
+    /// The bytes `offset..offset + len` of the window, to write one chunk's results into.
+    ///
+    /// Panics when the range is out of bounds.
+    pub(crate) fn chunk_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        let end = offset.checked_add(len).expect("chunk range overflows");
+        assert!(
+            end <= self.len,
+            "chunk {offset}..{end} past the window's {} bytes",
+            self.len
+        );
+        if len == 0 {
+            return &mut [];
+        }
+        // SAFETY: `base..base + self.len` is the window's memory, mapped in this process
+        // for the window's lifetime (checked in `allocate`), and the range is inside it.
+        // Other processes write this memory too, but only other chunks: rank 0's
+        // dispatcher (a `Dispenser`) hands each chunk out once and chunks are disjoint, and
+        // rank 0 reads only after the writer's `sync` and its `Done` message. Within this
+        // process the `&mut self` borrow keeps slices from overlapping.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(offset), len) }
+    }
+
+    /// The whole window, read by rank 0 once every chunk is done (after [`Window::sync`]).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: as in `chunk_mut`: the window's memory, mapped for its lifetime; no rank
+        // writes while rank 0 reads, since every chunk of the round is done and no new
+        // chunk goes out while this borrow lives (`&self`, rank 0 sends chunks through
+        // `&mut` paths only after it ends).
+        unsafe { std::slice::from_raw_parts(self.base, self.len) }
+    }
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        // SAFETY: the window is valid and locked by `allocate`; unlock_all ends that epoch
+        // and MPI_Win_free (collective over the node, as every rank drops its window at the
+        // end of the run) releases it. Nothing borrows its memory after this (`&mut self`).
+        unsafe {
+            ffi::MPI_Win_unlock_all(self.win);
+            ffi::MPI_Win_free(&mut self.win);
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The MPI backend (`--features mpi`) under a real `mpirun`: every built-in workload
+//! verifies on 2, 3 and 5 ranks (oversubscribed on this machine), through the shared window
+//! and across "nodes" (`--mpi-node-size 1`); the JSON carries the `mpi` object; nothing of
+//! ours is left in /dev/shm; too few ranks and `--workers` are refused. Every run has a
+//! deadline and is killed when it passes it.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The longest one `mpirun` may take (debug build, oversubscribed, CI under load).
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// One `mpirun` job at a time: a test that checks /dev/shm must not see another test's job's
+/// files, and oversubscribed jobs side by side would only slow each other.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// `mpirun -np RANKS procpool --backend mpi ARGS`, killed after [`DEADLINE`].
+fn mpirun(ranks: usize, args: &[&str]) -> Outcome {
+    let mut child = Command::new("mpirun")
+        .args(["-np", &ranks.to_string(), "--oversubscribe"])
+        .arg(env!("CARGO_BIN_EXE_procpool"))
+        .args(["--backend", "mpi"])
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun starts (install Open MPI: apt-get install openmpi-bin libopenmpi-dev)");
+    let began = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for mpirun") {
+            break status;
+        }
+        if began.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mpirun -np {ranks} {args:?} passed its {DEADLINE:?} deadline");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let read = |pipe: Option<std::process::ChildStdout>| {
+        let mut s = String::new();
+        if let Some(mut p) = pipe {
+            let _ = std::io::Read::read_to_string(&mut p, &mut s);
+        }
+        s
+    };
+    let stdout = read(child.stdout.take());
+    let mut stderr = String::new();
+    if let Some(mut p) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut p, &mut stderr);
+    }
+    Outcome {
+        code: status.code(),
+        stdout,
+        stderr,
+    }
+}
+
+/// What /dev/shm holds now.
+fn dev_shm() -> BTreeSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn json_run(ranks: usize, args: &[&str]) -> Value {
+    let out = mpirun(ranks, &[args, &["--json"]].concat());
+    assert_eq!(
+        out.code,
+        Some(0),
+        "mpirun -np {ranks} {args:?}\nstdout: {}\nstderr: {}",
+        out.stdout,
+        out.stderr
+    );
+    // Only rank 0 prints: one JSON document.
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one report from rank 0: {}", out.stdout);
+    serde_json::from_str(lines[0]).expect("the report is JSON")
+}
+
+#[test]
+fn every_builtin_workload_verifies_on_2_3_and_5_ranks_on_both_routes() {
+    let _serial = serial();
+    let before = dev_shm();
+    let jobs: &[(&str, &[&str], u64)] = &[
+        ("squares", &["squares", "200000"], 200_000),
+        ("primes", &["primes", "20000"], 20_000),
+        ("collatz", &["collatz", "20000"], 20_000),
+        (
+            "mandelbrot",
+            &["mandelbrot", "64", "--max-iter", "100"],
+            64 * 64,
+        ),
+        ("hash", &["hash", "3000", "--rounds", "5"], 3_000),
+        ("spin", &["spin", "200", "--us", "20"], 200),
+        ("sleep", &["sleep", "16", "--ms", "1"], 16),
+    ];
+    for &(name, args, n) in jobs {
+        for ranks in [2, 3, 5] {
+            for node_size in [None, Some("1")] {
+                let mut all: Vec<&str> = args.to_vec();
+                if let Some(size) = node_size {
+                    all.extend(["--mpi-node-size", size]);
+                }
+                let v = json_run(ranks, &all);
+                let what = format!("{name} on {ranks} ranks, node size {node_size:?}");
+                assert_eq!(v["verified"], Value::Bool(true), "{what}: {v}");
+                assert_eq!(v["workload"], name, "{what}");
+                assert_eq!(v["n"], n, "{what}");
+                assert_eq!(v["workers"], ranks as u64 - 1, "{what}");
+                let mpi = &v["mpi"];
+                assert_eq!(mpi["backend"], "mpi", "{what}: {v}");
+                assert_eq!(mpi["ranks"], ranks as u64, "{what}");
+                // The whole output, n elements (window_bytes is n × the element size).
+                let bytes = mpi["window_bytes"].as_u64().expect("window_bytes");
+                assert!(bytes >= n, "{what}: {v}");
+                match node_size {
+                    None => {
+                        assert_eq!(mpi["nodes"], 1, "{what}");
+                        assert_eq!(mpi["ranks_per_node"], serde_json::json!([ranks]), "{what}");
+                        assert_eq!(mpi["shm_result_bytes"], bytes, "{what}");
+                        assert_eq!(mpi["cross_node_bytes"], 0, "{what}");
+                    }
+                    Some(_) => {
+                        assert_eq!(mpi["nodes"], ranks as u64, "{what}");
+                        assert_eq!(mpi["shm_result_bytes"], 0, "{what}");
+                        assert_eq!(mpi["cross_node_bytes"], bytes, "{what}");
+                    }
+                }
+                let keys: BTreeSet<&str> = mpi
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .map(|k| k.as_str())
+                    .collect();
+                let expected: BTreeSet<&str> = [
+                    "backend",
+                    "ranks",
+                    "nodes",
+                    "ranks_per_node",
+                    "hosts",
+                    "window_bytes",
+                    "shm_result_bytes",
+                    "cross_node_bytes",
+                    "wait",
+                    "stale_shm_files_removed",
+                    "mca_set",
+                    "library",
+                ]
+                .into_iter()
+                .collect();
+                assert_eq!(keys, expected, "{what}");
+            }
+        }
+    }
+    let left: Vec<_> = dev_shm().difference(&before).cloned().collect();
+    assert!(left.is_empty(), "left in /dev/shm: {left:?}");
+}
+
+#[test]
+fn the_text_report_names_the_ranks_and_the_routes() {
+    let _serial = serial();
+    let out = mpirun(3, &["hash", "2000", "--rounds", "5"]);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("verified     yes"), "{}", out.stdout);
+    assert!(out.stdout.contains("2 MPI worker ranks"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("through the shared window"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("MPI_Iprobe"), "{}", out.stdout);
+}
+
+#[test]
+fn repeated_rounds_reuse_the_ranks_and_verify_each() {
+    let _serial = serial();
+    let v = json_run(3, &["squares", "100000", "--repeat", "3", "--warmup", "1"]);
+    assert_eq!(v["verified"], Value::Bool(true), "{v}");
+    assert_eq!(v["repeat"]["runs"], 3, "{v}");
+}
+
+#[test]
+fn one_rank_or_workers_is_refused_in_one_line() {
+    let _serial = serial();
+    let out = mpirun(1, &["hash", "100"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("at least 2 ranks"), "{}", out.stderr);
+    let out = mpirun(2, &["--workers", "4", "hash", "100"]);
+    assert_ne!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("mpirun -np K"), "{}", out.stderr);
+}
+
+/// Whether this test process is root (unshare needs it).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_dev_shm_too_small_for_the_window_is_refused_in_one_line() {
+    let _serial = serial();
+    if !is_root() {
+        eprintln!("skipped: a private 64 MiB /dev/shm (unshare -m) needs root");
+        return;
+    }
+    // A private mount namespace: the machine's /dev/shm is not touched.
+    let script = format!(
+        "mount -t tmpfs -o size=64m tmpfs /dev/shm && exec mpirun -np 3 --oversubscribe {} \
+         --backend mpi squares 1e7",
+        env!("CARGO_BIN_EXE_procpool")
+    );
+    let out = Command::new("timeout")
+        .args(["60", "unshare", "-m", "sh", "-c", &script])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .expect("unshare runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("/dev/shm"))
+        .unwrap_or_else(|| panic!("no line about /dev/shm: {stderr}"));
+    assert!(line.contains("needs 77.3 MiB"), "{line}");
+    assert!(line.contains("--shm-size"), "{line}");
+}
+
+#[test]
+fn a_rank_that_dies_ends_the_job_and_leaves_no_rank_running() {
+    let _serial = serial();
+    let before = dev_shm();
+    let mut child = Command::new("mpirun")
+        .args([
+            "-np",
+            "3",
+            "--oversubscribe",
+            env!("CARGO_BIN_EXE_procpool"),
+        ])
+        .args(["--backend", "mpi", "hash", "1000000", "--rounds", "50"])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun starts");
+    let ranks = || -> Vec<u32> {
+        let out = Command::new("pgrep")
+            .args(["-P", &child.id().to_string()])
+            .output()
+            .expect("pgrep");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let began = Instant::now();
+    let mut seen = ranks();
+    while seen.len() < 3 && began.elapsed() < DEADLINE {
+        std::thread::sleep(Duration::from_millis(50));
+        seen = ranks();
+    }
+    assert_eq!(seen.len(), 3, "three ranks start: {seen:?}");
+    // Let them reach the job, then kill the last-started rank (a worker, or rank 0).
+    std::thread::sleep(Duration::from_millis(800));
+    let victim = *seen.iter().max().expect("a rank");
+    let _ = Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if began.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("mpirun did not end after a rank was killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "the job fails when a rank dies");
+    // A rank still alive is one whose command line is still procpool's (a pid the system
+    // reused is someone else's); mpirun's last SIGKILL may take a moment to land.
+    let ours = |pid: &u32| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("--backend"))
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    };
+    let gone = Instant::now();
+    while seen.iter().any(ours) && gone.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<_> = seen.iter().filter(|p| ours(p)).collect();
+    assert!(left.is_empty(), "ranks still running: {left:?}");
+    // Open MPI may leave the killed rank's files in /dev/shm; the next run removes them
+    // once they are older than a starting job's (5 s) and no process maps them.
+    std::thread::sleep(Duration::from_secs(6));
+    let next = json_run(2, &["squares", "1000"]);
+    assert_eq!(next["verified"], Value::Bool(true), "{next}");
+    let left: Vec<_> = dev_shm().difference(&before).cloned().collect();
+    assert!(left.is_empty(), "left in /dev/shm: {left:?}");
+}
+
+#[test]
+fn every_schedule_and_a_mix_of_routes_verify() {
+    let _serial = serial();
+    for schedule in ["static", "dynamic", "guided"] {
+        let v = json_run(3, &["squares", "100000", "--schedule", schedule]);
+        assert_eq!(v["verified"], Value::Bool(true), "{schedule}: {v}");
+        assert_eq!(v["schedule"], schedule, "{v}");
+    }
+    // Two "nodes" of two ranks: rank 1 shares rank 0's window, ranks 2 and 3 send theirs.
+    let v = json_run(
+        4,
+        &[
+            "squares",
+            "100000",
+            "--chunk-size",
+            "1000",
+            "--inflight",
+            "4",
+            "--mpi-node-size",
+            "2",
+        ],
+    );
+    assert_eq!(v["verified"], Value::Bool(true), "{v}");
+    assert_eq!(v["inflight"], 4, "{v}");
+    let mpi = &v["mpi"];
+    assert_eq!(mpi["ranks_per_node"], serde_json::json!([2, 2]), "{v}");
+    let (shm, cross) = (
+        mpi["shm_result_bytes"].as_u64().unwrap(),
+        mpi["cross_node_bytes"].as_u64().unwrap(),
+    );
+    assert_eq!(shm + cross, 800_000, "{v}");
+    assert!(shm > 0 && cross > 0, "both routes carried results: {v}");
+}
