@@ -838,22 +838,15 @@ fn check_report(out: &Outcome, asked: &Asked) -> Value {
         } else {
             null(w, "peak_rss_bytes");
         }
-        // Counted around each posting with queue dispatch, around the thread's loop in
-        // threads and single modes; not with channel dispatch.
-        let counters = [
+        // Counted around each posting with queue dispatch, from /proc by the parent with
+        // channel dispatch, around the thread's loop in threads and single modes.
+        for key in [
             "minor_faults",
             "major_faults",
             "voluntary_switches",
             "involuntary_switches",
-        ];
-        if processes && !queue {
-            for key in counters {
-                null(w, key);
-            }
-        } else {
-            for key in counters {
-                uint(w, key);
-            }
+        ] {
+            uint(w, key);
         }
         if pinned {
             uint(w, "cpu");

@@ -354,6 +354,29 @@ impl OsCounts {
         })
     }
 
+    /// Process `pid`'s counts so far, from `/proc/PID/stat` (faults) and `/proc/PID/status`
+    /// (context switches): how the parent reads a worker that does not report its own.
+    pub(crate) fn of_process(pid: u32) -> Option<OsCounts> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the command name (which may hold spaces): minflt and majflt are fields 10
+        // and 12 of the whole line, 8 and 10 after the name.
+        let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+        let field = |i: usize| fields.get(i)?.parse::<u64>().ok();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        Some(OsCounts {
+            minor_faults: field(7)?,
+            major_faults: field(9)?,
+            voluntary_switches: line("voluntary_ctxt_switches:")?,
+            involuntary_switches: line("nonvoluntary_ctxt_switches:")?,
+        })
+    }
+
     /// This process's counts so far (all its threads).
     pub(crate) fn this_process() -> Option<OsCounts> {
         OsCounts::read(nix::sys::resource::UsageWho::RUSAGE_SELF)
@@ -536,6 +559,23 @@ pub(crate) fn process_limit() -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_process_counts_from_proc_agree_with_getrusage() {
+        // Fault in 4 MiB so the counts move.
+        let mut v = vec![0u8; 4 << 20];
+        v.iter_mut().step_by(4096).for_each(|b| *b = 1);
+        std::hint::black_box(&v);
+        let proc = OsCounts::of_process(std::process::id()).expect("/proc is readable");
+        let own = OsCounts::this_process().expect("getrusage");
+        assert!(proc.minor_faults >= 1024, "{proc:?}");
+        // Read one after the other: the later reading has at least the earlier's faults.
+        assert!(
+            own.minor_faults >= proc.minor_faults,
+            "{own:?} against {proc:?}"
+        );
+        assert_eq!(OsCounts::of_process(u32::MAX), None, "no such process");
+    }
+
     use super::*;
     use std::process::Command;
 

@@ -57,6 +57,8 @@ struct Held {
     last_done: Option<Instant>,
     /// CPU time of the process when the job started.
     cpu_at_start: Option<Duration>,
+    /// Its page faults and context switches then, read from `/proc`.
+    os_at_start: Option<crate::engine::sys::OsCounts>,
 }
 
 /// The first chunks of a job, timed to choose how many chunks to keep in flight per worker.
@@ -358,6 +360,7 @@ impl Pool {
         };
         for (w, slot) in self.workers.iter().enumerate() {
             job.held[w].cpu_at_start = crate::engine::sys::process_cpu(slot.pid);
+            job.held[w].os_at_start = crate::engine::sys::OsCounts::of_process(slot.pid);
         }
 
         let sent = self.send_spec(&job.spec);
@@ -452,6 +455,9 @@ impl Pool {
             .enumerate()
             .map(|(w, (slot, h))| {
                 let usage = crate::engine::sys::process_usage(slot.pid);
+                let os = crate::engine::sys::OsCounts::of_process(slot.pid)
+                    .zip(h.os_at_start)
+                    .map(|(now, then)| now.since(then));
                 WorkerStats {
                     id: slot.id,
                     pid: slot.pid,
@@ -467,10 +473,10 @@ impl Pool {
                     dispatch_s: 0.0,
                     sleeps: 0,
                     setup_s: self.control.counters(w).setup_ns as f64 / 1e9,
-                    minor_faults: None,
-                    major_faults: None,
-                    voluntary_switches: None,
-                    involuntary_switches: None,
+                    minor_faults: os.map(|o| o.minor_faults),
+                    major_faults: os.map(|o| o.major_faults),
+                    voluntary_switches: os.map(|o| o.voluntary_switches),
+                    involuntary_switches: os.map(|o| o.involuntary_switches),
                 }
             })
             .collect();
@@ -1010,6 +1016,7 @@ impl Pool {
                     job.messages += messages;
                     job.bytes += bytes;
                     job.held[w].cpu_at_start = crate::engine::sys::process_cpu(pid);
+                    job.held[w].os_at_start = crate::engine::sys::OsCounts::of_process(pid);
                     let sent = self.send_spec(&job.spec);
                     job.messages += sent.0;
                     job.bytes += sent.1;

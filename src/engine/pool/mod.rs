@@ -1006,8 +1006,9 @@ pub struct WorkerStats {
     pub setup_s: f64,
     /// Minor page faults during the job (`getrusage`'s `ru_minflt`: a page mapped without
     /// I/O, mostly the first write to each page of the output). Counted by the worker
-    /// process itself with queue dispatch, by the thread with `--mode threads`; `None` where
-    /// not measured (channel dispatch).
+    /// process itself with queue dispatch, by the parent from `/proc/PID/stat` at the job's
+    /// start and end with channel dispatch, by the thread with `--mode threads`; `None`
+    /// where unreadable.
     pub minor_faults: Option<u64>,
     /// Major page faults during the job (`ru_majflt`: a page read from disk); `None` as for
     /// `minor_faults`.
