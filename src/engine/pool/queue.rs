@@ -289,6 +289,22 @@ impl Pool {
         self.run_postings(&mut job)?;
         self.close_posting(job.posting.id);
         self.collect_posting(&mut job);
+        // A worker that retired with the job's last chunks said so before it left its slot,
+        // so its `Retiring` is waiting by now: read it, so that the worker is counted as
+        // recycled, not found dead before the next job.
+        match self.set.try_select() {
+            Ok(events) => {
+                for event in events {
+                    self.event(event, &mut job)?;
+                }
+            }
+            Err(TrySelectError::Empty) => {}
+            Err(TrySelectError::IoError(e)) => {
+                return Err(Error::Ipc(format!(
+                    "reading the workers' last messages: {e}"
+                )));
+            }
+        }
         let retired = self.settle_retired()?;
         let stopped = job.stopped();
         if job.told_done != n && !stopped {
