@@ -389,22 +389,14 @@ fn run_round<W: Workload>(
         Mode::Single => {
             let (output, wall, os) = run_kernel(local, n, interrupt)?;
             let worker = WorkerStats {
-                id: 0,
-                pid: std::process::id(),
                 chunks: u64::from(n > 0),
                 compute_s: wall.as_secs_f64(),
                 cpu_s: os.map(|o| o.cpu_s),
-                peak_rss_bytes: None,
-                idle_end_s: 0.0,
-                cpu: None,
-                claims: 0,
-                dispatch_s: 0.0,
-                sleeps: 0,
-                setup_s: 0.0,
                 minor_faults: os.map(|o| o.minor_faults),
                 major_faults: os.map(|o| o.major_faults),
                 voluntary_switches: os.map(|o| o.voluntary_switches),
                 involuntary_switches: os.map(|o| o.involuntary_switches),
+                ..WorkerStats::idle(0, std::process::id())
             };
             let mut stats =
                 in_process_stats(n, n.max(1), u64::from(n > 0), wall, vec![worker], options);

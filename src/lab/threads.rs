@@ -227,23 +227,11 @@ fn work<W: Workload>(
         elements += chunk.len();
     }
     let stats = WorkerStats {
-        id,
-        pid,
         chunks,
         compute_s: compute.as_secs_f64(),
         // This thread's own CPU time and counters (RUSAGE_THREAD), like a worker process's.
         cpu_s: Some(thread_cpu_ns().saturating_sub(cpu_before) as f64 / 1e9),
-        peak_rss_bytes: None,
-        idle_end_s: 0.0,
-        cpu: None,
-        claims: 0,
-        dispatch_s: 0.0,
-        sleeps: 0,
-        setup_s: 0.0,
-        minor_faults: None,
-        major_faults: None,
-        voluntary_switches: None,
-        involuntary_switches: None,
+        ..WorkerStats::idle(id, pid)
     }
     .with_os(
         OsCounts::this_thread()

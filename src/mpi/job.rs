@@ -373,24 +373,7 @@ fn one_round<W: Workload>(
     let began = Instant::now();
     let mut pending: HashMap<u64, (Chunk, usize, Instant)> = HashMap::new();
     let mut stats: Vec<WorkerStats> = (1..place.ranks)
-        .map(|r| WorkerStats {
-            id: r,
-            pid: ranks[r].pid,
-            chunks: 0,
-            compute_s: 0.0,
-            cpu_s: None,
-            peak_rss_bytes: None,
-            idle_end_s: 0.0,
-            cpu: None,
-            claims: 0,
-            dispatch_s: 0.0,
-            sleeps: 0,
-            setup_s: 0.0,
-            minor_faults: None,
-            major_faults: None,
-            voluntary_switches: None,
-            involuntary_switches: None,
-        })
+        .map(|r| WorkerStats::idle(r, ranks[r].pid))
         .collect();
     let mut last_done = vec![Duration::ZERO; place.ranks];
     let (mut messages, mut message_bytes) = (0u64, 0u64);

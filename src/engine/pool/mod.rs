@@ -1022,6 +1022,29 @@ pub struct WorkerStats {
 }
 
 impl WorkerStats {
+    /// Worker `id` (process `pid`) before it did anything: every count 0, every reading
+    /// unknown. The in-process runs and the MPI backend fill in what they measure.
+    pub(crate) fn idle(id: usize, pid: u32) -> WorkerStats {
+        WorkerStats {
+            id,
+            pid,
+            chunks: 0,
+            compute_s: 0.0,
+            cpu_s: None,
+            peak_rss_bytes: None,
+            idle_end_s: 0.0,
+            cpu: None,
+            claims: 0,
+            dispatch_s: 0.0,
+            sleeps: 0,
+            setup_s: 0.0,
+            minor_faults: None,
+            major_faults: None,
+            voluntary_switches: None,
+            involuntary_switches: None,
+        }
+    }
+
     /// Sets the four OS counters from one reading (`None`: all unknown).
     pub(crate) fn with_os(mut self, os: Option<crate::engine::sys::OsCounts>) -> WorkerStats {
         self.minor_faults = os.map(|o| o.minor_faults);
