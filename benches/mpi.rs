@@ -40,7 +40,7 @@ const GRACE: Duration = Duration::from_secs(5);
 const DEFAULT_PAIRS: usize = 5;
 
 /// The sections, in the order they run; a filter argument picks those whose name contains it.
-const SECTIONS: [&str; 4] = ["hash", "squares", "dispatch", "startup"];
+const SECTIONS: [&str; 5] = ["hash", "squares", "routes", "dispatch", "startup"];
 
 /// Runs the sections the filter picks, then prints the table and the commands; exit 1, with
 /// the reason on stderr, when a job fails, times out or is not verified.
@@ -84,6 +84,7 @@ fn bench() -> Result<(), String> {
         match section {
             "hash" => rows.extend(bench.versus(&["hash", "200000", "--rounds", "50"], 1.2)?),
             "squares" => rows.extend(bench.versus(&["squares", "1e7"], 1.5)?),
+            "routes" => rows.extend(bench.routes()?),
             "dispatch" => rows.extend(bench.dispatch()?),
             _ => rows.extend(bench.startup()?),
         }
@@ -219,6 +220,52 @@ impl Bench {
                 Goal::None,
             ),
         ])
+    }
+
+    /// The two routes results take between nodes, on one machine (`--mpi-node-size 1`:
+    /// every result crosses "nodes"): `--mpi-route put` against `--mpi-route send` for
+    /// `squares 1e7`, alternately; a row for the ratio of `run_s`, pair by pair. Each run's
+    /// `cross_node_bytes` must be the whole output.
+    fn routes(&mut self) -> Result<Vec<Row>, String> {
+        let base = ["squares", "1e7", "--mpi-node-size", "1", "--mpi-route"];
+        println!("squares 1e7 --mpi-node-size 1: --mpi-route put against send");
+        let put = self.mpi(&[&base[..], &["put"]].concat());
+        let send = self.mpi(&[&base[..], &["send"]].concat());
+        let (mut ratios, mut put_runs, mut send_runs) = (Vec::new(), Vec::new(), Vec::new());
+        for pair in 1..=self.pairs {
+            let mut run = [0.0; 2];
+            for (k, job) in [&put, &send].into_iter().enumerate() {
+                let outcome = self.run(job)?;
+                outcome.require_verified()?;
+                let crossed = outcome.report["mpi"]["cross_node_bytes"].as_f64();
+                if crossed != Some(8e7) {
+                    return Err(format!(
+                        "`{job}`: {crossed:?} bytes crossed nodes, 80000000 (the output) expected"
+                    ));
+                }
+                run[k] = outcome.f64("run_s")?;
+            }
+            println!(
+                "  pair {pair}: put run {}, send run {}: put / send {:.2}×",
+                secs(run[0]),
+                secs(run[1]),
+                run[0] / run[1]
+            );
+            ratios.push(run[0] / run[1]);
+            put_runs.push(run[0]);
+            send_runs.push(run[1]);
+        }
+        let ratio = Spread::of(&ratios);
+        Ok(vec![Row::goal(
+            format!(
+                "squares 1e7 across \"nodes\": put / send, run_s ({} / {}), median {}",
+                secs(median(&put_runs)),
+                secs(median(&send_runs)),
+                ratio.range()
+            ),
+            ratio.median,
+            Goal::None,
+        )])
     }
 
     /// Chunks per second (n / `run_s`) of `spin 100000 --us 0 --chunk-size 1` on MPI, on 2

@@ -191,7 +191,7 @@ fn refuse_unused(root: &clap::Command, matches: &ArgMatches) -> Result<(), clap:
         let id = a.get_id().as_str();
         !uses(&path, id) && given(id)
     });
-    if let Some(message) = unused_in_mode(&path, here, &given) {
+    if let Some(message) = unused_here(&path, here, &given) {
         return Err(clap::Error::raw(
             clap::error::ErrorKind::ArgumentConflict,
             message,
@@ -247,40 +247,74 @@ const PROCESS_ONLY: &[&str] = &[
     "huge_pages",
 ];
 
+/// Options the MPI backend has no use for: mpirun starts the ranks, MPI carries chunks and
+/// results, and plain MPI can neither replace a rank nor stop one chunk, so there is no
+/// supervision to tune; nor does it stream to a file or record a timeline.
+const MPI_UNUSED: &[&str] = &[
+    "workers",
+    "mode",
+    "start",
+    "pin",
+    "dispatch",
+    "transport",
+    "retries",
+    "max_restarts",
+    "max_chunks_per_worker",
+    "max_worker_rss",
+    "retry_panics",
+    "timeout",
+    "grace",
+    "handshake_timeout",
+    "huge_pages",
+    "output",
+    "window_size",
+    "trace",
+    "timeline",
+];
+
 /// Options a single process has no use for beyond [`PROCESS_ONLY`]: it runs the kernel
 /// once over the whole range.
 const SINGLE_UNUSED: &[&str] = &["workers", "chunk_size", "schedule"];
 
-/// A usage error for an option given with `--mode threads` or `--mode single` that only
-/// another mode uses: it would be silently ignored.
-fn unused_in_mode(
-    path: &[&str],
-    here: &ArgMatches,
-    given: &dyn Fn(&str) -> bool,
-) -> Option<String> {
-    // Only a workload's run (and a sweep of one) has a mode.
+/// A usage error for an option that the chosen mode (`--mode threads`, `--mode single`) or
+/// backend (`--backend mpi`) has no use for: it would be silently ignored.
+fn unused_here(path: &[&str], here: &ArgMatches, given: &dyn Fn(&str) -> bool) -> Option<String> {
+    // Only a workload's run (and a sweep of one) has a mode and a backend.
     if matches!(
         path.first(),
         Some(&("list" | "ipc-bench" | "generate")) | None
     ) {
         return None;
     }
-    let mode = here
-        .get_raw("mode")
-        .and_then(|mut values| values.next())
-        .and_then(|value| value.to_str())?;
-    let unused: Vec<&str> = match mode {
-        "threads" => PROCESS_ONLY.to_vec(),
-        "single" => PROCESS_ONLY.iter().chain(SINGLE_UNUSED).copied().collect(),
+    let value = |id: &str| {
+        here.get_raw(id)
+            .and_then(|mut values| values.next())
+            .and_then(|value| value.to_str())
+    };
+    let (unused, why, instead): (Vec<&str>, String, &str) = match (value("backend"), value("mode"))
+    {
+        (Some("mpi"), _) => (
+            MPI_UNUSED.to_vec(),
+            "with --backend mpi: mpirun starts the ranks (`mpirun -np K`, or --ranks K), MPI \
+             carries the chunks, and a lost rank ends the job"
+                .into(),
+            "--backend processes",
+        ),
+        (_, Some("threads")) => (
+            PROCESS_ONLY.to_vec(),
+            "with --mode threads (threads of one process)".into(),
+            "--mode processes",
+        ),
+        (_, Some("single")) => (
+            PROCESS_ONLY.iter().chain(SINGLE_UNUSED).copied().collect(),
+            "with --mode single (a single process)".into(),
+            "--mode processes",
+        ),
         _ => return None,
     };
     let id = unused.into_iter().find(|id| given(id))?;
-    let what = match mode {
-        "threads" => "threads of one process",
-        _ => "a single process",
-    };
     Some(format!(
-        "--{} has no effect with --mode {mode} ({what}): drop it, or use --mode processes\n",
+        "--{} has no effect {why}: drop it, or use {instead}\n",
         id.replace('_', "-")
     ))
 }
@@ -435,6 +469,18 @@ pub(crate) struct RunArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub mpi_node_size: Option<u64>,
 
+    /// With --backend mpi: how results of ranks on other nodes reach rank 0's window,
+    /// `MPI_Put` into it (default, measured faster) or inside each chunk's reply
+    #[arg(help_heading = WORKERS, long, global = true, value_enum, value_name = "ROUTE")]
+    pub mpi_route: Option<MpiRouteArg>,
+
+    /// With --backend mpi: start `mpirun -np K` on this command yourself (adding
+    /// --oversubscribe when K exceeds the CPUs), and exit 130/143 when interrupted, which
+    /// mpirun itself does not
+    #[arg(help_heading = WORKERS, long, global = true, value_name = "K",
+          value_parser = clap::value_parser!(u64).range(2..=4096))]
+    pub ranks: Option<u64>,
+
     /// How worker processes start: re-executing this binary, or fork (only from a
     /// single-threaded process)
     #[arg(help_heading = WORKERS, long, global = true, value_enum, default_value_t = StartArg::Spawn)]
@@ -582,6 +628,15 @@ value_enum! {
         /// classic pool, to see what the queue saves.
         Channel,
     }
+}
+
+/// `--mpi-route`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum MpiRouteArg {
+    /// One-sided `MPI_Put` into rank 0's memory, then a short reply.
+    Put,
+    /// The results inside each chunk's reply; rank 0 copies them.
+    Send,
 }
 
 /// `--backend`.

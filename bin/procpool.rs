@@ -67,8 +67,15 @@ fn execute(cli: Cli, interrupt: Interrupt) -> anyhow::Result<ExitCode> {
             mpi_run(workload, &cli.run, interrupt)
         }
         Command::Workload(workload) => {
-            if cli.run.mpi_node_size.is_some() {
-                return Err(usage("--mpi-node-size is for --backend mpi"));
+            let mpi_only = [
+                ("--mpi-node-size", cli.run.mpi_node_size.is_some()),
+                ("--mpi-route", cli.run.mpi_route.is_some()),
+                ("--ranks", cli.run.ranks.is_some()),
+            ];
+            if let Some((flag, _)) = mpi_only.iter().find(|(_, given)| *given) {
+                return Err(usage(&format!(
+                    "{flag} is for --backend mpi (a build with --features mpi)"
+                )));
             }
             let options = run_options(&cli.run, interrupt, false)?;
             let image = match &workload {
@@ -249,48 +256,27 @@ fn mpi_run(
     args: &RunArgs,
     interrupt: Interrupt,
 ) -> anyhow::Result<ExitCode> {
-    if args.workers.is_some() {
-        return Err(usage(
-            "--backend mpi has one worker per MPI rank after rank 0: set the count with \
-             `mpirun -np K`, not --workers",
-        ));
-    }
     if let WorkloadCmd::Mandelbrot { image: Some(_), .. } = &workload {
         return Err(usage(
             "--image is for the process backend, not --backend mpi",
         ));
     }
-    // What only procpool's own worker processes use: refused, not ignored.
-    let unused = [
-        ("--pin", args.pin),
-        ("--dispatch", args.dispatch.is_some()),
-        (
-            "--transport channel",
-            args.transport == cli::TransportArg::Channel,
-        ),
-        ("--start fork", args.start == cli::StartArg::Fork),
-        (
-            "--max-chunks-per-worker",
-            args.max_chunks_per_worker.is_some(),
-        ),
-        ("--max-worker-rss", args.max_worker_rss.is_some()),
-        ("--huge-pages", args.huge_pages),
-        ("--trace", args.trace.is_some()),
-        ("--timeline", args.timeline.is_some()),
-    ];
-    if let Some((flag, _)) = unused.iter().find(|(_, given)| *given) {
-        return Err(usage(&format!(
-            "{flag} is for procpool's own worker processes, not --backend mpi (MPI ranks are \
-             started by mpirun and get their chunks as messages)"
-        )));
-    }
-    let mut run = run_options(args, interrupt, false)?;
+    // What only procpool's own worker processes use was refused while parsing
+    // (`cli::MPI_UNUSED`).
+    let mut run = run_options(args, interrupt.clone(), false)?;
     run.pool.observer = None;
+    if let Some(ranks) = args.ranks {
+        return launch(ranks, &interrupt);
+    }
     let options = procpool::mpi::MpiOptions {
         run,
         node_size: args
             .mpi_node_size
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        route: match args.mpi_route {
+            Some(cli::MpiRouteArg::Put) | None => procpool::mpi::ResultRoute::Put,
+            Some(cli::MpiRouteArg::Send) => procpool::mpi::ResultRoute::Send,
+        },
     };
     with_workload(
         workload,
@@ -299,6 +285,91 @@ fn mpi_run(
             json: args.json,
         },
     )
+}
+
+/// Whether this process is a rank of an MPI job (Open MPI, or another PMI launcher).
+#[cfg(feature = "mpi")]
+fn under_mpirun() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+}
+
+/// `procpool --backend mpi --ranks K ...`: runs `mpirun -np K` on this same command line
+/// without `--ranks`, waits for it, and turns its end into procpool's exit codes. mpirun
+/// answers its own SIGINT or SIGTERM by stopping every rank and exiting 1 whatever the
+/// ranks did (Open MPI's choice, fixed in its launcher), so the signal is caught here and
+/// passed on, and this process exits 130 or 143 once mpirun is done.
+#[cfg(feature = "mpi")]
+fn launch(ranks: u64, interrupt: &Interrupt) -> anyhow::Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    if under_mpirun() {
+        return Err(usage(
+            "--ranks starts mpirun itself: under mpirun, drop it (mpirun's -np sets the ranks)",
+        ));
+    }
+    let exe = std::env::current_exe().context("cannot find this program to start its ranks")?;
+    // The same command line without --ranks K.
+    let mut args = Vec::new();
+    let mut given = std::env::args_os().skip(1);
+    while let Some(arg) = given.next() {
+        match arg.to_str() {
+            Some("--ranks") => {
+                given.next();
+            }
+            Some(a) if a.starts_with("--ranks=") => {}
+            _ => args.push(arg),
+        }
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let mut mpirun = std::process::Command::new("mpirun");
+    mpirun.arg("-np").arg(ranks.to_string());
+    if ranks > cpus {
+        mpirun.arg("--oversubscribe");
+    }
+    // mpirun in a process group of its own: a Ctrl-C reaches this process only, and mpirun
+    // gets one SIGTERM from it (a second signal within 5 s makes mpirun exit without
+    // stopping the ranks). Its stdin is not the terminal, which only the foreground group
+    // may read.
+    let mut child = mpirun
+        .arg(&exe)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => usage(
+                "--ranks runs mpirun, which is not installed: apt-get install openmpi-bin \
+                 libopenmpi-dev (README: \"Beyond one machine\")",
+            ),
+            _ => anyhow::anyhow!("cannot start mpirun: {e}"),
+        })?;
+    let mut passed_on = None;
+    let status = loop {
+        if let Some(status) = child.try_wait().context("cannot wait for mpirun")? {
+            break status;
+        }
+        if passed_on.is_none()
+            && let Some(signal) = interrupt.requested()
+        {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            passed_on = Some(signal);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    if let Some(signal) = passed_on.or_else(|| interrupt.requested()) {
+        let name = nix::sys::signal::Signal::try_from(signal).map_or("a signal", |s| s.as_str());
+        eprintln!("procpool: interrupted by {name}: mpirun stopped every rank");
+        return Ok(ExitCode::from(128 + signal as u8));
+    }
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(2) => ExitCode::from(EXIT_USAGE),
+        // A rank that died (mpirun exits with its status or 128 + its signal) or failed:
+        // rank 0 said why on stderr.
+        _ => ExitCode::from(EXIT_FAILED),
+    })
 }
 
 /// One run on the MPI backend.
@@ -312,6 +383,16 @@ struct MpiRun {
 impl WithWorkload for MpiRun {
     fn with<W: Workload>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
         match procpool::mpi::run(workload, n, &self.options)? {
+            Some(report) => {
+                print_text_or_json(&report, self.json, procpool::report::render_text)?;
+                Ok(verdict(&report))
+            }
+            None => Ok(ExitCode::SUCCESS),
+        }
+    }
+
+    fn with_reduce<W: Reduce>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
+        match procpool::mpi::run_reduce(workload, n, &self.options)? {
             Some(report) => {
                 print_text_or_json(&report, self.json, procpool::report::render_text)?;
                 Ok(verdict(&report))

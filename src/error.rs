@@ -164,6 +164,25 @@ pub enum Error {
         needed_kill: usize,
     },
 
+    /// An MPI rank died in the middle of the job (the MPI backend, feature `mpi`): plain
+    /// MPI cannot replace it, so mpirun stopped every rank.
+    #[error(
+        "MPI rank {rank} (pid {pid} on host {host}) died{}; mpirun stopped every rank (the \
+         MPI backend cannot replace a rank or retry its chunk: the process backend can)",
+        chunk.map(|(id, start, end)| format!(" while running chunk {id} (elements {start}..{end})"))
+            .unwrap_or_default()
+    )]
+    RankLost {
+        /// The rank in `MPI_COMM_WORLD`.
+        rank: usize,
+        /// Its process id.
+        pid: u32,
+        /// Its host.
+        host: String,
+        /// The chunk it was running (id, first index, one past the last), if it had one.
+        chunk: Option<(u64, u64, u64)>,
+    },
+
     /// The streamed output could not be written (see [`crate::Pool::stream_with`]).
     #[error("{0}")]
     Output(String),
@@ -251,6 +270,10 @@ impl Error {
     pub fn chunk(&self) -> Option<u64> {
         match *self {
             Error::ChunkFailed { chunk, .. } | Error::KernelPanicked { chunk, .. } => Some(chunk),
+            Error::RankLost {
+                chunk: Some((chunk, ..)),
+                ..
+            } => Some(chunk),
             _ => None,
         }
     }
@@ -291,7 +314,8 @@ impl Error {
             | Error::HandshakeExit { id, .. }
             | Error::HandshakeTimeout { id, .. }
             | Error::WorkerFailed { id, .. }
-            | Error::KernelPanicked { worker: id, .. } => Some(id),
+            | Error::KernelPanicked { worker: id, .. }
+            | Error::RankLost { rank: id, .. } => Some(id),
             Error::ChunkFailed { last, .. } | Error::TooManyRestarts { last, .. } => {
                 Some(last.worker)
             }

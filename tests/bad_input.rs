@@ -557,3 +557,48 @@ fn process_options_with_threads_or_a_single_process_are_refused_naming_the_mode(
     ])
     .assert_code(EXIT_OK);
 }
+
+#[test]
+fn process_options_with_the_mpi_backend_are_refused_naming_it() {
+    // Refused while parsing, in every build: nothing starts, mpirun or not.
+    for (args, flag) in [
+        (
+            &["--backend", "mpi", "--timeout", "1s", "hash", "10"][..],
+            "--timeout",
+        ),
+        (
+            &["--backend", "mpi", "--retries", "0", "hash", "10"],
+            "--retries",
+        ),
+        (
+            &["--backend", "mpi", "--mode", "threads", "hash", "10"],
+            "--mode",
+        ),
+        (
+            &["hash", "10", "--backend", "mpi", "--grace", "1s"],
+            "--grace",
+        ),
+        (
+            &["--backend", "mpi", "--workers", "4", "hash", "10"],
+            "--workers",
+        ),
+    ] {
+        let line = refused(args);
+        assert!(
+            line.contains(flag) && line.contains("--backend mpi") && line.contains("mpirun -np K"),
+            "{args:?}: {line}"
+        );
+    }
+    // And the MPI backend's own options on the process backend.
+    for flag in [
+        &["--mpi-node-size", "1"][..],
+        &["--mpi-route", "send"],
+        &["--ranks", "3"],
+    ] {
+        let line = refused(&[flag, &["hash", "10"][..]].concat());
+        assert!(
+            line.contains(flag[0]) && line.contains("--backend mpi"),
+            "{flag:?}: {line}"
+        );
+    }
+}

@@ -466,7 +466,7 @@ fn a_panicking_kernel_is_an_error_and_the_same_pool_runs_the_next_job() {
             assert_eq!((*chunk, *start, *end), (3, 300, 400));
             assert_eq!(message, "injected panic at chunk 3");
             assert!(
-                location.as_deref().is_some_and(|l| l.contains("worker.rs")),
+                location.as_deref().is_some_and(|l| l.contains("fault.rs")),
                 "{err}"
             );
         }

@@ -31,18 +31,41 @@ struct Outcome {
 
 /// `mpirun -np RANKS procpool --backend mpi ARGS`, killed after [`DEADLINE`].
 fn mpirun(ranks: usize, args: &[&str]) -> Outcome {
-    let mut child = Command::new("mpirun")
+    let mut command = Command::new("mpirun");
+    command
         .args(["-np", &ranks.to_string(), "--oversubscribe"])
         .arg(env!("CARGO_BIN_EXE_procpool"))
         .args(["--backend", "mpi"])
-        .args(args)
+        .args(args);
+    finish(start(command), &format!("mpirun -np {ranks} {args:?}"))
+}
+
+/// `procpool --backend mpi --ranks RANKS ARGS`: procpool starts mpirun itself.
+fn launched(ranks: usize, args: &[&str]) -> std::process::Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_procpool"));
+    command
+        .args(["--backend", "mpi", "--ranks", &ranks.to_string()])
+        .args(args);
+    start(command)
+}
+
+/// Starts `command` with Open MPI allowed to run as root and both outputs piped.
+fn start(mut command: Command) -> std::process::Child {
+    command
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("mpirun starts (install Open MPI: apt-get install openmpi-bin libopenmpi-dev)");
+        .expect("mpirun starts (install Open MPI: apt-get install openmpi-bin libopenmpi-dev)")
+}
+
+/// Waits for `child` (killed after [`DEADLINE`]) and reads what it printed.
+fn finish(mut child: std::process::Child, what: &str) -> Outcome {
     let began = Instant::now();
+    // Read the pipes on threads, so a child that prints much never blocks on a full pipe.
+    let out = child.stdout.take().map(read_all);
+    let err = child.stderr.take().map(read_all);
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for mpirun") {
             break status;
@@ -50,27 +73,26 @@ fn mpirun(ranks: usize, args: &[&str]) -> Outcome {
         if began.elapsed() > DEADLINE {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("mpirun -np {ranks} {args:?} passed its {DEADLINE:?} deadline");
+            panic!("{what} passed its {DEADLINE:?} deadline");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let read = |pipe: Option<std::process::ChildStdout>| {
-        let mut s = String::new();
-        if let Some(mut p) = pipe {
-            let _ = std::io::Read::read_to_string(&mut p, &mut s);
-        }
-        s
+    let join = |h: Option<std::thread::JoinHandle<String>>| {
+        h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
     };
-    let stdout = read(child.stdout.take());
-    let mut stderr = String::new();
-    if let Some(mut p) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut p, &mut stderr);
-    }
     Outcome {
         code: status.code(),
-        stdout,
-        stderr,
+        stdout: join(out),
+        stderr: join(err),
     }
+}
+
+fn read_all<R: std::io::Read + Send + 'static>(mut pipe: R) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = pipe.read_to_string(&mut s);
+        s
+    })
 }
 
 /// What /dev/shm holds now.
@@ -118,13 +140,21 @@ fn every_builtin_workload_verifies_on_2_3_and_5_ranks_on_both_routes() {
     ];
     for &(name, args, n) in jobs {
         for ranks in [2, 3, 5] {
-            for node_size in [None, Some("1")] {
+            for (node_size, route) in [
+                (None, None),
+                (Some("1"), Some("send")),
+                (Some("1"), Some("put")),
+            ] {
                 let mut all: Vec<&str> = args.to_vec();
                 if let Some(size) = node_size {
                     all.extend(["--mpi-node-size", size]);
                 }
+                if let Some(route) = route {
+                    all.extend(["--mpi-route", route]);
+                }
                 let v = json_run(ranks, &all);
-                let what = format!("{name} on {ranks} ranks, node size {node_size:?}");
+                let what =
+                    format!("{name} on {ranks} ranks, node size {node_size:?}, route {route:?}");
                 assert_eq!(v["verified"], Value::Bool(true), "{what}: {v}");
                 assert_eq!(v["workload"], name, "{what}");
                 assert_eq!(v["n"], n, "{what}");
@@ -148,6 +178,19 @@ fn every_builtin_workload_verifies_on_2_3_and_5_ranks_on_both_routes() {
                         assert_eq!(mpi["cross_node_bytes"], bytes, "{what}");
                     }
                 }
+                assert_eq!(mpi["route"], route.unwrap_or("put"), "{what}");
+                // Started by mpirun: the time from its start to the first chunk is known.
+                let launch = mpi["launch_s"].as_f64().expect("launch_s under mpirun");
+                assert!(
+                    launch > 0.0 && launch < DEADLINE.as_secs_f64(),
+                    "{what}: {v}"
+                );
+                // Squares and primes reduce: the workers' accumulators, combined in chunk
+                // order, equal the single-process output reduced over the same chunks.
+                if matches!(name, "squares" | "primes") {
+                    assert!(!v["reduction"].is_null(), "{what}: {v}");
+                    assert_eq!(v["reduction"], v["baseline_reduction"], "{what}");
+                }
                 let keys: BTreeSet<&str> = mpi
                     .as_object()
                     .unwrap()
@@ -163,6 +206,8 @@ fn every_builtin_workload_verifies_on_2_3_and_5_ranks_on_both_routes() {
                     "window_bytes",
                     "shm_result_bytes",
                     "cross_node_bytes",
+                    "route",
+                    "launch_s",
                     "wait",
                     "stale_shm_files_removed",
                     "mca_set",
@@ -257,35 +302,21 @@ fn a_dev_shm_too_small_for_the_window_is_refused_in_one_line() {
 fn a_rank_that_dies_ends_the_job_and_leaves_no_rank_running() {
     let _serial = serial();
     let before = dev_shm();
-    let mut child = Command::new("mpirun")
+    let mut command = Command::new("mpirun");
+    command
         .args([
             "-np",
             "3",
             "--oversubscribe",
             env!("CARGO_BIN_EXE_procpool"),
         ])
-        .args(["--backend", "mpi", "hash", "1000000", "--rounds", "50"])
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mpirun starts");
-    let ranks = || -> Vec<u32> {
-        let out = Command::new("pgrep")
-            .args(["-P", &child.id().to_string()])
-            .output()
-            .expect("pgrep");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
-    };
+        .args(["--backend", "mpi", "hash", "1000000", "--rounds", "50"]);
+    let child = start(command);
     let began = Instant::now();
-    let mut seen = ranks();
+    let mut seen = ranks_of(child.id());
     while seen.len() < 3 && began.elapsed() < DEADLINE {
         std::thread::sleep(Duration::from_millis(50));
-        seen = ranks();
+        seen = ranks_of(child.id());
     }
     assert_eq!(seen.len(), 3, "three ranks start: {seen:?}");
     // Let them reach the job, then kill the last-started rank (a worker, or rank 0).
@@ -294,31 +325,10 @@ fn a_rank_that_dies_ends_the_job_and_leaves_no_rank_running() {
     let _ = Command::new("kill")
         .args(["-9", &victim.to_string()])
         .status();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if began.elapsed() > DEADLINE {
-            let _ = child.kill();
-            panic!("mpirun did not end after a rank was killed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(!status.success(), "the job fails when a rank dies");
-    // A rank still alive is one whose command line is still procpool's (a pid the system
-    // reused is someone else's); mpirun's last SIGKILL may take a moment to land.
-    let ours = |pid: &u32| {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("--backend"))
-            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| s.contains(") Z "))
-    };
-    let gone = Instant::now();
-    while seen.iter().any(ours) && gone.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let left: Vec<_> = seen.iter().filter(|p| ours(p)).collect();
-    assert!(left.is_empty(), "ranks still running: {left:?}");
+    let out = finish(child, "mpirun after a rank was killed");
+    assert_ne!(out.code, Some(0), "the job fails when a rank dies");
+    // mpirun's last SIGKILL may take a moment to land.
+    all_gone(&seen);
     // Open MPI may leave the killed rank's files in /dev/shm; the next run removes them
     // once they are older than a starting job's (5 s) and no process maps them.
     std::thread::sleep(Duration::from_secs(6));
@@ -360,4 +370,166 @@ fn every_schedule_and_a_mix_of_routes_verify() {
     );
     assert_eq!(shm + cross, 800_000, "{v}");
     assert!(shm > 0 && cross > 0, "both routes carried results: {v}");
+}
+
+#[test]
+fn the_reductions_are_the_known_sums_and_counts() {
+    let _serial = serial();
+    // The sum of i² for i < 1000 (wrapping u64) and the primes below 1000.
+    let v = json_run(3, &["squares", "1000", "--chunk-size", "7"]);
+    assert_eq!(v["reduction"], 332_833_500u64, "{v}");
+    assert_eq!(v["verified"], Value::Bool(true), "{v}");
+    let v = json_run(
+        4,
+        &[
+            "primes",
+            "1000",
+            "--mpi-node-size",
+            "2",
+            "--mpi-route",
+            "put",
+        ],
+    );
+    assert_eq!(v["reduction"], 168, "{v}");
+    assert_eq!(v["verified"], Value::Bool(true), "{v}");
+}
+
+/// The process ids of the ranks of the mpirun whose pid is `mpirun`.
+fn ranks_of(mpirun: u32) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-P", &mpirun.to_string()])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Whether `pid` is still a live rank of ours (not a zombie, not a reused pid).
+fn alive(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("--backend"))
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+/// Waits up to 10 s for every pid in `pids` to be gone; fails naming those left.
+fn all_gone(pids: &[u32]) {
+    let began = Instant::now();
+    while pids.iter().any(|&p| alive(p)) && began.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<_> = pids.iter().filter(|&&p| alive(p)).collect();
+    assert!(left.is_empty(), "ranks still running: {left:?}");
+}
+
+#[test]
+fn a_panicking_chunk_ends_the_job_with_exit_1_naming_rank_host_and_chunk() {
+    let _serial = serial();
+    let before = dev_shm();
+    let out = finish(
+        launched(
+            3,
+            &["hash", "20000", "--rounds", "5", "--inject", "panic@3"],
+        ),
+        "panic@3",
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("procpool: the kernel panicked"))
+        .unwrap_or_else(|| panic!("no line about the panic: {}", out.stderr));
+    assert!(line.contains("on chunk 3 (elements 7500..10000)"), "{line}");
+    assert!(line.contains("injected panic at chunk 3"), "{line}");
+    assert!(line.contains("MPI rank "), "{line}");
+    assert!(line.contains(" on host "), "{line}");
+    // The ranks finished together: MPI finalized and Open MPI removed its files.
+    let left: Vec<_> = dev_shm().difference(&before).cloned().collect();
+    assert!(left.is_empty(), "left in /dev/shm: {left:?}");
+}
+
+#[test]
+fn a_rank_killed_at_a_chunk_ends_the_job_naming_it_and_leaves_no_rank() {
+    let _serial = serial();
+    for action in ["kill", "segv", "exit", "abort"] {
+        let fault = format!("{action}@2");
+        let out = finish(
+            launched(3, &["hash", "20000", "--rounds", "5", "--inject", &fault]),
+            &fault,
+        );
+        assert_eq!(out.code, Some(1), "{fault}: {}", out.stderr);
+        let line = out
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("procpool: MPI rank "))
+            .unwrap_or_else(|| panic!("{fault}: no line naming the rank: {}", out.stderr));
+        assert!(
+            line.contains("died while running chunk 2 (elements 5000..7500)"),
+            "{fault}: {line}"
+        );
+        assert!(line.contains(" on host "), "{fault}: {line}");
+        assert!(line.contains("cannot replace a rank"), "{fault}: {line}");
+    }
+    // Under a plain mpirun, the exit code is mpirun's (here 128 + SIGKILL), and rank 0
+    // says the same.
+    let out = mpirun(3, &["hash", "20000", "--rounds", "5", "--inject", "kill@2"]);
+    assert_eq!(out.code, Some(137), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("died while running chunk 2"),
+        "{}",
+        out.stderr
+    );
+    // A hung rank would hang the job: refused before anything runs.
+    let out = mpirun(2, &["hash", "100", "--inject", "hang@0"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("no chunk time limit"), "{}", out.stderr);
+}
+
+#[test]
+fn sigint_and_sigterm_stop_the_job_with_130_and_143_and_leave_nothing() {
+    let _serial = serial();
+    for (signal, code) in [("INT", 130), ("TERM", 143)] {
+        let child = launched(3, &["hash", "2000000", "--rounds", "50"]);
+        let launcher = child.id();
+        // procpool → mpirun → 3 ranks.
+        let began = Instant::now();
+        let (mut mpirun, mut seen) = (None, Vec::new());
+        while seen.len() < 3 && began.elapsed() < DEADLINE {
+            std::thread::sleep(Duration::from_millis(50));
+            mpirun = ranks_of(launcher).first().copied();
+            seen = mpirun.map(ranks_of).unwrap_or_default();
+        }
+        assert_eq!(seen.len(), 3, "three ranks start: {seen:?}");
+        // Into the job, then the signal to procpool, as a Ctrl-C or `kill` would send it.
+        std::thread::sleep(Duration::from_millis(800));
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &launcher.to_string()])
+            .status();
+        let out = finish(child, &format!("SIG{signal}"));
+        assert_eq!(out.code, Some(code), "SIG{signal}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!(
+                "interrupted by SIG{signal}: mpirun stopped every rank"
+            )),
+            "{}",
+            out.stderr
+        );
+        all_gone(&seen);
+        assert!(mpirun.is_some_and(|m| !alive(m)));
+    }
+}
+
+#[test]
+fn ranks_is_refused_under_mpirun_and_on_the_process_backend() {
+    let _serial = serial();
+    let out = mpirun(2, &["--ranks", "2", "hash", "100"]);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("drop it"), "{}", out.stderr);
+    let out = Command::new(env!("CARGO_BIN_EXE_procpool"))
+        .args(["--ranks", "2", "hash", "100"])
+        .output()
+        .expect("procpool runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ranks is for --backend mpi"));
 }

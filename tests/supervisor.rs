@@ -127,7 +127,7 @@ fn a_kernel_panic_is_one_error_naming_the_chunk_the_message_and_where(dispatch: 
     assert!(
         line.contains("the kernel panicked on chunk 0 (elements 0..")
             && line.contains("injected panic at chunk 0")
-            && line.contains("(at src/engine/worker.rs:"),
+            && line.contains("(at src/engine/fault.rs:"),
         "{line}"
     );
     // Said once, with no backtrace: the worker's own panic output is kept quiet.

@@ -40,6 +40,23 @@ impl FaultAction {
         ("corrupt", FaultAction::Corrupt),
     ];
 
+    /// Makes this process fail the way the action says, right before it runs chunk `id`
+    /// (`Corrupt` does nothing here: it acts on the chunk's output after the kernel).
+    pub(crate) fn strike(self, id: u64) {
+        use nix::sys::signal::Signal;
+        match self {
+            FaultAction::Kill => crate::engine::sys::die_by_signal(Signal::SIGKILL),
+            FaultAction::Abort => std::process::abort(),
+            FaultAction::Panic => panic!("injected panic at chunk {id}"),
+            FaultAction::Segv => crate::engine::sys::die_by_signal(Signal::SIGSEGV),
+            FaultAction::Exit => std::process::exit(3),
+            FaultAction::Hang => loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            },
+            FaultAction::Corrupt => {}
+        }
+    }
+
     fn name(self) -> &'static str {
         Self::ALL
             .iter()

@@ -296,7 +296,12 @@ pub(crate) fn process_cpu(pid: u32) -> Option<Duration> {
 /// How long this process has been running: the system's uptime minus the process's start
 /// time, both from /proc (10 ms resolution). `None` when /proc cannot tell.
 pub(crate) fn process_age() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    process_age_of(std::process::id())
+}
+
+/// How long ago process `pid` started (clock-tick resolution, 10 ms on most systems).
+pub(crate) fn process_age_of(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
     // starttime is field 22 of the whole line: 20 after the name.
     let start_ticks: f64 = fields.get(19)?.parse().ok()?;
@@ -313,6 +318,18 @@ pub(crate) fn process_age() -> Option<Duration> {
     Some(Duration::from_secs_f64(
         (uptime - start_ticks / per_second).max(0.0),
     ))
+}
+
+/// When process `pid` started (clock ticks since boot, `/proc/PID/stat` field 22) and
+/// whether it is a zombie; `None` when there is no such process. A pid with the same start
+/// time is the same process: one the system reused for another starts later.
+#[cfg(feature = "mpi")]
+pub(crate) fn process_started(pid: u32) -> Option<(u64, bool)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    // The state is field 3 of the whole line, starttime field 22: 1 and 20 after the name.
+    let zombie = fields.first()? == &"Z";
+    Some((fields.get(19)?.parse().ok()?, zombie))
 }
 
 /// CPU time (user + system) and peak resident memory of process `pid`, read from /proc.

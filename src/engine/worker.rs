@@ -837,7 +837,7 @@ fn run_chunk(
         .find(|f| f.fires(id, attempt))
         .map(|f| f.action);
     if let Some(action) = fault {
-        inject_before(action, id);
+        action.strike(id);
     }
     // A chunk never crosses a window, so its bytes are contiguous in the region.
     let bytes = |i: u64| {
@@ -905,7 +905,7 @@ static PANIC_LOCATION: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(
 /// Replaces the default panic hook, which prints the message (and a backtrace) on stderr,
 /// with one that only notes where the panic happened: the parent gets message and
 /// location in one error instead of the worker printing them.
-fn quiet_panics() {
+pub(crate) fn quiet_panics() {
     std::panic::set_hook(Box::new(|info| {
         let location = info
             .location()
@@ -917,7 +917,7 @@ fn quiet_panics() {
 }
 
 /// The message of a caught panic, and where it happened.
-fn panic_report(payload: &(dyn std::any::Any + Send)) -> (String, Option<String>) {
+pub(crate) fn panic_report(payload: &(dyn std::any::Any + Send)) -> (String, Option<String>) {
     let message = payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -925,22 +925,6 @@ fn panic_report(payload: &(dyn std::any::Any + Send)) -> (String, Option<String>
         .unwrap_or_else(|| "a panic with a payload that is not a string".to_string());
     let location = PANIC_LOCATION.lock().ok().and_then(|mut l| l.take());
     (message, location)
-}
-
-/// Makes this worker fail the way `action` says, right before running chunk `id`.
-fn inject_before(action: FaultAction, id: u64) {
-    use nix::sys::signal::Signal;
-    match action {
-        FaultAction::Kill => crate::engine::sys::die_by_signal(Signal::SIGKILL),
-        FaultAction::Abort => std::process::abort(),
-        FaultAction::Panic => panic!("injected panic at chunk {id}"),
-        FaultAction::Segv => crate::engine::sys::die_by_signal(Signal::SIGSEGV),
-        FaultAction::Exit => std::process::exit(3),
-        FaultAction::Hang => loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
-        },
-        FaultAction::Corrupt => {}
-    }
 }
 
 #[cfg(test)]

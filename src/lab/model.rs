@@ -315,8 +315,14 @@ pub struct MpiReport {
     pub window_bytes: u64,
     /// Result bytes workers on rank 0's node wrote into the shared window (last round).
     pub shm_result_bytes: u64,
-    /// Result bytes that crossed nodes, in `Done` messages (last round).
+    /// Result bytes that crossed nodes (last round), by `route`.
     pub cross_node_bytes: u64,
+    /// How results cross nodes: `put` (`MPI_Put` into rank 0's window) or `send` (in each
+    /// chunk's `Done` message, copied into the window by rank 0).
+    pub route: String,
+    /// Seconds from `mpirun`'s start to rank 0 handing out the first chunk (`null` when
+    /// rank 0's parent is not Open MPI's launcher); clock-tick resolution, 10 ms.
+    pub launch_s: Option<f64>,
     /// How ranks wait for messages.
     pub wait: String,
     /// Open MPI files that killed jobs had left in /dev/shm, removed before this run

@@ -257,9 +257,28 @@ type Checked = (
 );
 
 /// A round's reduction: its chunks' accumulators in chunk order, and their combination.
-struct RoundReduction {
+pub(crate) struct RoundReduction {
     parts: Vec<ReducedChunk>,
     combined: Vec<u8>,
+}
+
+/// Combines a round's chunk accumulators in chunk order (checking that they cover `0..n`
+/// once) into `stats.reduction`; `None` without a reducer.
+pub(crate) fn combine_round<T>(
+    reducer: Option<&dyn ChunkReducer<T>>,
+    parts: Vec<ReducedChunk>,
+    n: u64,
+    stats: &mut JobStats,
+) -> Result<Option<RoundReduction>> {
+    let Some(reducer) = reducer else {
+        return Ok(None);
+    };
+    let parts = in_chunk_order(parts, n)?;
+    let combined = reducer
+        .combine(&mut parts.iter().map(|p| p.acc.as_slice()))
+        .map_err(Error::Ipc)?;
+    stats.reduction = Some(reducer.describe(&combined));
+    Ok(Some(RoundReduction { parts, combined }))
 }
 
 /// One round: the parallel run and (unless skipped) the single-process run, verified.
@@ -275,19 +294,8 @@ fn run_round<W: Workload>(
     if let Some(path) = &options.output {
         return stream_round(workload, local, n, options, path);
     }
-    // Combines a run's chunk accumulators in chunk order, into its stats.
     let combine =
-        |parts: Vec<ReducedChunk>, stats: &mut JobStats| -> Result<Option<RoundReduction>> {
-            let Some(reducer) = reducer else {
-                return Ok(None);
-            };
-            let parts = in_chunk_order(parts, n)?;
-            let combined = reducer
-                .combine(&mut parts.iter().map(|p| p.acc.as_slice()))
-                .map_err(Error::Ipc)?;
-            stats.reduction = Some(reducer.describe(&combined));
-            Ok(Some(RoundReduction { parts, combined }))
-        };
+        |parts: Vec<ReducedChunk>, stats: &mut JobStats| combine_round(reducer, parts, n, stats);
     let interrupt = &options.pool.supervision.interrupt;
     let tolerance = local.tolerance();
     let tracing = options.job.trace && options.mode == Mode::Processes;
@@ -711,7 +719,7 @@ pub(crate) fn build_report<W: Workload>(
 
 /// The single-process output reduced over the pool's chunks, in the same order, and
 /// compared with the pool's reduction byte for byte.
-fn reduce_like<T>(
+pub(crate) fn reduce_like<T>(
     reducer: &dyn ChunkReducer<T>,
     pool: &RoundReduction,
     single: &[T],

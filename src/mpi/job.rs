@@ -11,17 +11,22 @@ use mpi::point_to_point::{Destination, MatchedReceiveVec, Source};
 use mpi::topology::{Color, Communicator, SimpleCommunicator};
 use mpi::traits::CommunicatorCollectives;
 
-use super::window::Window;
-use super::wire::{self, Backoff, Done, Header};
-use super::{MpiOptions, MpiReport};
+use super::window::Windows;
+use super::wire::{self, Backoff, Done, Failed, Header};
+use super::{MpiOptions, MpiReport, ResultRoute};
+use crate::engine::fault::FaultAction;
 use crate::engine::interrupt::Interrupt;
+use crate::engine::pool::ReducedChunk;
 use crate::engine::pool::WorkerStats;
 use crate::engine::schedule::{Chunk, Dispenser};
 use crate::error::{Error, Phase, Result};
 use crate::lab::baseline::{checksum_until, compare, run_single};
 use crate::lab::meta::Meta;
 use crate::lab::model::{Mode, Report};
-use crate::lab::run::{Round, build_report, check_element, in_process_stats};
+use crate::lab::run::{
+    Round, build_report, check_element, combine_round, in_process_stats, reduce_like,
+};
+use crate::workload::ChunkReducer;
 use crate::workload::Workload;
 
 /// Where this rank is.
@@ -97,18 +102,31 @@ fn to_bytes(words: &[u64]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
+/// Builds the reducer of a workload that reduces ([`crate::Reduce`]); the MPI run takes it
+/// as a plain function so that it stays generic over any [`Workload`].
+pub(super) type MakeReducer<W> = fn(&W) -> Box<dyn ChunkReducer<<W as Workload>::Output> + '_>;
+
+/// Whether an error means the job was stopped from outside (a signal, a rank lost): no MPI
+/// call can be trusted to finish then, so the window and MPI are left unfreed and the
+/// process should exit.
+pub(super) fn stopped(e: &Error) -> bool {
+    e.interrupted_by().is_some() || matches!(e, Error::RankLost { .. })
+}
+
 pub(super) fn run<W: Workload>(
     universe: &Universe,
     workload: &W,
     n: u64,
     options: &MpiOptions,
     mca_set: Vec<String>,
+    reducer: Option<MakeReducer<W>>,
+    init: Instant,
 ) -> Result<Option<Report>> {
     let place = locate(universe, options.node_size);
     if place.rank == 0 {
-        root(place, workload, n, options, mca_set).map(Some)
+        root(place, workload, n, options, mca_set, reducer, init).map(Some)
     } else {
-        worker::<W>(place, &options.run.pool.supervision.interrupt)?;
+        worker::<W>(place, &options.run.pool.supervision.interrupt, reducer)?;
         Ok(None)
     }
 }
@@ -118,6 +136,47 @@ struct Rank {
     pid: u32,
     node: usize,
     host: String,
+    /// The process's start time (clock ticks since boot), to tell it from a later process
+    /// with the same pid.
+    started: u64,
+}
+
+impl Rank {
+    /// Whether this rank's process is gone: on rank 0's host, its pid names no process, a
+    /// zombie, or a process that started at another time. Ranks on other hosts cannot be
+    /// looked at from here (`false`).
+    fn lost(&self, host: &str) -> bool {
+        self.host == host
+            && crate::engine::sys::process_started(self.pid)
+                .is_none_or(|(started, zombie)| zombie || started != self.started)
+    }
+}
+
+/// The error for a stop (a signal from mpirun or the user): a rank lost on this host, with
+/// the chunk it was running (the first of its chunks still out), if one is; else `e`.
+fn lost_or(e: Error, ranks: &[Rank], pending: &HashMap<u64, (Chunk, usize, Instant)>) -> Error {
+    if e.interrupted_by().is_none() {
+        return e;
+    }
+    let Some((rank, r)) = ranks
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find(|(_, r)| r.lost(&ranks[0].host))
+    else {
+        return e;
+    };
+    let chunk = pending
+        .values()
+        .filter(|(_, to, _)| *to == rank)
+        .min_by_key(|(_, _, sent)| *sent)
+        .map(|(c, _, _)| (c.id, c.start, c.end));
+    Error::RankLost {
+        rank,
+        pid: r.pid,
+        host: r.host.clone(),
+        chunk,
+    }
 }
 
 fn refusal<W: Workload>(workload: &W, n: u64, options: &MpiOptions, ranks: usize) -> Result<()> {
@@ -142,10 +201,19 @@ fn refusal<W: Workload>(workload: &W, n: u64, options: &MpiOptions, ranks: usize
             "the mpi backend does not stream to a file (`output`): use the process backend",
         ));
     }
-    if !run.job.faults.is_empty() {
+    if let Some(f) = run
+        .job
+        .faults
+        .iter()
+        .find(|f| f.action == FaultAction::Hang)
+    {
         return Err(Error::invalid(
             "faults",
-            "the mpi backend has no fault injection (`faults`): a lost rank ends an MPI job",
+            format!(
+                "`faults` {f}: a hung rank would hang the MPI job, which has no chunk time \
+                 limit (`chunk_timeout`): inject kill, abort, segv, exit, panic or corrupt, or \
+                 use the process backend"
+            ),
         ));
     }
     if run.repeat == 0 {
@@ -155,6 +223,10 @@ fn refusal<W: Workload>(workload: &W, n: u64, options: &MpiOptions, ranks: usize
         ));
     }
     crate::engine::pool::check_counts(ranks - 1, run.pool.inflight, run.job.chunk_size)?;
+    if let Some(last) = run.job.faults.iter().map(|f| f.chunk).max() {
+        let chunks = dispenser::<W>(n, ranks - 1, options).chunks_up_to(last);
+        crate::engine::fault::check_faults(&run.job.faults, chunks)?;
+    }
     check_element::<W>(workload)?;
     let bytes = n as u128 * std::mem::size_of::<W::Output>() as u128;
     let mut parts = vec![("shared window", bytes)];
@@ -174,50 +246,68 @@ fn refusal<W: Workload>(workload: &W, n: u64, options: &MpiOptions, ranks: usize
     Ok(())
 }
 
+/// How a round's chunks are cut and handed out to `workers` worker ranks.
+fn dispenser<W: Workload>(n: u64, workers: usize, options: &MpiOptions) -> Dispenser {
+    let job = &options.run.job;
+    let chunk_size = job
+        .chunk_size
+        .or_else(|| W::WAITS.then(|| crate::engine::schedule::waiting_chunk_size(n, workers)));
+    Dispenser::new(job.schedule, n, workers, chunk_size)
+}
+
 fn root<W: Workload>(
     place: Place,
     workload: &W,
     n: u64,
     options: &MpiOptions,
     mca_set: Vec<String>,
+    make_reducer: Option<MakeReducer<W>>,
+    init: Instant,
 ) -> Result<Report> {
     let started = std::time::SystemTime::now();
     let machine = crate::engine::limits::Machine::read();
-    let began = Instant::now();
     let mut backoff = Backoff::default();
     // Every worker says where it is.
-    let mut ranks: Vec<Rank> = vec![Rank {
-        pid: std::process::id(),
-        node: 0,
-        host: mpi::environment::processor_name().unwrap_or_default(),
-    }];
-    ranks.extend((1..place.ranks).map(|_| Rank {
-        pid: 0,
-        node: 0,
-        host: String::new(),
-    }));
+    let host = mpi::environment::processor_name().unwrap_or_default();
+    let mut ranks: Vec<Rank> = (0..place.ranks)
+        .map(|_| Rank {
+            pid: std::process::id(),
+            node: 0,
+            host: host.clone(),
+            started: 0,
+        })
+        .collect();
     for _ in 1..place.ranks {
         let (bytes, from, _) = receive_tag(&place.world, None, wire::TAG_HELLO, &mut backoff);
-        let w = words(&bytes[..16]);
+        if bytes.len() < 24 {
+            return Err(Error::Ipc(format!("rank {from} sent a short hello")));
+        }
+        let w = words(&bytes[..24]);
         ranks[from] = Rank {
             pid: w[0] as u32,
             node: w[1] as usize,
-            host: String::from_utf8_lossy(&bytes[16..]).into_owned(),
+            started: w[2],
+            host: String::from_utf8_lossy(&bytes[24..]).into_owned(),
         };
     }
-    // Starting: from this process's start (mpirun's exec, MPI_Init) until every worker
-    // rank said where it is.
-    let spawn = crate::engine::sys::process_age().unwrap_or_else(|| began.elapsed());
+    // Starting: from just before this rank's MPI_Init until every worker rank said where
+    // it is (mpirun's own start before that is in `launch_s`).
+    let spawn = init.elapsed();
     // What a killed job left in /dev/shm goes before this job adds its own files' worth.
     let stale = super::remove_stale_segments();
     let refused = refusal(workload, n, options, place.ranks);
     let elem = std::mem::size_of::<W::Output>();
+    // Results cross nodes by MPI_Put only when some worker is on another node.
+    let put = options.route == ResultRoute::Put && ranks.iter().any(|r| r.node != 0);
     let header = Header {
         n,
         elem_size: elem as u64,
         name: W::NAME.to_string(),
         params: postcard::to_stdvec(workload).map_err(|e| Error::Ipc(e.to_string()))?,
         refused: refused.as_ref().err().map(|e| e.to_string()),
+        reduce: make_reducer.is_some(),
+        faults: options.run.job.faults.clone(),
+        put,
     };
     let header_bytes = postcard::to_stdvec(&header).map_err(|e| Error::Ipc(e.to_string()))?;
     for r in 1..place.ranks {
@@ -228,9 +318,13 @@ fn root<W: Workload>(
     }
     refused?;
     let window_len = n as usize * elem;
-    let mut window = Window::allocate(&place.node, window_len, true).map_err(Error::Ipc)?;
+    let mut windows = Windows::create(&place.world, &place.node, true, true, window_len, put)
+        .map_err(Error::Ipc)?;
     let mut local = workload.clone();
     local.setup();
+    let reducer = make_reducer.map(|make| make(&local));
+    // From mpirun's start to the first chunk, which goes out right after this.
+    let launch = launch_age();
     let rounds = options.run.warmup + options.run.repeat;
     let mut measured = Vec::new();
     let mut last_bytes = (0, 0);
@@ -240,13 +334,14 @@ fn root<W: Workload>(
         match one_round(
             &place,
             &ranks,
-            &mut window,
+            &mut windows,
             &local,
             n,
             options,
             baseline_first,
             spawn,
             &mut backoff,
+            reducer.as_deref(),
         ) {
             Ok((r, bytes)) => {
                 if round >= options.run.warmup {
@@ -260,21 +355,22 @@ fn root<W: Workload>(
             }
         }
     }
-    // SIGINT or SIGTERM (mpirun forwards them when it is stopped): the other ranks got it
-    // too, and no collective call can be trusted to finish; end the whole job at once.
     if let Err(e) = &outcome
-        && let Some(signal) = e.interrupted_by()
+        && stopped(e)
     {
-        place.world.abort(128 + signal);
+        // mpirun is stopping every rank (or the user stopped this one): no collective call
+        // can finish now, so the windows are left for the process's exit to release.
+        std::mem::forget(windows);
+        return outcome.map(|()| unreachable!());
     }
-    // Every worker finishes: STOP, then the window is freed collectively.
+    // Every worker finishes: STOP, then the windows are freed collectively.
     for r in 1..place.ranks {
         place
             .world
             .process_at_rank(r as i32)
             .send_with_tag(&[0u8; 0][..], wire::TAG_STOP);
     }
-    drop(window);
+    drop(windows);
     outcome?;
     let mut run_options = options.run.clone();
     run_options.pool.workers = place.ranks - 1;
@@ -308,6 +404,8 @@ fn root<W: Workload>(
         window_bytes: window_len as u64,
         shm_result_bytes: last_bytes.0,
         cross_node_bytes: last_bytes.1,
+        route: options.route.to_string(),
+        launch_s: launch.map(|d| d.as_secs_f64()),
         wait: wire::wait_text(),
         stale_shm_files_removed: stale,
         mca_set,
@@ -317,6 +415,18 @@ fn root<W: Workload>(
             .to_string(),
     });
     Ok(report)
+}
+
+/// How long ago the `mpirun` that started this rank started: the age of this process's
+/// parent when it is Open MPI's launcher (`mpirun`, `mpiexec`, `orterun`, or the `orted`
+/// daemon on a remote node); `None` under another launcher. Clock-tick resolution (10 ms).
+fn launch_age() -> Option<Duration> {
+    let parent = std::os::unix::process::parent_id();
+    let comm = std::fs::read_to_string(format!("/proc/{parent}/comm")).ok()?;
+    if !["mpirun", "mpiexec", "orterun", "orted", "prterun", "prted"].contains(&comm.trim()) {
+        return None;
+    }
+    crate::engine::sys::process_age_of(parent)
 }
 
 /// [`receive`] that waits for one tag, without an interrupt.
@@ -348,36 +458,37 @@ fn receive_tag(
 fn one_round<W: Workload>(
     place: &Place,
     ranks: &[Rank],
-    window: &mut Window,
+    windows: &mut Windows,
     local: &W,
     n: u64,
     options: &MpiOptions,
     baseline_first: bool,
     spawn: Duration,
     backoff: &mut Backoff,
+    reducer: Option<&dyn ChunkReducer<W::Output>>,
 ) -> Result<(Round, (u64, u64))> {
     let interrupt = &options.run.pool.supervision.interrupt;
+    let mut pending: HashMap<u64, (Chunk, usize, Instant)> = HashMap::new();
+    // A stop names the rank that died on this host, if one did.
+    let lost =
+        |e: Error, pending: &HashMap<u64, (Chunk, usize, Instant)>| lost_or(e, ranks, pending);
     let mut early = match options.run.baseline && baseline_first {
-        true => Some(run_single(local, n, interrupt)?),
+        true => Some(run_single(local, n, interrupt).map_err(|e| lost(e, &pending))?),
         false => None,
     };
     let workers = place.ranks - 1;
     let elem = std::mem::size_of::<W::Output>() as u64;
-    let chunk_size = options
-        .run
-        .job
-        .chunk_size
-        .or_else(|| W::WAITS.then(|| crate::engine::schedule::waiting_chunk_size(n, workers)));
-    let mut dispenser = Dispenser::new(options.run.job.schedule, n, workers, chunk_size);
+    let mut dispenser = dispenser::<W>(n, workers, options);
     let inflight = options.run.pool.inflight.max(1);
     let began = Instant::now();
-    let mut pending: HashMap<u64, (Chunk, usize, Instant)> = HashMap::new();
     let mut stats: Vec<WorkerStats> = (1..place.ranks)
         .map(|r| WorkerStats::idle(r, ranks[r].pid))
         .collect();
     let mut last_done = vec![Duration::ZERO; place.ranks];
     let (mut messages, mut message_bytes) = (0u64, 0u64);
     let (mut shm_bytes, mut cross_bytes, mut chunks) = (0u64, 0u64, 0u64);
+    let mut elements_done = 0u64;
+    let mut parts: Vec<ReducedChunk> = Vec::new();
     let mut failure: Option<Error> = None;
     // A round's first chunks say so: the worker's wait before them (this rank's baseline,
     // the previous round's verification) is not a chunk's dispatch cost.
@@ -397,36 +508,34 @@ fn one_round<W: Workload>(
             if let Some(chunk) = dispenser.next_for(r - 1) {
                 send(r, chunk, true, &mut pending);
                 messages += 1;
-                message_bytes += 24;
+                message_bytes += 32;
             }
         }
     }
     while !pending.is_empty() {
-        let stop = failure
-            .is_some()
-            .then_some(())
-            .map(|_| None)
-            .unwrap_or(Some(interrupt));
-        let Some((bytes, from, tag)) = receive(&place.world, None, backoff, stop) else {
+        // After a panic, the chunks still out are collected (so no rank is left blocked in
+        // a send) without looking at signals; mpirun's own stop ends it anyway.
+        let watch = failure.is_none().then_some(interrupt);
+        let Some((bytes, from, tag)) = receive(&place.world, None, backoff, watch) else {
             let signal = interrupt.requested().unwrap_or(libc::SIGTERM);
-            failure = Some(Error::Interrupted {
+            let stop = Error::Interrupted {
                 signal,
                 phase: Phase::Pool,
                 chunks_done: chunks,
                 chunks: chunks + pending.len() as u64,
-                elements_done: 0,
+                elements_done,
                 n,
                 workers,
                 needed_term: 0,
                 needed_kill: 0,
-            });
-            continue;
+            };
+            return Err(lost(stop, &pending));
         };
         messages += 1;
         message_bytes += bytes.len() as u64;
         match tag {
             wire::TAG_DONE => {
-                let Some((done, results)) = Done::decode(&bytes) else {
+                let Some((done, acc, results)) = Done::decode(&bytes) else {
                     return Err(Error::Ipc(format!("rank {from} sent a short Done message")));
                 };
                 let Some((chunk, _, _)) = pending.remove(&done.id) else {
@@ -435,22 +544,36 @@ fn one_round<W: Workload>(
                         done.id
                     )));
                 };
-                let len = (chunk.len() * elem) as usize;
-                if results.is_empty() && len > 0 {
-                    shm_bytes += len as u64;
-                } else if results.len() == len {
-                    window
-                        .chunk_mut((chunk.start * elem) as usize, len)
-                        .copy_from_slice(results);
-                    cross_bytes += len as u64;
+                let len = chunk.len() * elem;
+                let on_root_node = ranks[from].node == 0;
+                if on_root_node && results.is_empty() {
+                    shm_bytes += len;
+                } else if !on_root_node && results.is_empty() && windows.put.is_some() {
+                    // Put into this rank's memory before the message was sent.
+                    cross_bytes += len;
+                } else if !on_root_node && results.len() as u64 == len {
+                    if let Some(window) = windows.shared.as_mut() {
+                        window
+                            .chunk_mut((chunk.start * elem) as usize, len as usize)
+                            .copy_from_slice(results);
+                    }
+                    cross_bytes += len;
                 } else {
                     return Err(Error::Ipc(format!(
-                        "rank {from} sent {} result bytes for chunk {}, {len} expected",
+                        "rank {from} sent {} result bytes for chunk {}, {} expected",
                         results.len(),
-                        chunk.id
+                        chunk.id,
+                        if on_root_node { 0 } else { len }
                     )));
                 }
+                if reducer.is_some() {
+                    parts.push(ReducedChunk {
+                        range: chunk.range(),
+                        acc: acc.to_vec(),
+                    });
+                }
                 chunks += 1;
+                elements_done += chunk.len();
                 let w = &mut stats[from - 1];
                 w.chunks += 1;
                 w.compute_s += done.compute_ns as f64 * 1e-9;
@@ -462,15 +585,16 @@ fn one_round<W: Workload>(
                 {
                     send(from, next, false, &mut pending);
                     messages += 1;
-                    message_bytes += 24;
+                    message_bytes += 32;
                 }
             }
             wire::TAG_FAILED => {
-                let w = words(&bytes[..8]);
-                let message = String::from_utf8_lossy(&bytes[8..]).into_owned();
-                let (chunk, _, _) = pending.remove(&w[0]).unwrap_or((
+                let failed: Failed = postcard::from_bytes(&bytes).map_err(|e| {
+                    Error::Ipc(format!("rank {from} sent a bad failure message: {e}"))
+                })?;
+                let (chunk, _, _) = pending.remove(&failed.id).unwrap_or((
                     Chunk {
-                        id: w[0],
+                        id: failed.id,
                         start: 0,
                         end: 0,
                     },
@@ -483,8 +607,11 @@ fn one_round<W: Workload>(
                     end: chunk.end,
                     worker: from,
                     pid: ranks[from].pid,
-                    message: format!("{message} (rank {from} on host {})", ranks[from].host),
-                    location: None,
+                    message: format!(
+                        "{} (MPI rank {from} on host {})",
+                        failed.message, ranks[from].host
+                    ),
+                    location: failed.location,
                 });
             }
             other => {
@@ -498,31 +625,46 @@ fn one_round<W: Workload>(
         return Err(e);
     }
     let wall = began.elapsed();
-    window.sync();
+    windows.sync();
     for (i, w) in stats.iter_mut().enumerate() {
         w.idle_end_s = wall.saturating_sub(last_done[i + 1]).as_secs_f64();
     }
+    let single = match early.take() {
+        Some(single) => Some(single),
+        None if options.run.baseline => {
+            Some(run_single(local, n, interrupt).map_err(|e| lost(e, &pending))?)
+        }
+        None => None,
+    };
+    let mut job = in_process_stats(n, dispenser.chunk_size(), chunks, wall, stats, &options.run);
+    let reduced = combine_round(reducer, parts, n, &mut job)?;
+    let window = windows
+        .shared
+        .as_ref()
+        .ok_or_else(|| Error::Ipc("rank 0 has no shared window".into()))?;
     let results: &[W::Output] = bytemuck::try_cast_slice(window.bytes()).map_err(|e| {
         Error::Ipc(format!(
             "the shared window is not aligned for the elements: {e}"
         ))
     })?;
-    let single = match early.take() {
-        Some(single) => Some(single),
-        None if options.run.baseline => Some(run_single(local, n, interrupt)?),
-        None => None,
-    };
     let verify_began = Instant::now();
     let stop = |s: crate::lab::baseline::Stopped| s.into_error(Phase::Verify, n);
-    let mismatch = match &single {
-        Some((out, _, _)) => {
-            compare(results, out, local.tolerance().as_ref(), interrupt).map_err(stop)?
-        }
-        None => None,
+    let (mismatch, baseline_reduction) = match &single {
+        Some((out, _, _)) => (
+            compare(results, out, local.tolerance().as_ref(), interrupt).map_err(stop)?,
+            match (reducer, &reduced) {
+                (Some(reducer), Some(r)) => Some(
+                    reduce_like(reducer, r, out, interrupt)
+                        .map_err(stop)?
+                        .map_err(Error::Ipc)?,
+                ),
+                _ => None,
+            },
+        ),
+        None => (None, None),
     };
     let checksum = checksum_until(results, interrupt).map_err(stop)?;
     let verify = verify_began.elapsed();
-    let mut job = in_process_stats(n, dispenser.chunk_size(), chunks, wall, stats, &options.run);
     job.ipc_messages = messages;
     job.ipc_bytes = message_bytes;
     job.shm_bytes = shm_bytes;
@@ -546,7 +688,7 @@ fn one_round<W: Workload>(
         baseline_os: single.as_ref().and_then(|(_, _, os)| *os),
         baseline: single.map(|(_, took, _)| took),
         mismatch,
-        baseline_reduction: None,
+        baseline_reduction,
         checksum,
         verify,
         output: None,
@@ -554,10 +696,30 @@ fn one_round<W: Workload>(
     Ok((round, (shm_bytes, cross_bytes)))
 }
 
-fn worker<W: Workload>(place: Place, interrupt: &Interrupt) -> Result<()> {
+/// A panic hook, as `std::panic::take_hook` returns it.
+type PanicHook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static>;
+
+/// Puts the previous panic hook back when dropped.
+struct RestoreHook(Option<PanicHook>);
+
+impl Drop for RestoreHook {
+    fn drop(&mut self) {
+        if let Some(hook) = self.0.take() {
+            std::panic::set_hook(hook);
+        }
+    }
+}
+
+fn worker<W: Workload>(
+    place: Place,
+    interrupt: &Interrupt,
+    make_reducer: Option<MakeReducer<W>>,
+) -> Result<()> {
     let mut backoff = Backoff::default();
     let host = mpi::environment::processor_name().unwrap_or_default();
-    let mut hello = to_bytes(&[u64::from(std::process::id()), place.node_id as u64]);
+    let me = std::process::id();
+    let started = crate::engine::sys::process_started(me).map_or(0, |(s, _)| s);
+    let mut hello = to_bytes(&[u64::from(me), place.node_id as u64, started]);
     hello.extend_from_slice(host.as_bytes());
     let root = place.world.process_at_rank(0);
     root.send_with_tag(&hello[..], wire::TAG_HELLO);
@@ -579,49 +741,105 @@ fn worker<W: Workload>(place: Place, interrupt: &Interrupt) -> Result<()> {
     let mut workload: W = postcard::from_bytes(&header.params)
         .map_err(|e| Error::Ipc(format!("bad parameters for `{}`: {e}", W::NAME)))?;
     workload.setup();
-    let mut window = match place.on_root_node() {
-        true => Some(
-            Window::allocate(&place.node, (header.n * elem) as usize, false).map_err(Error::Ipc)?,
-        ),
-        false => None,
+    let reducer = match (header.reduce, make_reducer) {
+        (false, _) => None,
+        (true, Some(make)) => Some(make(&workload)),
+        (true, None) => {
+            return Err(Error::Ipc(format!(
+                "rank {} runs `{}` without its reduction but rank 0 reduces: start every rank \
+                 with the same program",
+                place.rank,
+                W::NAME
+            )));
+        }
     };
+    let len = usize::try_from(header.n.saturating_mul(elem))
+        .map_err(|_| Error::Ipc("the job's output does not fit in memory".into()))?;
+    let mut windows = Windows::create(
+        &place.world,
+        &place.node,
+        place.on_root_node(),
+        false,
+        len,
+        header.put,
+    )
+    .map_err(Error::Ipc)?;
+    // A panic is reported to rank 0 with its message and place, not printed here.
+    let _restore = RestoreHook(Some(std::panic::take_hook()));
+    crate::engine::worker::quiet_panics();
     let mut idle_since = Instant::now();
     loop {
         let Some((bytes, _, tag)) = receive(&place.world, Some(0), &mut backoff, Some(interrupt))
         else {
-            // As on rank 0: a stopped job ends every rank at once.
+            // mpirun passes SIGINT and SIGTERM on as SIGTERM when it stops the job (when it
+            // is interrupted, or a rank died), and SIGKILLs what is left a second later; no
+            // MPI call can be trusted to finish. Stay alive, idle, until then (at most two
+            // seconds): rank 0 tells the rank that died from the ones being stopped by
+            // which processes are gone.
             let signal = interrupt.requested().unwrap_or(libc::SIGTERM);
-            place.world.abort(128 + signal);
+            std::thread::sleep(Duration::from_secs(2));
+            std::process::exit(128 + signal);
         };
         if tag == wire::TAG_STOP {
             break;
         }
         let w = words(&bytes);
-        let (id, start, end, first) = (w[0], w[1], w[2], w[3] == 1);
-        if first {
+        let [id, start, end, first] = w[..] else {
+            return Err(Error::Ipc(format!(
+                "a chunk message of {} bytes",
+                bytes.len()
+            )));
+        };
+        if start > end || end > header.n {
+            return Err(Error::Ipc(format!(
+                "chunk {id} ({start}..{end}) lies outside the job's {} elements",
+                header.n
+            )));
+        }
+        if first == 1 {
             idle_since = Instant::now();
         }
-        let len = ((end - start) * elem) as usize;
+        let fault = header
+            .faults
+            .iter()
+            .find(|f| f.fires(id, 0))
+            .map(|f| f.action);
+        let bytes_len = ((end - start) * elem) as usize;
+        let offset = (start * elem) as usize;
         let mut own = Vec::new();
-        let out: &mut [u8] = match window.as_mut() {
-            Some(window) => window.chunk_mut((start * elem) as usize, len),
+        let out: &mut [u8] = match windows.shared.as_mut() {
+            Some(window) => window.chunk_mut(offset, bytes_len),
             None => {
-                own = vec![0u8; len];
+                own = vec![0u8; bytes_len];
                 &mut own
             }
         };
         let began = Instant::now();
         let waited_ns = began.duration_since(idle_since).as_nanos() as u64;
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if let Some(action) = fault {
+                action.strike(id);
+            }
             let typed: &mut [W::Output] = bytemuck::cast_slice_mut(out);
             workload.kernel(start..end, typed);
+            if fault == Some(FaultAction::Corrupt) && !out.is_empty() {
+                out[0] ^= 0x5a;
+            }
+            reducer.as_ref().map(|r| {
+                let typed: &[W::Output] = bytemuck::cast_slice(out);
+                r.reduce_chunk(start..end, typed)
+            })
         }));
         let compute_ns = began.elapsed().as_nanos() as u64;
         idle_since = Instant::now();
         match ran {
-            Ok(()) => {
-                if let Some(window) = &window {
+            Ok(acc) => {
+                let mut results: &[u8] = &own;
+                if let Some(window) = &windows.shared {
                     window.sync();
+                } else if let Some(put) = &windows.put {
+                    put.put(offset, &own).map_err(Error::Ipc)?;
+                    results = &[];
                 }
                 let done = Done {
                     id,
@@ -629,20 +847,21 @@ fn worker<W: Workload>(place: Place, interrupt: &Interrupt) -> Result<()> {
                     sleeps: backoff.sleeps,
                     waited_ns,
                 };
-                root.send_with_tag(&done.encode(&own)[..], wire::TAG_DONE);
+                let acc = acc.unwrap_or_default();
+                root.send_with_tag(&done.encode(&acc, results)[..], wire::TAG_DONE);
             }
             Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".to_string());
-                let mut bytes = id.to_le_bytes().to_vec();
-                bytes.extend_from_slice(message.as_bytes());
+                let (message, location) = crate::engine::worker::panic_report(&*panic);
+                let failed = Failed {
+                    id,
+                    message,
+                    location,
+                };
+                let bytes = postcard::to_stdvec(&failed).map_err(|e| Error::Ipc(e.to_string()))?;
                 root.send_with_tag(&bytes[..], wire::TAG_FAILED);
             }
         }
     }
-    drop(window);
+    drop(windows);
     Ok(())
 }

@@ -8,8 +8,9 @@
 //! rank 0's node write results straight into an MPI-3 shared window
 //! (`MPI_Win_allocate_shared` on the node communicator of
 //! `MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)`), the MPI form of procpool's memfd region;
-//! workers on other nodes send each chunk's results back in its `Done` message. Rank 0
-//! then runs the single-process baseline, compares element by element and builds the same
+//! workers on other nodes `MPI_Put` each chunk's results into rank 0's memory through a
+//! window on the world communicator over the same bytes ([`ResultRoute::Put`]), or send
+//! them back in their `Done` message ([`ResultRoute::Send`]). Rank 0 then runs the single-process baseline, compares element by element and builds the same
 //! [`Report`], with an [`MpiReport`] in [`Report::mpi`].
 //!
 //! Every rank waits with `MPI_Iprobe` and sleeping back-off ([`MpiReport::wait`]), so
@@ -21,9 +22,9 @@
 //!
 //! What it does not do that the process pool does: plain MPI cannot replace a dead rank,
 //! so there are no restarts or retries; a rank that dies ends the whole job (mpirun stops
-//! the others), and a kernel panic ends it with an error naming the rank, its host and the
-//! chunk. Fault injection, streaming to a file and the threads and single modes are for
-//! the process backend.
+//! the others, and rank 0 names the rank, its host and the chunk it was running), and a
+//! kernel panic ends it with an error naming the same. Streaming to a file, chunk time
+//! limits and the threads and single modes are for the process backend.
 
 mod job;
 mod window;
@@ -33,7 +34,7 @@ use crate::error::{Error, Result};
 pub use crate::lab::model::MpiReport;
 use crate::lab::model::Report;
 use crate::lab::run::RunOptions;
-use crate::workload::Workload;
+use crate::workload::{ChunkReducer, Reduce, ReducerOf, Workload};
 
 /// How to run a job on the MPI backend.
 #[derive(Debug, Clone, Default)]
@@ -47,16 +48,46 @@ pub struct MpiOptions {
     /// ranks share memory: `Some(1)` sends every result over the inter-node route, to try
     /// it on one machine.
     pub node_size: Option<usize>,
+    /// How results of workers on other nodes than rank 0's reach its window.
+    pub route: ResultRoute,
+}
+
+/// How a worker on another node than rank 0's delivers a chunk's results (workers on rank
+/// 0's node write them straight into the shared window either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResultRoute {
+    /// `MPI_Put` into rank 0's memory through a window on the world communicator, then
+    /// `MPI_Win_flush`, then a 40-byte `Done`: one-sided, rank 0 copies nothing. The
+    /// default: measured faster (README, "Beyond one machine").
+    #[default]
+    Put,
+    /// In the chunk's `Done` message; rank 0 copies them into the window. For an MPI whose
+    /// network cannot do one-sided puts well.
+    Send,
+}
+
+impl std::fmt::Display for ResultRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ResultRoute::Put => "put",
+            ResultRoute::Send => "send",
+        })
+    }
 }
 
 /// Runs `workload` on `0..n` across the ranks of the `mpirun` that started this process.
 ///
 /// Call it on every rank, with the same workload and options (rank 0's workload value is
 /// what every worker runs). It initializes MPI and finalizes it before returning, so it runs
-/// once per process. Rank 0 gets `Some(report)`; the workers get `None`. When
-/// `options.run.pool.supervision.interrupt` reports SIGINT or SIGTERM (mpirun passes them on
-/// when it is stopped), the rank that notices ends the whole job with `MPI_Abort` and exit
-/// code 128 + the signal: plain MPI cannot stop a job halfway and carry on.
+/// once per process. Rank 0 gets `Some(report)`; the workers get `None`.
+///
+/// When the job is stopped from outside, plain MPI cannot carry on, and no rank can wait
+/// for the others: mpirun stops every rank with SIGTERM when it is itself interrupted or
+/// when a rank dies, and SIGKILLs what is left a second later. So, when
+/// `options.run.pool.supervision.interrupt` reports the signal, a worker rank exits the
+/// process at once with code 128 + the signal, and rank 0 returns
+/// [`Error::RankLost`] (a rank on its host is gone: which one, and the chunk it was
+/// running) or [`Error::Interrupted`], without finalizing MPI: exit the process then.
 ///
 /// Call it before your program starts threads: it sets the Open MPI variables the
 /// environment lacks (see [`MpiReport::mca_set`]) before `MPI_Init`, and changing the
@@ -73,12 +104,39 @@ pub struct MpiOptions {
 /// # Ok::<(), procpool::Error>(())
 /// ```
 pub fn run<W: Workload>(workload: &W, n: u64, options: &MpiOptions) -> Result<Option<Report>> {
+    run_with(workload, n, options, None)
+}
+
+/// Like [`run`], and reduces too ([`Reduce`], as [`crate::run_reduce`] does): every worker
+/// rank reduces each chunk right after computing it and sends the accumulator in its
+/// `Done`; rank 0 combines them in chunk order into [`Report::reduction`] and checks that
+/// against the single-process output reduced over the same chunks, bit for bit.
+pub fn run_reduce<W: Reduce>(workload: &W, n: u64, options: &MpiOptions) -> Result<Option<Report>> {
+    run_with(workload, n, options, Some(reducer_of::<W>))
+}
+
+fn reducer_of<W: Reduce>(workload: &W) -> Box<dyn ChunkReducer<W::Output> + '_> {
+    Box::new(ReducerOf(workload))
+}
+
+fn run_with<W: Workload>(
+    workload: &W,
+    n: u64,
+    options: &MpiOptions,
+    reducer: Option<job::MakeReducer<W>>,
+) -> Result<Option<Report>> {
+    let init = std::time::Instant::now();
     let mca_set = tune_environment();
     let universe = mpi::initialize().ok_or_else(|| {
         Error::invalid_input("MPI is already initialized in this process: procpool::mpi::run initializes it itself, once")
     })?;
-    let result = job::run(&universe, workload, n, options, mca_set);
-    drop(universe);
+    let result = job::run(&universe, workload, n, options, mca_set, reducer, init);
+    match &result {
+        // The job was stopped from outside: MPI_Finalize would wait for ranks that are gone
+        // or being stopped. The process is about to exit; let it.
+        Err(e) if job::stopped(e) => std::mem::forget(universe),
+        _ => drop(universe),
+    }
     result
 }
 

@@ -1,6 +1,8 @@
-//! The MPI-3 shared-memory window on rank 0's node: procpool's memfd region in MPI's
-//! terms. rsmpi has no window API, so this file calls `mpi::ffi` directly; it is the MPI
-//! backend's only `unsafe` corner, behind a small safe API.
+//! The MPI-3 windows: the shared-memory window on rank 0's node (procpool's memfd region
+//! in MPI's terms), and the window on the world communicator over the same memory that
+//! ranks on other nodes `MPI_Put` their results into. rsmpi has no window API, so this file
+//! calls `mpi::ffi` directly; it is the MPI backend's only `unsafe` corner, behind a small
+//! safe API.
 
 use std::ffi::c_void;
 
@@ -123,6 +125,160 @@ impl Window {
         // chunk goes out while this borrow lives (`&self`, rank 0 sends chunks through
         // `&mut` paths only after it ends).
         unsafe { std::slice::from_raw_parts(self.base, self.len) }
+    }
+}
+
+/// The most bytes one `MPI_Put` moves (its count is a C `int`).
+const PUT_PIECE: usize = 1 << 30;
+
+/// A window on the world communicator over rank 0's part of the shared window: ranks on
+/// other nodes `MPI_Put` their chunks' results into it. Every rank takes part in creating
+/// and freeing it; only rank 0 exposes memory. Like [`Window`] it stays in one
+/// `MPI_Win_lock_all` epoch from creation to drop.
+pub(crate) struct PutWindow {
+    win: ffi::MPI_Win,
+}
+
+impl PutWindow {
+    /// Creates the window, collectively over `world`: rank 0 passes its shared window,
+    /// which it must keep until this one is dropped (see [`Windows`]); every other rank
+    /// passes `None` and exposes nothing.
+    fn create(world: &SimpleCommunicator, memory: Option<&Window>) -> Result<Self, String> {
+        let (base, len) = match memory {
+            Some(w) if w.len > 0 => (w.base.cast::<c_void>(), w.len),
+            _ => (std::ptr::null_mut(), 0),
+        };
+        let mut win = std::mem::MaybeUninit::<ffi::MPI_Win>::uninit();
+        // SAFETY: `base..base + len` is rank 0's shared window, mapped for as long as this
+        // window lives (the `Windows` that holds both drops this one first); other ranks
+        // pass a null base and size 0, which MPI allows. `world` is valid for the call;
+        // `win` is an out-parameter of the right type; RSMPI_INFO_NULL is initialized by
+        // MPI_Init.
+        let code = unsafe {
+            ffi::MPI_Win_create(
+                base,
+                len as ffi::MPI_Aint,
+                1,
+                ffi::RSMPI_INFO_NULL,
+                world.as_raw(),
+                win.as_mut_ptr(),
+            )
+        };
+        if code != 0 {
+            return Err(format!(
+                "MPI_Win_create of {len} bytes failed (code {code})"
+            ));
+        }
+        // SAFETY: MPI_Win_create returned success, so it wrote the handle.
+        let win = unsafe { win.assume_init() };
+        // SAFETY: `win` is the valid window just created; assert 0 is always allowed. The
+        // matching MPI_Win_unlock_all is in Drop.
+        let code = unsafe { ffi::MPI_Win_lock_all(0, win) };
+        if code != 0 {
+            return Err(format!("MPI_Win_lock_all failed (code {code})"));
+        }
+        Ok(PutWindow { win })
+    }
+
+    /// Writes `bytes` at `offset` of rank 0's window and waits until they are there
+    /// (`MPI_Put`, then `MPI_Win_flush`): after this returns, a message telling rank 0 the
+    /// chunk is done arrives after its results.
+    pub(crate) fn put(&self, offset: usize, bytes: &[u8]) -> Result<(), String> {
+        for (i, piece) in bytes.chunks(PUT_PIECE).enumerate() {
+            let at = offset + i * PUT_PIECE;
+            // SAFETY: `piece` is valid for reads of its length for the call's duration,
+            // and MPI_Win_flush below completes the put before `bytes` can be freed; the
+            // count fits a C int (at most PUT_PIECE bytes); rank 0 checks that a chunk's
+            // range lies inside its window before handing it out, and MPI checks the
+            // target range against the window's size.
+            let code = unsafe {
+                ffi::MPI_Put(
+                    piece.as_ptr().cast::<c_void>(),
+                    piece.len() as std::ffi::c_int,
+                    ffi::RSMPI_UINT8_T,
+                    0,
+                    at as ffi::MPI_Aint,
+                    piece.len() as std::ffi::c_int,
+                    ffi::RSMPI_UINT8_T,
+                    self.win,
+                )
+            };
+            if code != 0 {
+                return Err(format!(
+                    "MPI_Put of {} bytes at {at} failed (code {code})",
+                    piece.len()
+                ));
+            }
+        }
+        // SAFETY: the window is valid and in the lock_all epoch opened in `create`.
+        let code = unsafe { ffi::MPI_Win_flush(0, self.win) };
+        match code {
+            0 => Ok(()),
+            _ => Err(format!("MPI_Win_flush failed (code {code})")),
+        }
+    }
+
+    /// Makes what other ranks put visible to this process's loads (`MPI_Win_sync`).
+    pub(crate) fn sync(&self) {
+        // SAFETY: the window is valid and in the lock_all epoch opened in `create`.
+        unsafe { ffi::MPI_Win_sync(self.win) };
+    }
+}
+
+impl Drop for PutWindow {
+    fn drop(&mut self) {
+        // SAFETY: as for `Window`: valid, locked in `create`, freed collectively (every rank
+        // drops its `Windows` at the end of the run); the memory it exposes outlives it.
+        unsafe {
+            ffi::MPI_Win_unlock_all(self.win);
+            ffi::MPI_Win_free(&mut self.win);
+        }
+    }
+}
+
+/// A rank's windows: the shared one (ranks on rank 0's node) and the world one results are
+/// put into (every rank, when some worker is on another node and results travel by
+/// `MPI_Put`). Fields drop in order, so the put window goes before the memory it exposes.
+pub(crate) struct Windows {
+    /// The world window, when results are put.
+    pub(crate) put: Option<PutWindow>,
+    /// The shared window, on rank 0's node.
+    pub(crate) shared: Option<Window>,
+}
+
+impl Windows {
+    /// Creates both, collectively: the shared window over `node` when this rank is on rank
+    /// 0's node (`holder` on rank 0), then the put window over `world` when `put`.
+    pub(crate) fn create(
+        world: &SimpleCommunicator,
+        node: &SimpleCommunicator,
+        on_root_node: bool,
+        holder: bool,
+        len: usize,
+        put: bool,
+    ) -> Result<Self, String> {
+        let shared = match on_root_node {
+            true => Some(Window::allocate(node, len, holder)?),
+            false => None,
+        };
+        let put = match put {
+            true => Some(PutWindow::create(
+                world,
+                shared.as_ref().filter(|_| holder),
+            )?),
+            false => None,
+        };
+        Ok(Windows { put, shared })
+    }
+
+    /// Makes every write into rank 0's memory visible to it: other ranks' syncs and puts.
+    pub(crate) fn sync(&self) {
+        if let Some(w) = &self.shared {
+            w.sync();
+        }
+        if let Some(p) = &self.put {
+            p.sync();
+        }
     }
 }
 

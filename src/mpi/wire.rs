@@ -10,12 +10,15 @@ pub(crate) const TAG_HEADER: i32 = 1;
 pub(crate) const TAG_CHUNK: i32 = 2;
 /// Rank 0 → worker: no more chunks; free the window and finish.
 pub(crate) const TAG_STOP: i32 = 3;
-/// Worker → rank 0: its pid, node and host, once (`[pid, node]` then the host's bytes).
+/// Worker → rank 0: its pid, node, start time and host, once (`[pid, node, started]` as
+/// `u64`s, then the host's bytes; `started` is the start time in clock ticks since boot,
+/// which tells rank 0 whether that pid is still the same process).
 pub(crate) const TAG_HELLO: i32 = 4;
-/// Worker → rank 0: a chunk is done ([`Done`]), its results attached when the worker is
-/// not on rank 0's node.
+/// Worker → rank 0: a chunk is done ([`Done`]), with its accumulator when the job reduces
+/// and its results when the worker is not on rank 0's node and sends them back
+/// ([`ResultRoute::Send`](super::ResultRoute::Send)).
 pub(crate) const TAG_DONE: i32 = 5;
-/// Worker → rank 0: the kernel panicked on a chunk (`[id]` then the message's bytes).
+/// Worker → rank 0: the kernel panicked on a chunk (postcard [`Failed`]).
 pub(crate) const TAG_FAILED: i32 = 6;
 
 /// The job, as rank 0 sends it to every worker before the window is allocated.
@@ -32,6 +35,24 @@ pub(crate) struct Header {
     /// Why the job cannot run (a /dev/shm too small, bad options): the workers then finish
     /// without allocating anything, and rank 0 reports it.
     pub(crate) refused: Option<String>,
+    /// Reduce each chunk and send its accumulator in `Done`.
+    pub(crate) reduce: bool,
+    /// Faults to inject (`--inject`).
+    pub(crate) faults: Vec<crate::engine::fault::Fault>,
+    /// How workers on other nodes deliver results: `MPI_Put` into rank 0's window through
+    /// a window on the world communicator (`true`), or in their `Done` messages.
+    pub(crate) put: bool,
+}
+
+/// A kernel panic, as the worker that caught it reports it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Failed {
+    /// The chunk's id.
+    pub(crate) id: u64,
+    /// The panic's message.
+    pub(crate) message: String,
+    /// Where it panicked (`file:line:column`), when known.
+    pub(crate) location: Option<String>,
 }
 
 /// A finished chunk, as a worker reports it.
@@ -48,22 +69,32 @@ pub(crate) struct Done {
     pub(crate) waited_ns: u64,
 }
 
-/// Bytes before a `Done` message's attached results.
-pub(crate) const DONE_HEAD: usize = 32;
+/// Bytes before a `Done` message's accumulator and results.
+pub(crate) const DONE_HEAD: usize = 40;
 
 impl Done {
-    /// The message: the three words, then `results` (empty on rank 0's node).
-    pub(crate) fn encode(&self, results: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(DONE_HEAD + results.len());
-        for word in [self.id, self.compute_ns, self.sleeps, self.waited_ns] {
+    /// The message: five words (the four fields and the accumulator's length), then `acc`,
+    /// then `results` (each empty when there is none).
+    pub(crate) fn encode(&self, acc: &[u8], results: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(DONE_HEAD + acc.len() + results.len());
+        let words = [
+            self.id,
+            self.compute_ns,
+            self.sleeps,
+            self.waited_ns,
+            acc.len() as u64,
+        ];
+        for word in words {
             out.extend_from_slice(&word.to_le_bytes());
         }
+        out.extend_from_slice(acc);
         out.extend_from_slice(results);
         out
     }
 
-    /// Splits a message into the report and the attached results; `None` when too short.
-    pub(crate) fn decode(message: &[u8]) -> Option<(Done, &[u8])> {
+    /// Splits a message into the report, the accumulator and the results; `None` when it
+    /// is too short for what it says it holds.
+    pub(crate) fn decode(message: &[u8]) -> Option<(Done, &[u8], &[u8])> {
         if message.len() < DONE_HEAD {
             return None;
         }
@@ -72,6 +103,9 @@ impl Done {
             b.copy_from_slice(&message[i * 8..i * 8 + 8]);
             u64::from_le_bytes(b)
         };
+        let rest = &message[DONE_HEAD..];
+        let acc_len = usize::try_from(word(4)).ok().filter(|&l| l <= rest.len())?;
+        let (acc, results) = rest.split_at(acc_len);
         Some((
             Done {
                 id: word(0),
@@ -79,7 +113,8 @@ impl Done {
                 sleeps: word(2),
                 waited_ns: word(3),
             },
-            &message[DONE_HEAD..],
+            acc,
+            results,
         ))
     }
 }
@@ -147,18 +182,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn done_round_trips_with_and_without_results() {
+    fn done_round_trips_with_and_without_an_accumulator_and_results() {
         let done = Done {
             id: 7,
             compute_ns: 12_345,
             sleeps: 3,
             waited_ns: 99,
         };
-        let bytes = done.encode(&[1, 2, 3]);
-        assert_eq!(Done::decode(&bytes), Some((done, &[1u8, 2, 3][..])));
-        let bytes = done.encode(&[]);
-        assert_eq!(Done::decode(&bytes), Some((done, &[][..])));
+        let bytes = done.encode(&[9, 8], &[1, 2, 3]);
+        assert_eq!(
+            Done::decode(&bytes),
+            Some((done, &[9u8, 8][..], &[1u8, 2, 3][..]))
+        );
+        let bytes = done.encode(&[], &[]);
+        assert_eq!(Done::decode(&bytes), Some((done, &[][..], &[][..])));
         assert_eq!(Done::decode(&bytes[..10]), None);
+        // An accumulator longer than the message is refused, not read past the end.
+        let mut bad = done.encode(&[1], &[]);
+        bad[32..40].copy_from_slice(&99u64.to_le_bytes());
+        assert_eq!(Done::decode(&bad), None);
     }
 
     #[test]

@@ -442,7 +442,7 @@ pub fn render_text(r: &Report) -> String {
         let _ = writeln!(
             s,
             "mpi:           {} ranks on {} ({} per node); results: {} through the shared \
-             window, {} across nodes",
+             window, {} across nodes{}",
             m.ranks,
             crate::units::count(m.nodes, "node"),
             m.ranks_per_node
@@ -451,8 +451,20 @@ pub fn render_text(r: &Report) -> String {
                 .collect::<Vec<_>>()
                 .join("+"),
             crate::units::bytes(u128::from(m.shm_result_bytes)),
-            crate::units::bytes(u128::from(m.cross_node_bytes))
+            crate::units::bytes(u128::from(m.cross_node_bytes)),
+            match (m.nodes, m.route.as_str()) {
+                (1, _) => "",
+                (_, "put") => " (MPI_Put into rank 0's window)",
+                _ => " (sent back in each chunk's reply)",
+            }
         );
+        if let Some(launch) = m.launch_s {
+            let _ = writeln!(
+                s,
+                "               start-up: {} from mpirun's start to the first chunk",
+                crate::units::seconds(launch)
+            );
+        }
         let _ = writeln!(s, "               waiting: {}", m.wait);
     }
     for w in &r.warnings {
