@@ -236,6 +236,48 @@ fn the_text_report_names_the_ranks_and_the_routes() {
         out.stdout
     );
     assert!(out.stdout.contains("MPI_Iprobe"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("from mpirun's start to the first chunk"),
+        "{}",
+        out.stdout
+    );
+    // Every result across "nodes", by each route: the lines say which, and how much.
+    let out = mpirun(3, &["primes", "20000", "--mpi-node-size", "1"]);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("0 B of results through the shared window, 19.5 KiB put into it"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("(MPI_Put into rank 0's window)"),
+        "{}",
+        out.stdout
+    );
+    let out = mpirun(
+        3,
+        &[
+            "primes",
+            "20000",
+            "--mpi-node-size",
+            "1",
+            "--mpi-route",
+            "send",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("(19.5 KiB of them results)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("(sent back in each chunk's reply)"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]

@@ -668,7 +668,12 @@ fn one_round<W: Workload>(
     job.ipc_messages = messages;
     job.ipc_bytes = message_bytes;
     job.shm_bytes = shm_bytes;
-    job.channel_result_bytes = cross_bytes;
+    // Results in messages: those sent back; results put went through the window.
+    job.channel_result_bytes = if windows.put.is_some() {
+        0
+    } else {
+        cross_bytes
+    };
     job.dispatch = crate::engine::protocol::Dispatch::Channel;
     job.parent_sleeps = backoff.sleeps;
     job.worker_sleeps = job.workers.iter().map(|w| w.sleeps).sum();

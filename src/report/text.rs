@@ -140,6 +140,17 @@ pub fn render_text(r: &Report) -> String {
         Some(Transport::Channel) => ", results through the channels",
         None => "",
     };
+    #[cfg(feature = "mpi")]
+    let via = match &r.mpi {
+        Some(m) if m.nodes > 1 && m.route == "put" => {
+            ", results through the shared window (MPI_Put into it from other nodes)"
+        }
+        Some(m) if m.nodes > 1 => {
+            ", results through the shared window (from other nodes in replies)"
+        }
+        Some(_) => ", results through the shared window",
+        None => via,
+    };
     // The queue has nothing in flight: a worker claims its next chunk when it is done.
     let handed = match r.dispatch {
         Some(Dispatch::Queue) => "claimed from the shared-memory queue".to_string(),
@@ -318,7 +329,28 @@ pub fn render_text(r: &Report) -> String {
             count(r.ipc_messages, "message")
         );
     }
-    if r.mode == Mode::Processes {
+    #[cfg(feature = "mpi")]
+    let mpi_ipc = r.mpi.as_ref().map(|m| {
+        format!(
+            "  ipc          {}, {} over MPI{}; {} of results through the shared window{}",
+            count(r.ipc_messages, "message"),
+            human_bytes(u128::from(r.ipc_bytes)),
+            match r.channel_result_bytes {
+                0 => String::new(),
+                b => format!(" ({} of them results)", human_bytes(u128::from(b))),
+            },
+            human_bytes(u128::from(m.shm_result_bytes)),
+            match (m.route.as_str(), m.cross_node_bytes) {
+                ("put", b) if b > 0 => format!(", {} put into it", human_bytes(u128::from(b))),
+                _ => String::new(),
+            }
+        )
+    });
+    #[cfg(not(feature = "mpi"))]
+    let mpi_ipc: Option<String> = None;
+    if let Some(line) = mpi_ipc {
+        let _ = writeln!(s, "{line}");
+    } else if r.mode == Mode::Processes {
         let _ = writeln!(
             s,
             "  ipc          {}, {} over channels{}; {} of results through shared memory",
