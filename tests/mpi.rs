@@ -575,3 +575,31 @@ fn ranks_is_refused_under_mpirun_and_on_the_process_backend() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--ranks is for --backend mpi"));
 }
+
+#[test]
+fn ranks_started_with_different_workloads_end_the_job_instead_of_hanging() {
+    let _serial = serial();
+    let exe = env!("CARGO_BIN_EXE_procpool");
+    // mpirun's MPMD form: rank 0 runs hash, rank 1 squares.
+    let mut command = Command::new("mpirun");
+    command.args([
+        "-np",
+        "1",
+        "--oversubscribe",
+        exe,
+        "--backend",
+        "mpi",
+        "hash",
+        "100",
+    ]);
+    command.args([":", "-np", "1", exe, "--backend", "mpi", "squares", "100"]);
+    let out = finish(start(command), "mismatched ranks");
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "runs workload `squares` but rank 0 sent `hash`: start every rank with the same command"
+        ),
+        "{}",
+        out.stderr
+    );
+}

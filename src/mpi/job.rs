@@ -106,11 +106,14 @@ fn to_bytes(words: &[u64]) -> Vec<u8> {
 /// as a plain function so that it stays generic over any [`Workload`].
 pub(super) type MakeReducer<W> = fn(&W) -> Box<dyn ChunkReducer<<W as Workload>::Output> + '_>;
 
-/// Whether an error means the job was stopped from outside (a signal, a rank lost): no MPI
-/// call can be trusted to finish then, so the window and MPI are left unfreed and the
-/// process should exit.
+/// Whether an error leaves the ranks out of step: the job was stopped from outside (a
+/// signal, a rank lost), or a rank broke the protocol (an unexpected message, a failed MPI
+/// call), so others may wait for messages that never come. No collective call can be
+/// trusted to finish then: the windows and MPI are left unfreed and the process should
+/// exit, which makes mpirun stop every other rank. (A kernel panic is not such an error:
+/// rank 0 collects every chunk still out and all ranks finish together.)
 pub(super) fn stopped(e: &Error) -> bool {
-    e.interrupted_by().is_some() || matches!(e, Error::RankLost { .. })
+    e.interrupted_by().is_some() || matches!(e, Error::RankLost { .. } | Error::Ipc(_))
 }
 
 pub(super) fn run<W: Workload>(
@@ -773,100 +776,109 @@ fn worker<W: Workload>(
     let _restore = RestoreHook(Some(std::panic::take_hook()));
     crate::engine::worker::quiet_panics();
     let mut idle_since = Instant::now();
-    loop {
-        let Some((bytes, _, tag)) = receive(&place.world, Some(0), &mut backoff, Some(interrupt))
-        else {
-            // mpirun passes SIGINT and SIGTERM on as SIGTERM when it stops the job (when it
-            // is interrupted, or a rank died), and SIGKILLs what is left a second later; no
-            // MPI call can be trusted to finish. Stay alive, idle, until then (at most two
-            // seconds): rank 0 tells the rank that died from the ones being stopped by
-            // which processes are gone.
-            let signal = interrupt.requested().unwrap_or(libc::SIGTERM);
-            std::thread::sleep(Duration::from_secs(2));
-            std::process::exit(128 + signal);
-        };
-        if tag == wire::TAG_STOP {
-            break;
-        }
-        let w = words(&bytes);
-        let [id, start, end, first] = w[..] else {
-            return Err(Error::Ipc(format!(
-                "a chunk message of {} bytes",
-                bytes.len()
-            )));
-        };
-        if start > end || end > header.n {
-            return Err(Error::Ipc(format!(
-                "chunk {id} ({start}..{end}) lies outside the job's {} elements",
-                header.n
-            )));
-        }
-        if first == 1 {
-            idle_since = Instant::now();
-        }
-        let fault = header
-            .faults
-            .iter()
-            .find(|f| f.fires(id, 0))
-            .map(|f| f.action);
-        let bytes_len = ((end - start) * elem) as usize;
-        let offset = (start * elem) as usize;
-        let mut own = Vec::new();
-        let out: &mut [u8] = match windows.shared.as_mut() {
-            Some(window) => window.chunk_mut(offset, bytes_len),
-            None => {
-                own = vec![0u8; bytes_len];
-                &mut own
+    let mut serve = || -> Result<()> {
+        loop {
+            let Some((bytes, _, tag)) =
+                receive(&place.world, Some(0), &mut backoff, Some(interrupt))
+            else {
+                // mpirun passes SIGINT and SIGTERM on as SIGTERM when it stops the job
+                // (when it is interrupted, or a rank died), and SIGKILLs what is left a
+                // second later; no MPI call can be trusted to finish. Stay alive, idle,
+                // until then (at most two seconds): rank 0 tells the rank that died from
+                // the ones being stopped by which processes are gone.
+                let signal = interrupt.requested().unwrap_or(libc::SIGTERM);
+                std::thread::sleep(Duration::from_secs(2));
+                std::process::exit(128 + signal);
+            };
+            if tag == wire::TAG_STOP {
+                return Ok(());
             }
-        };
-        let began = Instant::now();
-        let waited_ns = began.duration_since(idle_since).as_nanos() as u64;
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            if let Some(action) = fault {
-                action.strike(id);
+            let w = words(&bytes);
+            let [id, start, end, first] = w[..] else {
+                return Err(Error::Ipc(format!(
+                    "a chunk message of {} bytes",
+                    bytes.len()
+                )));
+            };
+            if start > end || end > header.n {
+                return Err(Error::Ipc(format!(
+                    "chunk {id} ({start}..{end}) lies outside the job's {} elements",
+                    header.n
+                )));
             }
-            let typed: &mut [W::Output] = bytemuck::cast_slice_mut(out);
-            workload.kernel(start..end, typed);
-            if fault == Some(FaultAction::Corrupt) && !out.is_empty() {
-                out[0] ^= 0x5a;
+            if first == 1 {
+                idle_since = Instant::now();
             }
-            reducer.as_ref().map(|r| {
-                let typed: &[W::Output] = bytemuck::cast_slice(out);
-                r.reduce_chunk(start..end, typed)
-            })
-        }));
-        let compute_ns = began.elapsed().as_nanos() as u64;
-        idle_since = Instant::now();
-        match ran {
-            Ok(acc) => {
-                let mut results: &[u8] = &own;
-                if let Some(window) = &windows.shared {
-                    window.sync();
-                } else if let Some(put) = &windows.put {
-                    put.put(offset, &own).map_err(Error::Ipc)?;
-                    results = &[];
+            let fault = header
+                .faults
+                .iter()
+                .find(|f| f.fires(id, 0))
+                .map(|f| f.action);
+            let bytes_len = ((end - start) * elem) as usize;
+            let offset = (start * elem) as usize;
+            let mut own = Vec::new();
+            let out: &mut [u8] = match windows.shared.as_mut() {
+                Some(window) => window.chunk_mut(offset, bytes_len),
+                None => {
+                    own = vec![0u8; bytes_len];
+                    &mut own
                 }
-                let done = Done {
-                    id,
-                    compute_ns,
-                    sleeps: backoff.sleeps,
-                    waited_ns,
-                };
-                let acc = acc.unwrap_or_default();
-                root.send_with_tag(&done.encode(&acc, results)[..], wire::TAG_DONE);
-            }
-            Err(panic) => {
-                let (message, location) = crate::engine::worker::panic_report(&*panic);
-                let failed = Failed {
-                    id,
-                    message,
-                    location,
-                };
-                let bytes = postcard::to_stdvec(&failed).map_err(|e| Error::Ipc(e.to_string()))?;
-                root.send_with_tag(&bytes[..], wire::TAG_FAILED);
+            };
+            let began = Instant::now();
+            let waited_ns = began.duration_since(idle_since).as_nanos() as u64;
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if let Some(action) = fault {
+                    action.strike(id);
+                }
+                let typed: &mut [W::Output] = bytemuck::cast_slice_mut(out);
+                workload.kernel(start..end, typed);
+                if fault == Some(FaultAction::Corrupt) && !out.is_empty() {
+                    out[0] ^= 0x5a;
+                }
+                reducer.as_ref().map(|r| {
+                    let typed: &[W::Output] = bytemuck::cast_slice(out);
+                    r.reduce_chunk(start..end, typed)
+                })
+            }));
+            let compute_ns = began.elapsed().as_nanos() as u64;
+            idle_since = Instant::now();
+            match ran {
+                Ok(acc) => {
+                    let mut results: &[u8] = &own;
+                    if let Some(window) = &windows.shared {
+                        window.sync();
+                    } else if let Some(put) = &windows.put {
+                        put.put(offset, &own).map_err(Error::Ipc)?;
+                        results = &[];
+                    }
+                    let done = Done {
+                        id,
+                        compute_ns,
+                        sleeps: backoff.sleeps,
+                        waited_ns,
+                    };
+                    let acc = acc.unwrap_or_default();
+                    root.send_with_tag(&done.encode(&acc, results)[..], wire::TAG_DONE);
+                }
+                Err(panic) => {
+                    let (message, location) = crate::engine::worker::panic_report(&*panic);
+                    let failed = Failed {
+                        id,
+                        message,
+                        location,
+                    };
+                    let bytes =
+                        postcard::to_stdvec(&failed).map_err(|e| Error::Ipc(e.to_string()))?;
+                    root.send_with_tag(&bytes[..], wire::TAG_FAILED);
+                }
             }
         }
+    };
+    let outcome = serve();
+    match outcome {
+        Ok(()) => drop(windows),
+        // Out of step with rank 0: freeing the windows would wait for it (see `stopped`).
+        Err(_) => std::mem::forget(windows),
     }
-    drop(windows);
-    Ok(())
+    outcome
 }

@@ -10,8 +10,9 @@
 //! `MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)`), the MPI form of procpool's memfd region;
 //! workers on other nodes `MPI_Put` each chunk's results into rank 0's memory through a
 //! window on the world communicator over the same bytes ([`ResultRoute::Put`]), or send
-//! them back in their `Done` message ([`ResultRoute::Send`]). Rank 0 then runs the single-process baseline, compares element by element and builds the same
-//! [`Report`], with an [`MpiReport`] in [`Report::mpi`].
+//! them back in their `Done` message ([`ResultRoute::Send`]). Rank 0 then runs the
+//! single-process baseline, compares element by element and builds the same [`Report`],
+//! with an [`MpiReport`] in [`Report::mpi`].
 //!
 //! Every rank waits with `MPI_Iprobe` and sleeping back-off ([`MpiReport::wait`]), so
 //! ranks that outnumber the cores do not take turns spinning. Unless the environment says
@@ -132,8 +133,9 @@ fn run_with<W: Workload>(
     })?;
     let result = job::run(&universe, workload, n, options, mca_set, reducer, init);
     match &result {
-        // The job was stopped from outside: MPI_Finalize would wait for ranks that are gone
-        // or being stopped. The process is about to exit; let it.
+        // The job was stopped from outside, or the ranks are out of step: MPI_Finalize
+        // would wait for ranks that are gone or waiting. The process is about to exit, and
+        // mpirun then stops the others.
         Err(e) if job::stopped(e) => std::mem::forget(universe),
         _ => drop(universe),
     }
