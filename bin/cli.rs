@@ -470,7 +470,8 @@ pub(crate) struct RunArgs {
     pub mpi_node_size: Option<u64>,
 
     /// With --backend mpi: how results of ranks on other nodes reach rank 0's window,
-    /// `MPI_Put` into it (default, measured faster) or inside each chunk's reply
+    /// inside each chunk's reply (default: works over any network) or `MPI_Put` into it
+    /// (faster, where the MPI can do it between the nodes)
     #[arg(help_heading = WORKERS, long, global = true, value_enum, value_name = "ROUTE")]
     pub mpi_route: Option<MpiRouteArg>,
 

@@ -274,8 +274,8 @@ fn mpi_run(
             .mpi_node_size
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         route: match args.mpi_route {
-            Some(cli::MpiRouteArg::Put) | None => procpool::mpi::ResultRoute::Put,
-            Some(cli::MpiRouteArg::Send) => procpool::mpi::ResultRoute::Send,
+            Some(cli::MpiRouteArg::Put) => procpool::mpi::ResultRoute::Put,
+            Some(cli::MpiRouteArg::Send) | None => procpool::mpi::ResultRoute::Send,
         },
     };
     with_workload(

@@ -11,7 +11,7 @@ use mpi::point_to_point::{Destination, MatchedReceiveVec, Source};
 use mpi::topology::{Color, Communicator, SimpleCommunicator};
 use mpi::traits::CommunicatorCollectives;
 
-use super::window::Windows;
+use super::window::{Windows, WindowsError};
 use super::wire::{self, Backoff, Done, Failed, Header};
 use super::{MpiOptions, MpiReport, ResultRoute};
 use crate::engine::fault::FaultAction;
@@ -49,11 +49,14 @@ fn locate(universe: &Universe, node_size: Option<usize>) -> Place {
     let world = universe.world();
     let rank = world.rank() as usize;
     let ranks = world.size() as usize;
+    // The ranks that share memory; with `node_size`, cut into blocks of that many ranks
+    // within them (a block never spans two real nodes, which could share no window).
+    let shared = world.split_shared(rank as i32);
     let node = match node_size {
-        Some(size) => world
+        Some(size) => shared
             .split_by_color(Color::with_value((rank / size.max(1)) as i32))
             .expect("every rank has a color"),
-        None => world.split_shared(rank as i32),
+        None => shared,
     };
     let mut first = 0i32;
     node.all_reduce_into(&(rank as i32), &mut first, SystemOperation::min());
@@ -322,7 +325,11 @@ fn root<W: Workload>(
     refused?;
     let window_len = n as usize * elem;
     let mut windows = Windows::create(&place.world, &place.node, true, true, window_len, put)
-        .map_err(Error::Ipc)?;
+        .map_err(|e| match e {
+            // Every rank is in step: an option this MPI cannot serve, said once, exit 2.
+            WindowsError::PutUnsupported(why) => Error::invalid("route", why),
+            WindowsError::Failed(why) => Error::Ipc(why),
+        })?;
     let mut local = workload.clone();
     local.setup();
     let reducer = make_reducer.map(|make| make(&local));
@@ -763,15 +770,19 @@ fn worker<W: Workload>(
     };
     let len = usize::try_from(header.n.saturating_mul(elem))
         .map_err(|_| Error::Ipc("the job's output does not fit in memory".into()))?;
-    let mut windows = Windows::create(
+    let mut windows = match Windows::create(
         &place.world,
         &place.node,
         place.on_root_node(),
         false,
         len,
         header.put,
-    )
-    .map_err(Error::Ipc)?;
+    ) {
+        Ok(windows) => windows,
+        // Rank 0 reports it; every rank finishes in step.
+        Err(WindowsError::PutUnsupported(_)) => return Ok(()),
+        Err(WindowsError::Failed(why)) => return Err(Error::Ipc(why)),
+    };
     // A panic is reported to rank 0 with its message and place, not printed here.
     let _restore = RestoreHook(Some(std::panic::take_hook()));
     crate::engine::worker::quiet_panics();

@@ -58,12 +58,14 @@ pub struct MpiOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ResultRoute {
     /// `MPI_Put` into rank 0's memory through a window on the world communicator, then
-    /// `MPI_Win_flush`, then a 40-byte `Done`: one-sided, rank 0 copies nothing. The
-    /// default: measured faster (README, "Beyond one machine").
-    #[default]
+    /// `MPI_Win_flush`, then a 40-byte `Done`: one-sided, rank 0 copies nothing. A third of
+    /// the time of `Send` between ranks that share memory, but it needs one-sided
+    /// communication between the nodes, which Open MPI 4.1 over TCP does not have (the run
+    /// then stops before any chunk, saying so).
     Put,
-    /// In the chunk's `Done` message; rank 0 copies them into the window. For an MPI whose
-    /// network cannot do one-sided puts well.
+    /// In the chunk's `Done` message; rank 0 copies them into the window. The default: it
+    /// works over any MPI network (README, "Beyond one machine").
+    #[default]
     Send,
 }
 

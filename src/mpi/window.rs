@@ -6,9 +6,11 @@
 
 use std::ffi::c_void;
 
+use mpi::collective::SystemOperation;
 use mpi::ffi;
 use mpi::raw::AsRaw;
 use mpi::topology::SimpleCommunicator;
+use mpi::traits::CommunicatorCollectives;
 
 /// A shared window allocated on a node communicator: node rank 0 holds all of its bytes,
 /// every other rank of the node maps the same memory (`MPI_Win_shared_query`). It stays in
@@ -149,6 +151,12 @@ impl PutWindow {
             _ => (std::ptr::null_mut(), 0),
         };
         let mut win = std::mem::MaybeUninit::<ffi::MPI_Win>::uninit();
+        // An MPI without one-sided communication between these ranks (Open MPI 4.1 over
+        // TCP has no `osc` component for it) fails MPI_Win_create: have the call return
+        // that, instead of aborting the job, for the duration of the call.
+        // SAFETY: `world` is a valid communicator; RSMPI_ERRORS_RETURN and
+        // RSMPI_ERRORS_ARE_FATAL are predefined handlers that MPI_Init initialized.
+        unsafe { ffi::MPI_Comm_set_errhandler(world.as_raw(), ffi::RSMPI_ERRORS_RETURN) };
         // SAFETY: `base..base + len` is rank 0's shared window, mapped for as long as this
         // window lives (the `Windows` that holds both drops this one first); other ranks
         // pass a null base and size 0, which MPI allows. `world` is valid for the call;
@@ -164,9 +172,13 @@ impl PutWindow {
                 win.as_mut_ptr(),
             )
         };
+        // SAFETY: as above.
+        unsafe { ffi::MPI_Comm_set_errhandler(world.as_raw(), ffi::RSMPI_ERRORS_ARE_FATAL) };
         if code != 0 {
             return Err(format!(
-                "MPI_Win_create of {len} bytes failed (code {code})"
+                "--mpi-route put needs one-sided communication (MPI_Win_create) between the \
+                 nodes, and this MPI cannot do it here (code {code}; Open MPI 4.1 over TCP \
+                 has none): use --mpi-route send"
             ));
         }
         // SAFETY: MPI_Win_create returned success, so it wrote the handle.
@@ -246,6 +258,15 @@ pub(crate) struct Windows {
     pub(crate) shared: Option<Window>,
 }
 
+/// Why [`Windows::create`] failed.
+pub(crate) enum WindowsError {
+    /// No rank could create the put window: this MPI has no one-sided communication between
+    /// the nodes. Every rank is in step; the message says what to use instead.
+    PutUnsupported(String),
+    /// Anything else; ranks may be out of step.
+    Failed(String),
+}
+
 impl Windows {
     /// Creates both, collectively: the shared window over `node` when this rank is on rank
     /// 0's node (`holder` on rank 0), then the put window over `world` when `put`.
@@ -256,16 +277,32 @@ impl Windows {
         holder: bool,
         len: usize,
         put: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, WindowsError> {
         let shared = match on_root_node {
-            true => Some(Window::allocate(node, len, holder)?),
+            true => Some(Window::allocate(node, len, holder).map_err(WindowsError::Failed)?),
             false => None,
         };
         let put = match put {
-            true => Some(PutWindow::create(
-                world,
-                shared.as_ref().filter(|_| holder),
-            )?),
+            true => {
+                let made = PutWindow::create(world, shared.as_ref().filter(|_| holder));
+                // Whether every rank, or none, made it: ranks that disagree cannot free it
+                // together.
+                let mine = i32::from(made.is_ok());
+                let (mut all, mut any) = (0i32, 0i32);
+                world.all_reduce_into(&mine, &mut all, SystemOperation::min());
+                world.all_reduce_into(&mine, &mut any, SystemOperation::max());
+                match (made, all, any) {
+                    (Ok(w), 1, _) => Some(w),
+                    (Err(why), _, 0) => return Err(WindowsError::PutUnsupported(why)),
+                    (made, _, _) => {
+                        std::mem::forget(made);
+                        std::mem::forget(shared);
+                        return Err(WindowsError::Failed(
+                            "some ranks could create the put window and others not".into(),
+                        ));
+                    }
+                }
+            }
             false => None,
         };
         Ok(Windows { put, shared })
