@@ -493,8 +493,8 @@ pub fn render_text(r: &Report) -> String {
         if let Some(launch) = m.launch_s {
             let _ = writeln!(
                 s,
-                "               start-up: {} from mpirun's start to the first chunk",
-                crate::units::seconds(launch)
+                "               start-up: {} from mpirun's start to the first chunk (10-ms steps)",
+                crate::units::seconds_short(launch)
             );
         }
         let _ = writeln!(s, "               waiting: {}", m.wait);
