@@ -365,22 +365,21 @@ fn root<W: Workload>(
             }
         }
     }
-    if let Err(e) = &outcome
-        && stopped(e)
-    {
-        // mpirun is stopping every rank (or the user stopped this one): no collective call
-        // can finish now, so the windows are left for the process's exit to release.
+    if outcome.as_ref().err().is_some_and(stopped) {
+        // mpirun is stopping every rank, the user stopped this one, or the ranks are out of
+        // step: no collective call can finish now, so the windows are left for the
+        // process's exit to release.
         std::mem::forget(windows);
-        return outcome.map(|()| unreachable!());
+    } else {
+        // Every worker finishes: STOP, then the windows are freed collectively.
+        for r in 1..place.ranks {
+            place
+                .world
+                .process_at_rank(r as i32)
+                .send_with_tag(&[0u8; 0][..], wire::TAG_STOP);
+        }
+        drop(windows);
     }
-    // Every worker finishes: STOP, then the windows are freed collectively.
-    for r in 1..place.ranks {
-        place
-            .world
-            .process_at_rank(r as i32)
-            .send_with_tag(&[0u8; 0][..], wire::TAG_STOP);
-    }
-    drop(windows);
     outcome?;
     let mut run_options = options.run.clone();
     run_options.pool.workers = place.ranks - 1;
