@@ -397,6 +397,10 @@ fn root<W: Workload>(
     report
         .advice
         .retain(|a| !a.text.contains("--dispatch") && !a.text.contains("--start"));
+    // The chunks' messages here are MPI's.
+    for a in &mut report.advice {
+        a.text = a.text.replace("channel messaging", "MPI messaging");
+    }
     let mut per_node: Vec<(usize, usize)> = Vec::new();
     for r in &ranks {
         match per_node.iter_mut().find(|(node, _)| *node == r.node) {
