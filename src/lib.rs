@@ -155,8 +155,8 @@
 //! The public API is the root's re-exports below, plus four modules: [`workload`] (the
 //! built-in workloads), [`error`] (what an [`Error`] holds: the lost worker, its exit
 //! cause, the interrupted phase), [`lab`] (sweep, ipc-bench, the report's parts) and
-//! [`report`]; with the `mpi` feature, `mpi` too (`procpool::mpi::run` and `run_reduce`: the job on the
-//! ranks of an `mpirun`, README "Beyond one machine").
+//! [`report`]; with the `mpi` feature, `mpi` too (`procpool::mpi::run` and `run_reduce`:
+//! the job on the ranks of an `mpirun`, README "Beyond one machine").
 //!
 //! # Platforms
 //!
