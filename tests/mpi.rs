@@ -616,8 +616,14 @@ exec unshare -u sh -c "hostname $host && $*"
 #[test]
 fn a_hostfile_run_on_two_hosts_verifies_with_results_crossing_between_them() {
     let _serial = serial();
-    if !is_root() {
-        eprintln!("skipped: a second host in a UTS namespace (unshare -u) needs root");
+    let namespaces = Command::new("unshare")
+        .args(["-u", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !is_root() || !namespaces {
+        eprintln!(
+            "skipped: a second host in a UTS namespace needs root and `unshare -u` (util-linux)"
+        );
         return;
     }
     let dir = tempfile::tempdir().expect("a temporary directory");
