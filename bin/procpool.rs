@@ -331,19 +331,29 @@ fn launch(ranks: u64, interrupt: &Interrupt) -> anyhow::Result<ExitCode> {
     // gets one SIGTERM from it (a second signal within 5 s makes mpirun exit without
     // stopping the ranks). Its stdin is not the terminal, which only the foreground group
     // may read.
-    let mut child = mpirun
+    mpirun
         .arg(&exe)
         .args(&args)
         .stdin(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => usage(
-                "--ranks runs mpirun, which is not installed: apt-get install openmpi-bin \
+        .process_group(0);
+    // If this process is killed outright (SIGKILL, which it cannot pass on), mpirun gets
+    // SIGTERM from the kernel and stops the ranks: no job runs on without its launcher.
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: it makes one prctl system call and allocates
+    // nothing.
+    unsafe {
+        mpirun.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                .map_err(std::io::Error::from)
+        })
+    };
+    let mut child = mpirun.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => usage(
+            "--ranks runs mpirun, which is not installed: apt-get install openmpi-bin \
                  libopenmpi-dev (README: \"Beyond one machine\")",
-            ),
-            _ => anyhow::anyhow!("cannot start mpirun: {e}"),
-        })?;
+        ),
+        _ => anyhow::anyhow!("cannot start mpirun: {e}"),
+    })?;
     let mut passed_on = None;
     let status = loop {
         if let Some(status) = child.try_wait().context("cannot wait for mpirun")? {

@@ -461,8 +461,14 @@ fn all_gone(pids: &[u32]) {
     while pids.iter().any(|&p| alive(p)) && began.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let left: Vec<_> = pids.iter().filter(|&&p| alive(p)).collect();
-    assert!(left.is_empty(), "ranks still running: {left:?}");
+    let left: Vec<u32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+    // Ours (their command line says so): stopped before the test fails, not left behind.
+    for pid in &left {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    assert!(left.is_empty(), "still running: {left:?}");
 }
 
 #[test]
@@ -560,6 +566,38 @@ fn sigint_and_sigterm_stop_the_job_with_130_and_143_and_leave_nothing() {
         all_gone(&seen);
         assert!(mpirun.is_some_and(|m| !alive(m)));
     }
+    // procpool SIGKILLed: mpirun gets SIGTERM from the kernel and stops every rank (the job
+    // itself would run for minutes). No pipes: an orphaned mpirun would hold them open.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_procpool"))
+        .args([
+            "--backend",
+            "mpi",
+            "--ranks",
+            "3",
+            "hash",
+            "10000000",
+            "--rounds",
+            "50",
+        ])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("procpool starts");
+    let launcher = child.id();
+    let began = Instant::now();
+    let (mut mpirun, mut seen) = (None, Vec::new());
+    while seen.len() < 3 && began.elapsed() < DEADLINE {
+        std::thread::sleep(Duration::from_millis(50));
+        mpirun = ranks_of(launcher).first().copied();
+        seen = mpirun.map(ranks_of).unwrap_or_default();
+    }
+    assert_eq!(seen.len(), 3, "three ranks start: {seen:?}");
+    child.kill().expect("SIGKILL procpool");
+    child.wait().expect("reap procpool");
+    let mpirun = mpirun.expect("mpirun");
+    all_gone(&[&seen[..], &[mpirun]].concat());
 }
 
 #[test]
