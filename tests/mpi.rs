@@ -63,7 +63,6 @@ fn start(mut command: Command) -> std::process::Child {
 /// Waits for `child` (killed after [`DEADLINE`]) and reads what it printed.
 fn finish(mut child: std::process::Child, what: &str) -> Outcome {
     let began = Instant::now();
-    // Read the pipes on threads, so a child that prints much never blocks on a full pipe.
     let out = child.stdout.take().map(read_all);
     let err = child.stderr.take().map(read_all);
     let status = loop {
@@ -77,22 +76,32 @@ fn finish(mut child: std::process::Child, what: &str) -> Outcome {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let join = |h: Option<std::thread::JoinHandle<String>>| {
-        h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
+    // The pipes close when the last process holding them ends: mpirun's ranks too. One
+    // still open 10 s after mpirun ended is a process left behind.
+    let collect = |r: Option<std::sync::mpsc::Receiver<String>>| {
+        r.map(|r| {
+            r.recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("{what}: a process still holds mpirun's output"))
+        })
+        .unwrap_or_default()
     };
     Outcome {
         code: status.code(),
-        stdout: join(out),
-        stderr: join(err),
+        stdout: collect(out),
+        stderr: collect(err),
     }
 }
 
-fn read_all<R: std::io::Read + Send + 'static>(mut pipe: R) -> std::thread::JoinHandle<String> {
+/// Reads `pipe` to its end on a thread of its own, so a child that prints much never blocks
+/// on a full pipe; the text arrives on the channel returned.
+fn read_all<R: std::io::Read + Send + 'static>(mut pipe: R) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut s = String::new();
         let _ = pipe.read_to_string(&mut s);
-        s
-    })
+        let _ = tx.send(s);
+    });
+    rx
 }
 
 /// What /dev/shm holds now.
