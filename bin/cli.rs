@@ -247,25 +247,12 @@ const PROCESS_ONLY: &[&str] = &[
     "huge_pages",
 ];
 
-/// Options the MPI backend has no use for: mpirun starts the ranks, MPI carries chunks and
-/// results, and plain MPI can neither replace a rank nor stop one chunk, so there is no
-/// supervision to tune; nor does it stream to a file or record a timeline.
+/// Options the MPI backend has no use for beyond [`PROCESS_ONLY`] (all of which it does
+/// not use either, but `inflight`: its chunks travel as messages): mpirun starts the ranks,
+/// and the backend neither streams to a file nor records a timeline.
 const MPI_UNUSED: &[&str] = &[
     "workers",
     "mode",
-    "start",
-    "pin",
-    "dispatch",
-    "transport",
-    "retries",
-    "max_restarts",
-    "max_chunks_per_worker",
-    "max_worker_rss",
-    "retry_panics",
-    "timeout",
-    "grace",
-    "handshake_timeout",
-    "huge_pages",
     "output",
     "window_size",
     "trace",
@@ -294,7 +281,12 @@ fn unused_here(path: &[&str], here: &ArgMatches, given: &dyn Fn(&str) -> bool) -
     let (unused, why, instead): (Vec<&str>, String, &str) = match (value("backend"), value("mode"))
     {
         (Some("mpi"), _) => (
-            MPI_UNUSED.to_vec(),
+            PROCESS_ONLY
+                .iter()
+                .filter(|id| **id != "inflight")
+                .chain(MPI_UNUSED)
+                .copied()
+                .collect(),
             "with --backend mpi: mpirun starts the ranks (`mpirun -np K`, or --ranks K), MPI \
              carries the chunks, and a lost rank ends the job"
                 .into(),

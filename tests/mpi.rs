@@ -363,13 +363,7 @@ fn a_rank_that_dies_ends_the_job_and_leaves_no_rank_running() {
         ])
         .args(["--backend", "mpi", "hash", "1000000", "--rounds", "50"]);
     let child = start(command);
-    let began = Instant::now();
-    let mut seen = ranks_of(child.id());
-    while seen.len() < 3 && began.elapsed() < DEADLINE {
-        std::thread::sleep(Duration::from_millis(50));
-        seen = ranks_of(child.id());
-    }
-    assert_eq!(seen.len(), 3, "three ranks start: {seen:?}");
+    let (_, seen) = three_ranks(|| Some(child.id()));
     // Let them reach the job, then kill the last-started rank (a worker, or rank 0).
     std::thread::sleep(Duration::from_millis(800));
     let victim = *seen.iter().max().expect("a rank");
@@ -455,6 +449,20 @@ fn ranks_of(mpirun: u32) -> Vec<u32> {
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect()
+}
+
+/// Waits (up to [`DEADLINE`]) until the mpirun that `mpirun` finds has three ranks; returns
+/// its pid and theirs.
+fn three_ranks(mpirun: impl Fn() -> Option<u32>) -> (u32, Vec<u32>) {
+    let began = Instant::now();
+    loop {
+        let found = mpirun().map(|m| (m, ranks_of(m)));
+        match found {
+            Some((m, ranks)) if ranks.len() == 3 => return (m, ranks),
+            _ if began.elapsed() > DEADLINE => panic!("three ranks did not start: {found:?}"),
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
 
 /// Whether `pid` is still a live rank of ours (not a zombie, not a reused pid).
@@ -550,14 +558,7 @@ fn sigint_and_sigterm_stop_the_job_with_130_and_143_and_leave_nothing() {
         let child = launched(3, &["hash", "2000000", "--rounds", "50"]);
         let launcher = child.id();
         // procpool → mpirun → 3 ranks.
-        let began = Instant::now();
-        let (mut mpirun, mut seen) = (None, Vec::new());
-        while seen.len() < 3 && began.elapsed() < DEADLINE {
-            std::thread::sleep(Duration::from_millis(50));
-            mpirun = ranks_of(launcher).first().copied();
-            seen = mpirun.map(ranks_of).unwrap_or_default();
-        }
-        assert_eq!(seen.len(), 3, "three ranks start: {seen:?}");
+        let (mpirun, seen) = three_ranks(|| ranks_of(launcher).first().copied());
         // Into the job, then the signal to procpool, as a Ctrl-C or `kill` would send it.
         std::thread::sleep(Duration::from_millis(800));
         let _ = Command::new("kill")
@@ -573,7 +574,7 @@ fn sigint_and_sigterm_stop_the_job_with_130_and_143_and_leave_nothing() {
             out.stderr
         );
         all_gone(&seen);
-        assert!(mpirun.is_some_and(|m| !alive(m)));
+        assert!(!alive(mpirun), "mpirun {mpirun} still running");
     }
     // procpool SIGKILLed: mpirun gets SIGTERM from the kernel and stops every rank (the job
     // itself would run for minutes). No pipes: an orphaned mpirun would hold them open.
@@ -595,17 +596,9 @@ fn sigint_and_sigterm_stop_the_job_with_130_and_143_and_leave_nothing() {
         .spawn()
         .expect("procpool starts");
     let launcher = child.id();
-    let began = Instant::now();
-    let (mut mpirun, mut seen) = (None, Vec::new());
-    while seen.len() < 3 && began.elapsed() < DEADLINE {
-        std::thread::sleep(Duration::from_millis(50));
-        mpirun = ranks_of(launcher).first().copied();
-        seen = mpirun.map(ranks_of).unwrap_or_default();
-    }
-    assert_eq!(seen.len(), 3, "three ranks start: {seen:?}");
+    let (mpirun, seen) = three_ranks(|| ranks_of(launcher).first().copied());
     child.kill().expect("SIGKILL procpool");
     child.wait().expect("reap procpool");
-    let mpirun = mpirun.expect("mpirun");
     all_gone(&[&seen[..], &[mpirun]].concat());
 }
 
