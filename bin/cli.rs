@@ -480,7 +480,7 @@ pub(crate) struct RunArgs {
     pub start: StartArg,
 
     /// Make a worker fail on purpose at chunk CHUNK, on its first attempt or on every attempt
-    /// (ACTION: kill, abort, panic, segv, exit, hang, corrupt). Repeatable.
+    /// (ACTION: kill, abort, panic, segv, exit, hang, corrupt, fork). Repeatable.
     #[arg(help_heading = SUPERVISION, long, global = true, value_name = "ACTION@CHUNK[:always]")]
     pub inject: Vec<Fault>,
 

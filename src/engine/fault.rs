@@ -27,10 +27,14 @@ pub enum FaultAction {
     /// The worker writes a wrong value into the chunk's first element, then reports success:
     /// verification against the single-process run must catch it.
     Corrupt,
+    /// The worker forks a child that sleeps until it is killed, holding the worker's output
+    /// pipes and channel (as a kernel's stray helper process would), then runs the chunk:
+    /// the pool ends the child with the worker's process group.
+    Fork,
 }
 
 impl FaultAction {
-    const ALL: [(&'static str, FaultAction); 7] = [
+    const ALL: [(&'static str, FaultAction); 8] = [
         ("kill", FaultAction::Kill),
         ("abort", FaultAction::Abort),
         ("panic", FaultAction::Panic),
@@ -38,10 +42,12 @@ impl FaultAction {
         ("exit", FaultAction::Exit),
         ("hang", FaultAction::Hang),
         ("corrupt", FaultAction::Corrupt),
+        ("fork", FaultAction::Fork),
     ];
 
     /// Makes this process fail the way the action says, right before it runs chunk `id`
-    /// (`Corrupt` does nothing here: it acts on the chunk's output after the kernel).
+    /// (`Corrupt` does nothing here: it acts on the chunk's output after the kernel; `Fork`
+    /// leaves a child behind and returns).
     pub(crate) fn strike(self, id: u64) {
         use nix::sys::signal::Signal;
         match self {
@@ -54,6 +60,11 @@ impl FaultAction {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             },
             FaultAction::Corrupt => {}
+            FaultAction::Fork => {
+                if let Err(e) = crate::engine::sys::fork_sleeper() {
+                    eprintln!("injected fork at chunk {id}: {e}");
+                }
+            }
         }
     }
 
@@ -99,7 +110,7 @@ impl FromStr for Fault {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let usage = "expected ACTION@CHUNK or ACTION@CHUNK:always, where ACTION is one of \
-                     kill, abort, panic, segv, exit, hang, corrupt (e.g. kill@3)";
+                     kill, abort, panic, segv, exit, hang, corrupt, fork (e.g. kill@3)";
         let (body, always) = match s.strip_suffix(":always") {
             Some(body) => (body, true),
             None => (s, false),

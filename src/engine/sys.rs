@@ -502,6 +502,26 @@ pub(crate) fn die_by_signal(signal: Signal) -> ! {
     std::process::abort()
 }
 
+/// Forks a child that sleeps until it is killed, holding every descriptor this process has
+/// (its output pipes, its channel, the shared region): what a kernel's stray helper process
+/// does (used by fault injection). The child keeps the process group, so it ends when the
+/// pool ends the worker's group.
+pub(crate) fn fork_sleeper() -> io::Result<u32> {
+    // SAFETY: in the child of a multi-threaded process only async-signal-safe calls are
+    // allowed until exec; the child calls nothing but pause() and _exit(), which are. The
+    // parent's memory is not touched by the child.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => loop {
+            // SAFETY: pause() and _exit() are async-signal-safe; the loop never returns.
+            unsafe {
+                libc::pause();
+            }
+        },
+        pid => Ok(pid as u32),
+    }
+}
+
 /// Ignores SIGINT in this process. Workers do this: a Ctrl-C in the terminal reaches the
 /// whole process group, and it is the parent's job to decide how workers stop.
 pub(crate) fn ignore_interrupts() {

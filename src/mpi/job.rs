@@ -211,14 +211,20 @@ fn refusal<W: Workload>(workload: &W, n: u64, options: &MpiOptions, ranks: usize
         .job
         .faults
         .iter()
-        .find(|f| f.action == FaultAction::Hang)
+        .find(|f| matches!(f.action, FaultAction::Hang | FaultAction::Fork))
     {
+        let why = match f.action {
+            FaultAction::Hang => {
+                "a hung rank would hang the MPI job, which has no chunk time limit \
+                 (`chunk_timeout`)"
+            }
+            _ => "a rank's stray child would outlive the MPI job, whose ranks mpirun starts",
+        };
         return Err(Error::invalid(
             "faults",
             format!(
-                "`faults` {f}: a hung rank would hang the MPI job, which has no chunk time \
-                 limit (`chunk_timeout`): inject kill, abort, segv, exit, panic or corrupt, or \
-                 use the process backend"
+                "`faults` {f}: {why}: inject kill, abort, segv, exit, panic or corrupt, or use \
+                 the process backend"
             ),
         ));
     }
