@@ -615,10 +615,16 @@ fn verdict(report: &Report) -> ExitCode {
             procpool::report::mismatch_text(m)
         );
         if let Some(output) = &report.output {
-            eprintln!(
-                "procpool: {} was not written (an older file there is as it was)",
-                output.path
-            );
+            // A device or FIFO was written as the run went; a file is replaced only when
+            // verified.
+            if std::fs::metadata(&output.path).is_ok_and(|m| !m.is_file()) {
+                eprintln!("procpool: the unverified output went to {}", output.path);
+            } else {
+                eprintln!(
+                    "procpool: {} was not written (an older file there is as it was)",
+                    output.path
+                );
+            }
         }
         return ExitCode::from(EXIT_FAILED);
     }

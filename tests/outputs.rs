@@ -18,6 +18,26 @@ use common::{EXE, EXIT_FAILED, EXIT_OK, EXIT_USAGE, Procpool, Sandbox};
 /// tests give would take far longer than this if they ran.
 const REFUSED_WITHIN: Duration = Duration::from_secs(20);
 
+/// A job of 50 s of sleeping chunks: only a refusal ends it within [`REFUSED_WITHIN`].
+const LONG_JOB: [&str; 6] = ["--workers", "2", "sleep", "1000", "--ms", "100"];
+
+/// Runs `args` and asserts it is refused at once: exit 2, one line holding each of
+/// `expected`, and nothing left behind.
+fn assert_refused_up_front(args: &[&str], expected: &[&str]) {
+    let sandbox = Sandbox::new();
+    let out = sandbox.command(args).deadline(REFUSED_WITHIN).run();
+    out.assert_code(EXIT_USAGE);
+    let line = out.one_line_error();
+    for part in expected {
+        assert!(
+            line.contains(part),
+            "expected {part:?} in: {}",
+            &line[line.len().saturating_sub(300)..]
+        );
+    }
+    sandbox.assert_nothing_left(&out);
+}
+
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 temp path")
 }
@@ -163,19 +183,10 @@ fn a_fifo_with_no_reader_is_refused_at_once() {
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
     let f = path_str(&fifo);
     for flag in ["--output", "--trace"] {
-        let sandbox = Sandbox::new();
-        // 50 s of sleeping chunks if it ran.
-        let out = sandbox
-            .command(&["--workers", "2", "sleep", "1000", "--ms", "100", flag, f])
-            .deadline(REFUSED_WITHIN)
-            .run();
-        out.assert_code(EXIT_USAGE);
-        let line = out.one_line_error();
-        assert!(
-            line.contains(&format!("{flag} {f}")) && line.contains("a FIFO with no reader"),
-            "{line}"
+        assert_refused_up_front(
+            &[&LONG_JOB[..], &[flag, f]].concat(),
+            &[&format!("{flag} {f}: "), "a FIFO with no reader"],
         );
-        sandbox.assert_nothing_left(&out);
         assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
     }
 }
@@ -197,20 +208,20 @@ fn a_failed_verification_leaves_the_older_output_as_it_was() {
         "corrupt@1",
     ]);
     out.assert_code(EXIT_FAILED);
-    sandbox.assert_nothing_left(&out);
     assert!(out.stderr.contains("differs"), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read(&file).expect("the older file"),
+        b"an older file",
+        "a wrong output must not replace the older file"
+    );
     assert!(
         out.stderr
             .contains(&format!("{} was not written", file.display())),
         "{}",
         out.stderr
     );
-    assert_eq!(
-        std::fs::read(&file).expect("the older file"),
-        b"an older file",
-        "a wrong output must not replace the older file"
-    );
     assert_eq!(left_beside(dir.path(), &["x.bin"]), Vec::<String>::new());
+    sandbox.assert_nothing_left(&out);
 }
 
 /// Undoes `chattr +i` on drop, so the temporary directory can be removed.
@@ -260,28 +271,11 @@ fn an_output_whose_directory_takes_no_new_file_is_refused_and_never_truncated() 
     let Some(_immutable) = Immutable::set(dir.path()) else {
         return;
     };
-    let sandbox = Sandbox::new();
     let f = path_str(&file);
-    let out = sandbox
-        .command(&[
-            "--workers",
-            "2",
-            "sleep",
-            "1000",
-            "--ms",
-            "100",
-            "--output",
-            f,
-        ])
-        .deadline(REFUSED_WITHIN)
-        .run();
-    out.assert_code(EXIT_USAGE);
-    let line = out.one_line_error();
-    assert!(
-        line.contains(&format!("--output {f}")) && line.contains("never truncates"),
-        "{line}"
+    assert_refused_up_front(
+        &[&LONG_JOB[..], &["--output", f]].concat(),
+        &[&format!("--output {f}: "), "never truncates"],
     );
-    sandbox.assert_nothing_left(&out);
     assert_eq!(std::fs::read(&file).unwrap(), b"an older file");
 }
 
@@ -349,57 +343,21 @@ fn an_output_naming_procpool_itself_is_refused() {
 
 #[test]
 fn an_output_name_too_long_is_refused_before_the_pool_starts() {
-    let sandbox = Sandbox::new();
     let name = "a".repeat(5000);
-    // 50 s of sleeping chunks if it ran.
-    let out = sandbox
-        .command(&[
-            "--workers",
-            "2",
-            "sleep",
-            "1000",
-            "--ms",
-            "100",
-            "--output",
-            &name,
-        ])
-        .deadline(REFUSED_WITHIN)
-        .run();
-    out.assert_code(EXIT_USAGE);
-    let line = out.one_line_error();
-    assert!(
-        line.starts_with("procpool: --output aaaa") && line.contains("File name too long"),
-        "{}",
-        &line[line.len().saturating_sub(200)..]
+    assert_refused_up_front(
+        &[&LONG_JOB[..], &["--output", &name]].concat(),
+        &["procpool: --output aaaa", "File name too long"],
     );
-    sandbox.assert_nothing_left(&out);
 }
 
 #[test]
 fn a_sweep_plot_in_a_missing_directory_is_refused_before_the_sweep() {
-    let sandbox = Sandbox::new();
     // 20 s for the one-worker run alone if it ran.
-    let out = sandbox
-        .command(&[
-            "sweep",
-            "--workers",
-            "1,2",
-            "sleep",
-            "200",
-            "--ms",
-            "100",
-            "--plot",
-            "/nonexistent/p.svg",
-        ])
-        .deadline(REFUSED_WITHIN)
-        .run();
-    out.assert_code(EXIT_USAGE);
-    let line = out.one_line_error();
-    assert!(
-        line.contains("--plot /nonexistent/p.svg") && line.contains("No such file"),
-        "{line}"
+    let sweep = ["sweep", "--workers", "1,2", "sleep", "200", "--ms", "100"];
+    assert_refused_up_front(
+        &[&sweep[..], &["--plot", "/nonexistent/p.svg"]].concat(),
+        &["--plot /nonexistent/p.svg: ", "No such file"],
     );
-    sandbox.assert_nothing_left(&out);
 }
 
 #[test]

@@ -128,12 +128,6 @@ impl OutputFile {
         &self.path
     }
 
-    /// Whether the path is a device or FIFO written in place: what is written there is
-    /// gone, whether or not the file is persisted.
-    pub fn in_place(&self) -> bool {
-        self.kind == Kind::InPlace
-    }
-
     /// Gives the finished file its name, replacing any older file there (a device or FIFO
     /// was written in place: nothing to do).
     pub fn persist(mut self) -> io::Result<()> {

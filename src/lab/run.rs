@@ -44,7 +44,10 @@ pub struct RunOptions {
     pub repeat: usize,
     /// Rounds run first and discarded.
     pub warmup: usize,
-    /// Stream the output to this file in bounded memory instead of holding it.
+    /// Stream the output to this file in bounded memory instead of holding it. The file
+    /// replaces an older one only when the run succeeded and its output was verified (or
+    /// `baseline` is off); a device or FIFO is written in place (see
+    /// [`crate::lab::OutputFile`]).
     pub output: Option<PathBuf>,
     /// Window length in bytes when streaming.
     pub window_bytes: u64,
