@@ -33,7 +33,8 @@ fn main() -> ExitCode {
         Err(e) => return clap_error(e),
     };
     if let Command::Generate(what) = cli.command {
-        let written = generate::generate(what).and_then(|text| write_stdout(&text, "it"));
+        let written =
+            generate::generate(what).and_then(|text| write_stdout(&text, "the generated text"));
         return finish(written.map(|()| ExitCode::SUCCESS));
     }
     // ipc-bench forks its peer, which needs this process still single-threaded.

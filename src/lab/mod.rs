@@ -1,7 +1,8 @@
 //! The measurement lab, built on the engine: a whole measured run (the pool, the
 //! single-process baseline, verification, threads and single modes, streaming to a file),
 //! its statistics and advice, the sweep over worker counts and chunk sizes, processes
-//! against threads (`compare`), and the IPC benchmark. Results are plain data ([`crate::Report`], [`SweepTable`],
+//! against threads (`compare`), the IPC benchmark, and writing the files a user names
+//! without clobbering anything ([`OutputFile`]). Results are plain data ([`crate::Report`], [`SweepTable`],
 //! [`IpcBenchReport`]); turning them into text, tables and pictures is
 //! [`crate::report`]'s job.
 
