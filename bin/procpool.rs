@@ -7,13 +7,13 @@ mod parse;
 mod progress;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use cli::{ChunkSize, Cli, Command, List, RunArgs, WorkloadCmd};
-use procpool::lab::SweepOptions;
-use procpool::workload::mandelbrot::write_png;
+use procpool::lab::{OutputFile, SweepOptions};
+use procpool::workload::mandelbrot::encode_png;
 use procpool::workload::{Collatz, Hash, Mandelbrot, Primes, Sleep, Spin, Squares};
 use procpool::{Interrupt, Reduce, Report, RunOptions, Supervision, Workload};
 
@@ -33,7 +33,8 @@ fn main() -> ExitCode {
         Err(e) => return clap_error(e),
     };
     if let Command::Generate(what) = cli.command {
-        let written = generate::generate(what).and_then(|text| write_stdout(&text));
+        let written =
+            generate::generate(what).and_then(|text| write_stdout(&text, "the generated text"));
         return finish(written.map(|()| ExitCode::SUCCESS));
     }
     // ipc-bench forks its peer, which needs this process still single-threaded.
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
 
 fn execute(cli: Cli, interrupt: Interrupt) -> anyhow::Result<ExitCode> {
     let json = cli.run.json;
+    check_outputs(&cli)?;
     match cli.command {
         Command::List => {
             print_out(&if json {
@@ -80,7 +82,7 @@ fn execute(cli: Cli, interrupt: Interrupt) -> anyhow::Result<ExitCode> {
             let options = run_options(&cli.run, interrupt, false)?;
             let image = match &workload {
                 WorkloadCmd::Mandelbrot { n, max_iter, image } => {
-                    image.clone().map(|path| (path, *n, *max_iter))
+                    image.as_deref().map(|path| (path, *n, *max_iter))
                 }
                 _ => None,
             };
@@ -89,6 +91,10 @@ fn execute(cli: Cli, interrupt: Interrupt) -> anyhow::Result<ExitCode> {
                     "--image needs the whole picture in memory: use it without --output",
                 ));
             }
+            let image = match image {
+                Some((path, n, max_iter)) => Some((open_output("--image", path)?, n, max_iter)),
+                None => None,
+            };
             let timeline = Timeline::prepare(&cli.run)?;
             with_workload(
                 workload,
@@ -412,6 +418,46 @@ impl WithWorkload for MpiRun {
     }
 }
 
+/// Refuses two outputs that are the same file, or an output that is this program, before
+/// anything is opened or started.
+fn check_outputs(cli: &Cli) -> anyhow::Result<()> {
+    let run = &cli.run;
+    let mut outputs = vec![
+        ("--output", run.output.as_deref()),
+        ("--trace", run.trace.as_deref()),
+        ("--timeline", run.timeline.as_deref()),
+    ];
+    match &cli.command {
+        Command::Workload(WorkloadCmd::Mandelbrot { image, .. }) => {
+            outputs.push(("--image", image.as_deref()));
+        }
+        Command::Sweep(args) => {
+            outputs.push(("--plot", args.plot.as_deref()));
+            outputs.push(("--export", args.export.as_deref()));
+        }
+        _ => {}
+    }
+    let given: Vec<(&str, &Path)> = outputs
+        .into_iter()
+        .filter_map(|(flag, path)| Some((flag, path?)))
+        .collect();
+    Ok(procpool::lab::check_distinct(&given)?)
+}
+
+/// Opens an output the user named, before the run: a path that cannot be written is
+/// refused before anything starts.
+fn open_output(flag: &str, path: &Path) -> anyhow::Result<OutputFile> {
+    OutputFile::create(path).map_err(|e| usage(&format!("{flag} {}: {e}", path.display())))
+}
+
+/// Writes `bytes` to an output opened by [`open_output`] and gives it its name.
+fn publish(flag: &str, mut file: OutputFile, bytes: &[u8]) -> anyhow::Result<()> {
+    let path = file.path().to_path_buf();
+    file.write_all(bytes)
+        .and_then(|()| file.persist())
+        .with_context(|| format!("{flag}: cannot write {}", path.display()))
+}
+
 /// The worker count without `--workers`: `PROCPOOL_WORKERS`, else one per effective CPU.
 fn default_workers() -> anyhow::Result<(usize, procpool::lab::WorkersFrom)> {
     Ok(procpool::lab::default_workers(
@@ -461,16 +507,16 @@ fn with_workload(cmd: WorkloadCmd, action: &mut impl WithWorkload) -> anyhow::Re
 struct RunOne {
     options: RunOptions,
     json: bool,
-    image: Option<(PathBuf, u64, u32)>,
+    image: Option<(OutputFile, u64, u32)>,
     timeline: Timeline,
 }
 
 /// `--trace FILE.json` and `--timeline FILE.svg`: each file is opened before the run (so
-/// a path that cannot be written is refused before anything starts) under a temporary
-/// name beside it, and renamed over the path once written.
+/// a path that cannot be written is refused before anything starts) and given its name
+/// once written.
 struct Timeline {
-    trace: Option<(PathBuf, tempfile::NamedTempFile)>,
-    picture: Option<(PathBuf, tempfile::NamedTempFile)>,
+    trace: Option<OutputFile>,
+    picture: Option<OutputFile>,
 }
 
 impl Timeline {
@@ -487,23 +533,8 @@ impl Timeline {
                 args.mode
             )));
         }
-        let open = |path: &Option<PathBuf>, flag: &str| -> anyhow::Result<_> {
-            let Some(path) = path else { return Ok(None) };
-            let cannot = |e: &dyn std::fmt::Display| {
-                usage(&format!("{flag}: cannot write {}: {e}", path.display()))
-            };
-            if path.is_dir() {
-                return Err(cannot(&"it is a directory"));
-            }
-            let dir = match path.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d,
-                _ => std::path::Path::new("."),
-            };
-            let file = tempfile::Builder::new()
-                .prefix(".procpool-")
-                .tempfile_in(dir)
-                .map_err(|e| cannot(&e))?;
-            Ok(Some((path.clone(), file)))
+        let open = |path: &Option<PathBuf>, flag: &str| {
+            path.as_deref().map(|p| open_output(flag, p)).transpose()
         };
         Ok(Timeline {
             trace: open(&args.trace, "--trace")?,
@@ -524,28 +555,18 @@ impl Timeline {
             title: format!("procpool {} n={}", report.workload, report.n),
             workers: report.workers,
         };
-        let persist = |(path, mut file): (PathBuf, tempfile::NamedTempFile),
-                       text: &str,
-                       flag: &str|
-         -> anyhow::Result<()> {
-            // Readable like any file the user writes (a temporary file is private).
-            let readable = std::os::unix::fs::PermissionsExt::from_mode(0o644);
-            file.write_all(text.as_bytes())
-                .and_then(|()| file.flush())
-                .and_then(|()| file.as_file().set_permissions(readable))
-                .with_context(|| format!("{flag}: cannot write {}", path.display()))?;
-            file.persist(&path)
-                .with_context(|| format!("{flag}: cannot write {}", path.display()))?;
-            Ok(())
-        };
-        if let Some(target) = self.trace.take() {
+        if let Some(file) = self.trace.take() {
             let json = procpool::report::trace::chrome_trace(trace, &labels);
-            persist(target, &(serde_json::to_string(&json)? + "\n"), "--trace")?;
+            publish(
+                "--trace",
+                file,
+                (serde_json::to_string(&json)? + "\n").as_bytes(),
+            )?;
         }
-        if let Some(target) = self.picture.take() {
+        if let Some(file) = self.picture.take() {
             let svg = procpool::report::timeline::timeline_svg_string(trace, &labels)
                 .map_err(|e| anyhow::anyhow!("--timeline: cannot draw the timeline: {e}"))?;
-            persist(target, &svg, "--timeline")?;
+            publish("--timeline", file, svg.as_bytes())?;
         }
         Ok(())
     }
@@ -553,23 +574,30 @@ impl Timeline {
 
 impl WithWorkload for RunOne {
     fn with<W: Workload>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
-        let mut written = Ok(());
+        let mut written = Ok(None);
         let image = self.image.take();
         let report = procpool::run_inspect(workload, n, &self.options, |out| {
-            if let Some((path, side, max_iter)) = image {
+            if let Some((mut file, side, max_iter)) = image {
                 // Mandelbrot's elements are u32 iteration counts.
                 let pixels: Vec<u32> = procpool::bytemuck::pod_collect_to_vec(out);
-                written = write_png(&path, side, &pixels, max_iter)
-                    .context("cannot write the image")
-                    .map(|()| {
-                        eprintln!("procpool: wrote {} ({side}×{side} pixels)", path.display())
-                    });
+                written = encode_png(&mut file, side, &pixels, max_iter)
+                    .with_context(|| format!("--image: cannot write {}", file.path().display()))
+                    .map(|()| Some((file, side)));
             }
         })?;
         self.timeline.write(&report)?;
         print_text_or_json(&report, self.json, procpool::report::render_text)?;
-        written?;
-        Ok(verdict(&report))
+        let verdict = verdict(&report);
+        // The picture replaces an older file only when the pool's output was verified.
+        if let Some((file, side)) = written?
+            && report.mismatch.is_none()
+        {
+            let path = file.path().to_path_buf();
+            file.persist()
+                .with_context(|| format!("--image: cannot write {}", path.display()))?;
+            eprintln!("procpool: wrote {} ({side}×{side} pixels)", path.display());
+        }
+        Ok(verdict)
     }
 
     fn with_reduce<W: Reduce>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
@@ -587,6 +615,18 @@ fn verdict(report: &Report) -> ExitCode {
             "procpool: the pool output differs from the single-process run: {}",
             procpool::report::mismatch_text(m)
         );
+        if let Some(output) = &report.output {
+            // A device or FIFO was written as the run went; a file is replaced only when
+            // verified.
+            if std::fs::metadata(&output.path).is_ok_and(|m| !m.is_file()) {
+                eprintln!("procpool: the unverified output went to {}", output.path);
+            } else {
+                eprintln!(
+                    "procpool: {} was not written (an older file there is as it was)",
+                    output.path
+                );
+            }
+        }
         return ExitCode::from(EXIT_FAILED);
     }
     if report.verified == Some(false) {
@@ -615,11 +655,21 @@ struct Sweep {
 
 impl WithWorkload for Sweep {
     fn with<W: Workload>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
-        // Refuse an unknown export format before running anything.
-        if let Some(path) = &self.export {
-            procpool::report::export::exporter_for(path)
-                .map_err(|e| usage(&format!("--export: {e}")))?;
-        }
+        // Refuse an unknown export format, or a path that cannot be written, before running
+        // anything.
+        let exporter = match &self.export {
+            Some(path) => Some((
+                procpool::report::export::exporter_for(path)
+                    .map_err(|e| usage(&format!("--export: {e}")))?,
+                open_output("--export", path)?,
+            )),
+            None => None,
+        };
+        let plot = self
+            .plot
+            .as_deref()
+            .map(|path| open_output("--plot", path))
+            .transpose()?;
         let mut failed = false;
         let table = procpool::lab::sweep::sweep(workload, n, &self.options, |report| {
             if report.verified == Some(false) {
@@ -635,13 +685,17 @@ impl WithWorkload for Sweep {
                 );
             }
         })?;
-        if let Some(path) = &self.plot {
-            procpool::report::plot::plot_speedup_svg(&table, path)?;
-            eprintln!("procpool: wrote {}", path.display());
+        if let Some(file) = plot {
+            let path = file.path().display().to_string();
+            let svg = procpool::report::plot::speedup_svg_string(&table)
+                .map_err(|e| anyhow::anyhow!("--plot: cannot draw the sweep chart: {e}"))?;
+            publish("--plot", file, svg.as_bytes())?;
+            eprintln!("procpool: wrote {path}");
         }
-        if let Some(path) = &self.export {
-            procpool::report::export::export_to_file(&table, path)?;
-            eprintln!("procpool: wrote {}", path.display());
+        if let Some((exporter, file)) = exporter {
+            let path = file.path().display().to_string();
+            publish("--export", file, exporter.export(&table).as_bytes())?;
+            eprintln!("procpool: wrote {path}");
         }
         let text = if self.json {
             serde_json::to_string(&table)? + "\n"
@@ -729,15 +783,16 @@ fn print_text_or_json(
 fn print_out(text: &str) -> anyhow::Result<()> {
     // The supervisor's lines about lost workers come before the report.
     notice::flush(NOTICE_FLUSH);
-    write_stdout(text)
+    write_stdout(text, "the report")
 }
 
-fn write_stdout(text: &str) -> anyhow::Result<()> {
+/// Writes `text` (`what`, for an error message) to standard output.
+fn write_stdout(text: &str, what: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         // A closed pipe (`procpool ... | head -1`) is the reader's choice, not our failure.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
+        other => other.with_context(|| format!("cannot write {what} to standard output")),
     }
 }
 

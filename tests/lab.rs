@@ -603,6 +603,15 @@ fn huge_pages_refused_in_one_line_naming_nr_hugepages_when_none_are_free() {
         "{}",
         out.stderr
     );
+    // No results: the control area's one page, in the singular.
+    let out = sandbox.run(&["--workers", "1", "--huge-pages", "squares", "0"]);
+    out.assert_code(EXIT_USAGE);
+    let line = out.one_line_error();
+    assert!(
+        line.contains("needs 1 free huge page of ")
+            && line.contains("but 0 are free: reserve it as root with `echo 1 >"),
+        "{line}"
+    );
     // Threads have no shared region to back.
     let out = sandbox.run(&["--huge-pages", "--mode", "threads", "squares", "100"]);
     out.assert_code(EXIT_USAGE);

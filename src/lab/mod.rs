@@ -1,7 +1,8 @@
 //! The measurement lab, built on the engine: a whole measured run (the pool, the
 //! single-process baseline, verification, threads and single modes, streaming to a file),
 //! its statistics and advice, the sweep over worker counts and chunk sizes, processes
-//! against threads (`compare`), and the IPC benchmark. Results are plain data ([`crate::Report`], [`SweepTable`],
+//! against threads (`compare`), the IPC benchmark, and writing the files a user names
+//! without clobbering anything ([`OutputFile`]). Results are plain data ([`crate::Report`], [`SweepTable`],
 //! [`IpcBenchReport`]); turning them into text, tables and pictures is
 //! [`crate::report`]'s job.
 
@@ -12,6 +13,7 @@ pub mod ipc_bench;
 pub mod measure;
 pub mod meta;
 pub(crate) mod model;
+pub mod output;
 pub(crate) mod run;
 pub(crate) mod stream;
 pub mod sweep;
@@ -25,4 +27,5 @@ pub use ipc_bench::{IpcBenchOptions, IpcBenchReport};
 pub use measure::{Ratio, Summary};
 pub use meta::{MachineInfo, Meta, SCHEMA_VERSION, WORKERS_ENV, WorkersFrom, default_workers};
 pub use model::{Breakdown, OsUsage, OutputReport, Repeats};
+pub use output::{OutputFile, check_distinct};
 pub use sweep::{SweepOptions, SweepTable};

@@ -44,7 +44,10 @@ pub struct RunOptions {
     pub repeat: usize,
     /// Rounds run first and discarded.
     pub warmup: usize,
-    /// Stream the output to this file in bounded memory instead of holding it.
+    /// Stream the output to this file in bounded memory instead of holding it. The file
+    /// replaces an older one only when the run succeeded and its output was verified (or
+    /// `baseline` is off); a device or FIFO is written in place (see
+    /// [`crate::lab::OutputFile`]).
     pub output: Option<PathBuf>,
     /// Window length in bytes when streaming.
     pub window_bytes: u64,
@@ -450,15 +453,12 @@ fn stream_round<W: Workload>(
     options: &RunOptions,
     path: &std::path::Path,
 ) -> Result<Round> {
-    let cannot = |e: std::io::Error| {
-        Error::invalid(
-            "output",
-            format!("`output`: cannot create {}: {e}", path.display()),
-        )
-    };
-    // The file gets its name only when the run succeeds: a failed or interrupted run
-    // leaves no partial file (and an older file of that name as it was).
-    let output = crate::lab::stream::OutputFile::create(path).map_err(cannot)?;
+    // Opened before any worker starts, so a path that cannot be written (a missing
+    // directory, a name too long, a FIFO with no reader) is refused up front.
+    let output = crate::lab::output::OutputFile::create(path)
+        .map_err(|e| Error::invalid("output", format!("`output` {}: {e}", path.display())))?;
+    let cannot =
+        |e: std::io::Error| Error::invalid("output", format!("`output` {}: {e}", path.display()));
     let file = output.file().try_clone().map_err(cannot)?;
     let mut sink = FileSink::new(local, file, path, options.baseline);
     let began = Instant::now();
@@ -474,10 +474,15 @@ fn stream_round<W: Workload>(
         pool.shutdown();
         Ok((spawn, stats))
     })();
+    // The file gets its name only when the run succeeded and its output was verified (or
+    // verification was turned off): a failed, interrupted or wrong run leaves no partial
+    // file, and an older file of that name as it was.
     let (spawn, mut stats) = match result.and_then(|done| {
-        output
-            .persist()
-            .map_err(|e| Error::Output(format!("cannot give {} its name: {e}", path.display())))?;
+        if sink.mismatch.is_none() {
+            output.persist().map_err(|e| {
+                Error::Output(format!("cannot give {} its name: {e}", path.display()))
+            })?;
+        }
         Ok(done)
     }) {
         Ok(done) => done,

@@ -9,10 +9,8 @@
 //! The file holds the elements in index order, little-endian, with nothing else: exactly
 //! the bytes of the single-process output (`out[0]`, `out[1]`, …).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -33,121 +31,6 @@ pub(crate) fn window_elems(window_bytes: u64, elem_size: usize) -> u64 {
         elems / 4096 * 4096
     } else {
         elems
-    }
-}
-
-/// The `--output` file while it is being written: it appears under its name only when the
-/// run succeeds, so an interrupted, killed or failed run leaves nothing behind (and an
-/// older file of that name as it was).
-///
-/// Written as an unnamed file in the target directory (`O_TMPFILE`), linked in by
-/// [`OutputFile::persist`] under a temporary name and renamed over `path`: even a second
-/// Ctrl-C (which exits at once) or SIGKILL cannot leave a partial file, because until
-/// then the file has no name. Where `O_TMPFILE` is not supported (some network and FUSE
-/// file systems) the file is created under its name and removed on drop unless
-/// persisted. An existing file that is not a regular file (`/dev/null`, `/dev/full`, a
-/// FIFO) is written in place.
-#[derive(Debug)]
-pub(crate) struct OutputFile {
-    file: File,
-    path: PathBuf,
-    kind: OutputKind,
-    persisted: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OutputKind {
-    /// No name yet: `O_TMPFILE`.
-    Unnamed,
-    /// Created under its own name (no `O_TMPFILE`): removed unless persisted.
-    Named,
-    /// A device or FIFO that existed before: written in place, never removed.
-    Special,
-}
-
-impl OutputFile {
-    /// Opens `path` for writing as described on [`OutputFile`].
-    pub(crate) fn create(path: &Path) -> io::Result<OutputFile> {
-        let opened = |file, kind| OutputFile {
-            file,
-            path: path.to_path_buf(),
-            kind,
-            persisted: false,
-        };
-        if let Ok(meta) = std::fs::metadata(path)
-            && !meta.is_file()
-        {
-            if meta.is_dir() {
-                return Err(io::Error::new(
-                    io::ErrorKind::IsADirectory,
-                    "it is a directory",
-                ));
-            }
-            let file = OpenOptions::new().write(true).open(path)?;
-            return Ok(opened(file, OutputKind::Special));
-        }
-        let dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        let unnamed = OpenOptions::new()
-            .write(true)
-            .mode(0o666)
-            .custom_flags(libc::O_TMPFILE)
-            .open(dir);
-        match unnamed {
-            // Linking it in later goes through /proc/self/fd; without /proc, use a name.
-            Ok(file) if Path::new("/proc/self/fd").is_dir() => {
-                Ok(opened(file, OutputKind::Unnamed))
-            }
-            _ => Ok(opened(File::create(path)?, OutputKind::Named)),
-        }
-    }
-
-    /// The open file, to write to.
-    pub(crate) fn file(&self) -> &File {
-        &self.file
-    }
-
-    /// Gives the finished file its name, replacing any older file there.
-    pub(crate) fn persist(mut self) -> io::Result<()> {
-        if self.kind == OutputKind::Unnamed {
-            let name = self.path.file_name().unwrap_or_default().to_string_lossy();
-            let temp = self
-                .path
-                .with_file_name(format!(".{name}.procpool-{}", std::process::id()));
-            let proc_path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
-            let link = || {
-                nix::unistd::linkat(
-                    nix::fcntl::AT_FDCWD,
-                    proc_path.as_str(),
-                    nix::fcntl::AT_FDCWD,
-                    &temp,
-                    nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
-                )
-            };
-            let mut linked = link();
-            if linked == Err(nix::errno::Errno::EEXIST) {
-                // Left by a run of ours that died between link and rename: ours to replace.
-                let _ = std::fs::remove_file(&temp);
-                linked = link();
-            }
-            linked.map_err(io::Error::from)?;
-            if let Err(e) = std::fs::rename(&temp, &self.path) {
-                let _ = std::fs::remove_file(&temp);
-                return Err(e);
-            }
-        }
-        self.persisted = true;
-        Ok(())
-    }
-}
-
-impl Drop for OutputFile {
-    fn drop(&mut self) {
-        if self.kind == OutputKind::Named && !self.persisted {
-            let _ = std::fs::remove_file(&self.path);
-        }
     }
 }
 

@@ -14,6 +14,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::lab::measure::amdahl_speedup;
+use crate::lab::output::OutputFile;
 use crate::lab::sweep::{SweepRow, SweepTable};
 
 /// Width and height of the picture, in pixels.
@@ -48,15 +49,21 @@ fn colour(i: usize) -> RGBColor {
 ///
 /// Errors name the path.
 pub fn plot_speedup_svg(table: &SweepTable, path: &Path) -> io::Result<()> {
-    let mut svg = String::new();
-    draw(table, &mut svg).map_err(|e| {
+    let svg = speedup_svg_string(table).map_err(|e| {
         io::Error::other(format!(
             "cannot draw the sweep chart for {}: {e}",
             path.display()
         ))
     })?;
-    std::fs::write(path, svg)
+    OutputFile::write(path, svg.as_bytes())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))
+}
+
+/// The sweep chart of [`plot_speedup_svg`] as an SVG document.
+pub fn speedup_svg_string(table: &SweepTable) -> Result<String, String> {
+    let mut svg = String::new();
+    draw(table, &mut svg).map_err(|e| e.to_string())?;
+    Ok(svg)
 }
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;

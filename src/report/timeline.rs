@@ -42,7 +42,7 @@ pub fn timeline_svg(trace: &Trace, labels: &TraceLabels, path: &Path) -> io::Res
             path.display()
         ))
     })?;
-    std::fs::write(path, svg)
+    crate::lab::output::OutputFile::write(path, svg.as_bytes())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))
 }
 

@@ -123,23 +123,49 @@ pub fn write_png(path: &Path, size: u64, iterations: &[u32], max_iter: u32) -> i
         )));
     }
     let context = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let file = File::create(path).map_err(context)?;
+    encode_png_sides(file, side, iterations, max_iter).map_err(context)
+}
 
+/// Writes `iterations` as [`write_png`] does, to `out` (a file opened by the caller).
+/// Errors do not name a path.
+#[cfg(feature = "plot")]
+pub fn encode_png(out: impl Write, size: u64, iterations: &[u32], max_iter: u32) -> io::Result<()> {
+    let side = u32::try_from(size)
+        .ok()
+        .filter(|_| size.checked_mul(size) == Some(iterations.len() as u64))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} iteration counts do not make a {size} x {size} PNG image",
+                    iterations.len()
+                ),
+            )
+        })?;
+    encode_png_sides(out, side, iterations, max_iter)
+}
+
+#[cfg(feature = "plot")]
+fn encode_png_sides(
+    out: impl Write,
+    side: u32,
+    iterations: &[u32],
+    max_iter: u32,
+) -> io::Result<()> {
     let mut rgb = Vec::with_capacity(iterations.len() * 3);
     for &n in iterations {
         rgb.extend_from_slice(&colour(n, max_iter));
     }
-
-    let mut file = BufWriter::new(File::create(path).map_err(context)?);
-    let png_err = |e: png::EncodingError| context(io::Error::from(e));
-    let mut encoder = png::Encoder::new(&mut file, side, side);
+    let mut out = BufWriter::new(out);
+    let mut encoder = png::Encoder::new(&mut out, side, side);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header().map_err(png_err)?;
-    writer.write_image_data(&rgb).map_err(png_err)?;
-    writer.finish().map_err(png_err)?;
+    let mut writer = encoder.write_header().map_err(io::Error::from)?;
+    writer.write_image_data(&rgb).map_err(io::Error::from)?;
+    writer.finish().map_err(io::Error::from)?;
     // Flush here: an error while dropping a `BufWriter` would be lost.
-    file.flush().map_err(context)?;
-    Ok(())
+    out.flush()
 }
 
 /// Colour of a pixel that took `n` of at most `max_iter` iterations.

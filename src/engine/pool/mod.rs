@@ -290,9 +290,12 @@ fn huge_refusal(needed: u64, page: u64, free: u64) -> Error {
     Error::invalid(
         "huge_pages",
         format!(
-            "`huge_pages` needs {needed} free huge pages of {} but {free} are free: reserve \
-             them as root with `echo {needed} > /proc/sys/vm/nr_hugepages`",
+            "`huge_pages` needs {needed} free huge page{} of {} but {free} {} free: reserve \
+             {} as root with `echo {needed} > /proc/sys/vm/nr_hugepages`",
+            if needed == 1 { "" } else { "s" },
             crate::units::bytes(u128::from(page)),
+            if free == 1 { "is" } else { "are" },
+            if needed == 1 { "it" } else { "them" },
         ),
     )
 }

@@ -56,7 +56,7 @@ pub fn exporter_for(path: &Path) -> Result<Box<dyn Exporter>, String> {
 pub fn export_to_file(table: &SweepTable, path: &Path) -> io::Result<()> {
     let exporter = exporter_for(path)
         .map_err(|message| io::Error::new(io::ErrorKind::InvalidInput, message))?;
-    std::fs::write(path, exporter.export(table))
+    crate::lab::output::OutputFile::write(path, exporter.export(table).as_bytes())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))
 }
 
