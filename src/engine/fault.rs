@@ -2,7 +2,9 @@
 //!
 //! `--inject ACTION@CHUNK[:always]` lets users watch the supervisor work and lets tests be
 //! exact. The action fires in the worker that receives chunk `CHUNK`, on the first attempt
-//! only, or on every attempt with `:always`.
+//! only, or on every attempt with `:always`. Most actions end or stall the worker; `corrupt`
+//! spoils the chunk's output, and `scribble` and `wipe` write over the queue's control block
+//! in shared memory, as a kernel writing out of bounds could.
 
 use std::fmt;
 use std::str::FromStr;
@@ -27,10 +29,16 @@ pub enum FaultAction {
     /// The worker writes a wrong value into the chunk's first element, then reports success:
     /// verification against the single-process run must catch it.
     Corrupt,
+    /// The worker overwrites the queue's shared claim counter (`next`) with garbage, as a
+    /// kernel writing outside its chunk could, then runs the chunk: the supervisor must
+    /// notice the control block was overwritten and stop the job.
+    Scribble,
+    /// The worker zeroes the whole control block of the queue, then runs the chunk.
+    Wipe,
 }
 
 impl FaultAction {
-    const ALL: [(&'static str, FaultAction); 7] = [
+    const ALL: [(&'static str, FaultAction); 9] = [
         ("kill", FaultAction::Kill),
         ("abort", FaultAction::Abort),
         ("panic", FaultAction::Panic),
@@ -38,11 +46,15 @@ impl FaultAction {
         ("exit", FaultAction::Exit),
         ("hang", FaultAction::Hang),
         ("corrupt", FaultAction::Corrupt),
+        ("scribble", FaultAction::Scribble),
+        ("wipe", FaultAction::Wipe),
     ];
 
     /// Makes this process fail the way the action says, right before it runs chunk `id`
     /// (`Corrupt` does nothing here: it acts on the chunk's output after the kernel).
-    pub(crate) fn strike(self, id: u64) {
+    /// `Scribble` and `Wipe` write into `control`, the queue's control block (nothing
+    /// without one).
+    pub(crate) fn strike(self, id: u64, control: Option<&crate::engine::control::Control>) {
         use nix::sys::signal::Signal;
         match self {
             FaultAction::Kill => crate::engine::sys::die_by_signal(Signal::SIGKILL),
@@ -54,6 +66,16 @@ impl FaultAction {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             },
             FaultAction::Corrupt => {}
+            FaultAction::Scribble => {
+                if let Some(control) = control {
+                    control.scribble_next();
+                }
+            }
+            FaultAction::Wipe => {
+                if let Some(control) = control {
+                    control.wipe();
+                }
+            }
         }
     }
 
@@ -99,7 +121,7 @@ impl FromStr for Fault {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let usage = "expected ACTION@CHUNK or ACTION@CHUNK:always, where ACTION is one of \
-                     kill, abort, panic, segv, exit, hang, corrupt (e.g. kill@3)";
+                     kill, abort, panic, segv, exit, hang, corrupt, scribble, wipe (e.g. kill@3)";
         let (body, always) = match s.strip_suffix(":always") {
             Some(body) => (body, true),
             None => (s, false),
@@ -188,6 +210,12 @@ mod tests {
                 .contains("unknown action")
         );
         assert!("kill".parse::<Fault>().is_err());
+        let s: Fault = "scribble@2".parse().unwrap();
+        assert_eq!(
+            (s.action, s.to_string()),
+            (FaultAction::Scribble, "scribble@2".into())
+        );
+        assert_eq!("wipe@0".parse::<Fault>().unwrap().action, FaultAction::Wipe);
         assert!("kill@x".parse::<Fault>().is_err());
     }
 }

@@ -285,7 +285,9 @@ impl Mapping {
         let base = reserved.as_ptr() as usize;
         let start = (base + GUARD).next_multiple_of(page);
         // The aligned start leaves at least a guard before it and after the file's part.
-        debug_assert!(start - base >= GUARD && start + map_len + GUARD <= base + reserved_len.get());
+        debug_assert!(
+            start - base >= GUARD && start + map_len + GUARD <= base + reserved_len.get()
+        );
         // SAFETY: `start..start + map_len` lies inside the reservation made just above, which
         // no Rust object uses, so MAP_FIXED replaces only our own inaccessible pages. `fd`
         // is a memfd at least `offset + len` bytes long (the parent sized it before it told
@@ -560,7 +562,11 @@ mod tests {
             assert_eq!(perms_at(end - 1).as_deref(), Some("rw-s"), "{name}");
             // Whatever the kernel places next to it, the page on either side is a guard.
             assert_eq!(perms_at(end).as_deref(), Some("---p"), "{name}: after");
-            assert_eq!(perms_at(start - 1).as_deref(), Some("---p"), "{name}: before");
+            assert_eq!(
+                perms_at(start - 1).as_deref(),
+                Some("---p"),
+                "{name}: before"
+            );
         }
     }
 

@@ -207,17 +207,17 @@ fn refusal<W: Workload>(workload: &W, n: u64, options: &MpiOptions, ranks: usize
             "the mpi backend does not stream to a file (`output`): use the process backend",
         ));
     }
-    if let Some(f) = run
-        .job
-        .faults
-        .iter()
-        .find(|f| f.action == FaultAction::Hang)
-    {
+    if let Some(f) = run.job.faults.iter().find(|f| {
+        matches!(
+            f.action,
+            FaultAction::Hang | FaultAction::Scribble | FaultAction::Wipe
+        )
+    }) {
         return Err(Error::invalid(
             "faults",
             format!(
-                "`faults` {f}: a hung rank would hang the MPI job, which has no chunk time \
-                 limit (`chunk_timeout`): inject kill, abort, segv, exit, panic or corrupt, or \
+                "`faults` {f}: the MPI job has no chunk time limit (`chunk_timeout`) and no \
+                 shared queue to overwrite: inject kill, abort, segv, exit, panic or corrupt, or \
                  use the process backend"
             ),
         ));
@@ -842,7 +842,7 @@ fn worker<W: Workload>(
             let waited_ns = began.duration_since(idle_since).as_nanos() as u64;
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 if let Some(action) = fault {
-                    action.strike(id);
+                    action.strike(id, None);
                 }
                 let typed: &mut [W::Output] = bytemuck::cast_slice_mut(out);
                 workload.kernel(start..end, typed);

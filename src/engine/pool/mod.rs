@@ -12,6 +12,7 @@ mod private_dir;
 mod queue;
 mod spawn;
 mod trace;
+mod watchdog;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
