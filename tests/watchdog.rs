@@ -153,9 +153,11 @@ fn a_kernel_overrunning_its_last_chunk_faults_at_the_guard_page() {
         .build()
         .expect("workers through this test binary");
     let pids = pool.pids();
-    let n = 1000;
+    // Results large enough that the kernel places their mapping below every other one,
+    // where the next mapping up is the control block.
+    let n = 2_000_000;
     let options = JobOptions {
-        chunk_size: Some(100),
+        chunk_size: Some(100_000),
         ..JobOptions::default()
     };
     let overrun = Overrun { n, bytes: 8192 };
@@ -167,7 +169,7 @@ fn a_kernel_overrunning_its_last_chunk_faults_at_the_guard_page() {
     match &err {
         Error::ChunkFailed {
             chunk, attempts, ..
-        } => assert_eq!((*chunk, *attempts), (9, 2)),
+        } => assert_eq!((*chunk, *attempts), (19, 2)),
         other => panic!("expected the last chunk to fail, got: {other}"),
     }
     assert!(err.to_string().contains("SIGSEGV"), "{err}");
