@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::{EXIT_FAILED, Procpool, TEARDOWN_DEADLINE, is_our_child, wait_until};
 use procpool::workload::Squares;
-use procpool::{Error, JobOptions, Pool, Registry, Workload};
+use procpool::{Error, JobOptions, Pool, Reduce, Registry, Workload};
 use serde::{Deserialize, Serialize};
 
 /// `i * i` for each index; the chunk that ends at `n` then clears `bytes` bytes past its
@@ -46,7 +46,51 @@ impl Workload for Overrun {
     }
 }
 
-procpool::enable_test_support!(Registry::builtin().register::<Overrun>());
+/// `i` for each index, summed; the chunk that ends at `n` then writes 1 into the byte
+/// right after its output: the done byte of chunk 0 in procpool's chunk table, which then
+/// says "done, without an accumulator".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Marks {
+    n: u64,
+}
+
+impl Workload for Marks {
+    const NAME: &'static str = "marks";
+    type Output = u64;
+
+    fn kernel(&self, range: Range<u64>, out: &mut [u64]) {
+        for (slot, i) in out.iter_mut().zip(range.clone()) {
+            *slot = i;
+        }
+        if range.end == self.n {
+            let end = out.as_mut_ptr_range().end.cast::<u8>();
+            // SAFETY: none, on purpose: one byte past the chunk, into procpool's chunk table.
+            unsafe { end.write_volatile(1) };
+        }
+    }
+}
+
+impl Reduce for Marks {
+    type Acc = u64;
+
+    fn identity(&self) -> u64 {
+        0
+    }
+
+    fn reduce_chunk(&self, _range: Range<u64>, out: &[u64]) -> u64 {
+        out.iter().sum()
+    }
+
+    fn combine(&self, left: u64, right: u64) -> u64 {
+        left + right
+    }
+}
+
+procpool::enable_test_support!(
+    Registry::builtin()
+        .register::<Overrun>()
+        .register_reduce::<Marks>()
+);
 
 /// How long one job of these tests may take before the test fails instead of hanging.
 const JOB_DEADLINE: Duration = Duration::from_secs(60);
@@ -220,5 +264,37 @@ fn workers_all_stopped_between_jobs_are_replaced_and_the_next_job_finishes() {
     let now = pool.pids();
     drop(pool);
     assert_reaped(&stopped, "the stopped workers");
+    assert_reaped(&now, "after drop");
+}
+
+#[test]
+fn a_chunk_done_without_its_accumulator_is_named_with_its_worker() {
+    // One worker: chunk 0 is done before the last chunk writes over its done byte.
+    let pool = Pool::builder()
+        .workers(1)
+        .test_harness()
+        .build()
+        .expect("workers through this test binary");
+    let pids = pool.pids();
+    // 1000 elements of 8 bytes end on a cache line: the table starts right after them.
+    let n = 1000;
+    let options = JobOptions {
+        chunk_size: Some(100),
+        ..JobOptions::default()
+    };
+    let (pool, result) = within(pool, &pids, move |pool| {
+        pool.run_and_reduce_with(&Marks { n }, n, &options)
+            .map(|(_, value)| value)
+    });
+    let err = result.expect_err("chunk 0 lost its accumulator");
+    let text = err.to_string();
+    assert!(
+        text.contains("the reduction lacks chunk 0 (elements 0..100)")
+            && text.contains(&format!("worker 0 (pid {}) marked it done", pids[0])),
+        "{text}"
+    );
+    let now = pool.pids();
+    drop(pool);
+    assert_reaped(&pids, "the first worker");
     assert_reaped(&now, "after drop");
 }

@@ -1160,6 +1160,9 @@ impl TableLayout {
     }
 }
 
+/// The low half of an accumulator slot's length word when the chunk has no accumulator.
+const NO_ACC: u64 = 0xffff_ffff;
+
 /// Bytes of one chunk's trace record: two words, the start, and the duration (40 bits, up
 /// to about 18 minutes), the worker slot (16 bits) and the attempt (8 bits) packed: the
 /// parent reads every record, so they are kept small (on `spin --us 0 --chunk-size 1`,
@@ -1184,13 +1187,27 @@ pub(crate) struct TraceRecord {
 pub(crate) struct ChunkTable<'m> {
     map: &'m Mapping,
     layout: TableLayout,
+    /// The worker slot marking chunks done through this view (`by`), recorded beside each
+    /// accumulator so a damaged one can be traced to who finished the chunk.
+    by: Option<usize>,
 }
 
 impl<'m> ChunkTable<'m> {
     /// The table `layout` in `map`. Fails when it does not fit in the mapping.
     pub(crate) fn new(map: &'m Mapping, layout: TableLayout) -> Option<Self> {
-        (layout.at.is_multiple_of(8) && layout.end() <= map.len() as u64)
-            .then_some(ChunkTable { map, layout })
+        (layout.at.is_multiple_of(8) && layout.end() <= map.len() as u64).then_some(ChunkTable {
+            map,
+            layout,
+            by: None,
+        })
+    }
+
+    /// The same view, for worker slot `slot` marking chunks done.
+    pub(crate) fn by(self, slot: usize) -> Self {
+        ChunkTable {
+            by: Some(slot),
+            ..self
+        }
     }
 
     fn flag(&self, index: u64) -> &AtomicU8 {
@@ -1231,13 +1248,17 @@ impl<'m> ChunkTable<'m> {
     }
 
     /// Writes chunk `index`'s accumulator into its slot, if it has one that fits; returns
-    /// the done byte that goes with it (2 with an accumulator, else 1).
+    /// the done byte that goes with it (2 with an accumulator, else 1). The slot's length
+    /// word holds the length in its low half ([`NO_ACC`] without one) and the finishing
+    /// worker's slot + 1 above it.
     fn store_acc(&self, index: u64, reduction: Option<&[u8]>) -> u8 {
         let slot = self.layout.acc_slot;
+        let by = self.by.map_or(0, |w| (w as u64 + 1).min(0xffff_ffff)) << 32;
+        let base = self.layout.reductions_at() + index * slot;
         match reduction {
             Some(acc) if slot >= 8 && acc.len() as u64 <= slot - 8 => {
-                let base = self.layout.reductions_at() + index * slot;
-                self.u64_at(base).store(acc.len() as u64, Ordering::Relaxed);
+                self.u64_at(base)
+                    .store(acc.len() as u64 | by, Ordering::Relaxed);
                 for (k, word) in acc.chunks(8).enumerate() {
                     let mut bytes = [0u8; 8];
                     bytes[..word.len()].copy_from_slice(word);
@@ -1246,8 +1267,26 @@ impl<'m> ChunkTable<'m> {
                 }
                 2
             }
-            _ => 1,
+            _ => {
+                if slot >= 8 {
+                    self.u64_at(base).store(NO_ACC | by, Ordering::Relaxed);
+                }
+                1
+            }
         }
+    }
+
+    /// The worker slot that marked chunk `index` done, when the job reduces and the
+    /// table says (read after the done byte).
+    pub(crate) fn finisher(&self, index: u64) -> Option<usize> {
+        let slot = self.layout.acc_slot;
+        if slot < 8 || !self.is_done(index) {
+            return None;
+        }
+        let word = self
+            .u64_at(self.layout.reductions_at() + index * slot)
+            .load(Ordering::Relaxed);
+        usize::try_from((word >> 32).checked_sub(1)?).ok()
     }
 
     /// Marks chunk `index` done like [`ChunkTable::set_done`], in a
@@ -1307,7 +1346,7 @@ impl<'m> ChunkTable<'m> {
         }
         let slot = self.layout.acc_slot;
         let base = self.layout.reductions_at() + index * slot;
-        let len = self.u64_at(base).load(Ordering::Relaxed);
+        let len = self.u64_at(base).load(Ordering::Relaxed) & NO_ACC;
         if slot < 8 || len > slot - 8 {
             return None;
         }
@@ -1654,10 +1693,22 @@ mod tests {
         // Longer than the slot's 16 bytes: done, without an accumulator.
         table.set_done(3, Some(&[7; 17]));
         assert!(!table.is_done(0) && table.is_done(1) && table.is_done(2));
-        assert_eq!((table.reduction(1), table.reduction(2)), (Some(acc), None));
+        assert_eq!(
+            (table.reduction(1), table.reduction(2)),
+            (Some(acc.clone()), None)
+        );
         assert_eq!(table.reduction(3), None);
         table.set_done(0, Some(&[]));
         assert_eq!(table.reduction(0), Some(vec![]));
+        assert_eq!(table.finisher(1), None, "marked by no worker's view");
+        let by = table.by(3);
+        by.set_done(1, Some(&acc));
+        by.set_done(2, None);
+        assert_eq!((by.finisher(1), by.finisher(2)), (Some(3), Some(3)));
+        assert_eq!(
+            (by.reduction(1), by.reduction(2)),
+            (Some(acc.clone()), None)
+        );
         assert_eq!(table.window_done(3, 5), 5);
         assert_eq!(
             table.window_done(1, 5),

@@ -603,7 +603,7 @@ impl Worker<'_> {
             log: posting.log,
             trace: posting.trace,
         };
-        let Some(table) = ChunkTable::new(&self.results, layout) else {
+        let Some(table) = ChunkTable::new(&self.results, layout).map(|t| t.by(self.slot)) else {
             return Err(Stop::Failed(format!(
                 "the chunk table does not fit in the shared region of {} bytes",
                 self.results.len()

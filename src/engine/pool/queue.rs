@@ -311,7 +311,7 @@ impl Pool {
         // The last look: a block written over at the end fails the job too.
         self.audit(&mut job)?;
         self.close_posting(job.posting.id);
-        self.collect_posting(&mut job);
+        self.collect_posting(&mut job)?;
         // A worker that retired with the job's last chunks said so before it left its slot,
         // so its `Retiring` is waiting by now: read it, so that the worker is counted as
         // recycled, not found dead before the next job.
@@ -529,13 +529,14 @@ impl Pool {
     }
 
     /// Ends a posting: adds up its workers' counters and its chunks' reductions.
-    fn collect_posting(&mut self, job: &mut QueueJob) {
+    fn collect_posting(&mut self, job: &mut QueueJob) -> Result<()> {
         for w in 0..self.workers.len() {
             job.acc[w].add(self.control.counters(w));
             self.control.reset_slot(w);
         }
-        self.collect_reductions(job);
+        self.collect_reductions(job)?;
         job.chunks_before += job.posting.chunks;
+        Ok(())
     }
 
     /// Reads the posting's trace records into the job's trace (the finished attempts).
@@ -568,24 +569,45 @@ impl Pool {
         }
     }
 
-    /// Reads the posting's chunk accumulators, when the job reduces.
-    fn collect_reductions(&mut self, job: &mut QueueJob) {
-        if job.spec.reduce_slot > 0
-            && let Some(t) = self
-                .mapping
-                .as_ref()
-                .and_then(|m| ChunkTable::new(m, job.table))
-        {
-            for k in 0..job.posting.chunks {
-                if let Some(acc) = t.reduction(k) {
-                    let chunk = job.geometry.chunk(k);
-                    job.reduced.push(super::ReducedChunk {
-                        range: chunk.start..chunk.end,
-                        acc,
-                    });
-                }
+    /// Reads the posting's chunk accumulators, when the job reduces. A chunk done without
+    /// one (its slot in the chunk table written over) fails the job, naming the chunk and
+    /// the worker that marked it done.
+    fn collect_reductions(&mut self, job: &mut QueueJob) -> Result<()> {
+        if job.spec.reduce_slot == 0 || job.stopped() {
+            return Ok(());
+        }
+        let mapping = self.mapping.as_ref().ok_or(Error::Broken)?;
+        let t = ChunkTable::new(mapping, job.table).ok_or(Error::Broken)?;
+        let mut lacking = Vec::new();
+        for k in 0..job.posting.chunks {
+            let chunk = job.geometry.chunk(k);
+            match t.reduction(k) {
+                Some(acc) => job.reduced.push(super::ReducedChunk {
+                    range: chunk.start..chunk.end,
+                    acc,
+                }),
+                None => lacking.push((k, chunk)),
             }
         }
+        let Some(&(k, ref chunk)) = lacking.first() else {
+            return Ok(());
+        };
+        let who = match t.finisher(k).and_then(|w| self.workers.get(w)) {
+            Some(slot) => format!("worker {} (pid {}) marked it done", slot.id, slot.pid),
+            None => "no worker recorded finishing it".into(),
+        };
+        let more = match lacking.len() - 1 {
+            0 => String::new(),
+            others => format!(" and {} more", crate::units::count(others as u64, "chunk")),
+        };
+        Err(Error::QueueDamaged {
+            what: format!(
+                "the reduction lacks chunk {} (elements {}..{}){more}: its accumulator in the \
+                 chunk table in shared memory is missing or damaged ({who})",
+                chunk.id, chunk.start, chunk.end
+            ),
+            running: Vec::new(),
+        })
     }
 
     /// Supervises the postings of a job until its last chunk is done.
@@ -863,7 +885,7 @@ impl Pool {
         let gaps = probe.last_done_ns.max(1);
         let start = job.posting.n;
         self.collect_trace(job);
-        self.collect_posting(job);
+        self.collect_posting(job)?;
         let remaining = job.n - start;
         let Some(auto) = job.auto.as_mut() else {
             return Err(Error::Broken);
