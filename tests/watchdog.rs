@@ -2,10 +2,11 @@
 //! that writes the shared claim counter or zeroes the control block fails the job naming
 //! the damage; a kernel overrunning its last chunk faults at the guard page and its chunk
 //! fails under the retry limit; workers all stopped by SIGSTOP between two jobs of a
-//! library pool are killed and replaced, and the next job finishes.
+//! library pool are killed and replaced, and the next job finishes; a chunk whose done byte
+//! a kernel wrote over is named, with its worker, when the reduction lacks it.
 //!
-//! Workers run this test binary through `enable_test_support!` (for the overrunning kernel)
-//! or the `procpool` binary.
+//! Workers run this test binary through `enable_test_support!` (for the kernels that write
+//! past their chunk) or the `procpool` binary.
 
 mod common;
 
@@ -18,44 +19,18 @@ use procpool::workload::Squares;
 use procpool::{Error, JobOptions, Pool, Reduce, Registry, Workload};
 use serde::{Deserialize, Serialize};
 
-/// `i * i` for each index; the chunk that ends at `n` then clears `bytes` bytes past its
-/// end, as an off-by-some `memset` would.
+/// `i` for each index, summed; the chunk that ends at `n` then writes `bytes` bytes of
+/// `fill` past its end, as an off-by-some loop or `memset` would: the bytes of procpool's
+/// chunk table (the done byte of chunk 0 first), then whatever the next page holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Overrun {
+struct PastEnd {
     n: u64,
     bytes: usize,
+    fill: u8,
 }
 
-impl Workload for Overrun {
-    const NAME: &'static str = "overrun";
-    type Output = u64;
-
-    fn kernel(&self, range: Range<u64>, out: &mut [u64]) {
-        for (slot, i) in out.iter_mut().zip(range.clone()) {
-            *slot = i.wrapping_mul(i);
-        }
-        if range.end == self.n {
-            let end = out.as_mut_ptr_range().end.cast::<u8>();
-            for k in 0..self.bytes {
-                // SAFETY: none, on purpose: this kernel misbehaves to show what a bug in a
-                // user's kernel does. The bytes past its chunk belong to procpool's chunk
-                // table, then to the guard page, where the worker faults.
-                unsafe { end.wrapping_add(k).write_volatile(0) };
-            }
-        }
-    }
-}
-
-/// `i` for each index, summed; the chunk that ends at `n` then writes 1 into the byte
-/// right after its output: the done byte of chunk 0 in procpool's chunk table, which then
-/// says "done, without an accumulator".
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Marks {
-    n: u64,
-}
-
-impl Workload for Marks {
-    const NAME: &'static str = "marks";
+impl Workload for PastEnd {
+    const NAME: &'static str = "past-end";
     type Output = u64;
 
     fn kernel(&self, range: Range<u64>, out: &mut [u64]) {
@@ -64,13 +39,17 @@ impl Workload for Marks {
         }
         if range.end == self.n {
             let end = out.as_mut_ptr_range().end.cast::<u8>();
-            // SAFETY: none, on purpose: one byte past the chunk, into procpool's chunk table.
-            unsafe { end.write_volatile(1) };
+            for k in 0..self.bytes {
+                // SAFETY: none, on purpose: this kernel misbehaves to show what a bug in a
+                // user's kernel does. The bytes past its chunk belong to procpool's chunk
+                // table, then to the guard page, where the worker faults.
+                unsafe { end.wrapping_add(k).write_volatile(self.fill) };
+            }
         }
     }
 }
 
-impl Reduce for Marks {
+impl Reduce for PastEnd {
     type Acc = u64;
 
     fn identity(&self) -> u64 {
@@ -86,11 +65,7 @@ impl Reduce for Marks {
     }
 }
 
-procpool::enable_test_support!(
-    Registry::builtin()
-        .register::<Overrun>()
-        .register_reduce::<Marks>()
-);
+procpool::enable_test_support!(Registry::builtin().register_reduce::<PastEnd>());
 
 /// How long one job of these tests may take before the test fails instead of hanging.
 const JOB_DEADLINE: Duration = Duration::from_secs(60);
@@ -204,7 +179,11 @@ fn a_kernel_overrunning_its_last_chunk_faults_at_the_guard_page() {
         chunk_size: Some(100_000),
         ..JobOptions::default()
     };
-    let overrun = Overrun { n, bytes: 8192 };
+    let overrun = PastEnd {
+        n,
+        bytes: 8192,
+        fill: 0,
+    };
     let (pool, result) = within(pool, &pids, move |pool| {
         pool.run_with(&overrun, n, &options)
             .map(|run| run.stats().clone())
@@ -283,8 +262,16 @@ fn a_chunk_done_without_its_accumulator_is_named_with_its_worker() {
         ..JobOptions::default()
     };
     let (pool, result) = within(pool, &pids, move |pool| {
-        pool.run_and_reduce_with(&Marks { n }, n, &options)
-            .map(|(_, value)| value)
+        pool.run_and_reduce_with(
+            &PastEnd {
+                n,
+                bytes: 1,
+                fill: 1,
+            },
+            n,
+            &options,
+        )
+        .map(|(_, value)| value)
     });
     let err = result.expect_err("chunk 0 lost its accumulator");
     let text = err.to_string();
