@@ -480,7 +480,9 @@ pub(crate) struct RunArgs {
     pub start: StartArg,
 
     /// Make a worker fail on purpose at chunk CHUNK, on its first attempt or on every attempt
-    /// (ACTION: kill, abort, panic, segv, exit, hang, corrupt, fork). Repeatable.
+    /// (ACTION: kill, abort, panic, segv, exit, hang, corrupt, fork; scribble and wipe
+    /// overwrite the queue's claim counter or zero its control block in shared memory).
+    /// Repeatable.
     #[arg(help_heading = SUPERVISION, long, global = true, value_name = "ACTION@CHUNK[:always]")]
     pub inject: Vec<Fault>,
 

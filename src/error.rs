@@ -183,6 +183,19 @@ pub enum Error {
         chunk: Option<(u64, u64, u64)>,
     },
 
+    /// The queue's control block in shared memory held a value its posting cannot have (a
+    /// kernel wrote outside its chunk, or something else wrote over it), or the queue stopped
+    /// moving with chunks left that nobody took even when queued again: the job stopped
+    /// rather than trust it (or report results it cannot vouch for).
+    #[error("{what}; the job stopped{}", running_text(running))]
+    QueueDamaged {
+        /// What was found, in words.
+        what: String,
+        /// The workers running a chunk when the damage was found or when the block was last
+        /// seen intact: (worker id, pid, chunk id). One of them may have written over it.
+        running: Vec<(usize, u32, u64)>,
+    },
+
     /// The streamed output could not be written (see [`crate::Pool::stream_with`]).
     #[error("{0}")]
     Output(String),
@@ -199,6 +212,17 @@ pub enum Error {
     /// Another operating-system error.
     #[error(transparent)]
     Io(#[from] io::Error),
+}
+
+fn running_text(running: &[(usize, u32, u64)]) -> String {
+    if running.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = running
+        .iter()
+        .map(|(w, pid, chunk)| format!("worker {w} (pid {pid}) chunk {chunk}"))
+        .collect();
+    format!(" (workers running a chunk then: {})", list.join(", "))
 }
 
 fn signal_name(signal: i32) -> String {
@@ -397,6 +421,9 @@ pub enum LossCause {
     NoHandshake(Duration),
     /// Its kernel panicked, and panics are retried: procpool replaced it.
     Panicked,
+    /// It was stopped (SIGSTOP, SIGTSTP, a tracer) while the job made no progress for this
+    /// long; procpool killed it.
+    Stopped(Duration),
 }
 
 impl fmt::Display for LossCause {
@@ -406,6 +433,10 @@ impl fmt::Display for LossCause {
             LossCause::TimedOut(limit) => write!(f, "timed out after {limit:?} (killed)"),
             LossCause::NoHandshake(limit) => write!(f, "did not connect within {limit:?} (killed)"),
             LossCause::Panicked => write!(f, "panicked (replaced)"),
+            LossCause::Stopped(limit) => write!(
+                f,
+                "was stopped while the job made no progress for {limit:?} (killed)"
+            ),
         }
     }
 }

@@ -220,6 +220,162 @@ pub(crate) struct SlotCounters {
     pub(crate) os: OsCounts,
 }
 
+/// The words of the control block the parent checks, as read in one pass
+/// ([`Control::snapshot`]): shared memory any worker (and any kernel in it) can write, so
+/// none is trusted before [`Bounds::check`] passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    /// The posting word: `id << 1 | OPEN` while open.
+    pub(crate) posting_word: u64,
+    /// The posting's fields as the workers read them.
+    pub(crate) posting: Posting,
+    pub(crate) control_len: u64,
+    pub(crate) slots_word: u64,
+    /// The claim counter.
+    pub(crate) next: u64,
+    /// Elements done.
+    pub(crate) done: u64,
+    pub(crate) retry_head: u64,
+    pub(crate) retry_tail: u64,
+    /// The live workers' slots, raw.
+    pub(crate) slots: Vec<RawSlot>,
+}
+
+/// One worker's claim slot, raw (see [`Snapshot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct RawSlot {
+    /// 0, or `chunk index + 1`.
+    pub(crate) claim: u64,
+    pub(crate) state: u64,
+    pub(crate) attempt: u64,
+    pub(crate) since_ns: u64,
+    pub(crate) posting: u64,
+    pub(crate) static_next: u64,
+}
+
+/// What the parent knows the control block may hold while its posting is open: what it
+/// wrote itself, and the bounds of what workers write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bounds {
+    /// The open posting, as the parent wrote it (its `limit` moves and is not checked).
+    pub(crate) posting: Posting,
+    /// The area's length and slots, as the parent sized them.
+    pub(crate) control_len: u64,
+    pub(crate) slots: u64,
+    /// Workers following the static schedule (the first ones).
+    pub(crate) static_workers: usize,
+    /// Retries the parent queued in this posting: the ring's `tail`.
+    pub(crate) pushed: u64,
+    /// Processes that may have joined the posting: each can push `next` one past the last
+    /// chunk at most once.
+    pub(crate) claimers: u64,
+    /// `next`, `done` and the ring's `head` as last seen: none of them goes back.
+    pub(crate) next: u64,
+    pub(crate) done: u64,
+    pub(crate) head: u64,
+    /// CLOCK_MONOTONIC now (read after the snapshot): no chunk started later.
+    pub(crate) now_ns: u64,
+}
+
+impl Bounds {
+    /// Checks `s` against the bounds; on a value the posting cannot have, says which in
+    /// words, and which slot (a worker's index) held it, if one did.
+    pub(crate) fn check(&self, s: &Snapshot) -> Result<(), (String, Option<usize>)> {
+        let p = &self.posting;
+        let bad = |what: String| Err((what, None));
+        if s.posting_word != p.id << 1 | OPEN {
+            return bad(format!(
+                "the posting word holds {:#x}, not posting {} open",
+                s.posting_word, p.id
+            ));
+        }
+        if (s.control_len, s.slots_word) != (self.control_len, self.slots) {
+            return bad(format!(
+                "the block's size words say {} bytes and {} slots, not {} and {}",
+                s.control_len, s.slots_word, self.control_len, self.slots
+            ));
+        }
+        let changed = s
+            .posting
+            .named()
+            .into_iter()
+            .zip(p.named())
+            .find(|(a, b)| a != b);
+        if let Some(((name, got), (_, wrote))) = changed {
+            return bad(format!(
+                "the posting's `{name}` word holds {got}, not the {wrote} procpool wrote"
+            ));
+        }
+        let most = p.chunks.saturating_add(self.claimers);
+        if s.next < self.next || s.next > most {
+            return bad(format!(
+                "the claim counter `next` holds {}, {}",
+                s.next,
+                if s.next < self.next {
+                    format!("less than the {} it held before", self.next)
+                } else {
+                    format!("beyond the posting's {} chunks", p.chunks)
+                }
+            ));
+        }
+        let len = p.n.saturating_sub(p.start);
+        if s.done < self.done || s.done > len {
+            return bad(format!(
+                "the done count holds {} elements, {}",
+                s.done,
+                if s.done < self.done {
+                    format!("less than the {} it held before", self.done)
+                } else {
+                    format!("more than the posting's {len}")
+                }
+            ));
+        }
+        if s.retry_tail != self.pushed || s.retry_head > s.retry_tail || s.retry_head < self.head {
+            return bad(format!(
+                "the retry ring's head and tail hold {} and {}; procpool queued {} retries",
+                s.retry_head, s.retry_tail, self.pushed
+            ));
+        }
+        for (w, slot) in s.slots.iter().enumerate() {
+            let statically = w < self.static_workers;
+            let problem = if slot.claim > p.chunks {
+                Some(format!(
+                    "names chunk index {} of a posting of {} chunks",
+                    slot.claim - 1,
+                    p.chunks
+                ))
+            } else if slot.state > ClaimState::Panicked as u64 {
+                Some(format!("holds claim state {}", slot.state))
+            } else if slot.attempt > 0xffff {
+                Some(format!("holds attempt {}", slot.attempt))
+            } else if slot.since_ns > self.now_ns {
+                Some(format!(
+                    "says its chunk started {} ns from now",
+                    slot.since_ns - self.now_ns
+                ))
+            } else if slot.posting > p.id {
+                Some(format!(
+                    "says it is inside posting {} (the open one is {})",
+                    slot.posting, p.id
+                ))
+            } else if statically && slot.static_next >= p.chunks.saturating_add(p.workers) {
+                Some(format!("holds static position {}", slot.static_next))
+            } else if !statically && slot.static_next != u64::MAX {
+                Some(format!(
+                    "holds a static position ({}) outside the static schedule",
+                    slot.static_next
+                ))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err((format!("worker {w}'s claim slot {problem}"), Some(w)));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The posting's fields: one job (or one phase of it) as the workers see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Posting {
@@ -268,6 +424,32 @@ pub(crate) struct Posting {
 }
 
 impl Posting {
+    /// The fields workers read, named (all but the id, which the posting word holds, and
+    /// the streaming limit, which moves).
+    fn named(&self) -> [(&'static str, u64); 19] {
+        [
+            ("job", self.job),
+            ("spec_id", self.spec_id),
+            ("channel", u64::from(self.channel)),
+            ("schedule", self.schedule),
+            ("start", self.start),
+            ("n", self.n),
+            ("size", self.size),
+            ("workers", self.workers),
+            ("boundary", self.boundary),
+            ("id_base", self.id_base),
+            ("chunks", self.chunks),
+            ("region_len", self.region_len),
+            ("table_at", self.table_at),
+            ("ring", self.ring),
+            ("window_elems", self.window_elems),
+            ("recycle_chunks", self.recycle_chunks),
+            ("recycle_rss", self.recycle_rss),
+            ("log", u64::from(self.log)),
+            ("trace", u64::from(self.trace)),
+        ]
+    }
+
     /// Posting `id` of `chunks` one-element chunks, dynamic, for `workers` workers, with
     /// no chunk table (tests and `procpool ipc-bench`, which only claim).
     pub(crate) fn unit_chunks(id: u64, chunks: u64, workers: u64) -> Self {
@@ -499,7 +681,8 @@ impl Control {
     pub(crate) fn push_retry(&self, index: u64, attempt: u32) -> bool {
         let head = self.word(at::RETRY_HEAD).load(Ordering::Acquire);
         let tail = self.word(at::RETRY_TAIL).load(Ordering::Relaxed);
-        if tail - head >= RETRY_CAPACITY {
+        // (A head past the tail was written by someone else: the audit stops the job.)
+        if tail < head || tail - head >= RETRY_CAPACITY {
             return false;
         }
         let entry = index << 16 | u64::from(attempt.min(0xffff));
@@ -596,7 +779,49 @@ impl Control {
         }
     }
 
+    /// Reads what [`Bounds::check`] needs of the block, for the first `live` slots.
+    pub(crate) fn snapshot(&self, id: u64, live: usize) -> Snapshot {
+        let get = |f| self.word(f).load(Ordering::Acquire);
+        Snapshot {
+            posting_word: get(at::POSTING),
+            posting: self.posting(id),
+            control_len: get(at::CONTROL_LEN),
+            slots_word: get(at::SLOTS),
+            next: get(at::NEXT),
+            done: get(at::DONE),
+            retry_head: get(at::RETRY_HEAD),
+            retry_tail: get(at::RETRY_TAIL),
+            slots: (0..live.min(self.slots))
+                .map(|w| {
+                    let get = |f| self.slot_word(w, f).load(Ordering::Acquire);
+                    RawSlot {
+                        claim: get(slot::CLAIM),
+                        state: get(slot::STATE),
+                        attempt: get(slot::ATTEMPT),
+                        since_ns: get(slot::SINCE),
+                        posting: get(slot::POSTING),
+                        static_next: get(slot::STATIC_NEXT),
+                    }
+                })
+                .collect(),
+        }
+    }
+
     // ----- the worker's side -----
+
+    /// Overwrites the claim counter `next` with garbage (`--inject scribble`: what a kernel
+    /// writing outside its chunk could do).
+    pub(crate) fn scribble_next(&self) {
+        self.word(at::NEXT)
+            .store(0x5a5a_5a5a_5a5a_5a5a, Ordering::SeqCst);
+    }
+
+    /// Zeroes every word of the control block (`--inject wipe`).
+    pub(crate) fn wipe(&self) {
+        for offset in (0..self.map.len()).step_by(8) {
+            self.word(offset).store(0, Ordering::SeqCst);
+        }
+    }
 
     /// Whether the parent asked every worker to exit.
     pub(crate) fn shutting_down(&self) -> bool {
@@ -719,6 +944,11 @@ impl Control {
                 .compare_exchange(h, h + 1, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
+                // An entry naming no chunk of the posting was written by someone else than
+                // the parent: skip it (the parent notices the damage and stops the job).
+                if entry >> 16 >= chunks {
+                    continue;
+                }
                 return Some(self.record(w, entry >> 16, (entry & 0xffff) as u32));
             }
         }
@@ -930,6 +1160,9 @@ impl TableLayout {
     }
 }
 
+/// The low half of an accumulator slot's length word when the chunk has no accumulator.
+const NO_ACC: u64 = 0xffff_ffff;
+
 /// Bytes of one chunk's trace record: two words, the start, and the duration (40 bits, up
 /// to about 18 minutes), the worker slot (16 bits) and the attempt (8 bits) packed: the
 /// parent reads every record, so they are kept small (on `spin --us 0 --chunk-size 1`,
@@ -954,13 +1187,27 @@ pub(crate) struct TraceRecord {
 pub(crate) struct ChunkTable<'m> {
     map: &'m Mapping,
     layout: TableLayout,
+    /// The worker slot marking chunks done through this view (`by`), recorded beside each
+    /// accumulator so a damaged one can be traced to who finished the chunk.
+    by: Option<usize>,
 }
 
 impl<'m> ChunkTable<'m> {
     /// The table `layout` in `map`. Fails when it does not fit in the mapping.
     pub(crate) fn new(map: &'m Mapping, layout: TableLayout) -> Option<Self> {
-        (layout.at.is_multiple_of(8) && layout.end() <= map.len() as u64)
-            .then_some(ChunkTable { map, layout })
+        (layout.at.is_multiple_of(8) && layout.end() <= map.len() as u64).then_some(ChunkTable {
+            map,
+            layout,
+            by: None,
+        })
+    }
+
+    /// The same view, for worker slot `slot` marking chunks done.
+    pub(crate) fn by(self, slot: usize) -> Self {
+        ChunkTable {
+            by: Some(slot),
+            ..self
+        }
     }
 
     fn flag(&self, index: u64) -> &AtomicU8 {
@@ -1001,13 +1248,17 @@ impl<'m> ChunkTable<'m> {
     }
 
     /// Writes chunk `index`'s accumulator into its slot, if it has one that fits; returns
-    /// the done byte that goes with it (2 with an accumulator, else 1).
+    /// the done byte that goes with it (2 with an accumulator, else 1). The slot's length
+    /// word holds the length in its low half ([`NO_ACC`] without one) and the finishing
+    /// worker's slot + 1 above it.
     fn store_acc(&self, index: u64, reduction: Option<&[u8]>) -> u8 {
         let slot = self.layout.acc_slot;
+        let by = self.by.map_or(0, |w| (w as u64 + 1).min(0xffff_ffff)) << 32;
+        let base = self.layout.reductions_at() + index * slot;
         match reduction {
             Some(acc) if slot >= 8 && acc.len() as u64 <= slot - 8 => {
-                let base = self.layout.reductions_at() + index * slot;
-                self.u64_at(base).store(acc.len() as u64, Ordering::Relaxed);
+                self.u64_at(base)
+                    .store(acc.len() as u64 | by, Ordering::Relaxed);
                 for (k, word) in acc.chunks(8).enumerate() {
                     let mut bytes = [0u8; 8];
                     bytes[..word.len()].copy_from_slice(word);
@@ -1016,8 +1267,26 @@ impl<'m> ChunkTable<'m> {
                 }
                 2
             }
-            _ => 1,
+            _ => {
+                if slot >= 8 {
+                    self.u64_at(base).store(NO_ACC | by, Ordering::Relaxed);
+                }
+                1
+            }
         }
+    }
+
+    /// The worker slot that marked chunk `index` done, when the job reduces and the
+    /// table says (read after the done byte).
+    pub(crate) fn finisher(&self, index: u64) -> Option<usize> {
+        let slot = self.layout.acc_slot;
+        if slot < 8 || !self.is_done(index) {
+            return None;
+        }
+        let word = self
+            .u64_at(self.layout.reductions_at() + index * slot)
+            .load(Ordering::Relaxed);
+        usize::try_from((word >> 32).checked_sub(1)?).ok()
     }
 
     /// Marks chunk `index` done like [`ChunkTable::set_done`], in a
@@ -1077,7 +1346,7 @@ impl<'m> ChunkTable<'m> {
         }
         let slot = self.layout.acc_slot;
         let base = self.layout.reductions_at() + index * slot;
-        let len = self.u64_at(base).load(Ordering::Relaxed);
+        let len = self.u64_at(base).load(Ordering::Relaxed) & NO_ACC;
         if slot < 8 || len > slot - 8 {
             return None;
         }
@@ -1250,8 +1519,13 @@ mod tests {
         assert!(worker.enter(0, 1));
         assert_eq!(worker.claim(0, 3, None), Some((0, 0)));
         assert_eq!(parent.view(0).chunk, Some(0));
-        assert!(parent.push_retry(7, 2));
-        assert_eq!(worker.claim(1, 3, None), Some((7, 2)), "retries first");
+        assert!(parent.push_retry(7, 1));
+        assert!(parent.push_retry(2, 2));
+        assert_eq!(
+            worker.claim(1, 3, None),
+            Some((2, 2)),
+            "retries first, and one naming no chunk is skipped"
+        );
         assert_eq!(worker.claim(1, 3, None), Some((1, 0)));
         assert_eq!(worker.claim(0, 3, None), Some((2, 0)));
         assert_eq!(worker.claim(0, 3, None), None);
@@ -1261,6 +1535,120 @@ mod tests {
         worker.leave(0);
         assert!(!parent.inside(0, 1));
         assert!(!worker.enter(1, 1), "a closed posting cannot be entered");
+    }
+
+    fn bounds(control: &Control, p: Posting, pushed: u64) -> Bounds {
+        Bounds {
+            posting: p,
+            control_len: control.len(),
+            slots: control.slots() as u64,
+            static_workers: 0,
+            pushed,
+            claimers: 2,
+            next: 0,
+            done: 0,
+            head: 0,
+            now_ns: monotonic_ns(),
+        }
+    }
+
+    fn check(control: &Control, b: &Bounds) -> Result<(), (String, Option<usize>)> {
+        let snap = control.snapshot(b.posting.id, 2);
+        Bounds {
+            now_ns: monotonic_ns(),
+            ..*b
+        }
+        .check(&snap)
+    }
+
+    #[test]
+    fn a_sound_block_passes_its_bounds_through_claims_retries_and_overshoot() {
+        let (_region, parent, worker) = control(2);
+        let p = posting(1, 3);
+        parent.open(&p, 0);
+        assert!(worker.enter(0, 1) && worker.enter(1, 1));
+        let mut b = bounds(&parent, p, 0);
+        assert_eq!(check(&parent, &b), Ok(()));
+        assert_eq!(worker.claim(0, 3, None), Some((0, 0)));
+        worker.running(0);
+        worker.finished(0, 1, 5, monotonic_ns());
+        assert!(parent.push_retry(0, 1));
+        b.pushed = 1;
+        assert_eq!(check(&parent, &b), Ok(()));
+        // Both workers run off the end at once: `next` passes the chunks by one each.
+        while worker.claim(0, 3, None).is_some() {}
+        let next = parent.word(at::NEXT);
+        next.fetch_add(2, Ordering::SeqCst);
+        assert_eq!(check(&parent, &b), Ok(()));
+        b.next = next.load(Ordering::SeqCst);
+        b.done = 1;
+        assert_eq!(check(&parent, &b), Ok(()));
+    }
+
+    #[test]
+    fn values_no_posting_can_have_are_named() {
+        let (_region, parent, worker) = control(2);
+        let p = posting(1, 40);
+        parent.open(&p, 0);
+        let b = bounds(&parent, p, 0);
+        let why = |c: &Control| check(c, &b).unwrap_err();
+
+        worker.scribble_next();
+        let (what, slot) = why(&parent);
+        assert!(
+            what.contains("`next` holds 6510615555426900570, beyond the posting's 40 chunks"),
+            "{what}"
+        );
+        assert_eq!(slot, None);
+        parent.word(at::NEXT).store(5, Ordering::SeqCst);
+        let earlier = Bounds { next: 9, ..b };
+        assert!(
+            check(&parent, &earlier)
+                .unwrap_err()
+                .0
+                .contains("less than the 9")
+        );
+        parent.word(at::NEXT).store(0, Ordering::SeqCst);
+
+        parent.word(at::DONE).store(41, Ordering::SeqCst);
+        assert!(why(&parent).0.contains("more than the posting's 40"));
+        parent.word(at::DONE).store(0, Ordering::SeqCst);
+
+        parent.word(at::RETRY_TAIL).store(7, Ordering::SeqCst);
+        assert!(why(&parent).0.contains("procpool queued 0 retries"));
+        parent.word(at::RETRY_TAIL).store(0, Ordering::SeqCst);
+
+        parent.word(at::CHUNKS).store(4000, Ordering::SeqCst);
+        assert_eq!(
+            why(&parent).0,
+            "the posting's `chunks` word holds 4000, not the 40 procpool wrote"
+        );
+        parent.word(at::CHUNKS).store(40, Ordering::SeqCst);
+
+        parent.slot_word(1, slot::CLAIM).store(41, Ordering::SeqCst);
+        let (what, slot) = why(&parent);
+        assert_eq!(
+            what,
+            "worker 1's claim slot names chunk index 40 of a posting of 40 chunks"
+        );
+        assert_eq!(slot, Some(1));
+        parent.slot_word(1, slot::CLAIM).store(40, Ordering::SeqCst);
+        assert_eq!(check(&parent, &b), Ok(()), "the last chunk is a chunk");
+        parent.slot_word(1, slot::STATE).store(9, Ordering::SeqCst);
+        assert!(why(&parent).0.contains("claim state 9"));
+        parent.slot_word(1, slot::STATE).store(0, Ordering::SeqCst);
+        parent
+            .slot_word(0, slot::SINCE)
+            .store(u64::MAX, Ordering::SeqCst);
+        assert!(why(&parent).0.contains("from now"));
+        parent.slot_word(0, slot::SINCE).store(0, Ordering::SeqCst);
+        assert_eq!(check(&parent, &b), Ok(()));
+
+        worker.wipe();
+        assert_eq!(
+            why(&parent).0,
+            "the posting word holds 0x0, not posting 1 open"
+        );
     }
 
     #[test]
@@ -1305,10 +1693,22 @@ mod tests {
         // Longer than the slot's 16 bytes: done, without an accumulator.
         table.set_done(3, Some(&[7; 17]));
         assert!(!table.is_done(0) && table.is_done(1) && table.is_done(2));
-        assert_eq!((table.reduction(1), table.reduction(2)), (Some(acc), None));
+        assert_eq!(
+            (table.reduction(1), table.reduction(2)),
+            (Some(acc.clone()), None)
+        );
         assert_eq!(table.reduction(3), None);
         table.set_done(0, Some(&[]));
         assert_eq!(table.reduction(0), Some(vec![]));
+        assert_eq!(table.finisher(1), None, "marked by no worker's view");
+        let by = table.by(3);
+        by.set_done(1, Some(&acc));
+        by.set_done(2, None);
+        assert_eq!((by.finisher(1), by.finisher(2)), (Some(3), Some(3)));
+        assert_eq!(
+            (by.reduction(1), by.reduction(2)),
+            (Some(acc.clone()), None)
+        );
         assert_eq!(table.window_done(3, 5), 5);
         assert_eq!(
             table.window_done(1, 5),

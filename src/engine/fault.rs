@@ -2,7 +2,9 @@
 //!
 //! `--inject ACTION@CHUNK[:always]` lets users watch the supervisor work and lets tests be
 //! exact. The action fires in the worker that receives chunk `CHUNK`, on the first attempt
-//! only, or on every attempt with `:always`.
+//! only, or on every attempt with `:always`. Most actions end or stall the worker; `corrupt`
+//! spoils the chunk's output, and `scribble` and `wipe` write over the queue's control block
+//! in shared memory, as a kernel writing out of bounds could.
 
 use std::fmt;
 use std::str::FromStr;
@@ -31,10 +33,16 @@ pub enum FaultAction {
     /// pipes and channel (as a kernel's stray helper process would), then runs the chunk:
     /// the pool ends the child with the worker's process group.
     Fork,
+    /// The worker overwrites the queue's shared claim counter (`next`) with garbage, as a
+    /// kernel writing outside its chunk could, then runs the chunk: the supervisor must
+    /// notice the control block was overwritten and stop the job.
+    Scribble,
+    /// The worker zeroes the whole control block of the queue, then runs the chunk.
+    Wipe,
 }
 
 impl FaultAction {
-    const ALL: [(&'static str, FaultAction); 8] = [
+    const ALL: [(&'static str, FaultAction); 10] = [
         ("kill", FaultAction::Kill),
         ("abort", FaultAction::Abort),
         ("panic", FaultAction::Panic),
@@ -43,12 +51,15 @@ impl FaultAction {
         ("hang", FaultAction::Hang),
         ("corrupt", FaultAction::Corrupt),
         ("fork", FaultAction::Fork),
+        ("scribble", FaultAction::Scribble),
+        ("wipe", FaultAction::Wipe),
     ];
 
     /// Makes this process fail the way the action says, right before it runs chunk `id`
     /// (`Corrupt` does nothing here: it acts on the chunk's output after the kernel; `Fork`
-    /// leaves a child behind and returns).
-    pub(crate) fn strike(self, id: u64) {
+    /// leaves a child behind and returns). `Scribble` and `Wipe` write into `control`, the
+    /// queue's control block (nothing without one).
+    pub(crate) fn strike(self, id: u64, control: Option<&crate::engine::control::Control>) {
         use nix::sys::signal::Signal;
         match self {
             FaultAction::Kill => crate::engine::sys::die_by_signal(Signal::SIGKILL),
@@ -63,6 +74,16 @@ impl FaultAction {
             FaultAction::Fork => {
                 if let Err(e) = crate::engine::sys::fork_sleeper() {
                     eprintln!("injected fork at chunk {id}: {e}");
+                }
+            }
+            FaultAction::Scribble => {
+                if let Some(control) = control {
+                    control.scribble_next();
+                }
+            }
+            FaultAction::Wipe => {
+                if let Some(control) = control {
+                    control.wipe();
                 }
             }
         }
@@ -110,7 +131,8 @@ impl FromStr for Fault {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let usage = "expected ACTION@CHUNK or ACTION@CHUNK:always, where ACTION is one of \
-                     kill, abort, panic, segv, exit, hang, corrupt, fork (e.g. kill@3)";
+                     kill, abort, panic, segv, exit, hang, corrupt, fork, scribble, wipe \
+                     (e.g. kill@3)";
         let (body, always) = match s.strip_suffix(":always") {
             Some(body) => (body, true),
             None => (s, false),
@@ -199,6 +221,12 @@ mod tests {
                 .contains("unknown action")
         );
         assert!("kill".parse::<Fault>().is_err());
+        let s: Fault = "scribble@2".parse().unwrap();
+        assert_eq!(
+            (s.action, s.to_string()),
+            (FaultAction::Scribble, "scribble@2".into())
+        );
+        assert_eq!("wipe@0".parse::<Fault>().unwrap().action, FaultAction::Wipe);
         assert!("kill@x".parse::<Fault>().is_err());
     }
 }

@@ -201,15 +201,26 @@ impl SharedRegion {
     }
 }
 
+/// Bytes of the inaccessible (`PROT_NONE`) guard on each side of every mapping.
+const GUARD: usize = 4096;
+
 /// A shared, writable mapping of a region (or of its first `len` bytes).
+///
+/// Every mapping sits between two guard pages that no process may touch: the kernel places
+/// new mappings next to each other, so without them a worker's results would end exactly
+/// where its control block begins, and a kernel writing a few KiB past its last chunk would
+/// overwrite the claim counter. With them, it faults (SIGSEGV) and its chunk is retried.
 ///
 /// Unmapped on drop.
 #[derive(Debug)]
 pub(crate) struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
-    /// `len` rounded up to whole pages of the file: what was mapped, and is unmapped.
+    /// `len` rounded up to whole pages of the file: what was mapped from the file.
     map_len: usize,
+    /// The whole reservation (guards included): what is unmapped on drop.
+    reserved: NonNull<u8>,
+    reserved_len: usize,
 }
 
 // SAFETY: a Mapping is a pointer to memory that lives until it is unmapped in `drop`; it has no
@@ -240,6 +251,8 @@ impl Mapping {
                 ptr: NonNull::dangling(),
                 len: 0,
                 map_len: 0,
+                reserved: NonNull::dangling(),
+                reserved_len: 0,
             });
         };
         // A memfd on huge pages (MFD_HUGETLB) is a hugetlbfs file: its offsets must be
@@ -252,23 +265,57 @@ impl Mapping {
                 "offset is not a whole number of the file's pages",
             ));
         }
-        // SAFETY: we ask for a fresh mapping (no address hint), so no existing Rust object is
-        // overlaid. `fd` is a memfd at least `offset + len` bytes long (the parent sized it
-        // before it told anyone the length), so every mapped page is backed by the file.
-        let ptr = unsafe {
-            mmap(
+        let page = page as usize;
+        let map_len = len.next_multiple_of(page);
+        // Room for a guard on each side, and for aligning the file's part to its pages.
+        let reserved_len = map_len
+            .checked_add(2 * GUARD + (page - 4096))
+            .and_then(NonZeroUsize::new)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
+        // SAFETY: a fresh private anonymous reservation (no address hint), inaccessible and
+        // backed by nothing, so no existing Rust object is overlaid.
+        let reserved = unsafe {
+            nix::sys::mman::mmap_anonymous(
                 None,
+                reserved_len,
+                ProtFlags::PROT_NONE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
+            )?
+        };
+        let base = reserved.as_ptr() as usize;
+        let start = (base + GUARD).next_multiple_of(page);
+        // The aligned start leaves at least a guard before it and after the file's part.
+        debug_assert!(
+            start - base >= GUARD && start + map_len + GUARD <= base + reserved_len.get()
+        );
+        // SAFETY: `start..start + map_len` lies inside the reservation made just above, which
+        // no Rust object uses, so MAP_FIXED replaces only our own inaccessible pages. `fd`
+        // is a memfd at least `offset + len` bytes long (the parent sized it before it told
+        // anyone the length), so every mapped page is backed by the file.
+        let mapped = unsafe {
+            mmap(
+                NonZeroUsize::new(start),
                 nz,
                 ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
+                MapFlags::MAP_SHARED | MapFlags::MAP_FIXED,
                 fd,
                 offset,
-            )?
+            )
+        };
+        let ptr = match mapped {
+            Ok(ptr) => ptr,
+            Err(e) => {
+                // SAFETY: the reservation made above, used by nothing yet.
+                let _ = unsafe { munmap(reserved, reserved_len.get()) };
+                return Err(e.into());
+            }
         };
         Ok(Mapping {
             ptr: ptr.cast(),
             len,
-            map_len: len.next_multiple_of(page as usize),
+            map_len,
+            reserved: reserved.cast(),
+            reserved_len: reserved_len.get(),
         })
     }
 
@@ -391,10 +438,10 @@ impl Drop for Mapping {
         if self.len == 0 {
             return;
         }
-        // SAFETY: `ptr`/`map_len` came from a successful mmap in `at` (`map_len` is the
-        // length rounded up to whole pages of the file, as the kernel mapped it) and are
-        // unmapped only here; slices borrowed from `self` cannot outlive it.
-        let _ = unsafe { munmap(self.ptr.cast::<c_void>(), self.map_len) };
+        // SAFETY: `reserved`/`reserved_len` are the reservation `at` made, which holds the
+        // file's pages and the guards around them, and are unmapped only here; slices
+        // borrowed from `self` cannot outlive it.
+        let _ = unsafe { munmap(self.reserved.cast::<c_void>(), self.reserved_len) };
     }
 }
 
@@ -486,6 +533,41 @@ mod tests {
         let c = region.map().unwrap();
         // SAFETY: sole user.
         unsafe { assert_eq!(c.slice(0..16), &[0u8; 16]) };
+    }
+
+    /// The permissions of the mapping that contains address `at`, from /proc/self/maps.
+    fn perms_at(at: usize) -> Option<String> {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines().find_map(|line| {
+            let (range, rest) = line.split_once(' ')?;
+            let (lo, hi) = range.split_once('-')?;
+            let (lo, hi) = (
+                usize::from_str_radix(lo, 16).ok()?,
+                usize::from_str_radix(hi, 16).ok()?,
+            );
+            (lo <= at && at < hi).then(|| rest.split(' ').next().unwrap_or("").to_string())
+        })
+    }
+
+    #[test]
+    fn every_mapping_sits_between_inaccessible_guard_pages() {
+        let mut region = SharedRegion::with_control(4096).unwrap();
+        region.reset(5000).unwrap();
+        let control = Mapping::new(region.fd(), 4096).unwrap();
+        let results = region.map().unwrap();
+        for (map, name) in [(&control, "control"), (&results, "results")] {
+            let start = map.as_ptr() as usize;
+            let end = start + map.len().next_multiple_of(4096);
+            assert_eq!(perms_at(start).as_deref(), Some("rw-s"), "{name}");
+            assert_eq!(perms_at(end - 1).as_deref(), Some("rw-s"), "{name}");
+            // Whatever the kernel places next to it, the page on either side is a guard.
+            assert_eq!(perms_at(end).as_deref(), Some("---p"), "{name}: after");
+            assert_eq!(
+                perms_at(start - 1).as_deref(),
+                Some("---p"),
+                "{name}: before"
+            );
+        }
     }
 
     #[test]

@@ -603,7 +603,7 @@ impl Worker<'_> {
             log: posting.log,
             trace: posting.trace,
         };
-        let Some(table) = ChunkTable::new(&self.results, layout) else {
+        let Some(table) = ChunkTable::new(&self.results, layout).map(|t| t.by(self.slot)) else {
             return Err(Stop::Failed(format!(
                 "the chunk table does not fit in the shared region of {} bytes",
                 self.results.len()
@@ -651,6 +651,7 @@ impl Worker<'_> {
                 run_chunk(
                     job,
                     &self.results,
+                    Some(&self.control),
                     chunk.id,
                     chunk.start,
                     chunk.end,
@@ -775,7 +776,7 @@ impl Worker<'_> {
                     // A panicking kernel is the caller's bug, not a crash: report it and
                     // serve on.
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        run_chunk(job, &self.results, id, start, end, attempt)
+                        run_chunk(job, &self.results, None, id, start, end, attempt)
                     }));
                     let (reduction, data) = match ran {
                         Ok(ran) => ran?,
@@ -826,6 +827,7 @@ type Ran = (Option<Vec<u8>>, Option<Vec<u8>>);
 fn run_chunk(
     job: &CurrentJob,
     mapping: &Mapping,
+    control: Option<&Control>,
     id: u64,
     start: u64,
     end: u64,
@@ -837,7 +839,7 @@ fn run_chunk(
         .find(|f| f.fires(id, attempt))
         .map(|f| f.action);
     if let Some(action) = fault {
-        action.strike(id);
+        action.strike(id, control);
     }
     // A chunk never crosses a window, so its bytes are contiguous in the region.
     let bytes = |i: u64| {

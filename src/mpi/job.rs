@@ -207,18 +207,21 @@ fn refusal<W: Workload>(workload: &W, n: u64, options: &MpiOptions, ranks: usize
             "the mpi backend does not stream to a file (`output`): use the process backend",
         ));
     }
-    if let Some(f) = run
-        .job
-        .faults
-        .iter()
-        .find(|f| matches!(f.action, FaultAction::Hang | FaultAction::Fork))
-    {
+    if let Some(f) = run.job.faults.iter().find(|f| {
+        matches!(
+            f.action,
+            FaultAction::Hang | FaultAction::Fork | FaultAction::Scribble | FaultAction::Wipe
+        )
+    }) {
         let why = match f.action {
             FaultAction::Hang => {
                 "a hung rank would hang the MPI job, which has no chunk time limit \
                  (`chunk_timeout`)"
             }
-            _ => "a rank's stray child would outlive the MPI job, whose ranks mpirun starts",
+            FaultAction::Fork => {
+                "a rank's stray child would outlive the MPI job, whose ranks mpirun starts"
+            }
+            _ => "the MPI job has no shared queue to overwrite",
         };
         return Err(Error::invalid(
             "faults",
@@ -848,7 +851,7 @@ fn worker<W: Workload>(
             let waited_ns = began.duration_since(idle_since).as_nanos() as u64;
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 if let Some(action) = fault {
-                    action.strike(id);
+                    action.strike(id, None);
                 }
                 let typed: &mut [W::Output] = bytemuck::cast_slice_mut(out);
                 workload.kernel(start..end, typed);

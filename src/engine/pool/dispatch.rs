@@ -670,6 +670,13 @@ impl Pool {
                 "worker {w} reported chunk {id}, which it did not hold"
             )));
         };
+        if job.spec.reduce_slot > 0 && reduction.is_none() {
+            return Err(Error::Ipc(format!(
+                "worker {} (pid {}) reported chunk {} (elements {}..{}) done without its \
+                 accumulator, though the job reduces",
+                self.workers[w].id, self.workers[w].pid, chunk.id, chunk.start, chunk.end
+            )));
+        }
         if let Some(trace) = job.trace.as_mut() {
             // The parent's clock: the `Done` arrived now, after `compute_ns` of kernel.
             let end_ns = crate::engine::control::monotonic_ns();

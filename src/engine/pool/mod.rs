@@ -12,6 +12,7 @@ mod private_dir;
 mod queue;
 mod spawn;
 mod trace;
+mod watchdog;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -854,26 +855,37 @@ pub(crate) struct ReducedChunk {
 }
 
 /// Puts a job's chunk accumulators in chunk order and checks that they cover `0..n`
-/// exactly once (a chunk that ran twice, after a timeout, counts once).
+/// exactly once (a chunk that ran twice, after a timeout, counts once). The dispatchers
+/// name a chunk done without its accumulator, and its worker, as they collect them; this
+/// is the last check, in words of elements and neighbouring chunks.
 pub(crate) fn in_chunk_order(mut parts: Vec<ReducedChunk>, n: u64) -> Result<Vec<ReducedChunk>> {
     parts.sort_by_key(|p| (p.range.start, p.range.end));
     parts.dedup_by(|later, earlier| later.range == earlier.range);
     let mut covered = 0;
+    let lacks = |from: u64, to: u64, next: Option<&ReducedChunk>| {
+        let after = match from {
+            0 => "at the start".to_string(),
+            _ => format!("after the chunk ending at element {from}"),
+        };
+        let before = next.map_or(String::new(), |p| {
+            format!(
+                ", before the chunk of elements {}..{}",
+                p.range.start, p.range.end
+            )
+        });
+        Error::Ipc(format!(
+            "the reduction lacks elements {from}..{to} ({after}{before}): no chunk's \
+             accumulator covers them"
+        ))
+    };
     for p in &parts {
         if p.range.start != covered || p.range.end < p.range.start {
-            return Err(Error::Ipc(format!(
-                "the reduction lacks elements {covered}..{}: a chunk was done without its \
-                 accumulator",
-                p.range.start.max(covered)
-            )));
+            return Err(lacks(covered, p.range.start.max(covered), Some(p)));
         }
         covered = p.range.end;
     }
     if covered != n {
-        return Err(Error::Ipc(format!(
-            "the reduction lacks elements {covered}..{n}: a chunk was done without its \
-             accumulator"
-        )));
+        return Err(lacks(covered, n, None));
     }
     Ok(parts)
 }

@@ -17,7 +17,13 @@
 //!   recording the claim) is found when nobody is claiming, by reading the done bytes, and
 //!   queued again;
 //! - `--chunk-size auto` runs in two postings: probe chunks first, timed by the workers,
-//!   then the rest in the chosen length.
+//!   then the rest in the chosen length;
+//! - every turn of the loop checks the control block against what the posting allows
+//!   (workers, and any kernel they run, can write it) and fails the job on a value out of
+//!   bounds, naming it;
+//! - a queue with chunks left that stands still past the stall limit gets its stopped
+//!   workers killed and replaced, and the chunks nobody holds queued again (see
+//!   [`super::watchdog`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc;
@@ -32,9 +38,10 @@ use super::each::{Each, LogReader};
 use super::ledger::{HeldChunk, Ledger};
 use super::observe::{self, Event};
 use super::trace::{Trace, TraceAttempt, TraceEventKind, TracePhase};
+use super::watchdog::{self, Watch};
 use super::{Death, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
 use crate::engine::control::{
-    ChunkTable, ClaimState, Posting, SlotCounters, TableLayout, monotonic_ns,
+    Bounds, ChunkTable, ClaimState, Posting, SlotCounters, Snapshot, TableLayout, monotonic_ns,
 };
 use crate::engine::protocol::{Dispatch, FromWorker, JobSpec, Layout};
 use crate::engine::schedule::{Dispenser, Geometry, Schedule};
@@ -165,6 +172,14 @@ struct QueueJob<'f> {
     log: LogReader,
     /// The job's timeline, when asked for.
     trace: Option<Trace>,
+    /// Retries queued in the ring in this posting (its `tail`).
+    pushed: u64,
+    /// `next`, `done` and the ring's `head` as last seen intact in this posting.
+    seen: (u64, u64, u64),
+    /// The workers running a chunk when the control block was last seen intact: (slot,
+    /// chunk index). One of them may write over it next.
+    running: Vec<(usize, u64)>,
+    watch: Watch,
 }
 
 impl QueueJob<'_> {
@@ -183,6 +198,8 @@ enum Why {
     Died,
     TimedOut(Duration),
     Panicked,
+    /// Stopped by a signal while the queue stood still this long.
+    Stopped(Duration),
 }
 
 impl Pool {
@@ -280,6 +297,10 @@ impl Pool {
             each,
             log: LogReader::default(),
             trace: options.trace.then(Trace::begin),
+            pushed: 0,
+            seen: (0, 0, 0),
+            running: Vec::new(),
+            watch: Watch::new(),
             geometry: geometry.clone(),
             spec,
         };
@@ -287,8 +308,10 @@ impl Pool {
 
         // On an error the caller stops every worker; otherwise none stays inside.
         self.run_postings(&mut job)?;
+        // The last look: a block written over at the end fails the job too.
+        self.audit(&mut job)?;
         self.close_posting(job.posting.id);
-        self.collect_posting(&mut job);
+        self.collect_posting(&mut job)?;
         // A worker that retired with the job's last chunks said so before it left its slot,
         // so its `Retiring` is waiting by now: read it, so that the worker is counted as
         // recycled, not found dead before the next job.
@@ -497,18 +520,23 @@ impl Pool {
         job.attempts.clear();
         job.overflow.clear();
         job.lost_in_posting = false;
+        job.pushed = 0;
+        job.seen = (0, 0, 0);
+        job.running.clear();
+        job.watch.restart(Instant::now());
         self.control.open(&posting, job.static_workers);
         Ok(())
     }
 
     /// Ends a posting: adds up its workers' counters and its chunks' reductions.
-    fn collect_posting(&mut self, job: &mut QueueJob) {
+    fn collect_posting(&mut self, job: &mut QueueJob) -> Result<()> {
         for w in 0..self.workers.len() {
             job.acc[w].add(self.control.counters(w));
             self.control.reset_slot(w);
         }
-        self.collect_reductions(job);
+        self.collect_reductions(job)?;
         job.chunks_before += job.posting.chunks;
+        Ok(())
     }
 
     /// Reads the posting's trace records into the job's trace (the finished attempts).
@@ -541,24 +569,45 @@ impl Pool {
         }
     }
 
-    /// Reads the posting's chunk accumulators, when the job reduces.
-    fn collect_reductions(&mut self, job: &mut QueueJob) {
-        if job.spec.reduce_slot > 0
-            && let Some(t) = self
-                .mapping
-                .as_ref()
-                .and_then(|m| ChunkTable::new(m, job.table))
-        {
-            for k in 0..job.posting.chunks {
-                if let Some(acc) = t.reduction(k) {
-                    let chunk = job.geometry.chunk(k);
-                    job.reduced.push(super::ReducedChunk {
-                        range: chunk.start..chunk.end,
-                        acc,
-                    });
-                }
+    /// Reads the posting's chunk accumulators, when the job reduces. A chunk done without
+    /// one (its slot in the chunk table written over) fails the job, naming the chunk and
+    /// the worker that marked it done.
+    fn collect_reductions(&mut self, job: &mut QueueJob) -> Result<()> {
+        if job.spec.reduce_slot == 0 || job.stopped() {
+            return Ok(());
+        }
+        let mapping = self.mapping.as_ref().ok_or(Error::Broken)?;
+        let t = ChunkTable::new(mapping, job.table).ok_or(Error::Broken)?;
+        let mut lacking = Vec::new();
+        for k in 0..job.posting.chunks {
+            let chunk = job.geometry.chunk(k);
+            match t.reduction(k) {
+                Some(acc) => job.reduced.push(super::ReducedChunk {
+                    range: chunk.start..chunk.end,
+                    acc,
+                }),
+                None => lacking.push((k, chunk)),
             }
         }
+        let Some(&(k, ref chunk)) = lacking.first() else {
+            return Ok(());
+        };
+        let who = match t.finisher(k).and_then(|w| self.workers.get(w)) {
+            Some(slot) => format!("worker {} (pid {}) marked it done", slot.id, slot.pid),
+            None => "no worker recorded finishing it".into(),
+        };
+        let more = match lacking.len() - 1 {
+            0 => String::new(),
+            others => format!(" and {} more", crate::units::count(others as u64, "chunk")),
+        };
+        Err(Error::QueueDamaged {
+            what: format!(
+                "the reduction lacks chunk {} (elements {}..{}){more}: its accumulator in the \
+                 chunk table in shared memory is missing or damaged ({who})",
+                chunk.id, chunk.start, chunk.end
+            ),
+            running: Vec::new(),
+        })
     }
 
     /// Supervises the postings of a job until its last chunk is done.
@@ -574,6 +623,7 @@ impl Pool {
             }
             self.poll_starting_queue(job)?;
             self.push_overflow(job);
+            let snapshot = self.audit(job)?;
             let complete = self.posting_complete(job)?;
             self.deliver(job, complete)?;
             if job.stopped() {
@@ -588,6 +638,7 @@ impl Pool {
                 return Ok(());
             }
             let deadline = self.timeouts(job)?;
+            self.watchdog(job, &snapshot)?;
             self.progress(job);
             self.sleep(job, deadline, complete)?;
         }
@@ -698,7 +749,9 @@ impl Pool {
                         message,
                         location,
                     } => {
-                        let index = id.checked_sub(job.posting.id_base);
+                        let index = id
+                            .checked_sub(job.posting.id_base)
+                            .filter(|&k| k < job.posting.chunks);
                         if index.is_none() || self.control.view(w).chunk != index {
                             return Err(Error::Ipc(format!(
                                 "worker {w} reported a panic on chunk {id}, which it did not hold"
@@ -786,7 +839,9 @@ impl Pool {
 
     fn requeue(&mut self, job: &mut QueueJob, index: u64, attempt: u32) {
         job.attempts.insert(index, attempt);
-        if !self.control.push_retry(index, attempt) {
+        if self.control.push_retry(index, attempt) {
+            job.pushed += 1;
+        } else {
             job.overflow.push_back((index, attempt));
         }
     }
@@ -798,6 +853,7 @@ impl Pool {
                 break;
             }
             job.overflow.pop_front();
+            job.pushed += 1;
             pushed = true;
         }
         if pushed {
@@ -829,7 +885,7 @@ impl Pool {
         let gaps = probe.last_done_ns.max(1);
         let start = job.posting.n;
         self.collect_trace(job);
-        self.collect_posting(job);
+        self.collect_posting(job)?;
         let remaining = job.n - start;
         let Some(auto) = job.auto.as_mut() else {
             return Err(Error::Broken);
@@ -958,6 +1014,146 @@ impl Pool {
         Ok(Instant::now().checked_add(Duration::from_nanos(next.saturating_sub(now))))
     }
 
+    /// Checks the control block against what the open posting allows; a value out of
+    /// bounds fails the job, naming it and the workers that were running chunks.
+    fn audit(&self, job: &mut QueueJob) -> Result<Snapshot> {
+        let live = self.workers.len();
+        let snapshot = self.control.snapshot(job.posting.id, live);
+        let bounds = Bounds {
+            posting: job.posting,
+            control_len: self.control.len(),
+            slots: self.control.slots() as u64,
+            static_workers: job.static_workers,
+            pushed: job.pushed,
+            claimers: (live as u64)
+                .saturating_add(job.ledger.restarts())
+                .saturating_add(job.recycles)
+                .saturating_add(1),
+            next: job.seen.0,
+            done: job.seen.1,
+            head: job.seen.2,
+            now_ns: monotonic_ns(),
+        };
+        let running_in = |s: &Snapshot| -> Vec<(usize, u64)> {
+            s.slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.state == ClaimState::Running as u64)
+                .filter(|(_, s)| s.claim > 0 && s.claim <= job.posting.chunks)
+                .map(|(w, s)| (w, s.claim - 1))
+                .collect()
+        };
+        if let Err((what, _)) = bounds.check(&snapshot) {
+            // Those running then, and those running when it was last seen intact.
+            let mut suspects = running_in(&snapshot);
+            suspects.extend(job.running.iter().copied());
+            suspects.sort_unstable();
+            suspects.dedup();
+            let running = suspects
+                .iter()
+                .map(|&(w, k)| {
+                    let slot = &self.workers[w];
+                    (slot.id, slot.pid, job.posting.id_base + k)
+                })
+                .collect();
+            return Err(Error::QueueDamaged {
+                what: format!("the queue's control block in shared memory was overwritten: {what}"),
+                running,
+            });
+        }
+        job.seen = (snapshot.next, snapshot.done, snapshot.retry_head);
+        job.running = running_in(&snapshot);
+        Ok(snapshot)
+    }
+
+    /// The progress watchdog (see [`super::watchdog`]): once the queue has stood still
+    /// with chunks left past the stall limit, kills and replaces the workers a signal
+    /// stopped, or queues again the chunks nobody holds, or, when that was done already
+    /// and still nothing moves, fails the job.
+    fn watchdog(&mut self, job: &mut QueueJob, snapshot: &Snapshot) -> Result<()> {
+        let mut fingerprint = vec![
+            snapshot.next,
+            snapshot.done,
+            snapshot.retry_head,
+            snapshot.retry_tail,
+            job.ledger.restarts(),
+            job.recycles,
+            job.stream.as_ref().map_or(0, |s| s.base + s.handed),
+        ];
+        for (w, s) in snapshot.slots.iter().enumerate() {
+            let pid = self.workers[w].pid;
+            fingerprint.extend([u64::from(pid), s.claim, s.state, s.attempt, s.since_ns]);
+        }
+        let now = Instant::now();
+        let still = job.watch.still_for(fingerprint, now);
+        let starting = self.any_starting();
+        let slowest = (0..self.workers.len())
+            .map(|w| {
+                let c = self.control.counters(w);
+                Duration::from_nanos(c.compute_ns / c.chunks.max(1))
+            })
+            .max()
+            .unwrap_or_default();
+        let limit = watchdog::stall_limit(
+            self.supervision.chunk_timeout,
+            slowest,
+            starting,
+            self.handshake_timeout,
+        );
+        if still < limit {
+            return Ok(());
+        }
+        let mut killed = false;
+        for w in 0..self.workers.len() {
+            if self.workers[w].child.is_none() || self.workers[w].starting.is_some() {
+                continue;
+            }
+            let pid = self.workers[w].pid;
+            if job
+                .watch
+                .confirm_stopped(pid, watchdog::is_stopped(pid), now)
+            {
+                crate::engine::sys::kill_hard(pid);
+                self.replace_claim(w, Why::Stopped(limit), job)?;
+                killed = true;
+            }
+        }
+        if killed {
+            job.watch.restart(now);
+            return Ok(());
+        }
+        if starting || !self.quiet(job) {
+            // Someone holds a chunk (the chunk timeout's business) or is on the way.
+            return Ok(());
+        }
+        if !job.watch.reclaimed {
+            // Chunks left that nobody holds: look for them and queue them again.
+            job.watch.reclaimed = true;
+            job.lost_in_posting = true;
+            return Ok(());
+        }
+        if still < limit.saturating_mul(2) {
+            return Ok(());
+        }
+        let mapping = self.mapping.as_ref().ok_or(Error::Broken)?;
+        let table = ChunkTable::new(mapping, job.table).ok_or(Error::Broken)?;
+        let left: Vec<u64> = (0..job.posting.chunks)
+            .filter(|&k| !table.is_done(k))
+            .collect();
+        let Some(&first) = left.first() else {
+            return Ok(());
+        };
+        Err(Error::QueueDamaged {
+            what: format!(
+                "the queue made no progress for {still:.1?} with {} left (the first: chunk \
+                 {}), though they were queued again and every worker is idle",
+                crate::units::count(left.len() as u64, "chunk"),
+                job.posting.id_base + first
+            ),
+            running: Vec::new(),
+        })
+    }
+
     fn progress(&mut self, job: &mut QueueJob) {
         if self.observer.is_none() || job.last_progress.elapsed() < PROGRESS_TICK / 2 {
             return;
@@ -983,6 +1179,7 @@ impl Pool {
             Why::Died => LossCause::Ended(exit),
             Why::TimedOut(limit) => LossCause::TimedOut(limit),
             Why::Panicked => LossCause::Panicked,
+            Why::Stopped(limit) => LossCause::Stopped(limit),
         };
         // The process is reaped: its slot holds its last word.
         let view = self.control.view(w);
@@ -1014,7 +1211,7 @@ impl Pool {
                 });
             }
             let kind = match why {
-                Why::TimedOut(_) => TraceEventKind::Timeout,
+                Why::TimedOut(_) | Why::Stopped(_) => TraceEventKind::Timeout,
                 Why::Died | Why::Panicked => TraceEventKind::Death,
             };
             let chunk = held.filter(|_| running).map(|k| job.geometry.chunk(k).id);
