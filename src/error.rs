@@ -55,6 +55,19 @@ pub enum Error {
         hint: String,
     },
 
+    /// A worker said why it cannot finish its handshake (another start would fail the same
+    /// way): "worker 0 (pid 4242) cannot create its handshake socket in /tmp/x: No such
+    /// file or directory".
+    #[error("worker {id} (pid {pid}) {message}")]
+    HandshakeFailed {
+        /// The worker's id.
+        id: usize,
+        /// Its process id.
+        pid: u32,
+        /// What it said, in words that follow its name.
+        message: String,
+    },
+
     /// A worker did not connect back in time; it was killed.
     #[error("worker {id} (pid {pid}) did not connect within {timeout:?}; it was stopped")]
     HandshakeTimeout {
@@ -313,6 +326,7 @@ impl Error {
             Error::Spawn { id, .. }
             | Error::HandshakeExit { id, .. }
             | Error::HandshakeTimeout { id, .. }
+            | Error::HandshakeFailed { id, .. }
             | Error::WorkerFailed { id, .. }
             | Error::KernelPanicked { worker: id, .. }
             | Error::RankLost { rank: id, .. } => Some(id),
@@ -397,6 +411,9 @@ pub enum LossCause {
     NoHandshake(Duration),
     /// Its kernel panicked, and panics are retried: procpool replaced it.
     Panicked,
+    /// It broke its handshake off when a system call failed with this error number (`None`:
+    /// not an operating-system error), as it told procpool; procpool replaced it.
+    GaveUp(Option<i32>),
 }
 
 impl fmt::Display for LossCause {
@@ -406,6 +423,12 @@ impl fmt::Display for LossCause {
             LossCause::TimedOut(limit) => write!(f, "timed out after {limit:?} (killed)"),
             LossCause::NoHandshake(limit) => write!(f, "did not connect within {limit:?} (killed)"),
             LossCause::Panicked => write!(f, "panicked (replaced)"),
+            LossCause::GaveUp(None) => write!(f, "gave up its handshake"),
+            LossCause::GaveUp(Some(errno)) => write!(
+                f,
+                "gave up its handshake: {}",
+                nix::errno::Errno::from_raw(*errno).desc()
+            ),
         }
     }
 }
