@@ -111,10 +111,11 @@ impl PrivateDir {
             return Err(Misplaced::Outside);
         }
         // The reported socket's directory's parent must be the directory procpool made.
-        let same = std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|m| m.is_dir() && (m.dev(), m.ino()) == self.id);
-        if !same {
-            return Err(Misplaced::Replaced);
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.is_dir() && (m.dev(), m.ino()) == self.id => {}
+            // Removed, and the socket with it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            _ => return Err(Misplaced::Replaced),
         }
         use nix::sys::stat::SFlag;
         let me = nix::unistd::geteuid().as_raw();
