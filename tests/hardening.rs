@@ -531,7 +531,13 @@ echo $$ > "{dir}/pid.$n"
 fifo="{dir}/report.$n"
 mkfifo "$fifo"
 report=$4
-( until [ -e "{dir}/gate" ]; do sleep 0.01; done; exec cat "$fifo" >&$report ) &
+# The copier opens the FIFO before the worker does, so it sees EOF when the worker ends;
+# it holds none of the worker's output pipes, and waits for the gate 30 s at most.
+(
+    exec <"$fifo" >/dev/null 2>&1
+    for i in $(seq 3000); do [ -e "{dir}/gate" ] && break; sleep 0.01; done
+    exec cat >&$report
+) &
 exec {{held}}<>"$fifo"
 eval "exec $report>&-"
 exec "{exe}" "$1" "$2" "$3" "$held" "${{@:5}}"
