@@ -1,10 +1,13 @@
 //! The worker side: a handshake, then `loop { wait for a posting -> claim chunks from the
 //! shared-memory queue (or receive them over the channel) -> kernel into shm }`.
 //!
-//! A spawned worker opens an ipc-channel one-shot server in the directory procpool gave it
-//! (`TMPDIR`, the pool's private 0700 directory), reports the socket's path on a pipe only
-//! procpool holds, and waits, with a deadline, for procpool to connect and send `Welcome`
-//! with the channel for its answers. The worker never deletes anything it did not create.
+//! A spawned worker says on a pipe only procpool holds that it started, checks through a
+//! descriptor that the directory procpool gave it (`TMPDIR`, the pool's private 0700
+//! directory) is the one procpool made, opens an ipc-channel one-shot server there, reports
+//! the socket's path on the pipe, and waits, with a deadline, for procpool to connect and
+//! send `Welcome` with the channel for its answers. A handshake that fails is reported on
+//! the same pipe, in one line ([`Report`]). The worker never deletes anything it did not
+//! create.
 //!
 //! A worker is the same binary as the parent, re-executed with [`WORKER_ARG`] as its first
 //! argument; [`crate::init_with`] notices that and calls [`serve`] before `main` does

@@ -3,8 +3,16 @@
 //! ipc-channel names a one-shot server's socket by a path in the temp directory. A path
 //! that another local user can reach is a way into the pool, so every pool makes one
 //! directory of its own, `$TMPDIR/procpool-<pid>-<random>`, mode 0700 whatever the umask,
-//! owned by us (checked after creation), and workers are started with `TMPDIR` pointing
-//! into it. Nobody but our own user can enter it, so nobody else can reach a socket in it.
+//! owned by us (checked through a descriptor after creation), and workers are started with
+//! `TMPDIR` pointing into it. Nobody but our own user can enter it, so nobody else can reach
+//! a socket in it.
+//!
+//! Its *name* is another matter: whoever may write the temp directory may rename it and put
+//! a directory of their own under that name. So a temp directory every user can write
+//! without the sticky bit is refused; the directory's device and inode are recorded when it
+//! is made; a worker checks its directory against them through a descriptor before it binds
+//! (and after, that its socket is in it), and procpool looks a reported socket up through
+//! the directory's own descriptor, never by name alone.
 //!
 //! The directory goes away with the pool. If procpool is killed by SIGKILL, it stays; the
 //! next pool in this temp directory removes every `procpool-<pid>-*` directory of ours

@@ -3,11 +3,14 @@
 //! The handshake runs the other way round from what one might expect, so that procpool
 //! never accepts a connection from anyone:
 //! 1. procpool starts the worker with `TMPDIR` set to the pool's private 0700 directory
-//!    ([`PrivateDir`]) and the write end of a pipe that only this child inherits;
-//! 2. the worker opens an ipc-channel one-shot server (its socket lands in the private
-//!    directory) and writes the socket's path on the pipe;
-//! 3. procpool checks that the path is a socket of its own user inside its own directory,
-//!    connects, and sends `Welcome` with a channel it made itself for the answers;
+//!    ([`PrivateDir`]), [`PRIVATE_DIR_ENV`] to that directory's device and inode, and the
+//!    write end of a pipe that only this child inherits;
+//! 2. the worker says on the pipe that it started, checks that its directory is the one
+//!    procpool made, opens an ipc-channel one-shot server (its socket lands in the private
+//!    directory) and writes the socket's path on the pipe, or why it cannot ([`Report`]);
+//! 3. procpool checks that the path is a socket of its own user inside its own directory
+//!    (the very directory it made, looked up through its descriptor), connects, and sends
+//!    `Welcome` with a channel it made itself for the answers;
 //! 4. the worker answers `Hello` (its protocol version) on that channel.
 //!
 //! Who is on the other end is known from the kernel, not from any message: the path comes
