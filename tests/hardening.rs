@@ -486,14 +486,21 @@ fn a_reader_that_never_drains_stderr_does_not_stall_the_pool() {
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
 
-#[test]
-fn a_tmpdir_too_long_for_a_socket_path_is_refused_up_front() {
-    let scratch = tempfile::tempdir().unwrap();
-    let mut long = scratch.path().to_path_buf();
+/// A directory under `scratch` whose path (100 bytes or more) leaves no room for a
+/// worker's socket path.
+fn too_long_for_a_socket(scratch: &Path) -> PathBuf {
+    let mut long = scratch.to_path_buf();
     while long.as_os_str().len() < 100 {
         long.push("deeper");
     }
     std::fs::create_dir_all(&long).unwrap();
+    long
+}
+
+#[test]
+fn a_tmpdir_too_long_for_a_socket_path_is_refused_up_front() {
+    let scratch = tempfile::tempdir().unwrap();
+    let long = too_long_for_a_socket(scratch.path());
     let out = Procpool::new(&["--workers", "1", "squares", "10"])
         .env("TMPDIR", &long)
         .run();
@@ -600,16 +607,24 @@ fn a_signal_at_a_starting_workers_accept_thread_is_harmless(signal: Signal) {
     });
     let built = Pool::builder().workers(1).worker_exe(&exe).build();
     let aimed = aimer.join().unwrap();
-    let mut pool = built.unwrap_or_else(|e| panic!("the start failed: {e}"));
+    let pool = built.unwrap_or_else(|e| panic!("the start failed: {e}"));
     let pid = aimed.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(pool.pids(), vec![pid], "the signalled worker is the pool's");
+    let stats = squares_then_shut_down(pool);
+    assert_eq!(stats.restarts, 0, "{:?}", stats.deaths);
+}
+
+/// Runs `squares 10000` on `pool` and checks the results, then shuts the pool down and
+/// checks that its workers are reaped. The job's stats.
+fn squares_then_shut_down(mut pool: Pool) -> procpool::JobStats {
     let run = pool.run(&Squares, 10_000).expect("the job runs");
     assert_squares(run.results(), 10_000);
-    assert_eq!(run.stats().restarts, 0, "{:?}", run.stats().deaths);
+    let stats = run.stats().clone();
     drop(run);
     let pids = pool.pids();
     pool.shutdown();
     assert_reaped(&pids);
+    stats
 }
 
 #[test]
@@ -639,23 +654,17 @@ exec "{exe}" "$@"
         exe = EXE,
     );
     let exe = write_script(scratch.path(), "quitter.sh", &body);
-    let mut pool = Pool::builder()
+    let pool = Pool::builder()
         .workers(1)
         .worker_exe(&exe)
         .build()
         .expect("a start that gave up is tried again");
-    let run = pool.run(&Squares, 10_000).expect("the job runs");
-    assert_squares(run.results(), 10_000);
-    let stats = run.stats().clone();
+    let stats = squares_then_shut_down(pool);
     assert_eq!(stats.restarts, 1, "{:?}", stats.deaths);
     assert_eq!(
         stats.deaths[0].cause,
         "gave up its handshake: Interrupted system call"
     );
-    drop(run);
-    let pids = pool.pids();
-    pool.shutdown();
-    assert_reaped(&pids);
 }
 
 #[test]
@@ -711,10 +720,13 @@ fn a_tmpdir_anyone_can_write_without_the_sticky_bit_is_refused_up_front() {
 /// Runs a one-worker job whose worker hangs on chunk 0; once it hangs there, stops
 /// procpool, calls `meddle` with the private directory, kills the worker and lets
 /// procpool go on: the replacement starts in whatever `meddle` left under the private
-/// directory's name.
-fn replace_after(sandbox: &Sandbox, meddle: impl FnOnce(&Path)) -> common::Outcome {
+/// directory's name. The job must fail, and leave no process behind; returns the private
+/// directory and the one line (after the notice of the worker killed) that says why.
+fn replace_after(meddle: impl FnOnce(&Path, &Path)) -> (PathBuf, String) {
+    let sandbox = Sandbox::new();
+    let mut private = PathBuf::new();
     let args = ["--workers", "1", "--inject", "hang@0", "squares", "1000"];
-    sandbox.command(&args).run_while(|pid, tag| {
+    let out = sandbox.command(&args).run_while(|pid, tag| {
         // The worker sleeps in chunk 0 once its handshake is done.
         let mut worker = None;
         let hung = wait_until(Duration::from_secs(30), || {
@@ -734,24 +746,22 @@ fn replace_after(sandbox: &Sandbox, meddle: impl FnOnce(&Path)) -> common::Outco
         assert!(hung, "the worker never reached chunk 0");
         common::signal(pid, Signal::SIGSTOP);
         let entries = dir_entries(sandbox.tmpdir());
-        let private = entries
+        let found = entries
             .iter()
             .find(|n| n.to_string_lossy().starts_with("procpool-"))
             .map(|n| sandbox.tmpdir().join(n));
         let meddled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            meddle(&private.unwrap_or_else(|| panic!("no private directory: {entries:?}")))
+            private = found.unwrap_or_else(|| panic!("no private directory: {entries:?}"));
+            meddle(&private, sandbox.tmpdir())
         }));
         common::kill(worker.unwrap());
         common::signal(pid, Signal::SIGCONT);
         if let Err(panic) = meddled {
             std::panic::resume_unwind(panic);
         }
-    })
-}
-
-/// The one line that says why the job failed, after the notice of the worker the test
-/// killed.
-fn the_error_after_the_kill(out: &common::Outcome) -> &str {
+    });
+    out.assert_code(1);
+    assert_no_tagged_process(&out.tag, &out.args);
     let lines: Vec<&str> = out.stderr.lines().collect();
     assert!(
         lines.len() == 2
@@ -761,23 +771,18 @@ fn the_error_after_the_kill(out: &common::Outcome) -> &str {
         out.args,
         out.stderr
     );
-    lines[1]
+    (private, lines[1].to_string())
 }
 
 #[test]
 fn a_directory_put_in_place_of_the_private_one_is_refused_by_the_next_worker() {
-    let sandbox = Sandbox::new();
-    let mut private = PathBuf::new();
     // What another user could do in a TMPDIR without the sticky bit: move procpool's
     // directory away and put one of their own (0700, as procpool's) under its name.
-    let out = replace_after(&sandbox, |dir| {
-        private = dir.to_path_buf();
-        std::fs::rename(dir, sandbox.tmpdir().join("moved")).unwrap();
+    let (private, line) = replace_after(|dir, tmpdir| {
+        std::fs::rename(dir, tmpdir.join("moved")).unwrap();
         std::fs::create_dir(dir).unwrap();
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     });
-    out.assert_code(1);
-    let line = the_error_after_the_kill(&out);
     assert!(
         line.contains(&format!("refused to bind in {}", private.display()))
             && line.contains("another directory was put in its place"),
@@ -788,19 +793,11 @@ fn a_directory_put_in_place_of_the_private_one_is_refused_by_the_next_worker() {
         "the replacement bound nothing in the impostor: {:?}",
         dir_entries(&private)
     );
-    assert_no_tagged_process(&out.tag, &out.args);
 }
 
 #[test]
 fn a_removed_private_directory_is_named_in_one_line() {
-    let sandbox = Sandbox::new();
-    let mut private = PathBuf::new();
-    let out = replace_after(&sandbox, |dir| {
-        private = dir.to_path_buf();
-        std::fs::remove_dir_all(dir).unwrap();
-    });
-    out.assert_code(1);
-    let line = the_error_after_the_kill(&out);
+    let (private, line) = replace_after(|dir, _| std::fs::remove_dir_all(dir).unwrap());
     assert!(
         line.contains(&format!(
             "cannot create its handshake socket in {}: No such file or directory",
@@ -809,17 +806,12 @@ fn a_removed_private_directory_is_named_in_one_line() {
         "{line}"
     );
     assert!(!line.contains("init()"), "{line}");
-    assert_no_tagged_process(&out.tag, &out.args);
 }
 
 #[test]
 fn a_worker_whose_tmpdir_is_too_long_for_a_socket_says_so() {
     let scratch = tempfile::tempdir().unwrap();
-    let mut long = scratch.path().to_path_buf();
-    while long.as_os_str().len() < 100 {
-        long.push("deeper");
-    }
-    std::fs::create_dir_all(&long).unwrap();
+    let long = too_long_for_a_socket(scratch.path());
     std::fs::set_permissions(&long, std::fs::Permissions::from_mode(0o700)).unwrap();
     let (code, stderr, reported) = worker_entry_by_hand(&long, "500", std::process::id());
     assert_eq!(code, Some(1), "{stderr}");
