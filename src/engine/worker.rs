@@ -1139,6 +1139,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn report_lines_round_trip_and_say_what_happened() {
+        let reports = [
+            Report::Started,
+            Report::Socket("/tmp/procpool-1-x/.tmpabc/socket".into()),
+            Report::GaveUp(Some(libc::EINTR)),
+            Report::GaveUp(None),
+            Report::Failed("cannot create its handshake socket in /x: gone".into()),
+        ];
+        for report in reports {
+            assert_eq!(Report::parse(&report.line()), Some(report.clone()));
+        }
+        assert_eq!(
+            Report::GaveUp(Some(libc::EINTR)).to_string(),
+            "gave up its handshake: Interrupted system call"
+        );
+        assert_eq!(
+            Report::Failed("a\nb".into()).line(),
+            "failed a b",
+            "one line, whatever the message"
+        );
+        for junk in ["", "socket", "gave-up x", "relative/path", "failed"] {
+            assert_eq!(Report::parse(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
     fn worker_args_round_trip() {
         let a = WorkerArgs {
             shm_fd: 5,
