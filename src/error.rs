@@ -55,6 +55,19 @@ pub enum Error {
         hint: String,
     },
 
+    /// A worker said why it cannot finish its handshake (another start would fail the same
+    /// way): "worker 0 (pid 4242) cannot create its handshake socket in /tmp/x: No such
+    /// file or directory".
+    #[error("worker {id} (pid {pid}) {message}")]
+    HandshakeFailed {
+        /// The worker's id.
+        id: usize,
+        /// Its process id.
+        pid: u32,
+        /// What it said, in words that follow its name.
+        message: String,
+    },
+
     /// A worker did not connect back in time; it was killed.
     #[error("worker {id} (pid {pid}) did not connect within {timeout:?}; it was stopped")]
     HandshakeTimeout {
@@ -337,6 +350,7 @@ impl Error {
             Error::Spawn { id, .. }
             | Error::HandshakeExit { id, .. }
             | Error::HandshakeTimeout { id, .. }
+            | Error::HandshakeFailed { id, .. }
             | Error::WorkerFailed { id, .. }
             | Error::KernelPanicked { worker: id, .. }
             | Error::RankLost { rank: id, .. } => Some(id),
@@ -424,6 +438,9 @@ pub enum LossCause {
     /// It was stopped (SIGSTOP, SIGTSTP, a tracer) while the job made no progress for this
     /// long; procpool killed it.
     Stopped(Duration),
+    /// It broke its handshake off when a system call failed with this error number (`None`:
+    /// not an operating-system error), as it told procpool; procpool replaced it.
+    GaveUp(Option<i32>),
 }
 
 impl fmt::Display for LossCause {
@@ -436,6 +453,12 @@ impl fmt::Display for LossCause {
             LossCause::Stopped(limit) => write!(
                 f,
                 "was stopped while the job made no progress for {limit:?} (killed)"
+            ),
+            LossCause::GaveUp(None) => write!(f, "gave up its handshake"),
+            LossCause::GaveUp(Some(errno)) => write!(
+                f,
+                "gave up its handshake: {}",
+                nix::errno::Errno::from_raw(*errno).desc()
             ),
         }
     }

@@ -9,7 +9,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,6 +19,7 @@ use common::{
     EXE, EXIT_USAGE, Procpool, Sandbox, TEARDOWN_DEADLINE, assert_no_tagged_process,
     children_of_this_process, dir_entries, is_our_child, wait_child, wait_until, write_script,
 };
+use nix::sys::signal::Signal;
 use procpool::workload::Squares;
 use procpool::{JobOptions, Pool};
 
@@ -356,16 +357,24 @@ fn worker_entry_by_hand(
 #[test]
 fn the_hidden_worker_entry_started_by_hand_gives_up_and_deletes_nothing() {
     let scratch = tempfile::tempdir().unwrap();
+    // A private directory, as procpool's is: a worker binds in nothing else.
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let keep = scratch.path().join("precious");
     std::fs::write(&keep, b"data").unwrap();
     // Its parent: this test, as procpool would be.
     let (code, stderr, reported) = worker_entry_by_hand(scratch.path(), "500", std::process::id());
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(
-        stderr.contains("procpool did not connect within 500ms; giving up"),
-        "{stderr}"
+    // It told its parent: it started, where its socket was, and that it gave up when its
+    // wait timed out (ETIMEDOUT).
+    let lines: Vec<&str> = reported.lines().collect();
+    assert_eq!(lines.len(), 3, "{reported}");
+    assert_eq!(lines[0], "started", "{reported}");
+    assert!(lines[1].ends_with("/socket"), "{reported}");
+    assert_eq!(
+        lines[2],
+        format!("gave-up {}", libc::ETIMEDOUT),
+        "{reported}"
     );
-    assert!(reported.trim_end().ends_with("/socket"), "{reported}");
     let left = dir_entries(scratch.path());
     assert_eq!(
         left.into_iter().collect::<Vec<_>>(),
@@ -477,14 +486,21 @@ fn a_reader_that_never_drains_stderr_does_not_stall_the_pool() {
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
 
-#[test]
-fn a_tmpdir_too_long_for_a_socket_path_is_refused_up_front() {
-    let scratch = tempfile::tempdir().unwrap();
-    let mut long = scratch.path().to_path_buf();
+/// A directory under `scratch` whose path (100 bytes or more) leaves no room for a
+/// worker's socket path.
+fn too_long_for_a_socket(scratch: &Path) -> PathBuf {
+    let mut long = scratch.to_path_buf();
     while long.as_os_str().len() < 100 {
         long.push("deeper");
     }
     std::fs::create_dir_all(&long).unwrap();
+    long
+}
+
+#[test]
+fn a_tmpdir_too_long_for_a_socket_path_is_refused_up_front() {
+    let scratch = tempfile::tempdir().unwrap();
+    let long = too_long_for_a_socket(scratch.path());
     let out = Procpool::new(&["--workers", "1", "squares", "10"])
         .env("TMPDIR", &long)
         .run();
@@ -503,8 +519,308 @@ fn a_worker_whose_parent_is_not_the_one_it_was_told_gives_up_at_once() {
     // Started by someone other than procpool (or re-parented because procpool died before
     // the worker armed its death signal): it must not wait for a connection at all.
     let scratch = tempfile::tempdir().unwrap();
-    let (code, stderr, _) = worker_entry_by_hand(scratch.path(), "60000", 1);
+    let (code, stderr, reported) = worker_entry_by_hand(scratch.path(), "60000", 1);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("(pid 1) is gone"), "{stderr}");
+    assert!(reported.contains("(pid 1) is gone"), "{reported}");
     assert!(dir_entries(scratch.path()).is_empty(), "it made no socket");
+}
+
+/// A worker executable whose report lines reach procpool only once `dir/gate` exists: the
+/// real worker writes them into a FIFO, which a helper copies to the report pipe after the
+/// gate opens; until then the worker waits in accept() on its `procpool-accept` thread.
+/// Start N (1, 2, … in the order starts take a ticket) writes its pid into `dir/pid.N`.
+fn gated_wrapper(dir: &Path) -> PathBuf {
+    let body = format!(
+        r#"#!/bin/bash
+n=1
+while ! mkdir "{dir}/start.$n" 2>/dev/null; do n=$((n+1)); done
+echo $$ > "{dir}/pid.$n"
+fifo="{dir}/report.$n"
+mkfifo "$fifo"
+report=$4
+# The copier opens the FIFO before the worker does, so it sees EOF when the worker ends;
+# it holds none of the worker's output pipes, and waits for the gate 30 s at most.
+(
+    exec <"$fifo" >/dev/null 2>&1
+    for i in $(seq 3000); do [ -e "{dir}/gate" ] && break; sleep 0.01; done
+    exec cat >&$report
+) &
+exec {{held}}<>"$fifo"
+eval "exec $report>&-"
+exec "{exe}" "$1" "$2" "$3" "$held" "${{@:5}}"
+"#,
+        dir = dir.display(),
+        exe = EXE,
+    );
+    write_script(dir, "gated.sh", &body)
+}
+
+/// The thread of `pid` named `procpool-accept`, once it waits in accept().
+fn accept_thread_waiting(pid: u32) -> Option<i32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks.flatten().find_map(|task| {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        if comm.trim_end() != "procpool-accept" {
+            return None;
+        }
+        let syscall = std::fs::read_to_string(task.path().join("syscall")).ok()?;
+        let number: i64 = syscall.split_whitespace().next()?.parse().ok()?;
+        [libc::SYS_accept, libc::SYS_accept4]
+            .contains(&number)
+            .then(|| task.file_name().to_str()?.parse().ok())
+            .flatten()
+    })
+}
+
+/// Sends `signal` to the starting worker's accept thread while it waits in accept(), then
+/// lets procpool connect: the start goes on as if nothing happened.
+fn a_signal_at_a_starting_workers_accept_thread_is_harmless(signal: Signal) {
+    let scratch = tempfile::tempdir().unwrap();
+    let exe = gated_wrapper(scratch.path());
+    let dir = scratch.path().to_path_buf();
+    let aimer = std::thread::spawn(move || -> Result<u32, String> {
+        let mut aimed = Err("no worker started".to_string());
+        let mut pid = 0;
+        let found = wait_until(Duration::from_secs(30), || {
+            pid = std::fs::read_to_string(dir.join("pid.1"))
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or(0);
+            pid != 0 && accept_thread_waiting(pid).is_some()
+        });
+        if let (true, Some(tid)) = (found, accept_thread_waiting(pid)) {
+            // SAFETY: tgkill only sends a signal to the thread `tid` of process `pid`, a
+            // worker this test started; no memory is passed.
+            let sent = unsafe { libc::syscall(libc::SYS_tgkill, pid as i32, tid, signal as i32) };
+            aimed = if sent == 0 {
+                Ok(pid)
+            } else {
+                Err(format!("tgkill: {}", std::io::Error::last_os_error()))
+            };
+        } else {
+            aimed = aimed.map_err(|e| format!("{e}, or its accept thread never waited"));
+        }
+        // Let the signal do what it does before procpool hears where to connect.
+        std::thread::sleep(Duration::from_millis(200));
+        std::fs::write(dir.join("gate"), b"").unwrap();
+        aimed
+    });
+    let built = Pool::builder().workers(1).worker_exe(&exe).build();
+    let aimed = aimer.join().unwrap();
+    let pool = built.unwrap_or_else(|e| panic!("the start failed: {e}"));
+    let pid = aimed.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(pool.pids(), vec![pid], "the signalled worker is the pool's");
+    let stats = squares_then_shut_down(pool);
+    assert_eq!(stats.restarts, 0, "{:?}", stats.deaths);
+}
+
+/// Runs `squares 10000` on `pool` and checks the results, then shuts the pool down and
+/// checks that its workers are reaped. The job's stats.
+fn squares_then_shut_down(mut pool: Pool) -> procpool::JobStats {
+    let run = pool.run(&Squares, 10_000).expect("the job runs");
+    assert_squares(run.results(), 10_000);
+    let stats = run.stats().clone();
+    drop(run);
+    let pids = pool.pids();
+    pool.shutdown();
+    assert_reaped(&pids);
+    stats
+}
+
+#[test]
+fn a_sigsegv_at_a_starting_workers_accept_thread_is_harmless() {
+    a_signal_at_a_starting_workers_accept_thread_is_harmless(Signal::SIGSEGV);
+}
+
+#[test]
+fn a_sigbus_at_a_starting_workers_accept_thread_is_harmless() {
+    a_signal_at_a_starting_workers_accept_thread_is_harmless(Signal::SIGBUS);
+}
+
+#[test]
+fn a_worker_that_gives_up_its_handshake_is_replaced_and_says_why() {
+    let scratch = tempfile::tempdir().unwrap();
+    // The first start says it started, then that its accept() was interrupted (EINTR), and
+    // exits; the others are the real worker.
+    let body = format!(
+        r#"#!/bin/sh
+n=1
+while ! mkdir "{tickets}/start.$n" 2>/dev/null; do n=$((n+1)); done
+if [ "$n" = 1 ]; then printf 'started\ngave-up {eintr}\n' > /proc/self/fd/$4; exit 1; fi
+exec "{exe}" "$@"
+"#,
+        tickets = scratch.path().display(),
+        eintr = libc::EINTR,
+        exe = EXE,
+    );
+    let exe = write_script(scratch.path(), "quitter.sh", &body);
+    let pool = Pool::builder()
+        .workers(1)
+        .worker_exe(&exe)
+        .build()
+        .expect("a start that gave up is tried again");
+    let stats = squares_then_shut_down(pool);
+    assert_eq!(stats.restarts, 1, "{:?}", stats.deaths);
+    assert_eq!(
+        stats.deaths[0].cause,
+        "gave up its handshake: Interrupted system call"
+    );
+}
+
+#[test]
+fn the_init_hint_is_given_only_for_a_program_that_never_reached_init() {
+    let scratch = tempfile::tempdir().unwrap();
+    let start = |name: &str, body: &str| {
+        let exe = write_script(scratch.path(), name, &format!("#!/bin/sh\n{body}\n"));
+        Pool::builder()
+            .workers(1)
+            .worker_exe(&exe)
+            .build()
+            .expect_err("the worker exits")
+            .to_string()
+    };
+    let never = start("plain.sh", "exit 3");
+    assert!(never.contains("exited with status 3"), "{never}");
+    assert!(never.contains("call procpool::init()"), "{never}");
+    // This one ran procpool's worker entry (it said so first), then exited.
+    let reached = start("reached.sh", "echo started > /proc/self/fd/$4\nexit 3");
+    assert!(
+        reached.contains("exited with status 3 before it connected"),
+        "{reached}"
+    );
+    assert!(!reached.contains("init()"), "{reached}");
+}
+
+#[test]
+fn a_tmpdir_anyone_can_write_without_the_sticky_bit_is_refused_up_front() {
+    let scratch = tempfile::tempdir().unwrap();
+    let open = scratch.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = Procpool::new(&["--workers", "1", "squares", "10"])
+        .env("TMPDIR", &open)
+        .run();
+    out.assert_code(EXIT_USAGE);
+    let line = out.one_line_error();
+    assert!(
+        line.contains(&format!("TMPDIR ({})", open.display())) && line.contains("sticky bit"),
+        "{line}"
+    );
+    assert!(dir_entries(&open).is_empty(), "nothing made in TMPDIR");
+    assert_no_tagged_process(&out.tag, &out.args);
+    // With the sticky bit, as /tmp has it, the same directory is fine.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = Procpool::new(&["--workers", "1", "squares", "10"])
+        .env("TMPDIR", &open)
+        .run();
+    out.assert_code(0);
+    assert!(dir_entries(&open).is_empty(), "nothing left in TMPDIR");
+}
+
+/// Runs a one-worker job whose worker hangs on chunk 0; once it hangs there, stops
+/// procpool, calls `meddle` with the private directory, kills the worker and lets
+/// procpool go on: the replacement starts in whatever `meddle` left under the private
+/// directory's name. The job must fail, and leave no process behind; returns the private
+/// directory and the one line (after the notice of the worker killed) that says why.
+fn replace_after(meddle: impl FnOnce(&Path, &Path)) -> (PathBuf, String) {
+    let sandbox = Sandbox::new();
+    let mut private = PathBuf::new();
+    let args = ["--workers", "1", "--inject", "hang@0", "squares", "1000"];
+    let out = sandbox.command(&args).run_while(|pid, tag| {
+        // The worker sleeps in chunk 0 once its handshake is done.
+        let mut worker = None;
+        let hung = wait_until(Duration::from_secs(30), || {
+            worker = common::tagged_processes(tag)
+                .into_iter()
+                .map(|(p, _)| p)
+                .find(|&p| p != pid);
+            worker.is_some_and(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/syscall")).is_ok_and(|s| {
+                    let number = s.split_whitespace().next().and_then(|n| n.parse().ok());
+                    number.is_some_and(|n| {
+                        [libc::SYS_clock_nanosleep, libc::SYS_nanosleep].contains(&n)
+                    })
+                })
+            })
+        });
+        assert!(hung, "the worker never reached chunk 0");
+        common::signal(pid, Signal::SIGSTOP);
+        let entries = dir_entries(sandbox.tmpdir());
+        let found = entries
+            .iter()
+            .find(|n| n.to_string_lossy().starts_with("procpool-"))
+            .map(|n| sandbox.tmpdir().join(n));
+        let meddled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            private = found.unwrap_or_else(|| panic!("no private directory: {entries:?}"));
+            meddle(&private, sandbox.tmpdir())
+        }));
+        common::kill(worker.unwrap());
+        common::signal(pid, Signal::SIGCONT);
+        if let Err(panic) = meddled {
+            std::panic::resume_unwind(panic);
+        }
+    });
+    out.assert_code(1);
+    assert_no_tagged_process(&out.tag, &out.args);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert!(
+        lines.len() == 2
+            && lines[0]
+                .ends_with("killed by SIGKILL while running chunk 0; starting a replacement"),
+        "procpool {}: stderr:\n{}",
+        out.args,
+        out.stderr
+    );
+    (private, lines[1].to_string())
+}
+
+#[test]
+fn a_directory_put_in_place_of_the_private_one_is_refused_by_the_next_worker() {
+    // What another user could do in a TMPDIR without the sticky bit: move procpool's
+    // directory away and put one of their own (0700, as procpool's) under its name.
+    let (private, line) = replace_after(|dir, tmpdir| {
+        std::fs::rename(dir, tmpdir.join("moved")).unwrap();
+        std::fs::create_dir(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    });
+    assert!(
+        line.contains(&format!("refused to bind in {}", private.display()))
+            && line.contains("another directory was put in its place"),
+        "{line}"
+    );
+    assert!(
+        dir_entries(&private).is_empty(),
+        "the replacement bound nothing in the impostor: {:?}",
+        dir_entries(&private)
+    );
+}
+
+#[test]
+fn a_removed_private_directory_is_named_in_one_line() {
+    let (private, line) = replace_after(|dir, _| std::fs::remove_dir_all(dir).unwrap());
+    assert!(
+        line.contains(&format!(
+            "cannot create its handshake socket in {}: No such file or directory",
+            private.display()
+        )),
+        "{line}"
+    );
+    assert!(!line.contains("init()"), "{line}");
+}
+
+#[test]
+fn a_worker_whose_tmpdir_is_too_long_for_a_socket_says_so() {
+    let scratch = tempfile::tempdir().unwrap();
+    let long = too_long_for_a_socket(scratch.path());
+    std::fs::set_permissions(&long, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (code, stderr, reported) = worker_entry_by_hand(&long, "500", std::process::id());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        reported.contains(&format!(
+            "failed cannot create its handshake socket in {}: a socket path there would be",
+            long.display()
+        )),
+        "{reported}"
+    );
+    assert!(dir_entries(&long).is_empty(), "it made no socket");
 }

@@ -1,10 +1,13 @@
 //! The worker side: a handshake, then `loop { wait for a posting -> claim chunks from the
 //! shared-memory queue (or receive them over the channel) -> kernel into shm }`.
 //!
-//! A spawned worker opens an ipc-channel one-shot server in the directory procpool gave it
-//! (`TMPDIR`, the pool's private 0700 directory), reports the socket's path on a pipe only
-//! procpool holds, and waits, with a deadline, for procpool to connect and send `Welcome`
-//! with the channel for its answers. The worker never deletes anything it did not create.
+//! A spawned worker says on a pipe only procpool holds that it started, checks through a
+//! descriptor that the directory procpool gave it (`TMPDIR`, the pool's private 0700
+//! directory) is the one procpool made, opens an ipc-channel one-shot server there, reports
+//! the socket's path on the pipe, and waits, with a deadline, for procpool to connect and
+//! send `Welcome` with the channel for its answers. A handshake that fails is reported on
+//! the same pipe, in one line ([`Report`]). The worker never deletes anything it did not
+//! create.
 //!
 //! A worker is the same binary as the parent, re-executed with [`WORKER_ARG`] as its first
 //! argument; [`crate::init_with`] notices that and calls [`serve`] before `main` does
@@ -12,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -187,7 +190,9 @@ pub(crate) fn serve(args: &WorkerArgs, registry: &Registry) -> i32 {
     quiet_panics();
     match serve_inner(args, registry) {
         Ok(()) => 0,
-        Err(message) => {
+        // procpool heard why on the report pipe and words it itself.
+        Err(None) => 1,
+        Err(Some(message)) => {
             // Our stderr reaches the user prefixed with our id.
             eprintln!("error: {message}");
             1
@@ -195,35 +200,156 @@ pub(crate) fn serve(args: &WorkerArgs, registry: &Registry) -> i32 {
     }
 }
 
-fn serve_inner(args: &WorkerArgs, registry: &Registry) -> Result<(), String> {
-    crate::engine::sys::arm_worker(args.parent, args.cpu)?;
+/// The handshake, then the work. `Err(None)`: the handshake failed and procpool was told
+/// why on the report pipe; `Err(Some(message))`: anything else, for stderr.
+fn serve_inner(args: &WorkerArgs, registry: &Registry) -> Result<(), Option<String>> {
     for (fd, what) in [
         (args.shm_fd, "SHM_FD"),
         (args.report_fd, "REPORT_FD"),
         (args.inputs_fd, "INPUTS_FD"),
     ] {
         if !crate::engine::sys::fd_is_open(fd) {
-            return Err(format!(
+            return Err(Some(format!(
                 "{what} {fd} is not an open descriptor: this entry is started by procpool itself"
-            ));
+            )));
         }
     }
-    // Our server's socket goes into TMPDIR, which procpool set to its private 0700
-    // directory: nobody but our own user can reach it.
-    let (server, name) = IpcOneShotServer::<ToWorker>::new().map_err(|e| {
-        format!(
-            "cannot create the handshake socket in {}: {e}",
-            std::env::temp_dir().display()
-        )
-    })?;
-    {
-        // SAFETY: procpool made this descriptor (a pipe's write end) for us alone and kept
-        // it open across exec (checked open above); nothing else in this process uses it,
-        // and the File closes it at the end of this block.
-        let mut report = unsafe { std::fs::File::from_raw_fd(args.report_fd) };
-        writeln!(report, "{name}")
-            .map_err(|e| format!("cannot tell procpool where to connect: {e}"))?;
+    // SAFETY: procpool made this descriptor (a pipe's write end) for us alone and kept it
+    // open across exec (checked open above); nothing else in this process uses it, and the
+    // File closes it once the handshake is over.
+    let mut report = unsafe { std::fs::File::from_raw_fd(args.report_fd) };
+    // The first line: procpool learns that its program reached `init`, whatever happens next.
+    let _ = tell(&mut report, &Report::Started);
+    // ipc-channel panics on some errors of its own (an assertion on a wrapped I/O error);
+    // a panic here is said like any other failure, never a bare exit status 101.
+    let shook = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        handshake(args, registry, &mut report)
+    }))
+    .unwrap_or_else(|payload| {
+        Err(Report::Failed(format!(
+            "panicked during its handshake: {}",
+            panic_report(payload.as_ref()).0
+        )))
+    });
+    let (from_parent, to_parent) = match shook {
+        Ok(channels) => channels,
+        Err(failure) => {
+            return Err(tell(&mut report, &failure)
+                .err()
+                .map(|_| failure.to_string()));
+        }
+    };
+    drop(report);
+    // SAFETY: the parent passed us this descriptor number and kept it open across exec for
+    // us (checked open above); nothing else in this process uses it.
+    let shm = unsafe { BorrowedFd::borrow_raw(args.shm_fd) };
+    // SAFETY: as for the shared region: the parent made this socket for us alone and kept
+    // it open across exec (checked open above); nothing else in this process uses it.
+    let inputs = unsafe { BorrowedFd::borrow_raw(args.inputs_fd) };
+    serve_loop(&to_parent, &from_parent, shm, inputs, registry, args.id).map_err(Some)
+}
+
+/// The environment variable with which procpool tells a spawned worker which directory it
+/// made for it: `DEVICE:INODE` of the private directory that `TMPDIR` names.
+pub(crate) const PRIVATE_DIR_ENV: &str = "PROCPOOL_PRIVATE_DIR";
+/// Longest socket path the kernel takes: `sun_path` holds 108 bytes with the final NUL.
+/// ipc-channel cuts a longer path short without a word, so procpool refuses it up front.
+pub(crate) const SOCKET_PATH_MAX: usize = 107;
+/// What a worker's one-shot server adds to its directory: `/.tmpXXXXXX/socket`.
+pub(crate) const SERVER_SUFFIX: &str = "/.tmpXXXXXX/socket";
+
+/// One line a spawned worker writes on its report pipe during its handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Report {
+    /// The worker entry runs (the first line): the program reached `init`.
+    Started,
+    /// Where procpool connects: the handshake socket's path (a line starting with `/`).
+    Socket(String),
+    /// The handshake broke off when a system call failed with this error number (`None`:
+    /// not an operating-system error); another start may well succeed.
+    GaveUp(Option<i32>),
+    /// This worker cannot start, and another would fail the same way: why, in words that
+    /// follow "worker N (pid P) ".
+    Failed(String),
+}
+
+impl Report {
+    /// The line, without its newline.
+    fn line(&self) -> String {
+        match self {
+            Report::Started => "started".to_string(),
+            Report::Socket(path) => path.clone(),
+            Report::GaveUp(errno) => format!("gave-up {}", errno.unwrap_or(0)),
+            Report::Failed(message) => format!("failed {}", message.replace('\n', " ")),
+        }
     }
+
+    /// Reads a line [`Report::line`] wrote; `None` for anything else.
+    pub(crate) fn parse(line: &str) -> Option<Report> {
+        if line.starts_with('/') {
+            return Some(Report::Socket(line.to_string()));
+        }
+        if line == "started" {
+            return Some(Report::Started);
+        }
+        if let Some(errno) = line.strip_prefix("gave-up ") {
+            let errno: i32 = errno.parse().ok()?;
+            return Some(Report::GaveUp((errno > 0).then_some(errno)));
+        }
+        line.strip_prefix("failed ")
+            .map(|message| Report::Failed(message.to_string()))
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Report::GaveUp(errno) => {
+                let why = crate::error::LossCause::GaveUp(*errno);
+                write!(f, "{why}")
+            }
+            Report::Failed(message) => write!(f, "{message}"),
+            other => write!(f, "{}", other.line()),
+        }
+    }
+}
+
+/// Writes `what` on the report pipe, as one line in one write (a pipe never splits it).
+fn tell(report: &mut std::fs::File, what: &Report) -> std::io::Result<()> {
+    let mut line = what.line();
+    line.push('\n');
+    report.write_all(line.as_bytes())
+}
+
+/// The handshake of a spawned worker: arm, open the one-shot server in the directory
+/// procpool made (checked through a descriptor, before and after binding), report where,
+/// and wait with a deadline for procpool's `Welcome`. A failure is what to report.
+fn handshake(
+    args: &WorkerArgs,
+    registry: &Registry,
+    report: &mut std::fs::File,
+) -> Result<
+    (
+        ipc_channel::ipc::IpcReceiver<ToWorker>,
+        IpcSender<FromWorker>,
+    ),
+    Report,
+> {
+    crate::engine::sys::arm_worker(args.parent, args.cpu).map_err(Report::Failed)?;
+    // procpool set TMPDIR to its private 0700 directory, where our server's socket goes:
+    // nobody but our own user can reach it.
+    let tmpdir = std::env::temp_dir();
+    let dir = open_private_dir(&tmpdir).map_err(Report::Failed)?;
+    let (server, name) = IpcOneShotServer::<ToWorker>::new().map_err(|e| {
+        Report::Failed(format!(
+            "cannot create its handshake socket in {}: {e}",
+            tmpdir.display()
+        ))
+    })?;
+    check_bound(&dir, &tmpdir, &name).map_err(Report::Failed)?;
+    drop(dir);
+    tell(report, &Report::Socket(name.clone()))
+        .map_err(|e| Report::Failed(format!("cannot tell procpool where to connect: {e}")))?;
 
     // accept() blocks until someone connects, forever if nobody does: wait on a thread,
     // with a deadline.
@@ -231,15 +357,27 @@ fn serve_inner(args: &WorkerArgs, registry: &Registry) -> Result<(), String> {
     std::thread::Builder::new()
         .name("procpool-accept".into())
         .spawn(move || {
+            // A signal handled while accept() waits interrupts it (EINTR), and ipc-channel
+            // cannot try again: accept() consumes its server. With every signal blocked on
+            // this thread, one sent to the process lands on another thread, and one aimed
+            // at this thread stays pending, harmless, until the thread ends.
+            let _ = nix::sys::signal::pthread_sigmask(
+                nix::sys::signal::SigmaskHow::SIG_BLOCK,
+                Some(&nix::sys::signal::SigSet::all()),
+                None,
+            );
             let _ = accepted_tx.send(server.accept());
         })
-        .map_err(|e| format!("cannot start the handshake thread: {e}"))?;
+        .map_err(|e| Report::Failed(format!("cannot start its handshake thread: {e}")))?;
     let (from_parent, to_parent) = match accepted.recv_timeout(args.timeout) {
         Ok(Ok((rx, ToWorker::Welcome { to_parent }))) => (rx, to_parent),
         Ok(Ok((_, other))) => {
-            return Err(format!("procpool sent {other:?} instead of Welcome"));
+            return Err(Report::Failed(format!(
+                "received {other:?} from procpool instead of Welcome"
+            )));
         }
-        Ok(Err(e)) => return Err(format!("the handshake failed: {e}")),
+        Ok(Err(ipc_channel::IpcError::Io(e))) => return Err(Report::GaveUp(e.raw_os_error())),
+        Ok(Err(_)) => return Err(Report::GaveUp(None)),
         Err(_) => {
             // The server is still waiting on its thread; its socket and directory are ours
             // (created just above), so we remove them before we go.
@@ -248,10 +386,7 @@ fn serve_inner(args: &WorkerArgs, registry: &Registry) -> Result<(), String> {
             if let Some(dir) = socket.parent() {
                 let _ = std::fs::remove_dir(dir);
             }
-            return Err(format!(
-                "procpool did not connect within {:?}; giving up",
-                args.timeout
-            ));
+            return Err(Report::GaveUp(Some(libc::ETIMEDOUT)));
         }
     };
     to_parent
@@ -259,15 +394,87 @@ fn serve_inner(args: &WorkerArgs, registry: &Registry) -> Result<(), String> {
             version: PROTOCOL_VERSION,
             workloads: registry.catalogue(),
         })
-        .map_err(|e| format!("cannot greet the parent: {e}"))?;
+        .map_err(|e| Report::Failed(format!("cannot greet procpool: {e}")))?;
+    Ok((from_parent, to_parent))
+}
 
-    // SAFETY: the parent passed us this descriptor number and kept it open across exec for
-    // us (checked open above); nothing else in this process uses it.
-    let shm = unsafe { BorrowedFd::borrow_raw(args.shm_fd) };
-    // SAFETY: as for the shared region: the parent made this socket for us alone and kept
-    // it open across exec (checked open above); nothing else in this process uses it.
-    let inputs = unsafe { BorrowedFd::borrow_raw(args.inputs_fd) };
-    serve_loop(&to_parent, &from_parent, shm, inputs, registry, args.id)
+/// Opens `dir`, where this worker's socket goes, and checks through the descriptor that it
+/// is the private directory procpool made: not a symbolic link, owned by our user, mode
+/// 0700, and, when procpool said which ([`PRIVATE_DIR_ENV`]), that very directory (device
+/// and inode), not another put under its name.
+fn open_private_dir(dir: &Path) -> Result<OwnedFd, String> {
+    use nix::fcntl::OFlag;
+    let shown = dir.display();
+    let cannot = |why: String| format!("cannot create its handshake socket in {shown}: {why}");
+    let longest = dir.as_os_str().len() + SERVER_SUFFIX.len();
+    if longest > SOCKET_PATH_MAX {
+        return Err(cannot(format!(
+            "a socket path there would be {longest} bytes, and one holds at most \
+             {SOCKET_PATH_MAX}"
+        )));
+    }
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = match nix::fcntl::open(dir, flags, nix::sys::stat::Mode::empty()) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ELOOP) => {
+            return Err(format!(
+                "refused to bind in {shown}: it is a symbolic link, not procpool's private \
+                 directory"
+            ));
+        }
+        Err(e) => return Err(cannot(std::io::Error::from(e).to_string())),
+    };
+    let meta =
+        nix::sys::stat::fstat(&fd).map_err(|e| cannot(std::io::Error::from(e).to_string()))?;
+    let mode = meta.st_mode & 0o7777;
+    if meta.st_uid != nix::unistd::geteuid().as_raw() || mode != 0o700 {
+        return Err(format!(
+            "refused to bind in {shown}: it is not a private directory of this user (owner \
+             uid {}, mode {mode:04o})",
+            meta.st_uid
+        ));
+    }
+    let expected = std::env::var(PRIVATE_DIR_ENV).ok().and_then(|id| {
+        let (dev, ino) = id.split_once(':')?;
+        Some((dev.parse::<u64>().ok()?, ino.parse::<u64>().ok()?))
+    });
+    if expected.is_some_and(|id| id != (meta.st_dev as u64, meta.st_ino as u64)) {
+        return Err(format!(
+            "refused to bind in {shown}: it is not the private directory procpool made \
+             (another directory was put in its place)"
+        ));
+    }
+    Ok(fd)
+}
+
+/// Checks, through the descriptor of the directory checked before binding, that the socket
+/// ipc-channel bound at `name` lies in that directory: if the directory's name was given to
+/// another directory in between, the socket is not in ours, and nobody may connect to it.
+fn check_bound(dir: &OwnedFd, tmpdir: &Path, name: &str) -> Result<(), String> {
+    use nix::fcntl::AtFlags;
+    use nix::sys::stat::SFlag;
+    let moved = || {
+        format!(
+            "refused its handshake socket {name}: it is not in the private directory checked \
+             before (another directory was put in place of {})",
+            tmpdir.display()
+        )
+    };
+    let inside = Path::new(name).strip_prefix(tmpdir).map_err(|_| moved())?;
+    let me = nix::unistd::geteuid().as_raw();
+    let is = |path: &Path, kind: SFlag| {
+        nix::sys::stat::fstatat(dir, path, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok_and(|m| {
+            SFlag::from_bits_truncate(m.st_mode) & SFlag::S_IFMT == kind && m.st_uid == me
+        })
+    };
+    let server_dir = inside.parent().unwrap_or(Path::new(""));
+    if inside.components().count() != 2
+        || !is(server_dir, SFlag::S_IFDIR)
+        || !is(inside, SFlag::S_IFSOCK)
+    {
+        return Err(moved());
+    }
+    Ok(())
 }
 
 /// The worker of a forked start: channels and the shared region are inherited, so there is
@@ -932,6 +1139,32 @@ pub(crate) fn panic_report(payload: &(dyn std::any::Any + Send)) -> (String, Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn report_lines_round_trip_and_say_what_happened() {
+        let reports = [
+            Report::Started,
+            Report::Socket("/tmp/procpool-1-x/.tmpabc/socket".into()),
+            Report::GaveUp(Some(libc::EINTR)),
+            Report::GaveUp(None),
+            Report::Failed("cannot create its handshake socket in /x: gone".into()),
+        ];
+        for report in reports {
+            assert_eq!(Report::parse(&report.line()), Some(report.clone()));
+        }
+        assert_eq!(
+            Report::GaveUp(Some(libc::EINTR)).to_string(),
+            "gave up its handshake: Interrupted system call"
+        );
+        assert_eq!(
+            Report::Failed("a\nb".into()).line(),
+            "failed a b",
+            "one line, whatever the message"
+        );
+        for junk in ["", "socket", "gave-up x", "relative/path", "failed"] {
+            assert_eq!(Report::parse(junk), None, "{junk:?}");
+        }
+    }
 
     #[test]
     fn worker_args_round_trip() {

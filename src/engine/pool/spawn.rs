@@ -3,11 +3,14 @@
 //! The handshake runs the other way round from what one might expect, so that procpool
 //! never accepts a connection from anyone:
 //! 1. procpool starts the worker with `TMPDIR` set to the pool's private 0700 directory
-//!    ([`PrivateDir`]) and the write end of a pipe that only this child inherits;
-//! 2. the worker opens an ipc-channel one-shot server (its socket lands in the private
-//!    directory) and writes the socket's path on the pipe;
-//! 3. procpool checks that the path is a socket of its own user inside its own directory,
-//!    connects, and sends `Welcome` with a channel it made itself for the answers;
+//!    ([`PrivateDir`]), [`PRIVATE_DIR_ENV`] to that directory's device and inode, and the
+//!    write end of a pipe that only this child inherits;
+//! 2. the worker says on the pipe that it started, checks that its directory is the one
+//!    procpool made, opens an ipc-channel one-shot server (its socket lands in the private
+//!    directory) and writes the socket's path on the pipe, or why it cannot ([`Report`]);
+//! 3. procpool checks that the path is a socket of its own user inside its own directory
+//!    (the very directory it made, looked up through its descriptor), connects, and sends
+//!    `Welcome` with a channel it made itself for the answers;
 //! 4. the worker answers `Hello` (its protocol version) on that channel.
 //!
 //! Who is on the other end is known from the kernel, not from any message: the path comes
@@ -28,13 +31,13 @@ use std::time::{Duration, Instant};
 use ipc_channel::ipc::{IpcReceiver, IpcSender};
 
 use super::Death;
-use super::private_dir::PrivateDir;
+use super::private_dir::{Misplaced, PrivateDir};
 use crate::engine::interrupt::Interrupt;
 use crate::engine::protocol::{
     FromWorker, PROTOCOL_VERSION, Registered, ToWorker, welcome_wire_size, wire_size,
 };
 use crate::engine::sys::{ExitCause, Process, SpawnSpec};
-use crate::engine::worker::WorkerArgs;
+use crate::engine::worker::{PRIVATE_DIR_ENV, Report, WorkerArgs};
 use crate::error::{Doing, Error, Loss, LossCause, Phase, Result};
 use crate::workload::Registry;
 
@@ -69,6 +72,9 @@ pub(crate) enum StartFailure {
         id: usize,
         pid: u32,
         cause: ExitCause,
+        /// It said on its report pipe that it runs procpool's worker entry: its program
+        /// does call `init`.
+        reached_init: bool,
     },
     /// The worker did not finish its handshake in time; it was killed.
     TimedOut {
@@ -76,13 +82,28 @@ pub(crate) enum StartFailure {
         pid: u32,
         timeout: Duration,
     },
+    /// The worker broke its handshake off (a system call failed, a signal interrupted
+    /// it), as it said on its report pipe; it was killed.
+    GaveUp {
+        id: usize,
+        pid: u32,
+        errno: Option<i32>,
+    },
+    /// The worker said why it cannot start, and another start would fail the same way; it
+    /// was killed.
+    Failed {
+        id: usize,
+        pid: u32,
+        message: String,
+    },
     /// The worker said something procpool cannot accept; it was killed.
     Refused { message: String },
 }
 
 impl StartFailure {
-    /// Killed by a signal or hung: worth another try. A worker that exited on its own or
-    /// spoke another protocol will do the same again.
+    /// Killed by a signal, hung, or broke its handshake off: worth another try. A worker
+    /// that exited on its own, said it cannot start or spoke another protocol will do the
+    /// same again.
     pub(crate) fn retryable(&self) -> bool {
         matches!(
             self,
@@ -90,17 +111,20 @@ impl StartFailure {
                 cause: ExitCause::Signaled { .. },
                 ..
             } | StartFailure::TimedOut { .. }
+                | StartFailure::GaveUp { .. }
         )
     }
 
-    /// In words, for a [`Death`] record: "killed by SIGKILL before it connected".
     /// The lost start as a [`Loss`] of worker `id`, process `pid`. (A refusal kills the
     /// worker, which ends it; its message is in [`StartFailure::into_error`].)
     pub(crate) fn loss(&self, id: usize, pid: u32) -> Loss {
         let cause = match self {
             StartFailure::Died { cause, .. } => LossCause::Ended(*cause),
             StartFailure::TimedOut { timeout, .. } => LossCause::NoHandshake(*timeout),
-            StartFailure::Refused { .. } => LossCause::Ended(ExitCause::Unknown),
+            StartFailure::GaveUp { errno, .. } => LossCause::GaveUp(*errno),
+            StartFailure::Failed { .. } | StartFailure::Refused { .. } => {
+                LossCause::Ended(ExitCause::Unknown)
+            }
         };
         Loss {
             worker: id,
@@ -113,10 +137,17 @@ impl StartFailure {
     /// The error a job fails with when this start cannot be retried.
     pub(crate) fn into_error(self) -> Error {
         match self {
-            StartFailure::Died { id, pid, cause } => {
+            StartFailure::Died {
+                id,
+                pid,
+                cause,
+                reached_init,
+            } => {
+                // A program that never reached procpool's worker entry may not call init().
                 let hint = match cause {
-                    ExitCause::Exited(_) => "; if this is your own binary, call procpool::init() \
-                                             first thing in main"
+                    ExitCause::Exited(_) if !reached_init => "; if this is your own binary, call \
+                                                              procpool::init() first thing in \
+                                                              main"
                         .to_string(),
                     _ => String::new(),
                 };
@@ -129,6 +160,14 @@ impl StartFailure {
             }
             StartFailure::TimedOut { id, pid, timeout } => {
                 Error::HandshakeTimeout { id, pid, timeout }
+            }
+            StartFailure::GaveUp { id, pid, errno } => Error::HandshakeFailed {
+                id,
+                pid,
+                message: LossCause::GaveUp(errno).to_string(),
+            },
+            StartFailure::Failed { id, pid, message } => {
+                Error::HandshakeFailed { id, pid, message }
             }
             StartFailure::Refused { message } => Error::Ipc(message),
         }
@@ -155,7 +194,14 @@ pub(crate) struct Starting {
     deadline: Instant,
     /// The read end of the pipe the worker reports its socket on (non-blocking).
     report: Option<io::PipeReader>,
+    /// Bytes of the report read so far (a line not yet whole at the end).
     reported: Vec<u8>,
+    /// Bytes read from the report pipe in all.
+    reported_len: usize,
+    /// The worker said it runs procpool's worker entry.
+    announced: bool,
+    /// The socket path the worker reported, until procpool connects.
+    socket: Option<String>,
     /// The read end of the worker's output pipe, until its forwarding thread starts.
     output_pipe: Option<io::PipeReader>,
     /// The worker is a test binary, whose harness first prints a header of its own.
@@ -184,16 +230,18 @@ impl Starting {
 
     /// Moves the handshake on as far as it can go without blocking.
     pub(crate) fn poll(&mut self, dir: &PrivateDir) -> Progress {
+        if let Err(failure) = self.read_report() {
+            return self.fail(failure);
+        }
         if self.connected.is_none() {
-            match self.read_report() {
-                Ok(Some(path)) => {
-                    if let Err(failure) = self.connect(dir, &path) {
-                        return self.fail(failure);
-                    }
+            if let Some(path) = self.socket.take() {
+                if let Err(failure) = self.connect(dir, &path) {
+                    return self.fail(failure);
                 }
-                Ok(None) => {}
-                // The pipe closed without a path: the worker is ending. Its status says how.
-                Err(()) => return self.died(),
+            } else if self.report.is_none() {
+                // The pipe closed and no connection is coming: the worker is ending. Its
+                // status says how.
+                return self.died();
             }
         }
         if let Some((_, rx)) = &self.connected {
@@ -218,10 +266,15 @@ impl Starting {
             }
         }
         if let Some(Ok(Some(cause))) = self.child.as_mut().map(Process::try_wait) {
+            // What it wrote just before it ended says more than its status.
+            if let Err(failure) = self.read_report() {
+                return self.fail(failure);
+            }
             return self.fail(StartFailure::Died {
                 id: self.id,
                 pid: self.pid,
                 cause,
+                reached_init: self.announced,
             });
         }
         if Instant::now() >= self.deadline {
@@ -247,51 +300,104 @@ impl Starting {
         }
     }
 
-    /// Reads what the worker reported so far. `Ok(Some(path))` once a whole line is in,
-    /// `Err(())` if the pipe closed first.
-    fn read_report(&mut self) -> std::result::Result<Option<String>, ()> {
-        let Some(report) = self.report.as_mut() else {
-            return Ok(None);
+    /// Reads what the worker reported so far (see [`Report`]): notes that it started and
+    /// where its socket is; a failure it reported, or a report procpool cannot take, is
+    /// returned. The report ends (`self.report` is `None`) when the pipe closes.
+    fn read_report(&mut self) -> std::result::Result<(), StartFailure> {
+        let Some(mut report) = self.report.take() else {
+            return Ok(());
         };
         let mut buf = [0u8; 512];
         loop {
             match report.read(&mut buf) {
-                Ok(0) => return Err(()),
+                Ok(0) => return Ok(()),
                 Ok(k) => {
                     self.reported.extend_from_slice(&buf[..k]);
-                    if self.reported.len() > REPORT_MAX {
-                        return Err(());
+                    self.reported_len += k;
+                    if self.reported_len > REPORT_MAX {
+                        return Err(self.refused(&format!(
+                            "wrote more than {REPORT_MAX} bytes on its report pipe"
+                        )));
                     }
-                    if let Some(end) = self.reported.iter().position(|&b| b == b'\n') {
-                        self.report = None;
-                        let line = String::from_utf8_lossy(&self.reported[..end]).into_owned();
-                        return Ok(Some(line));
+                    while let Some(end) = self.reported.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = self.reported.drain(..=end).collect();
+                        let line = String::from_utf8_lossy(&line[..end]).into_owned();
+                        self.take_report(&line)?;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.report = Some(report);
+                    return Ok(());
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Err(()),
+                Err(_) => return Ok(()),
             }
+        }
+    }
+
+    /// One line of the report.
+    fn take_report(&mut self, line: &str) -> std::result::Result<(), StartFailure> {
+        let (id, pid) = (self.id, self.pid);
+        match Report::parse(line) {
+            Some(Report::Started) => self.announced = true,
+            Some(Report::Socket(path)) if self.socket.is_none() && self.connected.is_none() => {
+                self.socket = Some(path);
+            }
+            Some(Report::Socket(_)) => {
+                return Err(self.refused("reported a second handshake socket"));
+            }
+            Some(Report::GaveUp(errno)) => return Err(StartFailure::GaveUp { id, pid, errno }),
+            Some(Report::Failed(message)) => {
+                return Err(StartFailure::Failed { id, pid, message });
+            }
+            None => {
+                let shown: String = line.chars().take(80).collect();
+                return Err(self.refused(&format!(
+                    "wrote {shown:?} on its report pipe, which is not a report of procpool's \
+                     worker entry"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A refusal of this worker: "worker N (pid P) {what}: refused".
+    fn refused(&self, what: &str) -> StartFailure {
+        StartFailure::Refused {
+            message: format!("worker {} (pid {}) {what}: refused", self.id, self.pid),
         }
     }
 
     /// Connects to the socket the worker reported and sends `Welcome`.
     fn connect(&mut self, dir: &PrivateDir, path: &str) -> std::result::Result<(), StartFailure> {
-        if !dir.holds_socket(Path::new(path)) {
-            return Err(StartFailure::Refused {
-                message: format!(
-                    "worker {} (pid {}) reported a handshake socket outside procpool's private \
-                     directory {}: refused",
-                    self.id,
-                    self.pid,
-                    dir.path().display()
-                ),
-            });
-        }
+        let shown = dir.path().display();
+        let socket = match dir.locate(Path::new(path)) {
+            Ok(Some(socket)) => socket,
+            // The socket is gone: the worker is ending, and its report or its status will
+            // say why.
+            Ok(None) => return Ok(()),
+            Err(Misplaced::Outside) => {
+                return Err(self.refused(&format!(
+                    "reported a handshake socket outside procpool's private directory {shown}"
+                )));
+            }
+            Err(Misplaced::Replaced) => {
+                return Err(self.refused(&format!(
+                    "reported a handshake socket in {shown}, which is no longer the private \
+                     directory procpool made (another directory was put in its place)"
+                )));
+            }
+            Err(Misplaced::NotOurs) => {
+                return Err(self.refused(&format!(
+                    "reported {path}, which is not a socket of procpool's user in its private \
+                     directory {shown}"
+                )));
+            }
+        };
         let refused = |what: &str, e: &dyn std::fmt::Display| StartFailure::Refused {
             message: format!("worker {} (pid {}): {what}: {e}", self.id, self.pid),
         };
-        let tx = match IpcSender::<ToWorker>::connect(path.to_string()) {
+        let tx = match IpcSender::<ToWorker>::connect(socket.to_string_lossy().into_owned()) {
             Ok(tx) => tx,
             // Nobody listens any more: the worker died after reporting.
             Err(_) => return Ok(()),
@@ -337,6 +443,7 @@ impl Starting {
             id: self.id,
             pid: self.pid,
             cause,
+            reached_init: self.announced,
         })
     }
 
@@ -430,12 +537,12 @@ pub(crate) const TEST_WORKER_NAME: &str = "__procpool_test_worker";
 pub(crate) const TEST_WORKER_ENV: &str = "PROCPOOL_TEST_WORKER";
 
 impl WorkerExe {
-    /// What starts a worker with `args`: `TMPDIR` set to `tmpdir`, output to `output`,
-    /// inheriting `keep`.
+    /// What starts a worker with `args`: `TMPDIR` set to the private directory `dir` (and
+    /// [`PRIVATE_DIR_ENV`] to its identity), output to `output`, inheriting `keep`.
     fn spec(
         &self,
         args: &WorkerArgs,
-        tmpdir: &std::path::Path,
+        dir: &PrivateDir,
         output: (RawFd, RawFd),
         keep: Vec<RawFd>,
     ) -> io::Result<SpawnSpec> {
@@ -451,7 +558,10 @@ impl WorkerExe {
         };
         let program = c(self.path.as_os_str())?;
         let mut argv = vec![program.clone()];
-        let mut set: Vec<(OsString, OsString)> = vec![("TMPDIR".into(), tmpdir.into())];
+        let mut set: Vec<(OsString, OsString)> = vec![
+            ("TMPDIR".into(), dir.path().into()),
+            (PRIVATE_DIR_ENV.into(), dir.identity().into()),
+        ];
         if self.via_test {
             // libtest runs the one hidden test (it is #[ignore]d, so only with --ignored),
             // on one thread, printing nothing of its own but a header line.
@@ -525,7 +635,7 @@ pub(crate) fn spawn_worker(
     let spec = exe
         .spec(
             &args,
-            dir.path(),
+            dir,
             (output_end.as_raw_fd(), output_end.as_raw_fd()),
             vec![shm_fd, report_end.as_raw_fd(), inputs_end.as_raw_fd()],
         )
@@ -555,6 +665,9 @@ pub(crate) fn spawn_worker(
             .unwrap_or_else(far_future),
         report: Some(report),
         reported: Vec::new(),
+        reported_len: 0,
+        announced: false,
+        socket: None,
         output_pipe: Some(output),
         test_header: exe.via_test,
         output: None,
