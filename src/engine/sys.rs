@@ -224,7 +224,9 @@ pub(crate) fn resident_bytes() -> Option<u64> {
 /// (`PR_SET_PDEATHSIG`; a pool starts its workers from a thread that lives as long as the
 /// pool), so a SIGKILLed procpool never leaves workers behind; and give up at once if
 /// `parent` already died before the death signal was armed (this process was then handed
-/// to another parent). Then run only on CPU `pin`, when given.
+/// to another parent). [`spawn_process`] did both before the exec already; doing them
+/// again costs nothing and holds for a worker started any other way. Then run only on CPU
+/// `pin`, when given.
 pub(crate) fn arm_worker(parent: u32, pin: Option<usize>) -> Result<(), String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| format!("cannot arm the death signal: {e}"))?;
@@ -242,7 +244,8 @@ pub(crate) fn arm_worker(parent: u32, pin: Option<usize>) -> Result<(), String> 
 /// A child process of ours, started by `spawn` or by `fork`, waited for with `waitpid`.
 ///
 /// std's `Child` only knows processes started by `Command`; forked workers need the same
-/// handle, so both kinds use this one.
+/// handle, so both kinds use this one. Reaping it kills its process group first (see
+/// `reap`): a worker's group ends with the worker.
 #[derive(Debug)]
 pub(crate) struct Process {
     pid: Pid,

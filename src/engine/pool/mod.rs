@@ -785,6 +785,13 @@ pub struct Death {
 /// with [`StartMethod::Fork`] belong to the thread that built the pool, which must be the
 /// process's only thread then; their replacements are spawned from the pool's thread.)
 ///
+/// Each worker leads a process group of its own; when a worker ends, for whatever reason,
+/// its whole group is killed, so processes a kernel started end with it (see
+/// [`Workload::kernel`]). A kernel's process that leaves the group is not waited for. A
+/// worker's death is seen from the process itself, even while a process it forked keeps
+/// its channel open; and no wait of the pool's (a start, a worker's last output lines, a
+/// shutdown) lasts longer than its deadline.
+///
 /// ```no_run
 /// use procpool::Pool;
 /// use procpool::workload::Squares;
