@@ -17,7 +17,7 @@ use std::ops::Range;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -234,12 +234,17 @@ fn a_worker_whose_fork_holds_its_channel_is_still_seen_dead_and_replaced() {
 
 /// Stops (SIGSTOP) every child of process `pid` the moment it appears, until `done`: the
 /// way an adversary freezes a worker between its fork and its exec. Returns each stopped
-/// pid, and whether it was caught before its exec (its command line still its parent's).
+/// pid, and whether it was caught before its exec (its command line still its parent's);
+/// `early` counts the latter as they come.
 ///
 /// The window is a few dozen microseconds, so the loop reads only the children of the
 /// thread that starts workers (`procpool-spawner`, once it exists), through a descriptor
 /// kept open and read again from offset 0.
-fn stop_every_child(pid: u32, done: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<(u32, bool)>> {
+fn stop_every_child(
+    pid: u32,
+    done: Arc<AtomicBool>,
+    early: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<Vec<(u32, bool)>> {
     use std::os::unix::fs::FileExt;
     std::thread::spawn(move || {
         let parent_cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -282,6 +287,9 @@ fn stop_every_child(pid: u32, done: Arc<AtomicBool>) -> std::thread::JoinHandle<
                     common::signal(child, Signal::SIGSTOP);
                     let cmdline = std::fs::read(format!("/proc/{child}/cmdline"));
                     let before_exec = cmdline.is_ok_and(|c| c == parent_cmdline);
+                    if before_exec {
+                        early.fetch_add(1, Ordering::SeqCst);
+                    }
                     stopped.insert(child, before_exec);
                 }
             }
@@ -292,10 +300,11 @@ fn stop_every_child(pid: u32, done: Arc<AtomicBool>) -> std::thread::JoinHandle<
 
 /// procpool started with `args`, in a run whose every worker start is frozen as it
 /// appears. Each start frozen after its exec times out and is started again, which is one
-/// more chance to catch a start before its exec.
+/// more chance to catch a start before its exec. The job (15 s of waiting on 2 workers)
+/// outlasts the test's signals even if a start escapes the freezing on a loaded machine.
 fn frozen_starts(args: &[&str]) -> Procpool {
     let mut args = args.to_vec();
-    args.extend_from_slice(&["--workers", "2", "squares", "100000", "--json"]);
+    args.extend_from_slice(&["--workers", "2", "sleep", "300", "--ms", "100", "--json"]);
     Procpool::new(&args).deadline(DEADLINE)
 }
 
@@ -305,7 +314,7 @@ fn workers_frozen_before_their_exec_still_time_out_and_nothing_is_left_stopped()
     let mut stopper = None;
     let args = ["--handshake-timeout", "200ms", "--max-restarts", "30"];
     let outcome = frozen_starts(&args).run_while(|pid, _| {
-        stopper = Some(stop_every_child(pid, done.clone()));
+        stopper = Some(stop_every_child(pid, done.clone(), Arc::default()));
     });
     done.store(true, Ordering::SeqCst);
     let stopped = stopper
@@ -330,9 +339,9 @@ fn workers_frozen_before_their_exec_still_time_out_and_nothing_is_left_stopped()
 fn sigterm_ends_procpool_at_once_while_a_start_is_frozen_before_its_exec() {
     let done = Arc::new(AtomicBool::new(false));
     let mut stopper = None;
-    let args = ["--handshake-timeout", "100ms", "--max-restarts", "100000"];
+    let args = ["--handshake-timeout", "300ms", "--max-restarts", "100000"];
     let outcome = frozen_starts(&args).run_while(|pid, _| {
-        stopper = Some(stop_every_child(pid, done.clone()));
+        stopper = Some(stop_every_child(pid, done.clone(), Arc::default()));
         // A few dozen starts, each frozen, before procpool is asked to stop.
         std::thread::sleep(Duration::from_secs(3));
         common::signal(pid, Signal::SIGTERM);
@@ -349,4 +358,31 @@ fn sigterm_ends_procpool_at_once_while_a_start_is_frozen_before_its_exec() {
     assert_no_tagged_process(&outcome.tag, "after SIGTERM");
     assert!(!stopped.is_empty(), "no start was stopped");
     assert_eq!(outcome.code, Some(143), "{}", outcome.stderr);
+}
+
+#[test]
+fn a_start_frozen_before_its_exec_does_not_outlive_a_procpool_killed_outright() {
+    let done = Arc::new(AtomicBool::new(false));
+    let mut stopper = None;
+    let args = ["--handshake-timeout", "300ms", "--max-restarts", "100000"];
+    let outcome = frozen_starts(&args).run_while(|pid, _| {
+        let early = Arc::new(AtomicUsize::new(0));
+        stopper = Some(stop_every_child(pid, done.clone(), early.clone()));
+        // Until a start is caught before its exec (or long enough for a few dozen starts).
+        common::wait_until(Duration::from_secs(10), || early.load(Ordering::SeqCst) > 0);
+        // No chance to clean up: what is left must end by itself.
+        common::kill(pid);
+    });
+    done.store(true, Ordering::SeqCst);
+    let stopped = stopper
+        .map(|s| s.join().expect("the stopper"))
+        .unwrap_or_default();
+    let early = stopped.iter().filter(|s| s.1).count();
+    eprintln!(
+        "{} starts stopped, {early} before their exec",
+        stopped.len()
+    );
+    assert!(!stopped.is_empty(), "no start was stopped");
+    assert_eq!(outcome.code, None, "killed by SIGKILL: {}", outcome.stderr);
+    assert_no_tagged_process(&outcome.tag, "after procpool was SIGKILLed");
 }
