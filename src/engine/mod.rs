@@ -16,7 +16,7 @@
 //! - `sealed`: the sealed memfd, its read-only mapping and the socket its descriptor
 //!   travels on (the input's `unsafe`).
 //! - `shm`: the shared region (a memfd) and its mappings: most of the crate's `unsafe`.
-//! - `sys`: starting processes (`posix_spawn`, fork), reaping, CPU affinity, resource limits.
+//! - `sys`: starting processes (fork and exec, fork), reaping, CPU affinity, resource limits.
 //! - `schedule`: cutting `0..n` into chunks (static, dynamic, guided).
 //! - `fault`: fault injection (`--inject`).
 //! - `interrupt`: Ctrl-C and SIGTERM.

@@ -1,13 +1,13 @@
 //! Operating-system corners of starting and stopping workers.
 //!
-//! Spawning a worker (`posix_spawn`), forking one, reaping, CPU affinity and resource
+//! Spawning a worker (fork and exec), forking one, reaping, CPU affinity and resource
 //! limits live here, each `unsafe` call with its reason, so the rest of the pool stays safe
 //! code.
 
 pub(crate) use crate::error::ExitCause;
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, fcntl};
@@ -32,92 +32,181 @@ pub(crate) struct SpawnSpec {
     pub(crate) keep: Vec<RawFd>,
 }
 
-/// Starts `spec` with `posix_spawn` and returns its process id.
+/// A process [`spawn_process`] started.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    /// Its process id, which is also its process group's id.
+    pub(crate) pid: u32,
+    /// The read end (non-blocking) of a pipe on which the child writes its `errno` (4
+    /// bytes, native order) if its exec fails. End of file with nothing read: the exec
+    /// happened, or the child died before it.
+    pub(crate) exec_status: std::io::PipeReader,
+}
+
+/// Starts `spec` (fork, then exec in the child) and returns at once, whatever the child
+/// does next.
 ///
 /// glibc's `posix_spawn` runs the child in the parent's memory until it execs (`CLONE_VM |
-/// CLONE_VFORK`), so starting a worker costs the same whatever this process holds: no page
-/// tables are copied, however many threads and mappings the pool has by then. Nothing of
-/// ours runs between the clone and the exec, so what a `pre_exec` hook would do happens in
-/// the worker itself, first thing ([`arm_worker`]): the death signal, the check that its
-/// parent still lives, the CPU pin. In the child: stdin is `/dev/null`, stdout and stderr
-/// are `spec.output`, each of `spec.keep` is duplicated onto itself (which clears its
-/// close-on-exec flag in the child alone, glibc ≥ 2.29), no signal is blocked and SIGPIPE
-/// has its default action.
-pub(crate) fn spawn_process(spec: &SpawnSpec) -> io::Result<u32> {
-    let check = |rc: libc::c_int| {
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::from_raw_os_error(rc))
-        }
+/// CLONE_VFORK`) and blocks the calling thread until then: a child stopped (SIGSTOP)
+/// before its exec would hold the caller forever. A plain fork costs a copy of the page
+/// tables instead, but the pid is known the moment the child exists and nothing waits for
+/// the exec: whether it failed is read later from [`Spawned::exec_status`].
+///
+/// Everything the child uses (the strings, the argv and envp arrays, `/dev/null`, the
+/// status pipe) is made before the fork: the child of a multi-threaded process may only
+/// make async-signal-safe calls. In the child, with every signal blocked: a process group
+/// of its own (`setpgid(0, 0)`; the parent sets it too, so that it holds from the fork
+/// on), the death signal (`PR_SET_PDEATHSIG`, SIGKILL when the thread that forked it
+/// ends; it survives the exec) and a check that the parent still lives; stdin is
+/// `/dev/null`, stdout and stderr are `spec.output`, each of `spec.keep` loses its
+/// close-on-exec flag; every caught signal and SIGPIPE get their default action; then no
+/// signal is blocked, and it execs.
+pub(crate) fn spawn_process(spec: &SpawnSpec) -> io::Result<Spawned> {
+    let mut argv: Vec<*const libc::c_char> = spec.args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = spec.env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let dev_null = nix::fcntl::open(
+        c"/dev/null",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let (status_read, status_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let child = ChildPlan {
+        program: spec.program.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        stdin: dev_null.as_raw_fd(),
+        output: spec.output,
+        keep: &spec.keep,
+        status: status_write.as_raw_fd(),
+        parent: nix::unistd::getpid().as_raw(),
+        last_signal: libc::SIGRTMAX(),
     };
-    let mut argv: Vec<*mut libc::c_char> =
-        spec.args.iter().map(|a| a.as_ptr().cast_mut()).collect();
-    argv.push(std::ptr::null_mut());
-    let mut envp: Vec<*mut libc::c_char> = spec.env.iter().map(|e| e.as_ptr().cast_mut()).collect();
-    envp.push(std::ptr::null_mut());
-    let dev_null = c"/dev/null";
-    let mut pid: libc::pid_t = 0;
-    // SAFETY: the file actions and attributes are initialised before use and destroyed on
-    // every path below; every pointer handed to posix_spawn (program, argv, envp, their
-    // strings, /dev/null) lives until it returns, and argv and envp end with a null. The
-    // descriptors are open in this process (the caller holds them); duplicating them is
-    // done in the child only. posix_spawn writes only `pid`.
-    unsafe {
-        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
-        check(libc::posix_spawn_file_actions_init(&mut actions))?;
-        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
-        if let Err(e) = check(libc::posix_spawnattr_init(&mut attr)) {
-            libc::posix_spawn_file_actions_destroy(&mut actions);
-            return Err(e);
+    // SAFETY: sigset_t is plain data; sigfillset and sigemptyset initialise it.
+    let (all, none) = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        (all, none)
+    };
+    let mut old: libc::sigset_t = none;
+    // SAFETY: every signal is blocked in this thread across the fork, so that no handler
+    // of ours runs in the child before its exec (the child resets them and unblocks), and
+    // the thread's mask is restored right after. In the child, `run` makes only
+    // async-signal-safe calls through pointers into memory it got a copy of (argv, envp,
+    // their strings, `spec.keep`), all alive in this frame at the fork, and never
+    // returns. `fork` itself has no precondition.
+    let pid = unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let pid = libc::fork();
+        if pid == 0 {
+            child.run(&none);
         }
-        let result = (|| -> io::Result<()> {
-            check(libc::posix_spawn_file_actions_addopen(
-                &mut actions,
-                0,
-                dev_null.as_ptr(),
-                libc::O_RDONLY,
-                0,
-            ))?;
-            check(libc::posix_spawn_file_actions_adddup2(
-                &mut actions,
-                spec.output.0,
-                1,
-            ))?;
-            check(libc::posix_spawn_file_actions_adddup2(
-                &mut actions,
-                spec.output.1,
-                2,
-            ))?;
-            for &fd in &spec.keep {
-                check(libc::posix_spawn_file_actions_adddup2(&mut actions, fd, fd))?;
+        let fork_error = io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        if pid < 0 {
+            return Err(fork_error);
+        }
+        pid
+    };
+    // The child does the same first thing; setting it here too means it holds from now
+    // on, even for a child stopped before it ran a line. (After the child's exec this
+    // fails, having been done by then.)
+    let _ = nix::unistd::setpgid(Pid::from_raw(pid), Pid::from_raw(pid));
+    drop(status_write);
+    drop(dev_null);
+    let exec_status = std::io::PipeReader::from(status_read);
+    fcntl(
+        &exec_status,
+        FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    Ok(Spawned {
+        pid: pid as u32,
+        exec_status,
+    })
+}
+
+/// What the child of [`spawn_process`] does between its fork and its exec, prepared before
+/// the fork.
+struct ChildPlan<'a> {
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    stdin: RawFd,
+    output: (RawFd, RawFd),
+    keep: &'a [RawFd],
+    status: RawFd,
+    parent: libc::pid_t,
+    last_signal: libc::c_int,
+}
+
+impl ChildPlan<'_> {
+    /// Runs in the forked child: async-signal-safe calls only, no allocation, no lock.
+    ///
+    /// # Safety
+    /// Only in the child of a fork, with every pointer of the plan valid in it.
+    unsafe fn run(&self, unblocked: &libc::sigset_t) -> ! {
+        // SAFETY: each call below is async-signal-safe (POSIX lists setpgid, getppid, dup2,
+        // fcntl, sigaction, sigprocmask, execve, write and _exit; prctl is a plain system
+        // call); the pointers are valid in this copy of the parent's memory (see the
+        // caller), and argv and envp end with a null.
+        unsafe {
+            let fail = |status: RawFd| -> ! {
+                let errno = *libc::__errno_location();
+                libc::write(status, (&raw const errno).cast(), 4);
+                libc::_exit(127)
+            };
+            // Its own process group first: from here on, killing the group reaches it and
+            // everything it starts.
+            if libc::setpgid(0, 0) != 0 {
+                fail(self.status);
             }
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
-            check(libc::posix_spawnattr_setsigmask(&mut attr, &none))?;
-            let mut pipe: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut pipe);
-            libc::sigaddset(&mut pipe, libc::SIGPIPE);
-            check(libc::posix_spawnattr_setsigdefault(&mut attr, &pipe))?;
-            let flags = libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF;
-            check(libc::posix_spawnattr_setflags(
-                &mut attr,
-                flags as libc::c_short,
-            ))?;
-            check(libc::posix_spawn(
-                &mut pid,
-                spec.program.as_ptr(),
-                &actions,
-                &attr,
-                argv.as_ptr(),
-                envp.as_ptr(),
-            ))
-        })();
-        libc::posix_spawnattr_destroy(&mut attr);
-        libc::posix_spawn_file_actions_destroy(&mut actions);
-        result?;
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                fail(self.status);
+            }
+            // The parent died before the death signal was armed: nobody will reap us.
+            if libc::getppid() != self.parent {
+                libc::_exit(127);
+            }
+            for (from, to) in [(self.stdin, 0), (self.output.0, 1), (self.output.1, 2)] {
+                let moved = if from == to {
+                    libc::fcntl(to, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(from, to)
+                };
+                if moved < 0 {
+                    fail(self.status);
+                }
+            }
+            for &fd in self.keep {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    fail(self.status);
+                }
+            }
+            for signal in 1..=self.last_signal {
+                if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+                    continue;
+                }
+                let mut action: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(signal, std::ptr::null(), &mut action) != 0 {
+                    continue;
+                }
+                let handled =
+                    action.sa_sigaction != libc::SIG_DFL && action.sa_sigaction != libc::SIG_IGN;
+                if handled || signal == libc::SIGPIPE {
+                    action.sa_sigaction = libc::SIG_DFL;
+                    action.sa_flags = 0;
+                    libc::sigemptyset(&mut action.sa_mask);
+                    libc::sigaction(signal, &action, std::ptr::null_mut());
+                }
+            }
+            libc::sigprocmask(libc::SIG_SETMASK, unblocked, std::ptr::null_mut());
+            libc::execve(self.program, self.argv, self.envp);
+            fail(self.status)
+        }
     }
-    Ok(pid as u32)
 }
 
 /// The resident memory of this process in bytes (`/proc/self/statm`), if readable.
@@ -135,7 +224,9 @@ pub(crate) fn resident_bytes() -> Option<u64> {
 /// (`PR_SET_PDEATHSIG`; a pool starts its workers from a thread that lives as long as the
 /// pool), so a SIGKILLed procpool never leaves workers behind; and give up at once if
 /// `parent` already died before the death signal was armed (this process was then handed
-/// to another parent). Then run only on CPU `pin`, when given.
+/// to another parent). [`spawn_process`] did both before the exec already; doing them
+/// again costs nothing and holds for a worker started any other way. Then run only on CPU
+/// `pin`, when given.
 pub(crate) fn arm_worker(parent: u32, pin: Option<usize>) -> Result<(), String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| format!("cannot arm the death signal: {e}"))?;
@@ -153,7 +244,8 @@ pub(crate) fn arm_worker(parent: u32, pin: Option<usize>) -> Result<(), String> 
 /// A child process of ours, started by `spawn` or by `fork`, waited for with `waitpid`.
 ///
 /// std's `Child` only knows processes started by `Command`; forked workers need the same
-/// handle, so both kinds use this one.
+/// handle, so both kinds use this one. Reaping it kills its process group first (see
+/// `reap`): a worker's group ends with the worker.
 #[derive(Debug)]
 pub(crate) struct Process {
     pid: Pid,
@@ -202,15 +294,45 @@ impl Process {
         }
     }
 
+    /// Whether the process has exited, without reaping it: until it is reaped, its pid
+    /// and process group id cannot be given to another process.
+    pub(crate) fn has_exited(&self) -> bool {
+        if self.status.is_some() {
+            return true;
+        }
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        match nix::sys::wait::waitid(nix::sys::wait::Id::Pid(self.pid), flags) {
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => false,
+            Ok(_) | Err(_) => true,
+        }
+    }
+
+    /// Reaps the process once it has exited (at once with `WNOHANG`), first sending SIGKILL
+    /// to its process group: a worker leads a group of its own, and whatever it started
+    /// there (a helper process, a fork) ends with it. The group is killed while the
+    /// process is a zombie, so its id cannot have been reused. A process that leads no
+    /// group (never a worker) is unaffected: no group bears its id.
     fn reap(&mut self, flags: Option<WaitPidFlag>) -> io::Result<Option<ExitCause>> {
-        let cause = match waitpid(self.pid, flags) {
+        let mut exited = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+        if let Some(flags) = flags {
+            exited |= flags;
+        }
+        match nix::sys::wait::waitid(nix::sys::wait::Id::Pid(self.pid), exited) {
+            // Stopped or continued are not asked for: still alive.
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => return Ok(None),
+            Ok(_) => {
+                let _ = nix::sys::signal::killpg(self.pid, Signal::SIGKILL);
+            }
+            Err(nix::errno::Errno::ECHILD) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let cause = match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, code)) => ExitCause::Exited(code),
             Ok(WaitStatus::Signaled(_, signal, core_dumped)) => ExitCause::Signaled {
                 signal: signal as i32,
                 core_dumped,
             },
-            Ok(WaitStatus::StillAlive) => return Ok(None),
-            // Stopped or continued: still alive.
+            // Stopped or continued (never after WEXITED): still alive.
             Ok(_) => return Ok(None),
             Err(nix::errno::Errno::EINTR) => return Ok(None),
             // Someone else reaped it (ECHILD): it is gone, how is unknown.

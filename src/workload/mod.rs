@@ -106,6 +106,13 @@ pub trait Workload:
     const WAITS: bool = false;
     /// Fills `out[k]` with the result for index `range.start + k`.
     /// `out.len() == range.end - range.start`.
+    ///
+    /// A process the kernel starts (a helper with `std::process::Command`, a `fork`) joins
+    /// its worker's process group, and is killed with the group when the worker ends (a
+    /// death, a recycling, the pool's shutdown): nothing it starts outlives the worker.
+    /// One that leaves the group (`setsid`, `Command::process_group`) is neither killed
+    /// nor waited for, though it may hold the worker's output pipe: procpool copies what
+    /// the worker wrote for a moment after the worker ends, then stops listening.
     fn kernel(&self, range: Range<u64>, out: &mut [Self::Output]);
 
     /// The single-process run's time when it is known without running it (`sleep`: n × ms).

@@ -390,6 +390,8 @@ impl Pool {
             if let Some(signal) = self.supervision.interrupt.requested() {
                 return Err(interrupted(signal, &job, self.workers.len()));
             }
+            let ended = self.ended_workers(&mut job, Pool::handle)?;
+            job.dead.extend(ended);
             while let Some((w, pid)) = job.dead.pop() {
                 if self.workers[w].pid == pid {
                     self.replace(w, Why::Died, &mut job)?;

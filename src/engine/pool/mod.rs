@@ -18,10 +18,10 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ipc_channel::ipc::{IpcReceiverSet, IpcSender};
+use ipc_channel::TrySelectError;
+use ipc_channel::ipc::{IpcReceiverSet, IpcSelectionResult, IpcSender};
 use serde::Serialize;
 
 use crate::engine::control::Control;
@@ -682,6 +682,7 @@ impl PoolBuilder {
             ),
             job_inputs: Vec::new(),
             input_sends: 0,
+            death_scan: Instant::now(),
         };
         for s in started {
             pool.workers.push(WorkerSlot::empty(s.id));
@@ -697,6 +698,9 @@ impl PoolBuilder {
     }
 }
 
+/// How often the dispatch loops ask the workers' processes whether they ended.
+const DEATH_SCAN: Duration = Duration::from_millis(2);
+
 /// A worker process as the parent sees it. The slot (its id) outlives the process: a
 /// replacement takes the same id.
 struct WorkerSlot {
@@ -709,7 +713,7 @@ struct WorkerSlot {
     /// Receiver id in the pool's set.
     rid: Option<u64>,
     /// The thread forwarding the worker's output.
-    output: Option<JoinHandle<()>>,
+    output: Option<spawn::Forwarder>,
     /// A replacement on its way through the handshake.
     starting: Option<spawn::Starting>,
     /// The job spec this process was last sent (0: none).
@@ -745,8 +749,9 @@ impl WorkerSlot {
         }
     }
 
-    /// Waits up to `grace` for the process to exit (then kills it), reaps it, and waits for
-    /// its last output lines.
+    /// Waits up to `grace` for the process to exit (then kills it), reaps it (which ends
+    /// its process group: anything a kernel started there dies with it), and copies its
+    /// last output lines for [`spawn::OUTPUT_DRAIN`] at most.
     fn reap(&mut self, grace: Duration) -> ExitCause {
         self.tx = None;
         let cause = match self.child.take() {
@@ -754,7 +759,7 @@ impl WorkerSlot {
             None => ExitCause::Unknown,
         };
         if let Some(output) = self.output.take() {
-            let _ = output.join();
+            output.finish(Instant::now() + spawn::OUTPUT_DRAIN);
         }
         cause
     }
@@ -783,6 +788,13 @@ pub struct Death {
 /// a pool may be built on one thread and used, or dropped, on another. (Workers started
 /// with [`StartMethod::Fork`] belong to the thread that built the pool, which must be the
 /// process's only thread then; their replacements are spawned from the pool's thread.)
+///
+/// Each worker leads a process group of its own; when a worker ends, for whatever reason,
+/// its whole group is killed, so processes a kernel started end with it (see
+/// [`Workload::kernel`]). A kernel's process that leaves the group is not waited for. A
+/// worker's death is seen from the process itself, even while a process it forked keeps
+/// its channel open; and no wait of the pool's (a start, a worker's last output lines, a
+/// shutdown) lasts longer than its deadline.
 ///
 /// ```no_run
 /// use procpool::Pool;
@@ -843,6 +855,8 @@ pub struct Pool {
     job_inputs: Vec<Arc<Sealed>>,
     /// Batches of input descriptors sent during the job in progress.
     input_sends: u64,
+    /// When the dispatch loops look for ended workers next ([`Pool::ended_workers`]).
+    death_scan: Instant,
 }
 
 /// One chunk's encoded accumulator, as a reducing job collects them.
@@ -1892,6 +1906,12 @@ impl Pool {
                 crate::engine::sys::kill_hard(self.workers[w].pid);
             }
         }
+        // Every worker has exited or is killed: their last lines are copied in one short
+        // moment, not one after the other.
+        let drain = Instant::now() + spawn::OUTPUT_DRAIN;
+        for output in self.workers.iter_mut().filter_map(|w| w.output.as_mut()) {
+            output.stop_by(drain);
+        }
         for w in &mut self.workers {
             w.reap(Duration::ZERO);
         }
@@ -1910,12 +1930,8 @@ impl Pool {
             for (i, w) in self.workers.iter_mut().enumerate() {
                 if let Some(child) = w.child.as_mut() {
                     match child.try_wait() {
-                        Ok(Some(_)) | Err(_) => {
-                            w.child = None;
-                            if let Some(output) = w.output.take() {
-                                let _ = output.join();
-                            }
-                        }
+                        // Its output is stopped with the others' in `stop_all`.
+                        Ok(Some(_)) | Err(_) => w.child = None,
                         Ok(None) => running.push(i),
                     }
                 }
@@ -1970,6 +1986,54 @@ impl Pool {
         }
         self.broken = false;
         Ok(())
+    }
+
+    /// The workers whose process ended, as (slot, pid), for a dispatch loop to replace.
+    ///
+    /// Asked of each process itself (`waitid` without reaping it, so that its process group
+    /// is still its own when the replacement ends it), not only of its channel: a process
+    /// a kernel forked inherits the worker's channel and keeps it open after the worker
+    /// died, so no closed channel ever tells. Looks at most once per [`DEATH_SCAN`]. A
+    /// worker's last messages arrive before its exit: those waiting are handed to the
+    /// loop's `handle` first, so that a worker leaving after its recycling limit (it said
+    /// `Retiring`) is not counted, nor one whose closed channel was just handled.
+    pub(super) fn ended_workers<J>(
+        &mut self,
+        job: &mut J,
+        handle: fn(&mut Pool, IpcSelectionResult, &mut J) -> Result<()>,
+    ) -> Result<Vec<(usize, u32)>> {
+        let now = Instant::now();
+        if now < self.death_scan {
+            return Ok(Vec::new());
+        }
+        self.death_scan = now + DEATH_SCAN;
+        let counted = |w: &WorkerSlot| w.starting.is_none() && !w.retiring && w.child.is_some();
+        let ended: Vec<(usize, u32)> = self
+            .workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| counted(w))
+            .filter(|(_, w)| w.child.as_ref().is_some_and(Process::has_exited))
+            .map(|(i, w)| (i, w.pid))
+            .collect();
+        if ended.is_empty() {
+            return Ok(ended);
+        }
+        match self.set.try_select() {
+            Ok(events) => {
+                for event in events {
+                    handle(self, event, job)?;
+                }
+            }
+            Err(TrySelectError::Empty) => {}
+            Err(TrySelectError::IoError(e)) => {
+                return Err(Error::Ipc(format!("reading the workers' messages: {e}")));
+            }
+        }
+        Ok(ended
+            .into_iter()
+            .filter(|&(w, pid)| self.workers[w].pid == pid && counted(&self.workers[w]))
+            .collect())
     }
 
     /// Replaces the workers that died between jobs (killed from outside, or ended with the

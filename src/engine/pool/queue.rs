@@ -616,6 +616,8 @@ impl Pool {
             if let Some(signal) = self.supervision.interrupt.requested() {
                 return Err(interrupted(signal, job, self.workers.len(), self));
             }
+            let ended = self.ended_workers(job, Pool::event)?;
+            job.dead.extend(ended);
             while let Some((w, pid)) = job.dead.pop() {
                 if self.workers[w].pid == pid && self.workers[w].starting.is_none() {
                     self.replace_claim(w, Why::Died, job)?;

@@ -22,9 +22,10 @@
 //! loop can start a replacement while the other workers keep computing.
 
 use std::io;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -36,7 +37,7 @@ use crate::engine::interrupt::Interrupt;
 use crate::engine::protocol::{
     FromWorker, PROTOCOL_VERSION, Registered, ToWorker, welcome_wire_size, wire_size,
 };
-use crate::engine::sys::{ExitCause, Process, SpawnSpec};
+use crate::engine::sys::{ExitCause, Process, SpawnSpec, Spawned};
 use crate::engine::worker::{PRIVATE_DIR_ENV, Report, WorkerArgs};
 use crate::error::{Doing, Error, Loss, LossCause, Phase, Result};
 use crate::workload::Registry;
@@ -54,7 +55,7 @@ pub(crate) struct Started {
     pub tx: IpcSender<ToWorker>,
     pub rx: IpcReceiver<FromWorker>,
     /// The thread copying the worker's stdout and stderr to ours, prefixed.
-    pub output: Option<JoinHandle<()>>,
+    pub output: Option<Forwarder>,
     /// Messages and bytes of the handshake, for the IPC counters.
     pub handshake_ipc: (u64, u64),
     /// The workloads the worker can run (name, element size), as its `Hello` said; for a
@@ -98,6 +99,8 @@ pub(crate) enum StartFailure {
     },
     /// The worker said something procpool cannot accept; it was killed.
     Refused { message: String },
+    /// The worker's executable could not be run (its exec failed): [`Error::Spawn`].
+    Exec(Error),
 }
 
 impl StartFailure {
@@ -122,7 +125,7 @@ impl StartFailure {
             StartFailure::Died { cause, .. } => LossCause::Ended(*cause),
             StartFailure::TimedOut { timeout, .. } => LossCause::NoHandshake(*timeout),
             StartFailure::GaveUp { errno, .. } => LossCause::GaveUp(*errno),
-            StartFailure::Failed { .. } | StartFailure::Refused { .. } => {
+            StartFailure::Failed { .. } | StartFailure::Refused { .. } | StartFailure::Exec(_) => {
                 LossCause::Ended(ExitCause::Unknown)
             }
         };
@@ -170,6 +173,7 @@ impl StartFailure {
                 Error::HandshakeFailed { id, pid, message }
             }
             StartFailure::Refused { message } => Error::Ipc(message),
+            StartFailure::Exec(error) => error,
         }
     }
 }
@@ -206,7 +210,11 @@ pub(crate) struct Starting {
     output_pipe: Option<io::PipeReader>,
     /// The worker is a test binary, whose harness first prints a header of its own.
     test_header: bool,
-    output: Option<JoinHandle<()>>,
+    output: Option<Forwarder>,
+    /// The pipe on which the child reports a failed exec, until it closes.
+    exec_status: Option<io::PipeReader>,
+    /// The executable, for the message when its exec failed.
+    exe: PathBuf,
     /// After `Welcome` was sent: our end of each direction.
     connected: Option<(IpcSender<ToWorker>, IpcReceiver<FromWorker>)>,
     /// Our end of the worker's private socket for input descriptors.
@@ -230,6 +238,9 @@ impl Starting {
 
     /// Moves the handshake on as far as it can go without blocking.
     pub(crate) fn poll(&mut self, dir: &PrivateDir) -> Progress {
+        if let Some(failure) = self.exec_failure() {
+            return self.fail(failure);
+        }
         if let Err(failure) = self.read_report() {
             return self.fail(failure);
         }
@@ -287,7 +298,8 @@ impl Starting {
         Progress::Pending
     }
 
-    /// Kills and reaps the worker and waits for its last output lines.
+    /// Kills and reaps the worker (and its process group) and copies its last output
+    /// lines, for [`OUTPUT_DRAIN`] at most.
     pub(crate) fn abort(&mut self) {
         if let Some(child) = self.child.as_mut() {
             kill_and_reap(child);
@@ -296,7 +308,35 @@ impl Starting {
         self.connected = None;
         self.forward_output();
         if let Some(output) = self.output.take() {
-            let _ = output.join();
+            output.finish(Instant::now() + OUTPUT_DRAIN);
+        }
+    }
+
+    /// The child's exec failed: what it reported on its status pipe. Never waits: the
+    /// child may not have reached its exec yet (or be stopped before it).
+    fn exec_failure(&mut self) -> Option<StartFailure> {
+        let pipe = self.exec_status.as_mut()?;
+        let mut errno = [0u8; 4];
+        // Four bytes written at once to a pipe arrive at once.
+        match pipe.read(&mut errno) {
+            Ok(4) => {
+                self.exec_status = None;
+                let error = io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
+                Some(StartFailure::Exec(spawn_error(self.id, &self.exe, error)))
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                None
+            }
+            // End of file: the exec happened (or the child died before it).
+            _ => {
+                self.exec_status = None;
+                None
+            }
         }
     }
 
@@ -448,6 +488,8 @@ impl Starting {
     }
 
     fn fail(&mut self, failure: StartFailure) -> Progress {
+        // A child whose exec failed exits at once: say why, not how it exited.
+        let failure = self.exec_failure().unwrap_or(failure);
         self.abort();
         Progress::Failed(failure)
     }
@@ -474,7 +516,7 @@ pub(crate) struct WorkerExe {
 }
 
 /// A request to the spawner thread: a command to start, and where to say how it went.
-type SpawnRequest = (SpawnSpec, std::sync::mpsc::Sender<io::Result<u32>>);
+type SpawnRequest = (SpawnSpec, std::sync::mpsc::Sender<io::Result<Spawned>>);
 
 /// The thread a pool starts its spawned workers from.
 ///
@@ -483,6 +525,10 @@ type SpawnRequest = (SpawnSpec, std::sync::mpsc::Sender<io::Result<u32>>);
 /// job, workers would die with that thread: a pool built on a short-lived thread would lose
 /// them all. This thread lives exactly as long as the pool, so workers die with the pool
 /// or with the process, never earlier.
+///
+/// A request returns as soon as the child exists (see
+/// [`spawn_process`](crate::engine::sys::spawn_process)): the thread never waits for a
+/// child's exec, so a child stopped before it holds neither this thread nor its caller.
 #[derive(Debug)]
 pub(crate) struct Spawner {
     requests: Option<std::sync::mpsc::Sender<SpawnRequest>>,
@@ -508,8 +554,8 @@ impl Spawner {
         })
     }
 
-    /// Starts `spec` from the spawner thread; its process id.
-    fn spawn(&self, spec: SpawnSpec) -> io::Result<u32> {
+    /// Starts `spec` from the spawner thread.
+    fn spawn(&self, spec: SpawnSpec) -> io::Result<Spawned> {
         let gone = || io::Error::other("the pool's spawner thread is gone");
         let (reply, answer) = std::sync::mpsc::channel();
         self.requests
@@ -642,13 +688,16 @@ pub(crate) fn spawn_worker(
         .map_err(fail)?;
     // From the pool's spawner thread when it has one (see [`Spawner`]); the pool reaps the
     // worker with waitpid, like a forked one.
-    let pid = match &exe.spawner {
+    let spawned = match &exe.spawner {
         Some(spawner) => spawner.spawn(spec).map_err(fail)?,
         None => crate::engine::sys::spawn_process(&spec).map_err(fail)?,
     };
+    // The handshake's deadline runs from here: the child exists, whether or not it
+    // reached its exec.
+    let started_at = Instant::now();
     // Our copies of the pipes' write ends close, or the readers would never see EOF.
     drop(output_end);
-    let child = Process::from_pid(pid);
+    let child = Process::from_pid(spawned.pid);
     drop(report_end);
     drop(inputs_end);
     let nonblocking = nix::fcntl::fcntl(
@@ -660,9 +709,7 @@ pub(crate) fn spawn_worker(
         pid: child.id(),
         child: Some(child),
         timeout,
-        deadline: Instant::now()
-            .checked_add(timeout)
-            .unwrap_or_else(far_future),
+        deadline: started_at.checked_add(timeout).unwrap_or_else(far_future),
         report: Some(report),
         reported: Vec::new(),
         reported_len: 0,
@@ -671,6 +718,8 @@ pub(crate) fn spawn_worker(
         output_pipe: Some(output),
         test_header: exe.via_test,
         output: None,
+        exec_status: Some(spawned.exec_status),
+        exe: exe.path.clone(),
         connected: None,
         inputs_socket: Some(inputs_socket),
     };
@@ -730,10 +779,11 @@ pub(crate) fn start_workers(
         Err(e) => {
             // `starting` kills and reaps its own when dropped; the ready ones are ours.
             drop(starting);
+            let drain = Instant::now() + OUTPUT_DRAIN;
             for s in started.iter_mut().flatten() {
                 kill_and_reap(&mut s.child);
                 if let Some(output) = s.output.take() {
-                    let _ = output.join();
+                    output.finish(drain);
                 }
             }
             Err(e)
@@ -837,7 +887,8 @@ fn spawn_error(id: usize, exe: &Path, source: io::Error) -> Error {
 /// start only after the last fork.
 ///
 /// The child keeps inherited copies of the parent's ends of its own channels; it is
-/// stopped by the Shutdown message or, if the parent dies, by its death signal.
+/// stopped by the Shutdown message or, if the parent dies, by its death signal. Like a
+/// spawned worker, it leads a process group of its own, which ends with it.
 pub(crate) fn fork_workers(
     shm_fd: std::os::fd::RawFd,
     ids: std::ops::Range<usize>,
@@ -857,7 +908,8 @@ pub(crate) fn fork_workers(
             let (inputs_socket, inputs_end) = crate::engine::sealed::channel()?;
             let cpu = cpu_for(id, pin);
             let pid = crate::engine::sys::fork_child(move || {
-                if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+                if nix::unistd::setpgid(own_group(), own_group()).is_err()
+                    || nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
                     || nix::unistd::getppid() != parent
                 {
                     return 1;
@@ -885,6 +937,9 @@ pub(crate) fn fork_workers(
             // The closure, with the child's ends of the channels and the pipe, was dropped
             // in this process when `fork_child` returned: only the child holds them now.
             readers.push((id, reader));
+            // The child's own first step, done here too so that it holds from now on.
+            let group = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::unistd::setpgid(group, group);
             Ok(Started {
                 id,
                 pid,
@@ -918,12 +973,18 @@ pub(crate) fn fork_workers(
     Ok(started)
 }
 
+/// `setpgid`'s "the calling process": in the child, a group led by itself.
+fn own_group() -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(0)
+}
+
 /// The CPU worker `id` is pinned to: CPUs are dealt round-robin over `pin` (empty: none).
 pub(crate) fn cpu_for(id: usize, pin: &[usize]) -> Option<usize> {
     (!pin.is_empty()).then(|| pin[id % pin.len()])
 }
 
-/// Waits up to `grace` for `child` to exit, then kills it; always reaps it.
+/// Waits up to `grace` for `child` to exit, then kills it; always reaps it (and ends its
+/// process group, see [`Process`]).
 pub(crate) fn reap_within(child: &mut Process, grace: Duration) -> ExitCause {
     let deadline = Instant::now().checked_add(grace).unwrap_or_else(far_future);
     loop {
@@ -939,44 +1000,156 @@ pub(crate) fn reap_within(child: &mut Process, grace: Duration) -> ExitCause {
     }
 }
 
-/// Kills `child` (if still running) and reaps it.
+/// Kills `child` (if still running) and reaps it, ending its process group.
 pub(crate) fn kill_and_reap(child: &mut Process) {
     child.kill();
     let _ = child.wait();
 }
 
-/// Copies a worker's output to our stderr, one `[worker N] line` at a time, until the
-/// worker exits. `None` if no thread could be started (the output is then dropped).
-/// With `test_header`, the test harness's own first lines (blank, `running 1 test`) are
-/// left out.
-fn forward_output(id: usize, reader: io::PipeReader, test_header: bool) -> Option<JoinHandle<()>> {
-    std::thread::Builder::new()
+/// How long a worker's output is still copied once the worker is reaped. What it wrote
+/// before it ended is in the pipe by then; a process that inherited the pipe and left the
+/// worker's process group (`setsid`) may hold it open for as long as it lives, and is not
+/// waited for.
+pub(crate) const OUTPUT_DRAIN: Duration = Duration::from_millis(150);
+
+/// The thread copying a worker's stdout and stderr to ours, one `[worker N] line` at a
+/// time, and the means to stop it.
+///
+/// End of file on the pipe does not mean the worker is gone (a process it started may hold
+/// the pipe), so the pool stops the thread itself once it reaped the worker: the thread
+/// copies what is left for a moment ([`Forwarder::finish`]), then drops the pipe.
+#[derive(Debug)]
+pub(crate) struct Forwarder {
+    thread: JoinHandle<()>,
+    /// When to stop copying; set once.
+    stop_at: Arc<OnceLock<Instant>>,
+    /// Dropped to wake the thread when `stop_at` is set.
+    wake: Option<io::PipeWriter>,
+    /// Disconnected when the thread ends.
+    ended: mpsc::Receiver<()>,
+}
+
+impl Forwarder {
+    /// The worker is reaped: copy what is left in its pipe until `deadline` (an earlier
+    /// deadline, once given, stays), then stop.
+    pub(crate) fn stop_by(&mut self, deadline: Instant) {
+        let _ = self.stop_at.set(deadline);
+        self.wake = None;
+    }
+
+    /// Stops the thread by `deadline` and waits for it until then. A thread still writing
+    /// to our stderr after that (a reader that does not read) is left to itself: it holds
+    /// only the pipe, and nothing waits for it.
+    pub(crate) fn finish(mut self, deadline: Instant) {
+        self.stop_by(deadline);
+        let deadline = *self.stop_at.get().unwrap_or(&deadline);
+        // A moment past the deadline for the thread to notice it.
+        let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(20);
+        if let Err(mpsc::RecvTimeoutError::Disconnected) = self.ended.recv_timeout(wait) {
+            let _ = self.thread.join();
+        }
+    }
+}
+
+/// Starts copying a worker's output to our stderr. `None` if no thread could be started
+/// (the output is then dropped). With `test_header`, the test harness's own first lines
+/// (blank, `running 1 test`) are left out.
+fn forward_output(id: usize, reader: io::PipeReader, test_header: bool) -> Option<Forwarder> {
+    let (wake_rx, wake) = io::pipe().ok()?;
+    let stop_at = Arc::new(OnceLock::new());
+    let (ended_tx, ended) = mpsc::channel::<()>();
+    let stop = Arc::clone(&stop_at);
+    let thread = std::thread::Builder::new()
         .name(format!("procpool-out-{id}"))
         .stack_size(64 * 1024)
         .spawn(move || {
-            let mut lines = BufReader::new(reader);
-            let mut line = Vec::new();
-            let mut in_header = test_header;
-            loop {
-                line.clear();
-                match lines.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_)
-                        if in_header
-                            && (line.trim_ascii().is_empty() || line.starts_with(b"running ")) => {}
-                    Ok(_) => {
-                        in_header = false;
-                        if line.last() != Some(&b'\n') {
-                            line.push(b'\n');
-                        }
-                        let mut err = io::stderr().lock();
-                        let _ = write!(err, "[worker {id}] ");
-                        let _ = err.write_all(&line);
-                    }
+            let _ended = ended_tx;
+            copy_lines(id, &reader, &wake_rx, &stop, test_header);
+        })
+        .ok()?;
+    Some(Forwarder {
+        thread,
+        stop_at,
+        wake: Some(wake),
+        ended,
+    })
+}
+
+/// The longest line of a worker's output kept whole.
+const LINE_MAX: usize = 64 * 1024;
+
+/// The forwarding thread: copies whole lines from `reader` to our stderr until end of
+/// file, or, once `wake` is closed, until the deadline in `stop_at`.
+fn copy_lines(
+    id: usize,
+    mut reader: &io::PipeReader,
+    wake: &io::PipeReader,
+    stop_at: &OnceLock<Instant>,
+    test_header: bool,
+) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut pending: Vec<u8> = Vec::new();
+    let mut in_header = test_header;
+    let emit = |line: &[u8], in_header: &mut bool| {
+        if *in_header && (line.trim_ascii().is_empty() || line.starts_with(b"running ")) {
+            return;
+        }
+        *in_header = false;
+        let mut err = io::stderr().lock();
+        let _ = write!(err, "[worker {id}] ");
+        let _ = err.write_all(line);
+        if line.last() != Some(&b'\n') {
+            let _ = err.write_all(b"\n");
+        }
+    };
+    let mut buf = [0u8; 8192];
+    loop {
+        let timeout = match stop_at.get() {
+            Some(&deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::NONE,
+        };
+        let mut fds = vec![PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
+        if stop_at.get().is_none() {
+            fds.push(PollFd::new(wake.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, timeout) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+        let readable = fds[0].any().unwrap_or(true);
+        if !readable {
+            // Only the wake-up: the deadline is set now.
+            continue;
+        }
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => {
+                pending.extend_from_slice(&buf[..k]);
+                while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    emit(&line, &mut in_header);
+                }
+                // A line this long is passed on in pieces.
+                if pending.len() > LINE_MAX {
+                    emit(&pending, &mut in_header);
+                    pending.clear();
                 }
             }
-        })
-        .ok()
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    if !pending.is_empty() {
+        emit(&pending, &mut in_header);
+    }
 }
 
 #[cfg(test)]
