@@ -397,6 +397,64 @@ fn sigkilled_procpool_takes_every_worker_with_it_within_a_second() {
     sandbox.assert_swept_after_sudden_death(&out.tag, &out.args);
 }
 
+fn children_a_kernel_leaves_behind_end_with_their_worker(dispatch: &'static str) {
+    // Each `fork@K` leaves a child that sleeps holding its worker's output pipe and channel
+    // (as a kernel's stray helper would): neither may keep the run from ending, and none
+    // may outlive it.
+    let sandbox = Sandbox::with_dispatch(dispatch);
+    let out = sandbox
+        .command(&[
+            "--workers",
+            "2",
+            "--chunk-size",
+            "10000",
+            "squares",
+            "1e5",
+            "--inject",
+            "fork@1",
+            "--inject",
+            "fork@6",
+            "--json",
+        ])
+        .deadline(Duration::from_secs(30))
+        .run();
+    out.assert_code(EXIT_OK);
+    assert_eq!(out.json()["verified"], true, "{}", out.stdout);
+    sandbox.assert_nothing_left(&out);
+}
+
+fn a_worker_whose_child_holds_its_channel_is_still_seen_to_die(dispatch: &'static str) {
+    // One worker: it forks a child at chunk 0 (the child holds the worker's end of the
+    // channel, so the channel never closes), then SIGKILLs itself at chunk 1. The death is
+    // seen from the process, the chunk retried, the run verified.
+    let sandbox = Sandbox::with_dispatch(dispatch);
+    let out = sandbox
+        .command(&[
+            "--workers",
+            "1",
+            "--chunk-size",
+            "10000",
+            "squares",
+            "1e5",
+            "--inject",
+            "fork@0",
+            "--inject",
+            "kill@1",
+            "--json",
+        ])
+        .deadline(Duration::from_secs(30))
+        .run();
+    out.assert_code(EXIT_OK);
+    let report = out.json();
+    assert_eq!(report["verified"], true, "{report}");
+    assert_eq!(report["restarts"], 1, "{report}");
+    assert!(
+        report["deaths"].to_string().contains("killed by SIGKILL"),
+        "{report}"
+    );
+    sandbox.assert_nothing_left(&out);
+}
+
 on_both_dispatches!(
     workers_are_recycled_after_n_chunks_and_past_a_memory_cap_without_a_death,
     a_worker_killed_holding_a_claimed_chunk_is_replaced_and_its_chunk_retried,
@@ -406,4 +464,6 @@ on_both_dispatches!(
     retries_and_restarts_are_bounded,
     sigint_mid_run_exits_130_and_stops_every_worker,
     sigterm_mid_run_exits_143_and_stops_every_worker,
+    children_a_kernel_leaves_behind_end_with_their_worker,
+    a_worker_whose_child_holds_its_channel_is_still_seen_to_die,
 );
