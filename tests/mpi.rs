@@ -290,6 +290,34 @@ fn the_text_report_names_the_ranks_and_the_routes() {
 }
 
 #[test]
+fn an_empty_job_verifies_as_on_the_process_backend() {
+    let _serial = serial();
+    let before = dev_shm();
+    // n = 0: an empty window, viewed as elements of every size, on both routes.
+    for args in [
+        &["squares", "0"][..],
+        &["squares", "0", "--mpi-node-size", "1", "--mpi-route", "put"],
+        &[
+            "squares",
+            "0",
+            "--mpi-node-size",
+            "1",
+            "--mpi-route",
+            "send",
+        ],
+        &["mandelbrot", "0"],
+        &["hash", "0", "--repeat", "2"],
+    ] {
+        let v = json_run(3, args);
+        assert_eq!(v["verified"], Value::Bool(true), "{args:?}: {v}");
+        assert_eq!(v["n"], 0, "{args:?}: {v}");
+        assert_eq!(v["mpi"]["window_bytes"], 0, "{args:?}: {v}");
+    }
+    let left: Vec<_> = dev_shm().difference(&before).cloned().collect();
+    assert!(left.is_empty(), "left in /dev/shm: {left:?}");
+}
+
+#[test]
 fn repeated_rounds_reuse_the_ranks_and_verify_each() {
     let _serial = serial();
     let v = json_run(3, &["squares", "100000", "--repeat", "3", "--warmup", "1"]);
