@@ -762,3 +762,120 @@ fn a_hostfile_run_on_two_hosts_verifies_with_results_crossing_between_them() {
         String::from_utf8_lossy(&left.stdout)
     );
 }
+
+/// The rank number of process `pid` of an mpirun (`OMPI_COMM_WORLD_RANK` in its
+/// environment).
+fn rank_number(pid: u32) -> Option<usize> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ
+        .split(|&b| b == 0)
+        .find_map(|kv| kv.strip_prefix(b"OMPI_COMM_WORLD_RANK="))
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+}
+
+/// CPU time of `pid` so far, in clock ticks (user + system); `None` once it is gone.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Waits (up to [`DEADLINE`]) until rank 0 (`ranks[0]`) computes alone while the workers
+/// idle: every chunk is done and rank 0 runs the single-process baseline. Panics when the
+/// job ends first.
+fn wait_for_the_baseline(ranks: &[u32]) {
+    let began = Instant::now();
+    let ticks = || {
+        ranks
+            .iter()
+            .map(|&p| cpu_ticks(p))
+            .collect::<Option<Vec<u64>>>()
+    };
+    let mut last = ticks().expect("the ranks run");
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = ticks().expect("the job ended before its baseline was seen");
+        let root = now[0] - last[0];
+        let workers: u64 = now[1..].iter().zip(&last[1..]).map(|(n, l)| n - l).sum();
+        // Rank 0 busy (at least 50 ms of CPU in 300 ms), the workers four times less.
+        if root >= 5 && workers * 4 < root {
+            return;
+        }
+        assert!(began.elapsed() < DEADLINE, "no baseline seen: {now:?}");
+        last = now;
+    }
+}
+
+#[test]
+fn a_rank_killed_during_the_baseline_is_named_with_the_phase() {
+    let _serial = serial();
+    // Rank 1 (rank 0 then says so itself) and rank 0 (the launcher says so).
+    for victim in [1, 0] {
+        let child = launched(3, &["hash", "20000", "--rounds", "200"]);
+        let launcher = child.id();
+        let (mpirun, seen) = three_ranks(|| ranks_of(launcher).first().copied());
+        let mut by_rank = vec![0u32; 3];
+        for &pid in &seen {
+            by_rank[rank_number(pid).expect("a rank number")] = pid;
+        }
+        wait_for_the_baseline(&by_rank);
+        let pid = by_rank[victim];
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        let out = finish(child, &format!("rank {victim} killed in the baseline"));
+        assert_eq!(out.code, Some(1), "rank {victim}: {}", out.stderr);
+        let line = out
+            .stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("procpool: MPI rank {victim} (pid {pid} on host ")))
+            .unwrap_or_else(|| panic!("no line naming rank {victim}: {}", out.stderr));
+        assert!(
+            line.contains("died during the single-process baseline"),
+            "{line}"
+        );
+        assert!(line.contains("mpirun stopped every rank"), "{line}");
+        all_gone(&[&seen[..], &[mpirun]].concat());
+    }
+}
+
+/// What `dir` holds now.
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_double_sigterm_ends_the_run_and_leaves_nothing_in_tmpdir() {
+    let _serial = serial();
+    let tmpdir = tempfile::tempdir().expect("a temporary directory");
+    for pause in [Duration::from_millis(100), Duration::from_millis(1500)] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_procpool"));
+        command
+            .args(["--backend", "mpi", "--ranks", "3"])
+            .args(["hash", "2000000", "--rounds", "50"])
+            .env("TMPDIR", tmpdir.path());
+        let child = start(command);
+        let launcher = child.id();
+        let (mpirun, seen) = three_ranks(|| ranks_of(launcher).first().copied());
+        std::thread::sleep(Duration::from_millis(800));
+        // Open MPI's session directory is there while the job runs.
+        assert!(!entries(tmpdir.path()).is_empty(), "mpirun uses TMPDIR");
+        for _ in 0..2 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &launcher.to_string()])
+                .status();
+            std::thread::sleep(pause);
+        }
+        let out = finish(child, "two SIGTERMs");
+        assert_eq!(out.code, Some(143), "{}", out.stderr);
+        all_gone(&[&seen[..], &[mpirun]].concat());
+        let left = entries(tmpdir.path());
+        assert!(left.is_empty(), "after {pause:?}: left in TMPDIR: {left:?}");
+    }
+}

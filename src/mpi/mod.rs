@@ -28,8 +28,11 @@
 //! limits and the threads and single modes are for the process backend.
 
 mod job;
+mod launch;
 mod window;
 mod wire;
+
+pub use launch::{Launch, error_left_to_launcher, kill_mpirun};
 
 use crate::error::{Error, Result};
 pub use crate::lab::model::MpiReport;
@@ -137,8 +140,12 @@ fn run_with<W: Workload>(
     match &result {
         // The job was stopped from outside, or the ranks are out of step: MPI_Finalize
         // would wait for ranks that are gone or waiting. The process is about to exit, and
-        // mpirun then stops the others.
-        Err(e) if job::stopped(e) => std::mem::forget(universe),
+        // mpirun then stops the others (and may drop what this rank prints: under
+        // `procpool --ranks`, rank 0 leaves its error for the launcher to print).
+        Err(e) if job::stopped(e) => {
+            launch::record_stop(e);
+            std::mem::forget(universe)
+        }
         _ => drop(universe),
     }
     result
