@@ -40,7 +40,7 @@ pub(crate) fn launch(ranks: u64, interrupt: &Interrupt) -> anyhow::Result<ExitCo
     }
     // SIGINT and SIGTERM are taken here, one by one, instead of by the handlers that make
     // a second one exit at once: this process cleans up after mpirun first. (This thread
-    // is the only one; a child's mask is reset when it starts.)
+    // is the only one.)
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
@@ -68,12 +68,14 @@ pub(crate) fn launch(ranks: u64, interrupt: &Interrupt) -> anyhow::Result<ExitCo
         .process_group(0);
     // If this process is killed outright (SIGKILL, which it cannot pass on), mpirun gets
     // SIGTERM from the kernel and stops the ranks: no job runs on without its launcher.
+    // The child inherits the mask set above: mpirun must take SIGINT and SIGTERM again.
     // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed: it makes one prctl system call and allocates
-    // nothing.
+    // async-signal-safe calls are allowed: it makes one prctl and one sigprocmask system
+    // call (pthread_sigmask) and allocates nothing.
     unsafe {
-        mpirun.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+        mpirun.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
+            signals.thread_unblock().map_err(std::io::Error::from)
         })
     };
     let mut child = mpirun.spawn().map_err(|e| match e.kind() {
