@@ -127,7 +127,7 @@ pub(crate) fn launch(ranks: u64, interrupt: &Interrupt) -> anyhow::Result<ExitCo
         // A rank that died (mpirun exits with its status or 128 + its signal) or failed:
         // rank 0 said why, here or on stderr.
         _ => {
-            if let Some(why) = launch.failure() {
+            if let Some(why) = launch.failure(status.code()) {
                 eprintln!("procpool: {why}");
             }
             ExitCode::from(EXIT_FAILED)

@@ -879,3 +879,35 @@ fn a_double_sigterm_ends_the_run_and_leaves_nothing_in_tmpdir() {
         assert!(left.is_empty(), "after {pause:?}: left in TMPDIR: {left:?}");
     }
 }
+
+#[test]
+fn a_run_directory_left_by_a_killed_procpool_is_removed_by_the_next_run() {
+    let _serial = serial();
+    let tmpdir = tempfile::tempdir().expect("a temporary directory");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_procpool"));
+    command
+        .args(["--backend", "mpi", "--ranks", "3"])
+        .args(["hash", "2000000", "--rounds", "50"])
+        .env("TMPDIR", tmpdir.path());
+    let mut child = start(command);
+    let launcher = child.id();
+    let (mpirun, seen) = three_ranks(|| ranks_of(launcher).first().copied());
+    child.kill().expect("SIGKILL procpool");
+    child.wait().expect("reap procpool");
+    all_gone(&[&seen[..], &[mpirun]].concat());
+    // Nobody was left to remove it.
+    let left = entries(tmpdir.path());
+    assert!(
+        left.iter()
+            .any(|e| e.starts_with(&format!("procpool-mpi-{launcher}-"))),
+        "{left:?}"
+    );
+    let mut command = Command::new(env!("CARGO_BIN_EXE_procpool"));
+    command
+        .args(["--backend", "mpi", "--ranks", "2", "squares", "1000"])
+        .env("TMPDIR", tmpdir.path());
+    let out = finish(start(command), "the next run");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let left = entries(tmpdir.path());
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+}

@@ -234,13 +234,16 @@ impl Launch {
         }
     }
 
-    /// After mpirun failed: what rank 0 said stopped the job, or else the rank seen gone
-    /// and when; `None` when neither is known (rank 0 printed its own error).
-    pub fn failure(&mut self) -> Option<String> {
+    /// After mpirun failed with exit code `code`: what rank 0 said stopped the job, or
+    /// else, when a rank was killed by a signal (mpirun exits with 128 + its number), the
+    /// rank seen gone and when; `None` when neither is known (rank 0 printed its own error).
+    pub fn failure(&mut self, code: Option<i32>) -> Option<String> {
         self.watch();
         match self.read().and_then(|r| r.error) {
             Some(error) => Some(error),
-            None => self.lost.as_ref().map(|e| e.to_string()),
+            // Ranks that end by themselves (a failed job) are not lost ones.
+            None if code.is_some_and(|c| c > 128) => self.lost.as_ref().map(|e| e.to_string()),
+            None => None,
         }
     }
 }
@@ -330,5 +333,61 @@ fn sweep(parent: &Path) {
         if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == me) {
             let _ = std::fs::remove_dir_all(&path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_launcher_names_a_rank_gone_from_its_host_with_the_phase_rank_0_wrote() {
+        let mut launch = Launch::create().expect("a run directory");
+        let mode = std::fs::metadata(launch.dir()).expect("it exists").mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let me = std::process::id();
+        let started = crate::engine::sys::process_started(me)
+            .expect("this process")
+            .0;
+        // A process that has ended and been reaped.
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("true runs");
+        let gone = child.id();
+        child.wait().expect("reaped");
+        let mut state = State {
+            path: launch.state_path(),
+            phase: Phase::Pool,
+            ranks: vec![
+                (me, started, launch.host.clone()),
+                (gone, 1, launch.host.clone()),
+            ],
+            error: None,
+        };
+        assert!(state.write());
+        state.phase = Phase::Baseline;
+        assert!(state.write());
+        launch.watch();
+        // Ranks that end by themselves are not named; one killed by a signal is.
+        assert_eq!(launch.failure(Some(1)), None);
+        let line = launch.failure(Some(137)).expect("a lost rank");
+        assert!(
+            line.starts_with(&format!("MPI rank 1 (pid {gone} on host ")),
+            "{line}"
+        );
+        assert!(
+            line.contains("died during the single-process baseline"),
+            "{line}"
+        );
+        // What rank 0 said comes first.
+        state.error = Some("MPI rank 2 died".into());
+        assert!(state.write());
+        assert_eq!(
+            launch.failure(Some(137)).as_deref(),
+            Some("MPI rank 2 died")
+        );
+        let dir = launch.dir().to_path_buf();
+        drop(launch);
+        assert!(!dir.exists(), "the run directory goes with it");
     }
 }

@@ -23,8 +23,10 @@
 //!
 //! What it does not do that the process pool does: plain MPI cannot replace a dead rank,
 //! so there are no restarts or retries; a rank that dies ends the whole job (mpirun stops
-//! the others, and rank 0 names the rank, its host and the chunk it was running), and a
-//! kernel panic ends it with an error naming the same. Streaming to a file, chunk time
+//! the others, and rank 0 names the rank, its host and the chunk it was running, or that it
+//! died during the baseline or the verification; `procpool --ranks` names a lost rank 0
+//! the same way), and a kernel panic ends it with an error naming the same. `procpool
+//! --ranks` gives mpirun a private `TMPDIR` ([`Launch`]), removed however the run ends. Streaming to a file, chunk time
 //! limits and the threads and single modes are for the process backend.
 
 mod job;
@@ -93,7 +95,9 @@ impl std::fmt::Display for ResultRoute {
 /// `options.run.pool.supervision.interrupt` reports the signal, a worker rank exits the
 /// process at once with code 128 + the signal, and rank 0 returns
 /// [`Error::RankLost`] (a rank on its host is gone: which one, and the chunk it was
-/// running) or [`Error::Interrupted`], without finalizing MPI: exit the process then.
+/// running or what the job was doing) or [`Error::Interrupted`], without finalizing MPI:
+/// exit the process then. mpirun may drop what the ranks print while it stops them: under
+/// `procpool --ranks`, rank 0 also leaves the error for the launcher ([`Launch`]) to print.
 ///
 /// Call it before your program starts threads: it sets the Open MPI variables the
 /// environment lacks (see [`MpiReport::mca_set`]) before `MPI_Init`, and changing the
