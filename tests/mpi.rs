@@ -606,6 +606,8 @@ fn sigint_and_sigterm_stop_the_job_with_130_and_143_and_leave_nothing() {
     }
     // procpool SIGKILLed: mpirun gets SIGTERM from the kernel and stops every rank (the job
     // itself would run for minutes). No pipes: an orphaned mpirun would hold them open.
+    // A TMPDIR of its own: procpool's run directory stays behind (the next run removes it).
+    let tmpdir = tempfile::tempdir().expect("a temporary directory");
     let mut child = Command::new(env!("CARGO_BIN_EXE_procpool"))
         .args([
             "--backend",
@@ -619,6 +621,7 @@ fn sigint_and_sigterm_stop_the_job_with_130_and_143_and_leave_nothing() {
         ])
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("TMPDIR", tmpdir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

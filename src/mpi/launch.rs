@@ -252,29 +252,15 @@ impl Launch {
 /// process groups of their own), with SIGKILL, and everything they started: for a second
 /// interrupt, which ends the run at once.
 pub fn kill_mpirun(mpirun: u32) {
-    let mut parents: Vec<(u32, u32)> = Vec::new();
-    if let Ok(procs) = std::fs::read_dir("/proc") {
-        for entry in procs.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
+    let parents: Vec<(u32, u32)> = super::processes()
+        .into_iter()
+        .filter_map(|(pid, dir)| {
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
             // After the name in parentheses: the state, then the parent's pid.
-            let ppid = stat
-                .rfind(')')
-                .and_then(|at| stat[at + 1..].split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if let Some(ppid) = ppid {
-                parents.push((pid, ppid));
-            }
-        }
-    }
+            let ppid = stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?;
+            Some((pid, ppid.parse().ok()?))
+        })
+        .collect();
     let mut doomed = vec![mpirun];
     let mut at = 0;
     while at < doomed.len() {

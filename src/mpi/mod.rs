@@ -240,22 +240,22 @@ pub(crate) fn remove_stale_segments() -> u64 {
     removed
 }
 
+/// Every process: its pid and its directory in `/proc`.
+fn processes() -> Vec<(u32, std::path::PathBuf)> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path())))
+        .collect()
+}
+
 /// Every file some process maps, from `/proc/*/maps`.
 fn mapped_paths() -> std::collections::HashSet<std::path::PathBuf> {
     let mut mapped = std::collections::HashSet::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return mapped;
-    };
-    for entry in procs.filter_map(|e| e.ok()) {
-        if !entry
-            .file_name()
-            .to_string_lossy()
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-        {
-            continue;
-        }
-        let Ok(maps) = std::fs::read_to_string(entry.path().join("maps")) else {
+    for (_, dir) in processes() {
+        let Ok(maps) = std::fs::read_to_string(dir.join("maps")) else {
             continue;
         };
         for line in maps.lines() {
