@@ -458,7 +458,7 @@ pub(crate) struct RunArgs {
     /// With --backend mpi: treat every N consecutive ranks as one node instead of asking MPI
     /// (1: every result takes the route between nodes)
     #[arg(help_heading = WORKERS, long, global = true, value_name = "N",
-          value_parser = clap::value_parser!(u64).range(1..))]
+          allow_negative_numbers = true, value_parser = parse_node_size)]
     pub mpi_node_size: Option<u64>,
 
     /// With --backend mpi: how results of ranks on other nodes reach rank 0's window,
@@ -471,7 +471,7 @@ pub(crate) struct RunArgs {
     /// --oversubscribe when K exceeds the CPUs), and exit 130/143 when interrupted, which
     /// mpirun itself does not
     #[arg(help_heading = WORKERS, long, global = true, value_name = "K",
-          value_parser = clap::value_parser!(u64).range(2..=4096))]
+          allow_negative_numbers = true, value_parser = parse_ranks)]
     pub ranks: Option<u64>,
 
     /// How worker processes start: re-executing this binary, or fork (only from a
@@ -763,6 +763,26 @@ fn parse_workers(s: &str) -> Result<List<usize>, String> {
         }
         usize::try_from(n).map_err(|_| format!("`{part}` is too large"))
     })
+}
+
+/// The most ranks `--ranks` starts on this machine.
+const MAX_RANKS: u64 = 4096;
+
+fn parse_ranks(s: &str) -> Result<u64, String> {
+    match parse_positive(s)? {
+        k @ 2..=MAX_RANKS => Ok(k),
+        k @ (0 | 1) => Err(format!(
+            "--ranks must be at least 2, rank 0 and a worker (got {k})"
+        )),
+        k => Err(format!("--ranks must be at most {MAX_RANKS} (got {k})")),
+    }
+}
+
+fn parse_node_size(s: &str) -> Result<u64, String> {
+    match parse_positive(s)? {
+        0 => Err("--mpi-node-size must be at least 1 (got 0)".into()),
+        n => Ok(n),
+    }
 }
 
 fn parse_chunk_sizes(s: &str) -> Result<List<ChunkSize>, String> {

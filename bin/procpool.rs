@@ -2,6 +2,8 @@
 
 mod cli;
 mod generate;
+#[cfg(feature = "mpi")]
+mod mpirun;
 mod notice;
 mod parse;
 mod progress;
@@ -19,8 +21,8 @@ use procpool::{Interrupt, Reduce, Report, RunOptions, Supervision, Workload};
 
 /// Exit codes: 0 done and verified, 1 the job failed, 2 bad input (nothing started),
 /// 130/143 interrupted by SIGINT/SIGTERM.
-const EXIT_FAILED: u8 = 1;
-const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_FAILED: u8 = 1;
+pub(crate) const EXIT_USAGE: u8 = 2;
 /// How long the report waits for queued lines about lost workers to reach stderr.
 const NOTICE_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -272,7 +274,7 @@ fn mpi_run(
     let mut run = run_options(args, interrupt.clone(), false)?;
     run.pool.observer = None;
     if let Some(ranks) = args.ranks {
-        return launch(ranks, &interrupt);
+        return mpirun::launch(ranks, &interrupt);
     }
     let options = procpool::mpi::MpiOptions {
         run,
@@ -295,97 +297,10 @@ fn mpi_run(
 
 /// Whether this process is a rank of an MPI job (Open MPI, or another PMI launcher).
 #[cfg(feature = "mpi")]
-fn under_mpirun() -> bool {
+pub(crate) fn under_mpirun() -> bool {
     ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"]
         .iter()
         .any(|v| std::env::var_os(v).is_some())
-}
-
-/// `procpool --backend mpi --ranks K ...`: runs `mpirun -np K` on this same command line
-/// without `--ranks`, waits for it, and turns its end into procpool's exit codes. mpirun
-/// answers its own SIGINT or SIGTERM by stopping every rank and exiting 1 whatever the
-/// ranks did (Open MPI's choice, fixed in its launcher), so the signal is caught here and
-/// passed on, and this process exits 130 or 143 once mpirun is done.
-#[cfg(feature = "mpi")]
-fn launch(ranks: u64, interrupt: &Interrupt) -> anyhow::Result<ExitCode> {
-    use std::os::unix::process::CommandExt;
-    if under_mpirun() {
-        return Err(usage(
-            "--ranks starts mpirun itself: under mpirun, drop it (mpirun's -np sets the ranks)",
-        ));
-    }
-    let exe = std::env::current_exe().context("cannot find this program to start its ranks")?;
-    // The same command line without --ranks K.
-    let mut args = Vec::new();
-    let mut given = std::env::args_os().skip(1);
-    while let Some(arg) = given.next() {
-        match arg.to_str() {
-            Some("--ranks") => {
-                given.next();
-            }
-            Some(a) if a.starts_with("--ranks=") => {}
-            _ => args.push(arg),
-        }
-    }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-    let mut mpirun = std::process::Command::new("mpirun");
-    mpirun.arg("-np").arg(ranks.to_string());
-    if ranks > cpus {
-        mpirun.arg("--oversubscribe");
-    }
-    // mpirun in a process group of its own: a Ctrl-C reaches this process only, and mpirun
-    // gets one SIGTERM from it (a second signal within 5 s makes mpirun exit without
-    // stopping the ranks). Its stdin is not the terminal, which only the foreground group
-    // may read.
-    mpirun
-        .arg(&exe)
-        .args(&args)
-        .stdin(std::process::Stdio::null())
-        .process_group(0);
-    // If this process is killed outright (SIGKILL, which it cannot pass on), mpirun gets
-    // SIGTERM from the kernel and stops the ranks: no job runs on without its launcher.
-    // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed: it makes one prctl system call and allocates
-    // nothing.
-    unsafe {
-        mpirun.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-                .map_err(std::io::Error::from)
-        })
-    };
-    let mut child = mpirun.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => usage(
-            "--ranks runs mpirun, which is not installed: apt-get install openmpi-bin \
-                 libopenmpi-dev (README: \"Beyond one machine\")",
-        ),
-        _ => anyhow::anyhow!("cannot start mpirun: {e}"),
-    })?;
-    let mut passed_on = None;
-    let status = loop {
-        if let Some(status) = child.try_wait().context("cannot wait for mpirun")? {
-            break status;
-        }
-        if passed_on.is_none()
-            && let Some(signal) = interrupt.requested()
-        {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            passed_on = Some(signal);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
-    if let Some(signal) = passed_on.or_else(|| interrupt.requested()) {
-        let name = nix::sys::signal::Signal::try_from(signal).map_or("a signal", |s| s.as_str());
-        eprintln!("procpool: interrupted by {name}: mpirun stopped every rank");
-        return Ok(ExitCode::from(128 + signal as u8));
-    }
-    Ok(match status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        Some(2) => ExitCode::from(EXIT_USAGE),
-        // A rank that died (mpirun exits with its status or 128 + its signal) or failed:
-        // rank 0 said why on stderr.
-        _ => ExitCode::from(EXIT_FAILED),
-    })
 }
 
 /// One run on the MPI backend.
@@ -398,7 +313,9 @@ struct MpiRun {
 #[cfg(feature = "mpi")]
 impl WithWorkload for MpiRun {
     fn with<W: Workload>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
-        match procpool::mpi::run(workload, n, &self.options)? {
+        match procpool::mpi::run(workload, n, &self.options)
+            .or_else(mpirun::exit_if_left_to_launcher)?
+        {
             Some(report) => {
                 print_text_or_json(&report, self.json, procpool::report::render_text)?;
                 Ok(verdict(&report))
@@ -408,7 +325,9 @@ impl WithWorkload for MpiRun {
     }
 
     fn with_reduce<W: Reduce>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
-        match procpool::mpi::run_reduce(workload, n, &self.options)? {
+        match procpool::mpi::run_reduce(workload, n, &self.options)
+            .or_else(mpirun::exit_if_left_to_launcher)?
+        {
             Some(report) => {
                 print_text_or_json(&report, self.json, procpool::report::render_text)?;
                 Ok(verdict(&report))
@@ -465,7 +384,7 @@ fn default_workers() -> anyhow::Result<(usize, procpool::lab::WorkersFrom)> {
     )?)
 }
 
-fn usage(message: &str) -> anyhow::Error {
+pub(crate) fn usage(message: &str) -> anyhow::Error {
     anyhow::Error::new(procpool::Error::InvalidInput {
         option: None,
         message: message.to_string(),

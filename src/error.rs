@@ -182,8 +182,11 @@ pub enum Error {
     #[error(
         "MPI rank {rank} (pid {pid} on host {host}) died{}; mpirun stopped every rank (the \
          MPI backend cannot replace a rank or retry its chunk: the process backend can)",
-        chunk.map(|(id, start, end)| format!(" while running chunk {id} (elements {start}..{end})"))
-            .unwrap_or_default()
+        match (chunk, during) {
+            (Some((id, start, end)), _) => format!(" while running chunk {id} (elements {start}..{end})"),
+            (None, Some(phase)) => rank_lost_phase_text(*phase).to_string(),
+            (None, None) => String::new(),
+        }
     )]
     RankLost {
         /// The rank in `MPI_COMM_WORLD`.
@@ -194,6 +197,9 @@ pub enum Error {
         host: String,
         /// The chunk it was running (id, first index, one past the last), if it had one.
         chunk: Option<(u64, u64, u64)>,
+        /// What the job was doing when it died, when known: [`Phase::Baseline`] and
+        /// [`Phase::Verify`] come after every chunk is done.
+        during: Option<Phase>,
     },
 
     /// The queue's control block in shared memory held a value its posting cannot have (a
@@ -283,6 +289,17 @@ fn interrupted_text(phase: Phase, chunks: u64, elements: u64, n: u64, workers: u
             chunks_text(chunks)
         ),
         Phase::Single => format!(" during the single-process job ({progress})"),
+    }
+}
+
+/// What the MPI job was doing when a rank died, as the end of "MPI rank R … died".
+fn rank_lost_phase_text(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Start => " while the ranks started",
+        Phase::Pool => " while the ranks computed the job",
+        Phase::Baseline => " during the single-process baseline, after every chunk was done",
+        Phase::Verify => " while the outputs were compared, after every chunk was done",
+        Phase::Threads | Phase::Single => "",
     }
 }
 

@@ -337,6 +337,25 @@ fn negative_counts_are_refused_naming_the_flag() {
 }
 
 #[test]
+fn negative_rank_counts_and_node_sizes_are_value_errors_naming_the_flag() {
+    // Parsed in every build, with the mpi feature or without: a value error, not an
+    // "unexpected argument".
+    for flag in ["--ranks", "--mpi-node-size"] {
+        for args in [
+            &["--backend", "mpi", flag, "-1", "squares", "10"][..],
+            &["squares", "10", "--backend", "mpi", flag, "-1"][..],
+        ] {
+            let line = refused(args);
+            assert_names(&line, &[flag, "`-1` is negative", "≥ 1"]);
+        }
+    }
+    let line = refused(&["--backend", "mpi", "--ranks", "1", "squares", "10"]);
+    assert_names(&line, &["--ranks", "at least 2", "rank 0 and a worker"]);
+    let line = refused(&["--backend", "mpi", "--ranks", "5000", "squares", "10"]);
+    assert_names(&line, &["--ranks", "at most 4096"]);
+}
+
+#[test]
 fn work_per_element_beyond_an_hour_is_refused_naming_the_flag_and_the_limit() {
     let line = refused(&["--workers", "1", "spin", "2", "--us", "1e300"]);
     assert_names(&line, &["--us", "1e300", "1 hour"]);

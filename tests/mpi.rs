@@ -290,6 +290,34 @@ fn the_text_report_names_the_ranks_and_the_routes() {
 }
 
 #[test]
+fn an_empty_job_verifies_as_on_the_process_backend() {
+    let _serial = serial();
+    let before = dev_shm();
+    // n = 0: an empty window, viewed as elements of every size, on both routes.
+    for args in [
+        &["squares", "0"][..],
+        &["squares", "0", "--mpi-node-size", "1", "--mpi-route", "put"],
+        &[
+            "squares",
+            "0",
+            "--mpi-node-size",
+            "1",
+            "--mpi-route",
+            "send",
+        ],
+        &["mandelbrot", "0"],
+        &["hash", "0", "--repeat", "2"],
+    ] {
+        let v = json_run(3, args);
+        assert_eq!(v["verified"], Value::Bool(true), "{args:?}: {v}");
+        assert_eq!(v["n"], 0, "{args:?}: {v}");
+        assert_eq!(v["mpi"]["window_bytes"], 0, "{args:?}: {v}");
+    }
+    let left: Vec<_> = dev_shm().difference(&before).cloned().collect();
+    assert!(left.is_empty(), "left in /dev/shm: {left:?}");
+}
+
+#[test]
 fn repeated_rounds_reuse_the_ranks_and_verify_each() {
     let _serial = serial();
     let v = json_run(3, &["squares", "100000", "--repeat", "3", "--warmup", "1"]);
@@ -578,6 +606,8 @@ fn sigint_and_sigterm_stop_the_job_with_130_and_143_and_leave_nothing() {
     }
     // procpool SIGKILLed: mpirun gets SIGTERM from the kernel and stops every rank (the job
     // itself would run for minutes). No pipes: an orphaned mpirun would hold them open.
+    // A TMPDIR of its own: procpool's run directory stays behind (the next run removes it).
+    let tmpdir = tempfile::tempdir().expect("a temporary directory");
     let mut child = Command::new(env!("CARGO_BIN_EXE_procpool"))
         .args([
             "--backend",
@@ -591,6 +621,7 @@ fn sigint_and_sigterm_stop_the_job_with_130_and_143_and_leave_nothing() {
         ])
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("TMPDIR", tmpdir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -733,4 +764,153 @@ fn a_hostfile_run_on_two_hosts_verifies_with_results_crossing_between_them() {
         "left running: {:?}",
         String::from_utf8_lossy(&left.stdout)
     );
+}
+
+/// The rank number of process `pid` of an mpirun (`OMPI_COMM_WORLD_RANK` in its
+/// environment).
+fn rank_number(pid: u32) -> Option<usize> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ
+        .split(|&b| b == 0)
+        .find_map(|kv| kv.strip_prefix(b"OMPI_COMM_WORLD_RANK="))
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+}
+
+/// CPU time of `pid` so far, in clock ticks (user + system); `None` once it is gone.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Waits (up to [`DEADLINE`]) until rank 0 (`ranks[0]`) computes alone while the workers
+/// idle: every chunk is done and rank 0 runs the single-process baseline. Panics when the
+/// job ends first.
+fn wait_for_the_baseline(ranks: &[u32]) {
+    let began = Instant::now();
+    let ticks = || {
+        ranks
+            .iter()
+            .map(|&p| cpu_ticks(p))
+            .collect::<Option<Vec<u64>>>()
+    };
+    let mut last = ticks().expect("the ranks run");
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = ticks().expect("the job ended before its baseline was seen");
+        let root = now[0] - last[0];
+        let workers: u64 = now[1..].iter().zip(&last[1..]).map(|(n, l)| n - l).sum();
+        // Rank 0 busy (at least 50 ms of CPU in 300 ms), the workers four times less.
+        if root >= 5 && workers * 4 < root {
+            return;
+        }
+        assert!(began.elapsed() < DEADLINE, "no baseline seen: {now:?}");
+        last = now;
+    }
+}
+
+#[test]
+fn a_rank_killed_during_the_baseline_is_named_with_the_phase() {
+    let _serial = serial();
+    // Rank 1 (rank 0 then says so itself) and rank 0 (the launcher says so).
+    for victim in [1, 0] {
+        let child = launched(3, &["hash", "20000", "--rounds", "200"]);
+        let launcher = child.id();
+        let (mpirun, seen) = three_ranks(|| ranks_of(launcher).first().copied());
+        let mut by_rank = vec![0u32; 3];
+        for &pid in &seen {
+            by_rank[rank_number(pid).expect("a rank number")] = pid;
+        }
+        wait_for_the_baseline(&by_rank);
+        let pid = by_rank[victim];
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        let out = finish(child, &format!("rank {victim} killed in the baseline"));
+        assert_eq!(out.code, Some(1), "rank {victim}: {}", out.stderr);
+        let line = out
+            .stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("procpool: MPI rank {victim} (pid {pid} on host ")))
+            .unwrap_or_else(|| panic!("no line naming rank {victim}: {}", out.stderr));
+        assert!(
+            line.contains("died during the single-process baseline"),
+            "{line}"
+        );
+        assert!(line.contains("mpirun stopped every rank"), "{line}");
+        all_gone(&[&seen[..], &[mpirun]].concat());
+    }
+}
+
+/// What `dir` holds now.
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_double_sigterm_ends_the_run_and_leaves_nothing_in_tmpdir() {
+    let _serial = serial();
+    let tmpdir = tempfile::tempdir().expect("a temporary directory");
+    for pause in [Duration::from_millis(100), Duration::from_millis(1500)] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_procpool"));
+        command
+            .args(["--backend", "mpi", "--ranks", "3"])
+            .args(["hash", "2000000", "--rounds", "50"])
+            .env("TMPDIR", tmpdir.path());
+        let child = start(command);
+        let launcher = child.id();
+        let (mpirun, seen) = three_ranks(|| ranks_of(launcher).first().copied());
+        std::thread::sleep(Duration::from_millis(800));
+        // Open MPI's session directory is there while the job runs.
+        assert!(!entries(tmpdir.path()).is_empty(), "mpirun uses TMPDIR");
+        for _ in 0..2 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &launcher.to_string()])
+                .status();
+            std::thread::sleep(pause);
+        }
+        let out = finish(child, "two SIGTERMs");
+        assert_eq!(out.code, Some(143), "{}", out.stderr);
+        all_gone(&[&seen[..], &[mpirun]].concat());
+        let left = entries(tmpdir.path());
+        assert!(left.is_empty(), "after {pause:?}: left in TMPDIR: {left:?}");
+    }
+}
+
+#[test]
+fn a_run_directory_left_by_a_killed_procpool_is_removed_by_the_next_run() {
+    let _serial = serial();
+    let tmpdir = tempfile::tempdir().expect("a temporary directory");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_procpool"));
+    command
+        .args(["--backend", "mpi", "--ranks", "3"])
+        .args(["hash", "2000000", "--rounds", "50"])
+        .env("TMPDIR", tmpdir.path());
+    let mut child = start(command);
+    let launcher = child.id();
+    let (mpirun, seen) = three_ranks(|| ranks_of(launcher).first().copied());
+    child.kill().expect("SIGKILL procpool");
+    child.wait().expect("reap procpool");
+    all_gone(&[&seen[..], &[mpirun]].concat());
+    // Nobody was left to remove it.
+    let left = entries(tmpdir.path());
+    assert!(
+        left.iter()
+            .any(|e| e.starts_with(&format!("procpool-mpi-{launcher}-"))),
+        "{left:?}"
+    );
+    let mut command = Command::new(env!("CARGO_BIN_EXE_procpool"));
+    command
+        .args(["--backend", "mpi", "--ranks", "2", "squares", "1000"])
+        .env("TMPDIR", tmpdir.path());
+    let out = finish(start(command), "the next run");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let left = entries(tmpdir.path());
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }

@@ -11,6 +11,7 @@ use mpi::point_to_point::{Destination, MatchedReceiveVec, Source};
 use mpi::topology::{Color, Communicator, SimpleCommunicator};
 use mpi::traits::CommunicatorCollectives;
 
+use super::launch::record_phase;
 use super::window::{Windows, WindowsError};
 use super::wire::{self, Backoff, Done, Failed, Header};
 use super::{MpiOptions, MpiReport, ResultRoute};
@@ -159,11 +160,12 @@ impl Rank {
 }
 
 /// The error for a stop (a signal from mpirun or the user): a rank lost on this host, with
-/// the chunk it was running (the first of its chunks still out), if one is; else `e`.
+/// the chunk it was running (the first of its chunks still out), if one is, and what the
+/// job was doing; else `e`.
 fn lost_or(e: Error, ranks: &[Rank], pending: &HashMap<u64, (Chunk, usize, Instant)>) -> Error {
-    if e.interrupted_by().is_none() {
+    let Error::Interrupted { phase, .. } = e else {
         return e;
-    }
+    };
     let Some((rank, r)) = ranks
         .iter()
         .enumerate()
@@ -182,6 +184,7 @@ fn lost_or(e: Error, ranks: &[Rank], pending: &HashMap<u64, (Chunk, usize, Insta
         pid: r.pid,
         host: r.host.clone(),
         chunk,
+        during: Some(phase),
     }
 }
 
@@ -284,12 +287,13 @@ fn root<W: Workload>(
     let mut backoff = Backoff::default();
     // Every worker says where it is.
     let host = mpi::environment::processor_name().unwrap_or_default();
+    let me = std::process::id();
     let mut ranks: Vec<Rank> = (0..place.ranks)
         .map(|_| Rank {
-            pid: std::process::id(),
+            pid: me,
             node: 0,
             host: host.clone(),
-            started: 0,
+            started: crate::engine::sys::process_started(me).map_or(0, |(s, _)| s),
         })
         .collect();
     for _ in 1..place.ranks {
@@ -308,6 +312,12 @@ fn root<W: Workload>(
     // Starting: from just before this rank's MPI_Init until every worker rank said where
     // it is (mpirun's own start before that is in `launch_s`).
     let spawn = init.elapsed();
+    super::launch::record_ranks(
+        ranks
+            .iter()
+            .map(|r| (r.pid, r.started, r.host.clone()))
+            .collect(),
+    );
     // What a killed job left in /dev/shm goes before this job adds its own files' worth.
     let stale = super::remove_stale_segments();
     let refused = refusal(workload, n, options, place.ranks);
@@ -495,9 +505,13 @@ fn one_round<W: Workload>(
     let lost =
         |e: Error, pending: &HashMap<u64, (Chunk, usize, Instant)>| lost_or(e, ranks, pending);
     let mut early = match options.run.baseline && baseline_first {
-        true => Some(run_single(local, n, interrupt).map_err(|e| lost(e, &pending))?),
+        true => {
+            record_phase(Phase::Baseline);
+            Some(run_single(local, n, interrupt).map_err(|e| lost(e, &pending))?)
+        }
         false => None,
     };
+    record_phase(Phase::Pool);
     let workers = place.ranks - 1;
     let elem = std::mem::size_of::<W::Output>() as u64;
     let mut dispenser = dispenser::<W>(n, workers, options);
@@ -654,6 +668,7 @@ fn one_round<W: Workload>(
     let single = match early.take() {
         Some(single) => Some(single),
         None if options.run.baseline => {
+            record_phase(Phase::Baseline);
             Some(run_single(local, n, interrupt).map_err(|e| lost(e, &pending))?)
         }
         None => None,
@@ -669,8 +684,9 @@ fn one_round<W: Workload>(
             "the shared window is not aligned for the elements: {e}"
         ))
     })?;
+    record_phase(Phase::Verify);
     let verify_began = Instant::now();
-    let stop = |s: crate::lab::baseline::Stopped| s.into_error(Phase::Verify, n);
+    let stop = |s: crate::lab::baseline::Stopped| lost(s.into_error(Phase::Verify, n), &pending);
     let (mismatch, baseline_reduction) = match &single {
         Some((out, _, _)) => (
             compare(results, out, local.tolerance().as_ref(), interrupt).map_err(stop)?,

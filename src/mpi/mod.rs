@@ -23,13 +23,18 @@
 //!
 //! What it does not do that the process pool does: plain MPI cannot replace a dead rank,
 //! so there are no restarts or retries; a rank that dies ends the whole job (mpirun stops
-//! the others, and rank 0 names the rank, its host and the chunk it was running), and a
-//! kernel panic ends it with an error naming the same. Streaming to a file, chunk time
+//! the others, and rank 0 names the rank, its host and the chunk it was running, or that it
+//! died during the baseline or the verification; `procpool --ranks` names a lost rank 0
+//! the same way), and a kernel panic ends it with an error naming the same. `procpool
+//! --ranks` gives mpirun a private `TMPDIR` ([`Launch`]), removed however the run ends. Streaming to a file, chunk time
 //! limits and the threads and single modes are for the process backend.
 
 mod job;
+mod launch;
 mod window;
 mod wire;
+
+pub use launch::{Launch, error_left_to_launcher, kill_mpirun};
 
 use crate::error::{Error, Result};
 pub use crate::lab::model::MpiReport;
@@ -90,7 +95,9 @@ impl std::fmt::Display for ResultRoute {
 /// `options.run.pool.supervision.interrupt` reports the signal, a worker rank exits the
 /// process at once with code 128 + the signal, and rank 0 returns
 /// [`Error::RankLost`] (a rank on its host is gone: which one, and the chunk it was
-/// running) or [`Error::Interrupted`], without finalizing MPI: exit the process then.
+/// running or what the job was doing) or [`Error::Interrupted`], without finalizing MPI:
+/// exit the process then. mpirun may drop what the ranks print while it stops them: under
+/// `procpool --ranks`, rank 0 also leaves the error for the launcher ([`Launch`]) to print.
 ///
 /// Call it before your program starts threads: it sets the Open MPI variables the
 /// environment lacks (see [`MpiReport::mca_set`]) before `MPI_Init`, and changing the
@@ -137,8 +144,12 @@ fn run_with<W: Workload>(
     match &result {
         // The job was stopped from outside, or the ranks are out of step: MPI_Finalize
         // would wait for ranks that are gone or waiting. The process is about to exit, and
-        // mpirun then stops the others.
-        Err(e) if job::stopped(e) => std::mem::forget(universe),
+        // mpirun then stops the others (and may drop what this rank prints: under
+        // `procpool --ranks`, rank 0 leaves its error for the launcher to print).
+        Err(e) if job::stopped(e) => {
+            launch::record_stop(e);
+            std::mem::forget(universe)
+        }
         _ => drop(universe),
     }
     result
@@ -229,22 +240,22 @@ pub(crate) fn remove_stale_segments() -> u64 {
     removed
 }
 
+/// Every process: its pid and its directory in `/proc`.
+fn processes() -> Vec<(u32, std::path::PathBuf)> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path())))
+        .collect()
+}
+
 /// Every file some process maps, from `/proc/*/maps`.
 fn mapped_paths() -> std::collections::HashSet<std::path::PathBuf> {
     let mut mapped = std::collections::HashSet::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return mapped;
-    };
-    for entry in procs.filter_map(|e| e.ok()) {
-        if !entry
-            .file_name()
-            .to_string_lossy()
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-        {
-            continue;
-        }
-        let Ok(maps) = std::fs::read_to_string(entry.path().join("maps")) else {
+    for (_, dir) in processes() {
+        let Ok(maps) = std::fs::read_to_string(dir.join("maps")) else {
             continue;
         };
         for line in maps.lines() {

@@ -31,6 +31,8 @@ impl Window {
         len: usize,
         holder: bool,
     ) -> Result<Self, String> {
+        // At least a few bytes, so that even an empty window (n = 0) has an address of
+        // its own, aligned for any element, and never a null base.
         let mine = if holder { len.max(8) } else { 0 };
         let mut base: *mut c_void = std::ptr::null_mut();
         let mut win = std::mem::MaybeUninit::<ffi::MPI_Win>::uninit();
@@ -105,11 +107,9 @@ impl Window {
             "chunk {offset}..{end} past the window's {} bytes",
             self.len
         );
-        if len == 0 {
-            return &mut [];
-        }
         // SAFETY: `base..base + self.len` is the window's memory, mapped in this process
-        // for the window's lifetime (checked in `allocate`), and the range is inside it.
+        // for the window's lifetime (checked in `allocate`: `base` is never null, even for
+        // an empty window), and the range is inside it.
         // Other processes write this memory too, but only other chunks: rank 0's
         // dispatcher (a `Dispenser`) hands each chunk out once and chunks are disjoint, and
         // rank 0 reads only after the writer's `sync` and its `Done` message. Within this
@@ -118,10 +118,9 @@ impl Window {
     }
 
     /// The whole window, read by rank 0 once every chunk is done (after [`Window::sync`]).
+    /// Empty or not, it starts where the window does, aligned as MPI aligns windows, so
+    /// it can be viewed as elements.
     pub(crate) fn bytes(&self) -> &[u8] {
-        if self.len == 0 {
-            return &[];
-        }
         // SAFETY: as in `chunk_mut`: the window's memory, mapped for its lifetime; no rank
         // writes while rank 0 reads, since every chunk of the round is done and no new
         // chunk goes out while this borrow lives (`&self`, rank 0 sends chunks through
