@@ -1,19 +1,23 @@
 //! The chaos soak: jobs back to back while a random worker is SIGKILLed, SIGSEGVed or
-//! SIGSTOPped every 50 ms.
+//! SIGSTOPped every 50 ms, workers are stopped or segfaulted the moment they start, and
+//! kernels leave children behind.
 //!
 //! Ignored by default (it runs for a minute); run it with
 //! `cargo test --release --test chaos -- --ignored --nocapture`, and set
 //! `PROCPOOL_CHAOS_SECS` for another duration (CI runs 10 s).
 //!
 //! Runs alternate between the two ways of handing out chunks (`--dispatch queue` and
-//! `--dispatch channel`). What it asserts, run after run:
-//! - every run verifies, with the checksum of an undisturbed run; the limits are set wide
+//! `--dispatch channel`) and go through four phases in turn (see [`Phase`]): mixed signals,
+//! SIGSTOP at start, SIGSEGV at start, misbehaving kernels. However short the soak, every
+//! phase runs once on each path. What it asserts, run after run:
+//! - every run verifies, with the checksum of an undisturbed run (but for a queue run whose
+//!   kernel wrote over the control block: that one must fail naming it); the limits are set wide
 //!   (`--max-restarts 100000 --retries 1000`), so no death the supervisor can recover from
 //!   may fail a job, including workers killed before they connected and replacements
 //!   killed during their handshake;
 //! - nothing hangs: each run ends within its deadline;
 //! - procpool's open descriptors stay bounded while workers die and are replaced;
-//! - afterwards no process of ours is left, nothing in TMPDIR, nothing new in /dev/shm (the
+//! - afterwards no process of ours is left (not even a child a kernel forked), nothing in TMPDIR, nothing new in /dev/shm (the
 //!   shared region is an anonymous memfd: it ends with the last process that maps it).
 //!
 //! A SIGSEGV sent from outside does not always kill a worker at once: the Rust runtime's
@@ -47,6 +51,82 @@ const KNOBS: [&str; 14] = [
 ];
 const KILL_EVERY: Duration = Duration::from_millis(50);
 const RUN_DEADLINE: Duration = Duration::from_secs(120);
+/// Every phase on both dispatch paths at least once, however short the soak.
+const FULL_CYCLE: u64 = 2 * PHASES.len() as u64;
+
+/// What the soak does to one run; runs go through the phases in turn, each phase twice
+/// (once per dispatch path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// A random worker gets SIGKILL, SIGSEGV or SIGSTOP every 50 ms.
+    Mixed,
+    /// Half the workers procpool starts get this signal the moment they appear (often
+    /// before their exec, sometimes during their handshake), and a random worker is
+    /// SIGKILLed every 100 ms so that replacements keep starting.
+    AtStart(Signal),
+    /// Kernels misbehave: `--inject fork@K` at random chunks leaves children that hold
+    /// their worker's output pipes and channel and outlive their chunk, while workers get
+    /// mixed signals every 50 ms.
+    Misbehaving,
+}
+
+const PHASES: [Phase; 4] = [
+    Phase::Mixed,
+    Phase::AtStart(Signal::SIGSTOP),
+    Phase::AtStart(Signal::SIGSEGV),
+    Phase::Misbehaving,
+];
+
+impl Phase {
+    /// Options this phase adds to every run.
+    fn knobs(self, dice: &mut Dice) -> Vec<String> {
+        match self {
+            Phase::Mixed => Vec::new(),
+            Phase::AtStart(_) => Vec::new(),
+            Phase::Misbehaving => {
+                let mut knobs: Vec<String> = (0..3)
+                    .flat_map(|_| ["--inject".into(), format!("fork@{}", dice.roll(CHUNKS))])
+                    .collect();
+                // Every other run, a kernel also writes over the queue's control block.
+                if dice.roll(2) == 0 {
+                    let action = ["scribble", "wipe"][dice.roll(2)];
+                    knobs.extend(["--inject".into(), format!("{action}@{}", dice.roll(CHUNKS))]);
+                }
+                knobs
+            }
+        }
+    }
+
+    /// Whether a run with these options may fail: a control block written over cannot be
+    /// trusted, so the queue stops the job (exit 1, naming the damage); the channel path
+    /// has no control block, and a fault on a chunk whose first attempt was lost to a
+    /// signal never fires.
+    fn may_fail(knobs: &[String], dispatch: &str) -> bool {
+        dispatch == "queue"
+            && knobs
+                .iter()
+                .any(|k| k.starts_with("scribble@") || k.starts_with("wipe@"))
+    }
+}
+
+/// Chunks in the soak's job: `collatz 2e6` in chunks of 5000.
+const CHUNKS: usize = 400;
+
+/// The workers `pid` has started and that are still its children.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
 
 /// A small xorshift generator: the soak needs variety, not quality.
 struct Dice(u64);
@@ -68,6 +148,7 @@ struct Tally {
     restarts: u64,
     deaths_before_connecting: u64,
     chunk_timeouts: u64,
+    damage_caught: u64,
     max_fds: usize,
 }
 
@@ -114,20 +195,55 @@ fn jobs_survive_workers_killed_stopped_and_segfaulted_every_50ms() {
     let mut tally = tally;
     let mut first_fds = None;
     let mut per_dispatch = [0u64; 2];
-    while began.elapsed() < soak {
+    let mut per_phase = [0u64; PHASES.len()];
+    while began.elapsed() < soak || tally.runs < FULL_CYCLE {
         let which = tally.runs as usize % 2;
+        let phase_index = (tally.runs as usize / 2) % PHASES.len();
+        let phase = PHASES[phase_index];
         per_dispatch[which] += 1;
+        per_phase[phase_index] += 1;
+        let extra = phase.knobs(&mut dice);
+        let mut args = args_for(dispatches[which]);
+        args.extend(extra.iter().map(String::as_str));
+        if let Phase::AtStart(_) = phase {
+            // A worker stopped at its start is given up after its handshake deadline: keep
+            // it short, since every other start is stopped.
+            let at = args
+                .iter()
+                .position(|&a| a == "--handshake-timeout")
+                .unwrap();
+            args[at + 1] = "500ms";
+        }
         let out = sandbox
-            .command(&args_for(dispatches[which]))
+            .command(&args)
             .deadline(RUN_DEADLINE)
             .run_while(|pid, tag| {
                 let started = Instant::now();
                 // The first blow falls within a few milliseconds, while workers are still
                 // starting, now and then before they connect.
                 let mut pause = Duration::from_micros(dice.roll(8_000) as u64);
+                let mut next_blow = started + pause;
+                let mut seen = std::collections::HashSet::new();
                 while started.elapsed() < RUN_DEADLINE {
-                    std::thread::sleep(pause);
-                    pause = KILL_EVERY;
+                    if let Phase::AtStart(at_start) = phase {
+                        // Watch for new children closely: a worker is caught within a few
+                        // hundred microseconds of its fork, often before its exec.
+                        std::thread::sleep(Duration::from_micros(200));
+                        for child in children(pid) {
+                            if seen.insert(child) && dice.roll(2) == 0 {
+                                common::signal(child, at_start);
+                                let k = signals.iter().position(|&s| s == at_start).unwrap();
+                                tally.signals[k].fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        if Instant::now() < next_blow {
+                            continue;
+                        }
+                        next_blow = Instant::now() + 2 * KILL_EVERY;
+                    } else {
+                        std::thread::sleep(pause);
+                        pause = KILL_EVERY;
+                    }
                     let workers: Vec<u32> = tagged_processes(tag)
                         .into_iter()
                         .map(|(p, _)| p)
@@ -152,17 +268,32 @@ fn jobs_survive_workers_killed_stopped_and_segfaulted_every_50ms() {
                         );
                     }
                     let victim = workers[dice.roll(workers.len())];
-                    let k = dice.roll(signals.len());
+                    let k = match phase {
+                        Phase::AtStart(_) => 0,
+                        _ => dice.roll(signals.len()),
+                    };
                     common::signal(victim, signals[k]);
                     tally.signals[k].fetch_add(1, Ordering::Relaxed);
                 }
             });
         tally.runs += 1;
+        if Phase::may_fail(&extra, dispatches[which]) && out.code == Some(1) {
+            assert!(
+                out.stderr.contains("control block"),
+                "run {} failed, but not because its control block was written over:\n{}",
+                tally.runs,
+                out.stderr
+            );
+            tally.damage_caught += 1;
+            assert_no_tagged_process(&out.tag, &out.args);
+            continue;
+        }
         assert_eq!(
             out.code,
             Some(0),
-            "run {} failed although the limits allow every recovery:\n{}",
+            "run {} ({phase:?}, {}) failed although the limits allow every recovery:\n{}",
             tally.runs,
+            dispatches[which],
             out.stderr
         );
         let report = out.json();
@@ -179,6 +310,7 @@ fn jobs_survive_workers_killed_stopped_and_segfaulted_every_50ms() {
                 tally.chunk_timeouts += 1;
             }
         }
+        // Workers, and every child a kernel left behind, are gone with the run.
         assert_no_tagged_process(&out.tag, &out.args);
     }
     sandbox.assert_nothing_left_by("no-such-tag", "chaos soak");
@@ -188,15 +320,21 @@ fn jobs_survive_workers_killed_stopped_and_segfaulted_every_50ms() {
         .map(|s| s.load(Ordering::Relaxed))
         .collect();
     eprintln!(
-        "chaos soak: {:.0} s, {} runs ({} queue, {} channel), {} verified, 0 failed; signals \
-         sent: {} SIGKILL, {} \
-         SIGSEGV, {} SIGSTOP; {} restarts ({} before the worker connected, {} chunk \
-         timeouts); procpool held at most {} descriptors",
+        "chaos soak: {:.0} s, {} runs ({} queue, {} channel; {} mixed, {} SIGSTOP at start, \
+         {} SIGSEGV at start, {} misbehaving kernels), {} verified, {} stopped for a control block written over, 0 \
+         failed otherwise; signals sent: {} \
+         SIGKILL, {} SIGSEGV, {} SIGSTOP; {} restarts ({} before the worker connected, {} \
+         chunk timeouts); procpool held at most {} descriptors",
         began.elapsed().as_secs_f64(),
         tally.runs,
         per_dispatch[0],
         per_dispatch[1],
+        per_phase[0],
+        per_phase[1],
+        per_phase[2],
+        per_phase[3],
         tally.verified,
+        tally.damage_caught,
         sent[0],
         sent[1],
         sent[2],
