@@ -298,23 +298,21 @@ fn stop_every_child(
     })
 }
 
-/// procpool started with `args`, in a run whose every worker start is frozen as it
-/// appears. Each start frozen after its exec times out and is started again, which is one
-/// more chance to catch a start before its exec. The job (15 s of waiting on 2 workers)
-/// outlasts the test's signals even if a start escapes the freezing on a loaded machine.
-fn frozen_starts(args: &[&str]) -> Procpool {
+/// Runs procpool with `args` while every worker start is frozen as it appears, calling
+/// `then(pid, early)` once the freezing began (`early` counts the starts caught before
+/// their exec). Each start frozen after its exec times out and is started again, which is
+/// one more chance to catch a start before its exec. The job (15 s of waiting on 2
+/// workers) outlasts the test's signals even if a start escapes on a loaded machine.
+/// Returns the outcome and how many starts were frozen.
+fn frozen_starts(args: &[&str], then: impl FnOnce(u32, &AtomicUsize)) -> (common::Outcome, usize) {
     let mut args = args.to_vec();
     args.extend_from_slice(&["--workers", "2", "sleep", "300", "--ms", "100", "--json"]);
-    Procpool::new(&args).deadline(DEADLINE)
-}
-
-#[test]
-fn workers_frozen_before_their_exec_still_time_out_and_nothing_is_left_stopped() {
     let done = Arc::new(AtomicBool::new(false));
     let mut stopper = None;
-    let args = ["--handshake-timeout", "200ms", "--max-restarts", "30"];
-    let outcome = frozen_starts(&args).run_while(|pid, _| {
-        stopper = Some(stop_every_child(pid, done.clone(), Arc::default()));
+    let outcome = Procpool::new(&args).deadline(DEADLINE).run_while(|pid, _| {
+        let early = Arc::new(AtomicUsize::new(0));
+        stopper = Some(stop_every_child(pid, done.clone(), early.clone()));
+        then(pid, &early);
     });
     done.store(true, Ordering::SeqCst);
     let stopped = stopper
@@ -325,8 +323,15 @@ fn workers_frozen_before_their_exec_still_time_out_and_nothing_is_left_stopped()
         "{} starts stopped, {early} before their exec",
         stopped.len()
     );
+    (outcome, stopped.len())
+}
+
+#[test]
+fn workers_frozen_before_their_exec_still_time_out_and_nothing_is_left_stopped() {
+    let args = ["--handshake-timeout", "200ms", "--max-restarts", "30"];
+    let (outcome, stopped) = frozen_starts(&args, |_, _| {});
     assert_no_tagged_process(&outcome.tag, "after the handshake deadline");
-    assert!(stopped.len() > 30, "every start was stopped: {stopped:?}");
+    assert!(stopped > 30, "every start was stopped: {stopped}");
     outcome.assert_code(common::EXIT_FAILED);
     assert!(
         outcome.stderr.contains("did not connect"),
@@ -337,52 +342,27 @@ fn workers_frozen_before_their_exec_still_time_out_and_nothing_is_left_stopped()
 
 #[test]
 fn sigterm_ends_procpool_at_once_while_a_start_is_frozen_before_its_exec() {
-    let done = Arc::new(AtomicBool::new(false));
-    let mut stopper = None;
     let args = ["--handshake-timeout", "300ms", "--max-restarts", "100000"];
-    let outcome = frozen_starts(&args).run_while(|pid, _| {
-        stopper = Some(stop_every_child(pid, done.clone(), Arc::default()));
+    let (outcome, stopped) = frozen_starts(&args, |pid, _| {
         // A few dozen starts, each frozen, before procpool is asked to stop.
         std::thread::sleep(Duration::from_secs(3));
         common::signal(pid, Signal::SIGTERM);
     });
-    done.store(true, Ordering::SeqCst);
-    let stopped = stopper
-        .map(|s| s.join().expect("the stopper"))
-        .unwrap_or_default();
-    let early = stopped.iter().filter(|s| s.1).count();
-    eprintln!(
-        "{} starts stopped, {early} before their exec",
-        stopped.len()
-    );
     assert_no_tagged_process(&outcome.tag, "after SIGTERM");
-    assert!(!stopped.is_empty(), "no start was stopped");
+    assert!(stopped > 0, "no start was stopped");
     assert_eq!(outcome.code, Some(143), "{}", outcome.stderr);
 }
 
 #[test]
 fn a_start_frozen_before_its_exec_does_not_outlive_a_procpool_killed_outright() {
-    let done = Arc::new(AtomicBool::new(false));
-    let mut stopper = None;
     let args = ["--handshake-timeout", "300ms", "--max-restarts", "100000"];
-    let outcome = frozen_starts(&args).run_while(|pid, _| {
-        let early = Arc::new(AtomicUsize::new(0));
-        stopper = Some(stop_every_child(pid, done.clone(), early.clone()));
+    let (outcome, stopped) = frozen_starts(&args, |pid, early| {
         // Until a start is caught before its exec (or long enough for a few dozen starts).
-        common::wait_until(Duration::from_secs(10), || early.load(Ordering::SeqCst) > 0);
+        wait_until(Duration::from_secs(10), || early.load(Ordering::SeqCst) > 0);
         // No chance to clean up: what is left must end by itself.
         common::kill(pid);
     });
-    done.store(true, Ordering::SeqCst);
-    let stopped = stopper
-        .map(|s| s.join().expect("the stopper"))
-        .unwrap_or_default();
-    let early = stopped.iter().filter(|s| s.1).count();
-    eprintln!(
-        "{} starts stopped, {early} before their exec",
-        stopped.len()
-    );
-    assert!(!stopped.is_empty(), "no start was stopped");
+    assert!(stopped > 0, "no start was stopped");
     assert_eq!(outcome.code, None, "killed by SIGKILL: {}", outcome.stderr);
     assert_no_tagged_process(&outcome.tag, "after procpool was SIGKILLed");
 }
