@@ -397,62 +397,50 @@ fn sigkilled_procpool_takes_every_worker_with_it_within_a_second() {
     sandbox.assert_swept_after_sudden_death(&out.tag, &out.args);
 }
 
+/// `squares 1e5` in chunks of 10000 on `workers` workers with `faults` injected; it must
+/// verify within 30 s and leave nothing behind. Its JSON report.
+fn verified_despite(dispatch: &'static str, workers: &str, faults: &[&str]) -> serde_json::Value {
+    let sandbox = Sandbox::with_dispatch(dispatch);
+    let mut args = vec![
+        "--workers",
+        workers,
+        "--chunk-size",
+        "10000",
+        "squares",
+        "1e5",
+    ];
+    for fault in faults {
+        args.extend(["--inject", fault]);
+    }
+    args.push("--json");
+    let out = sandbox
+        .command(&args)
+        .deadline(Duration::from_secs(30))
+        .run();
+    out.assert_code(EXIT_OK);
+    let report = out.json();
+    assert_eq!(report["verified"], true, "{report}");
+    sandbox.assert_nothing_left(&out);
+    report
+}
+
 fn children_a_kernel_leaves_behind_end_with_their_worker(dispatch: &'static str) {
     // Each `fork@K` leaves a child that sleeps holding its worker's output pipe and channel
     // (as a kernel's stray helper would): neither may keep the run from ending, and none
     // may outlive it.
-    let sandbox = Sandbox::with_dispatch(dispatch);
-    let out = sandbox
-        .command(&[
-            "--workers",
-            "2",
-            "--chunk-size",
-            "10000",
-            "squares",
-            "1e5",
-            "--inject",
-            "fork@1",
-            "--inject",
-            "fork@6",
-            "--json",
-        ])
-        .deadline(Duration::from_secs(30))
-        .run();
-    out.assert_code(EXIT_OK);
-    assert_eq!(out.json()["verified"], true, "{}", out.stdout);
-    sandbox.assert_nothing_left(&out);
+    verified_despite(dispatch, "2", &["fork@1", "fork@6"]);
 }
 
 fn a_worker_whose_child_holds_its_channel_is_still_seen_to_die(dispatch: &'static str) {
     // One worker: it forks a child at chunk 0 (the child holds the worker's end of the
     // channel, so the channel never closes), then SIGKILLs itself at chunk 1. The death is
     // seen from the process, the chunk retried, the run verified.
-    let sandbox = Sandbox::with_dispatch(dispatch);
-    let out = sandbox
-        .command(&[
-            "--workers",
-            "1",
-            "--chunk-size",
-            "10000",
-            "squares",
-            "1e5",
-            "--inject",
-            "fork@0",
-            "--inject",
-            "kill@1",
-            "--json",
-        ])
-        .deadline(Duration::from_secs(30))
-        .run();
-    out.assert_code(EXIT_OK);
-    let report = out.json();
-    assert_eq!(report["verified"], true, "{report}");
+    let report = verified_despite(dispatch, "1", &["fork@0", "kill@1"]);
     assert_eq!(report["restarts"], 1, "{report}");
     assert!(
         report["deaths"].to_string().contains("killed by SIGKILL"),
         "{report}"
     );
-    sandbox.assert_nothing_left(&out);
 }
 
 on_both_dispatches!(
