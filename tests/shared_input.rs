@@ -166,8 +166,27 @@ impl Workload for Vandal {
     }
 }
 
+/// A parameter that is a plain `Vec`, as a newcomer writes one: element `i` is the sum of
+/// its bytes plus `i`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Weighted {
+    bytes: Vec<u8>,
+}
+
+impl Workload for Weighted {
+    const NAME: &'static str = "weighted";
+    type Output = u64;
+    fn kernel(&self, range: Range<u64>, out: &mut [u64]) {
+        let sum: u64 = self.bytes.iter().map(|&b| u64::from(b)).sum();
+        for (slot, i) in out.iter_mut().zip(range) {
+            *slot = sum + i;
+        }
+    }
+}
+
 procpool::enable_test_support!(
     Registry::builtin()
+        .register::<Weighted>()
         .register::<RowSums>()
         .register::<Mix>()
         .register::<Vandal>()
@@ -381,5 +400,39 @@ fn threads_and_single_modes_read_the_same_pages_and_report_the_input() {
         assert_eq!(report.verified, Some(true), "{mode:?}");
         assert_eq!(report.input_bytes, (rows * cols * 4) as u64, "{mode:?}");
         assert_eq!(report.ipc_bytes, 0, "{mode:?}");
+    }
+}
+
+#[test]
+fn a_large_parameter_never_waits_for_a_sleeping_worker() {
+    // 768 KiB is more than a channel's socket buffer holds: the spec can only be sent while
+    // the worker reads it. Workers asleep between jobs are woken to read it; a worker left
+    // to its timed sleep (1 s) makes every such job take at least a second per worker. The
+    // bound is that one second: far above what the job needs, even in a debug build.
+    const BOUND: std::time::Duration = std::time::Duration::from_secs(1);
+    for dispatch in [Dispatch::Queue, Dispatch::Channel] {
+        let mut pool = pool(2);
+        let pids = pool.pids();
+        for round in 0..3u8 {
+            let work = Weighted {
+                bytes: vec![round; 768 << 10],
+            };
+            // Long enough for both workers to be asleep on the futex, not spinning.
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            let began = std::time::Instant::now();
+            let run = pool
+                .run_with(&work, 8, &options(dispatch))
+                .expect("the job runs");
+            let took = began.elapsed();
+            let sum = u64::from(round) * (768 << 10);
+            let expected: Vec<u64> = (0..8).map(|i| sum + i).collect();
+            assert_eq!(run.results(), &expected[..], "{dispatch} round {round}");
+            assert!(
+                took < BOUND,
+                "{dispatch} round {round}: a job with a new 768 KiB parameter took {took:?}, \
+                 as if it waited for a sleeping worker"
+            );
+        }
+        assert_eq!(pool.pids(), pids, "{dispatch}: the same workers throughout");
     }
 }

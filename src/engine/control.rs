@@ -130,6 +130,10 @@ mod slot {
     pub(super) const POSTING: usize = 32;
     /// Static schedule: the next chunk index of this worker.
     pub(super) const STATIC_NEXT: usize = 40;
+    /// The id of the last job spec the parent announced for this worker (0: none yet): set
+    /// before the spec is sent, so that a worker asleep between jobs wakes and reads it
+    /// instead of leaving the parent blocked on a full socket until its sleep times out.
+    pub(super) const MAIL: usize = 48;
     // Counters, written by the worker, read by the parent.
     pub(super) const CHUNKS: usize = 64;
     pub(super) const ELEMENTS: usize = 72;
@@ -674,6 +678,22 @@ impl Control {
             return true;
         }
         false
+    }
+
+    /// Announces that job spec `spec_id` is about to be sent to worker `w`, and wakes the
+    /// workers: a sleeping worker then reads its channel at once. A spec larger than the
+    /// channel's socket buffer can only be sent while the worker reads it.
+    pub(crate) fn announce_spec(&self, w: usize, spec_id: u64) {
+        self.slot_word(w, slot::MAIL)
+            .store(spec_id, Ordering::SeqCst);
+        // The epoch moves after the announcement: a worker about to sleep sees it move
+        // (its futex wait returns at once), so the wake cannot be lost.
+        self.bump();
+    }
+
+    /// The last job spec announced for worker `w` (0: none).
+    pub(crate) fn announced_spec(&self, w: usize) -> u64 {
+        self.slot_word(w, slot::MAIL).load(Ordering::SeqCst)
     }
 
     /// Queues chunk `index` (attempt `attempt`) for any worker to take before new chunks.

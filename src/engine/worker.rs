@@ -772,7 +772,15 @@ impl Worker<'_> {
     /// Reads what waits on the channel without blocking: specs are kept, Shutdown obeyed.
     fn drain_mail(&mut self) -> Result<(), Stop> {
         loop {
-            match self.from_parent.try_recv() {
+            let received = match self.from_parent.try_recv() {
+                // The parent announced a spec it is sending now: take it as it arrives, so
+                // a spec larger than the socket buffer never waits for this worker's sleep.
+                Err(ipc_channel::TryRecvError::Empty) if self.spec_announced() => self
+                    .from_parent
+                    .try_recv_timeout(Duration::from_millis(100)),
+                other => other,
+            };
+            match received {
                 Ok(ToWorker::Job(spec)) => {
                     self.take_inputs(&spec)?;
                     self.pending = Some(spec);
@@ -788,10 +796,24 @@ impl Worker<'_> {
                 Ok(other) => {
                     return Err(Stop::Failed(format!("unexpected {other:?} between jobs")));
                 }
+                // Still on its way (the parent is between announcing and sending): wait on,
+                // unless the pool is shutting down or the parent is gone.
+                Err(ipc_channel::TryRecvError::Empty)
+                    if self.spec_announced()
+                        && !self.control.shutting_down()
+                        && nix::unistd::getppid() == self.parent => {}
                 Err(ipc_channel::TryRecvError::Empty) => return Ok(()),
                 Err(ipc_channel::TryRecvError::IpcError(_)) => return Err(Stop::Asked),
             }
         }
+    }
+
+    /// Whether the parent announced a job spec this worker has not received yet.
+    fn spec_announced(&self) -> bool {
+        let announced = self.control.announced_spec(self.slot);
+        announced != 0
+            && self.pending.as_ref().map(|s| s.spec_id) != Some(announced)
+            && self.job.as_ref().map(|j| j.spec_id) != Some(announced)
     }
 
     /// Claims chunks from the queue and runs them until none is left to claim.

@@ -1781,7 +1781,7 @@ impl Pool {
     /// Sends `spec` to every connected worker that does not have it yet.
     fn send_spec(&mut self, spec: &JobSpec) -> (u64, u64) {
         let mut sent = (0, 0);
-        for w in &mut self.workers {
+        for (slot, w) in self.workers.iter_mut().enumerate() {
             if w.spec_sent == spec.spec_id {
                 continue;
             }
@@ -1808,6 +1808,9 @@ impl Pool {
             }
             let msg = ToWorker::Job(spec.clone());
             let size = crate::engine::protocol::wire_size(&msg);
+            // Wake it to read the spec: a large one fills the socket and the send waits
+            // until the worker reads, which it would otherwise do only when its sleep ends.
+            self.control.announce_spec(slot, spec.spec_id);
             // A worker that is gone is noticed by the dispatch loop (its channel closes).
             if tx.send(msg).is_ok() {
                 w.spec_sent = spec.spec_id;
