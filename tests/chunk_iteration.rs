@@ -6,10 +6,9 @@
 mod common;
 
 use std::ops::{ControlFlow, Range};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{TEARDOWN_DEADLINE, is_our_child, wait_until};
+use common::{POOL_JOB_DEADLINE, TEARDOWN_DEADLINE, is_our_child, wait_until, within};
 use procpool::{ChunkOrder, Dispatch, JobOptions, JobStats, Pool, Registry, Schedule, Workload};
 use serde::{Deserialize, Serialize};
 
@@ -40,9 +39,6 @@ fn value(i: u64) -> u64 {
 
 procpool::enable_test_support!(Registry::builtin().register::<Paced>());
 
-/// How long any one job of these tests may take before the test fails instead of hanging.
-const JOB_DEADLINE: Duration = Duration::from_secs(60);
-
 const FAST: Paced = Paced { sleep_us: 0 };
 
 fn pool(workers: usize) -> Pool {
@@ -51,26 +47,6 @@ fn pool(workers: usize) -> Pool {
         .test_harness()
         .build()
         .expect("workers through this test binary")
-}
-
-/// Runs `body` with the pool on another thread and gives the pool back; fails the test if
-/// it takes longer than `JOB_DEADLINE` (the stuck thread and its workers end with the test
-/// process).
-fn within<R: Send + 'static>(
-    pool: Pool,
-    body: impl FnOnce(&mut Pool) -> R + Send + 'static,
-) -> (Pool, R) {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut pool = pool;
-        let r = body(&mut pool);
-        let _ = tx.send((pool, r));
-    });
-    match rx.recv_timeout(JOB_DEADLINE) {
-        Ok(done) => done,
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("the job took longer than {JOB_DEADLINE:?}"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the job's thread panicked"),
-    }
 }
 
 /// What an iteration saw: each chunk's index and range, in the order handed out.
@@ -424,7 +400,7 @@ fn a_panicking_callback_leaves_no_worker_running() {
         );
         seen.assert_every_chunk_once(n, &stats, "after a panic");
     });
-    assert!(began.elapsed() < JOB_DEADLINE);
+    assert!(began.elapsed() < POOL_JOB_DEADLINE);
 }
 
 #[test]

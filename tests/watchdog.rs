@@ -11,10 +11,11 @@
 mod common;
 
 use std::ops::Range;
-use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{EXIT_FAILED, Procpool, TEARDOWN_DEADLINE, is_our_child, wait_until};
+use common::{
+    EXIT_FAILED, POOL_JOB_DEADLINE, Procpool, TEARDOWN_DEADLINE, is_our_child, wait_until, within,
+};
 use procpool::workload::Squares;
 use procpool::{Error, JobOptions, Pool, Reduce, Registry, Workload};
 use serde::{Deserialize, Serialize};
@@ -67,34 +68,6 @@ impl Reduce for PastEnd {
 
 procpool::enable_test_support!(Registry::builtin().register_reduce::<PastEnd>());
 
-/// How long one job of these tests may take before the test fails instead of hanging.
-const JOB_DEADLINE: Duration = Duration::from_secs(60);
-
-/// Runs `body` with the pool on another thread and gives back what it returned; past
-/// `JOB_DEADLINE`, kills `pids` (the workers the test knows of) and fails the test.
-fn within<R: Send + 'static>(
-    pool: Pool,
-    pids: &[u32],
-    body: impl FnOnce(&mut Pool) -> R + Send + 'static,
-) -> (Pool, R) {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut pool = pool;
-        let r = body(&mut pool);
-        let _ = tx.send((pool, r));
-    });
-    match rx.recv_timeout(JOB_DEADLINE) {
-        Ok(done) => done,
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            for &pid in pids {
-                common::kill(pid);
-            }
-            panic!("the job took longer than {JOB_DEADLINE:?}: it hung");
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("the job's thread panicked"),
-    }
-}
-
 /// Asserts every pid is neither running nor an unreaped zombie child of this process.
 fn assert_reaped(pids: &[u32], what: &str) {
     let gone = wait_until(TEARDOWN_DEADLINE, || !pids.iter().any(|&p| is_our_child(p)));
@@ -127,7 +100,7 @@ fn a_kernel_writing_the_claim_counter_fails_the_job_naming_the_damage() {
         ];
         args.extend(["--inject", "scribble@2"]);
         args.extend(timeout.iter().flat_map(|t| ["--timeout", t]));
-        let out = Procpool::new(&args).deadline(JOB_DEADLINE).run();
+        let out = Procpool::new(&args).deadline(POOL_JOB_DEADLINE).run();
         out.assert_code(EXIT_FAILED);
         let line = out.one_line_error();
         assert!(
@@ -152,7 +125,7 @@ fn a_kernel_zeroing_the_control_block_fails_the_job_naming_the_damage() {
         "--inject",
         "wipe@3",
     ])
-    .deadline(JOB_DEADLINE)
+    .deadline(POOL_JOB_DEADLINE)
     .run();
     out.assert_code(EXIT_FAILED);
     let line = out.one_line_error();
@@ -184,7 +157,7 @@ fn a_kernel_overrunning_its_last_chunk_faults_at_the_guard_page() {
         bytes: 8192,
         fill: 0,
     };
-    let (pool, result) = within(pool, &pids, move |pool| {
+    let (pool, result) = within(pool, move |pool| {
         pool.run_with(&overrun, n, &options)
             .map(|run| run.stats().clone())
     });
@@ -211,7 +184,7 @@ fn workers_all_stopped_between_jobs_are_replaced_and_the_next_job_finishes() {
         .build()
         .expect("workers through this test binary");
     let stopped = pool.pids();
-    let (pool, first) = within(pool, &stopped, |pool| {
+    let (pool, first) = within(pool, |pool| {
         pool.run(&Squares, 10_000).map(|run| run.results()[9_999])
     });
     assert_eq!(first.expect("the first job"), 9_999 * 9_999);
@@ -221,7 +194,7 @@ fn workers_all_stopped_between_jobs_are_replaced_and_the_next_job_finishes() {
     // The stop takes effect when the kernel next schedules each worker.
     let all_stopped = wait_until(TEARDOWN_DEADLINE, || stopped.iter().all(|&p| is_stopped(p)));
     assert!(all_stopped, "workers {stopped:?} did not stop");
-    let (pool, second) = within(pool, &stopped, |pool| {
+    let (pool, second) = within(pool, |pool| {
         pool.run(&Squares, 10_000).map(|run| {
             let ok = run
                 .results()
@@ -261,7 +234,7 @@ fn a_chunk_done_without_its_accumulator_is_named_with_its_worker() {
         chunk_size: Some(100),
         ..JobOptions::default()
     };
-    let (pool, result) = within(pool, &pids, move |pool| {
+    let (pool, result) = within(pool, move |pool| {
         pool.run_and_reduce_with(
             &PastEnd {
                 n,

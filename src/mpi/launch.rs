@@ -12,7 +12,7 @@
 //! its last error there; the launcher watches the ranks on its host while mpirun runs and
 //! says which one died, and when.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -138,7 +138,8 @@ impl Launch {
     /// directory there (0700, ours).
     pub fn create() -> Result<Self> {
         let parent = std::env::temp_dir();
-        sweep(&parent);
+        // Run directories left by a SIGKILLed procpool.
+        crate::engine::pool::sweep_abandoned(&parent, PREFIX);
         let unusable = |why: String| {
             Error::Io(std::io::Error::other(format!(
                 "cannot create mpirun's private directory in {} ({why}): set TMPDIR to a \
@@ -291,40 +292,10 @@ struct Read {
     error: Option<String>,
 }
 
-/// Removes the run directories of launchers whose process is gone: ours only (owner
-/// checked, symlinks never followed).
-fn sweep(parent: &Path) {
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    let me = nix::unistd::geteuid().as_raw();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(PREFIX))
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<i32>().ok())
-            .filter(|&p| p > 0)
-        else {
-            continue;
-        };
-        // Signal 0 checks existence only; EPERM: it exists, as another user's.
-        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-            .map_or_else(|e| e != nix::errno::Errno::ESRCH, |()| true);
-        if alive {
-            continue;
-        }
-        let path = entry.path();
-        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == me) {
-            let _ = std::fs::remove_dir_all(&path);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn the_launcher_names_a_rank_gone_from_its_host_with_the_phase_rank_0_wrote() {

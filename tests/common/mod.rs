@@ -632,3 +632,32 @@ pub fn wait_child(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
 pub fn close(a: f64, b: f64) -> bool {
     a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
 }
+
+/// How long one library job of a test may take before the test fails instead of hanging.
+pub const POOL_JOB_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs `body` with the pool on another thread and gives back the pool and what `body`
+/// returned; past [`POOL_JOB_DEADLINE`], kills the pool's workers (those it had when
+/// handed over) and fails the test.
+pub fn within<R: Send + 'static>(
+    pool: procpool::Pool,
+    body: impl FnOnce(&mut procpool::Pool) -> R + Send + 'static,
+) -> (procpool::Pool, R) {
+    let pids = pool.pids();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut pool = pool;
+        let r = body(&mut pool);
+        let _ = tx.send((pool, r));
+    });
+    match rx.recv_timeout(POOL_JOB_DEADLINE) {
+        Ok(done) => done,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            for pid in pids {
+                kill(pid);
+            }
+            panic!("the job took longer than {POOL_JOB_DEADLINE:?}: it hung");
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the job's thread panicked"),
+    }
+}

@@ -40,6 +40,8 @@ pub use each::{Chunk, ChunkOrder};
 use each::{Each, RawVisit};
 pub use observe::{Event, Observer};
 use private_dir::PrivateDir;
+#[cfg(feature = "mpi")]
+pub(crate) use private_dir::sweep_abandoned;
 pub(crate) use spawn::TEST_WORKER_ENV;
 pub use trace::{Trace, TraceAttempt, TraceEvent, TraceEventKind, TracePhase};
 

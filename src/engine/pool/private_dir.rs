@@ -200,13 +200,21 @@ fn unusable(parent: &Path, why: &str) -> Error {
 /// Removes the private directories of pools whose process is gone: ours only (owner
 /// checked, symlinks never followed), and never one of a live process.
 fn sweep(parent: &Path) {
+    sweep_abandoned(parent, PREFIX);
+}
+
+/// Removes the directories `<prefix><pid>-<random>` in `parent` whose process is gone:
+/// ours only (owner checked, symlinks never followed), and never one of a live process.
+/// What a SIGKILLed procpool leaves (its pool's socket directory, its mpirun's run
+/// directory) is removed this way by the next run.
+pub(crate) fn sweep_abandoned(parent: &Path, prefix: &str) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
     let me = nix::unistd::geteuid().as_raw();
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(owner_pid) else {
+        let Some(pid) = name.to_str().and_then(|n| owner_pid(n, prefix)) else {
             continue;
         };
         if pid == std::process::id() || process_exists(pid) {
@@ -222,9 +230,9 @@ fn sweep(parent: &Path) {
     }
 }
 
-/// The pid in a name `procpool-<pid>-<random>`.
-fn owner_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix(PREFIX)?;
+/// The pid in a name `<prefix><pid>-<random>`.
+fn owner_pid(name: &str, prefix: &str) -> Option<u32> {
+    let rest = name.strip_prefix(prefix)?;
     let (pid, random) = rest.split_once('-')?;
     if random.is_empty() {
         return None;
@@ -249,11 +257,11 @@ mod tests {
 
     #[test]
     fn names_give_their_pid() {
-        assert_eq!(owner_pid("procpool-123-abcdef"), Some(123));
-        assert_eq!(owner_pid("procpool-123-"), None);
-        assert_eq!(owner_pid("procpool-0-x"), None);
-        assert_eq!(owner_pid("procpool-x-y"), None);
-        assert_eq!(owner_pid("other-1-y"), None);
+        assert_eq!(owner_pid("procpool-123-abcdef", PREFIX), Some(123));
+        assert_eq!(owner_pid("procpool-123-", PREFIX), None);
+        assert_eq!(owner_pid("procpool-0-x", PREFIX), None);
+        assert_eq!(owner_pid("procpool-x-y", PREFIX), None);
+        assert_eq!(owner_pid("other-1-y", PREFIX), None);
     }
 
     #[test]
