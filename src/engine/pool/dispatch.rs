@@ -35,14 +35,13 @@ use super::each::Each;
 use super::ledger::Ledger;
 use super::observe::{self, Event};
 use super::trace::{Trace, TraceAttempt, TraceEventKind};
-use super::{Death, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
+use super::window::WindowJob;
+use super::workers::SPAWN_BATCH;
+use super::{Death, Ipc, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
 use crate::engine::protocol::{FromWorker, JobSpec, Layout, ToWorker, Transport, wire_size};
 use crate::engine::schedule::{Chunk, Dispenser, Schedule};
 use crate::error::{Error, LossCause, Phase, Result};
 
-/// Workers of a pool started in the background spawned per turn of a dispatch loop: the
-/// loop polls handshakes in between, so each worker joins as soon as it is ready.
-pub(super) const SPAWN_BATCH: usize = 8;
 /// How often the loop looks at the clock and the interrupt flag when no message arrives.
 const TICK: Duration = Duration::from_millis(20);
 /// With streaming, how often the loop checks for windows the writer has freed.
@@ -148,14 +147,6 @@ impl Job<'_> {
     }
 }
 
-/// A window handed to the writer: its index, first element, length and ring slot.
-pub(super) struct WindowJob {
-    pub(super) index: u64,
-    pub(super) start: u64,
-    pub(super) len: u64,
-    pub(super) slot: u64,
-}
-
 /// The ring of windows of a streamed job, as the dispatch loop sees it.
 struct Streaming {
     layout: Layout,
@@ -202,40 +193,6 @@ impl Streaming {
     }
 }
 
-/// The writer thread: each complete window goes to the sink, then its slot is announced
-/// free for the window `ring` places later, and `waker` wakes the dispatch loop.
-/// Stops at the first error, or when the loop hangs up.
-fn write_windows(
-    windows: mpsc::Receiver<WindowJob>,
-    freed: mpsc::Sender<std::result::Result<u64, String>>,
-    sink: &mut (dyn WindowSink + Send),
-    mapping: &crate::engine::shm::Mapping,
-    layout: Layout,
-    elem_size: u64,
-    waker: &ipc_channel::ipc::IpcSender<()>,
-) {
-    let slot_bytes = layout.window_elems * elem_size;
-    for w in windows {
-        let lo = w.slot * slot_bytes;
-        let hi = lo + w.len * elem_size;
-        // SAFETY: every chunk of this window is done (its workers replied) and the loop
-        // hands out no chunk of the slot's next window until we report it freed below, so
-        // no process writes these bytes while we read them.
-        let bytes = unsafe { mapping.slice(lo as usize..hi as usize) };
-        // The slot's pages stay: the ring is bounded already, and the next window in this
-        // slot reuses them without a page fault anywhere.
-        let result = sink.window(w.start, bytes);
-        let failed = result.is_err();
-        if freed.send(result.map(|()| w.index)).is_err() {
-            return;
-        }
-        let _ = waker.send(());
-        if failed {
-            return;
-        }
-    }
-}
-
 /// Why a worker is being replaced.
 enum Why {
     /// Its channel closed: read the exit status.
@@ -274,35 +231,6 @@ impl Pool {
         })
     }
 
-    /// Runs `body` beside a thread that writes complete windows to `sink`: `body` gets the
-    /// sender of windows to write and the receiver of freed ones. The writer has its own
-    /// mapping of the region, so it borrows nothing from the pool while `body` changes it,
-    /// and it wakes the dispatch loop (the pool's waker) after each window.
-    pub(super) fn with_writer(
-        &mut self,
-        layout: Layout,
-        elem_size: u64,
-        sink: &mut (dyn WindowSink + Send),
-        body: impl FnOnce(
-            &mut Pool,
-            mpsc::Sender<WindowJob>,
-            mpsc::Receiver<std::result::Result<u64, String>>,
-        ) -> Result<JobStats>,
-    ) -> Result<JobStats> {
-        let mapping = self.region.map()?;
-        let (to_writer, windows) = mpsc::channel::<WindowJob>();
-        let (freed, from_writer) = mpsc::channel::<std::result::Result<u64, String>>();
-        let waker = self.waker.clone();
-        std::thread::scope(|scope| {
-            scope.spawn(move || {
-                write_windows(windows, freed, sink, &mapping, layout, elem_size, &waker)
-            });
-            // `body` drops its sender before the scope ends, which ends the writer's loop;
-            // then the scope joins the writer.
-            body(self, to_writer, from_writer)
-        })
-    }
-
     fn dispatch_loop(
         &mut self,
         spec: JobSpec,
@@ -321,7 +249,7 @@ impl Pool {
                 dispenser.set_chunk_size(probe.probe_size);
                 probe
             });
-        let (messages, bytes) = std::mem::take(&mut self.handshake_ipc);
+        let Ipc { messages, bytes } = std::mem::take(&mut self.handshake_ipc);
         // Workers that died while the pool started count as this job's restarts.
         let deaths = std::mem::take(&mut self.start_deaths);
         let ledger = Ledger::new(
@@ -364,8 +292,8 @@ impl Pool {
         }
 
         let sent = self.send_spec(&job.spec);
-        job.messages += sent.0;
-        job.bytes += sent.1;
+        job.messages += sent.messages;
+        job.bytes += sent.bytes;
         // Workers wait on the control block between jobs: this posting tells them to take
         // their chunks from the channel until `EndJob`.
         let posting = self.open_channel_posting(&job.spec);
@@ -786,7 +714,8 @@ impl Pool {
         }
         for _ in 0..count {
             // A process with a chunk limit gets exactly that many, then retires.
-            let spent = self.recycle.0 > 0 && self.workers[w].sent_chunks >= self.recycle.0;
+            let spent =
+                self.recycle.chunks > 0 && self.workers[w].sent_chunks >= self.recycle.chunks;
             if job.ledger.held_by(w) >= job.depth
                 || self.workers[w].tx.is_none()
                 || self.workers[w].retiring
@@ -895,117 +824,6 @@ impl Pool {
         }
     }
 
-    /// Worker `w` retired after its recycling limit and has exited (or is exiting): reap it
-    /// and start a fresh process in its slot. Not a death: nothing is blamed or retried.
-    pub(super) fn recycle(&mut self, w: usize) -> Result<()> {
-        self.retire(w);
-        self.begin_start(w)?;
-        Ok(())
-    }
-
-    /// Reaps retired worker `w` (within the grace period) and clears its slot.
-    pub(super) fn retire(&mut self, w: usize) {
-        let slot = &mut self.workers[w];
-        if let Some(rid) = slot.rid.take() {
-            self.by_receiver.remove(&rid);
-        }
-        slot.retiring = false;
-        slot.reap(self.supervision.grace);
-        self.control.reset_slot(w);
-    }
-
-    /// The worker a message came from, the message, and its size on the wire; `None` for a
-    /// message from a worker already replaced (stale), or from the waker.
-    pub(super) fn decode(
-        &self,
-        rid: u64,
-        message: ipc_channel::ipc::IpcMessage,
-    ) -> Result<Option<(usize, FromWorker, u64)>> {
-        let Some(w) = self.by_receiver.get(&rid).copied() else {
-            return Ok(None);
-        };
-        let msg: FromWorker = message
-            .to()
-            .map_err(|e| Error::Ipc(format!("worker {w} sent a bad message: {e}")))?;
-        let size = wire_size(&msg);
-        Ok(Some((w, msg, size)))
-    }
-
-    /// A replacement's start failed: one more restart, within the limit, and another start;
-    /// a failure no retry can mend fails the job.
-    pub(super) fn start_again(
-        &mut self,
-        w: usize,
-        failure: spawn::StartFailure,
-        ledger: &mut Ledger,
-        deaths: &mut Vec<Death>,
-    ) -> Result<()> {
-        self.workers[w].starting = None;
-        let (id, pid) = (self.workers[w].id, self.workers[w].pid);
-        if !failure.retryable() {
-            return Err(failure.into_error());
-        }
-        let loss = failure.loss(id, pid);
-        ledger.restart(loss)?;
-        let text = loss.to_string();
-        let what = text.as_str();
-        observe::tell(
-            &self.observer,
-            Event::WorkerLost {
-                worker: id,
-                pid,
-                what,
-            },
-        );
-        let new_pid = self.begin_start(w)?;
-        deaths.push(Death {
-            id,
-            pid,
-            cause: loss.cause_text(),
-            chunk: None,
-            replaced_by: Some(new_pid),
-        });
-        Ok(())
-    }
-
-    /// Starts up to `most` of the workers a pool started in the background has not started
-    /// yet; their handshakes are polled by the loop like replacements'.
-    pub(super) fn spawn_pending(&mut self, most: usize) -> Result<()> {
-        let pending: Vec<usize> = (0..self.workers.len())
-            .filter(|&w| self.workers[w].unspawned)
-            .take(most)
-            .collect();
-        for w in pending {
-            self.workers[w].unspawned = false;
-            self.begin_start(w)?;
-        }
-        Ok(())
-    }
-
-    /// Whether a worker is on its way: not started yet, or in its handshake.
-    pub(super) fn any_starting(&self) -> bool {
-        self.workers
-            .iter()
-            .any(|w| w.unspawned || w.starting.is_some())
-    }
-
-    /// Spawns a replacement for slot `w`; its handshake is polled by the loop.
-    pub(super) fn begin_start(&mut self, w: usize) -> Result<u32> {
-        let mut starting = spawn::spawn_worker(
-            &self.exe,
-            &self.dir,
-            self.region.raw_fd(),
-            self.workers[w].id,
-            self.handshake_timeout,
-            &self.pin,
-        )?;
-        starting.forward_output();
-        let pid = starting.pid();
-        self.workers[w].pid = pid;
-        self.workers[w].starting = Some(starting);
-        Ok(pid)
-    }
-
     /// Moves every replacement's handshake on: a ready one gets the job and its chunks; one
     /// killed or hung on the way is one more restart, and is replaced within the limits.
     fn poll_starting(&mut self, job: &mut Job) -> Result<()> {
@@ -1021,14 +839,14 @@ impl Pool {
                     self.workers[w].starting = None;
                     let pid = started.pid;
                     self.install(started)?;
-                    let (messages, bytes) = std::mem::take(&mut self.handshake_ipc);
+                    let Ipc { messages, bytes } = std::mem::take(&mut self.handshake_ipc);
                     job.messages += messages;
                     job.bytes += bytes;
                     job.held[w].cpu_at_start = crate::engine::sys::process_cpu(pid);
                     job.held[w].os_at_start = crate::engine::sys::OsCounts::of_process(pid);
                     let sent = self.send_spec(&job.spec);
-                    job.messages += sent.0;
-                    job.bytes += sent.1;
+                    job.messages += sent.messages;
+                    job.bytes += sent.bytes;
                     if self.workers[w].spec_sent != job.spec.spec_id {
                         job.dead.push((w, pid));
                     }

@@ -33,13 +33,13 @@ use ipc_channel::TrySelectError;
 use ipc_channel::ipc::IpcSelectionResult;
 
 use super::auto_chunk::AutoProbe;
-use super::dispatch::WindowJob;
 use super::each::{Each, LogReader};
 use super::ledger::{HeldChunk, Ledger};
 use super::observe::{self, Event};
 use super::trace::{Trace, TraceAttempt, TraceEventKind, TracePhase};
 use super::watchdog::{self, Watch};
-use super::{Death, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
+use super::window::WindowJob;
+use super::{Death, Ipc, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
 use crate::engine::control::{
     Bounds, ChunkTable, ClaimState, Posting, SlotCounters, Snapshot, TableLayout, monotonic_ns,
 };
@@ -251,10 +251,9 @@ impl Pool {
         } else {
             (geometry(&dispenser, n, workers), None, n)
         };
-        let (mut messages, mut bytes) = std::mem::take(&mut self.handshake_ipc);
-        let sent = self.send_spec(&spec);
-        messages += sent.0;
-        bytes += sent.1;
+        let mut ipc = std::mem::take(&mut self.handshake_ipc);
+        ipc += self.send_spec(&spec);
+        let Ipc { messages, bytes } = ipc;
         let deaths = std::mem::take(&mut self.start_deaths);
         let ledger = Ledger::new(
             workers,
@@ -506,8 +505,8 @@ impl Pool {
             ring: layout.ring,
             window_elems: layout.window_elems,
             limit,
-            recycle_chunks: self.recycle.0,
-            recycle_rss: self.recycle.1,
+            recycle_chunks: self.recycle.chunks,
+            recycle_rss: self.recycle.rss,
             log: job.each.is_some(),
             trace: job.trace.is_some(),
         };
@@ -1258,7 +1257,7 @@ impl Pool {
     /// Moves replacements' handshakes on: a ready one gets the spec and finds the posting
     /// by itself; one lost on the way is one more restart.
     fn poll_starting_queue(&mut self, job: &mut QueueJob) -> Result<()> {
-        self.spawn_pending(super::dispatch::SPAWN_BATCH)?;
+        self.spawn_pending(super::workers::SPAWN_BATCH)?;
         for w in 0..self.workers.len() {
             let dir = &self.dir;
             let Some(starting) = self.workers[w].starting.as_mut() else {
@@ -1270,10 +1269,10 @@ impl Pool {
                     self.workers[w].starting = None;
                     let pid = started.pid;
                     self.install(started)?;
-                    let (messages, bytes) = std::mem::take(&mut self.handshake_ipc);
-                    let sent = self.send_spec(&job.spec);
-                    job.messages += messages + sent.0;
-                    job.bytes += bytes + sent.1;
+                    let mut ipc = std::mem::take(&mut self.handshake_ipc);
+                    ipc += self.send_spec(&job.spec);
+                    job.messages += ipc.messages;
+                    job.bytes += ipc.bytes;
                     if self.workers[w].spec_sent != job.spec.spec_id {
                         job.dead.push((w, pid));
                     }

@@ -57,7 +57,7 @@ pub(crate) struct Started {
     /// The thread copying the worker's stdout and stderr to ours, prefixed.
     pub output: Option<Forwarder>,
     /// Messages and bytes of the handshake, for the IPC counters.
-    pub handshake_ipc: (u64, u64),
+    pub handshake_ipc: super::Ipc,
     /// The workloads the worker can run (name, element size), as its `Hello` said; for a
     /// forked worker, the pool's registry.
     pub workloads: Vec<Registered>,
@@ -467,7 +467,10 @@ impl Starting {
             tx,
             rx,
             output: self.output.take(),
-            handshake_ipc: (2, welcome_wire_size() + wire_size(&hello)),
+            handshake_ipc: super::Ipc {
+                messages: 2,
+                bytes: welcome_wire_size() + wire_size(&hello),
+            },
             workloads,
             inputs_socket: self.inputs_socket.take().expect("held until ready"),
         }
@@ -947,7 +950,7 @@ pub(crate) fn fork_workers(
                 tx: to_worker,
                 rx: from_worker,
                 output: None,
-                handshake_ipc: (0, 0),
+                handshake_ipc: super::Ipc::default(),
                 workloads: registry.catalogue(),
                 inputs_socket,
             })

@@ -1,0 +1,89 @@
+//! Streaming: the ring of windows a streamed job fills, and the thread that writes each
+//! complete window to the caller's sink while the workers fill the next ones.
+
+use std::sync::mpsc;
+
+use crate::engine::protocol::Layout;
+use crate::error::Result;
+
+use super::{JobStats, Pool};
+
+/// Where streamed windows go (see [`Pool::stream_with`]): called once per window, in
+/// order, with the window's first index and its bytes (little-endian elements).
+pub trait WindowSink {
+    /// Takes one complete window. An error stops the job.
+    fn window(&mut self, start: u64, bytes: &[u8]) -> std::result::Result<(), String>;
+}
+
+/// A window handed to the writer: its index, first element, length and ring slot.
+pub(super) struct WindowJob {
+    pub(super) index: u64,
+    pub(super) start: u64,
+    pub(super) len: u64,
+    pub(super) slot: u64,
+}
+
+/// The writer thread: each complete window goes to the sink, then its slot is announced
+/// free for the window `ring` places later, and `waker` wakes the dispatch loop.
+/// Stops at the first error, or when the loop hangs up.
+fn write_windows(
+    windows: mpsc::Receiver<WindowJob>,
+    freed: mpsc::Sender<std::result::Result<u64, String>>,
+    sink: &mut (dyn WindowSink + Send),
+    mapping: &crate::engine::shm::Mapping,
+    layout: Layout,
+    elem_size: u64,
+    waker: &ipc_channel::ipc::IpcSender<()>,
+) {
+    let slot_bytes = layout.window_elems * elem_size;
+    for w in windows {
+        let lo = w.slot * slot_bytes;
+        let hi = lo + w.len * elem_size;
+        // SAFETY: every chunk of this window is done (its workers replied) and the loop
+        // hands out no chunk of the slot's next window until we report it freed below, so
+        // no process writes these bytes while we read them.
+        let bytes = unsafe { mapping.slice(lo as usize..hi as usize) };
+        // The slot's pages stay: the ring is bounded already, and the next window in this
+        // slot reuses them without a page fault anywhere.
+        let result = sink.window(w.start, bytes);
+        let failed = result.is_err();
+        if freed.send(result.map(|()| w.index)).is_err() {
+            return;
+        }
+        let _ = waker.send(());
+        if failed {
+            return;
+        }
+    }
+}
+
+impl Pool {
+    /// Runs `body` beside a thread that writes complete windows to `sink`: `body` gets the
+    /// sender of windows to write and the receiver of freed ones. The writer has its own
+    /// mapping of the region, so it borrows nothing from the pool while `body` changes it,
+    /// and it wakes the dispatch loop (the pool's waker) after each window.
+    pub(super) fn with_writer(
+        &mut self,
+        layout: Layout,
+        elem_size: u64,
+        sink: &mut (dyn WindowSink + Send),
+        body: impl FnOnce(
+            &mut Pool,
+            mpsc::Sender<WindowJob>,
+            mpsc::Receiver<std::result::Result<u64, String>>,
+        ) -> Result<JobStats>,
+    ) -> Result<JobStats> {
+        let mapping = self.region.map()?;
+        let (to_writer, windows) = mpsc::channel::<WindowJob>();
+        let (freed, from_writer) = mpsc::channel::<std::result::Result<u64, String>>();
+        let waker = self.waker.clone();
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                write_windows(windows, freed, sink, &mapping, layout, elem_size, &waker)
+            });
+            // `body` drops its sender before the scope ends, which ends the writer's loop;
+            // then the scope joins the writer.
+            body(self, to_writer, from_writer)
+        })
+    }
+}
