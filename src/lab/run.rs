@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use crate::engine::control::monotonic_ns;
 use crate::engine::limits::{Machine, check_memory};
 use crate::engine::pool::{
-    JobOptions, JobStats, PoolBuilder, PoolOptions, ReducedChunk, TracePhase, Want, WorkerStats,
-    in_chunk_order,
+    JobOptions, JobStats, PoolBuilder, PoolOptions, ReducedChunk, Supervised, Tally, TracePhase,
+    Want, WorkerStats, in_chunk_order,
 };
 use crate::engine::protocol::Transport;
 use crate::engine::schedule::{Dispenser, Schedule};
@@ -535,39 +535,20 @@ pub(crate) fn in_process_stats(
     workers: Vec<WorkerStats>,
     options: &RunOptions,
 ) -> JobStats {
-    JobStats {
+    let tally = Tally {
         n,
+        wall,
+        workers,
         inflight: options.pool.inflight,
         chunk_size,
         chunks,
-        wall,
-        ipc_messages: 0,
-        ipc_bytes: 0,
-        shm_bytes: 0,
-        input_bytes: 0,
-        input_sends: 0,
-        workers,
-        restarts: 0,
-        recycles: 0,
-        retried_chunks: 0,
-        deaths: Vec::new(),
-        reduction: None,
         schedule: options.job.schedule,
         transport: options.job.transport,
-        auto_chunk: None,
-        chunk_rtt_mean_s: 0.0,
-        chunk_compute_mean_s: 0.0,
-        channel_result_bytes: 0,
         dispatch: options.job.dispatch,
-        claims: 0,
-        worker_sleeps: 0,
-        parent_sleeps: 0,
-        wake_messages: 0,
-        dispatch_per_chunk_s: 0.0,
-        chunks_delivered: 0,
-        stopped_early: false,
-        trace: None,
-    }
+        ..Tally::default()
+    };
+    // No pool: nothing crossed a channel, nobody was supervised.
+    JobStats::new(tally, Supervised::default())
 }
 
 /// The report of the measured rounds: details from the last, timings over all.

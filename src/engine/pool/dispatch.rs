@@ -24,23 +24,17 @@
 //! last chunk (so the idle time at the end shows imbalance).
 
 use std::collections::VecDeque;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ipc_channel::TrySelectError;
-use ipc_channel::ipc::IpcSelectionResult;
-
 use super::auto_chunk::AutoProbe;
-use super::each::Each;
-use super::ledger::Ledger;
-use super::observe::{self, Event};
-use super::trace::{Trace, TraceAttempt, TraceEventKind};
-use super::window::WindowJob;
-use super::workers::SPAWN_BATCH;
-use super::{Death, Ipc, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
-use crate::engine::protocol::{FromWorker, JobSpec, Layout, ToWorker, Transport, wire_size};
+use super::ledger::Lost;
+use super::supervise::{Dispatcher, Gone, JobCore, Progress, Why};
+use super::trace::{TraceAttempt, TraceEventKind};
+use super::window::Ring;
+use super::{JobOptions, JobStats, Pool, Tally, spawn};
+use crate::engine::protocol::{Dispatch, FromWorker, ToWorker, wire_size};
 use crate::engine::schedule::{Chunk, Dispenser, Schedule};
-use crate::error::{Error, LossCause, Phase, Result};
+use crate::error::{Error, Result};
 
 /// How often the loop looks at the clock and the interrupt flag when no message arrives.
 const TICK: Duration = Duration::from_millis(20);
@@ -102,312 +96,288 @@ impl DepthProbe {
     }
 }
 
-/// The state of one job.
-struct Job<'f> {
-    spec: JobSpec,
-    n: u64,
+/// The state of one job on the channels.
+struct ChannelJob<'f> {
+    core: JobCore<'f>,
     dispenser: Dispenser,
     held: Vec<Held>,
-    /// Who holds which chunk, retries, blame and limits.
-    ledger: Ledger,
+    /// Chunks done.
     done: u64,
     /// Elements in the chunks done.
     elements_done: u64,
-    /// The chunks' encoded accumulators, when the job reduces.
-    reduced: Vec<super::ReducedChunk>,
-    messages: u64,
-    bytes: u64,
     channel_result_bytes: u64,
     rtt_total: Duration,
     compute_total: Duration,
-    deaths: Vec<Death>,
-    /// Workers found dead while sending: (slot, pid), handled by the loop.
-    dead: Vec<(usize, u32)>,
-    auto: Option<AutoProbe>,
-    /// `elements_done` as last told to the observer.
-    told_done: u64,
     /// Chunks in flight per worker now.
     depth: usize,
     /// Measuring the first chunks to choose `depth` (with `inflight_auto`).
     depth_probe: Option<DepthProbe>,
     /// Set for a streamed job (`--output`).
-    streaming: Option<Streaming>,
-    /// Workers that retired after their recycling limit and were replaced.
-    recycles: u64,
-    /// The caller's callback, for [`Pool::for_each_chunk`].
-    each: Option<Each<'f>>,
-    /// The job's timeline, when asked for.
-    trace: Option<Trace>,
+    ring: Option<Ring>,
+    /// Streaming: elements done in each window from the ring's base on (ring-many
+    /// entries).
+    window_done: VecDeque<u64>,
 }
 
-impl Job<'_> {
-    /// The caller stopped iterating: hand out nothing more.
-    fn stopped(&self) -> bool {
-        self.each.as_ref().is_some_and(|e| e.stopped)
-    }
+/// Where a job on the channels stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Handing out chunks and collecting their `Done`s (and, streaming, until the last
+    /// window is written).
+    Running,
+    /// The caller stopped iterating: nothing more is handed out, and the chunks in flight
+    /// are waited for, so that their `Done` does not reach the next job.
+    Draining,
+    /// Nothing is left to wait for.
+    Finished,
 }
 
-/// The ring of windows of a streamed job, as the dispatch loop sees it.
-struct Streaming {
-    layout: Layout,
-    /// Windows in the job.
-    windows: u64,
-    /// The first window not yet written (and freed).
-    base: u64,
-    /// Windows handed to the writer so far.
-    handed: u64,
-    /// Elements done in each window from `base` on (ring-many entries).
-    done: VecDeque<u64>,
-    to_writer: mpsc::Sender<WindowJob>,
-    from_writer: mpsc::Receiver<std::result::Result<u64, String>>,
-}
-
-impl Streaming {
-    fn window_len(&self, index: u64, n: u64) -> u64 {
-        let start = index * self.layout.window_elems;
-        (start + self.layout.window_elems).min(n) - start
+impl ChannelJob<'_> {
+    fn stage(&self) -> Stage {
+        if self.core.stopped() {
+            return match self.core.ledger.held() {
+                0 => Stage::Finished,
+                _ => Stage::Draining,
+            };
+        }
+        if self.elements_done < self.core.n || self.ring.as_ref().is_some_and(|r| !r.complete()) {
+            Stage::Running
+        } else {
+            Stage::Finished
+        }
     }
 
     /// Counts a finished chunk and hands every complete window, in order, to the writer.
-    fn chunk_done(&mut self, chunk: Chunk, n: u64) {
-        let index = chunk.start / self.layout.window_elems;
-        if let Some(d) = self.done.get_mut((index - self.base) as usize) {
+    fn window_chunk_done(&mut self, chunk: Chunk) {
+        let Some(ring) = self.ring.as_mut() else {
+            return;
+        };
+        let index = chunk.start / ring.layout.window_elems;
+        if let Some(d) = self.window_done.get_mut((index - ring.base) as usize) {
             *d += chunk.len();
         }
-        while self.handed < self.windows && self.handed < self.base + self.layout.ring {
-            let k = self.handed;
-            if self.done[(k - self.base) as usize] < self.window_len(k, n) {
+        while let Some(window) = ring.next(self.core.n) {
+            if self.window_done[(window.index - ring.base) as usize] < window.len
+                || !ring.hand(window)
+            {
                 break;
             }
-            let job = WindowJob {
-                index: k,
-                start: k * self.layout.window_elems,
-                len: self.window_len(k, n),
-                slot: k % self.layout.ring,
-            };
-            if self.to_writer.send(job).is_err() {
-                break;
-            }
-            self.handed += 1;
         }
     }
 }
 
-/// Why a worker is being replaced.
-enum Why {
-    /// Its channel closed: read the exit status.
-    Died,
-    /// Its chunk ran past the limit: we killed it.
-    TimedOut(Duration),
-    /// Its kernel panicked and panics are retried: we killed it.
-    Panicked,
+impl<'f> Dispatcher<'f> for ChannelJob<'f> {
+    fn core(&mut self) -> &mut JobCore<'f> {
+        &mut self.core
+    }
+
+    fn lose(&mut self, _: &mut Pool, gone: Gone) -> Result<Lost> {
+        let Gone {
+            w,
+            id,
+            pid,
+            why,
+            cause,
+        } = gone;
+        if self.core.trace.is_some() {
+            let (held, since) = self.core.ledger.held_chunks(w);
+            if let (Some(front), Some(since)) = (held.first(), since) {
+                let start_ns = super::trace::ns_of(since);
+                self.core
+                    .trace_unfinished(front.chunk, id, front.attempt, start_ns);
+            }
+            let chunk = held.first().map(|c| c.chunk.id);
+            self.core
+                .trace_event(why.trace_kind(), Some(id), chunk, || {
+                    format!("pid {pid}: {cause}")
+                });
+            for (k, c) in held.iter().enumerate() {
+                let attempt = c.attempt + u32::from(k == 0);
+                self.core
+                    .trace_event(TraceEventKind::Retry, None, Some(c.chunk.id), || {
+                        format!("attempt {attempt}")
+                    });
+            }
+        }
+        self.core.ledger.lose(w, id, pid, cause)
+    }
+
+    fn panicked_chunk(&self, _: &Pool, w: usize, id: u64) -> Option<Chunk> {
+        self.core.ledger.holding(w, id)
+    }
+
+    fn message(&mut self, pool: &mut Pool, w: usize, msg: FromWorker) -> Result<()> {
+        match msg {
+            FromWorker::Done {
+                id,
+                compute_ns,
+                reduction,
+                data,
+            } => pool.done(w, id, compute_ns, reduction, data, self),
+            other => Err(Error::Ipc(format!(
+                "worker {w} sent an unexpected {other:?}"
+            ))),
+        }
+    }
+
+    fn retiring(&mut self, pool: &mut Pool, w: usize) {
+        if self.core.ledger.held_by(w) == 0 {
+            pool.let_go(w);
+        }
+    }
+
+    fn retired(&mut self, _: &mut Pool, _: usize) {}
+
+    fn joined(&mut self, pool: &mut Pool, w: usize, pid: u32) {
+        self.held[w].cpu_at_start = crate::engine::sys::process_cpu(pid);
+        self.held[w].os_at_start = crate::engine::sys::OsCounts::of_process(pid);
+        let depth = self.depth;
+        pool.top_up(w, depth, self);
+    }
+
+    fn progress(&self, _: &Pool) -> Progress {
+        Progress {
+            chunks_done: self.done,
+            chunks: self.done + self.core.ledger.outstanding(),
+            elements_done: self.elements_done,
+        }
+    }
 }
 
 impl Pool {
+    /// Runs a job over the channels: every chunk is a message to a worker, and its `Done`
+    /// a message back.
     pub(super) fn dispatch(
         &mut self,
-        spec: JobSpec,
-        n: u64,
+        core: JobCore<'_>,
         dispenser: Dispenser,
         options: &JobOptions,
-        stream: Option<(Layout, &mut (dyn WindowSink + Send))>,
-        each: Option<Each<'_>>,
+        ring: Option<Ring>,
     ) -> Result<JobStats> {
-        let Some((layout, sink)) = stream else {
-            return self.dispatch_loop(spec, n, dispenser, options, None, each);
-        };
-        let elem_size = u64::from(spec.elem_size);
-        self.with_writer(layout, elem_size, sink, |pool, to_writer, from_writer| {
-            let streaming = Streaming {
-                layout,
-                windows: n.div_ceil(layout.window_elems),
-                base: 0,
-                handed: 0,
-                done: (0..layout.ring).map(|_| 0).collect(),
-                to_writer,
-                from_writer,
-            };
-            pool.dispatch_loop(spec, n, dispenser, options, Some(streaming), None)
-        })
-    }
-
-    fn dispatch_loop(
-        &mut self,
-        spec: JobSpec,
-        n: u64,
-        mut dispenser: Dispenser,
-        options: &JobOptions,
-        streaming: Option<Streaming>,
-        each: Option<Each<'_>>,
-    ) -> Result<JobStats> {
-        let began = Instant::now();
-        let elem_size = u64::from(spec.elem_size);
-        let workers = self.workers.len() as u64;
-        let auto =
-            (options.auto_chunk && dispenser.schedule() != Schedule::Static && n > 0).then(|| {
-                let probe = AutoProbe::new(n, workers, self.inflight as u64);
-                dispenser.set_chunk_size(probe.probe_size);
-                probe
-            });
-        let Ipc { messages, bytes } = std::mem::take(&mut self.handshake_ipc);
-        // Workers that died while the pool started count as this job's restarts.
-        let deaths = std::mem::take(&mut self.start_deaths);
-        let ledger = Ledger::new(
-            self.workers.len(),
-            self.supervision.retries,
-            self.max_restarts,
-            self.supervision.chunk_timeout,
-            deaths.len() as u64,
-        );
-        let mut job = Job {
-            spec,
-            n,
-            dispenser,
-            held: self.workers.iter().map(|_| Held::default()).collect(),
-            ledger,
-            done: 0,
-            elements_done: 0,
-            reduced: Vec::new(),
-            messages,
-            bytes,
-            channel_result_bytes: 0,
-            rtt_total: Duration::ZERO,
-            compute_total: Duration::ZERO,
-            deaths,
-            dead: Vec::new(),
-            auto,
-            told_done: 0,
-            depth: self.inflight,
-            depth_probe: self
-                .inflight_auto
-                .then(|| DepthProbe::new(self.workers.len())),
-            streaming,
-            recycles: 0,
-            each,
-            trace: options.trace.then(Trace::begin),
-        };
-        for (w, slot) in self.workers.iter().enumerate() {
-            job.held[w].cpu_at_start = crate::engine::sys::process_cpu(slot.pid);
-            job.held[w].os_at_start = crate::engine::sys::OsCounts::of_process(slot.pid);
-        }
-
-        let sent = self.send_spec(&job.spec);
-        job.messages += sent.messages;
-        job.bytes += sent.bytes;
-        // Workers wait on the control block between jobs: this posting tells them to take
-        // their chunks from the channel until `EndJob`.
-        let posting = self.open_channel_posting(&job.spec);
-        // Prime round-robin (first chunk to every worker, then the second, …) so that a job
-        // with few chunks still spreads over all workers.
-        for _ in 0..job.depth {
-            for w in 0..self.workers.len() {
-                self.top_up(w, 1, &mut job);
-            }
-            if job.ledger.retry_is_empty() && job.dispenser.remaining() == 0 {
-                break;
-            }
-        }
-
-        // A stopped iteration still waits for the chunks in flight: their `Done` must not
-        // reach the next job.
-        while if job.stopped() {
-            job.ledger.held() > 0
-        } else {
-            job.elements_done < n || job.streaming.as_ref().is_some_and(|s| s.base < s.windows)
-        } {
-            if let Some(signal) = self.supervision.interrupt.requested() {
-                return Err(interrupted(signal, &job, self.workers.len()));
-            }
-            let ended = self.ended_workers(&mut job, Pool::handle)?;
-            job.dead.extend(ended);
-            while let Some((w, pid)) = job.dead.pop() {
-                if self.workers[w].pid == pid {
-                    self.replace(w, Why::Died, &mut job)?;
-                }
-            }
-            self.poll_starting(&mut job)?;
-            // Streaming: a window freed by the writer does not wake the select below, so
-            // look at the writer often; and a replacement's handshake moves on only when
-            // polled.
-            let tick = if self.any_starting() {
-                spawn::START_TICK
-            } else if job.streaming.is_some() {
-                STREAM_TICK
-            } else {
-                TICK
-            };
-            let wait = job.ledger.next_deadline().map_or(tick, |d| {
-                d.saturating_duration_since(Instant::now()).min(tick)
-            });
-            match self.set.try_select_timeout(wait) {
-                Ok(events) => {
-                    for event in events {
-                        self.handle(event, &mut job)?;
-                    }
-                }
-                Err(TrySelectError::Empty) => {}
-                Err(TrySelectError::IoError(e)) => {
-                    return Err(Error::Ipc(format!("waiting for workers: {e}")));
-                }
-            }
-            if let Some(limit) = self.supervision.chunk_timeout {
-                for w in job.ledger.late(Instant::now()) {
-                    crate::engine::sys::kill_hard(self.workers[w].pid);
-                    self.replace(w, Why::TimedOut(limit), &mut job)?;
-                }
-            }
-            self.windows_written(&mut job)?;
-            if job.elements_done != job.told_done {
-                job.told_done = job.elements_done;
-                let (done, n) = (job.elements_done, job.n);
-                observe::tell(&self.observer, Event::Progress { done, n });
-            }
+        let mut job = self.channel_job(core, dispenser, options, ring);
+        job.core.ipc += self.send_spec(&job.core.spec);
+        let posting = self.open_channel_posting(&job.core.spec);
+        self.prime(&mut job);
+        while job.stage() != Stage::Finished {
+            self.channel_turn(&mut job)?;
         }
         for w in 0..self.workers.len() {
             self.send(w, ToWorker::EndJob { posting }, &mut job);
         }
         self.close_posting(posting);
-        // A fault at a chunk the job never had did not fire (a job with a measured chunk size
-        // that ended before the measurement).
-        if !job.stopped() {
-            crate::engine::fault::check_faults(&job.spec.faults, job.done)?;
-        }
+        job.core.check_faults_fired(job.done)?;
+        self.channel_finish(job)
+    }
 
-        let end = Instant::now();
-        let wall = end - began;
-        if let Some(trace) = job.trace.as_mut() {
-            trace.finish();
+    /// A job on the channels about to start: the probe of `--chunk-size auto` (which sets
+    /// the dispenser's chunk length) and of the depth, and each worker's counters now.
+    fn channel_job<'f>(
+        &mut self,
+        mut core: JobCore<'f>,
+        mut dispenser: Dispenser,
+        options: &JobOptions,
+        ring: Option<Ring>,
+    ) -> ChannelJob<'f> {
+        let n = core.n;
+        let workers = self.workers.len() as u64;
+        core.auto =
+            (options.auto_chunk && dispenser.schedule() != Schedule::Static && n > 0).then(|| {
+                let probe = AutoProbe::new(n, workers, self.inflight as u64);
+                dispenser.set_chunk_size(probe.probe_size);
+                probe
+            });
+        let held = (0..self.workers.len())
+            .map(|w| Held {
+                cpu_at_start: crate::engine::sys::process_cpu(self.workers[w].pid),
+                os_at_start: crate::engine::sys::OsCounts::of_process(self.workers[w].pid),
+                ..Held::default()
+            })
+            .collect();
+        let window_done = match &ring {
+            Some(r) => (0..r.layout.ring).map(|_| 0).collect(),
+            None => VecDeque::new(),
+        };
+        ChannelJob {
+            core,
+            dispenser,
+            held,
+            done: 0,
+            elements_done: 0,
+            channel_result_bytes: 0,
+            rtt_total: Duration::ZERO,
+            compute_total: Duration::ZERO,
+            depth: self.inflight,
+            depth_probe: self
+                .inflight_auto
+                .then(|| DepthProbe::new(self.workers.len())),
+            ring,
+            window_done,
         }
-        let workers = self
-            .workers
-            .iter()
-            .zip(&job.held)
-            .enumerate()
-            .map(|(w, (slot, h))| {
+    }
+
+    /// Primes round-robin (first chunk to every worker, then the second, …) so that a job
+    /// with few chunks still spreads over all workers.
+    fn prime(&mut self, job: &mut ChannelJob) {
+        for _ in 0..job.depth {
+            for w in 0..self.workers.len() {
+                self.top_up(w, 1, job);
+            }
+            if job.core.ledger.retry_is_empty() && job.dispenser.remaining() == 0 {
+                break;
+            }
+        }
+    }
+
+    /// One turn of the loop: supervision, then the messages that arrived (or the wait for
+    /// them), late chunks, the windows written and progress.
+    fn channel_turn(&mut self, job: &mut ChannelJob) -> Result<()> {
+        self.supervise(job)?;
+        // Streaming: a window freed by the writer does not wake the select below, so look
+        // at the writer often; and a replacement's handshake moves on only when polled.
+        let tick = if self.any_starting() {
+            spawn::START_TICK
+        } else if job.ring.is_some() {
+            STREAM_TICK
+        } else {
+            TICK
+        };
+        let wait = job.core.ledger.next_deadline().map_or(tick, |d| {
+            d.saturating_duration_since(Instant::now()).min(tick)
+        });
+        self.select(wait, job)?;
+        if let Some(limit) = self.supervision.chunk_timeout {
+            for w in job.core.ledger.late(Instant::now()) {
+                crate::engine::sys::kill_hard(self.workers[w].pid);
+                self.replace(w, Why::TimedOut(limit), job)?;
+            }
+        }
+        self.windows_written(job)?;
+        let done = job.elements_done;
+        job.core.tell_progress(self, done);
+        Ok(())
+    }
+
+    /// The job's measurements, once its last chunk is in.
+    fn channel_finish(&mut self, job: ChannelJob) -> Result<JobStats> {
+        let end = Instant::now();
+        let wall = end - job.core.began;
+        let workers = (0..self.workers.len())
+            .map(|w| {
+                let (slot, h) = (&self.workers[w], &job.held[w]);
                 let usage = crate::engine::sys::process_usage(slot.pid);
                 let os = crate::engine::sys::OsCounts::of_process(slot.pid)
                     .zip(h.os_at_start)
                     .map(|(now, then)| now.since(then));
-                WorkerStats {
-                    id: slot.id,
-                    pid: slot.pid,
-                    chunks: h.done,
-                    compute_s: h.compute_ns as f64 / 1e9,
-                    cpu_s: usage
-                        .zip(h.cpu_at_start)
-                        .map(|((now, _), then)| now.saturating_sub(then).as_secs_f64()),
-                    peak_rss_bytes: usage.map(|(_, rss)| rss),
-                    idle_end_s: h.last_done.map_or(wall, |t| end - t).as_secs_f64(),
-                    cpu: spawn::cpu_for(slot.id, &self.pin),
-                    claims: 0,
-                    dispatch_s: 0.0,
-                    sleeps: 0,
-                    setup_s: self.control.counters(w).setup_ns as f64 / 1e9,
-                    minor_faults: os.map(|o| o.minor_faults),
-                    major_faults: os.map(|o| o.major_faults),
-                    voluntary_switches: os.map(|o| o.voluntary_switches),
-                    involuntary_switches: os.map(|o| o.involuntary_switches),
-                }
+                let mut stats = self.worker_stats(w).with_os(os);
+                stats.chunks = h.done;
+                stats.compute_s = h.compute_ns as f64 / 1e9;
+                stats.cpu_s = usage
+                    .zip(h.cpu_at_start)
+                    .map(|((now, _), then)| now.saturating_sub(then).as_secs_f64());
+                stats.peak_rss_bytes = usage.map(|(_, rss)| rss);
+                stats.idle_end_s = h.last_done.map_or(wall, |t| end - t).as_secs_f64();
+                stats.setup_s = self.control.counters(w).setup_ns as f64 / 1e9;
+                stats
             })
             .collect();
         let per_chunk = |total: Duration| {
@@ -417,167 +387,47 @@ impl Pool {
                 total.as_secs_f64() / job.done as f64
             }
         };
-        self.reduced = std::mem::take(&mut job.reduced);
-        let stopped_early = job.stopped();
-        Ok(JobStats {
-            n,
+        let tally = Tally {
+            n: job.core.n,
+            wall,
+            workers,
             inflight: job.depth,
             chunk_size: job.dispenser.chunk_size(),
             chunks: job.done,
-            wall,
-            ipc_messages: job.messages,
-            ipc_bytes: job.bytes,
-            // Filled in by `Pool::job`.
-            input_bytes: 0,
-            input_sends: 0,
-            shm_bytes: match job.spec.transport {
-                Transport::Shm if job.spec.output => n * elem_size,
-                _ => 0,
-            },
-            workers,
-            restarts: job.ledger.restarts(),
-            retried_chunks: job.ledger.retried_chunks(),
-            deaths: job.deaths,
-            reduction: None,
             schedule: job.dispenser.schedule(),
-            transport: job.spec.transport,
-            auto_chunk: job.auto.and_then(|a| a.result),
+            transport: job.core.spec.transport,
+            dispatch: Dispatch::Channel,
             chunk_rtt_mean_s: per_chunk(job.rtt_total),
             chunk_compute_mean_s: per_chunk(job.compute_total),
-            channel_result_bytes: job.channel_result_bytes,
-            dispatch: crate::engine::protocol::Dispatch::Channel,
-            claims: 0,
-            worker_sleeps: 0,
-            parent_sleeps: 0,
-            wake_messages: 0,
             dispatch_per_chunk_s: per_chunk(job.rtt_total.saturating_sub(job.compute_total)),
-            recycles: job.recycles + self.settle_retired()?,
-            chunks_delivered: job.each.as_ref().map_or(0, |e| e.delivered),
-            stopped_early,
-            trace: job.trace,
-        })
+            channel_result_bytes: job.channel_result_bytes,
+            ..Tally::default()
+        };
+        job.core.finish(self, tally)
     }
 
     /// Takes the windows the writer has finished: their slots are free, so the hand-out
     /// limit moves on and idle workers get chunks of the next windows.
-    fn windows_written(&mut self, job: &mut Job) -> Result<()> {
-        let Some(streaming) = job.streaming.as_mut() else {
+    fn windows_written(&mut self, job: &mut ChannelJob) -> Result<()> {
+        let Some(ring) = job.ring.as_mut() else {
             return Ok(());
         };
-        let mut moved = false;
-        loop {
-            match streaming.from_writer.try_recv() {
-                Ok(Ok(_)) => {
-                    if let Some(trace) = job.trace.as_mut() {
-                        let detail = format!("window {}", streaming.base);
-                        trace.event(TraceEventKind::WindowWritten, None, None, detail);
-                    }
-                    streaming.base += 1;
-                    streaming.done.pop_front();
-                    streaming.done.push_back(0);
-                    moved = true;
-                }
-                Ok(Err(message)) => return Err(Error::Output(message)),
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    if streaming.base < streaming.windows {
-                        return Err(Error::Output("the window writer stopped early".into()));
-                    }
-                    break;
-                }
-            }
-        }
-        if moved {
-            let limit = (streaming.base + streaming.layout.ring) * streaming.layout.window_elems;
-            job.dispenser.set_limit(limit);
+        let before = ring.base;
+        let (core, window_done) = (&mut job.core, &mut job.window_done);
+        ring.written(|index| {
+            core.trace_event(TraceEventKind::WindowWritten, None, None, || {
+                format!("window {index}")
+            });
+            window_done.pop_front();
+            window_done.push_back(0);
+        })?;
+        if ring.base != before {
+            job.dispenser.set_limit(ring.limit());
             for w in 0..self.workers.len() {
                 self.top_up(w, job.depth, job);
             }
         }
         Ok(())
-    }
-
-    fn handle(&mut self, event: IpcSelectionResult, job: &mut Job) -> Result<()> {
-        match event {
-            IpcSelectionResult::MessageReceived(rid, message) => {
-                let Some((w, msg, size)) = self.decode(rid, message)? else {
-                    return Ok(());
-                };
-                job.messages += 1;
-                job.bytes += size;
-                match msg {
-                    FromWorker::Done {
-                        id,
-                        compute_ns,
-                        reduction,
-                        data,
-                    } => self.done(w, id, compute_ns, reduction, data, job),
-                    FromWorker::Panicked {
-                        id,
-                        message,
-                        location,
-                    } => self.panicked(w, id, message, location, job),
-                    FromWorker::Failed { message } => Err(Error::WorkerFailed {
-                        id: self.workers[w].id,
-                        pid: self.workers[w].pid,
-                        message,
-                    }),
-                    FromWorker::Retiring => {
-                        // No more chunks for it; once it holds none, it may go.
-                        self.workers[w].retiring = true;
-                        if job.ledger.held_by(w) == 0 {
-                            self.let_go(w);
-                        }
-                        Ok(())
-                    }
-                    // A wake-up meant for an earlier job on the queue, sent just as that
-                    // job ended: it carries nothing, and nobody here sleeps on it.
-                    FromWorker::Wake => Ok(()),
-                    other => Err(Error::Ipc(format!(
-                        "worker {w} sent an unexpected {other:?}"
-                    ))),
-                }
-            }
-            IpcSelectionResult::ChannelClosed(rid) => match self.by_receiver.get(&rid).copied() {
-                Some(w) if self.workers[w].retiring => {
-                    job.recycles += 1;
-                    self.recycle(w)
-                }
-                Some(w) => self.replace(w, Why::Died, job),
-                None => Ok(()),
-            },
-        }
-    }
-
-    /// The kernel panicked on chunk `id` in worker `w`, which caught it. By default the
-    /// job fails naming the chunk and the panic; with `retry_panics` the worker is replaced
-    /// and the chunk retried, like a crash.
-    fn panicked(
-        &mut self,
-        w: usize,
-        id: u64,
-        message: String,
-        location: Option<String>,
-        job: &mut Job,
-    ) -> Result<()> {
-        let Some(chunk) = job.ledger.holding(w, id) else {
-            return Err(Error::Ipc(format!(
-                "worker {w} reported a panic on chunk {id}, which it did not hold"
-            )));
-        };
-        if self.supervision.retry_panics {
-            crate::engine::sys::kill_hard(self.workers[w].pid);
-            return self.replace(w, Why::Panicked, job);
-        }
-        Err(Error::KernelPanicked {
-            chunk: chunk.id,
-            start: chunk.start,
-            end: chunk.end,
-            worker: self.workers[w].id,
-            pid: self.workers[w].pid,
-            message,
-            location,
-        })
     }
 
     /// Worker `w` finished chunk `id`.
@@ -588,26 +438,26 @@ impl Pool {
         compute_ns: u64,
         reduction: Option<serde_bytes::ByteBuf>,
         data: Option<serde_bytes::ByteBuf>,
-        job: &mut Job,
+        job: &mut ChannelJob,
     ) -> Result<()> {
         let now = Instant::now();
-        let attempt = match job.trace.is_some() {
-            true => job.ledger.attempt_of(w, id),
+        let attempt = match job.core.trace.is_some() {
+            true => job.core.ledger.attempt_of(w, id),
             false => None,
         };
-        let Some((chunk, rtt)) = job.ledger.done(w, id, now) else {
+        let Some((chunk, rtt)) = job.core.ledger.done(w, id, now) else {
             return Err(Error::Ipc(format!(
                 "worker {w} reported chunk {id}, which it did not hold"
             )));
         };
-        if job.spec.reduce_slot > 0 && reduction.is_none() {
+        if job.core.spec.reduce_slot > 0 && reduction.is_none() {
             return Err(Error::Ipc(format!(
                 "worker {} (pid {}) reported chunk {} (elements {}..{}) done without its \
                  accumulator, though the job reduces",
                 self.workers[w].id, self.workers[w].pid, chunk.id, chunk.start, chunk.end
             )));
         }
-        if let Some(trace) = job.trace.as_mut() {
+        if let Some(trace) = job.core.trace.as_mut() {
             // The parent's clock: the `Done` arrived now, after `compute_ns` of kernel.
             let end_ns = crate::engine::control::monotonic_ns();
             trace.attempts.push(TraceAttempt {
@@ -628,34 +478,57 @@ impl Pool {
         let compute = Duration::from_nanos(compute_ns);
         job.done += 1;
         job.elements_done += chunk.len();
-        if let Some(streaming) = job.streaming.as_mut() {
-            streaming.chunk_done(chunk, job.n);
-        }
+        job.window_chunk_done(chunk);
         job.rtt_total += rtt;
         job.compute_total += compute;
+        self.results_in(chunk, reduction, data, job)?;
+        self.measured(chunk, compute, rtt, job)?;
+        if self.workers[w].retiring && job.core.ledger.held_by(w) == 0 {
+            self.let_go(w);
+        }
+        self.top_up(w, 1, job);
+        Ok(())
+    }
+
+    /// A finished chunk's results: its accumulator kept, its data (channel transport)
+    /// copied into place, and the chunk handed to the caller's callback.
+    fn results_in(
+        &mut self,
+        chunk: Chunk,
+        reduction: Option<serde_bytes::ByteBuf>,
+        data: Option<serde_bytes::ByteBuf>,
+        job: &mut ChannelJob,
+    ) -> Result<()> {
         let acc = reduction.map(serde_bytes::ByteBuf::into_vec);
         if let Some(acc) = &acc {
-            job.reduced.push(super::ReducedChunk {
+            job.core.reduced.push(super::ReducedChunk {
                 range: chunk.start..chunk.end,
                 acc: acc.clone(),
             });
         }
+        let elem_size = u64::from(job.core.spec.elem_size);
         if let Some(data) = data {
-            self.place(chunk, &data, u64::from(job.spec.elem_size))?;
+            self.place(chunk, &data, elem_size)?;
             job.channel_result_bytes += data.len() as u64;
         }
         // Its results are in place (written by the worker, or just copied): hand it on.
-        if let Some(each) = job.each.as_mut() {
+        if let Some(each) = job.core.each.as_mut() {
             let mapping = self.mapping.as_ref().ok_or(Error::Broken)?;
-            each.done(
-                chunk.id,
-                chunk.start..chunk.end,
-                acc,
-                mapping,
-                u64::from(job.spec.elem_size),
-            );
+            each.done(chunk.id, chunk.start..chunk.end, acc, mapping, elem_size);
         }
-        if let Some(auto) = job.auto.as_mut()
+        Ok(())
+    }
+
+    /// A finished chunk's timing: the measured chunk length, once the probes are in, and
+    /// the depth, once the first chunks are.
+    fn measured(
+        &mut self,
+        chunk: Chunk,
+        compute: Duration,
+        rtt: Duration,
+        job: &mut ChannelJob,
+    ) -> Result<()> {
+        if let Some(auto) = job.core.auto.as_mut()
             && auto.awaits(chunk.len())
             && auto.record(chunk.len(), compute, rtt, job.dispenser.remaining() == 0)
         {
@@ -663,9 +536,9 @@ impl Pool {
             let chosen = auto.choose(remaining, boundary, self.workers.len()).chosen;
             job.dispenser.set_chunk_size(chosen);
             // Only now is the job's chunk count known.
-            if let Some(last) = job.spec.faults.iter().map(|f| f.chunk).max() {
+            if let Some(last) = job.core.spec.faults.iter().map(|f| f.chunk).max() {
                 let chunks = job.dispenser.chunks_up_to(last);
-                crate::engine::fault::check_faults(&job.spec.faults, chunks)?;
+                crate::engine::fault::check_faults(&job.core.spec.faults, chunks)?;
             }
         }
         if let Some(probe) = job.depth_probe.as_mut()
@@ -681,10 +554,6 @@ impl Pool {
                 }
             }
         }
-        if self.workers[w].retiring && job.ledger.held_by(w) == 0 {
-            self.let_go(w);
-        }
-        self.top_up(w, 1, job);
         Ok(())
     }
 
@@ -708,22 +577,26 @@ impl Pool {
     }
 
     /// Sends worker `w` up to `count` more chunks, never more than `inflight` in all.
-    fn top_up(&mut self, w: usize, count: usize, job: &mut Job) {
-        if job.stopped() {
+    fn top_up(&mut self, w: usize, count: usize, job: &mut ChannelJob) {
+        if job.core.stopped() {
             return;
         }
         for _ in 0..count {
             // A process with a chunk limit gets exactly that many, then retires.
             let spent =
                 self.recycle.chunks > 0 && self.workers[w].sent_chunks >= self.recycle.chunks;
-            if job.ledger.held_by(w) >= job.depth
+            if job.core.ledger.held_by(w) >= job.depth
                 || self.workers[w].tx.is_none()
                 || self.workers[w].retiring
                 || spent
             {
                 return;
             }
-            let Some(held) = job.ledger.hand_out(w, &mut job.dispenser, Instant::now()) else {
+            let Some(held) = job
+                .core
+                .ledger
+                .hand_out(w, &mut job.dispenser, Instant::now())
+            else {
                 return;
             };
             let msg = ToWorker::Chunk {
@@ -737,83 +610,17 @@ impl Pool {
         }
     }
 
-    /// Sends `msg` to worker `w`. A worker that is gone is queued in `job.dead` for the loop
-    /// to replace (its channel-closed event may come later or not at all).
-    fn send(&mut self, w: usize, msg: ToWorker, job: &mut Job) {
+    /// Sends `msg` to worker `w`. A worker that is gone is queued in the job's `dead` for
+    /// the loop to replace (its channel-closed event may come later or not at all).
+    fn send(&mut self, w: usize, msg: ToWorker, job: &mut ChannelJob) {
         let size = wire_size(&msg);
         let Some(tx) = self.workers[w].tx.as_ref() else {
             return;
         };
         match tx.send(msg) {
-            Ok(()) => {
-                job.messages += 1;
-                job.bytes += size;
-            }
-            Err(_) => job.dead.push((w, self.workers[w].pid)),
+            Ok(()) => job.core.ipc.one(size),
+            Err(_) => job.core.dead.push((w, self.workers[w].pid)),
         }
-    }
-
-    /// Reaps worker `w`, hands its chunks out again (blaming the one it was running), and
-    /// starts a replacement with the same id.
-    fn replace(&mut self, w: usize, why: Why, job: &mut Job) -> Result<()> {
-        let slot = &mut self.workers[w];
-        if let Some(rid) = slot.rid.take() {
-            self.by_receiver.remove(&rid);
-        }
-        let (pid, slot_id) = (slot.pid, slot.id);
-        let exit = slot.reap(Duration::from_secs(1));
-        let cause = match why {
-            Why::Died => LossCause::Ended(exit),
-            Why::TimedOut(limit) => LossCause::TimedOut(limit),
-            Why::Panicked => LossCause::Panicked,
-        };
-        if let Some(trace) = job.trace.as_mut() {
-            let (held, since) = job.ledger.held_chunks(w);
-            let now_ns = crate::engine::control::monotonic_ns();
-            if let (Some(front), Some(since)) = (held.first(), since) {
-                trace.attempts.push(TraceAttempt {
-                    chunk: front.chunk.id,
-                    range: front.chunk.start..front.chunk.end,
-                    worker: slot_id,
-                    attempt: front.attempt,
-                    start_ns: super::trace::ns_of(since).min(now_ns),
-                    end_ns: now_ns,
-                    finished: false,
-                    compute_ns: None,
-                });
-            }
-            let kind = match why {
-                Why::TimedOut(_) => TraceEventKind::Timeout,
-                _ => TraceEventKind::Death,
-            };
-            let chunk = held.first().map(|c| c.chunk.id);
-            trace.event(kind, Some(slot_id), chunk, format!("pid {pid}: {cause}"));
-            for (k, c) in held.iter().enumerate() {
-                let attempt = c.attempt + u32::from(k == 0);
-                let detail = format!("attempt {attempt}");
-                trace.event(TraceEventKind::Retry, None, Some(c.chunk.id), detail);
-            }
-        }
-        let lost = job.ledger.lose(w, slot_id, pid, cause)?;
-        let (running, text) = (lost.running, lost.loss.to_string());
-        let (worker, what) = (slot_id, text.as_str());
-        observe::tell(&self.observer, Event::WorkerLost { worker, pid, what });
-        let id = self.workers[w].id;
-        // Replacements are always spawned: by now this process has threads, so it may not
-        // fork. The handshake goes on in `poll_starting` while the others compute.
-        let new_pid = self.begin_start(w)?;
-        if let Some(trace) = job.trace.as_mut() {
-            let detail = format!("pid {new_pid} replaces pid {pid}");
-            trace.event(TraceEventKind::Restart, Some(id), None, detail);
-        }
-        job.deaths.push(Death {
-            id,
-            pid,
-            cause: lost.loss.cause_text(),
-            chunk: running,
-            replaced_by: Some(new_pid),
-        });
-        Ok(())
     }
 
     /// Lets a retiring worker (channel dispatch) go: it holds no chunk, so `Shutdown` ends
@@ -822,57 +629,6 @@ impl Pool {
         if let Some(tx) = self.workers[w].tx.as_ref() {
             let _ = tx.send(ToWorker::Shutdown);
         }
-    }
-
-    /// Moves every replacement's handshake on: a ready one gets the job and its chunks; one
-    /// killed or hung on the way is one more restart, and is replaced within the limits.
-    fn poll_starting(&mut self, job: &mut Job) -> Result<()> {
-        self.spawn_pending(SPAWN_BATCH)?;
-        for w in 0..self.workers.len() {
-            let dir = &self.dir;
-            let Some(starting) = self.workers[w].starting.as_mut() else {
-                continue;
-            };
-            match starting.poll(dir) {
-                spawn::Progress::Pending => {}
-                spawn::Progress::Ready(started) => {
-                    self.workers[w].starting = None;
-                    let pid = started.pid;
-                    self.install(started)?;
-                    let Ipc { messages, bytes } = std::mem::take(&mut self.handshake_ipc);
-                    job.messages += messages;
-                    job.bytes += bytes;
-                    job.held[w].cpu_at_start = crate::engine::sys::process_cpu(pid);
-                    job.held[w].os_at_start = crate::engine::sys::OsCounts::of_process(pid);
-                    let sent = self.send_spec(&job.spec);
-                    job.messages += sent.messages;
-                    job.bytes += sent.bytes;
-                    if self.workers[w].spec_sent != job.spec.spec_id {
-                        job.dead.push((w, pid));
-                    }
-                    let depth = job.depth;
-                    self.top_up(w, depth, job);
-                }
-                spawn::Progress::Failed(failure) => {
-                    self.start_again(w, failure, &mut job.ledger, &mut job.deaths)?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-fn interrupted(signal: i32, job: &Job, workers: usize) -> Error {
-    Error::Interrupted {
-        signal,
-        phase: Phase::Pool,
-        chunks_done: job.done,
-        chunks: job.done + job.ledger.outstanding(),
-        elements_done: job.elements_done,
-        n: job.n,
-        workers,
-        needed_term: 0,
-        needed_kill: 0,
     }
 }
 

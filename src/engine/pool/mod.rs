@@ -6,6 +6,7 @@
 //! every worker.
 
 mod auto_chunk;
+mod claims;
 mod dispatch;
 mod each;
 mod ledger;
@@ -15,6 +16,7 @@ mod private_dir;
 mod queue;
 mod spawn;
 mod stats;
+mod supervise;
 mod trace;
 mod watchdog;
 mod window;
@@ -46,8 +48,9 @@ use private_dir::PrivateDir;
 #[cfg(feature = "mpi")]
 pub(crate) use private_dir::sweep_abandoned;
 pub(crate) use spawn::TEST_WORKER_ENV;
-pub(crate) use stats::Ipc;
 pub use stats::{AutoChunk, Death, JobStats, WorkerStats};
+pub(crate) use stats::{Ipc, Supervised, Tally};
+use supervise::JobCore;
 pub use trace::{Trace, TraceAttempt, TraceEvent, TraceEventKind, TracePhase};
 pub use window::WindowSink;
 use workers::WorkerSlot;
@@ -778,10 +781,14 @@ impl Pool {
         observe::tell(&self.observer, Event::JobStarted { n });
         self.job_inputs = inputs;
         self.input_sends = 0;
-        let result = match options.dispatch {
-            Dispatch::Channel => self.dispatch(spec, n, dispenser, options, stream, each),
-            Dispatch::Queue => self.dispatch_queue(spec, n, dispenser, options, stream, each),
-        };
+        let elem_size = u64::from(spec.elem_size);
+        let result = self.with_ring(stream, n, elem_size, |pool, ring| {
+            let core = JobCore::new(pool, spec, n, options, each);
+            match options.dispatch {
+                Dispatch::Channel => pool.dispatch(core, dispenser, options, ring),
+                Dispatch::Queue => pool.dispatch_queue(core, dispenser, options, ring),
+            }
+        });
         // The workers keep their mappings; the parent's own `Input` values keep theirs.
         self.job_inputs.clear();
         let result = result.map(|mut stats| {

@@ -25,27 +25,24 @@
 //!   workers killed and replaced, and the chunks nobody holds queued again (see
 //!   [`super::watchdog`]).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ipc_channel::TrySelectError;
-use ipc_channel::ipc::IpcSelectionResult;
-
 use super::auto_chunk::AutoProbe;
-use super::each::{Each, LogReader};
-use super::ledger::{HeldChunk, Ledger};
+use super::claims::{self, Retries};
+use super::each::LogReader;
+use super::ledger::{HeldChunk, Lost};
 use super::observe::{self, Event};
-use super::trace::{Trace, TraceAttempt, TraceEventKind, TracePhase};
+use super::supervise::{Dispatcher, Gone, JobCore, Progress, Why};
+use super::trace::{TraceAttempt, TraceEventKind, TracePhase};
 use super::watchdog::{self, Watch};
-use super::window::WindowJob;
-use super::{Death, Ipc, JobOptions, JobStats, Pool, WindowSink, WorkerStats, spawn};
+use super::window::Ring;
+use super::{JobOptions, JobStats, Pool, Tally, WorkerStats, spawn};
 use crate::engine::control::{
     Bounds, ChunkTable, ClaimState, Posting, SlotCounters, Snapshot, TableLayout, monotonic_ns,
 };
-use crate::engine::protocol::{Dispatch, FromWorker, JobSpec, Layout};
-use crate::engine::schedule::{Dispenser, Geometry, Schedule};
-use crate::error::{Error, LossCause, Phase, Result};
+use crate::engine::protocol::{Dispatch, FromWorker};
+use crate::engine::schedule::{Chunk, Dispenser, Geometry, Schedule};
+use crate::error::{Error, Result};
 
 /// The longest the loop sleeps without looking at the interrupt flag. A SIGINT or SIGTERM
 /// that lands on the loop's own thread (the main thread, in the `procpool` command, where
@@ -115,23 +112,30 @@ impl Acc {
     }
 }
 
-/// The ring of windows of a streamed job.
-struct Stream {
-    layout: Layout,
-    windows: u64,
-    /// The first window not yet written (and freed).
-    base: u64,
-    /// Windows handed to the writer so far.
-    handed: u64,
-    to_writer: mpsc::Sender<WindowJob>,
-    from_writer: mpsc::Receiver<std::result::Result<u64, String>>,
+/// Which posting of a job is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// `--chunk-size auto`: the probe chunks, timed by the workers.
+    Probing,
+    /// The job's chunks (after the probes, the rest in the chosen length).
+    Main,
+}
+
+/// What one turn of the loop found.
+enum Turn {
+    /// Nothing ended: go on.
+    Again,
+    /// The probe posting is done: choose the chunk length and post the rest.
+    Probed,
+    /// The job is done (or the caller stopped it).
+    Finished,
 }
 
 /// The state of one job on the queue.
 struct QueueJob<'f> {
-    spec: JobSpec,
-    n: u64,
+    core: JobCore<'f>,
     schedule: Schedule,
+    stage: Stage,
     /// Chunk length of the main posting (before a measured one is chosen: the default).
     size: u64,
     workers: u64,
@@ -143,37 +147,14 @@ struct QueueJob<'f> {
     /// Chunks of earlier postings (all done).
     chunks_before: u64,
     acc: Vec<Acc>,
-    ledger: Ledger,
-    /// Attempts of chunks queued again, by index in the current posting.
-    attempts: HashMap<u64, u32>,
-    /// Retries waiting for room in the ring.
-    overflow: VecDeque<(u64, u32)>,
-    /// A worker was lost in this posting: look for chunks nobody holds.
-    lost_in_posting: bool,
-    deaths: Vec<Death>,
-    /// The chunks' encoded accumulators, when the job reduces.
-    reduced: Vec<super::ReducedChunk>,
-    messages: u64,
-    bytes: u64,
+    /// The chunks queued again in this posting.
+    retries: Retries,
     parent_sleeps: u64,
-    /// Workers that retired after their recycling limit and were replaced.
-    recycles: u64,
-    /// Workers found gone while sending: (slot, pid).
-    dead: Vec<(usize, u32)>,
-    /// Probing for `--chunk-size auto`, and what it chose.
-    auto: Option<AutoProbe>,
-    probing: bool,
-    stream: Option<Stream>,
-    told_done: u64,
+    /// Set for a streamed job (`--output`).
+    ring: Option<Ring>,
     last_progress: Instant,
-    /// The caller's callback, for [`Pool::for_each_chunk`], and the posting's completion
-    /// log as read so far.
-    each: Option<Each<'f>>,
+    /// The posting's completion log as read so far (for the caller's callback).
     log: LogReader,
-    /// The job's timeline, when asked for.
-    trace: Option<Trace>,
-    /// Retries queued in the ring in this posting (its `tail`).
-    pushed: u64,
     /// `next`, `done` and the ring's `head` as last seen intact in this posting.
     seen: (u64, u64, u64),
     /// The workers running a chunk when the control block was last seen intact: (slot,
@@ -187,84 +168,137 @@ impl QueueJob<'_> {
         self.posting.n - self.posting.start
     }
 
-    /// The caller stopped iterating: stop the job.
-    fn stopped(&self) -> bool {
-        self.each.as_ref().is_some_and(|e| e.stopped)
+    /// The schedule workers follow in the current posting: the probes are dynamic.
+    fn posting_schedule(&self) -> Schedule {
+        match self.stage {
+            Stage::Probing => Schedule::Dynamic,
+            Stage::Main => self.schedule,
+        }
     }
 }
 
-/// Why a worker is being replaced.
-enum Why {
-    Died,
-    TimedOut(Duration),
-    Panicked,
-    /// Stopped by a signal while the queue stood still this long.
-    Stopped(Duration),
+impl<'f> Dispatcher<'f> for QueueJob<'f> {
+    fn core(&mut self) -> &mut JobCore<'f> {
+        &mut self.core
+    }
+
+    fn lose(&mut self, pool: &mut Pool, gone: Gone) -> Result<Lost> {
+        let (w, id, pid, cause) = (gone.w, gone.id, gone.pid, gone.cause);
+        // The process is reaped: its slot holds its last word.
+        let view = pool.control.view(w);
+        self.acc[w].add(pool.control.counters(w));
+        let mapping = pool.mapping.as_ref().ok_or(Error::Broken)?;
+        let table = ChunkTable::new(mapping, self.table).ok_or(Error::Broken)?;
+        let held = claims::claimed(view, self.posting.chunks, &table);
+        let running = matches!(view.state, ClaimState::Running | ClaimState::Panicked);
+        let held_chunk = held.map(|c| HeldChunk {
+            chunk: self.geometry.chunk(c.index),
+            attempt: c.attempt,
+        });
+        let blamed = held
+            .filter(|c| c.running)
+            .map(|c| self.geometry.chunk(c.index));
+        if let Some(chunk) = blamed.filter(|_| view.since_ns > 0) {
+            // The attempt that never finished: from its start in the claim slot to now.
+            self.core
+                .trace_unfinished(chunk, id, view.attempt, view.since_ns);
+        }
+        let chunk = blamed.map(|c| c.id);
+        self.core
+            .trace_event(gone.why.trace_kind(), Some(id), chunk, || {
+                format!("pid {pid}: {cause}")
+            });
+        let (lost, again) = self
+            .core
+            .ledger
+            .lose_claim(id, pid, cause, held_chunk, running)?;
+        if let (Some(c), Some(again)) = (held, again) {
+            let chunk = self.geometry.chunk(c.index).id;
+            self.core
+                .trace_event(TraceEventKind::Retry, None, Some(chunk), || {
+                    format!("attempt {}", again.attempt)
+                });
+            self.retries.requeue(&pool.control, c.index, again.attempt);
+            if self.static_workers > 0 {
+                pool.control.skip_static(w, c.index, self.workers);
+            }
+        }
+        pool.control.reset_slot(w);
+        pool.control.note_death();
+        self.retries.lost = true;
+        pool.control.bump();
+        Ok(lost)
+    }
+
+    fn panicked_chunk(&self, pool: &Pool, w: usize, id: u64) -> Option<Chunk> {
+        let index = id
+            .checked_sub(self.posting.id_base)
+            .filter(|&k| k < self.posting.chunks);
+        if index.is_none() || pool.control.view(w).chunk != index {
+            return None;
+        }
+        index.map(|k| self.geometry.chunk(k))
+    }
+
+    fn message(&mut self, _: &mut Pool, w: usize, msg: FromWorker) -> Result<()> {
+        Err(Error::Ipc(format!("worker {w} sent an unexpected {msg:?}")))
+    }
+
+    fn retiring(&mut self, _: &mut Pool, _: usize) {}
+
+    fn retired(&mut self, pool: &mut Pool, w: usize) {
+        // It left the job holding nothing: keep its counts.
+        self.acc[w].add(pool.control.counters(w));
+    }
+
+    fn joined(&mut self, _: &mut Pool, _: usize, _: u32) {
+        // It finds the posting by itself.
+    }
+
+    fn progress(&self, pool: &Pool) -> Progress {
+        let done: u64 = (0..pool.workers.len())
+            .map(|w| pool.control.counters(w).chunks)
+            .sum::<u64>()
+            + self.acc.iter().map(|a| a.c.chunks).sum::<u64>();
+        Progress {
+            chunks_done: done,
+            chunks: self.chunks_before + self.posting.chunks,
+            elements_done: (self.posting.start + pool.control.done_elements()).min(self.core.n),
+        }
+    }
 }
 
 impl Pool {
+    /// Runs a job on the shared-memory queue: the workers claim its chunks themselves.
     pub(super) fn dispatch_queue(
         &mut self,
-        spec: JobSpec,
-        n: u64,
+        mut core: JobCore<'_>,
         dispenser: Dispenser,
         options: &JobOptions,
-        stream: Option<(Layout, &mut (dyn WindowSink + Send))>,
-        each: Option<Each<'_>>,
+        ring: Option<Ring>,
     ) -> Result<JobStats> {
-        let Some((layout, sink)) = stream else {
-            return self.queue_loop(spec, n, dispenser, options, None, each);
-        };
-        let elem_size = u64::from(spec.elem_size);
-        self.with_writer(layout, elem_size, sink, |pool, to_writer, from_writer| {
-            let stream = Stream {
-                layout,
-                windows: n.div_ceil(layout.window_elems),
-                base: 0,
-                handed: 0,
-                to_writer,
-                from_writer,
-            };
-            pool.queue_loop(spec, n, dispenser, options, Some(stream), None)
-        })
-    }
-
-    fn queue_loop(
-        &mut self,
-        spec: JobSpec,
-        n: u64,
-        dispenser: Dispenser,
-        options: &JobOptions,
-        stream: Option<Stream>,
-        each: Option<Each<'_>>,
-    ) -> Result<JobStats> {
-        let began = Instant::now();
-        let workers = self.workers.len();
+        let (n, workers) = (core.n, self.workers.len());
         let schedule = dispenser.schedule();
         let measured = options.auto_chunk && schedule != Schedule::Static && n > 0;
-        let (geometry, auto, first_end) = if measured {
+        let (geometry, first_end) = if measured {
             let mut probe = AutoProbe::new(n, workers as u64, PROBES_PER_WORKER);
-            probe.floor = (4096 / u64::from(spec.elem_size.max(1))).max(1);
+            probe.floor = (4096 / u64::from(core.spec.elem_size.max(1))).max(1);
             probe.overhead_name = "dispatch";
+            core.auto = Some(probe);
             let (g, _, end) = probe_plan(n, workers, dispenser.boundary());
-            (g, Some(probe), end)
+            (g, end)
         } else {
-            (geometry(&dispenser, n, workers), None, n)
+            (geometry(&dispenser, n, workers), n)
         };
-        let mut ipc = std::mem::take(&mut self.handshake_ipc);
-        ipc += self.send_spec(&spec);
-        let Ipc { messages, bytes } = ipc;
-        let deaths = std::mem::take(&mut self.start_deaths);
-        let ledger = Ledger::new(
-            workers,
-            self.supervision.retries,
-            self.max_restarts,
-            self.supervision.chunk_timeout,
-            deaths.len() as u64,
-        );
+        core.ipc += self.send_spec(&core.spec);
         let mut job = QueueJob {
-            n,
+            core,
             schedule,
+            stage: if measured {
+                Stage::Probing
+            } else {
+                Stage::Main
+            },
             size: dispenser.chunk_size(),
             workers: workers as u64,
             boundary: dispenser.boundary(),
@@ -277,31 +311,15 @@ impl Pool {
             },
             chunks_before: 0,
             acc: (0..workers).map(|_| Acc::default()).collect(),
-            ledger,
-            attempts: HashMap::new(),
-            overflow: VecDeque::new(),
-            lost_in_posting: false,
-            deaths,
-            reduced: Vec::new(),
-            messages,
-            bytes,
+            retries: Retries::default(),
             parent_sleeps: 0,
-            recycles: 0,
-            dead: Vec::new(),
-            probing: auto.is_some(),
-            auto,
-            stream,
-            told_done: 0,
+            ring,
             last_progress: Instant::now(),
-            each,
             log: LogReader::default(),
-            trace: options.trace.then(Trace::begin),
-            pushed: 0,
             seen: (0, 0, 0),
             running: Vec::new(),
             watch: Watch::new(),
             geometry: geometry.clone(),
-            spec,
         };
         self.post(&mut job, geometry, 0, first_end)?;
 
@@ -314,80 +332,55 @@ impl Pool {
         // A worker that retired with the job's last chunks said so before it left its slot,
         // so its `Retiring` is waiting by now: read it, so that the worker is counted as
         // recycled, not found dead before the next job.
-        match self.set.try_select() {
-            Ok(events) => {
-                for event in events {
-                    self.event(event, &mut job)?;
-                }
-            }
-            Err(TrySelectError::Empty) => {}
-            Err(TrySelectError::IoError(e)) => {
-                return Err(Error::Ipc(format!(
-                    "reading the workers' last messages: {e}"
-                )));
-            }
+        self.take_waiting(&mut job)?;
+        if !job.core.stopped() {
+            job.core.tell_progress(self, n);
         }
-        let retired = self.settle_retired()?;
-        let stopped = job.stopped();
-        if job.told_done != n && !stopped {
-            observe::tell(&self.observer, Event::Progress { done: n, n });
-        }
-        if !stopped {
-            crate::engine::fault::check_faults(&job.spec.faults, job.chunks_before)?;
-        }
+        job.core.check_faults_fired(job.chunks_before)?;
+        self.queue_finish(job)
+    }
 
+    /// The job's measurements, once its last posting is closed: the workers' own counts,
+    /// summed over the postings.
+    fn queue_finish(&mut self, mut job: QueueJob) -> Result<JobStats> {
         let end = Instant::now();
-        let wall = end - began;
+        let wall = end - job.core.began;
         let end_ns = monotonic_ns();
-        if job.trace.is_some() {
+        if job.core.trace.is_some() {
             self.collect_trace(&mut job);
         }
-        if let Some(trace) = job.trace.as_mut() {
-            trace.finish();
-        }
         // Stopped early: the chunks that were done, not those the postings had.
-        let chunks = if stopped {
+        let chunks = if job.core.stopped() {
             job.acc.iter().map(|a| a.c.chunks).sum()
         } else {
             job.chunks_before
         };
-        let workers: Vec<WorkerStats> = self
-            .workers
-            .iter()
-            .zip(&job.acc)
-            .map(|(slot, a)| {
-                WorkerStats {
-                    id: slot.id,
-                    pid: slot.pid,
-                    chunks: a.c.chunks,
-                    compute_s: a.c.compute_ns as f64 / 1e9,
-                    // Measured by the workers themselves, inside the job: the parent reads
-                    // no /proc file per job.
-                    cpu_s: Some(a.c.cpu_ns as f64 / 1e9),
-                    // A worker that ran nothing this job has not said; /proc tells.
-                    peak_rss_bytes: if a.c.maxrss_kib > 0 {
-                        Some(a.c.maxrss_kib * 1024)
-                    } else {
-                        crate::engine::sys::process_usage(slot.pid).map(|(_, rss)| rss)
-                    },
-                    idle_end_s: if a.c.last_done_ns == 0 {
-                        wall.as_secs_f64()
-                    } else {
-                        (end_ns.saturating_sub(a.c.last_done_ns) as f64 / 1e9)
-                            .min(wall.as_secs_f64())
-                    },
-                    cpu: spawn::cpu_for(slot.id, &self.pin),
-                    claims: a.c.claims,
-                    dispatch_s: a.c.gap_ns as f64 / 1e9,
-                    sleeps: a.c.waits,
-                    setup_s: a.c.setup_ns as f64 / 1e9,
-                    minor_faults: None,
-                    major_faults: None,
-                    voluntary_switches: None,
-                    involuntary_switches: None,
-                }
+        let workers: Vec<WorkerStats> = (0..self.workers.len())
+            .map(|w| {
+                let a = &job.acc[w];
                 // Counted by the worker itself around each posting, like its CPU time.
-                .with_os(Some(a.c.os))
+                let mut stats = self.worker_stats(w).with_os(Some(a.c.os));
+                stats.chunks = a.c.chunks;
+                stats.compute_s = a.c.compute_ns as f64 / 1e9;
+                // Measured by the workers themselves, inside the job: the parent reads no
+                // /proc file per job.
+                stats.cpu_s = Some(a.c.cpu_ns as f64 / 1e9);
+                // A worker that ran nothing this job has not said; /proc tells.
+                stats.peak_rss_bytes = if a.c.maxrss_kib > 0 {
+                    Some(a.c.maxrss_kib * 1024)
+                } else {
+                    crate::engine::sys::process_usage(stats.pid).map(|(_, rss)| rss)
+                };
+                stats.idle_end_s = if a.c.last_done_ns == 0 {
+                    wall.as_secs_f64()
+                } else {
+                    (end_ns.saturating_sub(a.c.last_done_ns) as f64 / 1e9).min(wall.as_secs_f64())
+                };
+                stats.claims = a.c.claims;
+                stats.dispatch_s = a.c.gap_ns as f64 / 1e9;
+                stats.sleeps = a.c.waits;
+                stats.setup_s = a.c.setup_ns as f64 / 1e9;
+                stats
             })
             .collect();
         let sum = |f: fn(&Acc) -> u64| job.acc.iter().map(f).sum::<u64>();
@@ -396,65 +389,47 @@ impl Pool {
         // Gaps are measured between a worker's chunks: one fewer than its chunks.
         let gaps = sum(|a| a.c.chunks.saturating_sub(1)).max(1) as f64;
         let dispatch_per_chunk_s = sum(|a| a.c.gap_ns) as f64 / gaps / 1e9;
-        self.reduced = std::mem::take(&mut job.reduced);
-        Ok(JobStats {
-            n,
+        let tally = Tally {
+            n: job.core.n,
+            wall,
+            workers,
             inflight: 1,
             chunk_size: job
+                .core
                 .auto
                 .as_ref()
                 .and_then(|a| a.result.as_ref())
                 .map_or(job.size, |r| r.chosen),
             chunks,
-            wall,
-            ipc_messages: job.messages,
-            ipc_bytes: job.bytes,
-            // Filled in by `Pool::job`.
-            input_bytes: 0,
-            input_sends: 0,
-            shm_bytes: if job.spec.output {
-                n * u64::from(job.spec.elem_size)
-            } else {
-                0
-            },
-            workers,
-            restarts: job.ledger.restarts(),
-            retried_chunks: job.ledger.retried_chunks(),
-            deaths: job.deaths,
-            reduction: None,
             schedule: job.schedule,
-            transport: job.spec.transport,
-            auto_chunk: job.auto.and_then(|a| a.result),
+            transport: job.core.spec.transport,
+            dispatch: Dispatch::Queue,
             chunk_rtt_mean_s: compute_ns / done_chunks / 1e9 + dispatch_per_chunk_s,
             chunk_compute_mean_s: compute_ns / done_chunks / 1e9,
-            channel_result_bytes: 0,
-            dispatch: Dispatch::Queue,
+            dispatch_per_chunk_s,
             claims: sum(|a| a.c.claims),
             worker_sleeps: sum(|a| a.c.waits),
             parent_sleeps: job.parent_sleeps,
             wake_messages: sum(|a| a.c.wakes),
-            dispatch_per_chunk_s,
-            recycles: job.recycles + retired,
-            chunks_delivered: job.each.as_ref().map_or(0, |e| e.delivered),
-            stopped_early: stopped,
-            trace: job.trace,
-        })
+            ..Tally::default()
+        };
+        job.core.finish(self, tally)
     }
 
     /// Opens a posting for elements `start..end` cut by `geometry`, numbering its chunks on
     /// from the earlier postings'.
     fn post(&mut self, job: &mut QueueJob, geometry: Geometry, start: u64, end: u64) -> Result<()> {
-        let elem_size = u64::from(job.spec.elem_size);
-        let layout = job.spec.layout;
-        let results = if job.spec.output {
-            layout.region_elems(job.n) * elem_size
+        let elem_size = u64::from(job.core.spec.elem_size);
+        let layout = job.core.spec.layout;
+        let results = if job.core.spec.output {
+            layout.region_elems(job.core.n) * elem_size
         } else {
             0
         };
         let chunks = geometry.chunks();
-        let table = TableLayout::after(results, chunks, layout.ring, job.spec.reduce_slot)
-            .with_log(job.each.is_some())
-            .with_trace(job.trace.is_some());
+        let table = TableLayout::after(results, chunks, layout.ring, job.core.spec.reduce_slot)
+            .with_log(job.core.each.is_some())
+            .with_trace(job.core.trace.is_some());
         if table.end() > self.region.len() {
             // A measured chunk length needs a longer table than the probes had: grow the
             // region, keeping what the probes wrote.
@@ -466,13 +441,13 @@ impl Pool {
         let t = ChunkTable::new(mapping, table).ok_or(Error::Broken)?;
         t.clear();
         // Streaming: the window this posting starts in may be partly done already.
-        if let Some(stream) = &job.stream {
+        if let Some(stream) = &job.ring {
             let we = stream.layout.window_elems;
             if !start.is_multiple_of(we) {
                 t.window_done(start / we, start % we);
             }
         }
-        let limit = match &job.stream {
+        let limit = match &job.ring {
             Some(s) => geometry
                 .first_chunk_at((s.base + s.layout.ring).saturating_mul(s.layout.window_elems)),
             None => u64::MAX,
@@ -481,20 +456,19 @@ impl Pool {
         self.next_posting += 1;
         let posting = Posting {
             id,
-            job: job.spec.job,
-            spec_id: job.spec.spec_id,
+            job: job.core.spec.job,
+            spec_id: job.core.spec.spec_id,
             channel: false,
-            schedule: match geometry_schedule(job) {
+            schedule: match job.posting_schedule() {
                 Schedule::Static => 0,
                 Schedule::Dynamic => 1,
                 Schedule::Guided => 2,
             },
             start,
             n: end,
-            size: if job.probing {
-                job.auto.as_ref().map_or(job.size, |a| a.probe_size)
-            } else {
-                job.size
+            size: match job.stage {
+                Stage::Probing => job.core.auto.as_ref().map_or(job.size, |a| a.probe_size),
+                Stage::Main => job.size,
             },
             workers: job.workers,
             boundary: job.boundary,
@@ -507,19 +481,16 @@ impl Pool {
             limit,
             recycle_chunks: self.recycle.chunks,
             recycle_rss: self.recycle.rss,
-            log: job.each.is_some(),
-            trace: job.trace.is_some(),
+            log: job.core.each.is_some(),
+            trace: job.core.trace.is_some(),
         };
         job.posting = posting;
-        if job.each.is_some() {
+        if job.core.each.is_some() {
             job.log = LogReader::new(chunks);
         }
         job.geometry = geometry;
         job.table = table;
-        job.attempts.clear();
-        job.overflow.clear();
-        job.lost_in_posting = false;
-        job.pushed = 0;
+        job.retries.clear();
         job.seen = (0, 0, 0);
         job.running.clear();
         job.watch.restart(Instant::now());
@@ -542,7 +513,7 @@ impl Pool {
     /// Until the next posting clears the table: the last posting's are read after the
     /// job's wall time is taken, as the caller's share of the work.
     fn collect_trace(&self, job: &mut QueueJob) {
-        if let Some(trace) = job.trace.as_mut()
+        if let Some(trace) = job.core.trace.as_mut()
             && let Some(t) = self
                 .mapping
                 .as_ref()
@@ -572,7 +543,7 @@ impl Pool {
     /// one (its slot in the chunk table written over) fails the job, naming the chunk and
     /// the worker that marked it done.
     fn collect_reductions(&mut self, job: &mut QueueJob) -> Result<()> {
-        if job.spec.reduce_slot == 0 || job.stopped() {
+        if job.core.spec.reduce_slot == 0 || job.core.stopped() {
             return Ok(());
         }
         let mapping = self.mapping.as_ref().ok_or(Error::Broken)?;
@@ -581,7 +552,7 @@ impl Pool {
         for k in 0..job.posting.chunks {
             let chunk = job.geometry.chunk(k);
             match t.reduction(k) {
-                Some(acc) => job.reduced.push(super::ReducedChunk {
+                Some(acc) => job.core.reduced.push(super::ReducedChunk {
                     range: chunk.start..chunk.end,
                     acc,
                 }),
@@ -612,51 +583,52 @@ impl Pool {
     /// Supervises the postings of a job until its last chunk is done.
     fn run_postings(&mut self, job: &mut QueueJob) -> Result<()> {
         loop {
-            if let Some(signal) = self.supervision.interrupt.requested() {
-                return Err(interrupted(signal, job, self.workers.len(), self));
+            match self.queue_turn(job)? {
+                Turn::Again => {}
+                Turn::Probed => self.choose_and_repost(job)?,
+                Turn::Finished => return Ok(()),
             }
-            let ended = self.ended_workers(job, Pool::event)?;
-            job.dead.extend(ended);
-            while let Some((w, pid)) = job.dead.pop() {
-                if self.workers[w].pid == pid && self.workers[w].starting.is_none() {
-                    self.replace_claim(w, Why::Died, job)?;
-                }
-            }
-            self.poll_starting_queue(job)?;
-            self.push_overflow(job);
-            let snapshot = self.audit(job)?;
-            let complete = self.posting_complete(job)?;
-            self.deliver(job, complete)?;
-            if job.stopped() {
-                return Ok(());
-            }
-            if complete && job.probing {
-                self.choose_and_repost(job)?;
-                continue;
-            }
-            self.windows(job)?;
-            if complete && job.stream.as_ref().is_none_or(|s| s.base >= s.windows) {
-                return Ok(());
-            }
-            let deadline = self.timeouts(job)?;
-            self.watchdog(job, &snapshot)?;
-            self.progress(job);
-            self.sleep(job, deadline, complete)?;
         }
+    }
+
+    /// One turn of the loop: supervision, the control block's audit, the posting's end
+    /// (and the chunks that lost their claim), the caller's chunks, the windows, late
+    /// chunks, the watchdog, progress, and a sleep until something needs the loop.
+    fn queue_turn(&mut self, job: &mut QueueJob) -> Result<Turn> {
+        self.supervise(job)?;
+        job.retries.push_overflow(&self.control);
+        let snapshot = self.audit(job)?;
+        let complete = self.posting_complete(job)?;
+        self.deliver(job, complete)?;
+        if job.core.stopped() {
+            return Ok(Turn::Finished);
+        }
+        if complete && job.stage == Stage::Probing {
+            return Ok(Turn::Probed);
+        }
+        self.windows(job)?;
+        if complete && job.ring.as_ref().is_none_or(Ring::complete) {
+            return Ok(Turn::Finished);
+        }
+        let deadline = self.timeouts(job)?;
+        self.watchdog(job, &snapshot)?;
+        self.progress(job);
+        self.sleep(job, deadline, complete)?;
+        Ok(Turn::Again)
     }
 
     /// Iteration: hands the chunks done since the last look to the caller, from the
     /// completion log (and, once the posting is `complete`, those it does not show).
     fn deliver(&mut self, job: &mut QueueJob, complete: bool) -> Result<()> {
-        let Some(each) = job.each.as_mut() else {
+        let Some(each) = job.core.each.as_mut() else {
             return Ok(());
         };
         let mapping = self.mapping.as_ref().ok_or(Error::Broken)?;
         let table = ChunkTable::new(mapping, job.table).ok_or(Error::Broken)?;
-        let elem_size = u64::from(job.spec.elem_size);
+        let elem_size = u64::from(job.core.spec.elem_size);
         for k in job.log.poll(&table, complete) {
             let chunk = job.geometry.chunk(k);
-            let acc = if job.spec.reduce_slot > 0 {
+            let acc = if job.core.spec.reduce_slot > 0 {
                 table.reduction(k)
             } else {
                 None
@@ -675,7 +647,7 @@ impl Pool {
         if self.control.done_elements() >= len {
             return true;
         }
-        job.each.is_some()
+        job.core.each.is_some()
             && self
                 .mapping
                 .as_ref()
@@ -716,13 +688,7 @@ impl Pool {
             Ok(Vec::new())
         } else {
             job.parent_sleeps += 1;
-            match self.set.try_select_timeout(wait) {
-                Ok(events) => Ok(events),
-                Err(TrySelectError::Empty) => Ok(Vec::new()),
-                Err(TrySelectError::IoError(e)) => {
-                    Err(Error::Ipc(format!("waiting for workers: {e}")))
-                }
-            }
+            self.wait_events(wait)
         };
         self.control.parent_awake();
         for event in result? {
@@ -731,142 +697,44 @@ impl Pool {
         Ok(())
     }
 
-    fn event(&mut self, event: IpcSelectionResult, job: &mut QueueJob) -> Result<()> {
-        match event {
-            IpcSelectionResult::MessageReceived(rid, message) => {
-                let Some((w, msg, size)) = self.decode(rid, message)? else {
-                    return Ok(());
-                };
-                job.messages += 1;
-                job.bytes += size;
-                match msg {
-                    FromWorker::Wake => Ok(()),
-                    FromWorker::Retiring => {
-                        self.workers[w].retiring = true;
-                        Ok(())
-                    }
-                    FromWorker::Panicked {
-                        id,
-                        message,
-                        location,
-                    } => {
-                        let index = id
-                            .checked_sub(job.posting.id_base)
-                            .filter(|&k| k < job.posting.chunks);
-                        if index.is_none() || self.control.view(w).chunk != index {
-                            return Err(Error::Ipc(format!(
-                                "worker {w} reported a panic on chunk {id}, which it did not hold"
-                            )));
-                        }
-                        if self.supervision.retry_panics {
-                            crate::engine::sys::kill_hard(self.workers[w].pid);
-                            return self.replace_claim(w, Why::Panicked, job);
-                        }
-                        let chunk = job.geometry.chunk(id - job.posting.id_base);
-                        Err(Error::KernelPanicked {
-                            chunk: id,
-                            start: chunk.start,
-                            end: chunk.end,
-                            worker: self.workers[w].id,
-                            pid: self.workers[w].pid,
-                            message,
-                            location,
-                        })
-                    }
-                    FromWorker::Failed { message } => Err(Error::WorkerFailed {
-                        id: self.workers[w].id,
-                        pid: self.workers[w].pid,
-                        message,
-                    }),
-                    other => Err(Error::Ipc(format!(
-                        "worker {w} sent an unexpected {other:?}"
-                    ))),
-                }
-            }
-            IpcSelectionResult::ChannelClosed(rid) => match self.by_receiver.get(&rid).copied() {
-                Some(w) if self.workers[w].retiring => {
-                    // It left the job holding nothing: keep its counts, start a successor.
-                    job.acc[w].add(self.control.counters(w));
-                    job.recycles += 1;
-                    self.recycle(w)
-                }
-                Some(w) => self.replace_claim(w, Why::Died, job),
-                None => Ok(()),
-            },
-        }
-    }
-
     /// Whether every chunk of the posting is done. When nobody is claiming and some are
     /// not, those chunks lost their claim with a dead worker: they are queued again.
     fn posting_complete(&mut self, job: &mut QueueJob) -> Result<bool> {
         let hinted = self.control.done_elements() >= job.phase_len();
-        if !(hinted || (job.lost_in_posting && self.quiet(job))) {
+        if !(hinted || (job.retries.lost && self.quiet(job))) {
             return Ok(false);
         }
         let mapping = self.mapping.as_ref().ok_or(Error::Broken)?;
         let table = ChunkTable::new(mapping, job.table).ok_or(Error::Broken)?;
-        let missing: Vec<u64> = (0..job.posting.chunks)
-            .filter(|&k| !table.is_done(k))
-            .collect();
+        let missing = claims::missing(&table, job.posting.chunks);
         if missing.is_empty() {
             return Ok(true);
         }
         if self.quiet(job) {
+            job.retries.requeue_lost(&self.control, &missing);
             for k in missing {
-                let attempt = job.attempts.get(&k).copied().unwrap_or(0);
-                if let Some(trace) = job.trace.as_mut() {
-                    let id = job.geometry.chunk(k).id;
-                    let detail = format!("attempt {attempt} (its claim was lost)");
-                    trace.event(TraceEventKind::Retry, None, Some(id), detail);
-                }
-                self.requeue(job, k, attempt);
+                let (id, attempt) = (job.geometry.chunk(k).id, job.retries.attempt(k));
+                job.core
+                    .trace_event(TraceEventKind::Retry, None, Some(id), || {
+                        format!("attempt {attempt} (its claim was lost)")
+                    });
             }
-            self.control.bump();
         }
         Ok(false)
     }
 
     /// Nobody claims or holds a chunk, and nothing waits to be claimed.
     fn quiet(&self, job: &QueueJob) -> bool {
-        job.overflow.is_empty()
-            && self.control.retries_empty()
-            && self
-                .control
-                .claims_exhausted(job.posting.chunks, job.static_workers)
-            && (0..self.workers.len()).all(|w| {
-                self.workers[w].child.is_none() || self.control.view(w).state == ClaimState::Idle
-            })
-    }
-
-    fn requeue(&mut self, job: &mut QueueJob, index: u64, attempt: u32) {
-        job.attempts.insert(index, attempt);
-        if self.control.push_retry(index, attempt) {
-            job.pushed += 1;
-        } else {
-            job.overflow.push_back((index, attempt));
-        }
-    }
-
-    fn push_overflow(&mut self, job: &mut QueueJob) {
-        let mut pushed = false;
-        while let Some(&(index, attempt)) = job.overflow.front() {
-            if !self.control.push_retry(index, attempt) {
-                break;
-            }
-            job.overflow.pop_front();
-            job.pushed += 1;
-            pushed = true;
-        }
-        if pushed {
-            self.control.bump();
-        }
+        let live = (0..self.workers.len()).filter(|&w| self.workers[w].child.is_some());
+        job.retries
+            .quiet(&self.control, job.posting.chunks, job.static_workers, live)
     }
 
     /// The probes are done: choose the chunk length from the workers' timings and post the
     /// rest of the job.
     fn choose_and_repost(&mut self, job: &mut QueueJob) -> Result<()> {
         self.close_posting(job.posting.id);
-        if let Some(trace) = job.trace.as_mut() {
+        if let Some(trace) = job.core.trace.as_mut() {
             trace.phases.push(TracePhase {
                 name: "probe chunks (chunk size auto)".into(),
                 start_ns: trace.start_ns,
@@ -887,8 +755,8 @@ impl Pool {
         let start = job.posting.n;
         self.collect_trace(job);
         self.collect_posting(job)?;
-        let remaining = job.n - start;
-        let Some(auto) = job.auto.as_mut() else {
+        let remaining = job.core.n - start;
+        let Some(auto) = job.core.auto.as_mut() else {
             return Err(Error::Broken);
         };
         auto.record_totals(
@@ -901,87 +769,63 @@ impl Pool {
             .choose(remaining, job.boundary, self.workers.len())
             .chosen;
         job.size = chosen;
-        job.probing = false;
+        job.stage = Stage::Main;
         let geometry = Geometry::new(
             job.schedule,
             start,
-            job.n,
+            job.core.n,
             chosen,
             job.workers,
             job.boundary,
             job.chunks_before,
         );
-        if let Some(last) = job.spec.faults.iter().map(|f| f.chunk).max() {
+        if let Some(last) = job.core.spec.faults.iter().map(|f| f.chunk).max() {
             let _ = last;
             crate::engine::fault::check_faults(
-                &job.spec.faults,
+                &job.core.spec.faults,
                 job.chunks_before + geometry.chunks(),
             )?;
         }
-        self.post(job, geometry, start, job.n)
+        self.post(job, geometry, start, job.core.n)
     }
 
     /// Streaming: hands complete windows to the writer in order, and lets workers run the
     /// chunks of windows whose slots the writer has freed.
     fn windows(&mut self, job: &mut QueueJob) -> Result<()> {
-        let Some(stream) = job.stream.as_mut() else {
+        let Some(ring) = job.ring.as_mut() else {
             return Ok(());
         };
         let mapping = self.mapping.as_ref().ok_or(Error::Broken)?;
         let table = ChunkTable::new(mapping, job.table).ok_or(Error::Broken)?;
-        let we = stream.layout.window_elems;
-        while stream.handed < stream.windows && stream.handed < stream.base + stream.layout.ring {
-            let k = stream.handed;
-            let start = k * we;
-            let end = (start + we).min(job.n);
+        let (posting, geometry) = (&job.posting, &job.geometry);
+        while let Some(window) = ring.next(job.core.n) {
+            let (start, end) = (window.start, window.start + window.len);
             // Parts of the window in earlier postings are done; this posting's part must be.
-            if end > job.posting.n {
+            if end > posting.n {
                 break;
             }
-            if end > job.posting.start {
-                let first = job.geometry.first_chunk_at(start.max(job.posting.start));
-                let last = job.geometry.first_chunk_at(end);
+            if end > posting.start {
+                let first = geometry.first_chunk_at(start.max(posting.start));
+                let last = geometry.first_chunk_at(end);
                 if !(first..last).all(|c| table.is_done(c)) {
                     break;
                 }
             }
-            let window = WindowJob {
-                index: k,
-                start,
-                len: end - start,
-                slot: k % stream.layout.ring,
-            };
-            if stream.to_writer.send(window).is_err() {
+            if !ring.hand(window) {
                 break;
             }
-            stream.handed += 1;
         }
-        let mut moved = false;
-        loop {
-            match stream.from_writer.try_recv() {
-                Ok(Ok(index)) => {
-                    table.window_reset(index);
-                    stream.base += 1;
-                    moved = true;
-                    if let Some(trace) = job.trace.as_mut() {
-                        let detail = format!("window {}", stream.base - 1);
-                        trace.event(TraceEventKind::WindowWritten, None, None, detail);
-                    }
-                }
-                Ok(Err(message)) => return Err(Error::Output(message)),
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    if stream.base < stream.windows {
-                        return Err(Error::Output("the window writer stopped early".into()));
-                    }
-                    break;
-                }
-            }
-        }
-        if moved {
-            let limit = (stream.base + stream.layout.ring).saturating_mul(we);
-            self.control
-                .set_limit(job.geometry.first_chunk_at(limit.max(job.posting.start)));
+        let before = ring.base;
+        let core = &mut job.core;
+        ring.written(|index| {
+            table.window_reset(index);
+            core.trace_event(TraceEventKind::WindowWritten, None, None, || {
+                format!("window {index}")
+            });
+        })?;
+        if ring.base != before {
+            let limit = ring.limit().max(posting.start);
+            self.control.set_limit(geometry.first_chunk_at(limit));
         }
         Ok(())
     }
@@ -1007,7 +851,7 @@ impl Pool {
             let due = view.since_ns.saturating_add(limit_ns);
             if due <= now {
                 crate::engine::sys::kill_hard(self.workers[w].pid);
-                self.replace_claim(w, Why::TimedOut(limit), job)?;
+                self.replace(w, Why::TimedOut(limit), job)?;
             } else {
                 next = next.min(due);
             }
@@ -1025,10 +869,10 @@ impl Pool {
             control_len: self.control.len(),
             slots: self.control.slots() as u64,
             static_workers: job.static_workers,
-            pushed: job.pushed,
+            pushed: job.retries.pushed,
             claimers: (live as u64)
-                .saturating_add(job.ledger.restarts())
-                .saturating_add(job.recycles)
+                .saturating_add(job.core.ledger.restarts())
+                .saturating_add(job.core.recycles)
                 .saturating_add(1),
             next: job.seen.0,
             done: job.seen.1,
@@ -1077,9 +921,9 @@ impl Pool {
             snapshot.done,
             snapshot.retry_head,
             snapshot.retry_tail,
-            job.ledger.restarts(),
-            job.recycles,
-            job.stream.as_ref().map_or(0, |s| s.base + s.handed),
+            job.core.ledger.restarts(),
+            job.core.recycles,
+            job.ring.as_ref().map_or(0, |s| s.base + s.handed),
         ];
         for (w, s) in snapshot.slots.iter().enumerate() {
             let pid = self.workers[w].pid;
@@ -1115,7 +959,7 @@ impl Pool {
                 .confirm_stopped(pid, watchdog::is_stopped(pid), now)
             {
                 crate::engine::sys::kill_hard(pid);
-                self.replace_claim(w, Why::Stopped(limit), job)?;
+                self.replace(w, Why::Stopped(limit), job)?;
                 killed = true;
             }
         }
@@ -1130,7 +974,7 @@ impl Pool {
         if !job.watch.reclaimed {
             // Chunks left that nobody holds: look for them and queue them again.
             job.watch.reclaimed = true;
-            job.lost_in_posting = true;
+            job.retries.lost = true;
             return Ok(());
         }
         if still < limit.saturating_mul(2) {
@@ -1160,155 +1004,16 @@ impl Pool {
             return;
         }
         job.last_progress = Instant::now();
-        let done = (job.posting.start + self.control.done_elements()).min(job.n);
-        if done != job.told_done {
-            job.told_done = done;
-            observe::tell(&self.observer, Event::Progress { done, n: job.n });
+        let done = (job.posting.start + self.control.done_elements()).min(job.core.n);
+        if done != job.core.told_done {
+            job.core.told_done = done;
+            observe::tell(
+                &self.observer,
+                Event::Progress {
+                    done,
+                    n: job.core.n,
+                },
+            );
         }
-    }
-
-    /// Reaps worker `w`, queues the chunk its slot names again (blamed if it was running),
-    /// and starts a replacement in the same slot.
-    fn replace_claim(&mut self, w: usize, why: Why, job: &mut QueueJob) -> Result<()> {
-        let slot = &mut self.workers[w];
-        if let Some(rid) = slot.rid.take() {
-            self.by_receiver.remove(&rid);
-        }
-        let (pid, slot_id) = (slot.pid, slot.id);
-        let exit = slot.reap(Duration::from_secs(1));
-        let cause = match why {
-            Why::Died => LossCause::Ended(exit),
-            Why::TimedOut(limit) => LossCause::TimedOut(limit),
-            Why::Panicked => LossCause::Panicked,
-            Why::Stopped(limit) => LossCause::Stopped(limit),
-        };
-        // The process is reaped: its slot holds its last word.
-        let view = self.control.view(w);
-        job.acc[w].add(self.control.counters(w));
-        let mapping = self.mapping.as_ref().ok_or(Error::Broken)?;
-        let table = ChunkTable::new(mapping, job.table).ok_or(Error::Broken)?;
-        let held = view
-            .chunk
-            .filter(|&k| k < job.posting.chunks && !table.is_done(k))
-            .filter(|_| view.state != ClaimState::Idle);
-        let running = matches!(view.state, ClaimState::Running | ClaimState::Panicked);
-        let held_chunk = held.map(|k| HeldChunk {
-            chunk: job.geometry.chunk(k),
-            attempt: view.attempt,
-        });
-        if let Some(trace) = job.trace.as_mut() {
-            // The attempt that never finished: from its start in the claim slot to now.
-            if let Some(k) = held.filter(|_| running && view.since_ns > 0) {
-                let chunk = job.geometry.chunk(k);
-                trace.attempts.push(TraceAttempt {
-                    chunk: chunk.id,
-                    range: chunk.start..chunk.end,
-                    worker: slot_id,
-                    attempt: view.attempt,
-                    start_ns: view.since_ns,
-                    end_ns: monotonic_ns().max(view.since_ns),
-                    finished: false,
-                    compute_ns: None,
-                });
-            }
-            let kind = match why {
-                Why::TimedOut(_) | Why::Stopped(_) => TraceEventKind::Timeout,
-                Why::Died | Why::Panicked => TraceEventKind::Death,
-            };
-            let chunk = held.filter(|_| running).map(|k| job.geometry.chunk(k).id);
-            trace.event(kind, Some(slot_id), chunk, format!("pid {pid}: {cause}"));
-        }
-        let (lost, again) = job
-            .ledger
-            .lose_claim(slot_id, pid, cause, held_chunk, running)?;
-        if let (Some(k), Some(again)) = (held, again) {
-            if let Some(trace) = job.trace.as_mut() {
-                let id = job.geometry.chunk(k).id;
-                let detail = format!("attempt {}", again.attempt);
-                trace.event(TraceEventKind::Retry, None, Some(id), detail);
-            }
-            self.requeue(job, k, again.attempt);
-            if job.static_workers > 0 {
-                self.control.skip_static(w, k, job.workers);
-            }
-        }
-        self.control.reset_slot(w);
-        self.control.note_death();
-        job.lost_in_posting = true;
-        self.control.bump();
-        let (running, text) = (lost.running, lost.loss.to_string());
-        let (worker, what) = (slot_id, text.as_str());
-        observe::tell(&self.observer, Event::WorkerLost { worker, pid, what });
-        let new_pid = self.begin_start(w)?;
-        if let Some(trace) = job.trace.as_mut() {
-            let detail = format!("pid {new_pid} replaces pid {pid}");
-            trace.event(TraceEventKind::Restart, Some(slot_id), None, detail);
-        }
-        job.deaths.push(Death {
-            id: slot_id,
-            pid,
-            cause: lost.loss.cause_text(),
-            chunk: running,
-            replaced_by: Some(new_pid),
-        });
-        Ok(())
-    }
-
-    /// Moves replacements' handshakes on: a ready one gets the spec and finds the posting
-    /// by itself; one lost on the way is one more restart.
-    fn poll_starting_queue(&mut self, job: &mut QueueJob) -> Result<()> {
-        self.spawn_pending(super::workers::SPAWN_BATCH)?;
-        for w in 0..self.workers.len() {
-            let dir = &self.dir;
-            let Some(starting) = self.workers[w].starting.as_mut() else {
-                continue;
-            };
-            match starting.poll(dir) {
-                spawn::Progress::Pending => {}
-                spawn::Progress::Ready(started) => {
-                    self.workers[w].starting = None;
-                    let pid = started.pid;
-                    self.install(started)?;
-                    let mut ipc = std::mem::take(&mut self.handshake_ipc);
-                    ipc += self.send_spec(&job.spec);
-                    job.messages += ipc.messages;
-                    job.bytes += ipc.bytes;
-                    if self.workers[w].spec_sent != job.spec.spec_id {
-                        job.dead.push((w, pid));
-                    }
-                }
-                spawn::Progress::Failed(failure) => {
-                    self.start_again(w, failure, &mut job.ledger, &mut job.deaths)?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The schedule workers follow in the current posting: the probes are dynamic.
-fn geometry_schedule(job: &QueueJob) -> Schedule {
-    if job.probing {
-        Schedule::Dynamic
-    } else {
-        job.schedule
-    }
-}
-
-fn interrupted(signal: i32, job: &QueueJob, workers: usize, pool: &Pool) -> Error {
-    let done: u64 = (0..pool.workers.len())
-        .map(|w| pool.control.counters(w).chunks)
-        .sum::<u64>()
-        + job.acc.iter().map(|a| a.c.chunks).sum::<u64>();
-    Error::Interrupted {
-        signal,
-        phase: Phase::Pool,
-        chunks_done: done,
-        chunks: job.chunks_before + job.posting.chunks,
-        elements_done: (job.posting.start + pool.control.done_elements()).min(job.n),
-        n: job.n,
-        workers,
-        needed_term: 0,
-        needed_kill: 0,
     }
 }

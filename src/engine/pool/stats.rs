@@ -218,3 +218,82 @@ pub struct JobStats {
     /// The job's timeline, when [`JobOptions::trace`] asked for it.
     pub trace: Option<Trace>,
 }
+
+/// What a job's dispatcher, or an in-process run, counted: the part of [`JobStats`] that
+/// depends on how chunks were handed out. What it does not count stays 0.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub(crate) n: u64,
+    pub(crate) wall: Duration,
+    pub(crate) workers: Vec<WorkerStats>,
+    pub(crate) inflight: usize,
+    pub(crate) chunk_size: u64,
+    pub(crate) chunks: u64,
+    pub(crate) schedule: Schedule,
+    pub(crate) transport: Transport,
+    pub(crate) dispatch: Dispatch,
+    pub(crate) chunk_rtt_mean_s: f64,
+    pub(crate) chunk_compute_mean_s: f64,
+    pub(crate) dispatch_per_chunk_s: f64,
+    pub(crate) channel_result_bytes: u64,
+    pub(crate) claims: u64,
+    pub(crate) worker_sleeps: u64,
+    pub(crate) parent_sleeps: u64,
+    pub(crate) wake_messages: u64,
+}
+
+/// What the supervisor kept of a pool's job: its traffic, its losses, and what the caller
+/// asked for (nothing, for an in-process run).
+#[derive(Debug, Default)]
+pub(crate) struct Supervised {
+    pub(crate) ipc: Ipc,
+    pub(crate) shm_bytes: u64,
+    pub(crate) restarts: u64,
+    pub(crate) recycles: u64,
+    pub(crate) retried_chunks: u64,
+    pub(crate) deaths: Vec<Death>,
+    pub(crate) auto_chunk: Option<AutoChunk>,
+    pub(crate) chunks_delivered: u64,
+    pub(crate) stopped_early: bool,
+    pub(crate) trace: Option<Trace>,
+}
+
+impl JobStats {
+    /// A job's measurements, from what its dispatcher counted and what its supervisor kept
+    /// (the inputs and the reduction are added by the caller that knows them).
+    pub(crate) fn new(tally: Tally, kept: Supervised) -> JobStats {
+        JobStats {
+            n: tally.n,
+            chunk_size: tally.chunk_size,
+            chunks: tally.chunks,
+            wall: tally.wall,
+            ipc_messages: kept.ipc.messages,
+            ipc_bytes: kept.ipc.bytes,
+            shm_bytes: kept.shm_bytes,
+            input_bytes: 0,
+            input_sends: 0,
+            workers: tally.workers,
+            restarts: kept.restarts,
+            recycles: kept.recycles,
+            retried_chunks: kept.retried_chunks,
+            deaths: kept.deaths,
+            reduction: None,
+            inflight: tally.inflight,
+            schedule: tally.schedule,
+            transport: tally.transport,
+            auto_chunk: kept.auto_chunk,
+            chunk_rtt_mean_s: tally.chunk_rtt_mean_s,
+            chunk_compute_mean_s: tally.chunk_compute_mean_s,
+            channel_result_bytes: tally.channel_result_bytes,
+            dispatch: tally.dispatch,
+            claims: tally.claims,
+            worker_sleeps: tally.worker_sleeps,
+            parent_sleeps: tally.parent_sleeps,
+            wake_messages: tally.wake_messages,
+            dispatch_per_chunk_s: tally.dispatch_per_chunk_s,
+            chunks_delivered: kept.chunks_delivered,
+            stopped_early: kept.stopped_early,
+            trace: kept.trace,
+        }
+    }
+}

@@ -4,7 +4,7 @@
 use std::sync::mpsc;
 
 use crate::engine::protocol::Layout;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 use super::{JobStats, Pool};
 
@@ -84,6 +84,107 @@ impl Pool {
             // `body` drops its sender before the scope ends, which ends the writer's loop;
             // then the scope joins the writer.
             body(self, to_writer, from_writer)
+        })
+    }
+}
+
+/// The ring of windows of a streamed job, as a dispatch loop sees it: which windows the
+/// writer has, and which it has written (their slots are free for later windows).
+pub(super) struct Ring {
+    pub(super) layout: Layout,
+    /// Windows in the job.
+    pub(super) windows: u64,
+    /// The first window not yet written (and freed).
+    pub(super) base: u64,
+    /// Windows handed to the writer so far.
+    pub(super) handed: u64,
+    to_writer: mpsc::Sender<WindowJob>,
+    from_writer: mpsc::Receiver<std::result::Result<u64, String>>,
+}
+
+impl Ring {
+    /// The next window to hand to the writer, while the ring has a slot for it (whether
+    /// it is complete is the dispatcher's to say).
+    pub(super) fn next(&self, n: u64) -> Option<WindowJob> {
+        let (we, ring) = (self.layout.window_elems, self.layout.ring);
+        if self.handed >= self.windows || self.handed >= self.base + ring {
+            return None;
+        }
+        let k = self.handed;
+        let start = k * we;
+        Some(WindowJob {
+            index: k,
+            start,
+            len: (start + we).min(n) - start,
+            slot: k % ring,
+        })
+    }
+
+    /// Hands a complete window to the writer; false when the writer is gone.
+    pub(super) fn hand(&mut self, window: WindowJob) -> bool {
+        if self.to_writer.send(window).is_err() {
+            return false;
+        }
+        self.handed += 1;
+        true
+    }
+
+    /// Takes the windows the writer has written since the last look, in order, giving each
+    /// index to `freed`. An error of the writer's (or a writer gone early) fails the job.
+    pub(super) fn written(&mut self, mut freed: impl FnMut(u64)) -> Result<()> {
+        loop {
+            match self.from_writer.try_recv() {
+                Ok(Ok(index)) => {
+                    self.base += 1;
+                    freed(index);
+                }
+                Ok(Err(message)) => return Err(Error::Output(message)),
+                Err(mpsc::TryRecvError::Empty) => return Ok(()),
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    if !self.complete() {
+                        return Err(Error::Output("the window writer stopped early".into()));
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Every window is written.
+    pub(super) fn complete(&self) -> bool {
+        self.base >= self.windows
+    }
+
+    /// The first element of the first window with no free slot yet: no chunk at or past it
+    /// may run.
+    pub(super) fn limit(&self) -> u64 {
+        (self.base + self.layout.ring).saturating_mul(self.layout.window_elems)
+    }
+}
+
+impl Pool {
+    /// Runs `body` with the ring of a streamed job (`stream`: its layout and sink) beside
+    /// its writer, or with none.
+    pub(super) fn with_ring(
+        &mut self,
+        stream: Option<(Layout, &mut (dyn WindowSink + Send))>,
+        n: u64,
+        elem_size: u64,
+        body: impl FnOnce(&mut Pool, Option<Ring>) -> Result<JobStats>,
+    ) -> Result<JobStats> {
+        let Some((layout, sink)) = stream else {
+            return body(self, None);
+        };
+        self.with_writer(layout, elem_size, sink, |pool, to_writer, from_writer| {
+            let ring = Ring {
+                layout,
+                windows: n.div_ceil(layout.window_elems),
+                base: 0,
+                handed: 0,
+                to_writer,
+                from_writer,
+            };
+            body(pool, Some(ring))
         })
     }
 }

@@ -4,11 +4,8 @@
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use ipc_channel::TrySelectError;
-use ipc_channel::ipc::{IpcReceiverSet, IpcSelectionResult, IpcSender};
+use ipc_channel::ipc::{IpcReceiverSet, IpcSender};
 
-use super::ledger::Ledger;
-use super::observe::{self, Event};
 use super::{Death, Pool, spawn};
 use crate::engine::protocol::{FromWorker, ToWorker, wire_size};
 use crate::engine::sys::{ExitCause, Process};
@@ -255,54 +252,6 @@ impl Pool {
         Ok(())
     }
 
-    /// The workers whose process ended, as (slot, pid), for a dispatch loop to replace.
-    ///
-    /// Asked of each process itself (`waitid` without reaping it, so that its process group
-    /// is still its own when the replacement ends it), not only of its channel: a process
-    /// a kernel forked inherits the worker's channel and keeps it open after the worker
-    /// died, so no closed channel ever tells. Looks at most once per [`DEATH_SCAN`]. A
-    /// worker's last messages arrive before its exit: those waiting are handed to the
-    /// loop's `handle` first, so that a worker leaving after its recycling limit (it said
-    /// `Retiring`) is not counted, nor one whose closed channel was just handled.
-    pub(super) fn ended_workers<J>(
-        &mut self,
-        job: &mut J,
-        handle: fn(&mut Pool, IpcSelectionResult, &mut J) -> Result<()>,
-    ) -> Result<Vec<(usize, u32)>> {
-        let now = Instant::now();
-        if now < self.death_scan {
-            return Ok(Vec::new());
-        }
-        self.death_scan = now + DEATH_SCAN;
-        let counted = |w: &WorkerSlot| w.starting.is_none() && !w.retiring && w.child.is_some();
-        let ended: Vec<(usize, u32)> = self
-            .workers
-            .iter()
-            .enumerate()
-            .filter(|(_, w)| counted(w))
-            .filter(|(_, w)| w.child.as_ref().is_some_and(Process::has_exited))
-            .map(|(i, w)| (i, w.pid))
-            .collect();
-        if ended.is_empty() {
-            return Ok(ended);
-        }
-        match self.set.try_select() {
-            Ok(events) => {
-                for event in events {
-                    handle(self, event, job)?;
-                }
-            }
-            Err(TrySelectError::Empty) => {}
-            Err(TrySelectError::IoError(e)) => {
-                return Err(Error::Ipc(format!("reading the workers' messages: {e}")));
-            }
-        }
-        Ok(ended
-            .into_iter()
-            .filter(|&(w, pid)| self.workers[w].pid == pid && counted(&self.workers[w]))
-            .collect())
-    }
-
     /// Replaces the workers that died between jobs (killed from outside, or ended with the
     /// thread that started them) before the job begins, so that none is blamed for a chunk
     /// it never received. Their deaths count as this job's restarts.
@@ -392,43 +341,6 @@ impl Pool {
             .map_err(|e| Error::Ipc(format!("worker {w} sent a bad message: {e}")))?;
         let size = wire_size(&msg);
         Ok(Some((w, msg, size)))
-    }
-
-    /// A replacement's start failed: one more restart, within the limit, and another start;
-    /// a failure no retry can mend fails the job.
-    pub(super) fn start_again(
-        &mut self,
-        w: usize,
-        failure: spawn::StartFailure,
-        ledger: &mut Ledger,
-        deaths: &mut Vec<Death>,
-    ) -> Result<()> {
-        self.workers[w].starting = None;
-        let (id, pid) = (self.workers[w].id, self.workers[w].pid);
-        if !failure.retryable() {
-            return Err(failure.into_error());
-        }
-        let loss = failure.loss(id, pid);
-        ledger.restart(loss)?;
-        let text = loss.to_string();
-        let what = text.as_str();
-        observe::tell(
-            &self.observer,
-            Event::WorkerLost {
-                worker: id,
-                pid,
-                what,
-            },
-        );
-        let new_pid = self.begin_start(w)?;
-        deaths.push(Death {
-            id,
-            pid,
-            cause: loss.cause_text(),
-            chunk: None,
-            replaced_by: Some(new_pid),
-        });
-        Ok(())
     }
 
     /// Starts up to `most` of the workers a pool started in the background has not started
