@@ -21,7 +21,7 @@ use common::{
 };
 use nix::sys::signal::Signal;
 use procpool::workload::Squares;
-use procpool::{JobOptions, Pool};
+use procpool::{Dispatch, JobOptions, Pool};
 
 /// A worker executable that runs the real one, except that the starts whose number
 /// (1, 2, … in the order the shell scripts get their ticket) is in `kill` SIGKILL
@@ -133,8 +133,11 @@ fn a_start_that_keeps_dying_fails_once_the_restart_limit_is_spent() {
     );
 }
 
-#[test]
-fn a_replacement_killed_during_its_handshake_is_one_more_restart() {
+on_both_dispatches!(a_replacement_killed_during_its_handshake_is_one_more_restart);
+
+/// A worker that dies while it starts, mid-job, is its handshake's business on both
+/// dispatches: one more restart, never a chunk's blame nor a second replacement.
+fn a_replacement_killed_during_its_handshake_is_one_more_restart(dispatch: &'static str) {
     let scratch = tempfile::tempdir().unwrap();
     // Starts 1 and 2 are the pool; 3 replaces the worker that chunk 2 kills, and dies
     // before connecting; 4 replaces it.
@@ -144,6 +147,10 @@ fn a_replacement_killed_during_its_handshake_is_one_more_restart() {
     let options = JobOptions {
         chunk_size: Some(1_000),
         faults: vec!["kill@2".parse().unwrap()],
+        dispatch: match dispatch {
+            "queue" => Dispatch::Queue,
+            _ => Dispatch::Channel,
+        },
         ..Default::default()
     };
     let run = pool

@@ -1,11 +1,12 @@
-//! Handing out chunks, collecting replies, and surviving workers that die or hang.
+//! Channel dispatch: every chunk is a message to a worker, and its `Done` one back.
 //!
 //! Each worker holds at most `inflight` chunks; whenever one replies `Done`, the next chunk
 //! of the [`Dispenser`] (static, dynamic or guided) goes to that worker. Chunks are made on
 //! demand (or taken from the retry queue first), never listed up front.
 //!
-//! Supervision lives in the same loop; who holds what, blame and the limits are decided in
-//! one place, the [`Ledger`] (plain data, unit-tested without processes):
+//! This is one of the supervisor's two dispatchers (see `supervise.rs`): it keeps who
+//! holds which chunk in the [`Ledger`](super::ledger::Ledger) (plain data, unit-tested
+//! without processes), and the supervisor keeps its promises over it:
 //! - a worker whose channel closes (it died: killed, aborted, panicked, segfaulted) is
 //!   reaped at once and its exit status recorded; the chunk it was running is blamed (one
 //!   more attempt), the chunks queued behind it are handed out again unblamed, and a

@@ -481,7 +481,7 @@ impl PoolBuilder {
     /// `maxtasksperchild`): a leak in the kernel, or in a library it calls, lasts at most
     /// that long. The worker finishes its chunk, leaves, and a fresh process takes its slot
     /// while the others go on; this is a *recycle*, not a death: nothing is retried and no
-    /// restart is counted ([`JobStats::recycles`]).
+    /// restart is counted ([`JobStats::recycles`](crate::JobStats::recycles)).
     pub fn max_chunks_per_worker(mut self, chunks: u64) -> Self {
         self.options.max_chunks_per_worker = Some(chunks);
         self
@@ -726,7 +726,7 @@ pub struct JobOptions {
     pub dispatch: Dispatch,
     /// Faults to inject (see [`Fault`](crate::Fault)).
     pub faults: Vec<Fault>,
-    /// Record the job's timeline in [`JobStats::trace`]: every chunk attempt (worker,
+    /// Record the job's timeline in [`JobStats::trace`](crate::JobStats::trace): every chunk attempt (worker,
     /// attempt, start and end), deaths, restarts, retries, timeouts and window writes.
     /// Off by default; when off, nothing more is written per chunk.
     pub trace: bool,

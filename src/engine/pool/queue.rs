@@ -7,7 +7,9 @@
 //! when a chunk may have run past `chunk_timeout`, when a streaming window is complete or
 //! written, or to look at the interrupt flag. No message crosses a channel per chunk.
 //!
-//! Supervision keeps the channel path's promises, reading the workers' claim slots:
+//! This is the supervisor's other dispatcher (see `supervise.rs`); supervision keeps the
+//! channel path's promises, reading the workers' claim slots (the decisions are in
+//! `claims.rs`, tested on a real control block):
 //! - a dead worker's slot names the chunk it held; unless its done byte is set, the chunk
 //!   goes to the retry ring (blamed, if it was running), which workers drain before
 //!   claiming new chunks, and a replacement takes the same slot;

@@ -171,17 +171,17 @@ pub struct JobStats {
     /// Workers restarted after dying or timing out.
     pub restarts: u64,
     /// Worker processes replaced after reaching their recycling limit
-    /// ([`PoolBuilder::max_chunks_per_worker`], [`PoolBuilder::max_worker_rss`]).
+    /// ([`PoolBuilder::max_chunks_per_worker`](crate::PoolBuilder::max_chunks_per_worker), [`PoolBuilder::max_worker_rss`](crate::PoolBuilder::max_worker_rss)).
     pub recycles: u64,
     /// Chunks handed out again because their worker died.
     pub retried_chunks: u64,
     /// Every worker death, in order.
     pub deaths: Vec<Death>,
-    /// The job's reduction as JSON, when it reduced ([`Pool::reduce`],
-    /// [`Pool::run_and_reduce_with`]): the chunks' accumulators combined in chunk order.
+    /// The job's reduction as JSON, when it reduced ([`Pool::reduce`](crate::Pool::reduce),
+    /// [`Pool::run_and_reduce_with`](crate::Pool::run_and_reduce_with)): the chunks' accumulators combined in chunk order.
     pub reduction: Option<serde_json::Value>,
     /// Chunks in flight per worker at the end of the job: the depth chosen (see
-    /// [`PoolBuilder::inflight_auto`]) or the fixed one.
+    /// [`PoolBuilder::inflight_auto`](crate::PoolBuilder::inflight_auto)) or the fixed one.
     pub inflight: usize,
     /// How chunks were handed out.
     pub schedule: Schedule,
@@ -209,13 +209,13 @@ pub struct JobStats {
     /// chunk's kernel and the next (claiming and bookkeeping). Channel: a chunk's round
     /// trip minus its compute.
     pub dispatch_per_chunk_s: f64,
-    /// Chunks handed to the callback of [`Pool::for_each_chunk`] (0 for other jobs).
+    /// Chunks handed to the callback of [`Pool::for_each_chunk`](crate::Pool::for_each_chunk) (0 for other jobs).
     pub chunks_delivered: u64,
-    /// The callback of [`Pool::for_each_chunk`] returned `Break`: the job stopped before
+    /// The callback of [`Pool::for_each_chunk`](crate::Pool::for_each_chunk) returned `Break`: the job stopped before
     /// its end. `chunks` then counts the chunks that were done (`reduction` adds up only
     /// theirs), and the rest of the output is not computed.
     pub stopped_early: bool,
-    /// The job's timeline, when [`JobOptions::trace`] asked for it.
+    /// The job's timeline, when [`JobOptions::trace`](crate::JobOptions::trace) asked for it.
     pub trace: Option<Trace>,
 }
 
