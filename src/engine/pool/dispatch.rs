@@ -32,7 +32,7 @@ use super::ledger::Lost;
 use super::supervise::{Dispatcher, Gone, JobCore, Progress, Why};
 use super::trace::{TraceAttempt, TraceEventKind};
 use super::window::Ring;
-use super::{JobOptions, JobStats, Pool, Tally, spawn};
+use super::{Finished, JobOptions, Pool, Tally, spawn};
 use crate::engine::protocol::{Dispatch, FromWorker, ToWorker, wire_size};
 use crate::engine::schedule::{Chunk, Dispenser, Schedule};
 use crate::error::{Error, Result};
@@ -254,9 +254,9 @@ impl Pool {
         dispenser: Dispenser,
         options: &JobOptions,
         ring: Option<Ring>,
-    ) -> Result<JobStats> {
+    ) -> Result<Finished> {
         let mut job = self.channel_job(core, dispenser, options, ring);
-        job.core.ipc += self.send_spec(&job.core.spec);
+        self.send_spec(&mut job.core);
         let posting = self.open_channel_posting(&job.core.spec);
         self.prime(&mut job);
         while job.stage() != Stage::Finished {
@@ -359,7 +359,7 @@ impl Pool {
     }
 
     /// The job's measurements, once its last chunk is in.
-    fn channel_finish(&mut self, job: ChannelJob) -> Result<JobStats> {
+    fn channel_finish(&mut self, job: ChannelJob) -> Result<Finished> {
         let end = Instant::now();
         let wall = end - job.core.began;
         let workers = (0..self.workers.len())

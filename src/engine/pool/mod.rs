@@ -95,8 +95,8 @@ pub struct Pool {
     next_posting: u64,
     /// Where spawned workers put their handshake sockets; removed with the pool.
     dir: PrivateDir,
-    /// Workers that died while the pool started, charged to its first job.
-    start_deaths: Vec<Death>,
+    /// What starting workers cost since the last job, charged to the next.
+    charges: Charges,
     start: StartMethod,
     /// CPUs workers are pinned to, round-robin by id (empty: not pinned).
     pin: Vec<usize>,
@@ -115,21 +115,12 @@ pub struct Pool {
     spawn_time: Duration,
     next_job: u64,
     broken: bool,
-    /// Messages and bytes of the handshakes, not yet charged to a job.
-    handshake_ipc: Ipc,
     /// What the workers can run (name, element size), from their `Hello`.
     workloads: Vec<Registered>,
     /// The largest region whose memory was checked against the machine.
     memory_checked: u128,
     /// Recycling limits.
     recycle: Recycle,
-    /// The last reducing job's encoded chunk accumulators, as the dispatch loop found them.
-    reduced: Vec<ReducedChunk>,
-    /// The shared inputs of the job in progress, in the order its spec lists them: their
-    /// descriptors go to each worker that does not hold them yet.
-    job_inputs: Vec<Arc<Sealed>>,
-    /// Batches of input descriptors sent during the job in progress.
-    input_sends: u64,
     /// When the dispatch loops look for ended workers next ([`Pool::ended_workers`]).
     death_scan: Instant,
 }
@@ -143,6 +134,16 @@ struct SpecIdentity {
     key: Vec<u8>,
     /// Its id (0: none yet).
     id: u64,
+}
+
+/// What starting workers cost outside a job (while the pool started, or between jobs),
+/// charged to the next job: it counts their handshakes and their deaths as its own.
+#[derive(Debug, Default)]
+struct Charges {
+    /// Messages and bytes of the handshakes.
+    handshakes: Ipc,
+    /// Workers that died while starting, or between jobs.
+    deaths: Vec<Death>,
 }
 
 /// When a worker process is replaced by a fresh one (0: never).
@@ -189,6 +190,28 @@ fn encode<W: Workload>(workload: &W) -> Result<Encoded> {
         inputs,
         refs: input_refs,
     })
+}
+
+/// A finished job: its measurements, and its chunks' accumulators when it reduced.
+struct Finished {
+    stats: JobStats,
+    /// The encoded accumulators, as the dispatcher found them.
+    reduced: Vec<ReducedChunk>,
+}
+
+impl Finished {
+    /// Combines the job's accumulators in chunk order into `W::Acc`, recorded as JSON in
+    /// its measurements; the accumulators stay, in chunk order.
+    fn combine<W: Reduce>(mut self, workload: &W, n: u64) -> Result<(W::Acc, Finished)> {
+        let parts = in_chunk_order(std::mem::take(&mut self.reduced), n)?;
+        let value =
+            crate::workload::decode_combined(workload, &mut parts.iter().map(|p| p.acc.as_slice()))
+                .map_err(Error::Ipc)?;
+        self.stats.reduction =
+            Some(serde_json::to_value(&value).unwrap_or(serde_json::Value::Null));
+        self.reduced = parts;
+        Ok((value, self))
+    }
 }
 
 /// One chunk's encoded accumulator, as a reducing job collects them.
@@ -282,7 +305,20 @@ impl std::fmt::Debug for Pool {
 pub struct PoolRun<'pool, T> {
     pool: &'pool Pool,
     stats: JobStats,
+    /// The job's chunk accumulators, when it reduced.
+    reduced: Vec<ReducedChunk>,
     _elem: std::marker::PhantomData<T>,
+}
+
+impl<'pool, T> PoolRun<'pool, T> {
+    fn new(pool: &'pool Pool, finished: Finished) -> Self {
+        PoolRun {
+            pool,
+            stats: finished.stats,
+            reduced: finished.reduced,
+            _elem: std::marker::PhantomData,
+        }
+    }
 }
 
 impl<T: Element> PoolRun<'_, T> {
@@ -310,7 +346,7 @@ impl<T: Element> PoolRun<'_, T> {
 
     /// The job's chunk accumulators as the workers left them, when it reduced.
     pub(crate) fn reduced_chunks(&self) -> &[ReducedChunk] {
-        &self.pool.reduced
+        &self.reduced
     }
 }
 
@@ -366,12 +402,8 @@ impl Pool {
         n: u64,
         options: &JobOptions,
     ) -> Result<PoolRun<'_, W::Output>> {
-        let stats = self.job(workload, n, options, None, Want::OUTPUT, None)?;
-        Ok(PoolRun {
-            pool: self,
-            stats,
-            _elem: std::marker::PhantomData,
-        })
+        let finished = self.job(workload, n, options, None, Want::OUTPUT, None)?;
+        Ok(PoolRun::new(self, finished))
     }
 
     /// [`Pool::run_with`], reducing too when `want` says so (the lab's run, whose reducer
@@ -383,12 +415,8 @@ impl Pool {
         options: &JobOptions,
         want: Want,
     ) -> Result<PoolRun<'_, W::Output>> {
-        let stats = self.job(workload, n, options, None, want, None)?;
-        Ok(PoolRun {
-            pool: self,
-            stats,
-            _elem: std::marker::PhantomData,
-        })
+        let finished = self.job(workload, n, options, None, want, None)?;
+        Ok(PoolRun::new(self, finished))
     }
 
     /// Runs `workload` on `0..n` in bounded memory: the shared region is a ring of `ring`
@@ -420,14 +448,9 @@ impl Pool {
             window_elems: window_elems.max(1),
             ring: ring.max(1),
         };
-        self.job(
-            workload,
-            n,
-            options,
-            Some((layout, sink)),
-            Want::OUTPUT,
-            None,
-        )
+        let stream = Some((layout, sink));
+        let finished = self.job(workload, n, options, stream, Want::OUTPUT, None)?;
+        Ok(finished.stats)
     }
 
     /// Reduces `workload` over `0..n` with default options: see [`Pool::reduce_with`].
@@ -460,9 +483,12 @@ impl Pool {
             output: false,
             reduce_slot: crate::workload::acc_slot::<W>(),
         };
-        let mut stats = self.job(workload, n, options, None, want, None)?;
-        let value = self.combine_reduced(workload, n, &mut stats)?;
-        Ok(Reduced { value, stats })
+        let finished = self.job(workload, n, options, None, want, None)?;
+        let (value, finished) = finished.combine(workload, n)?;
+        Ok(Reduced {
+            value,
+            stats: finished.stats,
+        })
     }
 
     /// Runs `workload` on `0..n` like [`Pool::run_with`] and reduces it too: the output in
@@ -477,31 +503,9 @@ impl Pool {
             output: true,
             reduce_slot: crate::workload::acc_slot::<W>(),
         };
-        let mut stats = self.job(workload, n, options, None, want, None)?;
-        let value = self.combine_reduced(workload, n, &mut stats)?;
-        let run = PoolRun {
-            pool: self,
-            stats,
-            _elem: std::marker::PhantomData,
-        };
-        Ok((run, value))
-    }
-
-    /// Combines the last job's accumulators in chunk order into `W::Acc`, and records it
-    /// as JSON in `stats`.
-    fn combine_reduced<W: Reduce>(
-        &mut self,
-        workload: &W,
-        n: u64,
-        stats: &mut JobStats,
-    ) -> Result<W::Acc> {
-        let parts = in_chunk_order(std::mem::take(&mut self.reduced), n)?;
-        let value =
-            crate::workload::decode_combined(workload, &mut parts.iter().map(|p| p.acc.as_slice()))
-                .map_err(Error::Ipc)?;
-        stats.reduction = Some(serde_json::to_value(&value).unwrap_or(serde_json::Value::Null));
-        self.reduced = parts;
-        Ok(value)
+        let finished = self.job(workload, n, options, None, want, None)?;
+        let (value, finished) = finished.combine(workload, n)?;
+        Ok((PoolRun::new(self, finished), value))
     }
 
     /// Runs `workload` on `0..n` and hands each chunk to `f` as soon as it is done
@@ -568,7 +572,8 @@ impl Pool {
                     acc: (),
                 })
             };
-        self.each_job(workload, n, options, order, Want::OUTPUT, &mut visit)
+        let finished = self.each_job(workload, n, options, order, Want::OUTPUT, &mut visit)?;
+        Ok(finished.stats)
     }
 
     /// [`Pool::for_each_chunk`] for a [`Reduce`] workload: each chunk comes with its
@@ -623,18 +628,18 @@ impl Pool {
             output: true,
             reduce_slot: crate::workload::acc_slot::<W>(),
         };
-        let mut stats = self.each_job(workload, n, options, order, want, &mut visit)?;
+        let finished = self.each_job(workload, n, options, order, want, &mut visit)?;
         if let Some(index) = undecodable {
             return Err(Error::Ipc(format!(
                 "chunk {index} of `{}` came without an accumulator that decodes",
                 W::NAME
             )));
         }
-        if stats.stopped_early {
-            return Ok((stats, None));
+        if finished.stats.stopped_early {
+            return Ok((finished.stats, None));
         }
-        let value = self.combine_reduced(workload, n, &mut stats)?;
-        Ok((stats, Some(value)))
+        let (value, finished) = finished.combine(workload, n)?;
+        Ok((finished.stats, Some(value)))
     }
 
     /// The common part of [`Pool::for_each_chunk`] and [`Pool::for_each_reduced_chunk`].
@@ -646,7 +651,7 @@ impl Pool {
         order: ChunkOrder,
         want: Want,
         raw: &mut RawVisit<'_>,
-    ) -> Result<JobStats> {
+    ) -> Result<Finished> {
         let each = Each::new(order, raw);
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.job(workload, n, options, None, want, Some(each))
@@ -674,10 +679,9 @@ impl Pool {
         stream: Option<(Layout, &mut (dyn WindowSink + Send))>,
         want: Want,
         each: Option<Each<'_>>,
-    ) -> Result<JobStats> {
+    ) -> Result<Finished> {
         let elem_size = std::mem::size_of::<W::Output>();
         self.check_registered::<W>(want.reduce_slot > 0)?;
-        self.reduced.clear();
         if self.broken {
             // A failed job stopped every worker: start a fresh set.
             self.revive()?;
@@ -732,7 +736,6 @@ impl Pool {
             inputs,
             refs: input_refs,
         } = encode(workload)?;
-        let input_bytes: u64 = input_refs.iter().map(|i| i.bytes).sum();
         // The queue's chunk table (a done byte and a reduction per chunk) follows the
         // results; with a measured chunk size, the probes' table first (it grows later).
         let table_chunks = match options.dispatch {
@@ -779,22 +782,13 @@ impl Pool {
             output: want.output,
         });
         observe::tell(&self.observer, Event::JobStarted { n });
-        self.job_inputs = inputs;
-        self.input_sends = 0;
         let elem_size = u64::from(spec.elem_size);
         let result = self.with_ring(stream, n, elem_size, |pool, ring| {
-            let core = JobCore::new(pool, spec, n, options, each);
+            let core = JobCore::new(pool, spec, n, inputs, options, each);
             match options.dispatch {
                 Dispatch::Channel => pool.dispatch(core, dispenser, options, ring),
                 Dispatch::Queue => pool.dispatch_queue(core, dispenser, options, ring),
             }
-        });
-        // The workers keep their mappings; the parent's own `Input` values keep theirs.
-        self.job_inputs.clear();
-        let result = result.map(|mut stats| {
-            stats.input_bytes = input_bytes;
-            stats.input_sends = self.input_sends;
-            stats
         });
         let completed = result.is_ok();
         observe::tell(&self.observer, Event::JobEnded { completed });
@@ -891,9 +885,10 @@ impl Pool {
         id
     }
 
-    /// Sends `spec` to every connected worker that does not have it yet.
-    fn send_spec(&mut self, spec: &JobSpec) -> Ipc {
-        let mut sent = Ipc::default();
+    /// Sends the job's spec to every connected worker that does not have it yet, counting
+    /// the messages in the job.
+    fn send_spec(&mut self, core: &mut JobCore) {
+        let spec = &core.spec;
         for (slot, w) in self.workers.iter_mut().enumerate() {
             if w.spec_sent == spec.spec_id {
                 continue;
@@ -902,8 +897,8 @@ impl Pool {
             // First the descriptors of the inputs it does not hold yet, on its private
             // socket; it takes them right after the spec, and then holds exactly the
             // spec's inputs (as we note here).
-            let new: Vec<_> = self
-                .job_inputs
+            let new: Vec<_> = core
+                .inputs
                 .iter()
                 .filter(|s| !w.inputs_held.contains(&s.id()))
                 .map(|s| s.fd())
@@ -916,8 +911,8 @@ impl Pool {
                 if crate::engine::sealed::send_fds(socket.as_fd(), spec.spec_id, &new).is_err() {
                     continue;
                 }
-                sent.one(crate::engine::sealed::BATCH_BYTES);
-                self.input_sends += 1;
+                core.ipc.one(crate::engine::sealed::BATCH_BYTES);
+                core.input_sends += 1;
             }
             let msg = ToWorker::Job(spec.clone());
             let size = crate::engine::protocol::wire_size(&msg);
@@ -928,10 +923,9 @@ impl Pool {
             if tx.send(msg).is_ok() {
                 w.spec_sent = spec.spec_id;
                 w.inputs_held = spec.inputs.iter().map(|i| i.id).collect();
-                sent.one(size);
+                core.ipc.one(size);
             }
         }
-        sent
     }
 
     /// Refuses, before any worker sees it, a job whose workload the workers cannot run:

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::observe::Observer;
 use super::private_dir::PrivateDir;
 use super::spawn::{self, TEST_WORKER_ENV};
-use super::{Ipc, Pool, Recycle, SpecIdentity, WorkerSlot};
+use super::{Charges, Ipc, Pool, Recycle, SpecIdentity, WorkerSlot};
 use crate::engine::control::Control;
 use crate::engine::fault::Fault;
 use crate::engine::interrupt::Interrupt;
@@ -560,10 +560,12 @@ impl PoolBuilder {
             waker,
             waker_rid,
             specs: SpecIdentity::default(),
-            reduced: Vec::new(),
             next_posting: 1,
             dir,
-            start_deaths,
+            charges: Charges {
+                handshakes: Ipc::default(),
+                deaths: start_deaths,
+            },
             start: options.start,
             pin,
             exe,
@@ -581,15 +583,12 @@ impl PoolBuilder {
             spawn_time,
             next_job: 0,
             broken: false,
-            handshake_ipc: Ipc::default(),
             workloads: Vec::new(),
             memory_checked: 0,
             recycle: Recycle {
                 chunks: options.max_chunks_per_worker.unwrap_or(0),
                 rss: options.max_worker_rss.unwrap_or(0),
             },
-            job_inputs: Vec::new(),
-            input_sends: 0,
             death_scan: Instant::now(),
         };
         for s in started {

@@ -38,7 +38,7 @@ use super::supervise::{Dispatcher, Gone, JobCore, Progress, Why};
 use super::trace::{TraceAttempt, TraceEventKind, TracePhase};
 use super::watchdog::{self, Watch};
 use super::window::Ring;
-use super::{JobOptions, JobStats, Pool, Tally, WorkerStats, spawn};
+use super::{Finished, JobOptions, Pool, Tally, WorkerStats, spawn};
 use crate::engine::control::{
     Bounds, ChunkTable, ClaimState, Posting, SlotCounters, Snapshot, TableLayout, monotonic_ns,
 };
@@ -278,7 +278,7 @@ impl Pool {
         dispenser: Dispenser,
         options: &JobOptions,
         ring: Option<Ring>,
-    ) -> Result<JobStats> {
+    ) -> Result<Finished> {
         let (n, workers) = (core.n, self.workers.len());
         let schedule = dispenser.schedule();
         let measured = options.auto_chunk && schedule != Schedule::Static && n > 0;
@@ -292,7 +292,7 @@ impl Pool {
         } else {
             (geometry(&dispenser, n, workers), n)
         };
-        core.ipc += self.send_spec(&core.spec);
+        self.send_spec(&mut core);
         let mut job = QueueJob {
             core,
             schedule,
@@ -344,7 +344,7 @@ impl Pool {
 
     /// The job's measurements, once its last posting is closed: the workers' own counts,
     /// summed over the postings.
-    fn queue_finish(&mut self, mut job: QueueJob) -> Result<JobStats> {
+    fn queue_finish(&mut self, mut job: QueueJob) -> Result<Finished> {
         let end = Instant::now();
         let wall = end - job.core.began;
         let end_ns = monotonic_ns();

@@ -247,6 +247,8 @@ pub(crate) struct Tally {
 #[derive(Debug, Default)]
 pub(crate) struct Supervised {
     pub(crate) ipc: Ipc,
+    pub(crate) input_bytes: u64,
+    pub(crate) input_sends: u64,
     pub(crate) shm_bytes: u64,
     pub(crate) restarts: u64,
     pub(crate) recycles: u64,
@@ -260,7 +262,7 @@ pub(crate) struct Supervised {
 
 impl JobStats {
     /// A job's measurements, from what its dispatcher counted and what its supervisor kept
-    /// (the inputs and the reduction are added by the caller that knows them).
+    /// (the reduction is added by the caller that combines it).
     pub(crate) fn new(tally: Tally, kept: Supervised) -> JobStats {
         JobStats {
             n: tally.n,
@@ -270,8 +272,8 @@ impl JobStats {
             ipc_messages: kept.ipc.messages,
             ipc_bytes: kept.ipc.bytes,
             shm_bytes: kept.shm_bytes,
-            input_bytes: 0,
-            input_sends: 0,
+            input_bytes: kept.input_bytes,
+            input_sends: kept.input_sends,
             workers: tally.workers,
             restarts: kept.restarts,
             recycles: kept.recycles,

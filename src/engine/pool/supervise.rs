@@ -12,6 +12,7 @@
 //! - an interrupt stops the job with what it had done ([`JobCore::interrupted`]);
 //! - the job's measurements are assembled in one place ([`JobCore::finish`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipc_channel::TrySelectError;
@@ -24,9 +25,12 @@ use super::observe::{self, Event};
 use super::stats::{Supervised, Tally};
 use super::trace::{Trace, TraceAttempt, TraceEventKind};
 use super::workers::{DEATH_SCAN, SPAWN_BATCH, WorkerSlot};
-use super::{Death, Ipc, JobOptions, JobStats, Pool, ReducedChunk, WorkerStats, spawn};
+use super::{
+    Charges, Death, Finished, Ipc, JobOptions, JobStats, Pool, ReducedChunk, WorkerStats, spawn,
+};
 use crate::engine::protocol::{FromWorker, JobSpec, Transport};
 use crate::engine::schedule::Chunk;
+use crate::engine::sealed::Sealed;
 use crate::engine::sys::{ExitCause, Process};
 use crate::error::{Error, Loss, LossCause, Phase, Result};
 
@@ -90,6 +94,12 @@ pub(super) struct Progress {
 /// What a job keeps whichever dispatcher hands its chunks out.
 pub(super) struct JobCore<'f> {
     pub(super) spec: JobSpec,
+    /// The job's shared inputs, in the order its spec lists them: their descriptors go to
+    /// each worker that does not hold them yet. (The workers keep their mappings after the
+    /// job; the caller's own `Input` values keep theirs.)
+    pub(super) inputs: Vec<Arc<Sealed>>,
+    /// Batches of input descriptors sent during the job.
+    pub(super) input_sends: u64,
     pub(super) n: u64,
     /// When the job began (its wall time is measured from here).
     pub(super) began: Instant,
@@ -121,12 +131,14 @@ impl<'f> JobCore<'f> {
         pool: &mut Pool,
         spec: JobSpec,
         n: u64,
+        inputs: Vec<Arc<Sealed>>,
         options: &JobOptions,
         each: Option<Each<'f>>,
     ) -> Self {
         let began = Instant::now();
-        // Workers that died while the pool started count as this job's restarts.
-        let deaths = std::mem::take(&mut pool.start_deaths);
+        // Workers that died starting since the last job count as this job's restarts, and
+        // its traffic includes their handshakes.
+        let Charges { handshakes, deaths } = std::mem::take(&mut pool.charges);
         let ledger = Ledger::new(
             pool.workers.len(),
             pool.supervision.retries,
@@ -136,11 +148,13 @@ impl<'f> JobCore<'f> {
         );
         JobCore {
             spec,
+            inputs,
+            input_sends: 0,
             n,
             began,
             ledger,
             deaths,
-            ipc: std::mem::take(&mut pool.handshake_ipc),
+            ipc: handshakes,
             dead: Vec::new(),
             recycles: 0,
             reduced: Vec::new(),
@@ -224,18 +238,19 @@ impl<'f> JobCore<'f> {
         }
     }
 
-    /// The job's measurements: what the dispatcher counted (`tally`) and what the
-    /// supervisor kept. The workers that retired at the end are replaced first (before the
-    /// next job, not during it); the reductions go to the pool for the caller.
-    pub(super) fn finish(mut self, pool: &mut Pool, tally: Tally) -> Result<JobStats> {
+    /// The job's measurements, from what the dispatcher counted (`tally`) and what the
+    /// supervisor kept, with its chunks' accumulators. The workers that retired at the end
+    /// are replaced first (before the next job, not during it).
+    pub(super) fn finish(mut self, pool: &mut Pool, tally: Tally) -> Result<Finished> {
         if let Some(trace) = self.trace.as_mut() {
             trace.finish();
         }
         let retired = pool.settle_retired()?;
-        pool.reduced = std::mem::take(&mut self.reduced);
         let elem_size = u64::from(self.spec.elem_size);
         let kept = Supervised {
             ipc: self.ipc,
+            input_bytes: self.spec.inputs.iter().map(|i| i.bytes).sum(),
+            input_sends: self.input_sends,
             shm_bytes: match self.spec.transport {
                 Transport::Shm if self.spec.output => self.n * elem_size,
                 _ => 0,
@@ -249,7 +264,10 @@ impl<'f> JobCore<'f> {
             stopped_early: self.each.as_ref().is_some_and(|e| e.stopped),
             trace: self.trace,
         };
-        Ok(JobStats::new(tally, kept))
+        Ok(Finished {
+            stats: JobStats::new(tally, kept),
+            reduced: self.reduced,
+        })
     }
 }
 
@@ -403,10 +421,9 @@ impl Pool {
                     self.workers[w].starting = None;
                     let pid = started.pid;
                     self.install(started)?;
-                    let mut ipc = std::mem::take(&mut self.handshake_ipc);
-                    ipc += self.send_spec(&job.core().spec);
                     let core = job.core();
-                    core.ipc += ipc;
+                    core.ipc += std::mem::take(&mut self.charges.handshakes);
+                    self.send_spec(core);
                     if self.workers[w].spec_sent != core.spec.spec_id {
                         core.dead.push((w, pid));
                     }

@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use crate::engine::protocol::Layout;
 use crate::error::{Error, Result};
 
-use super::{JobStats, Pool};
+use super::{Finished, Pool};
 
 /// Where streamed windows go (see [`Pool::stream_with`]): called once per window, in
 /// order, with the window's first index and its bytes (little-endian elements).
@@ -71,8 +71,8 @@ impl Pool {
             &mut Pool,
             mpsc::Sender<WindowJob>,
             mpsc::Receiver<std::result::Result<u64, String>>,
-        ) -> Result<JobStats>,
-    ) -> Result<JobStats> {
+        ) -> Result<Finished>,
+    ) -> Result<Finished> {
         let mapping = self.region.map()?;
         let (to_writer, windows) = mpsc::channel::<WindowJob>();
         let (freed, from_writer) = mpsc::channel::<std::result::Result<u64, String>>();
@@ -170,8 +170,8 @@ impl Pool {
         stream: Option<(Layout, &mut (dyn WindowSink + Send))>,
         n: u64,
         elem_size: u64,
-        body: impl FnOnce(&mut Pool, Option<Ring>) -> Result<JobStats>,
-    ) -> Result<JobStats> {
+        body: impl FnOnce(&mut Pool, Option<Ring>) -> Result<Finished>,
+    ) -> Result<Finished> {
         let Some((layout, sink)) = stream else {
             return body(self, None);
         };

@@ -210,7 +210,7 @@ impl Pool {
 
     /// Registers a started worker in its slot (same id) and the receiver set.
     pub(super) fn install(&mut self, s: spawn::Started) -> Result<()> {
-        self.handshake_ipc += s.handshake_ipc;
+        self.charges.handshakes += s.handshake_ipc;
         let slot_index = self
             .workers
             .iter()
@@ -270,7 +270,7 @@ impl Pool {
             }
             slot.reap(Duration::ZERO);
             let new_pid = self.respawn(w)?;
-            self.start_deaths.push(Death {
+            self.charges.deaths.push(Death {
                 id,
                 pid,
                 cause: format!("{exit} between jobs"),
@@ -298,7 +298,7 @@ impl Pool {
             &self.supervision.interrupt,
             &mut deaths,
         )?;
-        self.start_deaths.extend(deaths);
+        self.charges.deaths.extend(deaths);
         let mut pid = 0;
         for s in started {
             pid = s.pid;
