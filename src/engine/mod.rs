@@ -6,8 +6,11 @@
 //! the workload layer (the [`crate::Workload`] trait and the [`crate::Registry`]) and on
 //! nothing above it: it measures a job but never reports, renders or prints.
 //!
-//! - `pool/`: [`crate::Pool`]: start (`spawn.rs`), dispatch (`dispatch.rs`) with its
-//!   bookkeeping (`ledger.rs`), observers (`observe.rs`), the private socket directory.
+//! - `pool/`: [`crate::Pool`]: options (`options.rs`), start (`spawn.rs`) and the workers'
+//!   lifecycle (`workers.rs`), one supervisor (`supervise.rs`) driving two dispatchers:
+//!   the shared-memory queue (`queue.rs`, its decisions in `claims.rs`) and the channels
+//!   (`dispatch.rs`, its bookkeeping in `ledger.rs`); the streaming ring (`window.rs`),
+//!   the stats (`stats.rs`), observers (`observe.rs`), the private socket directory.
 //! - `worker`: the worker side of the protocol.
 //! - `protocol`: the messages between parent and workers.
 //! - `control`: the control block, the shared-memory chunk queue: the atomics and futexes.
