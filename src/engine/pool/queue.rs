@@ -114,6 +114,17 @@ impl Acc {
     }
 }
 
+/// The control block's counters as the loop last saw them intact: none may go back.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    /// The next new chunk to claim.
+    next: u64,
+    /// Elements done.
+    done: u64,
+    /// The retry ring's head.
+    head: u64,
+}
+
 /// Which posting of a job is open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
@@ -157,8 +168,8 @@ struct QueueJob<'f> {
     last_progress: Instant,
     /// The posting's completion log as read so far (for the caller's callback).
     log: LogReader,
-    /// `next`, `done` and the ring's `head` as last seen intact in this posting.
-    seen: (u64, u64, u64),
+    /// The control block's counters as last seen intact in this posting.
+    seen: Seen,
     /// The workers running a chunk when the control block was last seen intact: (slot,
     /// chunk index). One of them may write over it next.
     running: Vec<(usize, u64)>,
@@ -318,7 +329,7 @@ impl Pool {
             ring,
             last_progress: Instant::now(),
             log: LogReader::default(),
-            seen: (0, 0, 0),
+            seen: Seen::default(),
             running: Vec::new(),
             watch: Watch::new(),
             geometry: geometry.clone(),
@@ -493,7 +504,7 @@ impl Pool {
         job.geometry = geometry;
         job.table = table;
         job.retries.clear();
-        job.seen = (0, 0, 0);
+        job.seen = Seen::default();
         job.running.clear();
         job.watch.restart(Instant::now());
         self.control.open(&posting, job.static_workers);
@@ -876,9 +887,9 @@ impl Pool {
                 .saturating_add(job.core.ledger.restarts())
                 .saturating_add(job.core.recycles)
                 .saturating_add(1),
-            next: job.seen.0,
-            done: job.seen.1,
-            head: job.seen.2,
+            next: job.seen.next,
+            done: job.seen.done,
+            head: job.seen.head,
             now_ns: monotonic_ns(),
         };
         let running_in = |s: &Snapshot| -> Vec<(usize, u64)> {
@@ -908,7 +919,11 @@ impl Pool {
                 running,
             });
         }
-        job.seen = (snapshot.next, snapshot.done, snapshot.retry_head);
+        job.seen = Seen {
+            next: snapshot.next,
+            done: snapshot.done,
+            head: snapshot.retry_head,
+        };
         job.running = running_in(&snapshot);
         Ok(snapshot)
     }
