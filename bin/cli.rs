@@ -98,15 +98,16 @@ fn uses(path: &[&str], id: &str) -> bool {
         ["list" | "ipc-bench", ..] => id == "json" || !is_run_option(id),
         ["generate", ..] => !is_run_option(id),
         // A sweep measures; it draws no picture.
-        ["sweep", "mandelbrot"] => id != "image" && !is_timeline(id),
+        ["sweep", "mandelbrot"] => id != "image" && !is_timeline(id) && id != "deadline",
         // Its many runs would need a timeline each: trace one run with the plain command.
-        ["sweep", ..] => !is_timeline(id),
+        // A deadline stops one run: give it to the plain command too.
+        ["sweep", ..] => !is_timeline(id) && id != "deadline",
         // Both modes, each verified against a baseline, in memory; several rounds, so no
         // single timeline either.
         ["compare-modes", rest @ ..] => {
             !matches!(
                 id,
-                "mode" | "no_baseline" | "output" | "window_size" | "warmup"
+                "mode" | "no_baseline" | "output" | "window_size" | "warmup" | "deadline"
             ) && (rest != ["mandelbrot"] || id != "image")
                 && !is_timeline(id)
         }
@@ -242,6 +243,7 @@ const PROCESS_ONLY: &[&str] = &[
     "max_worker_rss",
     "retry_panics",
     "timeout",
+    "deadline",
     "grace",
     "handshake_timeout",
     "huge_pages",
@@ -515,6 +517,12 @@ pub(crate) struct RunArgs {
     /// Kill a worker whose chunk runs longer than this (e.g. 500ms, 2s) and retry the chunk
     #[arg(help_heading = SUPERVISION, long, global = true, value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
+
+    /// Stop the worker processes' job once it has run this long (e.g. 200ms, 30s) and fail
+    /// the run (exit 1); covers each parallel run (each round with --repeat), not starting
+    /// the workers, the single-process baseline or the comparison
+    #[arg(help_heading = SUPERVISION, long, global = true, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_deadline)]
+    pub deadline: Option<Duration>,
 
     /// On Ctrl-C or SIGTERM, how long workers get at each step: stop message, SIGTERM, SIGKILL
     #[arg(help_heading = SUPERVISION, long, global = true, value_name = "DURATION", default_value = "500ms",
@@ -897,6 +905,16 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     }
 }
 
+fn parse_deadline(s: &str) -> Result<Duration, String> {
+    match parse_duration_arg(s)? {
+        d if d.is_zero() => Err(format!(
+            "a deadline of `{s}` stops the job before it starts: use at least 1ms, or omit \
+             --deadline for no limit"
+        )),
+        d => Ok(d),
+    }
+}
+
 fn parse_handshake_timeout(s: &str) -> Result<Duration, String> {
     match parse_duration_arg(s)? {
         d if d.is_zero() => Err(format!(
@@ -912,6 +930,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("turn off `baseline`", "--no-baseline"),
     ("`handshake_timeout`", "--handshake-timeout"),
     ("`chunk_timeout`", "--timeout"),
+    ("`deadline`", "--deadline"),
     ("`chunk_size`", "--chunk-size"),
     ("`round_trips`", "--round-trips"),
     ("`window_bytes`", "--window-size"),

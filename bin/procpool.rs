@@ -236,6 +236,8 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
             dispatch,
             faults: args.inject.clone(),
             trace: args.trace.is_some() || args.timeline.is_some(),
+            deadline: args.deadline,
+            cancel: None,
         },
         baseline: !args.no_baseline,
         repeat: args.repeat.unwrap_or(1),

@@ -182,6 +182,7 @@ pub mod report;
 mod units;
 pub mod workload;
 
+pub use engine::cancel::Cancel;
 pub use engine::fault::Fault;
 pub use engine::input::Input;
 pub use engine::interrupt::Interrupt;

@@ -803,6 +803,22 @@ fn validate(
             ),
         ));
     }
+    if options.mode != Mode::Processes
+        && (options.job.deadline.is_some() || options.job.cancel.is_some())
+    {
+        let option = match options.job.deadline {
+            Some(_) => "deadline",
+            None => "cancel",
+        };
+        return Err(Error::invalid(
+            option,
+            format!(
+                "`{option}` stops the worker processes' job: in `mode` {} there is none to stop",
+                options.mode
+            ),
+        ));
+    }
+    crate::engine::pool::check_deadline(options.job.deadline)?;
     if options.repeat == 0 {
         return Err(Error::invalid(
             "repeat",

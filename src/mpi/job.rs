@@ -204,6 +204,12 @@ fn refusal<W: Workload>(workload: &W, n: u64, options: &MpiOptions, ranks: usize
             format!("the mpi backend runs ranks, not `mode` {}", run.mode),
         ));
     }
+    if run.job.deadline.is_some() || run.job.cancel.is_some() {
+        return Err(Error::invalid(
+            "deadline",
+            "the mpi backend has no per-job `deadline` or `cancel`: use the process backend",
+        ));
+    }
     if run.output.is_some() {
         return Err(Error::invalid(
             "output",

@@ -106,6 +106,8 @@ impl DepthProbe {
 /// The state of one job.
 struct Job<'f> {
     spec: JobSpec,
+    /// The posting its chunks belong to.
+    posting: u64,
     n: u64,
     dispenser: Dispenser,
     held: Vec<Held>,
@@ -333,6 +335,7 @@ impl Pool {
         );
         let mut job = Job {
             spec,
+            posting: 0,
             n,
             dispenser,
             held: self.workers.iter().map(|_| Held::default()).collect(),
@@ -369,6 +372,7 @@ impl Pool {
         // Workers wait on the control block between jobs: this posting tells them to take
         // their chunks from the channel until `EndJob`.
         let posting = self.open_channel_posting(&job.spec);
+        job.posting = posting;
         // Prime round-robin (first chunk to every worker, then the second, …) so that a job
         // with few chunks still spreads over all workers.
         for _ in 0..job.depth {
@@ -389,6 +393,9 @@ impl Pool {
         } {
             if let Some(signal) = self.supervision.interrupt.requested() {
                 return Err(interrupted(signal, &job, self.workers.len()));
+            }
+            if let Some(stop) = self.job_stop.due() {
+                return Err(stop.error(job.done, job.elements_done, n));
             }
             let ended = self.ended_workers(&mut job, Pool::handle)?;
             job.dead.extend(ended);
@@ -438,7 +445,7 @@ impl Pool {
         for w in 0..self.workers.len() {
             self.send(w, ToWorker::EndJob { posting }, &mut job);
         }
-        self.close_posting(posting);
+        self.close_later(posting);
         // A fault at a chunk the job never had did not fire (a job with a measured chunk size
         // that ended before the measurement).
         if !job.stopped() {
@@ -798,6 +805,7 @@ impl Pool {
                 return;
             };
             let msg = ToWorker::Chunk {
+                posting: job.posting,
                 id: held.chunk.id,
                 start: held.chunk.start,
                 end: held.chunk.end,

@@ -10,6 +10,7 @@ mod ledger;
 mod observe;
 mod private_dir;
 mod queue;
+mod quiesce;
 mod spawn;
 mod trace;
 mod watchdog;
@@ -109,6 +110,18 @@ pub(crate) fn check_dispatch(options: &JobOptions) -> Result<()> {
 }
 
 /// A chunk length, when one is given, is at least 1.
+/// A job's deadline leaves it some time (a deadline past any clock is no deadline).
+pub(crate) fn check_deadline(deadline: Option<Duration>) -> Result<()> {
+    match deadline {
+        Some(d) if d.is_zero() => Err(Error::invalid(
+            "deadline",
+            "a `deadline` of 0s stops every job before it starts: use at least 1ms, or leave \
+             it unset for no limit",
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn check_chunk_size(chunk_size: Option<u64>) -> Result<()> {
     chunk_size.map_or(Ok(()), |size| check_count("chunk_size", size))
 }
@@ -685,6 +698,8 @@ impl PoolBuilder {
             job_inputs: Vec::new(),
             input_sends: 0,
             death_scan: Instant::now(),
+            job_stop: quiesce::JobStop::default(),
+            draining: None,
         };
         for s in started {
             pool.workers.push(WorkerSlot::empty(s.id));
@@ -859,6 +874,11 @@ pub struct Pool {
     input_sends: u64,
     /// When the dispatch loops look for ended workers next ([`Pool::ended_workers`]).
     death_scan: Instant,
+    /// The cancel token and deadline of the job in progress.
+    job_stop: quiesce::JobStop,
+    /// The last posting, closed without waiting for its workers to leave it: the next job
+    /// waits ([`Pool::settle`]).
+    draining: Option<quiesce::Draining>,
 }
 
 /// One chunk's encoded accumulator, as a reducing job collects them.
@@ -990,6 +1010,13 @@ pub struct JobOptions {
     /// attempt, start and end), deaths, restarts, retries, timeouts and window writes.
     /// Off by default; when off, nothing more is written per chunk.
     pub trace: bool,
+    /// Stops the job when cancelled, from any thread, with [`Error::Cancelled`]; the pool
+    /// keeps its workers (see [`Cancel`](crate::Cancel) and [`Pool`]).
+    pub cancel: Option<crate::Cancel>,
+    /// Stops the job once it has run this long (from the call) with
+    /// [`Error::DeadlineExceeded`]; the pool keeps its workers (see [`Pool`]). It bounds
+    /// the pool's job only: the caller's use of the results comes after.
+    pub deadline: Option<Duration>,
 }
 
 /// What `--chunk-size auto` measured and chose.
@@ -1563,13 +1590,17 @@ impl Pool {
         want: Want,
         each: Option<Each<'_>>,
     ) -> Result<JobStats> {
+        let began = Instant::now();
         let elem_size = std::mem::size_of::<W::Output>();
         self.check_registered::<W>(want.reduce_slot > 0)?;
+        check_deadline(options.deadline)?;
         self.reduced.clear();
         if self.broken {
             // A failed job stopped every worker: start a fresh set.
             self.revive()?;
         } else {
+            // The last job may have stopped early: its workers finish their chunks first.
+            self.settle()?;
             self.replace_the_dead()?;
         }
         let layout = stream.as_ref().map_or(Layout::flat(n), |(l, _)| *l);
@@ -1706,6 +1737,11 @@ impl Pool {
             reduce_slot: want.reduce_slot,
             output: want.output,
         });
+        self.job_stop = quiesce::JobStop::new(options, &self.waker, began);
+        if let Some(stop) = self.job_stop.due() {
+            self.job_stop = quiesce::JobStop::default();
+            return Err(stop.error(0, 0, n));
+        }
         observe::tell(&self.observer, Event::JobStarted { n });
         self.job_inputs = inputs;
         self.input_sends = 0;
@@ -1713,6 +1749,7 @@ impl Pool {
             Dispatch::Channel => self.dispatch(spec, n, dispenser, options, stream, each),
             Dispatch::Queue => self.dispatch_queue(spec, n, dispenser, options, stream, each),
         };
+        self.job_stop = quiesce::JobStop::default();
         // The workers keep their mappings; the parent's own `Input` values keep theirs.
         self.job_inputs.clear();
         let result = result.map(|mut stats| {
@@ -1724,6 +1761,11 @@ impl Pool {
         observe::tell(&self.observer, Event::JobEnded { completed });
         match result {
             Ok(stats) => Ok(stats),
+            // A panic, a cancel or a deadline costs the job, not the workers.
+            Err(e) if quiesce::keeps_workers(&e) => {
+                self.abandon();
+                Err(e)
+            }
             Err(mut e) => {
                 self.broken = true;
                 let (term, kill) = self.stop_all();
@@ -1847,6 +1889,13 @@ impl Pool {
     /// stopped process) is killed; the next job starts a fresh one in its slot.
     fn close_posting(&mut self, id: u64) {
         self.control.close();
+        self.await_leaving(id);
+    }
+
+    /// Waits until no live worker is inside posting `id` (closed already). One still inside
+    /// after the grace period is killed and reaped; returned as (slot, pid), its slot marked
+    /// for a fresh process.
+    fn await_leaving(&mut self, id: u64) -> Vec<(usize, u32)> {
         let deadline = Instant::now()
             .checked_add(self.supervision.grace)
             .unwrap_or_else(spawn::far_future);
@@ -1856,10 +1905,12 @@ impl Pool {
                 .filter(|&w| self.workers[w].child.is_some() && self.control.inside(w, id))
                 .collect();
             if inside.is_empty() {
-                return;
+                return Vec::new();
             }
             if Instant::now() >= deadline {
+                let mut killed = Vec::new();
                 for w in inside {
+                    killed.push((w, self.workers[w].pid));
                     crate::engine::sys::kill_hard(self.workers[w].pid);
                     let slot = &mut self.workers[w];
                     if let Some(rid) = slot.rid.take() {
@@ -1870,7 +1921,7 @@ impl Pool {
                     slot.unspawned = true;
                     self.control.reset_slot(w);
                 }
-                return;
+                return killed;
             }
             spins += 1;
             if spins < 1000 {
@@ -1986,6 +2037,7 @@ impl Pool {
         // The new workers must not see the old set's shutdown.
         self.control = self.region.control()?;
         self.control.restart();
+        self.draining = None;
         for w in 0..self.workers.len() {
             self.respawn(w)?;
         }

@@ -616,6 +616,9 @@ impl Pool {
             if let Some(signal) = self.supervision.interrupt.requested() {
                 return Err(interrupted(signal, job, self.workers.len(), self));
             }
+            if let Some(stop) = self.job_stop.due() {
+                return Err(stop.error_like(interrupted(0, job, self.workers.len(), self)));
+            }
             let ended = self.ended_workers(job, Pool::event)?;
             job.dead.extend(ended);
             while let Some((w, pid)) = job.dead.pop() {
