@@ -519,8 +519,8 @@ pub(crate) struct RunArgs {
     pub timeout: Option<Duration>,
 
     /// Stop the worker processes' job once it has run this long (e.g. 200ms, 30s) and fail
-    /// the run (exit 1); covers each parallel run (each round with --repeat), not starting
-    /// the workers, the single-process baseline or the comparison
+    /// the run (exit 1): each parallel run (each round with --repeat), workers still
+    /// starting included; not the single-process baseline or the comparison
     #[arg(help_heading = SUPERVISION, long, global = true, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_deadline)]
     pub deadline: Option<Duration>,
 

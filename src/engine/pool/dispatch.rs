@@ -700,6 +700,7 @@ impl Pool {
                 compute_ns: Some(compute_ns),
             });
         }
+        self.workers[w].ran_chunks += 1;
         let h = &mut job.held[w];
         h.last_done = Some(now);
         h.done += 1;
@@ -793,7 +794,8 @@ impl Pool {
         }
         for _ in 0..count {
             // A process with a chunk limit gets exactly that many, then retires.
-            let spent = self.recycle.0 > 0 && self.workers[w].sent_chunks >= self.recycle.0;
+            let spent = self.recycle.0 > 0
+                && self.workers[w].ran_chunks + job.ledger.held_by(w) as u64 >= self.recycle.0;
             if job.ledger.held_by(w) >= job.depth
                 || self.workers[w].tx.is_none()
                 || self.workers[w].retiring
@@ -811,7 +813,6 @@ impl Pool {
                 end: held.chunk.end,
                 attempt: held.attempt,
             };
-            self.workers[w].sent_chunks += 1;
             self.send(w, msg, job);
         }
     }

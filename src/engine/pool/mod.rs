@@ -1,7 +1,8 @@
 //! The pool: worker processes, their channels, and the shared region they write into.
 //!
 //! [`PoolBuilder::build`] starts the workers (`spawn.rs`); [`Pool::run`] sends a job and
-//! hands out its chunks (`dispatch.rs`); dropping the pool stops and reaps every worker.
+//! hands out its chunks (`dispatch.rs`); a job stopped early by a panic, a cancel or a
+//! deadline keeps the workers (`quiesce.rs`); dropping the pool stops and reaps every worker.
 
 mod auto_chunk;
 mod dispatch;
@@ -739,8 +740,10 @@ struct WorkerSlot {
     unspawned: bool,
     /// It said it reached its recycling limit; its exit is not a death.
     retiring: bool,
-    /// Chunks sent to this process (channel dispatch), for the recycling limit.
-    sent_chunks: u64,
+    /// Chunks this process ran (channel dispatch: its `Done` arrived), for the recycling
+    /// limit. Counted as the worker counts them: a chunk it skipped (its job stopped
+    /// early) does not count.
+    ran_chunks: u64,
     /// Our end of the process's private socket for input descriptors.
     inputs_socket: Option<OwnedFd>,
     /// The inputs (ids) the process holds: those of the last spec it was sent.
@@ -760,7 +763,7 @@ impl WorkerSlot {
             spec_sent: 0,
             unspawned: false,
             retiring: false,
-            sent_chunks: 0,
+            ran_chunks: 0,
             inputs_socket: None,
             inputs_held: Vec::new(),
         }
@@ -812,6 +815,32 @@ pub struct Death {
 /// worker's death is seen from the process itself, even while a process it forked keeps
 /// its channel open; and no wait of the pool's (a start, a worker's last output lines, a
 /// shutdown) lasts longer than its deadline.
+///
+/// # When workers are replaced
+///
+/// Jobs run on the same worker processes, which keep their workload's
+/// [`setup`](Workload::setup) while the workload value stays the same. A worker process is
+/// replaced (a fresh process under the same id) when it dies, during a job or between jobs;
+/// when its chunk runs past [`Supervision::chunk_timeout`]; when its kernel panics and
+/// [`Supervision::retry_panics`] is set; when it reaches its recycling limit
+/// ([`PoolBuilder::max_chunks_per_worker`], [`PoolBuilder::max_worker_rss`]); when the
+/// queue's watchdog finds it stopped; and when it is still in a stopped job's chunk
+/// [`Supervision::grace`] after the next job began (below).
+///
+/// Every worker is stopped, and the next job starts a fresh set, after a job that failed by
+/// an interrupt ([`Interrupt`]), by workers lost beyond the limits
+/// ([`Error::ChunkFailed`], [`Error::TooManyRestarts`]), by a damaged queue
+/// ([`Error::QueueDamaged`]), by a worker that cannot run the job, by results that do not
+/// add up, or by a panic in a [`Pool::for_each_chunk`] callback.
+///
+/// Workers are **kept** after [`Error::KernelPanicked`] (the worker caught the panic),
+/// [`Error::Cancelled`] ([`JobOptions::cancel`]) and [`Error::DeadlineExceeded`]
+/// ([`JobOptions::deadline`]). Such a job returns its error at once, within about one
+/// chunk's time of the stop; no worker starts another chunk of it, and a chunk still running
+/// finishes. The next job (not the caller of the stopped one) waits for those chunks before
+/// anything of it is written, drops the stopped job's replies, and runs on the same
+/// processes; a worker still in its chunk `grace` after the next job began is killed and
+/// replaced, as a death between jobs.
 ///
 /// ```no_run
 /// use procpool::Pool;
@@ -1266,7 +1295,9 @@ impl Pool {
     /// A pool is always ready for the next job, whatever happened to the last one:
     /// - a job refused up front (bad options, a workload the workers do not have) changes
     ///   nothing: the same workers run the next job;
-    /// - a job that failed on the way (a kernel panic, a chunk out of retries, too many
+    /// - a job stopped by a kernel panic, a cancel or a deadline keeps the workers: the next
+    ///   job runs on the same processes (see [When workers are replaced](Pool#when-workers-are-replaced));
+    /// - a job that failed otherwise on the way (a chunk out of retries, too many
     ///   restarts, an interrupt) stops every worker; the next job starts a fresh set;
     /// - workers that died between jobs are replaced before the next job hands out a
     ///   chunk, and never blamed for one.
@@ -2015,7 +2046,7 @@ impl Pool {
         }
         let slot = &mut self.workers[slot_index];
         slot.spec_sent = 0;
-        slot.sent_chunks = 0;
+        slot.ran_chunks = 0;
         slot.inputs_socket = Some(s.inputs_socket);
         slot.inputs_held.clear();
         slot.pid = s.pid;

@@ -224,8 +224,9 @@ impl Pool {
 
     /// Reads every message waiting from the workers and drops it: replies to a job that
     /// stopped early. A `Retiring` is kept in mind (the worker is replaced before the next
-    /// job); a closed channel or a `Failed` shows as the process's exit, which the next
-    /// job's check for dead workers handles.
+    /// job), a `Done` counted toward its worker's recycling limit; a closed channel or a
+    /// `Failed` shows as the process's exit, which the next job's check for dead workers
+    /// handles.
     fn drop_stale_replies(&mut self) -> Result<()> {
         loop {
             let events = match self.set.try_select() {
@@ -236,10 +237,14 @@ impl Pool {
                 }
             };
             for event in events {
-                if let IpcSelectionResult::MessageReceived(rid, message) = event
-                    && let Ok(Some((w, FromWorker::Retiring, _))) = self.decode(rid, message)
-                {
-                    self.workers[w].retiring = true;
+                let IpcSelectionResult::MessageReceived(rid, message) = event else {
+                    continue;
+                };
+                match self.decode(rid, message) {
+                    Ok(Some((w, FromWorker::Retiring, _))) => self.workers[w].retiring = true,
+                    // It counts the chunk toward its recycling limit: so does the pool.
+                    Ok(Some((w, FromWorker::Done { .. }, _))) => self.workers[w].ran_chunks += 1,
+                    _ => {}
                 }
             }
         }
