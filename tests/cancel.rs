@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{EXIT_FAILED, EXIT_USAGE, Sandbox, within};
+use common::{EXIT_FAILED, EXIT_USAGE, Sandbox, setups, within};
 use procpool::{Cancel, Dispatch, Error, JobOptions, Pool, Registry, Workload};
 use serde::{Deserialize, Serialize};
 
@@ -45,14 +45,7 @@ impl Workload for Counted {
     type Output = u64;
 
     fn setup(&mut self) {
-        use std::io::Write;
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("the set-up log");
-        log.write_all(format!("{}\n", std::process::id()).as_bytes())
-            .expect("write the set-up log");
+        common::log_setup(&self.log);
     }
 
     fn kernel(&self, range: Range<u64>, out: &mut [u64]) {
@@ -73,15 +66,6 @@ fn value(i: u64) -> u64 {
 }
 
 procpool::enable_test_support!(Registry::builtin().register::<Counted>());
-
-/// The process ids the set-ups logged.
-fn setups(log: &Path) -> Vec<u32> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| l.parse().expect("a pid"))
-        .collect()
-}
 
 /// Two workers through this test binary; `inflight` chunk messages per worker on the
 /// channels (so that a stopped job leaves chunks queued in their sockets).
@@ -178,12 +162,22 @@ fn stopped_then_same_workers(
     drop(pool);
 }
 
-fn cancel_from_another_thread(dispatch: Dispatch, inflight: usize) {
+/// `--dispatch` as the library names it.
+fn dispatch_of(name: &str) -> Dispatch {
+    match name {
+        "channel" => Dispatch::Channel,
+        _ => Dispatch::Queue,
+    }
+}
+
+/// A cancel from another thread mid-job. Eight chunk messages are queued per worker on the
+/// channels: those of the stopped job must not run, nor reach the next job.
+fn cancel_from_another_thread_keeps_the_workers(dispatch: &'static str) {
     let cancel = Cancel::new();
     let from_there = cancel.clone();
     stopped_then_same_workers(
-        dispatch,
-        inflight,
+        dispatch_of(dispatch),
+        8,
         |w| &w.slow,
         JobOptions {
             cancel: Some(cancel),
@@ -195,25 +189,13 @@ fn cancel_from_another_thread(dispatch: Dispatch, inflight: usize) {
                 from_there.cancel();
             });
         },
-        |e| matches!(e, Error::Cancelled { chunks_done, n: 20_000, .. } if *chunks_done < 2000),
+        |e| matches!(e, Error::Cancelled { chunks_done, n: N, .. } if *chunks_done < 2000),
     );
 }
 
-#[test]
-fn a_cancel_from_another_thread_keeps_the_workers_on_the_queue() {
-    cancel_from_another_thread(Dispatch::Queue, 1);
-}
-
-#[test]
-fn a_cancel_from_another_thread_keeps_the_workers_on_the_channels() {
-    // Eight chunk messages queued per worker: those of the stopped job must not run, nor
-    // reach the next job.
-    cancel_from_another_thread(Dispatch::Channel, 8);
-}
-
-fn deadline(dispatch: Dispatch) {
+fn deadline_keeps_the_workers(dispatch: &'static str) {
     stopped_then_same_workers(
-        dispatch,
+        dispatch_of(dispatch),
         4,
         |w| &w.slow,
         JobOptions {
@@ -228,19 +210,9 @@ fn deadline(dispatch: Dispatch) {
     );
 }
 
-#[test]
-fn a_deadline_keeps_the_workers_on_the_queue() {
-    deadline(Dispatch::Queue);
-}
-
-#[test]
-fn a_deadline_keeps_the_workers_on_the_channels() {
-    deadline(Dispatch::Channel);
-}
-
-fn panic(dispatch: Dispatch) {
+fn kernel_panic_keeps_the_workers(dispatch: &'static str) {
     stopped_then_same_workers(
-        dispatch,
+        dispatch_of(dispatch),
         4,
         |w| &w.panic,
         JobOptions::default(),
@@ -249,15 +221,11 @@ fn panic(dispatch: Dispatch) {
     );
 }
 
-#[test]
-fn a_kernel_panic_keeps_the_workers_on_the_queue() {
-    panic(Dispatch::Queue);
-}
-
-#[test]
-fn a_kernel_panic_keeps_the_workers_on_the_channels() {
-    panic(Dispatch::Channel);
-}
+on_both_dispatches!(
+    cancel_from_another_thread_keeps_the_workers,
+    deadline_keeps_the_workers,
+    kernel_panic_keeps_the_workers,
+);
 
 /// A cancel returns while a long chunk still runs; the next job waits for that chunk (it
 /// ends well within the grace period) and runs on the same processes.

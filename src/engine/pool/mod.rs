@@ -1041,7 +1041,7 @@ pub struct JobOptions {
     pub trace: bool,
     /// Stops the job when cancelled, from any thread, with [`Error::Cancelled`]; the pool
     /// keeps its workers (see [`Cancel`](crate::Cancel) and [`Pool`]).
-    pub cancel: Option<crate::Cancel>,
+    pub cancel: Option<crate::engine::cancel::Cancel>,
     /// Stops the job once it has run this long (from the call) with
     /// [`Error::DeadlineExceeded`]; the pool keeps its workers (see [`Pool`]). It bounds
     /// the pool's job only: the caller's use of the results comes after.

@@ -33,14 +33,14 @@ use ipc_channel::TrySelectError;
 use ipc_channel::ipc::{IpcSelectionResult, IpcSender};
 
 use super::{Death, JobOptions, Pool};
-use crate::engine::cancel::Waking;
+use crate::engine::cancel::{Cancel, Waking};
 use crate::engine::protocol::{FromWorker, ToWorker};
 use crate::error::{Error, Result};
 
 /// What may stop the job in progress besides a signal: its cancel token and its deadline.
 #[derive(Debug, Default)]
 pub(super) struct JobStop {
-    cancel: Option<crate::Cancel>,
+    cancel: Option<Cancel>,
     /// The deadline as given, and when it passes.
     deadline: Option<(Duration, Instant)>,
     /// The pool's waker, registered with the cancel token for the job.
@@ -88,11 +88,7 @@ impl JobStop {
 
     /// The stop that is due now, if any.
     pub(super) fn due(&self) -> Option<Stop> {
-        if self
-            .cancel
-            .as_ref()
-            .is_some_and(crate::Cancel::is_cancelled)
-        {
+        if self.cancel.as_ref().is_some_and(Cancel::is_cancelled) {
             return Some(Stop::Cancelled);
         }
         match self.deadline {
@@ -258,7 +254,7 @@ mod tests {
     #[test]
     fn a_stop_is_due_once_cancelled_or_past_the_deadline() {
         let (waker, woken) = ipc_channel::ipc::channel::<()>().unwrap();
-        let cancel = crate::Cancel::new();
+        let cancel = Cancel::new();
         let options = JobOptions {
             cancel: Some(cancel.clone()),
             deadline: Some(Duration::from_millis(30)),
