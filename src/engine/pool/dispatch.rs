@@ -1000,6 +1000,9 @@ impl Pool {
 
     /// Spawns a replacement for slot `w`; its handshake is polled by the loop.
     pub(super) fn begin_start(&mut self, w: usize) -> Result<u32> {
+        // What the old process left in its claim slot (a channel posting it was inside)
+        // is not the new one's.
+        self.control.reset_slot(w);
         let mut starting = spawn::spawn_worker(
             &self.exe,
             &self.dir,

@@ -1932,8 +1932,15 @@ impl Pool {
             .unwrap_or_else(spawn::far_future);
         let mut spins = 0u32;
         loop {
+            // A process that has exited leaves nothing to wait for (it is replaced as dead).
             let inside: Vec<usize> = (0..self.workers.len())
-                .filter(|&w| self.workers[w].child.is_some() && self.control.inside(w, id))
+                .filter(|&w| self.control.inside(w, id))
+                .filter(|&w| {
+                    self.workers[w]
+                        .child
+                        .as_ref()
+                        .is_some_and(|c| !c.has_exited())
+                })
                 .collect();
             if inside.is_empty() {
                 return Vec::new();
@@ -2157,6 +2164,7 @@ impl Pool {
     /// like a start); returns its pid.
     fn respawn(&mut self, w: usize) -> Result<u32> {
         self.workers[w].unspawned = false;
+        self.control.reset_slot(w);
         let id = self.workers[w].id;
         let mut deaths = Vec::new();
         let started = spawn::start_workers(
