@@ -439,3 +439,35 @@ fn bad_deadlines_are_refused_naming_the_flag() {
         assert!(line.contains("--deadline"), "{why}: {line}");
     }
 }
+
+/// In-process modes have no worker processes' job to stop: a deadline or a cancel there
+/// is refused, not ignored.
+#[test]
+fn the_in_process_modes_refuse_a_deadline_or_a_cancel() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Counted::in_dir(dir.path(), 0);
+    for mode in [procpool::Mode::Threads, procpool::Mode::Single] {
+        for (job, option) in [
+            (
+                JobOptions {
+                    deadline: Some(Duration::from_secs(1)),
+                    ..JobOptions::default()
+                },
+                "deadline",
+            ),
+            (
+                JobOptions {
+                    cancel: Some(Cancel::new()),
+                    ..JobOptions::default()
+                },
+                "cancel",
+            ),
+        ] {
+            let mut options = procpool::RunOptions::new(2);
+            options.mode = mode;
+            options.job = job;
+            let err = procpool::run(&w, 100, &options).expect_err("refused");
+            assert_eq!(err.option(), Some(option), "{mode:?}: {err}");
+        }
+    }
+}
