@@ -21,11 +21,10 @@ pub(crate) mod threads;
 
 pub use crate::engine::limits::{Cpus, Machine, MemoryLimit};
 pub use advice::{Advice, Limit};
-pub use baseline::Mismatch;
 pub use compare::{ModeSide, ModesComparison};
 pub use ipc_bench::{IpcBenchOptions, IpcBenchReport};
 pub use measure::{Ratio, Summary};
 pub use meta::{MachineInfo, Meta, SCHEMA_VERSION, WORKERS_ENV, WorkersFrom, default_workers};
-pub use model::{Breakdown, OsUsage, OutputReport, Repeats};
+pub use model::{Breakdown, Mismatch, OsUsage, OutputReport, Repeats};
 pub use output::{OutputFile, check_distinct};
 pub use sweep::{SweepOptions, SweepTable};

@@ -18,13 +18,10 @@ use crate::engine::protocol::Transport;
 use crate::engine::schedule::{Dispenser, Schedule};
 use crate::error::{Error, Phase, Result};
 use crate::lab::advice::{Observations, advise};
-use crate::lab::baseline::{
-    Mismatch, Single, Stopped, checksum_until, compare, run_kernel, run_single,
-};
+use crate::lab::baseline::{Single, Stopped, checksum_until, compare, run_kernel, run_single};
 use crate::lab::measure::{ratio, summarize};
 use crate::lab::meta::{Meta, WorkersFrom};
-use crate::lab::model::OsUsage;
-use crate::lab::model::{Breakdown, Mode, OutputReport, Repeats, Report};
+use crate::lab::model::{Breakdown, Mismatch, Mode, OsUsage, OutputReport, Repeats, Report};
 use crate::lab::stream::{FileSink, RING, window_elems};
 use crate::lab::threads::run_threads;
 use crate::workload::{ChunkReducer, Reduce, ReducerOf, Workload};
