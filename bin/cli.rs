@@ -916,6 +916,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("`round_trips`", "--round-trips"),
     ("`window_bytes`", "--window-size"),
     ("`workers`", "--workers"),
+    ("`ranks`", "--ranks"),
     ("`inflight`", "--inflight"),
     ("`schedule`", "--schedule"),
     ("`transport`", "--transport"),

@@ -295,14 +295,6 @@ fn mpi_run(
     )
 }
 
-/// Whether this process is a rank of an MPI job (Open MPI, or another PMI launcher).
-#[cfg(feature = "mpi")]
-pub(crate) fn under_mpirun() -> bool {
-    ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some())
-}
-
 /// One run on the MPI backend.
 #[cfg(feature = "mpi")]
 struct MpiRun {
