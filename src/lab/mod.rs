@@ -13,6 +13,7 @@ pub mod ipc_bench;
 pub mod measure;
 pub mod meta;
 pub(crate) mod model;
+pub mod options;
 pub mod output;
 pub(crate) mod run;
 pub(crate) mod stream;
