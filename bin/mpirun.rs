@@ -6,7 +6,6 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use nix::sys::signal::Signal;
 use procpool::mpi::MpirunEnd;
 use procpool::{Interrupt, Report};
 
@@ -58,8 +57,13 @@ pub(crate) fn launch(ranks: u64, interrupt: &Interrupt) -> anyhow::Result<ExitCo
     )
 }
 
+/// The two signals the launcher passes on, by name.
 fn signal_name(signal: i32) -> &'static str {
-    Signal::try_from(signal).map_or("a signal", |s| s.as_str())
+    match signal {
+        2 => "SIGINT",
+        15 => "SIGTERM",
+        _ => "a signal",
+    }
 }
 
 /// On rank 0 under `procpool --ranks`: when it left `e` for the launcher to print (see
