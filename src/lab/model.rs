@@ -5,8 +5,11 @@ use serde::Serialize;
 
 // The engine's types a report holds, re-exported so that `report/` reads the lab's model
 // only and never names the engine.
+/// One chunk attempt of a trace, which the timeline's picture draws.
+#[cfg(any(test, feature = "plot"))]
+pub(crate) use crate::engine::pool::TraceAttempt;
 pub(crate) use crate::engine::pool::{
-    AutoChunk, Death, StartMethod, Trace, TraceAttempt, TraceEventKind, WorkerStats,
+    AutoChunk, Death, StartMethod, Trace, TraceEventKind, WorkerStats,
 };
 /// What a trace holds beyond its attempts, for the renderings' tests that build one.
 #[cfg(test)]
