@@ -39,6 +39,29 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// The folder `name` of the crate (`src`, `bin`) and its Rust files, sorted.
+fn sources(name: &str) -> (PathBuf, Vec<PathBuf>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
+    let mut files = Vec::new();
+    rust_files(&dir, &mut files);
+    files.sort();
+    (dir, files)
+}
+
+/// Fails naming every `wrong` line, or when fewer than `least` places were `checked` (the
+/// scan would not be reading the code).
+fn assert_none_wrong(wrong: &[String], checked: usize, least: usize, what: &str) {
+    assert!(
+        checked > least,
+        "only {checked} {what} seen: is the scan reading the code?"
+    );
+    assert!(
+        wrong.is_empty(),
+        "{what} against the layering:\n{}",
+        wrong.join("\n")
+    );
+}
+
 /// The layer a source file belongs to: its first component under `src/`, without `.rs`.
 fn layer_of(src: &Path, file: &Path) -> String {
     let relative = file.strip_prefix(src).expect("a file under src/");
@@ -76,10 +99,7 @@ fn crate_paths(code: &str) -> Vec<String> {
 
 #[test]
 fn every_module_uses_only_its_own_layer_and_those_below() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    files.sort();
+    let (src, files) = sources("src");
     let mut wrong = Vec::new();
     let mut checked = 0;
     for file in &files {
@@ -121,15 +141,7 @@ fn every_module_uses_only_its_own_layer_and_those_below() {
             }
         }
     }
-    assert!(
-        checked > 100,
-        "only {checked} paths seen: is the scan reading the code?"
-    );
-    assert!(
-        wrong.is_empty(),
-        "imports against the layering:\n{}",
-        wrong.join("\n")
-    );
+    assert_none_wrong(&wrong, checked, 100, "crate:: paths");
 }
 
 /// The module path of a source file under `src/`: `lab/run.rs` is `["lab", "run"]`,
@@ -183,10 +195,7 @@ fn opens_inline_module(code: &str) -> bool {
 
 #[test]
 fn a_super_path_stays_inside_its_layer() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    files.sort();
+    let (src, files) = sources("src");
     let mut wrong = Vec::new();
     let mut checked = 0;
     for file in &files {
@@ -231,15 +240,7 @@ fn a_super_path_stays_inside_its_layer() {
             }
         }
     }
-    assert!(
-        checked > 20,
-        "only {checked} super:: paths seen: is the scan reading the code?"
-    );
-    assert!(
-        wrong.is_empty(),
-        "super:: paths out of their layer:\n{}",
-        wrong.join("\n")
-    );
+    assert_none_wrong(&wrong, checked, 20, "super:: paths");
 }
 
 /// What the command may not do itself, and why.
@@ -256,10 +257,7 @@ const NOT_IN_THE_COMMAND: [(&str, &str); 5] = [
 
 #[test]
 fn the_command_uses_the_library_and_makes_no_system_calls_of_its_own() {
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("bin");
-    let mut files = Vec::new();
-    rust_files(&bin, &mut files);
-    files.sort();
+    let (_, files) = sources("bin");
     assert!(files.len() > 3, "only {} files under bin/", files.len());
     let mut wrong = Vec::new();
     let mut library_paths = 0;
@@ -279,15 +277,7 @@ fn the_command_uses_the_library_and_makes_no_system_calls_of_its_own() {
             }
         }
     }
-    assert!(
-        library_paths > 20,
-        "only {library_paths} procpool:: paths seen: is the scan reading the code?"
-    );
-    assert!(
-        wrong.is_empty(),
-        "the command doing the library's work:\n{}",
-        wrong.join("\n")
-    );
+    assert_none_wrong(&wrong, library_paths, 20, "procpool:: paths in the command");
 }
 
 #[test]
