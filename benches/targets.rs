@@ -57,6 +57,25 @@ fn main() -> Result<(), procpool::Error> {
         }
     }
 
+    // A kernel panic costs the job, not the workers: the job after it runs on the same
+    // processes (its spec differs from the panicking job's fault list, so it goes to the
+    // workers again). `cargo bench --bench targets -- panic` runs only this row.
+    if only.as_deref().is_none_or(|o| "panic".contains(o)) {
+        let (before, after) = after_panic()?;
+        rows.push(Row::at_most(
+            format!(
+                "squares 2, 2 workers: the job after a kernel panic / a job before ({after:.1} \
+                 / {before:.1} µs, medians of 21)"
+            ),
+            after / before,
+            4.0,
+        ));
+        if only.is_some() {
+            print_rows(&rows);
+            return Ok(());
+        }
+    }
+
     // A 30.5 MiB input carried as a shared `Input<f64>` against a `Vec<f64>` field in the
     // parameters, on one long-lived 2-worker pool; every job changes a parameter, so its
     // spec goes to the workers again (the Vec with it, the Input as an index). Interleaved.
@@ -612,6 +631,37 @@ fn tiny_jobs() -> Result<f64, procpool::Error> {
         us.push(began.elapsed().as_secs_f64() * 1e6);
     }
     Ok(median(us))
+}
+
+/// Median µs of a tiny job (`squares 2`) on a 2-worker pool right before and right after
+/// a job whose kernel panics, 21 rounds; every answer checked, the workers the same
+/// processes throughout.
+fn after_panic() -> Result<(f64, f64), procpool::Error> {
+    let mut pool = Pool::builder().workers(2).build()?;
+    let pids = pool.pids();
+    let panics = JobOptions {
+        faults: vec!["panic@0".parse().expect("a fault")],
+        ..JobOptions::default()
+    };
+    let tiny = |pool: &mut Pool| -> Result<f64, procpool::Error> {
+        let began = std::time::Instant::now();
+        let run = pool.run(&Squares, 2)?;
+        assert_eq!(run.results(), &[0, 1], "a verified answer");
+        Ok(began.elapsed().as_secs_f64() * 1e6)
+    };
+    tiny(&mut pool)?;
+    let (mut before, mut after) = (vec![], vec![]);
+    for _ in 0..21 {
+        before.push(tiny(&mut pool)?);
+        let failed = pool.run_with(&Squares, 2, &panics);
+        assert!(
+            matches!(failed, Err(procpool::Error::KernelPanicked { .. })),
+            "the kernel panicked"
+        );
+        after.push(tiny(&mut pool)?);
+        assert_eq!(pool.pids(), pids, "the same workers");
+    }
+    Ok((median(before), median(after)))
 }
 
 /// What [`iteration_rates`] measured: medians over the rounds.

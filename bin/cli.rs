@@ -7,6 +7,7 @@ use crate::parse::{parse_bytes, parse_count, parse_duration};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use procpool::Fault;
+use procpool::lab::options::{RUN_OPTIONS, RunOption, Runner};
 use procpool::workload::hash::DEFAULT_ROUNDS;
 use procpool::workload::mandelbrot::DEFAULT_MAX_ITER;
 
@@ -92,31 +93,24 @@ where
 /// Whether the subcommand at `path` (`["ipc-bench"]`, `["sweep", "mandelbrot"]`) uses the
 /// option `id`. The options of a run are declared once, `global`, so that they go before or
 /// after the workload's name (`procpool --workers 8 squares 1e7`, `procpool squares 1e7
-/// --workers 8`); clap then accepts them everywhere, and this says where they mean something.
+/// --workers 8`); clap then accepts them everywhere, and the library's table of options
+/// ([`procpool::lab::options`]) says where they mean something.
 fn uses(path: &[&str], id: &str) -> bool {
-    match path {
-        ["list" | "ipc-bench", ..] => id == "json" || !is_run_option(id),
-        ["generate", ..] => !is_run_option(id),
-        // A sweep measures; it draws no picture.
-        ["sweep", "mandelbrot"] => id != "image" && !is_timeline(id),
-        // Its many runs would need a timeline each: trace one run with the plain command.
-        ["sweep", ..] => !is_timeline(id),
-        // Both modes, each verified against a baseline, in memory; several rounds, so no
-        // single timeline either.
-        ["compare-modes", rest @ ..] => {
-            !matches!(
-                id,
-                "mode" | "no_baseline" | "output" | "window_size" | "warmup"
-            ) && (rest != ["mandelbrot"] || id != "image")
-                && !is_timeline(id)
-        }
-        _ => true,
-    }
+    let runner = match path {
+        ["generate", ..] => return !is_run_option(id),
+        ["list" | "ipc-bench", ..] => Runner::Tools,
+        ["sweep", ..] => Runner::Sweep,
+        ["compare-modes", ..] => Runner::CompareModes,
+        _ => return true,
+    };
+    option_of(id).map_or(!is_run_option(id), |o| o.taken_by(runner))
 }
 
-/// Whether `id` writes one run's timeline (`--trace`, `--timeline`).
-fn is_timeline(id: &str) -> bool {
-    matches!(id, "trace" | "timeline")
+/// The table's row for the clap argument `id` (`max_worker_rss`, the flag's name with `_`).
+fn option_of(id: &str) -> Option<&'static RunOption> {
+    RUN_OPTIONS
+        .iter()
+        .find(|o| o.flag.trim_start_matches("--").replace('-', "_") == id)
 }
 
 /// Whether `id` is one of the options of a run ([`RunArgs`]), not a subcommand's own.
@@ -186,18 +180,22 @@ fn refuse_unused(root: &clap::Command, matches: &ArgMatches) -> Result<(), clap:
     if path.first() == Some(&"help") {
         return Ok(());
     }
-    let given = |id: &str| here.value_source(id) == Some(ValueSource::CommandLine);
+    // (Asking clap about an argument the subcommand does not have is a bug it panics on.)
+    let given = |id: &str| {
+        cmd.get_arguments().any(|a| a.get_id() == id)
+            && here.value_source(id) == Some(ValueSource::CommandLine)
+    };
     let given_unused = cmd.get_arguments().find(|a| {
         let id = a.get_id().as_str();
         !uses(&path, id) && given(id)
     });
-    if let Some(message) = unused_here(&path, here, &given) {
-        return Err(clap::Error::raw(
-            clap::error::ErrorKind::ArgumentConflict,
-            message,
-        ));
-    }
     let Some(arg) = given_unused else {
+        if let Some(message) = unused_here(&path, here, &given) {
+            return Err(clap::Error::raw(
+                clap::error::ErrorKind::ArgumentConflict,
+                message,
+            ));
+        }
         // clap's `requires` cannot see a global option given at another level.
         if given("window_size") && !given("output") {
             return Err(clap::Error::raw(
@@ -228,43 +226,9 @@ fn refuse_unused(root: &clap::Command, matches: &ArgMatches) -> Result<(), clap:
     ))
 }
 
-/// Options that only worker processes use: how they start, how chunks and results travel,
-/// and how they are supervised. Threads and a single process have none of these.
-const PROCESS_ONLY: &[&str] = &[
-    "start",
-    "pin",
-    "dispatch",
-    "transport",
-    "inflight",
-    "retries",
-    "max_restarts",
-    "max_chunks_per_worker",
-    "max_worker_rss",
-    "retry_panics",
-    "timeout",
-    "grace",
-    "handshake_timeout",
-    "huge_pages",
-];
-
-/// Options the MPI backend has no use for beyond [`PROCESS_ONLY`] (all of which it does
-/// not use either, but `inflight`: its chunks travel as messages): mpirun starts the ranks,
-/// and the backend neither streams to a file nor records a timeline.
-const MPI_UNUSED: &[&str] = &[
-    "workers",
-    "mode",
-    "output",
-    "window_size",
-    "trace",
-    "timeline",
-];
-
-/// Options a single process has no use for beyond [`PROCESS_ONLY`]: it runs the kernel
-/// once over the whole range.
-const SINGLE_UNUSED: &[&str] = &["workers", "chunk_size", "schedule"];
-
 /// A usage error for an option that the chosen mode (`--mode threads`, `--mode single`) or
-/// backend (`--backend mpi`) has no use for: it would be silently ignored.
+/// backend (`--backend mpi`, or the default process backend) has no use for: it would be
+/// silently ignored.
 fn unused_here(path: &[&str], here: &ArgMatches, given: &dyn Fn(&str) -> bool) -> Option<String> {
     // Only a workload's run (and a sweep of one) has a mode and a backend.
     if matches!(
@@ -278,37 +242,17 @@ fn unused_here(path: &[&str], here: &ArgMatches, given: &dyn Fn(&str) -> bool) -
             .and_then(|mut values| values.next())
             .and_then(|value| value.to_str())
     };
-    let (unused, why, instead): (Vec<&str>, String, &str) = match (value("backend"), value("mode"))
-    {
-        (Some("mpi"), _) => (
-            PROCESS_ONLY
-                .iter()
-                .filter(|id| **id != "inflight")
-                .chain(MPI_UNUSED)
-                .copied()
-                .collect(),
-            "with --backend mpi: mpirun starts the ranks (`mpirun -np K`, or --ranks K), MPI \
-             carries the chunks, and a lost rank ends the job"
-                .into(),
-            "--backend processes",
-        ),
-        (_, Some("threads")) => (
-            PROCESS_ONLY.to_vec(),
-            "with --mode threads (threads of one process)".into(),
-            "--mode processes",
-        ),
-        (_, Some("single")) => (
-            PROCESS_ONLY.iter().chain(SINGLE_UNUSED).copied().collect(),
-            "with --mode single (a single process)".into(),
-            "--mode processes",
-        ),
-        _ => return None,
+    let runner = match (value("backend"), value("mode")) {
+        (Some("mpi"), _) => Runner::Mpi,
+        (_, Some("threads")) => Runner::Threads,
+        (_, Some("single")) => Runner::Single,
+        _ => Runner::Processes,
     };
-    let id = unused.into_iter().find(|id| given(id))?;
-    Some(format!(
-        "--{} has no effect {why}: drop it, or use {instead}\n",
-        id.replace('_', "-")
-    ))
+    let refusal = RUN_OPTIONS
+        .iter()
+        .filter(|o| given(&o.flag.trim_start_matches("--").replace('-', "_")))
+        .find_map(|o| o.refusal(runner))?;
+    Some(with_flags(&refusal.to_string()) + "\n")
 }
 
 /// What to do: run a workload, or one of the tools.
@@ -515,6 +459,12 @@ pub(crate) struct RunArgs {
     /// Kill a worker whose chunk runs longer than this (e.g. 500ms, 2s) and retry the chunk
     #[arg(help_heading = SUPERVISION, long, global = true, value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
+
+    /// Stop the worker processes' job once it has run this long (e.g. 200ms, 30s) and fail
+    /// the run (exit 1): each parallel run (each round with --repeat), workers still
+    /// starting included; not the single-process baseline or the comparison
+    #[arg(help_heading = SUPERVISION, long, global = true, value_name = "DURATION", allow_hyphen_values = true, value_parser = parse_deadline)]
+    pub deadline: Option<Duration>,
 
     /// On Ctrl-C or SIGTERM, how long workers get at each step: stop message, SIGTERM, SIGKILL
     #[arg(help_heading = SUPERVISION, long, global = true, value_name = "DURATION", default_value = "500ms",
@@ -897,6 +847,16 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     }
 }
 
+fn parse_deadline(s: &str) -> Result<Duration, String> {
+    match parse_duration_arg(s)? {
+        d if d.is_zero() => Err(format!(
+            "a deadline of `{s}` stops the job before it starts: use at least 1ms, or omit \
+             --deadline for no limit"
+        )),
+        d => Ok(d),
+    }
+}
+
 fn parse_handshake_timeout(s: &str) -> Result<Duration, String> {
     match parse_duration_arg(s)? {
         d if d.is_zero() => Err(format!(
@@ -906,41 +866,25 @@ fn parse_handshake_timeout(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// The flag for each option the library names in backticks (its `RunOptions` field or
-/// builder method), and the phrases that name a flag in the library's own words.
+/// The phrases that name a flag in the library's own words, and the options of the tools
+/// (the table of run options, [`RUN_OPTIONS`], has the rest).
 const FLAGS: &[(&str, &str)] = &[
     ("turn off `baseline`", "--no-baseline"),
-    ("`handshake_timeout`", "--handshake-timeout"),
-    ("`chunk_timeout`", "--timeout"),
-    ("`chunk_size`", "--chunk-size"),
     ("`round_trips`", "--round-trips"),
-    ("`window_bytes`", "--window-size"),
-    ("`workers`", "--workers"),
-    ("`inflight`", "--inflight"),
-    ("`schedule`", "--schedule"),
-    ("`transport`", "--transport"),
-    ("`dispatch`", "--dispatch"),
-    ("`output`", "--output"),
-    ("`faults`", "--inject"),
-    ("`repeat`", "--repeat"),
-    ("`warmup`", "--warmup"),
-    ("`mode`", "--mode"),
-    ("`start`", "--start"),
     ("`sizes`", "--sizes"),
-    ("`max_restarts`", "--max-restarts"),
-    ("`max_chunks_per_worker`", "--max-chunks-per-worker"),
-    ("`max_worker_rss`", "--max-worker-rss"),
-    ("`huge_pages`", "--huge-pages"),
 ];
 
 /// A library refusal in the command line's words: its flags where the library names its
 /// options (`` `workers` must be at least 1 `` becomes `--workers must be at least 1`).
 pub(crate) fn with_flags(message: &str) -> String {
-    FLAGS
+    let phrased = FLAGS
         .iter()
         .fold(message.to_string(), |text, (library, flag)| {
             text.replace(library, flag)
-        })
+        });
+    RUN_OPTIONS.iter().fold(phrased, |text, option| {
+        text.replace(&format!("`{}`", option.name), option.flag)
+    })
 }
 
 #[cfg(test)]
@@ -962,6 +906,76 @@ mod tests {
         assert!(uses(&["generate", "completions"], "shell"));
         assert!(uses(&["mandelbrot"], "image") && !uses(&["sweep", "mandelbrot"], "image"));
         assert!(uses(&["sweep", "mandelbrot"], "max_iter"));
+    }
+
+    #[test]
+    fn the_table_of_options_has_a_row_for_every_run_option_and_only_those() {
+        let cmd = command();
+        let mandelbrot = cmd.find_subcommand("mandelbrot").expect("a subcommand");
+        let ids: Vec<String> = RunArgs::augment_args(clap::Command::new("run"))
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .chain(["image".to_string()])
+            .collect();
+        for id in &ids {
+            let option = option_of(id).unwrap_or_else(|| panic!("--{id} has no row"));
+            // The library's name for it reads as the flag in every message.
+            assert_eq!(with_flags(&format!("`{}`", option.name)), option.flag);
+            let arg = cmd
+                .get_arguments()
+                .chain(mandelbrot.get_arguments())
+                .find(|a| a.get_id() == id.as_str())
+                .expect("an argument");
+            assert_eq!(format!("--{}", arg.get_long().expect("long")), option.flag);
+        }
+        assert_eq!(ids.len(), RUN_OPTIONS.len(), "a row for no argument");
+    }
+
+    #[test]
+    fn a_mode_or_backend_refuses_what_the_table_says_it_does_not_take() {
+        let refused = |args: &[&str]| {
+            let mut all = vec!["procpool"];
+            all.extend_from_slice(args);
+            parse_from(all).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let line = refused(&["--mode", "single", "--pin", "squares", "10"]).unwrap_err();
+        assert!(
+            line.contains("--pin has no effect with --mode single")
+                && line.contains("--mode processes"),
+            "{line}"
+        );
+        let line = refused(&["squares", "10", "--ranks", "2"]).unwrap_err();
+        assert!(line.contains("--ranks is for --backend mpi"), "{line}");
+        let line = refused(&["sweep", "--ranks", "2", "squares", "10"]).unwrap_err();
+        assert!(line.contains("does not use --ranks"), "{line}");
+        let line = refused(&["compare-modes", "--inject", "kill@1", "squares", "10"]).unwrap_err();
+        assert!(line.contains("does not use --inject"), "{line}");
+        let line =
+            refused(&["--mode", "threads", "--trace", "t.json", "squares", "10"]).unwrap_err();
+        assert!(
+            line.contains("--trace has no effect with --mode threads"),
+            "{line}"
+        );
+        let line =
+            refused(&["--backend", "mpi", "mandelbrot", "10", "--image", "m.png"]).unwrap_err();
+        assert!(
+            line.contains("--image has no effect with --backend mpi"),
+            "{line}"
+        );
+        // What the table lets through.
+        refused(&[
+            "--backend",
+            "mpi",
+            "--inflight",
+            "3",
+            "--repeat",
+            "2",
+            "hash",
+            "10",
+        ])
+        .expect("the mpi backend takes --inflight and --repeat");
+        refused(&["--mode", "threads", "--schedule", "static", "squares", "10"])
+            .expect("threads take --schedule");
     }
 
     #[test]

@@ -71,16 +71,6 @@ fn execute(cli: Cli, interrupt: Interrupt) -> anyhow::Result<ExitCode> {
             mpi_run(workload, &cli.run, interrupt)
         }
         Command::Workload(workload) => {
-            let mpi_only = [
-                ("--mpi-node-size", cli.run.mpi_node_size.is_some()),
-                ("--mpi-route", cli.run.mpi_route.is_some()),
-                ("--ranks", cli.run.ranks.is_some()),
-            ];
-            if let Some((flag, _)) = mpi_only.iter().find(|(_, given)| *given) {
-                return Err(usage(&format!(
-                    "{flag} is for --backend mpi (a build with --features mpi)"
-                )));
-            }
             let options = run_options(&cli.run, interrupt, false)?;
             let image = match &workload {
                 WorkloadCmd::Mandelbrot { n, max_iter, image } => {
@@ -236,6 +226,8 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
             dispatch,
             faults: args.inject.clone(),
             trace: args.trace.is_some() || args.timeline.is_some(),
+            deadline: args.deadline,
+            cancel: None,
         },
         baseline: !args.no_baseline,
         repeat: args.repeat.unwrap_or(1),
@@ -264,13 +256,8 @@ fn mpi_run(
     args: &RunArgs,
     interrupt: Interrupt,
 ) -> anyhow::Result<ExitCode> {
-    if let WorkloadCmd::Mandelbrot { image: Some(_), .. } = &workload {
-        return Err(usage(
-            "--image is for the process backend, not --backend mpi",
-        ));
-    }
-    // What only procpool's own worker processes use was refused while parsing
-    // (`cli::MPI_UNUSED`).
+    // What only procpool's own worker processes use (`--image` too) was refused while
+    // parsing (the library's table of options).
     let mut run = run_options(args, interrupt.clone(), false)?;
     run.pool.observer = None;
     if let Some(ranks) = args.ranks {
@@ -293,14 +280,6 @@ fn mpi_run(
             json: args.json,
         },
     )
-}
-
-/// Whether this process is a rank of an MPI job (Open MPI, or another PMI launcher).
-#[cfg(feature = "mpi")]
-pub(crate) fn under_mpirun() -> bool {
-    ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some())
 }
 
 /// One run on the MPI backend.
@@ -440,18 +419,8 @@ struct Timeline {
 
 impl Timeline {
     fn prepare(args: &RunArgs) -> anyhow::Result<Timeline> {
-        if (args.trace.is_some() || args.timeline.is_some()) && args.mode != cli::ModeArg::Processes
-        {
-            let flag = if args.trace.is_some() {
-                "--trace"
-            } else {
-                "--timeline"
-            };
-            return Err(usage(&format!(
-                "{flag} shows worker processes: use it without --mode {}",
-                args.mode
-            )));
-        }
+        // Threads and a single process were refused while parsing: a timeline shows worker
+        // processes.
         let open = |path: &Option<PathBuf>, flag: &str| {
             path.as_deref().map(|p| open_output(flag, p)).transpose()
         };

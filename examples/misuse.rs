@@ -183,6 +183,7 @@ fn check_forgotten_init() {
 
 fn check_panic() {
     let mut pool = Pool::builder().workers(2).build().expect("a pool");
+    let pids = pool.pids();
     let options = JobOptions {
         chunk_size: Some(100),
         faults: vec!["panic@2".parse().expect("a fault")],
@@ -205,7 +206,9 @@ fn check_panic() {
         .run(&Add { k: 3 }, 1000)
         .expect("the same pool, the next job");
     assert_eq!(run.results()[10], 13);
-    println!("ok 2: a panic is a structured error, and the pool runs the next job");
+    drop(run);
+    assert_eq!(pool.pids(), pids, "the panic cost the job, not the workers");
+    println!("ok 2: a panic is a structured error, and the same workers run the next job");
 }
 
 fn check_name_collision() {

@@ -177,6 +177,39 @@ pub enum Error {
         needed_kill: usize,
     },
 
+    /// The job's [`Cancel`](crate::Cancel) was cancelled: the pool stopped handing out its
+    /// chunks and kept its workers for the next job.
+    #[error(
+        "cancelled: {}",
+        progress_text(*.chunks_done, *.elements_done, *.n)
+    )]
+    Cancelled {
+        /// Chunks completed before the stop.
+        chunks_done: u64,
+        /// Elements completed.
+        elements_done: u64,
+        /// Elements in the job.
+        n: u64,
+    },
+
+    /// The job ran past its [`JobOptions::deadline`](crate::JobOptions::deadline): the pool
+    /// stopped handing out its chunks and kept its workers for the next job.
+    #[error(
+        "the job's deadline of {:?} passed: {}",
+        .deadline,
+        progress_text(*.chunks_done, *.elements_done, *.n)
+    )]
+    DeadlineExceeded {
+        /// The deadline, from the job's start.
+        deadline: Duration,
+        /// Chunks completed before the stop.
+        chunks_done: u64,
+        /// Elements completed.
+        elements_done: u64,
+        /// Elements in the job.
+        n: u64,
+    },
+
     /// An MPI rank died in the middle of the job (the MPI backend, feature `mpi`): plain
     /// MPI cannot replace it, so mpirun stopped every rank.
     #[error(
@@ -301,6 +334,15 @@ fn rank_lost_phase_text(phase: Phase) -> &'static str {
         Phase::Verify => " while the outputs were compared, after every chunk was done",
         Phase::Threads | Phase::Single => "",
     }
+}
+
+/// "3 chunks done (300 of 1000 elements, 30%)".
+fn progress_text(chunks: u64, elements: u64, n: u64) -> String {
+    format!(
+        "{} done ({elements} of {n} elements, {})",
+        crate::units::count(chunks, "chunk"),
+        crate::units::share(elements, n)
+    )
 }
 
 fn escalation_text(term: usize, kill: usize) -> String {

@@ -130,10 +130,13 @@
 //!  bin/        the `procpool` command: clap types, flag-named messages, the progress bar,
 //!    │         completions and man page
 //!  report/     renderings only: the report as text, the sweep table, exports, the SVG plot,
-//!    │         a run's timeline (Chrome trace JSON, SVG)
+//!    │         a run's timeline (Chrome trace JSON, SVG); it reads the lab's model, never
+//!    │         the engine
 //!  lab/        a measured run: baseline, verification, threads and single modes, streaming,
-//!    │         statistics, advice, sweep, ipc-bench; its results (`Report`, `SweepTable`)
-//!    │         mpi/ beside it (feature `mpi`): the same run on the ranks of an `mpirun`
+//!    │         statistics, advice, sweep, ipc-bench; its results (`Report`, `SweepTable`);
+//!    │         the table of which options each mode takes (`lab::options`)
+//!    │         mpi/ beside it (feature `mpi`): the same run on the ranks of an `mpirun`,
+//!    │         and starting that mpirun for `procpool --ranks`
 //!  engine/     the pool: spawn, handshake, dispatch, supervision, the shared region,
 //!    │         the worker side, fault injection, signals, limits (all crate-private)
 //!  workload/   the `Workload` trait, `Element`, the `Registry`, the built-in kernels
@@ -156,7 +159,8 @@
 //! built-in workloads), [`error`] (what an [`Error`] holds: the lost worker, its exit
 //! cause, the interrupted phase), [`lab`] (sweep, ipc-bench, the report's parts) and
 //! [`report`]; with the `mpi` feature, `mpi` too (`procpool::mpi::run` and `run_reduce`:
-//! the job on the ranks of an `mpirun`, README "Beyond one machine").
+//! the job on the ranks of an `mpirun`, and `run_mpirun`, which starts one; README "Beyond
+//! one machine").
 //!
 //! # Platforms
 //!
@@ -182,6 +186,7 @@ pub mod report;
 mod units;
 pub mod workload;
 
+pub use engine::cancel::Cancel;
 pub use engine::fault::Fault;
 pub use engine::input::Input;
 pub use engine::interrupt::Interrupt;

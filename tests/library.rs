@@ -544,3 +544,32 @@ fn a_pool_with_a_chunk_limit_recycles_its_workers_between_chunks_and_jobs() {
         );
     }
 }
+
+#[test]
+fn compare_modes_refuses_what_threads_cannot_take_before_any_run() {
+    for (what, options) in [
+        (
+            "faults",
+            RunOptions {
+                job: with_fault(10, "kill@1"),
+                ..RunOptions::default()
+            },
+        ),
+        ("transport", {
+            let mut options = RunOptions::default();
+            options.job.transport = procpool::Transport::Channel;
+            options.job.dispatch = procpool::Dispatch::Channel;
+            options
+        }),
+    ] {
+        let mut runs = 0;
+        let e = procpool::lab::compare::compare_modes(&Squares, 100, &options, 1, |_| runs += 1)
+            .expect_err(what);
+        assert!(
+            e.is_invalid_input() && e.option() == Some(what),
+            "{what}: {e}"
+        );
+        assert_eq!(runs, 0, "{what}: refused after a run");
+        assert!(e.to_string().contains("compare-modes"), "{e}");
+    }
+}

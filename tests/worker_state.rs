@@ -1,9 +1,12 @@
 //! `Workload::setup`: per-worker state built once per worker process (Python's
 //! `Pool(initializer=…)`), on real worker processes started through this test binary.
 
+mod common;
+
 use std::ops::Range;
 use std::path::PathBuf;
 
+use common::setups;
 use procpool::{Dispatch, JobOptions, Pool, Registry, RunOptions, Workload};
 use serde::{Deserialize, Serialize};
 
@@ -22,16 +25,8 @@ impl Workload for Lookup {
     type Output = u64;
 
     fn setup(&mut self) {
-        use std::io::Write;
         self.table = (0..self.size).map(|i| i * 7 + 3).collect();
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("the set-up log");
-        // One write of the whole line: appends from two processes never interleave.
-        log.write_all(format!("{}\n", std::process::id()).as_bytes())
-            .expect("write the set-up log");
+        common::log_setup(&self.log);
     }
 
     fn kernel(&self, range: Range<u64>, out: &mut [u64]) {
@@ -43,15 +38,6 @@ impl Workload for Lookup {
 }
 
 procpool::enable_test_support!(Registry::builtin().register::<Lookup>());
-
-/// The process ids the set-ups logged, in order.
-fn setups(log: &std::path::Path) -> Vec<u32> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| l.parse().expect("a pid"))
-        .collect()
-}
 
 #[test]
 fn set_up_runs_once_per_worker_process_and_every_chunk_sees_it() {

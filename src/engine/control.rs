@@ -64,7 +64,7 @@ use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::engine::shm::Mapping;
+use crate::engine::shm::{Mapping, SharedRegion};
 use crate::engine::sys::OsCounts;
 
 /// Bytes of the header page.
@@ -477,6 +477,14 @@ impl Posting {
 pub(crate) fn control_len(workers: usize) -> u64 {
     let bytes = HEADER as u64 + workers as u64 * SLOT as u64 + RETRY_CAPACITY * 8;
     bytes.next_multiple_of(4096)
+}
+
+impl SharedRegion {
+    /// Maps the region's control area (here, not in `shm.rs`: the region knows its bytes,
+    /// the queue what they mean).
+    pub(crate) fn control(&self) -> io::Result<Control> {
+        Control::map(self.fd(), Some(self.control_bytes()))
+    }
 }
 
 /// The control area of a pool, mapped in the parent or in a worker.

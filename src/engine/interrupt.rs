@@ -64,10 +64,20 @@ impl Interrupt {
     }
 
     /// Records a stop request as if `signal` had arrived (for library callers with their own
-    /// signal handling).
+    /// signal handling). Like the signal, it stops every worker, and every later job fails
+    /// at once until [`Interrupt::clear`]; to stop one job and keep the workers, use a
+    /// [`Cancel`](crate::Cancel) instead.
     pub fn request(&self, signal: i32) {
         self.armed.store(true, Ordering::SeqCst);
         self.signal.store(signal as usize, Ordering::SeqCst);
+    }
+
+    /// Forgets the stop request, so that the pool runs jobs again (it starts a fresh set of
+    /// workers: the request stopped the old ones). With [`Interrupt::install`]'s handlers,
+    /// the next signal is a first one again: it stops cleanly instead of exiting at once.
+    pub fn clear(&self) {
+        self.signal.store(0, Ordering::SeqCst);
+        self.armed.store(false, Ordering::SeqCst);
     }
 }
 
@@ -82,5 +92,7 @@ mod tests {
         let j = i.clone();
         j.request(SIGTERM);
         assert_eq!(i.requested(), Some(SIGTERM));
+        i.clear();
+        assert_eq!(j.requested(), None);
     }
 }

@@ -22,10 +22,11 @@
 //! - `sys`: starting processes (fork and exec, fork), reaping, CPU affinity, resource limits.
 //! - `schedule`: cutting `0..n` into chunks (static, dynamic, guided).
 //! - `fault`: fault injection (`--inject`).
-//! - `interrupt`: Ctrl-C and SIGTERM.
+//! - `interrupt`: Ctrl-C and SIGTERM; `cancel`: [`crate::Cancel`], a stop of one job.
 //! - `limits`: what the machine allows (CPUs, memory, open files, processes), checked up
 //!   front; `cgroup`: the CPU quota and memory limit of the process's control group.
 
+pub(crate) mod cancel;
 pub(crate) mod cgroup;
 pub(crate) mod control;
 pub(crate) mod fault;

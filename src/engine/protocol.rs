@@ -13,7 +13,7 @@ use crate::engine::fault::Fault;
 pub(crate) use crate::workload::Registered;
 
 /// Bumped whenever a message changes shape; a worker from another build is refused.
-pub(crate) const PROTOCOL_VERSION: u32 = 6;
+pub(crate) const PROTOCOL_VERSION: u32 = 7;
 
 /// The first argument that turns a procpool-linked binary into a worker (see [`crate::init`]).
 pub(crate) const WORKER_ARG: &str = "__procpool_worker";
@@ -33,6 +33,9 @@ pub(crate) enum ToWorker {
     Job(JobSpec),
     /// Compute `start..end` of the current job into the shared region.
     Chunk {
+        /// The posting the chunk belongs to: a worker runs it only while that posting is
+        /// open (a job stopped early leaves chunks in the socket that nobody must run).
+        posting: u64,
         /// Chunk id within the job.
         id: u64,
         /// First index.
@@ -258,6 +261,7 @@ mod tests {
     #[test]
     fn chunk_messages_are_a_few_bytes() {
         let msg = ToWorker::Chunk {
+            posting: 100_000,
             id: 1000,
             start: 10_000_000,
             end: 10_250_000,

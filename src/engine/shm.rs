@@ -31,7 +31,7 @@ use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 pub(crate) struct SharedRegion {
     fd: OwnedFd,
     /// Bytes of the control area at the start of the file (see [`crate::engine::control`]).
-    control_len: u64,
+    control_bytes: u64,
     /// Bytes of results after it.
     len: u64,
     /// The size of the pages backing it: 4096, or the huge page size with `MFD_HUGETLB`
@@ -90,13 +90,13 @@ pub(crate) fn shmem_thp_in(text: &str) -> bool {
 }
 
 impl SharedRegion {
-    /// Creates a region with a control area of `control_len` bytes (a whole number of
+    /// Creates a region with a control area of `control_bytes` bytes (a whole number of
     /// pages, zeroed) and no results yet.
-    pub(crate) fn with_control(control_len: u64) -> io::Result<Self> {
+    pub(crate) fn with_control(control_bytes: u64) -> io::Result<Self> {
         let fd = memfd_create("procpool-results", MFdFlags::MFD_CLOEXEC)?;
         let mut region = SharedRegion {
             fd,
-            control_len,
+            control_bytes,
             len: 0,
             page: 4096,
         };
@@ -107,14 +107,14 @@ impl SharedRegion {
     /// Like [`SharedRegion::with_control`], backed by reserved huge pages of `page` bytes
     /// (`MFD_HUGETLB`): the control area takes a whole huge page, and results are sized in
     /// huge pages. Fails (`ENOMEM` on first touch aside) when the kernel refuses the memfd.
-    pub(crate) fn with_control_huge(control_len: u64, page: u64) -> io::Result<Self> {
+    pub(crate) fn with_control_huge(control_bytes: u64, page: u64) -> io::Result<Self> {
         let fd = memfd_create(
             "procpool-results",
             MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_HUGETLB,
         )?;
         let mut region = SharedRegion {
             fd,
-            control_len: control_len.next_multiple_of(page),
+            control_bytes: control_bytes.next_multiple_of(page),
             len: 0,
             page,
         };
@@ -127,15 +127,15 @@ impl SharedRegion {
         self.page
     }
 
-    /// Maps the control area.
-    pub(crate) fn control(&self) -> io::Result<crate::engine::control::Control> {
-        crate::engine::control::Control::map(self.fd.as_fd(), Some(self.control_len))
-    }
-
     /// The memfd.
-    #[cfg(test)]
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+
+    /// Bytes of the control area at the start of the memfd (the queue above this module
+    /// maps them).
+    pub(crate) fn control_bytes(&self) -> u64 {
+        self.control_bytes
     }
 
     /// Sets the length to `len` bytes, every byte zero.
@@ -147,10 +147,10 @@ impl SharedRegion {
     pub(crate) fn reset(&mut self, len: u64) -> io::Result<()> {
         let len_off = len
             .checked_next_multiple_of(self.page)
-            .and_then(|len| len.checked_add(self.control_len))
+            .and_then(|len| len.checked_add(self.control_bytes))
             .and_then(|total| i64::try_from(total).ok())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
-        nix::unistd::ftruncate(&self.fd, self.control_len as i64)?;
+        nix::unistd::ftruncate(&self.fd, self.control_bytes as i64)?;
         nix::unistd::ftruncate(&self.fd, len_off).map_err(|e| {
             let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE)
                 .map_or(0, |(soft, _)| soft);
@@ -175,7 +175,7 @@ impl SharedRegion {
     pub(crate) fn grow(&mut self, len: u64) -> io::Result<()> {
         let total = len
             .checked_next_multiple_of(self.page)
-            .and_then(|len| len.checked_add(self.control_len))
+            .and_then(|len| len.checked_add(self.control_bytes))
             .and_then(|t| i64::try_from(t).ok())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
         if len > self.len {
@@ -197,7 +197,7 @@ impl SharedRegion {
 
     /// Maps the results into this process.
     pub(crate) fn map(&self) -> io::Result<Mapping> {
-        Mapping::at(self.fd.as_fd(), self.control_len, self.len)
+        Mapping::at(self.fd.as_fd(), self.control_bytes, self.len)
     }
 }
 
@@ -510,7 +510,12 @@ mod tests {
             map.slice_mut(0..100).fill(7);
             assert_eq!(map.slice(99..100), &[7]);
         }
-        let control = region.control().unwrap();
+        let control = Mapping::new(region.fd(), region.control_bytes()).unwrap();
+        assert_eq!(
+            control.len() as u64,
+            huge.page_bytes,
+            "the control area takes a whole huge page"
+        );
         drop(control);
         drop(map);
     }

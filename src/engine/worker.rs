@@ -575,14 +575,20 @@ impl Worker<'_> {
         }
         let posting = self.control.posting(id);
         if posting.channel {
-            // Channel dispatch: chunks come as messages; nothing to claim here.
-            self.control.leave(self.slot);
+            // Channel dispatch: chunks come as messages; nothing to claim here. The worker
+            // stays inside the posting until its `EndJob`, so that once it has left, every
+            // reply it sent for the posting is in the parent's socket (a job stopped early
+            // waits for that before the next posting: see `pool/quiesce.rs`).
             if self.served_channel == id {
+                self.control.leave(self.slot);
                 return Ok(());
             }
             self.served_channel = id;
-            self.prepare(&posting)?;
-            return self.serve_channel(&posting);
+            let served = self
+                .prepare(&posting)
+                .and_then(|()| self.serve_channel(&posting));
+            self.control.leave(self.slot);
+            return served;
         }
         let cpu = crate::engine::control::process_cpu_ns();
         let os = OsCounts::this_process();
@@ -668,7 +674,9 @@ impl Worker<'_> {
                         }
                         spec
                     }
-                    Ok(ToWorker::EndJob { .. }) => continue,
+                    // The spec comes before its posting's chunks: a chunk here belongs to
+                    // a posting that is over (stopped before this worker joined it).
+                    Ok(ToWorker::EndJob { .. } | ToWorker::Chunk { .. }) => continue,
                     Ok(ToWorker::Shutdown) | Err(_) => return Err(Stop::Asked),
                     Ok(other) => {
                         return Err(Stop::Failed(format!(
@@ -786,12 +794,19 @@ impl Worker<'_> {
                     self.pending = Some(spec);
                 }
                 Ok(ToWorker::Shutdown) => return Err(Stop::Asked),
-                Ok(ToWorker::EndJob { .. }) => {}
+                // Chunks held back for a posting that is over are dropped with it.
+                Ok(ToWorker::EndJob { posting }) => self.early.retain(
+                    |m| !matches!(m, ToWorker::Chunk { posting: of, .. } if *of <= posting),
+                ),
                 // A channel job opened after we looked: its chunks wait for `serve_channel`,
-                // in order, the rest still in the channel.
-                Ok(chunk @ ToWorker::Chunk { .. }) => {
-                    self.early.push_back(chunk);
-                    return Ok(());
+                // in order, the rest still in the channel. (The parent opens a posting
+                // before it sends its chunks: a chunk of a posting no longer open belongs
+                // to a job stopped before this worker joined it.)
+                Ok(chunk @ ToWorker::Chunk { posting, .. }) => {
+                    if self.control.open_posting() == Some(posting) {
+                        self.early.push_back(chunk);
+                        return Ok(());
+                    }
                 }
                 Ok(other) => {
                     return Err(Stop::Failed(format!("unexpected {other:?} between jobs")));
@@ -902,13 +917,9 @@ impl Worker<'_> {
                         return Err(Stop::Asked);
                     }
                     // Hold the chunk until the parent decides: it kills us (to retry the
-                    // chunk) or stops the job.
-                    loop {
-                        match self.from_parent.recv() {
-                            Ok(ToWorker::Shutdown) | Err(_) => return Err(Stop::Asked),
-                            Ok(_) => {}
-                        }
-                    }
+                    // chunk), or it closes the posting (the job failed) and we serve the
+                    // next job.
+                    return self.await_close(posting.id);
                 }
             };
             let compute_ns = began.elapsed().as_nanos() as u64;
@@ -953,6 +964,27 @@ impl Worker<'_> {
         Ok(())
     }
 
+    /// After a panic on the queue: waits until the parent closes posting `id` (the job
+    /// failed; this process serves the next one) or shuts the pool down; a kill, to retry
+    /// the chunk, may come first.
+    fn await_close(&self, id: u64) -> Result<(), Stop> {
+        loop {
+            let seen = self.control.epoch();
+            if self.control.shutting_down() {
+                return Err(Stop::Asked);
+            }
+            if self.control.open_posting() != Some(id) {
+                return Ok(());
+            }
+            let slept = self
+                .control
+                .wait(self.slot, seen, 0, Duration::from_secs(1));
+            if slept && nix::unistd::getppid() != self.parent {
+                return Err(Stop::Asked);
+            }
+        }
+    }
+
     /// Counts a finished chunk; true (once, after telling the parent) when this process
     /// has reached its recycling limit: `recycle_chunks` chunks, or `recycle_rss` bytes
     /// resident.
@@ -993,11 +1025,17 @@ impl Worker<'_> {
             };
             match msg {
                 ToWorker::Chunk {
+                    posting: of,
                     id,
                     start,
                     end,
                     attempt,
                 } => {
+                    // A chunk of an earlier posting, or of this one after the parent
+                    // stopped it (a cancel, a deadline, a panic): not run, not answered.
+                    if of != posting || self.control.open_posting() != Some(posting) {
+                        continue;
+                    }
                     let Some(job) = self.job.as_ref() else {
                         return Err(Stop::Failed("received a chunk before any job".into()));
                     };

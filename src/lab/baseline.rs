@@ -7,12 +7,10 @@
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use crate::engine::interrupt::Interrupt;
 use crate::engine::sys::{OsCounts, thread_cpu_ns};
 use crate::error::{Error, Phase, Result};
-use crate::lab::model::OsUsage;
+use crate::lab::model::{Mismatch, OsUsage};
 use crate::workload::{Element, Tolerance, Workload};
 use sha2::{Digest, Sha256};
 
@@ -210,27 +208,6 @@ pub(crate) fn checksum_until<T: Element>(
         sum.update(bytemuck::cast_slice(piece));
     }
     Ok(sum.hex())
-}
-
-/// The first place where two outputs differ (beyond the workload's tolerance, if it has
-/// one).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Mismatch {
-    /// Index of the first differing element.
-    pub index: u64,
-    /// The pool's element there, as `Debug` shows it.
-    pub pool: String,
-    /// The single-process element there, as `Debug` shows it.
-    pub baseline: String,
-    /// With a [`Tolerance`]: the first float lane of the element beyond it (0 for the first
-    /// lane).
-    pub lane: Option<usize>,
-    /// With a [`Tolerance`]: that lane's `pool − baseline` (`None` when a NaN is
-    /// involved).
-    pub difference: Option<f64>,
-    /// With a [`Tolerance`]: how many representable values apart that lane's two values
-    /// are (`None` when a NaN is involved).
-    pub ulps: Option<u64>,
 }
 
 impl Mismatch {

@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 use crate::lab::measure::{Ratio, Summary, ratio, summarize};
 use crate::lab::meta::Meta;
 use crate::lab::model::{Mode, Report};
-use crate::lab::run::{RunOptions, run};
+use crate::lab::options::{Runner, first_refused};
+use crate::lab::run::{RunOptions, options_set, run};
 use crate::workload::Workload;
 
 /// The rounds `procpool compare-modes` runs without `--repeat`.
@@ -93,6 +94,12 @@ pub fn compare_modes<W: Workload>(
             "repeat",
             "a comparison needs at least one round in `repeat`",
         ));
+    }
+    // Refused before the first run, not when the threads' turn comes (`lab::options`);
+    // the mode is this function's to set.
+    let set = options_set(options).filter(|name| *name != "mode");
+    if let Some(refusal) = first_refused(Runner::CompareModes, set) {
+        return Err(refusal);
     }
     let mut processes = Vec::new();
     let mut threads = Vec::new();

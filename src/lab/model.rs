@@ -3,11 +3,20 @@
 
 use serde::Serialize;
 
-use crate::engine::pool::{AutoChunk, Death, StartMethod, WorkerStats};
-use crate::engine::protocol::{Dispatch, Transport};
-use crate::engine::schedule::Schedule;
+// The engine's types a report holds, re-exported so that `report/` reads the lab's model
+// only and never names the engine.
+/// One chunk attempt of a trace, which the timeline's picture draws.
+#[cfg(any(test, feature = "plot"))]
+pub(crate) use crate::engine::pool::TraceAttempt;
+pub(crate) use crate::engine::pool::{
+    AutoChunk, Death, StartMethod, Trace, TraceEventKind, WorkerStats,
+};
+/// What a trace holds beyond its attempts, for the renderings' tests that build one.
+#[cfg(test)]
+pub(crate) use crate::engine::pool::{TraceEvent, TracePhase};
+pub(crate) use crate::engine::protocol::{Dispatch, Transport};
+pub(crate) use crate::engine::schedule::Schedule;
 use crate::lab::advice::Advice;
-use crate::lab::baseline::Mismatch;
 use crate::lab::measure::{Ratio, Summary};
 use crate::lab::meta::{Meta, WorkersFrom};
 use crate::workload::Tolerance;
@@ -237,7 +246,7 @@ pub struct Report {
     /// mode). Not part of the JSON report: `procpool --trace FILE.json` writes it as a
     /// Chrome trace of its own.
     #[serde(skip)]
-    pub trace: Option<crate::engine::pool::Trace>,
+    pub trace: Option<Trace>,
     /// The MPI backend's ranks, nodes and bytes (`--backend mpi`); absent from other runs'
     /// JSON.
     #[cfg(feature = "mpi")]
@@ -333,6 +342,27 @@ pub struct MpiReport {
     pub mca_set: Vec<String>,
     /// The MPI library's version string.
     pub library: String,
+}
+
+/// The first place where two outputs differ (beyond the workload's tolerance, if it has
+/// one).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Mismatch {
+    /// Index of the first differing element.
+    pub index: u64,
+    /// The pool's element there, as `Debug` shows it.
+    pub pool: String,
+    /// The single-process element there, as `Debug` shows it.
+    pub baseline: String,
+    /// With a [`Tolerance`]: the first float lane of the element beyond it (0 for the first
+    /// lane).
+    pub lane: Option<usize>,
+    /// With a [`Tolerance`]: that lane's `pool − baseline` (`None` when a NaN is
+    /// involved).
+    pub difference: Option<f64>,
+    /// With a [`Tolerance`]: how many representable values apart that lane's two values
+    /// are (`None` when a NaN is involved).
+    pub ulps: Option<u64>,
 }
 
 #[cfg(test)]

@@ -18,13 +18,11 @@ use crate::engine::protocol::Transport;
 use crate::engine::schedule::{Dispenser, Schedule};
 use crate::error::{Error, Phase, Result};
 use crate::lab::advice::{Observations, advise};
-use crate::lab::baseline::{
-    Mismatch, Single, Stopped, checksum_until, compare, run_kernel, run_single,
-};
+use crate::lab::baseline::{Single, Stopped, checksum_until, compare, run_kernel, run_single};
 use crate::lab::measure::{ratio, summarize};
 use crate::lab::meta::{Meta, WorkersFrom};
-use crate::lab::model::OsUsage;
-use crate::lab::model::{Breakdown, Mode, OutputReport, Repeats, Report};
+use crate::lab::model::{Breakdown, Mismatch, Mode, OsUsage, OutputReport, Repeats, Report};
+use crate::lab::options::{Runner, first_refused};
 use crate::lab::stream::{FileSink, RING, window_elems};
 use crate::lab::threads::run_threads;
 use crate::workload::{ChunkReducer, Reduce, ReducerOf, Workload};
@@ -756,6 +754,22 @@ pub(crate) fn check_element<W: Workload>(workload: &W) -> Result<()> {
     Ok(())
 }
 
+/// The options set in `options` that a mode or backend may not take, as the table of
+/// options names them (`lab::options`): a mode other than processes, faults to inject, a
+/// transport other than shared memory, an output file. (The others a run cannot tell from
+/// their defaults; the command refuses them while parsing.)
+pub(crate) fn options_set(options: &RunOptions) -> impl Iterator<Item = &'static str> {
+    [
+        ("mode", options.mode != Mode::Processes),
+        ("faults", !options.job.faults.is_empty()),
+        ("transport", options.job.transport != Transport::Shm),
+        ("output", options.output.is_some()),
+        ("deadline", options.job.deadline.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+}
+
 /// Refuses bad options and jobs that cannot fit, before anything starts.
 fn validate(
     name: &str,
@@ -774,16 +788,26 @@ fn validate(
     if options.mode == Mode::Processes {
         crate::engine::pool::check_dispatch(&options.job)?;
     }
-    if options.mode != Mode::Processes && !options.job.faults.is_empty() {
+    // What this mode takes, from the one table of options (`lab::options`).
+    let runner = match options.mode {
+        Mode::Processes => Runner::Processes,
+        Mode::Threads => Runner::Threads,
+        Mode::Single => Runner::Single,
+    };
+    if let Some(refusal) = first_refused(runner, options_set(options)) {
+        return Err(refusal);
+    }
+    // A cancel token has no flag, so no row in the table: the same rule, here.
+    if options.mode != Mode::Processes && options.job.cancel.is_some() {
         return Err(Error::invalid(
-            "faults",
+            "cancel",
             format!(
-                "fault injection (`faults`) needs `mode` processes: in `mode` {} a fault would \
-                 hit procpool itself",
+                "`cancel` stops the worker processes' job: in `mode` {} there is none to stop",
                 options.mode
             ),
         ));
     }
+    crate::engine::pool::check_deadline(options.job.deadline)?;
     if options.repeat == 0 {
         return Err(Error::invalid(
             "repeat",
@@ -805,25 +829,6 @@ fn validate(
             format!(
                 "`warmup` {} plus `repeat` {} is {rounds} rounds: at most {MAX_ROUNDS} in all",
                 options.warmup, options.repeat
-            ),
-        ));
-    }
-    if options.mode != Mode::Processes && options.job.transport != Transport::Shm {
-        return Err(Error::invalid(
-            "transport",
-            format!(
-                "`transport` channel needs `mode` processes (in `mode` {} nothing crosses a \
-                 channel)",
-                options.mode
-            ),
-        ));
-    }
-    if options.output.is_some() && options.mode != Mode::Processes {
-        return Err(Error::invalid(
-            "output",
-            format!(
-                "`output` streams through worker processes: use `mode` processes (not {})",
-                options.mode
             ),
         ));
     }

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::engine::pool::WindowSink;
-use crate::lab::baseline::{Checksum, Mismatch, first_mismatch};
+use crate::lab::baseline::{Checksum, first_mismatch};
+use crate::lab::model::Mismatch;
 use crate::workload::{Tolerance, Workload};
 
 /// Default window length in bytes.

@@ -23,9 +23,10 @@ use crate::engine::schedule::{Chunk, Dispenser};
 use crate::error::{Error, Phase, Result};
 use crate::lab::baseline::{checksum_until, compare, run_single};
 use crate::lab::meta::Meta;
-use crate::lab::model::{Mode, Report};
+use crate::lab::model::Report;
+use crate::lab::options::{Runner, first_refused};
 use crate::lab::run::{
-    Round, build_report, check_element, combine_round, in_process_stats, reduce_like,
+    Round, build_report, check_element, combine_round, in_process_stats, options_set, reduce_like,
 };
 use crate::workload::ChunkReducer;
 use crate::workload::Workload;
@@ -198,16 +199,15 @@ fn refusal<W: Workload>(workload: &W, n: u64, options: &MpiOptions, ranks: usize
             ),
         ));
     }
-    if run.mode != Mode::Processes {
-        return Err(Error::invalid(
-            "mode",
-            format!("the mpi backend runs ranks, not `mode` {}", run.mode),
-        ));
+    // What the backend takes, from the one table of options (`lab::options`).
+    if let Some(refusal) = first_refused(Runner::Mpi, options_set(run)) {
+        return Err(refusal);
     }
-    if run.output.is_some() {
+    // A cancel token has no flag, so no row in the table.
+    if run.job.cancel.is_some() {
         return Err(Error::invalid(
-            "output",
-            "the mpi backend does not stream to a file (`output`): use the process backend",
+            "cancel",
+            "the mpi backend has no per-job `cancel`: use the process backend",
         ));
     }
     if let Some(f) = run.job.faults.iter().find(|f| {

@@ -1,5 +1,12 @@
-//! What `procpool --ranks K` keeps around the `mpirun` it starts: a private directory for
-//! the run, and in it a state file where rank 0 writes what the job is doing.
+//! `procpool --ranks K`: starting `mpirun` on procpool's own command line and seeing it
+//! through to its end ([`run_mpirun`]), with a private directory for the run and, in it, a
+//! state file where rank 0 writes what the job is doing.
+//!
+//! mpirun runs in a process group of its own, with a death signal, so that a Ctrl-C reaches
+//! procpool only and procpool's death ends mpirun; procpool passes SIGINT and SIGTERM on
+//! itself, because mpirun answers its own by exiting 1 whatever the ranks did (Open MPI's
+//! choice, fixed in its launcher), and says how mpirun ended in an [`MpirunEnd`] the
+//! command turns into its exit codes.
 //!
 //! The directory (`$TMPDIR/procpool-mpi-<pid>-<random>`, 0700) is mpirun's `TMPDIR`, so
 //! Open MPI's session directory (`ompi.<host>.<uid>`) goes inside it and leaves with it,
@@ -12,10 +19,16 @@
 //! its last error there; the launcher watches the ranks on its host while mpirun runs and
 //! says which one died, and when.
 
+use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::engine::interrupt::Interrupt;
 use crate::error::{Error, Phase, Result};
 
 /// The variable that tells rank 0 where the state file is.
@@ -120,13 +133,159 @@ pub fn error_left_to_launcher() -> bool {
         .is_some_and(|s| s.error.is_some())
 }
 
+/// How an `mpirun` started by [`run_mpirun`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MpirunEnd {
+    /// mpirun exited 0: the job ran and verified.
+    Finished,
+    /// mpirun exited 2: a rank refused the input, and said why on stderr.
+    Refused,
+    /// The job failed: a rank died (mpirun exits with its status, or 128 + its signal) or
+    /// rank 0 stopped it. What stopped it, when rank 0 left it for the launcher or a rank
+    /// on this host was seen gone; `None` when rank 0 printed its own error.
+    Failed(Option<String>),
+    /// A SIGINT or SIGTERM (`signal`) was passed on to mpirun, which stopped every rank;
+    /// `killed` when a second one came before mpirun was done, and mpirun and its ranks
+    /// were killed outright.
+    Interrupted {
+        /// The signal's number: the first one, or with `killed` the second.
+        signal: i32,
+        /// Whether a second signal killed mpirun and its ranks (SIGKILL to each).
+        killed: bool,
+    },
+}
+
+/// Whether this process is a rank of an MPI job (Open MPI, or another PMI launcher).
+pub fn under_mpirun() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+}
+
+/// Runs `mpirun -np ranks program args` (adding `--oversubscribe` when `ranks` exceeds the
+/// CPUs), waits for it, and says how it ended.
+///
+/// Meant for `program` being this same program, whose ranks then report through the state
+/// file of a private run directory. SIGINT and SIGTERM are taken by this thread, which must
+/// be the process's only one, and passed on to mpirun once (a signal `interrupt` already
+/// saw is passed on at once); a second one kills mpirun and its ranks. If this process is
+/// killed outright, mpirun gets SIGTERM from the kernel and stops the ranks. Either way the
+/// run's directory, with Open MPI's session directory in it, is removed before this returns.
+///
+/// Refused (`ranks`) under mpirun, and where mpirun is not installed.
+pub fn run_mpirun(
+    ranks: u64,
+    program: &Path,
+    args: &[OsString],
+    interrupt: &Interrupt,
+) -> Result<MpirunEnd> {
+    use std::os::unix::process::CommandExt;
+    if under_mpirun() {
+        return Err(Error::invalid(
+            "ranks",
+            "`ranks` starts mpirun itself: under mpirun, drop it (mpirun's -np sets the ranks)",
+        ));
+    }
+    let cannot = |what: &str, e: &dyn std::fmt::Display| {
+        Error::Io(std::io::Error::other(format!("{what}: {e}")))
+    };
+    // SIGINT and SIGTERM are taken here, one by one, instead of by the handlers that make
+    // a second one exit at once: this process cleans up after mpirun first.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals
+        .thread_block()
+        .map_err(|e| cannot("cannot take SIGINT and SIGTERM", &e))?;
+    let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| cannot("cannot take SIGINT and SIGTERM", &e))?;
+    let mut launch = Launch::create()?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let mut mpirun = std::process::Command::new("mpirun");
+    mpirun.arg("-np").arg(ranks.to_string());
+    if ranks > cpus {
+        mpirun.arg("--oversubscribe");
+    }
+    // mpirun in a process group of its own: a Ctrl-C reaches this process only, and mpirun
+    // gets one SIGTERM from it (a second signal within 5 s makes mpirun exit without
+    // stopping the ranks). Its stdin is not the terminal, which only the foreground group
+    // may read.
+    mpirun
+        .arg(program)
+        .args(args)
+        .envs(launch.env())
+        .stdin(std::process::Stdio::null())
+        .process_group(0);
+    // If this process is killed outright (SIGKILL, which it cannot pass on), mpirun gets
+    // SIGTERM from the kernel and stops the ranks: no job runs on without its launcher.
+    // The child inherits the mask set above: mpirun must take SIGINT and SIGTERM again.
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: it makes one prctl and one sigprocmask system
+    // call (pthread_sigmask) and allocates nothing.
+    unsafe {
+        mpirun.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)?;
+            signals.thread_unblock().map_err(std::io::Error::from)
+        })
+    };
+    let mut child = mpirun.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::invalid(
+            "ranks",
+            "`ranks` runs mpirun, which is not installed: apt-get install openmpi-bin \
+             libopenmpi-dev (README: \"Beyond one machine\")",
+        ),
+        _ => cannot("cannot start mpirun", &e),
+    })?;
+    let mpirun_pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    // A signal that arrived before the mask was set went to the handlers.
+    let mut passed_on = interrupt.requested();
+    if passed_on.is_some() {
+        let _ = nix::sys::signal::kill(mpirun_pid, Signal::SIGTERM);
+    }
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| cannot("cannot wait for mpirun", &e))?
+        {
+            break status;
+        }
+        launch.watch();
+        if let Ok(Some(info)) = signal_fd.read_signal() {
+            let signal = info.ssi_signo as i32;
+            if passed_on.is_some() {
+                // The second: mpirun and its ranks now, then this process.
+                kill_mpirun(child.id());
+                let _ = child.wait();
+                return Ok(MpirunEnd::Interrupted {
+                    signal,
+                    killed: true,
+                });
+            }
+            let _ = nix::sys::signal::kill(mpirun_pid, Signal::SIGTERM);
+            passed_on = Some(signal);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    if let Some(signal) = passed_on {
+        return Ok(MpirunEnd::Interrupted {
+            signal,
+            killed: false,
+        });
+    }
+    Ok(match status.code() {
+        Some(0) => MpirunEnd::Finished,
+        Some(2) => MpirunEnd::Refused,
+        code => MpirunEnd::Failed(launch.failure(code)),
+    })
+}
+
 /// The run directory and state file of one `mpirun` that procpool starts (`--ranks K`).
 ///
 /// Create it before mpirun, pass mpirun [`Launch::env`], call [`Launch::watch`] while it
 /// runs, and after a failed run print [`Launch::failure`]. Dropping it removes the
 /// directory, with Open MPI's session directory inside.
 #[derive(Debug)]
-pub struct Launch {
+pub(crate) struct Launch {
     dir: tempfile::TempDir,
     host: String,
     /// The first rank seen gone on this host, and the phase then.
@@ -136,7 +295,7 @@ pub struct Launch {
 impl Launch {
     /// Removes what killed runs left in the temp directory, then makes this run's own
     /// directory there (0700, ours).
-    pub fn create() -> Result<Self> {
+    pub(crate) fn create() -> Result<Self> {
         let parent = std::env::temp_dir();
         // Run directories left by a SIGKILLed procpool.
         crate::engine::pool::sweep_abandoned(&parent, PREFIX);
@@ -166,13 +325,13 @@ impl Launch {
     }
 
     /// The run's directory.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
     }
 
     /// The environment mpirun gets: `TMPDIR` is the run's directory (Open MPI's session
     /// directory goes there), and rank 0 learns where its state file is.
-    pub fn env(&self) -> [(&'static str, PathBuf); 2] {
+    pub(crate) fn env(&self) -> [(&'static str, PathBuf); 2] {
         [
             ("TMPDIR", self.dir().to_path_buf()),
             (STATE_VAR, self.state_path()),
@@ -211,7 +370,7 @@ impl Launch {
 
     /// Looks at the ranks on this host once: the first seen gone is remembered, with what
     /// the job was doing then. Call it every few tens of milliseconds while mpirun runs.
-    pub fn watch(&mut self) {
+    pub(crate) fn watch(&mut self) {
         if self.lost.is_some() {
             return;
         }
@@ -238,7 +397,7 @@ impl Launch {
     /// After mpirun failed with exit code `code`: what rank 0 said stopped the job, or
     /// else, when a rank was killed by a signal (mpirun exits with 128 + its number), the
     /// rank seen gone and when; `None` when neither is known (rank 0 printed its own error).
-    pub fn failure(&mut self, code: Option<i32>) -> Option<String> {
+    pub(crate) fn failure(&mut self, code: Option<i32>) -> Option<String> {
         self.watch();
         match self.read().and_then(|r| r.error) {
             Some(error) => Some(error),
@@ -252,7 +411,7 @@ impl Launch {
 /// Kills `mpirun` and every process it started on this host (its ranks, which it puts in
 /// process groups of their own), with SIGKILL, and everything they started: for a second
 /// interrupt, which ends the run at once.
-pub fn kill_mpirun(mpirun: u32) {
+pub(crate) fn kill_mpirun(mpirun: u32) {
     let parents: Vec<(u32, u32)> = super::processes()
         .into_iter()
         .filter_map(|(pid, dir)| {

@@ -26,7 +26,7 @@
 //! the others, and rank 0 names the rank, its host and the chunk it was running, or that it
 //! died during the baseline or the verification; `procpool --ranks` names a lost rank 0
 //! the same way), and a kernel panic ends it with an error naming the same. `procpool
-//! --ranks` gives mpirun a private `TMPDIR` ([`Launch`]), removed however the run ends. Streaming to a file, chunk time
+//! --ranks` gives mpirun a private `TMPDIR` ([`run_mpirun`]), removed however the run ends. Streaming to a file, chunk time
 //! limits and the threads and single modes are for the process backend.
 
 mod job;
@@ -34,7 +34,7 @@ mod launch;
 mod window;
 mod wire;
 
-pub use launch::{Launch, error_left_to_launcher, kill_mpirun};
+pub use launch::{MpirunEnd, error_left_to_launcher, run_mpirun, under_mpirun};
 
 use crate::error::{Error, Result};
 pub use crate::lab::model::MpiReport;
@@ -97,7 +97,7 @@ impl std::fmt::Display for ResultRoute {
 /// [`Error::RankLost`] (a rank on its host is gone: which one, and the chunk it was
 /// running or what the job was doing) or [`Error::Interrupted`], without finalizing MPI:
 /// exit the process then. mpirun may drop what the ranks print while it stops them: under
-/// `procpool --ranks`, rank 0 also leaves the error for the launcher ([`Launch`]) to print.
+/// `procpool --ranks`, rank 0 also leaves the error for the launcher ([`run_mpirun`]) to print.
 ///
 /// Call it before your program starts threads: it sets the Open MPI variables the
 /// environment lacks (see [`MpiReport::mca_set`]) before `MPI_Init`, and changing the

@@ -2,12 +2,12 @@
 
 use std::fmt::Write;
 
-use crate::engine::protocol::{Dispatch, Transport};
-use crate::lab::baseline::Mismatch;
 use crate::lab::measure::Summary;
 use crate::lab::meta::WorkersFrom;
+use crate::lab::model::Mismatch;
 use crate::lab::model::Mode;
 use crate::lab::model::Report;
+use crate::lab::model::{Dispatch, Transport};
 use crate::units::{bytes as human_bytes, count, seconds as secs};
 
 /// A per-chunk cost: in nanoseconds below a microsecond (a queue claim is tens of ns),
@@ -514,9 +514,9 @@ fn json_or_none(value: Option<&serde_json::Value>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::pool::{StartMethod, WorkerStats};
-    use crate::engine::schedule::Schedule;
     use crate::lab::model::Breakdown;
+    use crate::lab::model::Schedule;
+    use crate::lab::model::{StartMethod, WorkerStats};
 
     /// Two workers, 1000 chunks of 1000 `squares`, the counters of a queue run.
     fn report(dispatch: Dispatch) -> Report {

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::engine::pool::{Trace, TraceEventKind};
+use crate::lab::model::{Trace, TraceEventKind};
 use crate::report::trace::TraceLabels;
 
 const FONT: &str = "sans-serif";
@@ -116,7 +116,7 @@ fn draw(trace: &Trace, labels: &TraceLabels, svg: &mut String) -> DrawResult {
             .iter()
             .filter(move |a| a.finished == finished && (a.attempt > 0) == retried)
     };
-    let rect = |a: &crate::engine::pool::TraceAttempt, colour: RGBColor| {
+    let rect = |a: &crate::lab::model::TraceAttempt, colour: RGBColor| {
         let (lo, hi) = bar(worker_y(a.worker), 0.32);
         Rectangle::new(
             [(ms(a.start_ns, origin), lo), (ms(a.end_ns, origin), hi)],
@@ -266,7 +266,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::pool::{TraceAttempt, TraceEvent, TracePhase};
+    use crate::lab::model::{TraceAttempt, TraceEvent, TracePhase};
 
     #[test]
     fn a_timeline_has_a_row_per_worker_and_a_legend() {

@@ -8,7 +8,7 @@
 
 use serde_json::{Value, json};
 
-use crate::engine::pool::{Trace, TraceEventKind};
+use crate::lab::model::{Trace, TraceEventKind};
 
 /// The trace's process id: one process, procpool, holding every track.
 const PID: u64 = 1;
@@ -151,7 +151,7 @@ pub fn chrome_trace(trace: &Trace, labels: &TraceLabels) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::pool::{TraceAttempt, TraceEvent, TracePhase};
+    use crate::lab::model::{TraceAttempt, TraceEvent, TracePhase};
 
     fn attempt(
         chunk: u64,

@@ -661,3 +661,25 @@ pub fn within<R: Send + 'static>(
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the job's thread panicked"),
     }
 }
+
+/// Appends this process's id to `log` in one write (appends from several processes never
+/// interleave): what a test workload's `setup` calls, so that the test can count set-ups.
+pub fn log_setup(log: &Path) {
+    use std::io::Write;
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("the set-up log");
+    file.write_all(format!("{}\n", std::process::id()).as_bytes())
+        .expect("write the set-up log");
+}
+
+/// The process ids [`log_setup`] wrote to `log`, in order.
+pub fn setups(log: &Path) -> Vec<u32> {
+    fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.parse().expect("a pid"))
+        .collect()
+}

@@ -100,6 +100,8 @@ impl DepthProbe {
 /// The state of one job on the channels.
 struct ChannelJob<'f> {
     core: JobCore<'f>,
+    /// The posting its chunks belong to.
+    posting: u64,
     dispenser: Dispenser,
     held: Vec<Held>,
     /// Chunks done.
@@ -258,6 +260,7 @@ impl Pool {
         let mut job = self.channel_job(core, dispenser, options, ring);
         self.send_spec(&mut job.core);
         let posting = self.open_channel_posting(&job.core.spec);
+        job.posting = posting;
         self.prime(&mut job);
         while job.stage() != Stage::Finished {
             self.channel_turn(&mut job)?;
@@ -265,7 +268,7 @@ impl Pool {
         for w in 0..self.workers.len() {
             self.send(w, ToWorker::EndJob { posting }, &mut job);
         }
-        self.close_posting(posting);
+        self.close_later(posting);
         job.core.check_faults_fired(job.done)?;
         self.channel_finish(job)
     }
@@ -300,6 +303,7 @@ impl Pool {
         };
         ChannelJob {
             core,
+            posting: 0,
             dispenser,
             held,
             done: 0,
@@ -472,6 +476,7 @@ impl Pool {
                 compute_ns: Some(compute_ns),
             });
         }
+        self.workers[w].ran_chunks += 1;
         let h = &mut job.held[w];
         h.last_done = Some(now);
         h.done += 1;
@@ -584,8 +589,9 @@ impl Pool {
         }
         for _ in 0..count {
             // A process with a chunk limit gets exactly that many, then retires.
-            let spent =
-                self.recycle.chunks > 0 && self.workers[w].sent_chunks >= self.recycle.chunks;
+            let spent = self.recycle.chunks > 0
+                && self.workers[w].ran_chunks + job.core.ledger.held_by(w) as u64
+                    >= self.recycle.chunks;
             if job.core.ledger.held_by(w) >= job.depth
                 || self.workers[w].tx.is_none()
                 || self.workers[w].retiring
@@ -601,12 +607,12 @@ impl Pool {
                 return;
             };
             let msg = ToWorker::Chunk {
+                posting: job.posting,
                 id: held.chunk.id,
                 start: held.chunk.start,
                 end: held.chunk.end,
                 attempt: held.attempt,
             };
-            self.workers[w].sent_chunks += 1;
             self.send(w, msg, job);
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! [`PoolBuilder::build`] (`options.rs`) starts the workers (`spawn.rs`, `workers.rs`);
 //! [`Pool::run`] sends a job and hands out its chunks (the shared-memory queue in
-//! `queue.rs`, or per-chunk messages in `dispatch.rs`); dropping the pool stops and reaps
+//! `queue.rs`, or per-chunk messages in `dispatch.rs`); a job stopped early by a panic, a
+//! cancel or a deadline keeps the workers (`quiesce.rs`); dropping the pool stops and reaps
 //! every worker.
 
 mod auto_chunk;
@@ -14,6 +15,7 @@ mod observe;
 mod options;
 mod private_dir;
 mod queue;
+mod quiesce;
 mod spawn;
 mod stats;
 mod supervise;
@@ -43,7 +45,9 @@ use each::{Each, RawVisit};
 pub use observe::{Event, Observer};
 pub use options::{JobOptions, PoolBuilder, PoolOptions, StartMethod, Supervision};
 use options::{check_chunk_size, huge_refusal};
-pub(crate) use options::{check_counts, check_dispatch, huge_pages_for, max_inflight};
+pub(crate) use options::{
+    check_counts, check_deadline, check_dispatch, huge_pages_for, max_inflight,
+};
 use private_dir::PrivateDir;
 #[cfg(feature = "mpi")]
 pub(crate) use private_dir::sweep_abandoned;
@@ -70,6 +74,32 @@ use workers::WorkerSlot;
 /// worker's death is seen from the process itself, even while a process it forked keeps
 /// its channel open; and no wait of the pool's (a start, a worker's last output lines, a
 /// shutdown) lasts longer than its deadline.
+///
+/// # When workers are replaced
+///
+/// Jobs run on the same worker processes, which keep their workload's
+/// [`setup`](Workload::setup) while the workload value stays the same. A worker process is
+/// replaced (a fresh process under the same id) when it dies, during a job or between jobs;
+/// when its chunk runs past [`Supervision::chunk_timeout`]; when its kernel panics and
+/// [`Supervision::retry_panics`] is set; when it reaches its recycling limit
+/// ([`PoolBuilder::max_chunks_per_worker`], [`PoolBuilder::max_worker_rss`]); when the
+/// queue's watchdog finds it stopped; and when it is still in a stopped job's chunk
+/// [`Supervision::grace`] after the next job began (below).
+///
+/// Every worker is stopped, and the next job starts a fresh set, after a job that failed by
+/// an interrupt ([`Interrupt`](crate::Interrupt)), by workers lost beyond the limits
+/// ([`Error::ChunkFailed`], [`Error::TooManyRestarts`]), by a damaged queue
+/// ([`Error::QueueDamaged`]), by a worker that cannot run the job, by results that do not
+/// add up, or by a panic in a [`Pool::for_each_chunk`] callback.
+///
+/// Workers are **kept** after [`Error::KernelPanicked`] (the worker caught the panic),
+/// [`Error::Cancelled`] ([`JobOptions::cancel`]) and [`Error::DeadlineExceeded`]
+/// ([`JobOptions::deadline`]). Such a job returns its error at once, within about one
+/// chunk's time of the stop; no worker starts another chunk of it, and a chunk still running
+/// finishes. The next job (not the caller of the stopped one) waits for those chunks before
+/// anything of it is written, drops the stopped job's replies, and runs on the same
+/// processes; a worker still in its chunk `grace` after the next job began is killed and
+/// replaced, as a death between jobs.
 ///
 /// ```no_run
 /// use procpool::Pool;
@@ -123,6 +153,11 @@ pub struct Pool {
     recycle: Recycle,
     /// When the dispatch loops look for ended workers next ([`Pool::ended_workers`]).
     death_scan: Instant,
+    /// The cancel token and deadline of the job in progress.
+    job_stop: quiesce::JobStop,
+    /// The last posting, closed without waiting for its workers to leave it: the next job
+    /// waits ([`Pool::settle`]).
+    draining: Option<quiesce::Draining>,
 }
 
 /// The last job spec's identity (workload, parameters, faults, …, without the job number)
@@ -387,7 +422,9 @@ impl Pool {
     /// A pool is always ready for the next job, whatever happened to the last one:
     /// - a job refused up front (bad options, a workload the workers do not have) changes
     ///   nothing: the same workers run the next job;
-    /// - a job that failed on the way (a kernel panic, a chunk out of retries, too many
+    /// - a job stopped by a kernel panic, a cancel or a deadline keeps the workers: the next
+    ///   job runs on the same processes (see [When workers are replaced](Pool#when-workers-are-replaced));
+    /// - a job that failed otherwise on the way (a chunk out of retries, too many
     ///   restarts, an interrupt) stops every worker; the next job starts a fresh set;
     /// - workers that died between jobs are replaced before the next job hands out a
     ///   chunk, and never blamed for one.
@@ -680,12 +717,16 @@ impl Pool {
         want: Want,
         each: Option<Each<'_>>,
     ) -> Result<Finished> {
+        let began = Instant::now();
         let elem_size = std::mem::size_of::<W::Output>();
         self.check_registered::<W>(want.reduce_slot > 0)?;
+        check_deadline(options.deadline)?;
         if self.broken {
             // A failed job stopped every worker: start a fresh set.
             self.revive()?;
         } else {
+            // The last job may have stopped early: its workers finish their chunks first.
+            self.settle()?;
             self.replace_the_dead()?;
         }
         let layout = stream.as_ref().map_or(Layout::flat(n), |(l, _)| *l);
@@ -781,6 +822,11 @@ impl Pool {
             reduce_slot: want.reduce_slot,
             output: want.output,
         });
+        self.job_stop = quiesce::JobStop::new(options, &self.waker, began);
+        if let Some(stop) = self.job_stop.due() {
+            self.job_stop = quiesce::JobStop::default();
+            return Err(stop.error(0, 0, n));
+        }
         observe::tell(&self.observer, Event::JobStarted { n });
         let elem_size = u64::from(spec.elem_size);
         let result = self.with_ring(stream, n, elem_size, |pool, ring| {
@@ -790,10 +836,23 @@ impl Pool {
                 Dispatch::Queue => pool.dispatch_queue(core, dispenser, options, ring),
             }
         });
+        self.job_stop = quiesce::JobStop::default();
+        self.job_ended(result)
+    }
+
+    /// After a job: tells the observer how it ended. A job that failed stops every worker
+    /// (the next job starts a fresh set), unless its error costs only the job: a panic, a
+    /// cancel or a deadline keeps them.
+    fn job_ended(&mut self, result: Result<Finished>) -> Result<Finished> {
         let completed = result.is_ok();
         observe::tell(&self.observer, Event::JobEnded { completed });
         match result {
-            Ok(stats) => Ok(stats),
+            Ok(finished) => Ok(finished),
+            // A panic, a cancel or a deadline costs the job, not the workers.
+            Err(e) if quiesce::keeps_workers(&e) => {
+                self.abandon();
+                Err(e)
+            }
             Err(mut e) => {
                 self.broken = true;
                 let (term, kill) = self.stop_all();

@@ -86,6 +86,18 @@ pub(crate) fn check_dispatch(options: &JobOptions) -> Result<()> {
     Ok(())
 }
 
+/// A job's deadline leaves it some time (a deadline past any clock is no deadline).
+pub(crate) fn check_deadline(deadline: Option<Duration>) -> Result<()> {
+    match deadline {
+        Some(d) if d.is_zero() => Err(Error::invalid(
+            "deadline",
+            "a `deadline` of 0s stops every job before it starts: use at least 1ms, or leave \
+             it unset for no limit",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A chunk length, when one is given, is at least 1.
 pub(super) fn check_chunk_size(chunk_size: Option<u64>) -> Result<()> {
     chunk_size.map_or(Ok(()), |size| check_count("chunk_size", size))
@@ -590,6 +602,8 @@ impl PoolBuilder {
                 rss: options.max_worker_rss.unwrap_or(0),
             },
             death_scan: Instant::now(),
+            job_stop: super::quiesce::JobStop::default(),
+            draining: None,
         };
         for s in started {
             pool.workers.push(WorkerSlot::empty(s.id));
@@ -729,4 +743,11 @@ pub struct JobOptions {
     /// attempt, start and end), deaths, restarts, retries, timeouts and window writes.
     /// Off by default; when off, nothing more is written per chunk.
     pub trace: bool,
+    /// Stops the job when cancelled, from any thread, with [`Error::Cancelled`]; the pool
+    /// keeps its workers (see [`Cancel`](crate::Cancel) and [`Pool`]).
+    pub cancel: Option<crate::engine::cancel::Cancel>,
+    /// Stops the job once it has run this long (from the call) with
+    /// [`Error::DeadlineExceeded`]; the pool keeps its workers (see [`Pool`]). It bounds
+    /// the pool's job only: the caller's use of the results comes after.
+    pub deadline: Option<Duration>,
 }

@@ -336,7 +336,8 @@ impl Pool {
         };
         self.post(&mut job, geometry, 0, first_end)?;
 
-        // On an error the caller stops every worker; otherwise none stays inside.
+        // On an error the caller stops every worker, or closes the posting and the next job
+        // waits for its workers (`quiesce.rs`); otherwise none stays inside.
         self.run_postings(&mut job)?;
         // The last look: a block written over at the end fails the job too.
         self.audit(&mut job)?;

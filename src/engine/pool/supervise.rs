@@ -309,6 +309,11 @@ impl Pool {
             let progress = job.progress(self);
             return Err(job.core().interrupted(signal, progress, self.workers.len()));
         }
+        if let Some(stop) = self.job_stop.due() {
+            let progress = job.progress(self);
+            let n = job.core().n;
+            return Err(stop.error(progress.chunks_done, progress.elements_done, n));
+        }
         let ended = self.ended_workers(job)?;
         job.core().dead.extend(ended);
         while let Some((w, pid)) = job.core().dead.pop() {

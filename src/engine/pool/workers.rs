@@ -39,8 +39,10 @@ pub(super) struct WorkerSlot {
     pub(super) unspawned: bool,
     /// It said it reached its recycling limit; its exit is not a death.
     pub(super) retiring: bool,
-    /// Chunks sent to this process (channel dispatch), for the recycling limit.
-    pub(super) sent_chunks: u64,
+    /// Chunks this process ran (channel dispatch: its `Done` arrived), for the recycling
+    /// limit. Counted as the worker counts them: a chunk it skipped (its job stopped
+    /// early) does not count.
+    pub(super) ran_chunks: u64,
     /// Our end of the process's private socket for input descriptors.
     pub(super) inputs_socket: Option<OwnedFd>,
     /// The inputs (ids) the process holds: those of the last spec it was sent.
@@ -60,7 +62,7 @@ impl WorkerSlot {
             spec_sent: 0,
             unspawned: false,
             retiring: false,
-            sent_chunks: 0,
+            ran_chunks: 0,
             inputs_socket: None,
             inputs_held: Vec::new(),
         }
@@ -107,19 +109,35 @@ impl Pool {
     /// stopped process) is killed; the next job starts a fresh one in its slot.
     pub(super) fn close_posting(&mut self, id: u64) {
         self.control.close();
+        self.await_leaving(id);
+    }
+
+    /// Waits until no live worker is inside posting `id` (closed already). One still inside
+    /// after the grace period is killed and reaped; returned as (slot, pid), its slot marked
+    /// for a fresh process.
+    pub(super) fn await_leaving(&mut self, id: u64) -> Vec<(usize, u32)> {
         let deadline = Instant::now()
             .checked_add(self.supervision.grace)
             .unwrap_or_else(spawn::far_future);
         let mut spins = 0u32;
         loop {
+            // A process that has exited leaves nothing to wait for (it is replaced as dead).
             let inside: Vec<usize> = (0..self.workers.len())
-                .filter(|&w| self.workers[w].child.is_some() && self.control.inside(w, id))
+                .filter(|&w| self.control.inside(w, id))
+                .filter(|&w| {
+                    self.workers[w]
+                        .child
+                        .as_ref()
+                        .is_some_and(|c| !c.has_exited())
+                })
                 .collect();
             if inside.is_empty() {
-                return;
+                return Vec::new();
             }
             if Instant::now() >= deadline {
+                let mut killed = Vec::new();
                 for w in inside {
+                    killed.push((w, self.workers[w].pid));
                     crate::engine::sys::kill_hard(self.workers[w].pid);
                     let slot = &mut self.workers[w];
                     if let Some(rid) = slot.rid.take() {
@@ -130,7 +148,7 @@ impl Pool {
                     slot.unspawned = true;
                     self.control.reset_slot(w);
                 }
-                return;
+                return killed;
             }
             spins += 1;
             if spins < 1000 {
@@ -223,7 +241,7 @@ impl Pool {
         }
         let slot = &mut self.workers[slot_index];
         slot.spec_sent = 0;
-        slot.sent_chunks = 0;
+        slot.ran_chunks = 0;
         slot.inputs_socket = Some(s.inputs_socket);
         slot.inputs_held.clear();
         slot.pid = s.pid;
@@ -245,6 +263,7 @@ impl Pool {
         // The new workers must not see the old set's shutdown.
         self.control = self.region.control()?;
         self.control.restart();
+        self.draining = None;
         for w in 0..self.workers.len() {
             self.respawn(w)?;
         }
@@ -285,6 +304,7 @@ impl Pool {
     /// like a start); returns its pid.
     pub(super) fn respawn(&mut self, w: usize) -> Result<u32> {
         self.workers[w].unspawned = false;
+        self.control.reset_slot(w);
         let id = self.workers[w].id;
         let mut deaths = Vec::new();
         let started = spawn::start_workers(
@@ -366,6 +386,9 @@ impl Pool {
 
     /// Spawns a replacement for slot `w`; its handshake is polled by the loop.
     pub(super) fn begin_start(&mut self, w: usize) -> Result<u32> {
+        // What the old process left in its claim slot (a channel posting it was inside)
+        // is not the new one's.
+        self.control.reset_slot(w);
         let mut starting = spawn::spawn_worker(
             &self.exe,
             &self.dir,
