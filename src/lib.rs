@@ -185,6 +185,7 @@ pub mod workload;
 pub use engine::fault::Fault;
 pub use engine::input::Input;
 pub use engine::interrupt::Interrupt;
+pub use engine::param::Param;
 pub use engine::pool::{
     AutoChunk, Chunk, ChunkOrder, Death, Event, JobOptions, JobStats, Observer, Pool, PoolBuilder,
     PoolOptions, PoolRun, Reduced, StartMethod, Supervision, Trace, TraceAttempt, TraceEvent,

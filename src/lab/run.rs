@@ -546,6 +546,7 @@ pub(crate) fn in_process_stats(
         shm_bytes: 0,
         input_bytes: 0,
         input_sends: 0,
+        param_bytes: 0,
         workers,
         restarts: 0,
         recycles: 0,
