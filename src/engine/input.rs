@@ -257,15 +257,13 @@ fn list(inputs: &mut Vec<Arc<Sealed>>, sealed: &Arc<Sealed>) -> u32 {
     }
 }
 
-/// The sealed memfd at `index` of the job a worker is decoding, or `None` outside a
-/// worker's decoding (the value was written in place). `decode` runs outside the context.
-pub(crate) fn param_sealed<R>(
-    index: Option<u32>,
-    decode: impl FnOnce(Option<&Sealed>) -> std::result::Result<R, String>,
-) -> std::result::Result<R, String> {
-    let Some(index) = index else {
-        return decode(None);
-    };
+/// The value a worker decodes from the sealed memfd at `index` of the job it is decoding:
+/// `decode(bytes)` the first time, then the same value while later jobs list the same
+/// memfd (kept beside it, checked by type). `decode` runs outside the context.
+pub(crate) fn param_sealed<T: Send + Sync + 'static>(
+    index: u32,
+    decode: impl FnOnce(&[u8]) -> std::result::Result<T, String>,
+) -> std::result::Result<Arc<T>, String> {
     let sealed = DECODE.with(|c| match &*c.borrow() {
         None => Err("a Param index outside a worker's decoding".to_string()),
         Some(inputs) => inputs.get(index as usize).cloned().ok_or_else(|| {
@@ -275,10 +273,24 @@ pub(crate) fn param_sealed<R>(
             )
         }),
     })?;
+    let known = DECODED.with(|d| {
+        d.borrow()
+            .iter()
+            .find(|(s, _)| Arc::ptr_eq(s, &sealed))
+            .and_then(|(_, v)| Arc::clone(v).downcast::<T>().ok())
+    });
+    if let Some(value) = known {
+        return Ok(value);
+    }
     let outer = DECODE.with(|c| c.replace(None));
-    let result = decode(Some(&sealed));
+    let result = decode(sealed.bytes());
     DECODE.with(|c| c.replace(outer));
-    result
+    let value = Arc::new(result?);
+    DECODED.with(|d| {
+        let value: Arc<dyn std::any::Any + Send + Sync> = Arc::clone(&value) as _;
+        d.borrow_mut().push((sealed, value));
+    });
+    Ok(value)
 }
 
 /// Whether this thread decodes a job for a worker right now (a [`crate::Param`] then
@@ -290,6 +302,11 @@ pub(crate) fn in_decoding() -> bool {
 thread_local! {
     static ENCODE: RefCell<Option<Context>> = const { RefCell::new(None) };
     static DECODE: RefCell<Option<Vec<Arc<Sealed>>>> = const { RefCell::new(None) };
+    /// The values a worker decoded from `Param` memfds, beside their memfd: those of the
+    /// job decoded last, dropped once a job no longer lists their memfd.
+    #[allow(clippy::type_complexity)]
+    static DECODED: RefCell<Vec<(Arc<Sealed>, Arc<dyn std::any::Any + Send + Sync>)>> =
+        const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` (which serializes a job's workload) in an encoding context; returns its result
@@ -354,6 +371,10 @@ pub(crate) fn describing<R>(f: impl FnOnce() -> R) -> R {
 /// Runs `f` (which decodes a job's workload) with `inputs`, the job's inputs in index
 /// order, for its `Input` fields to find.
 pub(crate) fn decoding<R>(inputs: Vec<Arc<Sealed>>, f: impl FnOnce() -> R) -> R {
+    DECODED.with(|d| {
+        d.borrow_mut()
+            .retain(|(s, _)| inputs.iter().any(|i| Arc::ptr_eq(i, s)))
+    });
     let outer = DECODE.with(|c| c.replace(Some(inputs)));
     let result = f();
     DECODE.with(|c| c.replace(outer));

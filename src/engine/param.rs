@@ -16,6 +16,7 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::de::{DeserializeOwned, Error as _};
@@ -86,7 +87,8 @@ fn identity() -> u64 {
 /// ```
 pub struct Param<T> {
     identity: u64,
-    value: T,
+    /// Shared by clones; a worker also shares it between the jobs of one spec's value.
+    value: Arc<T>,
 }
 
 impl<T> Param<T> {
@@ -94,18 +96,21 @@ impl<T> Param<T> {
     pub fn new(value: T) -> Self {
         Param {
             identity: identity(),
-            value,
+            value: Arc::new(value),
         }
     }
 
     /// Replaces the value (a new identity).
     pub fn set(&mut self, value: T) {
-        *self.deref_mut() = value;
+        self.identity = identity();
+        self.value = Arc::new(value);
     }
+}
 
-    /// The value.
+impl<T: Clone> Param<T> {
+    /// The value (a copy when clones of this `Param` still share it).
     pub fn into_inner(self) -> T {
-        self.value
+        Arc::unwrap_or_clone(self.value)
     }
 }
 
@@ -116,20 +121,21 @@ impl<T> Deref for Param<T> {
     }
 }
 
-impl<T> DerefMut for Param<T> {
+impl<T: Clone> DerefMut for Param<T> {
     /// The value, mutably: the `Param` takes a new identity, so the next job sends it.
+    /// When clones of this `Param` share the value, it is copied first (they keep theirs).
     fn deref_mut(&mut self) -> &mut T {
         self.identity = identity();
-        &mut self.value
+        Arc::make_mut(&mut self.value)
     }
 }
 
-impl<T: Clone> Clone for Param<T> {
-    /// The same value, so the same identity.
+impl<T> Clone for Param<T> {
+    /// The same value (shared, not copied), so the same identity.
     fn clone(&self) -> Self {
         Param {
             identity: self.identity,
-            value: self.value.clone(),
+            value: Arc::clone(&self.value),
         }
     }
 }
@@ -155,28 +161,32 @@ impl<T: fmt::Debug> fmt::Debug for Param<T> {
 impl<T: Serialize> Serialize for Param<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let slot = param_slot(self.identity, || {
-            postcard::to_stdvec(&self.value).map_err(|e| format!("cannot encode a Param: {e}"))
+            crate::engine::protocol::encode(&*self.value)
+                .map_err(|e| format!("cannot encode a Param: {e}"))
         })
         .map_err(S::Error::custom)?;
         match slot {
             ParamSlot::Index(index) => serializer.serialize_u32(index),
-            ParamSlot::Inline => self.value.serialize(serializer),
+            ParamSlot::Inline => (*self.value).serialize(serializer),
         }
     }
 }
 
-impl<'de, T: DeserializeOwned> Deserialize<'de> for Param<T> {
+impl<'de, T: DeserializeOwned + Send + Sync + 'static> Deserialize<'de> for Param<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         if !in_decoding() {
             return T::deserialize(deserializer).map(Param::new);
         }
         let index = u32::deserialize(deserializer)?;
-        param_sealed(Some(index), |sealed| {
-            let bytes = sealed.map_or(&[][..], |s| s.bytes());
-            postcard::from_bytes(bytes).map_err(|e| format!("cannot decode a Param: {e}"))
+        // A worker decodes a memfd once: the next spec holding it shares the value.
+        let value = param_sealed(index, |bytes| {
+            postcard::from_bytes::<T>(bytes).map_err(|e| format!("cannot decode a Param: {e}"))
         })
-        .map(Param::new)
-        .map_err(D::Error::custom)
+        .map_err(D::Error::custom)?;
+        Ok(Param {
+            identity: identity(),
+            value,
+        })
     }
 }
 
@@ -204,7 +214,7 @@ mod tests {
         assert_eq!(first.inputs.len(), 1);
         assert_eq!(
             first.param_bytes,
-            postcard::to_stdvec(&job.table.value).unwrap().len() as u64
+            postcard::to_stdvec(&*job.table).unwrap().len() as u64
         );
         let back: Job = decoding(first.inputs.clone(), || postcard::from_bytes(&bytes)).unwrap();
         assert_eq!(*back.table, *job.table);

@@ -1630,7 +1630,7 @@ impl Pool {
         // `Param` fields too, each in a memfd of its own, encoded only when it changed.
         let (params, encoded) =
             crate::engine::input::encoding_params(&mut self.specs.param_cache, || {
-                postcard::to_stdvec(workload)
+                crate::engine::protocol::encode(workload)
             });
         let params = params.map_err(|e| Error::Ipc(format!("cannot encode the workload: {e}")))?;
         let (mut inputs, param_values) = (encoded.inputs, encoded.param_bytes);
