@@ -359,6 +359,13 @@ pub(crate) fn input_bytes<W: Serialize>(workload: &W) -> u64 {
     inputs.iter().map(|s| s.len() as u64).sum()
 }
 
+/// The bytes of `workload`'s encoded parameters: its `Input` fields as an index each, its
+/// `Param` fields written in place (0 when it cannot be encoded).
+pub(crate) fn param_bytes<W: Serialize>(workload: &W) -> u64 {
+    let (size, _) = encoding(|| postcard::experimental::serialized_size(workload));
+    size.map_or(0, |n| n as u64)
+}
+
 /// Runs `f` (which serializes a workload for a report) with every input written as its
 /// size.
 pub(crate) fn describing<R>(f: impl FnOnce() -> R) -> R {
