@@ -135,4 +135,36 @@ mod tests {
         );
         assert_ne!(inputs3[0].id(), inputs[0].id());
     }
+
+    #[test]
+    fn a_worker_maps_the_parameters_only_sealed_and_of_the_specs_size() {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        let mut specs = Specs::default();
+        let mut inputs = Vec::new();
+        let params = vec![4u8; SEALED_PARAMS_BYTES + 10];
+        let spec = specs
+            .complete(bare(1), params.clone(), &mut inputs)
+            .unwrap();
+        let named = *spec.inputs.last().unwrap();
+        let fd = || inputs[0].fd().try_clone_to_owned().unwrap();
+        let mapped = Sealed::adopt(named.id, fd(), named.bytes, 1).unwrap();
+        assert_eq!(mapped.bytes(), &params[..]);
+        let err = Sealed::adopt(named.id, fd(), named.bytes + 1, 1).unwrap_err();
+        assert!(err.contains("refused"), "{err}");
+        // The same bytes in a memfd nobody sealed: refused.
+        let open =
+            nix::sys::memfd::memfd_create("params", nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING)
+                .unwrap();
+        let mut file = std::fs::File::from(open);
+        file.write_all(&params).unwrap();
+        let err = Sealed::adopt(
+            named.id,
+            file.as_fd().try_clone_to_owned().unwrap(),
+            named.bytes,
+            1,
+        )
+        .unwrap_err();
+        assert!(err.contains("not sealed"), "{err}");
+    }
 }
