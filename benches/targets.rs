@@ -100,7 +100,8 @@ fn main() -> Result<(), procpool::Error> {
 
     // A 30.5 MiB input carried as a shared `Input<f64>` against a `Vec<f64>` field in the
     // parameters, on one long-lived 2-worker pool; every job changes a parameter, so its
-    // spec goes to the workers again (the Vec with it, the Input as an index). Interleaved.
+    // spec goes to the workers again (the Vec encoded with it, the Input as an index).
+    // Interleaved.
     let (mut shared_s, mut copied_s, mut shared_ipc, mut copied_ipc) =
         (vec![], vec![], vec![], vec![]);
     {
@@ -133,14 +134,14 @@ fn main() -> Result<(), procpool::Error> {
             // The first round of each sends the data (descriptor or bytes) for the first
             // time: both are kept, as the median sees them.
             shared_s.push(wall);
-            shared_ipc.push(run.stats().ipc_bytes as f64);
+            shared_ipc.push(run.stats().param_bytes as f64);
             drop(run);
             let began = std::time::Instant::now();
             let run = pool.run(&copied, INPUT_ROWS as u64)?;
             let wall = began.elapsed().as_secs_f64();
             assert_eq!(run.results(), &expected[..], "a verified answer");
             copied_s.push(wall);
-            copied_ipc.push(run.stats().ipc_bytes as f64);
+            copied_ipc.push(run.stats().param_bytes as f64);
         }
     }
     let (shared_s, copied_s) = (median(shared_s), median(copied_s));
@@ -157,7 +158,8 @@ fn main() -> Result<(), procpool::Error> {
     ));
     rows.push(Row::at_least(
         format!(
-            "  … IPC bytes per job: Vec<f64> ({copied_ipc:.0} B) / Input<f64> ({shared_ipc:.0} B)"
+            "  … parameter bytes encoded per job: Vec<f64> ({copied_ipc:.0} B) / Input<f64> \
+             ({shared_ipc:.0} B)"
         ),
         copied_ipc / shared_ipc,
         10_000.0,

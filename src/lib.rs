@@ -94,6 +94,10 @@
 //!   (`examples/streaming_results.rs`).
 //! - **Shared input**: [`Input`] (`examples/matvec.rs`: a 30.5 MiB matrix, under 1 KiB of
 //!   messages).
+//! - **Large parameters**: a plain field is encoded on every job (about a millisecond per
+//!   MiB) to see whether it changed; hold read-only data in an [`Input`] and other large
+//!   values in a [`Param`], which an unchanged job does not encode or send again (see
+//!   [`Workload`] for the rule, [`JobStats::param_bytes`] for the size).
 //! - **A timeline**: [`JobOptions::trace`] records every chunk attempt (worker, start,
 //!   end, attempt) and the deaths, restarts and retries in [`JobStats::trace`], a
 //!   [`Trace`]; [`report::trace::chrome_trace`] turns it into a file Perfetto opens.
