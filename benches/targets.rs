@@ -64,7 +64,7 @@ fn main() -> Result<(), procpool::Error> {
     // Large parameters: a `Vec<u8>` field with a new value every job, 2 workers, both
     // dispatch paths interleaved; then a tiny job holding an unchanged 50 MiB `Param`
     // against the same tiny job without it, on two pools, alternately.
-    // `cargo bench --bench targets -- params` runs only these rows.
+    // `cargo bench --bench targets -- params` runs only these rows and the next.
     if only.as_deref().is_none_or(|o| "params".contains(o)) {
         for (label, bytes, goal_ms) in [
             ("512 KiB", 512 << 10, 5.0),
@@ -92,10 +92,6 @@ fn main() -> Result<(), procpool::Error> {
             param * 1e3,
             1.0,
         ));
-        if only.is_some() {
-            print_rows(&rows);
-            return Ok(());
-        }
     }
 
     // A 30.5 MiB input carried as a shared `Input<f64>` against a `Vec<f64>` field in the
@@ -164,6 +160,10 @@ fn main() -> Result<(), procpool::Error> {
         copied_ipc / shared_ipc,
         10_000.0,
     ));
+    if only.is_some() {
+        print_rows(&rows);
+        return Ok(());
+    }
 
     // Worker start, per worker, fork first: it needs this process single-threaded, which it
     // is again once each pool is dropped.
