@@ -94,7 +94,7 @@
 //!   (`examples/streaming_results.rs`).
 //! - **Shared input**: [`Input`] (`examples/matvec.rs`: a 30.5 MiB matrix, under 1 KiB of
 //!   messages).
-//! - **Large parameters**: a plain field is encoded on every job (about a millisecond per
+//! - **Large parameters**: a plain field is encoded on every job (1–2 ms per
 //!   MiB) to see whether it changed; hold read-only data in an [`Input`] and other large
 //!   values in a [`Param`], which an unchanged job does not encode or send again (see
 //!   [`Workload`] for the rule, [`JobStats::param_bytes`] for the size).

@@ -36,7 +36,7 @@ fn identity() -> u64 {
 ///
 /// Every job's parameters (the workload value) reach each worker that does not have them
 /// yet. To know whether they changed, the pool encodes them again on every job, which
-/// costs about a millisecond per MiB of plain data. Put a large parameter in a `Param`
+/// costs 1–2 ms per MiB of plain data. Put a large parameter in a `Param`
 /// and the pool compares an identity instead: a job whose `Param` is unchanged costs what
 /// a job without it costs, whatever its size. The rule:
 ///

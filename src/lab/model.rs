@@ -95,7 +95,7 @@ pub struct OutputReport {
 }
 
 /// Encoded parameters above this (1 MiB) are large: a plain field costs its encoding on
-/// every job (about a millisecond per MiB) and its decoding in every worker whenever it
+/// every job (1–2 ms per MiB) and its decoding in every worker whenever it
 /// changes. The report shows them, and its advice says `large-params`.
 pub(crate) const LARGE_PARAMS_BYTES: u64 = 1 << 20;
 

@@ -1114,7 +1114,7 @@ pub struct JobStats {
     /// that does not hold the job's spec yet receives, [`crate::Param`] values included
     /// (each at its encoded size). Above 64 KiB they travel in one sealed memfd that
     /// every worker maps, not through each worker's channel. A plain field costs its
-    /// encoding on every job, changed or not (about a millisecond per MiB): above 1 MiB,
+    /// encoding on every job, changed or not (1–2 ms per MiB): above 1 MiB,
     /// put read-only data in an [`crate::Input`] and other large values in a
     /// [`crate::Param`].
     pub param_bytes: u64,
