@@ -509,6 +509,7 @@ impl Pool {
             // Filled in by `Pool::job`.
             input_bytes: 0,
             input_sends: 0,
+            param_bytes: 0,
             shm_bytes: match job.spec.transport {
                 Transport::Shm if job.spec.output => n * elem_size,
                 _ => 0,

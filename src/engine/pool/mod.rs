@@ -13,6 +13,7 @@ mod private_dir;
 mod queue;
 mod quiesce;
 mod spawn;
+mod spec;
 mod trace;
 mod watchdog;
 
@@ -31,7 +32,9 @@ use crate::engine::fault::Fault;
 use crate::engine::interrupt::Interrupt;
 use crate::engine::limits::{Machine, check_memory};
 use crate::engine::protocol::ToWorker;
-use crate::engine::protocol::{Dispatch, InputRef, JobSpec, Layout, Registered, Transport};
+use crate::engine::protocol::{
+    Dispatch, InputRef, JobSpec, Layout, Registered, SEALED_PARAMS_BYTES, Transport,
+};
 use crate::engine::schedule::{Dispenser, Schedule};
 use crate::engine::sealed::{MAX_INPUTS, Sealed};
 use crate::engine::shm::{Mapping, SharedRegion};
@@ -667,7 +670,7 @@ impl PoolBuilder {
             control,
             waker,
             waker_rid,
-            specs: (Vec::new(), 0),
+            specs: spec::Specs::default(),
             reduced: Vec::new(),
             next_posting: 1,
             dir,
@@ -861,7 +864,7 @@ pub struct Pool {
     waker_rid: u64,
     /// The last job spec's identity (workload, parameters, faults, …) and its id: jobs
     /// with the same spec reuse the id, and workers that have it are not sent it again.
-    specs: (Vec<u8>, u64),
+    specs: spec::Specs,
     /// The next posting's id.
     next_posting: u64,
     /// Where spawned workers put their handshake sockets; removed with the pool.
@@ -1163,6 +1166,14 @@ pub struct JobStats {
     /// Bytes of the job's shared read-only inputs ([`crate::Input`]; each distinct input
     /// counted once): mapped by every worker, never copied into a message.
     pub input_bytes: u64,
+    /// Bytes of the job's encoded parameters (the workload value, postcard): what a worker
+    /// that does not hold the job's spec yet receives, [`crate::Param`] values included
+    /// (each at its encoded size). Above 64 KiB they travel in one sealed memfd that
+    /// every worker maps, not through each worker's channel. A plain field costs its
+    /// encoding on every job, changed or not (1–2 ms per MiB): above 1 MiB,
+    /// put read-only data in an [`crate::Input`] and other large values in a
+    /// [`crate::Param`].
+    pub param_bytes: u64,
     /// Messages that carried input descriptors to workers in this job (one per worker
     /// that did not hold all of the job's inputs yet; counted in `ipc_messages`). 0 when
     /// every worker already held them.
@@ -1678,13 +1689,22 @@ impl Pool {
             crate::engine::fault::check_faults(&options.faults, dispenser.chunks_up_to(last))?;
         }
         // Each `Input` field writes an index and lists itself; the data is never encoded.
-        let (params, inputs) = crate::engine::input::encoding(|| postcard::to_stdvec(workload));
+        // `Param` fields too, each in a memfd of its own, encoded only when it changed.
+        let (params, encoded) =
+            crate::engine::input::encoding_params(&mut self.specs.param_cache, || {
+                crate::engine::protocol::encode(workload)
+            });
         let params = params.map_err(|e| Error::Ipc(format!("cannot encode the workload: {e}")))?;
-        if inputs.len() > MAX_INPUTS {
+        let (mut inputs, param_values) = (encoded.inputs, encoded.param_bytes);
+        // One more place for the parameters themselves, when they are large.
+        let shared = inputs.len() + usize::from(params.len() > SEALED_PARAMS_BYTES);
+        if shared > MAX_INPUTS {
             return Err(Error::invalid_input(format!(
-                "{} holds {} distinct procpool::Input values; a job may share at most {MAX_INPUTS}",
+                "{} shares {shared} memfds (its distinct procpool::Input and procpool::Param \
+                 values, and its parameters when above {} KiB); a job may share at most \
+                 {MAX_INPUTS}",
                 W::NAME,
-                inputs.len()
+                SEALED_PARAMS_BYTES >> 10
             )));
         }
         let input_refs: Vec<InputRef> = inputs
@@ -1695,7 +1715,8 @@ impl Pool {
                 elem_size: s.elem_size() as u32,
             })
             .collect();
-        let input_bytes: u64 = input_refs.iter().map(|i| i.bytes).sum();
+        let input_bytes = input_refs.iter().map(|i| i.bytes).sum::<u64>() - param_values;
+        let param_bytes = params.len() as u64 + param_values;
         // The queue's chunk table (a done byte and a reduction per chunk) follows the
         // results; with a measured chunk size, the probes' table first (it grows later).
         let table_chunks = match options.dispatch {
@@ -1755,11 +1776,12 @@ impl Pool {
         }
         let job = self.next_job;
         self.next_job += 1;
-        let spec = self.spec(JobSpec {
+        let spec = JobSpec {
             job,
             spec_id: 0,
             workload: W::NAME.to_string(),
-            params,
+            params: Default::default(),
+            params_sealed: false,
             elem_size: elem_size as u32,
             inputs: input_refs,
             faults: options.faults.clone(),
@@ -1767,7 +1789,15 @@ impl Pool {
             layout,
             reduce_slot: want.reduce_slot,
             output: want.output,
-        });
+        };
+        let spec = self
+            .specs
+            .complete(spec, params, &mut inputs)
+            .map_err(|e| {
+                Error::Ipc(format!(
+                    "cannot place the job's {param_bytes}-byte parameters in a sealed memfd: {e}"
+                ))
+            })?;
         self.job_stop = quiesce::JobStop::new(options, &self.waker, began);
         if let Some(stop) = self.job_stop.due() {
             self.job_stop = quiesce::JobStop::default();
@@ -1785,6 +1815,7 @@ impl Pool {
         self.job_inputs.clear();
         let result = result.map(|mut stats| {
             stats.input_bytes = input_bytes;
+            stats.param_bytes = param_bytes;
             stats.input_sends = self.input_sends;
             stats
         });
@@ -1811,21 +1842,6 @@ impl Pool {
                 Err(e)
             }
         }
-    }
-
-    /// Gives `spec` its id: the last job's id when nothing but the job number changed,
-    /// else a new one.
-    fn spec(&mut self, mut spec: JobSpec) -> JobSpec {
-        let key = {
-            let mut same = spec.clone();
-            same.job = 0;
-            postcard::to_stdvec(&same).unwrap_or_default()
-        };
-        if key != self.specs.0 || self.specs.1 == 0 {
-            self.specs = (key, self.specs.1 + 1);
-        }
-        spec.spec_id = self.specs.1;
-        spec
     }
 
     /// Opens a posting that sends the workers to their channels for chunks (channel
@@ -1856,6 +1872,10 @@ impl Pool {
     /// Sends `spec` to every connected worker that does not have it yet.
     fn send_spec(&mut self, spec: &JobSpec) -> (u64, u64) {
         let mut sent = (0, 0);
+        // A few hundred bytes at most (large parameters travel in a sealed memfd, among
+        // the inputs): made and measured once, cloned per worker.
+        let job = ToWorker::Job(spec.clone());
+        let size = crate::engine::protocol::wire_size(&job);
         for (slot, w) in self.workers.iter_mut().enumerate() {
             if w.spec_sent == spec.spec_id {
                 continue;
@@ -1881,8 +1901,7 @@ impl Pool {
                 sent = (sent.0 + 1, sent.1 + crate::engine::sealed::BATCH_BYTES);
                 self.input_sends += 1;
             }
-            let msg = ToWorker::Job(spec.clone());
-            let size = crate::engine::protocol::wire_size(&msg);
+            let msg = job.clone();
             // Wake it to read the spec: a large one fills the socket and the send waits
             // until the worker reads, which it would otherwise do only when its sleep ends.
             self.control.announce_spec(slot, spec.spec_id);

@@ -414,6 +414,7 @@ impl Pool {
             // Filled in by `Pool::job`.
             input_bytes: 0,
             input_sends: 0,
+            param_bytes: 0,
             shm_bytes: if job.spec.output {
                 n * u64::from(job.spec.elem_size)
             } else {
