@@ -7,7 +7,9 @@
 use procpool::Mode;
 use procpool::StartMethod;
 use procpool::workload::{Collatz, Hash, Mandelbrot, Spin, Squares};
-use procpool::{ChunkOrder, Dispatch, Input, JobOptions, Pool, Registry, RunOptions, Workload};
+use procpool::{
+    ChunkOrder, Dispatch, Input, JobOptions, Param, Pool, Registry, RunOptions, Workload,
+};
 use serde::{Deserialize, Serialize};
 
 fn main() -> Result<(), procpool::Error> {
@@ -15,7 +17,9 @@ fn main() -> Result<(), procpool::Error> {
     procpool::init_with(
         Registry::builtin()
             .register::<SharedRows>()
-            .register::<CopiedRows>(),
+            .register::<CopiedRows>()
+            .register::<PlainBytes>()
+            .register::<HeldBytes>(),
     );
     let machine = procpool::lab::Machine::read();
     println!(
@@ -57,6 +61,39 @@ fn main() -> Result<(), procpool::Error> {
         }
     }
 
+    // Large parameters: a `Vec<u8>` field with a new value every job, 2 workers, both
+    // dispatch paths interleaved; then a tiny job holding an unchanged 50 MiB `Param`
+    // against the same tiny job without it, on two pools, alternately.
+    // `cargo bench --bench targets -- params` runs only these rows and the next.
+    if only.as_deref().is_none_or(|o| "params".contains(o)) {
+        for (label, bytes, goal_ms) in [
+            ("512 KiB", 512 << 10, 5.0),
+            ("4 MiB", 4 << 20, 20.0),
+            ("30.5 MiB", 32_000_000, 150.0),
+        ] {
+            let (queue, channel) = new_params_per_job(bytes)?;
+            rows.push(Row::at_most(
+                format!(
+                    "a new {label} Vec<u8> parameter each job, 2 workers: ms per job, queue \
+                     (channel {:.1} ms), median of 7",
+                    channel * 1e3
+                ),
+                queue * 1e3,
+                goal_ms,
+            ));
+        }
+        let (param, plain) = unchanged_param_cost()?;
+        rows.push(Row::at_most(
+            format!(
+                "an unchanged 50 MiB Param<Vec<u8>> in a tiny job: ms added (a plain Vec<u8>: \
+                 {:.1} ms), median of 15",
+                plain * 1e3
+            ),
+            param * 1e3,
+            1.0,
+        ));
+    }
+
     // A kernel panic costs the job, not the workers: the job after it runs on the same
     // processes (its spec differs from the panicking job's fault list, so it goes to the
     // workers again). `cargo bench --bench targets -- panic` runs only this row.
@@ -78,7 +115,8 @@ fn main() -> Result<(), procpool::Error> {
 
     // A 30.5 MiB input carried as a shared `Input<f64>` against a `Vec<f64>` field in the
     // parameters, on one long-lived 2-worker pool; every job changes a parameter, so its
-    // spec goes to the workers again (the Vec with it, the Input as an index). Interleaved.
+    // spec goes to the workers again (the Vec encoded with it, the Input as an index).
+    // Interleaved.
     let (mut shared_s, mut copied_s, mut shared_ipc, mut copied_ipc) =
         (vec![], vec![], vec![], vec![]);
     {
@@ -111,14 +149,14 @@ fn main() -> Result<(), procpool::Error> {
             // The first round of each sends the data (descriptor or bytes) for the first
             // time: both are kept, as the median sees them.
             shared_s.push(wall);
-            shared_ipc.push(run.stats().ipc_bytes as f64);
+            shared_ipc.push(run.stats().param_bytes as f64);
             drop(run);
             let began = std::time::Instant::now();
             let run = pool.run(&copied, INPUT_ROWS as u64)?;
             let wall = began.elapsed().as_secs_f64();
             assert_eq!(run.results(), &expected[..], "a verified answer");
             copied_s.push(wall);
-            copied_ipc.push(run.stats().ipc_bytes as f64);
+            copied_ipc.push(run.stats().param_bytes as f64);
         }
     }
     let (shared_s, copied_s) = (median(shared_s), median(copied_s));
@@ -135,11 +173,16 @@ fn main() -> Result<(), procpool::Error> {
     ));
     rows.push(Row::at_least(
         format!(
-            "  … IPC bytes per job: Vec<f64> ({copied_ipc:.0} B) / Input<f64> ({shared_ipc:.0} B)"
+            "  … parameter bytes encoded per job: Vec<f64> ({copied_ipc:.0} B) / Input<f64> \
+             ({shared_ipc:.0} B)"
         ),
         copied_ipc / shared_ipc,
         10_000.0,
     ));
+    if only.is_some() {
+        print_rows(&rows);
+        return Ok(());
+    }
 
     // Worker start, per worker, fork first: it needs this process single-threaded, which it
     // is again once each pool is dropped.
@@ -509,6 +552,130 @@ impl Workload for CopiedRows {
     fn kernel(&self, range: std::ops::Range<u64>, out: &mut [f64]) {
         row_sums(&self.data, self.round, range, out);
     }
+}
+
+/// Element `i`: `i` plus the parameter's length, first and last byte (a tiny job whatever
+/// the parameter's size, whose answer shows the worker got the value).
+fn bytes_kernel(bytes: &[u8], range: std::ops::Range<u64>, out: &mut [u64]) {
+    let ends = match bytes {
+        [] => 0,
+        [first, .., last] => u64::from(*first) + u64::from(*last),
+        [one] => 2 * u64::from(*one),
+    };
+    for (slot, i) in out.iter_mut().zip(range) {
+        *slot = i + bytes.len() as u64 + ends;
+    }
+}
+
+/// A plain `Vec<u8>` parameter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PlainBytes {
+    bytes: Vec<u8>,
+}
+
+impl Workload for PlainBytes {
+    const NAME: &'static str = "bench-plain-bytes";
+    type Output = u64;
+    fn kernel(&self, range: std::ops::Range<u64>, out: &mut [u64]) {
+        bytes_kernel(&self.bytes, range, out);
+    }
+}
+
+/// The same bytes held in a `Param`, beside a field that changes every job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HeldBytes {
+    round: u64,
+    bytes: Param<Vec<u8>>,
+}
+
+impl Workload for HeldBytes {
+    const NAME: &'static str = "bench-held-bytes";
+    type Output = u64;
+    fn kernel(&self, range: std::ops::Range<u64>, out: &mut [u64]) {
+        bytes_kernel(&self.bytes, range, out);
+        out.iter_mut().for_each(|x| *x += self.round);
+    }
+}
+
+/// Median seconds per job of 7 jobs (after one that starts the workers), each with a new
+/// `bytes`-long parameter, on a 2-worker pool: queue dispatch, channel dispatch,
+/// interleaved. Every answer is checked.
+fn new_params_per_job(bytes: usize) -> Result<(f64, f64), procpool::Error> {
+    let mut pools = Vec::new();
+    for dispatch in [Dispatch::Queue, Dispatch::Channel] {
+        let options = JobOptions {
+            dispatch,
+            ..JobOptions::default()
+        };
+        pools.push((Pool::builder().workers(2).build()?, options, Vec::new()));
+    }
+    for round in 0..8u8 {
+        for (pool, options, times) in &mut pools {
+            let work = PlainBytes {
+                bytes: vec![round; bytes],
+            };
+            let mut expected = vec![0; 4];
+            bytes_kernel(&work.bytes, 0..4, &mut expected);
+            let began = std::time::Instant::now();
+            let run = pool.run_with(&work, 4, options)?;
+            let took = began.elapsed().as_secs_f64();
+            assert_eq!(run.results(), &expected[..], "a verified answer");
+            // The bytes and their length (a varint).
+            let param_bytes = run.stats().param_bytes as usize;
+            assert!(
+                (bytes + 1..=bytes + 5).contains(&param_bytes),
+                "{param_bytes}"
+            );
+            if round > 0 {
+                times.push(took);
+            }
+        }
+    }
+    let mut medians = pools.into_iter().map(|(_, _, t)| median(t));
+    Ok((medians.next().unwrap_or(0.0), medians.next().unwrap_or(0.0)))
+}
+
+/// What an unchanged 50 MiB parameter adds to a tiny job: held in a `Param` (beside a
+/// `round` that changes every job), then as a plain `Vec<u8>`; seconds, see [`added`].
+fn unchanged_param_cost() -> Result<(f64, f64), procpool::Error> {
+    const BYTES: usize = 50 << 20;
+    let (big, empty) = (Param::new(vec![3u8; BYTES]), Param::new(Vec::new()));
+    let param = added(|round, large| HeldBytes {
+        round,
+        bytes: if large { big.clone() } else { empty.clone() },
+    })?;
+    let plain = vec![3u8; BYTES];
+    let plain = added(|_, large| PlainBytes {
+        bytes: if large { plain.clone() } else { Vec::new() },
+    })?;
+    Ok((param, plain))
+}
+
+/// Median seconds of a tiny job made by `make(round, true)` minus that of `make(round,
+/// false)`, 15 jobs each (after one that starts the workers), alternately on two 2-worker
+/// pools. The value is made before the clock starts (a clone is the caller's cost);
+/// every answer is checked.
+fn added<W: Workload<Output = u64>>(make: impl Fn(u64, bool) -> W) -> Result<f64, procpool::Error> {
+    let mut pools = Vec::new();
+    for large in [true, false] {
+        pools.push((large, Pool::builder().workers(2).build()?, Vec::new()));
+    }
+    for round in 0..16u64 {
+        for (large, pool, times) in &mut pools {
+            let work = make(round, *large);
+            let mut expected = vec![0; 2];
+            work.kernel(0..2, &mut expected);
+            let began = std::time::Instant::now();
+            let run = pool.run(&work, 2)?;
+            let took = began.elapsed().as_secs_f64();
+            assert_eq!(run.results(), &expected[..], "a verified answer");
+            if round > 0 {
+                times.push(took);
+            }
+        }
+    }
+    let mut medians = pools.into_iter().map(|(_, _, t)| median(t));
+    Ok(medians.next().unwrap_or(0.0) - medians.next().unwrap_or(0.0))
 }
 
 fn row_sums(data: &[f64], round: u64, range: std::ops::Range<u64>, out: &mut [f64]) {

@@ -94,6 +94,10 @@
 //!   (`examples/streaming_results.rs`).
 //! - **Shared input**: [`Input`] (`examples/matvec.rs`: a 30.5 MiB matrix, under 1 KiB of
 //!   messages).
+//! - **Large parameters**: a plain field is encoded on every job (1–2 ms per
+//!   MiB) to see whether it changed; hold read-only data in an [`Input`] and other large
+//!   values in a [`Param`], which an unchanged job does not encode or send again (see
+//!   [`Workload`] for the rule, [`JobStats::param_bytes`] for the size).
 //! - **A timeline**: [`JobOptions::trace`] records every chunk attempt (worker, start,
 //!   end, attempt) and the deaths, restarts and retries in [`JobStats::trace`], a
 //!   [`Trace`]; [`report::trace::chrome_trace`] turns it into a file Perfetto opens.
@@ -190,6 +194,7 @@ pub use engine::cancel::Cancel;
 pub use engine::fault::Fault;
 pub use engine::input::Input;
 pub use engine::interrupt::Interrupt;
+pub use engine::param::Param;
 pub use engine::pool::{
     AutoChunk, Chunk, ChunkOrder, Death, Event, JobOptions, JobStats, Observer, Pool, PoolBuilder,
     PoolOptions, PoolRun, Reduced, StartMethod, Supervision, Trace, TraceAttempt, TraceEvent,

@@ -60,6 +60,7 @@ const TOP: &[&str] = &[
     "channel_result_bytes",
     "shm_bytes",
     "input_bytes",
+    "param_bytes",
     "claims",
     "worker_sleeps",
     "parent_sleeps",
@@ -255,6 +256,7 @@ const LIMITS: &[&str] = &[
     "imbalanced",
     "memory-bound",
     "io-bound",
+    "large-params",
     "scaling",
 ];
 /// Names the README section puts in backticks that are values, not keys (besides `LIMITS`).

@@ -35,6 +35,12 @@ use crate::error::{Error, Result};
 /// Ids for inputs created in this process (the parent): 0 is never used.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A new id for a sealed memfd of this process (an input, or parameters a job carries in
+/// one): unique among them, never 0.
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A read-only slice of plain data shared with every worker through one sealed memfd.
 ///
 /// Hold it as a field of your workload; read it in the kernel like a slice (it derefs to
@@ -107,8 +113,7 @@ impl<T: bytemuck::Pod> Input<T> {
             &[("shared input", bytes.len() as u128)],
             &crate::engine::limits::Machine::read(),
         )?;
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let sealed = Sealed::create(id, bytes, elem_size).map_err(|e| {
+        let sealed = Sealed::create(next_id(), bytes, elem_size).map_err(|e| {
             Error::invalid_input(format!(
                 "cannot place {what} ({} bytes) in a sealed memfd: {e}",
                 bytes.len()
@@ -162,27 +167,189 @@ impl<T: bytemuck::Pod> fmt::Debug for Input<T> {
 
 /// What serializing an `Input` does on this thread right now.
 enum Context {
-    /// A pool encodes a job: inputs go into this list, their index into the bytes.
-    Encode(Vec<Arc<Sealed>>),
+    /// A pool encodes a job: inputs go into this list, their index into the bytes; with
+    /// a cache, so do [`crate::Param`] values (each encoded into a sealed memfd of its
+    /// own the first time the pool sees it).
+    Encode(Vec<Arc<Sealed>>, Option<ParamCache>),
     /// The lab describes the workload for a report: an input is its size.
     Describe,
+}
+
+/// The sealed encodings of [`crate::Param`] values a pool sent, by the value's identity:
+/// a value seen again is not encoded again.
+#[derive(Debug, Default)]
+pub(crate) struct ParamCache {
+    pub(crate) known: std::collections::HashMap<u64, Arc<Sealed>>,
+    /// The identities the job being encoded holds.
+    used: Vec<u64>,
+}
+
+impl ParamCache {
+    /// Forgets the values the last encoded job did not hold; returns the bytes of those
+    /// it held (each distinct value once).
+    fn keep_used(&mut self) -> u64 {
+        let used = std::mem::take(&mut self.used);
+        self.known.retain(|id, _| used.contains(id));
+        self.known.values().map(|s| s.len() as u64).sum()
+    }
+}
+
+/// What serializing a [`crate::Param`] does on this thread right now.
+pub(crate) enum ParamSlot {
+    /// A pool encodes a job: the value is the job's input at this index.
+    Index(u32),
+    /// Anywhere else: the value is written in place.
+    Inline,
+}
+
+/// Where the [`crate::Param`] of identity `id` goes in the job being encoded: its cached
+/// memfd, else a new one holding `encode()`, listed among the job's inputs. Outside a
+/// pool's encoding, [`ParamSlot::Inline`]. `encode` runs outside any context, so what it
+/// holds is written in place.
+pub(crate) fn param_slot(
+    id: u64,
+    encode: impl FnOnce() -> std::result::Result<Vec<u8>, String>,
+) -> std::result::Result<ParamSlot, String> {
+    let cached = ENCODE.with(|c| match &mut *c.borrow_mut() {
+        Some(Context::Encode(inputs, Some(cache))) => {
+            let sealed = cache.known.get(&id).cloned();
+            Some(sealed.map(|s| {
+                cache.used.push(id);
+                list(inputs, &s)
+            }))
+        }
+        _ => None,
+    });
+    match cached {
+        None => return Ok(ParamSlot::Inline),
+        Some(Some(index)) => return Ok(ParamSlot::Index(index)),
+        Some(None) => {}
+    }
+    let outer = ENCODE.with(|c| c.replace(None));
+    let bytes = encode();
+    ENCODE.with(|c| c.replace(outer));
+    let bytes = bytes?;
+    let sealed = Sealed::create(next_id(), &bytes, 1).map_err(|e| {
+        format!(
+            "cannot place a {}-byte Param in a sealed memfd: {e}",
+            bytes.len()
+        )
+    })?;
+    let sealed = Arc::new(sealed);
+    ENCODE.with(|c| match &mut *c.borrow_mut() {
+        Some(Context::Encode(inputs, Some(cache))) => {
+            cache.known.insert(id, Arc::clone(&sealed));
+            cache.used.push(id);
+            Ok(ParamSlot::Index(list(inputs, &sealed)))
+        }
+        _ => Err("the job's encoding ended while a Param was encoded".to_string()),
+    })
+}
+
+/// The index of `sealed` in `inputs`, listing it first if it is not there yet.
+fn list(inputs: &mut Vec<Arc<Sealed>>, sealed: &Arc<Sealed>) -> u32 {
+    match inputs.iter().position(|s| s.id() == sealed.id()) {
+        Some(index) => index as u32,
+        None => {
+            inputs.push(Arc::clone(sealed));
+            (inputs.len() - 1) as u32
+        }
+    }
+}
+
+/// The value a worker decodes from the sealed memfd at `index` of the job it is decoding:
+/// `decode(bytes)` the first time, then the same value while later jobs list the same
+/// memfd (kept beside it, checked by type). `decode` runs outside the context.
+pub(crate) fn param_sealed<T: Send + Sync + 'static>(
+    index: u32,
+    decode: impl FnOnce(&[u8]) -> std::result::Result<T, String>,
+) -> std::result::Result<Arc<T>, String> {
+    let sealed = DECODE.with(|c| match &*c.borrow() {
+        None => Err("a Param index outside a worker's decoding".to_string()),
+        Some(inputs) => inputs.get(index as usize).cloned().ok_or_else(|| {
+            format!(
+                "Param index {index} is out of range: the job has {} inputs",
+                inputs.len()
+            )
+        }),
+    })?;
+    let known = DECODED.with(|d| {
+        d.borrow()
+            .iter()
+            .find(|(s, _)| Arc::ptr_eq(s, &sealed))
+            .and_then(|(_, v)| Arc::clone(v).downcast::<T>().ok())
+    });
+    if let Some(value) = known {
+        return Ok(value);
+    }
+    let outer = DECODE.with(|c| c.replace(None));
+    let result = decode(sealed.bytes());
+    DECODE.with(|c| c.replace(outer));
+    let value = Arc::new(result?);
+    DECODED.with(|d| {
+        let value: Arc<dyn std::any::Any + Send + Sync> = Arc::clone(&value) as _;
+        d.borrow_mut().push((sealed, value));
+    });
+    Ok(value)
+}
+
+/// Whether this thread decodes a job for a worker right now (a [`crate::Param`] then
+/// reads an index, not its value).
+pub(crate) fn in_decoding() -> bool {
+    DECODE.with(|c| c.borrow().is_some())
 }
 
 thread_local! {
     static ENCODE: RefCell<Option<Context>> = const { RefCell::new(None) };
     static DECODE: RefCell<Option<Vec<Arc<Sealed>>>> = const { RefCell::new(None) };
+    /// The values a worker decoded from `Param` memfds, beside their memfd: those of the
+    /// job decoded last, dropped once a job no longer lists their memfd.
+    #[allow(clippy::type_complexity)]
+    static DECODED: RefCell<Vec<(Arc<Sealed>, Arc<dyn std::any::Any + Send + Sync>)>> =
+        const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` (which serializes a job's workload) in an encoding context; returns its result
 /// and the distinct inputs it serialized, in index order.
 pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Vec<Arc<Sealed>>) {
-    let outer = ENCODE.with(|c| c.replace(Some(Context::Encode(Vec::new()))));
+    let outer = ENCODE.with(|c| c.replace(Some(Context::Encode(Vec::new(), None))));
     let result = f();
     let inner = ENCODE.with(|c| c.replace(outer));
     match inner {
-        Some(Context::Encode(inputs)) => (result, inputs),
+        Some(Context::Encode(inputs, _)) => (result, inputs),
         _ => (result, Vec::new()),
     }
+}
+
+/// What [`encoding_params`] found besides the encoded bytes.
+#[derive(Debug, Default)]
+pub(crate) struct Encoded {
+    /// The job's sealed memfds in index order: its `Input`s and its `Param` values.
+    pub(crate) inputs: Vec<Arc<Sealed>>,
+    /// Bytes of the `Param` values' encodings among them (each distinct value once).
+    pub(crate) param_bytes: u64,
+}
+
+/// [`encoding`] for a pool's job: [`crate::Param`] values go into sealed memfds too,
+/// found in `cache` when the pool saw them before (and not encoded again). The cache
+/// keeps only the values this job holds.
+pub(crate) fn encoding_params<R>(cache: &mut ParamCache, f: impl FnOnce() -> R) -> (R, Encoded) {
+    let context = Context::Encode(Vec::new(), Some(std::mem::take(cache)));
+    let outer = ENCODE.with(|c| c.replace(Some(context)));
+    let result = f();
+    let inner = ENCODE.with(|c| c.replace(outer));
+    let Some(Context::Encode(inputs, Some(back))) = inner else {
+        return (result, Encoded::default());
+    };
+    *cache = back;
+    let param_bytes = cache.keep_used();
+    (
+        result,
+        Encoded {
+            inputs,
+            param_bytes,
+        },
+    )
 }
 
 /// The bytes of the distinct inputs `workload` holds (0 when it holds none, or cannot be
@@ -190,6 +357,13 @@ pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Vec<Arc<Sealed>>) {
 pub(crate) fn input_bytes<W: Serialize>(workload: &W) -> u64 {
     let (_, inputs) = encoding(|| postcard::to_stdvec(workload));
     inputs.iter().map(|s| s.len() as u64).sum()
+}
+
+/// The bytes of `workload`'s encoded parameters: its `Input` fields as an index each, its
+/// `Param` fields written in place (0 when it cannot be encoded).
+pub(crate) fn param_bytes<W: Serialize>(workload: &W) -> u64 {
+    let (size, _) = encoding(|| postcard::experimental::serialized_size(workload));
+    size.map_or(0, |n| n as u64)
 }
 
 /// Runs `f` (which serializes a workload for a report) with every input written as its
@@ -204,6 +378,10 @@ pub(crate) fn describing<R>(f: impl FnOnce() -> R) -> R {
 /// Runs `f` (which decodes a job's workload) with `inputs`, the job's inputs in index
 /// order, for its `Input` fields to find.
 pub(crate) fn decoding<R>(inputs: Vec<Arc<Sealed>>, f: impl FnOnce() -> R) -> R {
+    DECODED.with(|d| {
+        d.borrow_mut()
+            .retain(|(s, _)| inputs.iter().any(|i| Arc::ptr_eq(i, s)))
+    });
     let outer = DECODE.with(|c| c.replace(Some(inputs)));
     let result = f();
     DECODE.with(|c| c.replace(outer));
@@ -218,16 +396,7 @@ impl<T: bytemuck::Pod> Serialize for Input<T> {
             Outside,
         }
         let found = ENCODE.with(|c| match &mut *c.borrow_mut() {
-            Some(Context::Encode(inputs)) => {
-                let index = match inputs.iter().position(|s| s.id() == self.sealed.id()) {
-                    Some(index) => index,
-                    None => {
-                        inputs.push(Arc::clone(&self.sealed));
-                        inputs.len() - 1
-                    }
-                };
-                Found::Index(index as u32)
-            }
+            Some(Context::Encode(inputs, _)) => Found::Index(list(inputs, &self.sealed)),
             Some(Context::Describe) => Found::Describe,
             None => Found::Outside,
         });

@@ -16,6 +16,8 @@
 //! - `control`: the control block, the shared-memory chunk queue: the atomics and futexes.
 //! - `input`: [`crate::Input`], a read-only slice shared through a sealed memfd, and
 //!   the thread-local contexts that (de)serialize it as an index.
+//! - `param`: [`crate::Param`], a parameter value with an identity, sent once and
+//!   recognised on later jobs without being encoded again.
 //! - `sealed`: the sealed memfd, its read-only mapping and the socket its descriptor
 //!   travels on (the input's `unsafe`).
 //! - `shm`: the shared region (a memfd) and its mappings: most of the crate's `unsafe`.
@@ -33,6 +35,7 @@ pub(crate) mod fault;
 pub(crate) mod input;
 pub(crate) mod interrupt;
 pub(crate) mod limits;
+pub(crate) mod param;
 pub(crate) mod pool;
 pub(crate) mod protocol;
 pub(crate) mod schedule;

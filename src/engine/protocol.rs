@@ -13,7 +13,7 @@ use crate::engine::fault::Fault;
 pub(crate) use crate::workload::Registered;
 
 /// Bumped whenever a message changes shape; a worker from another build is refused.
-pub(crate) const PROTOCOL_VERSION: u32 = 7;
+pub(crate) const PROTOCOL_VERSION: u32 = 8;
 
 /// The first argument that turns a procpool-linked binary into a worker (see [`crate::init`]).
 pub(crate) const WORKER_ARG: &str = "__procpool_worker";
@@ -64,8 +64,13 @@ pub(crate) struct JobSpec {
     pub spec_id: u64,
     /// Registry name of the workload.
     pub workload: String,
-    /// The workload value, postcard-encoded.
-    pub params: Vec<u8>,
+    /// The workload value, postcard-encoded, when it is small enough to travel in the
+    /// message (empty when `params_sealed`).
+    pub params: serde_bytes::ByteBuf,
+    /// The encoded workload is too large for a message (more than
+    /// [`SEALED_PARAMS_BYTES`]): it is the last of `inputs`, a sealed memfd the worker
+    /// maps and decodes like the other inputs.
+    pub params_sealed: bool,
     /// Size of one output element in bytes.
     pub elem_size: u32,
     /// The job's shared read-only inputs, in the order the parameters index them: sizes
@@ -88,6 +93,15 @@ pub(crate) struct JobSpec {
     /// the kernel into memory of its own.
     pub output: bool,
 }
+
+/// Encoded parameters larger than this travel in a sealed memfd, not in the spec's message.
+///
+/// Why 64 KiB: a message this small fits in a channel's socket buffer (about 208 KiB by
+/// default) beside the few others that may be queued, so sending it never waits for the
+/// worker to read; and a memfd costs a few system calls (tens of microseconds), less than
+/// copying 64 KiB through a socket twice per worker. Above it, the parameters are written
+/// once, whatever the number of workers, and every worker maps the same pages.
+pub(crate) const SEALED_PARAMS_BYTES: usize = 64 << 10;
 
 /// One shared input of a job, as the spec names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,6 +245,16 @@ pub(crate) fn wire_size<T: Serialize>(msg: &T) -> u64 {
     postcard::serialize_with_flavor::<T, _, usize>(msg, postcard::ser_flavors::Size::default())
         .map(|n| n as u64)
         .unwrap_or(0)
+}
+
+/// `value` postcard-encoded into a buffer sized first: for large parameters (a `Vec<u8>`
+/// of megabytes) a third of the time of encoding into a growing vector.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> postcard::Result<Vec<u8>> {
+    let len = postcard::experimental::serialized_size(value)?;
+    let mut buf = vec![0u8; len];
+    let used = postcard::to_slice(value, &mut buf)?.len();
+    buf.truncate(used);
+    Ok(buf)
 }
 
 /// Size counted for a `Welcome`: its tag, the channel's descriptor travels beside the bytes.

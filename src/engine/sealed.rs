@@ -69,10 +69,7 @@ impl Sealed {
         file.set_len(bytes.len() as u64)?;
         file.write_all(bytes)?;
         let fd = OwnedFd::from(file);
-        fcntl(
-            &fd,
-            FcntlArg::F_ADD_SEALS(required_seals() | SealFlag::F_SEAL_SEAL),
-        )?;
+        seal(&fd)?;
         let ptr = map(fd.as_fd(), bytes.len())?;
         Ok(Sealed {
             id,
@@ -168,6 +165,26 @@ impl Drop for Sealed {
             // SAFETY: `ptr`/`len` are the mapping `map` made; every slice into it borrows
             // `self`, so none outlives this drop.
             let _ = unsafe { munmap(ptr.cast::<c_void>(), self.len) };
+        }
+    }
+}
+
+/// Seals a memfd just written against every change. The kernel refuses the write seal
+/// with `EBUSY` while some of its pages are still referenced elsewhere for a moment (seen
+/// on a busy machine with tens of MiB just written: pages not yet out of the kernel's
+/// per-CPU lists); the kernel itself waits a few milliseconds, so this tries again, for a
+/// second at most.
+fn seal(fd: &OwnedFd) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match fcntl(
+            fd,
+            FcntlArg::F_ADD_SEALS(required_seals() | SealFlag::F_SEAL_SEAL),
+        ) {
+            Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            sealed => return sealed.map(drop).map_err(io::Error::from),
         }
     }
 }

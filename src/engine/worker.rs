@@ -687,9 +687,20 @@ impl Worker<'_> {
             };
             let inputs = self.job_inputs(&spec);
             let instantiated = inputs.and_then(|inputs| {
+                // Large parameters are the spec's last input, mapped and checked like any.
+                let params = match spec.params_sealed {
+                    true => Some(
+                        inputs
+                            .last()
+                            .cloned()
+                            .ok_or("sealed parameters, no input")?,
+                    ),
+                    false => None,
+                };
+                let params = params.as_ref().map_or(&spec.params[..], |p| p.bytes());
                 crate::engine::input::decoding(inputs, || {
                     self.registry
-                        .instantiate(&spec.workload, &spec.params, spec.elem_size as usize)
+                        .instantiate(&spec.workload, params, spec.elem_size as usize)
                 })
             });
             return match instantiated {

@@ -103,6 +103,11 @@ pub struct OutputReport {
     pub write_s: f64,
 }
 
+/// Encoded parameters above this (1 MiB) are large: a plain field costs its encoding on
+/// every job (1–2 ms per MiB) and its decoding in every worker whenever it
+/// changes. The report shows them, and its advice says `large-params`.
+pub(crate) const LARGE_PARAMS_BYTES: u64 = 1 << 20;
+
 /// Everything a run measured. Field names carry their units (`_s` seconds, `_bytes`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -207,6 +212,10 @@ pub struct Report {
     /// each distinct input once: one sealed memfd every worker maps, never copied into a
     /// message (0: none).
     pub input_bytes: u64,
+    /// Bytes of the workload's encoded parameters (postcard; `Input` fields as an index,
+    /// `Param` fields at their encoded size): what each worker is sent when they change.
+    /// Above 1 MiB the advice suggests an `Input` or a `Param`.
+    pub param_bytes: u64,
     /// Chunks claimed from the shared-memory queue, retries included (queue dispatch).
     pub claims: u64,
     /// Times a worker slept on the queue's futex waiting for work (queue dispatch).

@@ -607,7 +607,9 @@ pub(crate) fn build_report<W: Workload>(
         &stats.workers,
         last.verify.as_secs_f64(),
     );
+    let param_bytes = crate::engine::input::param_bytes(workload);
     let observations = Observations {
+        param_bytes,
         workers,
         cores_logical: machine.cores_logical,
         n,
@@ -678,6 +680,7 @@ pub(crate) fn build_report<W: Workload>(
         channel_result_bytes: stats.channel_result_bytes,
         shm_bytes: stats.shm_bytes,
         input_bytes: crate::engine::input::input_bytes(workload),
+        param_bytes,
         claims: stats.claims,
         worker_sleeps: stats.worker_sleeps,
         parent_sleeps: stats.parent_sleeps,

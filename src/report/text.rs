@@ -374,6 +374,13 @@ pub fn render_text(r: &Report) -> String {
             human_bytes(u128::from(r.input_bytes))
         );
     }
+    if r.param_bytes > crate::lab::model::LARGE_PARAMS_BYTES {
+        let _ = writeln!(
+            s,
+            "  parameters   {} encoded, sent to each worker when they change",
+            human_bytes(u128::from(r.param_bytes))
+        );
+    }
     if !r.per_worker.is_empty() {
         // Claims only with the queue (with channel dispatch a worker claims nothing).
         let queue = r.dispatch == Some(Dispatch::Queue);
@@ -580,6 +587,7 @@ mod tests {
             ipc_bytes: 655,
             channel_result_bytes: 0,
             input_bytes: 0,
+            param_bytes: 0,
             shm_bytes: 8_000_000,
             claims: if queue { 1000 } else { 0 },
             worker_sleeps: if queue { 3 } else { 0 },

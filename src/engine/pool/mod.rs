@@ -17,6 +17,7 @@ mod private_dir;
 mod queue;
 mod quiesce;
 mod spawn;
+mod spec;
 mod stats;
 mod supervise;
 mod trace;
@@ -34,7 +35,9 @@ use ipc_channel::ipc::{IpcReceiverSet, IpcSender};
 use crate::engine::control::Control;
 use crate::engine::limits::{Machine, check_memory};
 use crate::engine::protocol::ToWorker;
-use crate::engine::protocol::{Dispatch, InputRef, JobSpec, Layout, Registered, Transport};
+use crate::engine::protocol::{
+    Dispatch, InputRef, JobSpec, Layout, Registered, SEALED_PARAMS_BYTES, Transport,
+};
 use crate::engine::schedule::{Dispenser, Schedule};
 use crate::engine::sealed::{MAX_INPUTS, Sealed};
 use crate::engine::shm::{Mapping, SharedRegion};
@@ -120,7 +123,7 @@ pub struct Pool {
     waker_rid: u64,
     /// The last job spec's identity (workload, parameters, faults, …) and its id: jobs
     /// with the same spec reuse the id, and workers that have it are not sent it again.
-    specs: SpecIdentity,
+    specs: spec::Specs,
     /// The next posting's id.
     next_posting: u64,
     /// Where spawned workers put their handshake sockets; removed with the pool.
@@ -160,17 +163,6 @@ pub struct Pool {
     draining: Option<quiesce::Draining>,
 }
 
-/// The last job spec's identity (workload, parameters, faults, …, without the job number)
-/// and the id it was given: jobs with the same spec reuse the id, and workers that have it
-/// are not sent it again.
-#[derive(Debug, Default)]
-struct SpecIdentity {
-    /// The spec without its job number, encoded.
-    key: Vec<u8>,
-    /// Its id (0: none yet).
-    id: u64,
-}
-
 /// What starting workers cost outside a job (while the pool started, or between jobs),
 /// charged to the next job: it counts their handshakes and their deaths as its own.
 #[derive(Debug, Default)]
@@ -194,25 +186,47 @@ struct Recycle {
 struct Encoded {
     /// Its parameters, postcard-encoded.
     params: Vec<u8>,
-    /// The shared inputs it holds, in the order the spec lists them.
-    inputs: Vec<Arc<Sealed>>,
-    /// What the spec says of each.
+    /// The memfds it shares and their sizes.
+    shared: JobInputs,
+    /// What the spec says of each memfd.
     refs: Vec<InputRef>,
 }
 
-/// Encodes a workload's parameters for the workers and lists the shared inputs it holds
-/// (each `Input` field writes an index and lists itself; the data is never encoded).
-fn encode<W: Workload>(workload: &W) -> Result<Encoded> {
-    let (params, inputs) = crate::engine::input::encoding(|| postcard::to_stdvec(workload));
+/// What a job shares with the workers through memfds, in the order its spec lists them:
+/// its [`crate::Input`] and [`crate::Param`] values (and, once the spec is complete, its
+/// parameters when large). Their descriptors go to each worker that does not hold them
+/// yet.
+pub(super) struct JobInputs {
+    pub(super) sealed: Vec<Arc<Sealed>>,
+    /// Bytes of its `Input` values.
+    pub(super) input_bytes: u64,
+    /// Bytes of its encoded parameters, `Param` values included.
+    pub(super) param_bytes: u64,
+}
+
+/// Encodes a workload's parameters for the workers and lists the memfds it shares (each
+/// `Input` field writes an index and lists itself, the data never encoded; each `Param`
+/// field too, in a memfd of its own, encoded only when it changed).
+fn encode<W: Workload>(
+    workload: &W,
+    cache: &mut crate::engine::input::ParamCache,
+) -> Result<Encoded> {
+    let (params, encoded) =
+        crate::engine::input::encoding_params(cache, || crate::engine::protocol::encode(workload));
     let params = params.map_err(|e| Error::Ipc(format!("cannot encode the workload: {e}")))?;
-    if inputs.len() > MAX_INPUTS {
+    let (inputs, param_values) = (encoded.inputs, encoded.param_bytes);
+    // One more place for the parameters themselves, when they are large.
+    let shared = inputs.len() + usize::from(params.len() > SEALED_PARAMS_BYTES);
+    if shared > MAX_INPUTS {
         return Err(Error::invalid_input(format!(
-            "{} holds {} distinct procpool::Input values; a job may share at most {MAX_INPUTS}",
+            "{} shares {shared} memfds (its distinct procpool::Input and procpool::Param \
+             values, and its parameters when above {} KiB); a job may share at most \
+             {MAX_INPUTS}",
             W::NAME,
-            inputs.len()
+            SEALED_PARAMS_BYTES >> 10
         )));
     }
-    let input_refs: Vec<InputRef> = inputs
+    let refs: Vec<InputRef> = inputs
         .iter()
         .map(|s| InputRef {
             id: s.id(),
@@ -220,10 +234,16 @@ fn encode<W: Workload>(workload: &W) -> Result<Encoded> {
             elem_size: s.elem_size() as u32,
         })
         .collect();
+    let input_bytes = refs.iter().map(|i| i.bytes).sum::<u64>() - param_values;
+    let param_bytes = params.len() as u64 + param_values;
     Ok(Encoded {
         params,
-        inputs,
-        refs: input_refs,
+        shared: JobInputs {
+            sealed: inputs,
+            input_bytes,
+            param_bytes,
+        },
+        refs,
     })
 }
 
@@ -774,9 +794,9 @@ impl Pool {
         }
         let Encoded {
             params,
-            inputs,
+            mut shared,
             refs: input_refs,
-        } = encode(workload)?;
+        } = encode(workload, &mut self.specs.param_cache)?;
         // The queue's chunk table (a done byte and a reduction per chunk) follows the
         // results; with a measured chunk size, the probes' table first (it grows later).
         let table_chunks = match options.dispatch {
@@ -809,11 +829,12 @@ impl Pool {
         self.size_region(region_len)?;
         let job = self.next_job;
         self.next_job += 1;
-        let spec = self.spec(JobSpec {
+        let spec = JobSpec {
             job,
             spec_id: 0,
             workload: W::NAME.to_string(),
-            params,
+            params: Default::default(),
+            params_sealed: false,
             elem_size: elem_size as u32,
             inputs: input_refs,
             faults: options.faults.clone(),
@@ -821,7 +842,16 @@ impl Pool {
             layout,
             reduce_slot: want.reduce_slot,
             output: want.output,
-        });
+        };
+        let param_bytes = shared.param_bytes;
+        let spec = self
+            .specs
+            .complete(spec, params, &mut shared.sealed)
+            .map_err(|e| {
+                Error::Ipc(format!(
+                    "cannot place the job's {param_bytes}-byte parameters in a sealed memfd: {e}"
+                ))
+            })?;
         self.job_stop = quiesce::JobStop::new(options, &self.waker, began);
         if let Some(stop) = self.job_stop.due() {
             self.job_stop = quiesce::JobStop::default();
@@ -830,7 +860,7 @@ impl Pool {
         observe::tell(&self.observer, Event::JobStarted { n });
         let elem_size = u64::from(spec.elem_size);
         let result = self.with_ring(stream, n, elem_size, |pool, ring| {
-            let core = JobCore::new(pool, spec, n, inputs, options, each);
+            let core = JobCore::new(pool, spec, n, shared, options, each);
             match options.dispatch {
                 Dispatch::Channel => pool.dispatch(core, dispenser, options, ring),
                 Dispatch::Queue => pool.dispatch_queue(core, dispenser, options, ring),
@@ -901,24 +931,6 @@ impl Pool {
         Ok(())
     }
 
-    /// Gives `spec` its id: the last job's id when nothing but the job number changed,
-    /// else a new one.
-    fn spec(&mut self, mut spec: JobSpec) -> JobSpec {
-        let key = {
-            let mut same = spec.clone();
-            same.job = 0;
-            postcard::to_stdvec(&same).unwrap_or_default()
-        };
-        if key != self.specs.key || self.specs.id == 0 {
-            self.specs = SpecIdentity {
-                key,
-                id: self.specs.id + 1,
-            };
-        }
-        spec.spec_id = self.specs.id;
-        spec
-    }
-
     /// Opens a posting that sends the workers to their channels for chunks (channel
     /// dispatch); returns its id.
     fn open_channel_posting(&mut self, spec: &JobSpec) -> u64 {
@@ -948,6 +960,10 @@ impl Pool {
     /// the messages in the job.
     fn send_spec(&mut self, core: &mut JobCore) {
         let spec = &core.spec;
+        // A few hundred bytes at most (large parameters travel in a sealed memfd, among
+        // the inputs): made and measured once, cloned per worker.
+        let job = ToWorker::Job(spec.clone());
+        let size = crate::engine::protocol::wire_size(&job);
         for (slot, w) in self.workers.iter_mut().enumerate() {
             if w.spec_sent == spec.spec_id {
                 continue;
@@ -958,6 +974,7 @@ impl Pool {
             // spec's inputs (as we note here).
             let new: Vec<_> = core
                 .inputs
+                .sealed
                 .iter()
                 .filter(|s| !w.inputs_held.contains(&s.id()))
                 .map(|s| s.fd())
@@ -973,8 +990,7 @@ impl Pool {
                 core.ipc.one(crate::engine::sealed::BATCH_BYTES);
                 core.input_sends += 1;
             }
-            let msg = ToWorker::Job(spec.clone());
-            let size = crate::engine::protocol::wire_size(&msg);
+            let msg = job.clone();
             // Wake it to read the spec: a large one fills the socket and the send waits
             // until the worker reads, which it would otherwise do only when its sleep ends.
             self.control.announce_spec(slot, spec.spec_id);

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::observe::Observer;
 use super::private_dir::PrivateDir;
 use super::spawn::{self, TEST_WORKER_ENV};
-use super::{Charges, Ipc, Pool, Recycle, SpecIdentity, WorkerSlot};
+use super::{Charges, Ipc, Pool, Recycle, WorkerSlot};
 use crate::engine::control::Control;
 use crate::engine::fault::Fault;
 use crate::engine::interrupt::Interrupt;
@@ -571,7 +571,7 @@ impl PoolBuilder {
             control,
             waker,
             waker_rid,
-            specs: SpecIdentity::default(),
+            specs: super::spec::Specs::default(),
             next_posting: 1,
             dir,
             charges: Charges {

@@ -162,6 +162,14 @@ pub struct JobStats {
     /// Bytes of the job's shared read-only inputs ([`crate::Input`]; each distinct input
     /// counted once): mapped by every worker, never copied into a message.
     pub input_bytes: u64,
+    /// Bytes of the job's encoded parameters (the workload value, postcard): what a worker
+    /// that does not hold the job's spec yet receives, [`crate::Param`] values included
+    /// (each at its encoded size). Above 64 KiB they travel in one sealed memfd that
+    /// every worker maps, not through each worker's channel. A plain field costs its
+    /// encoding on every job, changed or not (1–2 ms per MiB): above 1 MiB,
+    /// put read-only data in an [`crate::Input`] and other large values in a
+    /// [`crate::Param`].
+    pub param_bytes: u64,
     /// Messages that carried input descriptors to workers in this job (one per worker
     /// that did not hold all of the job's inputs yet; counted in `ipc_messages`). 0 when
     /// every worker already held them.
@@ -248,6 +256,7 @@ pub(crate) struct Tally {
 pub(crate) struct Supervised {
     pub(crate) ipc: Ipc,
     pub(crate) input_bytes: u64,
+    pub(crate) param_bytes: u64,
     pub(crate) input_sends: u64,
     pub(crate) shm_bytes: u64,
     pub(crate) restarts: u64,
@@ -274,6 +283,7 @@ impl JobStats {
             shm_bytes: kept.shm_bytes,
             input_bytes: kept.input_bytes,
             input_sends: kept.input_sends,
+            param_bytes: kept.param_bytes,
             workers: tally.workers,
             restarts: kept.restarts,
             recycles: kept.recycles,

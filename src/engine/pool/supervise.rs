@@ -12,7 +12,6 @@
 //! - an interrupt stops the job with what it had done ([`JobCore::interrupted`]);
 //! - the job's measurements are assembled in one place ([`JobCore::finish`]).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipc_channel::TrySelectError;
@@ -26,11 +25,11 @@ use super::stats::{Supervised, Tally};
 use super::trace::{Trace, TraceAttempt, TraceEventKind};
 use super::workers::{DEATH_SCAN, SPAWN_BATCH, WorkerSlot};
 use super::{
-    Charges, Death, Finished, Ipc, JobOptions, JobStats, Pool, ReducedChunk, WorkerStats, spawn,
+    Charges, Death, Finished, Ipc, JobInputs, JobOptions, JobStats, Pool, ReducedChunk,
+    WorkerStats, spawn,
 };
 use crate::engine::protocol::{FromWorker, JobSpec, Transport};
 use crate::engine::schedule::Chunk;
-use crate::engine::sealed::Sealed;
 use crate::engine::sys::{ExitCause, Process};
 use crate::error::{Error, Loss, LossCause, Phase, Result};
 
@@ -94,10 +93,9 @@ pub(super) struct Progress {
 /// What a job keeps whichever dispatcher hands its chunks out.
 pub(super) struct JobCore<'f> {
     pub(super) spec: JobSpec,
-    /// The job's shared inputs, in the order its spec lists them: their descriptors go to
-    /// each worker that does not hold them yet. (The workers keep their mappings after the
+    /// What the job shares through memfds. (The workers keep their mappings after the
     /// job; the caller's own `Input` values keep theirs.)
-    pub(super) inputs: Vec<Arc<Sealed>>,
+    pub(super) inputs: JobInputs,
     /// Batches of input descriptors sent during the job.
     pub(super) input_sends: u64,
     pub(super) n: u64,
@@ -131,7 +129,7 @@ impl<'f> JobCore<'f> {
         pool: &mut Pool,
         spec: JobSpec,
         n: u64,
-        inputs: Vec<Arc<Sealed>>,
+        inputs: JobInputs,
         options: &JobOptions,
         each: Option<Each<'f>>,
     ) -> Self {
@@ -249,7 +247,8 @@ impl<'f> JobCore<'f> {
         let elem_size = u64::from(self.spec.elem_size);
         let kept = Supervised {
             ipc: self.ipc,
-            input_bytes: self.spec.inputs.iter().map(|i| i.bytes).sum(),
+            input_bytes: self.inputs.input_bytes,
+            param_bytes: self.inputs.param_bytes,
             input_sends: self.input_sends,
             shm_bytes: match self.spec.transport {
                 Transport::Shm if self.spec.output => self.n * elem_size,

@@ -79,6 +79,10 @@ pub(crate) const FAULT_PAGE_BYTES: f64 = 4096.0;
 /// the speedup is close to the worker count, so adding workers pays off.
 pub(crate) const IO_MIN_EFFICIENCY: f64 = 0.7;
 
+/// LargeParams fires when the workload's encoded parameters exceed this (1 MiB; the
+/// report's text shows them above it too).
+pub(crate) use crate::lab::model::LARGE_PARAMS_BYTES;
+
 /// At or above this efficiency a run with no other limit "scales"; below it, the advice
 /// says plainly that no single measured limit explains the loss.
 pub(crate) const SCALING_GOOD_EFFICIENCY: f64 = 0.8;
@@ -127,6 +131,8 @@ pub(crate) struct Observations {
     pub pool_minor_faults: Option<u64>,
     /// Minor page faults of the single-process run, when counted.
     pub baseline_minor_faults: Option<u64>,
+    /// Bytes of the workload's encoded parameters.
+    pub param_bytes: u64,
 }
 
 /// What limited a run. Serialized in kebab-case (`"start-dominated"`, `"ipc-bound"`, ...).
@@ -146,6 +152,9 @@ pub enum Limit {
     MemoryBound,
     /// The workers mostly wait, so more workers than cores still help.
     IoBound,
+    /// The workload's parameters are large: encoded on every job and decoded by every
+    /// worker each time they change.
+    LargeParams,
     /// Nothing measured limited the run.
     Scaling,
 }
@@ -188,6 +197,7 @@ pub(crate) fn advise(obs: &Observations) -> Vec<Advice> {
         imbalanced,
         memory_bound(obs, &m),
         io_bound(obs, &m),
+        large_params(obs),
     ]
     .into_iter()
     .flatten()

@@ -21,6 +21,24 @@ pub(super) fn start_dominated(m: &Measured) -> Option<Candidate> {
     })
 }
 
+/// Parameters above [`LARGE_PARAMS_BYTES`]: ranked first among the costs (the run cannot
+/// say how much of it they took, but they are the easiest to remove).
+pub(super) fn large_params(obs: &Observations) -> Option<Candidate> {
+    (obs.param_bytes > LARGE_PARAMS_BYTES).then(|| {
+        Candidate::new(
+            Kind::Cost,
+            1.0,
+            Limit::LargeParams,
+            format!(
+                "The workload's parameters are {} encoded, paid on every job and decoded by \
+                 every worker when they change; hold read-only data in a procpool::Input and \
+                 other large values in a procpool::Param.",
+                crate::units::bytes(u128::from(obs.param_bytes))
+            ),
+        )
+    })
+}
+
 /// What handing out a chunk cost, in words, for the dispatch that ran.
 pub(super) fn dispatch_cost(dispatch: Option<Dispatch>) -> &'static str {
     match dispatch {

@@ -24,6 +24,7 @@ fn healthy() -> Observations {
         io_bound_hint: false,
         pool_minor_faults: None,
         baseline_minor_faults: None,
+        param_bytes: 0,
     }
 }
 
@@ -369,6 +370,7 @@ fn oversubscribed_readme_run() {
         io_bound_hint: false,
         pool_minor_faults: None,
         baseline_minor_faults: None,
+        param_bytes: 0,
     };
     let advice = advise(&obs);
     assert_eq!(advice.len(), 1, "{advice:?}");
@@ -569,6 +571,7 @@ fn static_primes() -> Observations {
         io_bound_hint: false,
         pool_minor_faults: None,
         baseline_minor_faults: None,
+        param_bytes: 0,
     }
 }
 
@@ -638,6 +641,7 @@ fn memory_heavy() -> Observations {
         io_bound_hint: false,
         pool_minor_faults: None,
         baseline_minor_faults: None,
+        param_bytes: 0,
     }
 }
 
@@ -759,6 +763,7 @@ fn at_most_two_and_most_important_first() {
         io_bound_hint: false,
         pool_minor_faults: None,
         baseline_minor_faults: None,
+        param_bytes: 0,
         chunks: 100_000,
         dispatch: Some(Dispatch::Queue),
     };
@@ -828,4 +833,26 @@ fn durations_read_well() {
     assert_eq!(seconds_short(1.26), "1.3 s");
     assert_eq!(seconds_short(4e-7), "400 ns");
     assert_eq!(seconds_short(0.0), "0 ns");
+}
+
+#[test]
+fn large_parameters_name_input_and_param_first() {
+    let small = Observations {
+        param_bytes: LARGE_PARAMS_BYTES,
+        ..healthy()
+    };
+    assert!(advise(&small).iter().all(|a| a.limit != Limit::LargeParams));
+    let large = Observations {
+        param_bytes: 4 << 20,
+        ..healthy()
+    };
+    let advice = advise(&large);
+    assert_eq!(advice[0].limit, Limit::LargeParams, "{advice:?}");
+    let text = &advice[0].text;
+    assert!(text.contains("4.0 MiB") || text.contains("4 MiB"), "{text}");
+    assert!(
+        text.contains("procpool::Input") && text.contains("procpool::Param"),
+        "{text}"
+    );
+    assert_eq!(text.matches(". ").count(), 0, "one sentence: {text}");
 }
