@@ -584,17 +584,19 @@ impl Worker<'_> {
                 return Ok(());
             }
             self.served_channel = id;
-            let served = self
-                .prepare(&posting)
-                .and_then(|()| self.serve_channel(&posting));
+            let served = self.prepare(&posting).and_then(|ready| match ready {
+                true => self.serve_channel(&posting),
+                false => Ok(()),
+            });
             self.control.leave(self.slot);
             return served;
         }
         let cpu = crate::engine::control::process_cpu_ns();
         let os = OsCounts::this_process();
-        let result = self
-            .prepare(&posting)
-            .and_then(|()| self.claim_loop(&posting));
+        let result = self.prepare(&posting).and_then(|ready| match ready {
+            true => self.claim_loop(&posting),
+            false => Ok(()),
+        });
         let maxrss_kib = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
             .map_or(0, |u| u.max_rss() as u64);
         let os = OsCounts::this_process()
@@ -615,10 +617,13 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// Makes the posting's spec, mapping and chunk geometry ready.
-    fn prepare(&mut self, posting: &Posting) -> Result<(), Stop> {
-        if self.job.as_ref().map(|j| j.spec_id) != Some(posting.spec_id) {
-            self.receive_spec(posting.spec_id)?;
+    /// Makes the posting's spec, mapping and chunk geometry ready. Returns false when the
+    /// posting turned out to be over before its spec came (see [`Worker::receive_spec`]).
+    fn prepare(&mut self, posting: &Posting) -> Result<bool, Stop> {
+        if self.job.as_ref().map(|j| j.spec_id) != Some(posting.spec_id)
+            && !self.receive_spec(posting)?
+        {
+            return Ok(false);
         }
         if self.results.len() as u64 != posting.region_len {
             self.results = Mapping::new(self.shm, 0).map_err(|e| e.to_string())?;
@@ -657,22 +662,34 @@ impl Worker<'_> {
         } else {
             64
         };
-        Ok(())
+        Ok(true)
     }
 
-    /// Takes the job spec `spec_id` from the channel (the parent sent it before posting).
-    fn receive_spec(&mut self, spec_id: u64) -> Result<(), Stop> {
+    /// Takes the posting's job spec from the channel (the parent sent it before posting).
+    /// Returns false when a later job's spec or chunk comes first: the posting is over.
+    /// (This process entered it while starting, and the parent took it in only in a later
+    /// job.) What came is kept for the posting open now.
+    fn receive_spec(&mut self, posting: &Posting) -> Result<bool, Stop> {
+        let spec_id = posting.spec_id;
         loop {
             let spec = match self.pending.take() {
                 Some(spec) if spec.spec_id == spec_id => spec,
                 _ => match self.from_parent.recv() {
                     Ok(ToWorker::Job(spec)) => {
                         self.take_inputs(&spec)?;
+                        if spec.spec_id > spec_id {
+                            self.pending = Some(spec);
+                            return Ok(false);
+                        }
                         if spec.spec_id != spec_id {
                             // An older spec, for a job this worker slept through.
                             continue;
                         }
                         spec
+                    }
+                    Ok(chunk @ ToWorker::Chunk { posting: of, .. }) if of > posting.id => {
+                        self.early.push_front(chunk);
+                        return Ok(false);
                     }
                     // The spec comes before its posting's chunks: a chunk here belongs to
                     // a posting that is over (stopped before this worker joined it).
@@ -717,7 +734,7 @@ impl Worker<'_> {
                         output: spec.output,
                         scratch: std::cell::RefCell::new(Vec::new()),
                     });
-                    Ok(())
+                    Ok(true)
                 }
                 Err(message) => {
                     let _ = self.to_parent.send(FromWorker::Failed {
@@ -1042,6 +1059,20 @@ impl Worker<'_> {
                     end,
                     attempt,
                 } => {
+                    // A chunk of a later posting: this one is over. (This process entered
+                    // it while starting, and the parent took it in only once the posting's
+                    // `EndJob` had gone to the others.) Leave it, and run the chunk in the
+                    // posting it belongs to.
+                    if of > posting {
+                        self.early.push_front(ToWorker::Chunk {
+                            posting: of,
+                            id,
+                            start,
+                            end,
+                            attempt,
+                        });
+                        return Ok(());
+                    }
                     // A chunk of an earlier posting, or of this one after the parent
                     // stopped it (a cancel, a deadline, a panic): not run, not answered.
                     if of != posting || self.control.open_posting() != Some(posting) {
