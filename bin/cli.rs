@@ -418,9 +418,9 @@ pub(crate) struct RunArgs {
           allow_negative_numbers = true, value_parser = parse_ranks)]
     pub ranks: Option<u64>,
 
-    /// How worker processes start: re-executing this binary, or fork (only from a
-    /// single-threaded process)
-    #[arg(help_heading = WORKERS, long, global = true, value_enum, default_value_t = StartArg::Spawn)]
+    /// How worker processes start: forked by a fork server (the default), re-executing
+    /// this binary, or fork (only from a single-threaded process)
+    #[arg(help_heading = WORKERS, long, global = true, value_enum, default_value_t = StartArg::ForkServer)]
     pub start: StartArg,
 
     /// Make a worker fail on purpose at chunk CHUNK, on its first attempt or on every attempt
@@ -614,8 +614,13 @@ value_enum! {
         Spawn,
         /// `fork` this process (like Python's `fork`): no exec and no handshake, a fraction
         /// of a millisecond per worker. Only from a single-threaded process; workers that
-        /// replace dead ones are spawned, because by then the pool has threads of its own.
+        /// replace dead ones come from the fork server, because by then the pool has
+        /// threads of its own.
         Fork,
+        /// Ask the fork server procpool forked when it started (like Python's
+        /// `forkserver`): no exec and no handshake, from any thread; the default.
+        #[value(name = "forkserver")]
+        ForkServer,
     }
 }
 

@@ -239,6 +239,8 @@ pub fn init_with(registry: Registry) {
         if cfg!(debug_assertions) {
             warn_if_late();
         }
+        // While this process has one thread: the fork server pools start workers from.
+        engine::forkserver::start(&registry);
         return;
     }
     serve_as_worker(&args, &registry);

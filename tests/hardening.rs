@@ -732,15 +732,22 @@ fn a_tmpdir_anyone_can_write_without_the_sticky_bit_is_refused_up_front() {
 fn replace_after(meddle: impl FnOnce(&Path, &Path)) -> (PathBuf, String) {
     let sandbox = Sandbox::new();
     let mut private = PathBuf::new();
-    let args = ["--workers", "1", "--inject", "hang@0", "squares", "1000"];
+    // The private directory is where a spawned worker's handshake happens.
+    let args = [
+        "--start",
+        "spawn",
+        "--workers",
+        "1",
+        "--inject",
+        "hang@0",
+        "squares",
+        "1000",
+    ];
     let out = sandbox.command(&args).run_while(|pid, tag| {
         // The worker sleeps in chunk 0 once its handshake is done.
         let mut worker = None;
         let hung = wait_until(Duration::from_secs(30), || {
-            worker = common::tagged_processes(tag)
-                .into_iter()
-                .map(|(p, _)| p)
-                .find(|&p| p != pid);
+            worker = common::tagged_workers(tag).first().copied();
             worker.is_some_and(|p| {
                 std::fs::read_to_string(format!("/proc/{p}/syscall")).is_ok_and(|s| {
                     let number = s.split_whitespace().next().and_then(|n| n.parse().ok());

@@ -137,12 +137,7 @@ fn sigint_during_the_baseline_after_the_pool_exits_130_and_stops_the_workers() {
     // worker idles (its CPU time stops growing) while procpool runs the baseline.
     let args = ["--workers", "1", "spin", "40000", "--us", "50"];
     let until = |_, tag: &str| {
-        let worker = || {
-            common::tagged_processes(tag)
-                .into_iter()
-                .find(|(_, cmd)| cmd.contains("__procpool_worker"))
-                .map(|(p, _)| p)
-        };
+        let worker = || common::tagged_workers(tag).first().copied();
         let started = wait_until(Duration::from_secs(10), || worker().is_some());
         assert!(started, "the worker never started");
         let worker = worker().unwrap_or_default();
@@ -200,11 +195,7 @@ fn a_second_signal_during_output_exits_at_once_and_leaves_no_partial_file() {
         .run_while(|pid, tag| {
             // Windows are being written: the workers are serving the job.
             let serving = wait_until(Duration::from_secs(20), || {
-                common::tagged_processes(tag)
-                    .iter()
-                    .filter(|(_, cmd)| cmd.contains("__procpool_worker"))
-                    .count()
-                    == 2
+                common::tagged_workers(tag).len() == 2
             });
             assert!(serving, "the workers never started");
             std::thread::sleep(Duration::from_millis(500));

@@ -624,7 +624,7 @@ fn check_report(out: &Outcome, asked: &Asked) -> Value {
     let processes = mode == "processes";
     if processes {
         assert!(
-            ["spawn", "fork"].contains(&text(&r, "start")),
+            ["spawn", "fork", "forkserver"].contains(&text(&r, "start")),
             "start: {}",
             r["start"]
         );
@@ -964,7 +964,7 @@ fn a_plain_run_prints_every_key() {
         },
     );
     assert_squares_verified(&r);
-    assert_eq!(r["start"], "spawn");
+    assert_eq!(r["start"], "forkserver");
     assert_eq!(r["transport"], "shm");
     assert_eq!(r["dispatch"], "queue", "the default dispatch");
     assert_eq!(r["schedule"], "dynamic");

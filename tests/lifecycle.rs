@@ -306,7 +306,18 @@ fn stop_every_child(
 /// Returns the outcome and how many starts were frozen.
 fn frozen_starts(args: &[&str], then: impl FnOnce(u32, &AtomicUsize)) -> (common::Outcome, usize) {
     let mut args = args.to_vec();
-    args.extend_from_slice(&["--workers", "2", "sleep", "300", "--ms", "100", "--json"]);
+    // Starts frozen before their exec: spawned workers.
+    args.extend_from_slice(&[
+        "--start",
+        "spawn",
+        "--workers",
+        "2",
+        "sleep",
+        "300",
+        "--ms",
+        "100",
+        "--json",
+    ]);
     let done = Arc::new(AtomicBool::new(false));
     let mut stopper = None;
     let outcome = Procpool::new(&args).deadline(DEADLINE).run_while(|pid, _| {

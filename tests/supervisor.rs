@@ -6,18 +6,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{
-    EXIT_FAILED, EXIT_OK, Sandbox, signal, squares_checksum, tagged_processes, wait_until,
-};
+use common::{EXIT_FAILED, EXIT_OK, Sandbox, signal, squares_checksum, wait_until};
 use nix::sys::signal::Signal;
 
 /// Worker processes of a tagged run (procpool itself excluded).
 fn workers(tag: &str) -> Vec<u32> {
-    tagged_processes(tag)
-        .into_iter()
-        .filter(|(_, cmd)| cmd.contains("__procpool_worker"))
-        .map(|(pid, _)| pid)
-        .collect()
+    common::tagged_workers(tag)
 }
 
 /// Waits until `count` workers of the run have started serving: each has mapped the shared

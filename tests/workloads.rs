@@ -49,7 +49,7 @@ fn every_workload_is_verified_with_one_two_and_three_workers() {
             assert_eq!(report["verified"], true, "{args:?}: {report}");
             assert_eq!(report["workload"], workload[0], "{report}");
             assert_eq!(report["mode"], "processes", "{report}");
-            assert_eq!(report["start"], "spawn", "{report}");
+            assert_eq!(report["start"], "forkserver", "{report}");
             checksums.push((report["params"].clone(), report["checksum"].clone()));
         }
         assert_same_output(workload, &checksums);
@@ -83,7 +83,11 @@ fn threads_single_fork_and_both_dispatches_give_the_same_verified_output() {
                 ["--mode", mode] => assert_eq!(report["mode"], *mode, "{report}"),
                 ["--dispatch", dispatch, rest @ ..] => {
                     assert_eq!(report["dispatch"], *dispatch, "{report}");
-                    let start = if rest.is_empty() { "spawn" } else { "fork" };
+                    let start = if rest.is_empty() {
+                        "forkserver"
+                    } else {
+                        "fork"
+                    };
                     assert_eq!(report["start"], start, "{report}");
                 }
                 _ => {

@@ -227,11 +227,15 @@ pub(crate) fn check_address_space(
 pub(crate) const FILES_PER_WORKER: u64 = 4;
 /// Open files kept free for everything else (stdio, the memfd, epoll, sysinfo).
 pub(crate) const FILES_RESERVED: u64 = 64;
+/// Open files held for a moment while a batch of workers starts through the fork server:
+/// each worker's ends of its output pipe and input socket on both sides until the request
+/// is sent, then the two channels of each in the answer.
+pub(crate) const FILES_STARTING: u64 = 4 * crate::engine::forkserver::BATCH as u64;
 
 /// Checks that `workers` workers can be started under the open-file and process limits,
 /// raising the soft open-file limit up to the hard limit when that is enough and `raise`.
 pub(crate) fn check_worker_limits(workers: usize, raise: bool) -> Result<()> {
-    let want = FILES_RESERVED + FILES_PER_WORKER * workers as u64;
+    let want = FILES_RESERVED + FILES_STARTING + FILES_PER_WORKER * workers as u64;
     let (soft, hard) = crate::engine::sys::open_file_limit()?;
     if soft < want {
         let got = if raise {

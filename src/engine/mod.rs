@@ -32,6 +32,7 @@ pub(crate) mod cancel;
 pub(crate) mod cgroup;
 pub(crate) mod control;
 pub(crate) mod fault;
+pub(crate) mod forkserver;
 pub(crate) mod input;
 pub(crate) mod interrupt;
 pub(crate) mod limits;

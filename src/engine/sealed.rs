@@ -327,6 +327,85 @@ pub(crate) fn recv_fds(
     Ok(owned)
 }
 
+/// The most descriptors [`recv_message`] takes in one message.
+pub(crate) const MAX_MESSAGE_FDS: usize = 72;
+
+/// Sends `bytes` with `fds` (at most [`MAX_MESSAGE_FDS`]) as one message on the
+/// sequenced-packet `socket`.
+pub(crate) fn send_message(
+    socket: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let iov = [IoSlice::new(bytes)];
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
+    let sent = sendmsg::<()>(
+        socket.as_raw_fd(),
+        &iov,
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    if sent != bytes.len() {
+        return Err(io::Error::other("a short send on a message socket"));
+    }
+    Ok(())
+}
+
+/// Receives one message of at most `max_bytes` bytes and its descriptors (close-on-exec)
+/// from the sequenced-packet `socket`, waiting as long as it takes. `Ok(None)`: the other
+/// end is closed. A message cut short (more bytes or descriptors than fit) is an error,
+/// and every descriptor it carried is closed.
+pub(crate) fn recv_message(
+    socket: BorrowedFd<'_>,
+    max_bytes: usize,
+) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let mut buf = vec![0u8; max_bytes];
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_MESSAGE_FDS]);
+    let (bytes, received, truncated) = loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => other?,
+        };
+        let mut received = Vec::new();
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                if let ControlMessageOwned::ScmRights(fds) = c {
+                    received.extend(fds);
+                }
+            }
+        }
+        let truncated = msg
+            .flags
+            .intersects(MsgFlags::MSG_CTRUNC | MsgFlags::MSG_TRUNC);
+        break (msg.bytes, received, truncated);
+    };
+    let owned: Vec<OwnedFd> = received
+        .into_iter()
+        // SAFETY: each of these descriptors was just installed in this process by the
+        // kernel for this message (SCM_RIGHTS); nothing else owns them yet.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect();
+    if bytes == 0 && owned.is_empty() {
+        return Ok(None);
+    }
+    if truncated {
+        return Err(io::Error::other(
+            "a message with more bytes or descriptors than expected; refused",
+        ));
+    }
+    buf.truncate(bytes);
+    Ok(Some((buf, owned)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -354,17 +354,59 @@ pub(crate) fn fork_child(child_main: impl FnOnce() -> i32) -> io::Result<u32> {
     // child inherits is unlocked and the child may run ordinary Rust code.
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw() as u32),
-        nix::unistd::ForkResult::Child => {
-            let code =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(child_main)).unwrap_or(101);
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
-            // SAFETY: `_exit` ends the process without running the exit handlers it
-            // inherited from the parent (they are not the child's to run); our own output
-            // is flushed just above.
-            unsafe { libc::_exit(code) }
-        }
+        nix::unistd::ForkResult::Child => run_child(child_main),
     }
+}
+
+/// Like [`fork_child`], but the child is this process's *sibling*: a child of this
+/// process's parent (`clone` with `CLONE_PARENT`), which reaps it with `waitpid` and gets
+/// its exit status like any child of its own. The fork server starts workers this way, so
+/// that they are the pool's children (see [`crate::engine::forkserver`]).
+///
+/// Refused unless this process has exactly one thread, as for [`fork_child`]. The child's
+/// parent *thread* is this process's parent thread, so a death signal it sets
+/// (`PR_SET_PDEATHSIG`) follows that thread.
+pub(crate) fn fork_sibling(child_main: impl FnOnce() -> i32) -> io::Result<u32> {
+    ensure_single_threaded("a fork server", "start it before any thread")?;
+    let flags = (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: with no new stack (0), `clone` behaves as `fork` does: the child continues
+    // from this call on a copy of this thread's stack and memory. This process has a single
+    // thread (checked above), so every lock the child inherits is unlocked and it may run
+    // ordinary Rust code. The raw system call skips the C library's fork handlers, which
+    // only matter with other threads, and leaves the thread id the C library caches for
+    // this thread unchanged in the child: the child uses it only as the owner mark of its
+    // own recursive locks, which none of its threads shares while this process lives.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => run_child(child_main),
+        pid => u32::try_from(pid).map_err(|_| io::Error::other("clone returned a bad pid")),
+    }
+}
+
+/// The child's side of [`fork_child`] and [`fork_sibling`]: runs `child_main` and exits
+/// with the status it returns (101 if it panics).
+fn run_child(child_main: impl FnOnce() -> i32) -> ! {
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child_main)).unwrap_or(101);
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // SAFETY: `_exit` ends the process without running the exit handlers it inherited from
+    // the parent (they are not the child's to run); our own output is flushed just above.
+    unsafe { libc::_exit(code) }
+}
+
+/// Whether `pid` is a child of this process that has not been reaped: only then is the
+/// number sure to name the process it named when it was made (see [`Process`]).
+pub(crate) fn is_our_child(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    if raw <= 0 {
+        return false;
+    }
+    // WNOWAIT: look without reaping. ECHILD: not ours (or already reaped).
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    nix::sys::wait::waitid(nix::sys::wait::Id::Pid(Pid::from_raw(raw)), flags).is_ok()
 }
 
 /// The CPUs this process may run on (its affinity mask), in order; never empty.
@@ -680,6 +722,14 @@ pub(crate) fn raise_open_file_limit(want: u64) -> io::Result<u64> {
     let new_soft = want.min(hard);
     setrlimit(Resource::RLIMIT_NOFILE, new_soft, hard)?;
     Ok(new_soft)
+}
+
+/// Sets this process's soft open-file limit to `soft` (within the hard limit): raising or
+/// lowering it.
+pub(crate) fn set_open_file_limit(soft: u64) -> io::Result<()> {
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard)?;
+    Ok(())
 }
 
 /// The soft limit on this process's address space (`ulimit -v`) in bytes, if one is set.

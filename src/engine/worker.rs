@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -475,6 +475,66 @@ fn check_bound(dir: &OwnedFd, tmpdir: &Path, name: &str) -> Result<(), String> {
         return Err(moved());
     }
     Ok(())
+}
+
+/// The name (`comm`, at most 15 bytes) of a worker started without an exec, before its
+/// id: its command line is the program's own.
+pub(crate) const WORKER_NAME: &str = "procpool-w";
+
+/// What a worker started without an exec holds of its own: its ends of the two channels,
+/// its end of the private input socket and the write end of its output pipe.
+pub(crate) struct ForkedEnds {
+    /// The worker's id in the pool.
+    pub id: usize,
+    /// The channel to the pool.
+    pub to_parent: IpcSender<FromWorker>,
+    /// The channel from the pool.
+    pub from_parent: ipc_channel::ipc::IpcReceiver<ToWorker>,
+    /// The worker's end of its private socket for input descriptors.
+    pub inputs: OwnedFd,
+    /// Becomes the worker's stdout and stderr.
+    pub output: OwnedFd,
+    /// The CPU it pins itself to, if any.
+    pub cpu: Option<usize>,
+}
+
+/// The first steps of a worker started by `fork` (by the pool, or by the fork server on
+/// the pool's behalf), then [`serve_forked`]: a process group of its own, the death signal
+/// (SIGKILL when the pool's thread that it belongs to ends) and a check that the pool
+/// (`pool`) is still its parent, its CPU, its output to the pool's pipe.
+pub(crate) fn enter_forked(
+    ends: ForkedEnds,
+    shm: BorrowedFd<'_>,
+    registry: &Registry,
+    pool: nix::unistd::Pid,
+) -> i32 {
+    let own_group = nix::unistd::Pid::from_raw(0);
+    if nix::unistd::setpgid(own_group, own_group).is_err()
+        || nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+        || nix::unistd::getppid() != pool
+    {
+        return 1;
+    }
+    if let Some(cpu) = ends.cpu
+        && crate::engine::sys::pin_to(cpu).is_err()
+    {
+        return 1;
+    }
+    // Its command line is the program's: its name says what it is (`ps -o comm`, `top`).
+    if let Ok(name) = std::ffi::CString::new(format!("{WORKER_NAME}{}", ends.id)) {
+        let _ = nix::sys::prctl::set_name(&name);
+    }
+    let _ = nix::unistd::dup2_stdout(&ends.output);
+    let _ = nix::unistd::dup2_stderr(&ends.output);
+    drop(ends.output);
+    serve_forked(
+        &ends.to_parent,
+        &ends.from_parent,
+        shm,
+        ends.inputs.as_fd(),
+        registry,
+        ends.id,
+    )
 }
 
 /// The worker of a forked start: channels and the shared region are inherited, so there is

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use crate::engine::control::monotonic_ns;
 use crate::engine::limits::{Machine, check_memory};
 use crate::engine::pool::{
-    JobOptions, JobStats, PoolBuilder, PoolOptions, ReducedChunk, Supervised, Tally, TracePhase,
-    Want, WorkerStats, in_chunk_order,
+    JobOptions, JobStats, PoolBuilder, PoolOptions, ReducedChunk, StartMethod, Supervised, Tally,
+    TracePhase, Want, WorkerStats, in_chunk_order,
 };
 use crate::engine::protocol::Transport;
 use crate::engine::schedule::{Dispenser, Schedule};
@@ -109,6 +109,9 @@ pub fn run<W: Workload>(workload: &W, n: u64, options: &RunOptions) -> Result<Re
 pub(crate) struct Round {
     pub(crate) wall: Duration,
     pub(crate) start: Duration,
+    /// How the pool's workers started (the fork server falls back to spawn): none for the
+    /// modes and backends without a pool.
+    pub(crate) start_method: Option<StartMethod>,
     pub(crate) stats: JobStats,
     pub(crate) baseline: Option<Duration>,
     /// The single-process run's CPU time, faults and switches.
@@ -348,6 +351,7 @@ fn run_round<W: Workload>(
             began.elapsed(),
         ))
     };
+    let mut start_method = None;
     let (wall, start, stats, (baseline, verdict, sum, verify)) = match options.mode {
         Mode::Processes => {
             if options.pool.huge_pages {
@@ -359,6 +363,7 @@ fn run_round<W: Workload>(
             let mut pool =
                 phases.time(tracing, "start workers", || pool_builder(options).build())?;
             let spawn = pool.spawn_time();
+            start_method = Some(pool.start_method());
             let want = Want {
                 output: true,
                 reduce_slot: reducer.map_or(0, |r| r.slot()),
@@ -432,6 +437,7 @@ fn run_round<W: Workload>(
     Ok(Round {
         wall,
         start,
+        start_method,
         stats,
         baseline: baseline.map(|b| b.0),
         baseline_os: baseline.and_then(|b| b.1),
@@ -466,16 +472,17 @@ fn stream_round<W: Workload>(
             pool_builder(options).build()
         })?;
         let spawn = pool.spawn_time();
+        let method = pool.start_method();
         let window = window_elems(options.window_bytes, std::mem::size_of::<W::Output>());
         let stats =
             pool.stream_with(workload, n, &job_options(options), window, RING, &mut sink)?;
         pool.shutdown();
-        Ok((spawn, stats))
+        Ok((spawn, method, stats))
     })();
     // The file gets its name only when the run succeeded and its output was verified (or
     // verification was turned off): a failed, interrupted or wrong run leaves no partial
     // file, and an older file of that name as it was.
-    let (spawn, mut stats) = match result.and_then(|done| {
+    let (spawn, start_method, mut stats) = match result.and_then(|done| {
         if sink.mismatch.is_none() {
             output.persist().map_err(|e| {
                 Error::Output(format!("cannot give {} its name: {e}", path.display()))
@@ -499,6 +506,7 @@ fn stream_round<W: Workload>(
     Ok(Round {
         wall,
         start: spawn,
+        start_method: Some(start_method),
         stats,
         baseline: options.baseline.then_some(sink.baseline),
         baseline_os: None,
@@ -643,7 +651,7 @@ pub(crate) fn build_report<W: Workload>(
             Ok(value) => value,
         },
         mode: options.mode,
-        start: (options.mode == Mode::Processes).then_some(options.pool.start),
+        start: last.start_method,
         schedule: stats.schedule,
         transport: (options.mode == Mode::Processes).then_some(stats.transport),
         dispatch: (options.mode == Mode::Processes).then_some(stats.dispatch),

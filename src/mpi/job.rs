@@ -727,6 +727,7 @@ fn one_round<W: Workload>(
     let round = Round {
         wall: wall + spawn,
         start: spawn,
+        start_method: None,
         stats: job,
         baseline_os: single.as_ref().and_then(|(_, _, os)| *os),
         baseline: single.map(|(_, took, _)| took),

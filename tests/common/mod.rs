@@ -355,6 +355,19 @@ pub fn tagged_processes(tag: &str) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// The workers among a tagged run's processes: spawned ones by their hidden first
+/// argument, forked ones (fork server, `--start fork`) by their name, `procpool-w<id>`.
+pub fn tagged_workers(tag: &str) -> Vec<u32> {
+    tagged_processes(tag)
+        .into_iter()
+        .filter(|&(pid, ref cmd)| {
+            cmd.contains("__procpool_worker")
+                || comm_and_ppid(pid).is_some_and(|(comm, _)| comm.starts_with("procpool-w"))
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
 /// The command line of `pid`, spaces between arguments (empty for a zombie).
 pub fn cmdline(pid: u32) -> String {
     fs::read(format!("/proc/{pid}/cmdline"))

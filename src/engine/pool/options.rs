@@ -121,17 +121,28 @@ pub(crate) fn default_max_restarts(workers: usize) -> u64 {
 }
 
 /// How worker processes are started.
+///
+/// The default is [`StartMethod::ForkServer`] where the program has a fork server (it
+/// called [`init`](crate::init) first thing in `main`), else [`StartMethod::Spawn`]; a
+/// pool says which one it used in [`Pool::start_method`](crate::Pool::start_method).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StartMethod {
     /// Re-execute the worker binary and connect back over an ipc-channel one-shot server
     /// (like Python's `spawn`): a fresh process image, about a millisecond per worker.
-    #[default]
     Spawn,
     /// `fork` this process (like Python's `fork`): no exec and no handshake, a fraction of a
     /// millisecond per worker. Only from a single-threaded process; workers that replace
-    /// dead ones are spawned, because by then the pool has threads of its own.
+    /// dead ones come from the fork server (or are spawned without one), because by then
+    /// the pool has threads of its own.
     Fork,
+    /// Ask the program's fork server (like Python's `forkserver`, its default on Linux
+    /// since 3.14): a small single-threaded process [`init`](crate::init) forked before
+    /// anything else ran forks each worker, as a child of this process, from any thread
+    /// and at any time: no exec, no handshake. Without a fork server (no `init`, another
+    /// `worker_exe`, a test harness), workers are spawned.
+    #[default]
+    ForkServer,
 }
 
 impl std::fmt::Display for StartMethod {
@@ -139,6 +150,7 @@ impl std::fmt::Display for StartMethod {
         f.write_str(match self {
             StartMethod::Spawn => "spawn",
             StartMethod::Fork => "fork",
+            StartMethod::ForkServer => "forkserver",
         })
     }
 }
@@ -327,7 +339,7 @@ impl Default for PoolOptions {
             test_harness: false,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             supervision: Supervision::default(),
-            start: StartMethod::Spawn,
+            start: StartMethod::ForkServer,
             pin: false,
             observer: None,
             registry: Registry::builtin(),
@@ -399,7 +411,8 @@ impl PoolBuilder {
         self
     }
 
-    /// How workers are started (default [`StartMethod::Spawn`]).
+    /// How workers are started (default [`StartMethod::ForkServer`], which falls back to
+    /// [`StartMethod::Spawn`] where the program has no fork server).
     pub fn start(mut self, start: StartMethod) -> Self {
         self.options.start = start;
         self
@@ -536,14 +549,31 @@ impl PoolBuilder {
         let mut start_deaths = Vec::new();
         let began = Instant::now();
         // In the background, only the first workers are waited for here.
-        let now = if options.start_in_background && options.start == StartMethod::Spawn {
+        let now = if options.start_in_background && options.effective_start() == StartMethod::Spawn
+        {
             let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
             options.workers.min(cpus)
         } else {
             options.workers
         };
-        let started = match options.start {
-            StartMethod::Spawn => spawn::start_workers(
+        let mut start = options.effective_start();
+        let mut started = match start {
+            StartMethod::Spawn => None,
+            StartMethod::Fork => Some(spawn::fork_workers(
+                region.raw_fd(),
+                0..options.workers,
+                &pin,
+                &options.registry,
+            )?),
+            // A fork server that fails (gone, stopped) is reaped; the workers are spawned.
+            StartMethod::ForkServer => {
+                spawn::fork_via_server(region.raw_fd(), 0..now, &pin, options.handshake_timeout)
+                    .ok()
+            }
+        };
+        if started.is_none() {
+            start = StartMethod::Spawn;
+            started = Some(spawn::start_workers(
                 &exe,
                 &dir,
                 region.raw_fd(),
@@ -553,13 +583,12 @@ impl PoolBuilder {
                 max_restarts,
                 &options.supervision.interrupt,
                 &mut start_deaths,
-            )?,
-            StartMethod::Fork => {
-                spawn::fork_workers(region.raw_fd(), 0..options.workers, &pin, &options.registry)?
-            }
-        };
-        if exe.spawner.is_none() {
-            // Replacements are spawned, from a thread of the pool's own (see `Spawner`).
+            )?);
+        }
+        let started = started.unwrap_or_default();
+        if exe.spawner.is_none() && start != StartMethod::ForkServer {
+            // Replacements are spawned, from a thread of the pool's own (see `Spawner`);
+            // a fork server's pool starts that thread only if it ever has to spawn.
             exe.spawner = Some(Arc::new(spawn::Spawner::new()?));
         }
         let spawn_time = began.elapsed();
@@ -578,7 +607,7 @@ impl PoolBuilder {
                 handshakes: Ipc::default(),
                 deaths: start_deaths,
             },
-            start: options.start,
+            start,
             pin,
             exe,
             handshake_timeout: options.handshake_timeout,
@@ -668,6 +697,22 @@ impl PoolOptions {
         Ok(())
     }
 
+    /// The start method the pool uses: [`StartMethod::ForkServer`] only where the program
+    /// has a fork server and the workers are this very program (no other `worker_exe`, no
+    /// test harness); otherwise spawn.
+    fn effective_start(&self) -> StartMethod {
+        match self.start {
+            StartMethod::ForkServer
+                if self.worker_exe.is_some()
+                    || self.test_harness
+                    || !crate::engine::forkserver::available() =>
+            {
+                StartMethod::Spawn
+            }
+            start => start,
+        }
+    }
+
     /// The executable the workers run, and how they start.
     fn worker_exe(&self) -> Result<spawn::WorkerExe> {
         Ok(spawn::WorkerExe {
@@ -676,11 +721,12 @@ impl PoolOptions {
                 None => std::env::current_exe()?,
             },
             via_test: self.test_harness,
-            spawner: match self.start {
+            spawner: match self.effective_start() {
                 StartMethod::Spawn => Some(Arc::new(spawn::Spawner::new()?)),
-                // Fork needs this process single-threaded: the spawner (for replacements)
-                // starts once the workers are forked.
-                StartMethod::Fork => None,
+                // Fork needs this process single-threaded: the spawner (for replacements
+                // without a fork server) starts once the workers are forked; a fork
+                // server's pool starts it only if it has to spawn.
+                StartMethod::Fork | StartMethod::ForkServer => None,
             },
         })
     }

@@ -219,6 +219,8 @@ pub(crate) struct Starting {
     connected: Option<(IpcSender<ToWorker>, IpcReceiver<FromWorker>)>,
     /// Our end of the worker's private socket for input descriptors.
     inputs_socket: Option<std::os::fd::OwnedFd>,
+    /// A worker that needed no handshake, until the first poll hands it over.
+    done: Option<Box<Started>>,
 }
 
 impl Starting {
@@ -236,8 +238,36 @@ impl Starting {
         }
     }
 
+    /// A start that is already done (a worker the fork server made): its first
+    /// [`poll`](Self::poll) hands it over.
+    pub(crate) fn ready(started: Started) -> Starting {
+        Starting {
+            id: started.id,
+            pid: started.pid,
+            child: None,
+            timeout: Duration::ZERO,
+            deadline: far_future(),
+            report: None,
+            reported: Vec::new(),
+            reported_len: 0,
+            announced: true,
+            socket: None,
+            output_pipe: None,
+            test_header: false,
+            output: None,
+            exec_status: None,
+            exe: PathBuf::new(),
+            connected: None,
+            inputs_socket: None,
+            done: Some(Box::new(started)),
+        }
+    }
+
     /// Moves the handshake on as far as it can go without blocking.
     pub(crate) fn poll(&mut self, dir: &PrivateDir) -> Progress {
+        if let Some(started) = self.done.take() {
+            return Progress::Ready(*started);
+        }
         if let Some(failure) = self.exec_failure() {
             return self.fail(failure);
         }
@@ -301,6 +331,12 @@ impl Starting {
     /// Kills and reaps the worker (and its process group) and copies its last output
     /// lines, for [`OUTPUT_DRAIN`] at most.
     pub(crate) fn abort(&mut self) {
+        if let Some(mut done) = self.done.take() {
+            kill_and_reap(&mut done.child);
+            if let Some(output) = done.output.take() {
+                output.finish(Instant::now() + OUTPUT_DRAIN);
+            }
+        }
         if let Some(child) = self.child.as_mut() {
             kill_and_reap(child);
         }
@@ -725,6 +761,7 @@ pub(crate) fn spawn_worker(
         exe: exe.path.clone(),
         connected: None,
         inputs_socket: Some(inputs_socket),
+        done: None,
     };
     if let Err(e) = nonblocking {
         starting.abort();
@@ -909,33 +946,19 @@ pub(crate) fn fork_workers(
             let (to_parent, from_worker) = ipc_channel::ipc::channel::<FromWorker>()?;
             let (reader, writer) = io::pipe()?;
             let (inputs_socket, inputs_end) = crate::engine::sealed::channel()?;
-            let cpu = cpu_for(id, pin);
+            let ends = crate::engine::worker::ForkedEnds {
+                id,
+                to_parent,
+                from_parent,
+                inputs: inputs_end,
+                output: writer.into(),
+                cpu: cpu_for(id, pin),
+            };
             let pid = crate::engine::sys::fork_child(move || {
-                if nix::unistd::setpgid(own_group(), own_group()).is_err()
-                    || nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
-                    || nix::unistd::getppid() != parent
-                {
-                    return 1;
-                }
-                if let Some(cpu) = cpu
-                    && crate::engine::sys::pin_to(cpu).is_err()
-                {
-                    return 1;
-                }
-                let _ = nix::unistd::dup2_stdout(&writer);
-                let _ = nix::unistd::dup2_stderr(&writer);
-                drop(writer);
                 // SAFETY: the shared region's memfd is open in the parent and so, by
                 // inheritance, in this child for as long as it lives.
                 let shm = unsafe { std::os::fd::BorrowedFd::borrow_raw(shm_fd) };
-                crate::engine::worker::serve_forked(
-                    &to_parent,
-                    &from_parent,
-                    shm,
-                    inputs_end.as_fd(),
-                    registry,
-                    id,
-                )
+                crate::engine::worker::enter_forked(ends, shm, registry, parent)
             })?;
             // The closure, with the child's ends of the channels and the pipe, was dropped
             // in this process when `fork_child` returned: only the child holds them now.
@@ -976,9 +999,46 @@ pub(crate) fn fork_workers(
     Ok(started)
 }
 
-/// `setpgid`'s "the calling process": in the child, a group led by itself.
-fn own_group() -> nix::unistd::Pid {
-    nix::unistd::Pid::from_raw(0)
+/// Starts workers `ids` through the program's fork server (see
+/// [`crate::engine::forkserver`]): no exec and no handshake, from any thread. The workers
+/// are children of this process; their output forwarding threads start once all exist.
+/// On an error, none of them is left running.
+pub(crate) fn fork_via_server(
+    shm_fd: std::os::fd::RawFd,
+    ids: std::ops::Range<usize>,
+    pin: &[usize],
+    timeout: Duration,
+) -> Result<Vec<Started>> {
+    let wanted: Vec<(usize, Option<usize>)> =
+        ids.clone().map(|id| (id, cpu_for(id, pin))).collect();
+    // SAFETY: the shared region's memfd stays open in the pool while this call runs.
+    let shm = unsafe { std::os::fd::BorrowedFd::borrow_raw(shm_fd) };
+    let (forked, workloads) = crate::engine::forkserver::fork_workers(shm, &wanted, timeout)
+        .map_err(|e| Error::Spawn {
+            id: ids.start,
+            exe: "the fork server".into(),
+            os_error: e,
+            hint: String::new(),
+        })?;
+    Ok(forked
+        .into_iter()
+        .map(|w| {
+            // The worker's own first step, done here too so that it holds from now on.
+            let group = nix::unistd::Pid::from_raw(w.pid as i32);
+            let _ = nix::unistd::setpgid(group, group);
+            Started {
+                id: w.id,
+                pid: w.pid,
+                child: Process::from_pid(w.pid),
+                tx: w.tx,
+                rx: w.rx,
+                output: forward_output(w.id, w.output, false),
+                handshake_ipc: super::Ipc::default(),
+                workloads: workloads.clone(),
+                inputs_socket: w.inputs_socket,
+            }
+        })
+        .collect())
 }
 
 /// The CPU worker `id` is pinned to: CPUs are dealt round-robin over `pin` (empty: none).

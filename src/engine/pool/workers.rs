@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use ipc_channel::ipc::{IpcReceiverSet, IpcSender};
 
-use super::{Death, Pool, spawn};
+use super::{Death, Pool, StartMethod, spawn};
 use crate::engine::protocol::{FromWorker, ToWorker, wire_size};
 use crate::engine::sys::{ExitCause, Process};
 use crate::error::{Error, Result};
@@ -252,8 +252,9 @@ impl Pool {
         Ok(())
     }
 
-    /// Starts a fresh set of workers after a failed job stopped them all. They are spawned
-    /// whatever the start method: by now this process has threads, so it may not fork.
+    /// Starts a fresh set of workers after a failed job stopped them all. They come from
+    /// the fork server, or are spawned: by now this process has threads, so it may not
+    /// fork itself.
     pub(super) fn revive(&mut self) -> Result<()> {
         self.set = IpcReceiverSet::new()?;
         let (waker, waker_rx) = ipc_channel::ipc::channel::<()>()?;
@@ -306,6 +307,12 @@ impl Pool {
         self.workers[w].unspawned = false;
         self.control.reset_slot(w);
         let id = self.workers[w].id;
+        if let Some(started) = self.fork_from_server(id) {
+            let pid = started.pid;
+            self.install(started)?;
+            return Ok(pid);
+        }
+        self.ensure_spawner()?;
         let mut deaths = Vec::new();
         let started = spawn::start_workers(
             &self.exe,
@@ -389,6 +396,13 @@ impl Pool {
         // What the old process left in its claim slot (a channel posting it was inside)
         // is not the new one's.
         self.control.reset_slot(w);
+        if let Some(started) = self.fork_from_server(self.workers[w].id) {
+            let pid = started.pid;
+            self.workers[w].pid = pid;
+            self.workers[w].starting = Some(spawn::Starting::ready(started));
+            return Ok(pid);
+        }
+        self.ensure_spawner()?;
         let mut starting = spawn::spawn_worker(
             &self.exe,
             &self.dir,
@@ -402,5 +416,28 @@ impl Pool {
         self.workers[w].pid = pid;
         self.workers[w].starting = Some(starting);
         Ok(pid)
+    }
+
+    /// Worker `id` forked by the program's fork server, unless the pool spawns (its start
+    /// method is spawn, or the server is gone or failed: then the pool spawns from now on).
+    fn fork_from_server(&mut self, id: usize) -> Option<spawn::Started> {
+        if self.start == StartMethod::Spawn || !crate::engine::forkserver::available() {
+            return None;
+        }
+        let forked = spawn::fork_via_server(
+            self.region.raw_fd(),
+            id..id + 1,
+            &self.pin,
+            self.handshake_timeout,
+        );
+        forked.ok().and_then(|mut started| started.pop())
+    }
+
+    /// Starts the pool's spawner thread if it has none yet (see [`spawn::Spawner`]).
+    fn ensure_spawner(&mut self) -> Result<()> {
+        if self.exe.spawner.is_none() {
+            self.exe.spawner = Some(std::sync::Arc::new(spawn::Spawner::new()?));
+        }
+        Ok(())
     }
 }
