@@ -223,6 +223,14 @@ pub use bytemuck;
 /// after the process has started threads or has been running for a while, the signs that
 /// something ran before it. A worker whose `main` forgets `init` and builds a pool gets an
 /// error from [`PoolBuilder::build`] instead of starting workers of its own.
+///
+/// In the program itself (not a worker), `init` forks procpool's **fork server** while the
+/// process still has a single thread: a small process that forks every worker a pool asks
+/// for, as a child of this process, with no exec and no handshake
+/// ([`StartMethod::ForkServer`], the default). It holds the registry and nothing else, dies
+/// with the program (its death signal follows the main thread) and leaves no file. A
+/// program that never builds a pool pays that one fork. Called after the process started
+/// threads, `init` starts no server, and pools spawn their workers.
 pub fn init() {
     init_with(Registry::builtin());
 }

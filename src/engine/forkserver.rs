@@ -21,12 +21,14 @@
 //! with the program even when it is SIGKILLed. The server checks nothing of the pool's
 //! messages it would act on outside itself: it forks, and hands the pool what it made.
 //!
-//! **A request** is one message on the socket pair: how many workers, their ids and CPUs,
-//! and the descriptors each needs (`SCM_RIGHTS`): the shared region's memfd, each worker's
-//! end of its private input socket and the write end of its output pipe. The server makes
-//! the two ipc-channels of each worker, forks it, and answers with the pool's ends of those
-//! channels and the worker's pid, up to [`BATCH`] workers a message. The pool believes a pid
-//! only when it is a child of its own ([`crate::engine::sys::is_our_child`]).
+//! **A request** is one message on the socket pair: a worker's id and CPU, and the
+//! descriptors it needs (`SCM_RIGHTS`): the shared region's memfd, the worker's end of its
+//! private input socket and the write end of its output pipe. The server makes the
+//! worker's two ipc-channels, forks it, and answers with the pool's ends of those channels
+//! and the worker's pid. The pool sends up to [`BATCH`] requests before it reads their
+//! answers, so that the server forks while the pool prepares the next; the server reads
+//! one request at a time, so a worker inherits no other worker's descriptors. The pool
+//! believes a pid only when it is a child of its own ([`crate::engine::sys::is_our_child`]).
 //!
 //! **Its lifetime.** Started eagerly by `init` (the only moment the program is sure to
 //! have a single thread); a program that never builds a pool pays that one fork. It dies
@@ -49,20 +51,23 @@ use crate::engine::sys::{Process, fork_child, fork_sibling, is_our_child};
 use crate::engine::worker::ForkedEnds;
 use crate::workload::Registry;
 
-/// The most workers one request asks for: ipc-channel carries at most 64 descriptors in a
-/// message, and each worker's answer holds two (its channels).
+/// The most requests the pool sends before it reads their answers: it bounds the
+/// descriptors in flight (see [`crate::engine::limits`]).
 pub(crate) const BATCH: usize = 32;
 /// The server's name (`comm`): its command line is the program's.
 pub(crate) const SERVER_NAME: &std::ffi::CStr = c"procpool-server";
-/// A request's bytes are at most this long (a few per worker).
-const REQUEST_MAX: usize = 4096;
+/// A request's bytes are at most this long.
+const REQUEST_MAX: usize = 256;
 
-/// What the pool asks for: workers (id, CPU), and the pool's open-file limit, which the
-/// server takes on before it forks them (the pool may have raised its own since `init`).
+/// What the pool asks for: one worker (id, CPU), and the pool's open-file limit, which
+/// the worker takes on (the pool may have raised its own since `init`). Its descriptors
+/// travel with it: the shared region's memfd, the worker's end of its input socket and the
+/// write end of its output pipe.
 #[derive(Serialize, Deserialize)]
 struct Request {
     open_files: u64,
-    workers: Vec<(u32, Option<u32>)>,
+    id: u32,
+    cpu: Option<u32>,
 }
 
 /// A worker the server forked: its pid and the pool's ends of its channels.
@@ -74,16 +79,15 @@ struct Forked {
     rx: IpcReceiver<FromWorker>,
 }
 
-/// The server's answer to one request: the workers it forked, in the order asked, and why
-/// it stopped short, if it did.
-#[derive(Serialize, Deserialize)]
-struct Reply {
-    forked: Vec<Forked>,
-    error: Option<String>,
-}
+/// The server's answer to one request: the worker, or why not.
+type Reply = Result<Forked, String>;
 
 /// The program's link to its fork server.
 struct Server {
+    /// The process that forked the server and may talk to it: a copy of this program
+    /// made by `fork` (a worker started with `--start fork`, a daemon) holds the same
+    /// link, and must not use it.
+    owner: u32,
     /// The server, our child.
     process: Process,
     /// Our end of the socket pair requests go on.
@@ -98,10 +102,17 @@ struct Server {
 /// it broke.
 static SERVER: Mutex<Option<Server>> = Mutex::new(None);
 
+/// The program's fork server, if this process started it and it works. (`None` in a
+/// copy of the program made by `fork`: the server is the original's.)
 fn server() -> std::sync::MutexGuard<'static, Option<Server>> {
-    SERVER
+    let mut slot = SERVER
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if slot.as_ref().is_some_and(|s| s.owner != std::process::id()) {
+        // Forget it without a word to it: dropping closes only this copy's descriptors.
+        *slot = None;
+    }
+    slot
 }
 
 /// Starts the program's fork server with `registry`, unless it runs already or the program
@@ -147,6 +158,7 @@ fn fork_server(registry: &Registry) -> io::Result<Server> {
         .take()
         .ok_or_else(|| io::Error::other("lost our ends"))?;
     Ok(Server {
+        owner: std::process::id(),
         process: Process::from_pid(pid),
         requests,
         replies,
@@ -172,18 +184,22 @@ fn serve(
     // Up to the hard limit: a request carries three descriptors a worker, and the server
     // makes four more before it forks each. Each worker takes the pool's own limit.
     let _ = crate::engine::sys::set_open_file_limit(u64::MAX);
+    // What every worker would otherwise work out for itself, worked out once here: the
+    // CPUs it may use, and ipc-channel's socket buffer size (found by its first send).
+    crate::engine::worker::cores();
+    if let Ok((tx, rx)) = ipc_channel::ipc::channel::<()>() {
+        let _ = tx.send(());
+        let _ = rx.try_recv();
+    }
     let mut link = Some((socket, replies));
     loop {
         let Some((socket, _)) = link.as_ref() else {
             return 1;
         };
         let reply = match recv_message(socket.as_fd(), REQUEST_MAX) {
-            Ok(Some((bytes, fds))) => fork_batch(&mut link, &bytes, fds, registry, program),
+            Ok(Some((bytes, fds))) => fork_one(&mut link, &bytes, fds, registry, program),
             Ok(None) => return 0,
-            Err(e) => Reply {
-                forked: Vec::new(),
-                error: Some(format!("the fork server could not read a request: {e}")),
-            },
+            Err(e) => Err(format!("the fork server could not read a request: {e}")),
         };
         let Some((_, replies)) = link.as_ref() else {
             return 1;
@@ -194,107 +210,61 @@ fn serve(
     }
 }
 
-/// Forks the workers one request asks for. `link` is the server's own (each worker closes
-/// its copy).
-fn fork_batch(
+/// Forks the worker one request asks for. `link` is the server's own: the worker closes
+/// its copy, and holds nothing else of the server's (requests are read one at a time).
+fn fork_one(
     link: &mut Option<(OwnedFd, IpcSender<Reply>)>,
     bytes: &[u8],
     fds: Vec<OwnedFd>,
     registry: &Registry,
     program: nix::unistd::Pid,
 ) -> Reply {
-    let refuse = |error: String| Reply {
-        forked: Vec::new(),
-        error: Some(error),
-    };
     let Ok(Request {
         open_files,
-        workers: wanted,
+        id,
+        cpu,
     }) = postcard::from_bytes::<Request>(bytes)
     else {
-        return refuse("the fork server got a request it cannot read".into());
+        return Err("the fork server got a request it cannot read".into());
     };
-
-    if wanted.is_empty() || wanted.len() > BATCH || fds.len() != 1 + 2 * wanted.len() {
-        return refuse(format!(
-            "the fork server got a request for {} workers with {} descriptors",
-            wanted.len(),
-            fds.len()
+    let Ok::<[OwnedFd; 3], _>([shm, inputs, output]) = fds.try_into() else {
+        return Err(format!(
+            "the request for worker {id} did not carry its 3 descriptors"
         ));
-    }
-    let mut fds = fds.into_iter();
-    let Some(shm) = fds.next() else {
-        return refuse("no shared region in the request".into());
     };
-    // Each worker's input socket and output pipe, taken by that worker only.
-    let mut own: Vec<Option<(OwnedFd, OwnedFd)>> = Vec::with_capacity(wanted.len());
-    while let (Some(inputs), Some(output)) = (fds.next(), fds.next()) {
-        own.push(Some((inputs, output)));
-    }
-    let mut forked: Vec<Forked> = Vec::with_capacity(wanted.len());
-    for (i, &(id, cpu)) in wanted.iter().enumerate() {
-        let channels = ipc_channel::ipc::channel::<ToWorker>().and_then(|to_worker| {
-            ipc_channel::ipc::channel::<FromWorker>().map(|from_worker| (to_worker, from_worker))
-        });
-        let ((tx, from_parent), (to_parent, rx)) = match channels {
-            Ok(c) => c,
-            Err(e) => return stop_short(forked, format!("cannot make a worker's channels: {e}")),
+    let channels = ipc_channel::ipc::channel::<ToWorker>().and_then(|to_worker| {
+        ipc_channel::ipc::channel::<FromWorker>().map(|from_worker| (to_worker, from_worker))
+    });
+    let ((tx, from_parent), (to_parent, rx)) =
+        channels.map_err(|e| format!("cannot make the channels of worker {id}: {e}"))?;
+    let mut pool_ends = Some((tx, rx));
+    let mut worker_ends = Some((from_parent, to_parent, inputs, output));
+    let pid = fork_sibling(|| {
+        // The worker keeps what is its own and closes the server's link and the pool's
+        // ends of its channels.
+        drop(link.take());
+        drop(pool_ends.take());
+        let Some((from_parent, to_parent, inputs, output)) = worker_ends.take() else {
+            return 1;
         };
-        let mut pool_ends = Some((tx, rx));
-        let mut worker_ends = Some((from_parent, to_parent));
-        let pid = fork_sibling(|| {
-            // The worker keeps what is its own and closes the rest: the server's link,
-            // the pool's ends of every channel, the other workers' descriptors.
-            drop(link.take());
-            drop(std::mem::take(&mut forked));
-            drop(pool_ends.take());
-            let mine = own.get_mut(i).and_then(Option::take);
-            own.clear();
-            let (Some((from_parent, to_parent)), Some((inputs, output))) =
-                (worker_ends.take(), mine)
-            else {
-                return 1;
-            };
-            let ends = ForkedEnds {
-                id: id as usize,
-                to_parent,
-                from_parent,
-                inputs,
-                output,
-                cpu: cpu.map(|c| c as usize),
-            };
-            // The pool's open-file limit, as a spawned worker inherits it.
-            if crate::engine::sys::set_open_file_limit(open_files).is_err() {
-                return 1;
-            }
-            crate::engine::worker::enter_forked(ends, shm.as_fd(), registry, program)
-        });
-        // Ours are closed: only the worker holds its ends now.
-        drop(worker_ends);
-        if let Some(slot) = own.get_mut(i) {
-            *slot = None;
+        // The pool's open-file limit, as a spawned worker inherits it.
+        if crate::engine::sys::set_open_file_limit(open_files).is_err() {
+            return 1;
         }
-        let pid = match pid {
-            Ok(pid) => pid,
-            Err(e) => return stop_short(forked, format!("cannot fork worker {id}: {e}")),
+        let ends = ForkedEnds {
+            id: id as usize,
+            to_parent,
+            from_parent,
+            inputs,
+            output,
+            cpu: cpu.map(|c| c as usize),
         };
-        let Some((tx, rx)) = pool_ends.take() else {
-            return stop_short(forked, "lost a worker's channels".into());
-        };
-        forked.push(Forked { id, pid, tx, rx });
-    }
-    Reply {
-        forked,
-        error: None,
-    }
-}
-
-/// The answer for a batch that stopped at `error`, with the workers forked before it.
-fn stop_short(forked: Vec<Forked>, error: String) -> Reply {
-    Reply {
-        forked,
-        error: Some(error),
-    }
+        crate::engine::worker::enter_forked(ends, shm.as_fd(), registry, program)
+    })
+    .map_err(|e| format!("cannot fork worker {id}: {e}"))?;
+    // Ours are closed here (`worker_ends`, `shm`): only the worker holds its ends now.
+    let (tx, rx) = pool_ends.take().ok_or("lost the channels of a worker")?;
+    Ok(Forked { id, pid, tx, rx })
 }
 
 /// A worker the fork server made for the pool, with the pool's ends of everything it holds.
@@ -349,7 +319,8 @@ pub(crate) fn fork_workers(
     Ok((made, server.catalogue.clone()))
 }
 
-/// One request and its answer; the error says whether the server is broken.
+/// Up to [`BATCH`] requests, then their answers; the error says whether the server is
+/// broken.
 fn fork_one_batch(
     server: &mut Server,
     shm: BorrowedFd<'_>,
@@ -359,74 +330,66 @@ fn fork_one_batch(
 ) -> Result<(), (io::Error, bool)> {
     let local = |e: io::Error| (e, false);
     let broken = |what: String| (io::Error::other(what), true);
+    let open_files = crate::engine::sys::open_file_limit().map_or(0, |(soft, _)| soft);
     let mut ours = Vec::with_capacity(batch.len());
-    let mut theirs: Vec<OwnedFd> = Vec::with_capacity(2 * batch.len());
-    for _ in batch {
+    for &(id, cpu) in batch {
         let (reader, writer) = io::pipe().map_err(local)?;
         let (inputs_socket, inputs_end) = crate::engine::sealed::channel().map_err(local)?;
-        ours.push((reader, inputs_socket));
-        theirs.push(inputs_end);
-        theirs.push(writer.into());
-    }
-    let request = Request {
-        open_files: crate::engine::sys::open_file_limit().map_or(0, |(soft, _)| soft),
-        workers: batch
-            .iter()
-            .map(|&(id, cpu)| (id as u32, cpu.map(|c| c as u32)))
-            .collect(),
-    };
-    let bytes = postcard::to_stdvec(&request).map_err(|e| local(io::Error::other(e)))?;
-    let mut fds: Vec<BorrowedFd<'_>> = vec![shm];
-    fds.extend(theirs.iter().map(AsFd::as_fd));
-    send_message(server.requests.as_fd(), &bytes, &fds)
+        let request = Request {
+            open_files,
+            id: id as u32,
+            cpu: cpu.map(|c| c as u32),
+        };
+        let bytes = postcard::to_stdvec(&request).map_err(|e| local(io::Error::other(e)))?;
+        let writer = OwnedFd::from(writer);
+        send_message(
+            server.requests.as_fd(),
+            &bytes,
+            &[shm, inputs_end.as_fd(), writer.as_fd()],
+        )
         .map_err(|e| broken(format!("the fork server is gone: {e}")))?;
-    // Only the workers hold their ends from now on.
-    drop(fds);
-    drop(theirs);
-    let reply = server.replies.try_recv_timeout(timeout).map_err(|e| {
-        broken(format!(
-            "the fork server did not answer within {timeout:?}: {e:?}"
-        ))
-    })?;
-    let short = reply.error.clone();
-    let complete = reply.forked.len() == batch.len();
-    let mut refused = None;
-    for (forked, ((id, _), (output, inputs_socket))) in
-        reply.forked.into_iter().zip(batch.iter().zip(ours))
-    {
+        // Only the worker will hold these ends (`inputs_end` and `writer` close here).
+        ours.push((id, reader, inputs_socket));
+    }
+    let mut failed = None;
+    for (id, output, inputs_socket) in ours {
+        let reply = server.replies.try_recv_timeout(timeout).map_err(|e| {
+            broken(format!(
+                "the fork server did not answer within {timeout:?}: {e:?}"
+            ))
+        })?;
+        let forked = match reply {
+            Ok(forked) => forked,
+            // The server could not fork this one (a limit, a full table): not broken.
+            Err(error) => {
+                failed.get_or_insert(error);
+                continue;
+            }
+        };
         if !is_our_child(forked.pid) {
             // Not ours: never signalled, never waited for.
-            refused = Some(forked.pid);
-            continue;
-        }
-        if forked.id as usize != *id {
-            let mut process = Process::from_pid(forked.pid);
-            process.kill();
-            let _ = process.wait();
-            refused = Some(forked.pid);
-            continue;
+            return Err(broken(format!(
+                "the fork server named process {} for worker {id}, which is not a child of \
+                 this program; refused",
+                forked.pid
+            )));
         }
         made.push(ForkedWorker {
-            id: *id,
+            id,
             pid: forked.pid,
             tx: forked.tx,
             rx: forked.rx,
             output,
             inputs_socket,
         });
+        if forked.id as usize != id {
+            return Err(broken(format!(
+                "the fork server answered for worker {} when asked for worker {id}; refused",
+                forked.id
+            )));
+        }
     }
-    if let Some(pid) = refused {
-        return Err(broken(format!(
-            "the fork server named process {pid} for a worker it was not asked for, or that \
-             is not a child of this program; refused"
-        )));
-    }
-    if !complete && short.is_none() {
-        return Err(broken(
-            "the fork server answered for fewer workers than asked".into(),
-        ));
-    }
-    match short {
+    match failed {
         Some(error) => Err((io::Error::other(error), false)),
         None => Ok(()),
     }

@@ -477,6 +477,14 @@ fn check_bound(dir: &OwnedFd, tmpdir: &Path, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The CPUs this process may use (`available_parallelism`, which reads the control
+/// group's quota), read once: a fork server reads it before it forks, and its workers
+/// inherit the answer.
+pub(crate) fn cores() -> u64 {
+    static CORES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |c| c.get() as u64))
+}
+
 /// The name (`comm`, at most 15 bytes) of a worker started without an exec, before its
 /// id: its command line is the program's own.
 pub(crate) const WORKER_NAME: &str = "procpool-w";
@@ -591,7 +599,7 @@ fn serve_loop(
         geometry: None,
         served_channel: 0,
         spin: 0,
-        cores: std::thread::available_parallelism().map_or(1, |c| c.get() as u64),
+        cores: cores(),
         chunks_done: std::cell::Cell::new(0),
         retiring: std::cell::Cell::new(false),
         early: std::collections::VecDeque::new(),
