@@ -292,6 +292,10 @@ pub fn init_with(registry: Registry) {
 /// ```
 ///
 /// When `cargo test` itself runs the hidden test (with `--ignored`), it returns at once.
+///
+/// It also starts the test binary's fork server before `main` (a constructor, run while
+/// the process has one thread, as [`init`] does in a program), so that pools built with
+/// [`PoolBuilder::test_harness`] fork their workers through it, as a program's pools do.
 #[macro_export]
 macro_rules! enable_test_support {
     ($registry:expr) => {
@@ -301,7 +305,34 @@ macro_rules! enable_test_support {
         fn __procpool_test_worker() {
             $crate::serve_test_worker($registry);
         }
+
+        /// Starts procpool's fork server for this test binary before `main`: libtest runs
+        /// every test on a thread of its own, so there is no single-threaded moment later.
+        // SAFETY (of the section): the C runtime calls each `extern "C" fn()` in
+        // `.init_array` once, before `main`, with nothing else running; this one takes no
+        // arguments and returns nothing, as it expects.
+        #[used]
+        #[unsafe(link_section = ".init_array")]
+        static __PROCPOOL_FORK_SERVER: extern "C" fn() = {
+            extern "C" fn __procpool_start_fork_server() {
+                $crate::start_test_fork_server(|| $registry);
+            }
+            __procpool_start_fork_server
+        };
     };
+}
+
+/// The constructor [`enable_test_support!`] puts in a test binary: starts its fork server
+/// with the registry `registry` makes, unless this process is one of procpool's workers.
+/// Never panics (a registry that panics leaves the binary without a server).
+#[doc(hidden)]
+pub fn start_test_fork_server(registry: impl FnOnce() -> Registry) {
+    if std::env::var_os(engine::pool::TEST_WORKER_ENV).is_some() {
+        return;
+    }
+    if let Ok(registry) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(registry)) {
+        engine::forkserver::start(&registry);
+    }
 }
 
 /// The body of the hidden test [`enable_test_support!`] defines: serves as a worker when

@@ -140,7 +140,7 @@ pub enum StartMethod {
     /// since 3.14): a small single-threaded process [`init`](crate::init) forked before
     /// anything else ran forks each worker, as a child of this process, from any thread
     /// and at any time: no exec, no handshake. Without a fork server (no `init`, another
-    /// `worker_exe`, a test harness), workers are spawned.
+    /// `worker_exe`), workers are spawned.
     #[default]
     ForkServer,
 }
@@ -399,7 +399,10 @@ impl PoolBuilder {
     /// Workers run this test binary through the hidden test that
     /// [`enable_test_support!`](crate::enable_test_support) defines, instead of
     /// re-executing a `main` that calls [`crate::init`]: how a custom workload is tested
-    /// across real worker processes under plain `cargo test`. See the macro.
+    /// across real worker processes under plain `cargo test`. With the default start
+    /// method the workers come from the fork server the macro starts before `main`; they
+    /// are spawned through the hidden test only without one (or with
+    /// [`StartMethod::Spawn`]). See the macro.
     pub fn test_harness(mut self) -> Self {
         self.options.test_harness = true;
         self
@@ -698,14 +701,13 @@ impl PoolOptions {
     }
 
     /// The start method the pool uses: [`StartMethod::ForkServer`] only where the program
-    /// has a fork server and the workers are this very program (no other `worker_exe`, no
-    /// test harness); otherwise spawn.
+    /// has a fork server (started by `init`, or in a test binary by
+    /// [`enable_test_support!`](crate::enable_test_support)) and the workers are this very
+    /// program (no other `worker_exe`); otherwise spawn.
     fn effective_start(&self) -> StartMethod {
         match self.start {
             StartMethod::ForkServer
-                if self.worker_exe.is_some()
-                    || self.test_harness
-                    || !crate::engine::forkserver::available() =>
+                if self.worker_exe.is_some() || !crate::engine::forkserver::available() =>
             {
                 StartMethod::Spawn
             }
