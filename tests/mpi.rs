@@ -479,6 +479,15 @@ fn ranks_of(mpirun: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The mpirun that procpool `launcher` started: its child that is not its fork server
+/// (`procpool-server`, which `init` forks in every program).
+fn mpirun_of(launcher: u32) -> Option<u32> {
+    ranks_of(launcher).into_iter().find(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim() != "procpool-server")
+    })
+}
+
 /// Waits (up to [`DEADLINE`]) until the mpirun that `mpirun` finds has three ranks; returns
 /// its pid and theirs.
 fn three_ranks(mpirun: impl Fn() -> Option<u32>) -> (u32, Vec<u32>) {
@@ -586,7 +595,7 @@ fn sigint_and_sigterm_stop_the_job_with_130_and_143_and_leave_nothing() {
         let child = launched(3, &["hash", "2000000", "--rounds", "50"]);
         let launcher = child.id();
         // procpool → mpirun → 3 ranks.
-        let (mpirun, seen) = three_ranks(|| ranks_of(launcher).first().copied());
+        let (mpirun, seen) = three_ranks(|| mpirun_of(launcher));
         // Into the job, then the signal to procpool, as a Ctrl-C or `kill` would send it.
         std::thread::sleep(Duration::from_millis(800));
         let _ = Command::new("kill")
@@ -627,7 +636,7 @@ fn sigint_and_sigterm_stop_the_job_with_130_and_143_and_leave_nothing() {
         .spawn()
         .expect("procpool starts");
     let launcher = child.id();
-    let (mpirun, seen) = three_ranks(|| ranks_of(launcher).first().copied());
+    let (mpirun, seen) = three_ranks(|| mpirun_of(launcher));
     child.kill().expect("SIGKILL procpool");
     child.wait().expect("reap procpool");
     all_gone(&[&seen[..], &[mpirun]].concat());
@@ -816,7 +825,7 @@ fn a_rank_killed_during_the_baseline_is_named_with_the_phase() {
     for victim in [1, 0] {
         let child = launched(3, &["hash", "20000", "--rounds", "200"]);
         let launcher = child.id();
-        let (mpirun, seen) = three_ranks(|| ranks_of(launcher).first().copied());
+        let (mpirun, seen) = three_ranks(|| mpirun_of(launcher));
         let mut by_rank = vec![0u32; 3];
         for &pid in &seen {
             by_rank[rank_number(pid).expect("a rank number")] = pid;
@@ -865,7 +874,7 @@ fn a_double_sigterm_ends_the_run_and_leaves_nothing_in_tmpdir() {
             .env("TMPDIR", tmpdir.path());
         let child = start(command);
         let launcher = child.id();
-        let (mpirun, seen) = three_ranks(|| ranks_of(launcher).first().copied());
+        let (mpirun, seen) = three_ranks(|| mpirun_of(launcher));
         std::thread::sleep(Duration::from_millis(800));
         // Open MPI's session directory is there while the job runs.
         assert!(!entries(tmpdir.path()).is_empty(), "mpirun uses TMPDIR");
@@ -894,7 +903,7 @@ fn a_run_directory_left_by_a_killed_procpool_is_removed_by_the_next_run() {
         .env("TMPDIR", tmpdir.path());
     let mut child = start(command);
     let launcher = child.id();
-    let (mpirun, seen) = three_ranks(|| ranks_of(launcher).first().copied());
+    let (mpirun, seen) = three_ranks(|| mpirun_of(launcher));
     child.kill().expect("SIGKILL procpool");
     child.wait().expect("reap procpool");
     all_gone(&[&seen[..], &[mpirun]].concat());
