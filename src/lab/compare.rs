@@ -26,7 +26,7 @@ pub const DEFAULT_ROUNDS: usize = 3;
 pub struct ModeSide {
     /// Wall time of the parallel run (starting included), in seconds.
     pub wall_s: Summary,
-    /// Seconds spent starting the workers (processes and their handshakes, or threads).
+    /// Seconds spent starting the workers (processes until they are ready for work, or threads).
     pub spawn_s: Summary,
     /// Kernel seconds summed over the workers.
     pub compute_s: Summary,
@@ -202,7 +202,7 @@ pub(crate) fn why(
         crate::units::count(workers, "worker")
     ));
     lines.push(format!(
-        "Start: {} to start {} worker processes and their handshakes, against {} for threads.",
+        "Start: {} to start {} worker processes ready for work, against {} for threads.",
         s(p.spawn_s.mean),
         workers,
         s(t.spawn_s.mean)
