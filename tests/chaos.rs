@@ -7,10 +7,16 @@
 //! `PROCPOOL_CHAOS_SECS` for another duration (CI runs 10 s).
 //!
 //! Runs alternate between the two ways of handing out chunks (`--dispatch queue` and
-//! `--dispatch channel`) and go through four phases in turn (see [`Phase`]): mixed signals,
-//! SIGSTOP at start, SIGSEGV at start, misbehaving kernels. However short the soak, every
-//! phase runs once on each path. What it asserts, run after run:
-//! - every run verifies, with the checksum of an undisturbed run (but for a queue run whose
+//! `--dispatch channel`), between the three ways of starting workers (`--start spawn`,
+//! `fork` and `forkserver`, round-robin), and go through four phases in turn (see
+//! [`Phase`]): mixed signals, SIGSTOP at start, SIGSEGV at start, misbehaving kernels.
+//! However short the soak, every phase runs once on each path, and each start method twice.
+//! The blows fall on workers (and on children kernels leave), never on procpool, and on
+//! the fork server only on purpose: every other `forkserver` run, the server gets a
+//! SIGSTOP, SIGKILL or SIGSEGV (in turn) at a random moment of the run's first 400 ms, and the pool must
+//! reap it and spawn from then on. What it asserts, run after run:
+//! - every run verifies, and says it started its workers the way it was asked (a
+//!   `forkserver` run whose server was hit may say `spawn`), with the checksum of an undisturbed run (but for a queue run whose
 //!   kernel wrote over the control block: that one must fail naming it); the limits are set wide
 //!   (`--max-restarts 100000 --retries 1000`), so no death the supervisor can recover from
 //!   may fail a job, including workers killed before they connected and replacements
@@ -29,7 +35,7 @@ mod common;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Sandbox, assert_no_tagged_process, tagged_processes};
+use common::{Sandbox, assert_no_tagged_process, proc_stat, tagged_server, tagged_workers};
 use nix::sys::signal::Signal;
 
 const WORKLOAD: [&str; 2] = ["collatz", "2e6"];
@@ -53,6 +59,10 @@ const KILL_EVERY: Duration = Duration::from_millis(50);
 const RUN_DEADLINE: Duration = Duration::from_secs(120);
 /// Every phase on both dispatch paths at least once, however short the soak.
 const FULL_CYCLE: u64 = 2 * PHASES.len() as u64;
+/// The ways of starting workers, one run each in turn.
+const STARTS: [&str; 3] = ["spawn", "fork", "forkserver"];
+/// How soon after its start a `forkserver` run's server may be hit.
+const SERVER_HIT_WITHIN_US: usize = 400_000;
 
 /// What the soak does to one run; runs go through the phases in turn, each phase twice
 /// (once per dispatch path).
@@ -128,6 +138,16 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The oldest of `children`: the fork server, which `init` forks before any worker (and
+/// which goes by the program's name for a moment, before it names itself).
+fn oldest(children: &[u32]) -> Option<u32> {
+    children
+        .iter()
+        .filter_map(|&pid| proc_stat(pid).map(|stat| (stat.starttime, pid)))
+        .min()
+        .map(|(_, pid)| pid)
+}
+
 /// A small xorshift generator: the soak needs variety, not quality.
 struct Dice(u64);
 
@@ -150,6 +170,12 @@ struct Tally {
     chunk_timeouts: u64,
     damage_caught: u64,
     max_fds: usize,
+    /// Per start method (as [`STARTS`]): runs, and runs verified.
+    per_start: [(u64, u64); 3],
+    /// Signals sent to the fork server on purpose, as `signals`.
+    server_hits: [u64; 3],
+    /// `forkserver` runs whose server was hit before the pool was built, which then spawned.
+    spawned_instead: u64,
 }
 
 fn open_fds(pid: u32) -> Option<usize> {
@@ -166,16 +192,16 @@ fn jobs_survive_workers_killed_stopped_and_segfaulted_every_50ms() {
             .unwrap_or(60),
     );
     let sandbox = Sandbox::new();
-    let args_for = |dispatch: &'static str| -> Vec<&'static str> {
+    let args_for = |dispatch: &'static str, start: &'static str| -> Vec<&'static str> {
         WORKLOAD
             .iter()
             .chain(KNOBS.iter())
-            .chain(["--json", "--dispatch", dispatch].iter())
+            .chain(["--json", "--dispatch", dispatch, "--start", start].iter())
             .copied()
             .collect()
     };
     let dispatches = ["queue", "channel"];
-    let args = args_for("queue");
+    let args = args_for("queue", "forkserver");
 
     // The checksum of an undisturbed run is the answer every disturbed one must give.
     let calm = sandbox.run(&args);
@@ -200,10 +226,14 @@ fn jobs_survive_workers_killed_stopped_and_segfaulted_every_50ms() {
         let which = tally.runs as usize % 2;
         let phase_index = (tally.runs as usize / 2) % PHASES.len();
         let phase = PHASES[phase_index];
+        let start = tally.runs as usize % STARTS.len();
+        // Every other forkserver run, the server is hit too.
+        let hit_server = STARTS[start] == "forkserver" && tally.per_start[start].0 % 2 == 1;
         per_dispatch[which] += 1;
         per_phase[phase_index] += 1;
+        tally.per_start[start].0 += 1;
         let extra = phase.knobs(&mut dice);
-        let mut args = args_for(dispatches[which]);
+        let mut args = args_for(dispatches[which], STARTS[start]);
         args.extend(extra.iter().map(String::as_str));
         if let Phase::AtStart(_) = phase {
             // A worker stopped at its start is given up after its handshake deadline: keep
@@ -224,13 +254,33 @@ fn jobs_survive_workers_killed_stopped_and_segfaulted_every_50ms() {
                 let mut pause = Duration::from_micros(dice.roll(8_000) as u64);
                 let mut next_blow = started + pause;
                 let mut seen = std::collections::HashSet::new();
+                // The server is spared the blows meant for workers.
+                let mut server = None;
+                let mut server_hit = hit_server.then(|| {
+                    started + Duration::from_micros(dice.roll(SERVER_HIT_WITHIN_US) as u64)
+                });
                 while started.elapsed() < RUN_DEADLINE {
+                    if let Some(at) = server_hit
+                        && Instant::now() >= at
+                        && let Some(target) = tagged_server(tag)
+                    {
+                        // In turn, SIGSTOP first: the server that never answers.
+                        let hits: u64 = tally.server_hits.iter().sum();
+                        let k = [2, 0, 1][hits as usize % 3];
+                        common::signal(target, signals[k]);
+                        tally.server_hits[k] += 1;
+                        server_hit = None;
+                    }
                     if let Phase::AtStart(at_start) = phase {
                         // Watch for new children closely: a worker is caught within a few
                         // hundred microseconds of its fork, often before its exec.
                         std::thread::sleep(Duration::from_micros(200));
-                        for child in children(pid) {
-                            if seen.insert(child) && dice.roll(2) == 0 {
+                        let children = children(pid);
+                        if server.is_none() {
+                            server = oldest(&children);
+                        }
+                        for child in children {
+                            if seen.insert(child) && Some(child) != server && dice.roll(2) == 0 {
                                 common::signal(child, at_start);
                                 let k = signals.iter().position(|&s| s == at_start).unwrap();
                                 tally.signals[k].fetch_add(1, Ordering::Relaxed);
@@ -244,13 +294,10 @@ fn jobs_survive_workers_killed_stopped_and_segfaulted_every_50ms() {
                         std::thread::sleep(pause);
                         pause = KILL_EVERY;
                     }
-                    let workers: Vec<u32> = tagged_processes(tag)
-                        .into_iter()
-                        .map(|(p, _)| p)
-                        .filter(|&p| p != pid)
-                        .collect();
-                    // An ended procpool is a zombie until reaped: no command line any more.
-                    if common::cmdline(pid).is_empty() {
+                    // Workers, and children kernels left: not procpool, not the server.
+                    let workers = tagged_workers(tag);
+                    // An ended procpool is a zombie until reaped.
+                    if common::ended(pid) {
                         return;
                     }
                     if workers.is_empty() {
@@ -299,7 +346,13 @@ fn jobs_survive_workers_killed_stopped_and_segfaulted_every_50ms() {
         let report = out.json();
         assert_eq!(report["verified"], true, "{}", out.stdout);
         assert_eq!(report["checksum"], expected, "{}", out.stdout);
+        if hit_server && report["start"] == "spawn" {
+            tally.spawned_instead += 1;
+        } else {
+            assert_eq!(report["start"], STARTS[start], "{}", out.stdout);
+        }
         tally.verified += 1;
+        tally.per_start[start].1 += 1;
         tally.restarts += report["restarts"].as_u64().unwrap_or(0);
         for death in report["deaths"].as_array().into_iter().flatten() {
             let cause = death["cause"].as_str().unwrap_or_default();
@@ -319,16 +372,23 @@ fn jobs_survive_workers_killed_stopped_and_segfaulted_every_50ms() {
         .iter()
         .map(|s| s.load(Ordering::Relaxed))
         .collect();
+    let starts: Vec<String> = STARTS
+        .iter()
+        .zip(tally.per_start)
+        .map(|(name, (runs, verified))| format!("{name} {runs} ({verified} verified)"))
+        .collect();
     eprintln!(
-        "chaos soak: {:.0} s, {} runs ({} queue, {} channel; {} mixed, {} SIGSTOP at start, \
+        "chaos soak: {:.0} s, {} runs ({} queue, {} channel; {}; {} mixed, {} SIGSTOP at start, \
          {} SIGSEGV at start, {} misbehaving kernels), {} verified, {} stopped for a control block written over, 0 \
          failed otherwise; signals sent: {} \
-         SIGKILL, {} SIGSEGV, {} SIGSTOP; {} restarts ({} before the worker connected, {} \
+         SIGKILL, {} SIGSEGV, {} SIGSTOP; the fork server hit {} times ({} SIGKILL, {} SIGSEGV, \
+         {} SIGSTOP; {} runs spawned their workers instead); {} restarts ({} before the worker connected, {} \
          chunk timeouts); procpool held at most {} descriptors",
         began.elapsed().as_secs_f64(),
         tally.runs,
         per_dispatch[0],
         per_dispatch[1],
+        starts.join(", "),
         per_phase[0],
         per_phase[1],
         per_phase[2],
@@ -338,6 +398,11 @@ fn jobs_survive_workers_killed_stopped_and_segfaulted_every_50ms() {
         sent[0],
         sent[1],
         sent[2],
+        tally.server_hits.iter().sum::<u64>(),
+        tally.server_hits[0],
+        tally.server_hits[1],
+        tally.server_hits[2],
+        tally.spawned_instead,
         tally.restarts,
         tally.deaths_before_connecting,
         tally.chunk_timeouts,

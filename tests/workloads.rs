@@ -1,6 +1,6 @@
 //! Every built-in workload, verified against the single-process run across worker counts,
-//! odd sizes, modes (processes, threads, single), start methods (spawn, fork) and dispatch
-//! paths (queue, channel).
+//! odd sizes, modes (processes, threads, single), start methods (forkserver, spawn, fork)
+//! and dispatch paths (queue, channel).
 
 mod common;
 
@@ -95,6 +95,25 @@ fn threads_single_fork_and_both_dispatches_give_the_same_verified_output() {
                     assert_eq!(report["start"], "fork", "{report}");
                 }
             }
+            checksums.push((report["params"].clone(), report["checksum"].clone()));
+        }
+        assert_same_output(workload, &checksums);
+    }
+}
+
+#[test]
+fn every_workload_verifies_under_each_start_method() {
+    // The fork server is the default now: spawn and fork must keep working beside it.
+    for workload in WORKLOADS {
+        let mut checksums = Vec::new();
+        for start in ["spawn", "fork", "forkserver"] {
+            let sandbox = Sandbox::new();
+            let mut args = vec!["--workers", "2", "--start", start];
+            args.extend_from_slice(workload);
+            let report = run_json(&sandbox, &args);
+            assert_eq!(report["verified"], true, "{args:?}: {report}");
+            assert_eq!(report["start"], start, "{args:?}: {report}");
+            assert_eq!(report["restarts"], 0, "{args:?}: {report}");
             checksums.push((report["params"].clone(), report["checksum"].clone()));
         }
         assert_same_output(workload, &checksums);

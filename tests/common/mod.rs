@@ -583,15 +583,67 @@ pub fn children_of_this_process() -> Vec<(u32, String)> {
 
 /// `comm` and parent pid of `pid`, from `/proc/<pid>/stat`.
 pub fn comm_and_ppid(pid: u32) -> Option<(String, u32)> {
+    proc_stat(pid).map(|stat| (stat.comm, stat.ppid))
+}
+
+/// The name (`comm`) of a program's fork server.
+pub const SERVER_COMM: &str = "procpool-server";
+
+/// What a test reads of `/proc/<pid>/stat`.
+#[derive(Debug, Clone)]
+pub struct ProcStat {
+    /// The name (at most 15 bytes).
+    pub comm: String,
+    /// `R`, `S`, `T` (stopped), `Z` (zombie)...
+    pub state: char,
+    /// The parent's pid.
+    pub ppid: u32,
+    /// The process group.
+    pub pgrp: u32,
+    /// When it started, in clock ticks after boot.
+    pub starttime: u64,
+}
+
+/// `/proc/<pid>/stat`, or `None` once the process is gone.
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) state ppid ...": comm may contain spaces and parentheses.
+    // "pid (comm) state ppid pgrp ...": comm may contain spaces and parentheses.
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let comm = stat[open + 1..close].to_string();
-    let mut rest = stat[close + 1..].split_whitespace();
-    let _state = rest.next()?;
-    let ppid = rest.next()?.parse().ok()?;
-    Some((comm, ppid))
+    let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    // Fields 3 (state), 4 (ppid), 5 (pgrp) and 22 (starttime) of proc(5).
+    Some(ProcStat {
+        comm,
+        state: rest.first()?.chars().next()?,
+        ppid: rest.get(1)?.parse().ok()?,
+        pgrp: rest.get(2)?.parse().ok()?,
+        starttime: rest.get(19)?.parse().ok()?,
+    })
+}
+
+/// Whether `pid` has ended: gone, or a zombie not yet reaped. (Not "its command line is
+/// empty": it is, too, for a moment in the middle of its `execve`.)
+pub fn ended(pid: u32) -> bool {
+    proc_stat(pid).is_none_or(|stat| stat.state == 'Z' || stat.state == 'X')
+}
+
+/// How many threads `pid` has (`/proc/<pid>/task`), or `None` once it is gone.
+pub fn thread_count(pid: u32) -> Option<usize> {
+    Some(fs::read_dir(format!("/proc/{pid}/task")).ok()?.count())
+}
+
+/// The fork server among a tagged run's processes: the oldest process named
+/// [`SERVER_COMM`]. A worker the server has just forked bears the server's name for the
+/// few instructions before it names itself, so the name alone may match two processes;
+/// the server is forked before any worker, so it is the oldest.
+pub fn tagged_server(tag: &str) -> Option<u32> {
+    tagged_processes(tag)
+        .into_iter()
+        .filter_map(|(pid, _)| proc_stat(pid).map(|stat| (pid, stat)))
+        .filter(|(_, stat)| stat.comm == SERVER_COMM)
+        .min_by_key(|&(pid, ref stat)| (stat.starttime, pid))
+        .map(|(pid, _)| pid)
 }
 
 /// True while `pid` is a child of this process, running or a zombie not yet reaped.
