@@ -31,6 +31,17 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::engine::sealed::Sealed;
 use crate::error::{Error, Result};
+use crate::workload::params_format;
+
+/// `value`, of encoded length `len` ([`params_format::encoded_len`]), encoded straight into
+/// a new sealed memfd of id `id` (parameters, or a [`crate::Param`] value).
+pub(crate) fn to_sealed<T: Serialize + ?Sized>(
+    value: &T,
+    len: usize,
+    id: u64,
+) -> std::result::Result<Sealed, params_format::Error> {
+    Sealed::create_with(id, len, 1, |out| params_format::encode_into(value, out))
+}
 
 /// Ids for inputs created in this process (the parent): 0 is never used.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -203,12 +214,12 @@ pub(crate) enum ParamSlot {
 }
 
 /// Where the [`crate::Param`] of identity `id` goes in the job being encoded: its cached
-/// memfd, else a new one holding `encode()`, listed among the job's inputs. Outside a
-/// pool's encoding, [`ParamSlot::Inline`]. `encode` runs outside any context, so what it
-/// holds is written in place.
+/// memfd, else the new one `encode(memfd_id)` makes, listed among the job's inputs.
+/// Outside a pool's encoding, [`ParamSlot::Inline`]. `encode` runs outside any context,
+/// so what it holds is written in place.
 pub(crate) fn param_slot(
     id: u64,
-    encode: impl FnOnce() -> std::result::Result<Vec<u8>, String>,
+    encode: impl FnOnce(u64) -> std::result::Result<Sealed, String>,
 ) -> std::result::Result<ParamSlot, String> {
     let cached = ENCODE.with(|c| match &mut *c.borrow_mut() {
         Some(Context::Encode(inputs, Some(cache))) => {
@@ -226,16 +237,9 @@ pub(crate) fn param_slot(
         Some(None) => {}
     }
     let outer = ENCODE.with(|c| c.replace(None));
-    let bytes = encode();
+    let sealed = encode(next_id());
     ENCODE.with(|c| c.replace(outer));
-    let bytes = bytes?;
-    let sealed = Sealed::create(next_id(), &bytes, 1).map_err(|e| {
-        format!(
-            "cannot place a {}-byte Param in a sealed memfd: {e}",
-            bytes.len()
-        )
-    })?;
-    let sealed = Arc::new(sealed);
+    let sealed = Arc::new(sealed?);
     ENCODE.with(|c| match &mut *c.borrow_mut() {
         Some(Context::Encode(inputs, Some(cache))) => {
             cache.known.insert(id, Arc::clone(&sealed));
@@ -355,14 +359,14 @@ pub(crate) fn encoding_params<R>(cache: &mut ParamCache, f: impl FnOnce() -> R) 
 /// The bytes of the distinct inputs `workload` holds (0 when it holds none, or cannot be
 /// encoded).
 pub(crate) fn input_bytes<W: Serialize>(workload: &W) -> u64 {
-    let (_, inputs) = encoding(|| postcard::to_stdvec(workload));
+    let (_, inputs) = encoding(|| crate::workload::params_format::encoded_len(workload));
     inputs.iter().map(|s| s.len() as u64).sum()
 }
 
 /// The bytes of `workload`'s encoded parameters: its `Input` fields as an index each, its
 /// `Param` fields written in place (0 when it cannot be encoded).
 pub(crate) fn param_bytes<W: Serialize>(workload: &W) -> u64 {
-    let (size, _) = encoding(|| postcard::experimental::serialized_size(workload));
+    let (size, _) = encoding(|| crate::workload::params_format::encoded_len(workload));
     size.map_or(0, |n| n as u64)
 }
 

@@ -24,6 +24,7 @@ use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::engine::input::{ParamSlot, in_decoding, param_sealed, param_slot};
+use crate::workload::params_format;
 
 /// Identities of `Param` values in this process: 0 is never used.
 static NEXT_IDENTITY: AtomicU64 = AtomicU64::new(1);
@@ -160,8 +161,10 @@ impl<T: fmt::Debug> fmt::Debug for Param<T> {
 
 impl<T: Serialize> Serialize for Param<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let slot = param_slot(self.identity, || {
-            crate::engine::protocol::encode(&*self.value)
+        let slot = param_slot(self.identity, |id| {
+            let value = &*self.value;
+            params_format::encoded_len(value)
+                .and_then(|len| crate::engine::input::to_sealed(value, len, id))
                 .map_err(|e| format!("cannot encode a Param: {e}"))
         })
         .map_err(S::Error::custom)?;
@@ -180,7 +183,8 @@ impl<'de, T: DeserializeOwned + Send + Sync + 'static> Deserialize<'de> for Para
         let index = u32::deserialize(deserializer)?;
         // A worker decodes a memfd once: the next spec holding it shares the value.
         let value = param_sealed(index, |bytes| {
-            postcard::from_bytes::<T>(bytes).map_err(|e| format!("cannot decode a Param: {e}"))
+            params_format::from_bytes::<T>(bytes)
+                .map_err(|e| format!("cannot decode a Param: {e}"))
         })
         .map_err(D::Error::custom)?;
         Ok(Param {

@@ -9,6 +9,7 @@ pub mod catalogue;
 pub mod collatz;
 pub mod hash;
 pub mod mandelbrot;
+pub(crate) mod params_format;
 pub mod primes;
 pub mod sleep;
 pub mod spin;
@@ -387,10 +388,12 @@ impl<W: Reduce> DynKernel for Reducing<W> {
     }
 }
 
-type Decoder = fn(&[u8]) -> Result<(Box<dyn DynKernel>, Duration), postcard::Error>;
+type Decoder = fn(&[u8]) -> Result<(Box<dyn DynKernel>, Duration), params_format::Error>;
 
 /// Rebuilds the workload and runs its [`Workload::setup`]; returns how long that took.
-fn decode<W: Workload>(params: &[u8]) -> Result<(Box<dyn DynKernel>, Duration), postcard::Error> {
+fn decode<W: Workload>(
+    params: &[u8],
+) -> Result<(Box<dyn DynKernel>, Duration), params_format::Error> {
     let (workload, took) = rebuild::<W>(params)?;
     Ok((Box::new(Typed(workload)), took))
 }
@@ -398,13 +401,14 @@ fn decode<W: Workload>(params: &[u8]) -> Result<(Box<dyn DynKernel>, Duration), 
 /// [`decode`] for a workload registered with its reduction.
 fn decode_reducing<W: Reduce>(
     params: &[u8],
-) -> Result<(Box<dyn DynKernel>, Duration), postcard::Error> {
+) -> Result<(Box<dyn DynKernel>, Duration), params_format::Error> {
     let (workload, took) = rebuild::<W>(params)?;
     Ok((Box::new(Reducing(workload)), took))
 }
 
-fn rebuild<W: Workload>(params: &[u8]) -> Result<(W, Duration), postcard::Error> {
-    let mut workload = postcard::from_bytes::<W>(params)?;
+/// The workload its encoded parameters describe (the whole of `params`), set up.
+fn rebuild<W: Workload>(params: &[u8]) -> Result<(W, Duration), params_format::Error> {
+    let mut workload = params_format::from_bytes::<W>(params)?;
     let began = Instant::now();
     workload.setup();
     Ok((workload, began.elapsed()))

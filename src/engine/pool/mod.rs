@@ -184,8 +184,8 @@ struct Recycle {
 
 /// A workload as the workers get it.
 struct Encoded {
-    /// Its parameters, postcard-encoded.
-    params: Vec<u8>,
+    /// Its parameters, encoded (postcard's format).
+    params: spec::Params,
     /// The memfds it shares and their sizes.
     shared: JobInputs,
     /// What the spec says of each memfd.
@@ -212,7 +212,7 @@ fn encode<W: Workload>(
     cache: &mut crate::engine::input::ParamCache,
 ) -> Result<Encoded> {
     let (params, encoded) =
-        crate::engine::input::encoding_params(cache, || crate::engine::protocol::encode(workload));
+        crate::engine::input::encoding_params(cache, || spec::encode(workload));
     let params = params.map_err(|e| Error::Ipc(format!("cannot encode the workload: {e}")))?;
     let (inputs, param_values) = (encoded.inputs, encoded.param_bytes);
     // One more place for the parameters themselves, when they are large.
@@ -843,15 +843,7 @@ impl Pool {
             reduce_slot: want.reduce_slot,
             output: want.output,
         };
-        let param_bytes = shared.param_bytes;
-        let spec = self
-            .specs
-            .complete(spec, params, &mut shared.sealed)
-            .map_err(|e| {
-                Error::Ipc(format!(
-                    "cannot place the job's {param_bytes}-byte parameters in a sealed memfd: {e}"
-                ))
-            })?;
+        let spec = self.specs.complete(spec, params, &mut shared.sealed);
         self.job_stop = quiesce::JobStop::new(options, &self.waker, began);
         if let Some(stop) = self.job_stop.due() {
             self.job_stop = quiesce::JobStop::default();
