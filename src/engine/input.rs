@@ -33,14 +33,19 @@ use crate::engine::sealed::Sealed;
 use crate::error::{Error, Result};
 use crate::workload::params_format;
 
-/// `value`, of encoded length `len` ([`params_format::encoded_len`]), encoded straight into
-/// a new sealed memfd of id `id` (parameters, or a [`crate::Param`] value).
+/// `value` encoded into a new sealed memfd (a [`crate::Param`] value, or a job's large
+/// parameters) of id `id`.
 pub(crate) fn to_sealed<T: Serialize + ?Sized>(
     value: &T,
-    len: usize,
     id: u64,
-) -> std::result::Result<Sealed, params_format::Error> {
-    Sealed::create_with(id, len, 1, |out| params_format::encode_into(value, out))
+) -> std::result::Result<Sealed, String> {
+    let bytes = params_format::to_vec(value).map_err(|e| e.to_string())?;
+    Sealed::create(id, &bytes, 1).map_err(|e| {
+        format!(
+            "cannot place {} encoded bytes in a sealed memfd: {e}",
+            bytes.len()
+        )
+    })
 }
 
 /// Ids for inputs created in this process (the parent): 0 is never used.

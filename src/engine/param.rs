@@ -162,9 +162,7 @@ impl<T: fmt::Debug> fmt::Debug for Param<T> {
 impl<T: Serialize> Serialize for Param<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let slot = param_slot(self.identity, |id| {
-            let value = &*self.value;
-            params_format::encoded_len(value)
-                .and_then(|len| crate::engine::input::to_sealed(value, len, id))
+            crate::engine::input::to_sealed(&*self.value, id)
                 .map_err(|e| format!("cannot encode a Param: {e}"))
         })
         .map_err(S::Error::custom)?;
@@ -183,8 +181,7 @@ impl<'de, T: DeserializeOwned + Send + Sync + 'static> Deserialize<'de> for Para
         let index = u32::deserialize(deserializer)?;
         // A worker decodes a memfd once: the next spec holding it shares the value.
         let value = param_sealed(index, |bytes| {
-            params_format::from_bytes::<T>(bytes)
-                .map_err(|e| format!("cannot decode a Param: {e}"))
+            params_format::from_bytes::<T>(bytes).map_err(|e| format!("cannot decode a Param: {e}"))
         })
         .map_err(D::Error::custom)?;
         Ok(Param {

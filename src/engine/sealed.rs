@@ -13,7 +13,7 @@
 //! over the mapping, and adopting descriptors received with `SCM_RIGHTS`.
 
 use std::ffi::c_void;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut, Write};
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
@@ -59,65 +59,23 @@ unsafe impl Sync for Sealed {}
 impl Sealed {
     /// Copies `bytes` into a new memfd, seals it and maps it read-only.
     pub(crate) fn create(id: u64, bytes: &[u8], elem_size: usize) -> io::Result<Sealed> {
-        Sealed::create_with(id, bytes.len(), elem_size, |out| {
-            out.copy_from_slice(bytes);
-            Ok(())
-        })
-    }
-
-    /// A new memfd of `len` bytes that `fill` writes in place through a writable mapping
-    /// (no buffer in between, no second copy), then sealed and mapped read-only. The pages
-    /// are allocated in one call first (a machine without the memory fails there, before
-    /// anything is written) and mapped all at once, not one fault per page. An error from
-    /// `fill` is returned as it is (and the memfd is closed).
-    pub(crate) fn create_with<E: From<io::Error>>(
-        id: u64,
-        len: usize,
-        elem_size: usize,
-        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
-    ) -> Result<Sealed, E> {
         let fd = memfd_create(
             "procpool-input",
             MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-        )
-        .map_err(io::Error::from)?;
-        if let Some(length) = NonZeroUsize::new(len) {
-            let size = libc::off_t::try_from(len).map_err(|_| io::Error::other("too large"))?;
-            nix::fcntl::fallocate(&fd, nix::fcntl::FallocateFlags::empty(), 0, size)
-                .map_err(io::Error::from)?;
-            // SAFETY: a fresh shared mapping chosen by the kernel (no address given), so it
-            // overlaps nothing of ours; the file has `len` bytes allocated and nobody else
-            // holds it (its descriptor has not left this function), so no access within
-            // `len` can fault with SIGBUS and no one else writes the pages while the slice
-            // below lives.
-            let ptr = unsafe {
-                mmap(
-                    None,
-                    length,
-                    ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                    MapFlags::MAP_SHARED | MapFlags::MAP_POPULATE,
-                    fd.as_fd(),
-                    0,
-                )
-            }
-            .map_err(io::Error::from)?;
-            // SAFETY: `ptr` is the start of the writable mapping of `len` bytes just made,
-            // aligned (page aligned) and not referenced by anything else; the slice is
-            // dropped before the mapping is undone below.
-            let bytes = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr().cast::<u8>(), len) };
-            let filled = fill(bytes);
-            // SAFETY: the mapping made above; the only slice into it is no longer used.
-            let unmapped = unsafe { munmap(ptr, len) };
-            filled?;
-            unmapped.map_err(io::Error::from)?;
-        }
+        )?;
+        let mut file = std::fs::File::from(fd);
+        // Reserve the size first: a machine without the memory fails here, in one call,
+        // rather than half-way through the copy.
+        file.set_len(bytes.len() as u64)?;
+        file.write_all(bytes)?;
+        let fd = OwnedFd::from(file);
         seal(&fd)?;
-        let ptr = map(fd.as_fd(), len)?;
+        let ptr = map(fd.as_fd(), bytes.len())?;
         Ok(Sealed {
             id,
             fd,
             ptr,
-            len,
+            len: bytes.len(),
             elem_size,
         })
     }

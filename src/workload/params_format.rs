@@ -10,9 +10,8 @@
 //! checked against postcard in the tests, so sizes and stats mean what they meant.
 //!
 //! Encoding makes two passes: [`encoded_len`] counts the bytes, then [`encode_into`] writes
-//! them into a slice of exactly that size (a `Vec`, or the mapping of the sealed memfd
-//! that carries large parameters: no growing buffer, no second copy). `Param` and `Input`
-//! values inside the parameters serialize through their own contexts, as with any format.
+//! them into a slice of exactly that size (no growing buffer). `Param` and `Input` values
+//! inside the parameters serialize through their own contexts, as with any format.
 //!
 //! It lives in the workload layer because the [`Registry`](super::Registry) rebuilds each
 //! workload from these bytes.
@@ -29,7 +28,6 @@ use std::sync::LazyLock;
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 use serde::ser::{self, Serialize};
 
-
 /// What went wrong while encoding or decoding parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Error(Box<String>);
@@ -41,12 +39,6 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
-
-impl From<std::io::Error> for Error {
-    fn from(e: std::io::Error) -> Self {
-        Error::new(format!("cannot place the encoded value in a sealed memfd: {e}"))
-    }
-}
 
 impl Error {
     /// Boxed: a result stays two words, returned in registers on the per-element path.
@@ -562,7 +554,8 @@ impl<'de> Reader<'de> {
     fn str(&mut self) -> Result<&'de str> {
         let len = self.varint64(64, "a length")? as usize;
         let bytes = self.take(len)?;
-        std::str::from_utf8(bytes).map_err(|e| self.error(format!("a string that is not UTF-8 ({e})")))
+        std::str::from_utf8(bytes)
+            .map_err(|e| self.error(format!("a string that is not UTF-8 ({e})")))
     }
 }
 
@@ -1132,8 +1125,14 @@ mod tests {
         let by_postcard: Everything = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(by_postcard, value);
         let plain = vec![7u8; 100_000];
-        assert_eq!(to_vec(&plain).unwrap(), postcard::to_stdvec(&plain).unwrap());
-        assert_eq!(from_bytes::<Vec<u8>>(&to_vec(&plain).unwrap()).unwrap(), plain);
+        assert_eq!(
+            to_vec(&plain).unwrap(),
+            postcard::to_stdvec(&plain).unwrap()
+        );
+        assert_eq!(
+            from_bytes::<Vec<u8>>(&to_vec(&plain).unwrap()).unwrap(),
+            plain
+        );
     }
 
     #[test]
@@ -1181,14 +1180,19 @@ mod tests {
     #[test]
     fn another_visitor_of_bytes_goes_element_by_element() {
         let bytes = to_vec(&vec![1u8, 2, 3]).unwrap();
-        assert_eq!(from_bytes::<Doubled>(&bytes).unwrap(), Doubled(vec![2, 4, 6]));
+        assert_eq!(
+            from_bytes::<Doubled>(&bytes).unwrap(),
+            Doubled(vec![2, 4, 6])
+        );
     }
 
     #[test]
     fn every_truncation_is_an_error_and_never_a_panic() {
         let bytes = to_vec(&everything()).unwrap();
         for end in 0..bytes.len() {
-            let err = from_bytes::<Everything>(&bytes[..end]).unwrap_err().to_string();
+            let err = from_bytes::<Everything>(&bytes[..end])
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(&format!("of {end})")), "{end}: {err}");
         }
         let mut longer = bytes.clone();
@@ -1281,10 +1285,20 @@ mod tests {
 
     #[test]
     fn a_bad_tag_or_unknown_length_is_an_error() {
-        assert!(from_bytes::<bool>(&[2]).unwrap_err().to_string().contains("not a bool"));
+        assert!(
+            from_bytes::<bool>(&[2])
+                .unwrap_err()
+                .to_string()
+                .contains("not a bool")
+        );
         assert!(from_bytes::<Option<u8>>(&[7, 0]).is_err());
         assert!(from_bytes::<Shape>(&[9]).is_err());
-        assert!(from_bytes::<String>(&[2, 0xff, 0xfe]).unwrap_err().to_string().contains("UTF-8"));
+        assert!(
+            from_bytes::<String>(&[2, 0xff, 0xfe])
+                .unwrap_err()
+                .to_string()
+                .contains("UTF-8")
+        );
         assert!(from_bytes::<char>(&[2, b'a', b'b']).is_err());
         struct Unsized;
         impl Serialize for Unsized {
@@ -1300,7 +1314,9 @@ mod tests {
         let mut long = [0u8; 9];
         assert!(encode_into(&vec![1u8, 2, 3], &mut long).is_err());
         // A type that describes itself only when read is refused, with a message.
-        let err = from_bytes::<serde_json::Value>(&[0]).unwrap_err().to_string();
+        let err = from_bytes::<serde_json::Value>(&[0])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("does not describe itself"), "{err}");
     }
 }

@@ -185,7 +185,7 @@ struct Recycle {
 /// A workload as the workers get it.
 struct Encoded {
     /// Its parameters, encoded (postcard's format).
-    params: spec::Params,
+    params: Vec<u8>,
     /// The memfds it shares and their sizes.
     shared: JobInputs,
     /// What the spec says of each memfd.
@@ -211,8 +211,9 @@ fn encode<W: Workload>(
     workload: &W,
     cache: &mut crate::engine::input::ParamCache,
 ) -> Result<Encoded> {
-    let (params, encoded) =
-        crate::engine::input::encoding_params(cache, || spec::encode(workload));
+    let (params, encoded) = crate::engine::input::encoding_params(cache, || {
+        crate::workload::params_format::to_vec(workload)
+    });
     let params = params.map_err(|e| Error::Ipc(format!("cannot encode the workload: {e}")))?;
     let (inputs, param_values) = (encoded.inputs, encoded.param_bytes);
     // One more place for the parameters themselves, when they are large.
@@ -843,7 +844,15 @@ impl Pool {
             reduce_slot: want.reduce_slot,
             output: want.output,
         };
-        let spec = self.specs.complete(spec, params, &mut shared.sealed);
+        let param_bytes = shared.param_bytes;
+        let spec = self
+            .specs
+            .complete(spec, params, &mut shared.sealed)
+            .map_err(|e| {
+                Error::Ipc(format!(
+                    "cannot place the job's {param_bytes}-byte parameters in a sealed memfd: {e}"
+                ))
+            })?;
         self.job_stop = quiesce::JobStop::new(options, &self.waker, began);
         if let Some(stop) = self.job_stop.due() {
             self.job_stop = quiesce::JobStop::default();

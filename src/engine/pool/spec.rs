@@ -16,42 +16,9 @@ use std::sync::Arc;
 
 use serde_bytes::ByteBuf;
 
-use serde::Serialize;
-
 use crate::engine::input::ParamCache;
-use crate::workload::params_format;
 use crate::engine::protocol::{InputRef, JobSpec, SEALED_PARAMS_BYTES};
 use crate::engine::sealed::Sealed;
-
-/// A job's encoded parameters: small ones in a vector (they travel in the spec), large
-/// ones already in a sealed memfd (they travel as one of the job's inputs).
-pub(super) enum Params {
-    Inline(Vec<u8>),
-    Sealed(Arc<Sealed>),
-}
-
-impl Params {
-    /// Bytes of the encoding.
-    pub(super) fn len(&self) -> usize {
-        match self {
-            Params::Inline(bytes) => bytes.len(),
-            Params::Sealed(sealed) => sealed.len(),
-        }
-    }
-}
-
-/// Encodes a workload's parameters for the workers: counted first, then written once into
-/// what carries them, a vector or (above [`SEALED_PARAMS_BYTES`]) a new sealed memfd.
-pub(super) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Params, params_format::Error> {
-    let len = params_format::encoded_len(value)?;
-    if len <= SEALED_PARAMS_BYTES {
-        let mut bytes = vec![0; len];
-        params_format::encode_into(value, &mut bytes)?;
-        return Ok(Params::Inline(bytes));
-    }
-    let id = crate::engine::input::next_id();
-    Ok(Params::Sealed(Arc::new(crate::engine::input::to_sealed(value, len, id)?)))
-}
 
 /// The pool's memory of the last job's spec.
 #[derive(Debug, Default)]
@@ -70,34 +37,30 @@ pub(super) struct Specs {
 impl Specs {
     /// Completes `spec` (whose `params` are empty and `inputs` list the job's `inputs`)
     /// with the job's encoded parameters `params` and gives it its id: the last job's
-    /// when nothing but the job number changed, else a new one. Large parameters, already
-    /// in a sealed memfd, are appended to `inputs` (the last job's memfd instead when the
-    /// bytes are equal).
+    /// when nothing but the job number changed, else a new one. Large parameters go into a
+    /// sealed memfd appended to `inputs` (the last job's own when the bytes are equal).
     pub(super) fn complete(
         &mut self,
         mut spec: JobSpec,
-        params: Params,
+        params: Vec<u8>,
         inputs: &mut Vec<Arc<Sealed>>,
-    ) -> JobSpec {
-        match params {
-            Params::Sealed(new) => {
-                let sealed = match self.sealed_params.take() {
-                    Some(last) if last.bytes() == new.bytes() => last,
-                    _ => new,
-                };
-                spec.inputs.push(InputRef {
-                    id: sealed.id(),
-                    bytes: sealed.len() as u64,
-                    elem_size: 1,
-                });
-                inputs.push(Arc::clone(&sealed));
-                self.sealed_params = Some(sealed);
-                spec.params_sealed = true;
-            }
-            Params::Inline(bytes) => {
-                self.sealed_params = None;
-                spec.params = ByteBuf::from(bytes);
-            }
+    ) -> std::io::Result<JobSpec> {
+        if params.len() > SEALED_PARAMS_BYTES {
+            let sealed = match self.sealed_params.take() {
+                Some(last) if last.bytes() == &params[..] => last,
+                _ => Arc::new(Sealed::create(crate::engine::input::next_id(), &params, 1)?),
+            };
+            spec.inputs.push(InputRef {
+                id: sealed.id(),
+                bytes: sealed.len() as u64,
+                elem_size: 1,
+            });
+            inputs.push(Arc::clone(&sealed));
+            self.sealed_params = Some(sealed);
+            spec.params_sealed = true;
+        } else {
+            self.sealed_params = None;
+            spec.params = ByteBuf::from(params);
         }
         let job = std::mem::replace(&mut spec.job, 0);
         let key = postcard::to_stdvec(&spec).unwrap_or_default();
@@ -107,7 +70,7 @@ impl Specs {
             self.id += 1;
         }
         spec.spec_id = self.id;
-        spec
+        Ok(spec)
     }
 }
 
@@ -137,35 +100,35 @@ mod tests {
     fn small_parameters_travel_inline_and_large_ones_in_one_memfd() {
         let mut specs = Specs::default();
         let mut inputs = Vec::new();
-        let three = || encode(&(1u8, 2u8, 3u8)).unwrap();
-        let small = specs.complete(bare(1), three(), &mut inputs);
+        let small = specs.complete(bare(1), vec![1, 2, 3], &mut inputs).unwrap();
         assert!(!small.params_sealed && inputs.is_empty());
         assert_eq!(&small.params[..], &[1, 2, 3]);
-        let again = specs.complete(bare(2), three(), &mut inputs);
+        let again = specs.complete(bare(2), vec![1, 2, 3], &mut inputs).unwrap();
         assert_eq!(again.spec_id, small.spec_id, "only the job number changed");
 
         let large = vec![9u8; SEALED_PARAMS_BYTES + 1];
-        let encoded = params_format::to_vec(&large).unwrap();
-        let first = specs.complete(bare(3), encode(&large).unwrap(), &mut inputs);
+        let first = specs.complete(bare(3), large.clone(), &mut inputs).unwrap();
         assert!(first.params_sealed && first.params.is_empty());
         assert_ne!(first.spec_id, small.spec_id);
         assert_eq!(inputs.len(), 1);
-        assert_eq!(inputs[0].bytes(), &encoded[..]);
-        assert_eq!(first.inputs.last().unwrap().bytes, encoded.len() as u64);
+        assert_eq!(inputs[0].bytes(), &large[..]);
+        assert_eq!(first.inputs.last().unwrap().bytes, large.len() as u64);
         assert!(
             postcard::to_stdvec(&first).unwrap().len() < 100,
             "a few bytes"
         );
 
         let mut inputs2 = Vec::new();
-        let same = specs.complete(bare(4), encode(&large).unwrap(), &mut inputs2);
+        let same = specs
+            .complete(bare(4), large.clone(), &mut inputs2)
+            .unwrap();
         assert_eq!(same.spec_id, first.spec_id, "equal bytes: the same spec");
         assert_eq!(inputs2[0].id(), inputs[0].id(), "and the same memfd");
 
         let mut changed = large;
         *changed.last_mut().unwrap() = 0;
         let mut inputs3 = Vec::new();
-        let new = specs.complete(bare(5), encode(&changed).unwrap(), &mut inputs3);
+        let new = specs.complete(bare(5), changed, &mut inputs3).unwrap();
         assert_ne!(
             new.spec_id, first.spec_id,
             "a change in the last byte is seen"
@@ -179,9 +142,10 @@ mod tests {
         use std::os::fd::AsFd;
         let mut specs = Specs::default();
         let mut inputs = Vec::new();
-        let value = vec![4u8; SEALED_PARAMS_BYTES + 10];
-        let params = params_format::to_vec(&value).unwrap();
-        let spec = specs.complete(bare(1), encode(&value).unwrap(), &mut inputs);
+        let params = vec![4u8; SEALED_PARAMS_BYTES + 10];
+        let spec = specs
+            .complete(bare(1), params.clone(), &mut inputs)
+            .unwrap();
         let named = *spec.inputs.last().unwrap();
         let fd = || inputs[0].fd().try_clone_to_owned().unwrap();
         let mapped = Sealed::adopt(named.id, fd(), named.bytes, 1).unwrap();
