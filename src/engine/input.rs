@@ -475,11 +475,11 @@ mod tests {
             b,
             again: a.clone(),
         };
-        let (bytes, inputs) = encoding(|| postcard::to_stdvec(&two));
+        let (bytes, inputs) = encoding(|| params_format::to_vec(&two));
         let bytes = bytes.unwrap();
         assert_eq!(bytes.len(), 3, "three one-byte indices");
         assert_eq!(inputs.len(), 2, "one input listed once");
-        let back: Two = decoding(inputs, || postcard::from_bytes(&bytes)).unwrap();
+        let back: Two = decoding(inputs, || params_format::from_bytes(&bytes)).unwrap();
         assert_eq!(&back.a[..], &[1, 2, 3]);
         assert_eq!(back.b.len(), 1000);
         assert_eq!(back.again.as_ptr(), a.as_ptr(), "the same mapping");
@@ -496,21 +496,23 @@ mod tests {
         assert!(err.contains("shared through memory"), "{err}");
         let json = describing(|| serde_json::to_value(&two)).unwrap();
         assert_eq!(json["again"]["input_bytes"], 8);
-        assert!(postcard::from_bytes::<Two>(&[0, 0, 0]).is_err());
+        assert!(params_format::from_bytes::<Two>(&[0, 0, 0]).is_err());
     }
 
     #[test]
     fn a_bad_index_or_element_size_is_a_decode_error() {
         let a = Input::new(&[1u32, 2]).unwrap();
-        let (bytes, inputs) = encoding(|| postcard::to_stdvec(&a));
+        let (bytes, inputs) = encoding(|| params_format::to_vec(&a));
         let bytes = bytes.unwrap();
-        let err = decoding(Vec::new(), || postcard::from_bytes::<Input<u32>>(&bytes));
+        let err = decoding(Vec::new(), || {
+            params_format::from_bytes::<Input<u32>>(&bytes)
+        });
         assert!(err.is_err());
         let wrong = decoding(inputs.clone(), || {
-            postcard::from_bytes::<Input<u64>>(&bytes)
+            params_format::from_bytes::<Input<u64>>(&bytes)
         });
         assert!(wrong.is_err());
-        let ok = decoding(inputs, || postcard::from_bytes::<Input<u32>>(&bytes)).unwrap();
+        let ok = decoding(inputs, || params_format::from_bytes::<Input<u32>>(&bytes)).unwrap();
         assert_eq!(&ok[..], &[1, 2]);
         assert!(Input::<()>::new(&[(); 3]).is_err());
     }
