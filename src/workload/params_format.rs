@@ -187,13 +187,13 @@ impl<S: Sink> Writer<S> {
         self.out.put(value as u8)
     }
 
+    /// [`Writer::varint`] with its one-byte case first (most lengths, indices, counts).
     #[inline(always)]
-    fn varint64(&mut self, mut value: u64) -> Result<()> {
-        while value >= 0x80 {
-            self.out.put(value as u8 | 0x80)?;
-            value >>= 7;
+    fn varint64(&mut self, value: u64) -> Result<()> {
+        match u8::try_from(value) {
+            Ok(byte) if byte < 0x80 => self.out.put(byte),
+            _ => self.varint(u128::from(value)),
         }
-        self.out.put(value as u8)
     }
 
     #[inline(always)]
@@ -400,28 +400,28 @@ impl<S: Sink> ser::SerializeMap for &mut Writer<S> {
     }
 }
 
-impl<S: Sink> ser::SerializeStruct for &mut Writer<S> {
-    type Ok = ();
-    type Error = Error;
-    #[inline(always)]
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, value: &T) -> Result<()> {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Result<()> {
-        Ok(())
-    }
+/// The struct serializers: fields one after another, their names not written.
+macro_rules! fields {
+    ($($trait:ident),*) => {$(
+        impl<S: Sink> ser::$trait for &mut Writer<S> {
+            type Ok = ();
+            type Error = Error;
+            #[inline(always)]
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                _: &'static str,
+                value: &T,
+            ) -> Result<()> {
+                value.serialize(&mut **self)
+            }
+            fn end(self) -> Result<()> {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl<S: Sink> ser::SerializeStructVariant for &mut Writer<S> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, value: &T) -> Result<()> {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> Result<()> {
-        Ok(())
-    }
-}
+fields!(SerializeStruct, SerializeStructVariant);
 
 // ---- Reading ----------------------------------------------------------------------------
 
