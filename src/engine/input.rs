@@ -31,6 +31,22 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::engine::sealed::Sealed;
 use crate::error::{Error, Result};
+use crate::workload::params_format;
+
+/// `value` encoded into a new sealed memfd (a [`crate::Param`] value, or a job's large
+/// parameters) of id `id`.
+pub(crate) fn to_sealed<T: Serialize + ?Sized>(
+    value: &T,
+    id: u64,
+) -> std::result::Result<Sealed, String> {
+    let bytes = params_format::to_vec(value).map_err(|e| e.to_string())?;
+    Sealed::create(id, &bytes, 1).map_err(|e| {
+        format!(
+            "cannot place {} encoded bytes in a sealed memfd: {e}",
+            bytes.len()
+        )
+    })
+}
 
 /// Ids for inputs created in this process (the parent): 0 is never used.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -203,12 +219,12 @@ pub(crate) enum ParamSlot {
 }
 
 /// Where the [`crate::Param`] of identity `id` goes in the job being encoded: its cached
-/// memfd, else a new one holding `encode()`, listed among the job's inputs. Outside a
-/// pool's encoding, [`ParamSlot::Inline`]. `encode` runs outside any context, so what it
-/// holds is written in place.
+/// memfd, else the new one `encode(memfd_id)` makes, listed among the job's inputs.
+/// Outside a pool's encoding, [`ParamSlot::Inline`]. `encode` runs outside any context,
+/// so what it holds is written in place.
 pub(crate) fn param_slot(
     id: u64,
-    encode: impl FnOnce() -> std::result::Result<Vec<u8>, String>,
+    encode: impl FnOnce(u64) -> std::result::Result<Sealed, String>,
 ) -> std::result::Result<ParamSlot, String> {
     let cached = ENCODE.with(|c| match &mut *c.borrow_mut() {
         Some(Context::Encode(inputs, Some(cache))) => {
@@ -226,16 +242,9 @@ pub(crate) fn param_slot(
         Some(None) => {}
     }
     let outer = ENCODE.with(|c| c.replace(None));
-    let bytes = encode();
+    let sealed = encode(next_id());
     ENCODE.with(|c| c.replace(outer));
-    let bytes = bytes?;
-    let sealed = Sealed::create(next_id(), &bytes, 1).map_err(|e| {
-        format!(
-            "cannot place a {}-byte Param in a sealed memfd: {e}",
-            bytes.len()
-        )
-    })?;
-    let sealed = Arc::new(sealed);
+    let sealed = Arc::new(sealed?);
     ENCODE.with(|c| match &mut *c.borrow_mut() {
         Some(Context::Encode(inputs, Some(cache))) => {
             cache.known.insert(id, Arc::clone(&sealed));
@@ -355,14 +364,14 @@ pub(crate) fn encoding_params<R>(cache: &mut ParamCache, f: impl FnOnce() -> R) 
 /// The bytes of the distinct inputs `workload` holds (0 when it holds none, or cannot be
 /// encoded).
 pub(crate) fn input_bytes<W: Serialize>(workload: &W) -> u64 {
-    let (_, inputs) = encoding(|| postcard::to_stdvec(workload));
+    let (_, inputs) = encoding(|| crate::workload::params_format::encoded_len(workload));
     inputs.iter().map(|s| s.len() as u64).sum()
 }
 
 /// The bytes of `workload`'s encoded parameters: its `Input` fields as an index each, its
 /// `Param` fields written in place (0 when it cannot be encoded).
 pub(crate) fn param_bytes<W: Serialize>(workload: &W) -> u64 {
-    let (size, _) = encoding(|| postcard::experimental::serialized_size(workload));
+    let (size, _) = encoding(|| crate::workload::params_format::encoded_len(workload));
     size.map_or(0, |n| n as u64)
 }
 
@@ -466,11 +475,11 @@ mod tests {
             b,
             again: a.clone(),
         };
-        let (bytes, inputs) = encoding(|| postcard::to_stdvec(&two));
+        let (bytes, inputs) = encoding(|| params_format::to_vec(&two));
         let bytes = bytes.unwrap();
         assert_eq!(bytes.len(), 3, "three one-byte indices");
         assert_eq!(inputs.len(), 2, "one input listed once");
-        let back: Two = decoding(inputs, || postcard::from_bytes(&bytes)).unwrap();
+        let back: Two = decoding(inputs, || params_format::from_bytes(&bytes)).unwrap();
         assert_eq!(&back.a[..], &[1, 2, 3]);
         assert_eq!(back.b.len(), 1000);
         assert_eq!(back.again.as_ptr(), a.as_ptr(), "the same mapping");
@@ -487,21 +496,23 @@ mod tests {
         assert!(err.contains("shared through memory"), "{err}");
         let json = describing(|| serde_json::to_value(&two)).unwrap();
         assert_eq!(json["again"]["input_bytes"], 8);
-        assert!(postcard::from_bytes::<Two>(&[0, 0, 0]).is_err());
+        assert!(params_format::from_bytes::<Two>(&[0, 0, 0]).is_err());
     }
 
     #[test]
     fn a_bad_index_or_element_size_is_a_decode_error() {
         let a = Input::new(&[1u32, 2]).unwrap();
-        let (bytes, inputs) = encoding(|| postcard::to_stdvec(&a));
+        let (bytes, inputs) = encoding(|| params_format::to_vec(&a));
         let bytes = bytes.unwrap();
-        let err = decoding(Vec::new(), || postcard::from_bytes::<Input<u32>>(&bytes));
+        let err = decoding(Vec::new(), || {
+            params_format::from_bytes::<Input<u32>>(&bytes)
+        });
         assert!(err.is_err());
         let wrong = decoding(inputs.clone(), || {
-            postcard::from_bytes::<Input<u64>>(&bytes)
+            params_format::from_bytes::<Input<u64>>(&bytes)
         });
         assert!(wrong.is_err());
-        let ok = decoding(inputs, || postcard::from_bytes::<Input<u32>>(&bytes)).unwrap();
+        let ok = decoding(inputs, || params_format::from_bytes::<Input<u32>>(&bytes)).unwrap();
         assert_eq!(&ok[..], &[1, 2]);
         assert!(Input::<()>::new(&[(); 3]).is_err());
     }

@@ -24,6 +24,7 @@ use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::engine::input::{ParamSlot, in_decoding, param_sealed, param_slot};
+use crate::workload::params_format;
 
 /// Identities of `Param` values in this process: 0 is never used.
 static NEXT_IDENTITY: AtomicU64 = AtomicU64::new(1);
@@ -35,9 +36,10 @@ fn identity() -> u64 {
 /// A parameter value a pool sends to its workers only when it changed.
 ///
 /// Every job's parameters (the workload value) reach each worker that does not have them
-/// yet. To know whether they changed, the pool encodes them again on every job, which
-/// costs 1–2 ms per MiB of plain data. Put a large parameter in a `Param`
-/// and the pool compares an identity instead: a job whose `Param` is unchanged costs what
+/// yet. To know whether they changed, the pool encodes them again on every job and
+/// compares the bytes: a fraction of a millisecond per MiB for a vector of bytes or
+/// floats, more for other types. Put a large parameter in a `Param` and the pool
+/// compares an identity instead: a job whose `Param` is unchanged costs what
 /// a job without it costs, whatever its size. The rule:
 ///
 /// - Reading a `Param` (it derefs to `T`) keeps its identity; so does cloning it.
@@ -160,8 +162,8 @@ impl<T: fmt::Debug> fmt::Debug for Param<T> {
 
 impl<T: Serialize> Serialize for Param<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let slot = param_slot(self.identity, || {
-            crate::engine::protocol::encode(&*self.value)
+        let slot = param_slot(self.identity, |id| {
+            crate::engine::input::to_sealed(&*self.value, id)
                 .map_err(|e| format!("cannot encode a Param: {e}"))
         })
         .map_err(S::Error::custom)?;
@@ -180,7 +182,7 @@ impl<'de, T: DeserializeOwned + Send + Sync + 'static> Deserialize<'de> for Para
         let index = u32::deserialize(deserializer)?;
         // A worker decodes a memfd once: the next spec holding it shares the value.
         let value = param_sealed(index, |bytes| {
-            postcard::from_bytes::<T>(bytes).map_err(|e| format!("cannot decode a Param: {e}"))
+            params_format::from_bytes::<T>(bytes).map_err(|e| format!("cannot decode a Param: {e}"))
         })
         .map_err(D::Error::custom)?;
         Ok(Param {
@@ -208,20 +210,21 @@ mod tests {
             round: 1,
             table: Param::new(vec![3; 100_000]),
         };
-        let (bytes, first) = encoding_params(&mut cache, || postcard::to_stdvec(&job));
+        let (bytes, first) = encoding_params(&mut cache, || params_format::to_vec(&job));
         let bytes = bytes.unwrap();
         assert!(bytes.len() < 8, "an index, not the table: {}", bytes.len());
         assert_eq!(first.inputs.len(), 1);
         assert_eq!(
             first.param_bytes,
-            postcard::to_stdvec(&*job.table).unwrap().len() as u64
+            params_format::to_vec(&*job.table).unwrap().len() as u64
         );
-        let back: Job = decoding(first.inputs.clone(), || postcard::from_bytes(&bytes)).unwrap();
+        let back: Job =
+            decoding(first.inputs.clone(), || params_format::from_bytes(&bytes)).unwrap();
         assert_eq!(*back.table, *job.table);
 
         job.round = 2;
         let copy = job.clone();
-        let (_, second) = encoding_params(&mut cache, || postcard::to_stdvec(&copy));
+        let (_, second) = encoding_params(&mut cache, || params_format::to_vec(&copy));
         assert_eq!(
             second.inputs[0].id(),
             first.inputs[0].id(),
@@ -229,13 +232,14 @@ mod tests {
         );
 
         job.table[0] = 4;
-        let (bytes, third) = encoding_params(&mut cache, || postcard::to_stdvec(&job));
+        let (bytes, third) = encoding_params(&mut cache, || params_format::to_vec(&job));
         assert_ne!(
             third.inputs[0].id(),
             first.inputs[0].id(),
             "a change is seen"
         );
-        let back: Job = decoding(third.inputs, || postcard::from_bytes(&bytes.unwrap())).unwrap();
+        let back: Job =
+            decoding(third.inputs, || params_format::from_bytes(&bytes.unwrap())).unwrap();
         assert_eq!(back.table[0], 4);
         assert_eq!(cache.known.len(), 1, "the old encoding is forgotten");
     }
@@ -248,10 +252,10 @@ mod tests {
         };
         let json = serde_json::to_value(&job).unwrap();
         assert_eq!(json["table"], serde_json::json!([1, 2]));
-        let back: Job = postcard::from_bytes(&postcard::to_stdvec(&job).unwrap()).unwrap();
+        let back: Job = params_format::from_bytes(&params_format::to_vec(&job).unwrap()).unwrap();
         assert_eq!(*back.table, vec![1, 2]);
         // In a worker's decoding, an index out of range is an error, never a panic.
-        let err = decoding(Vec::new(), || postcard::from_bytes::<Job>(&[5, 0]));
+        let err = decoding(Vec::new(), || params_format::from_bytes::<Job>(&[5, 0]));
         assert!(err.is_err());
     }
 }

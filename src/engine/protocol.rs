@@ -247,16 +247,6 @@ pub(crate) fn wire_size<T: Serialize>(msg: &T) -> u64 {
         .unwrap_or(0)
 }
 
-/// `value` postcard-encoded into a buffer sized first: for large parameters (a `Vec<u8>`
-/// of megabytes) a third of the time of encoding into a growing vector.
-pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> postcard::Result<Vec<u8>> {
-    let len = postcard::experimental::serialized_size(value)?;
-    let mut buf = vec![0u8; len];
-    let used = postcard::to_slice(value, &mut buf)?.len();
-    buf.truncate(used);
-    Ok(buf)
-}
-
 /// Size counted for a `Welcome`: its tag, the channel's descriptor travels beside the bytes.
 pub(crate) fn welcome_wire_size() -> u64 {
     1

@@ -184,7 +184,7 @@ struct Recycle {
 
 /// A workload as the workers get it.
 struct Encoded {
-    /// Its parameters, postcard-encoded.
+    /// Its parameters, encoded (postcard's format).
     params: Vec<u8>,
     /// The memfds it shares and their sizes.
     shared: JobInputs,
@@ -211,8 +211,9 @@ fn encode<W: Workload>(
     workload: &W,
     cache: &mut crate::engine::input::ParamCache,
 ) -> Result<Encoded> {
-    let (params, encoded) =
-        crate::engine::input::encoding_params(cache, || crate::engine::protocol::encode(workload));
+    let (params, encoded) = crate::engine::input::encoding_params(cache, || {
+        crate::workload::params_format::to_vec(workload)
+    });
     let params = params.map_err(|e| Error::Ipc(format!("cannot encode the workload: {e}")))?;
     let (inputs, param_values) = (encoded.inputs, encoded.param_bytes);
     // One more place for the parameters themselves, when they are large.
