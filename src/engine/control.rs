@@ -688,13 +688,17 @@ impl Control {
         false
     }
 
-    /// Announces that job spec `spec_id` is about to be sent to worker `w`, and wakes the
-    /// workers: a sleeping worker then reads its channel at once. A spec larger than the
-    /// channel's socket buffer can only be sent while the worker reads it.
-    pub(crate) fn announce_spec(&self, w: usize, spec_id: u64) {
-        self.slot_word(w, slot::MAIL)
-            .store(spec_id, Ordering::SeqCst);
-        // The epoch moves after the announcement: a worker about to sleep sees it move
+    /// Announces that job spec `spec_id` is about to be sent to each of `workers`, then
+    /// wakes the workers once: a sleeping worker then reads its channel at once. A spec
+    /// larger than the channel's socket buffer can only be sent while the worker reads it.
+    /// One wake for them all: a wake per worker would wake every sleeper each time, a
+    /// thousand workers a million times.
+    pub(crate) fn announce_spec(&self, workers: impl IntoIterator<Item = usize>, spec_id: u64) {
+        for w in workers {
+            self.slot_word(w, slot::MAIL)
+                .store(spec_id, Ordering::SeqCst);
+        }
+        // The epoch moves after the announcements: a worker about to sleep sees it move
         // (its futex wait returns at once), so the wake cannot be lost.
         self.bump();
     }

@@ -965,10 +965,18 @@ impl Pool {
         // the inputs): made and measured once, cloned per worker.
         let job = ToWorker::Job(spec.clone());
         let size = crate::engine::protocol::wire_size(&job);
-        for (slot, w) in self.workers.iter_mut().enumerate() {
-            if w.spec_sent == spec.spec_id {
-                continue;
-            }
+        let to = |w: &WorkerSlot| w.spec_sent != spec.spec_id && w.tx.is_some();
+        // Wake them to read the spec: a large one fills the socket and the send waits
+        // until the worker reads, which it would otherwise do only when its sleep ends.
+        let slots = self.workers.iter().enumerate().filter(|(_, w)| to(w));
+        let slots: Vec<usize> = slots.map(|(slot, _)| slot).collect();
+        if slots.is_empty() {
+            return;
+        }
+        self.control
+            .announce_spec(slots.iter().copied(), spec.spec_id);
+        for slot in slots {
+            let w = &mut self.workers[slot];
             let Some(tx) = w.tx.as_ref() else { continue };
             // First the descriptors of the inputs it does not hold yet, on its private
             // socket; it takes them right after the spec, and then holds exactly the
@@ -992,9 +1000,6 @@ impl Pool {
                 core.input_sends += 1;
             }
             let msg = job.clone();
-            // Wake it to read the spec: a large one fills the socket and the send waits
-            // until the worker reads, which it would otherwise do only when its sleep ends.
-            self.control.announce_spec(slot, spec.spec_id);
             // A worker that is gone is noticed by the dispatch loop (its channel closes).
             if tx.send(msg).is_ok() {
                 w.spec_sent = spec.spec_id;
