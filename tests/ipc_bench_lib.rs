@@ -166,13 +166,14 @@ fn share(v: &Value, key: &str) -> f64 {
     x
 }
 
-#[test]
-fn ipc_bench_measures_the_queue_claims_and_futex_wake_ups() {
+/// `procpool ipc-bench --round-trips ROUND_TRIPS --no-pin --sizes 64 --json`, checked to
+/// exit 0 and leave nothing behind: its report.
+fn ipc_bench_json(round_trips: &str) -> Value {
     let sandbox = Sandbox::new();
     let out = sandbox.run(&[
         "ipc-bench",
         "--round-trips",
-        "200",
+        round_trips,
         "--no-pin",
         "--sizes",
         "64",
@@ -180,7 +181,12 @@ fn ipc_bench_measures_the_queue_claims_and_futex_wake_ups() {
     ]);
     out.assert_code(EXIT_OK);
     sandbox.assert_nothing_left(&out);
-    let r = out.json();
+    out.json()
+}
+
+#[test]
+fn ipc_bench_measures_the_queue_claims_and_futex_wake_ups() {
+    let r = ipc_bench_json("200");
     let q = &r["queue"];
     assert_eq!(
         q["claims"].as_u64(),
@@ -214,19 +220,7 @@ fn ipc_bench_measures_the_queue_claims_and_futex_wake_ups() {
 
 #[test]
 fn ipc_bench_measures_the_start_of_a_worker_by_each_method() {
-    let sandbox = Sandbox::new();
-    let out = sandbox.run(&[
-        "ipc-bench",
-        "--round-trips",
-        "20",
-        "--no-pin",
-        "--sizes",
-        "64",
-        "--json",
-    ]);
-    out.assert_code(EXIT_OK);
-    sandbox.assert_nothing_left(&out);
-    let r = out.json();
+    let r = ipc_bench_json("20");
     let starts = r["worker_start"]
         .as_array()
         .expect("worker_start is a list");

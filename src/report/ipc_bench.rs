@@ -218,8 +218,8 @@ fn closing_line(report: &IpcBenchReport) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::pool::StartMethod;
     use crate::lab::ipc_bench::{FutexLatency, Latency, Throughput};
+    use crate::lab::model::StartMethod;
 
     fn synthetic() -> IpcBenchReport {
         IpcBenchReport {
