@@ -8,7 +8,8 @@ use procpool::Mode;
 use procpool::StartMethod;
 use procpool::workload::{Collatz, Hash, Mandelbrot, Spin, Squares};
 use procpool::{
-    ChunkOrder, Dispatch, Input, JobOptions, Param, Pool, Registry, RunOptions, Workload,
+    ChunkOrder, Dispatch, Input, JobOptions, Param, Pool, Registry, RunOptions, TraceEventKind,
+    Workload,
 };
 use serde::{Deserialize, Serialize};
 
@@ -107,6 +108,17 @@ fn main() -> Result<(), procpool::Error> {
             after / before,
             4.0,
         ));
+        if only.is_some() {
+            print_rows(&rows);
+            return Ok(());
+        }
+    }
+
+    // Starting workers: the fork server (the default start) against spawn and fork, and
+    // what a cheap start buys where the start is part of the job: short jobs, many
+    // workers, replacements. `cargo bench --bench targets -- start` runs only these rows.
+    if only.as_deref().is_none_or(|o| "start".contains(o)) {
+        start_rows(&mut rows)?;
         if only.is_some() {
             print_rows(&rows);
             return Ok(());
@@ -437,26 +449,6 @@ fn main() -> Result<(), procpool::Error> {
         )),
         None => println!("(python3 not found: the Python comparison is skipped)\n"),
     }
-
-    // The tutorial's benchmark: 10,000 calls of a 100 ms function on 200 workers.
-    let began = std::time::Instant::now();
-    let mut returned = 0u64;
-    procpool::run_inspect(
-        &procpool::workload::Sleep { ms: 100.0 },
-        10_000,
-        &RunOptions {
-            baseline: false,
-            ..RunOptions::new(200)
-        },
-        |out| returned = out.iter().sum(),
-    )?;
-    let wall = began.elapsed().as_secs_f64();
-    assert_eq!(returned, 10_000 * 9_999 / 2, "every call returned");
-    rows.push(Row::at_most(
-        "sleep 10000 --ms 100 on 200 workers: wall seconds, start to stop (ideal 5.0)".into(),
-        wall,
-        5.15,
-    ));
 
     print_rows(&rows);
     Ok(())
@@ -918,6 +910,277 @@ if __name__ == "__main__":
         .output()
         .ok()?;
     String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+}
+
+/// The rows of the `start` section.
+fn start_rows(rows: &mut Vec<Row>) -> Result<(), procpool::Error> {
+    // Pools ready: 2 workers by each method, 8 by the default and by spawn, interleaved;
+    // `spawn_time` is the report's `spawn_s`. Fork only while this process is
+    // single-threaded (it is again once each pool is shut down).
+    let (mut server2, mut spawn2, mut fork2, mut server8, mut spawn8) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let mut fork_refused = None;
+    for _ in 0..15 {
+        server2.push(ready_ms(2, None)?);
+        spawn2.push(ready_ms(2, Some(StartMethod::Spawn))?);
+        if fork_refused.is_none() {
+            match ready_ms(2, Some(StartMethod::Fork)) {
+                Ok(ms) => fork2.push(ms),
+                Err(e) => fork_refused = Some(e),
+            }
+        }
+        server8.push(ready_ms(8, None)?);
+        spawn8.push(ready_ms(8, Some(StartMethod::Spawn))?);
+    }
+    let fork2 = match fork_refused {
+        None => format!("{:.2} ms", median(fork2)),
+        Some(e) => format!("n/a: {e}"),
+    };
+    rows.push(Row::at_most(
+        format!(
+            "2 workers ready, default start (forkserver): ms (spawn {:.2} ms, fork {fork2}), \
+             medians of 15",
+            median(spawn2)
+        ),
+        median(server2),
+        1.0,
+    ));
+    rows.push(Row::at_most(
+        format!(
+            "8 workers ready, default start (forkserver): ms (spawn {:.2} ms), medians of 15",
+            median(spawn8)
+        ),
+        median(server8),
+        2.0,
+    ));
+
+    // 1000 workers: the build of the pool, until every worker is connected (the pool
+    // raises the open-file limit it needs); one verified job on the first pool, untimed.
+    let mut thousand = Vec::new();
+    for round in 0..3 {
+        let began = std::time::Instant::now();
+        let mut pool = Pool::builder().workers(1000).build()?;
+        thousand.push(began.elapsed().as_secs_f64());
+        assert_eq!(
+            pool.start_method(),
+            StartMethod::ForkServer,
+            "the default start"
+        );
+        assert!(
+            pool.pids().iter().all(|&pid| pid != 0),
+            "every worker started"
+        );
+        if round == 0 {
+            let options = JobOptions {
+                chunk_size: Some(1),
+                ..JobOptions::default()
+            };
+            let run = pool.run_with(&Squares, 1000, &options)?;
+            assert!(
+                (0..1000u64).zip(run.results()).all(|(i, &r)| r == i * i),
+                "a verified answer"
+            );
+        }
+        pool.shutdown();
+    }
+    rows.push(Row::at_most(
+        "1000 workers connected, default start: seconds to build the pool, median of 3".into(),
+        median(thousand),
+        0.5,
+    ));
+
+    // squares 1e7 on 2 workers, the pool's time with its start against rayon's 2 threads
+    // in one process running the same kernel on the same chunks into a fresh buffer
+    // (page faults on both sides), interleaved.
+    let threads = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .expect("rayon's 2 threads");
+    let (mut pool_s, mut start_s, mut rayon_s) = (vec![], vec![], vec![]);
+    for _ in 0..9 {
+        let report = procpool::run(&Squares, 10_000_000, &RunOptions::new(2))?;
+        check(&report);
+        assert_eq!(
+            report.start,
+            Some(StartMethod::ForkServer),
+            "the default start"
+        );
+        pool_s.push(report.pool_wall_s);
+        start_s.push(report.spawn_s);
+        rayon_s.push(rayon_squares(&threads, 10_000_000, report.chunk_size));
+    }
+    let (pool_s, rayon_s) = (median(pool_s), median(rayon_s));
+    rows.push(Row::at_most(
+        format!(
+            "squares 1e7, 2 workers: pool time with the start ({:.1} ms, start {:.2} ms) / \
+             rayon's 2 threads ({:.1} ms), medians of 9",
+            pool_s * 1e3,
+            median(start_s) * 1e3,
+            rayon_s * 1e3
+        ),
+        pool_s / rayon_s,
+        1.10,
+    ));
+
+    // A CPU-bound job where the start used to show: each run's own speedup (its baseline
+    // right after its pool), the median of 5.
+    let mut speedups = Vec::new();
+    for _ in 0..5 {
+        let report = procpool::run(&Hash { rounds: 50 }, 200_000, &RunOptions::new(2))?;
+        check(&report);
+        speedups.push(report.speedup.unwrap_or(f64::NAN));
+    }
+    rows.push(Row::at_least(
+        "hash 200000 --rounds 50, 2 workers: speedup over one process, median of 5".into(),
+        median(speedups),
+        1.95,
+    ));
+
+    // The tutorial's benchmark, as `procpool --workers W sleep 10000 --ms 100` runs it: the
+    // baseline is known without running it (n × 100 ms), the output is verified. The row
+    // is the pool's wall time (start to last result); the whole run is in the label.
+    for (workers, goal) in [(200, 5.10), (1000, 1.2)] {
+        let began = std::time::Instant::now();
+        let report = procpool::run(
+            &procpool::workload::Sleep { ms: 100.0 },
+            10_000,
+            &RunOptions::new(workers),
+        )?;
+        let whole = began.elapsed().as_secs_f64();
+        check(&report);
+        rows.push(Row::at_most(
+            format!(
+                "sleep 10000 --ms 100 on {workers} workers: pool seconds (ideal {:.1}; start \
+                 {:.3} s, the whole run {whole:.2} s)",
+                10_000.0 * 0.1 / workers as f64,
+                report.spawn_s
+            ),
+            report.pool_wall_s,
+            goal,
+        ));
+    }
+
+    // A replacement in a process with threads.
+    let (replace_us, threads) = replacement_us()?;
+    rows.push(Row::at_most(
+        format!(
+            "a killed worker's replacement, 2-worker pool in a process of {threads} threads: \
+             ms from its death to its replacement started (job trace), median of 21"
+        ),
+        replace_us / 1e3,
+        0.5,
+    ));
+    Ok(())
+}
+
+/// Builds a pool of `workers` started by `start` (`None`: the default, the fork server),
+/// and gives its start time (`Pool::spawn_time`, the report's `spawn_s`) in ms.
+fn ready_ms(workers: usize, start: Option<StartMethod>) -> Result<f64, procpool::Error> {
+    let builder = Pool::builder().workers(workers);
+    let pool = match start {
+        Some(start) => {
+            if start == StartMethod::Fork {
+                single_threaded();
+            }
+            builder.start(start).build()?
+        }
+        None => builder.build()?,
+    };
+    assert_eq!(
+        pool.start_method(),
+        start.unwrap_or(StartMethod::ForkServer),
+        "the pool started its workers as asked"
+    );
+    let ms = pool.spawn_time().as_secs_f64() * 1e3;
+    pool.shutdown();
+    Ok(ms)
+}
+
+/// Waits (up to 200 ms) for the threads of the pools before to end.
+fn single_threaded() {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    while threads() != 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// This process's threads.
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+}
+
+/// Seconds for rayon's `threads` to compute `squares n` into a fresh buffer in chunks of
+/// `chunk` elements, with the workload's own kernel; the answer is checked after the time.
+fn rayon_squares(threads: &rayon::ThreadPool, n: u64, chunk: u64) -> f64 {
+    use rayon::prelude::*;
+    let began = std::time::Instant::now();
+    let mut out = vec![0u64; n as usize];
+    threads.install(|| {
+        out.par_chunks_mut(chunk as usize)
+            .enumerate()
+            .for_each(|(k, part)| {
+                let lo = k as u64 * chunk;
+                Squares.kernel(lo..lo + part.len() as u64, part);
+            });
+    });
+    let seconds = began.elapsed().as_secs_f64();
+    assert!(
+        out.iter()
+            .enumerate()
+            .all(|(i, &r)| r == (i as u64).wrapping_mul(i as u64)),
+        "rayon's answer"
+    );
+    seconds
+}
+
+/// A 2-worker pool (the default start) in a process with a thread of its own besides the
+/// pool's: 21 jobs of `squares 200000` in chunks of 1000, each killing the worker that
+/// runs chunk 50. Returns the median µs from the death to its replacement started, as the
+/// job's trace records them (the dead process already reaped; the replacement forked and
+/// its channels in hand), and the thread count.
+fn replacement_us() -> Result<(f64, usize), procpool::Error> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let helper = std::thread::spawn(move || {
+        let _ = stopped.recv();
+    });
+    let mut pool = Pool::builder().workers(2).build()?;
+    assert_eq!(
+        pool.start_method(),
+        StartMethod::ForkServer,
+        "the default start"
+    );
+    let options = JobOptions {
+        chunk_size: Some(1000),
+        faults: vec!["kill@50".parse().expect("a fault")],
+        trace: true,
+        ..JobOptions::default()
+    };
+    let running = threads();
+    assert!(running > 1, "a process with threads");
+    let mut us = Vec::with_capacity(21);
+    for _ in 0..21 {
+        let run = pool.run_with(&Squares, 200_000, &options)?;
+        assert!(
+            (0..200_000u64).zip(run.results()).all(|(i, &r)| r == i * i),
+            "a verified answer"
+        );
+        let stats = run.stats();
+        assert_eq!(stats.deaths.len(), 1, "one worker killed");
+        assert!(stats.deaths[0].replaced_by.is_some(), "and replaced");
+        let trace = stats.trace.as_ref().expect("asked for");
+        let at = |kind: TraceEventKind| {
+            trace
+                .events
+                .iter()
+                .find(|e| e.kind == kind)
+                .map(|e| e.at_ns)
+                .expect("the death and the restart are in the trace")
+        };
+        us.push(at(TraceEventKind::Restart).saturating_sub(at(TraceEventKind::Death)) as f64 / 1e3);
+    }
+    drop(stop);
+    let _ = helper.join();
+    Ok((median(us), running))
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {

@@ -6,8 +6,10 @@
 mod common;
 
 use common::{EXIT_OK, Sandbox};
+use procpool::StartMethod;
 use procpool::lab::ipc_bench::{
-    FutexLatency, IpcBenchOptions, IpcBenchReport, Latency, QueueBench, Throughput, percentile, run,
+    FutexLatency, IpcBenchOptions, IpcBenchReport, Latency, QueueBench, StartCost, Throughput,
+    percentile, run,
 };
 use procpool::report::ipc_bench::render_text;
 use serde_json::Value;
@@ -25,6 +27,7 @@ fn ipc_bench_refuses_to_fork_from_a_threaded_process() {
         bytes_per_size: 1024,
         pin: false,
         claims: 1000,
+        starts: 1,
     });
     drop(stop_tx);
     helper.join().unwrap();
@@ -67,6 +70,24 @@ fn report() -> IpcBenchReport {
             shm_mb_s: 4000.0,
             messages: 16,
         }],
+        worker_start: vec![
+            StartCost {
+                method: StartMethod::ForkServer,
+                samples: 3,
+                build_p50_us: Some(700.0),
+                build_p90_us: Some(800.0),
+                start_p50_us: Some(400.0),
+                skipped: None,
+            },
+            StartCost {
+                method: StartMethod::Fork,
+                samples: 0,
+                build_p50_us: None,
+                build_p90_us: None,
+                start_p50_us: None,
+                skipped: Some("made up".into()),
+            },
+        ],
         note: "made up".into(),
     }
 }
@@ -94,6 +115,20 @@ fn ipc_bench_report_serializes_with_units_in_the_names() {
     for key in FUTEX_KEYS {
         assert!(f[key].is_number(), "queue.futex.{key} in {f}");
     }
+    let w = &json["worker_start"][0];
+    assert_eq!(w["method"], "forkserver");
+    for key in ["samples", "build_p50_us", "build_p90_us", "start_p50_us"] {
+        assert!(w[key].is_number(), "worker_start.{key} in {w}");
+    }
+    assert!(w["skipped"].is_null(), "{w}");
+    // A method not measured says why, and has no figures.
+    let w = &json["worker_start"][1];
+    assert_eq!(w["method"], "fork");
+    assert_eq!(w["skipped"], "made up");
+    assert!(
+        w["build_p50_us"].is_null() && w["start_p50_us"].is_null(),
+        "{w}"
+    );
     assert_eq!(json["note"], "made up");
 }
 
@@ -131,13 +166,14 @@ fn share(v: &Value, key: &str) -> f64 {
     x
 }
 
-#[test]
-fn ipc_bench_measures_the_queue_claims_and_futex_wake_ups() {
+/// `procpool ipc-bench --round-trips ROUND_TRIPS --no-pin --sizes 64 --json`, checked to
+/// exit 0 and leave nothing behind: its report.
+fn ipc_bench_json(round_trips: &str) -> Value {
     let sandbox = Sandbox::new();
     let out = sandbox.run(&[
         "ipc-bench",
         "--round-trips",
-        "200",
+        round_trips,
         "--no-pin",
         "--sizes",
         "64",
@@ -145,7 +181,12 @@ fn ipc_bench_measures_the_queue_claims_and_futex_wake_ups() {
     ]);
     out.assert_code(EXIT_OK);
     sandbox.assert_nothing_left(&out);
-    let r = out.json();
+    out.json()
+}
+
+#[test]
+fn ipc_bench_measures_the_queue_claims_and_futex_wake_ups() {
+    let r = ipc_bench_json("200");
     let q = &r["queue"];
     assert_eq!(
         q["claims"].as_u64(),
@@ -173,6 +214,40 @@ fn ipc_bench_measures_the_queue_claims_and_futex_wake_ups() {
     assert!(
         r["note"].as_str().unwrap().contains("queue:"),
         "the note says how the queue was measured: {}",
+        r["note"]
+    );
+}
+
+#[test]
+fn ipc_bench_measures_the_start_of_a_worker_by_each_method() {
+    let r = ipc_bench_json("20");
+    let starts = r["worker_start"]
+        .as_array()
+        .expect("worker_start is a list");
+    let methods: Vec<&str> = starts
+        .iter()
+        .map(|s| s["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(methods, ["spawn", "fork", "forkserver"], "{r}");
+    // procpool calls init() first and runs ipc-bench single-threaded: all three measured.
+    for s in starts {
+        assert!(s["skipped"].is_null(), "{s}");
+        assert_eq!(
+            s["samples"].as_u64(),
+            Some(IpcBenchOptions::default().starts as u64),
+            "{s}"
+        );
+        let (build, p90, start) = (
+            positive(s, "build_p50_us"),
+            positive(s, "build_p90_us"),
+            positive(s, "start_p50_us"),
+        );
+        // The worker's start is part of each build, so its median is at most theirs.
+        assert!(build <= p90 && start <= build, "{s}");
+    }
+    assert!(
+        r["note"].as_str().unwrap().contains("worker start:"),
+        "the note says how starts were measured: {}",
         r["note"]
     );
 }

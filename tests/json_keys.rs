@@ -42,6 +42,7 @@ const TOP: &[&str] = &[
     "baseline_os",
     "pool_wall_s",
     "spawn_s",
+    "start_per_worker_s",
     "run_s",
     "compute_s",
     "compute_max_s",
@@ -161,6 +162,7 @@ const IPC: &[&str] = &[
     "latency",
     "queue",
     "throughput",
+    "worker_start",
     "note",
 ];
 const LATENCY: &[&str] = &[
@@ -195,6 +197,15 @@ const THROUGHPUT: &[&str] = &[
     "messages",
     "channel_mb_s",
     "shm_mb_s",
+];
+/// Each `worker_start` entry of ipc-bench.
+const WORKER_START: &[&str] = &[
+    "method",
+    "samples",
+    "build_p50_us",
+    "build_p90_us",
+    "start_p50_us",
+    "skipped",
 ];
 const BREAKDOWN: &[&str] = &[
     "total_s",
@@ -266,6 +277,7 @@ const VALUES: &[&str] = &[
     "single",
     "spawn",
     "fork",
+    "forkserver",
     "static",
     "dynamic",
     "guided",
@@ -348,6 +360,7 @@ fn all_schema_keys() -> BTreeSet<&'static str> {
         QUEUE,
         FUTEX,
         THROUGHPUT,
+        WORKER_START,
     ]
     .into_iter()
     .flatten()
@@ -594,6 +607,11 @@ fn ipc_bench_prints_every_key() {
         assert_keys(t, THROUGHPUT, "a throughput entry");
         assert_eq!(uint(t, "size_bytes"), 1024);
     }
+    let starts = array(&r, "worker_start");
+    assert_eq!(starts.len(), 3, "spawn, fork, forkserver");
+    for s in starts {
+        assert_keys(s, WORKER_START, "a worker_start entry");
+    }
 }
 
 // ---- what holds for every report -------------------------------------------------------
@@ -688,6 +706,17 @@ fn check_report(out: &Outcome, asked: &Asked) -> Value {
     let pool = secs(&r, "pool_wall_s");
     assert!(pool > 0.0, "pool_wall_s is 0");
     let spawn = secs(&r, "spawn_s");
+    if processes {
+        // The start over the workers it started: all of them, or (spawn in the background)
+        // as many as the pool waited for, at least one.
+        let each = secs(&r, "start_per_worker_s");
+        assert!(
+            each >= spawn / workers as f64 * (1.0 - 1e-9) && each <= spawn * (1.0 + 1e-9),
+            "start_per_worker_s {each} is not spawn_s {spawn} over 1 to {workers} workers"
+        );
+    } else {
+        null(&r, "start_per_worker_s");
+    }
     let run = secs(&r, "run_s");
     let compute = secs(&r, "compute_s");
     let compute_max = secs(&r, "compute_max_s");
@@ -965,6 +994,11 @@ fn a_plain_run_prints_every_key() {
     );
     assert_squares_verified(&r);
     assert_eq!(r["start"], "forkserver");
+    // The fork server starts every worker before the job: the start is theirs, halved.
+    assert!(close(
+        secs(&r, "start_per_worker_s") * 2.0,
+        secs(&r, "spawn_s")
+    ));
     assert_eq!(r["transport"], "shm");
     assert_eq!(r["dispatch"], "queue", "the default dispatch");
     assert_eq!(r["schedule"], "dynamic");

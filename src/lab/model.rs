@@ -121,7 +121,9 @@ pub struct Report {
     pub params: serde_json::Value,
     /// How the job ran: `processes`, `threads` or `single`.
     pub mode: Mode,
-    /// How worker processes started (`spawn` or `fork`; null unless mode is `processes`).
+    /// How worker processes started, the method the pool actually used (`forkserver`,
+    /// `spawn` or `fork`; a fork server falls back to `spawn` where the program has none);
+    /// null unless mode is `processes`.
     pub start: Option<StartMethod>,
     /// How chunks were handed out: `static`, `dynamic` or `guided`.
     pub schedule: Schedule,
@@ -165,6 +167,10 @@ pub struct Report {
     pub pool_wall_s: f64,
     /// The part of `pool_wall_s` spent starting workers and their handshakes.
     pub spawn_s: f64,
+    /// What starting one worker cost: `spawn_s` over the workers started in it, those the
+    /// pool waited for before the job (with `spawn`, as many as there are CPUs; the others
+    /// start while the job runs). Null unless `start` is set.
+    pub start_per_worker_s: Option<f64>,
     /// The part of `pool_wall_s` after the workers started: sending the job, the chunks,
     /// computing, and collecting the replies.
     pub run_s: f64,

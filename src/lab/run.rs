@@ -109,9 +109,9 @@ pub fn run<W: Workload>(workload: &W, n: u64, options: &RunOptions) -> Result<Re
 pub(crate) struct Round {
     pub(crate) wall: Duration,
     pub(crate) start: Duration,
-    /// How the pool's workers started (the fork server falls back to spawn): none for the
-    /// modes and backends without a pool.
-    pub(crate) start_method: Option<StartMethod>,
+    /// How the pool's workers started (the fork server falls back to spawn), and how many
+    /// `start` covers: none for the modes and backends without a pool.
+    pub(crate) start_method: Option<StartedWith>,
     pub(crate) stats: JobStats,
     pub(crate) baseline: Option<Duration>,
     /// The single-process run's CPU time, faults and switches.
@@ -123,6 +123,25 @@ pub(crate) struct Round {
     pub(crate) checksum: String,
     pub(crate) verify: Duration,
     pub(crate) output: Option<OutputReport>,
+}
+
+/// How a pool started its workers, and how many of them its build waited for (with
+/// [`PoolBuilder::start_in_background`] and `spawn`, the others start during the job).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StartedWith {
+    pub(crate) method: StartMethod,
+    pub(crate) workers: usize,
+}
+
+impl StartedWith {
+    /// What `pool` reports right after its build.
+    fn of(pool: &crate::engine::pool::Pool) -> Self {
+        StartedWith {
+            method: pool.start_method(),
+            // A worker left to start in the background has no pid yet.
+            workers: pool.pids().iter().filter(|&&pid| pid != 0).count(),
+        }
+    }
 }
 
 /// The parent's phases of a traced round (start workers, baseline, verify), added to the
@@ -363,7 +382,7 @@ fn run_round<W: Workload>(
             let mut pool =
                 phases.time(tracing, "start workers", || pool_builder(options).build())?;
             let spawn = pool.spawn_time();
-            start_method = Some(pool.start_method());
+            start_method = Some(StartedWith::of(&pool));
             let want = Want {
                 output: true,
                 reduce_slot: reducer.map_or(0, |r| r.slot()),
@@ -472,7 +491,7 @@ fn stream_round<W: Workload>(
             pool_builder(options).build()
         })?;
         let spawn = pool.spawn_time();
-        let method = pool.start_method();
+        let method = StartedWith::of(&pool);
         let window = window_elems(options.window_bytes, std::mem::size_of::<W::Output>());
         let stats =
             pool.stream_with(workload, n, &job_options(options), window, RING, &mut sink)?;
@@ -651,7 +670,7 @@ pub(crate) fn build_report<W: Workload>(
             Ok(value) => value,
         },
         mode: options.mode,
-        start: last.start_method,
+        start: last.start_method.map(|s| s.method),
         schedule: stats.schedule,
         transport: (options.mode == Mode::Processes).then_some(stats.transport),
         dispatch: (options.mode == Mode::Processes).then_some(stats.dispatch),
@@ -670,6 +689,10 @@ pub(crate) fn build_report<W: Workload>(
         baseline_os: last.baseline_os,
         pool_wall_s,
         spawn_s: last.start.as_secs_f64(),
+        start_per_worker_s: last
+            .start_method
+            .filter(|s| s.workers > 0)
+            .map(|s| last.start.as_secs_f64() / s.workers as f64),
         run_s: last.wall.saturating_sub(last.start).as_secs_f64(),
         compute_s: compute.iter().sum(),
         compute_max_s: compute.iter().copied().fold(0.0, f64::max),

@@ -1,9 +1,9 @@
 //! `procpool ipc-bench` as text: the tables (message round trips, the queue's claims and
-//! futex wake-ups, throughput) and a closing line.
+//! futex wake-ups, throughput, the start of a worker) and a closing line.
 
 use std::fmt::Write as _;
 
-use crate::lab::ipc_bench::{IpcBenchReport, QueueBench, UNPINNED};
+use crate::lab::ipc_bench::{IpcBenchReport, QueueBench, StartCost, UNPINNED};
 use crate::units::seconds_short;
 
 /// Renders the report as tables and a closing line that compares a chunk message's round
@@ -51,6 +51,7 @@ pub fn render_text(report: &IpcBenchReport) -> String {
             );
         }
     }
+    render_start(&mut s, &report.worker_start);
     // The note is a list joined with "; ": one item per line.
     for (k, item) in report
         .note
@@ -131,6 +132,41 @@ fn render_queue(s: &mut String, q: &QueueBench) {
     }
 }
 
+/// The start of one worker by each method; "n/a" and the reason for a method not measured.
+fn render_start(s: &mut String, starts: &[StartCost]) {
+    if starts.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "  start of one worker: a 1-worker pool built until ready, medians"
+    );
+    let _ = writeln!(
+        s,
+        "    {:<10} {:>8} {:>10} {:>10} {:>10}",
+        "method", "samples", "build", "build p90", "start"
+    );
+    let us = |x: Option<f64>| x.map_or("-".to_string(), |x| crate::units::seconds(x / 1e6));
+    for c in starts {
+        match &c.skipped {
+            Some(why) => {
+                let _ = writeln!(s, "    {:<10} {:>8}   n/a: {why}", c.method.to_string(), 0);
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "    {:<10} {:>8} {:>10} {:>10} {:>10}",
+                    c.method.to_string(),
+                    c.samples,
+                    us(c.build_p50_us),
+                    us(c.build_p90_us),
+                    us(c.start_p50_us)
+                );
+            }
+        }
+    }
+}
+
 /// "a chunk message costs ~15 µs round trip, a claim from the queue ~40 ns; 1 MiB through
 /// the channel takes X, through shared memory Y: send ranges, not data".
 fn closing_line(report: &IpcBenchReport) -> Option<String> {
@@ -183,6 +219,7 @@ fn closing_line(report: &IpcBenchReport) -> Option<String> {
 mod tests {
     use super::*;
     use crate::lab::ipc_bench::{FutexLatency, Latency, Throughput};
+    use crate::lab::model::StartMethod;
 
     fn synthetic() -> IpcBenchReport {
         IpcBenchReport {
@@ -242,6 +279,32 @@ mod tests {
                     messages: 16,
                 },
             ],
+            worker_start: vec![
+                StartCost {
+                    method: StartMethod::Spawn,
+                    samples: 21,
+                    build_p50_us: Some(4512.25),
+                    build_p90_us: Some(6020.0),
+                    start_p50_us: Some(4100.5),
+                    skipped: None,
+                },
+                StartCost {
+                    method: StartMethod::Fork,
+                    samples: 21,
+                    build_p50_us: Some(710.0),
+                    build_p90_us: Some(905.5),
+                    start_p50_us: Some(380.25),
+                    skipped: None,
+                },
+                StartCost {
+                    method: StartMethod::ForkServer,
+                    samples: 0,
+                    build_p50_us: None,
+                    build_p90_us: None,
+                    start_p50_us: None,
+                    skipped: Some("this program has no fork server".into()),
+                },
+            ],
             note: "cross-cpu skipped: this process may run on one CPU only; throughput: \
                    unpinned"
                 .into(),
@@ -267,6 +330,11 @@ procpool ipc-bench: two processes, ipc-channel and shared memory; 2 logical core
     placement       size  messages   channel       shm shm/channel
     unpinned        64 B     65536      20.0       8.0       0.40×
     unpinned       1 MiB        16    1048.6    5242.9       5.00×
+  start of one worker: a 1-worker pool built until ready, medians
+    method      samples      build  build p90      start
+    spawn            21    4.51 ms    6.02 ms    4.10 ms
+    fork             21   710.0 µs   905.5 µs   380.2 µs
+    forkserver        0   n/a: this program has no fork server
   note  cross-cpu skipped: this process may run on one CPU only
         throughput: unpinned
 a chunk message costs ~15 µs round trip, a claim from the queue ~80 ns with 2 processes claiming; 1 MiB through the channel takes 1.00 ms, through shared memory 200.0 µs: send ranges, not data

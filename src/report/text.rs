@@ -104,6 +104,16 @@ fn cpus_line(r: &Report) -> String {
     line
 }
 
+/// How the workers started and what one cost: " (forkserver, 450.0 µs a worker)"; empty
+/// without a pool.
+fn start_cost(r: &Report) -> String {
+    match (r.start, r.start_per_worker_s) {
+        (Some(start), Some(each)) => format!(" ({start}, {} a worker)", secs(each)),
+        (Some(start), None) => format!(" ({start})"),
+        _ => String::new(),
+    }
+}
+
 /// Renders the report for a terminal.
 pub fn render_text(r: &Report) -> String {
     let mut s = String::new();
@@ -209,10 +219,11 @@ pub fn render_text(r: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "  pool         {}{}  = start {} + run {}",
+        "  pool         {}{}  = start {}{} + run {}",
         secs(r.pool_wall_s),
         spread(repeat.map(|x| &x.pool_s)),
         secs(r.spawn_s),
+        start_cost(r),
         secs(r.run_s)
     );
     let b = &r.breakdown;
@@ -570,6 +581,7 @@ mod tests {
             baseline_os: None,
             pool_wall_s: 0.012,
             spawn_s: 0.006,
+            start_per_worker_s: Some(0.003),
             run_s: 0.006,
             compute_s: 0.008,
             compute_max_s: 0.004,
@@ -643,6 +655,29 @@ mod tests {
             "\n               cpu 20.00 ms, faults 19532 minor + 1 major, context switches 0 \
              voluntary + 7 involuntary\n"
         ));
+    }
+
+    #[test]
+    fn the_pool_line_says_how_workers_started_and_what_one_cost() {
+        let mut r = report(Dispatch::Queue);
+        assert_eq!(
+            line(&render_text(&r), "pool"),
+            Some(
+                "  pool         12.00 ms  = start 6.00 ms (spawn, 3.00 ms a worker) + run 6.00 ms"
+            )
+        );
+        r.start = Some(StartMethod::ForkServer);
+        r.start_per_worker_s = None;
+        assert_eq!(
+            line(&render_text(&r), "pool"),
+            Some("  pool         12.00 ms  = start 6.00 ms (forkserver) + run 6.00 ms")
+        );
+        // No pool (threads, single, MPI): nothing to say about it.
+        r.start = None;
+        assert_eq!(
+            line(&render_text(&r), "pool"),
+            Some("  pool         12.00 ms  = start 6.00 ms + run 6.00 ms")
+        );
     }
 
     #[test]

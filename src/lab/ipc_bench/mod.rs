@@ -17,7 +17,9 @@
 //! - **the queue** (`--dispatch queue`, which hands out chunks with no message at all): how
 //!   many chunks per second one process claims from the pool's shared-memory control block,
 //!   and two processes contending for it; and the round trip of a futex wake-up, the way a
-//!   sleeping worker or parent is woken.
+//!   sleeping worker or parent is woken;
+//! - **the start of a worker** by each method (`spawn`, `fork`, `forkserver`): the time to a
+//!   ready 1-worker pool, the methods interleaved.
 //!
 //! The peer is a forked child (channels and the shared mapping are made before the fork, so
 //! both sides inherit them). It dies with the parent (`PR_SET_PDEATHSIG`) and is always
@@ -38,11 +40,14 @@ use crate::error::{Error, Result};
 use latency::*;
 use peer::*;
 use queue::*;
+pub use start::StartCost;
+use start::*;
 use throughput::*;
 
 mod latency;
 mod peer;
 mod queue;
+mod start;
 mod throughput;
 
 use crate::engine::shm::{Mapping, SharedRegion};
@@ -68,6 +73,9 @@ pub struct IpcBenchOptions {
     /// none is left, 3 times by one process and 3 times by two (the medians are reported).
     /// Default 1 000 000: a few tens of milliseconds a run.
     pub claims: usize,
+    /// 1-worker pools built and timed per start method (after one untimed each), the
+    /// methods interleaved. Default 21: a few tenths of a second in all.
+    pub starts: usize,
 }
 
 impl Default for IpcBenchOptions {
@@ -78,6 +86,7 @@ impl Default for IpcBenchOptions {
             bytes_per_size: 1 << 20,
             pin: true,
             claims: 1_000_000,
+            starts: 21,
         }
     }
 }
@@ -160,6 +169,8 @@ pub struct IpcBenchReport {
     pub queue: QueueBench,
     /// Throughput, one entry per message size, in the order asked.
     pub throughput: Vec<Throughput>,
+    /// The start of one worker, one entry per start method: `spawn`, `fork`, `forkserver`.
+    pub worker_start: Vec<StartCost>,
     /// How it was measured, and which placements were skipped and why.
     pub note: String,
 }
@@ -192,7 +203,10 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Throughput runs unpinned, on one peer, for every size: a short untimed warm-up, then 3
 /// timed transfers per transport, interleaved (channel, shm, channel, …), each moving
 /// `max(bytes_per_size / size, 16)` messages; the median transfer is reported. Each
-/// transfer is verified by the peer's checksum before its time counts.
+/// transfer is verified by the peer's checksum before its time counts. Last, the start of
+/// a worker: a 1-worker pool built by each method in turn, `starts` times (see
+/// [`StartCost`]); `spawn` and `forkserver` need the fork server that [`crate::init`]
+/// starts, `fork` a single-threaded process at each build.
 pub fn run(options: &IpcBenchOptions) -> Result<IpcBenchReport> {
     validate(options)?;
     crate::engine::sys::ensure_single_threaded(
@@ -265,6 +279,18 @@ pub fn run(options: &IpcBenchOptions) -> Result<IpcBenchReport> {
          transfer verified by checksum"
             .into(),
     );
+    let worker_start = measure_starts(options.starts)?;
+    notes.push(format!(
+        "worker start: a 1-worker pool built by each method in turn, {} times after one \
+         untimed (build: until the pool is ready to take a job, start: the pool's own \
+         spawn_time within it)",
+        options.starts
+    ));
+    for s in &worker_start {
+        if let Some(why) = &s.skipped {
+            notes.push(format!("{} skipped: {why}", s.method));
+        }
+    }
     Ok(IpcBenchReport {
         // Read last: sysinfo may start threads, and the peers are forked.
         meta: crate::lab::meta::Meta::new(started, &crate::lab::Machine::read()),
@@ -272,6 +298,7 @@ pub fn run(options: &IpcBenchOptions) -> Result<IpcBenchReport> {
         latency,
         queue,
         throughput,
+        worker_start,
         note: notes.join("; "),
     })
 }
@@ -302,6 +329,12 @@ fn validate(options: &IpcBenchOptions) -> Result<()> {
         return Err(Error::invalid(
             "claims",
             "`claims` must be at least 1 (got 0)",
+        ));
+    }
+    if options.starts == 0 {
+        return Err(Error::invalid(
+            "starts",
+            "`starts` must be at least 1 (got 0)",
         ));
     }
     if options.sizes.is_empty() {
@@ -384,6 +417,13 @@ mod tests {
                     ..base.clone()
                 },
                 "`claims`",
+            ),
+            (
+                IpcBenchOptions {
+                    starts: 0,
+                    ..base.clone()
+                },
+                "`starts`",
             ),
             (
                 IpcBenchOptions {
