@@ -181,6 +181,19 @@ fn serve(
         return 1;
     }
     let _ = nix::sys::prctl::set_name(SERVER_NAME);
+    // The program's stdin, stdout and stderr are not the server's to hold: whoever reads
+    // the program's output through a pipe would wait for the server to end too. Its
+    // workers get their output pipe from the pool, and /dev/null for input, as spawned
+    // ones do.
+    if let Ok(null) = nix::fcntl::open(
+        c"/dev/null",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) {
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
     // Up to the hard limit: a request carries three descriptors a worker, and the server
     // makes four more before it forks each. Each worker takes the pool's own limit.
     let _ = crate::engine::sys::set_open_file_limit(u64::MAX);

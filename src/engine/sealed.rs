@@ -240,21 +240,7 @@ pub(crate) fn send_fds(
     spec_id: u64,
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
-    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-    let header = header(spec_id, raw.len());
-    let iov = [IoSlice::new(&header)];
-    let cmsgs = [ControlMessage::ScmRights(&raw)];
-    let sent = sendmsg::<()>(
-        socket.as_raw_fd(),
-        &iov,
-        &cmsgs,
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )?;
-    if sent != header.len() {
-        return Err(io::Error::other("a short send of input descriptors"));
-    }
-    Ok(())
+    send_message(socket, &header(spec_id, fds.len()), fds)
 }
 
 /// Receives the batch of `count` descriptors for spec `spec_id` from `socket`, waiting
@@ -285,35 +271,8 @@ pub(crate) fn recv_fds(
         }
     }
     let mut buf = [0u8; 16];
-    let mut cmsg = nix::cmsg_space!([RawFd; MAX_INPUTS]);
-    let (bytes, received, truncated) = {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(
-            socket.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-        )
+    let (bytes, owned, truncated) = receive(socket, &mut buf, MsgFlags::MSG_DONTWAIT)
         .map_err(|e| format!("cannot receive input descriptors: {e}"))?;
-        let mut received = Vec::new();
-        if let Ok(cmsgs) = msg.cmsgs() {
-            for c in cmsgs {
-                if let ControlMessageOwned::ScmRights(fds) = c {
-                    received.extend(fds);
-                }
-            }
-        }
-        let truncated = msg
-            .flags
-            .intersects(MsgFlags::MSG_CTRUNC | MsgFlags::MSG_TRUNC);
-        (msg.bytes, received, truncated)
-    };
-    let owned: Vec<OwnedFd> = received
-        .into_iter()
-        // SAFETY: each of these descriptors was just installed in this process by the
-        // kernel for this message (SCM_RIGHTS); nothing else owns them yet.
-        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-        .collect();
     if bytes == 0 {
         return Err("the parent closed the input socket".into());
     }
@@ -325,6 +284,41 @@ pub(crate) fn recv_fds(
         ));
     }
     Ok(owned)
+}
+
+/// One `recvmsg` into `buf` (with `flags`, close-on-exec added): the bytes received, the
+/// descriptors that came with them (owned now), and whether the message was cut short.
+fn receive(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: MsgFlags,
+) -> io::Result<(usize, Vec<OwnedFd>, bool)> {
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_MESSAGE_FDS]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC | flags,
+    )?;
+    let mut received = Vec::new();
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                received.extend(fds);
+            }
+        }
+    }
+    let truncated = msg
+        .flags
+        .intersects(MsgFlags::MSG_CTRUNC | MsgFlags::MSG_TRUNC);
+    let owned = received
+        .into_iter()
+        // SAFETY: each of these descriptors was just installed in this process by the
+        // kernel for this message (SCM_RIGHTS); nothing else owns them yet.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect();
+    Ok((msg.bytes, owned, truncated))
 }
 
 /// The most descriptors [`recv_message`] takes in one message.
@@ -363,37 +357,12 @@ pub(crate) fn recv_message(
     max_bytes: usize,
 ) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
     let mut buf = vec![0u8; max_bytes];
-    let mut cmsg = nix::cmsg_space!([RawFd; MAX_MESSAGE_FDS]);
-    let (bytes, received, truncated) = loop {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = match recvmsg::<()>(
-            socket.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            other => other?,
-        };
-        let mut received = Vec::new();
-        if let Ok(cmsgs) = msg.cmsgs() {
-            for c in cmsgs {
-                if let ControlMessageOwned::ScmRights(fds) = c {
-                    received.extend(fds);
-                }
-            }
+    let (bytes, owned, truncated) = loop {
+        match receive(socket, &mut buf, MsgFlags::empty()) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            received => break received?,
         }
-        let truncated = msg
-            .flags
-            .intersects(MsgFlags::MSG_CTRUNC | MsgFlags::MSG_TRUNC);
-        break (msg.bytes, received, truncated);
     };
-    let owned: Vec<OwnedFd> = received
-        .into_iter()
-        // SAFETY: each of these descriptors was just installed in this process by the
-        // kernel for this message (SCM_RIGHTS); nothing else owns them yet.
-        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-        .collect();
     if bytes == 0 && owned.is_empty() {
         return Ok(None);
     }
