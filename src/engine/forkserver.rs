@@ -118,12 +118,13 @@ fn server() -> std::sync::MutexGuard<'static, Option<Server>> {
 /// Starts the program's fork server with `registry`, unless it runs already or the program
 /// has more than one thread (then pools spawn their workers). Called by `init`.
 pub(crate) fn start(registry: &Registry) {
-    let mut slot = server();
-    if slot.is_some() || crate::engine::sys::thread_count() != Some(1) {
+    if available() || crate::engine::sys::thread_count() != Some(1) {
         return;
     }
+    // Not under the lock: the server (and every worker it forks) gets a copy of this
+    // process's memory, and a lock held at the fork would stay held in the copy.
     if let Ok(started) = fork_server(registry) {
-        *slot = Some(started);
+        *server() = Some(started);
     }
 }
 
