@@ -174,11 +174,7 @@ fn serve(
     registry: &Registry,
     program: nix::unistd::Pid,
 ) -> i32 {
-    let own_group = nix::unistd::Pid::from_raw(0);
-    if nix::unistd::setpgid(own_group, own_group).is_err()
-        || nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
-        || nix::unistd::getppid() != program
-    {
+    if !crate::engine::sys::own_group_and_death_signal(program) {
         return 1;
     }
     let _ = nix::sys::prctl::set_name(SERVER_NAME);

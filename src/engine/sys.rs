@@ -395,6 +395,17 @@ fn run_child(child_main: impl FnOnce() -> i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// The first steps of a child forked without an exec (a fork server, a forked worker):
+/// leads a process group of its own, takes SIGKILL as its death signal, and checks that
+/// `parent` is still its parent (it may have died before the death signal was set).
+/// False when any of them failed: the child should exit.
+pub(crate) fn own_group_and_death_signal(parent: Pid) -> bool {
+    let own_group = Pid::from_raw(0);
+    nix::unistd::setpgid(own_group, own_group).is_ok()
+        && nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_ok()
+        && getppid() == parent
+}
+
 /// Whether `pid` is a child of this process that has not been reaped: only then is the
 /// number sure to name the process it named when it was made (see [`Process`]).
 pub(crate) fn is_our_child(pid: u32) -> bool {

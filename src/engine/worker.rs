@@ -516,11 +516,7 @@ pub(crate) fn enter_forked(
     registry: &Registry,
     pool: nix::unistd::Pid,
 ) -> i32 {
-    let own_group = nix::unistd::Pid::from_raw(0);
-    if nix::unistd::setpgid(own_group, own_group).is_err()
-        || nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
-        || nix::unistd::getppid() != pool
-    {
+    if !crate::engine::sys::own_group_and_death_signal(pool) {
         return 1;
     }
     if let Some(cpu) = ends.cpu
