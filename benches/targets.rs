@@ -8,8 +8,8 @@ use procpool::Mode;
 use procpool::StartMethod;
 use procpool::workload::{Collatz, Hash, Mandelbrot, Spin, Squares};
 use procpool::{
-    ChunkOrder, Dispatch, Input, JobOptions, Param, Pool, Registry, RunOptions, TraceEventKind,
-    Workload,
+    ChunkOrder, Closure, Dispatch, Input, JobOptions, Param, Pool, Registry, RunOptions,
+    TraceEventKind, Workload,
 };
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +20,8 @@ fn main() -> Result<(), procpool::Error> {
             .register::<SharedRows>()
             .register::<CopiedRows>()
             .register::<PlainBytes>()
-            .register::<HeldBytes>(),
+            .register::<HeldBytes>()
+            .register::<MatVec>(),
     );
     let machine = procpool::lab::Machine::read();
     println!(
@@ -55,6 +56,27 @@ fn main() -> Result<(), procpool::Error> {
             ),
             spin.0,
             1.10,
+        ));
+        if only.is_some() {
+            print_rows(&rows);
+            return Ok(());
+        }
+    }
+
+    // A kernel as a closure against the same kernel as a `Workload`: matvec (2000 × 2000
+    // shared, 16 vectors) on one 2-worker pool, alternately.
+    // `cargo bench --bench targets -- closures` runs only this row.
+    if only.as_deref().is_none_or(|o| "closures".contains(o)) {
+        let (ratio, closure, workload) = closure_cost()?;
+        rows.push(Row::at_most(
+            format!(
+                "matvec 2000×2000 · 16, 2 workers: closure / Workload pool time ({:.1} / {:.1} \
+                 ms, medians of 9)",
+                closure * 1e3,
+                workload * 1e3
+            ),
+            ratio,
+            1.05,
         ));
         if only.is_some() {
             print_rows(&rows);
@@ -1181,6 +1203,82 @@ fn replacement_us() -> Result<(f64, usize), procpool::Error> {
     drop(stop);
     let _ = helper.join();
     Ok((median(us), running))
+}
+
+/// `A · X` as a `Workload`: element `i` is row `i / vectors` of `A` times vector
+/// `i % vectors` of `X`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MatVec {
+    cols: usize,
+    vectors: usize,
+    matrix: Input<f64>,
+    x: Input<f64>,
+}
+
+impl Workload for MatVec {
+    const NAME: &'static str = "bench-matvec";
+    type Output = f64;
+    fn kernel(&self, range: std::ops::Range<u64>, out: &mut [f64]) {
+        for (slot, i) in out.iter_mut().zip(range) {
+            *slot = matvec_element(&self.matrix, &self.x, self.cols, self.vectors, i);
+        }
+    }
+}
+
+fn matvec_element(matrix: &[f64], x: &[f64], cols: usize, vectors: usize, i: u64) -> f64 {
+    let (r, k) = (i as usize / vectors, i as usize % vectors);
+    let row = &matrix[r * cols..(r + 1) * cols];
+    row.iter()
+        .zip(&x[k * cols..(k + 1) * cols])
+        .map(|(a, b)| a * b)
+        .sum()
+}
+
+/// The same matvec as a [`Closure`] and as a [`Workload`] on one 2-worker pool, 9 times
+/// each alternately (after one of each, discarded), every answer checked against one
+/// process: the ratio of the medians of the pool time (closure / workload), and both in
+/// seconds.
+fn closure_cost() -> Result<(f64, f64, f64), procpool::Error> {
+    let (rows, cols, vectors) = (2000usize, 2000usize, 16usize);
+    let matrix: Vec<f64> = (0..rows * cols).map(|i| (i % 13) as f64 - 6.0).collect();
+    let x: Vec<f64> = (0..vectors * cols).map(|j| 1.0 / (j + 1) as f64).collect();
+    let (matrix, x) = (Input::new(&matrix)?, Input::new(&x)?);
+    let n = (rows * vectors) as u64;
+    let workload = MatVec {
+        cols,
+        vectors,
+        matrix: matrix.clone(),
+        x: x.clone(),
+    };
+    let closure = Closure::map((matrix, x, cols, vectors), |(a, x, cols, vectors), i| {
+        matvec_element(a, x, *cols, *vectors, i)
+    });
+    let mut expected = vec![0.0; n as usize];
+    workload.kernel(0..n, &mut expected);
+    let mut pool = Pool::builder().workers(2).build()?;
+    let (mut by_closure, mut by_workload) = (Vec::new(), Vec::new());
+    for round in 0..10 {
+        let run = pool.run(&closure, n)?;
+        assert!(
+            run.iter()
+                .zip(&expected)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
+        let closure_s = run.stats().wall.as_secs_f64();
+        drop(run);
+        let run = pool.run(&workload, n)?;
+        assert!(
+            run.iter()
+                .zip(&expected)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
+        if round > 0 {
+            by_closure.push(closure_s);
+            by_workload.push(run.stats().wall.as_secs_f64());
+        }
+    }
+    let (closure_s, workload_s) = (median(by_closure), median(by_workload));
+    Ok((closure_s / workload_s, closure_s, workload_s))
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {

@@ -18,6 +18,7 @@ use procpool::lab::{OutputFile, SweepOptions};
 use procpool::workload::mandelbrot::encode_png;
 use procpool::workload::{Collatz, Hash, Mandelbrot, Primes, Sleep, Spin, Squares};
 use procpool::{Interrupt, Reduce, Report, RunOptions, Supervision, Workload};
+use serde::de::DeserializeOwned;
 
 /// Exit codes: 0 done and verified, 1 the job failed, 2 bad input (nothing started),
 /// 130/143 interrupted by SIGINT/SIGTERM.
@@ -291,7 +292,11 @@ struct MpiRun {
 
 #[cfg(feature = "mpi")]
 impl WithWorkload for MpiRun {
-    fn with<W: Workload>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
+    fn with<W: Workload + DeserializeOwned>(
+        &mut self,
+        workload: &W,
+        n: u64,
+    ) -> anyhow::Result<ExitCode> {
         match procpool::mpi::run(workload, n, &self.options)
             .or_else(mpirun::exit_if_left_to_launcher)?
         {
@@ -303,7 +308,11 @@ impl WithWorkload for MpiRun {
         }
     }
 
-    fn with_reduce<W: Reduce>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
+    fn with_reduce<W: Reduce + DeserializeOwned>(
+        &mut self,
+        workload: &W,
+        n: u64,
+    ) -> anyhow::Result<ExitCode> {
         match procpool::mpi::run_reduce(workload, n, &self.options)
             .or_else(mpirun::exit_if_left_to_launcher)?
         {
@@ -372,11 +381,19 @@ pub(crate) fn usage(message: &str) -> anyhow::Error {
 
 /// Something to do with a workload, whatever its type.
 trait WithWorkload {
-    fn with<W: Workload>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode>;
+    fn with<W: Workload + DeserializeOwned>(
+        &mut self,
+        workload: &W,
+        n: u64,
+    ) -> anyhow::Result<ExitCode>;
 
     /// [`WithWorkload::with`] for a workload that reduces (squares, primes); the same
     /// unless the action reports reductions.
-    fn with_reduce<W: Reduce>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
+    fn with_reduce<W: Reduce + DeserializeOwned>(
+        &mut self,
+        workload: &W,
+        n: u64,
+    ) -> anyhow::Result<ExitCode> {
         self.with(workload, n)
     }
 }
@@ -461,7 +478,11 @@ impl Timeline {
 }
 
 impl WithWorkload for RunOne {
-    fn with<W: Workload>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
+    fn with<W: Workload + DeserializeOwned>(
+        &mut self,
+        workload: &W,
+        n: u64,
+    ) -> anyhow::Result<ExitCode> {
         let mut written = Ok(None);
         let image = self.image.take();
         let report = procpool::run_inspect(workload, n, &self.options, |out| {
@@ -488,7 +509,11 @@ impl WithWorkload for RunOne {
         Ok(verdict)
     }
 
-    fn with_reduce<W: Reduce>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
+    fn with_reduce<W: Reduce + DeserializeOwned>(
+        &mut self,
+        workload: &W,
+        n: u64,
+    ) -> anyhow::Result<ExitCode> {
         let report = procpool::run_reduce(workload, n, &self.options)?;
         self.timeline.write(&report)?;
         print_text_or_json(&report, self.json, procpool::report::render_text)?;
@@ -542,7 +567,11 @@ struct Sweep {
 }
 
 impl WithWorkload for Sweep {
-    fn with<W: Workload>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
+    fn with<W: Workload + DeserializeOwned>(
+        &mut self,
+        workload: &W,
+        n: u64,
+    ) -> anyhow::Result<ExitCode> {
         // Refuse an unknown export format, or a path that cannot be written, before running
         // anything.
         let exporter = match &self.export {
@@ -607,7 +636,11 @@ struct CompareModes {
 }
 
 impl WithWorkload for CompareModes {
-    fn with<W: Workload>(&mut self, workload: &W, n: u64) -> anyhow::Result<ExitCode> {
+    fn with<W: Workload + DeserializeOwned>(
+        &mut self,
+        workload: &W,
+        n: u64,
+    ) -> anyhow::Result<ExitCode> {
         let json = self.json;
         let comparison =
             procpool::lab::compare::compare_modes(workload, n, &self.run, self.rounds, |r| {

@@ -12,7 +12,9 @@
 //!    type is refused by the pool;
 //! 4. a workload the workers do not have: refused before any worker sees it;
 //! 5. a pool built on a thread that ends: its workers live on;
-//! 6. workers killed during a job: recovered, and the library prints nothing.
+//! 6. workers killed during a job: recovered, and the library prints nothing;
+//! 7. forked workers without the builder's registry: the error names
+//!    `PoolBuilder::registry`, which forked workers serve.
 
 use std::ops::Range;
 use std::process::{Command, Stdio};
@@ -91,6 +93,8 @@ fn main() {
 }
 
 fn parent() {
+    // First, while this process has one thread: `StartMethod::Fork` needs that.
+    check_fork_registry();
     check_forgotten_init();
     check_panic();
     check_name_collision();
@@ -216,7 +220,7 @@ fn check_name_collision() {
         .register::<Add>()
         .try_register::<Mul>()
         .expect_err("two types, one name");
-    assert!(err.contains("`op` is taken by"), "{err}");
+    assert!(err.to_string().contains("`op` is taken by"), "{err}");
     // The workers registered Add as `op`; a Mul job under that name would silently run Add.
     let mut pool = Pool::builder().workers(2).build().expect("a pool");
     let refused = pool
@@ -246,6 +250,34 @@ fn check_unregistered() {
         10
     );
     println!("ok 4: an unregistered workload is refused before any worker sees it");
+}
+
+/// Forked workers serve the builder's registry, not `init_with`'s: a pool of them without
+/// `.registry(…)` has only the built-ins, and says where to register.
+fn check_fork_registry() {
+    let mut forked = Pool::builder()
+        .workers(2)
+        .start(procpool::StartMethod::Fork)
+        .build()
+        .expect("a forked pool");
+    let err = forked
+        .run(&Add { k: 2 }, 10)
+        .err()
+        .expect("Add is not in the builder's registry");
+    assert!(err.to_string().contains("PoolBuilder::registry"), "{err}");
+    assert!(!err.to_string().contains("init_with"), "{err}");
+    drop(forked);
+    let mut forked = Pool::builder()
+        .workers(2)
+        .start(procpool::StartMethod::Fork)
+        .registry(Registry::builtin().register::<Add>())
+        .build()
+        .expect("a forked pool");
+    assert_eq!(
+        forked.run(&Add { k: 2 }, 10).expect("registered").results()[9],
+        11
+    );
+    println!("ok 7: forked workers' registry is the builder's, and the error says so");
 }
 
 fn check_short_lived_thread() {

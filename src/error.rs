@@ -104,6 +104,28 @@ pub enum Error {
         location: Option<String>,
     },
 
+    /// The kernel returned an error on a chunk (a fallible closure:
+    /// [`Closure::try_map`](crate::Closure::try_map)). Not retried: the same input gives
+    /// the same error. The workers stay for the next job, as after a panic.
+    #[error(
+        "the kernel failed on chunk {chunk} (elements {start}..{end}) in worker {worker} \
+         (pid {pid}): {message}"
+    )]
+    KernelFailed {
+        /// The chunk id.
+        chunk: u64,
+        /// Its first index.
+        start: u64,
+        /// One past its last index.
+        end: u64,
+        /// The worker's id.
+        worker: usize,
+        /// Its process id.
+        pid: u32,
+        /// The error's text (with the index it happened at).
+        message: String,
+    },
+
     /// A worker reported that it cannot run the job.
     #[error("worker {id} (pid {pid}) cannot run the job: {message}")]
     WorkerFailed {
@@ -365,7 +387,9 @@ impl Error {
     /// The chunk that failed the job: out of retries, or its kernel panicked.
     pub fn chunk(&self) -> Option<u64> {
         match *self {
-            Error::ChunkFailed { chunk, .. } | Error::KernelPanicked { chunk, .. } => Some(chunk),
+            Error::ChunkFailed { chunk, .. }
+            | Error::KernelPanicked { chunk, .. }
+            | Error::KernelFailed { chunk, .. } => Some(chunk),
             Error::RankLost {
                 chunk: Some((chunk, ..)),
                 ..
@@ -412,6 +436,7 @@ impl Error {
             | Error::HandshakeFailed { id, .. }
             | Error::WorkerFailed { id, .. }
             | Error::KernelPanicked { worker: id, .. }
+            | Error::KernelFailed { worker: id, .. }
             | Error::RankLost { rank: id, .. } => Some(id),
             Error::ChunkFailed { last, .. } | Error::TooManyRestarts { last, .. } => {
                 Some(last.worker)

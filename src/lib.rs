@@ -9,7 +9,40 @@
 //! checks both outputs are identical, and reports the speedup, the parallel efficiency and
 //! where the time went.
 //!
+//! # Your function across processes
+//!
+//! ```no_run
+//! use procpool::{Input, Pool};
+//!
+//! fn main() -> Result<(), procpool::Error> {
+//!     procpool::init(); // FIRST THING in main: a worker is this binary, and serves here
+//!     let mut pool = Pool::builder().workers(4).build()?;
+//!     // Element i is f(&params, i), computed in the workers, written into shared memory.
+//!     let roots = pool.map_range(1_000_000, &0.5, |scale, i| (i as f64).sqrt() * scale)?;
+//!     assert_eq!(roots[400], 10.0);
+//!     drop(roots);
+//!     // Large read-only data goes in an `Input`: one sealed memfd every worker maps.
+//!     let table = Input::new(&(0..1000u64).map(|i| i * i).collect::<Vec<_>>())?;
+//!     let looked_up = pool.map_range(1000, &table, |table, i| table[i as usize] + 1)?;
+//!     assert_eq!(looked_up[10], 101);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! **What the closure needs goes in `params` or an [`Input`].** The closure runs in the
+//! worker processes, which cannot see the caller's variables: it captures nothing (a
+//! closure that does is refused when the program is built, saying so), and takes what it
+//! needs from its first argument, the `params` the pool sends each worker once per job
+//! (any serde value). Workers find the closure in their own binary, the same build as the
+//! parent's (checked when they start). [`Pool::map_range`], [`Pool::map_chunks`],
+//! [`Pool::map_items`], [`Pool::fold_range`] and [`Pool::try_map_range`] run one job;
+//! [`Closure`] and [`Fold`] are the same jobs as values, for job options, streaming, or
+//! the lab's measured, verified [`run()`].
+//!
 //! # Your own kernel in five minutes
+//!
+//! For a kernel with a name of its own (the command line can run it, a registry lists it,
+//! [`Workload::setup`] prepares it once per worker), implement [`Workload`].
 //!
 //! A kernel fills `out[k]` for every index `range.start + k` of a chunk; procpool runs it
 //! in worker processes, each writing straight into shared memory. Everything below is
@@ -191,6 +224,7 @@ mod units;
 pub mod workload;
 
 pub use engine::cancel::Cancel;
+pub use engine::closure::{Closure, Fold, Params};
 pub use engine::fault::Fault;
 pub use engine::input::Input;
 pub use engine::interrupt::Interrupt;
@@ -220,8 +254,8 @@ pub use bytemuck;
 /// started again with a hidden first argument, and it runs `main` from the top until it
 /// reaches `init`. Set-up, logging and printing before `init` happen once per worker too
 /// (procspawn has the same rule). In debug builds, `init` warns on stderr when it is called
-/// after the process has started threads or has been running for a while, the signs that
-/// something ran before it. A worker whose `main` forgets `init` and builds a pool gets an
+/// after the process has started threads, has computed for more than 50 ms, or has been
+/// running for 2 s, the signs that something ran before it. A worker whose `main` forgets `init` and builds a pool gets an
 /// error from [`PoolBuilder::build`] instead of starting workers of its own.
 ///
 /// In the program itself (not a worker), `init` forks procpool's **fork server** while the
@@ -330,6 +364,7 @@ pub fn start_test_fork_server(registry: impl FnOnce() -> Registry) {
     if std::env::var_os(engine::pool::TEST_WORKER_ENV).is_some() {
         return;
     }
+    engine::pool::TEST_SUPPORT.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Ok(registry) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(registry)) {
         engine::forkserver::start(&registry);
     }
@@ -350,20 +385,36 @@ pub fn serve_test_worker(registry: Registry) {
 /// binary takes, shorter than any set-up worth repeating in every worker.
 const LATE_INIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Warns (debug builds) when `init` comes after threads were started or after `LATE_INIT`:
-/// whatever ran before it will run again in every worker.
+/// How much CPU a process may use before `init` without a warning: starting a debug
+/// binary and its runtime takes a few milliseconds; a set-up that computes for longer
+/// (loading a model, building a table) would run again in every worker. CPU time, unlike
+/// the time since the start, does not grow on a busy machine.
+const LATE_INIT_CPU: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Warns (debug builds) when `init` comes after threads were started, after `LATE_INIT`,
+/// or after `LATE_INIT_CPU` of computing: whatever ran before it will run again in every
+/// worker.
 fn warn_if_late() {
     let threads = engine::sys::thread_count().unwrap_or(1);
-    if let Some(warning) = late_init_warning(threads, engine::sys::process_age()) {
+    let cpu = engine::sys::process_cpu(std::process::id());
+    if let Some(warning) = late_init_warning(threads, engine::sys::process_age(), cpu) {
         eprintln!("{warning}");
     }
 }
 
-/// The warning for an `init` reached with `threads` running after `age`, if it is late.
-fn late_init_warning(threads: usize, age: Option<std::time::Duration>) -> Option<String> {
-    let what = match age {
+/// The warning for an `init` reached with `threads` running after `age`, having used
+/// `cpu`, if it is late.
+fn late_init_warning(
+    threads: usize,
+    age: Option<std::time::Duration>,
+    cpu: Option<std::time::Duration>,
+) -> Option<String> {
+    let what = match (age, cpu) {
         _ if threads > 1 => format!("this process already runs {threads} threads"),
-        Some(age) if age > LATE_INIT => format!("this process has run for {age:.1?}"),
+        (_, Some(cpu)) if cpu > LATE_INIT_CPU => {
+            format!("this process has computed for {cpu:.1?}")
+        }
+        (Some(age), _) if age > LATE_INIT => format!("this process has run for {age:.1?}"),
         _ => return None,
     };
     Some(format!(
@@ -392,12 +443,18 @@ mod tests {
 
     #[test]
     fn a_late_init_is_named_and_an_early_one_is_not() {
-        assert_eq!(late_init_warning(1, Some(Duration::from_millis(5))), None);
-        assert_eq!(late_init_warning(1, None), None);
-        let threads = late_init_warning(3, Some(Duration::ZERO)).expect("threads");
+        let ms = Duration::from_millis;
+        assert_eq!(late_init_warning(1, Some(ms(5)), Some(ms(3))), None);
+        assert_eq!(late_init_warning(1, None, None), None);
+        // A busy machine delays a start, but does not make it compute.
+        assert_eq!(late_init_warning(1, Some(ms(900)), Some(ms(4))), None);
+        let threads = late_init_warning(3, Some(Duration::ZERO), None).expect("threads");
         assert!(threads.contains("already runs 3 threads"), "{threads}");
         assert!(threads.contains("runs again in every worker"), "{threads}");
-        let slow = late_init_warning(1, Some(Duration::from_secs(5))).expect("late");
+        let slow = late_init_warning(1, Some(Duration::from_secs(5)), None).expect("late");
         assert!(slow.contains("has run for 5.0s"), "{slow}");
+        // A 300 ms set-up before init, repeated in every worker.
+        let setup = late_init_warning(1, Some(ms(320)), Some(ms(300))).expect("computed");
+        assert!(setup.contains("has computed for 300.0ms"), "{setup}");
     }
 }

@@ -11,6 +11,8 @@
 //!   the shared-memory queue (`queue.rs`, its decisions in `claims.rs`) and the channels
 //!   (`dispatch.rs`, its bookkeeping in `ledger.rs`); the streaming ring (`window.rs`),
 //!   the stats (`stats.rs`), observers (`observe.rs`), the private socket directory.
+//! - `closure`: [`crate::Closure`] and [`crate::Fold`], kernels as closures, and how a
+//!   worker finds one (a checked place in the binary: the closure module's `unsafe`).
 //! - `worker`: the worker side of the protocol.
 //! - `protocol`: the messages between parent and workers.
 //! - `control`: the control block, the shared-memory chunk queue: the atomics and futexes.
@@ -30,6 +32,7 @@
 
 pub(crate) mod cancel;
 pub(crate) mod cgroup;
+pub(crate) mod closure;
 pub(crate) mod control;
 pub(crate) mod fault;
 pub(crate) mod forkserver;

@@ -201,6 +201,9 @@ pub(crate) enum FromWorker {
         message: String,
         /// Where it panicked (`file:line:column`), when known.
         location: Option<String>,
+        /// The kernel returned an error (a fallible closure's `Err`) rather than panicked:
+        /// `message` is the error's text.
+        failed: bool,
     },
     /// The answer to [`ToWorker::Welcome`]: the worker's build. It names no process id:
     /// procpool trusts only the pid it got from `spawn` itself.

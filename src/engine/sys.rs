@@ -629,6 +629,25 @@ pub(crate) fn keep_freed_memory() {
     }
 }
 
+/// Sets `name` to `value` (removes it for `None`) and removes `carrier`, the variable that
+/// brought the value, while this process has a single thread; with more, changes nothing
+/// (code that ran before procpool's entry started them, and may read the environment).
+pub(crate) fn restore_env(name: &str, value: Option<std::ffi::OsString>, carrier: &str) {
+    if thread_count() != Some(1) {
+        return;
+    }
+    // SAFETY: this process has one thread (checked just above; only this thread could
+    // start another, and it does not here), so nothing reads or writes the environment
+    // while it changes: the condition `set_var` and `remove_var` ask for.
+    unsafe {
+        match value {
+            Some(value) => std::env::set_var(name, value),
+            None => std::env::remove_var(name),
+        }
+        std::env::remove_var(carrier);
+    }
+}
+
 /// Threads of this process, from `/proc/self/task`; `None` when that cannot be read.
 pub(crate) fn thread_count() -> Option<usize> {
     std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())

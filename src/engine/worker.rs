@@ -252,6 +252,11 @@ fn serve_inner(args: &WorkerArgs, registry: &Registry) -> Result<(), Option<Stri
 /// The environment variable with which procpool tells a spawned worker which directory it
 /// made for it: `DEVICE:INODE` of the private directory that `TMPDIR` names.
 pub(crate) const PRIVATE_DIR_ENV: &str = "PROCPOOL_PRIVATE_DIR";
+
+/// The user's own `TMPDIR` when a spawned worker starts (absent when the user had none):
+/// procpool points `TMPDIR` at its private directory only for the worker's handshake
+/// socket, then gives the user's back to the code the worker runs.
+pub(crate) const USER_TMPDIR_ENV: &str = "PROCPOOL_USER_TMPDIR";
 /// Longest socket path the kernel takes: `sun_path` holds 108 bytes with the final NUL.
 /// ipc-channel cuts a longer path short without a word, so procpool refuses it up front.
 pub(crate) const SOCKET_PATH_MAX: usize = 107;
@@ -348,6 +353,8 @@ fn handshake(
     })?;
     check_bound(&dir, &tmpdir, &name).map_err(Report::Failed)?;
     drop(dir);
+    // The socket exists: the kernels see the user's TMPDIR, as in the parent.
+    crate::engine::sys::restore_env("TMPDIR", std::env::var_os(USER_TMPDIR_ENV), USER_TMPDIR_ENV);
     tell(report, &Report::Socket(name.clone()))
         .map_err(|e| Report::Failed(format!("cannot tell procpool where to connect: {e}")))?;
 
@@ -779,9 +786,12 @@ impl Worker<'_> {
                     false => None,
                 };
                 let params = params.as_ref().map_or(&spec.params[..], |p| p.bytes());
-                crate::engine::input::decoding(inputs, || {
-                    self.registry
-                        .instantiate(&spec.workload, params, spec.elem_size as usize)
+                let elem_size = spec.elem_size as usize;
+                crate::engine::input::decoding(inputs, || match spec.workload.as_str() {
+                    crate::engine::closure::CLOSURE_NAME => {
+                        crate::engine::closure::instantiate(params, elem_size)
+                    }
+                    name => self.registry.instantiate(name, params, elem_size),
                 })
             });
             return match instantiated {
@@ -999,11 +1009,12 @@ impl Worker<'_> {
                 Ok(Err(message)) => return Err(Stop::Failed(message)),
                 Err(payload) => {
                     self.control.panicked(self.slot);
-                    let (message, location) = panic_report(payload.as_ref());
+                    let (message, location, failed) = chunk_report(payload.as_ref());
                     let panicked = FromWorker::Panicked {
                         id: chunk.id,
                         message,
                         location,
+                        failed,
                     };
                     if self.to_parent.send(panicked).is_err() {
                         return Err(Stop::Asked);
@@ -1154,11 +1165,12 @@ impl Worker<'_> {
                     let (reduction, data) = match ran {
                         Ok(ran) => ran?,
                         Err(payload) => {
-                            let (message, location) = panic_report(payload.as_ref());
+                            let (message, location, failed) = chunk_report(payload.as_ref());
                             let panicked = FromWorker::Panicked {
                                 id,
                                 message,
                                 location,
+                                failed,
                             };
                             if self.to_parent.send(panicked).is_err() {
                                 return Err(Stop::Asked);
@@ -1289,6 +1301,16 @@ pub(crate) fn quiet_panics() {
             *last = location;
         }
     }));
+}
+
+/// What stopped a chunk's kernel: a closure's error (its text, no location, `true`) or a
+/// panic (its message and location, `false`).
+fn chunk_report(payload: &(dyn std::any::Any + Send)) -> (String, Option<String>, bool) {
+    if let Some(error) = payload.downcast_ref::<crate::engine::closure::KernelError>() {
+        return (error.0.clone(), None, true);
+    }
+    let (message, location) = panic_report(payload);
+    (message, location, false)
 }
 
 /// The message of a caught panic, and where it happened.

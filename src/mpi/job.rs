@@ -2,6 +2,7 @@
 //! the shared window, then rank 0 hands out chunks and the workers compute them until rank
 //! 0, having verified every round, says stop.
 
+use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -121,7 +122,7 @@ pub(super) fn stopped(e: &Error) -> bool {
     e.interrupted_by().is_some() || matches!(e, Error::RankLost { .. } | Error::Ipc(_))
 }
 
-pub(super) fn run<W: Workload>(
+pub(super) fn run<W: Workload + DeserializeOwned>(
     universe: &Universe,
     workload: &W,
     n: u64,
@@ -189,7 +190,12 @@ fn lost_or(e: Error, ranks: &[Rank], pending: &HashMap<u64, (Chunk, usize, Insta
     }
 }
 
-fn refusal<W: Workload>(workload: &W, n: u64, options: &MpiOptions, ranks: usize) -> Result<()> {
+fn refusal<W: Workload + DeserializeOwned>(
+    workload: &W,
+    n: u64,
+    options: &MpiOptions,
+    ranks: usize,
+) -> Result<()> {
     let run = &options.run;
     if ranks < 2 {
         return Err(Error::invalid(
@@ -265,7 +271,11 @@ fn refusal<W: Workload>(workload: &W, n: u64, options: &MpiOptions, ranks: usize
 }
 
 /// How a round's chunks are cut and handed out to `workers` worker ranks.
-fn dispenser<W: Workload>(n: u64, workers: usize, options: &MpiOptions) -> Dispenser {
+fn dispenser<W: Workload + DeserializeOwned>(
+    n: u64,
+    workers: usize,
+    options: &MpiOptions,
+) -> Dispenser {
     let job = &options.run.job;
     let chunk_size = job
         .chunk_size
@@ -273,7 +283,7 @@ fn dispenser<W: Workload>(n: u64, workers: usize, options: &MpiOptions) -> Dispe
     Dispenser::new(job.schedule, n, workers, chunk_size)
 }
 
-fn root<W: Workload>(
+fn root<W: Workload + DeserializeOwned>(
     place: Place,
     workload: &W,
     n: u64,
@@ -487,7 +497,7 @@ fn receive_tag(
 /// One measured round on rank 0: the chunks out to the workers and the single-process run,
 /// verified. Returns the round and the result bytes (shared window, across nodes).
 #[allow(clippy::too_many_arguments)]
-fn one_round<W: Workload>(
+fn one_round<W: Workload + DeserializeOwned>(
     place: &Place,
     ranks: &[Rank],
     windows: &mut Windows,
@@ -754,7 +764,7 @@ impl Drop for RestoreHook {
     }
 }
 
-fn worker<W: Workload>(
+fn worker<W: Workload + DeserializeOwned>(
     place: Place,
     interrupt: &Interrupt,
     make_reducer: Option<MakeReducer<W>>,

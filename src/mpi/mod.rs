@@ -41,6 +41,7 @@ pub use crate::lab::model::MpiReport;
 use crate::lab::model::Report;
 use crate::lab::run::RunOptions;
 use crate::workload::{ChunkReducer, Reduce, ReducerOf, Workload};
+use serde::de::DeserializeOwned;
 
 /// How to run a job on the MPI backend.
 #[derive(Debug, Clone, Default)]
@@ -113,7 +114,11 @@ impl std::fmt::Display for ResultRoute {
 /// }
 /// # Ok::<(), procpool::Error>(())
 /// ```
-pub fn run<W: Workload>(workload: &W, n: u64, options: &MpiOptions) -> Result<Option<Report>> {
+pub fn run<W: Workload + DeserializeOwned>(
+    workload: &W,
+    n: u64,
+    options: &MpiOptions,
+) -> Result<Option<Report>> {
     run_with(workload, n, options, None)
 }
 
@@ -121,15 +126,19 @@ pub fn run<W: Workload>(workload: &W, n: u64, options: &MpiOptions) -> Result<Op
 /// rank reduces each chunk right after computing it and sends the accumulator in its
 /// `Done`; rank 0 combines them in chunk order into [`Report::reduction`] and checks that
 /// against the single-process output reduced over the same chunks, bit for bit.
-pub fn run_reduce<W: Reduce>(workload: &W, n: u64, options: &MpiOptions) -> Result<Option<Report>> {
+pub fn run_reduce<W: Reduce + DeserializeOwned>(
+    workload: &W,
+    n: u64,
+    options: &MpiOptions,
+) -> Result<Option<Report>> {
     run_with(workload, n, options, Some(reducer_of::<W>))
 }
 
-fn reducer_of<W: Reduce>(workload: &W) -> Box<dyn ChunkReducer<W::Output> + '_> {
+fn reducer_of<W: Reduce + DeserializeOwned>(workload: &W) -> Box<dyn ChunkReducer<W::Output> + '_> {
     Box::new(ReducerOf(workload))
 }
 
-fn run_with<W: Workload>(
+fn run_with<W: Workload + DeserializeOwned>(
     workload: &W,
     n: u64,
     options: &MpiOptions,

@@ -5,6 +5,7 @@
 //! worker once per job; chunk messages then carry only ranges. Built-in workloads are
 //! registered exactly like a user's own.
 
+mod build_id;
 pub mod catalogue;
 pub mod collatz;
 pub mod hash;
@@ -112,9 +113,7 @@ impl<T: bytemuck::Pod + fmt::Debug + Send + Sync> Element for T {}
 /// [`Workload::kernel`] must be deterministic: the pool's output is checked byte for
 /// byte against a single-process run of the same kernel (or, for floating-point output,
 /// within a declared [`Workload::tolerance`]).
-pub trait Workload:
-    Serialize + DeserializeOwned + Clone + fmt::Debug + Send + Sync + 'static
-{
+pub trait Workload: Serialize + Clone + fmt::Debug + Send + Sync + 'static {
     /// The name under which workers find this workload in the [`Registry`].
     const NAME: &'static str;
     /// The element type of the output.
@@ -369,6 +368,16 @@ pub(crate) trait DynKernel: Send + Sync {
 
 struct Typed<W>(W);
 
+/// `workload` as a worker holds it.
+pub(crate) fn typed_kernel<W: Workload>(workload: W) -> Box<dyn DynKernel> {
+    Box::new(Typed(workload))
+}
+
+/// `workload` with its reduction, as a worker holds it.
+pub(crate) fn reducing_kernel<W: Reduce>(workload: W) -> Box<dyn DynKernel> {
+    Box::new(Reducing(workload))
+}
+
 impl<W: Workload> DynKernel for Typed<W> {
     fn run(&self, range: Range<u64>, out: &mut [u8], _reduce: bool) -> Option<Vec<u8>> {
         // The region is page aligned and chunk offsets are multiples of the element size,
@@ -393,7 +402,7 @@ impl<W: Reduce> DynKernel for Reducing<W> {
 type Decoder = fn(&[u8]) -> Result<(Box<dyn DynKernel>, Duration), params_format::Error>;
 
 /// Rebuilds the workload and runs its [`Workload::setup`]; returns how long that took.
-fn decode<W: Workload>(
+fn decode<W: Workload + DeserializeOwned>(
     params: &[u8],
 ) -> Result<(Box<dyn DynKernel>, Duration), params_format::Error> {
     let (workload, took) = rebuild::<W>(params)?;
@@ -401,7 +410,7 @@ fn decode<W: Workload>(
 }
 
 /// [`decode`] for a workload registered with its reduction.
-fn decode_reducing<W: Reduce>(
+fn decode_reducing<W: Reduce + DeserializeOwned>(
     params: &[u8],
 ) -> Result<(Box<dyn DynKernel>, Duration), params_format::Error> {
     let (workload, took) = rebuild::<W>(params)?;
@@ -409,11 +418,30 @@ fn decode_reducing<W: Reduce>(
 }
 
 /// The workload its encoded parameters describe (the whole of `params`), set up.
-fn rebuild<W: Workload>(params: &[u8]) -> Result<(W, Duration), params_format::Error> {
+fn rebuild<W: Workload + DeserializeOwned>(
+    params: &[u8],
+) -> Result<(W, Duration), params_format::Error> {
     let mut workload = params_format::from_bytes::<W>(params)?;
     let began = Instant::now();
     workload.setup();
     Ok((workload, began.elapsed()))
+}
+
+/// The name under which every worker runs closure jobs ([`crate::Closure`],
+/// [`crate::Fold`]): not in any registry, always in a worker's catalogue (with element size
+/// 0: any), and refused as a workload's own name.
+pub(crate) const CLOSURE_NAME: &str = "procpool::closure";
+
+/// The catalogue's entry for closure jobs: any element size, reductions, and this
+/// program's build identity as its type, which a parent compares with its own (a closure
+/// is named by its place in the binary, meaningful only in the same build).
+pub(crate) fn closures_of_this_build() -> Registered {
+    Registered {
+        name: CLOSURE_NAME.to_string(),
+        elem_size: 0,
+        type_name: format!("closures of {}", build_id::this_build()),
+        reduces: true,
+    }
 }
 
 /// A workload a worker can run: its name, element size and Rust type.
@@ -490,16 +518,19 @@ impl Registry {
     /// # Panics
     /// When another type is registered under the same [`Workload::NAME`]: workers would
     /// run one of them where the parent sent the other, silently. (Registering the same
-    /// type twice is harmless.) See [`Registry::try_register`] to handle it yourself.
-    pub fn register<W: Workload>(self) -> Self {
-        match self.try_register::<W>() {
+    /// type twice is harmless.) The panic points at your call. See
+    /// [`Registry::try_register`] to handle it yourself.
+    #[track_caller]
+    pub fn register<W: Workload + DeserializeOwned>(self) -> Self {
+        match self.insert::<W>(decode::<W>, false) {
             Ok(registry) => registry,
-            Err(message) => panic!("{message}"),
+            Err(error) => panic!("{error}"),
         }
     }
 
-    /// Adds workload `W`, or says which type already holds its name.
-    pub fn try_register<W: Workload>(self) -> Result<Self, String> {
+    /// Adds workload `W`, or says which type already holds its name (an
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput)).
+    pub fn try_register<W: Workload + DeserializeOwned>(self) -> crate::error::Result<Self> {
         self.insert::<W>(decode::<W>, false)
     }
 
@@ -509,24 +540,31 @@ impl Registry {
     ///
     /// # Panics
     /// As [`Registry::register`], when another type holds the name.
-    pub fn register_reduce<W: Reduce>(self) -> Self {
+    #[track_caller]
+    pub fn register_reduce<W: Reduce + DeserializeOwned>(self) -> Self {
         match self.insert::<W>(decode_reducing::<W>, true) {
             Ok(registry) => registry,
-            Err(message) => panic!("{message}"),
+            Err(error) => panic!("{error}"),
         }
     }
 
-    fn insert<W: Workload>(mut self, decode: Decoder, reduces: bool) -> Result<Self, String> {
+    fn insert<W: Workload>(mut self, decode: Decoder, reduces: bool) -> crate::error::Result<Self> {
         let type_name = std::any::type_name::<W>();
+        if W::NAME == CLOSURE_NAME {
+            return Err(crate::error::Error::invalid_input(format!(
+                "workload name `{CLOSURE_NAME}` ({type_name}) is procpool's own, for closure \
+                 jobs: give it another Workload::NAME"
+            )));
+        }
         if let Some(taken) = self.entries.get(W::NAME)
             && taken.type_name != type_name
         {
-            return Err(format!(
+            return Err(crate::error::Error::invalid_input(format!(
                 "workload name `{}` is taken by {} and cannot also name {type_name}: give one \
                  of them another Workload::NAME",
                 W::NAME,
                 taken.type_name
-            ));
+            )));
         }
         self.entries.insert(
             W::NAME,
@@ -551,6 +589,7 @@ impl Registry {
                 type_name: e.type_name.to_string(),
                 reduces: e.reduces,
             })
+            .chain(std::iter::once(closures_of_this_build()))
             .collect();
         all.sort();
         all
@@ -608,6 +647,14 @@ mod tests {
         assert_eq!(got, &[16, 25, 36]);
     }
 
+    #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+    struct Reserved;
+    impl Workload for Reserved {
+        const NAME: &'static str = CLOSURE_NAME;
+        type Output = u8;
+        fn kernel(&self, _: Range<u64>, _: &mut [u8]) {}
+    }
+
     #[test]
     fn two_types_cannot_share_a_name() {
         #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -620,14 +667,43 @@ mod tests {
             }
         }
         let err = Registry::builtin().try_register::<Impostor>().unwrap_err();
+        assert!(err.is_invalid_input(), "{err:?}");
+        let err = err.to_string();
         assert!(
             err.contains("`squares` is taken by") && err.contains("Impostor"),
             "{err}"
         );
         // The same type again is fine.
         assert!(Registry::builtin().try_register::<Squares>().is_ok());
+        // The panic points at the caller's line, not into procpool (`#[track_caller]`).
+        let at = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let previous = std::sync::Arc::new(std::panic::take_hook());
+        let (seen, forward) = (at.clone(), previous.clone());
+        std::panic::set_hook(Box::new(move |info| {
+            if info
+                .payload_as_str()
+                .is_some_and(|m| m.contains("Impostor"))
+            {
+                *seen.lock().unwrap() = info.location().map(|l| (l.file().to_string(), l.line()));
+            } else {
+                forward(info);
+            }
+        }));
+        let line = line!() + 1;
         let caught = std::panic::catch_unwind(|| Registry::builtin().register::<Impostor>());
+        let _ = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| previous(info)));
         assert!(caught.is_err(), "register panics on a taken name");
+        assert_eq!(
+            at.lock().unwrap().clone(),
+            Some((file!().to_string(), line)),
+            "the panic names the caller"
+        );
+        let reserved = Registry::builtin().try_register::<Reserved>().unwrap_err();
+        assert!(
+            reserved.to_string().contains("is procpool's own"),
+            "{reserved}"
+        );
         let first = &Registry::builtin().catalogue()[0];
         assert_eq!((first.name.as_str(), first.elem_size), ("collatz", 4));
     }

@@ -8,6 +8,7 @@
 
 mod auto_chunk;
 mod claims;
+mod closures;
 mod dispatch;
 mod each;
 mod ledger;
@@ -46,6 +47,7 @@ use crate::workload::{Element, Reduce, Workload};
 pub use each::{Chunk, ChunkOrder};
 use each::{Each, RawVisit};
 pub use observe::{Event, Observer};
+pub(crate) use options::TEST_SUPPORT;
 pub use options::{JobOptions, PoolBuilder, PoolOptions, StartMethod, Supervision};
 use options::{check_chunk_size, huge_refusal};
 pub(crate) use options::{
@@ -112,6 +114,33 @@ use workers::WorkerSlot;
 /// let mut pool = Pool::builder().workers(2).build()?;
 /// let run = pool.run(&Squares, 1000)?;
 /// assert_eq!(run.results()[12], 144);
+/// # Ok::<(), procpool::Error>(())
+/// ```
+///
+/// # Sharing a pool between threads
+///
+/// A `Pool` is `Send` (build it on one thread, use or drop it on another) but not `Sync`:
+/// a job needs `&mut Pool`, since its workers run one job at a time. To share one pool,
+/// put it in a `Mutex`; each thread's job then waits for the one before it:
+///
+/// ```no_run
+/// use std::sync::{Arc, Mutex};
+/// use procpool::Pool;
+///
+/// procpool::init();
+/// let pool = Arc::new(Mutex::new(Pool::builder().workers(2).build()?));
+/// let handles: Vec<_> = (0..4u64)
+///     .map(|t| {
+///         let pool = Arc::clone(&pool);
+///         std::thread::spawn(move || {
+///             let mut pool = pool.lock().unwrap();
+///             pool.map_range(1000, &t, |t, i| i * t).map(|run| run[999])
+///         })
+///     })
+///     .collect();
+/// for (t, handle) in handles.into_iter().enumerate() {
+///     assert_eq!(handle.join().unwrap()?, 999 * t as u64);
+/// }
 /// # Ok::<(), procpool::Error>(())
 /// ```
 pub struct Pool {
@@ -357,7 +386,11 @@ impl std::fmt::Debug for Pool {
 
 /// The outcome of [`Pool::run`]: the results, still in shared memory, and the measurements.
 ///
-/// Borrowing the pool keeps the results valid: the next job needs `&mut Pool`.
+/// Borrowing the pool keeps the results valid: the next job needs `&mut Pool`, and while a
+/// `PoolRun` lives the pool cannot be used (`pool.pids()` beside `run.results()` is error
+/// E0502). Read what you need and drop the run, or take an owned copy with
+/// [`PoolRun::to_vec`] (or [`PoolRun::into_parts`], with the measurements), which ends the
+/// borrow. It dereferences to the output slice: `run[i]`, `run.iter()`, `run.len()`.
 pub struct PoolRun<'pool, T> {
     pool: &'pool Pool,
     stats: JobStats,
@@ -400,9 +433,27 @@ impl<T: Element> PoolRun<'_, T> {
         &self.stats
     }
 
+    /// A copy of the output, which outlives the run: the pool is free again for
+    /// [`Pool::pids`] or the next job while you hold it.
+    pub fn to_vec(&self) -> Vec<T> {
+        self.results().to_vec()
+    }
+
+    /// The output copied out and the measurements, ending the run's borrow of the pool.
+    pub fn into_parts(self) -> (Vec<T>, JobStats) {
+        (self.results().to_vec(), self.stats)
+    }
+
     /// The job's chunk accumulators as the workers left them, when it reduced.
     pub(crate) fn reduced_chunks(&self) -> &[ReducedChunk] {
         &self.reduced
+    }
+}
+
+impl<T: Element> std::ops::Deref for PoolRun<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.results()
     }
 }
 
@@ -1021,6 +1072,9 @@ impl Pool {
                 std::any::type_name::<W::Output>()
             )));
         }
+        if name == crate::engine::closure::CLOSURE_NAME {
+            return self.check_closures();
+        }
         match self.workloads.iter().find(|r| r.name == name) {
             Some(r) if reduces && r.type_name == type_name && !r.reduces => {
                 Err(Error::invalid_input(format!(
@@ -1040,14 +1094,48 @@ impl Pool {
                 r.elem_size
             ))),
             None => {
-                let known: Vec<&str> = self.workloads.iter().map(|r| r.name.as_str()).collect();
+                let known: Vec<&str> = self
+                    .workloads
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .filter(|&n| n != crate::engine::closure::CLOSURE_NAME)
+                    .collect();
+                // Forked workers serve the builder's registry; the others, init_with's.
+                let fix = match self.start {
+                    StartMethod::Fork => {
+                        "workers started with StartMethod::Fork serve the registry given to \
+                         PoolBuilder::registry (the built-ins unless you give one): register it \
+                         there (Registry::builtin().register::<YourWorkload>())"
+                    }
+                    _ => {
+                        "register it (Registry::builtin().register::<YourWorkload>()) and give \
+                         that registry to procpool::init_with first thing in the workers' main"
+                    }
+                };
                 Err(Error::invalid_input(format!(
                     "workload `{name}` is not registered in the workers' binary (it has: {}): \
-                     register it (Registry::builtin().register::<YourWorkload>()) and give that \
-                     registry to procpool::init_with first thing in the workers' main",
+                     {fix}",
                     known.join(", ")
                 )))
             }
+        }
+    }
+
+    /// Refuses a closure job unless the workers run this very build: a closure is named by
+    /// its place in the binary. (Its descriptor checks the element size in the worker.)
+    fn check_closures(&self) -> Result<()> {
+        let ours = crate::workload::closures_of_this_build();
+        match self.workloads.iter().find(|r| r.name == ours.name) {
+            Some(theirs) if theirs.type_name == ours.type_name => Ok(()),
+            theirs => Err(Error::invalid_input(format!(
+                "a closure runs only in workers of the same build, and these run {} while this \
+                 program is {}: drop worker_exe (or point it at this program) and call \
+                 procpool::init() first thing in its main",
+                theirs.map_or("a build without closures", |r| r
+                    .type_name
+                    .trim_start_matches("closures of ")),
+                ours.type_name.trim_start_matches("closures of ")
+            ))),
         }
     }
 

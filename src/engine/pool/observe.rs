@@ -15,8 +15,11 @@ pub enum Event<'a> {
         /// Elements in the job.
         n: u64,
     },
-    /// More of the job is done: `done` of its `n` elements. Sent at most once per pass of
-    /// the dispatch loop, and only when `done` changed.
+    /// More of the job is done: `done` of its `n` elements. Sent only when `done` changed:
+    /// on the shared-memory queue about every 50 ms while the job runs (so a caller can
+    /// draw a bar; a chunk slower than that shows as it finishes), on the channels as
+    /// chunks finish (at most once per pass of the dispatch loop); and once with
+    /// `done == n` when the job completes.
     Progress {
         /// Elements finished.
         done: u64,

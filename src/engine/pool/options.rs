@@ -49,6 +49,44 @@ pub(crate) fn max_inflight() -> usize {
     (buffer / (2 * 768)).clamp(1, 4096)
 }
 
+/// Set when `enable_test_support!`'s constructor ran: this process is a test binary with
+/// procpool's worker entry.
+pub(crate) static TEST_SUPPORT: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// What to say of a worker that exited before it reached procpool's entry in `exe`: a
+/// test binary running itself (one with `enable_test_support!`, or one cargo built into
+/// `deps/` as `name-<hash>`) needs [`PoolBuilder::test_harness`]; a program, `init` first
+/// thing in `main`.
+pub(crate) fn forgotten_entry(exe: &std::path::Path) -> String {
+    let itself = std::env::current_exe().is_ok_and(|ours| ours == exe);
+    let test_binary = itself
+        && (TEST_SUPPORT.load(std::sync::atomic::Ordering::Relaxed) || cargo_test_binary(exe));
+    match test_binary {
+        true => "; this is a test binary, whose main belongs to the test harness: build the \
+                 pool with PoolBuilder::test_harness() and put \
+                 procpool::enable_test_support!(registry) at the top of the test file"
+            .to_string(),
+        false => {
+            "; if this is your own binary, call procpool::init() first thing in main".to_string()
+        }
+    }
+}
+
+/// Whether `exe` is where cargo puts a test binary: `…/deps/<name>-<16 hex digits>`.
+fn cargo_test_binary(exe: &std::path::Path) -> bool {
+    let in_deps = exe
+        .parent()
+        .and_then(|dir| dir.file_name())
+        .is_some_and(|dir| dir == "deps");
+    let hashed = exe
+        .file_name()
+        .and_then(|name| name.to_str())
+        .and_then(|name| name.rsplit_once('-'))
+        .is_some_and(|(_, hash)| hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()));
+    in_deps && hashed
+}
+
 /// Fails when this process was started as a procpool worker but is building a pool: its
 /// `main` did not call [`crate::init`] first, so every worker would run `main` again, build
 /// its own pool, and so on, a fork bomb. The worker gives up here instead; its parent then
@@ -402,7 +440,10 @@ impl PoolBuilder {
     /// across real worker processes under plain `cargo test`. With the default start
     /// method the workers come from the fork server the macro starts before `main`; they
     /// are spawned through the hidden test only without one (or with
-    /// [`StartMethod::Spawn`]). See the macro.
+    /// [`StartMethod::Spawn`]). A spawned test worker keeps `TMPDIR` pointed at the pool's
+    /// private directory (it runs on a libtest thread, where changing the environment is
+    /// not safe); a program's spawned worker, and every forked one, sees the user's. See
+    /// the macro.
     pub fn test_harness(mut self) -> Self {
         self.options.test_harness = true;
         self

@@ -53,7 +53,7 @@ use crate::error::{Error, Result};
 /// library caller calls [`crate::Interrupt::request`] from one.
 const INTERRUPT_TICK: Duration = Duration::from_millis(100);
 /// How often an observer hears of progress.
-const PROGRESS_TICK: Duration = Duration::from_millis(100);
+const PROGRESS_TICK: Duration = Duration::from_millis(50);
 /// How long the loop checks for the end of the job before it sleeps: a short job ends
 /// without a wake-up.
 const SPIN: Duration = Duration::from_micros(30);

@@ -130,7 +130,10 @@ impl Stop {
 pub(super) fn keeps_workers(error: &Error) -> bool {
     matches!(
         error,
-        Error::KernelPanicked { .. } | Error::Cancelled { .. } | Error::DeadlineExceeded { .. }
+        Error::KernelPanicked { .. }
+            | Error::KernelFailed { .. }
+            | Error::Cancelled { .. }
+            | Error::DeadlineExceeded { .. }
     )
 }
 

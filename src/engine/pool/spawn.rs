@@ -38,7 +38,7 @@ use crate::engine::protocol::{
     FromWorker, PROTOCOL_VERSION, Registered, ToWorker, welcome_wire_size, wire_size,
 };
 use crate::engine::sys::{ExitCause, Process, SpawnSpec, Spawned};
-use crate::engine::worker::{PRIVATE_DIR_ENV, Report, WorkerArgs};
+use crate::engine::worker::{PRIVATE_DIR_ENV, Report, USER_TMPDIR_ENV, WorkerArgs};
 use crate::error::{Doing, Error, Loss, LossCause, Phase, Result};
 use crate::workload::Registry;
 
@@ -76,6 +76,8 @@ pub(crate) enum StartFailure {
         /// It said on its report pipe that it runs procpool's worker entry: its program
         /// does call `init`.
         reached_init: bool,
+        /// The executable it ran.
+        exe: PathBuf,
     },
     /// The worker did not finish its handshake in time; it was killed.
     TimedOut {
@@ -145,13 +147,11 @@ impl StartFailure {
                 pid,
                 cause,
                 reached_init,
+                exe,
             } => {
                 // A program that never reached procpool's worker entry may not call init().
                 let hint = match cause {
-                    ExitCause::Exited(_) if !reached_init => "; if this is your own binary, call \
-                                                              procpool::init() first thing in \
-                                                              main"
-                        .to_string(),
+                    ExitCause::Exited(_) if !reached_init => super::options::forgotten_entry(&exe),
                     _ => String::new(),
                 };
                 Error::HandshakeExit {
@@ -316,6 +316,7 @@ impl Starting {
                 pid: self.pid,
                 cause,
                 reached_init: self.announced,
+                exe: self.exe.clone(),
             });
         }
         if Instant::now() >= self.deadline {
@@ -523,6 +524,7 @@ impl Starting {
             pid: self.pid,
             cause,
             reached_init: self.announced,
+            exe: self.exe.clone(),
         })
     }
 
@@ -647,6 +649,9 @@ impl WorkerExe {
             ("TMPDIR".into(), dir.path().into()),
             (PRIVATE_DIR_ENV.into(), dir.identity().into()),
         ];
+        if let Some(user) = std::env::var_os("TMPDIR") {
+            set.push((USER_TMPDIR_ENV.into(), user));
+        }
         if self.via_test {
             // libtest runs the one hidden test (it is #[ignore]d, so only with --ignored),
             // on one thread, printing nothing of its own but a header line.

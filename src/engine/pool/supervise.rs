@@ -512,7 +512,8 @@ impl Pool {
                         id,
                         message,
                         location,
-                    } => self.panicked(w, id, message, location, job),
+                        failed,
+                    } => self.panicked(w, id, message, location, failed, job),
                     other => job.message(self, w, other),
                 }
             }
@@ -530,13 +531,16 @@ impl Pool {
 
     /// The kernel panicked on chunk `id` in worker `w`, which caught it. By default the
     /// job fails naming the chunk and the panic; with `retry_panics` the worker is replaced
-    /// and the chunk retried, like a crash.
+    /// and the chunk retried, like a crash. A kernel that returned an error (`failed`: a
+    /// fallible closure) fails the job naming the chunk and the error, never retried: the
+    /// same input gives the same error.
     fn panicked<'f, D: Dispatcher<'f>>(
         &mut self,
         w: usize,
         id: u64,
         message: String,
         location: Option<String>,
+        failed: bool,
         job: &mut D,
     ) -> Result<()> {
         let Some(chunk) = job.panicked_chunk(self, w, id) else {
@@ -544,6 +548,16 @@ impl Pool {
                 "worker {w} reported a panic on chunk {id}, which it did not hold"
             )));
         };
+        if failed {
+            return Err(Error::KernelFailed {
+                chunk: chunk.id,
+                start: chunk.start,
+                end: chunk.end,
+                worker: self.workers[w].id,
+                pid: self.workers[w].pid,
+                message,
+            });
+        }
         if self.supervision.retry_panics {
             crate::engine::sys::kill_hard(self.workers[w].pid);
             return self.replace(w, Why::Panicked, job);
