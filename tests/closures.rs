@@ -325,3 +325,27 @@ fn the_lab_measures_and_verifies_a_closure() {
     let report = procpool::run_reduce(&fold, 100_000, &options).expect("a measured reduction");
     assert_eq!(report.verified, Some(true));
 }
+
+#[test]
+fn a_fallible_closure_run_here_panics_with_its_error_and_items_past_the_end_are_named() {
+    // In the caller's own process (the lab's single-process run), an error is a panic
+    // with the error's text, as any kernel's failure, never a silent unwinding.
+    let job = Closure::try_map((), |_, i| if i < 3 { Ok(i) } else { Err("three") });
+    let caught = std::panic::catch_unwind(|| here(&job, 5)).expect_err("the error panics");
+    let text = caught.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert_eq!(text, "at index 3: three");
+    // A job over items run on more elements than there are items.
+    let mut pool = pool(1, StartMethod::ForkServer);
+    let job = Closure::items(&[1u32, 2, 3], (), |_, x: &u32| x * 2).expect("share");
+    match pool.run(&job, 4) {
+        Err(Error::KernelPanicked { message, .. }) => {
+            assert!(
+                message.contains("a job over 3 items has no item 3"),
+                "{message}"
+            );
+        }
+        Err(other) => panic!("expected a panic report, got {other:?}"),
+        Ok(run) => panic!("ran past the items: {:?}", &run[..]),
+    }
+    assert_eq!(pool.run(&job, 3).expect("the same pool")[2], 6);
+}

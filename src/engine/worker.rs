@@ -571,6 +571,16 @@ pub(crate) fn serve_forked(
 
 /// Waits on the control block for postings and serves them (claiming chunks from the
 /// queue, or receiving them over the channel) until Shutdown or the parent goes away.
+/// Set once this process serves a pool as a worker: its chunk loop catches a kernel's
+/// unwinding and reports it.
+static SERVING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process serves a pool as a worker (its chunk loop reports what a kernel
+/// unwinds with), rather than running a kernel itself (a single-process baseline).
+pub(crate) fn serving() -> bool {
+    SERVING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn serve_loop(
     to_parent: &IpcSender<FromWorker>,
     from_parent: &ipc_channel::ipc::IpcReceiver<ToWorker>,
@@ -579,6 +589,7 @@ fn serve_loop(
     registry: &Registry,
     slot: usize,
 ) -> Result<(), String> {
+    SERVING.store(true, std::sync::atomic::Ordering::Relaxed);
     let control =
         Control::map(shm, None).map_err(|e| format!("cannot map the control block: {e}"))?;
     if slot >= control.slots() {

@@ -358,11 +358,19 @@ fn try_map_chunk<P, T, E: fmt::Display, F: Fn(&P, u64) -> std::result::Result<T,
     for (slot, i) in out.iter_mut().zip(range) {
         match f(params, i) {
             Ok(value) => *slot = value,
-            Err(e) => {
-                std::panic::resume_unwind(Box::new(KernelError(format!("at index {i}: {e}"))))
-            }
+            Err(e) => failed(format!("at index {i}: {e}")),
         }
     }
+}
+
+/// Ends a chunk with a closure's error: in a worker, as a [`KernelError`] its chunk loop
+/// reports as such; in a process that runs the kernel itself (the lab's single-process
+/// run, `--mode threads`), as a panic with the error's text, as any kernel's failure.
+fn failed(message: String) -> ! {
+    if crate::engine::worker::serving() {
+        std::panic::resume_unwind(Box::new(KernelError(message)))
+    }
+    panic!("{message}")
 }
 
 fn item_chunk<I: Element, P, T, F: Fn(&P, &I) -> T>(
@@ -372,7 +380,13 @@ fn item_chunk<I: Element, P, T, F: Fn(&P, &I) -> T>(
 ) {
     let f = site::conjure::<F>();
     let (items, params) = params;
-    let items = &items[range.start as usize..range.end as usize];
+    let Some(items) = items.get(range.start as usize..range.end as usize) else {
+        panic!(
+            "a job over {} items has no item {}: run it on n = items.len()",
+            items.len(),
+            range.end.saturating_sub(1)
+        );
+    };
     for (slot, item) in out.iter_mut().zip(items) {
         *slot = f(params, item);
     }
