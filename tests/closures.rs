@@ -349,3 +349,97 @@ fn a_fallible_closure_run_here_panics_with_its_error_and_items_past_the_end_are_
     }
     assert_eq!(pool.run(&job, 3).expect("the same pool")[2], 6);
 }
+
+/// Closure jobs back to back, every form on both paths, while another thread SIGKILLs a
+/// random worker every 20 ms: replacements (forked by the server, or spawned) find the
+/// closures as the first workers did, and every job verifies.
+#[test]
+fn closure_jobs_verify_while_workers_are_killed() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    for start in [StartMethod::ForkServer, StartMethod::Spawn] {
+        let mut pool = Pool::builder()
+            .workers(3)
+            .start(start)
+            .test_harness()
+            .supervision(procpool::Supervision {
+                retries: 1000,
+                max_restarts: Some(100_000),
+                ..procpool::Supervision::default()
+            })
+            .build()
+            .expect("a pool");
+        let pids = Arc::new(Mutex::new(pool.pids()));
+        let done = Arc::new(AtomicBool::new(false));
+        let killer = {
+            let (pids, done) = (Arc::clone(&pids), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut kills = 0u64;
+                let mut turn = 0usize;
+                while !done.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                    let current = pids.lock().unwrap().clone();
+                    turn = turn.wrapping_mul(31).wrapping_add(7);
+                    let pid = current[turn % current.len()];
+                    // Only a worker of ours: a pid the system gave to another process
+                    // since is left alone.
+                    if common::is_our_child(pid) {
+                        common::kill(pid);
+                        kills += 1;
+                    }
+                }
+                kills
+            })
+        };
+        let items: Vec<u64> = (0..20_000).collect();
+        let by_item = Closure::items(&items, 3u64, |k, x: &u64| x * k).expect("share");
+        let map = Closure::map(7u64, |k, i| i.wrapping_mul(*k) ^ (i >> 2));
+        let fold = Fold::new(
+            (),
+            0u64,
+            |_, acc, i| acc.wrapping_add(i * i),
+            u64::wrapping_add,
+        );
+        let expected_map = here(&map, 20_000);
+        let expected_sum = (0..20_000u64).fold(0u64, |acc, i| acc.wrapping_add(i * i));
+        let began = Instant::now();
+        let mut jobs = 0;
+        while began.elapsed() < Duration::from_millis(1500) || jobs < 6 {
+            let dispatch = [Dispatch::Queue, Dispatch::Channel][jobs % 2];
+            let options = JobOptions {
+                dispatch,
+                chunk_size: Some(500),
+                ..JobOptions::default()
+            };
+            let what = format!("{start:?}, {dispatch:?}, job {jobs}");
+            match jobs % 3 {
+                0 => {
+                    let run = pool.run_with(&map, 20_000, &options).expect(&what);
+                    assert!(run[..] == expected_map[..], "{what}");
+                }
+                1 => {
+                    let run = pool.run_with(&by_item, 20_000, &options).expect(&what);
+                    assert!(
+                        run.iter().enumerate().all(|(i, &x)| x == 3 * i as u64),
+                        "{what}"
+                    );
+                }
+                _ => {
+                    let sum = pool
+                        .reduce_with(&fold, 20_000, &options)
+                        .expect(&what)
+                        .value;
+                    assert_eq!(sum, expected_sum, "{what}");
+                }
+            }
+            *pids.lock().unwrap() = pool.pids();
+            jobs += 1;
+        }
+        done.store(true, Ordering::Relaxed);
+        let kills = killer.join().expect("the killer thread");
+        assert!(kills > 0, "{start:?}: no worker was killed in {jobs} jobs");
+        drop(pool);
+    }
+}
