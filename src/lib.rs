@@ -39,6 +39,26 @@
 //! [`Closure`] and [`Fold`] are the same jobs as values, for job options, streaming, or
 //! the lab's measured, verified [`run()`].
 //!
+//! # Which entry point
+//!
+//! | you have, or want | call |
+//! |---|---|
+//! | a function of the index, output in shared memory | [`Pool::map_range`] (one element per call), [`Pool::map_chunks`] (a chunk per call) |
+//! | a function of items you already have | [`Pool::map_items`] |
+//! | a fold, with no output buffer at all | [`Pool::fold_range`]; for a [`Reduce`] workload, [`Pool::reduce`] |
+//! | a function that may fail | [`Pool::try_map_range`] |
+//! | a named [`Workload`] (the command line runs it, [`Workload::setup`] once per worker) | [`Pool::run`]; [`Pool::run_with`] for [`JobOptions`] |
+//! | the output and its reduction | [`Pool::run_and_reduce_with`] |
+//! | results as chunks finish, or stop early | [`Pool::for_each_chunk`], [`Pool::for_each_reduced_chunk`] |
+//! | an output larger than memory | [`Pool::stream_with`] |
+//! | a measured, verified run and its [`Report`] | [`run()`], [`run_reduce`]; [`lab::run_inspect`] to see the output |
+//! | more than one machine | `procpool::mpi::run` (the `mpi` feature) |
+//!
+//! [`Closure`] and [`Fold`] are the closure jobs as values: every row that takes a
+//! workload takes them. The root holds the names most programs need; [`trace`] (a job's
+//! timeline), [`observe`] (events, chunks as they finish) and [`job`] (stopping,
+//! injecting faults, the measurements' parts) hold the rest.
+//!
 //! # Your own kernel in five minutes
 //!
 //! For a kernel with a name of its own (the command line can run it, a registry lists it,
@@ -223,23 +243,72 @@ pub mod report;
 mod units;
 pub mod workload;
 
-pub use engine::cancel::Cancel;
-pub use engine::closure::{Closure, Fold, Params};
-pub use engine::fault::Fault;
+pub use engine::closure::{Closure, Fold};
 pub use engine::input::Input;
-pub use engine::interrupt::Interrupt;
 pub use engine::param::Param;
 pub use engine::pool::{
-    AutoChunk, Chunk, ChunkOrder, Death, Event, JobOptions, JobStats, Observer, Pool, PoolBuilder,
-    PoolOptions, PoolRun, Reduced, StartMethod, Supervision, Trace, TraceAttempt, TraceEvent,
-    TraceEventKind, TracePhase, WindowSink, WorkerStats,
+    JobOptions, JobStats, Pool, PoolBuilder, PoolRun, Reduced, StartMethod, Supervision,
+    WorkerStats,
 };
-pub use engine::protocol::{Dispatch, Transport};
+pub use engine::protocol::Dispatch;
 pub use engine::schedule::Schedule;
 pub use error::{Error, Result};
-pub use lab::model::{Mode, Report};
-pub use lab::run::{RunOptions, run, run_inspect, run_reduce, run_reduce_inspect};
-pub use workload::{Element, Reduce, Registry, Tolerance, Workload};
+pub use lab::model::Report;
+pub use lab::run::{RunOptions, run, run_reduce};
+pub use workload::{Element, Reduce, Registry, Workload};
+
+/// A job's timeline: every chunk attempt and what happened to the workers
+/// ([`JobOptions::trace`] records it into [`JobStats::trace`]).
+pub mod trace {
+    pub use crate::engine::pool::{Trace, TraceAttempt, TraceEvent, TraceEventKind, TracePhase};
+}
+
+/// Watching a job while it runs: events for an [`Observer`]
+/// ([`PoolBuilder::observer`](crate::PoolBuilder::observer)), chunks as they finish
+/// ([`Pool::for_each_chunk`](crate::Pool::for_each_chunk)), and the streaming window's sink.
+pub mod observe {
+    pub use crate::engine::pool::{Chunk, ChunkOrder, Event, Observer, WindowSink};
+}
+
+/// The parts of a job's options and measurements beyond the root's names: stopping it
+/// ([`Cancel`], [`Interrupt`]), injecting faults ([`Fault`]), how results travel
+/// ([`Transport`]), what the measurements hold ([`AutoChunk`], [`Death`]), a pool's
+/// settings as plain data ([`PoolOptions`], which the lab's
+/// [`RunOptions`] holds), and the bound on a closure's parameters
+/// ([`Params`]).
+pub mod job {
+    pub use crate::engine::cancel::Cancel;
+    pub use crate::engine::closure::Params;
+    pub use crate::engine::fault::Fault;
+    pub use crate::engine::interrupt::Interrupt;
+    pub use crate::engine::pool::{AutoChunk, Death, PoolOptions};
+    pub use crate::engine::protocol::Transport;
+}
+
+// The paths these names had before the modules above: kept so that code written against
+// them still builds, hidden from the documentation, to be removed in a later version
+// (CHANGELOG.md, "Deprecated").
+#[doc(hidden)]
+pub use engine::cancel::Cancel;
+#[doc(hidden)]
+pub use engine::closure::Params;
+#[doc(hidden)]
+pub use engine::fault::Fault;
+#[doc(hidden)]
+pub use engine::interrupt::Interrupt;
+#[doc(hidden)]
+pub use engine::pool::{
+    AutoChunk, Chunk, ChunkOrder, Death, Event, Observer, PoolOptions, Trace, TraceAttempt,
+    TraceEvent, TraceEventKind, TracePhase, WindowSink,
+};
+#[doc(hidden)]
+pub use engine::protocol::Transport;
+#[doc(hidden)]
+pub use lab::model::Mode;
+#[doc(hidden)]
+pub use lab::run::{run_inspect, run_reduce_inspect};
+#[doc(hidden)]
+pub use workload::Tolerance;
 
 /// The `bytemuck` crate procpool is built with, so that your element types can derive
 /// `Pod` and `Zeroable` without a dependency of your own (see [`Element`]).

@@ -150,6 +150,7 @@ impl Layout {
 /// How a worker's results reach the parent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Transport {
     /// Written straight into the shared region; only a small `Done` crosses the channel.
     #[default]
@@ -162,6 +163,7 @@ pub enum Transport {
 /// How chunks reach the workers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Dispatch {
     /// Workers claim chunks from a queue in shared memory with one atomic add each; no
     /// message crosses a channel per chunk (the default).

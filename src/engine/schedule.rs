@@ -29,6 +29,7 @@ pub(crate) fn waiting_chunk_size(n: u64, workers: usize) -> u64 {
 /// How chunks are handed to workers (OpenMP's meanings).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Schedule {
     /// Chunks dealt round-robin in advance: chunk k belongs to worker k mod W. Without
     /// `--chunk-size`, one contiguous block per worker. No balancing at all.

@@ -29,3 +29,7 @@ pub use meta::{MachineInfo, Meta, SCHEMA_VERSION, WORKERS_ENV, WorkersFrom, defa
 pub use model::{Breakdown, Mismatch, OsUsage, OutputReport, Repeats};
 pub use output::{OutputFile, check_distinct};
 pub use sweep::{SweepOptions, SweepTable};
+// The lab's mode and the runs that hand over the verified output: the root has `run`
+// and `run_reduce`.
+pub use model::Mode;
+pub use run::{run_inspect, run_reduce_inspect};

@@ -19,6 +19,7 @@ use crate::engine::shm::Mapping;
 
 /// In which order [`Pool::for_each_chunk`](super::Pool::for_each_chunk) hands out chunks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ChunkOrder {
     /// Each chunk as soon as it is done (`imap_unordered`, `as_completed`).
     #[default]
@@ -33,6 +34,7 @@ pub enum ChunkOrder {
 /// [`Pool::for_each_reduced_chunk`](super::Pool::for_each_reduced_chunk), also its
 /// accumulator (`A` is the [`Reduce::Acc`](crate::Reduce::Acc); `()` otherwise).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Chunk<'a, T, A = ()> {
     /// The chunk's index in the job: chunks are numbered from 0 in the order of their
     /// ranges (with [`JobOptions::auto_chunk`](super::JobOptions::auto_chunk), the probe

@@ -363,6 +363,7 @@ impl Want {
 
 /// The outcome of [`Pool::reduce`]: the combined accumulator and the measurements.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Reduced<A> {
     /// The chunks' accumulators combined in chunk order.
     pub value: A,

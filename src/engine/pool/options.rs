@@ -165,6 +165,7 @@ pub(crate) fn default_max_restarts(workers: usize) -> u64 {
 /// pool says which one it used in [`Pool::start_method`](crate::Pool::start_method).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum StartMethod {
     /// Re-execute the worker binary and connect back over an ipc-channel one-shot server
     /// (like Python's `spawn`): a fresh process image, about a millisecond per worker.

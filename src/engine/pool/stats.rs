@@ -10,6 +10,7 @@ use crate::engine::schedule::Schedule;
 
 /// A worker that died during a job, and what became of it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Death {
     /// The worker's id (its replacement has the same id).
     pub id: usize,
@@ -49,6 +50,7 @@ impl std::ops::AddAssign for Ipc {
 
 /// What `--chunk-size auto` measured and chose.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct AutoChunk {
     /// The chunk length chosen.
     pub chosen: u64,
@@ -64,6 +66,7 @@ pub struct AutoChunk {
 
 /// What one worker did during a job.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct WorkerStats {
     /// The worker's id.
     pub id: usize,
@@ -143,6 +146,7 @@ impl WorkerStats {
 
 /// Measurements of one job.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct JobStats {
     /// Elements computed.
     pub n: u64,

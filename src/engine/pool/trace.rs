@@ -42,6 +42,7 @@ use serde::Serialize;
 /// # Ok::<(), procpool::Error>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Trace {
     /// When the job (its dispatch) began.
     pub start_ns: u64,
@@ -57,6 +58,7 @@ pub struct Trace {
 
 /// One attempt at a chunk, by one worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct TraceAttempt {
     /// The chunk's index in the job.
     pub chunk: u64,
@@ -79,6 +81,7 @@ pub struct TraceAttempt {
 
 /// A span of the parent's time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct TracePhase {
     /// "start workers", "job", "probe", "baseline", "verify", …
     pub name: String,
@@ -90,6 +93,7 @@ pub struct TracePhase {
 
 /// What happened at one moment of a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct TraceEvent {
     /// When.
     pub at_ns: u64,
@@ -106,6 +110,7 @@ pub struct TraceEvent {
 /// The kinds of [`TraceEvent`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum TraceEventKind {
     /// A worker was lost (it died, or was killed after a panic).
     Death,
