@@ -47,7 +47,7 @@
 //! | a function of items you already have | [`Pool::map_items`] |
 //! | a fold, with no output buffer at all | [`Pool::fold_range`]; for a [`Reduce`] workload, [`Pool::reduce`] |
 //! | a function that may fail | [`Pool::try_map_range`] |
-//! | a named [`Workload`] (the command line runs it, [`Workload::setup`] once per worker) | [`Pool::run`]; [`Pool::run_with`] for [`JobOptions`] |
+//! | a named [`Workload`] (a struct of parameters, [`Workload::setup`] once per worker) | [`Pool::run`]; [`Pool::run_with`] for [`JobOptions`] |
 //! | the output and its reduction | [`Pool::run_and_reduce_with`] |
 //! | results as chunks finish, or stop early | [`Pool::for_each_chunk`], [`Pool::for_each_reduced_chunk`] |
 //! | an output larger than memory | [`Pool::stream_with`] |
@@ -61,7 +61,7 @@
 //!
 //! # Your own kernel in five minutes
 //!
-//! For a kernel with a name of its own (the command line can run it, a registry lists it,
+//! For a kernel with a name of its own (a struct of parameters, a registry lists it,
 //! [`Workload::setup`] prepares it once per worker), implement [`Workload`].
 //!
 //! A kernel fills `out[k]` for every index `range.start + k` of a chunk; procpool runs it
