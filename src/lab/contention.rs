@@ -18,8 +18,9 @@ pub(crate) const MIN_BUSY_S: f64 = 0.01;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Contention {
     /// Per worker, its CPU seconds over the seconds it spent working (computing, and with
-    /// queue dispatch claiming): 1.0 is a whole core. `None` where unreadable, or where the
-    /// worker worked for less than 10 ms.
+    /// queue dispatch claiming), at most 1.0, a whole core (with channel dispatch the CPU
+    /// time covers the messages too, which the working time does not). `None` where
+    /// unreadable, or where the worker worked for less than 10 ms.
     pub cpu_share_per_worker: Vec<Option<f64>>,
     /// The mean of the known `cpu_share_per_worker`.
     pub cpu_share_mean: Option<f64>,
@@ -75,9 +76,12 @@ pub(crate) fn parse_stat_ticks(text: &str) -> Option<(u64, u64)> {
     Some((fields.get(7).copied().unwrap_or(0), total))
 }
 
-/// `cpu / busy`, when `busy` is long enough to read ([`MIN_BUSY_S`]) and both are numbers.
+/// `cpu / busy`, at most 1 (a process runs on one core at a time: more CPU than busy time
+/// was spent outside what `busy` counts), when `busy` is long enough to read
+/// ([`MIN_BUSY_S`]) and both are numbers.
 pub(crate) fn share_of(cpu: f64, busy: f64) -> Option<f64> {
-    (cpu.is_finite() && busy.is_finite() && cpu >= 0.0 && busy >= MIN_BUSY_S).then(|| cpu / busy)
+    (cpu.is_finite() && busy.is_finite() && cpu >= 0.0 && busy >= MIN_BUSY_S)
+        .then(|| (cpu / busy).min(1.0))
 }
 
 impl Contention {
@@ -146,6 +150,8 @@ mod tests {
         let workers = [
             worker(0.375, 0.125, Some(0.25)),
             worker(0.25, 0.0, Some(0.1875)),
+            // More CPU than working time (messages outside the kernel): a whole core.
+            worker(0.25, 0.0, Some(0.5)),
             // Too short to read, and unreadable.
             worker(0.005, 0.0, Some(0.005)),
             worker(0.3, 0.0, None),
@@ -169,8 +175,11 @@ mod tests {
                 ticks: Some((150, 1200)),
             },
         );
-        assert_eq!(c.cpu_share_per_worker, [Some(0.5), Some(0.75), None, None]);
-        assert!((c.cpu_share_mean.unwrap() - 0.625).abs() < 1e-12);
+        assert_eq!(
+            c.cpu_share_per_worker,
+            [Some(0.5), Some(0.75), Some(1.0), None, None]
+        );
+        assert!((c.cpu_share_mean.unwrap() - 0.75).abs() < 1e-12);
         assert_eq!(c.baseline_cpu_share, Some(0.75));
         assert_eq!((c.load_start, c.load_end), (Some(3.1), Some(3.4)));
         assert_eq!(c.steal_share, Some(0.25));

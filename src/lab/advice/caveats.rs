@@ -57,13 +57,20 @@ pub(crate) fn caveats(obs: &Observations, rounds: &Rounds, speedup: Option<f64>)
             }
         }
     }
-    if let Some(share) = obs.cpu_share.filter(|s| *s < BUSY_CPU_SHARE) {
+    // Waiting workloads use little CPU on purpose.
+    if let Some(share) = obs
+        .cpu_share
+        .filter(|s| *s < BUSY_CPU_SHARE && !obs.io_bound_hint)
+    {
         said.push(format!(
             "the workers got {share:.2} of a core each: other processes slowed the pool, so \
              the speedup understates what this job does on a quiet machine"
         ));
     }
-    if let Some(b) = obs.baseline_cpu_share.filter(|b| *b < BUSY_CPU_SHARE) {
+    if let Some(b) = obs
+        .baseline_cpu_share
+        .filter(|b| *b < BUSY_CPU_SHARE && !obs.io_bound_hint)
+    {
         said.push(format!(
             "the single-process run got {b:.2} of a core: other processes slowed it, so the \
              speedup overstates what the workers did"

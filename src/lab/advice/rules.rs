@@ -3,22 +3,39 @@
 
 use super::*;
 
+/// Starting the workers above [`START_SHARE_MAX`] of the pool's wall time, or longer than
+/// the whole job took in one process.
 pub(super) fn start_dominated(m: &Measured) -> Option<Candidate> {
     let share = m.start_share();
-    (share > START_SHARE_MAX).then(|| {
-        Candidate::new(
-            Kind::Cost,
-            share,
-            Limit::StartDominated,
-            format!(
-                "Starting {} took {} of the {} run: the job is too short for processes to \
-                 pay off; give it more work (larger n) or reuse a Pool across jobs.",
-                count(m.workers, "worker"),
-                seconds_short(m.spawn),
-                seconds_short(m.pool)
-            ),
-        )
-    })
+    let longer_than_job = m.baseline.filter(|&b| m.spawn > b);
+    if !(share > START_SHARE_MAX || longer_than_job.is_some()) {
+        return None;
+    }
+    let head = match longer_than_job {
+        Some(b) => format!(
+            "Starting {} took {} of the {} run, longer than one process took for the whole \
+             job ({})",
+            count(m.workers, "worker"),
+            seconds_short(m.spawn),
+            seconds_short(m.pool),
+            seconds_short(b)
+        ),
+        None => format!(
+            "Starting {} took {} of the {} run",
+            count(m.workers, "worker"),
+            seconds_short(m.spawn),
+            seconds_short(m.pool)
+        ),
+    };
+    Some(Candidate::new(
+        Kind::Cost,
+        share.max(longer_than_job.map_or(0.0, |_| START_SHARE_MAX)),
+        Limit::StartDominated,
+        format!(
+            "{head}: the job is too short for processes to pay off; give it more work \
+             (larger n) or reuse a Pool across jobs."
+        ),
+    ))
 }
 
 /// Parameters above [`LARGE_PARAMS_BYTES`]: ranked first among the costs (the run cannot

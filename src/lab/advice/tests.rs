@@ -137,6 +137,50 @@ fn start_dominated_fires_on_a_short_job() {
 }
 
 #[test]
+fn start_longer_than_the_whole_job_alone_is_start_dominated() {
+    // `hash 200 --rounds 1`: one process needs 20 µs, starting 2 workers 1 ms, which is
+    // under 30 % of a pool run that also sends the job and collects it.
+    let obs = Observations {
+        n: 200,
+        chunks: 8,
+        chunk_size: 25,
+        pool_wall_s: 0.0035,
+        spawn_s: 0.001,
+        baseline_wall_s: Some(0.000_02),
+        compute_s: vec![0.000_01, 0.000_01],
+        mean_chunk_compute_s: 0.000_002,
+        dispatch_per_chunk_s: 0.000_000_3,
+        output_bytes: 1_600,
+        ..healthy()
+    };
+    let advice = advise(&obs);
+    assert_eq!(advice[0].limit, Limit::StartDominated, "{advice:?}");
+    assert_eq!(
+        advice[0].text,
+        "Starting 2 workers took 1 ms of the 3.5 ms run, longer than one process took for \
+         the whole job (20 µs): the job is too short for processes to pay off; give it more \
+         work (larger n) or reuse a Pool across jobs."
+    );
+    // A job longer than the start is not.
+    let obs = Observations {
+        baseline_wall_s: Some(0.002),
+        ..obs
+    };
+    assert!(!fires(&obs, Limit::StartDominated));
+}
+
+#[test]
+fn waiting_workers_are_not_called_busy_beside_the_speedup() {
+    let obs = Observations {
+        io_bound_hint: true,
+        cpu_share: Some(0.01),
+        baseline_cpu_share: Some(0.0),
+        ..healthy()
+    };
+    assert!(caveats(&obs, &rounds(&[0.1]), Some(1.8)).is_empty());
+}
+
+#[test]
 fn start_below_threshold_does_not_fire() {
     let obs = Observations {
         pool_wall_s: 0.1,
@@ -1066,7 +1110,9 @@ fn a_per_chunk_cost_is_not_called_memory_bound() {
         output_bytes: 800_000,
         ..healthy()
     };
-    assert_eq!(limits(&obs), [Limit::IpcBound]);
+    // The per-chunk cost, then the start (longer than the whole job alone): what the issue
+    // named as the limits, and no memory paragraph.
+    assert_eq!(limits(&obs), [Limit::IpcBound, Limit::StartDominated]);
     // `--dispatch channel --chunk-size 1 squares 200000` (the third): messaging first,
     // and no memory paragraph after it.
     let obs = Observations {
