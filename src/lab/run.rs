@@ -665,6 +665,11 @@ pub(crate) fn build_report_loaded<W: Workload>(
     let huge = crate::engine::shm::HugePages::read();
     let observations = Observations {
         cpu_share: contention.cpu_share_mean,
+        switches: stats
+            .workers
+            .iter()
+            .map(|w| w.voluntary_switches.zip(w.involuntary_switches))
+            .try_fold((0, 0), |(v, i), w| w.map(|(wv, wi)| (v + wv, i + wi))),
         baseline_cpu_share: contention.baseline_cpu_share,
         load: (contention.load_start, contention.load_end),
         steal_share: contention.steal_share,

@@ -179,6 +179,10 @@ pub(crate) struct Observations {
     /// The workers' mean CPU share while they worked: CPU seconds over computing and
     /// claiming seconds (1.0 is a whole core each), when readable.
     pub cpu_share: Option<f64>,
+    /// The workers' context switches during the job, summed: (voluntary, involuntary),
+    /// when counted. Time off the CPU with more voluntary switches is the workers blocking,
+    /// not other processes taking the CPU.
+    pub switches: Option<(u64, u64)>,
     /// The single-process run's CPU seconds over its wall time, when measured.
     pub baseline_cpu_share: Option<f64>,
     /// The 1-minute load average at the run's start and end.

@@ -427,11 +427,17 @@ pub(super) fn short_chunks(obs: &Observations, m: &Measured) -> Option<Candidate
 }
 
 /// Other processes took the CPUs: the workers' CPU share below [`BUSY_CPU_SHARE`] (of
-/// `cores / workers` with more workers than cores). Says the load and the steal time, and
+/// `cores / workers` with more workers than cores), the scheduler having taken their CPU
+/// more often than they blocked. Says the load and the steal time, and
 /// suggests a quiet machine or the workers the machine actually gave.
 pub(super) fn contended(obs: &Observations, m: &Measured) -> Option<Candidate> {
     let share = obs.cpu_share.filter(|s| s.is_finite() && *s >= 0.0)?;
-    if obs.io_bound_hint {
+    // Off the CPU by blocking (more voluntary switches than preemptions) is the workers'
+    // own waiting, not other processes.
+    let blocked = obs
+        .switches
+        .is_some_and(|(voluntary, involuntary)| voluntary > involuntary);
+    if obs.io_bound_hint || blocked {
         return None;
     }
     let cores = obs.cores_logical;

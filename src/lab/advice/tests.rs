@@ -976,6 +976,17 @@ fn contention_stays_silent_without_its_evidence() {
     ] {
         assert!(!fires(&obs, Limit::Contended), "{obs:?}");
     }
+    // Off the CPU by blocking, not by preemption: the workers' own waiting.
+    let obs = Observations {
+        switches: Some((40, 3)),
+        ..busy_collatz()
+    };
+    assert!(!fires(&obs, Limit::Contended));
+    let obs = Observations {
+        switches: Some((0, 33)),
+        ..busy_collatz()
+    };
+    assert!(fires(&obs, Limit::Contended));
     // Unreadable CPU time: nothing claimed.
     let obs = Observations {
         cpu_share: None,
