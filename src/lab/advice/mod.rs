@@ -271,8 +271,8 @@ pub(crate) fn advise(obs: &Observations) -> Vec<Advice> {
         .then(|| memory_bound(obs, &m))
         .flatten();
     let mut found: Vec<Candidate> = [
+        start_dominated(obs, &m, ipc_bound.is_some()),
         contended,
-        start_dominated(&m),
         ipc_bound,
         short_chunks,
         oversubscribed,

@@ -3,15 +3,38 @@
 
 use super::*;
 
-/// Starting the workers above [`START_SHARE_MAX`] of the pool's wall time, or longer than
-/// the whole job took in one process.
-pub(super) fn start_dominated(m: &Measured) -> Option<Candidate> {
+/// Starting the workers above [`START_SHARE_MAX`] of the pool's wall time, or the pool's
+/// fixed costs (its wall time less the busiest worker's compute and its share of the
+/// per-chunk dispatch: starting, handing out the job, collecting it) longer than the whole
+/// job took in one process. With a per-chunk verdict (`per_chunk`) the pool's time outside
+/// compute is the chunks' cost, so only starting itself is compared with the job.
+pub(super) fn start_dominated(
+    obs: &Observations,
+    m: &Measured,
+    per_chunk: bool,
+) -> Option<Candidate> {
     let share = m.start_share();
-    let longer_than_job = m.baseline.filter(|&b| m.spawn > b);
+    let busiest = m.compute.iter().copied().fold(0.0, f64::max);
+    let dispatch = clean(m.chunk_overhead * obs.chunks as f64 / m.workers as f64);
+    let fixed = if per_chunk {
+        m.spawn
+    } else {
+        (m.pool - busiest - dispatch).max(m.spawn)
+    };
+    let longer_than_job = m.baseline.filter(|&b| !obs.baseline_estimated && fixed > b);
     if !(share > START_SHARE_MAX || longer_than_job.is_some()) {
         return None;
     }
     let head = match longer_than_job {
+        Some(b) if fixed > m.spawn => format!(
+            "Starting {} and handing them the job took {} of the {} run (starting alone \
+             {}), longer than one process took for the whole job ({})",
+            count(m.workers, "worker"),
+            seconds_short(fixed),
+            seconds_short(m.pool),
+            seconds_short(m.spawn),
+            seconds_short(b)
+        ),
         Some(b) => format!(
             "Starting {} took {} of the {} run, longer than one process took for the whole \
              job ({})",
@@ -29,13 +52,18 @@ pub(super) fn start_dominated(m: &Measured) -> Option<Candidate> {
     };
     Some(Candidate::new(
         Kind::Cost,
-        share.max(longer_than_job.map_or(0.0, |_| START_SHARE_MAX)),
+        share.max(longer_than_job.map_or(0.0, |_| share_of_run(fixed, m.pool))),
         Limit::StartDominated,
         format!(
             "{head}: the job is too short for processes to pay off; give it more work \
              (larger n) or reuse a Pool across jobs."
         ),
     ))
+}
+
+/// `part / whole` at most 1, or 0 when `whole` is not positive.
+fn share_of_run(part: f64, whole: f64) -> f64 {
+    share(part, whole).min(1.0)
 }
 
 /// Parameters above [`LARGE_PARAMS_BYTES`]: ranked first among the costs (the run cannot

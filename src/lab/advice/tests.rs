@@ -48,7 +48,7 @@ fn healthy_run_scales_and_fires_no_limit() {
         "Efficiency 95%: the run scales; more cores would help."
     );
     let m = Measured::new(&healthy());
-    assert!(start_dominated(&m).is_none());
+    assert!(start_dominated(&healthy(), &m, false).is_none());
     assert!(ipc_bound(&healthy(), &m).is_none());
     assert!(oversubscribed(&healthy(), &m).is_none());
     assert!(imbalanced(&healthy(), &m).is_none());
@@ -138,18 +138,19 @@ fn start_dominated_fires_on_a_short_job() {
 
 #[test]
 fn start_longer_than_the_whole_job_alone_is_start_dominated() {
-    // `hash 200 --rounds 1`: one process needs 20 µs, starting 2 workers 1 ms, which is
-    // under 30 % of a pool run that also sends the job and collects it.
+    // `hash 200 --rounds 1`: one process needs 2 ms (unoptimized), starting 2 workers 1 ms
+    // and sending and collecting the job the rest of a 3.5 ms run: starting is under 30 %
+    // of it, but the pool's fixed costs are longer than the whole job alone.
     let obs = Observations {
         n: 200,
         chunks: 8,
         chunk_size: 25,
         pool_wall_s: 0.0035,
         spawn_s: 0.001,
-        baseline_wall_s: Some(0.000_02),
+        baseline_wall_s: Some(0.002),
         compute_s: vec![0.000_01, 0.000_01],
         mean_chunk_compute_s: 0.000_002,
-        dispatch_per_chunk_s: 0.000_000_3,
+        dispatch_per_chunk_s: 0.000_000_1,
         output_bytes: 1_600,
         ..healthy()
     };
@@ -157,16 +158,34 @@ fn start_longer_than_the_whole_job_alone_is_start_dominated() {
     assert_eq!(advice[0].limit, Limit::StartDominated, "{advice:?}");
     assert_eq!(
         advice[0].text,
-        "Starting 2 workers took 1 ms of the 3.5 ms run, longer than one process took for \
-         the whole job (20 µs): the job is too short for processes to pay off; give it more \
-         work (larger n) or reuse a Pool across jobs."
+        "Starting 2 workers and handing them the job took 3.5 ms of the 3.5 ms run \
+         (starting alone 1 ms), longer than one process took for the whole job (2 ms): the \
+         job is too short for processes to pay off; give it more work (larger n) or reuse a \
+         Pool across jobs."
     );
-    // A job longer than the start is not.
-    let obs = Observations {
-        baseline_wall_s: Some(0.002),
-        ..obs
+    // A job longer than the pool's fixed costs is not.
+    let longer = Observations {
+        baseline_wall_s: Some(0.004),
+        ..obs.clone()
     };
-    assert!(!fires(&obs, Limit::StartDominated));
+    assert!(!fires(&longer, Limit::StartDominated));
+    // With a per-chunk cost, the time outside compute is the chunks': only starting itself
+    // is compared with the job (here 1 ms against 2 ms: silent; against 20 µs: said).
+    let per_chunk = Observations {
+        dispatch_per_chunk_s: 0.000_001,
+        ..obs.clone()
+    };
+    assert_eq!(limits(&per_chunk), [Limit::IpcBound]);
+    let per_chunk = Observations {
+        baseline_wall_s: Some(0.000_02),
+        ..per_chunk
+    };
+    // Starting (29 % of the run) costs more than the chunks' 4 µs of claims: said first.
+    assert_eq!(limits(&per_chunk), [Limit::StartDominated, Limit::IpcBound]);
+    assert!(advise(&per_chunk)[0].text.starts_with(
+        "Starting 2 workers took 1 ms of the 3.5 ms run, longer than one \
+                          process took for the whole job (20 µs)"
+    ));
 }
 
 #[test]
@@ -822,7 +841,7 @@ fn at_most_two_and_most_important_first() {
         ..Observations::default()
     };
     let m = Measured::new(&obs);
-    assert!(start_dominated(&m).is_some());
+    assert!(start_dominated(&obs, &m, false).is_some());
     assert!(ipc_bound(&obs, &m).is_some());
     assert!(oversubscribed(&obs, &m).is_some());
     assert!(short_chunks(&obs, &m).is_some());
