@@ -52,6 +52,8 @@ const TOP: &[&str] = &[
     "dispatch_per_chunk_s",
     "speedup",
     "efficiency",
+    "caveats",
+    "contention",
     "verified",
     "mismatch",
     "tolerance",
@@ -233,6 +235,15 @@ const WORKER: &[&str] = &[
     "voluntary_switches",
     "involuntary_switches",
 ];
+/// `contention`: what other processes took from the run.
+const CONTENTION: &[&str] = &[
+    "cpu_share_per_worker",
+    "cpu_share_mean",
+    "baseline_cpu_share",
+    "load_start",
+    "load_end",
+    "steal_share",
+];
 /// `baseline_os`: what the kernel counted for the single-process run.
 const BASELINE_OS: &[&str] = &[
     "cpu_s",
@@ -269,6 +280,8 @@ const LIMITS: &[&str] = &[
     "io-bound",
     "large-params",
     "scaling",
+    "contended",
+    "short-chunks",
 ];
 /// Names the README section puts in backticks that are values, not keys (besides `LIMITS`).
 const VALUES: &[&str] = &[
@@ -341,6 +354,7 @@ fn all_schema_keys() -> BTreeSet<&'static str> {
         BREAKDOWN,
         WORKER,
         BASELINE_OS,
+        CONTENTION,
         DEATH,
         AUTO_CHUNK,
         REPEAT,
@@ -772,6 +786,41 @@ fn check_report(out: &Outcome, asked: &Asked) -> Value {
             null(&r, "verified");
         }
     }
+    for c in array(&r, "caveats") {
+        assert!(
+            c.as_str().is_some_and(|s| !s.trim().is_empty()),
+            "caveats are sentences: {c}"
+        );
+    }
+    let c = &r["contention"];
+    assert_keys(c, CONTENTION, "contention");
+    let shares = array(c, "cpu_share_per_worker");
+    assert_eq!(
+        shares.len() as u64,
+        workers,
+        "one CPU share per worker: {c}"
+    );
+    for share in shares {
+        assert!(
+            share.is_null() || share.as_f64().is_some_and(|x| x.is_finite() && x >= 0.0),
+            "a CPU share is a non-negative number or null: {c}"
+        );
+    }
+    for key in [
+        "cpu_share_mean",
+        "baseline_cpu_share",
+        "load_start",
+        "load_end",
+    ] {
+        assert!(c[key].is_null() || secs(c, key) >= 0.0, "{key}: {c}");
+    }
+    // Linux has a load average.
+    secs(c, "load_start");
+    secs(c, "load_end");
+    assert!(
+        c["steal_share"].is_null() || secs(c, "steal_share") <= 1.0,
+        "{c}"
+    );
     if r["verified"] == false {
         assert_keys(&r["mismatch"], MISMATCH, "mismatch");
     } else {

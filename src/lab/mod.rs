@@ -9,6 +9,7 @@
 pub(crate) mod advice;
 pub(crate) mod baseline;
 pub mod compare;
+pub(crate) mod contention;
 pub mod ipc_bench;
 pub mod measure;
 pub mod meta;
@@ -23,6 +24,7 @@ pub(crate) mod threads;
 pub use crate::engine::limits::{Cpus, Machine, MemoryLimit};
 pub use advice::{Advice, Limit};
 pub use compare::{ModeSide, ModesComparison};
+pub use contention::Contention;
 pub use ipc_bench::{IpcBenchOptions, IpcBenchReport};
 pub use measure::{Ratio, Summary};
 pub use meta::{MachineInfo, Meta, SCHEMA_VERSION, WORKERS_ENV, WorkersFrom, default_workers};

@@ -17,6 +17,7 @@ pub(crate) use crate::engine::pool::{TraceEvent, TracePhase};
 pub(crate) use crate::engine::protocol::{Dispatch, Transport};
 pub(crate) use crate::engine::schedule::Schedule;
 use crate::lab::advice::Advice;
+use crate::lab::contention::Contention;
 use crate::lab::measure::{Ratio, Summary};
 use crate::lab::meta::{Meta, WorkersFrom};
 use crate::workload::Tolerance;
@@ -193,6 +194,14 @@ pub struct Report {
     pub speedup: Option<f64>,
     /// `speedup / workers`: 1.0 means every worker was as useful as the whole single process.
     pub efficiency: Option<f64>,
+    /// Where the pool and the single process did not run under the same conditions (huge
+    /// pages on one side, an estimated baseline, a cold first round, a busy machine), and
+    /// why an efficiency above 100 % happened: sentences the report shows beside the
+    /// speedup. Empty when the two ran alike.
+    pub caveats: Vec<String>,
+    /// What other processes took from the run: the workers' and the single process's CPU
+    /// share, the load average and the steal time.
+    pub contention: Contention,
     /// True when every element of the pool output equals the single-process output.
     pub verified: Option<bool>,
     /// The first differing element, when `verified` is false.

@@ -17,8 +17,9 @@ use crate::engine::pool::{
 use crate::engine::protocol::Transport;
 use crate::engine::schedule::{Dispenser, Schedule};
 use crate::error::{Error, Phase, Result};
-use crate::lab::advice::{Observations, advise};
+use crate::lab::advice::{Observations, Rounds, advise, caveats};
 use crate::lab::baseline::{Single, Stopped, checksum_until, compare, run_kernel, run_single};
+use crate::lab::contention::{Contention, LoadSnapshot};
 use crate::lab::measure::{ratio, summarize};
 use crate::lab::meta::{Meta, WorkersFrom};
 use crate::lab::model::{Breakdown, Mismatch, Mode, OsUsage, OutputReport, Repeats, Report};
@@ -221,6 +222,7 @@ fn run_lab<W: Workload>(
     reducer: Option<&dyn ChunkReducer<W::Output>>,
 ) -> Result<Report> {
     let started = std::time::SystemTime::now();
+    let load_start = LoadSnapshot::now();
     let machine = Machine::read();
     validate(
         W::NAME,
@@ -261,12 +263,13 @@ fn run_lab<W: Workload>(
             measured.push(r);
         }
     }
-    Ok(build_report(
+    Ok(build_report_loaded(
         workload,
         options,
         Meta::new(started, &machine),
         &machine,
         measured,
+        (load_start, LoadSnapshot::now()),
     ))
 }
 
@@ -576,13 +579,28 @@ pub(crate) fn in_process_stats(
     JobStats::new(tally, Supervised::default())
 }
 
-/// The report of the measured rounds: details from the last, timings over all.
+/// The report of the measured rounds: details from the last, timings over all (the
+/// machine's load read once, at the end: see [`build_report_loaded`]).
+#[cfg(feature = "mpi")]
 pub(crate) fn build_report<W: Workload>(
     workload: &W,
     options: &RunOptions,
     meta: Meta,
     machine: &Machine,
+    rounds: Vec<Round>,
+) -> Report {
+    let now = LoadSnapshot::now();
+    build_report_loaded(workload, options, meta, machine, rounds, (now, now))
+}
+
+/// [`build_report`], with the machine's load at the run's start and end.
+pub(crate) fn build_report_loaded<W: Workload>(
+    workload: &W,
+    options: &RunOptions,
+    meta: Meta,
+    machine: &Machine,
     mut rounds: Vec<Round>,
+    (load_start, load_end): (LoadSnapshot, LoadSnapshot),
 ) -> Report {
     let walls: Vec<f64> = rounds.iter().map(|r| r.wall.as_secs_f64()).collect();
     let bases: Vec<f64> = rounds
@@ -635,7 +653,30 @@ pub(crate) fn build_report<W: Workload>(
         last.verify.as_secs_f64(),
     );
     let param_bytes = crate::engine::input::param_bytes(workload);
+    let baseline_estimated = options.baseline && workload.sequential_time(n).is_some();
+    let contention = Contention::measure(
+        &stats.workers,
+        last.baseline
+            .zip(last.baseline_os)
+            .map(|(d, os)| (d.as_secs_f64(), os)),
+        load_start,
+        load_end,
+    );
+    let huge = crate::engine::shm::HugePages::read();
     let observations = Observations {
+        cpu_share: contention.cpu_share_mean,
+        switches: stats
+            .workers
+            .iter()
+            .map(|w| w.voluntary_switches.zip(w.involuntary_switches))
+            .try_fold((0, 0), |(v, i), w| w.map(|(wv, wi)| (v + wv, i + wi))),
+        baseline_cpu_share: contention.baseline_cpu_share,
+        load: (contention.load_start, contention.load_end),
+        steal_share: contention.steal_share,
+        huge_pages: options.pool.huge_pages && options.mode == Mode::Processes,
+        huge_page_bytes: huge.as_ref().map(|h| h.page_bytes),
+        huge_pages_free: huge.as_ref().map(|h| h.free),
+        baseline_estimated,
         param_bytes,
         workers,
         cores_logical: machine.cores_logical,
@@ -685,7 +726,7 @@ pub(crate) fn build_report<W: Workload>(
         cores_logical: machine.cores_logical,
         cores_physical: machine.cores_physical,
         baseline_wall_s,
-        baseline_estimated: options.baseline && workload.sequential_time(n).is_some(),
+        baseline_estimated,
         baseline_os: last.baseline_os,
         pool_wall_s,
         spawn_s: last.start.as_secs_f64(),
@@ -702,6 +743,16 @@ pub(crate) fn build_report<W: Workload>(
         dispatch_per_chunk_s: stats.dispatch_per_chunk_s,
         speedup,
         efficiency: speedup.map(|s| s / workers as f64),
+        caveats: caveats(
+            &observations,
+            &Rounds {
+                pool_s: walls,
+                baseline_s: bases,
+                warmup: options.warmup,
+            },
+            speedup,
+        ),
+        contention,
         verified: verified_all,
         mismatch,
         tolerance: workload.tolerance(),

@@ -272,6 +272,12 @@ pub fn render_text(r: &Report) -> String {
             eff * 100.0
         );
     }
+    for caveat in &r.caveats {
+        let _ = writeln!(s, "  caveat       {caveat}");
+    }
+    if let Some(line) = contention_line(&r.contention) {
+        let _ = writeln!(s, "  cpu share    {line}");
+    }
     match (r.verified, &r.mismatch) {
         (Some(true), _) => {
             let rounds = repeat.map_or(String::new(), |x| format!(", in each of {} runs", x.runs));
@@ -525,6 +531,26 @@ pub fn render_text(r: &Report) -> String {
 }
 
 /// A reduction as compact JSON, or `none`.
+/// What other processes took from the run, in one line; `None` when nothing was readable.
+fn contention_line(c: &crate::lab::Contention) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(share) = c.cpu_share_mean {
+        parts.push(format!("workers {share:.2} of a core each while computing"));
+    }
+    if let Some(b) = c.baseline_cpu_share {
+        parts.push(format!("single process {b:.2}"));
+    }
+    match (c.load_start, c.load_end) {
+        (Some(a), Some(b)) => parts.push(format!("load {a:.2} at the start, {b:.2} at the end")),
+        (Some(a), None) | (None, Some(a)) => parts.push(format!("load {a:.2}")),
+        (None, None) => {}
+    }
+    if let Some(steal) = c.steal_share {
+        parts.push(format!("steal {:.1} %", steal * 100.0));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 fn json_or_none(value: Option<&serde_json::Value>) -> String {
     value.map_or_else(|| "none".to_string(), serde_json::Value::to_string)
 }
@@ -591,6 +617,15 @@ mod tests {
             dispatch_per_chunk_s: if queue { 84e-9 } else { 7.7e-6 },
             speedup: Some(1.0 / 3.0),
             efficiency: Some(1.0 / 6.0),
+            caveats: Vec::new(),
+            contention: crate::lab::Contention {
+                cpu_share_per_worker: vec![Some(1.0), Some(0.98)],
+                cpu_share_mean: Some(0.99),
+                baseline_cpu_share: None,
+                load_start: Some(0.5),
+                load_end: None,
+                steal_share: None,
+            },
             verified: Some(true),
             mismatch: None,
             checksum: "0123456789abcdef".into(),
@@ -621,6 +656,33 @@ mod tests {
             #[cfg(feature = "mpi")]
             mpi: None,
         }
+    }
+
+    #[test]
+    fn caveats_and_the_cpu_share_sit_under_the_speedup() {
+        let mut r = report(Dispatch::Queue);
+        r.caveats = vec!["the single-process time is estimated".into()];
+        let text = render_text(&r);
+        let lines: Vec<&str> = text.lines().collect();
+        let at = |label: &str| lines.iter().position(|l| l.starts_with(label));
+        let efficiency = at("  efficiency").expect("an efficiency line");
+        assert_eq!(
+            lines[efficiency + 1],
+            "  caveat       the single-process time is estimated"
+        );
+        assert_eq!(
+            lines[efficiency + 2],
+            "  cpu share    workers 0.99 of a core each while computing; load 0.50"
+        );
+        // Nothing readable, no caveat: neither line.
+        r.caveats.clear();
+        r.contention.cpu_share_mean = None;
+        r.contention.load_start = None;
+        let text = render_text(&r);
+        assert!(
+            !text.contains("  caveat") && !text.contains("  cpu share"),
+            "{text}"
+        );
     }
 
     fn line<'a>(text: &'a str, label: &str) -> Option<&'a str> {

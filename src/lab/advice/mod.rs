@@ -8,12 +8,20 @@
 //! turns an [`Observations`] into at most two [`Advice`]s, most important first, each a plain
 //! sentence with the run's own numbers and one concrete thing to try; [`render`] prints them.
 //!
+//! Each rule fires on the measurement it names, never by elimination, and rules whose
+//! causes overlap are exclusive: a busy machine or shared cores explain away the memory,
+//! imbalance and chunk-length evidence they distort; a per-chunk cost explains away the
+//! compute inflation that tiny chunks cause. [`caveats`] says, beside the speedup, where the
+//! pool and the single process did not run under the same conditions.
+//!
 //! Every threshold is a named constant below, so the report and the README can cite them.
 
 use serde::Serialize;
 
+mod caveats;
 mod rules;
 
+pub(crate) use caveats::{Rounds, caveats};
 use rules::*;
 
 use crate::engine::protocol::Dispatch;
@@ -75,6 +83,41 @@ pub(crate) const MEMORY_THREADS_NO_FASTER: f64 = 0.9;
 /// The page the MemoryBound advice counts faults per (the x86-64 and arm64 base page).
 pub(crate) const FAULT_PAGE_BYTES: f64 = 4096.0;
 
+/// When the page faults were counted, MemoryBound also needs the workers to have taken at
+/// least this many per 4 KiB page of results: with fewer (huge pages), faults do not set
+/// the speed.
+pub(crate) const MEMORY_MIN_FAULTS_PER_PAGE: f64 = 0.5;
+
+/// The huge page `--huge-pages` is advised with when the kernel names none (x86-64's 2 MiB).
+pub(crate) const DEFAULT_HUGE_PAGE_BYTES: u64 = 2 << 20;
+
+/// ShortChunks fires when each chunk writes less than this (64 KiB, 16 pages of 4 KiB) and
+/// the workers' summed compute is above [`MEMORY_COMPUTE_INFLATION`] times the single
+/// process's: workers fault neighbouring pages of one shared region, and pay a claim for
+/// every few pages. MemoryBound needs chunks at least this long, so the two never both fire.
+pub(crate) const SHORT_CHUNK_BYTES: u64 = 64 << 10;
+
+/// The output a chunk suggested by ShortChunks writes (1 MiB).
+pub(crate) const SHORT_CHUNK_TARGET_BYTES: u64 = 1 << 20;
+
+/// Contended fires when the workers got less than this share of a core each while they
+/// worked (their CPU seconds over their computing and claiming seconds), with no more
+/// workers than cores (with more, less than this share of `cores / workers`): other
+/// processes used the CPUs.
+pub(crate) const BUSY_CPU_SHARE: f64 = 0.8;
+
+/// Contended names the hypervisor's steal time when it took at least this share of all
+/// CPU time during the run.
+pub(crate) const STEAL_WORTH_SAYING: f64 = 0.02;
+
+/// A first measured round whose pool (or baseline) took more than this multiple of the
+/// other rounds' median is called cold beside the speedup.
+pub(crate) const COLD_ROUND_FACTOR: f64 = 2.0;
+
+/// Efficiency above 100 % is explained by compute when the workers' summed compute is
+/// below this share of the single process's time.
+pub(crate) const SUPERLINEAR_COMPUTE_SHARE: f64 = 0.9;
+
 /// IoBound fires for waiting workloads whose efficiency (speedup / workers) reaches this:
 /// the speedup is close to the worker count, so adding workers pays off.
 pub(crate) const IO_MIN_EFFICIENCY: f64 = 0.7;
@@ -133,6 +176,28 @@ pub(crate) struct Observations {
     pub baseline_minor_faults: Option<u64>,
     /// Bytes of the workload's encoded parameters.
     pub param_bytes: u64,
+    /// The workers' mean CPU share while they worked: CPU seconds over computing and
+    /// claiming seconds (1.0 is a whole core each), when readable.
+    pub cpu_share: Option<f64>,
+    /// The workers' context switches during the job, summed: (voluntary, involuntary),
+    /// when counted. Time off the CPU with more voluntary switches is the workers blocking,
+    /// not other processes taking the CPU.
+    pub switches: Option<(u64, u64)>,
+    /// The single-process run's CPU seconds over its wall time, when measured.
+    pub baseline_cpu_share: Option<f64>,
+    /// The 1-minute load average at the run's start and end.
+    pub load: (Option<f64>, Option<f64>),
+    /// The share of the CPU time the hypervisor stole during the run.
+    pub steal_share: Option<f64>,
+    /// True when the pool's results lived in huge pages (`--huge-pages`); the
+    /// single-process run never uses them.
+    pub huge_pages: bool,
+    /// The kernel's huge page size and how many are free now, when it has them.
+    pub huge_page_bytes: Option<u64>,
+    /// Reserved huge pages free now.
+    pub huge_pages_free: Option<u64>,
+    /// True when the single-process time was known without running it (`sleep`).
+    pub baseline_estimated: bool,
 }
 
 /// What limited a run. Serialized in kebab-case (`"start-dominated"`, `"ipc-bound"`, ...).
@@ -157,6 +222,11 @@ pub enum Limit {
     LargeParams,
     /// Nothing measured limited the run.
     Scaling,
+    /// Other processes used the CPUs: the workers got less than a core each.
+    Contended,
+    /// Chunks too short for their output: workers fault neighbouring pages of one shared
+    /// region and claim a chunk every few pages, so each element costs more than alone.
+    ShortChunks,
 }
 
 /// One piece of advice: what limited the run, and a sentence saying so with the run's own
@@ -171,31 +241,43 @@ pub struct Advice {
 
 /// The advice for a run, most important first (at most two entries; always at least one).
 ///
-/// Limits that cost the run time (start-up, IPC, shared cores, imbalance, memory) come first,
-/// ordered by the share of the run each explains; the workload's nature (I/O-bound) comes
-/// after them; [`Limit::Scaling`] is said only when nothing else applies.
+/// A busy machine ([`Limit::Contended`]) is said first: it distorts every other figure.
+/// Limits that cost the run time (start-up, IPC, short chunks, shared cores, imbalance,
+/// memory) come next, ordered by the share of the run each explains; the workload's nature
+/// (I/O-bound) comes after them; [`Limit::Scaling`] is said only when nothing else applies.
+/// Rules whose evidence another limit explains stay silent (see the module's docs).
 pub(crate) fn advise(obs: &Observations) -> Vec<Advice> {
     let m = Measured::new(obs);
+    let contended = contended(obs, &m);
     let oversubscribed = oversubscribed(obs, &m);
     // With more workers than cores, per-worker compute is wall time that includes waiting
     // for a core: its spread measures the scheduler's luck, not the work, so no imbalance.
     // Likewise a chunk's round trip (or a worker's time between chunks) then includes
     // waiting for a core, so it does not measure dispatch: no IPC verdict either.
-    let (imbalanced, ipc_bound) = if oversubscribed.is_some() {
-        (None, None)
-    } else {
-        let ipc_bound = match obs.dispatch {
-            Some(Dispatch::Channel) => channel_dispatch(obs, &m),
-            Some(Dispatch::Queue) | None => ipc_bound(obs, &m),
-        };
-        (imbalanced(obs, &m), ipc_bound)
+    let ipc_bound = match (oversubscribed.is_some(), obs.dispatch) {
+        (true, _) => None,
+        (false, Some(Dispatch::Channel)) => channel_dispatch(obs, &m),
+        (false, Some(Dispatch::Queue) | None) => ipc_bound(obs, &m),
     };
+    // Compute inflated by waiting for a core (shared, or taken by other processes) says
+    // nothing about chunks, memory or balance; inflated by a per-chunk cost, nothing about
+    // the chunks' pages or memory.
+    let disturbed = contended.is_some() || oversubscribed.is_some();
+    let short_chunks = (!disturbed && ipc_bound.is_none())
+        .then(|| short_chunks(obs, &m))
+        .flatten();
+    let imbalanced = (!disturbed).then(|| imbalanced(obs, &m)).flatten();
+    let memory_bound = (!disturbed && ipc_bound.is_none() && short_chunks.is_none())
+        .then(|| memory_bound(obs, &m))
+        .flatten();
     let mut found: Vec<Candidate> = [
-        start_dominated(&m),
+        start_dominated(obs, &m, ipc_bound.is_some()),
+        contended,
         ipc_bound,
+        short_chunks,
         oversubscribed,
         imbalanced,
-        memory_bound(obs, &m),
+        memory_bound,
         io_bound(obs, &m),
         large_params(obs),
     ]
@@ -217,7 +299,9 @@ pub(crate) fn advise(obs: &Observations) -> Vec<Advice> {
 /// Whether an advice names something that cost time, or describes the run's nature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
-    /// A limit that cost the run time; ranked first.
+    /// Other processes took the CPUs: said before anything else.
+    Outside,
+    /// A limit that cost the run time; ranked after [`Kind::Outside`].
     Cost,
     /// What kind of job this is (I/O-bound, or scaling); ranked after every cost.
     Verdict,

@@ -3,22 +3,67 @@
 
 use super::*;
 
-pub(super) fn start_dominated(m: &Measured) -> Option<Candidate> {
+/// Starting the workers above [`START_SHARE_MAX`] of the pool's wall time, or the pool's
+/// fixed costs (its wall time less the busiest worker's compute and its share of the
+/// per-chunk dispatch: starting, handing out the job, collecting it) longer than the whole
+/// job took in one process. With a per-chunk verdict (`per_chunk`) the pool's time outside
+/// compute is the chunks' cost, so only starting itself is compared with the job.
+pub(super) fn start_dominated(
+    obs: &Observations,
+    m: &Measured,
+    per_chunk: bool,
+) -> Option<Candidate> {
     let share = m.start_share();
-    (share > START_SHARE_MAX).then(|| {
-        Candidate::new(
-            Kind::Cost,
-            share,
-            Limit::StartDominated,
-            format!(
-                "Starting {} took {} of the {} run: the job is too short for processes to \
-                 pay off; give it more work (larger n) or reuse a Pool across jobs.",
-                count(m.workers, "worker"),
-                seconds_short(m.spawn),
-                seconds_short(m.pool)
-            ),
-        )
-    })
+    let busiest = m.compute.iter().copied().fold(0.0, f64::max);
+    let dispatch = clean(m.chunk_overhead * obs.chunks as f64 / m.workers as f64);
+    let fixed = if per_chunk {
+        m.spawn
+    } else {
+        (m.pool - busiest - dispatch).max(m.spawn)
+    };
+    let longer_than_job = m.baseline.filter(|&b| !obs.baseline_estimated && fixed > b);
+    if !(share > START_SHARE_MAX || longer_than_job.is_some()) {
+        return None;
+    }
+    let head = match longer_than_job {
+        Some(b) if fixed > m.spawn => format!(
+            "Starting {} and handing them the job took {} of the {} run (starting alone \
+             {}), longer than one process took for the whole job ({})",
+            count(m.workers, "worker"),
+            seconds_short(fixed),
+            seconds_short(m.pool),
+            seconds_short(m.spawn),
+            seconds_short(b)
+        ),
+        Some(b) => format!(
+            "Starting {} took {} of the {} run, longer than one process took for the whole \
+             job ({})",
+            count(m.workers, "worker"),
+            seconds_short(m.spawn),
+            seconds_short(m.pool),
+            seconds_short(b)
+        ),
+        None => format!(
+            "Starting {} took {} of the {} run",
+            count(m.workers, "worker"),
+            seconds_short(m.spawn),
+            seconds_short(m.pool)
+        ),
+    };
+    Some(Candidate::new(
+        Kind::Cost,
+        share.max(longer_than_job.map_or(0.0, |_| share_of_run(fixed, m.pool))),
+        Limit::StartDominated,
+        format!(
+            "{head}: the job is too short for processes to pay off; give it more work \
+             (larger n) or reuse a Pool across jobs."
+        ),
+    ))
+}
+
+/// `part / whole` at most 1, or 0 when `whole` is not positive.
+fn share_of_run(part: f64, whole: f64) -> f64 {
+    share(part, whole).min(1.0)
 }
 
 /// Parameters above [`LARGE_PARAMS_BYTES`]: ranked first among the costs (the run cannot
@@ -244,24 +289,63 @@ pub(super) fn imbalanced(obs: &Observations, m: &Measured) -> Option<Candidate> 
     ))
 }
 
-pub(super) fn memory_bound(obs: &Observations, m: &Measured) -> Option<Candidate> {
-    let baseline = m.baseline?;
+/// Bytes of results each chunk wrote, on average (0 without chunks).
+fn chunk_bytes(obs: &Observations) -> u64 {
+    obs.output_bytes / obs.chunks.max(1)
+}
+
+/// The workers' summed compute, and that sum with waiting for a shared core taken out:
+/// kernel time is wall time, so with more workers than cores only `cores` workers' worth
+/// of it was spent computing.
+fn compute_totals(obs: &Observations, m: &Measured) -> (f64, f64) {
     let total: f64 = m.compute.iter().sum();
-    // Kernel time is wall time: with more workers than cores, part of it is waiting for a
-    // core. Count at most `cores` workers' worth of it as time spent computing.
     let cpu_total = if !obs.io_bound_hint && obs.cores_logical > 0 && m.workers > obs.cores_logical
     {
         total * obs.cores_logical as f64 / m.workers as f64
     } else {
         total
     };
+    (total, cpu_total)
+}
+
+/// Page faults per 4 KiB page of results: (pool, single process), when both were counted.
+fn faults_per_page(obs: &Observations) -> Option<(u64, u64, f64, f64)> {
+    match (obs.pool_minor_faults, obs.baseline_minor_faults) {
+        (Some(pool), Some(single)) if pool > 0 && single > 0 => {
+            let pages = (obs.output_bytes as f64 / FAULT_PAGE_BYTES).max(1.0);
+            Some((pool, single, pool as f64 / pages, single as f64 / pages))
+        }
+        _ => None,
+    }
+}
+
+/// Huge pages a region of `bytes` needs (one more for the control area), of `page` bytes.
+pub(super) fn huge_pages_needed(bytes: u64, page: u64) -> u64 {
+    bytes.div_ceil(page.max(1)) + 1
+}
+
+/// Workers slowed each other writing results: their summed compute above
+/// [`MEMORY_COMPUTE_INFLATION`] times the single process's, at more than
+/// [`MEMORY_MIN_OUTPUT_RATE`], in chunks of at least [`SHORT_CHUNK_BYTES`] (shorter ones are
+/// [`short_chunks`]' evidence), threads no faster, and when faults were counted, at least
+/// [`MEMORY_MIN_FAULTS_PER_PAGE`] per page. Offers `--huge-pages` when faults were counted
+/// and the pool did not already use them.
+pub(super) fn memory_bound(obs: &Observations, m: &Measured) -> Option<Candidate> {
+    let baseline = m.baseline?;
+    if obs.baseline_estimated || chunk_bytes(obs) < SHORT_CHUNK_BYTES {
+        return None;
+    }
+    let (total, cpu_total) = compute_totals(obs, m);
     let rate = obs.output_bytes as f64 / baseline;
     let run = if m.run > 0.0 { m.run } else { m.pool };
     let threads = obs.threads_wall_s.map(clean);
     let threads_no_faster = threads.is_none_or(|t| t >= MEMORY_THREADS_NO_FASTER * run);
+    let faults = faults_per_page(obs);
+    let faulting = faults.is_none_or(|(_, _, per_page, _)| per_page >= MEMORY_MIN_FAULTS_PER_PAGE);
     if !(cpu_total > MEMORY_COMPUTE_INFLATION * baseline
         && rate > MEMORY_MIN_OUTPUT_RATE
-        && threads_no_faster)
+        && threads_no_faster
+        && faulting)
     {
         return None;
     }
@@ -273,20 +357,20 @@ pub(super) fn memory_bound(obs: &Observations, m: &Measured) -> Option<Candidate
             )
         })
         .unwrap_or_default();
-    let faults = match (obs.pool_minor_faults, obs.baseline_minor_faults) {
-        (Some(pool), Some(single)) if pool > 0 && single > 0 => {
-            let pages = (obs.output_bytes as f64 / FAULT_PAGE_BYTES).max(1.0);
+    let (faults, huge) = match faults {
+        Some((pool, single, pool_per_page, single_per_page)) => (
             format!(
                 " The workers took {pool} page faults ({} per 4 KiB page of results), one \
                  process {single} ({}): about {} of compute per fault in the pool against {} \
                  alone.",
-                num(pool as f64 / pages),
-                num(single as f64 / pages),
+                num(pool_per_page),
+                num(single_per_page),
                 seconds_short(total / pool as f64),
                 seconds_short(baseline / single as f64)
-            )
-        }
-        _ => String::new(),
+            ),
+            (!obs.huge_pages).then(|| huge_pages_offer(obs)),
+        ),
+        None => (String::new(), None),
     };
     Some(Candidate::new(
         Kind::Cost,
@@ -294,12 +378,140 @@ pub(super) fn memory_bound(obs: &Observations, m: &Measured) -> Option<Candidate
         Limit::MemoryBound,
         format!(
             "The {} computed for {} in total where one process needed {}, writing {} of \
-             results{threads}: page faults and memory bandwidth set the speed, not the cores, \
-             so more cores won't help; write less, or compute more per byte.{faults}",
+             results in chunks of {}{threads}: page faults and memory bandwidth set the speed, \
+             not the cores, so more cores won't help; write less, or compute more per \
+             byte.{faults}{}",
             count(m.workers, "worker"),
             seconds_short(total),
             seconds_short(baseline),
-            crate::units::rate(rate)
+            crate::units::rate(rate),
+            crate::units::bytes(u128::from(chunk_bytes(obs))),
+            huge.unwrap_or_default()
+        ),
+    ))
+}
+
+/// The `--huge-pages` suggestion, with the pages to reserve for this run's results.
+fn huge_pages_offer(obs: &Observations) -> String {
+    let page = obs.huge_page_bytes.unwrap_or(DEFAULT_HUGE_PAGE_BYTES);
+    let needed = huge_pages_needed(obs.output_bytes, page);
+    let free = obs
+        .huge_pages_free
+        .map(|f| format!(", {f} free now"))
+        .unwrap_or_default();
+    format!(
+        " Try --huge-pages: one fault per {} instead of per 4 KiB; it needs {needed} huge \
+         pages reserved{free} (as root: echo {needed} > /proc/sys/vm/nr_hugepages).",
+        crate::units::bytes(u128::from(page))
+    )
+}
+
+/// Chunks writing less than [`SHORT_CHUNK_BYTES`] each while the workers' summed compute
+/// is above [`MEMORY_COMPUTE_INFLATION`] times the single process's (queue dispatch, or
+/// threads): the same elements cost more in short chunks. Suggests a chunk of
+/// [`SHORT_CHUNK_TARGET_BYTES`] of results, while every worker keeps
+/// [`MIN_CHUNKS_PER_WORKER`] chunks.
+pub(super) fn short_chunks(obs: &Observations, m: &Measured) -> Option<Candidate> {
+    let baseline = m.baseline?;
+    let bytes = chunk_bytes(obs);
+    if obs.io_bound_hint
+        || obs.baseline_estimated
+        || obs.dispatch == Some(Dispatch::Channel)
+        || bytes == 0
+        || bytes >= SHORT_CHUNK_BYTES
+    {
+        return None;
+    }
+    let (total, cpu_total) = compute_totals(obs, m);
+    if cpu_total <= MEMORY_COMPUTE_INFLATION * baseline {
+        return None;
+    }
+    let current = obs.chunk_size.max(1);
+    let per_worker = MIN_CHUNKS_PER_WORKER.saturating_mul(m.workers as u64);
+    let cap = (obs.n / per_worker).max(1);
+    let wanted = current.saturating_mul(SHORT_CHUNK_TARGET_BYTES.div_ceil(bytes));
+    let suggested = wanted.min(cap);
+    if suggested <= current {
+        return None;
+    }
+    Some(Candidate::new(
+        Kind::Cost,
+        1.0 - baseline / cpu_total,
+        Limit::ShortChunks,
+        format!(
+            "Each chunk wrote {} of results ({} of 4 KiB), and the {} computed for {} in \
+             total where one process needed {} ({}): in chunks this short, workers fault \
+             neighbouring pages of one shared region and claim a chunk every few pages. Try \
+             --chunk-size {suggested} (about {} of results a chunk).",
+            crate::units::bytes(u128::from(bytes)),
+            count(bytes.div_ceil(FAULT_PAGE_BYTES as u64), "page"),
+            count(m.workers, "worker"),
+            seconds_short(total),
+            seconds_short(baseline),
+            times(total / baseline),
+            crate::units::bytes(u128::from(suggested.saturating_mul(bytes) / current))
+        ),
+    ))
+}
+
+/// Other processes took the CPUs: the workers' CPU share below [`BUSY_CPU_SHARE`] (of
+/// `cores / workers` with more workers than cores), the scheduler having taken their CPU
+/// more often than they blocked. Says the load and the steal time, and
+/// suggests a quiet machine or the workers the machine actually gave.
+pub(super) fn contended(obs: &Observations, m: &Measured) -> Option<Candidate> {
+    let share = obs.cpu_share.filter(|s| s.is_finite() && *s >= 0.0)?;
+    // Off the CPU by blocking (more voluntary switches than preemptions) is the workers'
+    // own waiting, not other processes.
+    let blocked = obs
+        .switches
+        .is_some_and(|(voluntary, involuntary)| voluntary > involuntary);
+    if obs.io_bound_hint || blocked {
+        return None;
+    }
+    let cores = obs.cores_logical;
+    let fair = if cores > 0 && m.workers > cores {
+        cores as f64 / m.workers as f64
+    } else {
+        1.0
+    };
+    if share >= BUSY_CPU_SHARE * fair {
+        return None;
+    }
+    let load = match obs.load {
+        (Some(a), Some(b)) if format!("{a:.1}") != format!("{b:.1}") => {
+            format!("load {a:.1} at the start, {b:.1} at the end")
+        }
+        (Some(a), _) | (None, Some(a)) => format!("load {a:.1}"),
+        (None, None) => "load unknown".to_string(),
+    };
+    let steal = obs
+        .steal_share
+        .filter(|s| *s >= STEAL_WORTH_SAYING)
+        .map(|s| format!(", {} of all CPU time stolen by the hypervisor", percent(s)))
+        .unwrap_or_default();
+    let baseline = obs
+        .baseline_cpu_share
+        .filter(|b| *b < BUSY_CPU_SHARE)
+        .map(|b| {
+            format!(
+                "; the single-process run got {b:.2} of a core, so both sides of the speedup \
+                 were slowed"
+            )
+        })
+        .unwrap_or_default();
+    let usable = ((m.workers as f64 * share).round() as usize).max(1);
+    let fewer = if usable < m.workers {
+        format!(" or with fewer workers (--workers {usable})")
+    } else {
+        String::new()
+    };
+    Some(Candidate::new(
+        Kind::Outside,
+        1.0 - share,
+        Limit::Contended,
+        format!(
+            "The workers got {share:.2} of a core each while they computed: other processes \
+             used the CPUs ({load}{steal}){baseline}; run again on a quiet machine{fewer}."
         ),
     ))
 }
