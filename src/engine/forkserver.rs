@@ -35,7 +35,13 @@
 //! with the main thread (`PR_SET_PDEATHSIG`), leads a process group of its own (a Ctrl-C
 //! at the terminal is the program's to handle), and ends when its socket closes. If it is
 //! gone, stopped or refuses, the pool marks it broken, reaps it and spawns its workers
-//! instead.
+//! instead; a stopped server is seen as such within [`STOP_CHECK`], not after the
+//! handshake timeout, while a merely slow one (a loaded machine) has all of it. A rank of
+//! an MPI job starts none (it works through MPI), and the launcher of one ends its own.
+//!
+//! Every worker's output goes to one thread of the pool's process, the output hub
+//! ([`crate::engine::pool`]'s `spawn`), not to a thread of its own: a start costs the pool
+//! a pipe and a socket pair, no thread.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -47,7 +53,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::protocol::{FromWorker, Registered, ToWorker};
 use crate::engine::sealed::{recv_message, send_message};
-use crate::engine::sys::{Process, fork_child, fork_sibling, is_our_child};
+use crate::engine::sys::{OneThread, Process, fork_child, fork_sibling, is_our_child};
 use crate::engine::worker::ForkedEnds;
 use crate::workload::Registry;
 
@@ -121,10 +127,25 @@ pub(crate) fn start(registry: &Registry) {
     if available() || crate::engine::sys::thread_count() != Some(1) {
         return;
     }
+    // A rank of an MPI job works through MPI, not through pools of its own.
+    #[cfg(feature = "mpi")]
+    if crate::engine::sys::under_mpirun() {
+        return;
+    }
     // Not under the lock: the server (and every worker it forks) gets a copy of this
     // process's memory, and a lock held at the fork would stay held in the copy.
     if let Ok(started) = fork_server(registry) {
         *server() = Some(started);
+    }
+}
+
+/// Ends the program's fork server, if this process has one, and reaps it: for a process
+/// that will never start a worker through it (the launcher of an MPI job).
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+pub(crate) fn stop() {
+    if let Some(mut gone) = server().take() {
+        gone.process.kill();
+        let _ = gone.process.wait();
     }
 }
 
@@ -177,6 +198,10 @@ fn serve(
     if !crate::engine::sys::own_group_and_death_signal(program) {
         return 1;
     }
+    // Checked once: the server never starts a thread, so every fork below may rely on it.
+    let Ok(one) = OneThread::check("a fork server", "start it before any thread") else {
+        return 1;
+    };
     let _ = nix::sys::prctl::set_name(SERVER_NAME);
     // The program's stdin, stdout and stderr are not the server's to hold: whoever reads
     // the program's output through a pipe would wait for the server to end too. Its
@@ -207,7 +232,7 @@ fn serve(
             return 1;
         };
         let reply = match recv_message(socket.as_fd(), REQUEST_MAX) {
-            Ok(Some((bytes, fds))) => fork_one(&mut link, &bytes, fds, registry, program),
+            Ok(Some((bytes, fds))) => fork_one(&one, &mut link, &bytes, fds, registry, program),
             Ok(None) => return 0,
             Err(e) => Err(format!("the fork server could not read a request: {e}")),
         };
@@ -223,6 +248,7 @@ fn serve(
 /// Forks the worker one request asks for. `link` is the server's own: the worker closes
 /// its copy, and holds nothing else of the server's (requests are read one at a time).
 fn fork_one(
+    one: &OneThread,
     link: &mut Option<(OwnedFd, IpcSender<Reply>)>,
     bytes: &[u8],
     fds: Vec<OwnedFd>,
@@ -249,7 +275,7 @@ fn fork_one(
         channels.map_err(|e| format!("cannot make the channels of worker {id}: {e}"))?;
     let mut pool_ends = Some((tx, rx));
     let mut worker_ends = Some((from_parent, to_parent, inputs, output));
-    let pid = fork_sibling(|| {
+    let pid = fork_sibling(one, || {
         // The worker keeps what is its own and closes the server's link and the pool's
         // ends of its channels.
         drop(link.take());
@@ -329,6 +355,38 @@ pub(crate) fn fork_workers(
     Ok((made, server.catalogue.clone()))
 }
 
+/// How often the pool, waiting for an answer, looks whether the server is stopped.
+const STOP_CHECK: Duration = Duration::from_millis(10);
+
+/// The server's next answer, within `timeout`. A server that is stopped (SIGSTOP, a
+/// debugger) is given up on as soon as that is seen, within [`STOP_CHECK`]: it would
+/// answer no sooner than someone resumes it. A server that is merely slow (a loaded
+/// machine) has the whole `timeout`. The error says the server is broken.
+fn await_reply(server: &Server, timeout: Duration) -> Result<Reply, (io::Error, bool)> {
+    let broken = |what: String| (io::Error::other(what), true);
+    let deadline = std::time::Instant::now().checked_add(timeout);
+    loop {
+        let left = deadline.map_or(Duration::MAX, |d| {
+            d.saturating_duration_since(std::time::Instant::now())
+        });
+        match server.replies.try_recv_timeout(left.min(STOP_CHECK)) {
+            Ok(reply) => return Ok(reply),
+            Err(ipc_channel::TryRecvError::Empty) if !left.is_zero() => {
+                if crate::engine::sys::is_stopped(server.process.id()) {
+                    return Err(broken(
+                        "the fork server is stopped (SIGSTOP or a debugger)".to_string(),
+                    ));
+                }
+            }
+            Err(e) => {
+                return Err(broken(format!(
+                    "the fork server did not answer within {timeout:?}: {e:?}"
+                )));
+            }
+        }
+    }
+}
+
 /// Up to [`BATCH`] requests, then their answers; the error says whether the server is
 /// broken.
 fn fork_one_batch(
@@ -363,11 +421,7 @@ fn fork_one_batch(
     }
     let mut failed = None;
     for (id, output, inputs_socket) in ours {
-        let reply = server.replies.try_recv_timeout(timeout).map_err(|e| {
-            broken(format!(
-                "the fork server did not answer within {timeout:?}: {e:?}"
-            ))
-        })?;
+        let reply = await_reply(server, timeout)?;
         let forked = match reply {
             Ok(forked) => forked,
             // The server could not fork this one (a limit, a full table): not broken.

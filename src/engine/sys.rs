@@ -363,16 +363,16 @@ pub(crate) fn fork_child(child_main: impl FnOnce() -> i32) -> io::Result<u32> {
 /// its exit status like any child of its own. The fork server starts workers this way, so
 /// that they are the pool's children (see [`crate::engine::forkserver`]).
 ///
-/// Refused unless this process has exactly one thread, as for [`fork_child`]. The child's
-/// parent *thread* is this process's parent thread, so a death signal it sets
-/// (`PR_SET_PDEATHSIG`) follows that thread.
-pub(crate) fn fork_sibling(child_main: impl FnOnce() -> i32) -> io::Result<u32> {
-    ensure_single_threaded("a fork server", "start it before any thread")?;
+/// Only for a process that has exactly one thread, as for [`fork_child`]: the caller
+/// shows a [`OneThread`], checked once (a fork server forks many workers, and never starts
+/// a thread). The child's parent *thread* is this process's parent thread, so a death
+/// signal it sets (`PR_SET_PDEATHSIG`) follows that thread.
+pub(crate) fn fork_sibling(_one: &OneThread, child_main: impl FnOnce() -> i32) -> io::Result<u32> {
     let flags = (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
     // SAFETY: with no new stack (0), `clone` behaves as `fork` does: the child continues
     // from this call on a copy of this thread's stack and memory. This process has a single
-    // thread (checked above), so every lock the child inherits is unlocked and it may run
-    // ordinary Rust code. The raw system call skips the C library's fork handlers, which
+    // thread (a `OneThread` was made, and its holder starts none), so every lock the child
+    // inherits is unlocked and it may run ordinary Rust code. The raw system call skips the C library's fork handlers, which
     // only matter with other threads, and leaves the thread id the C library caches for
     // this thread unchanged in the child: the child uses it only as the owner mark of its
     // own recursive locks, which none of its threads shares while this process lives.
@@ -493,6 +493,24 @@ pub(crate) fn process_age_of(pid: u32) -> Option<Duration> {
     Some(Duration::from_secs_f64(
         (uptime - start_ticks / per_second).max(0.0),
     ))
+}
+
+/// Whether this process is a rank of an MPI job (Open MPI, or another PMI launcher): its
+/// launcher says so in the environment.
+#[cfg(feature = "mpi")]
+pub(crate) fn under_mpirun() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+}
+
+/// Whether process `pid` is stopped (SIGSTOP, or held by a tracer): the state in
+/// `/proc/PID/stat` (field 3). False when there is no such process.
+pub(crate) fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat.get(stat.rfind(')')? + 2..)?.starts_with(['T', 't'])))
+        .unwrap_or(false)
 }
 
 /// When process `pid` started (clock ticks since boot, `/proc/PID/stat` field 22) and
@@ -651,6 +669,20 @@ pub(crate) fn restore_env(name: &str, value: Option<std::ffi::OsString>, carrier
 /// Threads of this process, from `/proc/self/task`; `None` when that cannot be read.
 pub(crate) fn thread_count() -> Option<usize> {
     std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
+}
+
+/// A process that had exactly one thread when this was made (see
+/// [`ensure_single_threaded`]), and has one still: only a process that never starts a
+/// thread may keep one (the fork server, which forks a worker per request without checking
+/// again). Neither `Send` nor `Sync`: it stays with the thread that checked.
+pub(crate) struct OneThread(std::marker::PhantomData<*const ()>);
+
+impl OneThread {
+    /// This process's one thread, or why not (see [`ensure_single_threaded`]).
+    pub(crate) fn check(what: &str, fix: &str) -> io::Result<OneThread> {
+        ensure_single_threaded(what, fix)?;
+        Ok(OneThread(std::marker::PhantomData))
+    }
 }
 
 /// Fails unless this process certainly has exactly one thread, as `fork` needs: after

@@ -157,9 +157,7 @@ pub enum MpirunEnd {
 
 /// Whether this process is a rank of an MPI job (Open MPI, or another PMI launcher).
 pub fn under_mpirun() -> bool {
-    ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some())
+    crate::engine::sys::under_mpirun()
 }
 
 /// Runs `mpirun -np ranks program args` (adding `--oversubscribe` when `ranks` exceeds the
@@ -186,6 +184,9 @@ pub fn run_mpirun(
             "`ranks` starts mpirun itself: under mpirun, drop it (mpirun's -np sets the ranks)",
         ));
     }
+    // This process starts no worker of its own: the fork server `init` started is ended
+    // (mpirun's ranks have none: they are ranks from the start).
+    crate::engine::forkserver::stop();
     let cannot = |what: &str, e: &dyn std::fmt::Display| {
         Error::Io(std::io::Error::other(format!("{what}: {e}")))
     };

@@ -25,7 +25,7 @@ use std::io;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -206,7 +206,7 @@ pub(crate) struct Starting {
     announced: bool,
     /// The socket path the worker reported, until procpool connects.
     socket: Option<String>,
-    /// The read end of the worker's output pipe, until its forwarding thread starts.
+    /// The read end of the worker's output pipe, until it is handed to the output hub.
     output_pipe: Option<io::PipeReader>,
     /// The worker is a test binary, whose harness first prints a header of its own.
     test_header: bool,
@@ -230,8 +230,8 @@ impl Starting {
     }
 
     /// Starts copying the worker's output to our stderr. Separate from the spawn so that a
-    /// batch of workers is forked before any forwarding thread exists (each thread's stack
-    /// would make the next fork slower).
+    /// batch of workers is forked before the output hub's thread exists (its stack would
+    /// make the next fork slower).
     pub(crate) fn forward_output(&mut self) {
         if let Some(reader) = self.output_pipe.take() {
             self.output = forward_output(self.id, reader, self.test_header);
@@ -805,7 +805,7 @@ pub(crate) fn start_workers(
         // On an error, dropping `starting` kills and reaps what was spawned.
         starting.push(Some(spawn_worker(exe, dir, shm_fd, id, timeout, pin)?));
     }
-    // The output threads start only now: every fork above copied this process's memory map.
+    // The output hub starts only now: every fork above copied this process's memory map.
     for s in starting.iter_mut().flatten() {
         s.forward_output();
     }
@@ -928,8 +928,8 @@ fn spawn_error(id: usize, exe: &Path, source: io::Error) -> Error {
 
 /// Starts workers `ids` by forking this process: no exec and no handshake, the channels
 /// are made before the fork and inherited, as is the shared region. Needs a
-/// single-threaded process (see [`crate::engine::sys::fork_child`]); the output forwarding threads
-/// start only after the last fork.
+/// single-threaded process (see [`crate::engine::sys::fork_child`]); the output hub gets
+/// the workers' output only after the last fork.
 ///
 /// The child keeps inherited copies of the parent's ends of its own channels; it is
 /// stopped by the Shutdown message or, if the parent dies, by its death signal. Like a
@@ -1006,7 +1006,7 @@ pub(crate) fn fork_workers(
 
 /// Starts workers `ids` through the program's fork server (see
 /// [`crate::engine::forkserver`]): no exec and no handshake, from any thread. The workers
-/// are children of this process; their output forwarding threads start once all exist.
+/// are children of this process; their output goes to the output hub once all exist.
 /// On an error, none of them is left running.
 pub(crate) fn fork_via_server(
     shm_fd: std::os::fd::RawFd,
@@ -1080,20 +1080,19 @@ pub(crate) fn kill_and_reap(child: &mut Process) {
 /// waited for.
 pub(crate) const OUTPUT_DRAIN: Duration = Duration::from_millis(150);
 
-/// The thread copying a worker's stdout and stderr to ours, one `[worker N] line` at a
-/// time, and the means to stop it.
+/// Where a worker's stdout and stderr go: one thread for the whole program (the output
+/// hub) copies every worker's pipe to our stderr, one `[worker N] line` at a time, and
+/// this is the means to stop copying one of them.
 ///
 /// End of file on the pipe does not mean the worker is gone (a process it started may hold
-/// the pipe), so the pool stops the thread itself once it reaped the worker: the thread
-/// copies what is left for a moment ([`Forwarder::finish`]), then drops the pipe.
+/// the pipe), so the pool stops the copy itself once it reaped the worker: the hub copies
+/// what is left for a moment ([`Forwarder::finish`]), then drops the pipe.
 #[derive(Debug)]
 pub(crate) struct Forwarder {
-    thread: JoinHandle<()>,
+    hub: Arc<Hub>,
     /// When to stop copying; set once.
     stop_at: Arc<OnceLock<Instant>>,
-    /// Dropped to wake the thread when `stop_at` is set.
-    wake: Option<io::PipeWriter>,
-    /// Disconnected when the thread ends.
+    /// Disconnected when the hub dropped the pipe.
     ended: mpsc::Receiver<()>,
 }
 
@@ -1101,124 +1100,305 @@ impl Forwarder {
     /// The worker is reaped: copy what is left in its pipe until `deadline` (an earlier
     /// deadline, once given, stays), then stop.
     pub(crate) fn stop_by(&mut self, deadline: Instant) {
-        let _ = self.stop_at.set(deadline);
-        self.wake = None;
+        if self.stop_at.set(deadline).is_ok() {
+            self.hub.wake();
+        }
     }
 
-    /// Stops the thread by `deadline` and waits for it until then. A thread still writing
-    /// to our stderr after that (a reader that does not read) is left to itself: it holds
-    /// only the pipe, and nothing waits for it.
+    /// Stops copying by `deadline` and waits for the hub to drop the pipe until then. A
+    /// hub still writing to our stderr after that (a reader that does not read) is left
+    /// to itself: nothing waits for it. When the pipe was the hub's last, its thread is
+    /// waited for too, so that a program whose pools are all shut down has no thread of
+    /// procpool's left (`--start fork` needs a single-threaded process).
     pub(crate) fn finish(mut self, deadline: Instant) {
         self.stop_by(deadline);
         let deadline = *self.stop_at.get().unwrap_or(&deadline);
-        // A moment past the deadline for the thread to notice it.
+        // A moment past the deadline for the hub to notice it.
         let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(20);
         if let Err(mpsc::RecvTimeoutError::Disconnected) = self.ended.recv_timeout(wait) {
-            let _ = self.thread.join();
+            self.hub
+                .join_when_idle(Instant::now() + Duration::from_millis(20));
         }
     }
 }
 
-/// Starts copying a worker's output to our stderr. `None` if no thread could be started
-/// (the output is then dropped). With `test_header`, the test harness's own first lines
+/// The output hub: its thread runs while it has a pipe to copy, and ends when it has none
+/// (so that a program without pools is single-threaded again, as `--start fork` needs).
+#[derive(Debug)]
+struct Hub {
+    /// The process the hub belongs to: a copy of the program made by `fork` has no thread
+    /// of it, and starts its own.
+    pid: u32,
+    state: Mutex<HubState>,
+    /// A byte here wakes the thread (non-blocking: a full pipe is awake enough).
+    wake: io::PipeWriter,
+    /// The thread's end of `wake`.
+    woken: io::PipeReader,
+}
+
+/// What the hub's thread and the pools share.
+#[derive(Debug, Default)]
+struct HubState {
+    /// Pipes handed over and not yet taken by the thread.
+    incoming: Vec<Stream>,
+    /// Pipes handed over and not yet dropped by the thread.
+    live: usize,
+    /// Whether the thread runs (it clears this, under the lock, as it ends).
+    running: bool,
+    /// The thread, for the last [`Forwarder::finish`] to wait for.
+    thread: Option<JoinHandle<()>>,
+}
+
+/// One worker's pipe in the hub.
+#[derive(Debug)]
+struct Stream {
+    id: usize,
+    reader: io::PipeReader,
+    stop_at: Arc<OnceLock<Instant>>,
+    /// Bytes of a line not yet whole.
+    pending: Vec<u8>,
+    /// The test harness's own first lines (blank, `running 1 test`) are still to skip.
+    in_header: bool,
+    /// Dropped with the stream: tells [`Forwarder::finish`] it is done.
+    _ended: mpsc::Sender<()>,
+}
+
+/// The program's output hub.
+static HUB: Mutex<Option<Arc<Hub>>> = Mutex::new(None);
+
+impl Hub {
+    /// This process's hub, made on first use.
+    fn get() -> Option<Arc<Hub>> {
+        let mut slot = HUB.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(hub) = slot.as_ref().filter(|h| h.pid == std::process::id()) {
+            return Some(Arc::clone(hub));
+        }
+        let (woken, wake) = io::pipe().ok()?;
+        nix::fcntl::fcntl(
+            &wake,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .ok()?;
+        let hub = Arc::new(Hub {
+            pid: std::process::id(),
+            state: Mutex::new(HubState::default()),
+            wake,
+            woken,
+        });
+        *slot = Some(Arc::clone(&hub));
+        Some(hub)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn wake(&self) {
+        let _ = (&self.wake).write(&[1]);
+    }
+
+    /// Hands `stream` to the thread, starting it if it is not running. False if no
+    /// thread could be started (the stream is dropped: its output with it).
+    fn add(self: &Arc<Self>, stream: Stream) -> bool {
+        let mut state = self.state();
+        state.incoming.push(stream);
+        state.live += 1;
+        if state.running {
+            drop(state);
+            self.wake();
+            return true;
+        }
+        let hub = Arc::clone(self);
+        let started = std::thread::Builder::new()
+            .name("procpool-output".into())
+            .stack_size(128 * 1024)
+            .spawn(move || hub.run());
+        match started {
+            Ok(thread) => {
+                // A thread that ended before is done with: its handle may go.
+                state.thread = Some(thread);
+                state.running = true;
+                true
+            }
+            Err(_) => {
+                state.incoming.clear();
+                state.live = 0;
+                false
+            }
+        }
+    }
+
+    /// Waits (until `deadline` at most) for the thread to end if it has no pipe left; it
+    /// ends on its own then, a moment after it dropped the last one. Returns at once when
+    /// it still has pipes (another pool's).
+    fn join_when_idle(&self, deadline: Instant) {
+        loop {
+            let mut state = self.state();
+            if state.live > 0 {
+                return;
+            }
+            if !state.running {
+                let thread = state.thread.take();
+                drop(state);
+                if let Some(thread) = thread {
+                    let _ = thread.join();
+                }
+                return;
+            }
+            drop(state);
+            if Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    /// The thread: copies whole lines from every pipe to our stderr until its end of
+    /// file, or its deadline once one is set; ends when it has no pipe left.
+    fn run(&self) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut streams: Vec<Stream> = Vec::new();
+        let mut ended: Vec<Stream> = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            {
+                let mut state = self.state();
+                state.live -= ended.len();
+                streams.append(&mut state.incoming);
+                if streams.is_empty() {
+                    // Decided under the lock: a stream added from now on starts a thread.
+                    state.running = false;
+                    return;
+                }
+            }
+            // Dropped once they are no longer counted: their `finish` may then look at
+            // the count.
+            ended.clear();
+            let now = Instant::now();
+            let mut k = 0;
+            while k < streams.len() {
+                match streams[k].stop_at.get() {
+                    Some(&deadline) if deadline <= now => {
+                        let mut done = streams.swap_remove(k);
+                        done.flush();
+                        ended.push(done);
+                    }
+                    _ => k += 1,
+                }
+            }
+            if streams.is_empty() {
+                continue;
+            }
+            let timeout = streams.iter().filter_map(|s| s.stop_at.get()).min().map_or(
+                PollTimeout::NONE,
+                |&deadline| {
+                    let left = deadline.saturating_duration_since(now);
+                    // Rounded up: a poll that ends a moment early only turns once more.
+                    PollTimeout::try_from(left + Duration::from_micros(999))
+                        .unwrap_or(PollTimeout::MAX)
+                },
+            );
+            let mut fds: Vec<PollFd> = std::iter::once(&self.woken)
+                .chain(streams.iter().map(|s| &s.reader))
+                .map(|r| PollFd::new(r.as_fd(), PollFlags::POLLIN))
+                .collect();
+            let ready: Vec<bool> = match poll(&mut fds, timeout) {
+                Ok(_) => fds.iter().map(|f| f.any().unwrap_or(true)).collect(),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => {
+                    // Nothing to wait on: the pipes are dropped, their output with them.
+                    drop(fds);
+                    ended.append(&mut streams);
+                    continue;
+                }
+            };
+            drop(fds);
+            if ready[0] {
+                let _ = (&self.woken).read(&mut buf);
+            }
+            // Backwards, so that a removal leaves the indices still to visit in place.
+            for k in (0..streams.len()).rev() {
+                if ready[k + 1] && !streams[k].copy(&mut buf) {
+                    ended.push(streams.swap_remove(k));
+                }
+            }
+        }
+    }
+}
+
+impl Stream {
+    /// Reads what the pipe holds and writes its whole lines; false at its end.
+    fn copy(&mut self, buf: &mut [u8]) -> bool {
+        match (&self.reader).read(buf) {
+            Ok(0) => {}
+            Ok(k) => {
+                self.pending.extend_from_slice(&buf[..k]);
+                while let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = self.pending.drain(..=end).collect();
+                    self.emit(&line);
+                }
+                // A line this long is passed on in pieces.
+                if self.pending.len() > LINE_MAX {
+                    let line = std::mem::take(&mut self.pending);
+                    self.emit(&line);
+                }
+                return true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
+            Err(_) => {}
+        }
+        self.flush();
+        false
+    }
+
+    /// Writes the last line, whole or not.
+    fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            let line = std::mem::take(&mut self.pending);
+            self.emit(&line);
+        }
+    }
+
+    fn emit(&mut self, line: &[u8]) {
+        if self.in_header && (line.trim_ascii().is_empty() || line.starts_with(b"running ")) {
+            return;
+        }
+        self.in_header = false;
+        let mut err = io::stderr().lock();
+        let _ = write!(err, "[worker {}] ", self.id);
+        let _ = err.write_all(line);
+        if line.last() != Some(&b'\n') {
+            let _ = err.write_all(b"\n");
+        }
+    }
+}
+
+/// Starts copying a worker's output to our stderr. `None` if the hub could not start (the
+/// output is then dropped). With `test_header`, the test harness's own first lines
 /// (blank, `running 1 test`) are left out.
 fn forward_output(id: usize, reader: io::PipeReader, test_header: bool) -> Option<Forwarder> {
-    let (wake_rx, wake) = io::pipe().ok()?;
+    let hub = Hub::get()?;
     let stop_at = Arc::new(OnceLock::new());
     let (ended_tx, ended) = mpsc::channel::<()>();
-    let stop = Arc::clone(&stop_at);
-    let thread = std::thread::Builder::new()
-        .name(format!("procpool-out-{id}"))
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            let _ended = ended_tx;
-            copy_lines(id, &reader, &wake_rx, &stop, test_header);
-        })
-        .ok()?;
-    Some(Forwarder {
-        thread,
+    let stream = Stream {
+        id,
+        reader,
+        stop_at: Arc::clone(&stop_at),
+        pending: Vec::new(),
+        in_header: test_header,
+        _ended: ended_tx,
+    };
+    hub.add(stream).then_some(Forwarder {
+        hub,
         stop_at,
-        wake: Some(wake),
         ended,
     })
 }
 
 /// The longest line of a worker's output kept whole.
 const LINE_MAX: usize = 64 * 1024;
-
-/// The forwarding thread: copies whole lines from `reader` to our stderr until end of
-/// file, or, once `wake` is closed, until the deadline in `stop_at`.
-fn copy_lines(
-    id: usize,
-    mut reader: &io::PipeReader,
-    wake: &io::PipeReader,
-    stop_at: &OnceLock<Instant>,
-    test_header: bool,
-) {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let mut pending: Vec<u8> = Vec::new();
-    let mut in_header = test_header;
-    let emit = |line: &[u8], in_header: &mut bool| {
-        if *in_header && (line.trim_ascii().is_empty() || line.starts_with(b"running ")) {
-            return;
-        }
-        *in_header = false;
-        let mut err = io::stderr().lock();
-        let _ = write!(err, "[worker {id}] ");
-        let _ = err.write_all(line);
-        if line.last() != Some(&b'\n') {
-            let _ = err.write_all(b"\n");
-        }
-    };
-    let mut buf = [0u8; 8192];
-    loop {
-        let timeout = match stop_at.get() {
-            Some(&deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
-            }
-            None => PollTimeout::NONE,
-        };
-        let mut fds = vec![PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
-        if stop_at.get().is_none() {
-            fds.push(PollFd::new(wake.as_fd(), PollFlags::POLLIN));
-        }
-        match poll(&mut fds, timeout) {
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => break,
-        }
-        let readable = fds[0].any().unwrap_or(true);
-        if !readable {
-            // Only the wake-up: the deadline is set now.
-            continue;
-        }
-        match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(k) => {
-                pending.extend_from_slice(&buf[..k]);
-                while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = pending.drain(..=end).collect();
-                    emit(&line, &mut in_header);
-                }
-                // A line this long is passed on in pieces.
-                if pending.len() > LINE_MAX {
-                    emit(&pending, &mut in_header);
-                    pending.clear();
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    if !pending.is_empty() {
-        emit(&pending, &mut in_header);
-    }
-}
 
 #[cfg(test)]
 mod tests {
