@@ -14,7 +14,7 @@
 //!   `mpi.launch_s` when the report has one.
 //!
 //! `cargo bench --features mpi --bench mpi -- dispatch` runs the sections whose name
-//! contains the argument. Needs Open MPI's `mpirun` (README: "Beyond one machine"). Every
+//! contains the argument. Needs Open MPI's `mpirun` (docs/mpi.md). Every
 //! job is checked: exit status 0, one JSON report, the MPI runs' `mpi` object, and
 //! `"verified": true` where a baseline ran. Each job gets a deadline: past it, SIGTERM (mpirun
 //! stops its ranks, procpool its workers), then SIGKILL to it and every process below it,

@@ -245,7 +245,7 @@ fn run_options(args: &RunArgs, interrupt: Interrupt, lists: bool) -> anyhow::Res
 fn mpi_run(_: WorkloadCmd, _: &RunArgs, _: Interrupt) -> anyhow::Result<ExitCode> {
     Err(usage(
         "--backend mpi needs procpool built with the mpi feature: cargo build --release \
-         --features mpi (README: \"Beyond one machine\")",
+         --features mpi (docs/mpi.md)",
     ))
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Your own workload on the ranks of an `mpirun`: the same `Workload` and `Reduce` you
 //! would run on a pool, handed to `procpool::mpi::run_reduce` from your own MPI program.
-//! Needs the `mpi` feature and Open MPI (README, "Beyond one machine").
+//! Needs the `mpi` feature and Open MPI (docs/mpi.md).
 //!
 //! Leibniz's series, π/4 = 1 − 1/3 + 1/5 − …, cut into blocks: element i is the sum of the
 //! terms i·256 to i·256 + 255, so each element is a few hundred floating-point operations

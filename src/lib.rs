@@ -212,12 +212,13 @@
 //! compare. The lab ([`run()`]) does that, then runs the same kernel in one process,
 //! compares, and fills in a [`Report`]; [`report`] turns it into text.
 //!
-//! The public API is the root's re-exports below, plus four modules: [`workload`] (the
-//! built-in workloads), [`error`] (what an [`Error`] holds: the lost worker, its exit
-//! cause, the interrupted phase), [`lab`] (sweep, ipc-bench, the report's parts) and
-//! [`report`]; with the `mpi` feature, `mpi` too (`procpool::mpi::run` and `run_reduce`:
-//! the job on the ranks of an `mpirun`, and `run_mpirun`, which starts one; README "Beyond
-//! one machine").
+//! The public API is the root's names below, [`trace`], [`observe`] and [`job`] (see
+//! [Which entry point](#which-entry-point)), plus [`workload`] (the built-in workloads),
+//! [`error`] (what an [`Error`] holds: the lost worker, its exit cause, the interrupted
+//! phase), [`lab`] (sweep, ipc-bench, the report's parts) and [`report`]; with the `mpi`
+//! feature, `mpi` too (`procpool::mpi::run` and `run_reduce`: the job on the ranks of an
+//! `mpirun`, and `run_mpirun`, which starts one; docs/mpi.md). `api.txt` lists all of it,
+//! and CI holds the documentation to that list.
 //!
 //! # Platforms
 //!

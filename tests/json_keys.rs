@@ -1,6 +1,6 @@
-//! Every key of `procpool --json` that README.md's "### JSON" section documents is printed,
+//! Every key of `procpool --json` that docs/json.md documents is printed,
 //! with the right type and a plausible value; and every key procpool prints is documented
-//! there, so a new key cannot appear without the README saying what it means.
+//! there, so a new key cannot appear without docs/json.md saying what it means.
 //!
 //! The runs are chosen so that each key carries a meaningful value at least once: a plain
 //! run (queue dispatch), `--dispatch channel`, `--repeat`, `--chunk-size auto`, `--output`, a
@@ -283,7 +283,7 @@ const LIMITS: &[&str] = &[
     "contended",
     "short-chunks",
 ];
-/// Names the README section puts in backticks that are values, not keys (besides `LIMITS`).
+/// Names docs/json.md puts in backticks that are values, not keys (besides `LIMITS`).
 const VALUES: &[&str] = &[
     "processes",
     "threads",
@@ -313,22 +313,20 @@ const N_ARG: &str = "1e5";
 /// `squares` writes one `u64` per element.
 const ELEM: u64 = 8;
 
-// ---- the README ------------------------------------------------------------------------
+// ---- docs/json.md ------------------------------------------------------------------------
 
-/// README.md's "### JSON" section, up to the next heading.
+/// docs/json.md, from its title to its next heading (the MPI run's keys follow).
 fn readme_json_section() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
-    let readme = std::fs::read_to_string(path).expect("read README.md");
-    let start = readme
-        .find("\n### JSON\n")
-        .expect("README.md has a `### JSON` section")
-        + 1;
-    let body = &readme[start + "### JSON\n".len()..];
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/json.md");
+    let doc = std::fs::read_to_string(path).expect("read docs/json.md");
+    let body = doc
+        .strip_prefix("# The JSON report\n")
+        .expect("docs/json.md starts with `# The JSON report`");
     let end = body.find("\n#").map_or(body.len(), |i| i + 1);
     body[..end].to_string()
 }
 
-/// The names in backticks in the README's JSON section that could be keys (a lowercase letter,
+/// The names in backticks in docs/json.md that could be keys (a lowercase letter,
 /// then lowercase letters, digits and underscores: options, expressions and kebab-case
 /// values are left out).
 fn documented() -> BTreeSet<String> {
@@ -383,7 +381,7 @@ fn all_schema_keys() -> BTreeSet<&'static str> {
 }
 
 #[test]
-fn the_readme_documents_every_key_and_no_other() {
+fn docs_json_documents_every_key_and_no_other() {
     let documented = documented();
     let schema = all_schema_keys();
     let undocumented: Vec<_> = schema
@@ -392,7 +390,7 @@ fn the_readme_documents_every_key_and_no_other() {
         .collect();
     assert!(
         undocumented.is_empty(),
-        "README.md's ### JSON section does not name these keys: {undocumented:?}"
+        "docs/json.md does not name these keys: {undocumented:?}"
     );
     let unknown: Vec<_> = documented
         .iter()
@@ -403,19 +401,19 @@ fn the_readme_documents_every_key_and_no_other() {
         .collect();
     assert!(
         unknown.is_empty(),
-        "README.md's ### JSON section names keys procpool does not print: {unknown:?}"
+        "docs/json.md names keys procpool does not print: {unknown:?}"
     );
     let section = readme_json_section();
     for limit in LIMITS {
         assert!(
             section.contains(&format!("`{limit}`")),
-            "README.md's ### JSON section does not list the advice limit `{limit}`"
+            "docs/json.md does not list the advice limit `{limit}`"
         );
     }
 }
 
 /// Every key in `report`, at any depth (inside `params`, which belongs to the workload,
-/// excepted), is named in the README's JSON section.
+/// excepted), is named in docs/json.md.
 fn assert_documented(report: &Value) {
     fn walk(v: &Value, path: &str, documented: &BTreeSet<String>, missing: &mut Vec<String>) {
         match v {
@@ -442,7 +440,7 @@ fn assert_documented(report: &Value) {
     walk(report, "", &documented(), &mut missing);
     assert!(
         missing.is_empty(),
-        "procpool prints keys README.md's ### JSON section does not document: {missing:?}"
+        "procpool prints keys docs/json.md does not document: {missing:?}"
     );
 }
 
@@ -460,7 +458,7 @@ fn assert_keys(v: &Value, expected: &[&str], what: &str) {
     assert!(
         missing.is_empty() && extra.is_empty(),
         "{what}: missing keys {missing:?}, unexpected keys {extra:?} (update this test and \
-         README.md's ### JSON section together)\n{v}"
+         docs/json.md together)\n{v}"
     );
 }
 

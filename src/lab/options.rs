@@ -4,7 +4,7 @@
 //! jobs (a sweep, compare-modes, the tools) has no use for some options; such an option is
 //! refused in one line naming it and the fix, never silently ignored. The decision is this
 //! table: a run's checks, the mpi backend's refusal and the `procpool` command's parser all
-//! read it, and the README prints it (a test holds the README's copy against
+//! read it, and docs/guide/measuring.md prints it (a test holds that copy against
 //! [`markdown`]), so none of them can drift from the others.
 //!
 //! Each row names its option twice: as the library's refusals name it, in backticks
@@ -214,7 +214,7 @@ pub fn first_refused<'a>(
         .find_map(|o| o.refusal(runner))
 }
 
-/// The table as Markdown, as the README prints it: one row per option, ✓ where the runner
+/// The table as Markdown, as docs/guide/measuring.md prints it: one row per option, ✓ where the runner
 /// takes it.
 pub fn markdown() -> String {
     let mut text = String::from("| option |");
@@ -286,12 +286,12 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_prints_this_table() {
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-            .expect("read README.md");
+    fn the_measuring_guide_prints_this_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/guide/measuring.md");
+        let guide = std::fs::read_to_string(path).expect("read docs/guide/measuring.md");
         assert!(
-            readme.contains(&markdown()),
-            "README.md's table of which options each mode takes differs from \
+            guide.contains(&markdown()),
+            "docs/guide/measuring.md's table of which options each mode takes differs from \
              lab::options::RUN_OPTIONS; paste this in its place:\n{}",
             markdown()
         );

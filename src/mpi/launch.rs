@@ -233,7 +233,7 @@ pub fn run_mpirun(
         std::io::ErrorKind::NotFound => Error::invalid(
             "ranks",
             "`ranks` runs mpirun, which is not installed: apt-get install openmpi-bin \
-             libopenmpi-dev (README: \"Beyond one machine\")",
+             libopenmpi-dev (docs/mpi.md)",
         ),
         _ => cannot("cannot start mpirun", &e),
     })?;

@@ -70,7 +70,7 @@ pub enum ResultRoute {
     /// then stops before any chunk, saying so).
     Put,
     /// In the chunk's `Done` message; rank 0 copies them into the window. The default: it
-    /// works over any MPI network (README, "Beyond one machine").
+    /// works over any MPI network (docs/mpi.md).
     #[default]
     Send,
 }
