@@ -11,7 +11,11 @@ pub(crate) mod baseline;
 pub mod compare;
 pub(crate) mod contention;
 pub mod ipc_bench;
+// The statistics and the run's metadata, whose types the root of this module re-exports:
+// the modules themselves are the command's and the crate's, not API.
+#[doc(hidden)]
 pub mod measure;
+#[doc(hidden)]
 pub mod meta;
 pub(crate) mod model;
 pub mod options;

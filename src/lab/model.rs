@@ -25,6 +25,7 @@ use crate::workload::Tolerance;
 /// Which way to run the job.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Mode {
     /// Worker processes writing into shared memory: the pool.
     #[default]
@@ -111,6 +112,7 @@ pub(crate) const LARGE_PARAMS_BYTES: u64 = 1 << 20;
 
 /// Everything a run measured. Field names carry their units (`_s` seconds, `_bytes`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Report {
     /// The schema and procpool versions, the start time and the machine (flattened: its
     /// keys are the document's first keys).

@@ -133,6 +133,12 @@ pub(crate) const SCALING_GOOD_EFFICIENCY: f64 = 0.8;
 /// The most advices [`advise`] returns.
 pub(crate) const MAX_ADVICE: usize = 2;
 
+/// With more workers than cores, a speedup of at least this share of the cores' count
+/// reached the ceiling the cores set: fewer workers would not be faster, and the advice
+/// says so instead of suggesting `--workers` (8 workers of collatz on 2 cores got 1.85×,
+/// and 2 workers 1.65×: the extra workers' finer chunks balanced the end better).
+pub(crate) const OVERSUBSCRIBED_AT_CEILING: f64 = 0.85;
+
 /// What a run measured, as the advice rules need it (all times in seconds).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub(crate) struct Observations {

@@ -206,15 +206,23 @@ pub(super) fn oversubscribed(obs: &Observations, m: &Measured) -> Option<Candida
         .speedup
         .map(|s| format!(" (this run got {})", times(s)))
         .unwrap_or_default();
+    let share = count(m.workers, "worker") + " share " + &count(cores, "core");
+    // At the ceiling the cores set, the worker count cost nothing measurable: say where
+    // the limit is, and suggest no change that would not pay.
+    let text = match m.speedup {
+        Some(s) if s >= super::OVERSUBSCRIBED_AT_CEILING * cores as f64 => format!(
+            "{share}: at most {cores}× is possible, and this run got {} of it: the cores set \
+             the limit, and fewer workers would not be faster (more workers than cores cost \
+             memory and start time here, not speed).",
+            times(s)
+        ),
+        _ => format!("{share}: at most {cores}× is possible{got}; use --workers {cores}."),
+    };
     Some(Candidate::new(
         Kind::Cost,
         1.0 - cores as f64 / m.workers as f64,
         Limit::Oversubscribed,
-        format!(
-            "{} share {}: at most {cores}× is possible{got}; use --workers {cores}.",
-            count(m.workers, "worker"),
-            count(cores, "core")
-        ),
+        text,
     ))
 }
 

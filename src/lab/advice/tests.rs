@@ -403,10 +403,26 @@ fn oversubscribed_fires_for_cpu_bound_work() {
     };
     let advice = advise(&obs);
     assert_eq!(advice[0].limit, Limit::Oversubscribed);
+    // 1.90× of a 2× ceiling: fewer workers would not be faster, so no --workers.
     assert_eq!(
         advice[0].text,
-        "8 workers share 2 cores: at most 2× is possible (this run got 1.90×); use \
-         --workers 2."
+        "8 workers share 2 cores: at most 2× is possible, and this run got 1.90× of it: the \
+         cores set the limit, and fewer workers would not be faster (more workers than cores \
+         cost memory and start time here, not speed)."
+    );
+    // Below the ceiling, the advice suggests the worker count.
+    let slow = Observations {
+        workers: 8,
+        compute_s: vec![0.05; 8],
+        pool_wall_s: 0.15,
+        ..healthy()
+    };
+    let advice = advise(&slow);
+    assert_eq!(advice[0].limit, Limit::Oversubscribed);
+    assert!(
+        advice[0].text.ends_with("; use --workers 2."),
+        "{}",
+        advice[0].text
     );
 }
 
