@@ -34,6 +34,7 @@ fn main() -> Result<(), procpool::Error> {
     // What tracing costs (`JobOptions::trace`, `--trace`): traced against untraced jobs on
     // one pool, alternating. `cargo bench --bench targets -- tracing` runs only these rows.
     let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let load_at_start = load_average();
     if only.as_deref().is_none_or(|o| "tracing".contains(o)) {
         let hash = trace_cost(&Hash { rounds: 50 }, 200_000, None)?;
         rows.push(Row::at_most(
@@ -58,7 +59,7 @@ fn main() -> Result<(), procpool::Error> {
             1.10,
         ));
         if only.is_some() {
-            print_rows(&rows);
+            print_rows(&rows, only.as_deref(), &load_at_start);
             return Ok(());
         }
     }
@@ -79,7 +80,7 @@ fn main() -> Result<(), procpool::Error> {
             1.05,
         ));
         if only.is_some() {
-            print_rows(&rows);
+            print_rows(&rows, only.as_deref(), &load_at_start);
             return Ok(());
         }
     }
@@ -131,7 +132,7 @@ fn main() -> Result<(), procpool::Error> {
             4.0,
         ));
         if only.is_some() {
-            print_rows(&rows);
+            print_rows(&rows, only.as_deref(), &load_at_start);
             return Ok(());
         }
     }
@@ -142,7 +143,7 @@ fn main() -> Result<(), procpool::Error> {
     if only.as_deref().is_none_or(|o| "start".contains(o)) {
         start_rows(&mut rows)?;
         if only.is_some() {
-            print_rows(&rows);
+            print_rows(&rows, only.as_deref(), &load_at_start);
             return Ok(());
         }
     }
@@ -214,7 +215,7 @@ fn main() -> Result<(), procpool::Error> {
         10_000.0,
     ));
     if only.is_some() {
-        print_rows(&rows);
+        print_rows(&rows, only.as_deref(), &load_at_start);
         return Ok(());
     }
 
@@ -472,11 +473,12 @@ fn main() -> Result<(), procpool::Error> {
         None => println!("(python3 not found: the Python comparison is skipped)\n"),
     }
 
-    print_rows(&rows);
+    print_rows(&rows, only.as_deref(), &load_at_start);
     Ok(())
 }
 
-fn print_rows(rows: &[Row]) {
+/// Prints the rows, and records them in docs/performance.md (see [`record`]).
+fn print_rows(rows: &[Row], only: Option<&str>, load_at_start: &str) {
     let width = rows.iter().map(|r| r.what.len()).max().unwrap_or(0);
     for r in rows {
         println!(
@@ -488,7 +490,96 @@ fn print_rows(rows: &[Row]) {
             if r.met() { "met" } else { "NOT MET" }
         );
     }
+    let doc = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/performance.md");
+    match record(doc, rows, only, load_at_start) {
+        Ok(()) => println!("\n(recorded in {doc})"),
+        Err(e) => println!("\n(not recorded in {doc}: {e})"),
+    }
 }
+
+/// The 1-, 5- and 15-minute load averages, as /proc/loadavg gives them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_string())
+}
+
+/// Writes this run's rows into `doc` between the markers of its command: a run of every
+/// target (no filter) replaces every block, a filtered one (`-- start`) its own. Each block
+/// says the command, the date, the machine and the load, so the file is never edited by
+/// hand and never holds a figure without its conditions.
+fn record(doc: &str, rows: &[Row], only: Option<&str>, load_at_start: &str) -> std::io::Result<()> {
+    let text = std::fs::read_to_string(doc)?;
+    let name = only.unwrap_or("all");
+    let (begin, end) = (
+        format!("<!-- BEGIN targets {name} -->"),
+        format!("<!-- END targets {name} -->"),
+    );
+    let machine = procpool::lab::Machine::read();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let command = match only {
+        Some(o) => format!("cargo bench --bench targets -- {o}"),
+        None => "cargo bench --bench targets".to_string(),
+    };
+    let mut block = format!(
+        "{begin}\n`{command}`, {date}: {} logical / {} physical cores, Linux {}, {:.1} GiB; \
+         load average {load_at_start} at the start, {} at the end.\n\n\
+         | target | measured | goal | |\n|---|---|---|---|\n",
+        machine.cores_logical,
+        machine.cores_physical.map_or("?".into(), |c| c.to_string()),
+        kernel.trim(),
+        machine.total_memory as f64 / (1u64 << 30) as f64,
+        load_average(),
+    );
+    for r in rows {
+        block.push_str(&format!(
+            "| {} | {:.3} | {} {} | {} |\n",
+            r.what.trim().replace('|', "\\|"),
+            r.value,
+            if r.at_most { "≤" } else { "≥" },
+            r.goal,
+            if r.met() { "met" } else { "**not met**" }
+        ));
+    }
+    block.push_str(&end);
+    // A full run stands for every target: the filtered runs' blocks go.
+    let mut kept = text.clone();
+    if only.is_none() {
+        while let Some(at) = kept.find("<!-- BEGIN targets ") {
+            let Some(stop) = kept[at..].find("<!-- END targets ") else {
+                break;
+            };
+            let stop = at + stop;
+            let line_end = kept[stop..]
+                .find("-->")
+                .map_or(kept.len(), |e| stop + e + 3);
+            let next = kept[line_end..]
+                .strip_prefix('\n')
+                .map_or(line_end, |_| line_end + 1);
+            kept.replace_range(at..next, "");
+        }
+    }
+    let updated = match (kept.find(&begin), kept.find(&end)) {
+        (Some(a), Some(b)) if a < b => format!("{}{block}{}", &kept[..a], &kept[b + end.len()..]),
+        _ => match kept.find(TARGETS_HERE) {
+            Some(at) => {
+                let at = at + TARGETS_HERE.len();
+                format!("{}\n{block}\n{}", &kept[..at], &kept[at..])
+            }
+            None => format!("{kept}\n{block}\n"),
+        },
+    };
+    std::fs::write(doc, updated)
+}
+
+/// The line in docs/performance.md after which new blocks of figures go.
+const TARGETS_HERE: &str =
+    "<!-- the targets' figures, written by `cargo bench --bench targets` -->";
 
 /// `workload` on `0..n` (in chunks of `chunk_size`, or the default) on one 2-worker pool,
 /// traced and untraced alternately 7 times (plus one of each first, discarded), each
